@@ -1,0 +1,216 @@
+//! A manager's raft member: the store opened, openraft started, and the few
+//! operations the rest of the node needs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError as OpenraftError};
+use openraft::{BasicNode, Config, SnapshotPolicy};
+use tokio::sync::watch;
+
+use flotilla_store::{Command, CommandResult, State};
+
+use crate::network::LocalOnlyNetwork;
+use crate::storage::{self, OpenError};
+use crate::Raft;
+
+/// Raft timings. Defaults suit a loaded two-core machine: openraft's own
+/// (150-300 ms elections) flap there.
+#[derive(Debug, Clone)]
+pub struct RaftTimings {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+    /// Build a snapshot (and purge the log) after this many entries.
+    pub snapshot_every: u64,
+    /// How long a write may wait to commit before it fails.
+    pub write_timeout: Duration,
+}
+
+impl Default for RaftTimings {
+    fn default() -> Self {
+        RaftTimings {
+            heartbeat_ms: 200,
+            election_min_ms: 800,
+            election_max_ms: 1_400,
+            snapshot_every: 5_000,
+            write_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What went wrong with raft.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftError {
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    #[error("raft failed to start: {0}")]
+    Start(String),
+    #[error("this manager is not the leader{}", leader_text(.leader))]
+    NotLeader { leader: Option<u64> },
+    #[error("timed out after {0:?} waiting for a raft write to commit")]
+    Timeout(Duration),
+    #[error("raft: {0}")]
+    Other(String),
+}
+
+fn leader_text(leader: &Option<u64>) -> String {
+    match leader {
+        Some(id) => format!(" (raft member {id} is)"),
+        None => " and no leader is known".to_string(),
+    }
+}
+
+/// The raft member of this manager and the state it replicates.
+pub struct RaftNode {
+    raft: Raft,
+    id: u64,
+    state: Arc<RwLock<State>>,
+    applied: watch::Receiver<u64>,
+    write_timeout: Duration,
+    initialized: std::sync::atomic::AtomicBool,
+}
+
+impl RaftNode {
+    /// Opens `<dir>/raft.redb` and starts openraft as member `id`.
+    pub async fn start(dir: &Path, id: u64, timings: &RaftTimings) -> Result<Self, RaftError> {
+        let path = dir.join("raft.redb");
+        // A raft stopped in this process lets go of the file only when its
+        // tasks have wound down; give that a moment instead of failing.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        let (log, sm) = loop {
+            match storage::open(&path) {
+                Err(OpenError::Database {
+                    source: redb::DatabaseError::DatabaseAlreadyOpen,
+                    ..
+                }) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => break other?,
+            }
+        };
+        let mut log = log;
+        let log_state = openraft::storage::RaftLogStorage::get_log_state(&mut log)
+            .await
+            .map_err(|e| RaftError::Start(e.to_string()))?;
+        let had_log = log_state.last_log_id.is_some() || sm.membership().log_id().is_some();
+        let state = sm.shared();
+        let applied = sm.applied();
+        let config = Config {
+            cluster_name: "flotilla".to_string(),
+            heartbeat_interval: timings.heartbeat_ms,
+            election_timeout_min: timings.election_min_ms,
+            election_timeout_max: timings.election_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(timings.snapshot_every),
+            max_in_snapshot_log_to_keep: 500,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| RaftError::Start(e.to_string()))?;
+        let raft = Raft::new(id, Arc::new(config), LocalOnlyNetwork, log, sm)
+            .await
+            .map_err(|e| RaftError::Start(e.to_string()))?;
+        Ok(RaftNode {
+            raft,
+            id,
+            state,
+            applied,
+            write_timeout: timings.write_timeout,
+            initialized: std::sync::atomic::AtomicBool::new(had_log),
+        })
+    }
+
+    /// This member's raft ID.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The openraft handle, for metrics and membership changes.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The replicated state; read it, never write it.
+    pub fn state(&self) -> Arc<RwLock<State>> {
+        self.state.clone()
+    }
+
+    /// Watch of the last applied raft index.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.clone()
+    }
+
+    /// Whether this member has a membership (was initialized or joined).
+    pub fn is_initialized(&self) -> bool {
+        self.initialized.load(std::sync::atomic::Ordering::SeqCst)
+            || self
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .voter_ids()
+                .next()
+                .is_some()
+    }
+
+    /// The current leader's raft ID, if known.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Whether this member leads.
+    pub fn is_leader(&self) -> bool {
+        self.leader() == Some(self.id)
+    }
+
+    /// Makes this member the only voter of a new raft group.
+    pub async fn initialize_single(&self, addr: &str) -> Result<(), RaftError> {
+        let members = BTreeMap::from([(self.id, BasicNode::new(addr))]);
+        let result = self.raft.initialize(members).await;
+        self.initialized
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        match result {
+            Ok(()) => Ok(()),
+            Err(OpenraftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+            Err(e) => Err(RaftError::Other(e.to_string())),
+        }
+    }
+
+    /// Waits until this member leads, up to `timeout`.
+    pub async fn wait_leader(&self, timeout: Duration) -> Result<(), RaftError> {
+        let id = self.id;
+        self.raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| m.current_leader == Some(id),
+                "this manager to become leader",
+            )
+            .await
+            .map(|_| ())
+            .map_err(|_| RaftError::Timeout(timeout))
+    }
+
+    /// Proposes a command and waits for it to be committed and applied.
+    pub async fn propose(&self, command: Command) -> Result<CommandResult, RaftError> {
+        match tokio::time::timeout(self.write_timeout, self.raft.client_write(command)).await {
+            Err(_) => Err(RaftError::Timeout(self.write_timeout)),
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(OpenraftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                Err(RaftError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Ok(Err(e)) => Err(RaftError::Other(e.to_string())),
+        }
+    }
+
+    /// Stops openraft. The store is closed when the last handle drops.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}

@@ -1,0 +1,628 @@
+//! The raft log and the state machine, both in one redb database.
+//!
+//! redb is synchronous; every call into it runs under
+//! `tokio::task::block_in_place` so that it does not stall the async
+//! workers that drive raft heartbeats.
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::RangeBounds;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader,
+    RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
+};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::sync::watch;
+
+use flotilla_store::{Change, CommandResult, State};
+
+use crate::TypeConfig;
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
+const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+
+const KEY_VOTE: &str = "vote";
+const KEY_PURGED: &str = "last_purged";
+const KEY_COMMITTED: &str = "committed";
+const KEY_APPLIED: &str = "last_applied";
+const KEY_MEMBERSHIP: &str = "membership";
+const KEY_CLUSTER: &str = "cluster";
+const KEY_SNAP_META: &str = "meta";
+const KEY_SNAP_DATA: &str = "data";
+
+type SErr = StorageError<u64>;
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open the raft store {path}: {source}")]
+    Database {
+        path: String,
+        #[source]
+        source: redb::DatabaseError,
+    },
+    #[error("the raft store {path} is damaged: {reason}")]
+    Corrupt { path: String, reason: String },
+}
+
+fn run_blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+fn any<E: std::error::Error + 'static>(e: E) -> AnyError {
+    AnyError::new(&e)
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, AnyError> {
+    serde_json::to_vec(v).map_err(any)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, AnyError> {
+    serde_json::from_slice(bytes).map_err(any)
+}
+
+/// Opens (or creates) the redb file and returns the log store and the state
+/// machine that share it.
+pub fn open(path: &Path) -> Result<(LogStore, StateMachine), OpenError> {
+    let shown = path.display().to_string();
+    let db = Database::create(path).map_err(|source| OpenError::Database {
+        path: shown.clone(),
+        source,
+    })?;
+    let corrupt = |reason: String| OpenError::Corrupt {
+        path: shown.clone(),
+        reason,
+    };
+    // Create every table up front so that read transactions never meet a
+    // missing table.
+    let txn = db.begin_write().map_err(|e| corrupt(e.to_string()))?;
+    for def in [RAFT_META, SM_META, NODES, SERVICES, TASKS, SNAPSHOT] {
+        txn.open_table(def).map_err(|e| corrupt(e.to_string()))?;
+    }
+    txn.open_table(LOG).map_err(|e| corrupt(e.to_string()))?;
+    txn.commit().map_err(|e| corrupt(e.to_string()))?;
+
+    let db = Arc::new(db);
+    let loaded = load_state(&db).map_err(|e| corrupt(e.to_string()))?;
+    let (applied_tx, _) = watch::channel(loaded.state.index);
+    let sm = StateMachine {
+        db: db.clone(),
+        shared: Arc::new(RwLock::new(loaded.state)),
+        applied: applied_tx,
+        last_applied: loaded.last_applied,
+        membership: loaded.membership,
+    };
+    Ok((LogStore { db }, sm))
+}
+
+struct Loaded {
+    state: State,
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, BasicNode>,
+}
+
+fn load_state(db: &Database) -> Result<Loaded, AnyError> {
+    let txn = db.begin_read().map_err(any)?;
+    let meta = txn.open_table(SM_META).map_err(any)?;
+    let get = |key: &str| -> Result<Option<Vec<u8>>, AnyError> {
+        Ok(meta.get(key).map_err(any)?.map(|v| v.value().to_vec()))
+    };
+    let last_applied: Option<LogId<u64>> = match get(KEY_APPLIED)? {
+        Some(b) => decode(&b)?,
+        None => None,
+    };
+    let membership = match get(KEY_MEMBERSHIP)? {
+        Some(b) => decode(&b)?,
+        None => StoredMembership::default(),
+    };
+    let mut state = State {
+        cluster: match get(KEY_CLUSTER)? {
+            Some(b) => decode(&b)?,
+            None => None,
+        },
+        index: last_applied.map(|l| l.index).unwrap_or(0),
+        ..State::default()
+    };
+    for row in txn.open_table(NODES).map_err(any)?.iter().map_err(any)? {
+        let (k, v) = row.map_err(any)?;
+        state
+            .nodes
+            .insert(k.value().to_string(), decode(v.value())?);
+    }
+    for row in txn.open_table(SERVICES).map_err(any)?.iter().map_err(any)? {
+        let (k, v) = row.map_err(any)?;
+        state
+            .services
+            .insert(k.value().to_string(), decode(v.value())?);
+    }
+    for row in txn.open_table(TASKS).map_err(any)?.iter().map_err(any)? {
+        let (k, v) = row.map_err(any)?;
+        state
+            .tasks
+            .insert(k.value().to_string(), decode(v.value())?);
+    }
+    Ok(Loaded {
+        state,
+        last_applied,
+        membership,
+    })
+}
+
+/// The raft log and vote.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl LogStore {
+    fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, AnyError> {
+        run_blocking(|| {
+            let txn = self.db.begin_read().map_err(any)?;
+            let table = txn.open_table(RAFT_META).map_err(any)?;
+            match table.get(key).map_err(any)? {
+                Some(v) => Ok(Some(decode(v.value())?)),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn write_meta<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        durability: Durability,
+    ) -> Result<(), AnyError> {
+        let bytes = encode(value)?;
+        run_blocking(|| {
+            let mut txn = self.db.begin_write().map_err(any)?;
+            txn.set_durability(durability).map_err(any)?;
+            {
+                let mut table = txn.open_table(RAFT_META).map_err(any)?;
+                table.insert(key, bytes.as_slice()).map_err(any)?;
+            }
+            txn.commit().map_err(any)
+        })
+    }
+
+    fn remove_range(
+        &self,
+        range: impl RangeBounds<u64>,
+        purged: Option<LogId<u64>>,
+    ) -> Result<(), AnyError> {
+        let purged = purged.map(|p| encode(&p)).transpose()?;
+        run_blocking(|| {
+            let txn = self.db.begin_write().map_err(any)?;
+            {
+                let mut log = txn.open_table(LOG).map_err(any)?;
+                log.retain_in(range, |_, _| false).map_err(any)?;
+                if let Some(p) = &purged {
+                    let mut meta = txn.open_table(RAFT_META).map_err(any)?;
+                    meta.insert(KEY_PURGED, p.as_slice()).map_err(any)?;
+                }
+            }
+            txn.commit().map_err(any)
+        })
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, SErr> {
+        let start = range.start_bound().cloned();
+        let end = range.end_bound().cloned();
+        run_blocking(|| -> Result<Vec<Entry<TypeConfig>>, AnyError> {
+            let txn = self.db.begin_read().map_err(any)?;
+            let log = txn.open_table(LOG).map_err(any)?;
+            let mut out = Vec::new();
+            for row in log.range::<u64>((start, end)).map_err(any)? {
+                let (_, v) = row.map_err(any)?;
+                out.push(decode(v.value())?);
+            }
+            Ok(out)
+        })
+        .map_err(|e| StorageIOError::read_logs(e).into())
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, SErr> {
+        let purged: Option<LogId<u64>> = self
+            .read_meta(KEY_PURGED)
+            .map_err(StorageIOError::read_logs)?;
+        let last = run_blocking(|| -> Result<Option<LogId<u64>>, AnyError> {
+            let txn = self.db.begin_read().map_err(any)?;
+            let log = txn.open_table(LOG).map_err(any)?;
+            let last = log.last().map_err(any)?;
+            let id = match last {
+                Some((_, v)) => Some(decode::<Entry<TypeConfig>>(v.value())?.log_id),
+                None => None,
+            };
+            Ok(id)
+        })
+        .map_err(StorageIOError::read_logs)?;
+        Ok(LogState {
+            last_purged_log_id: purged,
+            last_log_id: last.or(purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), SErr> {
+        self.write_meta(KEY_VOTE, vote, Durability::Immediate)
+            .map_err(|e| StorageIOError::write_vote(e).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, SErr> {
+        self.read_meta(KEY_VOTE)
+            .map_err(|e| StorageIOError::read_vote(e).into())
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), SErr> {
+        // Losing this on a crash only costs a later re-apply; the next
+        // durable log commit persists it anyway.
+        self.write_meta(KEY_COMMITTED, &committed, Durability::None)
+            .map_err(|e| StorageIOError::write(e).into())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, SErr> {
+        Ok(self
+            .read_meta::<Option<LogId<u64>>>(KEY_COMMITTED)
+            .map_err(StorageIOError::read)?
+            .flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut rows = Vec::new();
+        for entry in entries {
+            rows.push((
+                entry.log_id.index,
+                encode(&entry).map_err(StorageIOError::write_logs)?,
+            ));
+        }
+        let result = run_blocking(|| -> Result<(), AnyError> {
+            let mut txn = self.db.begin_write().map_err(any)?;
+            txn.set_durability(Durability::Immediate).map_err(any)?;
+            {
+                let mut log = txn.open_table(LOG).map_err(any)?;
+                for (index, bytes) in &rows {
+                    log.insert(*index, bytes.as_slice()).map_err(any)?;
+                }
+            }
+            txn.commit().map_err(any)
+        });
+        match result {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(StorageIOError::write_logs(e).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
+        self.remove_range(log_id.index.., None)
+            .map_err(|e| StorageIOError::write_logs(e).into())
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
+        self.remove_range(..=log_id.index, Some(log_id))
+            .map_err(|e| StorageIOError::write_logs(e).into())
+    }
+}
+
+/// What a snapshot holds: the whole state plus raft's view of it.
+#[derive(Serialize, Deserialize)]
+struct SnapshotPayload {
+    state: State,
+}
+
+/// The state machine: the shared [`State`] plus its durable copy.
+pub struct StateMachine {
+    db: Arc<Database>,
+    shared: Arc<RwLock<State>>,
+    applied: watch::Sender<u64>,
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, BasicNode>,
+}
+
+impl StateMachine {
+    /// The state that readers share; changed only by raft applies.
+    pub fn shared(&self) -> Arc<RwLock<State>> {
+        self.shared.clone()
+    }
+
+    /// Watch of the last applied raft index.
+    pub fn applied(&self) -> watch::Receiver<u64> {
+        self.applied.subscribe()
+    }
+
+    /// The membership the state machine last applied.
+    pub fn membership(&self) -> &StoredMembership<u64, BasicNode> {
+        &self.membership
+    }
+
+    /// Writes changed objects and raft's bookkeeping in one transaction.
+    fn persist(&self, changes: &BTreeSet<Change>, durability: Durability) -> Result<(), AnyError> {
+        type Row = (
+            TableDefinition<'static, &'static str, &'static [u8]>,
+            String,
+            Option<Vec<u8>>,
+        );
+        let mut rows: Vec<Row> = Vec::with_capacity(changes.len() + 3);
+        {
+            let state = self
+                .shared
+                .read()
+                .map_err(|_| AnyError::error("state lock poisoned"))?;
+            for change in changes {
+                let row: Row = match change {
+                    Change::Cluster => (
+                        SM_META,
+                        KEY_CLUSTER.to_string(),
+                        Some(encode(&state.cluster)?),
+                    ),
+                    Change::Node(id) => (
+                        NODES,
+                        id.clone(),
+                        state.nodes.get(id).map(encode).transpose()?,
+                    ),
+                    Change::Service(id) => (
+                        SERVICES,
+                        id.clone(),
+                        state.services.get(id).map(encode).transpose()?,
+                    ),
+                    Change::Task(id) => (
+                        TASKS,
+                        id.clone(),
+                        state.tasks.get(id).map(encode).transpose()?,
+                    ),
+                };
+                rows.push(row);
+            }
+        }
+        rows.push((
+            SM_META,
+            KEY_APPLIED.into(),
+            Some(encode(&self.last_applied)?),
+        ));
+        rows.push((
+            SM_META,
+            KEY_MEMBERSHIP.into(),
+            Some(encode(&self.membership)?),
+        ));
+        run_blocking(|| {
+            let mut txn = self.db.begin_write().map_err(any)?;
+            txn.set_durability(durability).map_err(any)?;
+            for (def, key, value) in &rows {
+                let mut table = txn.open_table(*def).map_err(any)?;
+                match value {
+                    Some(v) => {
+                        table.insert(key.as_str(), v.as_slice()).map_err(any)?;
+                    }
+                    None => {
+                        table.remove(key.as_str()).map_err(any)?;
+                    }
+                }
+            }
+            txn.commit().map_err(any)
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, BasicNode>), SErr> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, SErr>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut responses = Vec::new();
+        let mut changes = BTreeSet::new();
+        {
+            let mut state = self.shared.write().map_err(|_| {
+                StorageIOError::write_state_machine(AnyError::error("state lock poisoned"))
+            })?;
+            for entry in entries {
+                self.last_applied = Some(entry.log_id);
+                state.index = entry.log_id.index;
+                match entry.payload {
+                    EntryPayload::Blank => responses.push(Ok(None)),
+                    EntryPayload::Normal(command) => {
+                        let (result, changed) = state.apply(entry.log_id.index, &command);
+                        changes.extend(changed);
+                        responses.push(result);
+                    }
+                    EntryPayload::Membership(m) => {
+                        self.membership = StoredMembership::new(Some(entry.log_id), m);
+                        responses.push(Ok(None));
+                    }
+                }
+            }
+        }
+        self.persist(&changes, Durability::None)
+            .map_err(StorageIOError::write_state_machine)?;
+        let index = self.last_applied.map(|l| l.index).unwrap_or(0);
+        self.applied.send_replace(index);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        let state = self.shared.read().map(|s| s.clone()).unwrap_or_default();
+        SnapshotBuilder {
+            db: self.db.clone(),
+            state,
+            last_applied: self.last_applied,
+            membership: self.membership.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SErr> {
+        let data = snapshot.into_inner();
+        let payload: SnapshotPayload =
+            decode(&data).map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), e))?;
+        let mut state = payload.state;
+        state.index = meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        let meta_bytes = encode(meta).map_err(StorageIOError::write_snapshot_no_sig)?;
+        let result = run_blocking(|| -> Result<(), AnyError> {
+            let mut txn = self.db.begin_write().map_err(any)?;
+            txn.set_durability(Durability::Immediate).map_err(any)?;
+            for def in [NODES, SERVICES, TASKS] {
+                let mut t = txn.open_table(def).map_err(any)?;
+                t.retain(|_, _| false).map_err(any)?;
+            }
+            {
+                let mut nodes = txn.open_table(NODES).map_err(any)?;
+                for (k, v) in &state.nodes {
+                    nodes
+                        .insert(k.as_str(), encode(v)?.as_slice())
+                        .map_err(any)?;
+                }
+                let mut services = txn.open_table(SERVICES).map_err(any)?;
+                for (k, v) in &state.services {
+                    services
+                        .insert(k.as_str(), encode(v)?.as_slice())
+                        .map_err(any)?;
+                }
+                let mut tasks = txn.open_table(TASKS).map_err(any)?;
+                for (k, v) in &state.tasks {
+                    tasks
+                        .insert(k.as_str(), encode(v)?.as_slice())
+                        .map_err(any)?;
+                }
+                let mut sm = txn.open_table(SM_META).map_err(any)?;
+                sm.insert(KEY_CLUSTER, encode(&state.cluster)?.as_slice())
+                    .map_err(any)?;
+                sm.insert(KEY_APPLIED, encode(&self.last_applied)?.as_slice())
+                    .map_err(any)?;
+                sm.insert(KEY_MEMBERSHIP, encode(&self.membership)?.as_slice())
+                    .map_err(any)?;
+                let mut snap = txn.open_table(SNAPSHOT).map_err(any)?;
+                snap.insert(KEY_SNAP_META, meta_bytes.as_slice())
+                    .map_err(any)?;
+                snap.insert(KEY_SNAP_DATA, data.as_slice()).map_err(any)?;
+            }
+            txn.commit().map_err(any)
+        });
+        result.map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
+        let index = state.index;
+        if let Ok(mut shared) = self.shared.write() {
+            *shared = state;
+        }
+        self.applied.send_replace(index);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
+        run_blocking(|| -> Result<Option<Snapshot<TypeConfig>>, AnyError> {
+            let txn = self.db.begin_read().map_err(any)?;
+            let snap = txn.open_table(SNAPSHOT).map_err(any)?;
+            let meta = snap.get(KEY_SNAP_META).map_err(any)?;
+            let data = snap.get(KEY_SNAP_DATA).map_err(any)?;
+            match (meta, data) {
+                (Some(m), Some(d)) => Ok(Some(Snapshot {
+                    meta: decode(m.value())?,
+                    snapshot: Box::new(Cursor::new(d.value().to_vec())),
+                })),
+                _ => Ok(None),
+            }
+        })
+        .map_err(|e| StorageIOError::read_snapshot(None, e).into())
+    }
+}
+
+/// Builds a snapshot from a copy of the state taken when it was asked for.
+pub struct SnapshotBuilder {
+    db: Arc<Database>,
+    state: State,
+    last_applied: Option<LogId<u64>>,
+    membership: StoredMembership<u64, BasicNode>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, SErr> {
+        let payload = SnapshotPayload {
+            state: std::mem::take(&mut self.state),
+        };
+        let data = encode(&payload).map_err(StorageIOError::write_snapshot_no_sig)?;
+        let index = self.last_applied.map(|l| l.index).unwrap_or(0);
+        let meta = SnapshotMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+            snapshot_id: format!("{}-{}", index, data.len()),
+        };
+        let meta_bytes = encode(&meta).map_err(StorageIOError::write_snapshot_no_sig)?;
+        run_blocking(|| -> Result<(), AnyError> {
+            let mut txn = self.db.begin_write().map_err(any)?;
+            txn.set_durability(Durability::Immediate).map_err(any)?;
+            {
+                let mut snap = txn.open_table(SNAPSHOT).map_err(any)?;
+                snap.insert(KEY_SNAP_META, meta_bytes.as_slice())
+                    .map_err(any)?;
+                snap.insert(KEY_SNAP_DATA, data.as_slice()).map_err(any)?;
+            }
+            txn.commit().map_err(any)
+        })
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+trait NoSig {
+    fn write_snapshot_no_sig(e: AnyError) -> Self;
+}
+
+impl NoSig for StorageIOError<u64> {
+    fn write_snapshot_no_sig(e: AnyError) -> Self {
+        StorageIOError::write_snapshot(None, e)
+    }
+}

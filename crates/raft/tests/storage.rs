@@ -1,0 +1,171 @@
+//! The redb store against openraft's own storage test suite, plus
+//! restart behaviour of a real one-node raft.
+
+use std::time::Duration;
+
+use openraft::testing::{StoreBuilder, Suite};
+use openraft::StorageError;
+
+use flotilla_raft::node::RaftTimings;
+use flotilla_raft::storage::{self, LogStore, StateMachine};
+use flotilla_raft::{RaftNode, TypeConfig};
+use flotilla_store::Command;
+use flotilla_types::{
+    Availability, Cluster, Node, NodeRole, NodeState, ServiceMode, ServiceSpec, TaskTemplate,
+};
+
+struct RedbBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for RedbBuilder {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<u64>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (log, sm) = storage::open(&dir.path().join("raft.redb")).expect("open store");
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn passes_openraft_storage_suite() {
+    Suite::test_all(RedbBuilder).expect("openraft storage suite");
+}
+
+fn node() -> Node {
+    Node {
+        id: "n1".into(),
+        raft_id: 1,
+        name: "one".into(),
+        hostname: "one".into(),
+        role: NodeRole::Manager,
+        availability: Availability::Active,
+        labels: Default::default(),
+        state: NodeState::Ready,
+        addr: String::new(),
+        version: "test".into(),
+        created_at: 1,
+        last_seen: 1,
+    }
+}
+
+fn spec(name: &str) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        mode: ServiceMode::Replicated { replicas: 2 },
+        labels: Default::default(),
+        task: TaskTemplate {
+            driver: Default::default(),
+            command: vec!["sleep".into(), "1".into()],
+            env: Default::default(),
+            restart: Default::default(),
+            stop_grace_period_ms: 1_000,
+            constraints: vec![],
+        },
+    }
+}
+
+fn fast() -> RaftTimings {
+    RaftTimings {
+        election_min_ms: 200,
+        election_max_ms: 400,
+        heartbeat_ms: 50,
+        ..RaftTimings::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let raft = RaftNode::start(dir.path(), 1, &fast())
+            .await
+            .expect("start");
+        assert!(!raft.is_initialized());
+        raft.initialize_single("").await.expect("init");
+        raft.wait_leader(Duration::from_secs(5))
+            .await
+            .expect("leader");
+        let r = raft
+            .propose(Command::InitCluster {
+                cluster: Cluster {
+                    id: "c".into(),
+                    created_at: 1,
+                },
+                node: node(),
+            })
+            .await
+            .expect("propose");
+        assert_eq!(r, Ok(Some("c".into())));
+        for i in 0..20 {
+            let r = raft
+                .propose(Command::CreateService {
+                    id: format!("s{i}"),
+                    spec: spec(&format!("web{i}")),
+                    at: 2,
+                })
+                .await
+                .expect("propose");
+            assert!(r.is_ok());
+        }
+        let dup = raft
+            .propose(Command::CreateService {
+                id: "x".into(),
+                spec: spec("web0"),
+                at: 2,
+            })
+            .await
+            .expect("propose");
+        assert!(dup.is_err());
+        raft.shutdown().await;
+    }
+    let raft = RaftNode::start(dir.path(), 1, &fast())
+        .await
+        .expect("restart");
+    assert!(raft.is_initialized());
+    raft.wait_leader(Duration::from_secs(5))
+        .await
+        .expect("leader after restart");
+    // The state machine holds everything that was committed before.
+    let state = raft.state();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let count = state.read().expect("lock").services.len();
+        if count == 20 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {count} services after restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(state.read().expect("lock").cluster.is_some());
+    let again = raft
+        .propose(Command::CreateService {
+            id: "s99".into(),
+            spec: spec("web99"),
+            at: 3,
+        })
+        .await
+        .expect("propose after restart");
+    assert!(again.is_ok());
+    raft.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_store_is_an_error_not_a_reset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("raft.redb"),
+        b"this is not a redb file at all, not even close",
+    )
+    .expect("write");
+    let err = RaftNode::start(dir.path(), 1, &fast())
+        .await
+        .err()
+        .expect("must fail");
+    let text = err.to_string();
+    assert!(text.contains("raft.redb"), "{text}");
+    let left = std::fs::read(dir.path().join("raft.redb")).expect("read");
+    assert!(left.starts_with(b"this is not a redb file"));
+}

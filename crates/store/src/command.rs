@@ -1,0 +1,69 @@
+//! The raft log entry type: every change to the cluster's state is one of
+//! these. Proposers fill in IDs and timestamps.
+
+use serde::{Deserialize, Serialize};
+
+use flotilla_types::{Cluster, DesiredState, Node, ServiceSpec, Task, TaskStatus, UnixMs};
+
+use crate::error::StoreError;
+
+/// One observed-status report for one task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatusUpdate {
+    pub task_id: String,
+    pub status: TaskStatus,
+}
+
+/// A change to the cluster state. Matched exhaustively in [`crate::State::apply`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// `flotilla init`: creates the cluster and its first node (a manager).
+    InitCluster { cluster: Cluster, node: Node },
+    /// Adds a node, or replaces its record (status refresh on restart).
+    UpsertNode { node: Node },
+    /// `service create`: a new service with a proposer-chosen ID.
+    CreateService {
+        id: String,
+        spec: ServiceSpec,
+        at: UnixMs,
+    },
+    /// `service update`/`service scale`: replaces the spec. When
+    /// `expected_version` is set the update applies only if the service is
+    /// still at that version (optimistic concurrency for read-modify-write).
+    UpdateService {
+        id: String,
+        spec: ServiceSpec,
+        expected_version: Option<u64>,
+        at: UnixMs,
+    },
+    /// `service rm`: removes the service; its tasks are told to shut down
+    /// and are deleted by the orchestrator once they ended.
+    RemoveService { id: String, at: UnixMs },
+    /// Orchestrator: new tasks (already pending or assigned).
+    CreateTasks { tasks: Vec<Task> },
+    /// Orchestrator: change what the manager wants of tasks.
+    SetDesiredState {
+        task_ids: Vec<String>,
+        desired: DesiredState,
+    },
+    /// Scheduler: place pending tasks on nodes.
+    AssignTasks {
+        assignments: Vec<(String, String)>,
+        at: UnixMs,
+    },
+    /// Scheduler: tasks stay pending, with the reason.
+    SetPendingReason {
+        reasons: Vec<(String, String)>,
+        at: UnixMs,
+    },
+    /// Dispatcher: observed statuses from agents. Updates that would move a
+    /// task's state backwards are ignored.
+    UpdateTaskStatus { updates: Vec<TaskStatusUpdate> },
+    /// Orchestrator: forget tasks (history beyond the limit, removed services).
+    DeleteTasks { task_ids: Vec<String> },
+}
+
+/// What applying a command produced: `Ok` with the ID of the object it
+/// created or changed where there is one, or why nothing changed.
+pub type CommandResult = Result<Option<String>, StoreError>;

@@ -1,0 +1,30 @@
+//! Why the state machine refused a command. These travel back to the
+//! proposer inside the raft response, so they are plain serializable data.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// A command that was committed but changed nothing, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Error, Serialize, Deserialize)]
+pub enum StoreError {
+    #[error("this node is already part of a cluster")]
+    AlreadyInitialized,
+    #[error("the cluster is not initialized: run 'flotilla init'")]
+    NotInitialized,
+    #[error("service {0} already exists")]
+    ServiceExists(String),
+    #[error("service {0} not found")]
+    ServiceNotFound(String),
+    #[error("node {0} not found")]
+    NodeNotFound(String),
+    #[error("node {0} already exists")]
+    NodeExists(String),
+    #[error(
+        "service {name} was changed by someone else (version {expected} expected, {actual} found)"
+    )]
+    VersionConflict {
+        name: String,
+        expected: u64,
+        actual: u64,
+    },
+}

@@ -1,0 +1,539 @@
+//! The tables and the deterministic apply function.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use flotilla_types::{Cluster, DesiredState, Node, Service, Task, TaskState, TaskStatus};
+
+use crate::command::{Command, CommandResult};
+use crate::error::StoreError;
+
+/// Which object an applied command touched. The raft crate persists exactly
+/// these; watchers can use them to skip unrelated work.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Change {
+    Cluster,
+    Node(String),
+    Service(String),
+    Task(String),
+}
+
+/// The whole replicated state of a cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub cluster: Option<Cluster>,
+    pub nodes: BTreeMap<String, Node>,
+    pub services: BTreeMap<String, Service>,
+    pub tasks: BTreeMap<String, Task>,
+    /// Raft index of the last applied command (0 when none).
+    pub index: u64,
+}
+
+impl State {
+    /// Finds a service by ID, or by name.
+    pub fn service(&self, id_or_name: &str) -> Option<&Service> {
+        self.services
+            .get(id_or_name)
+            .or_else(|| self.services.values().find(|s| s.spec.name == id_or_name))
+    }
+
+    /// Finds a node by ID, name or host name, or by a unique ID prefix.
+    pub fn node(&self, id_or_name: &str) -> Option<&Node> {
+        if let Some(n) = self.nodes.get(id_or_name) {
+            return Some(n);
+        }
+        if let Some(n) = self.nodes.values().find(|n| n.name == id_or_name) {
+            return Some(n);
+        }
+        let mut prefixed = self.nodes.values().filter(|n| n.id.starts_with(id_or_name));
+        match (prefixed.next(), prefixed.next()) {
+            (Some(n), None) if !id_or_name.is_empty() => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Tasks of one service, in no particular order.
+    pub fn tasks_of<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a Task> + 'a {
+        self.tasks
+            .values()
+            .filter(move |t| t.service_id == service_id)
+    }
+
+    /// Applies a committed command at raft index `index`. Deterministic: the
+    /// result depends only on `self`, `index` and `command`.
+    pub fn apply(&mut self, index: u64, command: &Command) -> (CommandResult, Vec<Change>) {
+        self.index = index;
+        let mut changes = Vec::new();
+        let result = self.apply_inner(index, command, &mut changes);
+        (result, changes)
+    }
+
+    fn apply_inner(
+        &mut self,
+        index: u64,
+        command: &Command,
+        changes: &mut Vec<Change>,
+    ) -> CommandResult {
+        match command {
+            Command::InitCluster { cluster, node } => {
+                if self.cluster.is_some() {
+                    return Err(StoreError::AlreadyInitialized);
+                }
+                self.cluster = Some(cluster.clone());
+                changes.push(Change::Cluster);
+                self.nodes.insert(node.id.clone(), node.clone());
+                changes.push(Change::Node(node.id.clone()));
+                Ok(Some(cluster.id.clone()))
+            }
+            Command::UpsertNode { node } => {
+                self.require_cluster()?;
+                self.nodes.insert(node.id.clone(), node.clone());
+                changes.push(Change::Node(node.id.clone()));
+                Ok(Some(node.id.clone()))
+            }
+            Command::CreateService { id, spec, at } => {
+                self.require_cluster()?;
+                if self.service(&spec.name).is_some() || self.services.contains_key(id) {
+                    return Err(StoreError::ServiceExists(spec.name.clone()));
+                }
+                self.services.insert(
+                    id.clone(),
+                    Service {
+                        id: id.clone(),
+                        spec: spec.clone(),
+                        version: index,
+                        created_at: *at,
+                        updated_at: *at,
+                    },
+                );
+                changes.push(Change::Service(id.clone()));
+                Ok(Some(id.clone()))
+            }
+            Command::UpdateService {
+                id,
+                spec,
+                expected_version,
+                at,
+            } => {
+                let renamed_to_taken = self
+                    .services
+                    .values()
+                    .any(|s| s.id != *id && s.spec.name == spec.name);
+                let service = self
+                    .services
+                    .get_mut(id)
+                    .ok_or_else(|| StoreError::ServiceNotFound(id.clone()))?;
+                if let Some(expected) = expected_version {
+                    if *expected != service.version {
+                        return Err(StoreError::VersionConflict {
+                            name: service.spec.name.clone(),
+                            expected: *expected,
+                            actual: service.version,
+                        });
+                    }
+                }
+                if renamed_to_taken {
+                    return Err(StoreError::ServiceExists(spec.name.clone()));
+                }
+                service.spec = spec.clone();
+                service.version = index;
+                service.updated_at = *at;
+                changes.push(Change::Service(id.clone()));
+                Ok(Some(id.clone()))
+            }
+            Command::RemoveService { id, .. } => {
+                if self.services.remove(id).is_none() {
+                    return Err(StoreError::ServiceNotFound(id.clone()));
+                }
+                changes.push(Change::Service(id.clone()));
+                for task in self.tasks.values_mut().filter(|t| t.service_id == *id) {
+                    if task.desired_state != DesiredState::Shutdown {
+                        task.desired_state = DesiredState::Shutdown;
+                        changes.push(Change::Task(task.id.clone()));
+                    }
+                }
+                Ok(Some(id.clone()))
+            }
+            Command::CreateTasks { tasks } => {
+                for task in tasks {
+                    // A task of a service removed since the proposal is dropped:
+                    // nothing would ever clean it up.
+                    if !self.services.contains_key(&task.service_id)
+                        || self.tasks.contains_key(&task.id)
+                    {
+                        continue;
+                    }
+                    let mut task = task.clone();
+                    task.created_index = index;
+                    changes.push(Change::Task(task.id.clone()));
+                    self.tasks.insert(task.id.clone(), task);
+                }
+                Ok(None)
+            }
+            Command::SetDesiredState { task_ids, desired } => {
+                for id in task_ids {
+                    if let Some(task) = self.tasks.get_mut(id) {
+                        if task.desired_state != *desired {
+                            task.desired_state = *desired;
+                            changes.push(Change::Task(id.clone()));
+                        }
+                    }
+                }
+                Ok(None)
+            }
+            Command::AssignTasks { assignments, at } => {
+                for (task_id, node_id) in assignments {
+                    if !self.nodes.contains_key(node_id) {
+                        continue;
+                    }
+                    if let Some(task) = self.tasks.get_mut(task_id) {
+                        // Only a task still waiting for a node can be placed;
+                        // a stale proposal must not move a running task.
+                        if task.status.state <= TaskState::Pending
+                            && task.desired_state == DesiredState::Running
+                        {
+                            task.node_id = Some(node_id.clone());
+                            task.status = TaskStatus::new(TaskState::Assigned, *at, "assigned");
+                            changes.push(Change::Task(task_id.clone()));
+                        }
+                    }
+                }
+                Ok(None)
+            }
+            Command::SetPendingReason { reasons, at } => {
+                for (task_id, reason) in reasons {
+                    if let Some(task) = self.tasks.get_mut(task_id) {
+                        if task.status.state <= TaskState::Pending
+                            && (task.status.state != TaskState::Pending
+                                || task.status.message != *reason)
+                        {
+                            task.status = TaskStatus::new(TaskState::Pending, *at, reason.clone());
+                            changes.push(Change::Task(task_id.clone()));
+                        }
+                    }
+                }
+                Ok(None)
+            }
+            Command::UpdateTaskStatus { updates } => {
+                for update in updates {
+                    if let Some(task) = self.tasks.get_mut(&update.task_id) {
+                        if task.status.state.can_move_to(update.status.state) {
+                            task.status = update.status.clone();
+                            changes.push(Change::Task(update.task_id.clone()));
+                        }
+                    }
+                }
+                Ok(None)
+            }
+            Command::DeleteTasks { task_ids } => {
+                for id in task_ids {
+                    if self.tasks.remove(id).is_some() {
+                        changes.push(Change::Task(id.clone()));
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    fn require_cluster(&self) -> Result<(), StoreError> {
+        if self.cluster.is_none() {
+            return Err(StoreError::NotInitialized);
+        }
+        Ok(())
+    }
+
+    /// IDs of the tasks placed on `node_id`.
+    pub fn task_ids_on(&self, node_id: &str) -> BTreeSet<String> {
+        self.tasks
+            .values()
+            .filter(|t| t.node_id.as_deref() == Some(node_id))
+            .map(|t| t.id.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::TaskStatusUpdate;
+    use flotilla_types::{
+        Availability, NodeRole, NodeState, ServiceMode, ServiceSpec, TaskTemplate,
+    };
+
+    fn node(id: &str) -> Node {
+        Node {
+            id: id.into(),
+            raft_id: 1,
+            name: id.into(),
+            hostname: id.into(),
+            role: NodeRole::Manager,
+            availability: Availability::Active,
+            labels: Default::default(),
+            state: NodeState::Ready,
+            addr: String::new(),
+            version: "test".into(),
+            created_at: 1,
+            last_seen: 1,
+        }
+    }
+
+    fn spec(name: &str, replicas: u64) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            mode: ServiceMode::Replicated { replicas },
+            labels: Default::default(),
+            task: TaskTemplate {
+                driver: Default::default(),
+                command: vec!["sleep".into(), "100".into()],
+                env: Default::default(),
+                restart: Default::default(),
+                stop_grace_period_ms: 10_000,
+                constraints: vec![],
+            },
+        }
+    }
+
+    fn task(id: &str, service: &str, slot: u64) -> Task {
+        Task {
+            id: id.into(),
+            service_id: service.into(),
+            service_name: service.into(),
+            slot,
+            node_id: None,
+            desired_state: DesiredState::Running,
+            status: TaskStatus::new(TaskState::Pending, 5, "created"),
+            spec: spec(service, 1).task,
+            service_version: 2,
+            created_at: 5,
+            created_index: 0,
+            restart_history: vec![],
+        }
+    }
+
+    fn init() -> State {
+        let mut s = State::default();
+        let (r, _) = s.apply(
+            1,
+            &Command::InitCluster {
+                cluster: Cluster {
+                    id: "c1".into(),
+                    created_at: 1,
+                },
+                node: node("n1"),
+            },
+        );
+        assert_eq!(r, Ok(Some("c1".into())));
+        s
+    }
+
+    #[test]
+    fn init_twice_is_refused() {
+        let mut s = init();
+        let (r, changes) = s.apply(
+            2,
+            &Command::InitCluster {
+                cluster: Cluster {
+                    id: "c2".into(),
+                    created_at: 2,
+                },
+                node: node("n2"),
+            },
+        );
+        assert_eq!(r, Err(StoreError::AlreadyInitialized));
+        assert!(changes.is_empty());
+        assert_eq!(s.cluster.as_ref().map(|c| c.id.as_str()), Some("c1"));
+    }
+
+    #[test]
+    fn services_need_a_cluster_and_unique_names() {
+        let mut s = State::default();
+        let create = Command::CreateService {
+            id: "s1".into(),
+            spec: spec("web", 1),
+            at: 3,
+        };
+        assert_eq!(s.apply(1, &create).0, Err(StoreError::NotInitialized));
+        let mut s = init();
+        assert_eq!(s.apply(2, &create).0, Ok(Some("s1".into())));
+        assert_eq!(s.services["s1"].version, 2);
+        let again = Command::CreateService {
+            id: "s2".into(),
+            spec: spec("web", 1),
+            at: 3,
+        };
+        assert_eq!(
+            s.apply(3, &again).0,
+            Err(StoreError::ServiceExists("web".into()))
+        );
+        assert_eq!(s.service("web").map(|x| x.id.as_str()), Some("s1"));
+    }
+
+    #[test]
+    fn update_checks_the_expected_version() {
+        let mut s = init();
+        s.apply(
+            2,
+            &Command::CreateService {
+                id: "s1".into(),
+                spec: spec("web", 1),
+                at: 3,
+            },
+        );
+        let stale = Command::UpdateService {
+            id: "s1".into(),
+            spec: spec("web", 5),
+            expected_version: Some(1),
+            at: 4,
+        };
+        assert!(matches!(
+            s.apply(3, &stale).0,
+            Err(StoreError::VersionConflict { .. })
+        ));
+        let fresh = Command::UpdateService {
+            id: "s1".into(),
+            spec: spec("web", 5),
+            expected_version: Some(2),
+            at: 4,
+        };
+        assert_eq!(s.apply(4, &fresh).0, Ok(Some("s1".into())));
+        assert_eq!(s.services["s1"].version, 4);
+        assert_eq!(
+            s.services["s1"].spec.mode,
+            ServiceMode::Replicated { replicas: 5 }
+        );
+    }
+
+    #[test]
+    fn task_states_never_move_backwards() {
+        let mut s = init();
+        s.apply(
+            2,
+            &Command::CreateService {
+                id: "s1".into(),
+                spec: spec("web", 1),
+                at: 3,
+            },
+        );
+        s.apply(
+            3,
+            &Command::CreateTasks {
+                tasks: vec![task("t1", "s1", 1)],
+            },
+        );
+        assert_eq!(s.tasks["t1"].created_index, 3);
+        s.apply(
+            4,
+            &Command::AssignTasks {
+                assignments: vec![("t1".into(), "n1".into())],
+                at: 6,
+            },
+        );
+        assert_eq!(s.tasks["t1"].status.state, TaskState::Assigned);
+        let report = |state| Command::UpdateTaskStatus {
+            updates: vec![TaskStatusUpdate {
+                task_id: "t1".into(),
+                status: TaskStatus::new(state, 7, ""),
+            }],
+        };
+        s.apply(5, &report(TaskState::Running));
+        assert_eq!(s.tasks["t1"].status.state, TaskState::Running);
+        let (_, changes) = s.apply(6, &report(TaskState::Starting));
+        assert!(changes.is_empty());
+        assert_eq!(s.tasks["t1"].status.state, TaskState::Running);
+        s.apply(7, &report(TaskState::Failed));
+        s.apply(8, &report(TaskState::Shutdown));
+        assert_eq!(s.tasks["t1"].status.state, TaskState::Failed);
+        // a stale placement does not move a task that already ran
+        s.apply(
+            9,
+            &Command::AssignTasks {
+                assignments: vec![("t1".into(), "n1".into())],
+                at: 9,
+            },
+        );
+        assert_eq!(s.tasks["t1"].status.state, TaskState::Failed);
+    }
+
+    #[test]
+    fn removing_a_service_shuts_its_tasks_down() {
+        let mut s = init();
+        s.apply(
+            2,
+            &Command::CreateService {
+                id: "s1".into(),
+                spec: spec("web", 2),
+                at: 3,
+            },
+        );
+        s.apply(
+            3,
+            &Command::CreateTasks {
+                tasks: vec![task("t1", "s1", 1), task("t2", "s1", 2)],
+            },
+        );
+        let (r, changes) = s.apply(
+            4,
+            &Command::RemoveService {
+                id: "s1".into(),
+                at: 5,
+            },
+        );
+        assert_eq!(r, Ok(Some("s1".into())));
+        assert_eq!(changes.len(), 3);
+        assert!(s
+            .tasks
+            .values()
+            .all(|t| t.desired_state == DesiredState::Shutdown));
+        // tasks proposed for the removed service are dropped
+        s.apply(
+            5,
+            &Command::CreateTasks {
+                tasks: vec![task("t3", "s1", 3)],
+            },
+        );
+        assert!(!s.tasks.contains_key("t3"));
+        s.apply(
+            6,
+            &Command::DeleteTasks {
+                task_ids: vec!["t1".into(), "t2".into()],
+            },
+        );
+        assert!(s.tasks.is_empty());
+    }
+
+    #[test]
+    fn apply_is_deterministic() {
+        let commands = vec![
+            Command::CreateService {
+                id: "s1".into(),
+                spec: spec("web", 2),
+                at: 3,
+            },
+            Command::CreateTasks {
+                tasks: vec![task("t1", "s1", 1), task("t2", "s1", 2)],
+            },
+            Command::AssignTasks {
+                assignments: vec![("t1".into(), "n1".into())],
+                at: 6,
+            },
+            Command::SetPendingReason {
+                reasons: vec![("t2".into(), "no suitable node".into())],
+                at: 6,
+            },
+        ];
+        let run = || {
+            let mut s = init();
+            for (i, c) in commands.iter().enumerate() {
+                s.apply(i as u64 + 2, c);
+            }
+            s
+        };
+        assert_eq!(run(), run());
+        let s = run();
+        let json = serde_json::to_string(&s).expect("serialize");
+        let back: State = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, s);
+    }
+}

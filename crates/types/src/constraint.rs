@@ -1,0 +1,235 @@
+//! Placement constraints, written as Swarm writes them:
+//! `node.id==ID`, `node.hostname!=NAME`, `node.role==manager`,
+//! `node.labels.KEY==VALUE`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::node::Node;
+
+/// Why a constraint expression was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ConstraintError {
+    #[error("invalid constraint {0:?}: expected KEY==VALUE or KEY!=VALUE")]
+    NoOperator(String),
+    #[error("invalid constraint {0:?}: unknown key {1:?} (use node.id, node.hostname, node.role or node.labels.KEY)")]
+    UnknownKey(String, String),
+    #[error("invalid constraint {0:?}: the value is empty")]
+    EmptyValue(String),
+    #[error("invalid constraint {0:?}: node.role is either manager or worker")]
+    BadRole(String),
+}
+
+/// What a constraint looks at.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConstraintKey {
+    NodeId,
+    NodeHostname,
+    NodeRole,
+    NodeLabel(String),
+}
+
+/// `==` or `!=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConstraintOp {
+    Eq,
+    Ne,
+}
+
+/// One parsed constraint. Serialized as its text form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Constraint {
+    pub key: ConstraintKey,
+    pub op: ConstraintOp,
+    pub value: String,
+}
+
+impl Constraint {
+    /// Whether `node` satisfies this constraint. A missing label never
+    /// equals a value, and so always satisfies `!=`.
+    pub fn matches(&self, node: &Node) -> bool {
+        let actual: Option<&str> = match &self.key {
+            ConstraintKey::NodeId => Some(&node.id),
+            // Swarm matches hostname against the node's name as shown in
+            // `node ls`; we accept either.
+            ConstraintKey::NodeHostname => {
+                if node.hostname == self.value {
+                    Some(&node.hostname)
+                } else {
+                    Some(&node.name)
+                }
+            }
+            ConstraintKey::NodeRole => Some(node.role.as_str()),
+            ConstraintKey::NodeLabel(k) => node.labels.get(k).map(String::as_str),
+        };
+        let equal = actual == Some(self.value.as_str());
+        match self.op {
+            ConstraintOp::Eq => equal,
+            ConstraintOp::Ne => !equal,
+        }
+    }
+}
+
+impl FromStr for Constraint {
+    type Err = ConstraintError;
+
+    fn from_str(expr: &str) -> Result<Self, Self::Err> {
+        let (lhs, op, rhs) = if let Some((l, r)) = expr.split_once("==") {
+            (l, ConstraintOp::Eq, r)
+        } else if let Some((l, r)) = expr.split_once("!=") {
+            (l, ConstraintOp::Ne, r)
+        } else {
+            return Err(ConstraintError::NoOperator(expr.to_string()));
+        };
+        let lhs = lhs.trim();
+        let value = rhs.trim().to_string();
+        if value.is_empty() {
+            return Err(ConstraintError::EmptyValue(expr.to_string()));
+        }
+        let key = match lhs {
+            "node.id" => ConstraintKey::NodeId,
+            "node.hostname" => ConstraintKey::NodeHostname,
+            "node.role" => {
+                if value != "manager" && value != "worker" {
+                    return Err(ConstraintError::BadRole(expr.to_string()));
+                }
+                ConstraintKey::NodeRole
+            }
+            other => match other.strip_prefix("node.labels.") {
+                Some(label) if !label.is_empty() => ConstraintKey::NodeLabel(label.to_string()),
+                _ => {
+                    return Err(ConstraintError::UnknownKey(
+                        expr.to_string(),
+                        other.to_string(),
+                    ))
+                }
+            },
+        };
+        Ok(Constraint { key, op, value })
+    }
+}
+
+impl fmt::Display for Constraint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            ConstraintKey::NodeId => write!(f, "node.id")?,
+            ConstraintKey::NodeHostname => write!(f, "node.hostname")?,
+            ConstraintKey::NodeRole => write!(f, "node.role")?,
+            ConstraintKey::NodeLabel(k) => write!(f, "node.labels.{k}")?,
+        }
+        let op = match self.op {
+            ConstraintOp::Eq => "==",
+            ConstraintOp::Ne => "!=",
+        };
+        write!(f, "{op}{}", self.value)
+    }
+}
+
+impl Serialize for Constraint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Constraint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{Availability, NodeRole, NodeState};
+
+    fn node() -> Node {
+        Node {
+            id: "n1".into(),
+            raft_id: 1,
+            name: "alpha".into(),
+            hostname: "host-a".into(),
+            role: NodeRole::Manager,
+            availability: Availability::Active,
+            labels: [("zone".to_string(), "a".to_string())].into(),
+            state: NodeState::Ready,
+            addr: String::new(),
+            version: "0".into(),
+            created_at: 0,
+            last_seen: 0,
+        }
+    }
+
+    fn c(s: &str) -> Constraint {
+        s.parse().expect("valid constraint")
+    }
+
+    #[test]
+    fn parses_and_prints() {
+        for s in [
+            "node.id==n1",
+            "node.hostname!=x",
+            "node.role==worker",
+            "node.labels.zone==a",
+        ] {
+            assert_eq!(c(s).to_string(), s);
+        }
+        assert_eq!(
+            c(" node.role == manager ").to_string(),
+            "node.role==manager"
+        );
+    }
+
+    #[test]
+    fn refuses_malformed() {
+        assert!(matches!(
+            "node.role=manager".parse::<Constraint>(),
+            Err(ConstraintError::NoOperator(_))
+        ));
+        assert!(matches!(
+            "node.colour==red".parse::<Constraint>(),
+            Err(ConstraintError::UnknownKey(..))
+        ));
+        assert!(matches!(
+            "node.labels.==x".parse::<Constraint>(),
+            Err(ConstraintError::UnknownKey(..))
+        ));
+        assert!(matches!(
+            "node.id==".parse::<Constraint>(),
+            Err(ConstraintError::EmptyValue(_))
+        ));
+        assert!(matches!(
+            "node.role==boss".parse::<Constraint>(),
+            Err(ConstraintError::BadRole(_))
+        ));
+    }
+
+    #[test]
+    fn matches_nodes() {
+        let n = node();
+        assert!(c("node.id==n1").matches(&n));
+        assert!(!c("node.id!=n1").matches(&n));
+        assert!(c("node.hostname==host-a").matches(&n));
+        assert!(c("node.hostname==alpha").matches(&n));
+        assert!(!c("node.hostname==beta").matches(&n));
+        assert!(c("node.role==manager").matches(&n));
+        assert!(!c("node.role==worker").matches(&n));
+        assert!(c("node.labels.zone==a").matches(&n));
+        assert!(!c("node.labels.zone==b").matches(&n));
+        assert!(!c("node.labels.rack==1").matches(&n));
+        assert!(c("node.labels.rack!=1").matches(&n));
+    }
+
+    #[test]
+    fn serde_uses_text_form() {
+        let json = serde_json::to_string(&c("node.labels.zone!=b")).expect("serialize");
+        assert_eq!(json, "\"node.labels.zone!=b\"");
+        let back: Constraint = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, c("node.labels.zone!=b"));
+    }
+}

@@ -1,0 +1,93 @@
+//! A node: one machine running `flotilla daemon`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::UnixMs;
+
+/// Managers hold the raft log and may lead; workers only run tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    Manager,
+    Worker,
+}
+
+impl NodeRole {
+    /// The lowercase word used in constraints and tables.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NodeRole::Manager => "manager",
+            NodeRole::Worker => "worker",
+        }
+    }
+}
+
+/// Whether the scheduler may place tasks on a node (Swarm's availability).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    /// Takes new tasks.
+    Active,
+    /// Keeps its tasks, takes no new ones.
+    Pause,
+    /// Its tasks are moved elsewhere.
+    Drain,
+}
+
+impl Availability {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Availability::Active => "active",
+            Availability::Pause => "pause",
+            Availability::Drain => "drain",
+        }
+    }
+}
+
+/// Whether the node's agent is talking to the managers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    /// Heartbeats arrive.
+    Ready,
+    /// No heartbeat within the node timeout.
+    Down,
+}
+
+impl NodeState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NodeState::Ready => "ready",
+            NodeState::Down => "down",
+        }
+    }
+}
+
+/// A machine in the cluster. `name`, `role`, `availability` and `labels` are
+/// spec (set by users); `state`, `addr`, `version` and `last_seen` are status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Random ID chosen when the node first joined or ran `init`.
+    pub id: String,
+    /// Raft member ID; unique for the cluster's lifetime, never reused.
+    pub raft_id: u64,
+    /// Defaults to the host name.
+    pub name: String,
+    /// The machine's host name as the node reported it.
+    pub hostname: String,
+    pub role: NodeRole,
+    pub availability: Availability,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub state: NodeState,
+    /// Address other nodes reach it at (empty on a one-node cluster).
+    #[serde(default)]
+    pub addr: String,
+    /// Flotilla version the node runs.
+    pub version: String,
+    pub created_at: UnixMs,
+    /// Last time the node reported in.
+    pub last_seen: UnixMs,
+}
