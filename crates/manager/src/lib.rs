@@ -1,0 +1,32 @@
+//! The manager's control loops: the orchestrator, which decides which tasks
+//! should exist, and the scheduler, which decides where they run.
+//!
+//! As in swarmkit, the two never call each other: each reads the replicated
+//! [`flotilla_store::State`] and proposes commands through raft, and each
+//! learns of the other's work only through the store. As in nomad, the
+//! decisions are plain functions over a state snapshot that take the time
+//! as an argument, so they are tested without sockets, sleeps or a runtime;
+//! the loops around them are thin.
+//!
+//! # Layout
+//! - [`orchestrator`]: [`reconcile`], the pure decision of which tasks to
+//!   create, shut down and delete (slots, restart policy, history).
+//! - [`scheduler`]: [`schedule`], the pure decision of which node each
+//!   waiting task goes to (filters, spread), and why a task cannot be placed.
+//! - [`access`]: what the loops need from outside: [`StoreView`],
+//!   [`Proposer`], [`Clock`].
+//! - [`loops`]: [`Orchestrator`] and [`Scheduler`], the async shells that
+//!   wake on store changes, decide, and propose.
+
+pub mod access;
+pub mod loops;
+pub mod orchestrator;
+pub mod scheduler;
+
+#[cfg(test)]
+mod testutil;
+
+pub use access::{Clock, ProposeError, ProposeFuture, Proposer, StoreView, SystemClock};
+pub use loops::{Orchestrator, Scheduler};
+pub use orchestrator::{reconcile, Reconciliation};
+pub use scheduler::{schedule, Schedule};

@@ -1,0 +1,280 @@
+//! The orchestrator and scheduler loops: thin async shells around the pure
+//! decisions in [`crate::orchestrator`] and [`crate::scheduler`].
+//!
+//! Each loop waits for the store to change (or for a due restart, or a
+//! safety tick), computes its decision under a read lock, drops the lock,
+//! and proposes at most one command of each kind. It then waits until the
+//! applied index has moved past what it read, so that it never proposes
+//! the same decision twice. The two loops never talk to each other: the
+//! orchestrator's new tasks reach the scheduler through the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_store::{Command, State};
+use flotilla_types::{new_id, DesiredState, UnixMs};
+use tokio_util::sync::CancellationToken;
+
+use crate::access::{Clock, ProposeError, Proposer, StoreView};
+use crate::orchestrator::{reconcile, Reconciliation};
+use crate::scheduler::{pending_reason_updates, schedule};
+
+/// Longest a loop sleeps without looking at the store: covers a missed
+/// wake-up and restart delays that depend on nothing else changing.
+const TICK: Duration = Duration::from_secs(1);
+/// First wait after a failed proposal; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Keeps services at the tasks their specs ask for.
+pub struct Orchestrator {
+    view: StoreView,
+    proposer: Arc<dyn Proposer>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Orchestrator {
+    pub fn new(view: StoreView, proposer: Arc<dyn Proposer>, clock: Arc<dyn Clock>) -> Self {
+        Orchestrator {
+            view,
+            proposer,
+            clock,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut ids = || new_id(rand::random());
+        let decide = move |state: &State, now: UnixMs| {
+            let decision = reconcile(state, now, &mut ids);
+            Plan {
+                next_wakeup: decision.next_wakeup,
+                commands: orchestrator_commands(decision),
+            }
+        };
+        run_loop(
+            "orchestrator",
+            self.view,
+            self.proposer,
+            self.clock,
+            shutdown,
+            decide,
+        )
+        .await;
+    }
+}
+
+/// Places waiting tasks on nodes.
+pub struct Scheduler {
+    view: StoreView,
+    proposer: Arc<dyn Proposer>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Scheduler {
+    pub fn new(view: StoreView, proposer: Arc<dyn Proposer>, clock: Arc<dyn Clock>) -> Self {
+        Scheduler {
+            view,
+            proposer,
+            clock,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        run_loop(
+            "scheduler",
+            self.view,
+            self.proposer,
+            self.clock,
+            shutdown,
+            scheduler_plan,
+        )
+        .await;
+    }
+}
+
+/// One round's proposals, and when to look again at the latest.
+#[derive(Debug, Default)]
+struct Plan {
+    commands: Vec<Command>,
+    next_wakeup: Option<UnixMs>,
+}
+
+/// Shutdowns first: if a later command fails, the slot is left empty and
+/// the next round fills it, rather than left with two tasks to run.
+fn orchestrator_commands(decision: Reconciliation) -> Vec<Command> {
+    let mut commands = Vec::new();
+    if !decision.shutdown.is_empty() {
+        commands.push(Command::SetDesiredState {
+            task_ids: decision.shutdown,
+            desired: DesiredState::Shutdown,
+        });
+    }
+    if !decision.create.is_empty() {
+        commands.push(Command::CreateTasks {
+            tasks: decision.create,
+        });
+    }
+    if !decision.delete.is_empty() {
+        commands.push(Command::DeleteTasks {
+            task_ids: decision.delete,
+        });
+    }
+    commands
+}
+
+fn scheduler_plan(state: &State, now: UnixMs) -> Plan {
+    let decision = schedule(state);
+    let reasons = pending_reason_updates(state, &decision);
+    let mut commands = Vec::new();
+    if !decision.assignments.is_empty() {
+        commands.push(Command::AssignTasks {
+            assignments: decision.assignments,
+            at: now,
+        });
+    }
+    if !reasons.is_empty() {
+        commands.push(Command::SetPendingReason { reasons, at: now });
+    }
+    Plan {
+        commands,
+        next_wakeup: None,
+    }
+}
+
+async fn run_loop(
+    name: &'static str,
+    mut view: StoreView,
+    proposer: Arc<dyn Proposer>,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+    mut decide: impl FnMut(&State, UnixMs) -> Plan + Send,
+) {
+    let mut backoff = MIN_BACKOFF;
+    // False once the applied watch's sender is gone: `changed` would then
+    // return at once forever, so only the tick is left to wait on.
+    let mut watching = true;
+    tracing::debug!(name, "loop started");
+    while !shutdown.is_cancelled() {
+        let seen = *view.applied.borrow_and_update();
+        let now = clock.now_ms();
+        let plan = {
+            let state = view.read();
+            decide(&state, now)
+        };
+
+        if plan.commands.is_empty() {
+            let mut wait = TICK;
+            if let Some(due) = plan.next_wakeup {
+                wait = wait.min(Duration::from_millis(due.saturating_sub(clock.now_ms())));
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = view.applied.changed(), if watching => {
+                    if changed.is_err() {
+                        tracing::warn!(name, "applied index watch closed; polling");
+                        watching = false;
+                    }
+                }
+                _ = tokio::time::sleep(wait) => {}
+            }
+            continue;
+        }
+
+        match propose_all(name, proposer.as_ref(), plan.commands).await {
+            Ok(()) => {
+                backoff = MIN_BACKOFF;
+                // The proposals are applied once `propose` returns, but the
+                // watch may trail; acting before it moves would repeat them.
+                let moved = view.applied.wait_for(|index| *index > seen);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::timeout(TICK, async { moved.await.map(|_| ()) }) => {}
+                }
+            }
+            Err(error) => {
+                match error {
+                    ProposeError::NotLeader => tracing::debug!(name, "not the leader; waiting"),
+                    ProposeError::Other(ref e) => {
+                        tracing::warn!(name, error = %e, "proposal failed")
+                    }
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+    tracing::debug!(name, "loop stopped");
+}
+
+/// Proposes in order and stops at the first failure. A command that was
+/// committed but refused by the state machine is logged and passed over:
+/// it is applied, and the next round decides afresh.
+async fn propose_all(
+    name: &'static str,
+    proposer: &dyn Proposer,
+    commands: Vec<Command>,
+) -> Result<(), ProposeError> {
+    for command in commands {
+        let kind = command_kind(&command);
+        if let Err(refused) = proposer.propose(command).await? {
+            tracing::warn!(name, kind, error = %refused, "command refused");
+        } else {
+            tracing::debug!(name, kind, "command applied");
+        }
+    }
+    Ok(())
+}
+
+fn command_kind(command: &Command) -> &'static str {
+    match command {
+        Command::SetDesiredState { .. } => "set_desired_state",
+        Command::CreateTasks { .. } => "create_tasks",
+        Command::DeleteTasks { .. } => "delete_tasks",
+        Command::AssignTasks { .. } => "assign_tasks",
+        Command::SetPendingReason { .. } => "set_pending_reason",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+    use flotilla_types::TaskState;
+
+    #[test]
+    fn orchestrator_commands_shut_down_before_creating() {
+        let mut state = cluster(&["n1"]);
+        add_service(&mut state, replicated("s1", 2));
+        add_task(&mut state, task("old", "s1", 3, 1, TaskState::Running));
+        let mut ids = counter();
+        let commands = orchestrator_commands(reconcile(&state, 100, &mut ids));
+        assert!(
+            matches!(&commands[0], Command::SetDesiredState { task_ids, desired: DesiredState::Shutdown } if task_ids == &["old".to_string()])
+        );
+        assert!(matches!(&commands[1], Command::CreateTasks { tasks } if tasks.len() == 2));
+        assert_eq!(commands.len(), 2);
+    }
+
+    #[test]
+    fn scheduler_plan_skips_unchanged_reasons() {
+        let mut state = cluster(&[]);
+        add_service(&mut state, replicated("s1", 1));
+        let mut t = task("t1", "s1", 1, 1, TaskState::Pending);
+        t.status.message = "no suitable node (no nodes in the cluster)".into();
+        add_task(&mut state, t);
+        assert!(scheduler_plan(&state, 5).commands.is_empty());
+        if let Some(t) = state.tasks.get_mut("t1") {
+            t.status.message = "created".into();
+        }
+        let plan = scheduler_plan(&state, 5);
+        assert!(
+            matches!(&plan.commands[..], [Command::SetPendingReason { reasons, at: 5 }] if reasons.len() == 1)
+        );
+    }
+}

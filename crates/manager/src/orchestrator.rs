@@ -1,0 +1,441 @@
+//! The orchestrator's decision: which tasks should exist for each service.
+//!
+//! [`reconcile`] is a pure function of the state, the time and an ID
+//! generator. It never places tasks on nodes (that is the scheduler's job,
+//! which it learns about only through the store, as in swarmkit) and it
+//! never waits: a decision that is not due yet is reported as
+//! [`Reconciliation::next_wakeup`] so that the caller can come back then.
+//!
+//! Every service has slots: `1..=replicas` for a replicated service, one per
+//! eligible node for a global one. Each slot has a history of tasks ordered
+//! by `created_index`; the newest one whose desired state is running is the
+//! slot's *current* task. The rules per slot are:
+//! - no current task: create one;
+//! - current task stopped by the cluster (shutdown, orphaned), or on a node
+//!   that is drained or gone: replace it at once;
+//! - current task ended by itself (complete, failed, rejected): the
+//!   service's restart policy decides whether, and when, it is replaced;
+//! - current task made from an older, different task template: replace it
+//!   (see [`is_out_of_date`]).
+//!
+//! Tasks in slots that no longer exist are shut down; ended tasks beyond
+//! [`HISTORY_LIMIT`] per slot, and tasks of removed services, are deleted.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use flotilla_store::State;
+use flotilla_types::{
+    Availability, DesiredState, Node, NodeState, RestartCondition, RestartPolicy, Service,
+    ServiceMode, SlotKey, Task, TaskState, TaskStatus, UnixMs,
+};
+
+/// Ended tasks kept per slot for `service ps`, as Swarm's default
+/// `task-history-limit`.
+pub const HISTORY_LIMIT: usize = 5;
+
+/// What the orchestrator wants changed. Every list is sorted, so that the
+/// same inputs give the same output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciliation {
+    /// New tasks, sorted by service ID, slot and node.
+    pub create: Vec<Task>,
+    /// IDs of tasks whose desired state becomes shutdown.
+    pub shutdown: Vec<String>,
+    /// IDs of tasks to forget.
+    pub delete: Vec<String>,
+    /// The earliest time a decision that is not due yet becomes due
+    /// (a restart delay).
+    pub next_wakeup: Option<UnixMs>,
+}
+
+impl Reconciliation {
+    /// Whether nothing needs to change now.
+    pub fn is_empty(&self) -> bool {
+        self.create.is_empty() && self.shutdown.is_empty() && self.delete.is_empty()
+    }
+}
+
+/// Decides which tasks to create, shut down and delete so that every
+/// service gets the tasks its spec asks for.
+pub fn reconcile(state: &State, now: UnixMs, new_id: &mut dyn FnMut() -> String) -> Reconciliation {
+    let mut out = Builder {
+        now,
+        new_id,
+        create: Vec::new(),
+        shutdown: BTreeSet::new(),
+        delete: BTreeSet::new(),
+        next_wakeup: None,
+    };
+
+    // Tasks by service and slot, each slot's tasks oldest first.
+    let mut by_service: BTreeMap<&str, BTreeMap<SlotKey, Vec<&Task>>> = BTreeMap::new();
+    for task in state.tasks.values() {
+        by_service
+            .entry(task.service_id.as_str())
+            .or_default()
+            .entry(task.slot_key())
+            .or_default()
+            .push(task);
+    }
+    for slots in by_service.values_mut() {
+        for tasks in slots.values_mut() {
+            tasks.sort_by(|a, b| (a.created_index, &a.id).cmp(&(b.created_index, &b.id)));
+        }
+    }
+
+    let no_slots = BTreeMap::new();
+    for service in state.services.values() {
+        let slots = by_service.get(service.id.as_str()).unwrap_or(&no_slots);
+        reconcile_service(state, service, slots, &mut out);
+    }
+    for (service_id, slots) in &by_service {
+        if !state.services.contains_key(*service_id) {
+            removed_service(slots, &mut out);
+        }
+    }
+
+    out.finish()
+}
+
+/// Accumulates decisions; sets make a task listed twice harmless.
+struct Builder<'a> {
+    now: UnixMs,
+    new_id: &'a mut dyn FnMut() -> String,
+    create: Vec<Task>,
+    shutdown: BTreeSet<String>,
+    delete: BTreeSet<String>,
+    next_wakeup: Option<UnixMs>,
+}
+
+impl Builder<'_> {
+    fn create(&mut self, service: &Service, target: &SlotTarget<'_>, restart_history: Vec<UnixMs>) {
+        let (slot, node_id, status) = match target.node {
+            // A global task's node is fixed by its slot, so it skips the
+            // scheduler and starts out assigned.
+            Some(node) => (
+                0,
+                Some(node.id.clone()),
+                TaskStatus::new(TaskState::Assigned, self.now, "assigned"),
+            ),
+            None => (
+                target.slot,
+                None,
+                TaskStatus::new(TaskState::Pending, self.now, "created"),
+            ),
+        };
+        self.create.push(Task {
+            id: (self.new_id)(),
+            service_id: service.id.clone(),
+            service_name: service.spec.name.clone(),
+            slot,
+            node_id,
+            desired_state: DesiredState::Running,
+            status,
+            spec: service.spec.task.clone(),
+            service_version: service.version,
+            created_at: self.now,
+            // The store sets it from the raft index.
+            created_index: 0,
+            restart_history,
+        });
+    }
+
+    fn shutdown(&mut self, task: &Task) {
+        self.shutdown.insert(task.id.clone());
+    }
+
+    /// Shuts `old` down and creates its successor in the same slot.
+    fn replace(
+        &mut self,
+        service: &Service,
+        target: &SlotTarget<'_>,
+        old: &Task,
+        restart_history: Vec<UnixMs>,
+    ) {
+        self.shutdown(old);
+        self.create(service, target, restart_history);
+    }
+
+    fn wake_at(&mut self, due: UnixMs) {
+        self.next_wakeup = Some(self.next_wakeup.map_or(due, |w| w.min(due)));
+    }
+
+    fn finish(self) -> Reconciliation {
+        let mut create = self.create;
+        create.sort_by(|a, b| {
+            (&a.service_id, a.slot, &a.node_id, &a.id).cmp(&(
+                &b.service_id,
+                b.slot,
+                &b.node_id,
+                &b.id,
+            ))
+        });
+        // A task about to be forgotten needs no desired state.
+        let shutdown = self
+            .shutdown
+            .into_iter()
+            .filter(|id| !self.delete.contains(id))
+            .collect();
+        Reconciliation {
+            create,
+            shutdown,
+            delete: self.delete.into_iter().collect(),
+            next_wakeup: self.next_wakeup,
+        }
+    }
+}
+
+/// A slot the service should have.
+struct SlotTarget<'a> {
+    /// Slot number of a replicated service (0 for global ones).
+    slot: u64,
+    /// The node of a global service's slot.
+    node: Option<&'a Node>,
+    /// Whether a task may be started in the slot now. False on a paused
+    /// node: it keeps its tasks but takes no new ones.
+    may_create: bool,
+}
+
+fn reconcile_service(
+    state: &State,
+    service: &Service,
+    slots: &BTreeMap<SlotKey, Vec<&Task>>,
+    out: &mut Builder<'_>,
+) {
+    let mut wanted: BTreeMap<SlotKey, SlotTarget<'_>> = BTreeMap::new();
+    match service.spec.mode {
+        ServiceMode::Replicated { replicas } => {
+            for slot in 1..=replicas {
+                let target = SlotTarget {
+                    slot,
+                    node: None,
+                    may_create: true,
+                };
+                wanted.insert(SlotKey::Replica(slot), target);
+            }
+        }
+        ServiceMode::Global => {
+            for node in state.nodes.values().filter(|n| global_eligible(service, n)) {
+                let may_create = node.availability == Availability::Active;
+                let target = SlotTarget {
+                    slot: 0,
+                    node: Some(node),
+                    may_create,
+                };
+                wanted.insert(SlotKey::Node(node.id.clone()), target);
+            }
+        }
+    }
+
+    let mut stale: Vec<(&SlotTarget<'_>, &Task)> = Vec::new();
+    for (key, target) in &wanted {
+        let tasks = slots.get(key).map(Vec::as_slice).unwrap_or(&[]);
+        if let Some(current) = reconcile_slot(state, service, target, tasks, out) {
+            stale.push((target, current));
+        }
+    }
+    out_of_date(service, &stale, out);
+
+    for (key, tasks) in slots {
+        if !wanted.contains_key(key) {
+            // Scaled down, node drained, gone or no longer matching.
+            for task in tasks
+                .iter()
+                .filter(|t| t.desired_state == DesiredState::Running)
+            {
+                out.shutdown(task);
+            }
+        }
+        trim_history(tasks, out);
+    }
+}
+
+/// A node where a global service keeps a task.
+fn global_eligible(service: &Service, node: &Node) -> bool {
+    node.state == NodeState::Ready
+        && node.availability != Availability::Drain
+        && service
+            .spec
+            .task
+            .constraints
+            .iter()
+            .all(|c| c.matches(node))
+}
+
+/// Applies the per-slot rules. Returns the slot's current task when it is
+/// out of date and left for [`out_of_date`] to replace.
+fn reconcile_slot<'t>(
+    state: &State,
+    service: &Service,
+    target: &SlotTarget<'_>,
+    tasks: &[&'t Task],
+    out: &mut Builder<'_>,
+) -> Option<&'t Task> {
+    let running: Vec<&Task> = tasks
+        .iter()
+        .copied()
+        .filter(|t| t.desired_state == DesiredState::Running)
+        .collect();
+    let Some((current, older)) = running.split_last() else {
+        if target.may_create {
+            out.create(service, target, Vec::new());
+        }
+        return None;
+    };
+    // A slot has one task desired running; more means an earlier decision
+    // was half applied. The newest wins.
+    for task in older {
+        out.shutdown(task);
+    }
+    let current: &'t Task = current;
+
+    if !target.may_create {
+        // A paused node keeps what it has, whatever state that is in.
+        return None;
+    }
+    if is_out_of_date(service, current) {
+        return Some(current);
+    }
+
+    let state_now = current.status.state;
+    if !state_now.is_terminal() {
+        // Swarm moves tasks off drained nodes; a removed node will never
+        // report this task again. A global slot on such a node is not wanted
+        // at all, so this concerns replicated tasks only.
+        let node_lost = current.node_id.as_ref().is_some_and(|id| {
+            state
+                .nodes
+                .get(id)
+                .is_none_or(|n| n.availability == Availability::Drain)
+        });
+        if target.node.is_none() && node_lost {
+            out.replace(service, target, current, current.restart_history.clone());
+        }
+        return None;
+    }
+
+    match state_now {
+        // The cluster stopped it, so the restart policy does not apply.
+        TaskState::Shutdown | TaskState::Orphaned => {
+            out.replace(service, target, current, current.restart_history.clone());
+        }
+        _ => match restart_decision(&service.spec.task.restart, current, out.now) {
+            Restart::Never => {}
+            Restart::At(due) => out.wake_at(due),
+            Restart::Now(history) => out.replace(service, target, current, history),
+        },
+    }
+    None
+}
+
+/// What the restart policy says about a task that ended by itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Restart {
+    /// The slot stays dead.
+    Never,
+    /// Not before this time (the restart delay).
+    At(UnixMs),
+    /// Now, with this restart history for the new task.
+    Now(Vec<UnixMs>),
+}
+
+fn restart_decision(policy: &RestartPolicy, task: &Task, now: UnixMs) -> Restart {
+    let failed = matches!(task.status.state, TaskState::Failed | TaskState::Rejected);
+    let wanted = match policy.condition {
+        RestartCondition::None => false,
+        RestartCondition::OnFailure => failed,
+        RestartCondition::Any => true,
+    };
+    if !wanted {
+        return Restart::Never;
+    }
+    // Restarts are counted at the moment the task ended, not at `now`, so
+    // that a slot that gave up stays given up, as in Swarm, instead of
+    // coming back whenever old restarts leave the window.
+    let ended = task.status.timestamp;
+    if policy.max_attempts > 0 {
+        let recent = task
+            .restart_history
+            .iter()
+            .filter(|at| in_window(policy, **at, ended))
+            .count() as u64;
+        if recent >= policy.max_attempts {
+            return Restart::Never;
+        }
+    }
+    let due = ended.saturating_add(policy.delay_ms);
+    if now < due {
+        return Restart::At(due);
+    }
+    let mut history: Vec<UnixMs> = task
+        .restart_history
+        .iter()
+        .copied()
+        .filter(|at| in_window(policy, *at, now))
+        .collect();
+    history.push(now);
+    Restart::Now(history)
+}
+
+/// Whether a restart at `at` counts at time `reference`.
+fn in_window(policy: &RestartPolicy, at: UnixMs, reference: UnixMs) -> bool {
+    policy.window_ms == 0 || reference.saturating_sub(at) <= policy.window_ms
+}
+
+/// A task made from an older service version whose task template differs.
+/// A change of replicas, mode or labels only keeps the template, and so
+/// keeps the tasks.
+pub fn is_out_of_date(service: &Service, task: &Task) -> bool {
+    task.service_version < service.version && task.spec != service.spec.task
+}
+
+/// Replaces the current tasks that are out of date. All of them at once for
+/// now; this is the one place to rate-limit (update parallelism and delay).
+/// The restart history starts afresh, as in Swarm: failures of the old
+/// template say nothing about the new one.
+fn out_of_date(service: &Service, stale: &[(&SlotTarget<'_>, &Task)], out: &mut Builder<'_>) {
+    for (target, task) in stale {
+        out.replace(service, target, task, Vec::new());
+    }
+}
+
+/// Deletes ended tasks desired shutdown beyond the newest [`HISTORY_LIMIT`],
+/// and tasks desired shutdown that never reached a node: no agent will
+/// ever report them, so they would stay pending forever.
+fn trim_history(tasks: &[&Task], out: &mut Builder<'_>) {
+    let history: Vec<&Task> = tasks
+        .iter()
+        .copied()
+        .filter(|t| t.desired_state == DesiredState::Shutdown && t.status.state.is_terminal())
+        .collect();
+    let excess = history.len().saturating_sub(HISTORY_LIMIT);
+    for task in &history[..excess] {
+        out.delete.insert(task.id.clone());
+    }
+    for task in tasks.iter().filter(|t| never_placed_and_stopped(t)) {
+        out.delete.insert(task.id.clone());
+    }
+}
+
+/// Desired shutdown and never placed. The desired state never goes back to
+/// running, and the scheduler places only tasks desired running, so such a
+/// task can be deleted without racing a placement.
+fn never_placed_and_stopped(task: &Task) -> bool {
+    task.desired_state == DesiredState::Shutdown
+        && task.status.state <= TaskState::Pending
+        && task.node_id.is_none()
+}
+
+/// Tasks whose service is gone: shut down, then forgotten once ended.
+fn removed_service(slots: &BTreeMap<SlotKey, Vec<&Task>>, out: &mut Builder<'_>) {
+    for task in slots.values().flatten() {
+        if task.status.state.is_terminal() || never_placed_and_stopped(task) {
+            out.delete.insert(task.id.clone());
+        } else if task.desired_state == DesiredState::Running {
+            out.shutdown(task);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

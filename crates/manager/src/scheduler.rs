@@ -1,0 +1,224 @@
+//! The scheduler's decision: which node each waiting task goes to.
+//!
+//! [`schedule`] is a pure function of the state. It looks only at tasks
+//! that are waiting for a node (new or pending, desired running, no node);
+//! global tasks never wait, since the orchestrator fixes their node.
+//!
+//! Each node goes through a pipeline of [`Filter`]s, as in swarmkit: a node
+//! that fails a filter is counted against that filter and not checked
+//! further, so that a task that fits nowhere gets a reason such as
+//! `no suitable node (1 node not available for new tasks; 2 nodes not
+//! matching constraint node.role==worker)`. Among the nodes that pass, the
+//! task goes where its service has the fewest active tasks, then where the
+//! cluster has the fewest, then to the lowest node ID.
+
+use std::collections::BTreeMap;
+
+use flotilla_store::State;
+use flotilla_types::{Availability, Constraint, DesiredState, Node, NodeState, Task, TaskState};
+
+/// What the scheduler wants changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Schedule {
+    /// `(task, node)` placements, in the order tasks were considered.
+    pub assignments: Vec<(String, String)>,
+    /// `(task, reason)` for tasks no node can take.
+    pub unplaced: Vec<(String, String)>,
+}
+
+/// One test a node must pass to take a task.
+pub trait Filter {
+    /// Short name, for logs.
+    fn name(&self) -> &'static str;
+    /// Whether `node` may take the task this filter was made for.
+    fn passes(&self, node: &Node) -> bool;
+    /// Why `nodes` nodes (at least one) failed this filter.
+    fn explain(&self, nodes: usize) -> String;
+}
+
+/// The node's agent is talking to the managers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadyFilter;
+
+impl Filter for ReadyFilter {
+    fn name(&self) -> &'static str {
+        "ready"
+    }
+    fn passes(&self, node: &Node) -> bool {
+        node.state == NodeState::Ready
+    }
+    fn explain(&self, nodes: usize) -> String {
+        format!("{} not ready", count_nodes(nodes))
+    }
+}
+
+/// The node takes new tasks: not paused, not drained.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AvailabilityFilter;
+
+impl Filter for AvailabilityFilter {
+    fn name(&self) -> &'static str {
+        "availability"
+    }
+    fn passes(&self, node: &Node) -> bool {
+        node.availability == Availability::Active
+    }
+    fn explain(&self, nodes: usize) -> String {
+        format!("{} not available for new tasks", count_nodes(nodes))
+    }
+}
+
+/// The node satisfies one placement constraint. A task gets one filter per
+/// constraint, so that the reason names the constraint that ruled a node
+/// out.
+#[derive(Debug, Clone, Copy)]
+pub struct ConstraintFilter<'a> {
+    pub constraint: &'a Constraint,
+}
+
+impl Filter for ConstraintFilter<'_> {
+    fn name(&self) -> &'static str {
+        "constraint"
+    }
+    fn passes(&self, node: &Node) -> bool {
+        self.constraint.matches(node)
+    }
+    fn explain(&self, nodes: usize) -> String {
+        format!(
+            "{} not matching constraint {}",
+            count_nodes(nodes),
+            self.constraint
+        )
+    }
+}
+
+/// `1 node`, `2 nodes`.
+fn count_nodes(n: usize) -> String {
+    if n == 1 {
+        "1 node".to_string()
+    } else {
+        format!("{n} nodes")
+    }
+}
+
+/// The filters a node must pass to take `task`, in the order they are
+/// checked.
+pub fn pipeline(task: &Task) -> Vec<Box<dyn Filter + '_>> {
+    let mut filters: Vec<Box<dyn Filter + '_>> =
+        vec![Box::new(ReadyFilter), Box::new(AvailabilityFilter)];
+    for constraint in &task.spec.constraints {
+        filters.push(Box::new(ConstraintFilter { constraint }));
+    }
+    filters
+}
+
+/// Whether the scheduler should find a node for `task`.
+pub fn is_waiting(task: &Task) -> bool {
+    matches!(task.status.state, TaskState::New | TaskState::Pending)
+        && task.desired_state == DesiredState::Running
+        && task.node_id.is_none()
+}
+
+/// Places every waiting task, or says why it cannot be placed.
+pub fn schedule(state: &State) -> Schedule {
+    let mut load = Load::of(state);
+    let mut waiting: Vec<&Task> = state.tasks.values().filter(|t| is_waiting(t)).collect();
+    waiting.sort_by(|a, b| (&a.service_id, a.slot, &a.id).cmp(&(&b.service_id, b.slot, &b.id)));
+
+    let mut out = Schedule::default();
+    for task in waiting {
+        match place(state, &load, task) {
+            Ok(node) => {
+                load.add(&task.service_id, &node.id);
+                out.assignments.push((task.id.clone(), node.id.clone()));
+            }
+            Err(reason) => out.unplaced.push((task.id.clone(), reason)),
+        }
+    }
+    out
+}
+
+/// The `SetPendingReason` entries worth writing: those that change the
+/// task's status. Rewriting an identical reason would bump the raft index
+/// and wake the scheduler again, forever.
+pub fn pending_reason_updates(state: &State, schedule: &Schedule) -> Vec<(String, String)> {
+    schedule
+        .unplaced
+        .iter()
+        .filter(|(task_id, reason)| {
+            state.tasks.get(task_id).is_some_and(|t| {
+                t.status.state != TaskState::Pending || t.status.message != *reason
+            })
+        })
+        .cloned()
+        .collect()
+}
+
+/// Active tasks per node: per service, and in all.
+#[derive(Debug, Default)]
+struct Load<'a> {
+    by_service: BTreeMap<(&'a str, &'a str), usize>,
+    total: BTreeMap<&'a str, usize>,
+}
+
+impl<'a> Load<'a> {
+    fn of(state: &'a State) -> Self {
+        let mut load = Load::default();
+        for task in state.tasks.values() {
+            if task.desired_state != DesiredState::Running || task.status.state.is_terminal() {
+                continue;
+            }
+            if let Some(node) = &task.node_id {
+                load.add(&task.service_id, node);
+            }
+        }
+        load
+    }
+
+    fn add(&mut self, service: &'a str, node: &'a str) {
+        *self.by_service.entry((service, node)).or_default() += 1;
+        *self.total.entry(node).or_default() += 1;
+    }
+
+    fn rank(&self, service: &str, node: &'a str) -> (usize, usize, &'a str) {
+        let of_service = self.by_service.get(&(service, node)).copied().unwrap_or(0);
+        let total = self.total.get(node).copied().unwrap_or(0);
+        (of_service, total, node)
+    }
+}
+
+/// The best node for `task`, or the reason there is none.
+fn place<'s>(state: &'s State, load: &Load<'s>, task: &Task) -> Result<&'s Node, String> {
+    let filters = pipeline(task);
+    let mut failures = vec![0usize; filters.len()];
+    let mut best: Option<&Node> = None;
+    for node in state.nodes.values() {
+        match filters.iter().position(|f| !f.passes(node)) {
+            Some(i) => failures[i] += 1,
+            None => {
+                let better = best.is_none_or(|b| {
+                    load.rank(&task.service_id, &node.id) < load.rank(&task.service_id, &b.id)
+                });
+                if better {
+                    best = Some(node);
+                }
+            }
+        }
+    }
+    if let Some(node) = best {
+        return Ok(node);
+    }
+    if state.nodes.is_empty() {
+        return Err("no suitable node (no nodes in the cluster)".to_string());
+    }
+    let reasons: Vec<String> = filters
+        .iter()
+        .zip(&failures)
+        .filter(|(_, n)| **n > 0)
+        .map(|(f, n)| f.explain(*n))
+        .collect();
+    Err(format!("no suitable node ({})", reasons.join("; ")))
+}
+
+#[cfg(test)]
+mod tests;

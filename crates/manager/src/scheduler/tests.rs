@@ -1,0 +1,263 @@
+use super::*;
+use crate::testutil::*;
+use flotilla_types::NodeRole;
+
+fn waiting(state: &mut State, service: &str, count: u64) {
+    for slot in 1..=count {
+        add_task(
+            state,
+            task(
+                &format!("{service}-{slot:02}"),
+                service,
+                slot,
+                1,
+                TaskState::Pending,
+            ),
+        );
+    }
+}
+
+fn per_node(schedule: &Schedule) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (_, node) in &schedule.assignments {
+        *counts.entry(node.clone()).or_default() += 1;
+    }
+    counts
+}
+
+fn running_on(id: &str, service: &str, node: &str) -> Task {
+    let mut t = task(id, service, 99, 1, TaskState::Running);
+    t.node_id = Some(node.into());
+    t
+}
+
+fn constrain(state: &mut State, service: &str, exprs: &[&str]) {
+    let constraints: Vec<Constraint> = exprs.iter().filter_map(|e| e.parse().ok()).collect();
+    assert_eq!(constraints.len(), exprs.len());
+    if let Some(s) = state.services.get_mut(service) {
+        s.spec.task.constraints = constraints.clone();
+    }
+    for t in state.tasks.values_mut().filter(|t| t.service_id == service) {
+        t.spec.constraints = constraints.clone();
+    }
+}
+
+fn node_mut<'a>(state: &'a mut State, id: &str) -> &'a mut Node {
+    state
+        .nodes
+        .get_mut(id)
+        .unwrap_or_else(|| panic!("no node {id}"))
+}
+
+#[test]
+fn spreads_ten_tasks_on_three_nodes() {
+    let mut state = cluster(&["n1", "n2", "n3"]);
+    add_service(&mut state, replicated("s1", 10));
+    waiting(&mut state, "s1", 10);
+    let out = schedule(&state);
+    assert!(out.unplaced.is_empty());
+    let counts = per_node(&out);
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), [4, 3, 3]);
+    // Stable order: by slot, nodes taken in turn.
+    assert_eq!(out.assignments[0], ("s1-01".to_string(), "n1".to_string()));
+    assert_eq!(out.assignments[1], ("s1-02".to_string(), "n2".to_string()));
+    assert_eq!(out.assignments[3], ("s1-04".to_string(), "n1".to_string()));
+}
+
+#[test]
+fn nodes_already_running_the_service_get_fewer() {
+    let mut state = cluster(&["n1", "n2", "n3"]);
+    add_service(&mut state, replicated("s1", 6));
+    add_task(&mut state, running_on("r1", "s1", "n1"));
+    add_task(&mut state, running_on("r2", "s1", "n1"));
+    waiting(&mut state, "s1", 4);
+    let counts = per_node(&schedule(&state));
+    assert_eq!(counts.get("n1"), None);
+    assert_eq!(counts.get("n2"), Some(&2));
+    assert_eq!(counts.get("n3"), Some(&2));
+}
+
+#[test]
+fn ties_go_to_the_least_loaded_node() {
+    let mut state = cluster(&["n1", "n2"]);
+    add_service(&mut state, replicated("other", 1));
+    add_service(&mut state, replicated("s1", 1));
+    add_task(&mut state, running_on("o1", "other", "n1"));
+    waiting(&mut state, "s1", 1);
+    assert_eq!(
+        schedule(&state).assignments,
+        [("s1-01".to_string(), "n2".to_string())]
+    );
+}
+
+#[test]
+fn ended_and_stopping_tasks_do_not_count() {
+    let mut state = cluster(&["n1", "n2"]);
+    add_service(&mut state, replicated("s1", 3));
+    let mut failed = running_on("f", "s1", "n1");
+    failed.status.state = TaskState::Failed;
+    add_task(&mut state, failed);
+    let mut stopping = running_on("s", "s1", "n1");
+    stopping.desired_state = DesiredState::Shutdown;
+    add_task(&mut state, stopping);
+    waiting(&mut state, "s1", 1);
+    assert_eq!(
+        schedule(&state).assignments,
+        [("s1-01".to_string(), "n1".to_string())]
+    );
+}
+
+#[test]
+fn constraints_limit_the_nodes() {
+    let mut state = cluster(&["n1", "n2", "n3"]);
+    node_mut(&mut state, "n2")
+        .labels
+        .insert("zone".into(), "a".into());
+    node_mut(&mut state, "n3")
+        .labels
+        .insert("zone".into(), "a".into());
+    add_service(&mut state, replicated("s1", 4));
+    waiting(&mut state, "s1", 4);
+    constrain(&mut state, "s1", &["node.labels.zone==a"]);
+    let counts = per_node(&schedule(&state));
+    assert_eq!(counts.get("n1"), None);
+    assert_eq!(counts.get("n2"), Some(&2));
+    assert_eq!(counts.get("n3"), Some(&2));
+}
+
+#[test]
+fn drained_paused_and_down_nodes_take_nothing() {
+    let mut state = cluster(&["n1", "n2", "n3", "n4"]);
+    node_mut(&mut state, "n1").availability = Availability::Drain;
+    node_mut(&mut state, "n2").availability = Availability::Pause;
+    node_mut(&mut state, "n3").state = NodeState::Down;
+    add_service(&mut state, replicated("s1", 3));
+    waiting(&mut state, "s1", 3);
+    let out = schedule(&state);
+    assert_eq!(
+        per_node(&out).into_iter().collect::<Vec<_>>(),
+        [("n4".to_string(), 3)]
+    );
+}
+
+#[test]
+fn reasons_read_like_swarm() {
+    let mut state = cluster(&["n1", "n2", "n3"]);
+    node_mut(&mut state, "n1").availability = Availability::Pause;
+    add_service(&mut state, replicated("s1", 1));
+    waiting(&mut state, "s1", 1);
+    constrain(&mut state, "s1", &["node.role==manager"]);
+    let out = schedule(&state);
+    assert!(out.assignments.is_empty());
+    assert_eq!(
+        out.unplaced,
+        [(
+            "s1-01".to_string(),
+            "no suitable node (1 node not available for new tasks; 2 nodes not matching constraint node.role==manager)"
+                .to_string()
+        )]
+    );
+}
+
+#[test]
+fn each_node_counts_against_its_first_failing_filter() {
+    let mut state = cluster(&["n1", "n2", "n3", "n4", "n5"]);
+    node_mut(&mut state, "n1").state = NodeState::Down;
+    node_mut(&mut state, "n1").availability = Availability::Drain;
+    node_mut(&mut state, "n2").state = NodeState::Down;
+    node_mut(&mut state, "n3").availability = Availability::Drain;
+    node_mut(&mut state, "n4").role = NodeRole::Manager;
+    node_mut(&mut state, "n4")
+        .labels
+        .insert("zone".into(), "b".into());
+    node_mut(&mut state, "n5")
+        .labels
+        .insert("zone".into(), "b".into());
+    add_service(&mut state, replicated("s1", 1));
+    waiting(&mut state, "s1", 1);
+    constrain(
+        &mut state,
+        "s1",
+        &["node.role==manager", "node.labels.zone==a"],
+    );
+    let out = schedule(&state);
+    assert_eq!(
+        out.unplaced[0].1,
+        "no suitable node (2 nodes not ready; 1 node not available for new tasks; \
+         1 node not matching constraint node.role==manager; \
+         1 node not matching constraint node.labels.zone==a)"
+    );
+}
+
+#[test]
+fn an_empty_cluster_says_so() {
+    let mut state = cluster(&[]);
+    add_service(&mut state, replicated("s1", 1));
+    waiting(&mut state, "s1", 1);
+    assert_eq!(
+        schedule(&state).unplaced,
+        [(
+            "s1-01".to_string(),
+            "no suitable node (no nodes in the cluster)".to_string()
+        )]
+    );
+}
+
+#[test]
+fn only_waiting_tasks_are_scheduled() {
+    let mut state = cluster(&["n1"]);
+    add_service(&mut state, replicated("s1", 5));
+    add_task(&mut state, task("new", "s1", 1, 1, TaskState::New));
+    add_task(&mut state, task("pending", "s1", 2, 1, TaskState::Pending));
+    add_task(
+        &mut state,
+        task("assigned", "s1", 3, 1, TaskState::Assigned),
+    );
+    let mut stopped = task("stopped", "s1", 4, 1, TaskState::Pending);
+    stopped.desired_state = DesiredState::Shutdown;
+    add_task(&mut state, stopped);
+    let mut global = task("global", "s1", 0, 1, TaskState::Pending);
+    global.node_id = Some("n1".into());
+    add_task(&mut state, global);
+    let out = schedule(&state);
+    let placed: Vec<&str> = out.assignments.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(placed, ["new", "pending"]);
+}
+
+#[test]
+fn schedule_is_deterministic_and_ordered() {
+    let mut state = cluster(&["n3", "n1", "n2"]);
+    add_service(&mut state, replicated("b", 3));
+    add_service(&mut state, replicated("a", 3));
+    waiting(&mut state, "b", 3);
+    waiting(&mut state, "a", 3);
+    let first = schedule(&state);
+    assert_eq!(first, schedule(&state));
+    let order: Vec<&str> = first.assignments.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(order, ["a-01", "a-02", "a-03", "b-01", "b-02", "b-03"]);
+    // Every node got one task of each service.
+    assert_eq!(
+        per_node(&first).values().copied().collect::<Vec<_>>(),
+        [2, 2, 2]
+    );
+}
+
+#[test]
+fn only_changed_reasons_are_written() {
+    let mut state = cluster(&[]);
+    add_service(&mut state, replicated("s1", 3));
+    waiting(&mut state, "s1", 3);
+    let reason = "no suitable node (no nodes in the cluster)";
+    if let Some(t) = state.tasks.get_mut("s1-01") {
+        t.status.message = reason.into();
+    }
+    if let Some(t) = state.tasks.get_mut("s1-02") {
+        // Same text, but still new: writing it moves the task to pending.
+        t.status.state = TaskState::New;
+        t.status.message = reason.into();
+    }
+    let out = schedule(&state);
+    let updates = pending_reason_updates(&state, &out);
+    let ids: Vec<&str> = updates.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(ids, ["s1-02", "s1-03"]);
+}
