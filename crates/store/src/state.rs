@@ -373,7 +373,7 @@ mod tests {
     #[test]
     fn update_checks_the_expected_version() {
         let mut s = init();
-        s.apply(
+        let _ = s.apply(
             2,
             &Command::CreateService {
                 id: "s1".into(),
@@ -408,7 +408,7 @@ mod tests {
     #[test]
     fn task_states_never_move_backwards() {
         let mut s = init();
-        s.apply(
+        let _ = s.apply(
             2,
             &Command::CreateService {
                 id: "s1".into(),
@@ -416,14 +416,14 @@ mod tests {
                 at: 3,
             },
         );
-        s.apply(
+        let _ = s.apply(
             3,
             &Command::CreateTasks {
                 tasks: vec![task("t1", "s1", 1)],
             },
         );
         assert_eq!(s.tasks["t1"].created_index, 3);
-        s.apply(
+        let _ = s.apply(
             4,
             &Command::AssignTasks {
                 assignments: vec![("t1".into(), "n1".into())],
@@ -437,16 +437,16 @@ mod tests {
                 status: TaskStatus::new(state, 7, ""),
             }],
         };
-        s.apply(5, &report(TaskState::Running));
+        let _ = s.apply(5, &report(TaskState::Running));
         assert_eq!(s.tasks["t1"].status.state, TaskState::Running);
         let (_, changes) = s.apply(6, &report(TaskState::Starting));
         assert!(changes.is_empty());
         assert_eq!(s.tasks["t1"].status.state, TaskState::Running);
-        s.apply(7, &report(TaskState::Failed));
-        s.apply(8, &report(TaskState::Shutdown));
+        let _ = s.apply(7, &report(TaskState::Failed));
+        let _ = s.apply(8, &report(TaskState::Shutdown));
         assert_eq!(s.tasks["t1"].status.state, TaskState::Failed);
         // a stale placement does not move a task that already ran
-        s.apply(
+        let _ = s.apply(
             9,
             &Command::AssignTasks {
                 assignments: vec![("t1".into(), "n1".into())],
@@ -459,7 +459,7 @@ mod tests {
     #[test]
     fn removing_a_service_shuts_its_tasks_down() {
         let mut s = init();
-        s.apply(
+        let _ = s.apply(
             2,
             &Command::CreateService {
                 id: "s1".into(),
@@ -467,7 +467,7 @@ mod tests {
                 at: 3,
             },
         );
-        s.apply(
+        let _ = s.apply(
             3,
             &Command::CreateTasks {
                 tasks: vec![task("t1", "s1", 1), task("t2", "s1", 2)],
@@ -487,14 +487,14 @@ mod tests {
             .values()
             .all(|t| t.desired_state == DesiredState::Shutdown));
         // tasks proposed for the removed service are dropped
-        s.apply(
+        let _ = s.apply(
             5,
             &Command::CreateTasks {
                 tasks: vec![task("t3", "s1", 3)],
             },
         );
         assert!(!s.tasks.contains_key("t3"));
-        s.apply(
+        let _ = s.apply(
             6,
             &Command::DeleteTasks {
                 task_ids: vec!["t1".into(), "t2".into()],
@@ -505,7 +505,7 @@ mod tests {
 
     #[test]
     fn apply_is_deterministic() {
-        let commands = vec![
+        let commands = [
             Command::CreateService {
                 id: "s1".into(),
                 spec: spec("web", 2),
@@ -526,7 +526,7 @@ mod tests {
         let run = || {
             let mut s = init();
             for (i, c) in commands.iter().enumerate() {
-                s.apply(i as u64 + 2, c);
+                let _ = s.apply(i as u64 + 2, c);
             }
             s
         };

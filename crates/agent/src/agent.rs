@@ -1,0 +1,903 @@
+//! The agent's control loop.
+//!
+//! One loop owns the agent's view of every task (the `entries` map) and is
+//! the only one that decides: it reads assignments, starts and stops tasks,
+//! batches reports and collects garbage. Each started or adopted task has a
+//! supervisor (a tokio task in a `JoinSet`) that performs the driver calls
+//! for that task, owns its record file while it lives, and sends its status
+//! changes back to the loop. Supervisors never block each other, so many
+//! tasks start and stop concurrently.
+//!
+//! Because the supervisors live in the loop's `JoinSet`, dropping the
+//! [`Agent::run`] future (or the runtime) drops them but leaves their
+//! processes running: that is what an agent crash looks like, and the next
+//! agent adopts them.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use flotilla_types::{DesiredState, Task, TaskState, TaskStatus, UnixMs};
+use thiserror::Error;
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::driver::{Driver, DriverError, Exit, ExitFuture, Handle, StartSpec, StopSignal};
+use crate::logs::{rotate_if_over_cap, task_log_path};
+use crate::record::{
+    load_records, remove_task_dir, task_dir, valid_task_id, write_record, TaskRecord,
+};
+
+/// Per-task log cap when none is configured.
+pub const DEFAULT_LOG_CAP_BYTES: u64 = 10 * 1024 * 1024;
+
+/// Period of the housekeeping tick: log janitor and report re-sends.
+const TICK: Duration = Duration::from_secs(1);
+
+/// A status the store is behind on is re-sent at most this often, so that
+/// the reports still in flight are not duplicated on every assignment.
+const RESEND_AFTER: Duration = Duration::from_secs(1);
+
+/// Added to the largest grace period to bound a node shutdown.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(2);
+
+const MSG_STARTED: &str = "started";
+const MSG_STOPPED: &str = "stopped";
+const MSG_NODE_SHUT_DOWN: &str = "node shut down";
+const ERR_NO_RECORD: &str = "agent has no record of this task";
+const ERR_ENDED_WHILE_DOWN: &str = "task process ended while the node daemon was down";
+const ERR_ADOPTED_EXIT: &str =
+    "task process exited (exit code unknown: adopted after an agent restart)";
+
+/// How the agent is set up.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// This node's ID; given to tasks as `FLOTILLA_NODE_ID`.
+    pub node_id: String,
+    /// The agent owns everything under it (`<data-dir>/agent`).
+    pub state_dir: PathBuf,
+    /// Per-task log size cap; 0 means no cap.
+    pub log_cap_bytes: u64,
+}
+
+impl AgentConfig {
+    /// A configuration with the default log cap.
+    pub fn new(node_id: impl Into<String>, state_dir: impl Into<PathBuf>) -> Self {
+        AgentConfig {
+            node_id: node_id.into(),
+            state_dir: state_dir.into(),
+            log_cap_bytes: DEFAULT_LOG_CAP_BYTES,
+        }
+    }
+}
+
+/// What the manager wants this node to run. Sent whole each time (not a
+/// diff).
+#[derive(Debug, Clone, Default)]
+pub struct Assignments {
+    /// Tasks placed on this node that are not terminal in the store (desired
+    /// Running or Shutdown), with their stored status.
+    pub tasks: Vec<Task>,
+    /// IDs of every task of this node that the store still holds (including
+    /// terminal history); task dirs of other IDs may be deleted.
+    pub known_task_ids: BTreeSet<String>,
+    /// false until the manager has sent the first real set (so the agent
+    /// does not stop adopted tasks on an empty initial value).
+    pub ready: bool,
+}
+
+/// One observed task status, for the manager to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskReport {
+    pub task_id: String,
+    pub status: TaskStatus,
+}
+
+/// Why the agent could not run.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    #[error("cannot prepare the agent state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Record(#[from] crate::record::RecordError),
+}
+
+/// The worker side of a node: runs the tasks assigned to it and reports
+/// what becomes of them.
+pub struct Agent {
+    config: AgentConfig,
+    driver: Arc<dyn Driver>,
+    assignments: watch::Receiver<Arc<Assignments>>,
+    reports: mpsc::UnboundedSender<Vec<TaskReport>>,
+    recovered: Vec<TaskRecord>,
+    orphan_dirs: BTreeSet<String>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("config", &self.config)
+            .field("driver", &self.driver.name())
+            .field("recovered", &self.recovered.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    /// Prepares the state directory and reads the records a previous agent
+    /// left there; they are acted on when [`Agent::run`] starts.
+    pub fn new(
+        config: AgentConfig,
+        driver: Arc<dyn Driver>,
+        assignments: watch::Receiver<Arc<Assignments>>,
+        reports: mpsc::UnboundedSender<Vec<TaskReport>>,
+    ) -> Result<Agent, AgentError> {
+        let tasks = crate::record::tasks_dir(&config.state_dir);
+        std::fs::create_dir_all(&tasks).map_err(|source| AgentError::StateDir {
+            path: tasks,
+            source,
+        })?;
+        let loaded = load_records(&config.state_dir)?;
+        Ok(Agent {
+            config,
+            driver,
+            assignments,
+            reports,
+            recovered: loaded.records,
+            orphan_dirs: loaded.orphan_dirs,
+        })
+    }
+
+    /// Runs until `shutdown` is cancelled, then stops every task (bounded by
+    /// the largest grace period plus two seconds) and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
+        let Agent {
+            config,
+            driver,
+            mut assignments,
+            reports,
+            recovered,
+            orphan_dirs,
+        } = self;
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let mut lp = Loop {
+            shared: Arc::new(Shared {
+                driver,
+                state_dir: config.state_dir,
+                node_id: config.node_id,
+                events: events_tx,
+            }),
+            log_cap: config.log_cap_bytes,
+            entries: HashMap::new(),
+            orphan_dirs,
+            supervisors: JoinSet::new(),
+            events: events_rx,
+            reports,
+            reports_closed: false,
+            batch: Batch::default(),
+            janitor: None,
+            current: None,
+        };
+        lp.recover(recovered).await;
+        lp.flush();
+
+        let initial = assignments.borrow_and_update().clone();
+        lp.on_assignments(initial);
+        lp.flush();
+
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut assignments_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                Some(update) = lp.events.recv() => {
+                    lp.on_update(update);
+                    lp.drain_events();
+                }
+                changed = assignments.changed(), if assignments_open => match changed {
+                    Ok(()) => {
+                        let current = assignments.borrow_and_update().clone();
+                        lp.on_assignments(current);
+                    }
+                    Err(_) => {
+                        warn!("the assignment channel closed; keeping the current tasks until shutdown");
+                        assignments_open = false;
+                    }
+                },
+                Some(joined) = lp.supervisors.join_next() => lp.on_joined(joined),
+                _ = tick.tick() => lp.on_tick(),
+            }
+            lp.flush();
+        }
+        lp.shut_down().await;
+        Ok(())
+    }
+}
+
+/// What supervisors share.
+struct Shared {
+    driver: Arc<dyn Driver>,
+    state_dir: PathBuf,
+    node_id: String,
+    events: mpsc::UnboundedSender<Update>,
+}
+
+impl Shared {
+    fn persist(&self, task_id: &str, handle: Option<&Handle>, grace_ms: u64, status: &TaskStatus) {
+        let record = TaskRecord {
+            task_id: task_id.to_string(),
+            driver: self.driver.name().to_string(),
+            handle: handle.cloned(),
+            stop_grace_period_ms: grace_ms,
+            status: status.clone(),
+        };
+        // Small writes into the page cache; cheaper inline than a hop to the
+        // blocking pool.
+        if let Err(e) = write_record(&self.state_dir, &record) {
+            warn!(task_id, error = %e, "cannot record a task status");
+        }
+    }
+
+    fn send(&self, task_id: &str, status: TaskStatus, handle: Option<Handle>, done: bool) {
+        // The loop only goes away when the agent itself stops.
+        let _ = self.events.send(Update {
+            task_id: task_id.to_string(),
+            status,
+            handle,
+            done,
+        });
+    }
+}
+
+/// A status change sent by a supervisor.
+struct Update {
+    task_id: String,
+    status: TaskStatus,
+    handle: Option<Handle>,
+    /// The supervisor has finished: it wrote its last record.
+    done: bool,
+}
+
+#[derive(Debug, Clone)]
+struct StopRequest {
+    grace: Duration,
+    message: &'static str,
+}
+
+/// The agent's view of one task.
+struct Entry {
+    status: TaskStatus,
+    handle: Option<Handle>,
+    grace_ms: u64,
+    /// Present while a supervisor runs the task.
+    control: Option<watch::Sender<Option<StopRequest>>>,
+    /// When this task's status was last reported.
+    last_sent: Option<Instant>,
+}
+
+impl Entry {
+    fn request_stop(&self, grace_ms: u64, message: &'static str) {
+        if let Some(control) = &self.control {
+            // The first request wins: a stop already under way keeps its
+            // grace clock and its message.
+            control.send_if_modified(|req| {
+                if req.is_some() {
+                    return false;
+                }
+                *req = Some(StopRequest {
+                    grace: Duration::from_millis(grace_ms),
+                    message,
+                });
+                true
+            });
+        }
+    }
+}
+
+/// Reports gathered during one wake-up; only the latest status of a task is
+/// kept.
+#[derive(Default)]
+struct Batch {
+    reports: Vec<TaskReport>,
+    index: HashMap<String, usize>,
+}
+
+impl Batch {
+    fn push(&mut self, task_id: &str, status: TaskStatus) {
+        match self.index.get(task_id) {
+            Some(&i) => self.reports[i].status = status,
+            None => {
+                self.index.insert(task_id.to_string(), self.reports.len());
+                self.reports.push(TaskReport {
+                    task_id: task_id.to_string(),
+                    status,
+                });
+            }
+        }
+    }
+
+    fn take(&mut self) -> Vec<TaskReport> {
+        self.index.clear();
+        std::mem::take(&mut self.reports)
+    }
+}
+
+struct Loop {
+    shared: Arc<Shared>,
+    log_cap: u64,
+    entries: HashMap<String, Entry>,
+    /// Task directories without a usable record, found at start.
+    orphan_dirs: BTreeSet<String>,
+    supervisors: JoinSet<()>,
+    events: mpsc::UnboundedReceiver<Update>,
+    reports: mpsc::UnboundedSender<Vec<TaskReport>>,
+    reports_closed: bool,
+    batch: Batch,
+    janitor: Option<JoinHandle<()>>,
+    /// The last ready assignments, re-examined on every tick.
+    current: Option<Arc<Assignments>>,
+}
+
+impl Loop {
+    /// Acts on the records of a previous agent: adopts what still runs and
+    /// fails what ended unseen.
+    async fn recover(&mut self, records: Vec<TaskRecord>) {
+        for record in records {
+            let TaskRecord {
+                task_id,
+                driver,
+                handle,
+                stop_grace_period_ms: grace_ms,
+                status,
+            } = record;
+            if status.state.is_terminal() {
+                self.entries.insert(
+                    task_id,
+                    Entry {
+                        status,
+                        handle,
+                        grace_ms,
+                        control: None,
+                        last_sent: None,
+                    },
+                );
+                continue;
+            }
+            let exit = match &handle {
+                Some(h) if driver == self.shared.driver.name() => {
+                    match self.shared.driver.adopt(h.clone()).await {
+                        Ok(exit) => exit,
+                        Err(e) => {
+                            warn!(%task_id, error = %e, "cannot check a task left by the previous agent");
+                            None
+                        }
+                    }
+                }
+                _ => None,
+            };
+            match (exit, handle) {
+                (Some(exit), Some(handle)) => {
+                    info!(%task_id, pid = ?handle.pid, "adopted a running task");
+                    self.supervise(
+                        task_id,
+                        grace_ms,
+                        status,
+                        Launch::Adopted {
+                            handle: handle.clone(),
+                            exit,
+                        },
+                        Some(handle),
+                    );
+                }
+                (_, handle) => {
+                    let mut failed = TaskStatus::new(TaskState::Failed, now_ms(), "failed");
+                    failed.error = Some(ERR_ENDED_WHILE_DOWN.to_string());
+                    warn!(%task_id, "{ERR_ENDED_WHILE_DOWN}");
+                    self.shared
+                        .persist(&task_id, handle.as_ref(), grace_ms, &failed);
+                    self.record_status(&task_id, failed, handle, grace_ms);
+                }
+            }
+        }
+    }
+
+    fn on_assignments(&mut self, assignments: Arc<Assignments>) {
+        if !assignments.ready {
+            return;
+        }
+        self.reconcile(&assignments);
+        self.current = Some(assignments);
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(current) = self.current.clone() {
+            self.reconcile(&current);
+        }
+        self.run_janitor();
+    }
+
+    fn reconcile(&mut self, assignments: &Assignments) {
+        let now = Instant::now();
+        let mut listed = HashSet::with_capacity(assignments.tasks.len());
+        for task in &assignments.tasks {
+            listed.insert(task.id.as_str());
+            if !valid_task_id(&task.id) {
+                debug!(task_id = %task.id, "ignoring a task with an invalid id");
+                continue;
+            }
+            let Some(entry) = self.entries.get_mut(&task.id) else {
+                self.first_sight(task);
+                continue;
+            };
+            if task.desired_state == DesiredState::Shutdown {
+                entry.request_stop(task.spec.stop_grace_period_ms, MSG_STOPPED);
+            }
+            // Reports get lost (a leader change); the store showing an
+            // older state than ours is the sign.
+            let resend_due = entry
+                .last_sent
+                .is_none_or(|at| now.duration_since(at) >= RESEND_AFTER);
+            if entry.status.state > task.status.state && resend_due {
+                entry.last_sent = Some(now);
+                self.batch.push(&task.id, entry.status.clone());
+            }
+        }
+        for entry in self
+            .entries
+            .iter()
+            .filter(|(id, _)| !listed.contains(id.as_str()))
+            .map(|(_, entry)| entry)
+        {
+            entry.request_stop(entry.grace_ms, MSG_STOPPED);
+        }
+        self.collect_garbage(&listed, &assignments.known_task_ids);
+    }
+
+    /// A task the agent has no entry for.
+    fn first_sight(&mut self, task: &Task) {
+        let grace_ms = task.spec.stop_grace_period_ms;
+        let stored = task.status.state;
+        if task.desired_state == DesiredState::Running && stored == TaskState::Assigned {
+            self.start(task);
+        } else if stored > TaskState::Assigned {
+            // Our state dir was lost: whatever ran is not ours to guess at.
+            let mut failed = TaskStatus::new(TaskState::Failed, now_ms(), "failed");
+            failed.error = Some(ERR_NO_RECORD.to_string());
+            warn!(task_id = %task.id, state = stored.as_str(), "{ERR_NO_RECORD}");
+            self.shared.persist(&task.id, None, grace_ms, &failed);
+            self.record_status(&task.id, failed, None, grace_ms);
+        } else if task.desired_state == DesiredState::Shutdown && stored == TaskState::Assigned {
+            let status = TaskStatus::new(
+                TaskState::Shutdown,
+                now_ms(),
+                "not started: desired state is shutdown",
+            );
+            self.shared.persist(&task.id, None, grace_ms, &status);
+            self.record_status(&task.id, status, None, grace_ms);
+        }
+    }
+
+    fn start(&mut self, task: &Task) {
+        info!(task_id = %task.id, service = %task.service_name, slot = task.slot, "starting task");
+        let status = TaskStatus::new(TaskState::Accepted, now_ms(), "accepted");
+        self.supervise(
+            task.id.clone(),
+            task.spec.stop_grace_period_ms,
+            status,
+            Launch::Fresh(Box::new(task.clone())),
+            None,
+        );
+    }
+
+    fn supervise(
+        &mut self,
+        task_id: String,
+        grace_ms: u64,
+        status: TaskStatus,
+        launch: Launch,
+        handle: Option<Handle>,
+    ) {
+        let (control, control_rx) = watch::channel(None);
+        self.entries.insert(
+            task_id.clone(),
+            Entry {
+                status,
+                handle,
+                grace_ms,
+                control: Some(control),
+                // Counts as sent so that a start in progress is not reported
+                // as "accepted" on the very next assignment.
+                last_sent: Some(Instant::now()),
+            },
+        );
+        self.supervisors.spawn(supervise(
+            self.shared.clone(),
+            task_id,
+            grace_ms,
+            launch,
+            control_rx,
+        ));
+    }
+
+    /// Remembers and reports a status decided by the loop itself (no
+    /// supervisor runs the task).
+    fn record_status(
+        &mut self,
+        task_id: &str,
+        status: TaskStatus,
+        handle: Option<Handle>,
+        grace_ms: u64,
+    ) {
+        self.batch.push(task_id, status.clone());
+        self.entries.insert(
+            task_id.to_string(),
+            Entry {
+                status,
+                handle,
+                grace_ms,
+                control: None,
+                last_sent: Some(Instant::now()),
+            },
+        );
+    }
+
+    fn on_update(&mut self, update: Update) {
+        let Update {
+            task_id,
+            status,
+            handle,
+            done,
+        } = update;
+        self.batch.push(&task_id, status.clone());
+        let Some(entry) = self.entries.get_mut(&task_id) else {
+            return;
+        };
+        entry.status = status;
+        entry.last_sent = Some(Instant::now());
+        if handle.is_some() {
+            entry.handle = handle;
+        }
+        if done {
+            entry.control = None;
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while let Ok(update) = self.events.try_recv() {
+            self.on_update(update);
+        }
+    }
+
+    fn on_joined(&mut self, joined: Result<(), tokio::task::JoinError>) {
+        let Err(e) = joined else {
+            return;
+        };
+        warn!(error = %e, "a task supervisor failed");
+        // Its last updates were sent before it ended.
+        self.drain_events();
+        // A supervisor that died without saying so has dropped its control
+        // receiver; its task is no longer watched.
+        for entry in self.entries.values_mut() {
+            if entry.control.as_ref().is_some_and(|c| c.is_closed()) {
+                entry.control = None;
+            }
+        }
+    }
+
+    fn collect_garbage(&mut self, listed: &HashSet<&str>, known: &BTreeSet<String>) {
+        let forgotten = |id: &String| !known.contains(id) && !listed.contains(id.as_str());
+        let mut doomed: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(id, entry)| entry.control.is_none() && forgotten(id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &doomed {
+            self.entries.remove(id);
+        }
+        let orphans: Vec<String> = self
+            .orphan_dirs
+            .iter()
+            .filter(|id| forgotten(id))
+            .cloned()
+            .collect();
+        for id in &orphans {
+            self.orphan_dirs.remove(id);
+        }
+        doomed.extend(orphans);
+        if doomed.is_empty() {
+            return;
+        }
+        debug!(
+            count = doomed.len(),
+            "deleting the directories of forgotten tasks"
+        );
+        let state_dir = self.shared.state_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            for id in doomed {
+                if let Err(e) = remove_task_dir(&state_dir, &id) {
+                    warn!(task_id = %id, error = %e, "cannot delete a task directory");
+                }
+            }
+        });
+    }
+
+    fn run_janitor(&mut self) {
+        if self.log_cap == 0 || self.janitor.as_ref().is_some_and(|j| !j.is_finished()) {
+            return;
+        }
+        let logs: Vec<PathBuf> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.control.is_some())
+            .map(|(id, _)| task_log_path(&self.shared.state_dir, id))
+            .collect();
+        let cap = self.log_cap;
+        self.janitor = Some(tokio::task::spawn_blocking(move || {
+            for log in logs {
+                match rotate_if_over_cap(&log, cap) {
+                    Ok(true) => debug!(path = %log.display(), "rotated a task log"),
+                    Ok(false) => {}
+                    Err(e) => warn!(error = %e, "log janitor"),
+                }
+            }
+        }));
+    }
+
+    fn flush(&mut self) {
+        let batch = self.batch.take();
+        if batch.is_empty() {
+            return;
+        }
+        if self.reports.send(batch).is_err() && !self.reports_closed {
+            self.reports_closed = true;
+            warn!("the report channel is closed; task statuses are only recorded locally");
+        }
+    }
+
+    /// Stops every task concurrently and waits for them, at most the largest
+    /// grace period plus a little.
+    async fn shut_down(&mut self) {
+        let mut longest = 0;
+        for entry in self.entries.values().filter(|e| e.control.is_some()) {
+            longest = longest.max(entry.grace_ms);
+            entry.request_stop(entry.grace_ms, MSG_NODE_SHUT_DOWN);
+        }
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(longest) + SHUTDOWN_SLACK;
+        info!(grace_ms = longest, "node shutting down: stopping all tasks");
+        while self.entries.values().any(|e| e.control.is_some()) {
+            tokio::select! {
+                Some(update) = self.events.recv() => {
+                    self.on_update(update);
+                    self.drain_events();
+                }
+                Some(joined) = self.supervisors.join_next() => self.on_joined(joined),
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+            self.flush();
+        }
+        self.drain_events();
+        let stuck: Vec<(&String, &Entry)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.control.is_some())
+            .collect();
+        for (task_id, entry) in stuck {
+            warn!(%task_id, "task did not stop in time; killing it and leaving its record for the next agent");
+            if let Some(handle) = &entry.handle {
+                if let Err(e) = self.shared.driver.signal(handle, StopSignal::Kill).await {
+                    warn!(%task_id, error = %e, "cannot kill a task");
+                }
+            }
+        }
+        self.supervisors.abort_all();
+        self.flush();
+        if let Some(janitor) = self.janitor.take() {
+            janitor.abort();
+        }
+    }
+}
+
+/// How a supervisor gets its workload.
+enum Launch {
+    Fresh(Box<Task>),
+    Adopted { handle: Handle, exit: ExitFuture },
+}
+
+enum Outcome {
+    Exited(Exit),
+    Stop(StopRequest),
+}
+
+/// Runs one task from start (or adoption) to its end, recording each status
+/// before reporting it.
+async fn supervise(
+    shared: Arc<Shared>,
+    task_id: String,
+    grace_ms: u64,
+    launch: Launch,
+    mut control: watch::Receiver<Option<StopRequest>>,
+) {
+    let (handle, mut exit, adopted) = match launch {
+        Launch::Fresh(task) => match start_task(&shared, &task).await {
+            Ok(started) => (started.0, started.1, false),
+            Err(e) => {
+                warn!(%task_id, error = %e, "task rejected");
+                let mut status = TaskStatus::new(TaskState::Rejected, now_ms(), "rejected");
+                status.error = Some(e.to_string());
+                shared.persist(&task_id, None, grace_ms, &status);
+                shared.send(&task_id, status, None, true);
+                return;
+            }
+        },
+        Launch::Adopted { handle, exit } => (handle, exit, true),
+    };
+
+    let mut control_open = true;
+    let outcome = loop {
+        let requested = control.borrow_and_update().clone();
+        if let Some(req) = requested {
+            break Outcome::Stop(req);
+        }
+        tokio::select! {
+            ended = &mut exit => break Outcome::Exited(ended),
+            changed = control.changed(), if control_open => {
+                // Without a loop to give orders, only the task's own end
+                // remains to wait for.
+                control_open = changed.is_ok();
+            }
+        }
+    };
+
+    let status = match outcome {
+        Outcome::Exited(ended) => exit_status(ended, adopted),
+        Outcome::Stop(req) => {
+            info!(%task_id, grace_ms = req.grace.as_millis() as u64, "stopping task");
+            let ended = match shared.driver.stop(&handle, req.grace, &mut exit).await {
+                Ok(ended) => ended,
+                Err(e) => {
+                    warn!(%task_id, error = %e, "cannot stop task; waiting for it to end");
+                    exit.await
+                }
+            };
+            let mut status = TaskStatus::new(TaskState::Shutdown, now_ms(), req.message);
+            status.exit_code = ended.code();
+            status
+        }
+    };
+    info!(%task_id, state = status.state.as_str(), exit_code = ?status.exit_code, "task ended");
+    shared.persist(&task_id, Some(&handle), grace_ms, &status);
+    if let Err(e) = shared.driver.remove(&handle).await {
+        warn!(%task_id, error = %e, "cannot remove what the task left");
+    }
+    shared.send(&task_id, status, None, true);
+}
+
+/// Starts a fresh task and records it as running before it is reported.
+async fn start_task(shared: &Shared, task: &Task) -> Result<(Handle, ExitFuture), DriverError> {
+    let dir = task_dir(&shared.state_dir, &task.id);
+    std::fs::create_dir_all(&dir).map_err(|source| DriverError::Prepare { path: dir, source })?;
+    let spec = StartSpec {
+        task_id: task.id.clone(),
+        template: task.spec.clone(),
+        env: task_env(task, &shared.node_id),
+        log_path: task_log_path(&shared.state_dir, &task.id),
+    };
+    let started = shared.driver.start(spec).await?;
+    let (handle, exit) = (started.handle, started.exit);
+    let grace_ms = task.spec.stop_grace_period_ms;
+    let mut status = TaskStatus::new(TaskState::Running, now_ms(), MSG_STARTED);
+    status.pid = handle.pid;
+    let record = TaskRecord {
+        task_id: task.id.clone(),
+        driver: shared.driver.name().to_string(),
+        handle: Some(handle.clone()),
+        stop_grace_period_ms: grace_ms,
+        status: status.clone(),
+    };
+    // An unrecorded task could be neither adopted nor stopped after an
+    // agent crash: better not to run it at all.
+    if let Err(e) = write_record(&shared.state_dir, &record) {
+        let _ = shared.driver.signal(&handle, StopSignal::Kill).await;
+        exit.await;
+        let _ = shared.driver.remove(&handle).await;
+        return Err(DriverError::Other(e.to_string()));
+    }
+    info!(task_id = %task.id, pid = ?handle.pid, "task running");
+    shared.send(&task.id, status, Some(handle.clone()), false);
+    Ok((handle, exit))
+}
+
+/// The template's variables, then the `FLOTILLA_*` ones, which win.
+fn task_env(task: &Task, node_id: &str) -> std::collections::BTreeMap<String, String> {
+    let mut env = task.spec.env.clone();
+    env.insert("FLOTILLA_TASK_ID".into(), task.id.clone());
+    env.insert("FLOTILLA_SERVICE_ID".into(), task.service_id.clone());
+    env.insert("FLOTILLA_SERVICE_NAME".into(), task.service_name.clone());
+    env.insert("FLOTILLA_TASK_SLOT".into(), task.slot.to_string());
+    env.insert("FLOTILLA_NODE_ID".into(), node_id.to_string());
+    env
+}
+
+fn exit_status(ended: Exit, adopted: bool) -> TaskStatus {
+    let now = now_ms();
+    let mut status = match ended {
+        Exit::Code(0) => TaskStatus::new(TaskState::Complete, now, "finished"),
+        Exit::Code(code) => {
+            let mut s = TaskStatus::new(TaskState::Failed, now, "failed");
+            s.error = Some(format!("task exited with code {code}"));
+            s
+        }
+        Exit::Signal(signal) => {
+            let mut s = TaskStatus::new(TaskState::Failed, now, "failed");
+            s.error = Some(format!("task killed by signal {signal}"));
+            s
+        }
+        Exit::Unknown => {
+            let mut s = TaskStatus::new(TaskState::Failed, now, "failed");
+            s.error = Some(if adopted {
+                ERR_ADOPTED_EXIT.to_string()
+            } else {
+                "task process exited (exit code unknown)".to_string()
+            });
+            s
+        }
+    };
+    status.exit_code = ended.code();
+    status
+}
+
+fn now_ms() -> UnixMs {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as UnixMs)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_statuses_follow_the_shell_convention() {
+        let s = exit_status(Exit::Code(0), false);
+        assert_eq!(
+            (s.state, s.exit_code, s.message.as_str()),
+            (TaskState::Complete, Some(0), "finished")
+        );
+        let s = exit_status(Exit::Code(3), false);
+        assert_eq!((s.state, s.exit_code), (TaskState::Failed, Some(3)));
+        assert_eq!(s.error.as_deref(), Some("task exited with code 3"));
+        let s = exit_status(Exit::Signal(9), false);
+        assert_eq!((s.state, s.exit_code), (TaskState::Failed, Some(137)));
+        assert_eq!(s.error.as_deref(), Some("task killed by signal 9"));
+        let s = exit_status(Exit::Unknown, true);
+        assert_eq!((s.state, s.exit_code), (TaskState::Failed, None));
+        assert_eq!(s.error.as_deref(), Some(ERR_ADOPTED_EXIT));
+    }
+
+    #[test]
+    fn batches_keep_the_latest_status_per_task() {
+        let mut batch = Batch::default();
+        batch.push("a", TaskStatus::new(TaskState::Accepted, 1, ""));
+        batch.push("b", TaskStatus::new(TaskState::Running, 2, ""));
+        batch.push("a", TaskStatus::new(TaskState::Running, 3, ""));
+        let reports = batch.take();
+        assert_eq!(reports.len(), 2);
+        assert_eq!(reports[0].task_id, "a");
+        assert_eq!(reports[0].status.timestamp, 3);
+        assert!(batch.take().is_empty());
+    }
+}

@@ -1,0 +1,190 @@
+//! The driver abstraction: what actually runs a task.
+//!
+//! The agent owns the lifecycle (when to start, stop, adopt, report); a
+//! driver only knows how to do each step for one kind of workload. The shape
+//! fits a plain process ([`crate::ProcessDriver`]) and a container engine: a
+//! Docker driver would create and start a container in `start`, resolve its
+//! exit future from the wait API, inspect the container in `adopt`, send
+//! signals through the kill API and delete the container in `remove`.
+//!
+//! Methods return boxed futures by hand so that the trait stays object safe
+//! without the `async-trait` crate.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use flotilla_types::TaskTemplate;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::procfs::ProcError;
+
+/// A boxed, sendable future, as returned by [`Driver`] methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Resolves once the workload has ended. Owned by whoever supervises the
+/// task, so a driver keeps no per-task table.
+pub type ExitFuture = BoxFuture<'static, Exit>;
+
+/// How a workload ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this status.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+    /// It ended, but its status could not be collected (a process adopted
+    /// after an agent restart is no longer the agent's child).
+    Unknown,
+}
+
+impl Exit {
+    /// The shell convention: the exit status, or 128 + the signal number.
+    pub fn code(self) -> Option<i32> {
+        match self {
+            Exit::Code(code) => Some(code),
+            Exit::Signal(signal) => Some(128 + signal),
+            Exit::Unknown => None,
+        }
+    }
+}
+
+/// Identifies a running workload well enough to find it again after the
+/// agent restarts. Persisted in the task record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handle {
+    /// Process ID of the workload's main process (the process group leader
+    /// for the process driver).
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Start time of that process in clock ticks since boot
+    /// (`/proc/<pid>/stat` field 22): tells a reused pid from ours.
+    #[serde(default)]
+    pub start_time: Option<u64>,
+    /// Driver-specific identity, such as a container ID; unused by the
+    /// process driver.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// Everything a driver needs to start one task.
+#[derive(Debug, Clone)]
+pub struct StartSpec {
+    pub task_id: String,
+    /// What to run, as the service defines it.
+    pub template: TaskTemplate,
+    /// The task's environment as the agent decided it: the template's
+    /// variables plus `FLOTILLA_*`. Whether the driver adds anything (such as
+    /// the daemon's own environment) is its own choice.
+    pub env: BTreeMap<String, String>,
+    /// Where stdout and stderr go, appended.
+    pub log_path: PathBuf,
+}
+
+/// A workload that has started.
+pub struct Started {
+    pub handle: Handle,
+    pub exit: ExitFuture,
+}
+
+impl std::fmt::Debug for Started {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Started")
+            .field("handle", &self.handle)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The two signals of a stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopSignal {
+    /// Asks the workload to end (SIGTERM).
+    Terminate,
+    /// Ends it (SIGKILL).
+    Kill,
+}
+
+/// Why a driver step failed.
+#[derive(Debug, Error)]
+pub enum DriverError {
+    #[error("no command to run: the task's command is empty")]
+    EmptyCommand,
+    #[error("executable file not found in $PATH: {0:?}")]
+    NotFound(String),
+    #[error("cannot start {program:?}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot prepare {path}: {source}")]
+    Prepare {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot signal process group {pid}: {source}")]
+    Signal {
+        pid: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("refusing to signal pid {0}: not a task process")]
+    BadPid(u32),
+    #[error(transparent)]
+    Proc(#[from] ProcError),
+    /// For drivers whose failures fit none of the above.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Runs tasks of one kind. Object safe: the agent holds an `Arc<dyn Driver>`.
+pub trait Driver: Send + Sync {
+    /// Short name stored in task records, so that a record is only ever
+    /// adopted by the driver that made it.
+    fn name(&self) -> &'static str;
+
+    /// Starts a task and returns once it runs.
+    fn start(&self, spec: StartSpec) -> BoxFuture<'_, Result<Started, DriverError>>;
+
+    /// After an agent restart: if `handle` still names the same live
+    /// workload, returns a future for its end; `None` when it is gone.
+    fn adopt(&self, handle: Handle) -> BoxFuture<'_, Result<Option<ExitFuture>, DriverError>>;
+
+    /// Sends a stop signal to the whole workload. Succeeds when the workload
+    /// is already gone.
+    fn signal<'a>(
+        &'a self,
+        handle: &'a Handle,
+        signal: StopSignal,
+    ) -> BoxFuture<'a, Result<(), DriverError>>;
+
+    /// Stops a workload: [`StopSignal::Terminate`], then
+    /// [`StopSignal::Kill`] if it has not ended within `grace`. Resolves with
+    /// how it ended. A driver with a native stop (Docker's) may override it.
+    fn stop<'a>(
+        &'a self,
+        handle: &'a Handle,
+        grace: Duration,
+        exit: &'a mut ExitFuture,
+    ) -> BoxFuture<'a, Result<Exit, DriverError>> {
+        Box::pin(async move {
+            self.signal(handle, StopSignal::Terminate).await?;
+            match tokio::time::timeout(grace, &mut *exit).await {
+                Ok(ended) => Ok(ended),
+                Err(_) => {
+                    self.signal(handle, StopSignal::Kill).await?;
+                    Ok(exit.await)
+                }
+            }
+        })
+    }
+
+    /// Frees what the workload left once it has ended (a container). The
+    /// task's directory and log are the agent's, not the driver's.
+    fn remove<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Result<(), DriverError>>;
+}

@@ -1,0 +1,264 @@
+//! The typed client: HTTP/1.1 over the daemon's Unix socket, one connection
+//! per request (the CLI is short-lived; the daemon is local).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::UnixStream;
+
+use flotilla_types::ServiceSpec;
+
+use crate::model::{
+    ErrorBody, Info, InitRequest, InitResponse, NodeView, Removed, ScaleRequest, ServiceView,
+    TaskView,
+};
+
+/// Why a call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the flotilla daemon at {socket}: is 'flotilla daemon' running?")]
+    Unreachable { socket: String },
+    #[error("permission denied on {socket}: the daemon's socket is only for its owner (try sudo)")]
+    PermissionDenied { socket: String },
+    /// The daemon answered with an error; `message` is its one-line reason.
+    #[error("{message}")]
+    Api { status: u16, message: String },
+    #[error("timed out after {0:?} waiting for the daemon to answer")]
+    Timeout(Duration),
+    #[error("talking to the daemon: {0}")]
+    Transport(String),
+    #[error("the daemon sent an answer this client cannot read: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// HTTP status of an API error.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A client of one daemon's API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    socket: PathBuf,
+    timeout: Duration,
+}
+
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Client {
+    /// A client of the daemon listening on `socket`.
+    pub fn unix(socket: impl AsRef<Path>) -> Self {
+        Client {
+            socket: socket.as_ref().to_path_buf(),
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Changes how long one call may take (streams are not bounded).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The socket this client talks to.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    async fn send(&self, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, ClientError> {
+        let socket = self.socket.display().to_string();
+        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                ClientError::PermissionDenied {
+                    socket: socket.clone(),
+                }
+            } else {
+                ClientError::Unreachable {
+                    socket: socket.clone(),
+                }
+            }
+        })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        tokio::spawn(async move {
+            // The connection ends with the response; its error, if any, has
+            // already reached the caller through the request.
+            let _ = conn.await;
+        });
+        sender
+            .send_request(request)
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))
+    }
+
+    fn build<B: Serialize>(
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<Request<Full<Bytes>>, ClientError> {
+        let bytes = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| ClientError::Decode(e.to_string()))?,
+            None => Vec::new(),
+        };
+        Request::builder()
+            .method(method)
+            .uri(format!("http://flotilla{path}"))
+            .header("host", "flotilla")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(bytes)))
+            .map_err(|e| ClientError::Transport(e.to_string()))
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let request = Self::build(method, path, body)?;
+        let work = async {
+            let response = self.send(request).await?;
+            let status = response.status();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| ClientError::Transport(e.to_string()))?
+                .to_bytes();
+            if !status.is_success() {
+                return Err(api_error(status, &bytes));
+            }
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| ClientError::Timeout(self.timeout))?
+    }
+
+    /// `GET /v1/info`.
+    pub async fn info(&self) -> Result<Info, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/info", None).await
+    }
+
+    /// `POST /v1/init`.
+    pub async fn init(&self, request: &InitRequest) -> Result<InitResponse, ClientError> {
+        self.call(Method::POST, "/v1/init", Some(request)).await
+    }
+
+    /// `GET /v1/nodes`.
+    pub async fn nodes(&self) -> Result<Vec<NodeView>, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/nodes", None).await
+    }
+
+    /// `GET /v1/services`.
+    pub async fn services(&self) -> Result<Vec<ServiceView>, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/services", None).await
+    }
+
+    /// `POST /v1/services`.
+    pub async fn create_service(&self, spec: &ServiceSpec) -> Result<ServiceView, ClientError> {
+        self.call(Method::POST, "/v1/services", Some(spec)).await
+    }
+
+    /// `GET /v1/services/{name}`.
+    pub async fn service(&self, name: &str) -> Result<ServiceView, ClientError> {
+        let path = format!("/v1/services/{}", encode_segment(name));
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// `POST /v1/services/{name}/scale`.
+    pub async fn scale(&self, name: &str, replicas: u64) -> Result<ServiceView, ClientError> {
+        let path = format!("/v1/services/{}/scale", encode_segment(name));
+        self.call(Method::POST, &path, Some(&ScaleRequest { replicas }))
+            .await
+    }
+
+    /// `DELETE /v1/services/{name}`.
+    pub async fn remove_service(&self, name: &str) -> Result<Removed, ClientError> {
+        let path = format!("/v1/services/{}", encode_segment(name));
+        self.call::<(), _>(Method::DELETE, &path, None).await
+    }
+
+    /// `GET /v1/services/{name}/tasks`.
+    pub async fn tasks(&self, name: &str) -> Result<Vec<TaskView>, ClientError> {
+        let path = format!("/v1/services/{}/tasks", encode_segment(name));
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// `GET /v1/services/{name}/logs`: calls `sink` with each chunk of log
+    /// text as it arrives. With `follow`, returns only when the daemon ends
+    /// the stream or the connection breaks.
+    pub async fn logs(
+        &self,
+        name: &str,
+        tail: Option<u64>,
+        follow: bool,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<(), ClientError> {
+        let mut path = format!("/v1/services/{}/logs?follow={follow}", encode_segment(name));
+        if let Some(n) = tail {
+            path.push_str(&format!("&tail={n}"));
+        }
+        let request = Self::build::<()>(Method::GET, &path, None)?;
+        let response = tokio::time::timeout(self.timeout, self.send(request))
+            .await
+            .map_err(|_| ClientError::Timeout(self.timeout))??;
+        let status = response.status();
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map_err(|e| ClientError::Transport(e.to_string()))?
+                .to_bytes();
+            return Err(api_error(status, &bytes));
+        }
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Transport(e.to_string()))?;
+            if let Some(data) = frame.data_ref() {
+                sink(data);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
+    let message = serde_json::from_slice::<ErrorBody>(bytes)
+        .map(|b| b.error)
+        .unwrap_or_else(|_| {
+            let text = String::from_utf8_lossy(bytes).trim().to_string();
+            if text.is_empty() {
+                format!("the daemon answered {status}")
+            } else {
+                text
+            }
+        });
+    ClientError::Api {
+        status: status.as_u16(),
+        message,
+    }
+}

@@ -1,0 +1,29 @@
+//! Flotilla's client API: the JSON shapes the daemon serves and the typed
+//! client that the CLI (and tests) use to talk to it.
+//!
+//! The CLI never touches the daemon's internals; everything it shows comes
+//! through [`Client`]. The server side lives in the daemon (the `flotilla`
+//! crate), which implements these routes over the node's store.
+//!
+//! # Layout
+//! - [`model`]: request and response bodies, the API contract.
+//! - [`client`]: [`Client`], HTTP/1.1 over the daemon's Unix socket.
+//!
+//! # Routes (all JSON; errors are `{"error": "..."}` with a 4xx/5xx status)
+//! | method | path | body / query | answer |
+//! |---|---|---|---|
+//! | GET | `/v1/info` | | [`model::Info`] |
+//! | POST | `/v1/init` | [`model::InitRequest`] | [`model::InitResponse`] |
+//! | GET | `/v1/nodes` | | `[`[`model::NodeView`]`]` |
+//! | GET | `/v1/services` | | `[`[`model::ServiceView`]`]` |
+//! | POST | `/v1/services` | [`flotilla_types::ServiceSpec`] | [`model::ServiceView`] |
+//! | GET | `/v1/services/{name}` | | [`model::ServiceView`] |
+//! | POST | `/v1/services/{name}/scale` | [`model::ScaleRequest`] | [`model::ServiceView`] |
+//! | DELETE | `/v1/services/{name}` | | [`model::Removed`] |
+//! | GET | `/v1/services/{name}/tasks` | | `[`[`model::TaskView`]`]` |
+//! | GET | `/v1/services/{name}/logs` | `tail`, `follow` | text stream |
+
+pub mod client;
+pub mod model;
+
+pub use client::{Client, ClientError};

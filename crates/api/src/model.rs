@@ -1,0 +1,134 @@
+//! Request and response bodies. Field names are the JSON contract that
+//! `--format json` prints, so renaming one is a breaking change.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use flotilla_types::{ServiceSpec, UnixMs};
+
+/// The error body of every failed request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// `POST /v1/init`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct InitRequest {
+    /// Address other nodes will reach this one at (unused on one node).
+    #[serde(default)]
+    pub advertise_addr: Option<String>,
+}
+
+/// The cluster and node `init` created.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitResponse {
+    pub cluster_id: String,
+    pub node_id: String,
+}
+
+/// `GET /v1/info`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Info {
+    /// None until `init`.
+    pub cluster_id: Option<String>,
+    pub node_id: Option<String>,
+    pub node_name: String,
+    /// `manager` or `worker`; None before `init`.
+    pub role: Option<String>,
+    pub is_leader: bool,
+    pub leader: Option<String>,
+    pub managers: u64,
+    pub managers_reachable: u64,
+    /// How many managers may fail with the cluster still able to write.
+    pub fault_tolerance: u64,
+    /// Set when the managers tolerate no failure.
+    pub warning: Option<String>,
+    pub nodes: u64,
+    pub services: u64,
+    /// Task counts by observed state, over tasks that are wanted running.
+    pub tasks: BTreeMap<String, u64>,
+    pub version: String,
+    pub data_dir: String,
+}
+
+/// A node as `node ls` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: String,
+    pub name: String,
+    pub hostname: String,
+    /// `manager` or `worker`.
+    pub role: String,
+    /// `ready` or `down`.
+    pub status: String,
+    /// `active`, `pause` or `drain`.
+    pub availability: String,
+    /// `leader`, `reachable` or `unreachable`; None for workers.
+    pub manager_status: Option<String>,
+    pub addr: String,
+    pub version: String,
+    pub labels: BTreeMap<String, String>,
+    /// The node that answered.
+    pub is_self: bool,
+}
+
+/// Running and desired task counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replicas {
+    pub running: u64,
+    pub desired: u64,
+}
+
+/// A service as `service ls` and `service inspect` show it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub id: String,
+    pub name: String,
+    /// `replicated` or `global`.
+    pub mode: String,
+    pub replicas: Replicas,
+    /// The command line, joined for display.
+    pub command: String,
+    pub spec: ServiceSpec,
+    pub version: u64,
+    pub created_at: UnixMs,
+    pub updated_at: UnixMs,
+}
+
+/// A task as `service ps` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskView {
+    pub id: String,
+    pub service: String,
+    pub service_id: String,
+    pub slot: u64,
+    /// Node name, or None while pending.
+    pub node: Option<String>,
+    pub node_id: Option<String>,
+    pub desired_state: String,
+    pub state: String,
+    /// When the state was entered.
+    pub timestamp: UnixMs,
+    pub message: String,
+    pub error: Option<String>,
+    pub exit_code: Option<i32>,
+    pub pid: Option<u32>,
+    pub created_at: UnixMs,
+    /// False for older tasks of a slot (history).
+    pub current: bool,
+}
+
+/// `POST /v1/services/{name}/scale`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    pub replicas: u64,
+}
+
+/// What `DELETE` removed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Removed {
+    pub id: String,
+    pub name: String,
+}

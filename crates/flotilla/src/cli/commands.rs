@@ -1,0 +1,508 @@
+//! The client commands. They reach the daemon only through
+//! [`flotilla_api::Client`].
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use flotilla_api::model::{InitRequest, ServiceView, TaskView};
+use flotilla_api::Client;
+use flotilla_types::{
+    parse_duration_ms, validate_name, Constraint, Driver, RestartCondition, RestartPolicy,
+    ServiceMode, ServiceSpec, TaskTemplate,
+};
+
+use super::output::{ago, table, title};
+use super::{CreateArgs, Format, InitArgs, NodeCommand, ServiceCommand, StackCommand};
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// `flotilla init`.
+pub async fn init(client: &Client, args: &InitArgs) -> Result<()> {
+    let r = client
+        .init(&InitRequest {
+            advertise_addr: args.advertise_addr.clone(),
+        })
+        .await?;
+    println!(
+        "Cluster initialized: cluster {}, this node {} is its manager and leader.",
+        r.cluster_id, r.node_id
+    );
+    println!(
+        "Create a service with: flotilla service create --name web --replicas 3 -- sleep 100000"
+    );
+    Ok(())
+}
+
+/// `flotilla info`.
+pub async fn info(client: &Client, format: Format) -> Result<()> {
+    let info = client.info().await?;
+    if format == Format::Json {
+        return print_json(&info);
+    }
+    let Some(cluster) = &info.cluster_id else {
+        println!(
+            "Node:          {} (not in a cluster: run 'flotilla init')",
+            info.node_name
+        );
+        println!("Version:       {}", info.version);
+        println!("Data dir:      {}", info.data_dir);
+        return Ok(());
+    };
+    println!("Cluster:       {cluster}");
+    println!(
+        "Node:          {} ({})",
+        info.node_name,
+        info.node_id.as_deref().unwrap_or("-")
+    );
+    println!(
+        "Role:          {}{}",
+        info.role.as_deref().unwrap_or("-"),
+        if info.is_leader { " (leader)" } else { "" }
+    );
+    println!(
+        "Managers:      {} ({} reachable), tolerates {} failure{}",
+        info.managers,
+        info.managers_reachable,
+        info.fault_tolerance,
+        if info.fault_tolerance == 1 { "" } else { "s" }
+    );
+    if let Some(w) = &info.warning {
+        println!("WARNING:       {w}");
+    }
+    println!("Nodes:         {}", info.nodes);
+    println!("Services:      {}", info.services);
+    let tasks: Vec<String> = info.tasks.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    println!(
+        "Tasks:         {}",
+        if tasks.is_empty() {
+            "none".to_string()
+        } else {
+            tasks.join(", ")
+        }
+    );
+    println!("Version:       {}", info.version);
+    println!("Data dir:      {}", info.data_dir);
+    Ok(())
+}
+
+/// `flotilla node ...`.
+pub async fn node(client: &Client, command: &NodeCommand) -> Result<()> {
+    match command {
+        NodeCommand::Ls(f) => {
+            let nodes = client.nodes().await?;
+            if f.format == Format::Json {
+                return print_json(&nodes);
+            }
+            let rows: Vec<Vec<String>> = nodes
+                .iter()
+                .map(|n| {
+                    vec![
+                        format!("{}{}", n.id, if n.is_self { " *" } else { "" }),
+                        n.name.clone(),
+                        title(&n.status),
+                        title(&n.availability),
+                        n.manager_status.as_deref().map(title).unwrap_or_default(),
+                        if n.addr.is_empty() {
+                            "-".into()
+                        } else {
+                            n.addr.clone()
+                        },
+                        n.version.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "ID",
+                        "NAME",
+                        "STATUS",
+                        "AVAILABILITY",
+                        "MANAGER STATUS",
+                        "ADDRESS",
+                        "VERSION"
+                    ],
+                    &rows
+                )
+            );
+            Ok(())
+        }
+    }
+}
+
+fn parse_pairs(items: &[String], what: &str) -> Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|item| match item.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(anyhow!("invalid {what} {item:?}: expected KEY=VALUE")),
+        })
+        .collect()
+}
+
+/// Parses a replica count the way a person types it, with a one-line error.
+pub fn parse_replicas(text: &str) -> Result<u64> {
+    let trimmed = text.trim();
+    if trimmed.starts_with('-') {
+        bail!("invalid replicas {text:?}: must not be negative");
+    }
+    trimmed
+        .parse::<u64>()
+        .map_err(|_| anyhow!("invalid replicas {text:?}: expected a whole number"))
+}
+
+/// Builds a service spec from `service create` flags.
+pub fn spec_from_args(args: &CreateArgs) -> Result<ServiceSpec> {
+    validate_name(&args.name)?;
+    let mode = match args.mode.as_str() {
+        "replicated" => ServiceMode::Replicated {
+            replicas: match &args.replicas {
+                Some(r) => parse_replicas(r)?,
+                None => 1,
+            },
+        },
+        "global" => {
+            if args.replicas.is_some() {
+                bail!("--replicas cannot be used with --mode global");
+            }
+            ServiceMode::Global
+        }
+        other => bail!("invalid mode {other:?}: expected replicated or global"),
+    };
+    let condition = RestartCondition::parse(&args.restart_condition).ok_or_else(|| {
+        anyhow!(
+            "invalid restart condition {:?}: expected none, on-failure or any",
+            args.restart_condition
+        )
+    })?;
+    let max_attempts = args
+        .restart_max_attempts
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| {
+            anyhow!(
+                "invalid restart max attempts {:?}: expected a whole number >= 0",
+                args.restart_max_attempts
+            )
+        })?;
+    let constraints = args
+        .constraint
+        .iter()
+        .map(|c| c.parse::<Constraint>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let duration = |flag: &str, v: &str| parse_duration_ms(v).map_err(|e| anyhow!("{flag}: {e}"));
+    Ok(ServiceSpec {
+        name: args.name.clone(),
+        mode,
+        labels: parse_pairs(&args.label, "label")?,
+        task: TaskTemplate {
+            driver: Driver::Process,
+            command: args.command.clone(),
+            env: parse_pairs(&args.env, "env")?,
+            restart: RestartPolicy {
+                condition,
+                delay_ms: duration("--restart-delay", &args.restart_delay)?,
+                max_attempts,
+                window_ms: duration("--restart-window", &args.restart_window)?,
+            },
+            stop_grace_period_ms: duration("--stop-grace-period", &args.stop_grace_period)?,
+            constraints,
+        },
+    })
+}
+
+/// Waits until every named service runs its desired tasks.
+async fn wait_converged(client: &Client, name: &str, timeout: Duration) -> Result<ServiceView> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let s = client.service(name).await?;
+        if s.replicas.running == s.replicas.desired {
+            return Ok(s);
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "timed out after {}s waiting for service {name} to run {} tasks ({} running; see 'flotilla service ps {name}')",
+                timeout.as_secs(),
+                s.replicas.desired,
+                s.replicas.running
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn task_name(t: &TaskView) -> String {
+    if t.slot > 0 {
+        format!("{}.{}", t.service, t.slot)
+    } else {
+        format!("{}.{}", t.service, t.node_id.as_deref().unwrap_or("-"))
+    }
+}
+
+fn task_error(t: &TaskView) -> String {
+    match (&t.error, t.exit_code) {
+        (Some(e), _) => e.clone(),
+        (None, Some(code)) if t.state == "failed" => format!("exit code {code}"),
+        _ => String::new(),
+    }
+}
+
+/// Rows of `service ps`: per slot, the current task and then its history
+/// marked `\_`, as Swarm prints it.
+pub fn ps_rows(tasks: &[TaskView]) -> Vec<Vec<String>> {
+    let mut sorted: Vec<&TaskView> = tasks.iter().collect();
+    sorted.sort_by(|a, b| {
+        (
+            a.slot,
+            a.node_id.as_deref(),
+            !a.current,
+            std::cmp::Reverse(a.created_at),
+            &a.id,
+        )
+            .cmp(&(
+                b.slot,
+                b.node_id.as_deref(),
+                !b.current,
+                std::cmp::Reverse(b.created_at),
+                &b.id,
+            ))
+    });
+    let mut rows = Vec::new();
+    let mut last_slot: Option<(u64, Option<String>)> = None;
+    for t in sorted {
+        let key = (t.slot, if t.slot == 0 { t.node_id.clone() } else { None });
+        let first = last_slot.as_ref() != Some(&key);
+        last_slot = Some(key);
+        let name = if first {
+            task_name(t)
+        } else {
+            format!(" \\_ {}", task_name(t))
+        };
+        rows.push(vec![
+            t.id.chars().take(12).collect(),
+            name,
+            t.node.clone().unwrap_or_default(),
+            title(&t.desired_state),
+            format!("{} {}", title(&t.state), ago(t.timestamp)),
+            task_error(t),
+        ]);
+    }
+    rows
+}
+
+/// `flotilla service ...`.
+pub async fn service(client: &Client, command: &ServiceCommand) -> Result<()> {
+    match command {
+        ServiceCommand::Create(args) => {
+            let spec = spec_from_args(args)?;
+            let created = client.create_service(&spec).await?;
+            println!("{}", created.id);
+            if !args.detach {
+                wait_converged(client, &created.name, Duration::from_secs(30)).await?;
+            }
+            Ok(())
+        }
+        ServiceCommand::Ls(f) => {
+            let services = client.services().await?;
+            if f.format == Format::Json {
+                return print_json(&services);
+            }
+            let rows: Vec<Vec<String>> = services
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.id.chars().take(12).collect(),
+                        s.name.clone(),
+                        s.mode.clone(),
+                        format!("{}/{}", s.replicas.running, s.replicas.desired),
+                        s.command.clone(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(&["ID", "NAME", "MODE", "REPLICAS", "COMMAND"], &rows)
+            );
+            Ok(())
+        }
+        ServiceCommand::Ps { name, format } => {
+            let tasks = client.tasks(name).await?;
+            if format.format == Format::Json {
+                return print_json(&tasks);
+            }
+            print!(
+                "{}",
+                table(
+                    &[
+                        "ID",
+                        "NAME",
+                        "NODE",
+                        "DESIRED STATE",
+                        "CURRENT STATE",
+                        "ERROR"
+                    ],
+                    &ps_rows(&tasks)
+                )
+            );
+            Ok(())
+        }
+        ServiceCommand::Inspect { names, format } => {
+            let mut out = Vec::new();
+            for name in names {
+                out.push(client.service(name).await?);
+            }
+            if *format == Format::Json {
+                return print_json(&out);
+            }
+            for s in out {
+                println!("ID:        {}", s.id);
+                println!("Name:      {}", s.name);
+                println!("Mode:      {}", s.mode);
+                println!("Replicas:  {}/{}", s.replicas.running, s.replicas.desired);
+                println!("Command:   {}", s.command);
+                println!("Restart:   {}", s.spec.task.restart.condition.as_str());
+            }
+            Ok(())
+        }
+        ServiceCommand::Scale { pairs } => {
+            let mut parsed = Vec::new();
+            for pair in pairs {
+                let (name, n) = pair
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("invalid scale {pair:?}: expected NAME=REPLICAS"))?;
+                parsed.push((name.to_string(), parse_replicas(n)?));
+            }
+            for (name, n) in parsed {
+                client.scale(&name, n).await?;
+                println!("{name} scaled to {n}");
+            }
+            Ok(())
+        }
+        ServiceCommand::Rm { names } => {
+            let mut failed = None;
+            for name in names {
+                match client.remove_service(name).await {
+                    Ok(r) => println!("{}", r.name),
+                    Err(e) => failed = Some(e),
+                }
+            }
+            match failed {
+                Some(e) => Err(e.into()),
+                None => Ok(()),
+            }
+        }
+        ServiceCommand::Logs { name, follow, tail } => {
+            let stdout = std::io::stdout();
+            let mut write_err = None;
+            client
+                .logs(name, *tail, *follow, |chunk| {
+                    let mut lock = stdout.lock();
+                    if let Err(e) = lock.write_all(chunk).and_then(|_| lock.flush()) {
+                        write_err = Some(e);
+                    }
+                })
+                .await?;
+            if let Some(e) = write_err {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    return Err(e.into());
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Deploys a stack: creates each service as STACK_NAME, or updates its
+/// replicas when it exists.
+pub async fn deploy_stack(client: &Client, path: &str, stack: &str) -> Result<Vec<String>> {
+    validate_name(stack).context("invalid stack name")?;
+    let parsed = crate::stack::load_stack(path)?;
+    for w in &parsed.warnings {
+        eprintln!("warning: {w}");
+    }
+    let mut names = Vec::new();
+    for mut spec in parsed.services {
+        spec.name = format!("{stack}_{}", spec.name);
+        spec.labels
+            .insert("com.docker.stack.namespace".into(), stack.to_string());
+        validate_name(&spec.name)?;
+        match client.service(&spec.name).await {
+            Ok(_) => println!("Service {} exists; leaving it as it is", spec.name),
+            Err(e) if e.status() == Some(404) => {
+                client.create_service(&spec).await?;
+                println!("Creating service {}", spec.name);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        names.push(spec.name);
+    }
+    Ok(names)
+}
+
+/// `flotilla stack ...`.
+pub async fn stack(client: &Client, command: &StackCommand) -> Result<()> {
+    match command {
+        StackCommand::Deploy { file, stack } => {
+            deploy_stack(client, &file.display().to_string(), stack).await?;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_are_checked() {
+        assert_eq!(parse_replicas("3").ok(), Some(3));
+        assert!(parse_replicas("-1")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("negative"));
+        assert!(parse_replicas("three")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("whole number"));
+    }
+
+    fn tv(id: &str, slot: u64, current: bool, created_at: u64) -> TaskView {
+        TaskView {
+            id: id.into(),
+            service: "web".into(),
+            service_id: "s".into(),
+            slot,
+            node: Some("n".into()),
+            node_id: Some("n".into()),
+            desired_state: if current { "running" } else { "shutdown" }.into(),
+            state: if current { "running" } else { "failed" }.into(),
+            timestamp: 0,
+            message: String::new(),
+            error: None,
+            exit_code: if current { None } else { Some(137) },
+            pid: None,
+            created_at,
+            current,
+        }
+    }
+
+    #[test]
+    fn ps_marks_history_under_its_slot() {
+        let rows = ps_rows(&[
+            tv("b", 1, false, 1),
+            tv("c", 2, true, 3),
+            tv("a", 1, true, 2),
+        ]);
+        let names: Vec<&str> = rows.iter().map(|r| r[1].as_str()).collect();
+        assert_eq!(names, ["web.1", " \\_ web.1", "web.2"]);
+        assert_eq!(rows[1][5], "exit code 137");
+    }
+}

@@ -1,0 +1,192 @@
+//! Command-line definitions (clap) and the commands that talk to a daemon
+//! through the typed API client.
+
+pub mod commands;
+pub mod output;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Flotilla: a cluster orchestrator for services.
+#[derive(Debug, Parser)]
+#[command(name = "flotilla", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The node's data directory [default: /var/lib/flotilla for root, else $XDG_DATA_HOME/flotilla]
+    #[arg(long, global = true, env = "FLOTILLA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format of listing and inspecting commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args, Clone, Copy)]
+pub struct FormatArg {
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node in the foreground
+    Daemon(DaemonArgs),
+    /// Start a one-node cluster in the foreground on a fresh data dir and deploy a stack file into it
+    Dev(DevArgs),
+    /// Make the local node the first manager of a new cluster
+    Init(InitArgs),
+    /// Show the cluster, this node and what runs
+    Info(FormatArg),
+    /// Manage nodes
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Manage services
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Deploy stack files
+    #[command(subcommand)]
+    Stack(StackCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Node name [default: the host name]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Log as JSON lines instead of text
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Stack file (Compose format) to deploy [default: none]
+    pub stack_file: Option<PathBuf>,
+    /// Stack name; services are named STACK_SERVICE
+    #[arg(long, default_value = "dev")]
+    pub stack: String,
+    /// Keep the data dir when the dev node stops (default: remove it if it was made for this run)
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Address other nodes reach this one at
+    #[arg(long)]
+    pub advertise_addr: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes
+    #[command(alias = "list")]
+    Ls(FormatArg),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StackCommand {
+    /// Deploy the services of a stack file (Compose format) as STACK_SERVICE
+    Deploy {
+        /// Stack file
+        #[arg(short = 'c', long = "compose-file")]
+        file: PathBuf,
+        /// Stack name
+        stack: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Create a service
+    Create(Box<CreateArgs>),
+    /// List services
+    #[command(alias = "list")]
+    Ls(FormatArg),
+    /// List the tasks of a service
+    Ps {
+        name: String,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Show a service in detail
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Output format [default: json]
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Scale replicated services: NAME=REPLICAS...
+    Scale {
+        #[arg(required = true, value_name = "NAME=REPLICAS")]
+        pairs: Vec<String>,
+    },
+    /// Remove services
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Show the output of a service's tasks
+    Logs {
+        name: String,
+        /// Keep printing new output
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines of each task
+        #[arg(short = 'n', long)]
+        tail: Option<u64>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Service name
+    #[arg(long)]
+    pub name: String,
+    /// Number of tasks (replicated mode)
+    #[arg(long, allow_hyphen_values = true)]
+    pub replicas: Option<String>,
+    /// replicated or global
+    #[arg(long, default_value = "replicated")]
+    pub mode: String,
+    /// Environment variable for the tasks, KEY=VALUE
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    /// Service label, KEY=VALUE
+    #[arg(short, long = "label")]
+    pub label: Vec<String>,
+    /// Placement constraint, e.g. node.labels.zone==a
+    #[arg(long = "constraint")]
+    pub constraint: Vec<String>,
+    /// Restart when: none, on-failure or any
+    #[arg(long, default_value = "any")]
+    pub restart_condition: String,
+    /// Restarts allowed (0: no limit)
+    #[arg(long, default_value = "0", allow_hyphen_values = true)]
+    pub restart_max_attempts: String,
+    /// Wait between restarts, e.g. 5s
+    #[arg(long, default_value = "5s")]
+    pub restart_delay: String,
+    /// Window the restart attempts are counted in (0: unbounded)
+    #[arg(long, default_value = "0")]
+    pub restart_window: String,
+    /// Time between SIGTERM and SIGKILL when stopping a task
+    #[arg(long, default_value = "10s")]
+    pub stop_grace_period: String,
+    /// Return once the service is created, without waiting for its tasks
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Command and arguments
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}

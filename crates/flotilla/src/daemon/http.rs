@@ -1,0 +1,522 @@
+//! The client API over HTTP/JSON. Status codes are chosen in one place,
+//! [`ApiError::status`].
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use flotilla_api::model::{
+    ErrorBody, Info, InitRequest, InitResponse, NodeView, Removed, ScaleRequest, ServiceView,
+    TaskView,
+};
+use flotilla_raft::RaftError;
+use flotilla_store::{Command, State as Store, StoreError};
+use flotilla_types::{validate_name, ServiceMode, ServiceSpec};
+
+use super::views::{self, LocalFacts, ManagerStatus};
+use super::{now_ms, InitError, Member, NodeCtx, VERSION};
+
+/// Every way a request fails, mapped to one status each.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::ServiceNotFound(_) | StoreError::NodeNotFound(_) => {
+                ApiError::NotFound(e.to_string())
+            }
+            StoreError::AlreadyInitialized
+            | StoreError::NotInitialized
+            | StoreError::ServiceExists(_)
+            | StoreError::NodeExists(_)
+            | StoreError::VersionConflict { .. } => ApiError::Conflict(e.to_string()),
+        }
+    }
+}
+
+impl From<RaftError> for ApiError {
+    fn from(e: RaftError) -> Self {
+        match e {
+            RaftError::NotLeader { .. } | RaftError::Timeout(_) => {
+                ApiError::Unavailable(e.to_string())
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<InitError> for ApiError {
+    fn from(e: InitError) -> Self {
+        match e {
+            InitError::AlreadyInCluster => ApiError::Conflict(e.to_string()),
+            InitError::Failed(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+type Ctx = State<Arc<NodeCtx>>;
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// The API's routes.
+pub fn router(ctx: Arc<NodeCtx>) -> Router {
+    Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/init", post(init))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/services", get(services).post(create_service))
+        .route("/v1/services/{name}", get(service).delete(remove_service))
+        .route("/v1/services/{name}/scale", post(scale))
+        .route("/v1/services/{name}/tasks", get(tasks))
+        .route("/v1/services/{name}/logs", get(logs))
+        .fallback(|| async { ApiError::NotFound("no such API route".into()) })
+        .with_state(ctx)
+}
+
+fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    r.map(|Json(v)| v)
+        .map_err(|e| ApiError::BadRequest(format!("invalid request: {}", e.body_text())))
+}
+
+async fn member(ctx: &NodeCtx) -> Result<Arc<Member>, ApiError> {
+    ctx.member().await.ok_or_else(|| {
+        ApiError::Conflict("this node is not in a cluster: run 'flotilla init' first".into())
+    })
+}
+
+fn managers(member: &Member) -> ManagerStatus {
+    let m = member.raft.raft().metrics().borrow().clone();
+    let mut reachable: Vec<u64> = Vec::new();
+    if let Some(repl) = &m.replication {
+        reachable.extend(repl.iter().filter(|(_, v)| v.is_some()).map(|(id, _)| *id));
+    }
+    reachable.push(member.identity.raft_id);
+    ManagerStatus {
+        leader_raft_id: m.current_leader,
+        reachable,
+    }
+}
+
+fn read<T>(member: &Member, f: impl FnOnce(&Store) -> T) -> T {
+    let view = member.view();
+    let state = view.read();
+    f(&state)
+}
+
+async fn info(State(ctx): Ctx) -> ApiResult<Info> {
+    let facts = |node_id: Option<String>, is_leader| LocalFacts {
+        node_id,
+        node_name: ctx.name.clone(),
+        is_leader,
+        version: VERSION.to_string(),
+        data_dir: ctx.data_dir.display().to_string(),
+    };
+    match ctx.member().await {
+        None => Ok(Json(views::info(
+            &Store::default(),
+            &facts(None, false),
+            &ManagerStatus::default(),
+        ))),
+        Some(m) => {
+            let local = facts(Some(m.identity.node_id.clone()), m.raft.is_leader());
+            let status = managers(&m);
+            Ok(Json(read(&m, |s| views::info(s, &local, &status))))
+        }
+    }
+}
+
+async fn init(
+    State(ctx): Ctx,
+    req: Result<Json<InitRequest>, JsonRejection>,
+) -> ApiResult<InitResponse> {
+    let req = body(req)?;
+    let identity = ctx.init(req.advertise_addr).await?;
+    Ok(Json(InitResponse {
+        cluster_id: identity.cluster_id,
+        node_id: identity.node_id,
+    }))
+}
+
+async fn nodes(State(ctx): Ctx) -> ApiResult<Vec<NodeView>> {
+    let m = member(&ctx).await?;
+    let status = managers(&m);
+    let id = m.identity.node_id.clone();
+    Ok(Json(read(&m, |s| views::node_views(s, Some(&id), &status))))
+}
+
+async fn services(State(ctx): Ctx) -> ApiResult<Vec<ServiceView>> {
+    let m = member(&ctx).await?;
+    Ok(Json(read(&m, views::service_views)))
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::NotFound(format!("service {name} not found"))
+}
+
+async fn service(State(ctx): Ctx, Path(name): Path<String>) -> ApiResult<ServiceView> {
+    let m = member(&ctx).await?;
+    read(&m, |s| {
+        s.service(&name).map(|svc| views::service_view(s, svc))
+    })
+    .map(Json)
+    .ok_or_else(|| not_found(&name))
+}
+
+/// Checks what the types alone cannot.
+pub fn validate_spec(spec: &ServiceSpec) -> Result<(), ApiError> {
+    validate_name(&spec.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    match spec.task.command.first() {
+        None => return Err(ApiError::BadRequest("a service needs a command".into())),
+        Some(c) if c.is_empty() => return Err(ApiError::BadRequest("the command is empty".into())),
+        _ => {}
+    }
+    for key in spec.task.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(ApiError::BadRequest(format!(
+                "invalid environment variable name {key:?}"
+            )));
+        }
+    }
+    if spec.task.command.iter().any(|a| a.contains('\0')) {
+        return Err(ApiError::BadRequest(
+            "the command contains a NUL byte".into(),
+        ));
+    }
+    Ok(())
+}
+
+async fn create_service(
+    State(ctx): Ctx,
+    req: Result<Json<ServiceSpec>, JsonRejection>,
+) -> ApiResult<ServiceView> {
+    let spec = body(req)?;
+    validate_spec(&spec)?;
+    let m = member(&ctx).await?;
+    let id = flotilla_types::new_id(rand::random());
+    let result = m
+        .raft
+        .propose(Command::CreateService {
+            id: id.clone(),
+            spec,
+            at: now_ms(),
+        })
+        .await?;
+    result?;
+    read(&m, |s| {
+        s.services.get(&id).map(|svc| views::service_view(s, svc))
+    })
+    .map(Json)
+    .ok_or_else(|| ApiError::Internal("the service vanished right after it was created".into()))
+}
+
+async fn scale(
+    State(ctx): Ctx,
+    Path(name): Path<String>,
+    req: Result<Json<ScaleRequest>, JsonRejection>,
+) -> ApiResult<ServiceView> {
+    let req = body(req)?;
+    let m = member(&ctx).await?;
+    // Read-modify-write with the version as a guard; retry if a concurrent
+    // update slipped in between.
+    for _ in 0..5 {
+        let current = read(&m, |s| s.service(&name).cloned()).ok_or_else(|| not_found(&name))?;
+        let mut spec = current.spec.clone();
+        match spec.mode {
+            ServiceMode::Replicated { .. } => {
+                spec.mode = ServiceMode::Replicated {
+                    replicas: req.replicas,
+                }
+            }
+            ServiceMode::Global => {
+                return Err(ApiError::BadRequest(format!(
+                    "service {name} is global: scale applies to replicated services only"
+                )))
+            }
+        }
+        let result = m
+            .raft
+            .propose(Command::UpdateService {
+                id: current.id.clone(),
+                spec,
+                expected_version: Some(current.version),
+                at: now_ms(),
+            })
+            .await?;
+        match result {
+            Ok(_) => {
+                return read(&m, |s| {
+                    s.services
+                        .get(&current.id)
+                        .map(|svc| views::service_view(s, svc))
+                })
+                .map(Json)
+                .ok_or_else(|| not_found(&name))
+            }
+            Err(StoreError::VersionConflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::Conflict(format!(
+        "service {name} kept changing while it was being scaled; try again"
+    )))
+}
+
+async fn remove_service(State(ctx): Ctx, Path(name): Path<String>) -> ApiResult<Removed> {
+    let m = member(&ctx).await?;
+    let svc = read(&m, |s| s.service(&name).cloned()).ok_or_else(|| not_found(&name))?;
+    m.raft
+        .propose(Command::RemoveService {
+            id: svc.id.clone(),
+            at: now_ms(),
+        })
+        .await??;
+    Ok(Json(Removed {
+        id: svc.id,
+        name: svc.spec.name,
+    }))
+}
+
+async fn tasks(State(ctx): Ctx, Path(name): Path<String>) -> ApiResult<Vec<TaskView>> {
+    let m = member(&ctx).await?;
+    read(&m, |s| {
+        s.service(&name).map(|svc| views::task_views(s, svc))
+    })
+    .map(Json)
+    .ok_or_else(|| not_found(&name))
+}
+
+#[derive(Debug, Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    follow: bool,
+    tail: Option<u64>,
+}
+
+/// Last `n` lines of `bytes`.
+fn tail_lines(bytes: &[u8], n: u64) -> &[u8] {
+    let mut count = 0;
+    let end = if bytes.ends_with(b"\n") {
+        bytes.len() - 1
+    } else {
+        bytes.len()
+    };
+    for i in (0..end).rev() {
+        if bytes[i] == b'\n' {
+            count += 1;
+            if count == n {
+                return &bytes[i + 1..];
+            }
+        }
+    }
+    if n == 0 {
+        return &[];
+    }
+    bytes
+}
+
+struct LogSource {
+    prefix: String,
+    path: PathBuf,
+    offset: u64,
+}
+
+fn prefix_lines(prefix: &str, chunk: &[u8], partial: &mut Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::new();
+    partial.extend_from_slice(chunk);
+    while let Some(pos) = partial.iter().position(|b| *b == b'\n') {
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(&partial[..=pos]);
+        partial.drain(..=pos);
+    }
+    out
+}
+
+async fn logs(
+    State(ctx): Ctx,
+    Path(name): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<Response, ApiError> {
+    let m = member(&ctx).await?;
+    let service_id =
+        read(&m, |s| s.service(&name).map(|svc| svc.id.clone())).ok_or_else(|| not_found(&name))?;
+    let agent_dir = ctx.agent_dir();
+    let sources = {
+        let m = m.clone();
+        let service_id = service_id.clone();
+        let agent_dir = agent_dir.clone();
+        move || -> Vec<LogSource> {
+            read(&m, |s| {
+                let mut tasks: Vec<_> = s.tasks_of(&service_id).collect();
+                tasks.sort_by_key(|t| (t.created_index, t.id.clone()));
+                tasks
+                    .into_iter()
+                    .map(|t| {
+                        let node = t
+                            .node_id
+                            .as_ref()
+                            .and_then(|id| s.nodes.get(id))
+                            .map(|n| n.name.clone())
+                            .unwrap_or_default();
+                        let short: String = t.id.chars().take(12).collect();
+                        let slot = if t.slot > 0 {
+                            t.slot.to_string()
+                        } else {
+                            t.node_id.clone().unwrap_or_default()
+                        };
+                        LogSource {
+                            prefix: format!("{}.{}.{}@{} | ", t.service_name, slot, short, node),
+                            path: flotilla_agent::task_log_path(&agent_dir, &t.id),
+                            offset: 0,
+                        }
+                    })
+                    .collect()
+            })
+        }
+    };
+    let mut initial = Vec::new();
+    let mut tracked: BTreeMap<PathBuf, (LogSource, Vec<u8>)> = BTreeMap::new();
+    for mut src in sources() {
+        let bytes = std::fs::read(&src.path).unwrap_or_default();
+        src.offset = bytes.len() as u64;
+        let shown = match q.tail {
+            Some(n) => tail_lines(&bytes, n),
+            None => &bytes[..],
+        };
+        let mut partial = Vec::new();
+        initial.extend(prefix_lines(&src.prefix, shown, &mut partial));
+        if !partial.is_empty() {
+            initial.extend_from_slice(src.prefix.as_bytes());
+            initial.extend_from_slice(&partial);
+            initial.push(b'\n');
+        }
+        tracked.insert(src.path.clone(), (src, Vec::new()));
+    }
+    if !q.follow {
+        return Ok(Body::from(initial).into_response());
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(16);
+    let shutdown = ctx.shutdown.clone();
+    tokio::spawn(async move {
+        if tx.send(Ok(initial)).await.is_err() {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tx.closed() => return,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            for src in sources() {
+                tracked.entry(src.path.clone()).or_insert((src, Vec::new()));
+            }
+            let mut out = Vec::new();
+            for (src, partial) in tracked.values_mut() {
+                let Ok(mut f) = std::fs::File::open(&src.path) else {
+                    continue;
+                };
+                let len = f.metadata().map(|md| md.len()).unwrap_or(0);
+                if len < src.offset {
+                    // The log was truncated by the size cap: start over.
+                    src.offset = 0;
+                }
+                if len == src.offset || f.seek(SeekFrom::Start(src.offset)).is_err() {
+                    continue;
+                }
+                let mut chunk = Vec::new();
+                if f.take(1 << 20).read_to_end(&mut chunk).is_ok() {
+                    src.offset += chunk.len() as u64;
+                    out.extend(prefix_lines(&src.prefix, &chunk, partial));
+                }
+            }
+            if !out.is_empty() && tx.send(Ok(out)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    Ok(Body::from_stream(stream).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tails_lines() {
+        assert_eq!(tail_lines(b"a\nb\nc\n", 2), b"b\nc\n");
+        assert_eq!(tail_lines(b"a\nb\nc", 2), b"b\nc");
+        assert_eq!(tail_lines(b"a\nb\n", 5), b"a\nb\n");
+        assert_eq!(tail_lines(b"a\nb\n", 0), b"");
+    }
+
+    #[test]
+    fn prefixes_whole_lines_only() {
+        let mut partial = Vec::new();
+        assert_eq!(prefix_lines("p | ", b"one\ntw", &mut partial), b"p | one\n");
+        assert_eq!(prefix_lines("p | ", b"o\n", &mut partial), b"p | two\n");
+        assert!(partial.is_empty());
+    }
+
+    #[test]
+    fn statuses_are_chosen_in_one_place() {
+        assert_eq!(
+            ApiError::from(StoreError::ServiceNotFound("x".into())).status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            ApiError::from(StoreError::ServiceExists("x".into())).status(),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            ApiError::from(InitError::AlreadyInCluster).status(),
+            StatusCode::CONFLICT
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! Builds the API's views from the replicated state. Pure functions.
+
+use std::collections::BTreeMap;
+
+use flotilla_api::model::{Info, NodeView, Replicas, ServiceView, TaskView};
+use flotilla_store::State;
+use flotilla_types::{DesiredState, NodeRole, NodeState, Service, ServiceMode, TaskState};
+
+/// What the views need to know about raft membership.
+#[derive(Debug, Clone, Default)]
+pub struct ManagerStatus {
+    /// Raft ID of the leader, if known.
+    pub leader_raft_id: Option<u64>,
+    /// Raft IDs of managers this node currently hears from (itself included).
+    pub reachable: Vec<u64>,
+}
+
+/// How many failures `managers` voters survive: (n - 1) / 2.
+pub fn fault_tolerance(managers: u64) -> u64 {
+    managers.saturating_sub(1) / 2
+}
+
+/// `running/desired` of a service.
+pub fn replicas(state: &State, service: &Service) -> Replicas {
+    let running = state
+        .tasks_of(&service.id)
+        .filter(|t| {
+            t.desired_state == DesiredState::Running && t.status.state == TaskState::Running
+        })
+        .count() as u64;
+    let desired = match service.spec.mode {
+        ServiceMode::Replicated { replicas } => replicas,
+        ServiceMode::Global => state
+            .nodes
+            .values()
+            .filter(|n| {
+                n.state == NodeState::Ready
+                    && n.availability != flotilla_types::Availability::Drain
+                    && service.spec.task.constraints.iter().all(|c| c.matches(n))
+            })
+            .count() as u64,
+    };
+    Replicas { running, desired }
+}
+
+/// One service.
+pub fn service_view(state: &State, service: &Service) -> ServiceView {
+    ServiceView {
+        id: service.id.clone(),
+        name: service.spec.name.clone(),
+        mode: service.spec.mode.as_str().to_string(),
+        replicas: replicas(state, service),
+        command: service.spec.task.command.join(" "),
+        spec: service.spec.clone(),
+        version: service.version,
+        created_at: service.created_at,
+        updated_at: service.updated_at,
+    }
+}
+
+/// Every service, by name.
+pub fn service_views(state: &State) -> Vec<ServiceView> {
+    let mut out: Vec<ServiceView> = state
+        .services
+        .values()
+        .map(|s| service_view(state, s))
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// The tasks of one service, history included.
+pub fn task_views(state: &State, service: &Service) -> Vec<TaskView> {
+    let mut out: Vec<TaskView> = state
+        .tasks_of(&service.id)
+        .map(|t| TaskView {
+            id: t.id.clone(),
+            service: t.service_name.clone(),
+            service_id: t.service_id.clone(),
+            slot: t.slot,
+            node: t.node_id.as_ref().map(|id| {
+                state
+                    .nodes
+                    .get(id)
+                    .map(|n| n.name.clone())
+                    .unwrap_or_else(|| id.clone())
+            }),
+            node_id: t.node_id.clone(),
+            desired_state: t.desired_state.as_str().to_string(),
+            state: t.status.state.as_str().to_string(),
+            timestamp: t.status.timestamp,
+            message: t.status.message.clone(),
+            error: t.status.error.clone(),
+            exit_code: t.status.exit_code,
+            pid: t.status.pid,
+            created_at: t.created_at,
+            current: t.desired_state == DesiredState::Running,
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        (a.slot, &a.node_id, b.created_at, &a.id).cmp(&(b.slot, &b.node_id, a.created_at, &b.id))
+    });
+    out
+}
+
+/// Every node.
+pub fn node_views(state: &State, self_id: Option<&str>, managers: &ManagerStatus) -> Vec<NodeView> {
+    state
+        .nodes
+        .values()
+        .map(|n| NodeView {
+            id: n.id.clone(),
+            name: n.name.clone(),
+            hostname: n.hostname.clone(),
+            role: n.role.as_str().to_string(),
+            status: n.state.as_str().to_string(),
+            availability: n.availability.as_str().to_string(),
+            manager_status: (n.role == NodeRole::Manager).then(|| {
+                if managers.leader_raft_id == Some(n.raft_id) {
+                    "leader"
+                } else if managers.reachable.contains(&n.raft_id) {
+                    "reachable"
+                } else {
+                    "unreachable"
+                }
+                .to_string()
+            }),
+            addr: n.addr.clone(),
+            version: n.version.clone(),
+            labels: n.labels.clone(),
+            is_self: Some(n.id.as_str()) == self_id,
+        })
+        .collect()
+}
+
+/// Inputs of [`info`] that do not come from the state.
+#[derive(Debug, Clone)]
+pub struct LocalFacts {
+    pub node_id: Option<String>,
+    pub node_name: String,
+    pub is_leader: bool,
+    pub version: String,
+    pub data_dir: String,
+}
+
+/// `flotilla info`.
+pub fn info(state: &State, local: &LocalFacts, managers: &ManagerStatus) -> Info {
+    let me = local.node_id.as_ref().and_then(|id| state.nodes.get(id));
+    let manager_ids: Vec<u64> = state
+        .nodes
+        .values()
+        .filter(|n| n.role == NodeRole::Manager)
+        .map(|n| n.raft_id)
+        .collect();
+    let count = manager_ids.len() as u64;
+    let reachable = manager_ids
+        .iter()
+        .filter(|id| managers.reachable.contains(id))
+        .count() as u64;
+    let tolerance = fault_tolerance(count);
+    let warning = (state.cluster.is_some() && tolerance == 0).then(|| {
+        format!(
+            "the cluster tolerates no manager failure with {count} manager{}: losing {} stops all changes; run 3 or 5 managers",
+            if count == 1 { "" } else { "s" },
+            if count == 1 { "it" } else { "one" }
+        )
+    });
+    let mut tasks = BTreeMap::new();
+    for t in state
+        .tasks
+        .values()
+        .filter(|t| t.desired_state == DesiredState::Running)
+    {
+        *tasks
+            .entry(t.status.state.as_str().to_string())
+            .or_insert(0) += 1;
+    }
+    let leader = managers.leader_raft_id.and_then(|id| {
+        state
+            .nodes
+            .values()
+            .find(|n| n.raft_id == id && n.role == NodeRole::Manager)
+            .map(|n| n.name.clone())
+    });
+    Info {
+        cluster_id: state.cluster.as_ref().map(|c| c.id.clone()),
+        node_id: local.node_id.clone(),
+        node_name: me
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| local.node_name.clone()),
+        role: me.map(|n| n.role.as_str().to_string()),
+        is_leader: local.is_leader,
+        leader,
+        managers: count,
+        managers_reachable: reachable,
+        fault_tolerance: tolerance,
+        warning,
+        nodes: state.nodes.len() as u64,
+        services: state.services.len() as u64,
+        tasks,
+        version: local.version.clone(),
+        data_dir: local.data_dir.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_tolerance_follows_quorum() {
+        assert_eq!(fault_tolerance(0), 0);
+        assert_eq!(fault_tolerance(1), 0);
+        assert_eq!(fault_tolerance(2), 0);
+        assert_eq!(fault_tolerance(3), 1);
+        assert_eq!(fault_tolerance(4), 1);
+        assert_eq!(fault_tolerance(5), 2);
+        assert_eq!(fault_tolerance(7), 3);
+    }
+}

@@ -1,0 +1,95 @@
+//! The `flotilla` command: node daemon and CLI in one binary.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use flotilla::cli::{commands, Cli, Command};
+use flotilla::daemon::{self, DaemonConfig};
+
+fn init_logging(json: bool, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Cancels the token on SIGTERM or SIGINT.
+fn on_signals(token: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        token.cancel();
+    });
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(flotilla::default_data_dir);
+    let client = || flotilla_api::Client::unix(daemon::socket_path(&data_dir));
+    match &cli.command {
+        Command::Daemon(args) => {
+            init_logging(args.log_json, "info");
+            let token = CancellationToken::new();
+            on_signals(token.clone())?;
+            let mut config = DaemonConfig::new(data_dir.clone());
+            config.name = args.name.clone();
+            daemon::run(config, token).await
+        }
+        Command::Dev(args) => {
+            init_logging(false, "warn");
+            let token = CancellationToken::new();
+            on_signals(token.clone())?;
+            flotilla::dev::run(args, cli.data_dir.clone(), token).await
+        }
+        Command::Init(args) => commands::init(&client(), args).await,
+        Command::Info(f) => commands::info(&client(), f.format).await,
+        Command::Node(c) => commands::node(&client(), c).await,
+        Command::Service(c) => commands::service(&client(), c).await,
+        Command::Stack(c) => commands::stack(&client(), c).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the outermost context and its cause.
+            let mut text = e.to_string();
+            if let Some(cause) = e.chain().nth(1) {
+                let cause = cause.to_string();
+                if !text.contains(&cause) {
+                    text = format!("{text}: {cause}");
+                }
+            }
+            eprintln!("Error: {text}");
+            ExitCode::FAILURE
+        }
+    }
+}
