@@ -13,12 +13,15 @@
 //!   create, shut down and delete (slots, restart policy, history).
 //! - [`scheduler`]: [`schedule`], the pure decision of which node each
 //!   waiting task goes to (filters, spread), and why a task cannot be placed.
+//! - [`dispatcher`]: which tasks an agent must run, which status reports
+//!   move the store forward.
 //! - [`access`]: what the loops need from outside: [`StoreView`],
 //!   [`Proposer`], [`Clock`].
 //! - [`loops`]: [`Orchestrator`] and [`Scheduler`], the async shells that
 //!   wake on store changes, decide, and propose.
 
 pub mod access;
+pub mod dispatcher;
 pub mod loops;
 pub mod orchestrator;
 pub mod scheduler;

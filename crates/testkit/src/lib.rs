@@ -1,1 +1,298 @@
-//! stub
+//! Test support for Flotilla: start the real `flotilla` binary as a node in
+//! a temporary data dir, drive it through its CLI, and clean up every
+//! process it started, also when a test fails.
+//!
+//! Every daemon gets a unique `FLOTILLA_TEST_MARK` in its environment.
+//! Tasks inherit the daemon's environment, so the mark finds every process
+//! a test caused, including tasks orphaned by a `kill -9` of the daemon.
+//!
+//! # Layout
+//! - [`Daemon`]: one node process and its data dir.
+//! - [`wait_until`]: deadline-based polling (never a bare sleep).
+//! - [`marked_pids`], [`kill_marked`]: finding and ending a test's processes.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Polls `check` every 50 ms until it yields a value or `timeout` passes;
+/// the error names what was awaited and the last observation.
+pub fn wait_until<T>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = match check() {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => "condition not met".to_string(),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what} (last: {last})");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// PIDs of live processes whose environment carries `FLOTILLA_TEST_MARK=mark`.
+pub fn marked_pids(mark: &str) -> Vec<u32> {
+    let needle = format!("FLOTILLA_TEST_MARK={mark}");
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if !env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            continue;
+        }
+        // A zombie still shows its environment; it is already dead.
+        let zombie = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
+            .unwrap_or(false);
+        if !zombie {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// SIGKILLs every process carrying `mark`.
+pub fn kill_marked(mark: &str) {
+    for pid in marked_pids(mark) {
+        // SAFETY: kill(2) with a pid we just read; a stale pid only fails.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGKILL);
+        }
+    }
+}
+
+/// What a CLI call printed and how it ended.
+#[derive(Debug)]
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CliOutput {
+    fn from(o: Output) -> Self {
+        CliOutput {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// Fails unless the command exited 0.
+    pub fn ok(self) -> Result<Self> {
+        if self.code != 0 {
+            bail!("command failed ({}): {}", self.code, self.stderr.trim());
+        }
+        Ok(self)
+    }
+
+    /// Parses stdout as JSON.
+    pub fn json(&self) -> Result<serde_json::Value> {
+        serde_json::from_str(&self.stdout).with_context(|| format!("not JSON: {}", self.stdout))
+    }
+}
+
+/// A `flotilla daemon` process with its own data dir.
+pub struct Daemon {
+    bin: PathBuf,
+    dir: tempfile::TempDir,
+    mark: String,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl Daemon {
+    /// Starts a daemon on a fresh data dir and waits until it answers.
+    pub fn start(bin: &Path) -> Result<Daemon> {
+        // Short paths: a Unix socket path must fit in 108 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("flt-")
+            .tempdir_in("/tmp")
+            .context("making a data dir")?;
+        let mut d = Daemon {
+            bin: bin.to_path_buf(),
+            dir,
+            mark: format!("{:016x}", rand::random::<u64>()),
+            child: None,
+            starts: 0,
+        };
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The mark carried by this daemon and its tasks.
+    pub fn mark(&self) -> &str {
+        &self.mark
+    }
+
+    /// PID of the daemon process, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("daemon-{}.log", self.starts))
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        self.starts += 1;
+        let log = File::create(self.log_path()).context("daemon log")?;
+        let child = Command::new(&self.bin)
+            .args(["daemon", "--data-dir"])
+            .arg(self.dir.path())
+            .env("FLOTILLA_TEST_MARK", &self.mark)
+            .env("FLOTILLA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting flotilla daemon")?;
+        self.child = Some(child);
+        wait_until(
+            "the daemon to answer on its socket",
+            Duration::from_secs(15),
+            || {
+                if let Some(c) = self.child.as_mut() {
+                    if let Some(status) = c.try_wait()? {
+                        bail!("daemon exited early with {status}: {}", self.log_tail());
+                    }
+                }
+                Ok((self.cli(&["info", "--format", "json"]).code == 0).then_some(()))
+            },
+        )
+    }
+
+    /// The last lines of the current daemon log.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Runs `flotilla --data-dir DIR ARGS...`.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        let out = Command::new(&self.bin)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(o) => CliOutput::from(o),
+            Err(e) => CliOutput {
+                code: -1,
+                stdout: String::new(),
+                stderr: format!("cannot run flotilla: {e}"),
+            },
+        }
+    }
+
+    /// Runs a CLI command that must succeed.
+    pub fn ok(&self, args: &[&str]) -> Result<CliOutput> {
+        self.cli(args)
+            .ok()
+            .with_context(|| format!("flotilla {}", args.join(" ")))
+    }
+
+    /// `kill -9` the daemon (its tasks keep running).
+    pub fn kill9(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill().context("kill -9 daemon")?;
+            c.wait().context("reaping daemon")?;
+        }
+        Ok(())
+    }
+
+    /// SIGTERM the daemon and wait for it to exit; returns its exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<Option<i32>> {
+        let Some(mut c) = self.child.take() else {
+            return Ok(None);
+        };
+        // SAFETY: signalling our own child process.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let status = wait_until("the daemon to exit after SIGTERM", timeout, || {
+            Ok(c.try_wait()?)
+        });
+        match status {
+            Ok(s) => Ok(s.code()),
+            Err(e) => {
+                let _ = c.kill();
+                let _ = c.wait();
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts the daemon again on the same data dir.
+    pub fn restart(&mut self) -> Result<()> {
+        if self.child.is_some() {
+            self.terminate(Duration::from_secs(30))?;
+        }
+        self.spawn()
+    }
+
+    /// PIDs of this node's task processes (the daemon excluded).
+    pub fn task_pids(&self) -> Vec<u32> {
+        let me = self.pid();
+        marked_pids(&self.mark)
+            .into_iter()
+            .filter(|p| Some(*p) != me)
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- daemon log ({}) ---\n{}",
+                self.log_path().display(),
+                self.log_tail()
+            );
+        }
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: signalling our own child process.
+            unsafe {
+                libc::kill(c.id() as i32, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        kill_marked(&self.mark);
+    }
+}

@@ -151,7 +151,7 @@ pub enum ServiceCommand {
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// Service name
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     pub name: String,
     /// Number of tasks (replicated mode)
     #[arg(long, allow_hyphen_values = true)]
