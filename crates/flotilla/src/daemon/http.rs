@@ -209,9 +209,25 @@ async fn service(State(ctx): Ctx, Path(name): Path<String>) -> ApiResult<Service
     .ok_or_else(|| not_found(&name))
 }
 
+/// The most replicas one service may ask for: far beyond what one cluster
+/// runs, low enough that a typo cannot make the store explode.
+pub const MAX_REPLICAS: u64 = 100_000;
+
+fn check_replicas(replicas: u64) -> Result<(), ApiError> {
+    if replicas > MAX_REPLICAS {
+        return Err(ApiError::BadRequest(format!(
+            "invalid replicas {replicas}: at most {MAX_REPLICAS} are allowed"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks what the types alone cannot.
 pub fn validate_spec(spec: &ServiceSpec) -> Result<(), ApiError> {
     validate_name(&spec.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    if let ServiceMode::Replicated { replicas } = spec.mode {
+        check_replicas(replicas)?;
+    }
     match spec.task.command.first() {
         None => return Err(ApiError::BadRequest("a service needs a command".into())),
         Some(c) if c.is_empty() => return Err(ApiError::BadRequest("the command is empty".into())),
@@ -262,6 +278,7 @@ async fn scale(
     req: Result<Json<ScaleRequest>, JsonRejection>,
 ) -> ApiResult<ServiceView> {
     let req = body(req)?;
+    check_replicas(req.replicas)?;
     let m = member(&ctx).await?;
     // Read-modify-write with the version as a guard; retry if a concurrent
     // update slipped in between.

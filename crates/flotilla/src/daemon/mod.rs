@@ -106,6 +106,8 @@ impl Member {
 pub struct NodeCtx {
     pub data_dir: PathBuf,
     pub name: String,
+    /// The name given with `--name`, if any.
+    explicit_name: Option<String>,
     pub hostname: String,
     timings: RaftTimings,
     log_cap_bytes: u64,
@@ -230,7 +232,7 @@ impl NodeCtx {
         self.tracker.spawn(lead_while_leader(
             member.clone(),
             view,
-            self.name.clone(),
+            self.explicit_name.clone(),
             self.hostname.clone(),
             token,
         ));
@@ -252,7 +254,7 @@ pub enum InitError {
 async fn lead_while_leader(
     member: Arc<Member>,
     view: StoreView,
-    name: String,
+    name: Option<String>,
     hostname: String,
     shutdown: CancellationToken,
 ) {
@@ -296,7 +298,7 @@ async fn lead_while_leader(
 }
 
 /// Marks this node ready with its current name, address and version.
-async fn refresh_own_node(member: Arc<Member>, name: String, hostname: String) {
+async fn refresh_own_node(member: Arc<Member>, name: Option<String>, hostname: String) {
     let node = {
         let state = member.view();
         let state = state.read();
@@ -306,10 +308,12 @@ async fn refresh_own_node(member: Arc<Member>, name: String, hostname: String) {
     node.state = NodeState::Ready;
     node.last_seen = now_ms();
     node.version = VERSION.to_string();
-    node.hostname = hostname;
-    if node.name == node.hostname || node.name.is_empty() {
+    // A name given with --name wins; otherwise the stored one stays (it may
+    // have been chosen at init from an older host name).
+    if let Some(name) = name {
         node.name = name;
     }
+    node.hostname = hostname;
     if let Err(e) = member.raft.propose(Command::UpsertNode { node }).await {
         tracing::warn!(error = %e, "could not refresh this node's record");
     }
@@ -364,6 +368,7 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
     let ctx = Arc::new(NodeCtx {
         data_dir: config.data_dir.clone(),
         name: config.name.clone().unwrap_or_else(|| hostname.clone()),
+        explicit_name: config.name.clone(),
         hostname,
         timings: config.timings.clone(),
         log_cap_bytes: config.log_cap_bytes,
