@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what `flotilla-bench one-node` needs beyond the Rust toolchain:
+# Debian's static busybox (/bin/busybox), which the bench copies into a
+# FROM-scratch image for the Docker Swarm comparison (no image can be pulled).
+# Docker itself is optional: without a reachable engine the bench skips Swarm.
+set -euo pipefail
+
+if [ -x /bin/busybox ]; then
+    echo "bench-deps: /bin/busybox present"
+else
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then
+        SUDO="sudo"
+    fi
+    echo "bench-deps: installing busybox-static"
+    $SUDO apt-get update
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends busybox-static
+fi
+
+if [ ! -x /bin/busybox ]; then
+    echo "bench-deps: /bin/busybox is still missing" >&2
+    exit 1
+fi
+# A dynamically linked busybox would not run in a FROM-scratch image.
+if command -v ldd >/dev/null && ldd /bin/busybox 2>&1 | grep -q '=>'; then
+    echo "bench-deps: /bin/busybox is dynamically linked; install busybox-static" >&2
+    exit 1
+fi
+
+if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
+    echo "bench-deps: docker engine reachable ($(docker version --format '{{.Server.Version}}'))"
+else
+    echo "bench-deps: docker engine not reachable: the Swarm comparison will be skipped"
+fi
