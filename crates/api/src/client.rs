@@ -16,8 +16,8 @@ use tokio::net::UnixStream;
 use flotilla_types::ServiceSpec;
 
 use crate::model::{
-    ErrorBody, Info, InitRequest, InitResponse, NodeView, Removed, ScaleRequest, ServiceView,
-    TaskView,
+    ErrorBody, Info, InitRequest, InitResponse, JoinRequest, JoinTokenView, NodeView, Removed,
+    ScaleRequest, ServiceView, TaskView,
 };
 
 /// Why a call failed.
@@ -166,6 +166,17 @@ impl Client {
     /// `POST /v1/init`.
     pub async fn init(&self, request: &InitRequest) -> Result<InitResponse, ClientError> {
         self.call(Method::POST, "/v1/init", Some(request)).await
+    }
+
+    /// `POST /v1/join`.
+    pub async fn join(&self, request: &JoinRequest) -> Result<InitResponse, ClientError> {
+        self.call(Method::POST, "/v1/join", Some(request)).await
+    }
+
+    /// `GET /v1/join-token/{role}`, rotating the secret first if asked.
+    pub async fn join_token(&self, role: &str, rotate: bool) -> Result<JoinTokenView, ClientError> {
+        let path = format!("/v1/join-token/{}?rotate={rotate}", encode_segment(role));
+        self.call::<(), _>(Method::GET, &path, None).await
     }
 
     /// `GET /v1/nodes`.

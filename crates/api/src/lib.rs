@@ -14,6 +14,8 @@
 //! |---|---|---|---|
 //! | GET | `/v1/info` | | [`model::Info`] |
 //! | POST | `/v1/init` | [`model::InitRequest`] | [`model::InitResponse`] |
+//! | POST | `/v1/join` | [`model::JoinRequest`] | [`model::InitResponse`] |
+//! | GET | `/v1/join-token/{role}` | `rotate` | [`model::JoinTokenView`] |
 //! | GET | `/v1/nodes` | | `[`[`model::NodeView`]`]` |
 //! | GET | `/v1/services` | | `[`[`model::ServiceView`]`]` |
 //! | POST | `/v1/services` | [`flotilla_types::ServiceSpec`] | [`model::ServiceView`] |

@@ -21,7 +21,27 @@ pub struct InitRequest {
     pub advertise_addr: Option<String>,
 }
 
-/// The cluster and node `init` created.
+/// `POST /v1/join`: join the cluster of the manager at `manager_addr`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub token: String,
+    /// Cluster address of a manager, `HOST:PORT`.
+    pub manager_addr: String,
+    #[serde(default)]
+    pub advertise_addr: Option<String>,
+}
+
+/// `GET /v1/join-token/{role}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinTokenView {
+    /// `worker` or `manager`.
+    pub role: String,
+    pub token: String,
+    /// Cluster addresses of the managers, to join through.
+    pub managers: Vec<String>,
+}
+
+/// The cluster and node `init` (or `join`) made.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InitResponse {
     pub cluster_id: String,

@@ -29,7 +29,10 @@ pub async fn run(
             (t.path().to_path_buf(), Some(t))
         }
     };
-    let config = DaemonConfig::new(dir.clone());
+    let mut config = DaemonConfig::new(dir.clone());
+    // A dev node is alone: keep its cluster port private and off the
+    // default port, so that it never collides with a real node.
+    config.listen = "127.0.0.1:0".into();
     let daemon_token = shutdown.child_token();
     let daemon = tokio::spawn(daemon::run(config, daemon_token.clone()));
     let result = setup(args, &dir).await;

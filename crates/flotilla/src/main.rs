@@ -50,6 +50,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             on_signals(token.clone())?;
             let mut config = DaemonConfig::new(data_dir.clone());
             config.name = args.name.clone();
+            config.listen = args.listen.clone();
+            config.advertise = args.advertise_addr.clone();
             daemon::run(config, token).await
         }
         Command::Dev(args) => {
@@ -60,6 +62,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Init(args) => commands::init(&client(), args).await,
         Command::Info(f) => commands::info(&client(), f.format).await,
+        Command::Join(a) => commands::join(&client(), a).await,
+        Command::JoinToken(a) => commands::join_token(&client(), a).await,
         Command::Node(c) => commands::node(&client(), c).await,
         Command::Service(c) => commands::service(&client(), c).await,
         Command::Stack(c) => commands::stack(&client(), c).await,

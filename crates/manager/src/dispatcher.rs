@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use flotilla_store::{State, TaskStatusUpdate};
-use flotilla_types::{Task, TaskState};
+use flotilla_types::{NodeState, Task, TaskState, TaskStatus, UnixMs};
 
 /// The tasks `node_id` must know about: placed there and not terminal in
 /// the store, plus the IDs of all its tasks (for log clean-up).
@@ -45,6 +45,52 @@ pub fn useful_updates(state: &State, reports: Vec<TaskStatusUpdate>) -> Vec<Task
                 .tasks
                 .get(&r.task_id)
                 .is_some_and(|t| t.status.state.can_move_to(r.status.state))
+        })
+        .collect()
+}
+
+/// Nodes marked ready whose last heartbeat is older than `timeout_ms`.
+/// `last_seen` holds what this leader heard; a node it has not heard from
+/// counts from `since_ms` (when this manager became leader), so that a new
+/// leader gives every node a full timeout before it declares it down.
+pub fn expired_nodes(
+    state: &State,
+    last_seen: &std::collections::HashMap<String, UnixMs>,
+    now_ms: UnixMs,
+    since_ms: UnixMs,
+    timeout_ms: u64,
+) -> Vec<String> {
+    state
+        .nodes
+        .values()
+        .filter(|n| n.state == NodeState::Ready)
+        .filter(|n| {
+            let seen = last_seen
+                .get(&n.id)
+                .copied()
+                .unwrap_or(since_ms)
+                .max(since_ms);
+            now_ms.saturating_sub(seen) > timeout_ms
+        })
+        .map(|n| n.id.clone())
+        .collect()
+}
+
+/// The tasks on `node_ids` that are placed and not ended, reported
+/// orphaned: their node is gone, so the orchestrator replaces them at once.
+pub fn orphan_updates(state: &State, node_ids: &[String], now_ms: UnixMs) -> Vec<TaskStatusUpdate> {
+    state
+        .tasks
+        .values()
+        .filter(|t| t.node_id.as_ref().is_some_and(|n| node_ids.contains(n)))
+        .filter(|t| t.status.state >= TaskState::Assigned && !t.status.state.is_terminal())
+        .map(|t| {
+            let mut status = TaskStatus::new(TaskState::Orphaned, now_ms, "node down");
+            status.error = Some("the node stopped sending heartbeats".to_string());
+            TaskStatusUpdate {
+                task_id: t.id.clone(),
+                status,
+            }
         })
         .collect()
 }
@@ -124,5 +170,54 @@ mod tests {
         assert_eq!(updates.len(), 1);
         assert_eq!(updates[0].task_id, "b");
         assert_eq!(updates[0].status.state, TaskState::Running);
+    }
+
+    fn node(id: &str, state: NodeState) -> flotilla_types::Node {
+        flotilla_types::Node {
+            id: id.into(),
+            raft_id: 0,
+            name: id.into(),
+            hostname: id.into(),
+            role: flotilla_types::NodeRole::Worker,
+            availability: flotilla_types::Availability::Active,
+            labels: Default::default(),
+            state,
+            addr: String::new(),
+            version: String::new(),
+            created_at: 0,
+            last_seen: 0,
+        }
+    }
+
+    #[test]
+    fn nodes_expire_after_the_timeout_counted_from_leadership() {
+        let mut s = state(vec![]);
+        for (id, st) in [
+            ("a", NodeState::Ready),
+            ("b", NodeState::Ready),
+            ("c", NodeState::Down),
+        ] {
+            s.nodes.insert(id.into(), node(id, st));
+        }
+        let seen: std::collections::HashMap<String, UnixMs> = [("a".to_string(), 9_000)].into();
+        // b was never heard from, but the leader only started at 8_000.
+        assert!(expired_nodes(&s, &seen, 10_000, 8_000, 3_000).is_empty());
+        assert_eq!(expired_nodes(&s, &seen, 11_500, 8_000, 3_000), ["b"]);
+        assert_eq!(expired_nodes(&s, &seen, 12_500, 8_000, 3_000), ["a", "b"]);
+    }
+
+    #[test]
+    fn only_live_placed_tasks_are_orphaned() {
+        let s = state(vec![
+            task("a", Some("n1"), TaskState::Running),
+            task("b", Some("n1"), TaskState::Failed),
+            task("c", Some("n2"), TaskState::Running),
+            task("d", Some("n1"), TaskState::Assigned),
+        ]);
+        let ids: Vec<String> = orphan_updates(&s, &["n1".to_string()], 5)
+            .into_iter()
+            .map(|u| u.task_id)
+            .collect();
+        assert_eq!(ids, ["a", "d"]);
     }
 }

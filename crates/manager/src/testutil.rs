@@ -27,10 +27,7 @@ pub fn node(id: &str) -> Node {
 /// An initialized cluster with ready, active worker nodes.
 pub fn cluster(nodes: &[&str]) -> State {
     let mut state = State {
-        cluster: Some(Cluster {
-            id: "c1".into(),
-            created_at: 0,
-        }),
+        cluster: Some(Cluster::bare("c1", 0)),
         ..State::default()
     };
     for id in nodes {

@@ -142,10 +142,7 @@ fn spec(replicas: u64, restart: RestartPolicy) -> ServiceSpec {
 /// A one-node cluster with a 3-replica service, and both loops running.
 fn start(raft: &Arc<FakeRaft>, restart: RestartPolicy) -> Running {
     raft.commit(Command::InitCluster {
-        cluster: Cluster {
-            id: "c1".into(),
-            created_at: 0,
-        },
+        cluster: Cluster::bare("c1", 0),
         node: node("n1"),
     });
     raft.commit(Command::CreateService {

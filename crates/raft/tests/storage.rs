@@ -87,10 +87,7 @@ async fn state_survives_a_restart() {
             .expect("leader");
         let r = raft
             .propose(Command::InitCluster {
-                cluster: Cluster {
-                    id: "c".into(),
-                    created_at: 1,
-                },
+                cluster: Cluster::bare("c", 1),
                 node: node(),
             })
             .await

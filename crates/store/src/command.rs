@@ -3,7 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use flotilla_types::{Cluster, DesiredState, Node, ServiceSpec, Task, TaskStatus, UnixMs};
+use flotilla_types::{
+    Cluster, DesiredState, Node, NodeRole, NodeState, ServiceSpec, Task, TaskStatus, UnixMs,
+};
 
 use crate::error::StoreError;
 
@@ -22,6 +24,17 @@ pub enum Command {
     InitCluster { cluster: Cluster, node: Node },
     /// Adds a node, or replaces its record (status refresh on restart).
     UpsertNode { node: Node },
+    /// A node joins with a token: a manager gets the next raft ID (never
+    /// reused), a worker none.
+    JoinNode { node: Node },
+    /// `join-token --rotate`: a new secret for one role's token.
+    RotateJoinSecret { role: NodeRole, secret: String },
+    /// The nodes' own view changed: ready or down, seen at `at`.
+    SetNodeState {
+        node_ids: Vec<String>,
+        state: NodeState,
+        at: UnixMs,
+    },
     /// `service create`: a new service with a proposer-chosen ID.
     CreateService {
         id: String,

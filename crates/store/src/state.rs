@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use flotilla_types::{Cluster, DesiredState, Node, Service, Task, TaskState, TaskStatus};
+use flotilla_types::{Cluster, DesiredState, Node, NodeRole, Service, Task, TaskState, TaskStatus};
 
 use crate::command::{Command, CommandResult};
 use crate::error::StoreError;
@@ -80,17 +80,65 @@ impl State {
                 if self.cluster.is_some() {
                     return Err(StoreError::AlreadyInitialized);
                 }
-                self.cluster = Some(cluster.clone());
+                let mut cluster = cluster.clone();
+                cluster.next_raft_id = cluster.next_raft_id.max(node.raft_id + 1);
+                let id = cluster.id.clone();
+                self.cluster = Some(cluster);
                 changes.push(Change::Cluster);
                 self.nodes.insert(node.id.clone(), node.clone());
                 changes.push(Change::Node(node.id.clone()));
-                Ok(Some(cluster.id.clone()))
+                Ok(Some(id))
             }
             Command::UpsertNode { node } => {
                 self.require_cluster()?;
                 self.nodes.insert(node.id.clone(), node.clone());
                 changes.push(Change::Node(node.id.clone()));
                 Ok(Some(node.id.clone()))
+            }
+            Command::JoinNode { node } => {
+                if self.nodes.contains_key(&node.id) {
+                    return Err(StoreError::NodeExists(node.id.clone()));
+                }
+                let cluster = self.cluster.as_mut().ok_or(StoreError::NotInitialized)?;
+                let mut node = node.clone();
+                node.raft_id = match node.role {
+                    NodeRole::Manager => {
+                        let id = cluster.next_raft_id;
+                        cluster.next_raft_id += 1;
+                        changes.push(Change::Cluster);
+                        id
+                    }
+                    NodeRole::Worker => 0,
+                };
+                changes.push(Change::Node(node.id.clone()));
+                let id = node.id.clone();
+                self.nodes.insert(id.clone(), node);
+                Ok(Some(id))
+            }
+            Command::RotateJoinSecret { role, secret } => {
+                let cluster = self.cluster.as_mut().ok_or(StoreError::NotInitialized)?;
+                match role {
+                    NodeRole::Manager => cluster.manager_secret = secret.clone(),
+                    NodeRole::Worker => cluster.worker_secret = secret.clone(),
+                }
+                changes.push(Change::Cluster);
+                Ok(None)
+            }
+            Command::SetNodeState {
+                node_ids,
+                state,
+                at,
+            } => {
+                for id in node_ids {
+                    if let Some(node) = self.nodes.get_mut(id) {
+                        if node.state != *state {
+                            node.state = *state;
+                            node.last_seen = node.last_seen.max(*at);
+                            changes.push(Change::Node(id.clone()));
+                        }
+                    }
+                }
+                Ok(None)
             }
             Command::CreateService { id, spec, at } => {
                 self.require_cluster()?;
@@ -317,10 +365,7 @@ mod tests {
         let (r, _) = s.apply(
             1,
             &Command::InitCluster {
-                cluster: Cluster {
-                    id: "c1".into(),
-                    created_at: 1,
-                },
+                cluster: Cluster::bare("c1", 1),
                 node: node("n1"),
             },
         );
@@ -334,10 +379,7 @@ mod tests {
         let (r, changes) = s.apply(
             2,
             &Command::InitCluster {
-                cluster: Cluster {
-                    id: "c2".into(),
-                    created_at: 2,
-                },
+                cluster: Cluster::bare("c2", 2),
                 node: node("n2"),
             },
         );
@@ -501,6 +543,34 @@ mod tests {
             },
         );
         assert!(s.tasks.is_empty());
+    }
+
+    #[test]
+    fn joining_managers_get_fresh_raft_ids() {
+        let mut s = init();
+        let mut m = node("m2");
+        m.raft_id = 0;
+        assert_eq!(
+            s.apply(2, &Command::JoinNode { node: m.clone() }).0,
+            Ok(Some("m2".into()))
+        );
+        assert_eq!(s.nodes["m2"].raft_id, 2);
+        let mut w = node("w1");
+        w.role = flotilla_types::NodeRole::Worker;
+        let _ = s.apply(3, &Command::JoinNode { node: w });
+        assert_eq!(s.nodes["w1"].raft_id, 0);
+        let mut m3 = node("m3");
+        m3.raft_id = 1;
+        let _ = s.apply(4, &Command::JoinNode { node: m3 });
+        assert_eq!(
+            s.nodes["m3"].raft_id, 3,
+            "the proposer's raft id is ignored"
+        );
+        assert_eq!(
+            s.apply(5, &Command::JoinNode { node: m }).0,
+            Err(StoreError::NodeExists("m2".into()))
+        );
+        assert_eq!(s.cluster.as_ref().map(|c| c.next_raft_id), Some(4));
     }
 
     #[test]

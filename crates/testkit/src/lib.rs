@@ -120,11 +120,20 @@ pub struct Daemon {
     mark: String,
     child: Option<Child>,
     starts: u32,
+    listen: String,
+    extra: Vec<String>,
 }
 
 impl Daemon {
-    /// Starts a daemon on a fresh data dir and waits until it answers.
+    /// Starts a daemon on a fresh data dir and waits until it answers; its
+    /// cluster port is on a free loopback port.
     pub fn start(bin: &Path) -> Result<Daemon> {
+        Self::start_with(bin, "127.0.0.1:0", &[])
+    }
+
+    /// Starts a daemon whose cluster port listens on `listen`, with extra
+    /// daemon arguments.
+    pub fn start_with(bin: &Path, listen: &str, extra: &[&str]) -> Result<Daemon> {
         // Short paths: a Unix socket path must fit in 108 bytes.
         let dir = tempfile::Builder::new()
             .prefix("flt-")
@@ -136,6 +145,8 @@ impl Daemon {
             mark: format!("{:016x}", rand::random::<u64>()),
             child: None,
             starts: 0,
+            listen: listen.to_string(),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         d.spawn()?;
         Ok(d)
@@ -166,6 +177,8 @@ impl Daemon {
         let child = Command::new(&self.bin)
             .args(["daemon", "--data-dir"])
             .arg(self.dir.path())
+            .args(["--listen", &self.listen])
+            .args(self.extra.iter())
             .env("FLOTILLA_TEST_MARK", &self.mark)
             .env("FLOTILLA_LOG", "info")
             .stdin(Stdio::null())

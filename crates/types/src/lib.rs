@@ -42,10 +42,48 @@ use serde::{Deserialize, Serialize};
 pub type UnixMs = u64;
 
 /// The cluster as a whole: created once by `flotilla init`.
+///
+/// It holds the CA key and the join secrets: the store is replicated to
+/// managers only (workers never see it), as in Swarm.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cluster {
     /// Random ID chosen at `init`.
     pub id: String,
     /// When `init` ran.
     pub created_at: UnixMs,
+    /// The cluster CA's certificate, PEM.
+    #[serde(default)]
+    pub ca_cert_pem: String,
+    /// The cluster CA's private key, PEM; managers sign node certificates.
+    #[serde(default)]
+    pub ca_key_pem: String,
+    /// Secret of the worker join token.
+    #[serde(default)]
+    pub worker_secret: String,
+    /// Secret of the manager join token.
+    #[serde(default)]
+    pub manager_secret: String,
+    /// The next raft member ID to hand out. Raft IDs are never reused.
+    #[serde(default = "first_raft_id")]
+    pub next_raft_id: u64,
+}
+
+fn first_raft_id() -> u64 {
+    2
+}
+
+impl Cluster {
+    /// A cluster with no CA or secrets (tests, and clusters made before
+    /// they existed).
+    pub fn bare(id: impl Into<String>, created_at: UnixMs) -> Self {
+        Cluster {
+            id: id.into(),
+            created_at,
+            ca_cert_pem: String::new(),
+            ca_key_pem: String::new(),
+            worker_secret: String::new(),
+            manager_secret: String::new(),
+            next_raft_id: first_raft_id(),
+        }
+    }
 }

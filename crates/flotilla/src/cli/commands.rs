@@ -38,6 +38,45 @@ pub async fn init(client: &Client, args: &InitArgs) -> Result<()> {
     Ok(())
 }
 
+/// `flotilla join`.
+pub async fn join(client: &Client, args: &super::JoinArgs) -> Result<()> {
+    let r = client
+        .join(&flotilla_api::model::JoinRequest {
+            token: args.token.clone(),
+            manager_addr: args.manager_addr.clone(),
+            advertise_addr: args.advertise_addr.clone(),
+        })
+        .await?;
+    println!(
+        "This node joined cluster {} as node {}.",
+        r.cluster_id, r.node_id
+    );
+    Ok(())
+}
+
+/// `flotilla join-token`.
+pub async fn join_token(client: &Client, args: &super::JoinTokenArgs) -> Result<()> {
+    let t = client.join_token(&args.role, args.rotate).await?;
+    if args.quiet {
+        println!("{}", t.token);
+        return Ok(());
+    }
+    if args.rotate {
+        println!(
+            "Rotated the {} join token; the old one no longer works.\n",
+            t.role
+        );
+    }
+    println!("To add a {} to this cluster, run on it:\n", t.role);
+    let at = t
+        .managers
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "MANAGER_ADDR".into());
+    println!("    flotilla join --token {} {at}\n", t.token);
+    Ok(())
+}
+
 /// `flotilla info`.
 pub async fn info(client: &Client, format: Format) -> Result<()> {
     let info = client.info().await?;

@@ -45,6 +45,10 @@ pub enum Command {
     Init(InitArgs),
     /// Show the cluster, this node and what runs
     Info(FormatArg),
+    /// Join a cluster through one of its managers
+    Join(JoinArgs),
+    /// Show (or rotate) the token that lets a node join as a worker or a manager
+    JoinToken(JoinTokenArgs),
     /// Manage nodes
     #[command(subcommand)]
     Node(NodeCommand),
@@ -64,6 +68,12 @@ pub struct DaemonArgs {
     /// Log as JSON lines instead of text
     #[arg(long)]
     pub log_json: bool,
+    /// Cluster port: node-to-node traffic (raft, agent sessions, joins), mutual TLS
+    #[arg(long, default_value = "0.0.0.0:4280", env = "FLOTILLA_LISTEN")]
+    pub listen: String,
+    /// Address other nodes reach this one at, HOST or HOST:PORT [default: the listen address, or 127.0.0.1]
+    #[arg(long)]
+    pub advertise_addr: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -83,6 +93,30 @@ pub struct InitArgs {
     /// Address other nodes reach this one at
     #[arg(long)]
     pub advertise_addr: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// The join token (from 'flotilla join-token worker|manager' on a manager)
+    #[arg(long)]
+    pub token: String,
+    /// Address other nodes reach this one at
+    #[arg(long)]
+    pub advertise_addr: Option<String>,
+    /// Cluster address of a manager, HOST:PORT
+    pub manager_addr: String,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinTokenArgs {
+    /// worker or manager
+    pub role: String,
+    /// Print only the token
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Replace the token's secret; the old token stops working
+    #[arg(long)]
+    pub rotate: bool,
 }
 
 #[derive(Debug, Subcommand)]

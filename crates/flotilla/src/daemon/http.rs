@@ -17,12 +17,12 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use flotilla_api::model::{
-    ErrorBody, Info, InitRequest, InitResponse, NodeView, Removed, ScaleRequest, ServiceView,
-    TaskView,
+    ErrorBody, Info, InitRequest, InitResponse, JoinRequest, JoinTokenView, NodeView, Removed,
+    ScaleRequest, ServiceView, TaskView,
 };
 use flotilla_raft::RaftError;
 use flotilla_store::{Command, State as Store, StoreError};
-use flotilla_types::{validate_name, ServiceMode, ServiceSpec};
+use flotilla_types::{validate_name, NodeRole, ServiceMode, ServiceSpec};
 
 use super::views::{self, LocalFacts, ManagerStatus};
 use super::{now_ms, InitError, Member, NodeCtx, VERSION};
@@ -37,6 +37,8 @@ pub enum ApiError {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
@@ -48,6 +50,7 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -97,6 +100,8 @@ impl From<InitError> for ApiError {
     fn from(e: InitError) -> Self {
         match e {
             InitError::AlreadyInCluster => ApiError::Conflict(e.to_string()),
+            InitError::BadToken(_) => ApiError::BadRequest(e.to_string()),
+            InitError::Refused(_) => ApiError::Forbidden(e.to_string()),
             InitError::Failed(_) => ApiError::Internal(e.to_string()),
         }
     }
@@ -110,6 +115,8 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
     Router::new()
         .route("/v1/info", get(info))
         .route("/v1/init", post(init))
+        .route("/v1/join", post(join))
+        .route("/v1/join-token/{role}", get(join_token))
         .route("/v1/nodes", get(nodes))
         .route("/v1/services", get(services).post(create_service))
         .route("/v1/services/{name}", get(service).delete(remove_service))
@@ -125,28 +132,47 @@ fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("invalid request: {}", e.body_text())))
 }
 
-async fn member(ctx: &NodeCtx) -> Result<Arc<Member>, ApiError> {
-    ctx.member().await.ok_or_else(|| {
-        ApiError::Conflict("this node is not in a cluster: run 'flotilla init' first".into())
-    })
+/// A manager's view of the cluster, for handlers that read or change it.
+#[derive(Clone)]
+struct Mgr {
+    member: Arc<Member>,
+    raft: Arc<flotilla_raft::RaftNode>,
+    view: flotilla_manager::StoreView,
 }
 
-fn managers(member: &Member) -> ManagerStatus {
+async fn member(ctx: &NodeCtx) -> Result<Mgr, ApiError> {
+    let m = ctx.member().await.ok_or_else(|| {
+        ApiError::Conflict(
+            "this node is not in a cluster: run 'flotilla init' or 'flotilla join' first".into(),
+        )
+    })?;
+    match (m.raft.clone(), m.view()) {
+        (Some(raft), Some(view)) => Ok(Mgr {
+            member: m,
+            raft,
+            view,
+        }),
+        _ => Err(ApiError::Conflict(
+            "this node is a worker: run this command on a manager".into(),
+        )),
+    }
+}
+
+fn managers(member: &Mgr) -> ManagerStatus {
     let m = member.raft.raft().metrics().borrow().clone();
     let mut reachable: Vec<u64> = Vec::new();
     if let Some(repl) = &m.replication {
         reachable.extend(repl.iter().filter(|(_, v)| v.is_some()).map(|(id, _)| *id));
     }
-    reachable.push(member.identity.raft_id);
+    reachable.push(member.member.identity.raft_id);
     ManagerStatus {
         leader_raft_id: m.current_leader,
         reachable,
     }
 }
 
-fn read<T>(member: &Member, f: impl FnOnce(&Store) -> T) -> T {
-    let view = member.view();
-    let state = view.read();
+fn read<T>(member: &Mgr, f: impl FnOnce(&Store) -> T) -> T {
+    let state = member.view.read();
     f(&state)
 }
 
@@ -164,8 +190,20 @@ async fn info(State(ctx): Ctx) -> ApiResult<Info> {
             &facts(None, false),
             &ManagerStatus::default(),
         ))),
-        Some(m) => {
-            let local = facts(Some(m.identity.node_id.clone()), m.raft.is_leader());
+        Some(m) if m.raft.is_none() => {
+            let mut info = views::info(
+                &Store::default(),
+                &facts(Some(m.identity.node_id.clone()), false),
+                &ManagerStatus::default(),
+            );
+            info.cluster_id = Some(m.identity.cluster_id.clone());
+            info.role = Some("worker".into());
+            info.warning = None;
+            Ok(Json(info))
+        }
+        Some(_) => {
+            let m = member(&ctx).await?;
+            let local = facts(Some(m.member.identity.node_id.clone()), m.raft.is_leader());
             let status = managers(&m);
             Ok(Json(read(&m, |s| views::info(s, &local, &status))))
         }
@@ -177,17 +215,81 @@ async fn init(
     req: Result<Json<InitRequest>, JsonRejection>,
 ) -> ApiResult<InitResponse> {
     let req = body(req)?;
-    let identity = ctx.init(req.advertise_addr).await?;
+    let identity = ctx.init(req.advertise_addr.as_deref()).await?;
     Ok(Json(InitResponse {
         cluster_id: identity.cluster_id,
         node_id: identity.node_id,
     }))
 }
 
+async fn join(
+    State(ctx): Ctx,
+    req: Result<Json<JoinRequest>, JsonRejection>,
+) -> ApiResult<InitResponse> {
+    let req = body(req)?;
+    let identity = ctx
+        .join(&req.token, &req.manager_addr, req.advertise_addr.as_deref())
+        .await?;
+    Ok(Json(InitResponse {
+        cluster_id: identity.cluster_id,
+        node_id: identity.node_id,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenQuery {
+    #[serde(default)]
+    rotate: bool,
+}
+
+async fn join_token(
+    State(ctx): Ctx,
+    Path(role): Path<String>,
+    Query(q): Query<TokenQuery>,
+) -> ApiResult<JoinTokenView> {
+    let role = match role.as_str() {
+        "worker" => NodeRole::Worker,
+        "manager" => NodeRole::Manager,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid role {other:?}: expected worker or manager"
+            )))
+        }
+    };
+    let m = member(&ctx).await?;
+    if q.rotate {
+        let secret = flotilla_pki::token::new_secret(rand::random());
+        m.raft
+            .propose(Command::RotateJoinSecret { role, secret })
+            .await??;
+    }
+    let cluster = read(&m, |s| s.cluster.clone())
+        .ok_or_else(|| ApiError::Conflict("the cluster is not initialized".into()))?;
+    let ca_der = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(cluster.ca_cert_pem.as_bytes())
+            .map_err(|e| ApiError::Internal(format!("the cluster CA is unreadable: {e}")))?
+    };
+    let secret = match role {
+        NodeRole::Worker => cluster.worker_secret,
+        NodeRole::Manager => cluster.manager_secret,
+    };
+    let token = flotilla_pki::JoinToken {
+        ca_fingerprint: flotilla_pki::fingerprint(&ca_der),
+        secret,
+    };
+    let managers = read(&m, super::dispatcher::manager_addrs);
+    Ok(Json(JoinTokenView {
+        role: role.as_str().to_string(),
+        token: token.to_string(),
+        managers,
+    }))
+}
+
 async fn nodes(State(ctx): Ctx) -> ApiResult<Vec<NodeView>> {
     let m = member(&ctx).await?;
     let status = managers(&m);
-    let id = m.identity.node_id.clone();
+    let id = m.member.identity.node_id.clone();
     Ok(Json(read(&m, |s| views::node_views(s, Some(&id), &status))))
 }
 

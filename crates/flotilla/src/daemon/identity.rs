@@ -29,7 +29,12 @@ pub enum IdentityError {
 pub struct Identity {
     pub cluster_id: String,
     pub node_id: String,
+    /// Raft member ID; 0 for a worker.
     pub raft_id: u64,
+    /// Cluster addresses of the managers, as last learned; a worker starts
+    /// its session with one of them after a restart.
+    #[serde(default)]
+    pub managers: Vec<String>,
 }
 
 fn path(data_dir: &Path) -> PathBuf {
@@ -79,6 +84,7 @@ mod tests {
             cluster_id: "c".into(),
             node_id: "n".into(),
             raft_id: 1,
+            managers: vec![],
         };
         store(dir.path(), &id).expect("store");
         assert_eq!(load(dir.path()).expect("load"), Some(id));

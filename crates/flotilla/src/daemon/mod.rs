@@ -2,17 +2,23 @@
 //! and once the node is in a cluster it runs raft, the manager's loops while
 //! it leads, and the agent that runs this node's tasks.
 
-pub mod dispatch;
+pub mod certs;
+pub mod cluster;
+pub mod dispatcher;
 pub mod http;
 pub mod identity;
+pub mod session;
 pub mod views;
+pub mod wire;
 
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,12 +27,17 @@ use flotilla_agent::{Agent, AgentConfig, Assignments, ProcessDriver};
 use flotilla_manager::{
     Orchestrator, ProposeError, ProposeFuture, Proposer, Scheduler, StoreView, SystemClock,
 };
+use flotilla_pki::{new_key_and_csr, Ca, JoinToken, Role};
 use flotilla_raft::node::RaftTimings;
 use flotilla_raft::{RaftError, RaftNode};
 use flotilla_store::Command;
+use flotilla_transport::{ClusterClient, Target};
 use flotilla_types::{Availability, Cluster, Node, NodeRole, NodeState};
 
+use certs::NodeTls;
+use dispatcher::Dispatcher;
 use identity::Identity;
+use session::{LeaderFinder, SessionClient};
 
 /// Flotilla's version, as nodes report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -39,7 +50,18 @@ pub struct DaemonConfig {
     pub name: Option<String>,
     pub timings: RaftTimings,
     pub log_cap_bytes: u64,
+    /// Address of the cluster port (node-to-node, mutual TLS).
+    pub listen: String,
+    /// Address other nodes reach this one at: `HOST` or `HOST:PORT`.
+    pub advertise: Option<String>,
 }
+
+/// The default cluster port (node-to-node traffic: raft, agent sessions,
+/// joins), like Swarm's 2377.
+pub const DEFAULT_CLUSTER_PORT: u16 = 4280;
+
+/// How long node certificates are valid.
+pub const CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 
 impl DaemonConfig {
     pub fn new(data_dir: PathBuf) -> Self {
@@ -48,6 +70,8 @@ impl DaemonConfig {
             name: None,
             timings: RaftTimings::default(),
             log_cap_bytes: flotilla_agent::agent::DEFAULT_LOG_CAP_BYTES,
+            listen: format!("0.0.0.0:{DEFAULT_CLUSTER_PORT}"),
+            advertise: None,
         }
     }
 }
@@ -87,18 +111,46 @@ impl Proposer for RaftProposer {
     }
 }
 
-/// This node as a member of a cluster: its identity and raft.
+/// This node as a member of a cluster.
 pub struct Member {
     pub identity: Identity,
-    pub raft: Arc<RaftNode>,
+    pub role: NodeRole,
+    pub tls: NodeTls,
+    pub client: ClusterClient,
+    /// Managers only.
+    pub raft: Option<Arc<RaftNode>>,
+    /// Managers only; serves agent sessions while this manager leads.
+    pub dispatcher: Option<Arc<Dispatcher>>,
 }
 
 impl Member {
-    pub fn view(&self) -> StoreView {
-        StoreView {
-            state: self.raft.state(),
-            applied: self.raft.applied(),
+    /// The store, on managers.
+    pub fn view(&self) -> Option<StoreView> {
+        self.raft.as_ref().map(|r| StoreView {
+            state: r.state(),
+            applied: r.applied(),
+        })
+    }
+}
+
+impl LeaderFinder for Member {
+    fn local(&self) -> Option<Arc<Dispatcher>> {
+        match (&self.raft, &self.dispatcher) {
+            (Some(r), Some(d)) if r.is_leader() => Some(d.clone()),
+            _ => None,
         }
+    }
+
+    fn leader_addr(&self) -> Option<String> {
+        let raft = self.raft.as_ref()?;
+        let leader = raft.leader()?;
+        let state = raft.state();
+        let state = state.read().ok()?;
+        state
+            .nodes
+            .values()
+            .find(|n| n.raft_id == leader && n.role == NodeRole::Manager)
+            .map(|n| n.addr.clone())
     }
 }
 
@@ -109,18 +161,62 @@ pub struct NodeCtx {
     /// The name given with `--name`, if any.
     explicit_name: Option<String>,
     pub hostname: String,
+    /// Where other nodes reach this node's cluster port.
+    cluster_addr: std::sync::RwLock<String>,
+    /// The address the cluster port is bound to.
+    bound: SocketAddr,
     timings: RaftTimings,
     log_cap_bytes: u64,
+    listener: std::sync::Mutex<Option<TcpListener>>,
     member: RwLock<Option<Arc<Member>>>,
     init_lock: Mutex<()>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
 
+/// Why `init` or `join` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("this node is already part of a cluster")]
+    AlreadyInCluster,
+    #[error("{0}")]
+    BadToken(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("init failed: {0}")]
+    Failed(String),
+}
+
+fn failed(e: impl std::fmt::Display) -> InitError {
+    InitError::Failed(e.to_string())
+}
+
+fn secret() -> String {
+    flotilla_pki::token::new_secret(rand::random())
+}
+
 impl NodeCtx {
-    /// The cluster member, or None before `init`.
+    /// The cluster member, or None before `init` or `join`.
     pub async fn member(&self) -> Option<Arc<Member>> {
         self.member.read().await.clone()
+    }
+
+    /// Where other nodes reach this node's cluster port.
+    pub fn cluster_addr(&self) -> String {
+        match self.cluster_addr.read() {
+            Ok(a) => a.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// `init`/`join --advertise-addr` overrides the daemon's address.
+    fn set_advertise(&self, advertise: Option<&str>) {
+        if let Some(a) = advertise {
+            let addr = advertised(Some(a), self.bound);
+            if let Ok(mut slot) = self.cluster_addr.write() {
+                *slot = addr;
+            }
+        }
     }
 
     /// Where the agent keeps task records and logs.
@@ -128,20 +224,36 @@ impl NodeCtx {
         self.data_dir.join("agent")
     }
 
-    /// Creates a new one-manager cluster with this node as its leader.
-    pub async fn init(&self, advertise_addr: Option<String>) -> Result<Identity, InitError> {
+    /// Creates a new one-manager cluster with this node as its leader, and
+    /// the cluster CA.
+    pub async fn init(&self, advertise: Option<&str>) -> Result<Identity, InitError> {
         let _guard = self.init_lock.lock().await;
         if self.member.read().await.is_some() {
             return Err(InitError::AlreadyInCluster);
         }
+        self.set_advertise(advertise);
+        let cluster_id = flotilla_types::new_id(rand::random());
+        let node_id = flotilla_types::new_id(rand::random());
+        let ca_material = Ca::create(&cluster_id).map_err(failed)?;
+        let ca = Ca::load(&ca_material).map_err(failed)?;
+        let key = new_key_and_csr().map_err(failed)?;
+        let cert_pem = ca
+            .sign_node(&key.csr_pem, &node_id, Role::Manager, CERT_VALIDITY)
+            .map_err(failed)?;
+        let tls = NodeTls {
+            ca_pem: ca_material.cert_pem.clone(),
+            cert_pem,
+            key_pem: key.key_pem,
+        };
         let identity = Identity {
-            cluster_id: flotilla_types::new_id(rand::random()),
-            node_id: flotilla_types::new_id(rand::random()),
+            cluster_id: cluster_id.clone(),
+            node_id: node_id.clone(),
             raft_id: 1,
+            managers: vec![self.cluster_addr()],
         };
         let now = now_ms();
         let node = Node {
-            id: identity.node_id.clone(),
+            id: node_id,
             raft_id: identity.raft_id,
             name: self.name.clone(),
             hostname: self.hostname.clone(),
@@ -149,7 +261,7 @@ impl NodeCtx {
             availability: Availability::Active,
             labels: Default::default(),
             state: NodeState::Ready,
-            addr: advertise_addr.clone().unwrap_or_default(),
+            addr: self.cluster_addr(),
             version: VERSION.to_string(),
             created_at: now,
             last_seen: now,
@@ -157,7 +269,7 @@ impl NodeCtx {
         let raft = Arc::new(
             RaftNode::start(&self.data_dir, identity.raft_id, &self.timings)
                 .await
-                .map_err(|e| InitError::Failed(e.to_string()))?,
+                .map_err(failed)?,
         );
         if raft.is_initialized() {
             raft.shutdown().await;
@@ -165,38 +277,152 @@ impl NodeCtx {
                 "the raft store in the data dir already holds a cluster, but node.json is missing; move the data dir away to start afresh".into(),
             ));
         }
-        raft.initialize_single(&advertise_addr.unwrap_or_default())
+        raft.initialize_single(&self.cluster_addr())
             .await
-            .map_err(|e| InitError::Failed(e.to_string()))?;
+            .map_err(failed)?;
         raft.wait_leader(Duration::from_secs(10))
             .await
-            .map_err(|e| InitError::Failed(e.to_string()))?;
-        let result = raft
-            .propose(Command::InitCluster {
-                cluster: Cluster {
-                    id: identity.cluster_id.clone(),
-                    created_at: now,
-                },
-                node,
-            })
+            .map_err(failed)?;
+        let cluster = Cluster {
+            ca_cert_pem: ca_material.cert_pem,
+            ca_key_pem: ca_material.key_pem,
+            worker_secret: secret(),
+            manager_secret: secret(),
+            ..Cluster::bare(cluster_id, now)
+        };
+        raft.propose(Command::InitCluster { cluster, node })
             .await
-            .map_err(|e| InitError::Failed(e.to_string()))?;
-        result.map_err(|e| InitError::Failed(e.to_string()))?;
-        identity::store(&self.data_dir, &identity).map_err(|e| InitError::Failed(e.to_string()))?;
-        let member = Arc::new(Member {
-            identity: identity.clone(),
-            raft,
-        });
-        self.start_member(member.clone())
-            .map_err(|e| InitError::Failed(e.to_string()))?;
+            .map_err(failed)?
+            .map_err(failed)?;
+        tls.store(&self.data_dir).map_err(failed)?;
+        identity::store(&self.data_dir, &identity).map_err(failed)?;
+        let member = self
+            .make_member(identity.clone(), tls, Some(raft))
+            .map_err(failed)?;
+        self.start_member(member.clone(), vec![]).map_err(failed)?;
         *self.member.write().await = Some(member);
         Ok(identity)
     }
 
-    /// Starts what runs while this node is in a cluster.
-    fn start_member(&self, member: Arc<Member>) -> Result<()> {
+    /// Joins the cluster of the manager at `manager_addr` with `token`.
+    pub async fn join(
+        &self,
+        token: &str,
+        manager_addr: &str,
+        advertise: Option<&str>,
+    ) -> Result<Identity, InitError> {
+        let _guard = self.init_lock.lock().await;
+        if self.member.read().await.is_some() {
+            return Err(InitError::AlreadyInCluster);
+        }
+        self.set_advertise(advertise);
+        let token: JoinToken = token
+            .parse()
+            .map_err(|e: flotilla_pki::TokenError| InitError::BadToken(e.to_string()))?;
+        let pinned =
+            flotilla_pki::tls::pinned_client_config(&token.ca_fingerprint).map_err(failed)?;
+        let client = ClusterClient::new(pinned).map_err(failed)?;
+        let key = new_key_and_csr().map_err(failed)?;
+        let request = wire::JoinRequest {
+            secret: token.secret.clone(),
+            csr_pem: key.csr_pem,
+            name: self.name.clone(),
+            hostname: self.hostname.clone(),
+            addr: self.cluster_addr(),
+            version: VERSION.to_string(),
+        };
+        let answer: wire::JoinResponse = client
+            .post(
+                Target::Node,
+                manager_addr,
+                "/join/v1/join",
+                &request,
+                Duration::from_secs(15),
+            )
+            .await
+            .map_err(|e| match e {
+                flotilla_transport::TransportError::Status { message, .. } => {
+                    InitError::Refused(message)
+                }
+                other => InitError::Refused(format!("cannot join through {manager_addr}: {other}")),
+            })?;
+        let ca_der = rustls_pki_types_der(&answer.ca_pem).map_err(failed)?;
+        if flotilla_pki::fingerprint(&ca_der) != token.ca_fingerprint {
+            return Err(InitError::Refused(
+                flotilla_pki::tls::PIN_MISMATCH.to_string(),
+            ));
+        }
+        let tls = NodeTls {
+            ca_pem: answer.ca_pem,
+            cert_pem: answer.cert_pem,
+            key_pem: key.key_pem,
+        };
+        let identity = Identity {
+            cluster_id: answer.cluster_id,
+            node_id: answer.node_id,
+            raft_id: answer.raft_id,
+            managers: answer.managers.clone(),
+        };
+        if answer.role != "worker" {
+            return Err(InitError::Refused(
+                "joining as a manager is not available yet; join as a worker".into(),
+            ));
+        }
+        tls.store(&self.data_dir).map_err(failed)?;
+        identity::store(&self.data_dir, &identity).map_err(failed)?;
+        let member = self
+            .make_member(identity.clone(), tls, None)
+            .map_err(failed)?;
+        self.start_member(member.clone(), answer.managers)
+            .map_err(failed)?;
+        *self.member.write().await = Some(member);
+        Ok(identity)
+    }
+
+    fn make_member(
+        &self,
+        identity: Identity,
+        tls: NodeTls,
+        raft: Option<Arc<RaftNode>>,
+    ) -> Result<Arc<Member>> {
+        let client = tls.client(&self.data_dir)?;
+        let role = match tls.identity()?.role {
+            Role::Manager => NodeRole::Manager,
+            Role::Worker => NodeRole::Worker,
+        };
+        let dispatcher = raft.as_ref().map(|r| {
+            Arc::new(Dispatcher::new(
+                r.clone(),
+                StoreView {
+                    state: r.state(),
+                    applied: r.applied(),
+                },
+            ))
+        });
+        Ok(Arc::new(Member {
+            identity,
+            role,
+            tls,
+            client,
+            raft,
+            dispatcher,
+        }))
+    }
+
+    /// Starts what runs while this node is in a cluster: the cluster port,
+    /// the agent and its session, and on managers the leader's loops.
+    fn start_member(&self, member: Arc<Member>, managers: Vec<String>) -> Result<()> {
         let token = self.shutdown.child_token();
-        let view = member.view();
+        if let Some(listener) = self.listener.lock().ok().and_then(|mut l| l.take()) {
+            let config = member.tls.server_config(&self.data_dir)?;
+            let router = cluster::router(member.clone());
+            self.tracker.spawn(flotilla_transport::serve(
+                listener,
+                Arc::new(std::sync::RwLock::new(config)),
+                router,
+                token.clone(),
+            ));
+        }
         let (assign_tx, assign_rx) = watch::channel(Arc::new(Assignments::default()));
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let agent = Agent::new(
@@ -216,72 +442,78 @@ impl NodeCtx {
                 tracing::error!(error = %e, "agent stopped");
             }
         });
-        self.tracker.spawn(dispatch::publish_assignments(
-            member.raft.clone(),
-            view.clone(),
-            member.identity.node_id.clone(),
-            assign_tx,
-            token.clone(),
-        ));
-        self.tracker.spawn(dispatch::forward_reports(
-            member.raft.clone(),
-            view.clone(),
-            report_rx,
-            token.clone(),
-        ));
-        self.tracker.spawn(lead_while_leader(
-            member.clone(),
-            view,
-            self.explicit_name.clone(),
-            self.hostname.clone(),
-            token,
-        ));
+        let mut known = managers;
+        known.extend(member.identity.managers.iter().cloned());
+        known.dedup();
+        let session = SessionClient {
+            node_id: member.identity.node_id.clone(),
+            addr: self.cluster_addr(),
+            client: member.client.clone(),
+            finder: member.clone(),
+            managers: known,
+        };
+        self.tracker
+            .spawn(session.run(assign_tx, report_rx, token.clone()));
+        if member.raft.is_some() {
+            self.tracker.spawn(lead_while_leader(
+                member.clone(),
+                self.explicit_name.clone(),
+                self.hostname.clone(),
+                token,
+            ));
+        }
         Ok(())
     }
 }
 
-/// Why `init` failed.
-#[derive(Debug, thiserror::Error)]
-pub enum InitError {
-    #[error("this node is already part of a cluster")]
-    AlreadyInCluster,
-    #[error("init failed: {0}")]
-    Failed(String),
+fn rustls_pki_types_der(pem: &str) -> Result<Vec<u8>, flotilla_pki::PkiError> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .map(|c| c.to_vec())
+        .map_err(|e| flotilla_pki::PkiError::Parse(e.to_string()))
 }
 
 /// Runs the manager's loops whenever this member leads, and stops them when
 /// it no longer does.
 async fn lead_while_leader(
     member: Arc<Member>,
-    view: StoreView,
     name: Option<String>,
     hostname: String,
     shutdown: CancellationToken,
 ) {
-    let mut metrics = member.raft.raft().metrics();
+    let (Some(raft), Some(view), Some(dispatcher)) = (
+        member.raft.clone(),
+        member.view(),
+        member.dispatcher.clone(),
+    ) else {
+        return;
+    };
+    let mut metrics = raft.raft().metrics();
     let mut leading: Option<CancellationToken> = None;
     loop {
-        let is_leader = member.raft.is_leader();
+        let is_leader = raft.is_leader();
         match (is_leader, &leading) {
             (true, None) => {
-                tracing::info!("became leader: starting orchestrator and scheduler");
+                tracing::info!("became leader: starting orchestrator, scheduler and dispatcher");
                 let token = shutdown.child_token();
-                let proposer: Arc<dyn Proposer> = Arc::new(RaftProposer(member.raft.clone()));
+                let proposer: Arc<dyn Proposer> = Arc::new(RaftProposer(raft.clone()));
                 let clock = Arc::new(SystemClock);
                 tokio::spawn(
                     Orchestrator::new(view.clone(), proposer.clone(), clock.clone())
                         .run(token.clone()),
                 );
                 tokio::spawn(Scheduler::new(view.clone(), proposer, clock).run(token.clone()));
+                tokio::spawn(dispatcher.clone().run(token.clone()));
                 tokio::spawn(refresh_own_node(
-                    member.clone(),
+                    raft.clone(),
+                    member.identity.node_id.clone(),
                     name.clone(),
                     hostname.clone(),
                 ));
                 leading = Some(token);
             }
             (false, Some(token)) => {
-                tracing::info!("no longer leader: stopping orchestrator and scheduler");
+                tracing::info!("no longer leader: stopping orchestrator, scheduler and dispatcher");
                 token.cancel();
                 leading = None;
             }
@@ -298,11 +530,19 @@ async fn lead_while_leader(
 }
 
 /// Marks this node ready with its current name, address and version.
-async fn refresh_own_node(member: Arc<Member>, name: Option<String>, hostname: String) {
+async fn refresh_own_node(
+    raft: Arc<RaftNode>,
+    node_id: String,
+    name: Option<String>,
+    hostname: String,
+) {
     let node = {
-        let state = member.view();
-        let state = state.read();
-        state.nodes.get(&member.identity.node_id).cloned()
+        let state = raft.state();
+        let state = match state.read() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        state.nodes.get(&node_id).cloned()
     };
     let Some(mut node) = node else { return };
     node.state = NodeState::Ready;
@@ -314,8 +554,23 @@ async fn refresh_own_node(member: Arc<Member>, name: Option<String>, hostname: S
         node.name = name;
     }
     node.hostname = hostname;
-    if let Err(e) = member.raft.propose(Command::UpsertNode { node }).await {
+    if let Err(e) = raft.propose(Command::UpsertNode { node }).await {
         tracing::warn!(error = %e, "could not refresh this node's record");
+    }
+}
+
+/// The address other nodes should use: the advertised one (its port
+/// defaulting to the bound port), else the bound address when it is
+/// specific, else loopback.
+fn advertised(advertise: Option<&str>, bound: SocketAddr) -> String {
+    match advertise {
+        Some(a) if a.parse::<SocketAddr>().is_ok() => a.to_string(),
+        Some(a) if a.contains(':') && !a.starts_with('[') && a.matches(':').count() == 1 => {
+            a.to_string()
+        }
+        Some(a) => format!("{a}:{}", bound.port()),
+        None if !bound.ip().is_unspecified() => bound.to_string(),
+        None => format!("127.0.0.1:{}", bound.port()),
     }
 }
 
@@ -364,28 +619,47 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         );
     }
     let identity = identity::load(&config.data_dir)?;
+    let tls = certs::NodeTls::load(&config.data_dir)?;
+    let listener = TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("cannot listen on the cluster port {}", config.listen))?;
+    let bound = listener.local_addr().context("cluster port address")?;
+    let cluster_addr = advertised(config.advertise.as_deref(), bound);
     let hostname = hostname();
     let ctx = Arc::new(NodeCtx {
         data_dir: config.data_dir.clone(),
         name: config.name.clone().unwrap_or_else(|| hostname.clone()),
         explicit_name: config.name.clone(),
         hostname,
+        cluster_addr: std::sync::RwLock::new(cluster_addr.clone()),
+        bound,
         timings: config.timings.clone(),
         log_cap_bytes: config.log_cap_bytes,
+        listener: std::sync::Mutex::new(Some(listener)),
         member: RwLock::new(None),
         init_lock: Mutex::new(()),
         shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
     });
+    tracing::info!(listen = %bound, advertise = %cluster_addr, "cluster port bound");
     if let Some(identity) = identity {
-        let raft = RaftNode::start(&config.data_dir, identity.raft_id, &config.timings)
-            .await
-            .with_context(|| format!("starting raft in {}", config.data_dir.display()))?;
-        let member = Arc::new(Member {
-            identity,
-            raft: Arc::new(raft),
-        });
-        ctx.start_member(member.clone())?;
+        let tls = tls.with_context(|| {
+            format!(
+                "{} has node.json but no certificates in certs/; the data dir is incomplete",
+                config.data_dir.display()
+            )
+        })?;
+        let raft = if tls.identity()?.role == Role::Manager {
+            Some(Arc::new(
+                RaftNode::start(&config.data_dir, identity.raft_id, &config.timings)
+                    .await
+                    .with_context(|| format!("starting raft in {}", config.data_dir.display()))?,
+            ))
+        } else {
+            None
+        };
+        let member = ctx.make_member(identity, tls, raft)?;
+        ctx.start_member(member.clone(), vec![])?;
         *ctx.member.write().await = Some(member);
         tracing::info!("rejoined the cluster from {}", config.data_dir.display());
     } else {
@@ -415,8 +689,8 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
     {
         tracing::warn!("some components did not stop within 120 s");
     }
-    if let Some(member) = ctx.member().await {
-        member.raft.shutdown().await;
+    if let Some(raft) = ctx.member().await.and_then(|m| m.raft.clone()) {
+        raft.shutdown().await;
     }
     let _ = std::fs::remove_file(&socket);
     result.context("API server")?;

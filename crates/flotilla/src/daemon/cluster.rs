@@ -1,0 +1,198 @@
+//! The cluster port's endpoints (node to node, mutual TLS). Every endpoint
+//! but the join checks the caller's certificate; status codes come from
+//! [`ClusterError::status`].
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+
+use flotilla_pki::{Ca, CaMaterial, Role};
+use flotilla_store::Command;
+use flotilla_transport::{ErrorBody, Peer};
+use flotilla_types::{Availability, Node, NodeRole, NodeState};
+
+use super::dispatcher::{manager_addrs, SessionError};
+use super::wire::{JoinRequest, JoinResponse, SessionRequest, SessionResponse};
+use super::{now_ms, Member, CERT_VALIDITY};
+
+/// Why a cluster call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ClusterError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ClusterError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ClusterError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ClusterError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ClusterError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ClusterError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ClusterError {
+    fn into_response(self) -> Response {
+        (
+            self.status(),
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+type Ctx = State<Arc<Member>>;
+
+/// The cluster port's routes.
+pub fn router(member: Arc<Member>) -> Router {
+    Router::new()
+        .route("/join/v1/join", post(join))
+        .route("/cluster/v1/session", post(session))
+        .fallback(|| async { ClusterError::BadRequest("no such cluster endpoint".into()) })
+        .with_state(member)
+}
+
+fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, ClusterError> {
+    r.map(|Json(v)| v)
+        .map_err(|e| ClusterError::BadRequest(format!("invalid request: {}", e.body_text())))
+}
+
+/// The caller's identity, which must be a node of this cluster.
+fn node_peer(peer: &Peer) -> Result<&flotilla_pki::PeerIdentity, ClusterError> {
+    peer.0.as_ref().ok_or_else(|| {
+        ClusterError::Unauthenticated("a node certificate of this cluster is required".into())
+    })
+}
+
+async fn join(
+    State(m): Ctx,
+    req: Result<Json<JoinRequest>, JsonRejection>,
+) -> Result<Json<JoinResponse>, ClusterError> {
+    let req = body(req)?;
+    let Some(raft) = m.raft.clone() else {
+        return Err(ClusterError::Forbidden(
+            "this node is a worker: join through a manager".into(),
+        ));
+    };
+    let cluster = raft
+        .state()
+        .read()
+        .map_err(|_| ClusterError::Internal("state lock poisoned".into()))?
+        .cluster
+        .clone()
+        .ok_or_else(|| ClusterError::Unavailable("the cluster is not initialized".into()))?;
+    let role = if !cluster.manager_secret.is_empty() && req.secret == cluster.manager_secret {
+        NodeRole::Manager
+    } else if !cluster.worker_secret.is_empty() && req.secret == cluster.worker_secret {
+        NodeRole::Worker
+    } else {
+        return Err(ClusterError::Forbidden(
+            "invalid join token: its secret is wrong or was rotated (get a current one with 'flotilla join-token')".into(),
+        ));
+    };
+    flotilla_types::validate_name(&req.name)
+        .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
+    let ca = Ca::load(&CaMaterial {
+        cert_pem: cluster.ca_cert_pem.clone(),
+        key_pem: cluster.ca_key_pem.clone(),
+    })
+    .map_err(|e| ClusterError::Internal(e.to_string()))?;
+    let node_id = flotilla_types::new_id(rand::random());
+    let pki_role = match role {
+        NodeRole::Manager => Role::Manager,
+        NodeRole::Worker => Role::Worker,
+    };
+    let cert_pem = ca
+        .sign_node(&req.csr_pem, &node_id, pki_role, CERT_VALIDITY)
+        .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
+    let now = now_ms();
+    let node = Node {
+        id: node_id.clone(),
+        raft_id: 0,
+        name: req.name,
+        hostname: req.hostname,
+        role,
+        availability: Availability::Active,
+        labels: Default::default(),
+        state: NodeState::Ready,
+        addr: req.addr,
+        version: req.version,
+        created_at: now,
+        last_seen: now,
+    };
+    raft.propose(Command::JoinNode { node })
+        .await
+        .map_err(|e| ClusterError::Unavailable(e.to_string()))?
+        .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
+    let (raft_id, managers) = {
+        let state = raft.state();
+        let state = state
+            .read()
+            .map_err(|_| ClusterError::Internal("state lock poisoned".into()))?;
+        (
+            state.nodes.get(&node_id).map(|n| n.raft_id).unwrap_or(0),
+            manager_addrs(&state),
+        )
+    };
+    tracing::info!(node = %node_id, role = role.as_str(), "a node joined");
+    Ok(Json(JoinResponse {
+        cluster_id: cluster.id,
+        node_id,
+        role: role.as_str().to_string(),
+        raft_id,
+        cert_pem,
+        ca_pem: cluster.ca_cert_pem,
+        managers,
+    }))
+}
+
+async fn session(
+    State(m): Ctx,
+    Extension(peer): Extension<Peer>,
+    req: Result<Json<SessionRequest>, JsonRejection>,
+) -> Result<Json<SessionResponse>, ClusterError> {
+    let peer = node_peer(&peer)?;
+    let req = body(req)?;
+    if peer.node_id != req.node_id {
+        return Err(ClusterError::Forbidden(
+            SessionError::WrongNode {
+                cert: peer.node_id.clone(),
+                claimed: req.node_id,
+            }
+            .to_string(),
+        ));
+    }
+    let Some(dispatcher) = m.dispatcher.clone() else {
+        return Err(ClusterError::Forbidden(
+            "this node is a worker: it has no dispatcher".into(),
+        ));
+    };
+    dispatcher
+        .session(req)
+        .await
+        .map(Json)
+        .map_err(|e| match e {
+            SessionError::UnknownNode(_) | SessionError::WrongNode { .. } => {
+                ClusterError::Forbidden(e.to_string())
+            }
+            other => ClusterError::Unavailable(other.to_string()),
+        })
+}

@@ -1,0 +1,159 @@
+//! The agent's side of its session with the leader's dispatcher: sends
+//! status reports and heartbeats, receives assignments, and follows the
+//! leader when it moves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use flotilla_agent::{Assignments, TaskReport};
+use flotilla_store::TaskStatusUpdate;
+use flotilla_transport::{ClusterClient, Target};
+
+use super::dispatcher::{Dispatcher, LONG_POLL};
+use super::wire::{SessionRequest, SessionResponse};
+use super::VERSION;
+
+/// Where this node's dispatcher is.
+pub trait LeaderFinder: Send + Sync + 'static {
+    /// The dispatcher in this process, when this node leads.
+    fn local(&self) -> Option<Arc<Dispatcher>>;
+    /// The leader's cluster address as far as this node knows.
+    fn leader_addr(&self) -> Option<String>;
+}
+
+/// Runs the session until `shutdown`.
+pub struct SessionClient {
+    pub node_id: String,
+    pub addr: String,
+    pub client: ClusterClient,
+    pub finder: Arc<dyn LeaderFinder>,
+    /// Managers to try when no leader is known (from the last answer or
+    /// from joining).
+    pub managers: Vec<String>,
+}
+
+enum Outcome {
+    Answer(SessionResponse),
+    Failed(String),
+    /// New reports arrived while the long poll waited.
+    Interrupted(Vec<TaskReport>),
+}
+
+impl SessionClient {
+    pub async fn run(
+        mut self,
+        assignments: watch::Sender<Arc<Assignments>>,
+        mut reports: mpsc::UnboundedReceiver<Vec<TaskReport>>,
+        shutdown: CancellationToken,
+    ) {
+        let mut pending: Vec<TaskReport> = Vec::new();
+        let mut known_version = 0u64;
+        let mut redirect: Option<String> = None;
+        let mut next_manager = 0usize;
+        let mut failures = 0u32;
+        loop {
+            while let Ok(more) = reports.try_recv() {
+                pending.extend(more);
+            }
+            let request = SessionRequest {
+                node_id: self.node_id.clone(),
+                reports: pending
+                    .iter()
+                    .map(|r| TaskStatusUpdate {
+                        task_id: r.task_id.clone(),
+                        status: r.status.clone(),
+                    })
+                    .collect(),
+                known_version,
+                addr: self.addr.clone(),
+                version: VERSION.to_string(),
+            };
+            let local = self.finder.local();
+            let remote = redirect
+                .clone()
+                .filter(|a| !a.is_empty())
+                .or_else(|| self.finder.leader_addr())
+                .or_else(|| {
+                    if self.managers.is_empty() {
+                        return None;
+                    }
+                    next_manager = (next_manager + 1) % self.managers.len();
+                    self.managers.get(next_manager).cloned()
+                });
+            let sent_reports = !pending.is_empty();
+            let call = async {
+                match (&local, &remote) {
+                    (Some(d), _) => d.session(request).await.map_err(|e| e.to_string()),
+                    (None, Some(addr)) => self
+                        .client
+                        .post::<_, SessionResponse>(
+                            Target::Manager,
+                            addr,
+                            "/cluster/v1/session",
+                            &request,
+                            LONG_POLL + Duration::from_secs(4),
+                        )
+                        .await
+                        .map_err(|e| e.to_string()),
+                    (None, None) => Err("no manager is known".to_string()),
+                }
+            };
+            let outcome = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = call => match r {
+                    Ok(a) => Outcome::Answer(a),
+                    Err(e) => Outcome::Failed(e),
+                },
+                more = reports.recv(), if !sent_reports => match more {
+                    Some(m) => Outcome::Interrupted(m),
+                    None => return,
+                },
+            };
+            match outcome {
+                Outcome::Interrupted(more) => {
+                    // Give a burst a moment to complete, then send it whole.
+                    pending.extend(more);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Outcome::Failed(e) => {
+                    failures += 1;
+                    redirect = None;
+                    if failures == 1 || failures % 20 == 0 {
+                        tracing::warn!(error = %e, target = ?remote, "session with the dispatcher failed; retrying");
+                    }
+                    let backoff = Duration::from_millis((100 * u64::from(failures)).min(1000));
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                }
+                Outcome::Answer(answer) => {
+                    failures = 0;
+                    if !answer.managers.is_empty() {
+                        self.managers = answer.managers.clone();
+                    }
+                    if let Some(to) = answer.redirect {
+                        redirect = Some(to);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                    redirect = None;
+                    if sent_reports {
+                        pending.clear();
+                    }
+                    known_version = answer.version;
+                    if let Some(a) = answer.assignments {
+                        assignments.send_replace(Arc::new(Assignments {
+                            tasks: a.tasks,
+                            known_task_ids: a.known_task_ids,
+                            ready: true,
+                        }));
+                    }
+                }
+            }
+        }
+    }
+}

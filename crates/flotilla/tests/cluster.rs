@@ -1,0 +1,222 @@
+//! Several nodes on loopback: joining with tokens, spreading tasks over
+//! workers, and replacing the tasks of a worker that dies.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use flotilla_testkit::{wait_until, Daemon};
+use serde_json::Value;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_flotilla"))
+}
+
+fn manager_addr(m: &Daemon) -> Result<String> {
+    let nodes = m.ok(&["node", "ls", "--format", "json"])?.json()?;
+    nodes
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["is_self"] == true))
+        .and_then(|n| n["addr"].as_str().map(String::from))
+        .ok_or_else(|| anyhow!("no address for the manager"))
+}
+
+fn token(m: &Daemon, role: &str) -> Result<String> {
+    Ok(m.ok(&["join-token", role, "-q"])?.stdout.trim().to_string())
+}
+
+fn node_state(m: &Daemon, name: &str) -> Result<String> {
+    let nodes = m.ok(&["node", "ls", "--format", "json"])?.json()?;
+    nodes
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["name"] == name))
+        .and_then(|n| n["status"].as_str().map(String::from))
+        .ok_or_else(|| anyhow!("node {name} not listed"))
+}
+
+fn running_by_node(m: &Daemon, service: &str) -> Result<std::collections::BTreeMap<String, usize>> {
+    let tasks = m
+        .ok(&["service", "ps", service, "--format", "json"])?
+        .json()?;
+    let mut out = std::collections::BTreeMap::new();
+    for t in tasks.as_array().cloned().unwrap_or_default() {
+        if t["current"] == true && t["state"] == "running" {
+            *out.entry(t["node"].as_str().unwrap_or("").to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    Ok(out)
+}
+
+fn start_named(name: &str) -> Result<Daemon> {
+    Daemon::start_with(bin(), "127.0.0.1:0", &["--name", name])
+}
+
+#[test]
+fn workers_join_run_tasks_and_lose_them_when_they_die() -> Result<()> {
+    let m = start_named("m1")?;
+    m.ok(&["init"])?;
+    let addr = manager_addr(&m)?;
+    let worker_token = token(&m, "worker")?;
+    let w1 = start_named("w1")?;
+    let mut w2 = start_named("w2")?;
+    for w in [&w1, &w2] {
+        let out = w.ok(&["join", "--token", &worker_token, &addr])?;
+        assert!(out.stdout.contains("joined cluster"), "{}", out.stdout);
+    }
+    let again = w1.cli(&["join", "--token", &worker_token, &addr]);
+    assert_ne!(again.code, 0);
+    assert!(
+        again.stderr.contains("already part of a cluster"),
+        "{}",
+        again.stderr
+    );
+    let worker_info = w1.ok(&["info", "--format", "json"])?.json()?;
+    assert_eq!(worker_info["role"], "worker");
+    let refused = w1.cli(&["service", "ls"]);
+    assert!(
+        refused.stderr.contains("run this command on a manager"),
+        "{}",
+        refused.stderr
+    );
+
+    wait_until("3 ready nodes", Duration::from_secs(5), || {
+        let ready = ["m1", "w1", "w2"]
+            .iter()
+            .all(|n| node_state(&m, n).map(|s| s == "ready").unwrap_or(false));
+        Ok(ready.then_some(()))
+    })?;
+
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "6",
+        "-d",
+        "--",
+        "sleep",
+        "100000",
+    ])?;
+    let spread = wait_until("6 tasks running", Duration::from_secs(5), || {
+        let by = running_by_node(&m, "web")?;
+        Ok((by.values().sum::<usize>() == 6).then_some(by))
+    })?;
+    let (min, max) = (
+        spread.values().min().copied().unwrap_or(0),
+        spread.values().max().copied().unwrap_or(0),
+    );
+    assert!(
+        max - min <= 1 && spread.len() == 3,
+        "spread evenly: {spread:?}"
+    );
+    assert_eq!(w2.task_pids().len(), 2, "the worker really runs its tasks");
+
+    // kill -9 a worker: its tasks run elsewhere within 6 s.
+    w2.kill9()?;
+    let t0 = Instant::now();
+    wait_until(
+        "w2's tasks to run elsewhere",
+        Duration::from_secs(6),
+        || {
+            let by = running_by_node(&m, "web")?;
+            Ok((!by.contains_key("w2") && by.values().sum::<usize>() == 6).then_some(()))
+        },
+    )?;
+    eprintln!("tasks replaced {:?} after the worker died", t0.elapsed());
+    assert_eq!(node_state(&m, "w2")?, "down");
+    let ps = m
+        .ok(&["service", "ps", "web", "--format", "json"])?
+        .json()?;
+    let orphaned = ps
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|t: &&Value| t["state"] == "orphaned")
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(orphaned, 2);
+
+    // It comes back: the replaced tasks are stopped there, nothing runs twice.
+    w2.restart()?;
+    wait_until("w2 to be ready again", Duration::from_secs(5), || {
+        Ok((node_state(&m, "w2")? == "ready").then_some(()))
+    })?;
+    wait_until(
+        "w2 to stop the replaced tasks",
+        Duration::from_secs(5),
+        || Ok(w2.task_pids().is_empty().then_some(())),
+    )?;
+    assert_eq!(running_by_node(&m, "web")?.values().sum::<usize>(), 6);
+    Ok(())
+}
+
+#[test]
+fn bad_tokens_are_refused_and_change_nothing() -> Result<()> {
+    let m = start_named("m1")?;
+    m.ok(&["init"])?;
+    let addr = manager_addr(&m)?;
+    let good = token(&m, "worker")?;
+    let w = start_named("w1")?;
+
+    // The CA fingerprint altered: refused before the secret is sent.
+    let mut forged = good.clone();
+    let pos = "FLT-1-".len();
+    let flipped = if &forged[pos..pos + 1] == "a" {
+        "b"
+    } else {
+        "a"
+    };
+    forged.replace_range(pos..pos + 1, flipped);
+    let out = w.cli(&["join", "--token", &forged, &addr]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("does not match the join token"),
+        "{}",
+        out.stderr
+    );
+
+    // A wrong secret.
+    let wrong = format!("{}{}", &good[..good.len() - 26], "a".repeat(26));
+    let out = w.cli(&["join", "--token", &wrong, &addr]);
+    assert!(
+        out.stderr.contains("secret is wrong or was rotated"),
+        "{}",
+        out.stderr
+    );
+
+    // Garbage.
+    let out = w.cli(&["join", "--token", "SWMTKN-1-nope", &addr]);
+    assert!(out.stderr.contains("invalid join token"), "{}", out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1);
+
+    // A rotated token stops working; the new one works.
+    let rotated = m
+        .ok(&["join-token", "worker", "--rotate", "-q"])?
+        .stdout
+        .trim()
+        .to_string();
+    assert_ne!(rotated, good);
+    let out = w.cli(&["join", "--token", &good, &addr]);
+    assert!(
+        out.stderr.contains("secret is wrong or was rotated"),
+        "{}",
+        out.stderr
+    );
+    let nodes = m.ok(&["node", "ls", "--format", "json"])?.json()?;
+    assert_eq!(
+        nodes.as_array().map(|a| a.len()),
+        Some(1),
+        "no node was added"
+    );
+    w.ok(&["join", "--token", &rotated, &addr])?;
+    let bad_role = m.cli(&["join-token", "boss"]);
+    assert!(
+        bad_role.stderr.contains("expected worker or manager"),
+        "{}",
+        bad_role.stderr
+    );
+    Ok(())
+}
