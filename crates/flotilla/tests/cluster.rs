@@ -220,3 +220,169 @@ fn bad_tokens_are_refused_and_change_nothing() -> Result<()> {
     );
     Ok(())
 }
+
+fn leader_name(m: &Daemon) -> Result<String> {
+    let nodes = m.ok(&["node", "ls", "--format", "json"])?.json()?;
+    nodes
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["manager_status"] == "leader"))
+        .and_then(|n| n["name"].as_str().map(String::from))
+        .ok_or_else(|| anyhow!("no leader listed"))
+}
+
+#[test]
+fn three_managers_two_workers_survive_the_leader() -> Result<()> {
+    let m1 = start_named("m1")?;
+    m1.ok(&["init"])?;
+    let addr1 = manager_addr(&m1)?;
+    let mtoken = token(&m1, "manager")?;
+    let wtoken = token(&m1, "worker")?;
+    let m2 = start_named("m2")?;
+    m2.ok(&["join", "--token", &mtoken, &addr1])?;
+    let m3 = start_named("m3")?;
+    // Join through a follower: the request is forwarded to the leader.
+    let addr2 = manager_addr(&m2)?;
+    m3.ok(&["join", "--token", &mtoken, &addr2])?;
+    let w1 = start_named("w1")?;
+    let w2 = start_named("w2")?;
+    w1.ok(&["join", "--token", &wtoken, &addr1])?;
+    w2.ok(&["join", "--token", &wtoken, &addr2])?;
+    let info = m3.ok(&["info", "--format", "json"])?.json()?;
+    assert_eq!(info["managers"], 3);
+    assert_eq!(info["fault_tolerance"], 1);
+    assert!(info["warning"].is_null(), "3 managers tolerate one failure");
+
+    // A write through a follower, spread over all five nodes.
+    m2.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "10",
+        "-d",
+        "--",
+        "sleep",
+        "100000",
+    ])?;
+    let spread = wait_until(
+        "10 tasks running on 5 nodes",
+        Duration::from_secs(10),
+        || {
+            let by = running_by_node(&m1, "web")?;
+            Ok((by.values().sum::<usize>() == 10 && by.len() == 5).then_some(by))
+        },
+    )?;
+    let (min, max) = (
+        spread.values().min().copied().unwrap_or(0),
+        spread.values().max().copied().unwrap_or(0),
+    );
+    assert!(max - min <= 1, "max-min <= 1: {spread:?}");
+
+    // A worker's certificate is refused by a raft endpoint.
+    let certs = w1.data_dir().join("certs");
+    let read = |f: &str| std::fs::read_to_string(certs.join(f));
+    let config =
+        flotilla_pki::tls::client_config(&read("ca.crt")?, &read("node.crt")?, &read("node.key")?)?;
+    let client = flotilla_transport::ClusterClient::new(config)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let refused: Result<serde_json::Value, _> = rt.block_on(client.post(
+        flotilla_transport::Target::Manager,
+        &addr1,
+        "/raft/v1/vote",
+        &serde_json::json!({}),
+        Duration::from_secs(5),
+    ));
+    match refused {
+        Err(flotilla_transport::TransportError::Status { status, message }) => {
+            assert_eq!(status, 403, "{message}");
+            assert!(message.contains("worker"), "{message}");
+        }
+        other => panic!("a worker reached a raft endpoint: {other:?}"),
+    }
+
+    // kill -9 the leader: a write through another manager works within 3 s.
+    let mut managers = vec![m1, m2, m3];
+    let leader = leader_name(&managers[1])?;
+    let idx = managers
+        .iter()
+        .position(|m| {
+            leader_name(m).ok().as_deref() == Some(leader.as_str())
+                && m.ok(&["info", "--format", "json"])
+                    .ok()
+                    .and_then(|o| o.json().ok())
+                    .map(|j| j["is_leader"] == true)
+                    .unwrap_or(false)
+        })
+        .ok_or_else(|| anyhow!("leader {leader} not found"))?;
+    let mut dead = managers.remove(idx);
+    dead.kill9()?;
+    let t0 = Instant::now();
+    let survivor = &managers[0];
+    wait_until(
+        "a write through a surviving manager",
+        Duration::from_secs(3),
+        || Ok((survivor.cli(&["service", "scale", "web=11"]).code == 0).then_some(())),
+    )?;
+    eprintln!("write succeeded {:?} after the leader died", t0.elapsed());
+    wait_until(
+        "the old leader to show as unreachable",
+        Duration::from_secs(6),
+        || {
+            let nodes = survivor.ok(&["node", "ls", "--format", "json"])?.json()?;
+            let old = nodes
+                .as_array()
+                .and_then(|a| a.iter().find(|n| n["name"] == leader.as_str()))
+                .map(|n| n["manager_status"] == "unreachable")
+                .unwrap_or(false);
+            Ok(old.then_some(()))
+        },
+    )?;
+    wait_until(
+        "11 tasks running without the dead node",
+        Duration::from_secs(10),
+        || {
+            let by = running_by_node(survivor, "web")?;
+            Ok(
+                (by.values().sum::<usize>() == 11 && !by.contains_key(leader.as_str()))
+                    .then_some(()),
+            )
+        },
+    )?;
+    drop(w1);
+    drop(w2);
+    Ok(())
+}
+
+#[test]
+fn without_quorum_writes_fail_fast_and_say_why() -> Result<()> {
+    let m1 = start_named("m1")?;
+    m1.ok(&["init"])?;
+    let addr = manager_addr(&m1)?;
+    let mut m2 = start_named("m2")?;
+    m2.ok(&["join", "--token", &token(&m1, "manager")?, &addr])?;
+    let info = m1.ok(&["info", "--format", "json"])?.json()?;
+    assert_eq!(info["managers"], 2);
+    assert!(info["warning"]
+        .as_str()
+        .unwrap_or("")
+        .contains("tolerates no manager failure"));
+    m1.ok(&[
+        "service", "create", "--name", "web", "-d", "--", "sleep", "100000",
+    ])?;
+    m2.kill9()?;
+    let t0 = Instant::now();
+    let out = m1.cli(&["service", "scale", "web=2"]);
+    let took = t0.elapsed();
+    assert_ne!(out.code, 0);
+    assert_eq!(
+        out.stderr.trim(),
+        "Error: no quorum: 1 of 2 managers reachable (need 2)"
+    );
+    assert!(took < Duration::from_millis(2000), "failed after {took:?}");
+    // Reads still answer.
+    m1.ok(&["service", "ls"])?;
+    Ok(())
+}

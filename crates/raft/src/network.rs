@@ -1,8 +1,9 @@
 //! The raft network between managers.
 //!
-//! A one-node cluster never sends raft messages (openraft does not dial
-//! itself), so every call here reports the target as unreachable. The
-//! multi-node transport (mutual TLS between managers) replaces this.
+//! [`HttpNetwork`] carries raft messages over the cluster port (mutual TLS,
+//! manager certificates only). [`LocalOnlyNetwork`] reaches nobody: for
+//! tests of a lone member, which never dials (openraft does not dial
+//! itself).
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -70,5 +71,108 @@ impl RaftNetwork<TypeConfig> for LocalOnly {
         Err(RPCError::Network(NetworkError::new(&NoTransport(
             self.target,
         ))))
+    }
+}
+
+/// Raft messages over the cluster port (mutual TLS; the callee must hold a
+/// manager certificate). The member's address is its `BasicNode::addr`.
+#[derive(Debug, Clone)]
+pub struct HttpNetwork {
+    client: flotilla_transport::ClusterClient,
+}
+
+impl HttpNetwork {
+    pub fn new(client: flotilla_transport::ClusterClient) -> Self {
+        HttpNetwork { client }
+    }
+}
+
+/// A raft client for one member.
+#[derive(Debug)]
+pub struct HttpMember {
+    client: flotilla_transport::ClusterClient,
+    target: u64,
+    addr: String,
+}
+
+impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
+    type Network = HttpMember;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
+        HttpMember {
+            client: self.client.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+/// Paths of the raft endpoints.
+pub mod paths {
+    pub const APPEND: &str = "/raft/v1/append";
+    pub const VOTE: &str = "/raft/v1/vote";
+    pub const SNAPSHOT: &str = "/raft/v1/snapshot";
+}
+
+impl HttpMember {
+    async fn call<Req, Resp, E>(
+        &self,
+        path: &str,
+        rpc: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<u64, BasicNode, E>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        E: std::error::Error + serde::de::DeserializeOwned,
+    {
+        let answer: Result<Result<Resp, E>, flotilla_transport::TransportError> = self
+            .client
+            .post(
+                flotilla_transport::Target::Manager,
+                &self.addr,
+                path,
+                rpc,
+                option.hard_ttl(),
+            )
+            .await;
+        match answer {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(remote)) => Err(RPCError::RemoteError(openraft::error::RemoteError::new(
+                self.target,
+                remote,
+            ))),
+            Err(e) if e.is_unreachable() => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for HttpMember {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        self.call(paths::APPEND, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        self.call(paths::SNAPSHOT, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        self.call(paths::VOTE, &rpc, &option).await
     }
 }

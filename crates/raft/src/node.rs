@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use flotilla_store::{Command, CommandResult, State};
 
-use crate::network::LocalOnlyNetwork;
+use crate::network::{HttpNetwork, LocalOnlyNetwork};
 use crate::storage::{self, OpenError};
 use crate::Raft;
 
@@ -32,9 +32,9 @@ pub struct RaftTimings {
 impl Default for RaftTimings {
     fn default() -> Self {
         RaftTimings {
-            heartbeat_ms: 200,
-            election_min_ms: 800,
-            election_max_ms: 1_400,
+            heartbeat_ms: 120,
+            election_min_ms: 500,
+            election_max_ms: 900,
             snapshot_every: 5_000,
             write_timeout: Duration::from_secs(5),
         }
@@ -76,6 +76,17 @@ pub struct RaftNode {
 impl RaftNode {
     /// Opens `<dir>/raft.redb` and starts openraft as member `id`.
     pub async fn start(dir: &Path, id: u64, timings: &RaftTimings) -> Result<Self, RaftError> {
+        Self::start_with(dir, id, timings, None).await
+    }
+
+    /// Like [`RaftNode::start`], talking to other members through `client`
+    /// (None: a member that never dials, for tests).
+    pub async fn start_with(
+        dir: &Path,
+        id: u64,
+        timings: &RaftTimings,
+        client: Option<flotilla_transport::ClusterClient>,
+    ) -> Result<Self, RaftError> {
         let path = dir.join("raft.redb");
         // A raft stopped in this process lets go of the file only when its
         // tasks have wound down; give that a moment instead of failing.
@@ -109,9 +120,12 @@ impl RaftNode {
         }
         .validate()
         .map_err(|e| RaftError::Start(e.to_string()))?;
-        let raft = Raft::new(id, Arc::new(config), LocalOnlyNetwork, log, sm)
-            .await
-            .map_err(|e| RaftError::Start(e.to_string()))?;
+        let config = Arc::new(config);
+        let raft = match client {
+            Some(c) => Raft::new(id, config, HttpNetwork::new(c), log, sm).await,
+            None => Raft::new(id, config, LocalOnlyNetwork, log, sm).await,
+        }
+        .map_err(|e| RaftError::Start(e.to_string()))?;
         Ok(RaftNode {
             raft,
             id,
@@ -195,9 +209,15 @@ impl RaftNode {
 
     /// Proposes a command and waits for it to be committed and applied.
     pub async fn propose(&self, command: Command) -> Result<CommandResult, RaftError> {
+        self.propose_at(command).await.map(|(r, _)| r)
+    }
+
+    /// Like [`RaftNode::propose`], also returning the raft index it was
+    /// applied at, so that another member can wait until it has it too.
+    pub async fn propose_at(&self, command: Command) -> Result<(CommandResult, u64), RaftError> {
         match tokio::time::timeout(self.write_timeout, self.raft.client_write(command)).await {
             Err(_) => Err(RaftError::Timeout(self.write_timeout)),
-            Ok(Ok(response)) => Ok(response.data),
+            Ok(Ok(response)) => Ok((response.data, response.log_id.index)),
             Ok(Err(OpenraftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
                 Err(RaftError::NotLeader {
                     leader: f.leader_id,
@@ -207,10 +227,52 @@ impl RaftNode {
         }
     }
 
+    /// Adds a manager as a voter: first as a learner that catches up, then
+    /// as a voter.
+    pub async fn add_voter(&self, id: u64, addr: &str) -> Result<(), RaftError> {
+        let node = BasicNode::new(addr);
+        let add = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.raft.add_learner(id, node, true),
+        )
+        .await
+        .map_err(|_| RaftError::Timeout(Duration::from_secs(30)))?;
+        map_write(add)?;
+        let change = tokio::time::timeout(
+            Duration::from_secs(30),
+            self.raft
+                .change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), false),
+        )
+        .await
+        .map_err(|_| RaftError::Timeout(Duration::from_secs(30)))?;
+        map_write(change)
+    }
+
+    /// Waits until this member has applied `index`, up to `timeout`.
+    pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
+        let mut applied = self.applied.clone();
+        let reached = tokio::time::timeout(timeout, applied.wait_for(|i| *i >= index)).await;
+        matches!(reached, Ok(Ok(_)))
+    }
+
     /// Stops openraft. The store is closed when the last handle drops.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+    }
+}
+
+fn map_write<T>(
+    r: Result<T, OpenraftError<u64, ClientWriteError<u64, BasicNode>>>,
+) -> Result<(), RaftError> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(OpenraftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+            Err(RaftError::NotLeader {
+                leader: f.leader_id,
+            })
+        }
+        Err(e) => Err(RaftError::Other(e.to_string())),
     }
 }

@@ -296,21 +296,15 @@ fn task_error(t: &TaskView) -> String {
 /// marked `\_`, as Swarm prints it.
 pub fn ps_rows(tasks: &[TaskView]) -> Vec<Vec<String>> {
     let mut sorted: Vec<&TaskView> = tasks.iter().collect();
+    // Global tasks have slot 0 and are told apart by node.
+    let key = |t: &TaskView| (t.slot, if t.slot == 0 { t.node_id.clone() } else { None });
     sorted.sort_by(|a, b| {
-        (
-            a.slot,
-            a.node_id.as_deref(),
-            !a.current,
-            std::cmp::Reverse(a.created_at),
-            &a.id,
-        )
-            .cmp(&(
-                b.slot,
-                b.node_id.as_deref(),
-                !b.current,
-                std::cmp::Reverse(b.created_at),
-                &b.id,
-            ))
+        (key(a), !a.current, std::cmp::Reverse(a.created_at), &a.id).cmp(&(
+            key(b),
+            !b.current,
+            std::cmp::Reverse(b.created_at),
+            &b.id,
+        ))
     });
     let mut rows = Vec::new();
     let mut last_slot: Option<(u64, Option<String>)> = None;

@@ -17,8 +17,11 @@ use flotilla_transport::{ErrorBody, Peer};
 use flotilla_types::{Availability, Node, NodeRole, NodeState};
 
 use super::dispatcher::{manager_addrs, SessionError};
-use super::wire::{JoinRequest, JoinResponse, SessionRequest, SessionResponse};
+use super::wire::{AddManager, JoinRequest, JoinResponse, SessionRequest, SessionResponse};
 use super::{now_ms, Member, CERT_VALIDITY};
+use flotilla_raft::network::paths;
+use flotilla_raft::TypeConfig;
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
 /// Why a cluster call was refused.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +69,11 @@ pub fn router(member: Arc<Member>) -> Router {
     Router::new()
         .route("/join/v1/join", post(join))
         .route("/cluster/v1/session", post(session))
+        .route("/cluster/v1/propose", post(propose))
+        .route("/cluster/v1/add-manager", post(add_manager))
+        .route(paths::APPEND, post(raft_append))
+        .route(paths::VOTE, post(raft_vote))
+        .route(paths::SNAPSHOT, post(raft_snapshot))
         .fallback(|| async { ClusterError::BadRequest("no such cluster endpoint".into()) })
         .with_state(member)
 }
@@ -80,6 +88,98 @@ fn node_peer(peer: &Peer) -> Result<&flotilla_pki::PeerIdentity, ClusterError> {
     peer.0.as_ref().ok_or_else(|| {
         ClusterError::Unauthenticated("a node certificate of this cluster is required".into())
     })
+}
+
+/// The caller must be a manager, and so must this node.
+fn manager_call(m: &Member, peer: &Peer) -> Result<Arc<flotilla_raft::RaftNode>, ClusterError> {
+    let who = node_peer(peer)?;
+    if who.role != Role::Manager {
+        return Err(ClusterError::Forbidden(format!(
+            "node {} is a worker: manager-only endpoint",
+            who.node_id
+        )));
+    }
+    m.raft.clone().ok_or_else(|| {
+        ClusterError::Forbidden("this node is a worker: manager-only endpoint".into())
+    })
+}
+
+async fn raft_append(
+    State(m): Ctx,
+    Extension(peer): Extension<Peer>,
+    req: Result<Json<AppendEntriesRequest<TypeConfig>>, JsonRejection>,
+) -> Result<Response, ClusterError> {
+    let raft = manager_call(&m, &peer)?;
+    let rpc = body(req)?;
+    Ok(Json(raft.raft().append_entries(rpc).await).into_response())
+}
+
+async fn raft_vote(
+    State(m): Ctx,
+    Extension(peer): Extension<Peer>,
+    req: Result<Json<VoteRequest<u64>>, JsonRejection>,
+) -> Result<Response, ClusterError> {
+    let raft = manager_call(&m, &peer)?;
+    let rpc = body(req)?;
+    Ok(Json(raft.raft().vote(rpc).await).into_response())
+}
+
+async fn raft_snapshot(
+    State(m): Ctx,
+    Extension(peer): Extension<Peer>,
+    req: Result<Json<InstallSnapshotRequest<TypeConfig>>, JsonRejection>,
+) -> Result<Response, ClusterError> {
+    let raft = manager_call(&m, &peer)?;
+    let rpc = body(req)?;
+    Ok(Json(raft.raft().install_snapshot(rpc).await).into_response())
+}
+
+/// A follower forwards a write here; only the leader applies it.
+async fn propose(
+    State(m): Ctx,
+    Extension(peer): Extension<Peer>,
+    req: Result<Json<Command>, JsonRejection>,
+) -> Result<Json<(flotilla_store::CommandResult, u64)>, ClusterError> {
+    let raft = manager_call(&m, &peer)?;
+    let command = body(req)?;
+    // No second hop: a forwarded write that misses the leader fails, and
+    // the original caller retries.
+    raft.propose_at(command)
+        .await
+        .map(Json)
+        .map_err(|e| ClusterError::Unavailable(e.to_string()))
+}
+
+async fn add_manager(
+    State(m): Ctx,
+    Extension(peer): Extension<Peer>,
+    req: Result<Json<AddManager>, JsonRejection>,
+) -> Result<Json<()>, ClusterError> {
+    let raft = manager_call(&m, &peer)?;
+    let req = body(req)?;
+    if !raft.is_leader() {
+        use super::session::LeaderFinder;
+        let addr = m
+            .leader_addr()
+            .ok_or_else(|| ClusterError::Unavailable("no leader is known".into()))?;
+        return m
+            .client
+            .post::<_, ()>(
+                flotilla_transport::Target::Manager,
+                &addr,
+                "/cluster/v1/add-manager",
+                &req,
+                std::time::Duration::from_secs(35),
+            )
+            .await
+            .map(Json)
+            .map_err(|e| ClusterError::Unavailable(e.to_string()));
+    }
+    tracing::info!(raft_id = req.raft_id, addr = %req.addr, "adding a manager to the raft group");
+    raft.add_voter(req.raft_id, &req.addr)
+        .await
+        .map(Json)
+        .map_err(|e| ClusterError::Unavailable(e.to_string()))
 }
 
 async fn join(
@@ -138,7 +238,7 @@ async fn join(
         created_at: now,
         last_seen: now,
     };
-    raft.propose(Command::JoinNode { node })
+    m.propose(Command::JoinNode { node })
         .await
         .map_err(|e| ClusterError::Unavailable(e.to_string()))?
         .map_err(|e| ClusterError::BadRequest(e.to_string()))?;

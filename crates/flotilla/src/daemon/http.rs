@@ -96,6 +96,16 @@ impl From<RaftError> for ApiError {
     }
 }
 
+impl From<super::ProposeFailure> for ApiError {
+    fn from(e: super::ProposeFailure) -> Self {
+        match e {
+            super::ProposeFailure::Worker => ApiError::Conflict(e.to_string()),
+            super::ProposeFailure::Raft(r) => r.into(),
+            other => ApiError::Unavailable(other.to_string()),
+        }
+    }
+}
+
 impl From<InitError> for ApiError {
     fn from(e: InitError) -> Self {
         match e {
@@ -159,14 +169,26 @@ async fn member(ctx: &NodeCtx) -> Result<Mgr, ApiError> {
 }
 
 fn managers(member: &Mgr) -> ManagerStatus {
-    let m = member.raft.raft().metrics().borrow().clone();
-    let mut reachable: Vec<u64> = Vec::new();
-    if let Some(repl) = &m.replication {
-        reachable.extend(repl.iter().filter(|(_, v)| v.is_some()).map(|(id, _)| *id));
-    }
-    reachable.push(member.member.identity.raft_id);
+    let leader = member.raft.leader();
+    let me = member.member.identity.raft_id;
+    // Liveness comes from agent heartbeats, which the leader records in the
+    // store for every node (managers included); this node and the leader
+    // it hears from are reachable by definition.
+    let mut reachable: Vec<u64> = vec![me];
+    reachable.extend(leader);
+    let state = member.view.read();
+    reachable.extend(
+        state
+            .nodes
+            .values()
+            .filter(|n| {
+                n.role == flotilla_types::NodeRole::Manager
+                    && n.state == flotilla_types::NodeState::Ready
+            })
+            .map(|n| n.raft_id),
+    );
     ManagerStatus {
-        leader_raft_id: m.current_leader,
+        leader_raft_id: leader,
         reachable,
     }
 }
@@ -259,7 +281,7 @@ async fn join_token(
     let m = member(&ctx).await?;
     if q.rotate {
         let secret = flotilla_pki::token::new_secret(rand::random());
-        m.raft
+        m.member
             .propose(Command::RotateJoinSecret { role, secret })
             .await??;
     }
@@ -359,7 +381,7 @@ async fn create_service(
     let m = member(&ctx).await?;
     let id = flotilla_types::new_id(rand::random());
     let result = m
-        .raft
+        .member
         .propose(Command::CreateService {
             id: id.clone(),
             spec,
@@ -400,7 +422,7 @@ async fn scale(
             }
         }
         let result = m
-            .raft
+            .member
             .propose(Command::UpdateService {
                 id: current.id.clone(),
                 spec,
@@ -430,7 +452,7 @@ async fn scale(
 async fn remove_service(State(ctx): Ctx, Path(name): Path<String>) -> ApiResult<Removed> {
     let m = member(&ctx).await?;
     let svc = read(&m, |s| s.service(&name).cloned()).ok_or_else(|| not_found(&name))?;
-    m.raft
+    m.member
         .propose(Command::RemoveService {
             id: svc.id.clone(),
             at: now_ms(),

@@ -133,6 +133,146 @@ impl Member {
     }
 }
 
+/// Why a proposal through this member failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeFailure {
+    #[error("this node is a worker: run this command on a manager")]
+    Worker,
+    #[error(transparent)]
+    Raft(#[from] RaftError),
+    #[error("no quorum: {reachable} of {managers} managers reachable (need {need})")]
+    NoQuorum {
+        reachable: usize,
+        managers: usize,
+        need: usize,
+    },
+    #[error("no leader is known yet ({reachable} of {managers} managers reachable); try again")]
+    NoLeader { reachable: usize, managers: usize },
+    #[error("forwarding to the leader at {addr}: {reason}")]
+    Forward { addr: String, reason: String },
+}
+
+/// How long a write may wait for a leader before it fails: long enough to
+/// ride out an election, short enough to fail fast without quorum.
+pub const WRITE_BUDGET: Duration = Duration::from_millis(1500);
+
+impl Member {
+    /// Proposes a command; a follower forwards it to the leader. While no
+    /// leader answers, it retries until [`WRITE_BUDGET`] runs out and then
+    /// says how many managers it can reach.
+    pub async fn propose(
+        &self,
+        command: Command,
+    ) -> Result<flotilla_store::CommandResult, ProposeFailure> {
+        let raft = self.raft.as_ref().ok_or(ProposeFailure::Worker)?;
+        let deadline = tokio::time::Instant::now() + WRITE_BUDGET;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let attempt = if raft.is_leader() {
+                match tokio::time::timeout(left, raft.propose(command.clone())).await {
+                    Ok(Ok(r)) => return Ok(r),
+                    Ok(Err(RaftError::NotLeader { .. })) | Err(_) => None,
+                    Ok(Err(RaftError::Timeout(_))) => None,
+                    Ok(Err(e)) => return Err(e.into()),
+                }
+            } else if let Some(addr) = self.leader_addr() {
+                let forwarded = self
+                    .client
+                    .post::<_, (flotilla_store::CommandResult, u64)>(
+                        Target::Manager,
+                        &addr,
+                        "/cluster/v1/propose",
+                        &command,
+                        left.max(Duration::from_millis(100)),
+                    )
+                    .await;
+                match forwarded {
+                    Ok((r, index)) => {
+                        // Read your writes: the caller reads this member's
+                        // state next, so wait until it has the change.
+                        if !raft.wait_applied(index, Duration::from_secs(2)).await {
+                            tracing::warn!(index, "forwarded write not applied here within 2 s");
+                        }
+                        return Ok(r);
+                    }
+                    Err(e) if e.is_unreachable() => None,
+                    Err(flotilla_transport::TransportError::Status { status: 503, .. }) => None,
+                    Err(e) => {
+                        return Err(ProposeFailure::Forward {
+                            addr,
+                            reason: e.to_string(),
+                        })
+                    }
+                }
+            } else {
+                None
+            };
+            let _: Option<()> = attempt;
+            if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline {
+                return Err(self.quorum_failure().await);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Why no write can commit: counts the managers that answer a TCP
+    /// connect on their cluster port right now.
+    async fn quorum_failure(&self) -> ProposeFailure {
+        let addrs: Vec<String> = match self.view() {
+            Some(v) => dispatcher::manager_addrs(&v.read()),
+            None => vec![],
+        };
+        let managers = addrs.len().max(1);
+        let probes = addrs.clone().into_iter().map(|a| async move {
+            matches!(
+                tokio::time::timeout(
+                    Duration::from_millis(200),
+                    tokio::net::TcpStream::connect(a.as_str())
+                )
+                .await,
+                Ok(Ok(_))
+            )
+        });
+        let reachable = futures_join_all(probes)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count();
+        let need = managers / 2 + 1;
+        if reachable < need {
+            ProposeFailure::NoQuorum {
+                reachable,
+                managers,
+                need,
+            }
+        } else {
+            ProposeFailure::NoLeader {
+                reachable,
+                managers,
+            }
+        }
+    }
+}
+
+/// Awaits all futures concurrently.
+async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(tokio::spawn(f));
+    }
+    let mut out = Vec::new();
+    for h in set {
+        if let Ok(v) = h.await {
+            out.push(v);
+        }
+    }
+    out
+}
+
 impl LeaderFinder for Member {
     fn local(&self) -> Option<Arc<Dispatcher>> {
         match (&self.raft, &self.dispatcher) {
@@ -266,10 +406,16 @@ impl NodeCtx {
             created_at: now,
             last_seen: now,
         };
+        let client = tls.client(&self.data_dir).map_err(failed)?;
         let raft = Arc::new(
-            RaftNode::start(&self.data_dir, identity.raft_id, &self.timings)
-                .await
-                .map_err(failed)?,
+            RaftNode::start_with(
+                &self.data_dir,
+                identity.raft_id,
+                &self.timings,
+                Some(client),
+            )
+            .await
+            .map_err(failed)?,
         );
         if raft.is_initialized() {
             raft.shutdown().await;
@@ -363,19 +509,50 @@ impl NodeCtx {
             raft_id: answer.raft_id,
             managers: answer.managers.clone(),
         };
-        if answer.role != "worker" {
-            return Err(InitError::Refused(
-                "joining as a manager is not available yet; join as a worker".into(),
-            ));
-        }
         tls.store(&self.data_dir).map_err(failed)?;
         identity::store(&self.data_dir, &identity).map_err(failed)?;
+        let raft = if answer.role == "manager" {
+            let client = tls.client(&self.data_dir).map_err(failed)?;
+            Some(Arc::new(
+                RaftNode::start_with(
+                    &self.data_dir,
+                    identity.raft_id,
+                    &self.timings,
+                    Some(client),
+                )
+                .await
+                .map_err(failed)?,
+            ))
+        } else {
+            None
+        };
         let member = self
-            .make_member(identity.clone(), tls, None)
+            .make_member(identity.clone(), tls, raft)
             .map_err(failed)?;
-        self.start_member(member.clone(), answer.managers)
+        self.start_member(member.clone(), answer.managers.clone())
             .map_err(failed)?;
-        *self.member.write().await = Some(member);
+        *self.member.write().await = Some(member.clone());
+        if member.raft.is_some() {
+            // The raft endpoints now answer: ask the leader to make this
+            // member a voter (through whichever manager we joined).
+            let request = wire::AddManager {
+                raft_id: identity.raft_id,
+                addr: self.cluster_addr(),
+            };
+            member
+                .client
+                .post::<_, ()>(
+                    Target::Manager,
+                    manager_addr,
+                    "/cluster/v1/add-manager",
+                    &request,
+                    Duration::from_secs(40),
+                )
+                .await
+                .map_err(|e| {
+                    InitError::Refused(format!("joined, but could not become a raft voter: {e}"))
+                })?;
+        }
         Ok(identity)
     }
 
@@ -650,10 +827,16 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
             )
         })?;
         let raft = if tls.identity()?.role == Role::Manager {
+            let client = tls.client(&config.data_dir)?;
             Some(Arc::new(
-                RaftNode::start(&config.data_dir, identity.raft_id, &config.timings)
-                    .await
-                    .with_context(|| format!("starting raft in {}", config.data_dir.display()))?,
+                RaftNode::start_with(
+                    &config.data_dir,
+                    identity.raft_id,
+                    &config.timings,
+                    Some(client),
+                )
+                .await
+                .with_context(|| format!("starting raft in {}", config.data_dir.display()))?,
             ))
         } else {
             None

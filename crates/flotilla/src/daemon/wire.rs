@@ -67,3 +67,11 @@ pub struct NodeAssignments {
     pub tasks: Vec<Task>,
     pub known_task_ids: BTreeSet<String>,
 }
+
+/// `POST /cluster/v1/add-manager`: a manager that joined asks to become a
+/// raft voter once its raft endpoints answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddManager {
+    pub raft_id: u64,
+    pub addr: String,
+}
