@@ -16,8 +16,8 @@ use tokio::net::UnixStream;
 use flotilla_types::ServiceSpec;
 
 use crate::model::{
-    ErrorBody, Info, InitRequest, InitResponse, JoinRequest, JoinTokenView, NodeView, Removed,
-    ScaleRequest, ServiceView, TaskView,
+    ErrorBody, Info, InitRequest, InitResponse, JoinRequest, JoinTokenView, NodeUpdate, NodeView,
+    Removed, ScaleRequest, ServiceView, TaskView,
 };
 
 /// Why a call failed.
@@ -182,6 +182,28 @@ impl Client {
     /// `GET /v1/nodes`.
     pub async fn nodes(&self) -> Result<Vec<NodeView>, ClientError> {
         self.call::<(), _>(Method::GET, "/v1/nodes", None).await
+    }
+
+    /// `GET /v1/nodes/{id}`.
+    pub async fn node(&self, id: &str) -> Result<NodeView, ClientError> {
+        let path = format!("/v1/nodes/{}", encode_segment(id));
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// `POST /v1/nodes/{id}/update`.
+    pub async fn update_node(
+        &self,
+        id: &str,
+        update: &NodeUpdate,
+    ) -> Result<NodeView, ClientError> {
+        let path = format!("/v1/nodes/{}/update", encode_segment(id));
+        self.call(Method::POST, &path, Some(update)).await
+    }
+
+    /// `DELETE /v1/nodes/{id}`.
+    pub async fn remove_node(&self, id: &str, force: bool) -> Result<Removed, ClientError> {
+        let path = format!("/v1/nodes/{}?force={force}", encode_segment(id));
+        self.call::<(), _>(Method::DELETE, &path, None).await
     }
 
     /// `GET /v1/services`.

@@ -17,6 +17,9 @@
 //! | POST | `/v1/join` | [`model::JoinRequest`] | [`model::InitResponse`] |
 //! | GET | `/v1/join-token/{role}` | `rotate` | [`model::JoinTokenView`] |
 //! | GET | `/v1/nodes` | | `[`[`model::NodeView`]`]` |
+//! | GET | `/v1/nodes/{id}` | | [`model::NodeView`] |
+//! | POST | `/v1/nodes/{id}/update` | [`model::NodeUpdate`] | [`model::NodeView`] |
+//! | DELETE | `/v1/nodes/{id}` | `force` | [`model::Removed`] |
 //! | GET | `/v1/services` | | `[`[`model::ServiceView`]`]` |
 //! | POST | `/v1/services` | [`flotilla_types::ServiceSpec`] | [`model::ServiceView`] |
 //! | GET | `/v1/services/{name}` | | [`model::ServiceView`] |

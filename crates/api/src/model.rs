@@ -152,3 +152,17 @@ pub struct Removed {
     pub id: String,
     pub name: String,
 }
+
+/// `POST /v1/nodes/{id}/update`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeUpdate {
+    /// `active`, `pause` or `drain`.
+    #[serde(default)]
+    pub availability: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub labels_add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels_rm: Vec<String>,
+}

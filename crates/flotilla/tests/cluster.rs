@@ -114,6 +114,7 @@ fn workers_join_run_tasks_and_lose_them_when_they_die() -> Result<()> {
     assert_eq!(w2.task_pids().len(), 2, "the worker really runs its tasks");
 
     // kill -9 a worker: its tasks run elsewhere within 6 s.
+    let old_pids = w2.task_pids();
     w2.kill9()?;
     let t0 = Instant::now();
     wait_until(
@@ -147,9 +148,53 @@ fn workers_join_run_tasks_and_lose_them_when_they_die() -> Result<()> {
     wait_until(
         "w2 to stop the replaced tasks",
         Duration::from_secs(5),
-        || Ok(w2.task_pids().is_empty().then_some(())),
+        || {
+            let alive: Vec<u32> = w2
+                .task_pids()
+                .into_iter()
+                .filter(|p| old_pids.contains(p))
+                .collect();
+            Ok(alive.is_empty().then_some(()))
+        },
     )?;
-    assert_eq!(running_by_node(&m, "web")?.values().sum::<usize>(), 6);
+    // Rebalancing moves tasks back to it, without a burst; nothing runs
+    // twice.
+    let balanced = wait_until(
+        "rebalancing to even out the nodes",
+        Duration::from_secs(15),
+        || {
+            let by = running_by_node(&m, "web")?;
+            let even =
+                by.values().sum::<usize>() == 6 && by.len() == 3 && by.values().all(|n| *n == 2);
+            Ok(even.then_some(by))
+        },
+    )?;
+    eprintln!("rebalanced: {balanced:?}");
+    wait_until(
+        "w2 to run exactly its two new tasks",
+        Duration::from_secs(5),
+        || Ok((w2.task_pids().len() == 2).then_some(())),
+    )?;
+
+    // Drain: no tasks left on w1, the service back at 6/6 within 5 s.
+    m.ok(&["node", "update", "--availability", "drain", "w1"])?;
+    wait_until(
+        "w1 drained and the service whole",
+        Duration::from_secs(5),
+        || {
+            let by = running_by_node(&m, "web")?;
+            Ok((!by.contains_key("w1") && by.values().sum::<usize>() == 6).then_some(()))
+        },
+    )?;
+    wait_until("w1's processes to stop", Duration::from_secs(12), || {
+        Ok(w1.task_pids().is_empty().then_some(()))
+    })?;
+    let w1_view = m.ok(&["node", "inspect", "w1"])?.json()?;
+    assert_eq!(w1_view[0]["availability"], "drain");
+    let up = m.cli(&["node", "rm", "w1"]);
+    assert!(up.stderr.contains("is up"), "{}", up.stderr);
+    let mgr = m.cli(&["node", "rm", "m1"]);
+    assert!(mgr.stderr.contains("demote it"), "{}", mgr.stderr);
     Ok(())
 }
 

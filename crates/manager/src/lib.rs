@@ -15,6 +15,8 @@
 //!   waiting task goes to (filters, spread), and why a task cannot be placed.
 //! - [`dispatcher`]: which tasks an agent must run, which status reports
 //!   move the store forward.
+//! - [`rebalance`]: moving tasks, one at a time, to nodes that joined or
+//!   came back.
 //! - [`access`]: what the loops need from outside: [`StoreView`],
 //!   [`Proposer`], [`Clock`].
 //! - [`loops`]: [`Orchestrator`] and [`Scheduler`], the async shells that
@@ -24,12 +26,13 @@ pub mod access;
 pub mod dispatcher;
 pub mod loops;
 pub mod orchestrator;
+pub mod rebalance;
 pub mod scheduler;
 
 #[cfg(test)]
 mod testutil;
 
 pub use access::{Clock, ProposeError, ProposeFuture, Proposer, StoreView, SystemClock};
-pub use loops::{Orchestrator, Scheduler};
+pub use loops::{Orchestrator, Rebalancer, Scheduler};
 pub use orchestrator::{reconcile, Reconciliation};
 pub use scheduler::{schedule, Schedule};

@@ -94,6 +94,54 @@ impl Scheduler {
     }
 }
 
+/// Moves tasks to nodes that joined or came back, a few at a time.
+pub struct Rebalancer {
+    view: StoreView,
+    proposer: Arc<dyn Proposer>,
+    clock: Arc<dyn Clock>,
+}
+
+/// Moves proposed per round; each service also has at most one in flight.
+const MOVES_PER_ROUND: usize = 2;
+
+impl Rebalancer {
+    pub fn new(view: StoreView, proposer: Arc<dyn Proposer>, clock: Arc<dyn Clock>) -> Self {
+        Rebalancer {
+            view,
+            proposer,
+            clock,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let decide = |state: &State, _now: UnixMs| {
+            let moves = crate::rebalance::rebalance(state, MOVES_PER_ROUND);
+            let mut commands = Vec::new();
+            if !moves.is_empty() {
+                tracing::info!(tasks = ?moves, "rebalancing: moving tasks to emptier nodes");
+                commands.push(Command::SetDesiredState {
+                    task_ids: moves,
+                    desired: DesiredState::Shutdown,
+                });
+            }
+            Plan {
+                commands,
+                next_wakeup: None,
+            }
+        };
+        run_loop(
+            "rebalancer",
+            self.view,
+            self.proposer,
+            self.clock,
+            shutdown,
+            decide,
+        )
+        .await;
+    }
+}
+
 /// One round's proposals, and when to look again at the latest.
 #[derive(Debug, Default)]
 struct Plan {

@@ -1,10 +1,13 @@
 //! The raft log entry type: every change to the cluster's state is one of
 //! these. Proposers fill in IDs and timestamps.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use flotilla_types::{
-    Cluster, DesiredState, Node, NodeRole, NodeState, ServiceSpec, Task, TaskStatus, UnixMs,
+    Availability, Cluster, DesiredState, Node, NodeRole, NodeState, ServiceSpec, Task, TaskStatus,
+    UnixMs,
 };
 
 use crate::error::StoreError;
@@ -29,6 +32,26 @@ pub enum Command {
     JoinNode { node: Node },
     /// `join-token --rotate`: a new secret for one role's token.
     RotateJoinSecret { role: NodeRole, secret: String },
+    /// `node update`: changes what users set on a node. `None` and empty
+    /// fields leave things as they are.
+    UpdateNode {
+        node_id: String,
+        availability: Option<Availability>,
+        name: Option<String>,
+        labels_add: BTreeMap<String, String>,
+        labels_rm: Vec<String>,
+    },
+    /// `node rm`: forgets a node; its live tasks become orphaned so that
+    /// they are replaced elsewhere.
+    RemoveNode { node_id: String, at: UnixMs },
+    /// The dispatcher heard from a node: it is ready, at `addr`, running
+    /// `version`.
+    NodeSeen {
+        node_id: String,
+        addr: String,
+        version: String,
+        at: UnixMs,
+    },
     /// The nodes' own view changed: ready or down, seen at `at`.
     SetNodeState {
         node_ids: Vec<String>,

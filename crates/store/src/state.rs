@@ -4,7 +4,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use flotilla_types::{Cluster, DesiredState, Node, NodeRole, Service, Task, TaskState, TaskStatus};
+use flotilla_types::{
+    Cluster, DesiredState, Node, NodeRole, NodeState, Service, Task, TaskState, TaskStatus,
+};
 
 use crate::command::{Command, CommandResult};
 use crate::error::StoreError;
@@ -122,6 +124,77 @@ impl State {
                     NodeRole::Worker => cluster.worker_secret = secret.clone(),
                 }
                 changes.push(Change::Cluster);
+                Ok(None)
+            }
+            Command::UpdateNode {
+                node_id,
+                availability,
+                name,
+                labels_add,
+                labels_rm,
+            } => {
+                if let Some(n) = name {
+                    if self
+                        .nodes
+                        .values()
+                        .any(|other| other.id != *node_id && other.name == *n)
+                    {
+                        return Err(StoreError::NodeExists(n.clone()));
+                    }
+                }
+                let node = self
+                    .nodes
+                    .get_mut(node_id)
+                    .ok_or_else(|| StoreError::NodeNotFound(node_id.clone()))?;
+                if let Some(a) = availability {
+                    node.availability = *a;
+                }
+                if let Some(n) = name {
+                    node.name = n.clone();
+                }
+                for k in labels_rm {
+                    node.labels.remove(k);
+                }
+                for (k, v) in labels_add {
+                    node.labels.insert(k.clone(), v.clone());
+                }
+                changes.push(Change::Node(node_id.clone()));
+                Ok(Some(node_id.clone()))
+            }
+            Command::RemoveNode { node_id, at } => {
+                if self.nodes.remove(node_id).is_none() {
+                    return Err(StoreError::NodeNotFound(node_id.clone()));
+                }
+                changes.push(Change::Node(node_id.clone()));
+                for task in self.tasks.values_mut() {
+                    if task.node_id.as_deref() == Some(node_id.as_str())
+                        && task.status.state.can_move_to(TaskState::Orphaned)
+                    {
+                        let mut status = TaskStatus::new(TaskState::Orphaned, *at, "node removed");
+                        status.error = Some("its node was removed from the cluster".into());
+                        task.status = status;
+                        changes.push(Change::Task(task.id.clone()));
+                    }
+                }
+                Ok(Some(node_id.clone()))
+            }
+            Command::NodeSeen {
+                node_id,
+                addr,
+                version,
+                at,
+            } => {
+                let node = self
+                    .nodes
+                    .get_mut(node_id)
+                    .ok_or_else(|| StoreError::NodeNotFound(node_id.clone()))?;
+                node.state = NodeState::Ready;
+                node.last_seen = node.last_seen.max(*at);
+                if !addr.is_empty() {
+                    node.addr = addr.clone();
+                }
+                node.version = version.clone();
+                changes.push(Change::Node(node_id.clone()));
                 Ok(None)
             }
             Command::SetNodeState {
@@ -571,6 +644,59 @@ mod tests {
             Err(StoreError::NodeExists("m2".into()))
         );
         assert_eq!(s.cluster.as_ref().map(|c| c.next_raft_id), Some(4));
+    }
+
+    #[test]
+    fn node_updates_and_removal() {
+        let mut s = init();
+        let _ = s.apply(2, &Command::JoinNode { node: node("n2") });
+        let r = s.apply(
+            3,
+            &Command::UpdateNode {
+                node_id: "n2".into(),
+                availability: Some(flotilla_types::Availability::Drain),
+                name: Some("two".into()),
+                labels_add: [("zone".to_string(), "a".to_string())].into(),
+                labels_rm: vec![],
+            },
+        );
+        assert_eq!(r.0, Ok(Some("n2".into())));
+        assert_eq!(s.nodes["n2"].name, "two");
+        assert_eq!(s.nodes["n2"].labels["zone"], "a");
+        let taken = Command::UpdateNode {
+            node_id: "n2".into(),
+            availability: None,
+            name: Some("n1".into()),
+            labels_add: Default::default(),
+            labels_rm: vec!["zone".into()],
+        };
+        assert!(s.apply(4, &taken).0.is_err());
+        assert_eq!(
+            s.nodes["n2"].labels.len(),
+            1,
+            "a refused update changes nothing"
+        );
+        let _ = s.apply(
+            5,
+            &Command::CreateService {
+                id: "s1".into(),
+                spec: spec("web", 1),
+                at: 3,
+            },
+        );
+        let mut t = task("t1", "s1", 1);
+        t.node_id = Some("n2".into());
+        t.status.state = TaskState::Running;
+        let _ = s.apply(6, &Command::CreateTasks { tasks: vec![t] });
+        let _ = s.apply(
+            7,
+            &Command::RemoveNode {
+                node_id: "n2".into(),
+                at: 9,
+            },
+        );
+        assert!(!s.nodes.contains_key("n2"));
+        assert_eq!(s.tasks["t1"].status.state, TaskState::Orphaned);
     }
 
     #[test]

@@ -172,6 +172,58 @@ pub async fn node(client: &Client, command: &NodeCommand) -> Result<()> {
             );
             Ok(())
         }
+        NodeCommand::Inspect { nodes, format } => {
+            let mut out = Vec::new();
+            for n in nodes {
+                out.push(client.node(n).await?);
+            }
+            if *format == Format::Json {
+                return print_json(&out);
+            }
+            for n in out {
+                println!("ID:            {}", n.id);
+                println!("Name:          {}", n.name);
+                println!("Hostname:      {}", n.hostname);
+                println!("Role:          {}", n.role);
+                println!("Status:        {}", n.status);
+                println!("Availability:  {}", n.availability);
+                println!("Address:       {}", n.addr);
+                let labels: Vec<String> =
+                    n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!("Labels:        {}", labels.join(", "));
+            }
+            Ok(())
+        }
+        NodeCommand::Update {
+            availability,
+            label_add,
+            label_rm,
+            name,
+            node,
+        } => {
+            let update = flotilla_api::model::NodeUpdate {
+                availability: availability.clone(),
+                name: name.clone(),
+                labels_add: parse_pairs(label_add, "label")?,
+                labels_rm: label_rm.clone(),
+            };
+            let n = client.update_node(node, &update).await?;
+            println!("{}", n.name);
+            Ok(())
+        }
+        NodeCommand::Rm { force, nodes } => {
+            let mut failed = None;
+            for n in nodes {
+                match client.remove_node(n, *force).await {
+                    Ok(r) => println!("{}", r.name),
+                    Err(e) => failed = Some(e),
+                }
+            }
+            match failed {
+                Some(e) => Err(e.into()),
+                None => Ok(()),
+            }
+        }
     }
 }
 

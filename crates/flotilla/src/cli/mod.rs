@@ -124,6 +124,38 @@ pub enum NodeCommand {
     /// List nodes
     #[command(alias = "list")]
     Ls(FormatArg),
+    /// Show nodes in detail
+    Inspect {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+        /// Output format [default: json]
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Change a node's availability, labels or name
+    Update {
+        /// active, pause or drain
+        #[arg(long)]
+        availability: Option<String>,
+        /// Add or change a label, KEY=VALUE
+        #[arg(long = "label-add")]
+        label_add: Vec<String>,
+        /// Remove a label
+        #[arg(long = "label-rm")]
+        label_rm: Vec<String>,
+        /// Rename the node
+        #[arg(long = "name")]
+        name: Option<String>,
+        node: String,
+    },
+    /// Remove nodes that are down (or up, with --force)
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -112,15 +112,13 @@ impl Dispatcher {
             || (!req.addr.is_empty() && node.addr != req.addr)
             || node.version != req.version
         {
-            let mut fresh = node.clone();
-            fresh.state = NodeState::Ready;
-            fresh.last_seen = now_ms();
-            if !req.addr.is_empty() {
-                fresh.addr = req.addr.clone();
-            }
-            fresh.version = req.version.clone();
             self.raft
-                .propose(Command::UpsertNode { node: fresh })
+                .propose(Command::NodeSeen {
+                    node_id: req.node_id.clone(),
+                    addr: req.addr.clone(),
+                    version: req.version.clone(),
+                    at: now_ms(),
+                })
                 .await??;
         }
         if !req.reports.is_empty() {

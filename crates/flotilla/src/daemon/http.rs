@@ -17,8 +17,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use flotilla_api::model::{
-    ErrorBody, Info, InitRequest, InitResponse, JoinRequest, JoinTokenView, NodeView, Removed,
-    ScaleRequest, ServiceView, TaskView,
+    ErrorBody, Info, InitRequest, InitResponse, JoinRequest, JoinTokenView, NodeUpdate, NodeView,
+    Removed, ScaleRequest, ServiceView, TaskView,
 };
 use flotilla_raft::RaftError;
 use flotilla_store::{Command, State as Store, StoreError};
@@ -128,6 +128,8 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
         .route("/v1/join", post(join))
         .route("/v1/join-token/{role}", get(join_token))
         .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/{id}", get(node).delete(remove_node))
+        .route("/v1/nodes/{id}/update", post(update_node))
         .route("/v1/services", get(services).post(create_service))
         .route("/v1/services/{name}", get(service).delete(remove_service))
         .route("/v1/services/{name}/scale", post(scale))
@@ -313,6 +315,110 @@ async fn nodes(State(ctx): Ctx) -> ApiResult<Vec<NodeView>> {
     let status = managers(&m);
     let id = m.member.identity.node_id.clone();
     Ok(Json(read(&m, |s| views::node_views(s, Some(&id), &status))))
+}
+
+fn node_not_found(id: &str) -> ApiError {
+    ApiError::NotFound(format!("node {id} not found"))
+}
+
+fn one_node(m: &Mgr, id: &str) -> Result<NodeView, ApiError> {
+    let status = managers(m);
+    let me = m.member.identity.node_id.clone();
+    read(m, |s| {
+        let node = s.node(id)?;
+        views::node_views(s, Some(&me), &status)
+            .into_iter()
+            .find(|v| v.id == node.id)
+    })
+    .ok_or_else(|| node_not_found(id))
+}
+
+async fn node(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult<NodeView> {
+    let m = member(&ctx).await?;
+    one_node(&m, &id).map(Json)
+}
+
+async fn update_node(
+    State(ctx): Ctx,
+    Path(id): Path<String>,
+    req: Result<Json<NodeUpdate>, JsonRejection>,
+) -> ApiResult<NodeView> {
+    let req = body(req)?;
+    let m = member(&ctx).await?;
+    let node_id =
+        read(&m, |s| s.node(&id).map(|n| n.id.clone())).ok_or_else(|| node_not_found(&id))?;
+    let availability = match req.availability.as_deref() {
+        None => None,
+        Some("active") => Some(flotilla_types::Availability::Active),
+        Some("pause") => Some(flotilla_types::Availability::Pause),
+        Some("drain") => Some(flotilla_types::Availability::Drain),
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid availability {other:?}: expected active, pause or drain"
+            )))
+        }
+    };
+    if let Some(n) = &req.name {
+        validate_name(n).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
+    for k in req.labels_add.keys().chain(req.labels_rm.iter()) {
+        if k.is_empty() {
+            return Err(ApiError::BadRequest("a label key is empty".into()));
+        }
+    }
+    m.member
+        .propose(Command::UpdateNode {
+            node_id: node_id.clone(),
+            availability,
+            name: req.name,
+            labels_add: req.labels_add,
+            labels_rm: req.labels_rm,
+        })
+        .await?
+        .map_err(|e| match e {
+            StoreError::NodeExists(n) => {
+                ApiError::Conflict(format!("a node named {n} already exists"))
+            }
+            other => other.into(),
+        })?;
+    one_node(&m, &node_id).map(Json)
+}
+
+#[derive(Debug, Deserialize)]
+struct ForceQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn remove_node(
+    State(ctx): Ctx,
+    Path(id): Path<String>,
+    Query(q): Query<ForceQuery>,
+) -> ApiResult<Removed> {
+    let m = member(&ctx).await?;
+    let node = read(&m, |s| s.node(&id).cloned()).ok_or_else(|| node_not_found(&id))?;
+    if node.role == NodeRole::Manager {
+        return Err(ApiError::Conflict(format!(
+            "node {} is a manager: demote it before removing it",
+            node.name
+        )));
+    }
+    if node.state == flotilla_types::NodeState::Ready && !q.force {
+        return Err(ApiError::Conflict(format!(
+            "node {} is up: stop it (or 'flotilla leave' on it) first, or use --force",
+            node.name
+        )));
+    }
+    m.member
+        .propose(Command::RemoveNode {
+            node_id: node.id.clone(),
+            at: now_ms(),
+        })
+        .await??;
+    Ok(Json(Removed {
+        id: node.id,
+        name: node.name,
+    }))
 }
 
 async fn services(State(ctx): Ctx) -> ApiResult<Vec<ServiceView>> {

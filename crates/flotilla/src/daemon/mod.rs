@@ -25,7 +25,8 @@ use tokio_util::task::TaskTracker;
 
 use flotilla_agent::{Agent, AgentConfig, Assignments, ProcessDriver};
 use flotilla_manager::{
-    Orchestrator, ProposeError, ProposeFuture, Proposer, Scheduler, StoreView, SystemClock,
+    Orchestrator, ProposeError, ProposeFuture, Proposer, Rebalancer, Scheduler, StoreView,
+    SystemClock,
 };
 use flotilla_pki::{new_key_and_csr, Ca, JoinToken, Role};
 use flotilla_raft::node::RaftTimings;
@@ -679,7 +680,11 @@ async fn lead_while_leader(
                     Orchestrator::new(view.clone(), proposer.clone(), clock.clone())
                         .run(token.clone()),
                 );
-                tokio::spawn(Scheduler::new(view.clone(), proposer, clock).run(token.clone()));
+                tokio::spawn(
+                    Scheduler::new(view.clone(), proposer.clone(), clock.clone())
+                        .run(token.clone()),
+                );
+                tokio::spawn(Rebalancer::new(view.clone(), proposer, clock).run(token.clone()));
                 tokio::spawn(dispatcher.clone().run(token.clone()));
                 tokio::spawn(refresh_own_node(
                     raft.clone(),
