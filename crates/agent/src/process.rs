@@ -204,8 +204,9 @@ fn adopt_process(handle: &Handle) -> Result<Option<ExitFuture>, DriverError> {
     }
     let exit = Box::pin(async move {
         wait_adopted(pid, start_time, pidfd).await;
+        let exit = reap_if_ours(pid);
         kill_leftovers(pid);
-        Exit::Unknown
+        exit
     });
     Ok(Some(exit))
 }
@@ -229,6 +230,26 @@ async fn wait_adopted(pid: u32, start_time: u64, pidfd: Option<std::os::fd::Owne
             Err(e) => warn!(pid, error = %e, "cannot check an adopted task process"),
         }
         tokio::time::sleep(ADOPTED_POLL).await;
+    }
+}
+
+/// A daemon that re-executed itself (`init --force-new-cluster`) is still
+/// the parent of the tasks it adopts: reap them, which also tells how they
+/// ended. For any other adopted process this finds no child and says so.
+fn reap_if_ours(pid: u32) -> Exit {
+    let mut status: libc::c_int = 0;
+    // SAFETY: waitpid on one pid with WNOHANG writes only to `status`; a pid
+    // that is not our child makes it fail with ECHILD and changes nothing.
+    let got = unsafe { libc::waitpid(pid as libc::pid_t, &mut status, libc::WNOHANG) };
+    if got != pid as libc::pid_t {
+        return Exit::Unknown;
+    }
+    if libc::WIFEXITED(status) {
+        Exit::Code(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        Exit::Signal(libc::WTERMSIG(status))
+    } else {
+        Exit::Unknown
     }
 }
 

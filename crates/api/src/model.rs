@@ -16,9 +16,14 @@ pub struct ErrorBody {
 /// `POST /v1/init`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct InitRequest {
-    /// Address other nodes will reach this one at (unused on one node).
+    /// Address other nodes will reach this one at.
     #[serde(default)]
     pub advertise_addr: Option<String>,
+    /// On a manager of a cluster that lost quorum: make this node the only
+    /// manager of a new raft group that keeps every service, task, node and
+    /// certificate. The daemon restarts itself to do it.
+    #[serde(default)]
+    pub force_new_cluster: bool,
 }
 
 /// `POST /v1/join`: join the cluster of the manager at `manager_addr`.

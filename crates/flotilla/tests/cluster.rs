@@ -431,3 +431,64 @@ fn without_quorum_writes_fail_fast_and_say_why() -> Result<()> {
     m1.ok(&["service", "ls"])?;
     Ok(())
 }
+
+#[test]
+fn force_new_cluster_recovers_a_survivor_with_everything_kept() -> Result<()> {
+    let m1 = start_named("m1")?;
+    m1.ok(&["init"])?;
+    let addr = manager_addr(&m1)?;
+    let mut m2 = start_named("m2")?;
+    m2.ok(&["join", "--token", &token(&m1, "manager")?, &addr])?;
+    m1.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "-d",
+        "--",
+        "sleep",
+        "100000",
+    ])?;
+    wait_until("2 tasks running", Duration::from_secs(5), || {
+        Ok((running_by_node(&m1, "web")?.values().sum::<usize>() == 2).then_some(()))
+    })?;
+    let before: std::collections::BTreeSet<u32> = m1.task_pids().into_iter().collect();
+    m2.kill9()?;
+    let out = m1.cli(&["service", "scale", "web=3"]);
+    assert!(out.stderr.contains("no quorum"), "{}", out.stderr);
+
+    let out = m1.ok(&["init", "--force-new-cluster"])?;
+    assert!(out.stdout.contains("only manager"), "{}", out.stdout);
+    let info = m1.ok(&["info", "--format", "json"])?.json()?;
+    assert_eq!(info["managers"], 1);
+    assert_eq!(info["is_leader"], true);
+    // Writes work again, the service is there, and the tasks that ran on
+    // the survivor were adopted, not restarted.
+    m1.ok(&["service", "scale", "web=3"])?;
+    wait_until("3 tasks running", Duration::from_secs(8), || {
+        Ok((running_by_node(&m1, "web")?.values().sum::<usize>() == 3).then_some(()))
+    })?;
+    let after: std::collections::BTreeSet<u32> = m1.task_pids().into_iter().collect();
+    assert!(
+        before.iter().filter(|p| after.contains(p)).count() >= 1,
+        "survivor's tasks kept: {before:?} {after:?}"
+    );
+    // Another manager can join again, with a fresh raft ID. (The test's
+    // daemons listen on port 0, so the restarted one has a new port.)
+    let addr = wait_until(
+        "the new address in the store",
+        Duration::from_secs(5),
+        || {
+            let a = manager_addr(&m1)?;
+            Ok((a != addr).then_some(a))
+        },
+    )?;
+    let m3 = start_named("m3")?;
+    m3.ok(&["join", "--token", &token(&m1, "manager")?, &addr])?;
+    let info = m3.ok(&["info", "--format", "json"])?.json()?;
+    assert_eq!(info["managers"], 2);
+    m3.ok(&["service", "scale", "web=1"])?;
+    Ok(())
+}

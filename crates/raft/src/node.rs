@@ -248,6 +248,32 @@ impl RaftNode {
         map_write(change)
     }
 
+    /// Builds a snapshot of everything applied and drops the log before it,
+    /// so that members that join later receive the snapshot. Needed after
+    /// seeding a store: the seeded state is in no log entry.
+    pub async fn compact(&self, timeout: Duration) -> Result<(), RaftError> {
+        let applied = *self.applied.borrow();
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| RaftError::Other(e.to_string()))?;
+        let built = self
+            .raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| m.snapshot.map(|s| s.index >= applied).unwrap_or(false),
+                "the snapshot to be built",
+            )
+            .await;
+        built.map_err(|_| RaftError::Timeout(timeout))?;
+        self.raft
+            .trigger()
+            .purge_log(applied)
+            .await
+            .map_err(|e| RaftError::Other(e.to_string()))
+    }
+
     /// Waits until this member has applied `index`, up to `timeout`.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
         let mut applied = self.applied.clone();

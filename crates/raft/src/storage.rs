@@ -626,3 +626,35 @@ impl NoSig for StorageIOError<u64> {
         StorageIOError::write_snapshot(None, e)
     }
 }
+
+/// Writes `state` as the contents of a fresh store at `path`, with no raft
+/// log and no membership: the start of a new raft group that keeps the old
+/// group's data (`init --force-new-cluster`). Fails if `path` exists.
+pub fn seed(path: &Path, state: &State) -> Result<(), OpenError> {
+    let shown = path.display().to_string();
+    if path.exists() {
+        return Err(OpenError::Corrupt {
+            path: shown,
+            reason: "refusing to seed over an existing store".into(),
+        });
+    }
+    let (_log, sm) = open(path)?;
+    let fail = |e: AnyError| OpenError::Corrupt {
+        path: shown.clone(),
+        reason: e.to_string(),
+    };
+    {
+        let mut shared = sm
+            .shared
+            .write()
+            .map_err(|_| fail(AnyError::error("state lock poisoned")))?;
+        *shared = state.clone();
+        shared.index = 0;
+    }
+    let mut all: BTreeSet<Change> = BTreeSet::new();
+    all.insert(Change::Cluster);
+    all.extend(state.nodes.keys().cloned().map(Change::Node));
+    all.extend(state.services.keys().cloned().map(Change::Service));
+    all.extend(state.tasks.keys().cloned().map(Change::Task));
+    sm.persist(&all, Durability::Immediate).map_err(fail)
+}

@@ -26,8 +26,29 @@ pub async fn init(client: &Client, args: &InitArgs) -> Result<()> {
     let r = client
         .init(&InitRequest {
             advertise_addr: args.advertise_addr.clone(),
+            force_new_cluster: args.force_new_cluster,
         })
         .await?;
+    if args.force_new_cluster {
+        // The daemon restarts itself into the new raft group; wait for it.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            match client.info().await {
+                Ok(i) if i.is_leader && i.managers == 1 => break,
+                _ if Instant::now() >= deadline => bail!(
+                    "timed out after 30s waiting for the daemon to come back as the only manager"
+                ),
+                _ => {}
+            }
+        }
+        println!(
+            "This node is now the only manager of cluster {}, with every service and task kept.",
+            r.cluster_id
+        );
+        println!("Other managers must leave (remove their data dir) and join again with a manager token.");
+        return Ok(());
+    }
     println!(
         "Cluster initialized: cluster {}, this node {} is its manager and leader.",
         r.cluster_id, r.node_id

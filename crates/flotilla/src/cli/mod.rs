@@ -93,6 +93,10 @@ pub struct InitArgs {
     /// Address other nodes reach this one at
     #[arg(long)]
     pub advertise_addr: Option<String>,
+    /// After quorum loss, on a surviving manager: make it the only manager,
+    /// keeping all services, tasks, nodes and certificates
+    #[arg(long)]
+    pub force_new_cluster: bool,
 }
 
 #[derive(Debug, Args)]

@@ -239,6 +239,13 @@ async fn init(
     req: Result<Json<InitRequest>, JsonRejection>,
 ) -> ApiResult<InitResponse> {
     let req = body(req)?;
+    if req.force_new_cluster {
+        let identity = ctx.force_new_cluster().await?;
+        return Ok(Json(InitResponse {
+            cluster_id: identity.cluster_id,
+            node_id: identity.node_id,
+        }));
+    }
     let identity = ctx.init(req.advertise_addr.as_deref()).await?;
     Ok(Json(InitResponse {
         cluster_id: identity.cluster_id,

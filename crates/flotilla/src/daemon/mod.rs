@@ -553,8 +553,52 @@ impl NodeCtx {
                 .map_err(|e| {
                     InitError::Refused(format!("joined, but could not become a raft voter: {e}"))
                 })?;
+            // Answer once this manager holds the cluster's state, so that
+            // the next command here sees it.
+            if let Some(raft) = &member.raft {
+                let mut applied = raft.applied();
+                let state = raft.state();
+                let me = identity.node_id.clone();
+                let has_me = move |_: &u64| {
+                    state
+                        .read()
+                        .map(|s| s.nodes.contains_key(&me))
+                        .unwrap_or(false)
+                };
+                let caught_up =
+                    tokio::time::timeout(Duration::from_secs(10), applied.wait_for(has_me)).await;
+                if !matches!(caught_up, Ok(Ok(_))) {
+                    tracing::warn!("joined, but the cluster state has not arrived within 10 s");
+                }
+            }
         }
         Ok(identity)
+    }
+
+    /// Arranges for this manager to restart as the only manager of a new
+    /// raft group with all of the current state (see [`rewrite_for_new_cluster`]).
+    pub async fn force_new_cluster(&self) -> Result<Identity, InitError> {
+        let _guard = self.init_lock.lock().await;
+        let member = self.member.read().await.clone().ok_or_else(|| {
+            InitError::Refused("this node is not in a cluster: nothing to recover".into())
+        })?;
+        let Some(raft) = member.raft.clone() else {
+            return Err(InitError::Refused(
+                "this node is a worker: run --force-new-cluster on a surviving manager".into(),
+            ));
+        };
+        std::fs::write(self.data_dir.join(FORCE_MARKER), b"requested\n").map_err(failed)?;
+        std::fs::File::open(&self.data_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(failed)?;
+        tracing::warn!("force-new-cluster requested: restarting into a new raft group");
+        tokio::spawn(async move {
+            // Let the answer reach the client first.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            raft.shutdown().await;
+            reexec();
+        });
+        Ok(member.identity.clone())
     }
 
     fn make_member(
@@ -756,6 +800,86 @@ fn advertised(advertise: Option<&str>, bound: SocketAddr) -> String {
     }
 }
 
+/// Marker file: the next start rewrites the raft store for a new group.
+const FORCE_MARKER: &str = "force-new-cluster";
+
+/// Replaces this process with a fresh run of the same command line. Task
+/// processes keep running (they are adopted again) and stay our children.
+fn reexec() {
+    use std::os::unix::process::CommandExt;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let err = std::process::Command::new("/proc/self/exe")
+        .args(args)
+        .exec();
+    tracing::error!(error = %err, "cannot restart the daemon; exiting so that a supervisor restarts it");
+    std::process::exit(70);
+}
+
+/// `init --force-new-cluster`, at start: the raft store is moved aside and a
+/// new one is seeded with its state, with this node as the only manager
+/// under a fresh raft ID (IDs are never reused). Managers that are gone
+/// are removed and their tasks orphaned, so that they run elsewhere.
+fn rewrite_for_new_cluster(data_dir: &Path, identity: &mut Identity) -> Result<()> {
+    let path = data_dir.join("raft.redb");
+    let mut state = {
+        let (_log, sm) = flotilla_raft::storage::open(&path)?;
+        let shared = sm.shared();
+        let state = match shared.read() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        state
+    };
+    let cluster = state
+        .cluster
+        .as_mut()
+        .context("the raft store holds no cluster to recover")?;
+    let highest = state.nodes.values().map(|n| n.raft_id).max().unwrap_or(0);
+    let fresh = cluster.next_raft_id.max(highest + 1);
+    cluster.next_raft_id = fresh + 1;
+    let now = now_ms();
+    let gone: Vec<String> = state
+        .nodes
+        .values()
+        .filter(|n| n.role == NodeRole::Manager && n.id != identity.node_id)
+        .map(|n| n.id.clone())
+        .collect();
+    for id in &gone {
+        let _ = state.apply(
+            state.index,
+            &Command::RemoveNode {
+                node_id: id.clone(),
+                at: now,
+            },
+        );
+    }
+    if let Some(me) = state.nodes.get_mut(&identity.node_id) {
+        me.raft_id = fresh;
+    }
+    // Versions and creation order are raft indexes, and the new log starts
+    // again at 1: put everything that exists before anything to come.
+    for service in state.services.values_mut() {
+        service.version = 0;
+    }
+    for task in state.tasks.values_mut() {
+        task.created_index = 0;
+        task.service_version = 0;
+    }
+    let aside = data_dir.join(format!("raft.redb.before-force-new-cluster-{now}"));
+    std::fs::rename(&path, &aside).with_context(|| format!("moving {} aside", path.display()))?;
+    flotilla_raft::storage::seed(&path, &state)?;
+    identity.raft_id = fresh;
+    identity::store(data_dir, identity)?;
+    std::fs::remove_file(data_dir.join(FORCE_MARKER))?;
+    tracing::warn!(
+        raft_id = fresh,
+        removed_managers = gone.len(),
+        old_store = %aside.display(),
+        "force-new-cluster: this node is now the only manager"
+    );
+    Ok(())
+}
+
 /// Makes sure the data dir exists, is private and writable, and that no
 /// other daemon uses it. Returns the lock file, held while it is open.
 fn prepare_data_dir(dir: &Path) -> Result<std::fs::File> {
@@ -824,7 +948,10 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         tracker: TaskTracker::new(),
     });
     tracing::info!(listen = %bound, advertise = %cluster_addr, "cluster port bound");
-    if let Some(identity) = identity {
+    if let Some(mut identity) = identity {
+        if config.data_dir.join(FORCE_MARKER).exists() {
+            rewrite_for_new_cluster(&config.data_dir, &mut identity)?;
+        }
         let tls = tls.with_context(|| {
             format!(
                 "{} has node.json but no certificates in certs/; the data dir is incomplete",
@@ -846,6 +973,16 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         } else {
             None
         };
+        if let Some(r) = &raft {
+            if !r.is_initialized() {
+                // A store seeded by --force-new-cluster: start the new group,
+                // and snapshot at once, because the seeded state is in no
+                // log entry and members that join must get it whole.
+                r.initialize_single(&ctx.cluster_addr()).await?;
+                r.wait_leader(Duration::from_secs(10)).await?;
+                r.compact(Duration::from_secs(10)).await?;
+            }
+        }
         let member = ctx.make_member(identity, tls, raft)?;
         ctx.start_member(member.clone(), vec![])?;
         *ctx.member.write().await = Some(member);
