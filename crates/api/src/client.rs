@@ -25,6 +25,8 @@ use crate::model::{
 pub enum ClientError {
     #[error("cannot reach the flotilla daemon at {socket}: is 'flotilla daemon' running?")]
     Unreachable { socket: String },
+    #[error("cannot reach any manager of {hosts}: {reason}")]
+    NoManager { hosts: String, reason: String },
     #[error("permission denied on {socket}: the daemon's socket is only for its owner (try sudo)")]
     PermissionDenied { socket: String },
     /// The daemon answered with an error; `message` is its one-line reason.
@@ -48,11 +50,38 @@ impl ClientError {
     }
 }
 
-/// A client of one daemon's API.
-#[derive(Debug, Clone)]
+type Https = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
+
+#[derive(Clone)]
+enum Endpoint {
+    /// The local daemon's socket.
+    Unix(PathBuf),
+    /// Managers' client API ports over mutual TLS, tried in order.
+    Remote { hosts: Vec<String>, client: Https },
+}
+
+/// The header a daemon uses to warn about an answer (e.g. a stale read).
+pub const WARNING_HEADER: &str = "x-flotilla-warning";
+
+/// A client of one daemon's API, or of any live manager of a cluster.
+#[derive(Clone)]
 pub struct Client {
+    endpoint: Endpoint,
     socket: PathBuf,
     timeout: Duration,
+    warnings: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.endpoint {
+            Endpoint::Unix(p) => write!(f, "Client(unix:{})", p.display()),
+            Endpoint::Remote { hosts, .. } => write!(f, "Client(https:{})", hosts.join(",")),
+        }
+    }
 }
 
 fn encode_segment(s: &str) -> String {
@@ -71,8 +100,45 @@ impl Client {
     /// A client of the daemon listening on `socket`.
     pub fn unix(socket: impl AsRef<Path>) -> Self {
         Client {
+            endpoint: Endpoint::Unix(socket.as_ref().to_path_buf()),
             socket: socket.as_ref().to_path_buf(),
             timeout: Duration::from_secs(30),
+            warnings: Default::default(),
+        }
+    }
+
+    /// A client of a cluster's managers at `hosts` (`HOST:PORT` of their
+    /// client API), authenticating with `tls` (a client certificate of the
+    /// cluster CA). Calls go to the first manager that answers.
+    pub fn remote(hosts: Vec<String>, mut tls: rustls::ClientConfig) -> Result<Self, ClientError> {
+        tls.alpn_protocols.clear();
+        let name = rustls::pki_types::ServerName::try_from("flotilla-manager")
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(Duration::from_secs(2)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name))
+            .enable_http1()
+            .wrap_connector(http);
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector);
+        Ok(Client {
+            endpoint: Endpoint::Remote { hosts, client },
+            socket: PathBuf::new(),
+            timeout: Duration::from_secs(30),
+            warnings: Default::default(),
+        })
+    }
+
+    /// Warnings the daemon attached to answers so far (e.g. stale reads).
+    pub fn take_warnings(&self) -> Vec<String> {
+        match self.warnings.lock() {
+            Ok(mut w) => std::mem::take(&mut *w),
+            Err(_) => Vec::new(),
         }
     }
 
@@ -88,8 +154,76 @@ impl Client {
     }
 
     async fn send(&self, request: Request<Full<Bytes>>) -> Result<Response<Incoming>, ClientError> {
-        let socket = self.socket.display().to_string();
-        let stream = UnixStream::connect(&self.socket).await.map_err(|e| {
+        let response = match &self.endpoint {
+            Endpoint::Unix(socket) => self.send_unix(socket, request).await?,
+            Endpoint::Remote { hosts, client } => self.send_remote(hosts, client, request).await?,
+        };
+        if let Some(w) = response
+            .headers()
+            .get(WARNING_HEADER)
+            .and_then(|v| v.to_str().ok())
+        {
+            if let Ok(mut list) = self.warnings.lock() {
+                if !list.iter().any(|x| x == w) {
+                    list.push(w.to_string());
+                }
+            }
+        }
+        Ok(response)
+    }
+
+    async fn send_remote(
+        &self,
+        hosts: &[String],
+        client: &Https,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let (parts, body) = request.into_parts();
+        let mut last = String::from("no hosts given");
+        for host in hosts {
+            let path = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let mut builder = Request::builder()
+                .method(parts.method.clone())
+                .uri(format!("https://{host}{path}"));
+            for (k, v) in &parts.headers {
+                if k != hyper::header::HOST {
+                    builder = builder.header(k, v);
+                }
+            }
+            let req = builder
+                .body(body.clone())
+                .map_err(|e| ClientError::Transport(e.to_string()))?;
+            match client.request(req).await {
+                Ok(r) => return Ok(r),
+                Err(e) if e.is_connect() => {
+                    let mut reason = e.to_string();
+                    let mut source = std::error::Error::source(&e);
+                    while let Some(s) = source {
+                        reason = s.to_string();
+                        source = s.source();
+                    }
+                    last = format!("{host}: {reason}");
+                }
+                Err(e) => return Err(ClientError::Transport(e.to_string())),
+            }
+        }
+        Err(ClientError::NoManager {
+            hosts: hosts.join(","),
+            reason: last,
+        })
+    }
+
+    async fn send_unix(
+        &self,
+        socket_path: &Path,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let socket = socket_path.display().to_string();
+        let stream = UnixStream::connect(socket_path).await.map_err(|e| {
             if e.kind() == std::io::ErrorKind::PermissionDenied {
                 ClientError::PermissionDenied {
                     socket: socket.clone(),
@@ -156,6 +290,20 @@ impl Client {
         tokio::time::timeout(self.timeout, work)
             .await
             .map_err(|_| ClientError::Timeout(self.timeout))?
+    }
+
+    /// `GET /v1/leader-check`: whether the answering manager leads.
+    pub async fn leader_check(&self) -> Result<crate::model::LeaderCheck, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/leader-check", None)
+            .await
+    }
+
+    /// `POST /v1/client-cert`: a client certificate for remote use.
+    pub async fn client_cert(&self, name: &str) -> Result<crate::model::ClientCert, ClientError> {
+        let req = crate::model::ClientCertRequest {
+            name: name.to_string(),
+        };
+        self.call(Method::POST, "/v1/client-cert", Some(&req)).await
     }
 
     /// `GET /v1/info`.

@@ -7,11 +7,17 @@
 //!
 //! # Layout
 //! - [`model`]: request and response bodies, the API contract.
-//! - [`client`]: [`Client`], HTTP/1.1 over the daemon's Unix socket.
+//! - [`client`]: [`Client`], HTTP/1.1 over the daemon's Unix socket, or
+//!   HTTPS with a client certificate to any live manager.
+//!
+//! Remote access: every route but `/v1/leader-check` needs a certificate of
+//! the cluster CA (from `flotilla client-cert` on a manager).
 //!
 //! # Routes (all JSON; errors are `{"error": "..."}` with a 4xx/5xx status)
 //! | method | path | body / query | answer |
 //! |---|---|---|---|
+//! | GET | `/v1/leader-check` | | [`model::LeaderCheck`] (200 leader, 503 not) |
+//! | POST | `/v1/client-cert` | [`model::ClientCertRequest`] | [`model::ClientCert`] |
 //! | GET | `/v1/info` | | [`model::Info`] |
 //! | POST | `/v1/init` | [`model::InitRequest`] | [`model::InitResponse`] |
 //! | POST | `/v1/join` | [`model::JoinRequest`] | [`model::InitResponse`] |

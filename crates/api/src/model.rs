@@ -93,6 +93,9 @@ pub struct NodeView {
     /// `leader`, `reachable` or `unreachable`; None for workers.
     pub manager_status: Option<String>,
     pub addr: String,
+    /// Client API address (managers).
+    #[serde(default)]
+    pub api_addr: String,
     pub version: String,
     pub labels: BTreeMap<String, String>,
     /// The node that answered.
@@ -170,4 +173,29 @@ pub struct NodeUpdate {
     pub labels_add: BTreeMap<String, String>,
     #[serde(default)]
     pub labels_rm: Vec<String>,
+}
+
+/// `GET /v1/leader-check`: 200 on the leader, 503 elsewhere.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaderCheck {
+    pub leader: bool,
+    /// The leader's cluster address, when known.
+    pub leader_addr: Option<String>,
+}
+
+/// `POST /v1/client-cert`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientCertRequest {
+    /// Who the certificate is for (its common name).
+    pub name: String,
+}
+
+/// A client certificate, its key, and the cluster CA, PEM.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientCert {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+    /// Client API addresses of the managers.
+    pub managers: Vec<String>,
 }

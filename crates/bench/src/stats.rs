@@ -62,3 +62,60 @@ mod tests {
         assert_eq!(one.p99, 7.0);
     }
 }
+
+/// Median, minimum and maximum of a few repetitions, in seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Spread {
+    pub n: usize,
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// The median of an even count is the mean of the two middle samples.
+    /// None for no samples.
+    pub fn of(samples: &[Duration]) -> Option<Spread> {
+        let mut s: Vec<f64> = samples.iter().map(Duration::as_secs_f64).collect();
+        s.sort_by(f64::total_cmp);
+        let n = s.len();
+        let (first, last) = (s.first()?, s.last()?);
+        let median = if n % 2 == 1 {
+            s[n / 2]
+        } else {
+            (s[n / 2 - 1] + s[n / 2]) / 2.0
+        };
+        Some(Spread {
+            n,
+            median,
+            min: *first,
+            max: *last,
+        })
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "n={} median={:.3} s min={:.3} s max={:.3} s",
+            self.n, self.median, self.min, self.max
+        )
+    }
+}
+
+#[cfg(test)]
+mod spread_tests {
+    use super::*;
+
+    #[test]
+    fn median_min_max() {
+        let ms = |v: &[u64]| v.iter().map(|m| Duration::from_millis(*m)).collect::<Vec<_>>();
+        let odd = Spread::of(&ms(&[300, 100, 200])).expect("odd");
+        assert_eq!((odd.n, odd.median, odd.min, odd.max), (3, 0.2, 0.1, 0.3));
+        let even = Spread::of(&ms(&[400, 100, 200, 300])).expect("even");
+        assert!((even.median - 0.25).abs() < 1e-9);
+        assert_eq!((even.min, even.max), (0.1, 0.4));
+        assert!(Spread::of(&[]).is_none());
+    }
+}

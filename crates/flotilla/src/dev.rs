@@ -33,6 +33,7 @@ pub async fn run(
     // A dev node is alone: keep its cluster port private and off the
     // default port, so that it never collides with a real node.
     config.listen = "127.0.0.1:0".into();
+    config.api_listen = None;
     let daemon_token = shutdown.child_token();
     let daemon = tokio::spawn(daemon::run(config, daemon_token.clone()));
     let result = setup(args, &dir).await;

@@ -37,12 +37,62 @@ fn on_signals(token: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The client the CLI talks through: the local daemon's socket, or with
+/// `--host` the managers' client API with a client certificate.
+fn make_client(cli: &Cli, data_dir: &std::path::Path) -> anyhow::Result<flotilla_api::Client> {
+    use anyhow::Context;
+    if cli.host.is_empty() {
+        return Ok(flotilla_api::Client::unix(daemon::socket_path(data_dir)));
+    }
+    let dir = match &cli.tls_dir {
+        Some(d) => d.clone(),
+        None => std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".flotilla/tls"),
+    };
+    let read = |name: &str| {
+        let path = dir.join(name);
+        std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {} (make a client certificate with 'flotilla client-cert --out {}' on a manager)",
+                path.display(),
+                dir.display()
+            )
+        })
+    };
+    let config = flotilla_pki::tls::client_config(
+        &read("ca.crt")?,
+        &read("client.crt")?,
+        &read("client.key")?,
+    )?;
+    Ok(flotilla_api::Client::remote(cli.host.clone(), config)?)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let data_dir = cli
         .data_dir
         .clone()
         .unwrap_or_else(flotilla::default_data_dir);
-    let client = || flotilla_api::Client::unix(daemon::socket_path(&data_dir));
+    let made = make_client(&cli, &data_dir);
+    let client = || -> anyhow::Result<flotilla_api::Client> {
+        match &made {
+            Ok(c) => Ok(c.clone()),
+            Err(e) => Err(anyhow::anyhow!("{e:#}")),
+        }
+    };
+    let result = dispatch(&cli, data_dir.clone(), &client).await;
+    if let Ok(c) = &made {
+        for w in c.take_warnings() {
+            eprintln!("warning: {w}");
+        }
+    }
+    result
+}
+
+async fn dispatch(
+    cli: &Cli,
+    data_dir: std::path::PathBuf,
+    client: &dyn Fn() -> anyhow::Result<flotilla_api::Client>,
+) -> anyhow::Result<()> {
     match &cli.command {
         Command::Daemon(args) => {
             init_logging(args.log_json, "info");
@@ -52,6 +102,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.name = args.name.clone();
             config.listen = args.listen.clone();
             config.advertise = args.advertise_addr.clone();
+            config.api_listen = match args.api_listen.as_str() {
+                "" | "none" => None,
+                a => Some(a.to_string()),
+            };
             daemon::run(config, token).await
         }
         Command::Dev(args) => {
@@ -60,13 +114,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             on_signals(token.clone())?;
             flotilla::dev::run(args, cli.data_dir.clone(), token).await
         }
-        Command::Init(args) => commands::init(&client(), args).await,
-        Command::Info(f) => commands::info(&client(), f.format).await,
-        Command::Join(a) => commands::join(&client(), a).await,
-        Command::JoinToken(a) => commands::join_token(&client(), a).await,
-        Command::Node(c) => commands::node(&client(), c).await,
-        Command::Service(c) => commands::service(&client(), c).await,
-        Command::Stack(c) => commands::stack(&client(), c).await,
+        Command::Init(args) => commands::init(&client()?, args).await,
+        Command::Info(f) => commands::info(&client()?, f.format).await,
+        Command::Join(a) => commands::join(&client()?, a).await,
+        Command::JoinToken(a) => commands::join_token(&client()?, a).await,
+        Command::ClientCert { name, out } => commands::client_cert(&client()?, name, out).await,
+        Command::LeaderCheck => commands::leader_check(&client()?).await,
+        Command::Node(c) => commands::node(&client()?, c).await,
+        Command::Service(c) => commands::service(&client()?, c).await,
+        Command::Stack(c) => commands::stack(&client()?, c).await,
     }
 }
 

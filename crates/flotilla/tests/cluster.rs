@@ -492,3 +492,125 @@ fn force_new_cluster_recovers_a_survivor_with_everything_kept() -> Result<()> {
     m3.ok(&["service", "scale", "web=1"])?;
     Ok(())
 }
+
+fn api_addrs(m: &Daemon) -> Result<Vec<(String, String)>> {
+    let nodes = m.ok(&["node", "ls", "--format", "json"])?.json()?;
+    Ok(nodes
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|n| n["role"] == "manager")
+                .map(|n| {
+                    (
+                        n["name"].as_str().unwrap_or("").to_string(),
+                        n["api_addr"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+#[test]
+fn remote_cli_finds_a_live_manager_with_a_client_certificate() -> Result<()> {
+    let m1 = start_named("m1")?;
+    m1.ok(&["init"])?;
+    let mut m2 = start_named("m2")?;
+    m2.ok(&[
+        "join",
+        "--token",
+        &token(&m1, "manager")?,
+        &manager_addr(&m1)?,
+    ])?;
+    m1.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "0",
+        "-d",
+        "--",
+        "sleep",
+        "1",
+    ])?;
+    let tls = tempfile::tempdir()?;
+    let tls_dir = tls.path().join("tls");
+    let out = m1.ok(&[
+        "client-cert",
+        "--name",
+        "ops",
+        "--out",
+        tls_dir.to_str().unwrap_or(""),
+    ])?;
+    assert!(out.stdout.contains("--host"), "{}", out.stdout);
+    let addrs = api_addrs(&m1)?;
+    let leader_api = addrs
+        .iter()
+        .find(|(n, _)| n == "m1")
+        .map(|(_, a)| a.clone())
+        .unwrap_or_default();
+    let follower_api = addrs
+        .iter()
+        .find(|(n, _)| n == "m2")
+        .map(|(_, a)| a.clone())
+        .unwrap_or_default();
+    assert!(
+        !leader_api.is_empty() && !follower_api.is_empty(),
+        "{addrs:?}"
+    );
+    let remote = |hosts: &str, tls: Option<&Path>, args: &[&str]| {
+        let mut c = std::process::Command::new(bin());
+        c.arg("--host").arg(hosts).env_remove("FLOTILLA_DATA_DIR");
+        if let Some(t) = tls {
+            c.arg("--tls-dir").arg(t);
+        }
+        c.args(args).output()
+    };
+    // The first host is dead: the CLI moves on to a live manager.
+    let hosts = format!("127.0.0.1:1,{follower_api}");
+    let out = remote(&hosts, Some(&tls_dir), &["service", "ls"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("web"));
+    // A write through a follower's API.
+    let out = remote(
+        &follower_api,
+        Some(&tls_dir),
+        &["service", "scale", "web=1"],
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Without credentials: refused, with a hint.
+    let empty = tls.path().join("none");
+    let out = remote(&leader_api, Some(&empty), &["service", "ls"])?;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("client-cert"));
+    // Leader check for load balancers: 0 on the leader, 1 elsewhere.
+    let out = remote(&leader_api, Some(&tls_dir), &["leader-check"])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = remote(&follower_api, Some(&tls_dir), &["leader-check"])?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not the leader"));
+
+    // Quorum lost: reads still answer, and say they may be stale.
+    m2.kill9()?;
+    let out = m1.cli(&["service", "ls"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("warning:") && out.stderr.contains("stale"),
+        "{}",
+        out.stderr
+    );
+    Ok(())
+}

@@ -183,6 +183,7 @@ mod tests {
             labels: Default::default(),
             state,
             addr: String::new(),
+            api_addr: String::new(),
             version: String::new(),
             created_at: 0,
             last_seen: 0,

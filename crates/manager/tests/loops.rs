@@ -117,6 +117,7 @@ fn node(id: &str) -> Node {
         labels: Default::default(),
         state: NodeState::Ready,
         addr: String::new(),
+        api_addr: String::new(),
         version: "test".into(),
         created_at: 0,
         last_seen: 0,

@@ -126,12 +126,18 @@ impl Ca {
         if role == Role::Manager {
             names.push(SanType::DnsName(MANAGER_NAME.try_into().map_err(gen_err)?));
         }
-        params.subject_alt_names = names;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        if role == Role::Client {
+            // A client certificate can never serve as a node's.
+            params.subject_alt_names = vec![];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        } else {
+            params.subject_alt_names = names;
+            params.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+        }
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::minutes(10);
         params.not_after = now + Duration::seconds(validity.as_secs() as i64);

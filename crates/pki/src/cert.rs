@@ -13,6 +13,8 @@ use crate::PkiError;
 pub enum Role {
     Manager,
     Worker,
+    /// Not a node: an operator's CLI reaching the client API from afar.
+    Client,
 }
 
 impl Role {
@@ -20,7 +22,13 @@ impl Role {
         match self {
             Role::Manager => "manager",
             Role::Worker => "worker",
+            Role::Client => "client",
         }
+    }
+
+    /// Whether the holder is a node of the cluster (not a client).
+    pub fn is_node(&self) -> bool {
+        !matches!(self, Role::Client)
     }
 }
 
@@ -73,6 +81,7 @@ pub fn peer_identity(cert_der: &[u8]) -> Result<PeerIdentity, PkiError> {
     let role = match ou {
         "manager" => Role::Manager,
         "worker" => Role::Worker,
+        "client" => Role::Client,
         other => return Err(PkiError::NotANode(format!("unknown role {other:?}"))),
     };
     Ok(PeerIdentity {

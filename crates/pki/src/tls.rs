@@ -70,6 +70,17 @@ pub fn server_config(
     Ok(config)
 }
 
+/// The client API's server config: like [`server_config`], and any
+/// certificate of the CA (client or node) is accepted in the handshake;
+/// the API decides what each may do.
+pub fn api_server_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<ServerConfig, PkiError> {
+    server_config(ca_pem, cert_pem, key_pem)
+}
+
 /// A client that proves it is a node and trusts only the cluster CA.
 pub fn client_config(
     ca_pem: &str,

@@ -274,6 +274,21 @@ impl RaftNode {
             .map_err(|e| RaftError::Other(e.to_string()))
     }
 
+    /// On the leader: confirms leadership with a quorum and returns the
+    /// index a linearizable read must see (read index).
+    pub async fn read_index(&self, timeout: Duration) -> Result<u64, RaftError> {
+        match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
+            Err(_) => Err(RaftError::Timeout(timeout)),
+            Ok(Ok(id)) => Ok(id.map(|l| l.index).unwrap_or(0)),
+            Ok(Err(OpenraftError::APIError(
+                openraft::error::CheckIsLeaderError::ForwardToLeader(f),
+            ))) => Err(RaftError::NotLeader {
+                leader: f.leader_id,
+            }),
+            Ok(Err(e)) => Err(RaftError::Other(e.to_string())),
+        }
+    }
+
     /// Waits until this member has applied `index`, up to `timeout`.
     pub async fn wait_applied(&self, index: u64, timeout: Duration) -> bool {
         let mut applied = self.applied.clone();

@@ -42,6 +42,7 @@ fn node() -> Node {
         labels: Default::default(),
         state: NodeState::Ready,
         addr: String::new(),
+        api_addr: String::new(),
         version: "test".into(),
         created_at: 1,
         last_seen: 1,

@@ -49,6 +49,9 @@ pub enum Command {
     NodeSeen {
         node_id: String,
         addr: String,
+        /// Its client API address; empty if it serves none.
+        #[serde(default)]
+        api_addr: String,
         version: String,
         at: UnixMs,
     },

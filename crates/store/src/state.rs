@@ -181,6 +181,7 @@ impl State {
             Command::NodeSeen {
                 node_id,
                 addr,
+                api_addr,
                 version,
                 at,
             } => {
@@ -193,6 +194,7 @@ impl State {
                 if !addr.is_empty() {
                     node.addr = addr.clone();
                 }
+                node.api_addr = api_addr.clone();
                 node.version = version.clone();
                 changes.push(Change::Node(node_id.clone()));
                 Ok(None)
@@ -394,6 +396,7 @@ mod tests {
             labels: Default::default(),
             state: NodeState::Ready,
             addr: String::new(),
+            api_addr: String::new(),
             version: "test".into(),
             created_at: 1,
             last_seen: 1,

@@ -178,6 +178,7 @@ impl Daemon {
             .args(["daemon", "--data-dir"])
             .arg(self.dir.path())
             .args(["--listen", &self.listen])
+            .args(["--api-listen", "127.0.0.1:0"])
             .args(self.extra.iter())
             .env("FLOTILLA_TEST_MARK", &self.mark)
             .env("FLOTILLA_LOG", "info")

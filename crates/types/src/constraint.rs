@@ -159,6 +159,7 @@ mod tests {
             labels: [("zone".to_string(), "a".to_string())].into(),
             state: NodeState::Ready,
             addr: String::new(),
+            api_addr: String::new(),
             version: "0".into(),
             created_at: 0,
             last_seen: 0,

@@ -82,9 +82,12 @@ pub struct Node {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub state: NodeState,
-    /// Address other nodes reach it at (empty on a one-node cluster).
+    /// Address other nodes reach its cluster port at.
     #[serde(default)]
     pub addr: String,
+    /// Address of its client API port (managers), empty if it has none.
+    #[serde(default)]
+    pub api_addr: String,
     /// Flotilla version the node runs.
     pub version: String,
     pub created_at: UnixMs,

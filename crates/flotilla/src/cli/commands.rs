@@ -98,6 +98,48 @@ pub async fn join_token(client: &Client, args: &super::JoinTokenArgs) -> Result<
     Ok(())
 }
 
+/// `flotilla client-cert`.
+pub async fn client_cert(client: &Client, name: &str, out: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let c = client.client_cert(name).await?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    for (file, text, mode) in [
+        ("ca.crt", &c.ca_pem, 0o644),
+        ("client.crt", &c.cert_pem, 0o644),
+        ("client.key", &c.key_pem, 0o600),
+    ] {
+        let path = out.join(file);
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    }
+    println!(
+        "Wrote a client certificate for {name} to {}.",
+        out.display()
+    );
+    println!(
+        "Use it from anywhere: flotilla --tls-dir {} --host {} service ls",
+        out.display(),
+        if c.managers.is_empty() {
+            "MANAGER:4281".to_string()
+        } else {
+            c.managers.join(",")
+        }
+    );
+    Ok(())
+}
+
+/// `flotilla leader-check`: exit 0 on the leader, 1 elsewhere.
+pub async fn leader_check(client: &Client) -> Result<()> {
+    match client.leader_check().await {
+        Ok(_) => {
+            println!("leader");
+            Ok(())
+        }
+        Err(e) if e.status() == Some(503) => bail!("not the leader"),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `flotilla info`.
 pub async fn info(client: &Client, format: Format) -> Result<()> {
     let info = client.info().await?;

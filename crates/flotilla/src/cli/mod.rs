@@ -16,6 +16,14 @@ pub struct Cli {
     #[arg(long, global = true, env = "FLOTILLA_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
+    /// Talk to these managers' client API (HOST:PORT,...) instead of the local daemon; the first that answers is used
+    #[arg(long, global = true, env = "FLOTILLA_HOST", value_delimiter = ',')]
+    pub host: Vec<String>,
+
+    /// Directory with ca.crt, client.crt and client.key for --host (from 'flotilla client-cert')
+    #[arg(long, global = true, env = "FLOTILLA_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -49,6 +57,17 @@ pub enum Command {
     Join(JoinArgs),
     /// Show (or rotate) the token that lets a node join as a worker or a manager
     JoinToken(JoinTokenArgs),
+    /// Make a client certificate for using the CLI from another machine (--host)
+    ClientCert {
+        /// Who it is for
+        #[arg(long, default_value = "admin")]
+        name: String,
+        /// Where to write ca.crt, client.crt and client.key
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Say whether the manager answering is the leader (exit 0) or not (exit 1)
+    LeaderCheck,
     /// Manage nodes
     #[command(subcommand)]
     Node(NodeCommand),
@@ -74,6 +93,9 @@ pub struct DaemonArgs {
     /// Address other nodes reach this one at, HOST or HOST:PORT [default: the listen address, or 127.0.0.1]
     #[arg(long)]
     pub advertise_addr: Option<String>,
+    /// Client API port for remote CLIs and load balancers (HTTPS; 'none' to serve only the local socket)
+    #[arg(long, default_value = "0.0.0.0:4281", env = "FLOTILLA_API_LISTEN")]
+    pub api_listen: String,
 }
 
 #[derive(Debug, Args)]

@@ -71,6 +71,7 @@ pub fn router(member: Arc<Member>) -> Router {
         .route("/cluster/v1/session", post(session))
         .route("/cluster/v1/propose", post(propose))
         .route("/cluster/v1/add-manager", post(add_manager))
+        .route("/cluster/v1/read-index", post(read_index))
         .route(paths::APPEND, post(raft_append))
         .route(paths::VOTE, post(raft_vote))
         .route(paths::SNAPSHOT, post(raft_snapshot))
@@ -85,9 +86,12 @@ fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, ClusterError> {
 
 /// The caller's identity, which must be a node of this cluster.
 fn node_peer(peer: &Peer) -> Result<&flotilla_pki::PeerIdentity, ClusterError> {
-    peer.0.as_ref().ok_or_else(|| {
-        ClusterError::Unauthenticated("a node certificate of this cluster is required".into())
-    })
+    match peer.0.as_ref() {
+        Some(p) if p.role.is_node() => Ok(p),
+        _ => Err(ClusterError::Unauthenticated(
+            "a node certificate of this cluster is required".into(),
+        )),
+    }
 }
 
 /// The caller must be a manager, and so must this node.
@@ -145,6 +149,18 @@ async fn propose(
     // No second hop: a forwarded write that misses the leader fails, and
     // the original caller retries.
     raft.propose_at(command)
+        .await
+        .map(Json)
+        .map_err(|e| ClusterError::Unavailable(e.to_string()))
+}
+
+/// A follower asks for the index its next read must include.
+async fn read_index(
+    State(m): Ctx,
+    Extension(peer): Extension<Peer>,
+) -> Result<Json<u64>, ClusterError> {
+    let raft = manager_call(&m, &peer)?;
+    raft.read_index(std::time::Duration::from_secs(1))
         .await
         .map(Json)
         .map_err(|e| ClusterError::Unavailable(e.to_string()))
@@ -234,6 +250,7 @@ async fn join(
         labels: Default::default(),
         state: NodeState::Ready,
         addr: req.addr,
+        api_addr: req.api_addr,
         version: req.version,
         created_at: now,
         last_seen: now,

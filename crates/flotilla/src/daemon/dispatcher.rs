@@ -111,11 +111,13 @@ impl Dispatcher {
         if node.state != NodeState::Ready
             || (!req.addr.is_empty() && node.addr != req.addr)
             || node.version != req.version
+            || node.api_addr != req.api_addr
         {
             self.raft
                 .propose(Command::NodeSeen {
                     node_id: req.node_id.clone(),
                     addr: req.addr.clone(),
+                    api_addr: req.api_addr.clone(),
                     version: req.version.clone(),
                     at: now_ms(),
                 })

@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 use flotilla_api::model::{
     ErrorBody, Info, InitRequest, InitResponse, JoinRequest, JoinTokenView, NodeUpdate, NodeView,
-    Removed, ScaleRequest, ServiceView, TaskView,
+    Removed, ScaleRequest, ServiceView,
 };
 use flotilla_raft::RaftError;
 use flotilla_store::{Command, State as Store, StoreError};
@@ -124,6 +124,8 @@ type ApiResult<T> = Result<Json<T>, ApiError>;
 pub fn router(ctx: Arc<NodeCtx>) -> Router {
     Router::new()
         .route("/v1/info", get(info))
+        .route("/v1/leader-check", get(leader_check))
+        .route("/v1/client-cert", post(client_cert))
         .route("/v1/init", post(init))
         .route("/v1/join", post(join))
         .route("/v1/join-token/{role}", get(join_token))
@@ -137,6 +139,105 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
         .route("/v1/services/{name}/logs", get(logs))
         .fallback(|| async { ApiError::NotFound("no such API route".into()) })
         .with_state(ctx)
+}
+
+/// The API for remote CLIs, on the client API port: the same routes, but
+/// every call except the leader check needs a certificate of the cluster
+/// CA, a client's or a manager's (a worker's is refused).
+pub fn remote_router(ctx: Arc<NodeCtx>) -> Router {
+    router(ctx).layer(axum::middleware::from_fn(remote_auth))
+}
+
+async fn remote_auth(
+    peer: Option<axum::Extension<flotilla_transport::Peer>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.uri().path() == "/v1/leader-check" {
+        return next.run(request).await;
+    }
+    let role = peer.and_then(|axum::Extension(p)| p.0.map(|id| id.role));
+    match role {
+        Some(flotilla_pki::Role::Client) | Some(flotilla_pki::Role::Manager) => {
+            next.run(request).await
+        }
+        Some(flotilla_pki::Role::Worker) => {
+            ApiError::Forbidden("a worker's certificate cannot use the client API".into())
+                .into_response()
+        }
+        None => (
+            StatusCode::UNAUTHORIZED,
+            Json(ErrorBody {
+                error:
+                    "a client certificate of this cluster is required (see 'flotilla client-cert')"
+                        .into(),
+            }),
+        )
+            .into_response(),
+    }
+}
+
+async fn leader_check(State(ctx): Ctx) -> Response {
+    let Ok(m) = member(&ctx).await else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(flotilla_api::model::LeaderCheck {
+                leader: false,
+                leader_addr: None,
+            }),
+        )
+            .into_response();
+    };
+    use super::session::LeaderFinder;
+    let leader = m.raft.is_leader();
+    let body = flotilla_api::model::LeaderCheck {
+        leader,
+        leader_addr: m.member.leader_addr(),
+    };
+    let status = if leader {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+async fn client_cert(
+    State(ctx): Ctx,
+    req: Result<Json<flotilla_api::model::ClientCertRequest>, JsonRejection>,
+) -> ApiResult<flotilla_api::model::ClientCert> {
+    let req = body(req)?;
+    validate_name(&req.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let m = member(&ctx).await?;
+    let cluster = read(&m, |s| s.cluster.clone())
+        .ok_or_else(|| ApiError::Conflict("the cluster is not initialized".into()))?;
+    let ca = flotilla_pki::Ca::load(&flotilla_pki::CaMaterial {
+        cert_pem: cluster.ca_cert_pem.clone(),
+        key_pem: cluster.ca_key_pem.clone(),
+    })
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let key = flotilla_pki::new_key_and_csr().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let cert_pem = ca
+        .sign_node(
+            &key.csr_pem,
+            &req.name,
+            flotilla_pki::Role::Client,
+            super::CERT_VALIDITY,
+        )
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let managers = read(&m, |s| {
+        s.nodes
+            .values()
+            .filter(|n| n.role == NodeRole::Manager && !n.api_addr.is_empty())
+            .map(|n| n.api_addr.clone())
+            .collect()
+    });
+    Ok(Json(flotilla_api::model::ClientCert {
+        ca_pem: cluster.ca_cert_pem,
+        cert_pem,
+        key_pem: key.key_pem,
+        managers,
+    }))
 }
 
 fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
@@ -193,6 +294,54 @@ fn managers(member: &Mgr) -> ManagerStatus {
         leader_raft_id: leader,
         reachable,
     }
+}
+
+/// Makes the next read linearizable: the leader confirms it still leads
+/// (read index); a follower asks the leader for the read index and waits
+/// until it has applied that far. When that fails (no quorum, no leader),
+/// the read is served anyway with a warning that it may be stale.
+async fn linearize(m: &Mgr) -> Option<String> {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+    let index = if m.raft.is_leader() {
+        m.raft.read_index(WAIT).await.map_err(|e| e.to_string())
+    } else {
+        use super::session::LeaderFinder;
+        match m.member.leader_addr() {
+            None => Err("no leader is known".to_string()),
+            Some(addr) => m
+                .member
+                .client
+                .post::<_, u64>(
+                    flotilla_transport::Target::Manager,
+                    &addr,
+                    "/cluster/v1/read-index",
+                    &(),
+                    WAIT,
+                )
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    };
+    match index {
+        Ok(i) if m.raft.wait_applied(i, WAIT).await => None,
+        Ok(_) => Some("this manager is behind the leader: the answer may be stale".into()),
+        Err(e) => Some(format!(
+            "no quorum or no leader ({e}): the answer may be stale"
+        )),
+    }
+}
+
+/// A JSON answer, with the stale-read warning if there is one.
+fn answer<T: serde::Serialize>(warning: Option<String>, body: T) -> Response {
+    let mut response = Json(body).into_response();
+    if let Some(w) = warning {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&w) {
+            response
+                .headers_mut()
+                .insert(flotilla_api::client::WARNING_HEADER, v);
+        }
+    }
+    response
 }
 
 fn read<T>(member: &Mgr, f: impl FnOnce(&Store) -> T) -> T {
@@ -317,11 +466,15 @@ async fn join_token(
     }))
 }
 
-async fn nodes(State(ctx): Ctx) -> ApiResult<Vec<NodeView>> {
+async fn nodes(State(ctx): Ctx) -> Result<Response, ApiError> {
     let m = member(&ctx).await?;
+    let warning = linearize(&m).await;
     let status = managers(&m);
     let id = m.member.identity.node_id.clone();
-    Ok(Json(read(&m, |s| views::node_views(s, Some(&id), &status))))
+    Ok(answer(
+        warning,
+        read(&m, |s| views::node_views(s, Some(&id), &status)),
+    ))
 }
 
 fn node_not_found(id: &str) -> ApiError {
@@ -428,21 +581,23 @@ async fn remove_node(
     }))
 }
 
-async fn services(State(ctx): Ctx) -> ApiResult<Vec<ServiceView>> {
+async fn services(State(ctx): Ctx) -> Result<Response, ApiError> {
     let m = member(&ctx).await?;
-    Ok(Json(read(&m, views::service_views)))
+    let warning = linearize(&m).await;
+    Ok(answer(warning, read(&m, views::service_views)))
 }
 
 fn not_found(name: &str) -> ApiError {
     ApiError::NotFound(format!("service {name} not found"))
 }
 
-async fn service(State(ctx): Ctx, Path(name): Path<String>) -> ApiResult<ServiceView> {
+async fn service(State(ctx): Ctx, Path(name): Path<String>) -> Result<Response, ApiError> {
     let m = member(&ctx).await?;
+    let warning = linearize(&m).await;
     read(&m, |s| {
         s.service(&name).map(|svc| views::service_view(s, svc))
     })
-    .map(Json)
+    .map(|v| answer(warning, v))
     .ok_or_else(|| not_found(&name))
 }
 
@@ -577,12 +732,13 @@ async fn remove_service(State(ctx): Ctx, Path(name): Path<String>) -> ApiResult<
     }))
 }
 
-async fn tasks(State(ctx): Ctx, Path(name): Path<String>) -> ApiResult<Vec<TaskView>> {
+async fn tasks(State(ctx): Ctx, Path(name): Path<String>) -> Result<Response, ApiError> {
     let m = member(&ctx).await?;
+    let warning = linearize(&m).await;
     read(&m, |s| {
         s.service(&name).map(|svc| views::task_views(s, svc))
     })
-    .map(Json)
+    .map(|v| answer(warning, v))
     .ok_or_else(|| not_found(&name))
 }
 

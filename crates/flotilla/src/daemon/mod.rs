@@ -55,11 +55,17 @@ pub struct DaemonConfig {
     pub listen: String,
     /// Address other nodes reach this one at: `HOST` or `HOST:PORT`.
     pub advertise: Option<String>,
+    /// Client API port for remote CLIs (HTTPS, client certificates of the
+    /// cluster CA); `None` serves the local socket only.
+    pub api_listen: Option<String>,
 }
 
 /// The default cluster port (node-to-node traffic: raft, agent sessions,
 /// joins), like Swarm's 2377.
 pub const DEFAULT_CLUSTER_PORT: u16 = 4280;
+
+/// The default client API port (remote CLIs, load balancers' leader check).
+pub const DEFAULT_API_PORT: u16 = 4281;
 
 /// How long node certificates are valid.
 pub const CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
@@ -73,6 +79,7 @@ impl DaemonConfig {
             log_cap_bytes: flotilla_agent::agent::DEFAULT_LOG_CAP_BYTES,
             listen: format!("0.0.0.0:{DEFAULT_CLUSTER_PORT}"),
             advertise: None,
+            api_listen: Some(format!("0.0.0.0:{DEFAULT_API_PORT}")),
         }
     }
 }
@@ -309,6 +316,11 @@ pub struct NodeCtx {
     timings: RaftTimings,
     log_cap_bytes: u64,
     listener: std::sync::Mutex<Option<TcpListener>>,
+    api_listener: std::sync::Mutex<Option<TcpListener>>,
+    /// The port the client API is bound to, if any.
+    api_port: Option<u16>,
+    /// Set once the member runs; the remote API router needs it.
+    self_ref: std::sync::OnceLock<std::sync::Weak<NodeCtx>>,
     member: RwLock<Option<Arc<Member>>>,
     init_lock: Mutex<()>,
     shutdown: CancellationToken,
@@ -347,6 +359,19 @@ impl NodeCtx {
         match self.cluster_addr.read() {
             Ok(a) => a.clone(),
             Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Where remote clients reach this node's API: the cluster address's
+    /// host with the API port; empty without an API port.
+    pub fn api_addr(&self) -> String {
+        match self.api_port {
+            Some(port) => {
+                let cluster = self.cluster_addr();
+                let host = cluster.rsplit_once(':').map(|(h, _)| h).unwrap_or(&cluster);
+                format!("{host}:{port}")
+            }
+            None => String::new(),
         }
     }
 
@@ -403,6 +428,7 @@ impl NodeCtx {
             labels: Default::default(),
             state: NodeState::Ready,
             addr: self.cluster_addr(),
+            api_addr: self.api_addr(),
             version: VERSION.to_string(),
             created_at: now,
             last_seen: now,
@@ -476,6 +502,7 @@ impl NodeCtx {
             name: self.name.clone(),
             hostname: self.hostname.clone(),
             addr: self.cluster_addr(),
+            api_addr: self.api_addr(),
             version: VERSION.to_string(),
         };
         let answer: wire::JoinResponse = client
@@ -611,6 +638,7 @@ impl NodeCtx {
         let role = match tls.identity()?.role {
             Role::Manager => NodeRole::Manager,
             Role::Worker => NodeRole::Worker,
+            Role::Client => bail!("certs/node.crt is a client certificate, not a node's"),
         };
         let dispatcher = raft.as_ref().map(|r| {
             Arc::new(Dispatcher::new(
@@ -645,6 +673,19 @@ impl NodeCtx {
                 token.clone(),
             ));
         }
+        if member.raft.is_some() {
+            if let Some(listener) = self.api_listener.lock().ok().and_then(|mut l| l.take()) {
+                if let Some(ctx) = self.self_ref.get().and_then(|w| w.upgrade()) {
+                    let config = member.tls.server_config(&self.data_dir)?;
+                    self.tracker.spawn(flotilla_transport::serve(
+                        listener,
+                        Arc::new(std::sync::RwLock::new(config)),
+                        http::remote_router(ctx),
+                        token.clone(),
+                    ));
+                }
+            }
+        }
         let (assign_tx, assign_rx) = watch::channel(Arc::new(Assignments::default()));
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let agent = Agent::new(
@@ -670,6 +711,7 @@ impl NodeCtx {
         let session = SessionClient {
             node_id: member.identity.node_id.clone(),
             addr: self.cluster_addr(),
+            api_addr: self.api_addr(),
             client: member.client.clone(),
             finder: member.clone(),
             managers: known,
@@ -931,6 +973,18 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         .with_context(|| format!("cannot listen on the cluster port {}", config.listen))?;
     let bound = listener.local_addr().context("cluster port address")?;
     let cluster_addr = advertised(config.advertise.as_deref(), bound);
+    let api_listener = match &config.api_listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .with_context(|| format!("cannot listen on the client API port {a}"))?,
+        ),
+        None => None,
+    };
+    let api_port = api_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
     let hostname = hostname();
     let ctx = Arc::new(NodeCtx {
         data_dir: config.data_dir.clone(),
@@ -942,12 +996,16 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         timings: config.timings.clone(),
         log_cap_bytes: config.log_cap_bytes,
         listener: std::sync::Mutex::new(Some(listener)),
+        api_listener: std::sync::Mutex::new(api_listener),
+        api_port,
+        self_ref: std::sync::OnceLock::new(),
         member: RwLock::new(None),
         init_lock: Mutex::new(()),
         shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
     });
-    tracing::info!(listen = %bound, advertise = %cluster_addr, "cluster port bound");
+    let _ = ctx.self_ref.set(Arc::downgrade(&ctx));
+    tracing::info!(listen = %bound, advertise = %cluster_addr, api = ?api_port, "cluster port bound");
     if let Some(mut identity) = identity {
         if config.data_dir.join(FORCE_MARKER).exists() {
             rewrite_for_new_cluster(&config.data_dir, &mut identity)?;

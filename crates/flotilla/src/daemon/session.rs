@@ -28,6 +28,8 @@ pub trait LeaderFinder: Send + Sync + 'static {
 pub struct SessionClient {
     pub node_id: String,
     pub addr: String,
+    /// This node's client API address, if it serves one.
+    pub api_addr: String,
     pub client: ClusterClient,
     pub finder: Arc<dyn LeaderFinder>,
     /// Managers to try when no leader is known (from the last answer or
@@ -69,6 +71,7 @@ impl SessionClient {
                     .collect(),
                 known_version,
                 addr: self.addr.clone(),
+                api_addr: self.api_addr.clone(),
                 version: VERSION.to_string(),
             };
             let local = self.finder.local();

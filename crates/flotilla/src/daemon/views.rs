@@ -126,6 +126,7 @@ pub fn node_views(state: &State, self_id: Option<&str>, managers: &ManagerStatus
                 .to_string()
             }),
             addr: n.addr.clone(),
+            api_addr: n.api_addr.clone(),
             version: n.version.clone(),
             labels: n.labels.clone(),
             is_self: Some(n.id.as_str()) == self_id,

@@ -18,6 +18,9 @@ pub struct JoinRequest {
     pub hostname: String,
     /// Where other nodes reach the joining node's cluster port.
     pub addr: String,
+    /// Its client API address, if it serves one.
+    #[serde(default)]
+    pub api_addr: String,
     pub version: String,
 }
 
@@ -45,6 +48,8 @@ pub struct SessionRequest {
     /// Version of the assignments the agent holds (0: none).
     pub known_version: u64,
     pub addr: String,
+    #[serde(default)]
+    pub api_addr: String,
     pub version: String,
 }
 
