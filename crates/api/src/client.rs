@@ -348,6 +348,13 @@ impl Client {
         self.call(Method::POST, &path, Some(update)).await
     }
 
+    /// `POST /v1/nodes/{id}/promote` or `/demote`.
+    pub async fn set_role(&self, id: &str, promote: bool) -> Result<NodeView, ClientError> {
+        let verb = if promote { "promote" } else { "demote" };
+        let path = format!("/v1/nodes/{}/{verb}", encode_segment(id));
+        self.call::<(), _>(Method::POST, &path, None).await
+    }
+
     /// `DELETE /v1/nodes/{id}`.
     pub async fn remove_node(&self, id: &str, force: bool) -> Result<Removed, ClientError> {
         let path = format!("/v1/nodes/{}?force={force}", encode_segment(id));

@@ -111,9 +111,13 @@ impl Node {
         for var in CLI_ENV_REMOVE {
             cmd.env_remove(var);
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {} daemon for {}", flotilla.display(), self.name))?;
+        let child = cmd.spawn().with_context(|| {
+            format!(
+                "cannot start {} daemon for {}",
+                flotilla.display(),
+                self.name
+            )
+        })?;
         self.child = Some(child);
         Ok(())
     }
@@ -330,10 +334,6 @@ impl Cluster {
         ))
     }
 
-    pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.nodes.iter().position(|n| n.name == name)
-    }
-
     /// The running manager that says it leads, if exactly one does.
     pub async fn leader(&self) -> Result<usize> {
         let mut leaders = Vec::new();
@@ -404,7 +404,10 @@ impl Cluster {
                     return Err(format!("{} does not list {} ({view})", n.name, want.name));
                 };
                 if got.status != "ready" {
-                    return Err(format!("{} sees {} {} ({view})", n.name, want.name, got.status));
+                    return Err(format!(
+                        "{} sees {} {} ({view})",
+                        n.name, want.name, got.status
+                    ));
                 }
                 if want.manager
                     && !matches!(got.manager_status.as_deref(), Some("leader" | "reachable"))
@@ -421,7 +424,11 @@ impl Cluster {
                 .map(|v| v.name.as_str())
                 .collect();
             let [leader] = leaders.as_slice() else {
-                return Err(format!("{} sees {} leaders ({view})", n.name, leaders.len()));
+                return Err(format!(
+                    "{} sees {} leaders ({view})",
+                    n.name,
+                    leaders.len()
+                ));
             };
             match &leader_seen {
                 Some(l) if l != leader => {

@@ -6,6 +6,11 @@
 //! [--latency-samples 200] [--cli-samples 30] [--skip-swarm]
 //! [--swarm-replicas 50]`
 //!
+//! `flotilla-bench failover [--flotilla PATH] [--reps 20] [--replicas 10]
+//! [--port 24280]`: a cluster of 3 managers and 2 workers on loopback
+//! addresses of this machine; leader kill to the first successful write,
+//! and worker kill to all its tasks running elsewhere (see `failover.rs`).
+//!
 //! # What is measured, and how
 //! Every Flotilla figure is taken on a fresh `flotilla daemon` with a new
 //! temporary data dir, after `init` and after the node leads its cluster.
@@ -43,8 +48,11 @@
 //! status is non-zero only when setup failed (no runnable `flotilla`, or a
 //! daemon that cannot be started and initialised).
 
+mod cluster;
 mod daemon;
+mod failover;
 mod flotilla;
+mod logs;
 mod procs;
 mod stats;
 mod swarm;
@@ -72,6 +80,24 @@ struct Cli {
 enum Command {
     /// One node: convergence, idle memory and API latency, with Swarm as the peer
     OneNode(OneNodeArgs),
+    /// Five nodes (3 managers, 2 workers) on loopback: leader kill to a write, worker kill to its tasks running elsewhere
+    Failover(FailoverArgs),
+}
+
+#[derive(Debug, Args)]
+struct FailoverArgs {
+    /// The flotilla binary [default: next to this binary, else on PATH]
+    #[arg(long)]
+    flotilla: Option<PathBuf>,
+    /// Repetitions of each measurement
+    #[arg(long, default_value_t = 20)]
+    reps: usize,
+    /// Replicas of the service (the leader measurement alternates N+1 and N)
+    #[arg(long, default_value_t = 10)]
+    replicas: u64,
+    /// Cluster port of every node, on 127.0.0.11 to 127.0.0.15 (the client API port, if the daemon has one, is this plus one)
+    #[arg(long, default_value_t = 24280)]
+    port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -161,7 +187,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Command::OneNode(args) = cli.command;
     let outcome = runtime.block_on(async {
         // On Ctrl-C or SIGTERM the bench future is dropped, and with it every
         // guard, which stops what it started.
@@ -170,8 +195,14 @@ fn main() -> ExitCode {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let work = async {
+            match &cli.command {
+                Command::OneNode(args) => one_node(args).await,
+                Command::Failover(args) => failover_cmd(args).await,
+            }
+        };
         tokio::select! {
-            r = one_node(&args) => r,
+            r = work => r,
             _ = int.recv() => Err(anyhow!("interrupted (SIGINT); cleaned up")),
             _ = term.recv() => Err(anyhow!("interrupted (SIGTERM); cleaned up")),
         }
@@ -184,6 +215,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn failover_cmd(args: &FailoverArgs) -> Result<bool> {
+    let flotilla = locate_flotilla(args.flotilla.as_deref()).context("setup")?;
+    failover::run(&failover::Config {
+        flotilla,
+        reps: args.reps,
+        replicas: args.replicas,
+        port: args.port,
+    })
+    .await
 }
 
 /// Finds the flotilla binary and checks that it runs.

@@ -110,7 +110,11 @@ mod spread_tests {
 
     #[test]
     fn median_min_max() {
-        let ms = |v: &[u64]| v.iter().map(|m| Duration::from_millis(*m)).collect::<Vec<_>>();
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|m| Duration::from_millis(*m))
+                .collect::<Vec<_>>()
+        };
         let odd = Spread::of(&ms(&[300, 100, 200])).expect("odd");
         assert_eq!((odd.n, odd.median, odd.min, odd.max), (3, 0.2, 0.1, 0.3));
         let even = Spread::of(&ms(&[400, 100, 200, 300])).expect("even");

@@ -614,3 +614,59 @@ fn remote_cli_finds_a_live_manager_with_a_client_certificate() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn promote_and_demote_keep_tasks_running() -> Result<()> {
+    let m1 = start_named("m1")?;
+    m1.ok(&["init"])?;
+    let w1 = start_named("w1")?;
+    w1.ok(&[
+        "join",
+        "--token",
+        &token(&m1, "worker")?,
+        &manager_addr(&m1)?,
+    ])?;
+    m1.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "4",
+        "-d",
+        "--",
+        "sleep",
+        "100000",
+    ])?;
+    wait_until("4 tasks on 2 nodes", Duration::from_secs(5), || {
+        let by = running_by_node(&m1, "web")?;
+        Ok((by.values().sum::<usize>() == 4 && by.len() == 2).then_some(()))
+    })?;
+    let before = w1.task_pids();
+    let down = m1.cli(&["node", "demote", "m1"]);
+    assert!(down.stderr.contains("last manager"), "{}", down.stderr);
+    m1.ok(&["node", "promote", "w1"])?;
+    wait_until("w1 to serve as a manager", Duration::from_secs(10), || {
+        let info = w1.cli(&["info", "--format", "json"]);
+        Ok(
+            (info.code == 0 && info.json()?["managers"] == 2 && info.json()?["role"] == "manager")
+                .then_some(()),
+        )
+    })?;
+    assert_eq!(w1.task_pids(), before, "tasks kept across the role change");
+    // Demote the first manager through the new one (a follower).
+    w1.ok(&["node", "demote", "m1"])?;
+    wait_until("m1 to be a worker", Duration::from_secs(10), || {
+        let info = m1.cli(&["info", "--format", "json"]);
+        Ok((info.code == 0 && info.json()?["role"] == "worker").then_some(()))
+    })?;
+    wait_until("w1 to lead alone", Duration::from_secs(10), || {
+        let info = w1.ok(&["info", "--format", "json"])?.json()?;
+        Ok((info["managers"] == 1 && info["is_leader"] == true).then_some(()))
+    })?;
+    w1.ok(&["service", "scale", "web=5"])?;
+    wait_until("5 tasks running", Duration::from_secs(8), || {
+        Ok((running_by_node(&w1, "web")?.values().sum::<usize>() == 5).then_some(()))
+    })?;
+    Ok(())
+}

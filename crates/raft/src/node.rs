@@ -296,6 +296,31 @@ impl RaftNode {
         matches!(reached, Ok(Ok(_)))
     }
 
+    /// Removes a manager from the voters (demote). The leader refuses to
+    /// remove the last voter.
+    pub async fn remove_voter(&self, id: u64) -> Result<(), RaftError> {
+        // A change still in flight (a manager just added) must finish
+        // first; retry while it does.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let change = tokio::time::timeout(
+                Duration::from_secs(10),
+                self.raft
+                    .change_membership(openraft::ChangeMembers::RemoveVoters([id].into()), false),
+            )
+            .await
+            .map_err(|_| RaftError::Timeout(Duration::from_secs(10)))?;
+            match change {
+                Err(OpenraftError::APIError(ClientWriteError::ChangeMembershipError(
+                    openraft::error::ChangeMembershipError::InProgress(_),
+                ))) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return map_write(other),
+            }
+        }
+    }
+
     /// Stops openraft. The store is closed when the last handle drops.
     pub async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {

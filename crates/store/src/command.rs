@@ -41,6 +41,9 @@ pub enum Command {
         labels_add: BTreeMap<String, String>,
         labels_rm: Vec<String>,
     },
+    /// `node promote`/`node demote`: a new manager gets the next raft ID
+    /// (never reused); a worker has none.
+    SetNodeRole { node_id: String, role: NodeRole },
     /// `node rm`: forgets a node; its live tasks become orphaned so that
     /// they are replaced elsewhere.
     RemoveNode { node_id: String, at: UnixMs },

@@ -161,6 +161,28 @@ impl State {
                 changes.push(Change::Node(node_id.clone()));
                 Ok(Some(node_id.clone()))
             }
+            Command::SetNodeRole { node_id, role } => {
+                let cluster = self.cluster.as_mut().ok_or(StoreError::NotInitialized)?;
+                let node = self
+                    .nodes
+                    .get_mut(node_id)
+                    .ok_or_else(|| StoreError::NodeNotFound(node_id.clone()))?;
+                if node.role == *role {
+                    return Ok(None);
+                }
+                node.role = *role;
+                node.raft_id = match role {
+                    NodeRole::Manager => {
+                        let id = cluster.next_raft_id;
+                        cluster.next_raft_id += 1;
+                        changes.push(Change::Cluster);
+                        id
+                    }
+                    NodeRole::Worker => 0,
+                };
+                changes.push(Change::Node(node_id.clone()));
+                Ok(Some(node_id.clone()))
+            }
             Command::RemoveNode { node_id, at } => {
                 if self.nodes.remove(node_id).is_none() {
                     return Err(StoreError::NodeNotFound(node_id.clone()));

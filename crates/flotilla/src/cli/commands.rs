@@ -235,6 +235,22 @@ pub async fn node(client: &Client, command: &NodeCommand) -> Result<()> {
             );
             Ok(())
         }
+        NodeCommand::Promote { nodes } | NodeCommand::Demote { nodes } => {
+            let promote = matches!(command, NodeCommand::Promote { .. });
+            for n in nodes {
+                let v = client.set_role(n, promote).await?;
+                println!(
+                    "Node {} {} (it restarts itself in its new role)",
+                    v.name,
+                    if promote {
+                        "promoted to a manager"
+                    } else {
+                        "demoted to a worker"
+                    }
+                );
+            }
+            Ok(())
+        }
         NodeCommand::Inspect { nodes, format } => {
             let mut out = Vec::new();
             for n in nodes {

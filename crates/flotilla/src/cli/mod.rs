@@ -150,6 +150,16 @@ pub enum NodeCommand {
     /// List nodes
     #[command(alias = "list")]
     Ls(FormatArg),
+    /// Make workers managers (raft voters)
+    Promote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make managers workers
+    Demote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Show nodes in detail
     Inspect {
         #[arg(required = true)]

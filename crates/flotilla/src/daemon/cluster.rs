@@ -72,6 +72,8 @@ pub fn router(member: Arc<Member>) -> Router {
         .route("/cluster/v1/propose", post(propose))
         .route("/cluster/v1/add-manager", post(add_manager))
         .route("/cluster/v1/read-index", post(read_index))
+        .route("/cluster/v1/renew", post(renew))
+        .route("/cluster/v1/remove-manager", post(remove_manager))
         .route(paths::APPEND, post(raft_append))
         .route(paths::VOTE, post(raft_vote))
         .route(paths::SNAPSHOT, post(raft_snapshot))
@@ -152,6 +154,73 @@ async fn propose(
         .await
         .map(Json)
         .map_err(|e| ClusterError::Unavailable(e.to_string()))
+}
+
+/// Demote: the leader removes a manager from the voters.
+async fn remove_manager(
+    State(m): Ctx,
+    Extension(peer): Extension<Peer>,
+    req: Result<Json<u64>, JsonRejection>,
+) -> Result<Json<()>, ClusterError> {
+    let raft = manager_call(&m, &peer)?;
+    let raft_id = body(req)?;
+    if !raft.is_leader() {
+        return Err(ClusterError::Unavailable(
+            "this manager is not the leader".into(),
+        ));
+    }
+    raft.remove_voter(raft_id)
+        .await
+        .map(Json)
+        .map_err(|e| ClusterError::Unavailable(e.to_string()))
+}
+
+/// A node renews its certificate, with the role the store gives it now
+/// (so a promoted or demoted node gets its new role this way).
+async fn renew(
+    State(m): Ctx,
+    Extension(peer): Extension<Peer>,
+    req: Result<Json<super::wire::RenewRequest>, JsonRejection>,
+) -> Result<Json<super::wire::RenewResponse>, ClusterError> {
+    let who = node_peer(&peer)?.clone();
+    let req = body(req)?;
+    let Some(raft) = m.raft.clone() else {
+        return Err(ClusterError::Forbidden(
+            "this node is a worker: renew through a manager".into(),
+        ));
+    };
+    let (cluster, node) = {
+        let state = raft.state();
+        let state = state
+            .read()
+            .map_err(|_| ClusterError::Internal("state lock poisoned".into()))?;
+        (
+            state.cluster.clone(),
+            state.nodes.get(&who.node_id).cloned(),
+        )
+    };
+    let cluster = cluster
+        .ok_or_else(|| ClusterError::Unavailable("the cluster is not initialized".into()))?;
+    let node = node.ok_or_else(|| {
+        ClusterError::Forbidden(format!("node {} is not part of this cluster", who.node_id))
+    })?;
+    let ca = Ca::load(&CaMaterial {
+        cert_pem: cluster.ca_cert_pem,
+        key_pem: cluster.ca_key_pem,
+    })
+    .map_err(|e| ClusterError::Internal(e.to_string()))?;
+    let role = match node.role {
+        NodeRole::Manager => Role::Manager,
+        NodeRole::Worker => Role::Worker,
+    };
+    let cert_pem = ca
+        .sign_node(&req.csr_pem, &node.id, role, CERT_VALIDITY)
+        .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
+    Ok(Json(super::wire::RenewResponse {
+        cert_pem,
+        role: node.role.as_str().to_string(),
+        raft_id: node.raft_id,
+    }))
 }
 
 /// A follower asks for the index its next read must include.

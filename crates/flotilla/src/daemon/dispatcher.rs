@@ -99,6 +99,8 @@ impl Dispatcher {
                 version: 0,
                 assignments: None,
                 managers: manager_addrs(&self.view.read()),
+                role: None,
+                raft_id: 0,
             });
         }
         let node = self.view.read().nodes.get(&req.node_id).cloned();
@@ -135,13 +137,19 @@ impl Dispatcher {
         let mut applied = self.view.applied.clone();
         let deadline = tokio::time::Instant::now() + LONG_POLL;
         loop {
-            let (tasks, known, managers) = {
+            let (tasks, known, managers, role, raft_id) = {
                 let state = self.view.read();
                 let (tasks, known) = assignments_for(&state, &req.node_id);
-                (tasks, known, manager_addrs(&state))
+                let (role, raft_id) = state
+                    .nodes
+                    .get(&req.node_id)
+                    .map(|n| (n.role.as_str().to_string(), n.raft_id))
+                    .unwrap_or_default();
+                (tasks, known, manager_addrs(&state), role, raft_id)
             };
             let version = version_of(&tasks);
-            if version != req.known_version {
+            let role_changed = !req.role.is_empty() && req.role != role;
+            if version != req.known_version || role_changed {
                 return Ok(SessionResponse {
                     redirect: None,
                     version,
@@ -150,6 +158,8 @@ impl Dispatcher {
                         known_task_ids: known,
                     }),
                     managers,
+                    role: Some(role),
+                    raft_id,
                 });
             }
             let changed = tokio::time::timeout_at(deadline, applied.changed()).await;
@@ -159,6 +169,8 @@ impl Dispatcher {
                     version,
                     assignments: None,
                     managers,
+                    role: Some(role),
+                    raft_id,
                 });
             }
         }

@@ -132,6 +132,8 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{id}", get(node).delete(remove_node))
         .route("/v1/nodes/{id}/update", post(update_node))
+        .route("/v1/nodes/{id}/promote", post(promote_node))
+        .route("/v1/nodes/{id}/demote", post(demote_node))
         .route("/v1/services", get(services).post(create_service))
         .route("/v1/services/{name}", get(service).delete(remove_service))
         .route("/v1/services/{name}/scale", post(scale))
@@ -542,6 +544,92 @@ async fn update_node(
             other => other.into(),
         })?;
     one_node(&m, &node_id).map(Json)
+}
+
+async fn promote_node(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult<NodeView> {
+    let m = member(&ctx).await?;
+    let node = read(&m, |s| s.node(&id).cloned()).ok_or_else(|| node_not_found(&id))?;
+    if node.role == NodeRole::Manager {
+        return Err(ApiError::Conflict(format!(
+            "node {} is already a manager",
+            node.name
+        )));
+    }
+    if node.state != flotilla_types::NodeState::Ready {
+        return Err(ApiError::Conflict(format!(
+            "node {} is down: it cannot be promoted until it is back",
+            node.name
+        )));
+    }
+    m.member
+        .propose(Command::SetNodeRole {
+            node_id: node.id.clone(),
+            role: NodeRole::Manager,
+        })
+        .await??;
+    one_node(&m, &node.id).map(Json)
+}
+
+async fn demote_node(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult<NodeView> {
+    let m = member(&ctx).await?;
+    let node = read(&m, |s| s.node(&id).cloned()).ok_or_else(|| node_not_found(&id))?;
+    if node.role == NodeRole::Worker {
+        return Err(ApiError::Conflict(format!(
+            "node {} is already a worker",
+            node.name
+        )));
+    }
+    let managers = read(&m, |s| {
+        s.nodes
+            .values()
+            .filter(|n| n.role == NodeRole::Manager)
+            .count()
+    });
+    if managers <= 1 {
+        return Err(ApiError::Conflict(format!(
+            "node {} is the last manager: promote another node first",
+            node.name
+        )));
+    }
+    // Out of the raft group first, so that it never votes as a worker.
+    if node.raft_id != 0 {
+        let removed = if m.raft.is_leader() {
+            m.raft
+                .remove_voter(node.raft_id)
+                .await
+                .map_err(|e| e.to_string())
+        } else {
+            use super::session::LeaderFinder;
+            match m.member.leader_addr() {
+                None => Err("no leader is known".to_string()),
+                Some(addr) => m
+                    .member
+                    .client
+                    .post::<_, ()>(
+                        flotilla_transport::Target::Manager,
+                        &addr,
+                        "/cluster/v1/remove-manager",
+                        &node.raft_id,
+                        std::time::Duration::from_secs(12),
+                    )
+                    .await
+                    .map_err(|e| e.to_string()),
+            }
+        };
+        if let Err(e) = removed {
+            return Err(ApiError::Unavailable(format!(
+                "cannot remove {} from the raft group: {e}",
+                node.name
+            )));
+        }
+    }
+    m.member
+        .propose(Command::SetNodeRole {
+            node_id: node.id.clone(),
+            role: NodeRole::Worker,
+        })
+        .await??;
+    one_node(&m, &node.id).map(Json)
 }
 
 #[derive(Debug, Deserialize)]

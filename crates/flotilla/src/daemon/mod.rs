@@ -708,14 +708,63 @@ impl NodeCtx {
         let mut known = managers;
         known.extend(member.identity.managers.iter().cloned());
         known.dedup();
+        let (role_tx, mut role_rx) = mpsc::unbounded_channel::<(String, u64)>();
         let session = SessionClient {
             node_id: member.identity.node_id.clone(),
             addr: self.cluster_addr(),
             api_addr: self.api_addr(),
             client: member.client.clone(),
             finder: member.clone(),
-            managers: known,
+            managers: known.clone(),
+            role: member.role.as_str().to_string(),
+            role_changed: role_tx,
         };
+        // Promote/demote, and certificates near expiry: get a new
+        // certificate and restart in place (tasks keep running).
+        let renew_member = member.clone();
+        let data_dir = self.data_dir.clone();
+        let renew_token = token.clone();
+        let renew_known = known.clone();
+        self.tracker.spawn(async move {
+            loop {
+                let expiring = renew_member
+                    .tls
+                    .identity()
+                    .map(|i| (i.not_after - (now_ms() / 1000) as i64) < (CERT_VALIDITY.as_secs() / 3) as i64)
+                    .unwrap_or(false);
+                let reason = if expiring {
+                    Some("the node certificate is due for renewal".to_string())
+                } else {
+                    tokio::select! {
+                        _ = renew_token.cancelled() => return,
+                        r = role_rx.recv() => r.map(|(role, _)| format!("this node is now a {role}")),
+                        _ = tokio::time::sleep(Duration::from_secs(3600)) => None,
+                    }
+                };
+                let Some(reason) = reason else { continue };
+                match renew_and_restart(&renew_member, &data_dir, &renew_known).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, %reason, "could not renew the node certificate; retrying in 5 s");
+                        tokio::select! {
+                            _ = renew_token.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        }
+                    }
+                }
+            }
+        });
+        if let Some(raft) = member.raft.clone() {
+            if !raft.is_initialized() {
+                // A manager that is not in the raft group yet (promoted, or
+                // restarted before it was added): ask to be added.
+                let m = member.clone();
+                let addr = self.cluster_addr();
+                let t = token.clone();
+                self.tracker
+                    .spawn(async move { ask_to_be_added(m, addr, known, t).await });
+            }
+        }
         self.tracker
             .spawn(session.run(assign_tx, report_rx, token.clone()));
         if member.raft.is_some() {
@@ -727,6 +776,106 @@ impl NodeCtx {
             ));
         }
         Ok(())
+    }
+}
+
+/// Asks the managers, in turn, to add this manager to the raft group.
+async fn ask_to_be_added(
+    member: Arc<Member>,
+    addr: String,
+    managers: Vec<String>,
+    shutdown: CancellationToken,
+) {
+    let request = wire::AddManager {
+        raft_id: member.identity.raft_id,
+        addr,
+    };
+    let mut i = 0usize;
+    loop {
+        if member.raft.as_ref().is_some_and(|r| r.is_initialized()) {
+            return;
+        }
+        if let Some(target) = managers.get(i % managers.len().max(1)) {
+            let added = member
+                .client
+                .post::<_, ()>(
+                    Target::Manager,
+                    target,
+                    "/cluster/v1/add-manager",
+                    &request,
+                    Duration::from_secs(40),
+                )
+                .await;
+            match added {
+                Ok(()) => {
+                    tracing::info!("added to the raft group as a manager");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, %target, "could not join the raft group yet"),
+            }
+        }
+        i += 1;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Gets a certificate for this node's current role from a manager, stores
+/// it, and restarts the daemon in place to use it.
+async fn renew_and_restart(member: &Member, data_dir: &Path, managers: &[String]) -> Result<()> {
+    let key = new_key_and_csr()?;
+    let request = wire::RenewRequest {
+        csr_pem: key.csr_pem,
+    };
+    let mut last = None;
+    let mut targets: Vec<String> = member.leader_addr().into_iter().collect();
+    targets.extend(managers.iter().cloned());
+    for target in targets {
+        match member
+            .client
+            .post::<_, wire::RenewResponse>(
+                Target::Manager,
+                &target,
+                "/cluster/v1/renew",
+                &request,
+                Duration::from_secs(10),
+            )
+            .await
+        {
+            Ok(answer) => {
+                let tls = NodeTls {
+                    ca_pem: member.tls.ca_pem.clone(),
+                    cert_pem: answer.cert_pem,
+                    key_pem: key.key_pem,
+                };
+                let mut identity = member.identity.clone();
+                identity.raft_id = answer.raft_id;
+                if answer.role == "manager" && !identity.managers.contains(&target) {
+                    identity.managers.push(target.clone());
+                }
+                if answer.role == "worker" && member.raft.is_some() {
+                    if let Some(raft) = &member.raft {
+                        raft.shutdown().await;
+                    }
+                    let aside = data_dir.join(format!("raft.redb.demoted-{}", now_ms()));
+                    std::fs::rename(data_dir.join("raft.redb"), &aside)?;
+                } else if let Some(raft) = &member.raft {
+                    raft.shutdown().await;
+                }
+                tls.store(data_dir)?;
+                identity::store(data_dir, &identity)?;
+                tracing::warn!(role = %answer.role, "new node certificate stored: restarting in place");
+                reexec();
+                return Ok(());
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => Err(e.into()),
+        None => bail!("no manager is known to renew the certificate"),
     }
 }
 
@@ -1007,7 +1156,8 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
     let _ = ctx.self_ref.set(Arc::downgrade(&ctx));
     tracing::info!(listen = %bound, advertise = %cluster_addr, api = ?api_port, "cluster port bound");
     if let Some(mut identity) = identity {
-        if config.data_dir.join(FORCE_MARKER).exists() {
+        let forced = config.data_dir.join(FORCE_MARKER).exists();
+        if forced {
             rewrite_for_new_cluster(&config.data_dir, &mut identity)?;
         }
         let tls = tls.with_context(|| {
@@ -1031,7 +1181,7 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         } else {
             None
         };
-        if let Some(r) = &raft {
+        if let Some(r) = raft.as_ref().filter(|_| forced) {
             if !r.is_initialized() {
                 // A store seeded by --force-new-cluster: start the new group,
                 // and snapshot at once, because the seeded state is in no

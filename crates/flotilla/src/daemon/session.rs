@@ -35,6 +35,11 @@ pub struct SessionClient {
     /// Managers to try when no leader is known (from the last answer or
     /// from joining).
     pub managers: Vec<String>,
+    /// The role this node's certificate states.
+    pub role: String,
+    /// Told once when the store gives this node another role (promote or
+    /// demote): the new role and raft ID.
+    pub role_changed: mpsc::UnboundedSender<(String, u64)>,
 }
 
 enum Outcome {
@@ -73,6 +78,7 @@ impl SessionClient {
                 addr: self.addr.clone(),
                 api_addr: self.api_addr.clone(),
                 version: VERSION.to_string(),
+                role: self.role.clone(),
             };
             let local = self.finder.local();
             let remote = redirect
@@ -135,6 +141,14 @@ impl SessionClient {
                 }
                 Outcome::Answer(answer) => {
                     failures = 0;
+                    if let Some(role) = &answer.role {
+                        if !role.is_empty() && *role != self.role {
+                            tracing::info!(from = %self.role, to = %role, "this node's role changed");
+                            let _ = self.role_changed.send((role.clone(), answer.raft_id));
+                            // Report it once; the daemon restarts in its new role.
+                            self.role = role.clone();
+                        }
+                    }
                     if !answer.managers.is_empty() {
                         self.managers = answer.managers.clone();
                     }

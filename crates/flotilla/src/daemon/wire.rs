@@ -51,6 +51,9 @@ pub struct SessionRequest {
     #[serde(default)]
     pub api_addr: String,
     pub version: String,
+    /// The role this node's certificate states.
+    #[serde(default)]
+    pub role: String,
 }
 
 /// The dispatcher's answer.
@@ -64,6 +67,27 @@ pub struct SessionResponse {
     pub assignments: Option<NodeAssignments>,
     /// Cluster addresses of the managers, for failover.
     pub managers: Vec<String>,
+    /// The node's role and raft ID as the store has them; a node whose
+    /// certificate says otherwise changes role (promote/demote).
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub raft_id: u64,
+}
+
+/// `POST /cluster/v1/renew`: a node asks for a new certificate for the
+/// key of `csr_pem`, with the role the store gives it now.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewRequest {
+    pub csr_pem: String,
+}
+
+/// The renewed certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RenewResponse {
+    pub cert_pem: String,
+    pub role: String,
+    pub raft_id: u64,
 }
 
 /// The tasks a node must know about.
