@@ -170,14 +170,24 @@ impl RaftNode {
                 .is_some()
     }
 
-    /// The current leader's raft ID, if known.
+    /// The current leader's raft ID, if known. A member that believes it
+    /// leads but is no longer leader knows no leader.
     pub fn leader(&self) -> Option<u64> {
-        self.raft.metrics().borrow().current_leader
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        match m.current_leader {
+            Some(l) if l == self.id && m.state != openraft::ServerState::Leader => None,
+            other => other,
+        }
     }
 
-    /// Whether this member leads.
+    /// Whether this member leads. Both the server state and the leader ID
+    /// must say so: a leader removed from the group keeps its own ID as the
+    /// last known leader after it steps down.
     pub fn is_leader(&self) -> bool {
-        self.leader() == Some(self.id)
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == openraft::ServerState::Leader && m.current_leader == Some(self.id)
     }
 
     /// Makes this member the only voter of a new raft group.
@@ -230,6 +240,17 @@ impl RaftNode {
     /// Adds a manager as a voter: first as a learner that catches up, then
     /// as a voter.
     pub async fn add_voter(&self, id: u64, addr: &str) -> Result<(), RaftError> {
+        let already = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == id);
+        if already {
+            return Ok(());
+        }
         let node = BasicNode::new(addr);
         let add = tokio::time::timeout(
             Duration::from_secs(30),
@@ -238,14 +259,24 @@ impl RaftNode {
         .await
         .map_err(|_| RaftError::Timeout(Duration::from_secs(30)))?;
         map_write(add)?;
-        let change = tokio::time::timeout(
-            Duration::from_secs(30),
-            self.raft
-                .change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), false),
-        )
-        .await
-        .map_err(|_| RaftError::Timeout(Duration::from_secs(30)))?;
-        map_write(change)
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let change = tokio::time::timeout(
+                Duration::from_secs(30),
+                self.raft
+                    .change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), false),
+            )
+            .await
+            .map_err(|_| RaftError::Timeout(Duration::from_secs(30)))?;
+            match change {
+                Err(OpenraftError::APIError(ClientWriteError::ChangeMembershipError(
+                    openraft::error::ChangeMembershipError::InProgress(_),
+                ))) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return map_write(other),
+            }
+        }
     }
 
     /// Builds a snapshot of everything applied and drops the log before it,

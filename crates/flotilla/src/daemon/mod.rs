@@ -561,25 +561,8 @@ impl NodeCtx {
             .map_err(failed)?;
         *self.member.write().await = Some(member.clone());
         if member.raft.is_some() {
-            // The raft endpoints now answer: ask the leader to make this
-            // member a voter (through whichever manager we joined).
-            let request = wire::AddManager {
-                raft_id: identity.raft_id,
-                addr: self.cluster_addr(),
-            };
-            member
-                .client
-                .post::<_, ()>(
-                    Target::Manager,
-                    manager_addr,
-                    "/cluster/v1/add-manager",
-                    &request,
-                    Duration::from_secs(40),
-                )
-                .await
-                .map_err(|e| {
-                    InitError::Refused(format!("joined, but could not become a raft voter: {e}"))
-                })?;
+            // start_member asks the managers to add this one to the raft
+            // group (and keeps asking until it is in).
             // Answer once this manager holds the cluster's state, so that
             // the next command here sees it.
             if let Some(raft) = &member.raft {
@@ -593,9 +576,11 @@ impl NodeCtx {
                         .unwrap_or(false)
                 };
                 let caught_up =
-                    tokio::time::timeout(Duration::from_secs(10), applied.wait_for(has_me)).await;
+                    tokio::time::timeout(Duration::from_secs(40), applied.wait_for(has_me)).await;
                 if !matches!(caught_up, Ok(Ok(_))) {
-                    tracing::warn!("joined, but the cluster state has not arrived within 10 s");
+                    return Err(InitError::Refused(
+                        "joined, but this manager did not receive the cluster state within 40 s (is the leader reachable at this node's address?)".into(),
+                    ));
                 }
             }
         }
@@ -708,7 +693,7 @@ impl NodeCtx {
         let mut known = managers;
         known.extend(member.identity.managers.iter().cloned());
         known.dedup();
-        let (role_tx, mut role_rx) = mpsc::unbounded_channel::<(String, u64)>();
+        let (role_tx, mut role_rx) = mpsc::unbounded_channel::<(String, u64, Option<String>)>();
         let session = SessionClient {
             node_id: member.identity.node_id.clone(),
             addr: self.cluster_addr(),
@@ -725,6 +710,7 @@ impl NodeCtx {
         let data_dir = self.data_dir.clone();
         let renew_token = token.clone();
         let renew_known = known.clone();
+        let own_addr = self.cluster_addr();
         self.tracker.spawn(async move {
             loop {
                 let expiring = renew_member
@@ -732,17 +718,24 @@ impl NodeCtx {
                     .identity()
                     .map(|i| (i.not_after - (now_ms() / 1000) as i64) < (CERT_VALIDITY.as_secs() / 3) as i64)
                     .unwrap_or(false);
+                let mut targets = renew_known.clone();
                 let reason = if expiring {
                     Some("the node certificate is due for renewal".to_string())
                 } else {
                     tokio::select! {
                         _ = renew_token.cancelled() => return,
-                        r = role_rx.recv() => r.map(|(role, _)| format!("this node is now a {role}")),
+                        r = role_rx.recv() => r.map(|(role, _, from)| {
+                            // The dispatcher that told us knows best.
+                            if let Some(f) = from {
+                                targets.insert(0, f);
+                            }
+                            format!("this node is now a {role}")
+                        }),
                         _ = tokio::time::sleep(Duration::from_secs(3600)) => None,
                     }
                 };
                 let Some(reason) = reason else { continue };
-                match renew_and_restart(&renew_member, &data_dir, &renew_known).await {
+                match renew_and_restart(&renew_member, &data_dir, &targets, &own_addr).await {
                     Ok(()) => return,
                     Err(e) => {
                         tracing::warn!(error = %e, %reason, "could not renew the node certificate; retrying in 5 s");
@@ -824,14 +817,23 @@ async fn ask_to_be_added(
 
 /// Gets a certificate for this node's current role from a manager, stores
 /// it, and restarts the daemon in place to use it.
-async fn renew_and_restart(member: &Member, data_dir: &Path, managers: &[String]) -> Result<()> {
+async fn renew_and_restart(
+    member: &Member,
+    data_dir: &Path,
+    managers: &[String],
+    own: &str,
+) -> Result<()> {
     let key = new_key_and_csr()?;
     let request = wire::RenewRequest {
         csr_pem: key.csr_pem,
     };
     let mut last = None;
+    // Never ourselves: a manager that was just demoted is cut off from the
+    // raft group, and its own view of its role is stale.
     let mut targets: Vec<String> = member.leader_addr().into_iter().collect();
     targets.extend(managers.iter().cloned());
+    targets.retain(|t| t != own);
+    targets.dedup();
     for target in targets {
         match member
             .client

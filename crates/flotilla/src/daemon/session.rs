@@ -39,7 +39,7 @@ pub struct SessionClient {
     pub role: String,
     /// Told once when the store gives this node another role (promote or
     /// demote): the new role and raft ID.
-    pub role_changed: mpsc::UnboundedSender<(String, u64)>,
+    pub role_changed: mpsc::UnboundedSender<(String, u64, Option<String>)>,
 }
 
 enum Outcome {
@@ -81,16 +81,22 @@ impl SessionClient {
                 role: self.role.clone(),
             };
             let local = self.finder.local();
+            // This node's own address is never a useful remote target: if
+            // it led, `local` would be set (a manager removed from the raft
+            // group may still think it leads).
+            let own = self.addr.clone();
+            let useful = |a: &String| !a.is_empty() && *a != own;
             let remote = redirect
                 .clone()
-                .filter(|a| !a.is_empty())
-                .or_else(|| self.finder.leader_addr())
+                .filter(useful)
+                .or_else(|| self.finder.leader_addr().filter(useful))
                 .or_else(|| {
-                    if self.managers.is_empty() {
+                    let others: Vec<&String> = self.managers.iter().filter(|a| useful(a)).collect();
+                    if others.is_empty() {
                         return None;
                     }
-                    next_manager = (next_manager + 1) % self.managers.len();
-                    self.managers.get(next_manager).cloned()
+                    next_manager = (next_manager + 1) % others.len();
+                    others.get(next_manager).map(|a| (*a).clone())
                 });
             let sent_reports = !pending.is_empty();
             let call = async {
@@ -144,7 +150,11 @@ impl SessionClient {
                     if let Some(role) = &answer.role {
                         if !role.is_empty() && *role != self.role {
                             tracing::info!(from = %self.role, to = %role, "this node's role changed");
-                            let _ = self.role_changed.send((role.clone(), answer.raft_id));
+                            let _ = self.role_changed.send((
+                                role.clone(),
+                                answer.raft_id,
+                                remote.clone(),
+                            ));
                             // Report it once; the daemon restarts in its new role.
                             self.role = role.clone();
                         }
