@@ -624,7 +624,7 @@ async fn demote_node(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult<NodeV
         }
         // A leader that removed itself steps down; wait for the next one.
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        while !m.raft.leader().is_some_and(|l| l != node.raft_id)
+        while m.raft.leader().is_none_or(|l| l == node.raft_id)
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
