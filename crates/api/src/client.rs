@@ -321,6 +321,12 @@ impl Client {
         self.call(Method::POST, "/v1/join", Some(request)).await
     }
 
+    /// `POST /v1/leave`.
+    pub async fn leave(&self, force: bool) -> Result<(), ClientError> {
+        let path = format!("/v1/leave?force={force}");
+        self.call::<(), _>(Method::POST, &path, None).await
+    }
+
     /// `GET /v1/join-token/{role}`, rotating the secret first if asked.
     pub async fn join_token(&self, role: &str, rotate: bool) -> Result<JoinTokenView, ClientError> {
         let path = format!("/v1/join-token/{}?rotate={rotate}", encode_segment(role));

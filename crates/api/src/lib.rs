@@ -21,6 +21,7 @@
 //! | GET | `/v1/info` | | [`model::Info`] |
 //! | POST | `/v1/init` | [`model::InitRequest`] | [`model::InitResponse`] |
 //! | POST | `/v1/join` | [`model::JoinRequest`] | [`model::InitResponse`] |
+//! | POST | `/v1/leave` | `force` | `null` |
 //! | GET | `/v1/join-token/{role}` | `rotate` | [`model::JoinTokenView`] |
 //! | GET | `/v1/nodes` | | `[`[`model::NodeView`]`]` |
 //! | GET | `/v1/nodes/{id}` | | [`model::NodeView`] |

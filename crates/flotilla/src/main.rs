@@ -120,6 +120,14 @@ async fn dispatch(
         Command::JoinToken(a) => commands::join_token(&client()?, a).await,
         Command::ClientCert { name, out } => commands::client_cert(&client()?, name, out).await,
         Command::LeaderCheck => commands::leader_check(&client()?).await,
+        Command::Leave { force } => {
+            client()?
+                .with_timeout(std::time::Duration::from_secs(180))
+                .leave(*force)
+                .await?;
+            println!("Node left the cluster.");
+            Ok(())
+        }
         Command::Node(c) => commands::node(&client()?, c).await,
         Command::Service(c) => commands::service(&client()?, c).await,
         Command::Stack(c) => commands::stack(&client()?, c).await,

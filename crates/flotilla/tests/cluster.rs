@@ -670,3 +670,48 @@ fn promote_and_demote_keep_tasks_running() -> Result<()> {
     })?;
     Ok(())
 }
+
+#[test]
+fn a_node_leaves_and_joins_again() -> Result<()> {
+    let m1 = start_named("m1")?;
+    m1.ok(&["init"])?;
+    let addr = manager_addr(&m1)?;
+    let w1 = start_named("w1")?;
+    w1.ok(&["join", "--token", &token(&m1, "worker")?, &addr])?;
+    m1.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "4",
+        "--stop-grace-period",
+        "1s",
+        "-d",
+        "--",
+        "sleep",
+        "100000",
+    ])?;
+    wait_until("w1 to run tasks", Duration::from_secs(5), || {
+        Ok((!w1.task_pids().is_empty()).then_some(()))
+    })?;
+    let last = m1.cli(&["leave"]);
+    assert!(last.stderr.contains("last manager"), "{}", last.stderr);
+    w1.ok(&["leave"])?;
+    assert!(w1.task_pids().is_empty(), "a node that left runs no tasks");
+    let info = w1.ok(&["info", "--format", "json"])?.json()?;
+    assert!(info["cluster_id"].is_null());
+    wait_until("m1 to run all 4 tasks", Duration::from_secs(8), || {
+        let by = running_by_node(&m1, "web")?;
+        Ok((by.get("m1") == Some(&4)).then_some(()))
+    })?;
+    wait_until("w1 to show as down", Duration::from_secs(6), || {
+        Ok((node_state(&m1, "w1")? == "down").then_some(()))
+    })?;
+    m1.ok(&["node", "rm", "w1"])?;
+    w1.ok(&["join", "--token", &token(&m1, "worker")?, &addr])?;
+    wait_until("w1 back and ready", Duration::from_secs(5), || {
+        Ok((node_state(&m1, "w1")? == "ready").then_some(()))
+    })?;
+    Ok(())
+}

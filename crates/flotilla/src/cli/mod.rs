@@ -57,6 +57,12 @@ pub enum Command {
     Join(JoinArgs),
     /// Show (or rotate) the token that lets a node join as a worker or a manager
     JoinToken(JoinTokenArgs),
+    /// Leave the cluster: stop this node's tasks and forget the cluster
+    Leave {
+        /// Leave even as the last manager, or when it breaks quorum
+        #[arg(short, long)]
+        force: bool,
+    },
     /// Make a client certificate for using the CLI from another machine (--host)
     ClientCert {
         /// Who it is for

@@ -128,6 +128,7 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
         .route("/v1/client-cert", post(client_cert))
         .route("/v1/init", post(init))
         .route("/v1/join", post(join))
+        .route("/v1/leave", post(leave))
         .route("/v1/join-token/{role}", get(join_token))
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{id}", get(node).delete(remove_node))
@@ -416,6 +417,11 @@ async fn join(
         cluster_id: identity.cluster_id,
         node_id: identity.node_id,
     }))
+}
+
+async fn leave(State(ctx): Ctx, Query(q): Query<ForceQuery>) -> ApiResult<()> {
+    ctx.leave(q.force).await?;
+    Ok(Json(()))
 }
 
 #[derive(Debug, Deserialize)]

@@ -316,6 +316,10 @@ pub struct NodeCtx {
     timings: RaftTimings,
     log_cap_bytes: u64,
     listener: std::sync::Mutex<Option<TcpListener>>,
+    /// Cancels what runs for the current membership (leave).
+    member_token: std::sync::Mutex<Option<CancellationToken>>,
+    /// The agent's task, to wait for it to stop the tasks on leave.
+    agent_done: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     api_listener: std::sync::Mutex<Option<TcpListener>>,
     /// The port the client API is bound to, if any.
     api_port: Option<u16>,
@@ -613,6 +617,110 @@ impl NodeCtx {
         Ok(member.identity.clone())
     }
 
+    /// `flotilla leave`: this node stops its tasks and forgets the cluster
+    /// (its files are moved aside); the daemon keeps running, ready to
+    /// `init` or `join` again. A manager first leaves the raft group; the
+    /// last manager, or one whose leaving breaks quorum, needs `force`.
+    pub async fn leave(&self, force: bool) -> Result<(), InitError> {
+        let _guard = self.init_lock.lock().await;
+        let member = self
+            .member
+            .read()
+            .await
+            .clone()
+            .ok_or_else(|| InitError::Refused("this node is not in a cluster".into()))?;
+        if let (Some(raft), Some(view)) = (member.raft.clone(), member.view()) {
+            let (managers, ready) = {
+                let s = view.read();
+                let managers: Vec<_> = s
+                    .nodes
+                    .values()
+                    .filter(|n| n.role == NodeRole::Manager)
+                    .cloned()
+                    .collect();
+                let ready = managers
+                    .iter()
+                    .filter(|n| n.state == NodeState::Ready)
+                    .count();
+                (managers.len(), ready)
+            };
+            if managers <= 1 && !force {
+                return Err(InitError::Refused(
+                    "this node is the last manager: leaving ends the cluster; use --force".into(),
+                ));
+            }
+            let remaining = managers.saturating_sub(1);
+            let reachable_after = ready.saturating_sub(1);
+            if remaining > 0 && reachable_after < remaining / 2 + 1 && !force {
+                return Err(InitError::Refused(format!(
+                    "leaving would break quorum: {reachable_after} of {remaining} remaining managers reachable (need {}); use --force",
+                    remaining / 2 + 1
+                )));
+            }
+            if remaining > 0 {
+                // Out of the raft group first, through the leader.
+                let id = member.identity.raft_id;
+                let out = if raft.is_leader() {
+                    raft.remove_voter(id).await.map_err(|e| e.to_string())
+                } else {
+                    match member.leader_addr() {
+                        Some(addr) => member
+                            .client
+                            .post::<_, ()>(
+                                Target::Manager,
+                                &addr,
+                                "/cluster/v1/remove-manager",
+                                &id,
+                                Duration::from_secs(12),
+                            )
+                            .await
+                            .map_err(|e| e.to_string()),
+                        None => Err("no leader is known".into()),
+                    }
+                };
+                if let Err(e) = out {
+                    if !force {
+                        return Err(InitError::Refused(format!(
+                            "cannot leave the raft group: {e}; use --force"
+                        )));
+                    }
+                }
+            }
+        }
+        let token = self.member_token.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = token {
+            t.cancel();
+        }
+        let agent = self.agent_done.lock().ok().and_then(|mut a| a.take());
+        if let Some(a) = agent {
+            // The agent stops every task within its grace period.
+            let _ = tokio::time::timeout(Duration::from_secs(120), a).await;
+        }
+        if let Some(raft) = &member.raft {
+            raft.shutdown().await;
+        }
+        *self.member.write().await = None;
+        let aside = self.data_dir.join(format!("left-{}", now_ms()));
+        std::fs::create_dir_all(&aside).map_err(failed)?;
+        for name in ["node.json", "certs", "raft.redb", "agent"] {
+            let from = self.data_dir.join(name);
+            if from.exists() {
+                std::fs::rename(&from, aside.join(name)).map_err(failed)?;
+            }
+        }
+        // The cluster port is bound again for a later init or join.
+        match TcpListener::bind(self.bound).await {
+            Ok(l) => {
+                if let Ok(mut slot) = self.listener.lock() {
+                    *slot = Some(l);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot bind the cluster port again"),
+        }
+        tracing::info!(old = %aside.display(), "left the cluster");
+        Ok(())
+    }
+
     fn make_member(
         &self,
         identity: Identity,
@@ -648,6 +756,9 @@ impl NodeCtx {
     /// the agent and its session, and on managers the leader's loops.
     fn start_member(&self, member: Arc<Member>, managers: Vec<String>) -> Result<()> {
         let token = self.shutdown.child_token();
+        if let Ok(mut slot) = self.member_token.lock() {
+            *slot = Some(token.clone());
+        }
         if let Some(listener) = self.listener.lock().ok().and_then(|mut l| l.take()) {
             let config = member.tls.server_config(&self.data_dir)?;
             let router = cluster::router(member.clone());
@@ -685,11 +796,14 @@ impl NodeCtx {
         )
         .context("starting the agent")?;
         let agent_token = token.clone();
-        self.tracker.spawn(async move {
+        let agent_done = self.tracker.spawn(async move {
             if let Err(e) = agent.run(agent_token).await {
                 tracing::error!(error = %e, "agent stopped");
             }
         });
+        if let Ok(mut slot) = self.agent_done.lock() {
+            *slot = Some(agent_done);
+        }
         let mut known = managers;
         known.extend(member.identity.managers.iter().cloned());
         known.dedup();
@@ -1147,6 +1261,8 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         timings: config.timings.clone(),
         log_cap_bytes: config.log_cap_bytes,
         listener: std::sync::Mutex::new(Some(listener)),
+        member_token: std::sync::Mutex::new(None),
+        agent_done: std::sync::Mutex::new(None),
         api_listener: std::sync::Mutex::new(api_listener),
         api_port,
         self_ref: std::sync::OnceLock::new(),
