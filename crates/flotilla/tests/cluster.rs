@@ -715,3 +715,66 @@ fn a_node_leaves_and_joins_again() -> Result<()> {
     })?;
     Ok(())
 }
+
+#[test]
+fn a_frozen_leader_is_replaced_and_follows_when_it_thaws() -> Result<()> {
+    let m1 = start_named("m1")?;
+    m1.ok(&["init"])?;
+    let addr = manager_addr(&m1)?;
+    let mtoken = token(&m1, "manager")?;
+    let m2 = start_named("m2")?;
+    m2.ok(&["join", "--token", &mtoken, &addr])?;
+    let m3 = start_named("m3")?;
+    m3.ok(&["join", "--token", &mtoken, &addr])?;
+    m1.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "-d",
+        "--",
+        "sleep",
+        "100000",
+    ])?;
+    wait_until("3 tasks on 3 managers", Duration::from_secs(8), || {
+        let by = running_by_node(&m1, "web")?;
+        Ok((by.len() == 3).then_some(()))
+    })?;
+    // m1 leads (it made the cluster); freeze it like a hung machine.
+    assert_eq!(
+        m1.ok(&["info", "--format", "json"])?.json()?["is_leader"],
+        true
+    );
+    let frozen_pids = m1.task_pids();
+    m1.pause()?;
+    let t0 = Instant::now();
+    wait_until("a write through m2", Duration::from_secs(4), || {
+        Ok((m2.cli(&["service", "scale", "web=4"]).code == 0).then_some(()))
+    })?;
+    eprintln!("write succeeded {:?} after the leader froze", t0.elapsed());
+    wait_until("m1's task to run elsewhere", Duration::from_secs(8), || {
+        let by = running_by_node(&m2, "web")?;
+        Ok((by.values().sum::<usize>() == 4 && !by.contains_key("m1")).then_some(()))
+    })?;
+    m1.resume()?;
+    // It thaws as a follower, learns its task was replaced, and stops it:
+    // no slot runs twice.
+    wait_until("m1 to follow", Duration::from_secs(8), || {
+        let info = m1.ok(&["info", "--format", "json"])?.json()?;
+        Ok((info["is_leader"] == false && info["leader"].is_string()).then_some(()))
+    })?;
+    wait_until(
+        "m1 to stop the replaced task",
+        Duration::from_secs(8),
+        || {
+            Ok(m1
+                .task_pids()
+                .iter()
+                .all(|p| !frozen_pids.contains(p))
+                .then_some(()))
+        },
+    )?;
+    Ok(())
+}

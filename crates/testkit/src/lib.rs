@@ -7,7 +7,9 @@
 //! a test caused, including tasks orphaned by a `kill -9` of the daemon.
 //!
 //! # Layout
-//! - [`Daemon`]: one node process and its data dir.
+//! - [`Daemon`]: one node process and its data dir, with its own address
+//!   on loopback (`start_with`), which a test can kill (`kill9`), pause
+//!   (`pause`/`resume`, SIGSTOP) and restart.
 //! - [`wait_until`]: deadline-based polling (never a bare sleep).
 //! - [`marked_pids`], [`kill_marked`]: finding and ending a test's processes.
 
@@ -243,6 +245,26 @@ impl Daemon {
         Ok(())
     }
 
+    /// Freezes the daemon (SIGSTOP), as a machine that hangs: its sockets
+    /// stay open but nothing answers. Its tasks keep running.
+    pub fn pause(&self) -> Result<()> {
+        self.signal(libc::SIGSTOP)
+    }
+
+    /// Thaws a paused daemon (SIGCONT).
+    pub fn resume(&self) -> Result<()> {
+        self.signal(libc::SIGCONT)
+    }
+
+    fn signal(&self, sig: i32) -> Result<()> {
+        let pid = self.pid().context("the daemon is not running")?;
+        // SAFETY: signalling our own child process.
+        if unsafe { libc::kill(pid as i32, sig) } != 0 {
+            bail!("kill({pid}, {sig}): {}", std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
     /// SIGTERM the daemon and wait for it to exit; returns its exit code.
     pub fn terminate(&mut self, timeout: Duration) -> Result<Option<i32>> {
         let Some(mut c) = self.child.take() else {
@@ -293,8 +315,10 @@ impl Drop for Daemon {
             );
         }
         if let Some(mut c) = self.child.take() {
-            // SAFETY: signalling our own child process.
+            // SAFETY: signalling our own child process; a paused one must be
+            // thawed to act on SIGTERM.
             unsafe {
+                libc::kill(c.id() as i32, libc::SIGCONT);
                 libc::kill(c.id() as i32, libc::SIGTERM);
             }
             let deadline = Instant::now() + Duration::from_secs(15);
