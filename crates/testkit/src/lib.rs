@@ -10,8 +10,12 @@
 //! - [`Daemon`]: one node process and its data dir, with its own address
 //!   on loopback (`start_with`), which a test can kill (`kill9`), pause
 //!   (`pause`/`resume`, SIGSTOP) and restart.
+//! - [`net`]: hosts in network namespaces on a private bridge, which a test
+//!   can cut off and heal (partitions).
 //! - [`wait_until`]: deadline-based polling (never a bare sleep).
 //! - [`marked_pids`], [`kill_marked`]: finding and ending a test's processes.
+
+pub mod net;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -124,6 +128,8 @@ pub struct Daemon {
     starts: u32,
     listen: String,
     extra: Vec<String>,
+    /// Network namespace the daemon runs in, if any.
+    netns: Option<String>,
 }
 
 impl Daemon {
@@ -131,6 +137,28 @@ impl Daemon {
     /// cluster port is on a free loopback port.
     pub fn start(bin: &Path) -> Result<Daemon> {
         Self::start_with(bin, "127.0.0.1:0", &[])
+    }
+
+    /// Starts a daemon on `host` of a [`net::Net`]: it runs in the host's
+    /// network namespace (`nsenter`, which keeps the file system, so the CLI
+    /// still reaches its socket) and listens on the host's address.
+    pub fn start_on(bin: &Path, host: &net::Host, port: u16, extra: &[&str]) -> Result<Daemon> {
+        let dir = tempfile::Builder::new()
+            .prefix("flt-")
+            .tempdir_in("/tmp")
+            .context("making a data dir")?;
+        let mut d = Daemon {
+            bin: bin.to_path_buf(),
+            dir,
+            mark: format!("{:016x}", rand::random::<u64>()),
+            child: None,
+            starts: 0,
+            listen: format!("{}:{port}", host.addr),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            netns: Some(host.ns.clone()),
+        };
+        d.spawn()?;
+        Ok(d)
     }
 
     /// Starts a daemon whose cluster port listens on `listen`, with extra
@@ -149,6 +177,7 @@ impl Daemon {
             starts: 0,
             listen: listen.to_string(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            netns: None,
         };
         d.spawn()?;
         Ok(d)
@@ -176,7 +205,17 @@ impl Daemon {
     fn spawn(&mut self) -> Result<()> {
         self.starts += 1;
         let log = File::create(self.log_path()).context("daemon log")?;
-        let child = Command::new(&self.bin)
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{ns}"))
+                    .arg("--")
+                    .arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
+        let child = command
             .args(["daemon", "--data-dir"])
             .arg(self.dir.path())
             .args(["--listen", &self.listen])

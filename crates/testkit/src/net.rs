@@ -1,0 +1,157 @@
+//! Hosts on a private network: each in its own network namespace with its
+//! own address on a bridge, so that a test can cut one off from the others
+//! (its link goes down) and heal it again. Needs root and iproute2; the
+//! namespaces, links and bridge are removed on drop.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{bail, Context, Result};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn iptables(args: &[&str]) -> Result<()> {
+    let out = Command::new("iptables")
+        .args(args)
+        .output()
+        .context("running iptables")?;
+    if !out.status.success() {
+        bail!(
+            "iptables {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// One host: a network namespace with one address.
+#[derive(Debug, Clone)]
+pub struct Host {
+    /// Namespace name, for `nsenter --net=/var/run/netns/NAME`.
+    pub ns: String,
+    /// Its address on the private network.
+    pub addr: String,
+    host_link: String,
+}
+
+/// A private network of hosts joined by a bridge.
+#[derive(Debug)]
+pub struct Net {
+    tag: String,
+    subnet: u32,
+    bridge: String,
+    hosts: Vec<Host>,
+}
+
+impl Net {
+    /// Makes an empty network with its own /24.
+    pub fn new() -> Result<Net> {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}{}", std::process::id() % 100_000, n);
+        // One /24 per network, picked from the process ID and a counter so
+        // that parallel tests and runs do not collide.
+        let subnet = (std::process::id().wrapping_mul(7).wrapping_add(n)) % 250 + 1;
+        let bridge = format!("flb{tag}");
+        ip(&["link", "add", &bridge, "type", "bridge"])?;
+        let net = Net {
+            tag,
+            subnet,
+            bridge,
+            hosts: Vec::new(),
+        };
+        ip(&["link", "set", &net.bridge, "up"])?;
+        // Docker sets the FORWARD policy to DROP, and with br_netfilter that
+        // drops traffic between ports of our bridge too: let ours through.
+        let _ = iptables(&[
+            "-I",
+            "FORWARD",
+            "-i",
+            &net.bridge,
+            "-o",
+            &net.bridge,
+            "-j",
+            "ACCEPT",
+        ]);
+        Ok(net)
+    }
+
+    /// Adds a host and returns it.
+    pub fn add_host(&mut self) -> Result<Host> {
+        let i = self.hosts.len() + 1;
+        let ns = format!("flt-{}-{i}", self.tag);
+        let host_link = format!("flv{}h{i}", self.tag);
+        let peer = format!("flv{}n{i}", self.tag);
+        let addr = format!("10.213.{}.{}", self.subnet, i + 1);
+        ip(&["netns", "add", &ns])?;
+        let host = Host {
+            ns: ns.clone(),
+            addr: addr.clone(),
+            host_link: host_link.clone(),
+        };
+        self.hosts.push(host.clone());
+        ip(&[
+            "link", "add", &host_link, "type", "veth", "peer", "name", &peer,
+        ])?;
+        ip(&["link", "set", &peer, "netns", &ns])?;
+        ip(&["link", "set", &host_link, "master", &self.bridge])?;
+        ip(&["link", "set", &host_link, "up"])?;
+        ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            &peer,
+        ])?;
+        ip(&["-n", &ns, "link", "set", &peer, "up"])?;
+        Ok(host)
+    }
+
+    /// Cuts `host` off: its link to the bridge goes down.
+    pub fn cut(&self, host: &Host) -> Result<()> {
+        ip(&["link", "set", &host.host_link, "down"])
+    }
+
+    /// Reconnects a host that was cut off.
+    pub fn heal(&self, host: &Host) -> Result<()> {
+        ip(&["link", "set", &host.host_link, "up"])
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        for h in &self.hosts {
+            let _ = ip(&["link", "del", &h.host_link]);
+            let _ = ip(&["netns", "del", &h.ns]);
+        }
+        let _ = iptables(&[
+            "-D",
+            "FORWARD",
+            "-i",
+            &self.bridge,
+            "-o",
+            &self.bridge,
+            "-j",
+            "ACCEPT",
+        ]);
+        let _ = ip(&["link", "del", &self.bridge]);
+    }
+}
