@@ -52,6 +52,36 @@ fn start_named(name: &str) -> Result<Daemon> {
     Daemon::start_with(bin(), "127.0.0.1:0", &["--name", name])
 }
 
+/// A new node `name` that joined `manager`'s cluster as `role`.
+fn joined(manager: &Daemon, name: &str, role: &str) -> Result<Daemon> {
+    let d = start_named(name)?;
+    d.ok(&[
+        "join",
+        "--token",
+        &token(manager, role)?,
+        &manager_addr(manager)?,
+    ])?;
+    Ok(d)
+}
+
+/// `service create --name web --replicas N -- sleep 100000`, detached.
+fn create_web(m: &Daemon, replicas: u32) -> Result<()> {
+    let n = replicas.to_string();
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        &n,
+        "-d",
+        "--",
+        "sleep",
+        "100000",
+    ])?;
+    Ok(())
+}
+
 #[test]
 fn workers_join_run_tasks_and_lose_them_when_they_die() -> Result<()> {
     let m = start_named("m1")?;
@@ -87,18 +117,7 @@ fn workers_join_run_tasks_and_lose_them_when_they_die() -> Result<()> {
         Ok(ready.then_some(()))
     })?;
 
-    m.ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "6",
-        "-d",
-        "--",
-        "sleep",
-        "100000",
-    ])?;
+    create_web(&m, 6)?;
     let spread = wait_until("6 tasks running", Duration::from_secs(5), || {
         let by = running_by_node(&m, "web")?;
         Ok((by.values().sum::<usize>() == 6).then_some(by))
@@ -298,18 +317,7 @@ fn three_managers_two_workers_survive_the_leader() -> Result<()> {
     assert!(info["warning"].is_null(), "3 managers tolerate one failure");
 
     // A write through a follower, spread over all five nodes.
-    m2.ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "10",
-        "-d",
-        "--",
-        "sleep",
-        "100000",
-    ])?;
+    create_web(&m2, 10)?;
     let spread = wait_until(
         "10 tasks running on 5 nodes",
         Duration::from_secs(10),
@@ -439,18 +447,7 @@ fn force_new_cluster_recovers_a_survivor_with_everything_kept() -> Result<()> {
     let addr = manager_addr(&m1)?;
     let mut m2 = start_named("m2")?;
     m2.ok(&["join", "--token", &token(&m1, "manager")?, &addr])?;
-    m1.ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "2",
-        "-d",
-        "--",
-        "sleep",
-        "100000",
-    ])?;
+    create_web(&m1, 2)?;
     wait_until("2 tasks running", Duration::from_secs(5), || {
         Ok((running_by_node(&m1, "web")?.values().sum::<usize>() == 2).then_some(()))
     })?;
@@ -515,13 +512,7 @@ fn api_addrs(m: &Daemon) -> Result<Vec<(String, String)>> {
 fn remote_cli_finds_a_live_manager_with_a_client_certificate() -> Result<()> {
     let m1 = start_named("m1")?;
     m1.ok(&["init"])?;
-    let mut m2 = start_named("m2")?;
-    m2.ok(&[
-        "join",
-        "--token",
-        &token(&m1, "manager")?,
-        &manager_addr(&m1)?,
-    ])?;
+    let mut m2 = joined(&m1, "m2", "manager")?;
     m1.ok(&[
         "service",
         "create",
@@ -619,25 +610,8 @@ fn remote_cli_finds_a_live_manager_with_a_client_certificate() -> Result<()> {
 fn promote_and_demote_keep_tasks_running() -> Result<()> {
     let m1 = start_named("m1")?;
     m1.ok(&["init"])?;
-    let w1 = start_named("w1")?;
-    w1.ok(&[
-        "join",
-        "--token",
-        &token(&m1, "worker")?,
-        &manager_addr(&m1)?,
-    ])?;
-    m1.ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "4",
-        "-d",
-        "--",
-        "sleep",
-        "100000",
-    ])?;
+    let w1 = joined(&m1, "w1", "worker")?;
+    create_web(&m1, 4)?;
     wait_until("4 tasks on 2 nodes", Duration::from_secs(5), || {
         let by = running_by_node(&m1, "web")?;
         Ok((by.values().sum::<usize>() == 4 && by.len() == 2).then_some(()))
@@ -726,18 +700,7 @@ fn a_frozen_leader_is_replaced_and_follows_when_it_thaws() -> Result<()> {
     m2.ok(&["join", "--token", &mtoken, &addr])?;
     let m3 = start_named("m3")?;
     m3.ok(&["join", "--token", &mtoken, &addr])?;
-    m1.ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "3",
-        "-d",
-        "--",
-        "sleep",
-        "100000",
-    ])?;
+    create_web(&m1, 3)?;
     wait_until("3 tasks on 3 managers", Duration::from_secs(8), || {
         let by = running_by_node(&m1, "web")?;
         Ok((by.len() == 3).then_some(()))

@@ -259,24 +259,11 @@ impl RaftNode {
         .await
         .map_err(|_| RaftError::Timeout(Duration::from_secs(30)))?;
         map_write(add)?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let change = tokio::time::timeout(
-                Duration::from_secs(30),
-                self.raft
-                    .change_membership(openraft::ChangeMembers::AddVoterIds([id].into()), false),
-            )
-            .await
-            .map_err(|_| RaftError::Timeout(Duration::from_secs(30)))?;
-            match change {
-                Err(OpenraftError::APIError(ClientWriteError::ChangeMembershipError(
-                    openraft::error::ChangeMembershipError::InProgress(_),
-                ))) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                other => return map_write(other),
-            }
-        }
+        self.change_voters(
+            openraft::ChangeMembers::AddVoterIds([id].into()),
+            Duration::from_secs(30),
+        )
+        .await
     }
 
     /// Builds a snapshot of everything applied and drops the log before it,
@@ -330,17 +317,29 @@ impl RaftNode {
     /// Removes a manager from the voters (demote). The leader refuses to
     /// remove the last voter.
     pub async fn remove_voter(&self, id: u64) -> Result<(), RaftError> {
-        // A change still in flight (a manager just added) must finish
-        // first; retry while it does.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        self.change_voters(
+            openraft::ChangeMembers::RemoveVoters([id].into()),
+            Duration::from_secs(15),
+        )
+        .await
+    }
+
+    /// Changes the voters; a change still in flight (a manager just added
+    /// or removed) must finish first, so this retries while it does, for
+    /// up to `patience`.
+    async fn change_voters(
+        &self,
+        changes: openraft::ChangeMembers<u64, BasicNode>,
+        patience: Duration,
+    ) -> Result<(), RaftError> {
+        let deadline = tokio::time::Instant::now() + patience;
         loop {
             let change = tokio::time::timeout(
-                Duration::from_secs(10),
-                self.raft
-                    .change_membership(openraft::ChangeMembers::RemoveVoters([id].into()), false),
+                patience,
+                self.raft.change_membership(changes.clone(), false),
             )
             .await
-            .map_err(|_| RaftError::Timeout(Duration::from_secs(10)))?;
+            .map_err(|_| RaftError::Timeout(patience))?;
             match change {
                 Err(OpenraftError::APIError(ClientWriteError::ChangeMembershipError(
                     openraft::error::ChangeMembershipError::InProgress(_),

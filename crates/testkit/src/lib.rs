@@ -143,27 +143,21 @@ impl Daemon {
     /// network namespace (`nsenter`, which keeps the file system, so the CLI
     /// still reaches its socket) and listens on the host's address.
     pub fn start_on(bin: &Path, host: &net::Host, port: u16, extra: &[&str]) -> Result<Daemon> {
-        let dir = tempfile::Builder::new()
-            .prefix("flt-")
-            .tempdir_in("/tmp")
-            .context("making a data dir")?;
-        let mut d = Daemon {
-            bin: bin.to_path_buf(),
-            dir,
-            mark: format!("{:016x}", rand::random::<u64>()),
-            child: None,
-            starts: 0,
-            listen: format!("{}:{port}", host.addr),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            netns: Some(host.ns.clone()),
-        };
-        d.spawn()?;
-        Ok(d)
+        Self::launch(
+            bin,
+            &format!("{}:{port}", host.addr),
+            extra,
+            Some(host.ns.clone()),
+        )
     }
 
     /// Starts a daemon whose cluster port listens on `listen`, with extra
     /// daemon arguments.
     pub fn start_with(bin: &Path, listen: &str, extra: &[&str]) -> Result<Daemon> {
+        Self::launch(bin, listen, extra, None)
+    }
+
+    fn launch(bin: &Path, listen: &str, extra: &[&str], netns: Option<String>) -> Result<Daemon> {
         // Short paths: a Unix socket path must fit in 108 bytes.
         let dir = tempfile::Builder::new()
             .prefix("flt-")
@@ -177,7 +171,7 @@ impl Daemon {
             starts: 0,
             listen: listen.to_string(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
-            netns: None,
+            netns,
         };
         d.spawn()?;
         Ok(d)
