@@ -158,9 +158,14 @@ impl Node {
         child
             .kill()
             .with_context(|| format!("SIGKILL to the daemon of {}", self.name))?;
-        child
-            .wait()
-            .with_context(|| format!("reaping the daemon of {}", self.name))?;
+        let deadline = Duration::from_secs(10);
+        if !procs::wait_child(&mut child, deadline) {
+            bail!(
+                "the daemon of {} (pid {}) had not exited {deadline:?} after SIGKILL",
+                self.name,
+                child.id()
+            );
+        }
         Ok(())
     }
 }
@@ -169,6 +174,9 @@ impl Node {
 pub struct Layout {
     pub managers: usize,
     pub workers: usize,
+    /// Where to copy the daemons' logs when the cluster stops (into a
+    /// subdirectory named like the cluster's temporary directory).
+    pub keep_logs: Option<PathBuf>,
     /// The first node gets 127.0.0.<first_ip>, the next one more, ...
     pub first_ip: u8,
     /// Cluster port of every node (each on its own address); the client
@@ -181,6 +189,7 @@ pub struct Layout {
 pub struct Cluster {
     flotilla: PathBuf,
     pub nodes: Vec<Node>,
+    keep_logs: Option<PathBuf>,
     cleaned: bool,
     // Dropped last: the daemons must be dead before their directories go.
     _dir: tempfile::TempDir,
@@ -197,6 +206,17 @@ fn describe(nodes: &[NodeView]) -> String {
         .collect();
     parts.sort();
     parts.join(", ")
+}
+
+/// CLI arguments for messages, with join tokens left out.
+fn shown(args: &[&str]) -> String {
+    let mut out = Vec::with_capacity(args.len());
+    let mut secret = false;
+    for a in args {
+        out.push(if secret { "<token>" } else { a });
+        secret = *a == "--token";
+    }
+    out.join(" ")
 }
 
 impl Cluster {
@@ -247,6 +267,7 @@ impl Cluster {
         let mut cluster = Cluster {
             flotilla: flotilla.to_path_buf(),
             nodes,
+            keep_logs: layout.keep_logs.clone(),
             cleaned: false,
             _dir: dir,
         };
@@ -257,6 +278,9 @@ impl Cluster {
             node.wait_ready().await?;
         }
         cluster.cli(0, &["init"]).await?;
+        cluster
+            .wait_healthy_among(1, Duration::from_secs(20), "the first manager to lead")
+            .await?;
         let manager_token = cluster
             .cli(0, &["join-token", "manager", "-q"])
             .await?
@@ -282,9 +306,14 @@ impl Cluster {
                 .await
                 .with_context(|| format!("joining {}", cluster.nodes[i].name))?;
             if cluster.nodes[i].manager {
-                // One manager at a time: the next join needs quorum.
+                // One manager at a time: the next join changes the
+                // membership again.
                 cluster
-                    .wait_healthy(Duration::from_secs(60), "the new manager to be reachable")
+                    .wait_healthy_among(
+                        i + 1,
+                        Duration::from_secs(60),
+                        "the new manager to be reachable",
+                    )
                     .await?;
             }
         }
@@ -301,7 +330,7 @@ impl Cluster {
         if !ok {
             bail!(
                 "flotilla {} on {} failed: {}",
-                args.join(" "),
+                shown(args),
                 self.nodes[idx].name,
                 stderr.trim()
             );
@@ -322,7 +351,7 @@ impl Cluster {
         for var in CLI_ENV_REMOVE {
             cmd.env_remove(var);
         }
-        let what = format!("flotilla {} on {}", args.join(" "), node.name);
+        let what = format!("flotilla {} on {}", shown(args), node.name);
         let out = tokio::time::timeout(CLI_DEADLINE, cmd.output())
             .await
             .map_err(|_| anyhow!("timed out after {CLI_DEADLINE:?} waiting for {what}"))?
@@ -383,13 +412,15 @@ impl Cluster {
         }
     }
 
-    /// One check of the whole cluster: every running manager lists every
-    /// node; all nodes are ready, every manager is leader or reachable,
-    /// and all of them name the same single leader. Err says what is not
-    /// yet so.
-    pub async fn healthy(&self) -> std::result::Result<String, String> {
+    /// One check of the first `members` nodes (those that have joined
+    /// so far): every running manager among them lists them all, all are
+    /// ready, every manager is leader or reachable, and all managers name
+    /// the same single leader. Ok gives the leader's name; Err says what is
+    /// not yet so.
+    async fn healthy_among(&self, members: usize) -> std::result::Result<String, String> {
+        let members = &self.nodes[..members.min(self.nodes.len())];
         let mut leader_seen: Option<String> = None;
-        for n in self.nodes.iter().filter(|n| n.manager) {
+        for n in members.iter().filter(|n| n.manager) {
             if !n.is_running() {
                 return Err(format!("{} is not running", n.name));
             }
@@ -399,7 +430,7 @@ impl Cluster {
                 .await
                 .map_err(|e| format!("node ls on {}: {e}", n.name))?;
             let view = describe(&list);
-            for want in &self.nodes {
+            for want in members {
                 let Some(got) = list.iter().find(|v| v.name == want.name) else {
                     return Err(format!("{} does not list {} ({view})", n.name, want.name));
                 };
@@ -440,11 +471,22 @@ impl Cluster {
         Ok(leader_seen.unwrap_or_default())
     }
 
-    /// Waits until [`Cluster::healthy`]; returns the leader's name.
+    /// Waits until the whole cluster is healthy (see
+    /// [`Cluster::healthy_among`]); returns the leader's name.
     pub async fn wait_healthy(&self, deadline: Duration, what: &str) -> Result<String> {
+        self.wait_healthy_among(self.nodes.len(), deadline, what)
+            .await
+    }
+
+    async fn wait_healthy_among(
+        &self,
+        members: usize,
+        deadline: Duration,
+        what: &str,
+    ) -> Result<String> {
         let start = Instant::now();
         loop {
-            match self.healthy().await {
+            match self.healthy_among(members).await {
                 Ok(leader) => return Ok(leader),
                 Err(why) if start.elapsed() >= deadline => bail!(
                     "timed out after {deadline:?} waiting for {what} (all nodes ready, all managers reachable, one leader): {why}"
@@ -476,6 +518,26 @@ impl Cluster {
         let node = &mut self.nodes[idx];
         node.spawn(&flotilla)?;
         node.wait_ready().await
+    }
+
+    fn copy_logs(&self, dir: &Path) -> Result<PathBuf> {
+        let name = self
+            ._dir
+            .path()
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_else(|| "cluster".into());
+        let to = dir.join(name);
+        std::fs::create_dir_all(&to).with_context(|| format!("creating {}", to.display()))?;
+        for node in &self.nodes {
+            let dest = to.join(format!("{}.log", node.name));
+            if node.log_path.exists() {
+                std::fs::copy(&node.log_path, &dest).with_context(|| {
+                    format!("copying {} to {}", node.log_path.display(), dest.display())
+                })?;
+            }
+        }
+        Ok(to)
     }
 
     /// Stops every daemon (SIGTERM, SIGKILL after a deadline), then kills
@@ -519,6 +581,12 @@ impl Cluster {
                 "{killed} leftover task process(es) SIGKILLed after the daemons exited"
             ));
         }
+        if let Some(dir) = &self.keep_logs {
+            match self.copy_logs(dir) {
+                Ok(to) => notes.push(format!("daemon logs copied to {}", to.display())),
+                Err(e) => errors.push(format!("{e:#}")),
+            }
+        }
         if errors.is_empty() {
             Ok(notes.join("; "))
         } else {
@@ -534,5 +602,22 @@ impl Drop for Cluster {
             Ok(_) => {}
             Err(e) => eprintln!("cleanup failed: {e:#}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn tokens_are_not_shown() {
+        assert_eq!(
+            shown(&["join", "--token", "FLT-1-secret", "127.0.0.11:24280"]),
+            "join --token <token> 127.0.0.11:24280"
+        );
+        assert_eq!(
+            shown(&["service", "scale", "web=10"]),
+            "service scale web=10"
+        );
     }
 }

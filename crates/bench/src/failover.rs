@@ -32,7 +32,7 @@ const SERVICE_DEADLINE: Duration = Duration::from_secs(60);
 /// before the next repetition starts anyway.
 const REBALANCE_WAIT: Duration = Duration::from_secs(20);
 /// A cluster whose setup fails is torn down and set up again, this often.
-const SETUP_ATTEMPTS: u32 = 3;
+const SETUP_ATTEMPTS: u32 = 5;
 /// Pause after the cluster is healthy again, before the next repetition.
 const SETTLE: Duration = Duration::from_secs(1);
 
@@ -48,6 +48,7 @@ pub struct Config {
     pub reps: usize,
     pub replicas: u64,
     pub port: u16,
+    pub keep_logs: Option<PathBuf>,
 }
 
 struct LeaderRep {
@@ -78,6 +79,10 @@ struct WorkerRep {
     back_on_worker: usize,
     /// Marked task processes of the worker after rebalancing.
     worker_processes: usize,
+    /// Tasks on other nodes that failed between the kill and the end of
+    /// the measurement: something else killed them (the figure is then
+    /// not a clean failover).
+    interfered: usize,
 }
 
 /// What `service ps` shows, counted over the current tasks.
@@ -162,6 +167,25 @@ async fn wait_service(
         }
         tokio::time::sleep(TASK_POLL).await;
     }
+}
+
+/// Milliseconds since the Unix epoch of a wall-clock time.
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Tasks not on `killed` that entered `failed` within [from, to] (ms).
+fn failed_elsewhere(tasks: &[TaskView], killed: &str, from: u64, to: u64) -> usize {
+    tasks
+        .iter()
+        .filter(|t| {
+            t.state == "failed"
+                && t.node.as_deref() != Some(killed)
+                && (from..=to).contains(&t.timestamp)
+        })
+        .count()
 }
 
 /// Running current tasks of the service per node name.
@@ -286,6 +310,12 @@ async fn worker_rep(cluster: &mut Cluster, rep: usize, replicas: u64) -> Result<
         }
         tokio::time::sleep(TASK_POLL).await;
     };
+    let done_ms = unix_ms(SystemTime::now());
+    let interfered = cluster
+        .tasks(leader, SERVICE)
+        .await
+        .map(|t| failed_elsewhere(&t, &killed, unix_ms(wall), done_ms))
+        .unwrap_or(0);
     let detected = logs::first_after(
         &cluster.nodes[leader].log_path,
         "nodes stopped sending heartbeats",
@@ -323,6 +353,12 @@ async fn worker_rep(cluster: &mut Cluster, rep: usize, replicas: u64) -> Result<
     };
     wait_service(cluster, leader, replicas, "rebalancing").await?;
     tokio::time::sleep(SETTLE).await;
+    // Counted after the pause: rebalancing may have moved more tasks.
+    let back_on_worker = cluster
+        .tasks(leader, SERVICE)
+        .await
+        .map(|t| tasks_on(&t, &killed))
+        .unwrap_or(back_on_worker);
     let worker_processes = cluster.nodes[victim].task_pids().len();
     Ok(WorkerRep {
         killed,
@@ -333,6 +369,7 @@ async fn worker_rep(cluster: &mut Cluster, rep: usize, replicas: u64) -> Result<
         recover,
         back_on_worker,
         worker_processes,
+        interfered,
     })
 }
 
@@ -363,6 +400,7 @@ pub async fn run(cfg: &Config) -> Result<bool> {
         workers: 2,
         first_ip: 11,
         port: cfg.port,
+        keep_logs: cfg.keep_logs.clone(),
     };
     println!(
         "== cluster: {} managers + {} workers on 127.0.0.{}.. port {}",
@@ -496,7 +534,7 @@ pub async fn run(cfg: &Config) -> Result<bool> {
                 match worker_rep(&mut cluster, rep, cfg.replicas).await {
                     Ok(r) => {
                         println!(
-                            "  rep {:>2}: killed {} ({} tasks); all running elsewhere after {:.3} s (none on it after {}; 'nodes stopped sending heartbeats' at {}); back, {SERVICE} at {} after {:.1} s; {} task(s) on it again{}",
+                            "  rep {:>2}: killed {} ({} tasks); all running elsewhere after {:.3} s (none on it after {}; 'nodes stopped sending heartbeats' at {}); back, {SERVICE} at {} after {:.1} s; {} task(s) on it again{}{}",
                             rep + 1,
                             r.killed,
                             r.moved,
@@ -510,6 +548,14 @@ pub async fn run(cfg: &Config) -> Result<bool> {
                                 String::new()
                             } else {
                                 format!(" ({} task processes alive on it)", r.worker_processes)
+                            },
+                            if r.interfered == 0 {
+                                String::new()
+                            } else {
+                                format!(
+                                    "; WARNING: {} task(s) on other nodes failed meanwhile (killed from outside the bench?)",
+                                    r.interfered
+                                )
                             }
                         );
                         out.worker.push(r);
@@ -602,7 +648,7 @@ fn print_report(cfg: &Config, facts: &[(&'static str, String)], out: &Outcome) {
     }
 
     println!();
-    println!("Where the time goes (from the daemons' logs, second resolution of the clocks: microseconds):");
+    println!("Where the time goes (log lines are matched by their UTC timestamps, microsecond resolution, against the bench's clock at the kill):");
     println!("| step | median (s) | max (s) | min (s) | reps |");
     println!("|---|---:|---:|---:|---:|");
     let row = |label: &str, samples: Vec<Duration>| match Spread::of(&samples) {
@@ -646,6 +692,12 @@ fn print_report(cfg: &Config, facts: &[(&'static str, String)], out: &Outcome) {
         "killed worker restarted -> ready, service at full count",
         out.worker.iter().map(|r| r.recover).collect(),
     );
+    let disturbed = out.worker.iter().filter(|r| r.interfered > 0).count();
+    if disturbed > 0 {
+        println!(
+            "WARNING: in {disturbed} worker rep(s) tasks on healthy nodes failed during the measurement (something outside the bench killed them); those reps are included above."
+        );
+    }
     let attempts: Vec<u32> = out.leader.iter().map(|r| r.attempts).collect();
     if !attempts.is_empty() {
         println!(

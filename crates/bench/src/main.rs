@@ -7,7 +7,7 @@
 //! [--swarm-replicas 50]`
 //!
 //! `flotilla-bench failover [--flotilla PATH] [--reps 20] [--replicas 10]
-//! [--port 24280]`: a cluster of 3 managers and 2 workers on loopback
+//! [--port 24280] [--keep-logs DIR]`: a cluster of 3 managers and 2 workers on loopback
 //! addresses of this machine; leader kill to the first successful write,
 //! and worker kill to all its tasks running elsewhere (see `failover.rs`).
 //!
@@ -98,6 +98,9 @@ struct FailoverArgs {
     /// Cluster port of every node, on 127.0.0.11 to 127.0.0.15 (the client API port, if the daemon has one, is this plus one)
     #[arg(long, default_value_t = 24280)]
     port: u16,
+    /// Copy the daemons' logs into this directory when the cluster stops
+    #[arg(long)]
+    keep_logs: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -224,6 +227,7 @@ async fn failover_cmd(args: &FailoverArgs) -> Result<bool> {
         reps: args.reps,
         replicas: args.replicas,
         port: args.port,
+        keep_logs: args.keep_logs.clone(),
     })
     .await
 }

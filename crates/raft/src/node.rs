@@ -16,8 +16,11 @@ use crate::network::{HttpNetwork, LocalOnlyNetwork};
 use crate::storage::{self, OpenError};
 use crate::Raft;
 
-/// Raft timings. Defaults suit a loaded two-core machine: openraft's own
-/// (150-300 ms elections) flap there.
+/// Raft timings. openraft 0.9 makes a follower wait a leader lease of
+/// `election_max_ms` plus its own election timeout before a new leader can
+/// be elected, so a dead leader is replaced after 0.75-0.9 s with these
+/// defaults. Shorter ones risk spurious elections on a loaded two-core
+/// machine; measured figures are in docs/benchmarks.md.
 #[derive(Debug, Clone)]
 pub struct RaftTimings {
     pub heartbeat_ms: u64,
@@ -32,9 +35,9 @@ pub struct RaftTimings {
 impl Default for RaftTimings {
     fn default() -> Self {
         RaftTimings {
-            heartbeat_ms: 120,
-            election_min_ms: 500,
-            election_max_ms: 900,
+            heartbeat_ms: 80,
+            election_min_ms: 300,
+            election_max_ms: 450,
             snapshot_every: 5_000,
             write_timeout: Duration::from_secs(5),
         }
