@@ -741,3 +741,46 @@ fn a_frozen_leader_is_replaced_and_follows_when_it_thaws() -> Result<()> {
     )?;
     Ok(())
 }
+
+#[test]
+fn a_busy_node_is_not_marked_down_and_a_down_node_cannot_be_promoted() -> Result<()> {
+    let m1 = start_named("m1")?;
+    m1.ok(&["init"])?;
+    let mut w1 = joined(&m1, "w1", "worker")?;
+    // Keep both cores of the machine busy on the worker for a while: its
+    // heartbeats must still arrive.
+    m1.ok(&["node", "update", "--availability", "drain", "m1"])?;
+    m1.ok(&[
+        "service",
+        "create",
+        "--name",
+        "burn",
+        "--replicas",
+        "3",
+        "--restart-condition",
+        "none",
+        "-d",
+        "--",
+        "sh",
+        "-c",
+        "end=$(($(date +%s)+5)); while [ $(date +%s) -lt $end ]; do :; done",
+    ])?;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(6) {
+        assert_eq!(
+            node_state(&m1, "w1")?,
+            "ready",
+            "a busy node was marked down"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    w1.kill9()?;
+    wait_until("w1 down", Duration::from_secs(6), || {
+        Ok((node_state(&m1, "w1")? == "down").then_some(()))
+    })?;
+    let out = m1.cli(&["node", "promote", "w1"]);
+    assert!(out.stderr.contains("is down"), "{}", out.stderr);
+    let out = m1.cli(&["node", "demote", "m1"]);
+    assert!(out.stderr.contains("last manager"), "{}", out.stderr);
+    Ok(())
+}

@@ -816,6 +816,7 @@ impl NodeCtx {
             finder: member.clone(),
             managers: known.clone(),
             role: member.role.as_str().to_string(),
+            data_dir: Some(self.data_dir.clone()),
             role_changed: role_tx,
         };
         // Promote/demote, and certificates near expiry: get a new

@@ -37,6 +37,8 @@ pub struct SessionClient {
     pub managers: Vec<String>,
     /// The role this node's certificate states.
     pub role: String,
+    /// Where `node.json` is, to record the managers' addresses.
+    pub data_dir: Option<std::path::PathBuf>,
     /// Told once when the store gives this node another role (promote or
     /// demote): the new role and raft ID.
     pub role_changed: mpsc::UnboundedSender<(String, u64, Option<String>)>,
@@ -159,8 +161,19 @@ impl SessionClient {
                             self.role = role.clone();
                         }
                     }
-                    if !answer.managers.is_empty() {
+                    if !answer.managers.is_empty() && answer.managers != self.managers {
                         self.managers = answer.managers.clone();
+                        // Remember them: after a restart this node must find
+                        // the cluster even if the managers it joined through
+                        // are gone.
+                        if let Some(dir) = &self.data_dir {
+                            if let Ok(Some(mut identity)) = super::identity::load(dir) {
+                                identity.managers = self.managers.clone();
+                                if let Err(e) = super::identity::store(dir, &identity) {
+                                    tracing::warn!(error = %e, "cannot record the managers' addresses");
+                                }
+                            }
+                        }
                     }
                     if let Some(to) = answer.redirect {
                         redirect = Some(to);
