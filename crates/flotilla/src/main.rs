@@ -102,6 +102,22 @@ async fn dispatch(
             config.name = args.name.clone();
             config.listen = args.listen.clone();
             config.advertise = args.advertise_addr.clone();
+            let ms = |flag: &str, v: &str| {
+                flotilla_types::parse_duration_ms(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+            };
+            let heartbeat = ms("heartbeat-interval", &args.heartbeat_interval)?;
+            let election = ms("election-timeout", &args.election_timeout)?;
+            let node_timeout = ms("node-timeout", &args.node_timeout)?;
+            if heartbeat == 0 || election <= heartbeat * 2 {
+                anyhow::bail!("--election-timeout must be more than twice --heartbeat-interval (and both above 0)");
+            }
+            if node_timeout < 500 {
+                anyhow::bail!("--node-timeout must be at least 500ms");
+            }
+            config.timings.heartbeat_ms = heartbeat;
+            config.timings.election_min_ms = election;
+            config.timings.election_max_ms = election + election / 2;
+            config.node_timeout = std::time::Duration::from_millis(node_timeout);
             config.api_listen = match args.api_listen.as_str() {
                 "" | "none" => None,
                 a => Some(a.to_string()),

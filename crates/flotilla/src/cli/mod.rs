@@ -99,6 +99,15 @@ pub struct DaemonArgs {
     /// Address other nodes reach this one at, HOST or HOST:PORT [default: the listen address, or 127.0.0.1]
     #[arg(long)]
     pub advertise_addr: Option<String>,
+    /// Raft heartbeat between managers
+    #[arg(long, default_value = "80ms")]
+    pub heartbeat_interval: String,
+    /// Raft election timeout (the lowest; the highest is 1.5 times it). A dead leader is replaced after about 2.5 times this
+    #[arg(long, default_value = "300ms")]
+    pub election_timeout: String,
+    /// A node without a heartbeat this long is marked down and its tasks run elsewhere
+    #[arg(long, default_value = "3s")]
+    pub node_timeout: String,
     /// Client API port for remote CLIs and load balancers (HTTPS; 'none' to serve only the local socket)
     #[arg(long, default_value = "0.0.0.0:4281", env = "FLOTILLA_API_LISTEN")]
     pub api_listen: String,

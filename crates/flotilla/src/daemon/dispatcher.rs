@@ -23,7 +23,8 @@ use flotilla_types::{NodeRole, NodeState, Task};
 use super::now_ms;
 use super::wire::{NodeAssignments, SessionRequest, SessionResponse};
 
-/// How long a node may go without a heartbeat before it is down.
+/// How long a node may go without a heartbeat before it is down, unless
+/// `--node-timeout` says otherwise.
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a session call waits for new assignments before it answers
 /// "unchanged"; agents call again at once, so this is the heartbeat period.
@@ -70,14 +71,16 @@ pub struct Dispatcher {
     raft: Arc<RaftNode>,
     view: StoreView,
     last_seen: Mutex<HashMap<String, u64>>,
+    node_timeout: Duration,
 }
 
 impl Dispatcher {
-    pub fn new(raft: Arc<RaftNode>, view: StoreView) -> Self {
+    pub fn new(raft: Arc<RaftNode>, view: StoreView, node_timeout: Duration) -> Self {
         Dispatcher {
             raft,
             view,
             last_seen: Mutex::new(HashMap::new()),
+            node_timeout,
         }
     }
 
@@ -193,8 +196,13 @@ impl Dispatcher {
                     Err(p) => p.into_inner().clone(),
                 };
                 let state = self.view.read();
-                let down =
-                    expired_nodes(&state, &seen, now, since, NODE_TIMEOUT.as_millis() as u64);
+                let down = expired_nodes(
+                    &state,
+                    &seen,
+                    now,
+                    since,
+                    self.node_timeout.as_millis() as u64,
+                );
                 let orphans = orphan_updates(&state, &down, now);
                 (down, orphans)
             };

@@ -58,6 +58,8 @@ pub struct DaemonConfig {
     /// Client API port for remote CLIs (HTTPS, client certificates of the
     /// cluster CA); `None` serves the local socket only.
     pub api_listen: Option<String>,
+    /// A node without a heartbeat this long is marked down.
+    pub node_timeout: Duration,
 }
 
 /// The default cluster port (node-to-node traffic: raft, agent sessions,
@@ -80,6 +82,7 @@ impl DaemonConfig {
             listen: format!("0.0.0.0:{DEFAULT_CLUSTER_PORT}"),
             advertise: None,
             api_listen: Some(format!("0.0.0.0:{DEFAULT_API_PORT}")),
+            node_timeout: dispatcher::NODE_TIMEOUT,
         }
     }
 }
@@ -315,6 +318,7 @@ pub struct NodeCtx {
     bound: SocketAddr,
     timings: RaftTimings,
     log_cap_bytes: u64,
+    node_timeout: Duration,
     listener: std::sync::Mutex<Option<TcpListener>>,
     /// Cancels what runs for the current membership (leave).
     member_token: std::sync::Mutex<Option<CancellationToken>>,
@@ -740,6 +744,7 @@ impl NodeCtx {
                     state: r.state(),
                     applied: r.applied(),
                 },
+                self.node_timeout,
             ))
         });
         Ok(Arc::new(Member {
@@ -1261,6 +1266,7 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         bound,
         timings: config.timings.clone(),
         log_cap_bytes: config.log_cap_bytes,
+        node_timeout: config.node_timeout,
         listener: std::sync::Mutex::new(Some(listener)),
         member_token: std::sync::Mutex::new(None),
         agent_done: std::sync::Mutex::new(None),
