@@ -14,6 +14,7 @@
 //! - [`stack`]: stack files in the Compose shape.
 
 pub mod cli;
+pub mod compose;
 pub mod daemon;
 pub mod dev;
 pub mod stack;

@@ -1,21 +1,18 @@
-//! Stack files in the shape of Compose files: `services:` with `command`,
-//! `environment`, `deploy` (replicas, mode, placement, restart policy) and an
-//! `x-flotilla` extension that picks the driver.
+//! Stack files in the shape of Compose files, turned into Flotilla
+//! service specs.
 //!
-//! Keys that Flotilla does not act on yet are reported back as warnings, not
-//! silently dropped.
+//! Parsing, interpolation, merging of several files and validation live in
+//! [`crate::compose`]; this module maps its model onto [`ServiceSpec`]s for
+//! the drivers that exist today (the process driver), refusing services it
+//! cannot run and warning about keys the process driver does not act on.
 
 use std::collections::BTreeMap;
 
-use serde::de::IgnoredAny;
-use serde::Deserialize;
+use flotilla_types::{Driver, ServiceSpec, TaskTemplate, DEFAULT_STOP_GRACE_MS};
 
-use flotilla_types::{
-    parse_duration_ms, validate_name, Constraint, Driver, RestartCondition, RestartPolicy,
-    ServiceMode, ServiceSpec, TaskTemplate, DEFAULT_STOP_GRACE_MS,
-};
+use crate::compose::{self, ComposeError, ComposeService};
 
-/// Why a stack file was refused.
+/// Why a stack was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum StackError {
     #[error("cannot read stack file {path}: {source}")]
@@ -24,114 +21,24 @@ pub enum StackError {
         #[source]
         source: std::io::Error,
     },
-    #[error("stack file {path} is not valid: {reason}")]
-    Syntax { path: String, reason: String },
     #[error("stack file {path}: service {service}: {reason}")]
     Service {
         path: String,
         service: String,
         reason: String,
     },
-    #[error("stack file {path} has no services")]
-    Empty { path: String },
+    #[error("no stack file given")]
+    NoFiles,
+    #[error("stack file {0}")]
+    Compose(#[from] ComposeError),
 }
 
-#[derive(Debug, Deserialize)]
-struct ComposeFile {
-    #[serde(default)]
-    services: BTreeMap<String, ComposeService>,
-    #[serde(flatten)]
-    other: BTreeMap<String, IgnoredAny>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum StringOrList {
-    String(String),
-    List(Vec<String>),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum EnvForm {
-    Map(BTreeMap<String, Option<EnvValue>>),
-    List(Vec<String>),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum EnvValue {
-    String(String),
-    Int(i64),
-    Float(f64),
-    Bool(bool),
-}
-
-impl EnvValue {
-    fn text(&self) -> String {
-        match self {
-            EnvValue::String(s) => s.clone(),
-            EnvValue::Int(i) => i.to_string(),
-            EnvValue::Float(f) => f.to_string(),
-            EnvValue::Bool(b) => b.to_string(),
-        }
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ComposeService {
-    command: Option<StringOrList>,
-    entrypoint: Option<StringOrList>,
-    environment: Option<EnvForm>,
-    labels: Option<EnvForm>,
-    stop_grace_period: Option<String>,
-    image: Option<String>,
-    #[serde(default)]
-    deploy: Deploy,
-    #[serde(rename = "x-flotilla", default)]
-    x_flotilla: XFlotilla,
-    #[serde(flatten)]
-    other: BTreeMap<String, IgnoredAny>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Deploy {
-    mode: Option<String>,
-    replicas: Option<i64>,
-    #[serde(default)]
-    placement: Placement,
-    restart_policy: Option<ComposeRestart>,
-    labels: Option<EnvForm>,
-    #[serde(flatten)]
-    other: BTreeMap<String, IgnoredAny>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct Placement {
-    #[serde(default)]
-    constraints: Vec<String>,
-    #[serde(flatten)]
-    other: BTreeMap<String, IgnoredAny>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct ComposeRestart {
-    condition: Option<String>,
-    delay: Option<String>,
-    max_attempts: Option<u64>,
-    window: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct XFlotilla {
-    driver: Option<String>,
-}
-
-/// A parsed stack: service specs (names not yet prefixed) and warnings about
-/// keys that were ignored.
+/// A parsed stack: service specs (names not yet prefixed), the Compose model
+/// they came from (same order), and warnings about keys that were ignored.
 #[derive(Debug, Clone)]
 pub struct Stack {
     pub services: Vec<ServiceSpec>,
+    pub compose: Vec<ComposeService>,
     pub warnings: Vec<String>,
 }
 
@@ -179,192 +86,111 @@ pub fn split_command(line: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
-fn list(form: &StringOrList) -> Result<Vec<String>, String> {
-    match form {
-        StringOrList::String(s) => split_command(s),
-        StringOrList::List(v) => Ok(v.clone()),
-    }
-}
-
-fn pairs(form: &EnvForm, what: &str) -> Result<BTreeMap<String, String>, String> {
-    match form {
-        EnvForm::Map(m) => Ok(m
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    v.as_ref().map(EnvValue::text).unwrap_or_default(),
-                )
-            })
-            .collect()),
-        EnvForm::List(items) => items
-            .iter()
-            .map(|item| match item.split_once('=') {
-                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                _ => Err(format!("{what} entry {item:?} is not KEY=VALUE")),
-            })
-            .collect(),
-    }
-}
-
-/// Parses stack file text. `path` is only used in messages.
+/// Parses stack file text. `path` names the file in messages and locates
+/// the `.env` file and `env_file` entries.
 pub fn parse_stack(path: &str, text: &str) -> Result<Stack, StackError> {
-    let file: ComposeFile = serde_saphyr::from_str(text).map_err(|e| StackError::Syntax {
-        path: path.to_string(),
-        reason: e.to_string().lines().next().unwrap_or("").to_string(),
-    })?;
-    let mut warnings = Vec::new();
-    for key in file.other.keys() {
-        if key != "version" && !key.starts_with("x-") {
-            warnings.push(format!(
-                "top-level key {key:?} is not supported yet and was ignored"
-            ));
-        }
-    }
-    if file.services.is_empty() {
-        return Err(StackError::Empty {
-            path: path.to_string(),
-        });
-    }
+    parse_stack_files(&[(path, text)])
+}
+
+/// Parses several stack files, later ones merged over earlier ones (maps key
+/// by key, scalars and lists replaced). Variables come from the process
+/// environment over the `.env` file beside the first file.
+pub fn parse_stack_files(files: &[(&str, &str)]) -> Result<Stack, StackError> {
+    let first = files.first().ok_or(StackError::NoFiles)?.0;
+    let vars = compose::variables_for(compose::dir_of(first))?;
+    let parsed = compose::parse_compose(files, &vars)?;
+    let mut warnings = parsed.warnings;
     let mut services = Vec::new();
-    for (name, svc) in &file.services {
-        let fail = |reason: String| StackError::Service {
-            path: path.to_string(),
-            service: name.clone(),
-            reason,
-        };
-        validate_name(name).map_err(|e| fail(e.to_string()))?;
-        for key in svc
-            .other
-            .keys()
-            .chain(svc.deploy.other.keys())
-            .chain(svc.deploy.placement.other.keys())
-        {
-            if !key.starts_with("x-") {
-                warnings.push(format!(
-                    "service {name}: key {key:?} is not supported yet and was ignored"
-                ));
-            }
-        }
-        let driver = match svc.x_flotilla.driver.as_deref() {
-            Some("process") => Driver::Process,
-            Some(other) => return Err(fail(format!("x-flotilla.driver {other:?} is not available (use process)"))),
-            None if svc.image.is_some() => {
-                return Err(fail(
-                    "containers (image:) come with the docker driver, which is not available yet; set x-flotilla.driver: process".into(),
-                ))
-            }
-            None => Driver::Process,
-        };
-        let mut command = match &svc.entrypoint {
-            Some(e) => list(e).map_err(fail)?,
-            None => Vec::new(),
-        };
-        if let Some(c) = &svc.command {
-            command.extend(list(c).map_err(fail)?);
-        }
-        if command.is_empty() {
-            return Err(fail(
-                "no command: the process driver needs `command`".into(),
+    for svc in &parsed.services {
+        services.push(to_spec(first, svc)?);
+        let unused = svc.unused_by_process_driver();
+        if !unused.is_empty() {
+            warnings.push(format!(
+                "service {}: not acted on yet by the process driver: {}",
+                svc.name,
+                unused.join(", ")
             ));
         }
-        let env = match &svc.environment {
-            Some(e) => pairs(e, "environment").map_err(fail)?,
-            None => BTreeMap::new(),
-        };
-        let mut labels = match &svc.deploy.labels {
-            Some(l) => pairs(l, "deploy.labels").map_err(fail)?,
-            None => BTreeMap::new(),
-        };
-        if let Some(l) = &svc.labels {
-            labels.extend(pairs(l, "labels").map_err(fail)?);
-        }
-        let mode = match svc.deploy.mode.as_deref() {
-            None | Some("replicated") => {
-                let replicas = svc.deploy.replicas.unwrap_or(1);
-                if replicas < 0 {
-                    return Err(fail(format!("deploy.replicas {replicas} is negative")));
-                }
-                ServiceMode::Replicated {
-                    replicas: replicas as u64,
-                }
-            }
-            Some("global") => {
-                if svc.deploy.replicas.is_some() {
-                    return Err(fail(
-                        "deploy.replicas cannot be used with mode global".into(),
-                    ));
-                }
-                ServiceMode::Global
-            }
-            Some(other) => {
-                return Err(fail(format!(
-                    "deploy.mode {other:?} is neither replicated nor global"
-                )))
-            }
-        };
-        let constraints = svc
-            .deploy
-            .placement
-            .constraints
-            .iter()
-            .map(|c| c.parse::<Constraint>().map_err(|e| fail(e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
-        let duration = |field: &str, v: &Option<String>| -> Result<Option<u64>, StackError> {
-            v.as_deref()
-                .map(|d| parse_duration_ms(d).map_err(|e| fail(format!("{field}: {e}"))))
-                .transpose()
-        };
-        let mut restart = RestartPolicy::default();
-        if let Some(r) = &svc.deploy.restart_policy {
-            if let Some(c) = &r.condition {
-                restart.condition = RestartCondition::parse(c).ok_or_else(|| {
-                    fail(format!(
-                        "restart_policy.condition {c:?} is not none, on-failure or any"
-                    ))
-                })?;
-            }
-            if let Some(d) = duration("restart_policy.delay", &r.delay)? {
-                restart.delay_ms = d;
-            }
-            if let Some(m) = r.max_attempts {
-                restart.max_attempts = m;
-            }
-            if let Some(w) = duration("restart_policy.window", &r.window)? {
-                restart.window_ms = w;
-            }
-        }
-        let stop_grace_period_ms =
-            duration("stop_grace_period", &svc.stop_grace_period)?.unwrap_or(DEFAULT_STOP_GRACE_MS);
-        services.push(ServiceSpec {
-            name: name.clone(),
-            mode,
-            labels,
-            task: TaskTemplate {
-                driver,
-                command,
-                env,
-                restart,
-                stop_grace_period_ms,
-                constraints,
-            },
-        });
     }
-    Ok(Stack { services, warnings })
+    Ok(Stack {
+        services,
+        compose: parsed.services,
+        warnings,
+    })
+}
+
+fn to_spec(path: &str, svc: &ComposeService) -> Result<ServiceSpec, StackError> {
+    let fail = |reason: String| StackError::Service {
+        path: path.to_string(),
+        service: svc.name.clone(),
+        reason,
+    };
+    let driver = match svc.driver.as_deref() {
+        Some("process") => Driver::Process,
+        Some(other) => {
+            return Err(fail(format!(
+                "x-flotilla.driver {other:?} is not available (use process)"
+            )))
+        }
+        None if svc.image.is_some() => return Err(fail(
+            "containers (image:) come with the docker driver, which is not available yet; set x-flotilla.driver: process".into(),
+        )),
+        None => Driver::Process,
+    };
+    let mut command = svc.entrypoint.clone().unwrap_or_default();
+    command.extend(svc.command.iter().flatten().cloned());
+    if command.is_empty() {
+        return Err(fail(
+            "no command: the process driver needs `command`".into(),
+        ));
+    }
+    // Service labels win over container labels, which the process driver
+    // has nowhere else to put.
+    let mut labels: BTreeMap<String, String> = svc.labels.clone();
+    labels.extend(svc.deploy.labels.clone());
+    Ok(ServiceSpec {
+        name: svc.name.clone(),
+        mode: svc.deploy.mode,
+        labels,
+        task: TaskTemplate {
+            driver,
+            command,
+            env: svc.environment.clone(),
+            restart: svc.deploy.restart_policy.clone().unwrap_or_default(),
+            stop_grace_period_ms: svc.stop_grace_period_ms.unwrap_or(DEFAULT_STOP_GRACE_MS),
+            constraints: svc.deploy.constraints.clone(),
+        },
+    })
 }
 
 /// Reads and parses a stack file.
 pub fn load_stack(path: &str) -> Result<Stack, StackError> {
-    let text = std::fs::read_to_string(path).map_err(|source| StackError::Read {
-        path: path.to_string(),
-        source,
-    })?;
-    parse_stack(path, &text)
+    load_stack_files(&[path])
+}
+
+/// Reads and parses several stack files, later ones over earlier ones.
+pub fn load_stack_files(paths: &[&str]) -> Result<Stack, StackError> {
+    let texts = paths
+        .iter()
+        .map(|path| {
+            std::fs::read_to_string(path).map_err(|source| StackError::Read {
+                path: path.to_string(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let files: Vec<(&str, &str)> = paths
+        .iter()
+        .copied()
+        .zip(texts.iter().map(String::as_str))
+        .collect();
+    parse_stack_files(&files)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_types::{RestartCondition, ServiceMode};
 
     const EXAMPLE: &str = r#"
 services:

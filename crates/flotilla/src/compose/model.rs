@@ -1,0 +1,1172 @@
+//! The Compose model Flotilla keeps: every key a Swarm stack acts on, typed
+//! and validated, and the conversion from a located YAML tree into it.
+//!
+//! Keys Compose knows but Flotilla does not model (`build`, `links`, ...)
+//! become one warning per service, as `docker stack deploy` prints
+//! "Ignoring unsupported options"; keys Compose does not know become another.
+//! `x-` keys are ignored everywhere, except `x-flotilla.driver`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use flotilla_types::{
+    parse_duration_ms, validate_name, Constraint, RestartCondition, RestartPolicy, ServiceMode,
+};
+
+use super::yaml::{describe, Key, Node, Value};
+use super::{dir_of, read_dotenv, ComposeError};
+
+/// Service keys of the Compose specification that Flotilla does not model.
+const UNSUPPORTED_SERVICE_KEYS: &[&str] = &[
+    "annotations",
+    "attach",
+    "blkio_config",
+    "build",
+    "cap_add",
+    "cap_drop",
+    "cgroup",
+    "cgroup_parent",
+    "configs",
+    "container_name",
+    "cpu_count",
+    "cpu_percent",
+    "cpu_shares",
+    "cpu_quota",
+    "cpu_period",
+    "cpu_rt_period",
+    "cpu_rt_runtime",
+    "cpus",
+    "cpuset",
+    "credential_spec",
+    "develop",
+    "device_cgroup_rules",
+    "devices",
+    "dns",
+    "dns_opt",
+    "dns_search",
+    "domainname",
+    "driver_opts",
+    "expose",
+    "extends",
+    "external_links",
+    "extra_hosts",
+    "gpus",
+    "group_add",
+    "hostname",
+    "init",
+    "ipc",
+    "isolation",
+    "label_file",
+    "links",
+    "logging",
+    "mac_address",
+    "mem_limit",
+    "mem_reservation",
+    "mem_swappiness",
+    "memswap_limit",
+    "models",
+    "network_mode",
+    "networks",
+    "oom_kill_disable",
+    "oom_score_adj",
+    "pid",
+    "pids_limit",
+    "platform",
+    "post_start",
+    "pre_stop",
+    "privileged",
+    "profiles",
+    "provider",
+    "pull_policy",
+    "read_only",
+    "restart",
+    "runtime",
+    "scale",
+    "secrets",
+    "security_opt",
+    "shm_size",
+    "stdin_open",
+    "stop_signal",
+    "storage_opt",
+    "sysctls",
+    "tmpfs",
+    "tty",
+    "ulimits",
+    "use_api_socket",
+    "user",
+    "userns_mode",
+    "uts",
+    "volumes",
+    "volumes_from",
+    "working_dir",
+];
+
+/// Top-level keys of the Compose specification that Flotilla does not model.
+const UNSUPPORTED_TOP_KEYS: &[&str] = &[
+    "networks", "volumes", "configs", "secrets", "include", "models",
+];
+
+/// Ranges wider than this in a port mapping are refused, so that a short
+/// string cannot expand into a huge list.
+const MAX_PORT_RANGE: u32 = 1_000;
+
+/// A parsed stack: its services (sorted by name) and the warnings about keys
+/// that were ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComposeStack {
+    pub services: Vec<ComposeService>,
+    pub warnings: Vec<String>,
+}
+
+/// One service, as Swarm would read it.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct ComposeService {
+    pub name: String,
+    pub image: Option<String>,
+    /// `command`, split like a shell when written as a string.
+    pub command: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    /// `env_file` contents with `environment` over them; entries without a
+    /// value took theirs from the variables, or were dropped if unset.
+    pub environment: BTreeMap<String, String>,
+    /// Container labels (`labels:`), not service labels.
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<PortSpec>,
+    pub healthcheck: Option<Healthcheck>,
+    pub stop_grace_period_ms: Option<u64>,
+    pub deploy: ComposeDeploy,
+    pub depends_on: Vec<String>,
+    /// `x-flotilla.driver`.
+    pub driver: Option<String>,
+}
+
+/// A published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    pub target: u16,
+    /// None: Swarm picks one (ingress) or none is published (host).
+    pub published: Option<u16>,
+    pub protocol: PortProtocol,
+    pub mode: PortMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProtocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortMode {
+    Ingress,
+    Host,
+}
+
+/// `healthcheck:`. `test` is normalised to the list form
+/// (`["CMD-SHELL", "..."]` for a string).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Healthcheck {
+    pub test: Vec<String>,
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub retries: Option<u64>,
+    pub start_period_ms: Option<u64>,
+    pub start_interval_ms: Option<u64>,
+    /// `disable: true` or `test: ["NONE"]`.
+    pub disable: bool,
+}
+
+/// `deploy:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComposeDeploy {
+    /// Replicated (default 1 replica) or global.
+    pub mode: ServiceMode,
+    pub constraints: Vec<Constraint>,
+    pub max_replicas_per_node: Option<u64>,
+    /// `preferences: [{spread: node.labels.zone}]`, as the spread targets.
+    pub spread: Vec<String>,
+    pub restart_policy: Option<RestartPolicy>,
+    pub update_config: Option<UpdateConfig>,
+    pub rollback_config: Option<UpdateConfig>,
+    pub limits: Resources,
+    pub reservations: Resources,
+    /// Service labels.
+    pub labels: BTreeMap<String, String>,
+    pub endpoint_mode: Option<String>,
+}
+
+impl Default for ComposeDeploy {
+    fn default() -> Self {
+        ComposeDeploy {
+            mode: ServiceMode::Replicated { replicas: 1 },
+            constraints: Vec::new(),
+            max_replicas_per_node: None,
+            spread: Vec::new(),
+            restart_policy: None,
+            update_config: None,
+            rollback_config: None,
+            limits: Resources::default(),
+            reservations: Resources::default(),
+            labels: BTreeMap::new(),
+            endpoint_mode: None,
+        }
+    }
+}
+
+/// `update_config:` / `rollback_config:`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct UpdateConfig {
+    pub parallelism: Option<u64>,
+    pub delay_ms: Option<u64>,
+    /// continue, pause or rollback (rollback only in update_config).
+    pub failure_action: Option<String>,
+    pub monitor_ms: Option<u64>,
+    pub max_failure_ratio: Option<f64>,
+    /// stop-first or start-first.
+    pub order: Option<String>,
+}
+
+/// `resources.limits` / `resources.reservations`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPUs in billionths (`cpus: "0.5"` is 500_000_000).
+    pub nano_cpus: Option<u64>,
+    pub memory_bytes: Option<u64>,
+}
+
+impl ComposeService {
+    /// Names of the keys set on this service that the process driver does
+    /// not act on yet.
+    pub fn unused_by_process_driver(&self) -> Vec<&'static str> {
+        let d = &self.deploy;
+        let checks: [(&'static str, bool); 11] = [
+            ("image", self.image.is_some()),
+            ("ports", !self.ports.is_empty()),
+            ("healthcheck", self.healthcheck.is_some()),
+            ("depends_on", !self.depends_on.is_empty()),
+            (
+                "deploy.placement.max_replicas_per_node",
+                d.max_replicas_per_node.is_some(),
+            ),
+            ("deploy.placement.preferences", !d.spread.is_empty()),
+            ("deploy.update_config", d.update_config.is_some()),
+            ("deploy.rollback_config", d.rollback_config.is_some()),
+            (
+                "deploy.resources",
+                d.limits != Resources::default() || d.reservations != Resources::default(),
+            ),
+            ("deploy.endpoint_mode", d.endpoint_mode.is_some()),
+            ("labels", !self.labels.is_empty()),
+        ];
+        checks
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(k, _)| *k)
+            .collect()
+    }
+}
+
+type R<T> = Result<T, ComposeError>;
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_string()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn expected(node: &Node, path: &str, what: &str) -> ComposeError {
+    ComposeError::at(
+        node,
+        path,
+        format!("expected {what}, found {}", describe(&node.value)),
+    )
+}
+
+fn map<'a>(node: &'a Node, path: &str) -> R<&'a [(Key, Node)]> {
+    match &node.value {
+        Value::Map(m) => Ok(m),
+        _ => Err(expected(node, path, "a mapping")),
+    }
+}
+
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Str(s) => Some(s.clone()),
+        Value::Int(_) | Value::Float(_) | Value::Bool(_) => Some(describe(v)),
+        _ => None,
+    }
+}
+
+fn string(node: &Node, path: &str) -> R<String> {
+    scalar_text(&node.value).ok_or_else(|| expected(node, path, "a string"))
+}
+
+/// Integers may come as strings, since interpolation yields strings.
+fn int(node: &Node, path: &str) -> R<i128> {
+    match &node.value {
+        Value::Int(i) => Ok(*i),
+        Value::Str(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| expected(node, path, "an integer")),
+        _ => Err(expected(node, path, "an integer")),
+    }
+}
+
+fn uint(node: &Node, path: &str) -> R<u64> {
+    let i = int(node, path)?;
+    u64::try_from(i).map_err(|_| {
+        ComposeError::at(
+            node,
+            path,
+            format!("{i} is {}", if i < 0 { "negative" } else { "too large" }),
+        )
+    })
+}
+
+fn float(node: &Node, path: &str) -> R<f64> {
+    let f = match &node.value {
+        Value::Int(i) => *i as f64,
+        Value::Float(f) => *f,
+        Value::Str(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| expected(node, path, "a number"))?,
+        _ => return Err(expected(node, path, "a number")),
+    };
+    if f.is_finite() {
+        Ok(f)
+    } else {
+        Err(expected(node, path, "a finite number"))
+    }
+}
+
+fn boolean(node: &Node, path: &str) -> R<bool> {
+    match &node.value {
+        Value::Bool(b) => Ok(*b),
+        Value::Str(s) if s == "true" => Ok(true),
+        Value::Str(s) if s == "false" => Ok(false),
+        _ => Err(expected(node, path, "true or false")),
+    }
+}
+
+fn duration(node: &Node, path: &str) -> R<u64> {
+    let text = match &node.value {
+        Value::Int(0) => return Ok(0),
+        _ => string(node, path)?,
+    };
+    parse_duration_ms(&text).map_err(|e| ComposeError::at(node, path, e.to_string()))
+}
+
+fn string_list(node: &Node, path: &str) -> R<Vec<String>> {
+    match &node.value {
+        Value::Seq(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, n)| string(n, &format!("{path}[{i}]")))
+            .collect(),
+        _ => Err(expected(node, path, "a list")),
+    }
+}
+
+/// `command:`/`entrypoint:`/`healthcheck.test`: a string split like a shell,
+/// or a list.
+fn words(node: &Node, path: &str) -> R<Vec<String>> {
+    match &node.value {
+        Value::Str(s) => {
+            crate::stack::split_command(s).map_err(|e| ComposeError::at(node, path, e))
+        }
+        Value::Seq(_) => string_list(node, path),
+        _ => Err(expected(node, path, "a string or a list")),
+    }
+}
+
+/// `environment:`/`labels:` as a mapping or a `KEY=VALUE` list; entries with
+/// no value are `None`.
+fn pairs(node: &Node, path: &str) -> R<Vec<(String, Option<String>)>> {
+    match &node.value {
+        Value::Map(m) => m
+            .iter()
+            .map(|(k, v)| match &v.value {
+                Value::Null => Ok((k.name.clone(), None)),
+                _ => Ok((k.name.clone(), Some(string(v, &join(path, &k.name))?))),
+            })
+            .collect(),
+        Value::Seq(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let p = format!("{path}[{i}]");
+                let s = string(n, &p)?;
+                match s.split_once('=') {
+                    Some((k, v)) if !k.is_empty() => Ok((k.to_string(), Some(v.to_string()))),
+                    None if !s.is_empty() => Ok((s, None)),
+                    _ => Err(ComposeError::at(n, &p, format!("{s:?} is not KEY=VALUE"))),
+                }
+            })
+            .collect(),
+        _ => Err(expected(node, path, "a mapping or a list of KEY=VALUE")),
+    }
+}
+
+fn labels(node: &Node, path: &str) -> R<BTreeMap<String, String>> {
+    Ok(pairs(node, path)?
+        .into_iter()
+        .map(|(k, v)| (k, v.unwrap_or_default()))
+        .collect())
+}
+
+/// Memory sizes as Compose writes them: bytes, or a number with b, k, m, g
+/// (optionally followed by b), any case: `512M`, `1.5g`, `1024kb`.
+pub fn parse_memory(text: &str) -> Option<u64> {
+    let s = text.trim().to_ascii_lowercase();
+    let s = s
+        .strip_suffix('b')
+        .filter(|r| !r.is_empty() && !r.ends_with('b'))
+        .unwrap_or(&s);
+    let (num, factor) = match s.char_indices().last() {
+        Some((i, 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'g')) => (&s[..i], 1 << 30),
+        Some((i, 't')) => (&s[..i], 1 << 40),
+        _ => (s, 1),
+    };
+    let n: f64 = num.trim().parse().ok()?;
+    let bytes = n * factor as f64;
+    (n.is_finite() && n >= 0.0 && bytes < 1.8e19).then_some(bytes as u64)
+}
+
+/// Reports keys not in `known`, skipping `x-` keys.
+fn unknown_keys(entries: &[(Key, Node)], path: &str, known: &[&str], out: &mut Vec<String>) {
+    for (k, _) in entries {
+        if !k.name.starts_with("x-") && !known.contains(&k.name.as_str()) {
+            out.push(join(path, &k.name));
+        }
+    }
+}
+
+/// Converts the merged, interpolated tree.
+pub(super) fn convert(
+    root: &Node,
+    first_file: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> R<ComposeStack> {
+    let empty = || ComposeError::Empty {
+        file: first_file.to_string(),
+    };
+    let top = match &root.value {
+        Value::Null => return Err(empty()),
+        _ => map(root, "(top level)")?,
+    };
+    let mut warnings = Vec::new();
+    let mut ignored = Vec::new();
+    let mut unknown = Vec::new();
+    let mut services_node = None;
+    for (k, v) in top {
+        match k.name.as_str() {
+            "services" => services_node = Some(v),
+            "version" | "name" => {}
+            n if n.starts_with("x-") => {}
+            n if UNSUPPORTED_TOP_KEYS.contains(&n) => ignored.push(n.to_string()),
+            n => unknown.push(n.to_string()),
+        }
+    }
+    if !ignored.is_empty() {
+        warnings.push(format!(
+            "Ignoring unsupported top-level options: {}",
+            ignored.join(", ")
+        ));
+    }
+    if !unknown.is_empty() {
+        warnings.push(format!(
+            "Ignoring unknown top-level keys: {}",
+            unknown.join(", ")
+        ));
+    }
+    let services_node = services_node.ok_or_else(empty)?;
+    let entries = match &services_node.value {
+        Value::Null => return Err(empty()),
+        _ => map(services_node, "services")?,
+    };
+    if entries.is_empty() {
+        return Err(empty());
+    }
+    let mut services = Vec::new();
+    for (k, v) in entries {
+        let path = join("services", &k.name);
+        validate_name(&k.name).map_err(|e| ComposeError::at(v, &path, e.to_string()))?;
+        services.push(service(&k.name, v, &path, lookup, &mut warnings)?);
+    }
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    check_stack(&services, entries)?;
+    Ok(ComposeStack { services, warnings })
+}
+
+/// Checks across services: `depends_on` targets exist, and no two services
+/// publish the same ingress port.
+fn check_stack(services: &[ComposeService], entries: &[(Key, Node)]) -> R<()> {
+    let node_of = |name: &str| entries.iter().find(|(k, _)| k.name == name).map(|(_, n)| n);
+    let mut published: BTreeMap<(u16, PortProtocol), &str> = BTreeMap::new();
+    for s in services {
+        let Some(node) = node_of(&s.name) else {
+            continue;
+        };
+        let path = join("services", &s.name);
+        for d in &s.depends_on {
+            if !services.iter().any(|o| &o.name == d) {
+                let at = node.get("depends_on").unwrap_or(node);
+                return Err(ComposeError::at(
+                    at,
+                    &join(&path, "depends_on"),
+                    format!("unknown service {d:?}"),
+                ));
+            }
+        }
+        for p in &s.ports {
+            let (Some(port), PortMode::Ingress) = (p.published, p.mode) else {
+                continue;
+            };
+            if let Some(other) = published.insert((port, p.protocol), &s.name) {
+                let at = node.get("ports").unwrap_or(node);
+                let proto = serde_json::to_value(p.protocol)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                let reason = if other == s.name {
+                    format!("port {port}/{proto} is published twice")
+                } else {
+                    format!("port {port}/{proto} is already published by service {other}")
+                };
+                return Err(ComposeError::at(at, &join(&path, "ports"), reason));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn service(
+    name: &str,
+    node: &Node,
+    path: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    warnings: &mut Vec<String>,
+) -> R<ComposeService> {
+    let entries = match &node.value {
+        // `web:` with nothing under it is a service with no keys.
+        Value::Null => &[][..],
+        _ => map(node, path)?,
+    };
+    let mut s = ComposeService {
+        name: name.to_string(),
+        ..Default::default()
+    };
+    let mut ignored = Vec::new();
+    let mut unknown = Vec::new();
+    let mut env_files: Vec<(String, BTreeMap<String, String>)> = Vec::new();
+    let mut environment = Vec::new();
+    for (k, v) in entries {
+        let p = join(path, &k.name);
+        let p = p.as_str();
+        if matches!(v.value, Value::Null) && k.name != "environment" {
+            // An explicit null means "not set", as Compose treats it.
+            continue;
+        }
+        match k.name.as_str() {
+            "image" => s.image = Some(string(v, p)?),
+            "command" => s.command = Some(words(v, p)?),
+            "entrypoint" => s.entrypoint = Some(words(v, p)?),
+            "environment" => {
+                environment = if matches!(v.value, Value::Null) {
+                    Vec::new()
+                } else {
+                    pairs(v, p)?
+                }
+            }
+            "env_file" => env_files = env_file(v, p)?,
+            "labels" => s.labels = labels(v, p)?,
+            "ports" => s.ports = ports(v, p)?,
+            "healthcheck" => s.healthcheck = Some(healthcheck(v, p, &mut unknown)?),
+            "stop_grace_period" => s.stop_grace_period_ms = Some(duration(v, p)?),
+            "deploy" => s.deploy = deploy(v, p, &mut ignored, &mut unknown)?,
+            "depends_on" => {
+                s.depends_on = match &v.value {
+                    Value::Map(m) => m.iter().map(|(k, _)| k.name.clone()).collect(),
+                    _ => string_list(v, p)?,
+                }
+            }
+            "x-flotilla" => {
+                if let Some(d) = v.get("driver") {
+                    s.driver = Some(string(d, &join(p, "driver"))?);
+                }
+            }
+            n if n.starts_with("x-") => {}
+            n if UNSUPPORTED_SERVICE_KEYS.contains(&n) => ignored.push(n.to_string()),
+            n => unknown.push(n.to_string()),
+        }
+    }
+    for (_, vars) in env_files {
+        s.environment.extend(vars);
+    }
+    for (k, v) in environment {
+        match v.or_else(|| lookup(&k)) {
+            Some(v) => {
+                s.environment.insert(k, v);
+            }
+            None => {
+                s.environment.remove(&k);
+            }
+        }
+    }
+    if !ignored.is_empty() {
+        warnings.push(format!(
+            "service {name}: Ignoring unsupported options: {}",
+            ignored.join(", ")
+        ));
+    }
+    if !unknown.is_empty() {
+        warnings.push(format!(
+            "service {name}: Ignoring unknown keys: {}",
+            unknown.join(", ")
+        ));
+    }
+    Ok(s)
+}
+
+/// `env_file:` as a string, a list of strings, or a list of
+/// `{path, required}`; read relative to the file that names it.
+fn env_file(node: &Node, path: &str) -> R<Vec<(String, BTreeMap<String, String>)>> {
+    let items: Vec<(String, bool, &Node)> = match &node.value {
+        Value::Seq(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let p = format!("{path}[{i}]");
+                match &n.value {
+                    Value::Map(_) => {
+                        let file = n
+                            .get("path")
+                            .ok_or_else(|| ComposeError::at(n, &p, "missing path"))?;
+                        let required = n
+                            .get("required")
+                            .map(|r| boolean(r, &join(&p, "required")))
+                            .transpose()?;
+                        Ok((
+                            string(file, &join(&p, "path"))?,
+                            required.unwrap_or(true),
+                            n,
+                        ))
+                    }
+                    _ => Ok((string(n, &p)?, true, n)),
+                }
+            })
+            .collect::<R<_>>()?,
+        _ => vec![(string(node, path)?, true, node)],
+    };
+    items
+        .into_iter()
+        .map(|(file, required, n)| {
+            let full = dir_of(&n.file).join(&file);
+            let vars = read_dotenv(&full, required)
+                .map_err(|e| ComposeError::at(n, path, e.to_string()))?;
+            Ok((file, vars))
+        })
+        .collect()
+}
+
+fn protocol(node: &Node, path: &str, text: &str) -> R<PortProtocol> {
+    match text {
+        "tcp" => Ok(PortProtocol::Tcp),
+        "udp" => Ok(PortProtocol::Udp),
+        "sctp" => Ok(PortProtocol::Sctp),
+        other => Err(ComposeError::at(
+            node,
+            path,
+            format!("protocol {other:?} is not tcp, udp or sctp"),
+        )),
+    }
+}
+
+/// `8080` or `8080-8090`, as (first, count).
+fn port_range(node: &Node, path: &str, text: &str) -> R<(u16, u32)> {
+    let bad = || ComposeError::at(node, path, format!("invalid port {text:?}"));
+    let parse = |t: &str| t.trim().parse::<u16>().map_err(|_| bad());
+    match text.split_once('-') {
+        Some((a, b)) => {
+            let (a, b) = (parse(a)?, parse(b)?);
+            let count = u32::from(b).checked_sub(u32::from(a)).ok_or_else(bad)? + 1;
+            if count > MAX_PORT_RANGE {
+                return Err(ComposeError::at(
+                    node,
+                    path,
+                    format!("port range {text:?} is wider than {MAX_PORT_RANGE}"),
+                ));
+            }
+            Ok((a, count))
+        }
+        None => Ok((parse(text)?, 1)),
+    }
+}
+
+fn ports(node: &Node, path: &str) -> R<Vec<PortSpec>> {
+    let Value::Seq(items) = &node.value else {
+        return Err(expected(node, path, "a list"));
+    };
+    let mut out = Vec::new();
+    for (i, n) in items.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        match &n.value {
+            Value::Map(m) => {
+                let mut unknown = Vec::new();
+                unknown_keys(
+                    m,
+                    &p,
+                    &[
+                        "target",
+                        "published",
+                        "protocol",
+                        "mode",
+                        "host_ip",
+                        "name",
+                        "app_protocol",
+                    ],
+                    &mut unknown,
+                );
+                if let Some(u) = unknown.first() {
+                    return Err(ComposeError::at(n, &p, format!("unknown key {u:?}")));
+                }
+                let target = n
+                    .get("target")
+                    .ok_or_else(|| ComposeError::at(n, &p, "missing target"))?;
+                let target = u16::try_from(uint(target, &join(&p, "target"))?).map_err(|_| {
+                    ComposeError::at(target, &join(&p, "target"), "not a port number")
+                })?;
+                let published = match n.get("published") {
+                    None => None,
+                    Some(x) if matches!(x.value, Value::Null) => None,
+                    Some(x) => {
+                        let pp = join(&p, "published");
+                        let t = string(x, &pp)?;
+                        Some(port_range(x, &pp, &t)?.0)
+                    }
+                };
+                let protocol = match n.get("protocol") {
+                    Some(x) => {
+                        protocol(x, &join(&p, "protocol"), &string(x, &join(&p, "protocol"))?)?
+                    }
+                    None => PortProtocol::Tcp,
+                };
+                let mode = match n.get("mode") {
+                    None => PortMode::Ingress,
+                    Some(x) => match string(x, &join(&p, "mode"))?.as_str() {
+                        "ingress" => PortMode::Ingress,
+                        "host" => PortMode::Host,
+                        other => {
+                            return Err(ComposeError::at(
+                                x,
+                                &join(&p, "mode"),
+                                format!("{other:?} is not ingress or host"),
+                            ))
+                        }
+                    },
+                };
+                out.push(PortSpec {
+                    target,
+                    published,
+                    protocol,
+                    mode,
+                });
+            }
+            _ => {
+                let text = string(n, &p)?;
+                let (spec, proto) = match text.rsplit_once('/') {
+                    Some((s, pr)) => (s, protocol(n, &p, pr)?),
+                    None => (text.as_str(), PortProtocol::Tcp),
+                };
+                // [host_ip:][published:]target; an IPv6 host ip is bracketed.
+                let parts: Vec<&str> = match spec.rsplit_once("]:") {
+                    Some((_, rest)) => rest.split(':').collect(),
+                    None => spec.split(':').collect(),
+                };
+                let (published, target) = match parts.as_slice() {
+                    [t] => (None, *t),
+                    [pb, t] | [_, pb, t] => (Some(*pb).filter(|s| !s.is_empty()), *t),
+                    _ => {
+                        return Err(ComposeError::at(
+                            n,
+                            &p,
+                            format!("invalid port mapping {text:?}"),
+                        ))
+                    }
+                };
+                let (t0, tn) = port_range(n, &p, target)?;
+                let published = published.map(|pb| port_range(n, &p, pb)).transpose()?;
+                if let Some((_, pn)) = published {
+                    if pn != tn && pn != 1 {
+                        return Err(ComposeError::at(
+                            n,
+                            &p,
+                            format!("port ranges in {text:?} differ in size"),
+                        ));
+                    }
+                }
+                for j in 0..tn {
+                    // Both ranges are within u16 by construction.
+                    let target = u16::try_from(u32::from(t0) + j).unwrap_or(u16::MAX);
+                    let published = published.map(|(p0, pn)| {
+                        u16::try_from(u32::from(p0) + if pn == 1 { 0 } else { j })
+                            .unwrap_or(u16::MAX)
+                    });
+                    out.push(PortSpec {
+                        target,
+                        published,
+                        protocol: proto,
+                        mode: PortMode::Ingress,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn healthcheck(node: &Node, path: &str, unknown: &mut Vec<String>) -> R<Healthcheck> {
+    let entries = map(node, path)?;
+    unknown_keys(
+        entries,
+        path,
+        &[
+            "test",
+            "interval",
+            "timeout",
+            "retries",
+            "start_period",
+            "start_interval",
+            "disable",
+        ],
+        unknown,
+    );
+    let mut h = Healthcheck::default();
+    for (k, v) in entries {
+        let p = join(path, &k.name);
+        match k.name.as_str() {
+            "test" => {
+                h.test = match &v.value {
+                    Value::Str(s) => vec!["CMD-SHELL".to_string(), s.clone()],
+                    _ => string_list(v, &p)?,
+                };
+                if h.test.first().map(String::as_str) == Some("NONE") {
+                    h.disable = true;
+                }
+            }
+            "interval" => h.interval_ms = Some(duration(v, &p)?),
+            "timeout" => h.timeout_ms = Some(duration(v, &p)?),
+            "retries" => h.retries = Some(uint(v, &p)?),
+            "start_period" => h.start_period_ms = Some(duration(v, &p)?),
+            "start_interval" => h.start_interval_ms = Some(duration(v, &p)?),
+            "disable" => h.disable |= boolean(v, &p)?,
+            _ => {}
+        }
+    }
+    Ok(h)
+}
+
+fn deploy(
+    node: &Node,
+    path: &str,
+    ignored: &mut Vec<String>,
+    unknown: &mut Vec<String>,
+) -> R<ComposeDeploy> {
+    let entries = map(node, path)?;
+    unknown_keys(
+        entries,
+        path,
+        &[
+            "mode",
+            "replicas",
+            "placement",
+            "restart_policy",
+            "update_config",
+            "rollback_config",
+            "resources",
+            "labels",
+            "endpoint_mode",
+        ],
+        unknown,
+    );
+    let mut d = ComposeDeploy::default();
+    let mut mode = None;
+    let mut replicas = None;
+    for (k, v) in entries {
+        let p = join(path, &k.name);
+        let p = p.as_str();
+        if matches!(v.value, Value::Null) {
+            continue;
+        }
+        match k.name.as_str() {
+            "mode" => mode = Some((string(v, p)?, v)),
+            "replicas" => {
+                let r = int(v, p)?;
+                replicas = Some((
+                    u64::try_from(r).map_err(|_| {
+                        ComposeError::at(
+                            v,
+                            p,
+                            format!("{r} is {}", if r < 0 { "negative" } else { "too large" }),
+                        )
+                    })?,
+                    v,
+                ));
+            }
+            "placement" => placement(v, p, &mut d, unknown)?,
+            "restart_policy" => d.restart_policy = Some(restart_policy(v, p, unknown)?),
+            "update_config" => d.update_config = Some(update_config(v, p, true, unknown)?),
+            "rollback_config" => d.rollback_config = Some(update_config(v, p, false, unknown)?),
+            "resources" => resources(v, p, &mut d, ignored, unknown)?,
+            "labels" => d.labels = labels(v, p)?,
+            "endpoint_mode" => {
+                let m = string(v, p)?;
+                if m != "vip" && m != "dnsrr" {
+                    return Err(ComposeError::at(v, p, format!("{m:?} is not vip or dnsrr")));
+                }
+                d.endpoint_mode = Some(m);
+            }
+            _ => {}
+        }
+    }
+    d.mode = match mode {
+        None => ServiceMode::Replicated {
+            replicas: replicas.map(|r| r.0).unwrap_or(1),
+        },
+        Some((m, _)) if m == "replicated" => ServiceMode::Replicated {
+            replicas: replicas.map(|r| r.0).unwrap_or(1),
+        },
+        Some((m, n)) if m == "global" => {
+            if let Some((_, rn)) = replicas {
+                return Err(ComposeError::at(
+                    rn,
+                    &join(path, "replicas"),
+                    "cannot be used with mode global",
+                ));
+            }
+            let _ = n;
+            ServiceMode::Global
+        }
+        Some((m, n)) => {
+            return Err(ComposeError::at(
+                n,
+                &join(path, "mode"),
+                format!("{m:?} is neither replicated nor global"),
+            ))
+        }
+    };
+    Ok(d)
+}
+
+fn placement(node: &Node, path: &str, d: &mut ComposeDeploy, unknown: &mut Vec<String>) -> R<()> {
+    let entries = map(node, path)?;
+    unknown_keys(
+        entries,
+        path,
+        &["constraints", "preferences", "max_replicas_per_node"],
+        unknown,
+    );
+    for (k, v) in entries {
+        let p = join(path, &k.name);
+        match k.name.as_str() {
+            "constraints" => {
+                let Value::Seq(items) = &v.value else {
+                    return Err(expected(v, &p, "a list"));
+                };
+                for (i, c) in items.iter().enumerate() {
+                    let cp = format!("{p}[{i}]");
+                    let text = string(c, &cp)?;
+                    d.constraints.push(
+                        text.parse::<Constraint>()
+                            .map_err(|e| ComposeError::at(c, &cp, e.to_string()))?,
+                    );
+                }
+            }
+            "preferences" => {
+                let Value::Seq(items) = &v.value else {
+                    return Err(expected(v, &p, "a list"));
+                };
+                for (i, pref) in items.iter().enumerate() {
+                    let pp = format!("{p}[{i}]");
+                    let spread = pref
+                        .get("spread")
+                        .ok_or_else(|| expected(pref, &pp, "{spread: ...}"))?;
+                    d.spread.push(string(spread, &join(&pp, "spread"))?);
+                }
+            }
+            "max_replicas_per_node" => d.max_replicas_per_node = Some(uint(v, &p)?),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn restart_policy(node: &Node, path: &str, unknown: &mut Vec<String>) -> R<RestartPolicy> {
+    let entries = map(node, path)?;
+    unknown_keys(
+        entries,
+        path,
+        &["condition", "delay", "max_attempts", "window"],
+        unknown,
+    );
+    let mut r = RestartPolicy::default();
+    for (k, v) in entries {
+        let p = join(path, &k.name);
+        match k.name.as_str() {
+            "condition" => {
+                let c = string(v, &p)?;
+                r.condition = RestartCondition::parse(&c).ok_or_else(|| {
+                    ComposeError::at(v, &p, format!("{c:?} is not none, on-failure or any"))
+                })?;
+            }
+            "delay" => r.delay_ms = duration(v, &p)?,
+            "max_attempts" => r.max_attempts = uint(v, &p)?,
+            "window" => r.window_ms = duration(v, &p)?,
+            _ => {}
+        }
+    }
+    Ok(r)
+}
+
+fn update_config(
+    node: &Node,
+    path: &str,
+    update: bool,
+    unknown: &mut Vec<String>,
+) -> R<UpdateConfig> {
+    let entries = map(node, path)?;
+    unknown_keys(
+        entries,
+        path,
+        &[
+            "parallelism",
+            "delay",
+            "failure_action",
+            "monitor",
+            "max_failure_ratio",
+            "order",
+        ],
+        unknown,
+    );
+    let mut u = UpdateConfig::default();
+    for (k, v) in entries {
+        let p = join(path, &k.name);
+        match k.name.as_str() {
+            "parallelism" => u.parallelism = Some(uint(v, &p)?),
+            "delay" => u.delay_ms = Some(duration(v, &p)?),
+            "monitor" => u.monitor_ms = Some(duration(v, &p)?),
+            "failure_action" => {
+                let a = string(v, &p)?;
+                let ok = a == "continue" || a == "pause" || (update && a == "rollback");
+                if !ok {
+                    let allowed = if update {
+                        "continue, pause or rollback"
+                    } else {
+                        "continue or pause"
+                    };
+                    return Err(ComposeError::at(v, &p, format!("{a:?} is not {allowed}")));
+                }
+                u.failure_action = Some(a);
+            }
+            "max_failure_ratio" => {
+                let f = float(v, &p)?;
+                if !(0.0..=1.0).contains(&f) {
+                    return Err(ComposeError::at(
+                        v,
+                        &p,
+                        format!("{f} is not between 0 and 1"),
+                    ));
+                }
+                u.max_failure_ratio = Some(f);
+            }
+            "order" => {
+                let o = string(v, &p)?;
+                if o != "stop-first" && o != "start-first" {
+                    return Err(ComposeError::at(
+                        v,
+                        &p,
+                        format!("{o:?} is not stop-first or start-first"),
+                    ));
+                }
+                u.order = Some(o);
+            }
+            _ => {}
+        }
+    }
+    Ok(u)
+}
+
+fn resources(
+    node: &Node,
+    path: &str,
+    d: &mut ComposeDeploy,
+    ignored: &mut Vec<String>,
+    unknown: &mut Vec<String>,
+) -> R<()> {
+    let entries = map(node, path)?;
+    unknown_keys(entries, path, &["limits", "reservations"], unknown);
+    for (k, v) in entries {
+        let p = join(path, &k.name);
+        let target = match k.name.as_str() {
+            "limits" => &mut d.limits,
+            "reservations" => &mut d.reservations,
+            _ => continue,
+        };
+        for (rk, rv) in map(v, &p)? {
+            let rp = join(&p, &rk.name);
+            match rk.name.as_str() {
+                "cpus" => {
+                    let c = float(rv, &rp)?;
+                    if c <= 0.0 || c > 1e9 {
+                        return Err(ComposeError::at(
+                            rv,
+                            &rp,
+                            format!("{c} is not a positive number of CPUs"),
+                        ));
+                    }
+                    target.nano_cpus = Some((c * 1e9).round() as u64);
+                }
+                "memory" => {
+                    let text = string(rv, &rp)?;
+                    target.memory_bytes = Some(parse_memory(&text).ok_or_else(|| {
+                        ComposeError::at(rv, &rp, format!("invalid memory size {text:?}: expected bytes or a number with b, k, m or g, such as 512M"))
+                    })?);
+                }
+                "pids" | "devices" | "generic_resources" => {
+                    ignored.push(format!("deploy.resources.{}.{}", k.name, rk.name))
+                }
+                n if n.starts_with("x-") => {}
+                n => unknown.push(format!("deploy.resources.{}.{n}", k.name)),
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("512M"), Some(512 << 20));
+        assert_eq!(parse_memory("1g"), Some(1 << 30));
+        assert_eq!(parse_memory("1024kb"), Some(1 << 20));
+        assert_eq!(parse_memory("100"), Some(100));
+        assert_eq!(parse_memory("100b"), Some(100));
+        assert_eq!(parse_memory("1.5G"), Some(3 << 29));
+        for bad in ["", "M", "-1M", "12Q", "1e30g", "NaN", "bb"] {
+            assert_eq!(parse_memory(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,376 @@
+//! Compose stacks as Swarm uses them: the model, error locations, merging of
+//! several files, and a robustness sweep over generated inputs.
+
+use std::collections::BTreeMap;
+
+use flotilla::compose::{
+    interpolate, parse_compose, ComposeStack, PortMode, PortProtocol, PortSpec,
+};
+use flotilla::stack::{load_stack_files, parse_stack};
+use flotilla_types::ServiceMode;
+
+const SWARM: &str = r#"
+version: "3.8"
+x-defaults: &defaults
+  restart_policy:
+    condition: on-failure
+    max_attempts: 3
+services:
+  web:
+    image: "nginx:${TAG:-1.25}"
+    command: nginx -g 'daemon off;'
+    environment:
+      MODE: prod
+      PRICE: "$$5"
+    ports:
+      - "8080:80"
+      - "53:53/udp"
+      - target: 443
+        published: 8443
+        protocol: tcp
+        mode: host
+    healthcheck:
+      test: curl -f http://localhost/
+      interval: 30s
+      timeout: 5s
+      retries: 3
+      start_period: 10s
+    stop_grace_period: 1m
+    depends_on: [api]
+    build: .
+    container_name: web1
+    deploy:
+      <<: *defaults
+      replicas: ${REPLICAS}
+      placement:
+        constraints: [node.role == worker]
+        max_replicas_per_node: 2
+        preferences:
+          - spread: node.labels.zone
+      update_config: &update
+        parallelism: 2
+        delay: 10s
+        failure_action: rollback
+        monitor: 1m
+        max_failure_ratio: 0.25
+        order: start-first
+      rollback_config:
+        parallelism: 1
+        order: stop-first
+      resources:
+        limits: {cpus: "0.5", memory: 512M}
+        reservations: {cpus: 0.25, memory: 128M}
+      labels: [tier=front]
+      endpoint_mode: vip
+  api:
+    image: example/api
+    entrypoint: ["/bin/api"]
+    command: ["--port", "9000"]
+    environment: ["A=1", "FROM_VARS"]
+    depends_on:
+      db: {condition: service_started}
+    deploy:
+      mode: global
+    links: [db]
+  db:
+    image: postgres
+    x-flotilla: {driver: process}
+    command: postgres
+    frobnicate: yes
+networks:
+  front: {}
+"#;
+
+fn vars() -> BTreeMap<String, String> {
+    [("REPLICAS", "3"), ("FROM_VARS", "v")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn parse(text: &str) -> Result<ComposeStack, String> {
+    parse_compose(&[("stack.yml", text)], &vars()).map_err(|e| e.to_string())
+}
+
+fn err(text: &str) -> String {
+    parse(text).err().unwrap_or_default()
+}
+
+#[test]
+fn parses_a_swarm_stack_into_the_model() {
+    let stack = parse(SWARM).expect("parse");
+    let names: Vec<_> = stack.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["api", "db", "web"]);
+    let web = &stack.services[2];
+    assert_eq!(web.image.as_deref(), Some("nginx:1.25"));
+    assert_eq!(
+        web.command.as_deref(),
+        Some(&["nginx".to_string(), "-g".into(), "daemon off;".into()][..])
+    );
+    assert_eq!(web.environment["PRICE"], "$5");
+    assert_eq!(
+        web.ports,
+        [
+            PortSpec {
+                target: 80,
+                published: Some(8080),
+                protocol: PortProtocol::Tcp,
+                mode: PortMode::Ingress
+            },
+            PortSpec {
+                target: 53,
+                published: Some(53),
+                protocol: PortProtocol::Udp,
+                mode: PortMode::Ingress
+            },
+            PortSpec {
+                target: 443,
+                published: Some(8443),
+                protocol: PortProtocol::Tcp,
+                mode: PortMode::Host
+            },
+        ]
+    );
+    let hc = web.healthcheck.as_ref().expect("healthcheck");
+    assert_eq!(hc.test, ["CMD-SHELL", "curl -f http://localhost/"]);
+    assert_eq!(
+        (
+            hc.interval_ms,
+            hc.timeout_ms,
+            hc.retries,
+            hc.start_period_ms
+        ),
+        (Some(30_000), Some(5_000), Some(3), Some(10_000))
+    );
+    assert_eq!(web.stop_grace_period_ms, Some(60_000));
+    let d = &web.deploy;
+    assert_eq!(d.mode, ServiceMode::Replicated { replicas: 3 });
+    assert_eq!(
+        d.restart_policy.as_ref().map(|r| r.max_attempts),
+        Some(3),
+        "merged from the anchor"
+    );
+    assert_eq!(d.constraints[0].to_string(), "node.role==worker");
+    assert_eq!(d.max_replicas_per_node, Some(2));
+    assert_eq!(d.spread, ["node.labels.zone"]);
+    let u = d.update_config.as_ref().expect("update_config");
+    assert_eq!(
+        (u.parallelism, u.delay_ms, u.monitor_ms),
+        (Some(2), Some(10_000), Some(60_000))
+    );
+    assert_eq!(u.max_failure_ratio, Some(0.25));
+    assert_eq!(
+        d.rollback_config.as_ref().and_then(|r| r.order.as_deref()),
+        Some("stop-first")
+    );
+    assert_eq!(d.limits.nano_cpus, Some(500_000_000));
+    assert_eq!(d.limits.memory_bytes, Some(512 << 20));
+    assert_eq!(d.reservations.nano_cpus, Some(250_000_000));
+    assert_eq!(d.labels["tier"], "front");
+    assert_eq!(d.endpoint_mode.as_deref(), Some("vip"));
+    assert_eq!(web.depends_on, ["api"]);
+    let api = &stack.services[0];
+    assert_eq!(api.deploy.mode, ServiceMode::Global);
+    assert_eq!(api.environment["FROM_VARS"], "v");
+    assert_eq!(api.depends_on, ["db"]);
+    assert_eq!(stack.services[1].driver.as_deref(), Some("process"));
+    let w = stack.warnings.join("\n");
+    assert!(
+        w.contains("service web: Ignoring unsupported options: build, container_name"),
+        "{w}"
+    );
+    assert!(
+        w.contains("service api: Ignoring unsupported options: links"),
+        "{w}"
+    );
+    assert!(
+        w.contains("service db: Ignoring unknown keys: frobnicate"),
+        "{w}"
+    );
+    assert!(w.contains("top-level options: networks"), "{w}");
+    assert!(!w.contains("x-"), "{w}");
+    // The model is serializable for the daemon.
+    let json = serde_json::to_string(&stack).expect("serialize");
+    let back: ComposeStack = serde_json::from_str(&json).expect("deserialize");
+    assert_eq!(back, stack);
+}
+
+#[test]
+fn parse_stack_still_refuses_images_without_the_process_driver() {
+    let e = parse_stack("s.yml", "services:\n  web:\n    image: nginx\n")
+        .err()
+        .map(|e| e.to_string());
+    assert!(e.unwrap_or_default().contains("docker driver"));
+    let ok = parse_stack("s.yml", "services:\n  web:\n    image: nginx\n    command: sleep 1\n    x-flotilla: {driver: process}\n    ports: [\"80:80\"]\n")
+        .expect("process driver");
+    assert_eq!(ok.compose[0].image.as_deref(), Some("nginx"));
+    assert!(
+        ok.warnings.iter().any(|w| w.contains("image, ports")),
+        "{:?}",
+        ok.warnings
+    );
+}
+
+#[test]
+fn errors_name_file_line_and_key() {
+    let e = err("services:\n  web:\n    command: x\n    deploy:\n      replicas: three\n");
+    assert_eq!(
+        e,
+        "stack.yml:5: services.web.deploy.replicas: expected an integer, found \"three\""
+    );
+    let e = err("services:\n  web:\n    command: x\n    deploy:\n      replicas: -1\n");
+    assert!(
+        e.starts_with("stack.yml:5: services.web.deploy.replicas:") && e.contains("negative"),
+        "{e}"
+    );
+    let e = err("services:\n  web:\n    command: x\n    depends_on: [nope]\n");
+    assert!(
+        e.starts_with("stack.yml:4: services.web.depends_on:")
+            && e.contains("unknown service \"nope\""),
+        "{e}"
+    );
+    let e = err("services:\n  web:\n    image: \"${MISSING:?set MISSING}\"\n");
+    assert_eq!(e, "stack.yml:3: services.web.image: required variable MISSING is missing a value: set MISSING");
+    let e = err("services:\n  a:\n    ports: [\"80:80\"]\n  b:\n    ports:\n      - 8080:80\n      - 80:81\n");
+    assert!(
+        e.starts_with("stack.yml:6: services.b.ports:")
+            && e.contains("already published by service a"),
+        "{e}"
+    );
+    assert!(
+        parse("services:\n  a:\n    ports: [\"80:80/udp\"]\n  b:\n    ports: [\"80:80\"]\n")
+            .is_ok()
+    );
+    assert!(parse("services:\n  a:\n    ports: [{target: 80, published: 80, mode: host}]\n  b:\n    ports: [\"80:80\"]\n").is_ok());
+    let e = err(
+        "services:\n  web:\n    deploy:\n      placement:\n        constraints: [\"node.x==1\"]\n",
+    );
+    assert!(
+        e.starts_with("stack.yml:5: services.web.deploy.placement.constraints[0]:")
+            && e.contains("unknown key"),
+        "{e}"
+    );
+    let e = err("services:\n  web:\n    stop_grace_period: 10\n");
+    assert!(
+        e.starts_with("stack.yml:3: services.web.stop_grace_period: invalid duration"),
+        "{e}"
+    );
+    let e = err("services:\n  web:\n    deploy:\n      resources:\n        limits:\n          memory: lots\n");
+    assert!(
+        e.starts_with(
+            "stack.yml:6: services.web.deploy.resources.limits.memory: invalid memory size"
+        ),
+        "{e}"
+    );
+    let e = err("services:\n  web:\n    command: x\n  bad: [\n");
+    assert!(
+        e.starts_with("stack.yml:") && e.contains("not valid YAML"),
+        "{e}"
+    );
+    assert!(err("services: {}").contains("no services"));
+    assert!(err("").contains("no services"));
+    assert!(err("services: [a]").contains("services: expected a mapping, found a list"));
+}
+
+#[test]
+fn later_files_merge_over_earlier_ones() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = dir.path().join("stack.yml");
+    let over = dir.path().join("stack.prod.yml");
+    std::fs::write(
+        dir.path().join(".env"),
+        "# defaults\nGREETING=from-dotenv\nexport N=2\n",
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("web.env"), "FROM_FILE=1\nMODE=file\n").expect("write");
+    std::fs::write(
+        &base,
+        "services:\n  web:\n    command: [echo, \"${GREETING}\"]\n    env_file: web.env\n    environment: {MODE: dev}\n    deploy: {replicas: 1, labels: {a: b}}\n",
+    )
+    .expect("write");
+    std::fs::write(
+        &over,
+        "services:\n  web:\n    command: [echo, prod]\n    deploy:\n      replicas: ${N}\n",
+    )
+    .expect("write");
+    let (b, o) = (base.display().to_string(), over.display().to_string());
+    let one = load_stack_files(&[&b]).expect("one file");
+    assert_eq!(one.services[0].task.command, ["echo", "from-dotenv"]);
+    assert_eq!(one.services[0].task.env["MODE"], "dev");
+    assert_eq!(one.services[0].task.env["FROM_FILE"], "1");
+    let both = load_stack_files(&[&b, &o]).expect("two files");
+    let web = &both.services[0];
+    assert_eq!(web.task.command, ["echo", "prod"], "lists are replaced");
+    assert_eq!(web.mode, ServiceMode::Replicated { replicas: 2 });
+    assert_eq!(web.labels["a"], "b", "maps are merged key by key");
+    // Errors in the second file name it.
+    std::fs::write(&over, "services:\n  web:\n    deploy:\n      replicas: x\n").expect("write");
+    let e = load_stack_files(&[&b, &o])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.contains(&format!("{o}:4: services.web.deploy.replicas")),
+        "{e}"
+    );
+}
+
+/// A small deterministic generator (xorshift), so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+fn must_not_panic(text: &str) {
+    let _ = parse_compose(&[("fuzz.yml", text)], &vars());
+    let _ = interpolate(text, &|n| (n.len() % 2 == 0).then(|| n.to_string()));
+}
+
+#[test]
+fn never_panics_on_generated_input() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let seed = SWARM.as_bytes();
+    let alphabet = b"${}[]:-?&*<>!|\"'#\n ,0123456789abcxyz";
+    for _ in 0..1500 {
+        let mut bytes = seed.to_vec();
+        match rng.below(4) {
+            0 => bytes.truncate(rng.below(bytes.len())),
+            1 => {
+                for _ in 0..1 + rng.below(8) {
+                    let i = rng.below(bytes.len());
+                    bytes[i] = alphabet[rng.below(alphabet.len())];
+                }
+            }
+            2 => {
+                let i = rng.below(bytes.len());
+                let j = rng.below(bytes.len());
+                let (a, b) = (i.min(j), i.max(j));
+                let chunk = bytes[a..b].to_vec();
+                bytes.splice(b..b, chunk);
+            }
+            _ => bytes = (0..rng.below(300)).map(|_| rng.next() as u8).collect(),
+        }
+        must_not_panic(&String::from_utf8_lossy(&bytes));
+    }
+    let deep_lists = format!("services: {}{}", "[".repeat(5_000), "]".repeat(5_000));
+    let deep_maps = format!("services: {}{}", "{a: ".repeat(5_000), "}".repeat(5_000));
+    let deep_vars = format!(
+        "services:\n  w:\n    image: \"{}x{}\"\n",
+        "${U:-".repeat(5_000),
+        "}".repeat(5_000)
+    );
+    let bomb = "a: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d]\nf: [*e, *e, *e, *e, *e, *e, *e, *e]\n";
+    let huge = "services:\n  w:\n    command: x\n    deploy:\n      replicas: 999999999999999999999999999999999999999999\n      resources: {limits: {cpus: 1e308, memory: 99999999999999999999T}}\n    ports: [\"1-65535:1-65535\", \"99999:1\", \"0-:\", {target: -1}]\n    stop_grace_period: 999999999999h\n";
+    for text in [deep_lists.as_str(), &deep_maps, &deep_vars, bomb, huge] {
+        must_not_panic(text);
+    }
+}
