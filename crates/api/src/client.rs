@@ -390,6 +390,22 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/services/{name}/update`.
+    pub async fn update_service(
+        &self,
+        name: &str,
+        update: &crate::model::ServiceUpdate,
+    ) -> Result<ServiceView, ClientError> {
+        let path = format!("/v1/services/{}/update", encode_segment(name));
+        self.call(Method::POST, &path, Some(update)).await
+    }
+
+    /// `POST /v1/services/{name}/rollback`.
+    pub async fn rollback_service(&self, name: &str) -> Result<ServiceView, ClientError> {
+        let path = format!("/v1/services/{}/rollback", encode_segment(name));
+        self.call::<(), _>(Method::POST, &path, None).await
+    }
+
     /// `DELETE /v1/services/{name}`.
     pub async fn remove_service(&self, name: &str) -> Result<Removed, ClientError> {
         let path = format!("/v1/services/{}", encode_segment(name));

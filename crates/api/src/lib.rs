@@ -31,6 +31,8 @@
 //! | POST | `/v1/services` | [`flotilla_types::ServiceSpec`] | [`model::ServiceView`] |
 //! | GET | `/v1/services/{name}` | | [`model::ServiceView`] |
 //! | POST | `/v1/services/{name}/scale` | [`model::ScaleRequest`] | [`model::ServiceView`] |
+//! | POST | `/v1/services/{name}/update` | [`model::ServiceUpdate`] | [`model::ServiceView`] |
+//! | POST | `/v1/services/{name}/rollback` | | [`model::ServiceView`] |
 //! | DELETE | `/v1/services/{name}` | | [`model::Removed`] |
 //! | GET | `/v1/services/{name}/tasks` | | `[`[`model::TaskView`]`]` |
 //! | GET | `/v1/services/{name}/logs` | `tail`, `follow` | text stream |

@@ -154,6 +154,30 @@ pub struct ScaleRequest {
     pub replicas: u64,
 }
 
+/// `POST /v1/services/{name}/update`: changes to a service's spec. Fields
+/// left out stay as they are.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ServiceUpdate {
+    #[serde(default)]
+    pub env_add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub env_rm: Vec<String>,
+    #[serde(default)]
+    pub labels_add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels_rm: Vec<String>,
+    #[serde(default)]
+    pub replicas: Option<u64>,
+    /// A new command line.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub stop_grace_period_ms: Option<u64>,
+    /// Replace every task even if nothing else changed.
+    #[serde(default)]
+    pub force: bool,
+}
+
 /// What `DELETE` removed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Removed {

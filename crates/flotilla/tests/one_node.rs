@@ -586,3 +586,82 @@ fn a_second_daemon_on_the_same_data_dir_is_refused() -> Result<()> {
     d.ok(&["info"])?;
     Ok(())
 }
+
+fn envs_of(d: &Daemon, var: &str) -> Vec<String> {
+    let mut out: Vec<String> = d
+        .task_pids()
+        .into_iter()
+        .filter_map(|p| std::fs::read(format!("/proc/{p}/environ")).ok())
+        .filter_map(|env| {
+            env.split(|b| *b == 0).find_map(|kv| {
+                std::str::from_utf8(kv)
+                    .ok()?
+                    .strip_prefix(&format!("{var}="))
+                    .map(String::from)
+            })
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn update_replaces_tasks_and_rollback_returns_to_the_previous_spec() -> Result<()> {
+    let d = cluster()?;
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "-e",
+        "V=1",
+        "--stop-grace-period",
+        "1s",
+        "-d",
+        "--",
+        "sleep",
+        "100000",
+    ])?;
+    wait_until("2 tasks with V=1", Duration::from_secs(5), || {
+        Ok((envs_of(&d, "V") == ["1", "1"]).then_some(()))
+    })?;
+    let refused = d.cli(&["service", "rollback", "web"]);
+    assert!(one_line_error(&refused).contains("no previous spec"));
+
+    d.ok(&["service", "update", "--env-add", "V=2", "web"])?;
+    wait_until("2 tasks with V=2", Duration::from_secs(8), || {
+        Ok((envs_of(&d, "V") == ["2", "2"]).then_some(()))
+    })?;
+    // A scale is not a change of what runs: nothing is replaced, and a
+    // rollback keeps the count.
+    d.ok(&["service", "update", "--replicas", "3", "web"])?;
+    wait_replicas(&d, "web", 3, Duration::from_secs(5))?;
+    assert_eq!(envs_of(&d, "V"), ["2", "2", "2"]);
+    d.ok(&["service", "rollback", "web"])?;
+    wait_until("3 tasks with V=1", Duration::from_secs(8), || {
+        Ok((envs_of(&d, "V") == ["1", "1", "1"]).then_some(()))
+    })?;
+
+    let before: Vec<String> = tasks(&d, "web")?
+        .iter()
+        .filter(|t| t["current"] == true)
+        .filter_map(|t| t["id"].as_str().map(String::from))
+        .collect();
+    d.ok(&["service", "update", "--force", "web"])?;
+    wait_until("every task replaced", Duration::from_secs(8), || {
+        let ps = tasks(&d, "web")?;
+        let fresh = ps
+            .iter()
+            .filter(|t| t["current"] == true && t["state"] == "running")
+            .filter(|t| !before.iter().any(|b| t["id"] == b.as_str()))
+            .count();
+        Ok((fresh == 3).then_some(()))
+    })?;
+    let bad = d.cli(&["service", "update", "--replicas", "-3", "web"]);
+    assert!(one_line_error(&bad).contains("negative"));
+    let bad = d.cli(&["service", "update", "--env-add", "NOPE", "web"]);
+    assert!(one_line_error(&bad).contains("KEY=VALUE"));
+    Ok(())
+}

@@ -48,6 +48,7 @@ pub fn template() -> TaskTemplate {
         },
         stop_grace_period_ms: 10_000,
         constraints: vec![],
+        force_update: 0,
     }
 }
 
@@ -64,6 +65,7 @@ pub fn service(id: &str, mode: ServiceMode) -> Service {
         version: 1,
         created_at: 0,
         updated_at: 0,
+        previous_spec: None,
     }
 }
 

@@ -136,6 +136,7 @@ fn spec(replicas: u64, restart: RestartPolicy) -> ServiceSpec {
             restart,
             stop_grace_period_ms: 10_000,
             constraints: vec![],
+            force_update: 0,
         },
     }
 }

@@ -79,6 +79,9 @@ pub enum Command {
         expected_version: Option<u64>,
         at: UnixMs,
     },
+    /// `service rollback`: back to the spec before the last change of the
+    /// task template (the replica count stays).
+    RollbackService { id: String, at: UnixMs },
     /// `service rm`: removes the service; its tasks are told to shut down
     /// and are deleted by the orchestrator once they ended.
     RemoveService { id: String, at: UnixMs },

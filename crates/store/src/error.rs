@@ -15,6 +15,8 @@ pub enum StoreError {
     ServiceExists(String),
     #[error("service {0} not found")]
     ServiceNotFound(String),
+    #[error("service {0} has no previous spec to roll back to")]
+    NothingToRollBack(String),
     #[error("node {0} not found")]
     NodeNotFound(String),
     #[error("node {0} already exists")]

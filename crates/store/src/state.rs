@@ -250,6 +250,7 @@ impl State {
                         version: index,
                         created_at: *at,
                         updated_at: *at,
+                        previous_spec: None,
                     },
                 );
                 changes.push(Change::Service(id.clone()));
@@ -281,7 +282,32 @@ impl State {
                 if renamed_to_taken {
                     return Err(StoreError::ServiceExists(spec.name.clone()));
                 }
+                if service.spec.task != spec.task {
+                    // What `service rollback` returns to: the last spec
+                    // whose tasks differ, not a scale in between.
+                    service.previous_spec = Some(Box::new(service.spec.clone()));
+                }
                 service.spec = spec.clone();
+                service.version = index;
+                service.updated_at = *at;
+                changes.push(Change::Service(id.clone()));
+                Ok(Some(id.clone()))
+            }
+            Command::RollbackService { id, at } => {
+                let service = self
+                    .services
+                    .get_mut(id)
+                    .ok_or_else(|| StoreError::ServiceNotFound(id.clone()))?;
+                let previous = service
+                    .previous_spec
+                    .take()
+                    .ok_or_else(|| StoreError::NothingToRollBack(service.spec.name.clone()))?;
+                let mut spec = *previous;
+                // The name and the replica count are not part of what is
+                // rolled back, as in Swarm: a scale since stays.
+                spec.name = service.spec.name.clone();
+                spec.mode = service.spec.mode;
+                service.previous_spec = Some(Box::new(std::mem::replace(&mut service.spec, spec)));
                 service.version = index;
                 service.updated_at = *at;
                 changes.push(Change::Service(id.clone()));
@@ -437,6 +463,7 @@ mod tests {
                 restart: Default::default(),
                 stop_grace_period_ms: 10_000,
                 constraints: vec![],
+                force_update: 0,
             },
         }
     }
@@ -722,6 +749,79 @@ mod tests {
         );
         assert!(!s.nodes.contains_key("n2"));
         assert_eq!(s.tasks["t1"].status.state, TaskState::Orphaned);
+    }
+
+    #[test]
+    fn rollback_returns_to_the_last_template_keeping_the_scale() {
+        let mut s = init();
+        let _ = s.apply(
+            2,
+            &Command::CreateService {
+                id: "s1".into(),
+                spec: spec("web", 1),
+                at: 3,
+            },
+        );
+        let update = |s: &mut State, i: u64, spec: ServiceSpec| {
+            let (r, _) = s.apply(
+                i,
+                &Command::UpdateService {
+                    id: "s1".into(),
+                    spec,
+                    expected_version: None,
+                    at: i,
+                },
+            );
+            assert!(r.is_ok());
+        };
+        let mut v2 = spec("web", 1);
+        v2.task.env.insert("V".into(), "2".into());
+        update(&mut s, 3, v2.clone());
+        let mut scaled = v2.clone();
+        scaled.mode = ServiceMode::Replicated { replicas: 4 };
+        update(&mut s, 4, scaled);
+        assert_eq!(
+            s.services["s1"]
+                .previous_spec
+                .as_ref()
+                .map(|p| p.task.env.len()),
+            Some(0),
+            "a scale does not replace the rollback target"
+        );
+        let (r, _) = s.apply(
+            5,
+            &Command::RollbackService {
+                id: "s1".into(),
+                at: 5,
+            },
+        );
+        assert!(r.is_ok());
+        assert!(s.services["s1"].spec.task.env.is_empty());
+        assert_eq!(
+            s.services["s1"].spec.mode,
+            ServiceMode::Replicated { replicas: 4 }
+        );
+        assert_eq!(s.services["s1"].version, 5);
+        // Rolling back again returns to V=2.
+        let _ = s.apply(
+            6,
+            &Command::RollbackService {
+                id: "s1".into(),
+                at: 6,
+            },
+        );
+        assert_eq!(
+            s.services["s1"].spec.task.env.get("V").map(String::as_str),
+            Some("2")
+        );
+        let (r, _) = s.apply(
+            7,
+            &Command::RollbackService {
+                id: "nope".into(),
+                at: 7,
+            },
+        );
+        assert!(r.is_err());
     }
 
     #[test]

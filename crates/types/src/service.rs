@@ -119,6 +119,10 @@ pub struct TaskTemplate {
     pub stop_grace_period_ms: u64,
     #[serde(default)]
     pub constraints: Vec<Constraint>,
+    /// Bumped by `service update --force` so that every task is replaced
+    /// although nothing else changed.
+    #[serde(default)]
+    pub force_update: u64,
 }
 
 /// Everything a user says about a service.
@@ -142,4 +146,8 @@ pub struct Service {
     pub version: u64,
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
+    /// The spec before the last change of the task template: what
+    /// `service rollback` returns to.
+    #[serde(default)]
+    pub previous_spec: Option<Box<ServiceSpec>>,
 }

@@ -126,6 +126,7 @@ pub fn task(id: &str, command: &[&str]) -> Task {
             restart: Default::default(),
             stop_grace_period_ms: 1_000,
             constraints: Vec::new(),
+            force_update: 0,
         },
         service_version: 1,
         created_at: 0,

@@ -383,6 +383,7 @@ pub fn spec_from_args(args: &CreateArgs) -> Result<ServiceSpec> {
             },
             stop_grace_period_ms: duration("--stop-grace-period", &args.stop_grace_period)?,
             constraints,
+            force_update: 0,
         },
     })
 }
@@ -546,6 +547,39 @@ pub async fn service(client: &Client, command: &ServiceCommand) -> Result<()> {
                 client.scale(&name, n).await?;
                 println!("{name} scaled to {n}");
             }
+            Ok(())
+        }
+        ServiceCommand::Update {
+            env_add,
+            env_rm,
+            label_add,
+            label_rm,
+            replicas,
+            stop_grace_period,
+            force,
+            name,
+            command,
+        } => {
+            let update = flotilla_api::model::ServiceUpdate {
+                env_add: parse_pairs(env_add, "env")?,
+                env_rm: env_rm.clone(),
+                labels_add: parse_pairs(label_add, "label")?,
+                labels_rm: label_rm.clone(),
+                replicas: replicas.as_deref().map(parse_replicas).transpose()?,
+                command: (!command.is_empty()).then(|| command.clone()),
+                stop_grace_period_ms: stop_grace_period
+                    .as_deref()
+                    .map(|d| parse_duration_ms(d).map_err(|e| anyhow!("--stop-grace-period: {e}")))
+                    .transpose()?,
+                force: *force,
+            };
+            let s = client.update_service(name, &update).await?;
+            println!("{}", s.name);
+            Ok(())
+        }
+        ServiceCommand::Rollback { name } => {
+            let s = client.rollback_service(name).await?;
+            println!("{} rolled back", s.name);
             Ok(())
         }
         ServiceCommand::Rm { names } => {

@@ -247,6 +247,36 @@ pub enum ServiceCommand {
         #[arg(required = true, value_name = "NAME=REPLICAS")]
         pairs: Vec<String>,
     },
+    /// Change a service; its tasks are replaced when what they run changes
+    Update {
+        /// Add or change an environment variable, KEY=VALUE
+        #[arg(long = "env-add")]
+        env_add: Vec<String>,
+        /// Remove an environment variable
+        #[arg(long = "env-rm")]
+        env_rm: Vec<String>,
+        /// Add or change a service label, KEY=VALUE
+        #[arg(long = "label-add")]
+        label_add: Vec<String>,
+        /// Remove a service label
+        #[arg(long = "label-rm")]
+        label_rm: Vec<String>,
+        /// Number of tasks
+        #[arg(long, allow_hyphen_values = true)]
+        replicas: Option<String>,
+        /// Time between SIGTERM and SIGKILL when stopping a task
+        #[arg(long)]
+        stop_grace_period: Option<String>,
+        /// Replace every task even if nothing changed
+        #[arg(long)]
+        force: bool,
+        name: String,
+        /// A new command and arguments
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Go back to the spec before the last change of what the tasks run
+    Rollback { name: String },
     /// Remove services
     #[command(alias = "remove")]
     Rm {

@@ -80,7 +80,8 @@ impl From<StoreError> for ApiError {
             | StoreError::NotInitialized
             | StoreError::ServiceExists(_)
             | StoreError::NodeExists(_)
-            | StoreError::VersionConflict { .. } => ApiError::Conflict(e.to_string()),
+            | StoreError::VersionConflict { .. }
+            | StoreError::NothingToRollBack(_) => ApiError::Conflict(e.to_string()),
         }
     }
 }
@@ -138,6 +139,8 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
         .route("/v1/services", get(services).post(create_service))
         .route("/v1/services/{name}", get(service).delete(remove_service))
         .route("/v1/services/{name}/scale", post(scale))
+        .route("/v1/services/{name}/update", post(update_service))
+        .route("/v1/services/{name}/rollback", post(rollback_service))
         .route("/v1/services/{name}/tasks", get(tasks))
         .route("/v1/services/{name}/logs", get(logs))
         .fallback(|| async { ApiError::NotFound("no such API route".into()) })
@@ -773,23 +776,32 @@ async fn scale(
     let req = body(req)?;
     check_replicas(req.replicas)?;
     let m = member(&ctx).await?;
-    // Read-modify-write with the version as a guard; retry if a concurrent
-    // update slipped in between.
-    for _ in 0..5 {
-        let current = read(&m, |s| s.service(&name).cloned()).ok_or_else(|| not_found(&name))?;
-        let mut spec = current.spec.clone();
-        match spec.mode {
-            ServiceMode::Replicated { .. } => {
-                spec.mode = ServiceMode::Replicated {
-                    replicas: req.replicas,
-                }
-            }
-            ServiceMode::Global => {
-                return Err(ApiError::BadRequest(format!(
-                    "service {name} is global: scale applies to replicated services only"
-                )))
-            }
+    modify_service(&m, &name, |spec| match spec.mode {
+        ServiceMode::Replicated { .. } => {
+            spec.mode = ServiceMode::Replicated {
+                replicas: req.replicas,
+            };
+            Ok(())
         }
+        ServiceMode::Global => Err(ApiError::BadRequest(format!(
+            "service {name} is global: scale applies to replicated services only"
+        ))),
+    })
+    .await
+}
+
+/// Read-modify-write of a service's spec, with the version as a guard:
+/// retried if a concurrent change slipped in between.
+async fn modify_service(
+    m: &Mgr,
+    name: &str,
+    change: impl Fn(&mut ServiceSpec) -> Result<(), ApiError>,
+) -> ApiResult<ServiceView> {
+    for _ in 0..5 {
+        let current = read(m, |s| s.service(name).cloned()).ok_or_else(|| not_found(name))?;
+        let mut spec = current.spec.clone();
+        change(&mut spec)?;
+        validate_spec(&spec)?;
         let result = m
             .member
             .propose(Command::UpdateService {
@@ -800,22 +812,80 @@ async fn scale(
             })
             .await?;
         match result {
-            Ok(_) => {
-                return read(&m, |s| {
-                    s.services
-                        .get(&current.id)
-                        .map(|svc| views::service_view(s, svc))
-                })
-                .map(Json)
-                .ok_or_else(|| not_found(&name))
-            }
+            Ok(_) => return service_answer(m, &current.id, name),
             Err(StoreError::VersionConflict { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
     }
     Err(ApiError::Conflict(format!(
-        "service {name} kept changing while it was being scaled; try again"
+        "service {name} kept changing while it was being updated; try again"
     )))
+}
+
+fn service_answer(m: &Mgr, id: &str, name: &str) -> ApiResult<ServiceView> {
+    read(m, |s| {
+        s.services.get(id).map(|svc| views::service_view(s, svc))
+    })
+    .map(Json)
+    .ok_or_else(|| not_found(name))
+}
+
+async fn update_service(
+    State(ctx): Ctx,
+    Path(name): Path<String>,
+    req: Result<Json<flotilla_api::model::ServiceUpdate>, JsonRejection>,
+) -> ApiResult<ServiceView> {
+    let req = body(req)?;
+    if let Some(r) = req.replicas {
+        check_replicas(r)?;
+    }
+    let m = member(&ctx).await?;
+    modify_service(&m, &name, |spec| {
+        if let Some(r) = req.replicas {
+            match spec.mode {
+                ServiceMode::Replicated { .. } => {
+                    spec.mode = ServiceMode::Replicated { replicas: r }
+                }
+                ServiceMode::Global => {
+                    return Err(ApiError::BadRequest(format!(
+                        "service {name} is global: --replicas applies to replicated services only"
+                    )))
+                }
+            }
+        }
+        for k in &req.env_rm {
+            spec.task.env.remove(k);
+        }
+        spec.task.env.extend(req.env_add.clone());
+        for k in &req.labels_rm {
+            spec.labels.remove(k);
+        }
+        spec.labels.extend(req.labels_add.clone());
+        if let Some(c) = &req.command {
+            spec.task.command = c.clone();
+        }
+        if let Some(g) = req.stop_grace_period_ms {
+            spec.task.stop_grace_period_ms = g;
+        }
+        if req.force {
+            spec.task.force_update += 1;
+        }
+        Ok(())
+    })
+    .await
+}
+
+async fn rollback_service(State(ctx): Ctx, Path(name): Path<String>) -> ApiResult<ServiceView> {
+    let m = member(&ctx).await?;
+    let id =
+        read(&m, |s| s.service(&name).map(|svc| svc.id.clone())).ok_or_else(|| not_found(&name))?;
+    m.member
+        .propose(Command::RollbackService {
+            id: id.clone(),
+            at: now_ms(),
+        })
+        .await??;
+    service_answer(&m, &id, &name)
 }
 
 async fn remove_service(State(ctx): Ctx, Path(name): Path<String>) -> ApiResult<Removed> {
