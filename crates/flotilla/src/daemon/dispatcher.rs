@@ -56,6 +56,15 @@ fn version_of(tasks: &[Task]) -> u64 {
     h.finish().max(1)
 }
 
+/// The cluster address of the manager with raft ID `leader`.
+pub fn leader_addr(state: &State, leader: u64) -> Option<String> {
+    state
+        .nodes
+        .values()
+        .find(|n| n.raft_id == leader && n.role == NodeRole::Manager)
+        .map(|n| n.addr.clone())
+}
+
 /// Cluster addresses of the managers.
 pub fn manager_addrs(state: &State) -> Vec<String> {
     state
@@ -85,13 +94,7 @@ impl Dispatcher {
     }
 
     fn leader_addr(&self) -> Option<String> {
-        let leader = self.raft.leader()?;
-        let state = self.view.read();
-        state
-            .nodes
-            .values()
-            .find(|n| n.raft_id == leader && n.role == NodeRole::Manager)
-            .map(|n| n.addr.clone())
+        leader_addr(&self.view.read(), self.raft.leader()?)
     }
 
     /// One session round for `req.node_id`.

@@ -602,29 +602,7 @@ async fn demote_node(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult<NodeV
     }
     // Out of the raft group first, so that it never votes as a worker.
     if node.raft_id != 0 {
-        let removed = if m.raft.is_leader() {
-            m.raft
-                .remove_voter(node.raft_id)
-                .await
-                .map_err(|e| e.to_string())
-        } else {
-            use super::session::LeaderFinder;
-            match m.member.leader_addr() {
-                None => Err("no leader is known".to_string()),
-                Some(addr) => m
-                    .member
-                    .client
-                    .post::<_, ()>(
-                        flotilla_transport::Target::Manager,
-                        &addr,
-                        "/cluster/v1/remove-manager",
-                        &node.raft_id,
-                        std::time::Duration::from_secs(12),
-                    )
-                    .await
-                    .map_err(|e| e.to_string()),
-            }
-        };
+        let removed = m.member.remove_from_raft(node.raft_id).await;
         if let Err(e) = removed {
             return Err(ApiError::Unavailable(format!(
                 "cannot remove {} from the raft group: {e}",

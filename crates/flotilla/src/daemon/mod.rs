@@ -284,6 +284,28 @@ where
     out
 }
 
+impl Member {
+    /// Takes the manager with raft ID `raft_id` out of the voters: here if
+    /// this member leads, else through the leader.
+    pub async fn remove_from_raft(&self, raft_id: u64) -> Result<(), String> {
+        let raft = self.raft.as_ref().ok_or("this node is a worker")?;
+        if raft.is_leader() {
+            return raft.remove_voter(raft_id).await.map_err(|e| e.to_string());
+        }
+        let addr = self.leader_addr().ok_or("no leader is known")?;
+        self.client
+            .post::<_, ()>(
+                Target::Manager,
+                &addr,
+                "/cluster/v1/remove-manager",
+                &raft_id,
+                Duration::from_secs(12),
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
 impl LeaderFinder for Member {
     fn local(&self) -> Option<Arc<Dispatcher>> {
         match (&self.raft, &self.dispatcher) {
@@ -297,11 +319,7 @@ impl LeaderFinder for Member {
         let leader = raft.leader()?;
         let state = raft.state();
         let state = state.read().ok()?;
-        state
-            .nodes
-            .values()
-            .find(|n| n.raft_id == leader && n.role == NodeRole::Manager)
-            .map(|n| n.addr.clone())
+        dispatcher::leader_addr(&state, leader)
     }
 }
 
@@ -633,7 +651,7 @@ impl NodeCtx {
             .await
             .clone()
             .ok_or_else(|| InitError::Refused("this node is not in a cluster".into()))?;
-        if let (Some(raft), Some(view)) = (member.raft.clone(), member.view()) {
+        if let Some(view) = member.view() {
             let (managers, ready) = {
                 let s = view.read();
                 let managers: Vec<_> = s
@@ -663,25 +681,7 @@ impl NodeCtx {
             }
             if remaining > 0 {
                 // Out of the raft group first, through the leader.
-                let id = member.identity.raft_id;
-                let out = if raft.is_leader() {
-                    raft.remove_voter(id).await.map_err(|e| e.to_string())
-                } else {
-                    match member.leader_addr() {
-                        Some(addr) => member
-                            .client
-                            .post::<_, ()>(
-                                Target::Manager,
-                                &addr,
-                                "/cluster/v1/remove-manager",
-                                &id,
-                                Duration::from_secs(12),
-                            )
-                            .await
-                            .map_err(|e| e.to_string()),
-                        None => Err("no leader is known".into()),
-                    }
-                };
+                let out = member.remove_from_raft(member.identity.raft_id).await;
                 if let Err(e) = out {
                     if !force {
                         return Err(InitError::Refused(format!(
