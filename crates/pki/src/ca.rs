@@ -23,6 +23,13 @@ pub fn fingerprint(cert_der: &[u8]) -> String {
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// [`fingerprint`] of a PEM certificate.
+pub fn pem_fingerprint(cert_pem: &str) -> Result<String, PkiError> {
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| PkiError::Parse(e.to_string()))?;
+    Ok(fingerprint(&der))
+}
+
 fn gen_err(e: impl std::fmt::Display) -> PkiError {
     PkiError::Generate(e.to_string())
 }
@@ -31,7 +38,7 @@ fn gen_err(e: impl std::fmt::Display) -> PkiError {
 pub struct Ca {
     issuer: Issuer<'static, KeyPair>,
     cert_pem: String,
-    cert_der: Vec<u8>,
+    fingerprint: String,
 }
 
 impl std::fmt::Debug for Ca {
@@ -76,12 +83,10 @@ impl Ca {
             KeyPair::from_pem(&material.key_pem).map_err(|e| PkiError::Parse(e.to_string()))?;
         let issuer = Issuer::from_ca_cert_pem(&material.cert_pem, key)
             .map_err(|e| PkiError::Parse(e.to_string()))?;
-        let der = CertificateDer::from_pem_slice(material.cert_pem.as_bytes())
-            .map_err(|e| PkiError::Parse(e.to_string()))?;
         Ok(Ca {
             issuer,
             cert_pem: material.cert_pem.clone(),
-            cert_der: der.to_vec(),
+            fingerprint: pem_fingerprint(&material.cert_pem)?,
         })
     }
 
@@ -92,7 +97,7 @@ impl Ca {
 
     /// The fingerprint join tokens pin.
     pub fn fingerprint(&self) -> String {
-        fingerprint(&self.cert_der)
+        self.fingerprint.clone()
     }
 
     /// Signs a node's CSR. The CA decides the subject: whatever the CSR

@@ -21,7 +21,7 @@ pub mod cert;
 pub mod tls;
 pub mod token;
 
-pub use ca::{fingerprint, Ca, CaMaterial};
+pub use ca::{fingerprint, pem_fingerprint, Ca, CaMaterial};
 pub use cert::{new_key_and_csr, peer_identity, NodeKey, PeerIdentity, Role};
 pub use token::{JoinToken, TokenError};
 

@@ -64,6 +64,22 @@ impl IntoResponse for ClusterError {
 
 type Ctx = State<Arc<Member>>;
 
+/// The cluster CA as the replicated store holds it (managers only).
+pub fn cluster_ca(cluster: &flotilla_types::Cluster) -> Result<Ca, flotilla_pki::PkiError> {
+    Ca::load(&CaMaterial {
+        cert_pem: cluster.ca_cert_pem.clone(),
+        key_pem: cluster.ca_key_pem.clone(),
+    })
+}
+
+/// The certificate role of a node role.
+pub fn cert_role(role: NodeRole) -> Role {
+    match role {
+        NodeRole::Manager => Role::Manager,
+        NodeRole::Worker => Role::Worker,
+    }
+}
+
 /// The cluster port's routes.
 pub fn router(member: Arc<Member>) -> Router {
     Router::new()
@@ -204,17 +220,9 @@ async fn renew(
     let node = node.ok_or_else(|| {
         ClusterError::Forbidden(format!("node {} is not part of this cluster", who.node_id))
     })?;
-    let ca = Ca::load(&CaMaterial {
-        cert_pem: cluster.ca_cert_pem,
-        key_pem: cluster.ca_key_pem,
-    })
-    .map_err(|e| ClusterError::Internal(e.to_string()))?;
-    let role = match node.role {
-        NodeRole::Manager => Role::Manager,
-        NodeRole::Worker => Role::Worker,
-    };
+    let ca = cluster_ca(&cluster).map_err(|e| ClusterError::Internal(e.to_string()))?;
     let cert_pem = ca
-        .sign_node(&req.csr_pem, &node.id, role, CERT_VALIDITY)
+        .sign_node(&req.csr_pem, &node.id, cert_role(node.role), CERT_VALIDITY)
         .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
     Ok(Json(super::wire::RenewResponse {
         cert_pem,
@@ -295,18 +303,10 @@ async fn join(
     };
     flotilla_types::validate_name(&req.name)
         .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
-    let ca = Ca::load(&CaMaterial {
-        cert_pem: cluster.ca_cert_pem.clone(),
-        key_pem: cluster.ca_key_pem.clone(),
-    })
-    .map_err(|e| ClusterError::Internal(e.to_string()))?;
+    let ca = cluster_ca(&cluster).map_err(|e| ClusterError::Internal(e.to_string()))?;
     let node_id = flotilla_types::new_id(rand::random());
-    let pki_role = match role {
-        NodeRole::Manager => Role::Manager,
-        NodeRole::Worker => Role::Worker,
-    };
     let cert_pem = ca
-        .sign_node(&req.csr_pem, &node_id, pki_role, CERT_VALIDITY)
+        .sign_node(&req.csr_pem, &node_id, cert_role(role), CERT_VALIDITY)
         .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
     let now = now_ms();
     let node = Node {

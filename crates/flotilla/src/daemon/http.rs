@@ -217,11 +217,7 @@ async fn client_cert(
     let m = member(&ctx).await?;
     let cluster = read(&m, |s| s.cluster.clone())
         .ok_or_else(|| ApiError::Conflict("the cluster is not initialized".into()))?;
-    let ca = flotilla_pki::Ca::load(&flotilla_pki::CaMaterial {
-        cert_pem: cluster.ca_cert_pem.clone(),
-        key_pem: cluster.ca_key_pem.clone(),
-    })
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let ca = super::cluster::cluster_ca(&cluster).map_err(|e| ApiError::Internal(e.to_string()))?;
     let key = flotilla_pki::new_key_and_csr().map_err(|e| ApiError::Internal(e.to_string()))?;
     let cert_pem = ca
         .sign_node(
@@ -456,17 +452,14 @@ async fn join_token(
     }
     let cluster = read(&m, |s| s.cluster.clone())
         .ok_or_else(|| ApiError::Conflict("the cluster is not initialized".into()))?;
-    let ca_der = {
-        use rustls::pki_types::pem::PemObject;
-        rustls::pki_types::CertificateDer::from_pem_slice(cluster.ca_cert_pem.as_bytes())
-            .map_err(|e| ApiError::Internal(format!("the cluster CA is unreadable: {e}")))?
-    };
+    let ca_fingerprint = flotilla_pki::pem_fingerprint(&cluster.ca_cert_pem)
+        .map_err(|e| ApiError::Internal(format!("the cluster CA is unreadable: {e}")))?;
     let secret = match role {
         NodeRole::Worker => cluster.worker_secret,
         NodeRole::Manager => cluster.manager_secret,
     };
     let token = flotilla_pki::JoinToken {
-        ca_fingerprint: flotilla_pki::fingerprint(&ca_der),
+        ca_fingerprint,
         secret,
     };
     let managers = read(&m, super::dispatcher::manager_addrs);

@@ -546,8 +546,7 @@ impl NodeCtx {
                 }
                 other => InitError::Refused(format!("cannot join through {manager_addr}: {other}")),
             })?;
-        let ca_der = rustls_pki_types_der(&answer.ca_pem).map_err(failed)?;
-        if flotilla_pki::fingerprint(&ca_der) != token.ca_fingerprint {
+        if flotilla_pki::pem_fingerprint(&answer.ca_pem).map_err(failed)? != token.ca_fingerprint {
             return Err(InitError::Refused(
                 flotilla_pki::tls::PIN_MISMATCH.to_string(),
             ));
@@ -999,13 +998,6 @@ async fn renew_and_restart(
         Some(e) => Err(e.into()),
         None => bail!("no manager is known to renew the certificate"),
     }
-}
-
-fn rustls_pki_types_der(pem: &str) -> Result<Vec<u8>, flotilla_pki::PkiError> {
-    use rustls::pki_types::pem::PemObject;
-    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
-        .map(|c| c.to_vec())
-        .map_err(|e| flotilla_pki::PkiError::Parse(e.to_string()))
 }
 
 /// Runs the manager's loops whenever this member leads, and stops them when
