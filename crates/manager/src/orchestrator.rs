@@ -251,7 +251,7 @@ fn reconcile_service(
 }
 
 /// A node where a global service keeps a task.
-fn global_eligible(service: &Service, node: &Node) -> bool {
+pub fn global_eligible(service: &Service, node: &Node) -> bool {
     node.state == NodeState::Ready
         && node.availability != Availability::Drain
         && service

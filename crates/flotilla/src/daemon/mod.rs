@@ -234,21 +234,17 @@ impl Member {
             None => vec![],
         };
         let managers = addrs.len().max(1);
-        let probes = addrs.clone().into_iter().map(|a| async move {
-            matches!(
-                tokio::time::timeout(
-                    Duration::from_millis(200),
-                    tokio::net::TcpStream::connect(a.as_str())
+        let mut probes = tokio::task::JoinSet::new();
+        for addr in addrs {
+            probes.spawn(async move {
+                let connect = tokio::net::TcpStream::connect(addr.as_str());
+                matches!(
+                    tokio::time::timeout(Duration::from_millis(200), connect).await,
+                    Ok(Ok(_))
                 )
-                .await,
-                Ok(Ok(_))
-            )
-        });
-        let reachable = futures_join_all(probes)
-            .await
-            .into_iter()
-            .filter(|ok| *ok)
-            .count();
+            });
+        }
+        let reachable = probes.join_all().await.into_iter().filter(|ok| *ok).count();
         let need = managers / 2 + 1;
         if reachable < need {
             ProposeFailure::NoQuorum {
@@ -263,25 +259,6 @@ impl Member {
             }
         }
     }
-}
-
-/// Awaits all futures concurrently.
-async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let mut set = Vec::new();
-    for f in futures {
-        set.push(tokio::spawn(f));
-    }
-    let mut out = Vec::new();
-    for h in set {
-        if let Ok(v) = h.await {
-            out.push(v);
-        }
-    }
-    out
 }
 
 impl Member {

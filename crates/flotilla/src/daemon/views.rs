@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use flotilla_api::model::{Info, NodeView, Replicas, ServiceView, TaskView};
 use flotilla_store::State;
-use flotilla_types::{DesiredState, NodeRole, NodeState, Service, ServiceMode, TaskState};
+use flotilla_types::{DesiredState, NodeRole, Service, ServiceMode, TaskState};
 
 /// What the views need to know about raft membership.
 #[derive(Debug, Clone, Default)]
@@ -33,11 +33,7 @@ pub fn replicas(state: &State, service: &Service) -> Replicas {
         ServiceMode::Global => state
             .nodes
             .values()
-            .filter(|n| {
-                n.state == NodeState::Ready
-                    && n.availability != flotilla_types::Availability::Drain
-                    && service.spec.task.constraints.iter().all(|c| c.matches(n))
-            })
+            .filter(|n| flotilla_manager::orchestrator::global_eligible(service, n))
             .count() as u64,
     };
     Replicas { running, desired }
