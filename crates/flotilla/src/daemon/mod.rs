@@ -179,11 +179,11 @@ impl Member {
         let deadline = tokio::time::Instant::now() + WRITE_BUDGET;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let attempt = if raft.is_leader() {
+            // Each arm either answers or falls through to a retry.
+            if raft.is_leader() {
                 match tokio::time::timeout(left, raft.propose(command.clone())).await {
                     Ok(Ok(r)) => return Ok(r),
-                    Ok(Err(RaftError::NotLeader { .. })) | Err(_) => None,
-                    Ok(Err(RaftError::Timeout(_))) => None,
+                    Ok(Err(RaftError::NotLeader { .. } | RaftError::Timeout(_))) | Err(_) => {}
                     Ok(Err(e)) => return Err(e.into()),
                 }
             } else if let Some(addr) = self.leader_addr() {
@@ -206,8 +206,8 @@ impl Member {
                         }
                         return Ok(r);
                     }
-                    Err(e) if e.is_unreachable() => None,
-                    Err(flotilla_transport::TransportError::Status { status: 503, .. }) => None,
+                    Err(e) if e.is_unreachable() => {}
+                    Err(flotilla_transport::TransportError::Status { status: 503, .. }) => {}
                     Err(e) => {
                         return Err(ProposeFailure::Forward {
                             addr,
@@ -215,10 +215,7 @@ impl Member {
                         })
                     }
                 }
-            } else {
-                None
-            };
-            let _: Option<()> = attempt;
+            }
             if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline {
                 return Err(self.quorum_failure().await);
             }
