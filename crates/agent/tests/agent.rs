@@ -33,6 +33,13 @@ async fn starts_tasks_with_their_environment() {
         assert_eq!(r.status.message, "started");
         let pid = r.status.pid.expect("running report has a pid");
         assert!(alive(pid));
+        // Seen once under a loaded full-suite run: the environment read
+        // right after the report lacked the task's variables. Wait (with a
+        // deadline) until it shows them, then check every one of them.
+        wait_until("the task's environment to show", || {
+            environ(pid).contains_key("FLOTILLA_TASK_ID")
+        })
+        .await;
         let env = environ(pid);
         assert_eq!(env.get("FLOTILLA_TASK_ID"), Some(&id));
         assert_eq!(
