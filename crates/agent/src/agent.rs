@@ -26,7 +26,9 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::driver::{Driver, DriverError, Exit, ExitFuture, Handle, StartSpec, StopSignal};
+use crate::driver::{
+    Driver, DriverError, Drivers, Exit, ExitFuture, Handle, StartSpec, StopSignal,
+};
 use crate::logs::{rotate_if_over_cap, task_log_path};
 use crate::record::{
     load_records, remove_task_dir, task_dir, valid_task_id, write_record, TaskRecord,
@@ -114,7 +116,7 @@ pub enum AgentError {
 /// what becomes of them.
 pub struct Agent {
     config: AgentConfig,
-    driver: Arc<dyn Driver>,
+    drivers: Drivers,
     assignments: watch::Receiver<Arc<Assignments>>,
     reports: mpsc::UnboundedSender<Vec<TaskReport>>,
     recovered: Vec<TaskRecord>,
@@ -125,7 +127,7 @@ impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Agent")
             .field("config", &self.config)
-            .field("driver", &self.driver.name())
+            .field("drivers", &self.drivers.names())
             .field("recovered", &self.recovered.len())
             .finish_non_exhaustive()
     }
@@ -136,7 +138,7 @@ impl Agent {
     /// left there; they are acted on when [`Agent::run`] starts.
     pub fn new(
         config: AgentConfig,
-        driver: Arc<dyn Driver>,
+        drivers: Drivers,
         assignments: watch::Receiver<Arc<Assignments>>,
         reports: mpsc::UnboundedSender<Vec<TaskReport>>,
     ) -> Result<Agent, AgentError> {
@@ -148,7 +150,7 @@ impl Agent {
         let loaded = load_records(&config.state_dir)?;
         Ok(Agent {
             config,
-            driver,
+            drivers,
             assignments,
             reports,
             recovered: loaded.records,
@@ -161,7 +163,7 @@ impl Agent {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AgentError> {
         let Agent {
             config,
-            driver,
+            drivers,
             mut assignments,
             reports,
             recovered,
@@ -170,7 +172,7 @@ impl Agent {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let mut lp = Loop {
             shared: Arc::new(Shared {
-                driver,
+                drivers,
                 state_dir: config.state_dir,
                 node_id: config.node_id,
                 events: events_tx,
@@ -226,17 +228,24 @@ impl Agent {
 
 /// What supervisors share.
 struct Shared {
-    driver: Arc<dyn Driver>,
+    drivers: Drivers,
     state_dir: PathBuf,
     node_id: String,
     events: mpsc::UnboundedSender<Update>,
 }
 
 impl Shared {
-    fn persist(&self, task_id: &str, handle: Option<&Handle>, grace_ms: u64, status: &TaskStatus) {
+    fn persist(
+        &self,
+        task_id: &str,
+        driver: &str,
+        handle: Option<&Handle>,
+        grace_ms: u64,
+        status: &TaskStatus,
+    ) {
         let record = TaskRecord {
             task_id: task_id.to_string(),
-            driver: self.driver.name().to_string(),
+            driver: driver.to_string(),
             handle: handle.cloned(),
             stop_grace_period_ms: grace_ms,
             status: status.clone(),
@@ -278,6 +287,8 @@ struct StopRequest {
 struct Entry {
     status: TaskStatus,
     handle: Option<Handle>,
+    /// The driver that runs the task, while one does.
+    driver: Option<Arc<dyn Driver>>,
     grace_ms: u64,
     /// Present while a supervisor runs the task.
     control: Option<watch::Sender<Option<StopRequest>>>,
@@ -366,6 +377,7 @@ impl Loop {
                     Entry {
                         status,
                         handle,
+                        driver: None,
                         grace_ms,
                         control: None,
                         last_sent: None,
@@ -373,38 +385,38 @@ impl Loop {
                 );
                 continue;
             }
-            let exit = match &handle {
-                Some(h) if driver == self.shared.driver.name() => {
-                    match self.shared.driver.adopt(h.clone()).await {
-                        Ok(exit) => exit,
-                        Err(e) => {
-                            warn!(%task_id, error = %e, "cannot check a task left by the previous agent");
-                            None
-                        }
+            let runner = self.shared.drivers.get(&driver);
+            let exit = match (&handle, &runner) {
+                (Some(h), Some(runner)) => match runner.adopt(h.clone()).await {
+                    Ok(exit) => exit,
+                    Err(e) => {
+                        warn!(%task_id, error = %e, "cannot check a task left by the previous agent");
+                        None
                     }
-                }
+                },
                 _ => None,
             };
-            match (exit, handle) {
-                (Some(exit), Some(handle)) => {
+            match (exit, handle, runner) {
+                (Some(exit), Some(handle), Some(runner)) => {
                     info!(%task_id, pid = ?handle.pid, "adopted a running task");
                     self.supervise(
                         task_id,
                         grace_ms,
                         status,
                         Launch::Adopted {
+                            driver: runner,
                             handle: handle.clone(),
                             exit,
                         },
                         Some(handle),
                     );
                 }
-                (_, handle) => {
+                (_, handle, _) => {
                     let mut failed = TaskStatus::new(TaskState::Failed, now_ms(), "failed");
                     failed.error = Some(ERR_ENDED_WHILE_DOWN.to_string());
                     warn!(%task_id, "{ERR_ENDED_WHILE_DOWN}");
                     self.shared
-                        .persist(&task_id, handle.as_ref(), grace_ms, &failed);
+                        .persist(&task_id, &driver, handle.as_ref(), grace_ms, &failed);
                     self.record_status(&task_id, failed, handle, grace_ms);
                 }
             }
@@ -474,7 +486,8 @@ impl Loop {
             let mut failed = TaskStatus::new(TaskState::Failed, now_ms(), "failed");
             failed.error = Some(ERR_NO_RECORD.to_string());
             warn!(task_id = %task.id, state = stored.as_str(), "{ERR_NO_RECORD}");
-            self.shared.persist(&task.id, None, grace_ms, &failed);
+            self.shared
+                .persist(&task.id, task.spec.driver.as_str(), None, grace_ms, &failed);
             self.record_status(&task.id, failed, None, grace_ms);
         } else if task.desired_state == DesiredState::Shutdown && stored == TaskState::Assigned {
             let status = TaskStatus::new(
@@ -482,7 +495,8 @@ impl Loop {
                 now_ms(),
                 "not started: desired state is shutdown",
             );
-            self.shared.persist(&task.id, None, grace_ms, &status);
+            self.shared
+                .persist(&task.id, task.spec.driver.as_str(), None, grace_ms, &status);
             self.record_status(&task.id, status, None, grace_ms);
         }
     }
@@ -508,11 +522,16 @@ impl Loop {
         handle: Option<Handle>,
     ) {
         let (control, control_rx) = watch::channel(None);
+        let driver = match &launch {
+            Launch::Fresh(task) => self.shared.drivers.get(task.spec.driver.as_str()),
+            Launch::Adopted { driver, .. } => Some(driver.clone()),
+        };
         self.entries.insert(
             task_id.clone(),
             Entry {
                 status,
                 handle,
+                driver,
                 grace_ms,
                 control: Some(control),
                 // Counts as sent so that a start in progress is not reported
@@ -544,6 +563,7 @@ impl Loop {
             Entry {
                 status,
                 handle,
+                driver: None,
                 grace_ms,
                 control: None,
                 last_sent: Some(Instant::now()),
@@ -695,8 +715,8 @@ impl Loop {
             .collect();
         for (task_id, entry) in stuck {
             warn!(%task_id, "task did not stop in time; killing it and leaving its record for the next agent");
-            if let Some(handle) = &entry.handle {
-                if let Err(e) = self.shared.driver.signal(handle, StopSignal::Kill).await {
+            if let (Some(handle), Some(driver)) = (&entry.handle, &entry.driver) {
+                if let Err(e) = driver.signal(handle, StopSignal::Kill).await {
                     warn!(%task_id, error = %e, "cannot kill a task");
                 }
             }
@@ -712,7 +732,11 @@ impl Loop {
 /// How a supervisor gets its workload.
 enum Launch {
     Fresh(Box<Task>),
-    Adopted { handle: Handle, exit: ExitFuture },
+    Adopted {
+        driver: Arc<dyn Driver>,
+        handle: Handle,
+        exit: ExitFuture,
+    },
 }
 
 enum Outcome {
@@ -729,19 +753,23 @@ async fn supervise(
     launch: Launch,
     mut control: watch::Receiver<Option<StopRequest>>,
 ) {
-    let (handle, mut exit, adopted) = match launch {
+    let (driver, handle, mut exit, adopted) = match launch {
         Launch::Fresh(task) => match start_task(&shared, &task).await {
-            Ok(started) => (started.0, started.1, false),
+            Ok((driver, handle, exit)) => (driver, handle, exit, false),
             Err(e) => {
                 warn!(%task_id, error = %e, "task rejected");
                 let mut status = TaskStatus::new(TaskState::Rejected, now_ms(), "rejected");
                 status.error = Some(e.to_string());
-                shared.persist(&task_id, None, grace_ms, &status);
+                shared.persist(&task_id, task.spec.driver.as_str(), None, grace_ms, &status);
                 shared.send(&task_id, status, None, true);
                 return;
             }
         },
-        Launch::Adopted { handle, exit } => (handle, exit, true),
+        Launch::Adopted {
+            driver,
+            handle,
+            exit,
+        } => (driver, handle, exit, true),
     };
 
     let mut control_open = true;
@@ -764,7 +792,7 @@ async fn supervise(
         Outcome::Exited(ended) => exit_status(ended, adopted),
         Outcome::Stop(req) => {
             info!(%task_id, grace_ms = req.grace.as_millis() as u64, "stopping task");
-            let ended = match shared.driver.stop(&handle, req.grace, &mut exit).await {
+            let ended = match driver.stop(&handle, req.grace, &mut exit).await {
                 Ok(ended) => ended,
                 Err(e) => {
                     warn!(%task_id, error = %e, "cannot stop task; waiting for it to end");
@@ -777,15 +805,22 @@ async fn supervise(
         }
     };
     info!(%task_id, state = status.state.as_str(), exit_code = ?status.exit_code, "task ended");
-    shared.persist(&task_id, Some(&handle), grace_ms, &status);
-    if let Err(e) = shared.driver.remove(&handle).await {
+    shared.persist(&task_id, driver.name(), Some(&handle), grace_ms, &status);
+    if let Err(e) = driver.remove(&handle).await {
         warn!(%task_id, error = %e, "cannot remove what the task left");
     }
     shared.send(&task_id, status, None, true);
 }
 
 /// Starts a fresh task and records it as running before it is reported.
-async fn start_task(shared: &Shared, task: &Task) -> Result<(Handle, ExitFuture), DriverError> {
+async fn start_task(
+    shared: &Shared,
+    task: &Task,
+) -> Result<(Arc<dyn Driver>, Handle, ExitFuture), DriverError> {
+    let driver = shared
+        .drivers
+        .get(task.spec.driver.as_str())
+        .ok_or_else(|| DriverError::NoDriver(task.spec.driver.as_str().to_string()))?;
     let dir = task_dir(&shared.state_dir, &task.id);
     std::fs::create_dir_all(&dir).map_err(|source| DriverError::Prepare { path: dir, source })?;
     let spec = StartSpec {
@@ -794,14 +829,14 @@ async fn start_task(shared: &Shared, task: &Task) -> Result<(Handle, ExitFuture)
         env: task_env(task, &shared.node_id),
         log_path: task_log_path(&shared.state_dir, &task.id),
     };
-    let started = shared.driver.start(spec).await?;
+    let started = driver.start(spec).await?;
     let (handle, exit) = (started.handle, started.exit);
     let grace_ms = task.spec.stop_grace_period_ms;
     let mut status = TaskStatus::new(TaskState::Running, now_ms(), MSG_STARTED);
     status.pid = handle.pid;
     let record = TaskRecord {
         task_id: task.id.clone(),
-        driver: shared.driver.name().to_string(),
+        driver: driver.name().to_string(),
         handle: Some(handle.clone()),
         stop_grace_period_ms: grace_ms,
         status: status.clone(),
@@ -809,14 +844,14 @@ async fn start_task(shared: &Shared, task: &Task) -> Result<(Handle, ExitFuture)
     // An unrecorded task could be neither adopted nor stopped after an
     // agent crash: better not to run it at all.
     if let Err(e) = write_record(&shared.state_dir, &record) {
-        let _ = shared.driver.signal(&handle, StopSignal::Kill).await;
+        let _ = driver.signal(&handle, StopSignal::Kill).await;
         exit.await;
-        let _ = shared.driver.remove(&handle).await;
+        let _ = driver.remove(&handle).await;
         return Err(DriverError::Other(e.to_string()));
     }
     info!(task_id = %task.id, pid = ?handle.pid, "task running");
     shared.send(&task.id, status, Some(handle.clone()), false);
-    Ok((handle, exit))
+    Ok((driver, handle, exit))
 }
 
 /// The template's variables, then the `FLOTILLA_*` ones, which win.

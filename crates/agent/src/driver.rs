@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
-use flotilla_types::TaskTemplate;
+use flotilla_types::{HealthCheck, HealthTest, TaskTemplate};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -137,12 +137,24 @@ pub enum DriverError {
     BadPid(u32),
     #[error(transparent)]
     Proc(#[from] ProcError),
+    #[error("this node has no {0} driver")]
+    NoDriver(String),
     /// For drivers whose failures fit none of the above.
     #[error("{0}")]
     Other(String),
 }
 
-/// Runs tasks of one kind. Object safe: the agent holds an `Arc<dyn Driver>`.
+/// The outcome of one health probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    Healthy,
+    /// Failed, with what the probe saw ("exit code 1", "connection
+    /// refused", "HTTP 500").
+    Unhealthy(String),
+}
+
+/// Runs tasks of one kind. Object safe: the agent holds an `Arc<dyn Driver>`
+/// per kind in [`Drivers`].
 pub trait Driver: Send + Sync {
     /// Short name stored in task records, so that a record is only ever
     /// adopted by the driver that made it.
@@ -187,4 +199,65 @@ pub trait Driver: Send + Sync {
     /// Frees what the workload left once it has ended (a container). The
     /// task's directory and log are the agent's, not the driver's.
     fn remove<'a>(&'a self, handle: &'a Handle) -> BoxFuture<'a, Result<(), DriverError>>;
+
+    /// Runs one health probe against a running workload and resolves within
+    /// `timeout`. `test` is never [`HealthTest::None`] or
+    /// [`HealthTest::Image`]: the agent resolves those first.
+    fn probe<'a>(
+        &'a self,
+        handle: &'a Handle,
+        test: &'a HealthTest,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Probe> {
+        let _ = (handle, timeout);
+        Box::pin(async move {
+            Probe::Unhealthy(format!(
+                "the {} driver cannot run {test:?} probes",
+                self.name()
+            ))
+        })
+    }
+
+    /// The health check the workload brings itself (a container image's
+    /// HEALTHCHECK), used when the template gives none or asks for the
+    /// image's test. `None` by default.
+    fn own_health<'a>(
+        &'a self,
+        handle: &'a Handle,
+    ) -> BoxFuture<'a, Result<Option<HealthCheck>, DriverError>> {
+        let _ = handle;
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// The drivers of a node, by [`Driver::name`], which matches
+/// `flotilla_types::Driver::as_str`.
+#[derive(Clone, Default)]
+pub struct Drivers {
+    by_name: BTreeMap<&'static str, std::sync::Arc<dyn Driver>>,
+}
+
+impl Drivers {
+    /// A registry of these drivers; a later one with the same name wins.
+    pub fn new(drivers: impl IntoIterator<Item = std::sync::Arc<dyn Driver>>) -> Self {
+        Drivers {
+            by_name: drivers.into_iter().map(|d| (d.name(), d)).collect(),
+        }
+    }
+
+    /// The driver that runs tasks of kind `name`.
+    pub fn get(&self, name: &str) -> Option<std::sync::Arc<dyn Driver>> {
+        self.by_name.get(name).cloned()
+    }
+
+    /// The names of the drivers, sorted.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.by_name.keys().copied().collect()
+    }
+}
+
+impl std::fmt::Debug for Drivers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.by_name.keys()).finish()
+    }
 }

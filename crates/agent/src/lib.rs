@@ -23,8 +23,11 @@
 //! # Layout
 //! - [`agent`]: [`Agent`], its configuration, assignments and reports; the
 //!   control loop and the per-task supervisors.
-//! - [`driver`]: the [`Driver`] trait a workload runtime implements (process
-//!   now, Docker next).
+//! - [`driver`]: the [`Driver`] trait a workload runtime implements, and the
+//!   [`Drivers`] registry of a node.
+//! - [`docker`]: [`DockerDriver`], tasks as containers on the local Docker
+//!   Engine.
+//! - [`health`]: health checks: when to probe and what the results mean.
 //! - [`process`]: [`ProcessDriver`], tasks as child processes in their own
 //!   process groups.
 //! - [`record`]: the per-task `state.json` records under
@@ -33,15 +36,19 @@
 //! - [`procfs`]: `/proc/<pid>/stat`, pidfds and process-group signals.
 
 pub mod agent;
+pub mod docker;
 pub mod driver;
+pub mod health;
 pub mod logs;
 pub mod process;
 pub mod procfs;
 pub mod record;
 
 pub use agent::{Agent, AgentConfig, AgentError, Assignments, TaskReport, DEFAULT_LOG_CAP_BYTES};
+pub use docker::DockerDriver;
 pub use driver::{
-    BoxFuture, Driver, DriverError, Exit, ExitFuture, Handle, StartSpec, Started, StopSignal,
+    BoxFuture, Driver, DriverError, Drivers, Exit, ExitFuture, Handle, Probe, StartSpec, Started,
+    StopSignal,
 };
 pub use logs::{rotated_log_path, task_log_path, LogError};
 pub use process::ProcessDriver;

@@ -35,8 +35,9 @@ pub fn sleep_spec(name: &str, replicas: u64) -> ServiceSpec {
             restart: RestartPolicy::default(),
             stop_grace_period_ms: DEFAULT_STOP_GRACE_MS,
             constraints: Vec::new(),
-            force_update: 0,
+            ..TaskTemplate::default()
         },
+        ..ServiceSpec::default()
     }
 }
 

@@ -75,9 +75,8 @@ async fn setup(args: &DevArgs, dir: &std::path::Path) -> Result<()> {
     }
     let mut names = Vec::new();
     if let Some(file) = &args.stack_file {
-        names =
-            crate::cli::commands::deploy_stack(&client, &file.display().to_string(), &args.stack)
-                .await?;
+        names = crate::cli::stack::deploy_stack(&client, &file.display().to_string(), &args.stack)
+            .await?;
     }
     let d = dir.display();
     println!();

@@ -146,7 +146,7 @@ async fn dispatch(
         }
         Command::Node(c) => commands::node(&client()?, c).await,
         Command::Service(c) => commands::service(&client()?, c).await,
-        Command::Stack(c) => commands::stack(&client()?, c).await,
+        Command::Stack(c) => flotilla::cli::stack::stack(&client()?, c).await,
     }
 }
 

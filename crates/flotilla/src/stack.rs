@@ -159,8 +159,9 @@ fn to_spec(path: &str, svc: &ComposeService) -> Result<ServiceSpec, StackError> 
             restart: svc.deploy.restart_policy.clone().unwrap_or_default(),
             stop_grace_period_ms: svc.stop_grace_period_ms.unwrap_or(DEFAULT_STOP_GRACE_MS),
             constraints: svc.deploy.constraints.clone(),
-            force_update: 0,
+            ..TaskTemplate::default()
         },
+        ..ServiceSpec::default()
     })
 }
 

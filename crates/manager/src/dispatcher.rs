@@ -116,7 +116,7 @@ mod tests {
                 restart: Default::default(),
                 stop_grace_period_ms: 0,
                 constraints: vec![],
-                force_update: 0,
+                ..TaskTemplate::default()
             },
             service_version: 1,
             created_at: 1,

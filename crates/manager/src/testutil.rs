@@ -48,7 +48,7 @@ pub fn template() -> TaskTemplate {
         },
         stop_grace_period_ms: 10_000,
         constraints: vec![],
-        force_update: 0,
+        ..TaskTemplate::default()
     }
 }
 
@@ -61,11 +61,13 @@ pub fn service(id: &str, mode: ServiceMode) -> Service {
             mode,
             labels: Default::default(),
             task: template(),
+            ..ServiceSpec::default()
         },
         version: 1,
         created_at: 0,
         updated_at: 0,
         previous_spec: None,
+        update_status: None,
     }
 }
 

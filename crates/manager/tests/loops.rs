@@ -136,8 +136,9 @@ fn spec(replicas: u64, restart: RestartPolicy) -> ServiceSpec {
             restart,
             stop_grace_period_ms: 10_000,
             constraints: vec![],
-            force_update: 0,
+            ..TaskTemplate::default()
         },
+        ..ServiceSpec::default()
     }
 }
 

@@ -61,8 +61,9 @@ fn spec(name: &str) -> ServiceSpec {
             restart: Default::default(),
             stop_grace_period_ms: 1_000,
             constraints: vec![],
-            force_update: 0,
+            ..TaskTemplate::default()
         },
+        ..ServiceSpec::default()
     }
 }
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use flotilla_types::{
     Availability, Cluster, DesiredState, Node, NodeRole, NodeState, ServiceSpec, Task, TaskStatus,
-    UnixMs,
+    UnixMs, UpdateStatus,
 };
 
 use crate::error::StoreError;
@@ -81,7 +81,22 @@ pub enum Command {
     },
     /// `service rollback`: back to the spec before the last change of the
     /// task template (the replica count stays).
-    RollbackService { id: String, at: UnixMs },
+    /// `reason` is set when the orchestrator rolls back a failed update by
+    /// itself, and shown in the service's update status.
+    RollbackService {
+        id: String,
+        at: UnixMs,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// Orchestrator: a rolling update moved on (paused, completed). Applies
+    /// only while the service is still at `version`, so that a decision
+    /// about an update that a newer one replaced is dropped.
+    SetUpdateStatus {
+        id: String,
+        version: u64,
+        status: UpdateStatus,
+    },
     /// `service rm`: removes the service; its tasks are told to shut down
     /// and are deleted by the orchestrator once they ended.
     RemoveService { id: String, at: UnixMs },

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use flotilla_types::{
     Cluster, DesiredState, Node, NodeRole, NodeState, Service, Task, TaskState, TaskStatus,
+    UpdateState, UpdateStatus,
 };
 
 use crate::command::{Command, CommandResult};
@@ -251,6 +252,7 @@ impl State {
                         created_at: *at,
                         updated_at: *at,
                         previous_spec: None,
+                        update_status: None,
                     },
                 );
                 changes.push(Change::Service(id.clone()));
@@ -286,6 +288,12 @@ impl State {
                     // What `service rollback` returns to: the last spec
                     // whose tasks differ, not a scale in between.
                     service.previous_spec = Some(Box::new(service.spec.clone()));
+                    service.update_status = Some(UpdateStatus {
+                        state: UpdateState::Updating,
+                        started_at: *at,
+                        completed_at: None,
+                        message: "update in progress".into(),
+                    });
                 }
                 service.spec = spec.clone();
                 service.version = index;
@@ -293,7 +301,7 @@ impl State {
                 changes.push(Change::Service(id.clone()));
                 Ok(Some(id.clone()))
             }
-            Command::RollbackService { id, at } => {
+            Command::RollbackService { id, at, reason } => {
                 let service = self
                     .services
                     .get_mut(id)
@@ -310,7 +318,37 @@ impl State {
                 service.previous_spec = Some(Box::new(std::mem::replace(&mut service.spec, spec)));
                 service.version = index;
                 service.updated_at = *at;
+                service.update_status = Some(UpdateStatus {
+                    state: UpdateState::RollbackStarted,
+                    started_at: *at,
+                    completed_at: None,
+                    message: reason
+                        .clone()
+                        .unwrap_or_else(|| "manually requested rollback".into()),
+                });
                 changes.push(Change::Service(id.clone()));
+                Ok(Some(id.clone()))
+            }
+            Command::SetUpdateStatus {
+                id,
+                version,
+                status,
+            } => {
+                let service = self
+                    .services
+                    .get_mut(id)
+                    .ok_or_else(|| StoreError::ServiceNotFound(id.clone()))?;
+                if service.version != *version {
+                    return Err(StoreError::VersionConflict {
+                        name: service.spec.name.clone(),
+                        expected: *version,
+                        actual: service.version,
+                    });
+                }
+                if service.update_status.as_ref() != Some(status) {
+                    service.update_status = Some(status.clone());
+                    changes.push(Change::Service(id.clone()));
+                }
                 Ok(Some(id.clone()))
             }
             Command::RemoveService { id, .. } => {
@@ -389,7 +427,12 @@ impl State {
             Command::UpdateTaskStatus { updates } => {
                 for update in updates {
                     if let Some(task) = self.tasks.get_mut(&update.task_id) {
-                        if task.status.state.can_move_to(update.status.state) {
+                        // A running task's health changes within its
+                        // state; everything else only moves forward.
+                        let health_changed = task.status.state == update.status.state
+                            && !task.status.state.is_terminal()
+                            && task.status.health != update.status.health;
+                        if task.status.state.can_move_to(update.status.state) || health_changed {
                             task.status = update.status.clone();
                             changes.push(Change::Task(update.task_id.clone()));
                         }
@@ -430,7 +473,7 @@ mod tests {
     use super::*;
     use crate::command::TaskStatusUpdate;
     use flotilla_types::{
-        Availability, NodeRole, NodeState, ServiceMode, ServiceSpec, TaskTemplate,
+        Availability, Health, NodeRole, NodeState, ServiceMode, ServiceSpec, TaskTemplate,
     };
 
     fn node(id: &str) -> Node {
@@ -463,8 +506,9 @@ mod tests {
                 restart: Default::default(),
                 stop_grace_period_ms: 10_000,
                 constraints: vec![],
-                force_update: 0,
+                ..TaskTemplate::default()
             },
+            ..ServiceSpec::default()
         }
     }
 
@@ -609,6 +653,22 @@ mod tests {
         let (_, changes) = s.apply(6, &report(TaskState::Starting));
         assert!(changes.is_empty());
         assert_eq!(s.tasks["t1"].status.state, TaskState::Running);
+        // Health moves within the running state, both ways.
+        for health in [Health::Healthy, Health::Unhealthy] {
+            let mut status = TaskStatus::new(TaskState::Running, 7, "");
+            status.health = Some(health);
+            let (_, changes) = s.apply(
+                6,
+                &Command::UpdateTaskStatus {
+                    updates: vec![TaskStatusUpdate {
+                        task_id: "t1".into(),
+                        status,
+                    }],
+                },
+            );
+            assert_eq!(changes.len(), 1);
+            assert_eq!(s.tasks["t1"].status.health, Some(health));
+        }
         let _ = s.apply(7, &report(TaskState::Failed));
         let _ = s.apply(8, &report(TaskState::Shutdown));
         assert_eq!(s.tasks["t1"].status.state, TaskState::Failed);
@@ -793,6 +853,7 @@ mod tests {
             &Command::RollbackService {
                 id: "s1".into(),
                 at: 5,
+                reason: None,
             },
         );
         assert!(r.is_ok());
@@ -802,23 +863,52 @@ mod tests {
             ServiceMode::Replicated { replicas: 4 }
         );
         assert_eq!(s.services["s1"].version, 5);
+        let status = s.services["s1"].update_status.clone().expect("status");
+        assert_eq!(status.state, UpdateState::RollbackStarted);
+        assert_eq!(status.message, "manually requested rollback");
+        // The orchestrator's word on an older version is dropped.
+        let done = |version| Command::SetUpdateStatus {
+            id: "s1".into(),
+            version,
+            status: UpdateStatus {
+                state: UpdateState::RollbackCompleted,
+                started_at: 5,
+                completed_at: Some(6),
+                message: "rollback completed".into(),
+            },
+        };
+        assert!(s.apply(6, &done(4)).0.is_err());
+        assert!(s.apply(6, &done(5)).0.is_ok());
+        assert_eq!(
+            s.services["s1"].update_status.as_ref().map(|u| u.state),
+            Some(UpdateState::RollbackCompleted)
+        );
         // Rolling back again returns to V=2.
         let _ = s.apply(
             6,
             &Command::RollbackService {
                 id: "s1".into(),
                 at: 6,
+                reason: Some("task failed".into()),
             },
         );
         assert_eq!(
             s.services["s1"].spec.task.env.get("V").map(String::as_str),
             Some("2")
         );
+        assert_eq!(
+            s.services["s1"]
+                .update_status
+                .as_ref()
+                .map(|u| u.message.as_str()),
+            Some("task failed")
+        );
         let (r, _) = s.apply(
             7,
             &Command::RollbackService {
                 id: "nope".into(),
                 at: 7,
+                reason: None,
             },
         );
         assert!(r.is_err());

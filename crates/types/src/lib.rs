@@ -30,10 +30,12 @@ pub use id::{new_id, ID_LEN};
 pub use name::{validate_name, NameError};
 pub use node::{Availability, Node, NodeRole, NodeState};
 pub use service::{
-    Driver, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, TaskTemplate,
-    DEFAULT_STOP_GRACE_MS,
+    Driver, FailureAction, HealthCheck, HealthTest, Ratio, ResourceSpec, Resources,
+    RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, TaskTemplate, UpdateConfig,
+    UpdateOrder, UpdateState, UpdateStatus, DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_RETRIES,
+    DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_STOP_GRACE_MS,
 };
-pub use task::{DesiredState, SlotKey, Task, TaskState, TaskStatus};
+pub use task::{DesiredState, Health, SlotKey, Task, TaskState, TaskStatus};
 
 use serde::{Deserialize, Serialize};
 

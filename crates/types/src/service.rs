@@ -36,14 +36,248 @@ pub enum Driver {
     /// A plain child process of the agent. Needs nothing else.
     #[default]
     Process,
+    /// A container on the node's Docker Engine, from `TaskTemplate::image`.
+    Docker,
 }
 
 impl Driver {
     pub fn as_str(&self) -> &'static str {
         match self {
             Driver::Process => "process",
+            Driver::Docker => "docker",
         }
     }
+}
+
+/// A ratio in `0.0..=1.0`. Wrapped so that specs keep `Eq`: parsers never
+/// produce NaN, so equality is total in practice.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Ratio(pub f64);
+
+impl Eq for Ratio {}
+
+/// What a health check runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum HealthTest {
+    /// No check, even if the image defines one (Compose `disable: true`,
+    /// `--no-healthcheck`).
+    None,
+    /// The image's own HEALTHCHECK test, with the timings given here
+    /// (a Compose `healthcheck` without `test`).
+    Image,
+    /// A program and its arguments, run without a shell (Compose `CMD`).
+    Exec { argv: Vec<String> },
+    /// A shell command line, run with `/bin/sh -c` (`--health-cmd`, Compose
+    /// `CMD-SHELL`).
+    Shell { command: String },
+    /// An HTTP GET on the task's port; any 2xx or 3xx status is healthy.
+    Http { port: u16, path: String },
+    /// A TCP connection to the task's port.
+    Tcp { port: u16 },
+}
+
+/// Docker's health check defaults: every 30 s, 30 s timeout, 3 retries.
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 30_000;
+pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_HEALTH_RETRIES: u32 = 3;
+
+/// How a task's health is checked. The check runs every `interval_ms`;
+/// `retries` consecutive failures make the task unhealthy, and failures in
+/// the first `start_period_ms` do not count, as in Docker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub test: HealthTest,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub retries: u32,
+    #[serde(default)]
+    pub start_period_ms: u64,
+}
+
+impl HealthCheck {
+    /// A check with Docker's default timings.
+    pub fn new(test: HealthTest) -> Self {
+        HealthCheck {
+            test,
+            interval_ms: DEFAULT_HEALTH_INTERVAL_MS,
+            timeout_ms: DEFAULT_HEALTH_TIMEOUT_MS,
+            retries: DEFAULT_HEALTH_RETRIES,
+            start_period_ms: 0,
+        }
+    }
+}
+
+/// CPU and memory amounts. Zero means not set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Resources {
+    /// CPUs in billionths (`--limit-cpu 0.5` is 500_000_000), as Docker's
+    /// `NanoCpus`.
+    #[serde(default)]
+    pub nano_cpus: u64,
+    #[serde(default)]
+    pub memory_bytes: u64,
+}
+
+impl Resources {
+    pub fn is_empty(&self) -> bool {
+        self.nano_cpus == 0 && self.memory_bytes == 0
+    }
+}
+
+/// Limits are enforced by the driver; reservations are what the scheduler
+/// sets aside on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ResourceSpec {
+    #[serde(default)]
+    pub limits: Resources,
+    #[serde(default)]
+    pub reservations: Resources,
+}
+
+/// What a rolling update (or rollback) does when tasks fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    /// Stop updating; `service update` starts again.
+    #[default]
+    Pause,
+    /// Carry on with the next batch.
+    Continue,
+    /// Return to the previous spec (update only).
+    Rollback,
+}
+
+impl FailureAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FailureAction::Pause => "pause",
+            FailureAction::Continue => "continue",
+            FailureAction::Rollback => "rollback",
+        }
+    }
+
+    /// Parses `pause`, `continue` or `rollback`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "pause" => Some(FailureAction::Pause),
+            "continue" => Some(FailureAction::Continue),
+            "rollback" => Some(FailureAction::Rollback),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a slot's old task stops before its new one starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    /// Stop the old task, then start the new one.
+    #[default]
+    StopFirst,
+    /// Start the new task; stop the old one once the new one is ready.
+    StartFirst,
+}
+
+impl UpdateOrder {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UpdateOrder::StopFirst => "stop-first",
+            UpdateOrder::StartFirst => "start-first",
+        }
+    }
+
+    /// Parses `stop-first` or `start-first`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "stop-first" => Some(UpdateOrder::StopFirst),
+            "start-first" => Some(UpdateOrder::StartFirst),
+            _ => None,
+        }
+    }
+}
+
+/// Swarm's `UpdateConfig`, used both for updates and rollbacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateConfig {
+    /// Slots replaced at once; 0 means all at once.
+    pub parallelism: u64,
+    /// Wait after a batch is ready before the next one starts.
+    pub delay_ms: u64,
+    pub failure_action: FailureAction,
+    /// How long an updated task is watched for failure after it is ready.
+    pub monitor_ms: u64,
+    /// Failed tasks tolerated, as a share of the slots, before the failure
+    /// action is taken.
+    pub max_failure_ratio: Ratio,
+    pub order: UpdateOrder,
+}
+
+impl Default for UpdateConfig {
+    /// Swarm's defaults.
+    fn default() -> Self {
+        UpdateConfig {
+            parallelism: 1,
+            delay_ms: 0,
+            failure_action: FailureAction::Pause,
+            monitor_ms: 5_000,
+            max_failure_ratio: Ratio(0.0),
+            order: UpdateOrder::StopFirst,
+        }
+    }
+}
+
+/// Where a rolling update (or rollback) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    Updating,
+    Paused,
+    Completed,
+    RollbackStarted,
+    RollbackPaused,
+    RollbackCompleted,
+}
+
+impl UpdateState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UpdateState::Updating => "updating",
+            UpdateState::Paused => "paused",
+            UpdateState::Completed => "completed",
+            UpdateState::RollbackStarted => "rollback_started",
+            UpdateState::RollbackPaused => "rollback_paused",
+            UpdateState::RollbackCompleted => "rollback_completed",
+        }
+    }
+
+    /// Whether tasks are still being replaced.
+    pub fn in_progress(self) -> bool {
+        matches!(self, UpdateState::Updating | UpdateState::RollbackStarted)
+    }
+
+    /// Whether this is a rollback (which paces itself by the rollback config).
+    pub fn is_rollback(self) -> bool {
+        matches!(
+            self,
+            UpdateState::RollbackStarted
+                | UpdateState::RollbackPaused
+                | UpdateState::RollbackCompleted
+        )
+    }
+}
+
+/// The state of the last update of a service, as `service inspect` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    pub state: UpdateState,
+    pub started_at: UnixMs,
+    #[serde(default)]
+    pub completed_at: Option<UnixMs>,
+    /// Why it is in this state ("update paused due to failure of task ...").
+    #[serde(default)]
+    pub message: String,
 }
 
 /// When a task that ended by itself is replaced (Swarm's restart condition).
@@ -110,8 +344,16 @@ impl Default for RestartPolicy {
 pub struct TaskTemplate {
     #[serde(default)]
     pub driver: Driver,
-    /// Program and arguments; the program is looked up in `PATH`.
+    /// The image of a docker task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Program and arguments. The process driver looks the program up in
+    /// `PATH`; for a docker task these are the container's arguments (its
+    /// `CMD`), and empty means the image's own.
     pub command: Vec<String>,
+    /// A docker task's entrypoint, replacing the image's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
@@ -123,6 +365,30 @@ pub struct TaskTemplate {
     /// although nothing else changed.
     #[serde(default)]
     pub force_update: u64,
+    /// The task's health check; `None` uses the image's own for docker
+    /// tasks and none for processes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
+    #[serde(default)]
+    pub resources: ResourceSpec,
+}
+
+impl Default for TaskTemplate {
+    fn default() -> Self {
+        TaskTemplate {
+            driver: Driver::Process,
+            image: None,
+            command: Vec::new(),
+            entrypoint: None,
+            env: BTreeMap::new(),
+            restart: RestartPolicy::default(),
+            stop_grace_period_ms: DEFAULT_STOP_GRACE_MS,
+            constraints: Vec::new(),
+            force_update: 0,
+            health: None,
+            resources: ResourceSpec::default(),
+        }
+    }
 }
 
 /// Everything a user says about a service.
@@ -134,6 +400,26 @@ pub struct ServiceSpec {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub task: TaskTemplate,
+    /// How template changes roll out.
+    #[serde(default)]
+    pub update: UpdateConfig,
+    /// How a rollback rolls out.
+    #[serde(default)]
+    pub rollback: UpdateConfig,
+}
+
+impl Default for ServiceSpec {
+    /// One replica of an empty template: a base for struct update syntax.
+    fn default() -> Self {
+        ServiceSpec {
+            name: String::new(),
+            mode: ServiceMode::Replicated { replicas: 1 },
+            labels: BTreeMap::new(),
+            task: TaskTemplate::default(),
+            update: UpdateConfig::default(),
+            rollback: UpdateConfig::default(),
+        }
+    }
 }
 
 /// A service as stored: its spec plus identity and bookkeeping.
@@ -150,4 +436,7 @@ pub struct Service {
     /// `service rollback` returns to.
     #[serde(default)]
     pub previous_spec: Option<Box<ServiceSpec>>,
+    /// The last rolling update or rollback, if any.
+    #[serde(default)]
+    pub update_status: Option<UpdateStatus>,
 }

@@ -92,6 +92,28 @@ impl DesiredState {
     }
 }
 
+/// A running task's health, as its health check finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Checked, but not yet healthy (within the start period, or before
+    /// the first success).
+    Starting,
+    Healthy,
+    /// `retries` checks in a row failed.
+    Unhealthy,
+}
+
+impl Health {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
 /// The observed state with what explains it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskStatus {
@@ -110,6 +132,12 @@ pub struct TaskStatus {
     /// Process ID while it runs under the process driver.
     #[serde(default)]
     pub pid: Option<u32>,
+    /// The container's ID under the docker driver.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// Set while the task runs, for tasks with a health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<Health>,
 }
 
 impl TaskStatus {
@@ -121,6 +149,8 @@ impl TaskStatus {
             error: None,
             exit_code: None,
             pid: None,
+            container_id: None,
+            health: None,
         }
     }
 }
@@ -160,6 +190,13 @@ pub struct Task {
 }
 
 impl Task {
+    /// Running and, when it has a health check, healthy: what a rolling
+    /// update waits for and what `service ls` counts.
+    pub fn is_ready(&self) -> bool {
+        self.status.state == TaskState::Running
+            && matches!(self.status.health, None | Some(Health::Healthy))
+    }
+
     /// The slot this task fills.
     pub fn slot_key(&self) -> SlotKey {
         if self.slot == 0 {

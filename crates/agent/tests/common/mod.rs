@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_agent::{Agent, AgentConfig, AgentError, Assignments, ProcessDriver, TaskReport};
+use flotilla_agent::{
+    Agent, AgentConfig, AgentError, Assignments, Driver, Drivers, ProcessDriver, TaskReport,
+};
 use flotilla_types::{DesiredState, Task, TaskState, TaskStatus, TaskTemplate};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -126,7 +128,7 @@ pub fn task(id: &str, command: &[&str]) -> Task {
             restart: Default::default(),
             stop_grace_period_ms: 1_000,
             constraints: Vec::new(),
-            force_update: 0,
+            ..TaskTemplate::default()
         },
         service_version: 1,
         created_at: 0,
@@ -179,7 +181,13 @@ impl Harness {
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let mut config = AgentConfig::new(node_id, state_dir);
         config.log_cap_bytes = log_cap_bytes;
-        let agent = Agent::new(config, Arc::new(ProcessDriver), assign_rx, report_tx).unwrap();
+        let agent = Agent::new(
+            config,
+            Drivers::new([Arc::new(ProcessDriver) as Arc<dyn Driver>]),
+            assign_rx,
+            report_tx,
+        )
+        .unwrap();
         let shutdown = CancellationToken::new();
         let join = tokio::spawn(agent.run(shutdown.clone()));
         Harness {

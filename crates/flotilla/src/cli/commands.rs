@@ -14,7 +14,7 @@ use flotilla_types::{
 };
 
 use super::output::{ago, table, title};
-use super::{CreateArgs, Format, InitArgs, NodeCommand, ServiceCommand, StackCommand};
+use super::{CreateArgs, Format, InitArgs, NodeCommand, ServiceCommand};
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
@@ -383,8 +383,9 @@ pub fn spec_from_args(args: &CreateArgs) -> Result<ServiceSpec> {
             },
             stop_grace_period_ms: duration("--stop-grace-period", &args.stop_grace_period)?,
             constraints,
-            force_update: 0,
+            ..TaskTemplate::default()
         },
+        ..ServiceSpec::default()
     })
 }
 
@@ -611,43 +612,6 @@ pub async fn service(client: &Client, command: &ServiceCommand) -> Result<()> {
                     return Err(e.into());
                 }
             }
-            Ok(())
-        }
-    }
-}
-
-/// Deploys a stack: creates each service as STACK_NAME, or updates its
-/// replicas when it exists.
-pub async fn deploy_stack(client: &Client, path: &str, stack: &str) -> Result<Vec<String>> {
-    validate_name(stack).context("invalid stack name")?;
-    let parsed = crate::stack::load_stack(path)?;
-    for w in &parsed.warnings {
-        eprintln!("warning: {w}");
-    }
-    let mut names = Vec::new();
-    for mut spec in parsed.services {
-        spec.name = format!("{stack}_{}", spec.name);
-        spec.labels
-            .insert("com.docker.stack.namespace".into(), stack.to_string());
-        validate_name(&spec.name)?;
-        match client.service(&spec.name).await {
-            Ok(_) => println!("Service {} exists; leaving it as it is", spec.name),
-            Err(e) if e.status() == Some(404) => {
-                client.create_service(&spec).await?;
-                println!("Creating service {}", spec.name);
-            }
-            Err(e) => return Err(e.into()),
-        }
-        names.push(spec.name);
-    }
-    Ok(names)
-}
-
-/// `flotilla stack ...`.
-pub async fn stack(client: &Client, command: &StackCommand) -> Result<()> {
-    match command {
-        StackCommand::Deploy { file, stack } => {
-            deploy_stack(client, &file.display().to_string(), stack).await?;
             Ok(())
         }
     }

@@ -3,6 +3,9 @@
 
 pub mod commands;
 pub mod output;
+pub mod stack;
+
+pub use stack::StackCommand;
 
 use std::path::PathBuf;
 
@@ -206,18 +209,6 @@ pub enum NodeCommand {
         force: bool,
         #[arg(required = true)]
         nodes: Vec<String>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum StackCommand {
-    /// Deploy the services of a stack file (Compose format) as STACK_SERVICE
-    Deploy {
-        /// Stack file
-        #[arg(short = 'c', long = "compose-file")]
-        file: PathBuf,
-        /// Stack name
-        stack: String,
     },
 }
 

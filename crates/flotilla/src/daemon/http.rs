@@ -854,6 +854,7 @@ async fn rollback_service(State(ctx): Ctx, Path(name): Path<String>) -> ApiResul
         .propose(Command::RollbackService {
             id: id.clone(),
             at: now_ms(),
+            reason: None,
         })
         .await??;
     service_answer(&m, &id, &name)

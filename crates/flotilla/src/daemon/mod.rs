@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch, Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use flotilla_agent::{Agent, AgentConfig, Assignments, ProcessDriver};
+use flotilla_agent::{Agent, AgentConfig, Assignments, Driver, Drivers, ProcessDriver};
 use flotilla_manager::{
     Orchestrator, ProposeError, ProposeFuture, Proposer, Rebalancer, Scheduler, StoreView,
     SystemClock,
@@ -768,7 +768,7 @@ impl NodeCtx {
                 state_dir: self.agent_dir(),
                 log_cap_bytes: self.log_cap_bytes,
             },
-            Arc::new(ProcessDriver::new()),
+            Drivers::new([Arc::new(ProcessDriver::new()) as Arc<dyn Driver>]),
             assign_rx,
             report_tx,
         )
