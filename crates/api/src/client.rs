@@ -400,6 +400,22 @@ impl Client {
         self.call(Method::POST, &path, Some(update)).await
     }
 
+    /// `PUT /v1/services/{name}`: replaces the spec, if the service is still
+    /// at `version` when one is given.
+    pub async fn replace_service(
+        &self,
+        name: &str,
+        spec: &ServiceSpec,
+        version: Option<u64>,
+    ) -> Result<ServiceView, ClientError> {
+        let path = format!("/v1/services/{}", encode_segment(name));
+        let body = crate::model::ServiceReplace {
+            spec: spec.clone(),
+            version,
+        };
+        self.call(Method::PUT, &path, Some(&body)).await
+    }
+
     /// `POST /v1/services/{name}/rollback`.
     pub async fn rollback_service(&self, name: &str) -> Result<ServiceView, ClientError> {
         let path = format!("/v1/services/{}/rollback", encode_segment(name));

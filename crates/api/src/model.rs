@@ -178,6 +178,17 @@ pub struct ServiceUpdate {
     pub force: bool,
 }
 
+/// `PUT /v1/services/{name}`: a whole new spec, as `service update` and
+/// `stack deploy` send after changing what they read.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceReplace {
+    pub spec: ServiceSpec,
+    /// The version the spec was read at; the write fails with 409 when the
+    /// service changed since. `None` writes unconditionally.
+    #[serde(default)]
+    pub version: Option<u64>,
+}
+
 /// What `DELETE` removed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Removed {

@@ -22,7 +22,7 @@ use flotilla_api::model::{
 };
 use flotilla_raft::RaftError;
 use flotilla_store::{Command, State as Store, StoreError};
-use flotilla_types::{validate_name, NodeRole, ServiceMode, ServiceSpec};
+use flotilla_types::{validate_name, Driver, HealthTest, NodeRole, ServiceMode, ServiceSpec};
 
 use super::views::{self, LocalFacts, ManagerStatus};
 use super::{now_ms, InitError, Member, NodeCtx, VERSION};
@@ -137,7 +137,10 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
         .route("/v1/nodes/{id}/promote", post(promote_node))
         .route("/v1/nodes/{id}/demote", post(demote_node))
         .route("/v1/services", get(services).post(create_service))
-        .route("/v1/services/{name}", get(service).delete(remove_service))
+        .route(
+            "/v1/services/{name}",
+            get(service).put(replace_service).delete(remove_service),
+        )
         .route("/v1/services/{name}/scale", post(scale))
         .route("/v1/services/{name}/update", post(update_service))
         .route("/v1/services/{name}/rollback", post(rollback_service))
@@ -695,10 +698,46 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), ApiError> {
     if let ServiceMode::Replicated { replicas } = spec.mode {
         check_replicas(replicas)?;
     }
-    match spec.task.command.first() {
-        None => return Err(ApiError::BadRequest("a service needs a command".into())),
-        Some(c) if c.is_empty() => return Err(ApiError::BadRequest("the command is empty".into())),
+    let bad = |m: String| Err(ApiError::BadRequest(m));
+    match (spec.task.driver, spec.task.command.first()) {
+        (Driver::Process, None) => return bad("a service needs a command".into()),
+        (_, Some(c)) if c.is_empty() => return bad("the command is empty".into()),
         _ => {}
+    }
+    match (spec.task.driver, spec.task.image.as_deref()) {
+        (Driver::Docker, None | Some("")) => return bad("a docker service needs an image".into()),
+        (Driver::Process, Some(_)) => {
+            return bad("an image needs the docker driver (--driver docker)".into())
+        }
+        _ => {}
+    }
+    if let Some(h) = &spec.task.health {
+        if h.interval_ms == 0 || h.timeout_ms == 0 {
+            return bad("health check interval and timeout must be more than 0".into());
+        }
+        match &h.test {
+            HealthTest::Http { port: 0, .. } | HealthTest::Tcp { port: 0 } => {
+                return bad("health check port must be 1-65535".into())
+            }
+            HealthTest::Http { path, .. } if !path.starts_with('/') => {
+                return bad(format!("health check path {path:?} must start with /"))
+            }
+            HealthTest::Exec { argv } if argv.is_empty() => {
+                return bad("health check command is empty".into())
+            }
+            HealthTest::Shell { command } if command.trim().is_empty() => {
+                return bad("health check command is empty".into())
+            }
+            _ => {}
+        }
+    }
+    for (what, u) in [("update", &spec.update), ("rollback", &spec.rollback)] {
+        if !(0.0..=1.0).contains(&u.max_failure_ratio.0) {
+            return bad(format!(
+                "{what} max failure ratio must be between 0 and 1, not {}",
+                u.max_failure_ratio.0
+            ));
+        }
     }
     for key in spec.task.env.keys() {
         if key.is_empty() || key.contains('=') || key.contains('\0') {
@@ -844,6 +883,27 @@ async fn update_service(
         Ok(())
     })
     .await
+}
+
+async fn replace_service(
+    State(ctx): Ctx,
+    Path(name): Path<String>,
+    req: Result<Json<flotilla_api::model::ServiceReplace>, JsonRejection>,
+) -> ApiResult<ServiceView> {
+    let req = body(req)?;
+    validate_spec(&req.spec)?;
+    let m = member(&ctx).await?;
+    let id =
+        read(&m, |s| s.service(&name).map(|svc| svc.id.clone())).ok_or_else(|| not_found(&name))?;
+    m.member
+        .propose(Command::UpdateService {
+            id: id.clone(),
+            spec: req.spec.clone(),
+            expected_version: req.version,
+            at: now_ms(),
+        })
+        .await??;
+    service_answer(&m, &id, &req.spec.name)
 }
 
 async fn rollback_service(State(ctx): Ctx, Path(name): Path<String>) -> ApiResult<ServiceView> {
