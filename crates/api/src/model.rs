@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use flotilla_types::{ServiceSpec, UnixMs};
+use flotilla_types::{ServiceSpec, UnixMs, UpdateStatus};
 
 /// The error body of every failed request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,6 +107,14 @@ pub struct NodeView {
 pub struct Replicas {
     pub running: u64,
     pub desired: u64,
+    /// Running tasks that passed their health check, for services whose
+    /// tasks have one; `None` when no task is checked.
+    #[serde(default)]
+    pub healthy: Option<u64>,
+    /// Running tasks that are healthy or have no check: what `service
+    /// create` and updates wait for.
+    #[serde(default)]
+    pub ready: u64,
 }
 
 /// A service as `service ls` and `service inspect` show it.
@@ -123,6 +131,12 @@ pub struct ServiceView {
     pub version: u64,
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
+    /// The last rolling update or rollback.
+    #[serde(default)]
+    pub update_status: Option<UpdateStatus>,
+    /// Whether `service rollback` has a spec to return to.
+    #[serde(default)]
+    pub can_roll_back: bool,
 }
 
 /// A task as `service ps` shows it.
@@ -143,6 +157,18 @@ pub struct TaskView {
     pub error: Option<String>,
     pub exit_code: Option<i32>,
     pub pid: Option<u32>,
+    /// `starting`, `healthy` or `unhealthy` for running tasks with a check.
+    #[serde(default)]
+    pub health: Option<String>,
+    /// The image of a docker task.
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub container_id: Option<String>,
+    /// Whether the task runs the service's current spec (false for tasks
+    /// an update has not reached yet).
+    #[serde(default)]
+    pub up_to_date: bool,
     pub created_at: UnixMs,
     /// False for older tasks of a slot (history).
     pub current: bool,

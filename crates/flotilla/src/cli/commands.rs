@@ -9,12 +9,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use flotilla_api::model::{InitRequest, ServiceView, TaskView};
 use flotilla_api::Client;
 use flotilla_types::{
-    parse_duration_ms, validate_name, Constraint, Driver, RestartCondition, RestartPolicy,
-    ServiceMode, ServiceSpec, TaskTemplate,
+    format_duration_ms, parse_duration_ms, validate_name, Constraint, Driver, RestartCondition,
+    RestartPolicy, ServiceMode, ServiceSpec, TaskTemplate, UpdateState,
 };
 
 use super::output::{ago, table, title};
-use super::{CreateArgs, Format, InitArgs, NodeCommand, ServiceCommand};
+use super::{CreateArgs, Format, InitArgs, NodeCommand, ServiceCommand, UpdateArgs};
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
@@ -367,7 +367,7 @@ pub fn spec_from_args(args: &CreateArgs) -> Result<ServiceSpec> {
         .map(|c| c.parse::<Constraint>())
         .collect::<Result<Vec<_>, _>>()?;
     let duration = |flag: &str, v: &str| parse_duration_ms(v).map_err(|e| anyhow!("{flag}: {e}"));
-    Ok(ServiceSpec {
+    let mut spec = ServiceSpec {
         name: args.name.clone(),
         mode,
         labels: parse_pairs(&args.label, "label")?,
@@ -386,7 +386,207 @@ pub fn spec_from_args(args: &CreateArgs) -> Result<ServiceSpec> {
             ..TaskTemplate::default()
         },
         ..ServiceSpec::default()
-    })
+    };
+    args.spec.apply(&mut spec)?;
+    if spec.task.driver == Driver::Process && spec.task.command.is_empty() {
+        bail!(
+            "a process service needs a command: flotilla service create --name {} -- CMD [ARGS...] (or --image IMAGE for a container)",
+            args.name
+        );
+    }
+    Ok(spec)
+}
+
+/// Applies `service update` flags to a spec read from the cluster.
+pub fn apply_update(spec: &mut ServiceSpec, args: &UpdateArgs) -> Result<()> {
+    if let Some(r) = &args.replicas {
+        let replicas = parse_replicas(r)?;
+        match spec.mode {
+            ServiceMode::Replicated { .. } => spec.mode = ServiceMode::Replicated { replicas },
+            ServiceMode::Global => bail!(
+                "service {} is global: --replicas applies to replicated services only",
+                spec.name
+            ),
+        }
+    }
+    let task = &mut spec.task;
+    for k in &args.env_rm {
+        task.env.remove(k);
+    }
+    task.env.extend(parse_pairs(&args.env_add, "env")?);
+    for k in &args.label_rm {
+        spec.labels.remove(k);
+    }
+    spec.labels.extend(parse_pairs(&args.label_add, "label")?);
+    for c in &args.constraint_rm {
+        let c: Constraint = c.parse()?;
+        task.constraints.retain(|have| *have != c);
+    }
+    for c in &args.constraint_add {
+        let c: Constraint = c.parse()?;
+        if !task.constraints.contains(&c) {
+            task.constraints.push(c);
+        }
+    }
+    let duration = |flag: &str, v: &str| parse_duration_ms(v).map_err(|e| anyhow!("{flag}: {e}"));
+    if let Some(c) = &args.restart_condition {
+        task.restart.condition = RestartCondition::parse(c).ok_or_else(|| {
+            anyhow!("invalid restart condition {c:?}: expected none, on-failure or any")
+        })?;
+    }
+    if let Some(n) = &args.restart_max_attempts {
+        task.restart.max_attempts = n.trim().parse::<u64>().map_err(|_| {
+            anyhow!("invalid restart max attempts {n:?}: expected a whole number >= 0")
+        })?;
+    }
+    if let Some(d) = &args.restart_delay {
+        task.restart.delay_ms = duration("--restart-delay", d)?;
+    }
+    if let Some(w) = &args.restart_window {
+        task.restart.window_ms = duration("--restart-window", w)?;
+    }
+    if let Some(g) = &args.stop_grace_period {
+        task.stop_grace_period_ms = duration("--stop-grace-period", g)?;
+    }
+    if !args.command.is_empty() {
+        task.command = args.command.clone();
+    }
+    if args.force {
+        task.force_update += 1;
+    }
+    args.spec.apply(spec)?;
+    Ok(())
+}
+
+/// `service update`: reads the spec, changes it and writes it back at the
+/// version it read, retrying when someone else changed it in between.
+async fn update_service(client: &Client, args: &UpdateArgs) -> Result<()> {
+    let timeout = Duration::from_millis(
+        parse_duration_ms(&args.timeout).map_err(|e| anyhow!("--timeout: {e}"))?,
+    );
+    let mut attempts = 0;
+    let (before, after) = loop {
+        let current = client.service(&args.name).await?;
+        let mut spec = current.spec.clone();
+        apply_update(&mut spec, args)?;
+        if spec == current.spec {
+            println!("{}: nothing to change", args.name);
+            return Ok(());
+        }
+        match client
+            .replace_service(&args.name, &spec, Some(current.version))
+            .await
+        {
+            Ok(updated) => break (current, updated),
+            Err(e) if e.status() == Some(409) && attempts < 5 => attempts += 1,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    println!("{}", after.name);
+    if args.detach {
+        return Ok(());
+    }
+    if before.spec.task != after.spec.task {
+        follow_update(client, &after.name, false, timeout).await
+    } else {
+        wait_converged(client, &after.name, timeout)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Follows a rolling update (or rollback) until it completes, pauses or
+/// rolls back, printing the state of every slot whenever it changes.
+async fn follow_update(
+    client: &Client,
+    name: &str,
+    rollback: bool,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    loop {
+        let service = client.service(name).await?;
+        let tasks = client.tasks(name).await?;
+        let progress = update_progress(&service, &tasks);
+        if progress != last {
+            print!("{progress}");
+            last = progress;
+        }
+        let state = service.update_status.as_ref().map(|u| u.state);
+        let message = service
+            .update_status
+            .as_ref()
+            .map(|u| u.message.clone())
+            .unwrap_or_default();
+        match state {
+            Some(UpdateState::Completed) if !rollback => {
+                println!("verify: Service {name} converged");
+                return Ok(());
+            }
+            Some(UpdateState::RollbackCompleted) if rollback => {
+                println!("rollback: {message}");
+                println!("verify: Service {name} converged");
+                return Ok(());
+            }
+            Some(UpdateState::RollbackCompleted) => {
+                bail!("service {name}: update rolled back: {message}")
+            }
+            Some(UpdateState::Paused | UpdateState::RollbackPaused) => {
+                bail!("service {name}: update paused: {message}")
+            }
+            // A rollback the orchestrator started: follow it to its end.
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "timed out after {} following the update of service {name} (state: {}); it goes on in the background: see 'flotilla service ps {name}'",
+                format_duration_ms(timeout.as_millis() as u64),
+                state.map(|s| s.as_str()).unwrap_or("none"),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The progress block of an update: one line overall, one per slot.
+pub fn update_progress(service: &ServiceView, tasks: &[TaskView]) -> String {
+    let mut current: Vec<&TaskView> = tasks.iter().filter(|t| t.current).collect();
+    current.sort_by(|a, b| {
+        (a.slot, &a.node_id, std::cmp::Reverse(a.created_at)).cmp(&(
+            b.slot,
+            &b.node_id,
+            std::cmp::Reverse(b.created_at),
+        ))
+    });
+    // start-first keeps an old task beside the new one: show the newest.
+    current
+        .dedup_by(|b, a| a.slot == b.slot && a.slot != 0 || a.node_id == b.node_id && a.slot == 0);
+    let total = current.len();
+    let done = current
+        .iter()
+        .filter(|t| {
+            t.up_to_date
+                && t.state == "running"
+                && t.health.as_deref().is_none_or(|h| h == "healthy")
+        })
+        .count();
+    let state = service
+        .update_status
+        .as_ref()
+        .map(|u| u.state.as_str())
+        .unwrap_or("none");
+    let mut out = format!("{state}: {done} out of {total} tasks\n");
+    for (i, t) in current.iter().enumerate() {
+        let health = t
+            .health
+            .as_deref()
+            .map(|h| format!(" ({h})"))
+            .unwrap_or_default();
+        let old = if t.up_to_date { "" } else { ", previous spec" };
+        out.push_str(&format!("{}/{total}: {}{health}{old}\n", i + 1, t.state));
+    }
+    out
 }
 
 /// Waits until every named service runs its desired tasks.
@@ -394,12 +594,16 @@ async fn wait_converged(client: &Client, name: &str, timeout: Duration) -> Resul
     let deadline = Instant::now() + timeout;
     loop {
         let s = client.service(name).await?;
-        if s.replicas.running == s.replicas.desired {
+        if s.replicas.ready == s.replicas.desired && s.replicas.running == s.replicas.desired {
             return Ok(s);
         }
         if Instant::now() >= deadline {
+            let healthy = match s.replicas.healthy {
+                Some(h) => format!(", {h} healthy"),
+                None => String::new(),
+            };
             bail!(
-                "timed out after {}s waiting for service {name} to run {} tasks ({} running; see 'flotilla service ps {name}')",
+                "timed out after {}s waiting for service {name} to run {} tasks ({} running{healthy}; see 'flotilla service ps {name}')",
                 timeout.as_secs(),
                 s.replicas.desired,
                 s.replicas.running
@@ -425,9 +629,121 @@ fn task_error(t: &TaskView) -> String {
     }
 }
 
+/// `service ls` (and `stack services`): one row per service.
+pub fn services_table(services: &[ServiceView]) -> String {
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.chars().take(12).collect(),
+                s.name.clone(),
+                s.mode.clone(),
+                replicas_text(s),
+                s.spec
+                    .task
+                    .image
+                    .clone()
+                    .unwrap_or_else(|| s.command.clone()),
+                s.update_status
+                    .as_ref()
+                    .map(|u| u.state.as_str().to_string())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "NAME", "MODE", "REPLICAS", "IMAGE/COMMAND", "UPDATE"],
+        &rows,
+    )
+}
+
+/// `3/3`, or `3/3 (2 healthy)` for a service whose tasks are checked.
+pub fn replicas_text(s: &ServiceView) -> String {
+    match s.replicas.healthy {
+        Some(h) => format!(
+            "{}/{} ({h} healthy)",
+            s.replicas.running, s.replicas.desired
+        ),
+        None => format!("{}/{}", s.replicas.running, s.replicas.desired),
+    }
+}
+
+/// `service inspect --format table`.
+pub fn inspect_text(s: &ServiceView) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<16}{v}\n"));
+    let t = &s.spec.task;
+    line("ID:", s.id.clone());
+    line("Name:", s.name.clone());
+    line("Mode:", s.mode.clone());
+    line("Replicas:", replicas_text(s));
+    line("Driver:", t.driver.as_str().to_string());
+    if let Some(image) = &t.image {
+        line("Image:", image.clone());
+    }
+    if let Some(e) = &t.entrypoint {
+        line("Entrypoint:", e.join(" "));
+    }
+    line("Command:", s.command.clone());
+    line("Restart:", t.restart.condition.as_str().to_string());
+    if let Some(h) = &t.health {
+        line("Health check:", format!("{:?}", h.test));
+        line(
+            "  every:",
+            format!(
+                "{} (timeout {}, retries {}, start period {})",
+                format_duration_ms(h.interval_ms),
+                format_duration_ms(h.timeout_ms),
+                h.retries,
+                format_duration_ms(h.start_period_ms)
+            ),
+        );
+    }
+    for (what, u) in [("Update:", &s.spec.update), ("Rollback:", &s.spec.rollback)] {
+        line(
+            what,
+            format!(
+                "parallelism {}, delay {}, order {}, on failure {}, monitor {}, max failure ratio {}",
+                u.parallelism,
+                format_duration_ms(u.delay_ms),
+                u.order.as_str(),
+                u.failure_action.as_str(),
+                format_duration_ms(u.monitor_ms),
+                u.max_failure_ratio.0
+            ),
+        );
+    }
+    if let Some(u) = &s.update_status {
+        line("UpdateStatus:", String::new());
+        line(" State:", u.state.as_str().to_string());
+        line(" Started:", ago(u.started_at));
+        if let Some(done) = u.completed_at {
+            line(" Completed:", ago(done));
+        }
+        line(" Message:", u.message.clone());
+    }
+    out
+}
+
+/// `service ps` (and `stack ps`): the table, with an IMAGE column when
+/// any task runs an image.
+pub fn ps_table(tasks: &[TaskView]) -> String {
+    let with_image = tasks.iter().any(|t| t.image.is_some());
+    let mut header = vec!["ID", "NAME"];
+    if with_image {
+        header.push("IMAGE");
+    }
+    header.extend(["NODE", "DESIRED STATE", "CURRENT STATE", "HEALTH", "ERROR"]);
+    table(&header, &ps_rows_with(tasks, with_image))
+}
+
 /// Rows of `service ps`: per slot, the current task and then its history
 /// marked `\_`, as Swarm prints it.
 pub fn ps_rows(tasks: &[TaskView]) -> Vec<Vec<String>> {
+    ps_rows_with(tasks, false)
+}
+
+fn ps_rows_with(tasks: &[TaskView], with_image: bool) -> Vec<Vec<String>> {
     let mut sorted: Vec<&TaskView> = tasks.iter().collect();
     // Global tasks have slot 0 and are told apart by node.
     let key = |t: &TaskView| (t.slot, if t.slot == 0 { t.node_id.clone() } else { None });
@@ -450,14 +766,18 @@ pub fn ps_rows(tasks: &[TaskView]) -> Vec<Vec<String>> {
         } else {
             format!(" \\_ {}", task_name(t))
         };
-        rows.push(vec![
-            t.id.chars().take(12).collect(),
-            name,
+        let mut row = vec![t.id.chars().take(12).collect(), name];
+        if with_image {
+            row.push(t.image.clone().unwrap_or_default());
+        }
+        row.extend([
             t.node.clone().unwrap_or_default(),
             title(&t.desired_state),
             format!("{} {}", title(&t.state), ago(t.timestamp)),
+            t.health.clone().unwrap_or_default(),
             task_error(t),
         ]);
+        rows.push(row);
     }
     rows
 }
@@ -479,22 +799,7 @@ pub async fn service(client: &Client, command: &ServiceCommand) -> Result<()> {
             if f.format == Format::Json {
                 return print_json(&services);
             }
-            let rows: Vec<Vec<String>> = services
-                .iter()
-                .map(|s| {
-                    vec![
-                        s.id.chars().take(12).collect(),
-                        s.name.clone(),
-                        s.mode.clone(),
-                        format!("{}/{}", s.replicas.running, s.replicas.desired),
-                        s.command.clone(),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(&["ID", "NAME", "MODE", "REPLICAS", "COMMAND"], &rows)
-            );
+            print!("{}", services_table(&services));
             Ok(())
         }
         ServiceCommand::Ps { name, format } => {
@@ -502,20 +807,7 @@ pub async fn service(client: &Client, command: &ServiceCommand) -> Result<()> {
             if format.format == Format::Json {
                 return print_json(&tasks);
             }
-            print!(
-                "{}",
-                table(
-                    &[
-                        "ID",
-                        "NAME",
-                        "NODE",
-                        "DESIRED STATE",
-                        "CURRENT STATE",
-                        "ERROR"
-                    ],
-                    &ps_rows(&tasks)
-                )
-            );
+            print!("{}", ps_table(&tasks));
             Ok(())
         }
         ServiceCommand::Inspect { names, format } => {
@@ -527,12 +819,7 @@ pub async fn service(client: &Client, command: &ServiceCommand) -> Result<()> {
                 return print_json(&out);
             }
             for s in out {
-                println!("ID:        {}", s.id);
-                println!("Name:      {}", s.name);
-                println!("Mode:      {}", s.mode);
-                println!("Replicas:  {}/{}", s.replicas.running, s.replicas.desired);
-                println!("Command:   {}", s.command);
-                println!("Restart:   {}", s.spec.task.restart.condition.as_str());
+                print!("{}", inspect_text(&s));
             }
             Ok(())
         }
@@ -550,38 +837,14 @@ pub async fn service(client: &Client, command: &ServiceCommand) -> Result<()> {
             }
             Ok(())
         }
-        ServiceCommand::Update {
-            env_add,
-            env_rm,
-            label_add,
-            label_rm,
-            replicas,
-            stop_grace_period,
-            force,
-            name,
-            command,
-        } => {
-            let update = flotilla_api::model::ServiceUpdate {
-                env_add: parse_pairs(env_add, "env")?,
-                env_rm: env_rm.clone(),
-                labels_add: parse_pairs(label_add, "label")?,
-                labels_rm: label_rm.clone(),
-                replicas: replicas.as_deref().map(parse_replicas).transpose()?,
-                command: (!command.is_empty()).then(|| command.clone()),
-                stop_grace_period_ms: stop_grace_period
-                    .as_deref()
-                    .map(|d| parse_duration_ms(d).map_err(|e| anyhow!("--stop-grace-period: {e}")))
-                    .transpose()?,
-                force: *force,
-            };
-            let s = client.update_service(name, &update).await?;
-            println!("{}", s.name);
-            Ok(())
-        }
-        ServiceCommand::Rollback { name } => {
+        ServiceCommand::Update(args) => update_service(client, args).await,
+        ServiceCommand::Rollback { name, detach } => {
             let s = client.rollback_service(name).await?;
-            println!("{} rolled back", s.name);
-            Ok(())
+            println!("{}", s.name);
+            if *detach {
+                return Ok(());
+            }
+            follow_update(client, name, true, Duration::from_secs(600)).await
         }
         ServiceCommand::Rm { names } => {
             let mut failed = None;
@@ -651,9 +914,39 @@ mod tests {
             error: None,
             exit_code: if current { None } else { Some(137) },
             pid: None,
+            health: None,
+            image: None,
+            container_id: None,
+            up_to_date: true,
             created_at,
             current,
         }
+    }
+
+    #[test]
+    fn progress_shows_the_newest_task_of_each_slot() {
+        let mut old = tv("o1", 1, true, 1);
+        old.up_to_date = false;
+        let mut new = tv("n1", 1, true, 5);
+        new.state = "starting".into();
+        new.health = Some("starting".into());
+        let mut done = tv("n2", 2, true, 4);
+        done.health = Some("healthy".into());
+        let mut stale = tv("o3", 3, true, 1);
+        stale.up_to_date = false;
+        let service: ServiceView = serde_json::from_value(serde_json::json!({
+            "id": "s", "name": "web", "mode": "replicated",
+            "replicas": {"running": 3, "desired": 3},
+            "command": "", "spec": serde_json::to_value(ServiceSpec::default()).unwrap(),
+            "version": 1, "created_at": 0, "updated_at": 0,
+            "update_status": {"state": "updating", "started_at": 0, "message": ""}
+        }))
+        .unwrap();
+        let text = update_progress(&service, &[old, new, done, stale]);
+        assert_eq!(
+            text,
+            "updating: 1 out of 3 tasks\n1/3: starting (starting)\n2/3: running (healthy)\n3/3: running, previous spec\n"
+        );
     }
 
     #[test]
@@ -665,6 +958,6 @@ mod tests {
         ]);
         let names: Vec<&str> = rows.iter().map(|r| r[1].as_str()).collect();
         assert_eq!(names, ["web.1", " \\_ web.1", "web.2"]);
-        assert_eq!(rows[1][5], "exit code 137");
+        assert_eq!(rows[1][6], "exit code 137");
     }
 }

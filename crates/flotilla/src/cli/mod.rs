@@ -2,6 +2,7 @@
 //! through the typed API client.
 
 pub mod commands;
+pub mod flags;
 pub mod output;
 pub mod stack;
 
@@ -238,36 +239,15 @@ pub enum ServiceCommand {
         #[arg(required = true, value_name = "NAME=REPLICAS")]
         pairs: Vec<String>,
     },
-    /// Change a service; its tasks are replaced when what they run changes
-    Update {
-        /// Add or change an environment variable, KEY=VALUE
-        #[arg(long = "env-add")]
-        env_add: Vec<String>,
-        /// Remove an environment variable
-        #[arg(long = "env-rm")]
-        env_rm: Vec<String>,
-        /// Add or change a service label, KEY=VALUE
-        #[arg(long = "label-add")]
-        label_add: Vec<String>,
-        /// Remove a service label
-        #[arg(long = "label-rm")]
-        label_rm: Vec<String>,
-        /// Number of tasks
-        #[arg(long, allow_hyphen_values = true)]
-        replicas: Option<String>,
-        /// Time between SIGTERM and SIGKILL when stopping a task
-        #[arg(long)]
-        stop_grace_period: Option<String>,
-        /// Replace every task even if nothing changed
-        #[arg(long)]
-        force: bool,
-        name: String,
-        /// A new command and arguments
-        #[arg(last = true, value_name = "CMD")]
-        command: Vec<String>,
-    },
+    /// Change a service; its tasks are replaced, batch by batch, when what they run changes
+    Update(Box<UpdateArgs>),
     /// Go back to the spec before the last change of what the tasks run
-    Rollback { name: String },
+    Rollback {
+        name: String,
+        /// Return once the rollback is accepted, without following it
+        #[arg(short, long)]
+        detach: bool,
+    },
     /// Remove services
     #[command(alias = "remove")]
     Rm {
@@ -324,7 +304,64 @@ pub struct CreateArgs {
     /// Return once the service is created, without waiting for its tasks
     #[arg(short, long)]
     pub detach: bool,
-    /// Command and arguments
-    #[arg(last = true, required = true, value_name = "CMD")]
+    #[command(flatten)]
+    pub spec: flags::SpecFlags,
+    /// Command and arguments (for a docker service: the container's arguments)
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Add or change an environment variable, KEY=VALUE
+    #[arg(long = "env-add")]
+    pub env_add: Vec<String>,
+    /// Remove an environment variable
+    #[arg(long = "env-rm")]
+    pub env_rm: Vec<String>,
+    /// Add or change a service label, KEY=VALUE
+    #[arg(long = "label-add")]
+    pub label_add: Vec<String>,
+    /// Remove a service label
+    #[arg(long = "label-rm")]
+    pub label_rm: Vec<String>,
+    /// Add a placement constraint
+    #[arg(long = "constraint-add")]
+    pub constraint_add: Vec<String>,
+    /// Remove a placement constraint
+    #[arg(long = "constraint-rm")]
+    pub constraint_rm: Vec<String>,
+    /// Number of tasks
+    #[arg(long, allow_hyphen_values = true)]
+    pub replicas: Option<String>,
+    /// Restart when: none, on-failure or any
+    #[arg(long)]
+    pub restart_condition: Option<String>,
+    /// Restarts allowed (0: no limit)
+    #[arg(long, allow_hyphen_values = true)]
+    pub restart_max_attempts: Option<String>,
+    /// Wait between restarts
+    #[arg(long)]
+    pub restart_delay: Option<String>,
+    /// Window the restart attempts are counted in (0: unbounded)
+    #[arg(long)]
+    pub restart_window: Option<String>,
+    /// Time between SIGTERM and SIGKILL when stopping a task
+    #[arg(long)]
+    pub stop_grace_period: Option<String>,
+    /// Replace every task even if nothing changed
+    #[arg(long)]
+    pub force: bool,
+    /// Return once the update is accepted, without following it
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Give up following the update after this long
+    #[arg(long, default_value = "10m")]
+    pub timeout: String,
+    #[command(flatten)]
+    pub spec: flags::SpecFlags,
+    pub name: String,
+    /// A new command and arguments
+    #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use flotilla_api::model::{Info, NodeView, Replicas, ServiceView, TaskView};
 use flotilla_store::State;
-use flotilla_types::{DesiredState, NodeRole, Service, ServiceMode, TaskState};
+use flotilla_types::{
+    DesiredState, Health, HealthTest, NodeRole, Service, ServiceMode, Task, TaskState,
+};
 
 /// What the views need to know about raft membership.
 #[derive(Debug, Clone, Default)]
@@ -20,14 +22,29 @@ pub fn fault_tolerance(managers: u64) -> u64 {
     managers.saturating_sub(1) / 2
 }
 
-/// `running/desired` of a service.
+/// `running/desired` of a service, with its healthy and ready counts.
 pub fn replicas(state: &State, service: &Service) -> Replicas {
-    let running = state
+    let running: Vec<&Task> = state
         .tasks_of(&service.id)
         .filter(|t| {
             t.desired_state == DesiredState::Running && t.status.state == TaskState::Running
         })
-        .count() as u64;
+        .collect();
+    let checked = service
+        .spec
+        .task
+        .health
+        .as_ref()
+        .is_some_and(|h| h.test != HealthTest::None)
+        || running.iter().any(|t| t.status.health.is_some());
+    let healthy = checked.then(|| {
+        running
+            .iter()
+            .filter(|t| t.status.health == Some(Health::Healthy))
+            .count() as u64
+    });
+    let ready = running.iter().filter(|t| t.is_ready()).count() as u64;
+    let running = running.len() as u64;
     let desired = match service.spec.mode {
         ServiceMode::Replicated { replicas } => replicas,
         ServiceMode::Global => state
@@ -36,7 +53,12 @@ pub fn replicas(state: &State, service: &Service) -> Replicas {
             .filter(|n| flotilla_manager::orchestrator::global_eligible(service, n))
             .count() as u64,
     };
-    Replicas { running, desired }
+    Replicas {
+        running,
+        desired,
+        healthy,
+        ready,
+    }
 }
 
 /// One service.
@@ -51,6 +73,8 @@ pub fn service_view(state: &State, service: &Service) -> ServiceView {
         version: service.version,
         created_at: service.created_at,
         updated_at: service.updated_at,
+        update_status: service.update_status.clone(),
+        can_roll_back: service.previous_spec.is_some(),
     }
 }
 
@@ -89,6 +113,10 @@ pub fn task_views(state: &State, service: &Service) -> Vec<TaskView> {
             error: t.status.error.clone(),
             exit_code: t.status.exit_code,
             pid: t.status.pid,
+            health: t.status.health.map(|h| h.as_str().to_string()),
+            image: t.spec.image.clone(),
+            container_id: t.status.container_id.clone(),
+            up_to_date: t.spec == service.spec.task,
             created_at: t.created_at,
             current: t.desired_state == DesiredState::Running,
         })

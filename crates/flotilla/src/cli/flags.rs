@@ -1,0 +1,500 @@
+//! Spec flags shared by `service create` and `service update`: what the
+//! tasks run (driver, image, entrypoint), their health check, resources,
+//! and how updates and rollbacks roll out. Each flag is optional, so that
+//! `update` changes only what was given; `create` applies them to the
+//! defaults.
+
+use anyhow::{anyhow, bail, Result};
+use clap::Args;
+use flotilla_types::{
+    parse_duration_ms, Driver, FailureAction, HealthCheck, HealthTest, Ratio, Resources,
+    ServiceSpec, UpdateConfig, UpdateOrder,
+};
+
+#[derive(Debug, Default, Args)]
+pub struct SpecFlags {
+    /// What runs the tasks: process or docker [default: docker with --image, else process]
+    #[arg(long)]
+    pub driver: Option<String>,
+    /// Image of a docker service (used as it is when present in the local engine, else pulled)
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Override the image's entrypoint (a command line, split like a shell does)
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+
+    /// Health check: a shell command; exit 0 is healthy
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
+    /// Health check: HTTP GET on the task's PORT/PATH; 2xx or 3xx is healthy
+    #[arg(long, value_name = "PORT/PATH")]
+    pub health_http: Option<String>,
+    /// Health check: a TCP connection to the task's PORT
+    #[arg(long, value_name = "PORT")]
+    pub health_tcp: Option<String>,
+    /// Time between health checks [default: 30s]
+    #[arg(long)]
+    pub health_interval: Option<String>,
+    /// Longest a health check may take [default: 30s]
+    #[arg(long)]
+    pub health_timeout: Option<String>,
+    /// Failures in a row that make a task unhealthy [default: 3]
+    #[arg(long)]
+    pub health_retries: Option<String>,
+    /// Failures in this time after the start do not count [default: 0s]
+    #[arg(long)]
+    pub health_start_period: Option<String>,
+    /// No health check, not even the image's
+    #[arg(long)]
+    pub no_healthcheck: bool,
+
+    /// CPUs a task may use, e.g. 0.5
+    #[arg(long)]
+    pub limit_cpu: Option<String>,
+    /// Memory a task may use, e.g. 256M
+    #[arg(long)]
+    pub limit_memory: Option<String>,
+    /// CPUs set aside for a task
+    #[arg(long)]
+    pub reserve_cpu: Option<String>,
+    /// Memory set aside for a task
+    #[arg(long)]
+    pub reserve_memory: Option<String>,
+
+    /// Tasks updated at once (0: all) [default: 1]
+    #[arg(long)]
+    pub update_parallelism: Option<String>,
+    /// Wait between update batches [default: 0s]
+    #[arg(long)]
+    pub update_delay: Option<String>,
+    /// stop-first or start-first [default: stop-first]
+    #[arg(long)]
+    pub update_order: Option<String>,
+    /// On failure: pause, continue or rollback [default: pause]
+    #[arg(long)]
+    pub update_failure_action: Option<String>,
+    /// How long an updated task is watched for failure [default: 5s]
+    #[arg(long)]
+    pub update_monitor: Option<String>,
+    /// Share of failed tasks tolerated, 0 to 1 [default: 0]
+    #[arg(long)]
+    pub update_max_failure_ratio: Option<String>,
+
+    /// Tasks rolled back at once (0: all) [default: 1]
+    #[arg(long)]
+    pub rollback_parallelism: Option<String>,
+    /// Wait between rollback batches [default: 0s]
+    #[arg(long)]
+    pub rollback_delay: Option<String>,
+    /// stop-first or start-first [default: stop-first]
+    #[arg(long)]
+    pub rollback_order: Option<String>,
+    /// On failure during a rollback: pause or continue [default: pause]
+    #[arg(long)]
+    pub rollback_failure_action: Option<String>,
+    /// How long a rolled-back task is watched for failure [default: 5s]
+    #[arg(long)]
+    pub rollback_monitor: Option<String>,
+    /// Share of failed tasks tolerated during a rollback [default: 0]
+    #[arg(long)]
+    pub rollback_max_failure_ratio: Option<String>,
+}
+
+impl SpecFlags {
+    /// Applies the flags that were given to `spec`.
+    pub fn apply(&self, spec: &mut ServiceSpec) -> Result<()> {
+        let task = &mut spec.task;
+        if let Some(image) = &self.image {
+            if image.trim().is_empty() {
+                bail!("--image: must not be empty");
+            }
+            task.image = Some(image.clone());
+        }
+        match self.driver.as_deref() {
+            Some("process") => task.driver = Driver::Process,
+            Some("docker") => task.driver = Driver::Docker,
+            Some(other) => bail!("invalid --driver {other:?}: expected process or docker"),
+            None if self.image.is_some() => task.driver = Driver::Docker,
+            None => {}
+        }
+        if task.driver == Driver::Process && task.image.is_some() {
+            bail!("--image needs the docker driver, not --driver process");
+        }
+        if let Some(e) = &self.entrypoint {
+            task.entrypoint =
+                Some(crate::stack::split_command(e).map_err(|m| anyhow!("--entrypoint: {m}"))?);
+        }
+        self.apply_health(spec)?;
+        let limits = &mut spec.task.resources.limits;
+        set_resources(limits, &self.limit_cpu, &self.limit_memory, "limit")?;
+        let reservations = &mut spec.task.resources.reservations;
+        set_resources(
+            reservations,
+            &self.reserve_cpu,
+            &self.reserve_memory,
+            "reserve",
+        )?;
+        apply_update_config(
+            &mut spec.update,
+            "update",
+            [
+                &self.update_parallelism,
+                &self.update_delay,
+                &self.update_order,
+                &self.update_failure_action,
+                &self.update_monitor,
+                &self.update_max_failure_ratio,
+            ],
+        )?;
+        apply_update_config(
+            &mut spec.rollback,
+            "rollback",
+            [
+                &self.rollback_parallelism,
+                &self.rollback_delay,
+                &self.rollback_order,
+                &self.rollback_failure_action,
+                &self.rollback_monitor,
+                &self.rollback_max_failure_ratio,
+            ],
+        )?;
+        if spec.rollback.failure_action == FailureAction::Rollback {
+            bail!("--rollback-failure-action: expected pause or continue");
+        }
+        Ok(())
+    }
+
+    fn apply_health(&self, spec: &mut ServiceSpec) -> Result<()> {
+        let tests = [
+            self.health_cmd.is_some(),
+            self.health_http.is_some(),
+            self.health_tcp.is_some(),
+            self.no_healthcheck,
+        ];
+        if tests.iter().filter(|t| **t).count() > 1 {
+            bail!("give at most one of --health-cmd, --health-http, --health-tcp and --no-healthcheck");
+        }
+        let test = if let Some(cmd) = &self.health_cmd {
+            if cmd.trim().is_empty() {
+                bail!("--health-cmd: must not be empty");
+            }
+            Some(HealthTest::Shell {
+                command: cmd.clone(),
+            })
+        } else if let Some(target) = &self.health_http {
+            let (port, path) = match target.split_once('/') {
+                Some((port, path)) => (port, format!("/{path}")),
+                None => (target.as_str(), "/".to_string()),
+            };
+            Some(HealthTest::Http {
+                port: parse_port(port, "--health-http")?,
+                path,
+            })
+        } else if let Some(port) = &self.health_tcp {
+            Some(HealthTest::Tcp {
+                port: parse_port(port, "--health-tcp")?,
+            })
+        } else if self.no_healthcheck {
+            Some(HealthTest::None)
+        } else {
+            None
+        };
+        let timings = [
+            &self.health_interval,
+            &self.health_timeout,
+            &self.health_retries,
+            &self.health_start_period,
+        ];
+        let timing_given = timings.iter().any(|t| t.is_some());
+        if test.is_none() && !timing_given {
+            return Ok(());
+        }
+        let mut check = spec
+            .task
+            .health
+            .clone()
+            .unwrap_or_else(|| HealthCheck::new(HealthTest::Image));
+        if let Some(test) = test {
+            check.test = test;
+        }
+        if let Some(v) = &self.health_interval {
+            check.interval_ms = positive_duration(v, "--health-interval")?;
+        }
+        if let Some(v) = &self.health_timeout {
+            check.timeout_ms = positive_duration(v, "--health-timeout")?;
+        }
+        if let Some(v) = &self.health_retries {
+            check.retries = v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|r| *r > 0)
+                .ok_or_else(|| {
+                    anyhow!("invalid --health-retries {v:?}: expected a whole number > 0")
+                })?;
+        }
+        if let Some(v) = &self.health_start_period {
+            check.start_period_ms = duration(v, "--health-start-period")?;
+        }
+        spec.task.health = Some(check);
+        Ok(())
+    }
+}
+
+fn duration(v: &str, flag: &str) -> Result<u64> {
+    parse_duration_ms(v).map_err(|e| anyhow!("{flag}: {e}"))
+}
+
+fn positive_duration(v: &str, flag: &str) -> Result<u64> {
+    match duration(v, flag)? {
+        0 => bail!("{flag}: must be more than 0"),
+        ms => Ok(ms),
+    }
+}
+
+fn parse_port(v: &str, flag: &str) -> Result<u16> {
+    v.trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| anyhow!("invalid {flag} port {v:?}: expected 1-65535"))
+}
+
+/// Parses a CPU count such as `0.5` or `2` into billionths.
+pub fn parse_cpus(v: &str) -> Result<u64, String> {
+    let cpus: f64 = v
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid CPU count {v:?}: expected a number such as 0.5"))?;
+    if !cpus.is_finite() || cpus < 0.0 {
+        return Err(format!("invalid CPU count {v:?}: must not be negative"));
+    }
+    Ok((cpus * 1e9).round() as u64)
+}
+
+/// Parses a memory size such as `512M`, `1g`, `1024k` or `1048576` (bytes).
+pub fn parse_memory(v: &str) -> Result<u64, String> {
+    let t = v.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => t.split_at(i),
+        None => (t, ""),
+    };
+    let scale: u64 = match unit {
+        "" => 1,
+        "k" | "ki" => 1 << 10,
+        "m" | "mi" => 1 << 20,
+        "g" | "gi" => 1 << 30,
+        "t" | "ti" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "invalid memory size {v:?}: expected e.g. 512M or 1G"
+            ))
+        }
+    };
+    let n: f64 = digits
+        .parse()
+        .map_err(|_| format!("invalid memory size {v:?}: expected e.g. 512M or 1G"))?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(format!("invalid memory size {v:?}"));
+    }
+    Ok((n * scale as f64).round() as u64)
+}
+
+fn set_resources(
+    r: &mut Resources,
+    cpu: &Option<String>,
+    memory: &Option<String>,
+    what: &str,
+) -> Result<()> {
+    if let Some(c) = cpu {
+        r.nano_cpus = parse_cpus(c).map_err(|e| anyhow!("--{what}-cpu: {e}"))?;
+    }
+    if let Some(m) = memory {
+        r.memory_bytes = parse_memory(m).map_err(|e| anyhow!("--{what}-memory: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Parses a failure ratio in `0..=1`.
+pub fn parse_ratio(v: &str) -> Result<Ratio, String> {
+    match v.trim().parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(Ratio(r)),
+        _ => Err(format!(
+            "invalid failure ratio {v:?}: expected a number from 0 to 1"
+        )),
+    }
+}
+
+fn apply_update_config(
+    c: &mut UpdateConfig,
+    what: &str,
+    [parallelism, delay, order, action, monitor, ratio]: [&Option<String>; 6],
+) -> Result<()> {
+    if let Some(v) = parallelism {
+        c.parallelism = v.trim().parse::<u64>().map_err(|_| {
+            anyhow!("invalid --{what}-parallelism {v:?}: expected a whole number >= 0")
+        })?;
+    }
+    if let Some(v) = delay {
+        c.delay_ms = duration(v, &format!("--{what}-delay"))?;
+    }
+    if let Some(v) = order {
+        c.order = UpdateOrder::parse(v).ok_or_else(|| {
+            anyhow!("invalid --{what}-order {v:?}: expected stop-first or start-first")
+        })?;
+    }
+    if let Some(v) = action {
+        c.failure_action = FailureAction::parse(v).ok_or_else(|| {
+            anyhow!("invalid --{what}-failure-action {v:?}: expected pause, continue or rollback")
+        })?;
+    }
+    if let Some(v) = monitor {
+        c.monitor_ms = duration(v, &format!("--{what}-monitor"))?;
+    }
+    if let Some(v) = ratio {
+        c.max_failure_ratio =
+            parse_ratio(v).map_err(|e| anyhow!("--{what}-max-failure-ratio: {e}"))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn applied(flags: SpecFlags) -> Result<ServiceSpec> {
+        let mut spec = ServiceSpec::default();
+        flags.apply(&mut spec)?;
+        Ok(spec)
+    }
+
+    #[test]
+    fn image_selects_the_docker_driver() {
+        let spec = applied(SpecFlags {
+            image: Some("busybox:1".into()),
+            ..SpecFlags::default()
+        })
+        .expect("valid");
+        assert_eq!(spec.task.driver, Driver::Docker);
+        assert_eq!(spec.task.image.as_deref(), Some("busybox:1"));
+        let err = applied(SpecFlags {
+            image: Some("busybox:1".into()),
+            driver: Some("process".into()),
+            ..SpecFlags::default()
+        })
+        .expect_err("process with image");
+        assert!(err.to_string().contains("docker driver"), "{err}");
+    }
+
+    #[test]
+    fn health_flags_build_a_check() {
+        let spec = applied(SpecFlags {
+            health_http: Some("8080/healthz".into()),
+            health_interval: Some("2s".into()),
+            health_retries: Some("2".into()),
+            ..SpecFlags::default()
+        })
+        .expect("valid");
+        let check = spec.task.health.expect("check");
+        assert_eq!(
+            check.test,
+            HealthTest::Http {
+                port: 8080,
+                path: "/healthz".into()
+            }
+        );
+        assert_eq!((check.interval_ms, check.retries), (2000, 2));
+        assert_eq!(check.timeout_ms, flotilla_types::DEFAULT_HEALTH_TIMEOUT_MS);
+
+        let only_timing = applied(SpecFlags {
+            health_interval: Some("1s".into()),
+            ..SpecFlags::default()
+        })
+        .expect("valid");
+        assert_eq!(
+            only_timing.task.health.map(|h| h.test),
+            Some(HealthTest::Image)
+        );
+
+        for bad in [
+            SpecFlags {
+                health_tcp: Some("0".into()),
+                ..SpecFlags::default()
+            },
+            SpecFlags {
+                health_cmd: Some("true".into()),
+                health_tcp: Some("80".into()),
+                ..SpecFlags::default()
+            },
+            SpecFlags {
+                health_retries: Some("0".into()),
+                ..SpecFlags::default()
+            },
+            SpecFlags {
+                health_interval: Some("0s".into()),
+                ..SpecFlags::default()
+            },
+        ] {
+            assert!(applied(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn update_flags_change_only_what_is_given() {
+        let spec = applied(SpecFlags {
+            update_parallelism: Some("2".into()),
+            update_order: Some("start-first".into()),
+            update_failure_action: Some("rollback".into()),
+            rollback_delay: Some("1s".into()),
+            ..SpecFlags::default()
+        })
+        .expect("valid");
+        assert_eq!(spec.update.parallelism, 2);
+        assert_eq!(spec.update.order, UpdateOrder::StartFirst);
+        assert_eq!(spec.update.failure_action, FailureAction::Rollback);
+        assert_eq!(spec.update.monitor_ms, UpdateConfig::default().monitor_ms);
+        assert_eq!(spec.rollback.delay_ms, 1000);
+        for bad in [
+            SpecFlags {
+                update_order: Some("sideways".into()),
+                ..SpecFlags::default()
+            },
+            SpecFlags {
+                update_max_failure_ratio: Some("1.5".into()),
+                ..SpecFlags::default()
+            },
+            SpecFlags {
+                rollback_failure_action: Some("rollback".into()),
+                ..SpecFlags::default()
+            },
+            SpecFlags {
+                update_parallelism: Some("-1".into()),
+                ..SpecFlags::default()
+            },
+        ] {
+            assert!(applied(bad).is_err());
+        }
+    }
+
+    #[test]
+    fn resources_parse_like_docker() {
+        assert_eq!(parse_cpus("0.5"), Ok(500_000_000));
+        assert_eq!(parse_cpus("2"), Ok(2_000_000_000));
+        assert!(parse_cpus("-1").is_err());
+        assert!(parse_cpus("lots").is_err());
+        assert_eq!(parse_memory("512M"), Ok(512 << 20));
+        assert_eq!(parse_memory("1g"), Ok(1 << 30));
+        assert_eq!(parse_memory("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_memory("4096"), Ok(4096));
+        assert!(parse_memory("12 parsecs").is_err());
+        let spec = applied(SpecFlags {
+            limit_cpu: Some("0.25".into()),
+            limit_memory: Some("64m".into()),
+            ..SpecFlags::default()
+        })
+        .expect("valid");
+        assert_eq!(spec.task.resources.limits.nano_cpus, 250_000_000);
+        assert_eq!(spec.task.resources.limits.memory_bytes, 64 << 20);
+    }
+}
