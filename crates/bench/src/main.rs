@@ -49,6 +49,7 @@
 //! daemon that cannot be started and initialised).
 
 mod cluster;
+mod containers;
 mod daemon;
 mod failover;
 mod flotilla;
@@ -82,6 +83,21 @@ enum Command {
     OneNode(OneNodeArgs),
     /// Five nodes (3 managers, 2 workers) on loopback: leader kill to a write, worker kill to its tasks running elsewhere
     Failover(FailoverArgs),
+    /// Containers: N replicas of a local image with the docker driver, against docker service create in Swarm mode
+    Containers(ContainersArgs),
+}
+
+#[derive(Debug, Args)]
+struct ContainersArgs {
+    /// The flotilla binary [default: next to this binary, else on PATH]
+    #[arg(long)]
+    flotilla: Option<PathBuf>,
+    /// Replicas of the service on each side
+    #[arg(long, default_value_t = 50)]
+    replicas: u64,
+    /// Repetitions (the side that goes first alternates)
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
 }
 
 #[derive(Debug, Args)]
@@ -202,6 +218,15 @@ fn main() -> ExitCode {
             match &cli.command {
                 Command::OneNode(args) => one_node(args).await,
                 Command::Failover(args) => failover_cmd(args).await,
+                Command::Containers(args) => {
+                    let flotilla = locate_flotilla(args.flotilla.as_deref()).context("setup")?;
+                    containers::run(&containers::Config {
+                        flotilla,
+                        replicas: args.replicas,
+                        reps: args.reps,
+                    })
+                    .await
+                }
             }
         };
         tokio::select! {

@@ -24,7 +24,7 @@ const REMOVE_DEADLINE: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(50);
 
 /// Runs `docker ARGS`, returning its stdout, or failing with its stderr.
-async fn docker(args: &[&str], deadline: Duration) -> Result<String> {
+pub async fn docker(args: &[&str], deadline: Duration) -> Result<String> {
     let what = format!("docker {}", args.join(" "));
     let out = tokio::time::timeout(
         deadline,
