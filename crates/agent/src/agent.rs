@@ -956,9 +956,9 @@ async fn supervise(
             got = template_check(&mut template) => {
                 template = None;
                 let Ok(check) = got else { continue };
-                let Some(check) = resolve_check(&task_id, driver.as_ref(), &handle, check.as_ref()).await else {
-                    continue;
-                };
+                let resolved =
+                    resolve_check(&task_id, driver.as_ref(), &handle, check.as_ref()).await;
+                let Some(check) = resolved else { continue };
                 // The start period counts from when the task started, not
                 // from when this agent adopted it.
                 let ran_ms = now_ms().saturating_sub(running.timestamp);
