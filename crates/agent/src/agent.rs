@@ -12,6 +12,17 @@
 //! [`Agent::run`] future (or the runtime) drops them but leaves their
 //! processes running: that is what an agent crash looks like, and the next
 //! agent adopts them.
+//!
+//! Health checks run in the supervisor, between waiting for the task's end
+//! and for stop requests: a probe in flight is dropped (and with it the
+//! probe's processes) when a stop arrives. A task with a check reports
+//! `running` with its health, starting with `starting`; every change is
+//! reported again as `running`, with the timestamp of when it started
+//! running, so that the store keeps when the task became ready to judge
+//! rolling updates. An unhealthy task is stopped and reported `failed`, as
+//! Swarm does, so that the orchestrator replaces it. An adopted task gets
+//! its check once the first assignments name it (records do not keep the
+//! template), and keeps the health it had until its probes say otherwise.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io;
@@ -19,16 +30,19 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use flotilla_types::{DesiredState, Task, TaskState, TaskStatus, UnixMs};
+use flotilla_types::{
+    DesiredState, Health, HealthCheck, HealthTest, Task, TaskState, TaskStatus, UnixMs,
+};
 use thiserror::Error;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::driver::{
-    Driver, DriverError, Drivers, Exit, ExitFuture, Handle, StartSpec, StopSignal,
+    BoxFuture, Driver, DriverError, Drivers, Exit, ExitFuture, Handle, Probe, StartSpec, StopSignal,
 };
+use crate::health::{effective_check, timed_out, wants_own_check, HealthMonitor};
 use crate::logs::{rotate_if_over_cap, task_log_path};
 use crate::record::{
     load_records, remove_task_dir, task_dir, valid_task_id, write_record, TaskRecord,
@@ -47,9 +61,16 @@ const RESEND_AFTER: Duration = Duration::from_secs(1);
 /// Added to the largest grace period to bound a node shutdown.
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(2);
 
+/// A driver's probe should end within its timeout; past this much more it
+/// is abandoned and counts as timed out.
+const PROBE_SLACK: Duration = Duration::from_secs(1);
+
 const MSG_STARTED: &str = "started";
 const MSG_STOPPED: &str = "stopped";
 const MSG_NODE_SHUT_DOWN: &str = "node shut down";
+const MSG_UNHEALTHY: &str = "unhealthy";
+const ERR_UNHEALTHY: &str = "task unhealthy";
+const UNHEALTHY_BEFORE_RESTART: &str = "the health check failed before the agent restarted";
 const ERR_NO_RECORD: &str = "agent has no record of this task";
 const ERR_ENDED_WHILE_DOWN: &str = "task process ended while the node daemon was down";
 const ERR_ADOPTED_EXIT: &str =
@@ -294,6 +315,9 @@ struct Entry {
     control: Option<watch::Sender<Option<StopRequest>>>,
     /// When this task's status was last reported.
     last_sent: Option<Instant>,
+    /// For an adopted task: gives its supervisor the template's health
+    /// check once the assignments name the task.
+    health_template: Option<oneshot::Sender<Option<HealthCheck>>>,
 }
 
 impl Entry {
@@ -381,6 +405,7 @@ impl Loop {
                         grace_ms,
                         control: None,
                         last_sent: None,
+                        health_template: None,
                     },
                 );
                 continue;
@@ -402,11 +427,12 @@ impl Loop {
                     self.supervise(
                         task_id,
                         grace_ms,
-                        status,
+                        status.clone(),
                         Launch::Adopted {
                             driver: runner,
                             handle: handle.clone(),
                             exit,
+                            status,
                         },
                         Some(handle),
                     );
@@ -454,12 +480,20 @@ impl Loop {
             if task.desired_state == DesiredState::Shutdown {
                 entry.request_stop(task.spec.stop_grace_period_ms, MSG_STOPPED);
             }
+            if let Some(template) = entry.health_template.take() {
+                // A supervisor that already ended no longer needs it.
+                let _ = template.send(task.spec.health.clone());
+            }
             // Reports get lost (a leader change); the store showing an
-            // older state than ours is the sign.
+            // older state than ours, or another health in the same state,
+            // is the sign.
             let resend_due = entry
                 .last_sent
                 .is_none_or(|at| now.duration_since(at) >= RESEND_AFTER);
-            if entry.status.state > task.status.state && resend_due {
+            let behind = entry.status.state > task.status.state
+                || (entry.status.state == task.status.state
+                    && entry.status.health != task.status.health);
+            if behind && resend_due {
                 entry.last_sent = Some(now);
                 self.batch.push(&task.id, entry.status.clone());
             }
@@ -526,6 +560,13 @@ impl Loop {
             Launch::Fresh(task) => self.shared.drivers.get(task.spec.driver.as_str()),
             Launch::Adopted { driver, .. } => Some(driver.clone()),
         };
+        let (health_template, template_rx) = match &launch {
+            Launch::Fresh(_) => (None, None),
+            Launch::Adopted { .. } => {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            }
+        };
         self.entries.insert(
             task_id.clone(),
             Entry {
@@ -537,6 +578,7 @@ impl Loop {
                 // Counts as sent so that a start in progress is not reported
                 // as "accepted" on the very next assignment.
                 last_sent: Some(Instant::now()),
+                health_template,
             },
         );
         self.supervisors.spawn(supervise(
@@ -545,6 +587,7 @@ impl Loop {
             grace_ms,
             launch,
             control_rx,
+            template_rx,
         ));
     }
 
@@ -567,6 +610,7 @@ impl Loop {
                 grace_ms,
                 control: None,
                 last_sent: Some(Instant::now()),
+                health_template: None,
             },
         );
     }
@@ -589,6 +633,7 @@ impl Loop {
         }
         if done {
             entry.control = None;
+            entry.health_template = None;
         }
     }
 
@@ -736,12 +781,117 @@ enum Launch {
         driver: Arc<dyn Driver>,
         handle: Handle,
         exit: ExitFuture,
+        /// The status its record holds (running, maybe with a health).
+        status: TaskStatus,
     },
 }
 
 enum Outcome {
     Exited(Exit),
     Stop(StopRequest),
+    /// The health check found the task unhealthy; what the last failed
+    /// probe saw.
+    Unhealthy(String),
+}
+
+/// A task that runs, as [`start_task`] leaves it.
+struct Running {
+    driver: Arc<dyn Driver>,
+    handle: Handle,
+    exit: ExitFuture,
+    /// The `running` status as reported.
+    status: TaskStatus,
+    check: Option<HealthCheck>,
+}
+
+/// The health check of a running task, as its supervisor runs it.
+struct Checking {
+    test: HealthTest,
+    monitor: HealthMonitor,
+    /// The probe in flight.
+    probe: Option<BoxFuture<'static, Probe>>,
+}
+
+impl Checking {
+    fn new(check: HealthCheck, started_at: Instant, resumed: Option<Health>) -> Self {
+        let monitor = HealthMonitor::new(&check, started_at);
+        Checking {
+            test: check.test,
+            monitor: match resumed {
+                Some(health) => monitor.resumed(health),
+                None => monitor,
+            },
+            probe: None,
+        }
+    }
+
+    /// When the next probe starts, unless one is in flight.
+    fn due(&self) -> Option<Instant> {
+        self.probe.is_none().then(|| self.monitor.next_probe())
+    }
+
+    fn start_probe(&mut self, driver: &Arc<dyn Driver>, handle: &Handle) {
+        let (driver, handle, test) = (driver.clone(), handle.clone(), self.test.clone());
+        let timeout = self.monitor.timeout();
+        self.probe = Some(Box::pin(async move {
+            // The driver bounds its probe by the timeout; this bounds a
+            // driver that does not.
+            match tokio::time::timeout(timeout + PROBE_SLACK, driver.probe(&handle, &test, timeout))
+                .await
+            {
+                Ok(probe) => probe,
+                Err(_) => Probe::Unhealthy(timed_out(timeout)),
+            }
+        }));
+    }
+}
+
+/// The result of the probe in flight; never resolves without one.
+async fn probe_result(checking: &mut Option<Checking>) -> Probe {
+    match checking.as_mut().and_then(|c| c.probe.as_mut()) {
+        Some(probe) => probe.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`; forever without it.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The template's health check, once the loop sends it; never resolves
+/// without a receiver.
+async fn template_check(
+    rx: &mut Option<oneshot::Receiver<Option<HealthCheck>>>,
+) -> Result<Option<HealthCheck>, oneshot::error::RecvError> {
+    match rx {
+        Some(rx) => rx.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The check a task runs: its template's, or what the workload brings.
+async fn resolve_check(
+    task_id: &str,
+    driver: &dyn Driver,
+    handle: &Handle,
+    template: Option<&HealthCheck>,
+) -> Option<HealthCheck> {
+    let own = if wants_own_check(template) {
+        match driver.own_health(handle).await {
+            Ok(own) => own,
+            Err(e) => {
+                warn!(task_id, error = %e, "cannot read the workload's own health check; running without");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    effective_check(template, own)
 }
 
 /// Runs one task from start (or adoption) to its end, recording each status
@@ -752,10 +902,14 @@ async fn supervise(
     grace_ms: u64,
     launch: Launch,
     mut control: watch::Receiver<Option<StopRequest>>,
+    mut template: Option<oneshot::Receiver<Option<HealthCheck>>>,
 ) {
-    let (driver, handle, mut exit, adopted) = match launch {
+    let (driver, handle, mut exit, adopted, mut running, mut checking) = match launch {
         Launch::Fresh(task) => match start_task(&shared, &task).await {
-            Ok((driver, handle, exit)) => (driver, handle, exit, false),
+            Ok(r) => {
+                let checking = r.check.map(|c| Checking::new(c, Instant::now(), None));
+                (r.driver, r.handle, r.exit, false, r.status, checking)
+            }
             Err(e) => {
                 warn!(%task_id, error = %e, "task rejected");
                 let mut status = TaskStatus::new(TaskState::Rejected, now_ms(), "rejected");
@@ -769,7 +923,14 @@ async fn supervise(
             driver,
             handle,
             exit,
-        } => (driver, handle, exit, true),
+            status,
+        } => (driver, handle, exit, true, status, None),
+    };
+    let report_health = |running: &mut TaskStatus, health: Health| {
+        info!(%task_id, health = health.as_str(), "task health changed");
+        running.health = Some(health);
+        shared.persist(&task_id, driver.name(), Some(&handle), grace_ms, running);
+        shared.send(&task_id, running.clone(), None, false);
     };
 
     let mut control_open = true;
@@ -778,6 +939,13 @@ async fn supervise(
         if let Some(req) = requested {
             break Outcome::Stop(req);
         }
+        if let Some(c) = checking.as_ref() {
+            if c.monitor.health() == Health::Unhealthy {
+                let output = c.monitor.last_failure().unwrap_or(UNHEALTHY_BEFORE_RESTART);
+                break Outcome::Unhealthy(output.to_string());
+            }
+        }
+        let due = checking.as_ref().and_then(Checking::due);
         tokio::select! {
             ended = &mut exit => break Outcome::Exited(ended),
             changed = control.changed(), if control_open => {
@@ -785,22 +953,61 @@ async fn supervise(
                 // remains to wait for.
                 control_open = changed.is_ok();
             }
+            got = template_check(&mut template) => {
+                template = None;
+                let Ok(check) = got else { continue };
+                let resolved =
+                    resolve_check(&task_id, driver.as_ref(), &handle, check.as_ref()).await;
+                let Some(check) = resolved else { continue };
+                // The start period counts from when the task started, not
+                // from when this agent adopted it.
+                let ran_ms = now_ms().saturating_sub(running.timestamp);
+                let now = Instant::now();
+                let started_at = now.checked_sub(Duration::from_millis(ran_ms)).unwrap_or(now);
+                let c = Checking::new(check, started_at, running.health);
+                if running.health != Some(c.monitor.health()) {
+                    report_health(&mut running, c.monitor.health());
+                }
+                checking = Some(c);
+            }
+            () = sleep_until(due) => {
+                if let Some(c) = checking.as_mut() {
+                    c.start_probe(&driver, &handle);
+                }
+            }
+            result = probe_result(&mut checking) => {
+                if let Some(c) = checking.as_mut() {
+                    c.probe = None;
+                    if let Probe::Unhealthy(output) = &result {
+                        debug!(%task_id, %output, "health probe failed");
+                    }
+                    if let Some(health) = c.monitor.feed(result, Instant::now()) {
+                        report_health(&mut running, health);
+                    }
+                }
+            }
         }
     };
+    // A probe still in flight is abandoned with its processes.
+    drop(checking);
 
     let status = match outcome {
         Outcome::Exited(ended) => exit_status(ended, adopted),
         Outcome::Stop(req) => {
             info!(%task_id, grace_ms = req.grace.as_millis() as u64, "stopping task");
-            let ended = match driver.stop(&handle, req.grace, &mut exit).await {
-                Ok(ended) => ended,
-                Err(e) => {
-                    warn!(%task_id, error = %e, "cannot stop task; waiting for it to end");
-                    exit.await
-                }
-            };
+            let ended = stop(&task_id, driver.as_ref(), &handle, req.grace, &mut exit).await;
             let mut status = TaskStatus::new(TaskState::Shutdown, now_ms(), req.message);
             status.exit_code = ended.code();
+            status
+        }
+        Outcome::Unhealthy(output) => {
+            warn!(%task_id, %output, grace_ms, "task unhealthy: stopping it");
+            let grace = Duration::from_millis(grace_ms);
+            let ended = stop(&task_id, driver.as_ref(), &handle, grace, &mut exit).await;
+            let mut status = TaskStatus::new(TaskState::Failed, now_ms(), MSG_UNHEALTHY);
+            status.error = Some(format!("{ERR_UNHEALTHY}: {output}"));
+            status.exit_code = ended.code();
+            status.health = Some(Health::Unhealthy);
             status
         }
     };
@@ -812,11 +1019,25 @@ async fn supervise(
     shared.send(&task_id, status, None, true);
 }
 
+/// Stops a task through its driver and tells how it ended.
+async fn stop(
+    task_id: &str,
+    driver: &dyn Driver,
+    handle: &Handle,
+    grace: Duration,
+    exit: &mut ExitFuture,
+) -> Exit {
+    match driver.stop(handle, grace, exit).await {
+        Ok(ended) => ended,
+        Err(e) => {
+            warn!(task_id, error = %e, "cannot stop task; waiting for it to end");
+            exit.await
+        }
+    }
+}
+
 /// Starts a fresh task and records it as running before it is reported.
-async fn start_task(
-    shared: &Shared,
-    task: &Task,
-) -> Result<(Arc<dyn Driver>, Handle, ExitFuture), DriverError> {
+async fn start_task(shared: &Shared, task: &Task) -> Result<Running, DriverError> {
     let driver = shared
         .drivers
         .get(task.spec.driver.as_str())
@@ -831,9 +1052,19 @@ async fn start_task(
     };
     let started = driver.start(spec).await?;
     let (handle, exit) = (started.handle, started.exit);
+    let check = resolve_check(
+        &task.id,
+        driver.as_ref(),
+        &handle,
+        task.spec.health.as_ref(),
+    )
+    .await;
     let grace_ms = task.spec.stop_grace_period_ms;
     let mut status = TaskStatus::new(TaskState::Running, now_ms(), MSG_STARTED);
     status.pid = handle.pid;
+    if check.is_some() {
+        status.health = Some(Health::Starting);
+    }
     let record = TaskRecord {
         task_id: task.id.clone(),
         driver: driver.name().to_string(),
@@ -849,9 +1080,15 @@ async fn start_task(
         let _ = driver.remove(&handle).await;
         return Err(DriverError::Other(e.to_string()));
     }
-    info!(task_id = %task.id, pid = ?handle.pid, "task running");
-    shared.send(&task.id, status, Some(handle.clone()), false);
-    Ok((driver, handle, exit))
+    info!(task_id = %task.id, pid = ?handle.pid, health_check = check.is_some(), "task running");
+    shared.send(&task.id, status.clone(), Some(handle.clone()), false);
+    Ok(Running {
+        driver,
+        handle,
+        exit,
+        status,
+        check,
+    })
 }
 
 /// The template's variables, then the `FLOTILLA_*` ones, which win.

@@ -15,22 +15,34 @@
 //! - Adopted processes (after an agent restart) are not our children: their
 //!   end is seen through a pidfd, or by polling `/proc` where pidfds are not
 //!   available, and their exit status cannot be known.
+//! - Health probes: `Shell` runs `/bin/sh -c command`, `Exec` runs its argv,
+//!   each in its own process group with the environment the task's main
+//!   process started with (read from `/proc/<pid>/environ`, so that it
+//!   needs no state in the driver and works for adopted tasks too; the
+//!   daemon's environment if that cannot be read) and the daemon's working
+//!   directory; the group is killed at the timeout. Exit 0 is healthy;
+//!   anything else is "exit code N: <first line of output>". `Http` and
+//!   `Tcp` probe `127.0.0.1:port`.
 
 use std::ffi::OsString;
 use std::fs::OpenOptions;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use flotilla_types::HealthTest;
 use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
+use tokio::io::{AsyncRead, AsyncReadExt, Interest};
 use tracing::warn;
 
 use crate::driver::{
-    BoxFuture, Driver, DriverError, Exit, ExitFuture, Handle, StartSpec, Started, StopSignal,
+    BoxFuture, Driver, DriverError, Exit, ExitFuture, Handle, Probe, StartSpec, Started, StopSignal,
 };
+use crate::health::{http_probe, tcp_probe, timed_out};
 use crate::procfs::{self, is_same_live_process, read_stat};
 
 /// Variables of the daemon's environment that a task must not inherit: they
@@ -49,6 +61,13 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// How often an adopted process is checked when pidfds are unavailable.
 const ADOPTED_POLL: Duration = Duration::from_millis(200);
+
+/// How much of a probe's stdout and of its stderr is kept (Docker keeps
+/// 4 KiB of a probe's output).
+const PROBE_OUTPUT_MAX: usize = 4096;
+
+/// The shell of `HealthTest::Shell`, as Docker's `CMD-SHELL`.
+const SHELL: &str = "/bin/sh";
 
 /// Runs each task as a child process in its own process group.
 #[derive(Debug, Clone, Copy, Default)]
@@ -93,6 +112,178 @@ impl Driver for ProcessDriver {
     fn remove<'a>(&'a self, _handle: &'a Handle) -> BoxFuture<'a, Result<(), DriverError>> {
         Box::pin(async { Ok(()) })
     }
+
+    fn probe<'a>(
+        &'a self,
+        handle: &'a Handle,
+        test: &'a HealthTest,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Probe> {
+        Box::pin(async move {
+            let local = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            match test {
+                HealthTest::Shell { command } => {
+                    let argv = [SHELL.to_string(), "-c".to_string(), command.clone()];
+                    command_probe(handle, &argv, timeout).await
+                }
+                HealthTest::Exec { argv } => command_probe(handle, argv, timeout).await,
+                HealthTest::Http { port, path } => http_probe(local(*port), path, timeout).await,
+                HealthTest::Tcp { port } => tcp_probe(local(*port), timeout).await,
+                HealthTest::None | HealthTest::Image => {
+                    Probe::Unhealthy(format!("no probe to run for {test:?}"))
+                }
+            }
+        })
+    }
+}
+
+/// The environment a probe of the task runs with: the one its main process
+/// started with, else the daemon's (minus what tasks never inherit).
+fn probe_env(handle: &Handle) -> Vec<(OsString, OsString)> {
+    let task_env = match (handle.pid, handle.start_time) {
+        (Some(pid), Some(start_time)) => std::fs::read(format!("/proc/{pid}/environ"))
+            .ok()
+            // Read first, checked after: a reused pid must not lend its
+            // environment.
+            .filter(|_| is_same_live_process(pid, start_time).unwrap_or(false)),
+        _ => None,
+    };
+    match task_env {
+        Some(raw) => raw
+            .split(|b| *b == 0)
+            .filter_map(|kv| {
+                let eq = kv.iter().position(|b| *b == b'=')?;
+                Some((
+                    OsString::from_vec(kv[..eq].to_vec()),
+                    OsString::from_vec(kv[eq + 1..].to_vec()),
+                ))
+            })
+            .collect(),
+        None => std::env::vars_os()
+            .filter(|(k, _)| !NOT_INHERITED.iter().any(|n| k == n))
+            .collect(),
+    }
+}
+
+/// Runs `argv` as a health probe of the task behind `handle`.
+async fn command_probe(handle: &Handle, argv: &[String], timeout: Duration) -> Probe {
+    let Some(program) = argv.first() else {
+        return Probe::Unhealthy("the health check command is empty".to_string());
+    };
+    let env = probe_env(handle);
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| OsString::from(DEFAULT_PATH));
+    let executable = match lookup_executable(program, &path_var) {
+        Ok(e) => e,
+        Err(e) => return Probe::Unhealthy(e.to_string()),
+    };
+    let mut cmd = tokio::process::Command::new(&executable);
+    cmd.arg0(program)
+        .args(&argv[1..])
+        .env_clear()
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => return Probe::Unhealthy(format!("cannot run {program:?}: {e}")),
+    };
+    let Some(pid) = child.id() else {
+        return Probe::Unhealthy("the probe has no pid".to_string());
+    };
+    // Kills the probe's group if the probe is abandoned (timeout, or the
+    // supervisor dropped it to stop the task); disarmed once it was reaped.
+    let mut group = GroupGuard(Some(pid));
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut status = None;
+    {
+        let read_out = collect(stdout, &mut out);
+        let read_err = collect(stderr, &mut err);
+        tokio::pin!(read_out, read_err);
+        let (mut out_done, mut err_done) = (false, false);
+        while status.is_none() || !out_done || !err_done {
+            tokio::select! {
+                waited = child.wait(), if status.is_none() => {
+                    status = Some(waited);
+                    // Whatever it left in its group would keep the pipes
+                    // open; it dies with the probe, as a task's leftovers do.
+                    // The group outlives its reaped leader only while it
+                    // has members, so the id names no other group.
+                    group.0 = None;
+                    let _ = procfs::signal_group(pid, None, libc::SIGKILL);
+                }
+                () = &mut read_out, if !out_done => out_done = true,
+                () = &mut read_err, if !err_done => err_done = true,
+                () = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+    }
+    let status = match status {
+        None => return Probe::Unhealthy(timed_out(timeout)),
+        Some(Err(e)) => return Probe::Unhealthy(format!("cannot wait for the probe: {e}")),
+        Some(Ok(status)) => status,
+    };
+    if status.success() {
+        return Probe::Healthy;
+    }
+    let what = match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "failed".to_string(),
+    };
+    match first_line(&out).or_else(|| first_line(&err)) {
+        Some(line) => Probe::Unhealthy(format!("{what}: {line}")),
+        None => Probe::Unhealthy(what),
+    }
+}
+
+/// Kills a probe's process group when dropped while armed.
+struct GroupGuard(Option<u32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // The leader is not reaped yet, so the group is still ours.
+            let _ = procfs::signal_group(pid, None, libc::SIGKILL);
+        }
+    }
+}
+
+/// Reads a pipe to its end, keeping the first [`PROBE_OUTPUT_MAX`] bytes;
+/// the rest is read and dropped so that the probe never blocks on a full
+/// pipe.
+async fn collect(pipe: Option<impl AsyncRead + Unpin>, into: &mut Vec<u8>) {
+    let Some(mut pipe) = pipe else {
+        return;
+    };
+    let mut buf = [0u8; 4096];
+    loop {
+        match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                let keep = n.min(PROBE_OUTPUT_MAX.saturating_sub(into.len()));
+                into.extend_from_slice(&buf[..keep]);
+            }
+        }
+    }
+}
+
+/// The first non-blank line of a probe's output, trimmed.
+fn first_line(output: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(output)
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
 }
 
 fn start_process(spec: &StartSpec) -> Result<Started, DriverError> {
@@ -315,6 +506,120 @@ mod tests {
             lookup_executable("prog", &path),
             Err(DriverError::NotFound(_))
         ));
+    }
+
+    fn own_handle() -> Handle {
+        let pid = std::process::id();
+        Handle {
+            pid: Some(pid),
+            start_time: read_stat(pid).unwrap().map(|s| s.start_time),
+            id: None,
+        }
+    }
+
+    fn shell(command: &str) -> HealthTest {
+        HealthTest::Shell {
+            command: command.to_string(),
+        }
+    }
+
+    #[tokio::test]
+    async fn shell_probes_report_the_exit_code_and_first_line() {
+        let d = ProcessDriver;
+        let h = own_handle();
+        let t = Duration::from_secs(5);
+        assert_eq!(d.probe(&h, &shell("true"), t).await, Probe::Healthy);
+        assert_eq!(
+            d.probe(&h, &shell("echo; echo not ready; echo more; exit 3"), t)
+                .await,
+            Probe::Unhealthy("exit code 3: not ready".into())
+        );
+        assert_eq!(
+            d.probe(&h, &shell("echo to stderr >&2; exit 1"), t).await,
+            Probe::Unhealthy("exit code 1: to stderr".into())
+        );
+        assert_eq!(
+            d.probe(&h, &shell("exit 2"), t).await,
+            Probe::Unhealthy("exit code 2".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn probes_run_with_the_tasks_environment() {
+        // This test process stands in for the task: the probe sees its
+        // environment as it was at exec time.
+        let home = std::env::var("HOME").unwrap_or_default();
+        let d = ProcessDriver;
+        let cmd = shell(&format!("test \"$HOME\" = '{home}'"));
+        assert_eq!(
+            d.probe(&own_handle(), &cmd, Duration::from_secs(5)).await,
+            Probe::Healthy
+        );
+    }
+
+    #[tokio::test]
+    async fn exec_probes_run_without_a_shell() {
+        let d = ProcessDriver;
+        let h = own_handle();
+        let t = Duration::from_secs(5);
+        let exec = |argv: &[&str]| HealthTest::Exec {
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+        };
+        assert_eq!(d.probe(&h, &exec(&["true"]), t).await, Probe::Healthy);
+        // No shell: `$X` and `;` are plain arguments.
+        assert_eq!(
+            d.probe(&h, &exec(&["sh", "-c", "exit 4", "$X;"]), t).await,
+            Probe::Unhealthy("exit code 4".into())
+        );
+        assert_eq!(
+            d.probe(&h, &exec(&["nosuchprobe"]), t).await,
+            Probe::Unhealthy("executable file not found in $PATH: \"nosuchprobe\"".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn slow_probes_are_killed_at_the_timeout() {
+        let d = ProcessDriver;
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("pid");
+        let cmd = shell(&format!("sleep 30 & echo $! > {}; wait", marker.display()));
+        let started = std::time::Instant::now();
+        assert_eq!(
+            d.probe(&own_handle(), &cmd, Duration::from_millis(300))
+                .await,
+            Probe::Unhealthy("probe timed out after 300 ms".into())
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let sleep: u32 = std::fs::read_to_string(&marker)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // The whole group was killed, the shell's sleep too.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while read_stat(sleep).unwrap().is_some_and(|s| !s.has_ended()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the probe's sleep survived"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn leftovers_of_a_finished_probe_do_not_hold_it() {
+        let d = ProcessDriver;
+        let started = std::time::Instant::now();
+        assert_eq!(
+            d.probe(
+                &own_handle(),
+                &shell("sleep 30 & exit 0"),
+                Duration::from_secs(10)
+            )
+            .await,
+            Probe::Healthy
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 
     #[test]

@@ -275,3 +275,30 @@ pub fn read_record(state_dir: &Path, task_id: &str) -> flotilla_agent::TaskRecor
     let path = flotilla_agent::task_dir(state_dir, task_id).join("state.json");
     serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
 }
+
+/// A health check with a 2 s probe timeout.
+pub fn health_check(
+    test: flotilla_types::HealthTest,
+    interval_ms: u64,
+    retries: u32,
+    start_period_ms: u64,
+) -> flotilla_types::HealthCheck {
+    flotilla_types::HealthCheck {
+        test,
+        interval_ms,
+        timeout_ms: 2_000,
+        retries,
+        start_period_ms,
+    }
+}
+
+pub fn with_health(mut t: Task, check: flotilla_types::HealthCheck) -> Task {
+    t.spec.health = Some(check);
+    t
+}
+
+/// A local TCP port that nothing listens on (right now).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
