@@ -27,12 +27,14 @@ pub fn assignments_for(state: &State, node_id: &str) -> (Vec<Task>, BTreeSet<Str
     (tasks, known)
 }
 
-/// Keeps only reports that move a task forward, newest per task.
+/// Keeps only reports the store would apply (a state moving forward, or a
+/// health change), the last one per task in report order unless an earlier
+/// one is further along.
 pub fn useful_updates(state: &State, reports: Vec<TaskStatusUpdate>) -> Vec<TaskStatusUpdate> {
     let mut latest: std::collections::BTreeMap<String, TaskStatusUpdate> = Default::default();
     for r in reports {
         match latest.get(&r.task_id) {
-            Some(prev) if prev.status.state >= r.status.state => {}
+            Some(prev) if prev.status.state > r.status.state => {}
             _ => {
                 latest.insert(r.task_id.clone(), r);
             }
@@ -44,7 +46,7 @@ pub fn useful_updates(state: &State, reports: Vec<TaskStatusUpdate>) -> Vec<Task
             state
                 .tasks
                 .get(&r.task_id)
-                .is_some_and(|t| t.status.state.can_move_to(r.status.state))
+                .is_some_and(|t| t.status.accepts(&r.status))
         })
         .collect()
 }
@@ -98,7 +100,7 @@ pub fn orphan_updates(state: &State, node_ids: &[String], now_ms: UnixMs) -> Vec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_types::{DesiredState, TaskStatus, TaskTemplate};
+    use flotilla_types::{DesiredState, Health, TaskStatus, TaskTemplate};
 
     fn task(id: &str, node: Option<&str>, state: TaskState) -> Task {
         Task {
@@ -171,6 +173,28 @@ mod tests {
         assert_eq!(updates.len(), 1);
         assert_eq!(updates[0].task_id, "b");
         assert_eq!(updates[0].status.state, TaskState::Running);
+    }
+
+    #[test]
+    fn keeps_the_newest_health_of_a_running_task() {
+        let s = state(vec![task("a", Some("n1"), TaskState::Running)]);
+        let report = |health| {
+            let mut status = TaskStatus::new(TaskState::Running, 2, "");
+            status.health = Some(health);
+            TaskStatusUpdate {
+                task_id: "a".into(),
+                status,
+            }
+        };
+        let updates = useful_updates(&s, vec![report(Health::Starting), report(Health::Healthy)]);
+        assert_eq!(updates.len(), 1);
+        assert_eq!(updates[0].status.health, Some(Health::Healthy));
+        // The same health again is not news.
+        let mut stored = s.clone();
+        if let Some(t) = stored.tasks.get_mut("a") {
+            t.status.health = Some(Health::Healthy);
+        }
+        assert!(useful_updates(&stored, vec![report(Health::Healthy)]).is_empty());
     }
 
     fn node(id: &str, state: NodeState) -> flotilla_types::Node {

@@ -427,12 +427,7 @@ impl State {
             Command::UpdateTaskStatus { updates } => {
                 for update in updates {
                     if let Some(task) = self.tasks.get_mut(&update.task_id) {
-                        // A running task's health changes within its
-                        // state; everything else only moves forward.
-                        let health_changed = task.status.state == update.status.state
-                            && !task.status.state.is_terminal()
-                            && task.status.health != update.status.health;
-                        if task.status.state.can_move_to(update.status.state) || health_changed {
+                        if task.status.accepts(&update.status) {
                             task.status = update.status.clone();
                             changes.push(Change::Task(update.task_id.clone()));
                         }

@@ -141,6 +141,13 @@ pub struct TaskStatus {
 }
 
 impl TaskStatus {
+    /// Whether a reported status replaces this one: it moves the state
+    /// forward, or it changes the health within the same live state.
+    pub fn accepts(&self, next: &TaskStatus) -> bool {
+        self.state.can_move_to(next.state)
+            || (self.state == next.state && !self.state.is_terminal() && self.health != next.health)
+    }
+
     pub fn new(state: TaskState, timestamp: UnixMs, message: impl Into<String>) -> Self {
         TaskStatus {
             state,
