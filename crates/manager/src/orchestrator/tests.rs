@@ -555,6 +555,8 @@ fn spec_change_replaces_tasks() {
     if let Some(s) = state.services.get_mut("s1") {
         s.spec.task.command = vec!["sleep".into(), "200".into()];
         s.spec.task.restart.condition = RestartCondition::None;
+        // All at once: pacing has its own tests.
+        s.spec.update.parallelism = 0;
         s.version = 5;
     }
     let rec = run(&state, 10);
@@ -657,6 +659,8 @@ fn converges_and_keeps_one_live_task_per_slot() {
     if let Some(s) = state.services.get_mut("s1") {
         s.spec.mode = ServiceMode::Replicated { replicas: 2 };
         s.spec.task.command = vec!["true".into()];
+        // The tasks never run here, so a paced update would wait forever.
+        s.spec.update.parallelism = 0;
         s.version = state.index + 1;
     }
     if let Some(n) = state.nodes.get_mut("n2") {
