@@ -320,7 +320,7 @@ fn command_kind(command: &Command) -> &'static str {
 mod tests {
     use super::*;
     use crate::testutil::*;
-    use flotilla_types::TaskState;
+    use flotilla_types::{TaskState, UpdateState, UpdateStatus};
 
     #[test]
     fn orchestrator_commands_shut_down_before_creating() {
@@ -334,6 +334,76 @@ mod tests {
         );
         assert!(matches!(&commands[1], Command::CreateTasks { tasks } if tasks.len() == 2));
         assert_eq!(commands.len(), 2);
+    }
+
+    #[test]
+    fn orchestrator_commands_end_with_status_changes_and_rollbacks() {
+        let status = UpdateStatus {
+            state: UpdateState::Completed,
+            started_at: 1,
+            completed_at: Some(7),
+            message: "update completed".into(),
+        };
+        let decision = Reconciliation {
+            shutdown: vec!["old".into()],
+            update_status: vec![("s1".into(), 4, status.clone())],
+            rollback: vec![("s2".into(), "why".into())],
+            ..Reconciliation::default()
+        };
+        let commands = orchestrator_commands(decision, 7);
+        assert_eq!(commands.len(), 3);
+        assert!(matches!(&commands[0], Command::SetDesiredState { .. }));
+        assert_eq!(
+            commands[1],
+            Command::SetUpdateStatus {
+                id: "s1".into(),
+                version: 4,
+                status
+            }
+        );
+        assert_eq!(
+            commands[2],
+            Command::RollbackService {
+                id: "s2".into(),
+                at: 7,
+                reason: Some("why".into())
+            }
+        );
+    }
+
+    /// Answers every proposal with a refusal, as the store does for a
+    /// status decided at a version the service has left.
+    struct Refusing;
+
+    impl Proposer for Refusing {
+        fn propose(&self, _command: Command) -> crate::access::ProposeFuture<'_> {
+            Box::pin(async {
+                Ok(Err(StoreError::VersionConflict {
+                    name: "web".into(),
+                    expected: 4,
+                    actual: 5,
+                }))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_stale_status_is_passed_over() {
+        let status = UpdateStatus {
+            state: UpdateState::Paused,
+            started_at: 1,
+            completed_at: None,
+            message: String::new(),
+        };
+        let commands = vec![Command::SetUpdateStatus {
+            id: "s1".into(),
+            version: 4,
+            status,
+        }];
+        assert_eq!(
+            propose_all("orchestrator", &Refusing, commands).await,
+            Ok(())
+        );
     }
 
     #[test]

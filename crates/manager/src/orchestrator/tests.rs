@@ -1,6 +1,5 @@
 use super::*;
 use crate::testutil::*;
-use flotilla_store::Command;
 use flotilla_types::{RestartCondition, ServiceMode};
 
 fn run(state: &State, now: UnixMs) -> Reconciliation {
@@ -31,21 +30,7 @@ fn history(id: &str, slot: u64, index: u64) -> Task {
 
 /// Applies a reconciliation the way the orchestrator loop proposes it.
 fn apply(state: &mut State, rec: &Reconciliation) {
-    let mut commands = vec![Command::SetDesiredState {
-        task_ids: rec.shutdown.clone(),
-        desired: DesiredState::Shutdown,
-    }];
-    commands.push(Command::CreateTasks {
-        tasks: rec.create.clone(),
-    });
-    commands.push(Command::DeleteTasks {
-        task_ids: rec.delete.clone(),
-    });
-    for command in &commands {
-        let index = state.index + 1;
-        let (result, _) = state.apply(index, command);
-        assert!(result.is_ok(), "{result:?}");
-    }
+    apply_decision(state, rec, 0);
 }
 
 /// No slot of any service has two tasks that are desired running and not

@@ -261,3 +261,6 @@ fn too_many(config: &UpdateConfig, failed: &[&Task], slots: usize) -> Option<Str
         .max_by_key(|t| (t.status.timestamp, t.id.as_str()))
         .map(|t| t.id.clone())
 }
+
+#[cfg(test)]
+mod tests;
