@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_store::{Command, State};
+use flotilla_store::{Command, State, StoreError};
 use flotilla_types::{new_id, DesiredState, UnixMs};
 use tokio_util::sync::CancellationToken;
 
@@ -49,7 +49,7 @@ impl Orchestrator {
             let decision = reconcile(state, now, &mut ids);
             Plan {
                 next_wakeup: decision.next_wakeup,
-                commands: orchestrator_commands(decision),
+                commands: orchestrator_commands(decision, now),
             }
         };
         run_loop(
@@ -150,8 +150,10 @@ struct Plan {
 }
 
 /// Shutdowns first: if a later command fails, the slot is left empty and
-/// the next round fills it, rather than left with two tasks to run.
-fn orchestrator_commands(decision: Reconciliation) -> Vec<Command> {
+/// the next round fills it, rather than left with two tasks to run. Update
+/// status changes and rollbacks come last, after the task changes of the
+/// same round.
+fn orchestrator_commands(decision: Reconciliation, now: UnixMs) -> Vec<Command> {
     let mut commands = Vec::new();
     if !decision.shutdown.is_empty() {
         commands.push(Command::SetDesiredState {
@@ -167,6 +169,20 @@ fn orchestrator_commands(decision: Reconciliation) -> Vec<Command> {
     if !decision.delete.is_empty() {
         commands.push(Command::DeleteTasks {
             task_ids: decision.delete,
+        });
+    }
+    for (id, version, status) in decision.update_status {
+        commands.push(Command::SetUpdateStatus {
+            id,
+            version,
+            status,
+        });
+    }
+    for (id, reason) in decision.rollback {
+        commands.push(Command::RollbackService {
+            id,
+            at: now,
+            reason: Some(reason),
         });
     }
     commands
@@ -261,7 +277,9 @@ async fn run_loop(
 
 /// Proposes in order and stops at the first failure. A command that was
 /// committed but refused by the state machine is logged and passed over:
-/// it is applied, and the next round decides afresh.
+/// it is applied (the applied index moves past it), and the next round
+/// decides afresh from a state that shows why it was refused, so it is not
+/// proposed again as it was.
 async fn propose_all(
     name: &'static str,
     proposer: &dyn Proposer,
@@ -269,8 +287,15 @@ async fn propose_all(
 ) -> Result<(), ProposeError> {
     for command in commands {
         let kind = command_kind(&command);
+        let versioned = matches!(command, Command::SetUpdateStatus { .. });
         if let Err(refused) = proposer.propose(command).await? {
-            tracing::warn!(name, kind, error = %refused, "command refused");
+            if versioned && matches!(refused, StoreError::VersionConflict { .. }) {
+                // The service changed since the decision (a newer update):
+                // the decision no longer applies, which is what we want.
+                tracing::debug!(name, kind, error = %refused, "stale decision dropped");
+            } else {
+                tracing::warn!(name, kind, error = %refused, "command refused");
+            }
         } else {
             tracing::debug!(name, kind, "command applied");
         }
@@ -285,6 +310,8 @@ fn command_kind(command: &Command) -> &'static str {
         Command::DeleteTasks { .. } => "delete_tasks",
         Command::AssignTasks { .. } => "assign_tasks",
         Command::SetPendingReason { .. } => "set_pending_reason",
+        Command::SetUpdateStatus { .. } => "set_update_status",
+        Command::RollbackService { .. } => "rollback_service",
         _ => "other",
     }
 }
@@ -293,7 +320,7 @@ fn command_kind(command: &Command) -> &'static str {
 mod tests {
     use super::*;
     use crate::testutil::*;
-    use flotilla_types::TaskState;
+    use flotilla_types::{TaskState, UpdateState, UpdateStatus};
 
     #[test]
     fn orchestrator_commands_shut_down_before_creating() {
@@ -301,12 +328,82 @@ mod tests {
         add_service(&mut state, replicated("s1", 2));
         add_task(&mut state, task("old", "s1", 3, 1, TaskState::Running));
         let mut ids = counter();
-        let commands = orchestrator_commands(reconcile(&state, 100, &mut ids));
+        let commands = orchestrator_commands(reconcile(&state, 100, &mut ids), 100);
         assert!(
             matches!(&commands[0], Command::SetDesiredState { task_ids, desired: DesiredState::Shutdown } if task_ids == &["old".to_string()])
         );
         assert!(matches!(&commands[1], Command::CreateTasks { tasks } if tasks.len() == 2));
         assert_eq!(commands.len(), 2);
+    }
+
+    #[test]
+    fn orchestrator_commands_end_with_status_changes_and_rollbacks() {
+        let status = UpdateStatus {
+            state: UpdateState::Completed,
+            started_at: 1,
+            completed_at: Some(7),
+            message: "update completed".into(),
+        };
+        let decision = Reconciliation {
+            shutdown: vec!["old".into()],
+            update_status: vec![("s1".into(), 4, status.clone())],
+            rollback: vec![("s2".into(), "why".into())],
+            ..Reconciliation::default()
+        };
+        let commands = orchestrator_commands(decision, 7);
+        assert_eq!(commands.len(), 3);
+        assert!(matches!(&commands[0], Command::SetDesiredState { .. }));
+        assert_eq!(
+            commands[1],
+            Command::SetUpdateStatus {
+                id: "s1".into(),
+                version: 4,
+                status
+            }
+        );
+        assert_eq!(
+            commands[2],
+            Command::RollbackService {
+                id: "s2".into(),
+                at: 7,
+                reason: Some("why".into())
+            }
+        );
+    }
+
+    /// Answers every proposal with a refusal, as the store does for a
+    /// status decided at a version the service has left.
+    struct Refusing;
+
+    impl Proposer for Refusing {
+        fn propose(&self, _command: Command) -> crate::access::ProposeFuture<'_> {
+            Box::pin(async {
+                Ok(Err(StoreError::VersionConflict {
+                    name: "web".into(),
+                    expected: 4,
+                    actual: 5,
+                }))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_stale_status_is_passed_over() {
+        let status = UpdateStatus {
+            state: UpdateState::Paused,
+            started_at: 1,
+            completed_at: None,
+            message: String::new(),
+        };
+        let commands = vec![Command::SetUpdateStatus {
+            id: "s1".into(),
+            version: 4,
+            status,
+        }];
+        assert_eq!(
+            propose_all("orchestrator", &Refusing, commands).await,
+            Ok(())
+        );
     }
 
     #[test]

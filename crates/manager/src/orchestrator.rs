@@ -15,8 +15,14 @@
 //!   that is drained or gone: replace it at once;
 //! - current task ended by itself (complete, failed, rejected): the
 //!   service's restart policy decides whether, and when, it is replaced;
-//! - current task made from an older, different task template: replace it
-//!   (see [`is_out_of_date`]).
+//! - current task made from an older, different task template: left to the
+//!   rolling update in [`update`], which paces replacements by the
+//!   service's update config and moves its update status on (see
+//!   [`is_out_of_date`]).
+//!
+//! A slot's older tasks still desired running are shut down once its
+//! current task is ready or ended: until then a start-first update keeps
+//! the old task serving beside its successor.
 //!
 //! Tasks in slots that no longer exist are shut down; ended tasks beyond
 //! [`HISTORY_LIMIT`] per slot, and tasks of removed services, are deleted.
@@ -26,8 +32,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use flotilla_store::State;
 use flotilla_types::{
     Availability, DesiredState, Node, NodeState, RestartCondition, RestartPolicy, Service,
-    ServiceMode, SlotKey, Task, TaskState, TaskStatus, UnixMs,
+    ServiceMode, SlotKey, Task, TaskState, TaskStatus, UnixMs, UpdateStatus,
 };
+
+use update::{rolling_update, Slot};
+
+mod update;
 
 /// Ended tasks kept per slot for `service ps`, as Swarm's default
 /// `task-history-limit`.
@@ -43,15 +53,26 @@ pub struct Reconciliation {
     pub shutdown: Vec<String>,
     /// IDs of tasks to forget.
     pub delete: Vec<String>,
+    /// New update statuses, by service ID: `(service ID, the service
+    /// version they were decided at, status)`. The store drops one whose
+    /// service changed since.
+    pub update_status: Vec<(String, u64, UpdateStatus)>,
+    /// Services whose failed update is to be rolled back, by service ID:
+    /// `(service ID, reason)`.
+    pub rollback: Vec<(String, String)>,
     /// The earliest time a decision that is not due yet becomes due
-    /// (a restart delay).
+    /// (a restart delay, an update delay or monitor period).
     pub next_wakeup: Option<UnixMs>,
 }
 
 impl Reconciliation {
     /// Whether nothing needs to change now.
     pub fn is_empty(&self) -> bool {
-        self.create.is_empty() && self.shutdown.is_empty() && self.delete.is_empty()
+        self.create.is_empty()
+            && self.shutdown.is_empty()
+            && self.delete.is_empty()
+            && self.update_status.is_empty()
+            && self.rollback.is_empty()
     }
 }
 
@@ -64,6 +85,8 @@ pub fn reconcile(state: &State, now: UnixMs, new_id: &mut dyn FnMut() -> String)
         create: Vec::new(),
         shutdown: BTreeSet::new(),
         delete: BTreeSet::new(),
+        update_status: Vec::new(),
+        rollback: Vec::new(),
         next_wakeup: None,
     };
 
@@ -104,6 +127,8 @@ struct Builder<'a> {
     create: Vec<Task>,
     shutdown: BTreeSet<String>,
     delete: BTreeSet<String>,
+    update_status: Vec<(String, u64, UpdateStatus)>,
+    rollback: Vec<(String, String)>,
     next_wakeup: Option<UnixMs>,
 }
 
@@ -156,6 +181,12 @@ impl Builder<'_> {
         self.create(service, target, restart_history);
     }
 
+    /// A new update status for `service`, valid at its current version.
+    fn set_status(&mut self, service: &Service, status: UpdateStatus) {
+        self.update_status
+            .push((service.id.clone(), service.version, status));
+    }
+
     fn wake_at(&mut self, due: UnixMs) {
         self.next_wakeup = Some(self.next_wakeup.map_or(due, |w| w.min(due)));
     }
@@ -176,10 +207,16 @@ impl Builder<'_> {
             .into_iter()
             .filter(|id| !self.delete.contains(id))
             .collect();
+        let mut update_status = self.update_status;
+        update_status.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut rollback = self.rollback;
+        rollback.sort();
         Reconciliation {
             create,
             shutdown,
             delete: self.delete.into_iter().collect(),
+            update_status,
+            rollback,
             next_wakeup: self.next_wakeup,
         }
     }
@@ -227,14 +264,12 @@ fn reconcile_service(
         }
     }
 
-    let mut stale: Vec<(&SlotTarget<'_>, &Task)> = Vec::new();
+    let mut outcomes: Vec<(&SlotTarget<'_>, Slot<'_>)> = Vec::new();
     for (key, target) in &wanted {
         let tasks = slots.get(key).map(Vec::as_slice).unwrap_or(&[]);
-        if let Some(current) = reconcile_slot(state, service, target, tasks, out) {
-            stale.push((target, current));
-        }
+        outcomes.push((target, reconcile_slot(state, service, target, tasks, out)));
     }
-    out_of_date(service, &stale, out);
+    rolling_update(service, &outcomes, slots.values().flatten().copied(), out);
 
     for (key, tasks) in slots {
         if !wanted.contains_key(key) {
@@ -262,42 +297,51 @@ pub fn global_eligible(service: &Service, node: &Node) -> bool {
             .all(|c| c.matches(node))
 }
 
-/// Applies the per-slot rules. Returns the slot's current task when it is
-/// out of date and left for [`out_of_date`] to replace.
+/// Applies the per-slot rules and says what is left in the slot for the
+/// rolling update.
 fn reconcile_slot<'t>(
     state: &State,
     service: &Service,
     target: &SlotTarget<'_>,
     tasks: &[&'t Task],
     out: &mut Builder<'_>,
-) -> Option<&'t Task> {
-    let running: Vec<&Task> = tasks
+) -> Slot<'t> {
+    let running: Vec<&'t Task> = tasks
         .iter()
         .copied()
         .filter(|t| t.desired_state == DesiredState::Running)
         .collect();
-    let Some((current, older)) = running.split_last() else {
+    let Some((&current, older)) = running.split_last() else {
         if target.may_create {
             out.create(service, target, Vec::new());
+            return Slot::Created;
         }
-        return None;
+        return Slot::Empty;
     };
-    // A slot has one task desired running; more means an earlier decision
-    // was half applied. The newest wins.
-    for task in older {
-        out.shutdown(task);
+    // Older tasks desired running are the old side of a start-first update
+    // (or a half-applied decision). They keep serving until the newest is
+    // ready; once it ended they have no successor to wait for.
+    let state_now = current.status.state;
+    if current.is_ready() || state_now.is_terminal() {
+        for task in older {
+            out.shutdown(task);
+        }
     }
-    let current: &'t Task = current;
 
     if !target.may_create {
         // A paused node keeps what it has, whatever state that is in.
-        return None;
+        return Slot::Current(current);
     }
-    if is_out_of_date(service, current) {
-        return Some(current);
-    }
+    let stale = is_out_of_date(service, current);
+    let left = if stale {
+        Slot::Stale {
+            task: current,
+            alone: older.is_empty(),
+        }
+    } else {
+        Slot::Current(current)
+    };
 
-    let state_now = current.status.state;
     if !state_now.is_terminal() {
         // Swarm moves tasks off drained nodes; a removed node will never
         // report this task again. A global slot on such a node is not wanted
@@ -310,22 +354,32 @@ fn reconcile_slot<'t>(
         });
         if target.node.is_none() && node_lost {
             out.replace(service, target, current, current.restart_history.clone());
+            return Slot::Created;
         }
-        return None;
+        return left;
     }
 
     match state_now {
         // The cluster stopped it, so the restart policy does not apply.
         TaskState::Shutdown | TaskState::Orphaned => {
             out.replace(service, target, current, current.restart_history.clone());
+            Slot::Created
         }
         _ => match restart_decision(&service.spec.task.restart, current, out.now) {
-            Restart::Never => {}
-            Restart::At(due) => out.wake_at(due),
-            Restart::Now(history) => out.replace(service, target, current, history),
+            Restart::Never => left,
+            // The update may replace a stale slot before its restart is due.
+            Restart::At(due) => {
+                out.wake_at(due);
+                left
+            }
+            Restart::Now(history) => {
+                // Restarts of the old template say nothing about the new one.
+                let history = if stale { Vec::new() } else { history };
+                out.replace(service, target, current, history);
+                Slot::Created
+            }
         },
     }
-    None
 }
 
 /// What the restart policy says about a task that ended by itself.
@@ -387,16 +441,6 @@ fn in_window(policy: &RestartPolicy, at: UnixMs, reference: UnixMs) -> bool {
 /// keeps the tasks.
 pub fn is_out_of_date(service: &Service, task: &Task) -> bool {
     task.service_version < service.version && task.spec != service.spec.task
-}
-
-/// Replaces the current tasks that are out of date. All of them at once for
-/// now; this is the one place to rate-limit (update parallelism and delay).
-/// The restart history starts afresh, as in Swarm: failures of the old
-/// template say nothing about the new one.
-fn out_of_date(service: &Service, stale: &[(&SlotTarget<'_>, &Task)], out: &mut Builder<'_>) {
-    for (target, task) in stale {
-        out.replace(service, target, task, Vec::new());
-    }
 }
 
 /// Deletes ended tasks desired shutdown beyond the newest [`HISTORY_LIMIT`],

@@ -1,11 +1,13 @@
 //! Fixtures shared by the unit tests: a state built by hand, without going
 //! through `apply`, so that each test sets exactly the fields it is about.
 
-use flotilla_store::State;
+use flotilla_store::{Command, State};
 use flotilla_types::{
     Availability, Cluster, DesiredState, Node, NodeRole, NodeState, RestartPolicy, Service,
-    ServiceMode, ServiceSpec, Task, TaskState, TaskStatus, TaskTemplate,
+    ServiceMode, ServiceSpec, Task, TaskState, TaskStatus, TaskTemplate, UnixMs,
 };
+
+use crate::orchestrator::Reconciliation;
 
 pub fn node(id: &str) -> Node {
     Node {
@@ -113,5 +115,42 @@ pub fn counter() -> impl FnMut() -> String {
     move || {
         n += 1;
         format!("id{n}")
+    }
+}
+
+/// Applies a reconciliation to `state` the way the orchestrator loop
+/// proposes it (shutdowns, creations, deletions, update statuses,
+/// rollbacks at `now`), asserting that the store accepts every command.
+pub fn apply_decision(state: &mut State, rec: &Reconciliation, now: UnixMs) {
+    let mut commands = vec![
+        Command::SetDesiredState {
+            task_ids: rec.shutdown.clone(),
+            desired: DesiredState::Shutdown,
+        },
+        Command::CreateTasks {
+            tasks: rec.create.clone(),
+        },
+        Command::DeleteTasks {
+            task_ids: rec.delete.clone(),
+        },
+    ];
+    for (id, version, status) in &rec.update_status {
+        commands.push(Command::SetUpdateStatus {
+            id: id.clone(),
+            version: *version,
+            status: status.clone(),
+        });
+    }
+    for (id, reason) in &rec.rollback {
+        commands.push(Command::RollbackService {
+            id: id.clone(),
+            at: now,
+            reason: Some(reason.clone()),
+        });
+    }
+    for command in &commands {
+        let index = state.index + 1;
+        let (result, _) = state.apply(index, command);
+        assert!(result.is_ok(), "{command:?}: {result:?}");
     }
 }

@@ -9,10 +9,10 @@ use std::time::Duration;
 use flotilla_manager::{
     Clock, Orchestrator, ProposeError, ProposeFuture, Proposer, Scheduler, StoreView,
 };
-use flotilla_store::{Command, State, TaskStatusUpdate};
+use flotilla_store::{Command, CommandResult, State, TaskStatusUpdate};
 use flotilla_types::{
     Availability, Cluster, DesiredState, Node, NodeRole, NodeState, RestartPolicy, ServiceMode,
-    ServiceSpec, TaskState, TaskStatus, TaskTemplate, UnixMs,
+    ServiceSpec, TaskState, TaskStatus, TaskTemplate, UnixMs, UpdateState,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -26,6 +26,11 @@ struct FakeRaft {
     failures: AtomicUsize,
     error: ProposeError,
     calls: AtomicUsize,
+    /// Committed just before the next `SetUpdateStatus` proposal, as a
+    /// user's update racing the orchestrator's decision.
+    race: Mutex<Option<Command>>,
+    /// Proposals the state machine refused.
+    refused: AtomicUsize,
 }
 
 impl FakeRaft {
@@ -38,6 +43,8 @@ impl FakeRaft {
             failures: AtomicUsize::new(failures),
             error,
             calls: AtomicUsize::new(0),
+            race: Mutex::new(None),
+            refused: AtomicUsize::new(0),
         })
     }
 
@@ -48,20 +55,28 @@ impl FakeRaft {
         }
     }
 
-    /// Applies a command as if raft had committed it.
+    /// Applies a command as if raft had committed it; the test expects the
+    /// store to accept it.
     fn commit(&self, command: Command) {
-        let index = {
+        let result = self.apply(command.clone());
+        assert!(result.is_ok(), "{command:?}: {result:?}");
+    }
+
+    /// Commits a command: the index moves on whether or not the state
+    /// machine accepts it, as in raft.
+    fn apply(&self, command: Command) -> CommandResult {
+        let (index, result) = {
             let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
             let index = state.index + 1;
             let (result, _) = state.apply(index, &command);
-            assert!(result.is_ok(), "{command:?}: {result:?}");
-            index
+            (index, result)
         };
         self.applied.send_replace(index);
         self.log
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(command);
+        result
     }
 
     fn state(&self) -> State {
@@ -89,8 +104,17 @@ impl Proposer for FakeRaft {
             if refuse {
                 return Err(self.error.clone());
             }
-            self.commit(command);
-            Ok(Ok(None))
+            if matches!(command, Command::SetUpdateStatus { .. }) {
+                let race = self.race.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(race) = race {
+                    self.commit(race);
+                }
+            }
+            let result = self.apply(command);
+            if result.is_err() {
+                self.refused.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(result)
         })
     }
 }
@@ -291,5 +315,166 @@ async fn a_follower_backs_off_and_proposes_nothing() {
     // Backoff doubles to 1 s: about 13 tries in 10 s, not thousands.
     let calls = raft.calls.load(Ordering::SeqCst);
     assert!((5..=20).contains(&calls), "{calls} calls");
+    stop(running).await;
+}
+
+/// Plays the node's agent: every 100 ms, assigned tasks start running and
+/// tasks desired shutdown stop.
+fn spawn_agent(raft: &Arc<FakeRaft>, running: &mut Running) {
+    let raft = raft.clone();
+    let clock = running.clock.clone();
+    let token = running.token.clone();
+    running.handles.push(tokio::spawn(async move {
+        while !token.is_cancelled() {
+            let now = clock.now_ms();
+            let updates: Vec<TaskStatusUpdate> = raft
+                .state()
+                .tasks
+                .values()
+                .filter_map(|t| {
+                    let next = if t.status.state.is_terminal() {
+                        return None;
+                    } else if t.desired_state == DesiredState::Shutdown {
+                        TaskState::Shutdown
+                    } else if t.status.state == TaskState::Assigned {
+                        TaskState::Running
+                    } else {
+                        return None;
+                    };
+                    Some(TaskStatusUpdate {
+                        task_id: t.id.clone(),
+                        status: TaskStatus::new(next, now, next.as_str()),
+                    })
+                })
+                .collect();
+            if !updates.is_empty() {
+                raft.commit(Command::UpdateTaskStatus { updates });
+            }
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }));
+}
+
+/// `service update` with a new command line, at the test clock's time.
+fn update_command(raft: &FakeRaft, clock: &TestClock, arg: &str) -> Command {
+    let mut spec = raft.state().services["s1"].spec.clone();
+    spec.task.command = vec!["sleep".into(), arg.into()];
+    Command::UpdateService {
+        id: "s1".into(),
+        spec,
+        expected_version: None,
+        at: clock.now_ms(),
+    }
+}
+
+fn update_state(state: &State) -> Option<UpdateState> {
+    state.services["s1"].update_status.as_ref().map(|u| u.state)
+}
+
+fn running_tasks(state: &State) -> usize {
+    state
+        .tasks
+        .values()
+        .filter(|t| {
+            t.desired_state == DesiredState::Running && t.status.state == TaskState::Running
+        })
+        .count()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_update_rolls_out_one_task_at_a_time_and_completes() {
+    let raft = FakeRaft::new(0, ProposeError::NotLeader);
+    let mut running = start(&raft, RestartPolicy::default());
+    spawn_agent(&raft, &mut running);
+    assert!(until(&raft, Duration::from_secs(5), |s| running_tasks(s) == 3).await);
+    let before = raft.log.lock().unwrap_or_else(|e| e.into_inner()).len();
+
+    raft.commit(update_command(&raft, &running.clock, "200"));
+    assert!(
+        until(&raft, Duration::from_secs(60), |s| update_state(s)
+            == Some(UpdateState::Completed))
+        .await
+    );
+
+    let state = raft.state();
+    let live: Vec<_> = state
+        .tasks
+        .values()
+        .filter(|t| t.desired_state == DesiredState::Running)
+        .collect();
+    assert_eq!(live.len(), 3);
+    assert!(live.iter().all(|t| t.spec.command == ["sleep", "200"]));
+    // Parallelism 1: one new task per proposal, three in all.
+    let log = raft.log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let created: Vec<usize> = log[before..]
+        .iter()
+        .filter_map(|c| match c {
+            Command::CreateTasks { tasks } => Some(tasks.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created, [1, 1, 1]);
+    // Completed once, after the last task was ready for the monitor period.
+    let status = state.services["s1"].update_status.clone();
+    let completed_at = status.and_then(|u| u.completed_at).unwrap_or_default();
+    let last_ready = live
+        .iter()
+        .map(|t| t.status.timestamp)
+        .max()
+        .unwrap_or_default();
+    assert!(
+        completed_at >= last_ready + 5_000,
+        "{completed_at} {last_ready}"
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        raft.count(|c| matches!(c, Command::SetUpdateStatus { .. })),
+        1
+    );
+    stop(running).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_update_status_is_dropped_and_the_newer_update_completes() {
+    let raft = FakeRaft::new(0, ProposeError::NotLeader);
+    let mut running = start(&raft, RestartPolicy::default());
+    spawn_agent(&raft, &mut running);
+    assert!(until(&raft, Duration::from_secs(5), |s| running_tasks(s) == 3).await);
+
+    raft.commit(update_command(&raft, &running.clock, "200"));
+    // When the orchestrator proposes "completed" for that update, a newer
+    // update has just landed: the store refuses the stale status.
+    let newer = {
+        let mut spec = raft.state().services["s1"].spec.clone();
+        spec.task.command = vec!["sleep".into(), "300".into()];
+        spec
+    };
+    *raft.race.lock().unwrap_or_else(|e| e.into_inner()) = Some(Command::UpdateService {
+        id: "s1".into(),
+        spec: newer,
+        expected_version: None,
+        at: running.clock.now_ms(),
+    });
+
+    assert!(
+        until(&raft, Duration::from_secs(120), |s| {
+            update_state(s) == Some(UpdateState::Completed)
+                && s.tasks
+                    .values()
+                    .filter(|t| t.desired_state == DesiredState::Running)
+                    .all(|t| t.spec.command == ["sleep", "300"])
+        })
+        .await
+    );
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    // The refused status and the newer update's: no retry of the first.
+    assert_eq!(raft.refused.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        raft.count(|c| matches!(c, Command::SetUpdateStatus { .. })),
+        2
+    );
     stop(running).await;
 }

@@ -1,6 +1,5 @@
 use super::*;
 use crate::testutil::*;
-use flotilla_store::Command;
 use flotilla_types::{RestartCondition, ServiceMode};
 
 fn run(state: &State, now: UnixMs) -> Reconciliation {
@@ -31,21 +30,7 @@ fn history(id: &str, slot: u64, index: u64) -> Task {
 
 /// Applies a reconciliation the way the orchestrator loop proposes it.
 fn apply(state: &mut State, rec: &Reconciliation) {
-    let mut commands = vec![Command::SetDesiredState {
-        task_ids: rec.shutdown.clone(),
-        desired: DesiredState::Shutdown,
-    }];
-    commands.push(Command::CreateTasks {
-        tasks: rec.create.clone(),
-    });
-    commands.push(Command::DeleteTasks {
-        task_ids: rec.delete.clone(),
-    });
-    for command in &commands {
-        let index = state.index + 1;
-        let (result, _) = state.apply(index, command);
-        assert!(result.is_ok(), "{result:?}");
-    }
+    apply_decision(state, rec, 0);
 }
 
 /// No slot of any service has two tasks that are desired running and not
@@ -555,6 +540,8 @@ fn spec_change_replaces_tasks() {
     if let Some(s) = state.services.get_mut("s1") {
         s.spec.task.command = vec!["sleep".into(), "200".into()];
         s.spec.task.restart.condition = RestartCondition::None;
+        // All at once: pacing has its own tests.
+        s.spec.update.parallelism = 0;
         s.version = 5;
     }
     let rec = run(&state, 10);
@@ -657,6 +644,8 @@ fn converges_and_keeps_one_live_task_per_slot() {
     if let Some(s) = state.services.get_mut("s1") {
         s.spec.mode = ServiceMode::Replicated { replicas: 2 };
         s.spec.task.command = vec!["true".into()];
+        // The tasks never run here, so a paced update would wait forever.
+        s.spec.update.parallelism = 0;
         s.version = state.index + 1;
     }
     if let Some(n) = state.nodes.get_mut("n2") {
