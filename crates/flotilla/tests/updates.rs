@@ -35,7 +35,9 @@ fn tasks(d: &Daemon, name: &str) -> Result<Vec<Value>> {
 }
 
 fn healthy(d: &Daemon, name: &str) -> Result<u64> {
-    Ok(service(d, name)?["replicas"]["healthy"].as_u64().unwrap_or(0))
+    Ok(service(d, name)?["replicas"]["healthy"]
+        .as_u64()
+        .unwrap_or(0))
 }
 
 fn update_state(d: &Daemon, name: &str) -> Result<String> {
@@ -127,13 +129,17 @@ fn health_checks_show_in_ls_and_ps() -> Result<()> {
         .and_then(|t| t["id"].as_str().map(String::from))
         .ok_or_else(|| anyhow!("no task"))?;
     std::fs::remove_file(dir.path().join(&first))?;
-    wait_until("the unhealthy task to fail", Duration::from_secs(15), || {
-        let t = tasks(&d, "web")?;
-        Ok(t.iter()
-            .find(|t| t["id"] == first.as_str())
-            .filter(|t| t["state"] == "failed")
-            .map(|t| t["error"].as_str().unwrap_or("").to_string()))
-    })
+    wait_until(
+        "the unhealthy task to fail",
+        Duration::from_secs(15),
+        || {
+            let t = tasks(&d, "web")?;
+            Ok(t.iter()
+                .find(|t| t["id"] == first.as_str())
+                .filter(|t| t["state"] == "failed")
+                .map(|t| t["error"].as_str().unwrap_or("").to_string()))
+        },
+    )
     .map(|err| assert!(err.contains("unhealthy"), "{err}"))?;
     wait_until("3 healthy again", Duration::from_secs(20), || {
         Ok((healthy(&d, "web")? == 3).then_some(()))
@@ -160,18 +166,29 @@ fn a_failing_update_rolls_back_by_itself() -> Result<()> {
     let s = service(&d, "web")?;
     assert_eq!(s["update_status"]["state"], "rollback_completed");
     let message = s["update_status"]["message"].as_str().unwrap_or("");
-    assert!(message.contains("update rolled back due to failure"), "{message}");
+    assert!(
+        message.contains("update rolled back due to failure"),
+        "{message}"
+    );
     // Every task ends on the old spec, and only one slot was tried.
-    wait_until("3 healthy tasks on the old spec", Duration::from_secs(20), || {
-        Ok((healthy(&d, "web")? == 3 && current_env(&d, "web", "BROKEN")? == ["", "", ""])
-            .then_some(()))
-    })?;
+    wait_until(
+        "3 healthy tasks on the old spec",
+        Duration::from_secs(20),
+        || {
+            Ok(
+                (healthy(&d, "web")? == 3 && current_env(&d, "web", "BROKEN")? == ["", "", ""])
+                    .then_some(()),
+            )
+        },
+    )?;
     let broken_runs = tasks(&d, "web")?
         .iter()
         .filter(|t| t["state"] == "failed")
         .count();
     assert!(broken_runs >= 1, "the failed task stays in the history");
-    let inspect = d.ok(&["service", "inspect", "web", "--format", "table"])?.stdout;
+    let inspect = d
+        .ok(&["service", "inspect", "web", "--format", "table"])?
+        .stdout;
     assert!(inspect.contains("rollback_completed"), "{inspect}");
     Ok(())
 }
@@ -191,7 +208,10 @@ fn a_start_first_update_keeps_every_slot_healthy() -> Result<()> {
         lowest = lowest.min(healthy(&d, "web")?);
         Ok((update_state(&d, "web")? == "completed").then_some(()))
     })?;
-    assert!(lowest >= 3, "healthy tasks fell to {lowest} during the update");
+    assert!(
+        lowest >= 3,
+        "healthy tasks fell to {lowest} during the update"
+    );
     assert_eq!(current_env(&d, "web", "V")?, ["2", "2", "2"]);
     Ok(())
 }
@@ -213,10 +233,15 @@ fn a_paced_update_replaces_one_slot_at_a_time() -> Result<()> {
         most_in_flight = most_in_flight.max(in_flight);
         Ok((update_state(&d, "web")? == "completed").then_some(()))
     })?;
-    assert!(most_in_flight <= 1, "{most_in_flight} slots updated at once");
+    assert!(
+        most_in_flight <= 1,
+        "{most_in_flight} slots updated at once"
+    );
     assert_eq!(current_env(&d, "web", "V")?, ["2", "2", "2"]);
     // A following update prints its progress and ends converged.
-    let out = d.ok(&["service", "update", "--env-add", "V=3", "web"])?.stdout;
+    let out = d
+        .ok(&["service", "update", "--env-add", "V=3", "web"])?
+        .stdout;
     assert!(out.contains("converged"), "{out}");
     assert!(out.contains("3/3:"), "{out}");
     Ok(())

@@ -318,10 +318,31 @@ fn reconcile_slot<'t>(
         }
         return Slot::Empty;
     };
+    let state_now = current.status.state;
+    // The new task of a start-first update ended by itself while the old
+    // one still serves: the slot falls back to the old task (which the
+    // update may try to replace again, or which a rollback keeps), once the
+    // restart delay has passed, instead of going empty.
+    let ended_by_itself = matches!(
+        state_now,
+        TaskState::Complete | TaskState::Failed | TaskState::Rejected
+    );
+    if ended_by_itself && older.iter().any(|t| !t.status.state.is_terminal()) {
+        if let Restart::At(due) = restart_decision(&service.spec.task.restart, current, out.now) {
+            out.wake_at(due);
+            return Slot::Current(current);
+        }
+        out.shutdown(current);
+        let rest: Vec<&'t Task> = tasks
+            .iter()
+            .copied()
+            .filter(|t| t.id != current.id)
+            .collect();
+        return reconcile_slot(state, service, target, &rest, out);
+    }
     // Older tasks desired running are the old side of a start-first update
     // (or a half-applied decision). They keep serving until the newest is
     // ready; once it ended they have no successor to wait for.
-    let state_now = current.status.state;
     if current.is_ready() || state_now.is_terminal() {
         for task in older {
             out.shutdown(task);

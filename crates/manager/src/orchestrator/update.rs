@@ -193,10 +193,18 @@ pub(super) fn rolling_update<'t>(
             return;
         }
     }
+    // A finished rollback keeps why it started: `service inspect` must
+    // still say what went wrong with the update.
     let (done, message) = if in_rollback {
-        (UpdateState::RollbackCompleted, "rollback completed")
+        let why = status.message.as_str();
+        let message = if why.is_empty() {
+            "rollback completed".to_string()
+        } else {
+            format!("rollback completed; {why}")
+        };
+        (UpdateState::RollbackCompleted, message)
     } else {
-        (UpdateState::Completed, "update completed")
+        (UpdateState::Completed, "update completed".to_string())
     };
     out.set_status(
         service,
@@ -204,7 +212,7 @@ pub(super) fn rolling_update<'t>(
             state: done,
             started_at: status.started_at,
             completed_at: Some(out.now),
-            message: message.into(),
+            message,
         },
     );
 }

@@ -368,7 +368,7 @@ fn a_start_first_slot_whose_new_task_went_stale_gets_no_third_task() {
 }
 
 #[test]
-fn start_first_old_task_stops_when_the_new_one_ended() {
+fn start_first_slot_falls_back_to_the_old_task_when_the_new_one_ends() {
     let mut sim = Sim::new(1, |spec| {
         spec.update.order = UpdateOrder::StartFirst;
         spec.update.failure_action = FailureAction::Continue;
@@ -378,8 +378,34 @@ fn start_first_old_task_stops_when_the_new_one_ended() {
     sim.update("200");
     let new = sim.step().create[0].id.clone();
     sim.set(&new, TaskState::Failed, None);
+    // The failed task goes to the history; the old one keeps serving and
+    // the update (continue) tries the slot again beside it.
     let rec = sim.step();
-    assert_eq!(rec.shutdown, [old]);
+    assert_eq!(rec.shutdown, [new]);
+    assert!(!rec.shutdown.contains(&old));
+    assert_eq!(slot_numbers(&rec), [1]);
+}
+
+#[test]
+fn a_failed_start_first_update_rolls_back_without_stopping_the_old_task() {
+    let mut sim = Sim::new(1, |spec| {
+        spec.update.order = UpdateOrder::StartFirst;
+        spec.update.failure_action = FailureAction::Rollback;
+    });
+    let old = sim.state.tasks.keys().next().cloned().unwrap_or_default();
+    sim.update("200");
+    let new = sim.step().create[0].id.clone();
+    sim.set(&new, TaskState::Failed, None);
+    for _ in 0..10 {
+        let rec = sim.step();
+        assert!(!rec.shutdown.contains(&old), "the old task was stopped");
+        sim.run_all();
+    }
+    assert_eq!(sim.status(), Some(UpdateState::RollbackCompleted));
+    assert_eq!(
+        sim.state.tasks[&old].desired_state,
+        flotilla_types::DesiredState::Running
+    );
 }
 
 #[test]
@@ -515,7 +541,11 @@ fn rollback_action_rolls_back_with_the_rollback_config_to_completion() {
     sim.run_all();
     sim.settle(20);
     assert_eq!(sim.status(), Some(UpdateState::RollbackCompleted));
-    assert_eq!(sim.message(), "rollback completed");
+    let message = sim.message();
+    assert!(
+        message.starts_with("rollback completed; update rolled back"),
+        "{message}"
+    );
     assert_eq!(sim.updated().len(), 3);
 }
 
