@@ -46,8 +46,7 @@ use tokio::sync::OnceCell;
 use tracing::{debug, warn};
 
 use crate::driver::{
-    BoxFuture, Driver, DriverError, Exit, ExitFuture, Handle, Probe, StartSpec, Started,
-    StopSignal,
+    BoxFuture, Driver, DriverError, Exit, ExitFuture, Handle, Probe, StartSpec, Started, StopSignal,
 };
 
 /// Where the engine listens when `DOCKER_HOST` says nothing.
@@ -228,9 +227,9 @@ impl DockerDriver {
                         .map(|n| n.trim_start_matches('/').to_string())
                         .unwrap_or_default(),
                     node_id: labels.get(LABEL_NODE_ID).cloned(),
-                    running: c.state.is_some_and(|s| {
-                        s == bollard::models::ContainerSummaryStateEnum::RUNNING
-                    }),
+                    running: c
+                        .state
+                        .is_some_and(|s| s == bollard::models::ContainerSummaryStateEnum::RUNNING),
                 })
             })
             .collect())
@@ -363,11 +362,7 @@ impl DockerDriver {
             Err(e) if status_of(&e) == Some(404) => return Ok(None),
             Err(e) => return Err(self.fail(format!("cannot inspect container {id}"), e)),
         };
-        let running = info
-            .state
-            .as_ref()
-            .and_then(|s| s.running)
-            .unwrap_or(false);
+        let running = info.state.as_ref().and_then(|s| s.running).unwrap_or(false);
         if !running {
             // The agent only removes containers of tasks it supervises; this
             // one it will report failed and never see again.
@@ -411,7 +406,11 @@ impl DockerDriver {
 
     /// The engine's stop: its stop signal, then SIGKILL after `grace`.
     async fn engine_stop(&self, id: &str, grace: Duration) -> Result<(), DockerError> {
-        let docker = self.docker().await?.clone().with_timeout(grace + STOP_SLACK);
+        let docker = self
+            .docker()
+            .await?
+            .clone()
+            .with_timeout(grace + STOP_SLACK);
         let secs = grace.as_millis().div_ceil(1000);
         let options = StopContainerOptions {
             t: Some(i32::try_from(secs).unwrap_or(i32::MAX)),
@@ -555,7 +554,10 @@ fn container_body(spec: &StartSpec, image: &str) -> ContainerCreateBody {
     let env_label = |var: &str| spec.env.get(var).cloned().unwrap_or_default();
     let mut labels = HashMap::from([
         (LABEL_TASK_ID.to_string(), spec.task_id.clone()),
-        (LABEL_SERVICE_ID.to_string(), env_label("FLOTILLA_SERVICE_ID")),
+        (
+            LABEL_SERVICE_ID.to_string(),
+            env_label("FLOTILLA_SERVICE_ID"),
+        ),
         (
             LABEL_SERVICE_NAME.to_string(),
             env_label("FLOTILLA_SERVICE_NAME"),
@@ -731,7 +733,9 @@ async fn exec_probe(docker: &Docker, id: &str, argv: Vec<String>) -> Probe {
     };
     let mut output = Vec::new();
     match docker.start_exec(&exec.id, None).await {
-        Ok(StartExecResults::Attached { output: mut out, .. }) => {
+        Ok(StartExecResults::Attached {
+            output: mut out, ..
+        }) => {
             while let Some(chunk) = out.next().await {
                 let Ok(chunk) = chunk else { break };
                 let bytes = chunk.into_bytes();
