@@ -10,11 +10,13 @@
 //! - [`Daemon`]: one node process and its data dir, with its own address
 //!   on loopback (`start_with`), which a test can kill (`kill9`), pause
 //!   (`pause`/`resume`, SIGSTOP) and restart.
+//! - [`image`]: busybox container images built locally (no registry).
 //! - [`net`]: hosts in network namespaces on a private bridge, which a test
 //!   can cut off and heal (partitions).
 //! - [`wait_until`]: deadline-based polling (never a bare sleep).
 //! - [`marked_pids`], [`kill_marked`]: finding and ending a test's processes.
 
+pub mod image;
 pub mod net;
 
 use std::fs::File;

@@ -23,7 +23,9 @@ use tokio::sync::{mpsc, watch, Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use flotilla_agent::{Agent, AgentConfig, Assignments, Driver, Drivers, ProcessDriver};
+use flotilla_agent::{
+    Agent, AgentConfig, Assignments, DockerDriver, Driver, Drivers, ProcessDriver,
+};
 use flotilla_manager::{
     Orchestrator, ProposeError, ProposeFuture, Proposer, Rebalancer, Scheduler, StoreView,
     SystemClock,
@@ -768,7 +770,12 @@ impl NodeCtx {
                 state_dir: self.agent_dir(),
                 log_cap_bytes: self.log_cap_bytes,
             },
-            Drivers::new([Arc::new(ProcessDriver::new()) as Arc<dyn Driver>]),
+            // The docker driver connects lazily (DOCKER_HOST or the default
+            // socket): a node without Docker rejects only docker tasks.
+            Drivers::new([
+                Arc::new(ProcessDriver::new()) as Arc<dyn Driver>,
+                Arc::new(DockerDriver::from_env()) as Arc<dyn Driver>,
+            ]),
             assign_rx,
             report_tx,
         )
