@@ -87,16 +87,20 @@ pub fn parse(file: &str, text: &str) -> Result<Node, ComposeError> {
             line: 1,
         });
     }
-    let parsed: Spanned<Value> = serde_saphyr::from_str(text).map_err(|e| {
-        let full = e.to_string();
-        ComposeError::Yaml {
-            file: file.to_string(),
-            line: e.location().map(|l| l.line()).unwrap_or(0),
-            // The rendered error carries a source snippet on later lines;
-            // the first line is the message.
-            reason: full.lines().next().unwrap_or("").trim().to_string(),
-        }
-    })?;
+    // YAML 1.2 booleans only, as Compose reads YAML: `N`, `no` or `on` are
+    // strings (an environment variable named `N` is not `false`).
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let parsed: Spanned<Value> =
+        serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+            let full = e.to_string();
+            ComposeError::Yaml {
+                file: file.to_string(),
+                line: e.location().map(|l| l.line()).unwrap_or(0),
+                // The rendered error carries a source snippet on later lines;
+                // the first line is the message.
+                reason: full.lines().next().unwrap_or("").trim().to_string(),
+            }
+        })?;
     let mut node = Node {
         value: parsed.value,
         file: name.clone(),
