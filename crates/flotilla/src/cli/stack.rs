@@ -44,6 +44,7 @@ pub enum StackCommand {
         #[arg(short, long)]
         detach: bool,
         /// Stack name
+        #[arg(allow_hyphen_values = true)]
         stack: String,
     },
     /// List stacks
