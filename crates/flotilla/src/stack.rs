@@ -765,7 +765,7 @@ services:
     fn keys_without_a_place_make_one_warning_per_stack() {
         let stack = parse_stack(
             "s.yml",
-            "services:\n  a:\n    image: x\n    ports: [\"80:80\"]\n    depends_on: [b]\n    deploy:\n      endpoint_mode: dnsrr\n      placement:\n        max_replicas_per_node: 1\n        preferences: [{spread: node.labels.zone}]\n  b:\n    image: y\n    ports: [\"81:81\"]\n    build: .\n",
+            "services:\n  a:\n    image: x\n    ports: [\"80:80\"]\n    depends_on: [b]\n    deploy:\n      endpoint_mode: dnsrr\n      placement:\n        max_replicas_per_node: 1\n        preferences: [{spread: node.labels.zone}]\n  b:\n    image: y\n    ports: [\"81:81\"]\n    build: .\n    frobnicate: 1\n",
         )
         .expect("parse");
         let ours: Vec<&String> = stack
@@ -782,6 +782,14 @@ services:
                 .warnings
                 .iter()
                 .any(|w| w == "service b: Ignoring unsupported options: build"),
+            "{:?}",
+            stack.warnings
+        );
+        assert!(
+            stack
+                .warnings
+                .iter()
+                .any(|w| w == "service b: Ignoring unknown keys: frobnicate"),
             "{:?}",
             stack.warnings
         );
@@ -887,6 +895,26 @@ services:
             "{:?}",
             direct.services[0].task.env
         );
+    }
+
+    #[test]
+    fn the_health_example_converts() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/health-stack.yml"
+        );
+        let stack = load_stack(path).expect("example");
+        let web = stack
+            .services
+            .iter()
+            .find(|s| s.name == "web")
+            .expect("web");
+        assert!(matches!(
+            web.task.health.as_ref().map(|h| &h.test),
+            Some(HealthTest::Shell { .. })
+        ));
+        assert_eq!(web.update.order, UpdateOrder::StartFirst);
+        assert!(stack.warnings.is_empty(), "{:?}", stack.warnings);
     }
 
     #[test]
