@@ -75,8 +75,8 @@ async fn setup(args: &DevArgs, dir: &std::path::Path) -> Result<()> {
     }
     let mut names = Vec::new();
     if let Some(file) = &args.stack_file {
-        names = crate::cli::stack::deploy_stack(&client, &file.display().to_string(), &args.stack)
-            .await?;
+        let path = file.display().to_string();
+        names = crate::cli::stack::deploy_stack(&client, &[&path], &args.stack, false).await?;
     }
     let d = dir.display();
     println!();

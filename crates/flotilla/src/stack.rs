@@ -2,15 +2,30 @@
 //! service specs.
 //!
 //! Parsing, interpolation, merging of several files and validation live in
-//! [`crate::compose`]; this module maps its model onto [`ServiceSpec`]s for
-//! the drivers that exist today (the process driver), refusing services it
-//! cannot run and warning about keys the process driver does not act on.
+//! [`crate::compose`]; this module maps its model onto [`ServiceSpec`]s
+//! (`to_spec`): a service with `image` runs on the docker driver, one with
+//! only `command` on the process driver (`x-flotilla.driver` picks one
+//! explicitly). Keys the model knows but a `ServiceSpec` has no place for
+//! (yet) are named in one warning per stack, as `docker stack deploy` names
+//! the options it ignores; nothing is dropped silently.
+//!
+//! Container `labels` have no place of their own in a spec (there are no
+//! container labels yet): they become service labels, under `deploy.labels`,
+//! which win on the same key.
 
 use std::collections::BTreeMap;
 
-use flotilla_types::{Driver, ServiceSpec, TaskTemplate, DEFAULT_STOP_GRACE_MS};
+use flotilla_types::{
+    validate_name, Driver, FailureAction, HealthCheck, HealthTest, Ratio, ResourceSpec, Resources,
+    ServiceSpec, TaskTemplate, UpdateConfig, UpdateOrder, DEFAULT_HEALTH_INTERVAL_MS,
+    DEFAULT_HEALTH_RETRIES, DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_STOP_GRACE_MS,
+};
 
 use crate::compose::{self, ComposeError, ComposeService};
+
+/// The label Swarm puts on every service of a stack; `stack ls`, `stack rm`
+/// and `--prune` find a stack's services by it.
+pub const NAMESPACE_LABEL: &str = "com.docker.stack.namespace";
 
 /// Why a stack was refused.
 #[derive(Debug, thiserror::Error)]
@@ -27,9 +42,12 @@ pub enum StackError {
         service: String,
         reason: String,
     },
+    #[error("invalid stack name {name:?}: {reason}")]
+    StackName { name: String, reason: String },
     #[error("no stack file given")]
     NoFiles,
-    #[error("stack file {0}")]
+    /// Already names the file (and the line, where there is one).
+    #[error(transparent)]
     Compose(#[from] ComposeError),
 }
 
@@ -40,6 +58,35 @@ pub struct Stack {
     pub services: Vec<ServiceSpec>,
     pub compose: Vec<ComposeService>,
     pub warnings: Vec<String>,
+    /// The first file, which names the stack in messages.
+    pub path: String,
+}
+
+impl Stack {
+    /// The specs as deployed under the stack name `stack`: named
+    /// `STACK_SERVICE` and labelled with [`NAMESPACE_LABEL`].
+    pub fn specs_for(&self, stack: &str) -> Result<Vec<ServiceSpec>, StackError> {
+        validate_name(stack).map_err(|e| StackError::StackName {
+            name: stack.to_string(),
+            reason: e.to_string(),
+        })?;
+        self.services
+            .iter()
+            .map(|spec| {
+                let mut spec = spec.clone();
+                let full = format!("{stack}_{}", spec.name);
+                validate_name(&full).map_err(|e| StackError::Service {
+                    path: self.path.clone(),
+                    service: spec.name.clone(),
+                    reason: format!("service name {full:?}: {e}"),
+                })?;
+                spec.name = full;
+                spec.labels
+                    .insert(NAMESPACE_LABEL.to_string(), stack.to_string());
+                Ok(spec)
+            })
+            .collect()
+    }
 }
 
 /// Splits a command string the way a shell would for simple cases: words on
@@ -92,34 +139,64 @@ pub fn parse_stack(path: &str, text: &str) -> Result<Stack, StackError> {
     parse_stack_files(&[(path, text)])
 }
 
-/// Parses several stack files, later ones merged over earlier ones (maps key
-/// by key, scalars and lists replaced). Variables come from the process
-/// environment over the `.env` file beside the first file.
+/// Parses several stack files, later ones merged over earlier ones (see
+/// [`compose::yaml::merge`]). Variables come from the process environment
+/// over the `.env` file beside the first file.
 pub fn parse_stack_files(files: &[(&str, &str)]) -> Result<Stack, StackError> {
     let first = files.first().ok_or(StackError::NoFiles)?.0;
     let vars = compose::variables_for(compose::dir_of(first))?;
     let parsed = compose::parse_compose(files, &vars)?;
     let mut warnings = parsed.warnings;
+    let mut ignored = Ignored::default();
     let mut services = Vec::new();
     for svc in &parsed.services {
-        services.push(to_spec(first, svc)?);
-        let unused = svc.unused_by_process_driver();
-        if !unused.is_empty() {
-            warnings.push(format!(
-                "service {}: not acted on yet by the process driver: {}",
-                svc.name,
-                unused.join(", ")
-            ));
-        }
+        services.push(to_spec(first, svc, &mut ignored)?);
+    }
+    if let Some(w) = ignored.warning() {
+        warnings.push(w);
     }
     Ok(Stack {
         services,
         compose: parsed.services,
         warnings,
+        path: first.to_string(),
     })
 }
 
-fn to_spec(path: &str, svc: &ComposeService) -> Result<ServiceSpec, StackError> {
+/// Keys that were set but have no place in a spec yet, with the services
+/// that set them, in the order first seen.
+#[derive(Debug, Default)]
+struct Ignored(Vec<(&'static str, Vec<String>)>);
+
+impl Ignored {
+    fn note(&mut self, key: &'static str, service: &str) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, services)) => services.push(service.to_string()),
+            None => self.0.push((key, vec![service.to_string()])),
+        }
+    }
+
+    fn warning(&self) -> Option<String> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let keys: Vec<String> = self
+            .0
+            .iter()
+            .map(|(k, s)| format!("{k} ({})", s.join(", ")))
+            .collect();
+        Some(format!(
+            "Ignoring options Flotilla does not act on yet: {}",
+            keys.join(", ")
+        ))
+    }
+}
+
+fn to_spec(
+    path: &str,
+    svc: &ComposeService,
+    ignored: &mut Ignored,
+) -> Result<ServiceSpec, StackError> {
     let fail = |reason: String| StackError::Service {
         path: path.to_string(),
         service: svc.name.clone(),
@@ -127,42 +204,196 @@ fn to_spec(path: &str, svc: &ComposeService) -> Result<ServiceSpec, StackError> 
     };
     let driver = match svc.driver.as_deref() {
         Some("process") => Driver::Process,
+        Some("docker") => Driver::Docker,
         Some(other) => {
             return Err(fail(format!(
-                "x-flotilla.driver {other:?} is not available (use process)"
+                "x-flotilla.driver {other:?} is neither process nor docker"
             )))
         }
-        None if svc.image.is_some() => return Err(fail(
-            "containers (image:) come with the docker driver, which is not available yet; set x-flotilla.driver: process".into(),
-        )),
+        None if svc.image.is_some() => Driver::Docker,
         None => Driver::Process,
     };
-    let mut command = svc.entrypoint.clone().unwrap_or_default();
-    command.extend(svc.command.iter().flatten().cloned());
-    if command.is_empty() {
-        return Err(fail(
-            "no command: the process driver needs `command`".into(),
-        ));
+    let (image, command, entrypoint) = match driver {
+        Driver::Docker => {
+            let image = svc
+                .image
+                .clone()
+                .filter(|i| !i.trim().is_empty())
+                .ok_or_else(|| fail("the docker driver needs an `image`".into()))?;
+            (
+                Some(image),
+                svc.command.clone().unwrap_or_default(),
+                svc.entrypoint.clone(),
+            )
+        }
+        Driver::Process => {
+            if svc.image.is_some() {
+                ignored.note("image", &svc.name);
+            }
+            // A process has no image to hold an entrypoint: the two make up
+            // its command line, as they would a container's.
+            let mut command = svc.entrypoint.clone().unwrap_or_default();
+            command.extend(svc.command.iter().flatten().cloned());
+            if command.is_empty() {
+                return Err(fail(
+                    "nothing to run: give `image` for a container, or `command` for a process"
+                        .into(),
+                ));
+            }
+            (None, command, None)
+        }
+    };
+    let health = svc
+        .healthcheck
+        .as_ref()
+        .map(|h| health(h, driver, &svc.name, ignored))
+        .transpose()
+        .map_err(fail)?;
+    let d = &svc.deploy;
+    for (key, set) in [
+        ("ports", !svc.ports.is_empty()),
+        ("depends_on", !svc.depends_on.is_empty()),
+        ("deploy.endpoint_mode", d.endpoint_mode.is_some()),
+        (
+            "deploy.placement.max_replicas_per_node",
+            d.max_replicas_per_node.is_some(),
+        ),
+        ("deploy.placement.preferences", !d.spread.is_empty()),
+    ] {
+        if set {
+            ignored.note(key, &svc.name);
+        }
     }
-    // Service labels win over container labels, which the process driver
-    // has nowhere else to put.
     let mut labels: BTreeMap<String, String> = svc.labels.clone();
-    labels.extend(svc.deploy.labels.clone());
+    labels.extend(d.labels.clone());
     Ok(ServiceSpec {
         name: svc.name.clone(),
-        mode: svc.deploy.mode,
+        mode: d.mode,
         labels,
         task: TaskTemplate {
             driver,
+            image,
             command,
+            entrypoint,
             env: svc.environment.clone(),
-            restart: svc.deploy.restart_policy.clone().unwrap_or_default(),
+            restart: d.restart_policy.clone().unwrap_or_default(),
             stop_grace_period_ms: svc.stop_grace_period_ms.unwrap_or(DEFAULT_STOP_GRACE_MS),
-            constraints: svc.deploy.constraints.clone(),
-            ..TaskTemplate::default()
+            constraints: d.constraints.clone(),
+            force_update: 0,
+            health,
+            resources: ResourceSpec {
+                limits: resources(&d.limits),
+                reservations: resources(&d.reservations),
+            },
         },
-        ..ServiceSpec::default()
+        update: update_config(d.update_config.as_ref(), "update_config").map_err(fail)?,
+        rollback: update_config(d.rollback_config.as_ref(), "rollback_config").map_err(fail)?,
     })
+}
+
+fn resources(r: &compose::Resources) -> Resources {
+    Resources {
+        nano_cpus: r.nano_cpus.unwrap_or(0),
+        memory_bytes: r.memory_bytes.unwrap_or(0),
+    }
+}
+
+/// Compose's `healthcheck` as a spec's, with Docker's default timings for
+/// what is not given.
+fn health(
+    h: &compose::Healthcheck,
+    driver: Driver,
+    service: &str,
+    ignored: &mut Ignored,
+) -> Result<HealthCheck, String> {
+    if h.start_interval_ms.is_some() {
+        ignored.note("healthcheck.start_interval", service);
+    }
+    let test = if h.disable {
+        HealthTest::None
+    } else {
+        match h.test.split_first() {
+            None if driver == Driver::Process => {
+                return Err(
+                    "healthcheck: without `test` it uses the image's own check, and a process has no image".into(),
+                )
+            }
+            None => HealthTest::Image,
+            Some((kind, rest)) => match kind.as_str() {
+                "CMD" if rest.is_empty() => {
+                    return Err("healthcheck.test: CMD needs a command after it".into())
+                }
+                "CMD" => HealthTest::Exec {
+                    argv: rest.to_vec(),
+                },
+                "CMD-SHELL" if rest.join(" ").trim().is_empty() => {
+                    return Err("healthcheck.test: CMD-SHELL needs a command after it".into())
+                }
+                "CMD-SHELL" => HealthTest::Shell {
+                    command: rest.join(" "),
+                },
+                "NONE" => HealthTest::None,
+                other => {
+                    return Err(format!(
+                        "healthcheck.test: a list must start with CMD, CMD-SHELL or NONE, not {other:?}"
+                    ))
+                }
+            },
+        }
+    };
+    let positive = |v: Option<u64>, default: u64, key: &str| match v {
+        None => Ok(default),
+        Some(0) => Err(format!("healthcheck.{key}: must be more than 0")),
+        Some(ms) => Ok(ms),
+    };
+    let retries = match h.retries {
+        None => DEFAULT_HEALTH_RETRIES,
+        Some(r) => {
+            u32::try_from(r).map_err(|_| format!("healthcheck.retries: {r} is too large"))?
+        }
+    };
+    Ok(HealthCheck {
+        test,
+        interval_ms: positive(h.interval_ms, DEFAULT_HEALTH_INTERVAL_MS, "interval")?,
+        timeout_ms: positive(h.timeout_ms, DEFAULT_HEALTH_TIMEOUT_MS, "timeout")?,
+        retries,
+        start_period_ms: h.start_period_ms.unwrap_or(0),
+    })
+}
+
+/// `update_config`/`rollback_config` over Swarm's defaults.
+fn update_config(u: Option<&compose::UpdateConfig>, key: &str) -> Result<UpdateConfig, String> {
+    let mut out = UpdateConfig::default();
+    let Some(u) = u else {
+        return Ok(out);
+    };
+    if let Some(p) = u.parallelism {
+        out.parallelism = p;
+    }
+    if let Some(d) = u.delay_ms {
+        out.delay_ms = d;
+    }
+    if let Some(m) = u.monitor_ms {
+        out.monitor_ms = m;
+    }
+    if let Some(a) = &u.failure_action {
+        out.failure_action = FailureAction::parse(a).ok_or_else(|| {
+            format!("deploy.{key}.failure_action: {a:?} is not continue, pause or rollback")
+        })?;
+    }
+    if let Some(r) = u.max_failure_ratio {
+        if !(0.0..=1.0).contains(&r) {
+            return Err(format!(
+                "deploy.{key}.max_failure_ratio: {r} is not between 0 and 1"
+            ));
+        }
+        out.max_failure_ratio = Ratio(r);
+    }
+    if let Some(o) = &u.order {
+        out.order = UpdateOrder::parse(o)
+            .ok_or_else(|| format!("deploy.{key}.order: {o:?} is not stop-first or start-first"))?;
+    }
+    Ok(out)
 }
 
 /// Reads and parses a stack file.
@@ -170,9 +401,8 @@ pub fn load_stack(path: &str) -> Result<Stack, StackError> {
     load_stack_files(&[path])
 }
 
-/// Reads and parses several stack files, later ones over earlier ones.
-pub fn load_stack_files(paths: &[&str]) -> Result<Stack, StackError> {
-    let texts = paths
+fn read_files(paths: &[&str]) -> Result<Vec<String>, StackError> {
+    paths
         .iter()
         .map(|path| {
             std::fs::read_to_string(path).map_err(|source| StackError::Read {
@@ -180,13 +410,33 @@ pub fn load_stack_files(paths: &[&str]) -> Result<Stack, StackError> {
                 source,
             })
         })
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect()
+}
+
+/// Reads and parses several stack files, later ones over earlier ones.
+pub fn load_stack_files(paths: &[&str]) -> Result<Stack, StackError> {
+    let texts = read_files(paths)?;
     let files: Vec<(&str, &str)> = paths
         .iter()
         .copied()
         .zip(texts.iter().map(String::as_str))
         .collect();
     parse_stack_files(&files)
+}
+
+/// The merged, interpolated Compose YAML of several files (`stack config`),
+/// once the stack passed every check a deploy makes; and its warnings.
+pub fn config_yaml(paths: &[&str]) -> Result<(String, Vec<String>), StackError> {
+    let texts = read_files(paths)?;
+    let files: Vec<(&str, &str)> = paths
+        .iter()
+        .copied()
+        .zip(texts.iter().map(String::as_str))
+        .collect();
+    let stack = parse_stack_files(&files)?;
+    let first = files.first().ok_or(StackError::NoFiles)?.0;
+    let vars = compose::variables_for(compose::dir_of(first))?;
+    Ok((compose::merged_yaml(&files, &vars)?, stack.warnings))
 }
 
 #[cfg(test)]
@@ -247,8 +497,10 @@ services:
         assert_eq!(agent.mode, ServiceMode::Global);
         assert_eq!(agent.task.command, ["sleep", "100000"]);
         assert_eq!(agent.task.env["B"], "two words");
-        assert_eq!(stack.warnings.len(), 1, "{:?}", stack.warnings);
-        assert!(stack.warnings[0].contains("ports"));
+        assert_eq!(
+            stack.warnings,
+            ["Ignoring options Flotilla does not act on yet: ports (agent)"]
+        );
     }
 
     #[test]
@@ -261,14 +513,408 @@ services:
         };
         assert!(bad("services: [").contains("not valid"));
         assert!(bad("services: {}").contains("no services"));
-        assert!(bad("services:\n  web:\n    image: nginx\n").contains("docker driver"));
+        assert!(
+            bad("services:\n  web:\n    x-flotilla: {driver: docker}\n    command: x\n")
+                .contains("stack file s.yml: service web: the docker driver needs an `image`")
+        );
+        assert!(
+            bad("services:\n  web:\n    command: x\n    x-flotilla: {driver: vm}\n")
+                .contains("neither process nor docker")
+        );
         assert!(
             bad("services:\n  web:\n    command: x\n    deploy:\n      replicas: -2\n")
                 .contains("negative")
         );
         assert!(bad("services:\n  -web:\n    command: x\n").contains("invalid name"));
         assert!(bad("services:\n  web:\n    command: x\n    deploy:\n      placement:\n        constraints: [\"node.x==1\"]\n").contains("unknown key"));
-        assert!(bad("services:\n  web:\n    deploy:\n      replicas: 1\n").contains("no command"));
+        assert_eq!(
+            bad("services:\n  web:\n    deploy:\n      replicas: 1\n"),
+            "stack file s.yml: service web: nothing to run: give `image` for a container, or `command` for a process"
+        );
+    }
+
+    fn one(text: &str) -> (ServiceSpec, Vec<String>) {
+        let stack = parse_stack("s.yml", text).expect("parse");
+        (stack.services[0].clone(), stack.warnings)
+    }
+
+    fn bad_one(text: &str) -> String {
+        parse_stack("s.yml", text)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn image_means_the_docker_driver() {
+        let (web, warnings) = one(
+            "services:\n  web:\n    image: nginx:1.25\n    entrypoint: [/docker-entrypoint.sh]\n    command: nginx -g 'daemon off;'\n",
+        );
+        assert_eq!(web.task.driver, Driver::Docker);
+        assert_eq!(web.task.image.as_deref(), Some("nginx:1.25"));
+        assert_eq!(
+            web.task.entrypoint,
+            Some(vec!["/docker-entrypoint.sh".to_string()])
+        );
+        assert_eq!(web.task.command, ["nginx", "-g", "daemon off;"]);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let (plain, _) = one("services:\n  web:\n    image: redis\n");
+        assert!(plain.task.command.is_empty(), "the image's own command");
+        assert_eq!(plain.task.entrypoint, None);
+        // A process has no image: its entrypoint and command make one line,
+        // and an image it names is ignored out loud.
+        let (p, warnings) = one(
+            "services:\n  web:\n    image: busybox\n    entrypoint: sh -c\n    command: [\"echo hi\"]\n    x-flotilla: {driver: process}\n",
+        );
+        assert_eq!(p.task.driver, Driver::Process);
+        assert_eq!(p.task.image, None);
+        assert_eq!(p.task.command, ["sh", "-c", "echo hi"]);
+        assert_eq!(
+            warnings,
+            ["Ignoring options Flotilla does not act on yet: image (web)"]
+        );
+    }
+
+    #[test]
+    fn labels_environment_and_grace() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = dir.path().join("web.env");
+        std::fs::write(&env, "FROM_FILE=1\nSHARED=file\n").expect("write");
+        let path = dir.path().join("s.yml");
+        let text = "services:\n  web:\n    command: x\n    env_file: web.env\n    environment: [SHARED=inline]\n    labels: {a: container, b: container}\n    stop_grace_period: 1m30s\n    deploy:\n      labels: [b=service]\n";
+        let stack = parse_stack(&path.display().to_string(), text).expect("parse");
+        let web = &stack.services[0];
+        assert_eq!(web.task.env["FROM_FILE"], "1");
+        assert_eq!(web.task.env["SHARED"], "inline");
+        assert_eq!(web.labels["a"], "container");
+        assert_eq!(web.labels["b"], "service", "deploy.labels win");
+        assert_eq!(web.task.stop_grace_period_ms, 90_000);
+        let (d, _) = one("services:\n  web:\n    command: x\n");
+        assert_eq!(d.task.stop_grace_period_ms, DEFAULT_STOP_GRACE_MS);
+        assert_eq!(d.task.health, None);
+        assert_eq!(d.update, UpdateConfig::default());
+        assert_eq!(d.task.resources, ResourceSpec::default());
+    }
+
+    #[test]
+    fn healthcheck_forms() {
+        let hc = |h: &str| {
+            let text = format!("services:\n  web:\n    image: x\n    healthcheck:\n{h}");
+            parse_stack("s.yml", &text).map(|s| s.services[0].task.health.clone())
+        };
+        let test = |h: &str| hc(h).ok().flatten().map(|h| h.test);
+        assert_eq!(
+            test("      test: [\"CMD\", \"curl\", \"-f\", \"http://localhost/\"]\n"),
+            Some(HealthTest::Exec {
+                argv: vec!["curl".into(), "-f".into(), "http://localhost/".into()]
+            })
+        );
+        assert_eq!(
+            test("      test: [\"CMD-SHELL\", \"curl -f localhost || exit 1\"]\n"),
+            Some(HealthTest::Shell {
+                command: "curl -f localhost || exit 1".into()
+            })
+        );
+        assert_eq!(
+            test("      test: curl -f localhost\n"),
+            Some(HealthTest::Shell {
+                command: "curl -f localhost".into()
+            })
+        );
+        assert_eq!(test("      test: [\"NONE\"]\n"), Some(HealthTest::None));
+        assert_eq!(
+            test("      test: [CMD, x]\n      disable: true\n"),
+            Some(HealthTest::None)
+        );
+        assert_eq!(test("      interval: 5s\n"), Some(HealthTest::Image));
+        // Docker's defaults for what is not given.
+        let h = hc("      test: [CMD, x]\n").ok().flatten().expect("health");
+        assert_eq!(
+            (h.interval_ms, h.timeout_ms, h.retries, h.start_period_ms),
+            (30_000, 30_000, 3, 0)
+        );
+        let h = hc("      test: [CMD, x]\n      interval: 2s\n      timeout: 1s\n      retries: 5\n      start_period: 10s\n")
+            .ok()
+            .flatten()
+            .expect("health");
+        assert_eq!(
+            (h.interval_ms, h.timeout_ms, h.retries, h.start_period_ms),
+            (2_000, 1_000, 5, 10_000)
+        );
+        let err = |h: &str| hc(h).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(err("      test: [CMD]\n").contains("CMD needs a command"));
+        assert!(err("      test: [CMD-SHELL, \" \"]\n").contains("CMD-SHELL needs a command"));
+        assert!(err("      test: [RUN, x]\n").contains("must start with CMD, CMD-SHELL or NONE"));
+        assert!(err("      test: [CMD, x]\n      interval: 0s\n")
+            .contains("interval: must be more than 0"));
+        assert!(err("      test: [CMD, x]\n      retries: 9999999999\n").contains("too large"));
+        assert!(err("      test: [CMD, x]\n      retries: -1\n")
+            .starts_with("s.yml:6: services.web.healthcheck.retries:"));
+        // The same key serves the process driver, which has no image check.
+        let (p, _) = one("services:\n  web:\n    command: x\n    healthcheck:\n      test: [CMD, test, -f, /tmp/ready]\n      interval: 1s\n");
+        assert_eq!(p.task.driver, Driver::Process);
+        assert_eq!(
+            p.task.health.map(|h| (h.test, h.interval_ms)),
+            Some((
+                HealthTest::Exec {
+                    argv: vec!["test".into(), "-f".into(), "/tmp/ready".into()]
+                },
+                1_000
+            ))
+        );
+        assert!(bad_one(
+            "services:\n  web:\n    command: x\n    healthcheck:\n      interval: 1s\n"
+        )
+        .contains("service web: healthcheck: without `test`"));
+        let (_, w) =
+            one("services:\n  web:\n    image: x\n    healthcheck:\n      start_interval: 1s\n");
+        assert_eq!(
+            w,
+            ["Ignoring options Flotilla does not act on yet: healthcheck.start_interval (web)"]
+        );
+    }
+
+    #[test]
+    fn update_and_rollback_configs() {
+        let (web, _) = one(
+            "services:\n  web:\n    command: x\n    deploy:\n      update_config:\n        parallelism: 2\n        delay: 10s\n        failure_action: rollback\n        monitor: 1m\n        max_failure_ratio: 0.25\n        order: start-first\n      rollback_config:\n        parallelism: 0\n        failure_action: continue\n",
+        );
+        assert_eq!(
+            web.update,
+            UpdateConfig {
+                parallelism: 2,
+                delay_ms: 10_000,
+                failure_action: FailureAction::Rollback,
+                monitor_ms: 60_000,
+                max_failure_ratio: Ratio(0.25),
+                order: UpdateOrder::StartFirst,
+            }
+        );
+        assert_eq!(
+            web.rollback,
+            UpdateConfig {
+                parallelism: 0,
+                failure_action: FailureAction::Continue,
+                ..UpdateConfig::default()
+            }
+        );
+        let e = bad_one("services:\n  web:\n    command: x\n    deploy:\n      rollback_config:\n        failure_action: rollback\n");
+        assert!(
+            e.starts_with("s.yml:6: services.web.deploy.rollback_config.failure_action:"),
+            "{e}"
+        );
+        let e = bad_one("services:\n  web:\n    command: x\n    deploy:\n      update_config:\n        order: random\n");
+        assert!(e.contains("not stop-first or start-first"), "{e}");
+        let e = bad_one("services:\n  web:\n    command: x\n    deploy:\n      update_config:\n        max_failure_ratio: 2\n");
+        assert!(e.contains("not between 0 and 1"), "{e}");
+    }
+
+    #[test]
+    fn resources_in_nano_cpus_and_bytes() {
+        let (web, _) = one(
+            "services:\n  web:\n    command: x\n    deploy:\n      resources:\n        limits: {cpus: \"0.5\", memory: 512M}\n        reservations: {cpus: 0.25, memory: 1G}\n",
+        );
+        assert_eq!(
+            web.task.resources,
+            ResourceSpec {
+                limits: Resources {
+                    nano_cpus: 500_000_000,
+                    memory_bytes: 512 << 20
+                },
+                reservations: Resources {
+                    nano_cpus: 250_000_000,
+                    memory_bytes: 1 << 30
+                },
+            }
+        );
+        let e = bad_one("services:\n  web:\n    command: x\n    deploy:\n      resources:\n        limits: {cpus: half}\n");
+        assert!(
+            e.starts_with("s.yml:6: services.web.deploy.resources.limits.cpus: expected a number"),
+            "{e}"
+        );
+        let e = bad_one("services:\n  web:\n    command: x\n    deploy:\n      resources:\n        limits: {cpus: \"-1\"}\n");
+        assert!(e.contains("not a positive number of CPUs"), "{e}");
+        let e = bad_one("services:\n  web:\n    command: x\n    deploy:\n      resources:\n        reservations:\n          memory: 12Q\n");
+        assert!(
+            e.starts_with("s.yml:7: services.web.deploy.resources.reservations.memory: invalid memory size \"12Q\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn placement_mode_and_restart() {
+        let (web, _) = one("services:\n  web:\n    command: x\n    deploy:\n      mode: global\n      placement:\n        constraints: [node.labels.zone==a, node.role!=manager]\n      restart_policy: {condition: none}\n");
+        assert_eq!(web.mode, ServiceMode::Global);
+        let c: Vec<String> = web.task.constraints.iter().map(|c| c.to_string()).collect();
+        assert_eq!(c, ["node.labels.zone==a", "node.role!=manager"]);
+        assert_eq!(web.task.restart.condition, RestartCondition::None);
+        assert_eq!(web.task.restart.delay_ms, 5_000, "Swarm's default delay");
+        let e = bad_one("services:\n  web:\n    command: x\n    deploy:\n      placement:\n        constraints: [\"node.role=manager\"]\n");
+        assert!(
+            e.starts_with("s.yml:6: services.web.deploy.placement.constraints[0]:"),
+            "{e}"
+        );
+        let e = bad_one("services:\n  web:\n    command: x\n    deploy:\n      replicas: -1\n");
+        assert!(
+            e.starts_with("s.yml:5: services.web.deploy.replicas: -1 is negative"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn keys_without_a_place_make_one_warning_per_stack() {
+        let stack = parse_stack(
+            "s.yml",
+            "services:\n  a:\n    image: x\n    ports: [\"80:80\"]\n    depends_on: [b]\n    deploy:\n      endpoint_mode: dnsrr\n      placement:\n        max_replicas_per_node: 1\n        preferences: [{spread: node.labels.zone}]\n  b:\n    image: y\n    ports: [\"81:81\"]\n    build: .\n    frobnicate: 1\n",
+        )
+        .expect("parse");
+        let ours: Vec<&String> = stack
+            .warnings
+            .iter()
+            .filter(|w| w.contains("does not act on"))
+            .collect();
+        assert_eq!(
+            ours,
+            ["Ignoring options Flotilla does not act on yet: ports (a, b), depends_on (a), deploy.endpoint_mode (a), deploy.placement.max_replicas_per_node (a), deploy.placement.preferences (a)"]
+        );
+        assert!(
+            stack
+                .warnings
+                .iter()
+                .any(|w| w == "service b: Ignoring unsupported options: build"),
+            "{:?}",
+            stack.warnings
+        );
+        assert!(
+            stack
+                .warnings
+                .iter()
+                .any(|w| w == "service b: Ignoring unknown keys: frobnicate"),
+            "{:?}",
+            stack.warnings
+        );
+    }
+
+    #[test]
+    fn a_port_published_twice_is_refused() {
+        let e = bad_one("services:\n  a:\n    image: x\n    ports: [\"8080:80\"]\n  b:\n    image: y\n    ports: [{target: 81, published: 8080}]\n");
+        assert!(
+            e.starts_with("s.yml:7: services.b.ports:")
+                && e.contains("port 8080/tcp is already published by service a"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn stack_names_and_labels() {
+        let stack = parse_stack("s.yml", "services:\n  web:\n    command: x\n    deploy:\n      labels: {com.docker.stack.namespace: spoofed}\n").expect("parse");
+        let specs = stack.specs_for("shop").expect("specs");
+        assert_eq!(specs[0].name, "shop_web");
+        assert_eq!(specs[0].labels[NAMESPACE_LABEL], "shop");
+        let e = stack.specs_for("-bad").err().map(|e| e.to_string());
+        assert!(e
+            .unwrap_or_default()
+            .starts_with("invalid stack name \"-bad\""),);
+        let long = "x".repeat(200);
+        let e = stack
+            .specs_for(&long)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.starts_with("invalid stack name") || e.contains("service web"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn later_files_merge_lists_by_key() {
+        let base = "services:\n  web:\n    image: x\n    environment: [A=1, B=2, C]\n    labels: {l1: a, l2: b}\n    ports: [\"80:80\", \"443:443\", {target: 53, published: 53, protocol: udp}]\n    deploy:\n      labels: [d1=a]\n";
+        let over = "services:\n  web:\n    environment: {B: over, D: new}\n    labels: [l2=over]\n    ports: [\"80:8080\", {target: 54, published: 53, protocol: udp}, \"9000:9000\"]\n    deploy:\n      labels: {d2: b}\n";
+        let vars: BTreeMap<String, String> = [("C".to_string(), "from-vars".to_string())].into();
+        let stack =
+            compose::parse_compose(&[("a.yml", base), ("b.yml", over)], &vars).expect("parse");
+        let web = &stack.services[0];
+        let env: Vec<(&str, &str)> = web
+            .environment
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            env,
+            [("A", "1"), ("B", "over"), ("C", "from-vars"), ("D", "new")]
+        );
+        assert_eq!(web.labels["l1"], "a");
+        assert_eq!(web.labels["l2"], "over");
+        assert_eq!(web.deploy.labels.len(), 2);
+        let ports: Vec<(Option<u16>, u16)> =
+            web.ports.iter().map(|p| (p.published, p.target)).collect();
+        assert_eq!(
+            ports,
+            [
+                (Some(80), 8080),
+                (Some(443), 443),
+                (Some(53), 54),
+                (Some(9000), 9000)
+            ]
+        );
+        // An error in a merged-in entry still names the file it came from.
+        let over = "services:\n  web:\n    environment: [\"=x\"]\n";
+        let e = compose::parse_compose(&[("a.yml", base), ("b.yml", over)], &vars)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.starts_with("b.yml:3: services.web.environment"), "{e}");
+    }
+
+    #[test]
+    fn config_reads_back_as_the_same_stack() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = dir.path().join("a.yml");
+        let b = dir.path().join("b.yml");
+        std::fs::write(
+            &a,
+            "x-common: &common\n  GREETING: \"${FLOTILLA_TEST_UNSET_VAR:-hello}\"\nservices:\n  web:\n    command: [sh, -c, \"echo $$HOME\"]\n    environment:\n      <<: *common\n      N: \"3\"\n    deploy:\n      replicas: 2\n",
+        )
+        .expect("write");
+        std::fs::write(&b, "services:\n  web:\n    environment: [EXTRA=1]\n").expect("write");
+        let (a, b) = (a.display().to_string(), b.display().to_string());
+        let (yaml, _) = config_yaml(&[&a, &b]).expect("config");
+        assert!(!yaml.contains("x-common"), "{yaml}");
+        assert!(yaml.contains("hello"), "{yaml}");
+        let out = dir.path().join("out.yml");
+        std::fs::write(&out, &yaml).expect("write");
+        let again = load_stack(&out.display().to_string()).expect("reparse");
+        let direct = load_stack_files(&[&a, &b]).expect("direct");
+        assert_eq!(again.services, direct.services, "{yaml}");
+        assert_eq!(direct.services[0].task.command[2], "echo $HOME");
+        assert_eq!(direct.services[0].task.env["EXTRA"], "1");
+        assert_eq!(
+            direct.services[0].task.env.get("N").map(String::as_str),
+            Some("3"),
+            "{:?}",
+            direct.services[0].task.env
+        );
+    }
+
+    #[test]
+    fn the_health_example_converts() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/health-stack.yml"
+        );
+        let stack = load_stack(path).expect("example");
+        let web = stack
+            .services
+            .iter()
+            .find(|s| s.name == "web")
+            .expect("web");
+        assert!(matches!(
+            web.task.health.as_ref().map(|h| &h.test),
+            Some(HealthTest::Shell { .. })
+        ));
+        assert_eq!(web.update.order, UpdateOrder::StartFirst);
+        assert!(stack.warnings.is_empty(), "{:?}", stack.warnings);
     }
 
     #[test]

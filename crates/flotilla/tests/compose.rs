@@ -7,7 +7,7 @@ use flotilla::compose::{
     interpolate, parse_compose, ComposeStack, PortMode, PortProtocol, PortSpec,
 };
 use flotilla::stack::{load_stack_files, parse_stack};
-use flotilla_types::ServiceMode;
+use flotilla_types::{Driver, ServiceMode};
 
 const SWARM: &str = r#"
 version: "3.8"
@@ -196,16 +196,18 @@ fn parses_a_swarm_stack_into_the_model() {
 }
 
 #[test]
-fn parse_stack_still_refuses_images_without_the_process_driver() {
-    let e = parse_stack("s.yml", "services:\n  web:\n    image: nginx\n")
-        .err()
-        .map(|e| e.to_string());
-    assert!(e.unwrap_or_default().contains("docker driver"));
+fn parse_stack_runs_images_on_the_docker_driver() {
+    let docker = parse_stack("s.yml", "services:\n  web:\n    image: nginx\n").expect("docker");
+    assert_eq!(docker.services[0].task.driver, Driver::Docker);
+    assert_eq!(docker.services[0].task.image.as_deref(), Some("nginx"));
     let ok = parse_stack("s.yml", "services:\n  web:\n    image: nginx\n    command: sleep 1\n    x-flotilla: {driver: process}\n    ports: [\"80:80\"]\n")
         .expect("process driver");
     assert_eq!(ok.compose[0].image.as_deref(), Some("nginx"));
+    assert_eq!(ok.services[0].task.image, None);
     assert!(
-        ok.warnings.iter().any(|w| w.contains("image, ports")),
+        ok.warnings
+            .iter()
+            .any(|w| w.contains("image (web), ports (web)")),
         "{:?}",
         ok.warnings
     );

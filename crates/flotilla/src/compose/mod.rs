@@ -4,7 +4,7 @@
 //!
 //! The pipeline, all-or-nothing: each file is parsed to a located YAML tree
 //! ([`yaml`]; anchors, aliases and `<<` merges expanded), later files are
-//! merged over earlier ones, string scalars are interpolated
+//! merged over earlier ones ([`yaml::merge`]), string scalars are interpolated
 //! ([`interpolate()`]; `x-` subtrees other than `x-flotilla` are skipped, as
 //! they are only anchor holders), then the tree is checked and converted
 //! ([`model`]).
@@ -61,6 +61,8 @@ pub enum ComposeError {
     },
     #[error("{file}: no services")]
     Empty { file: String },
+    #[error("cannot write the stack as YAML: {0}")]
+    Emit(String),
 }
 
 impl ComposeError {
@@ -147,6 +149,24 @@ pub fn parse_compose(
     files: &[(&str, &str)],
     vars: &BTreeMap<String, String>,
 ) -> Result<ComposeStack, ComposeError> {
+    merged(files, vars).map(|(_, stack)| stack)
+}
+
+/// The merged, interpolated Compose YAML of `files`, as `stack config`
+/// prints it, once it passed every check `parse_compose` makes. Reading it
+/// back gives the same stack (`$` is written `$$`).
+pub fn merged_yaml(
+    files: &[(&str, &str)],
+    vars: &BTreeMap<String, String>,
+) -> Result<String, ComposeError> {
+    let (root, _) = merged(files, vars)?;
+    serde_saphyr::to_string(&yaml::Emit(&root)).map_err(|e| ComposeError::Emit(e.to_string()))
+}
+
+fn merged(
+    files: &[(&str, &str)],
+    vars: &BTreeMap<String, String>,
+) -> Result<(Node, ComposeStack), ComposeError> {
     let mut merged: Option<Node> = None;
     for (path, text) in files {
         let node = yaml::parse(path, text)?;
@@ -161,7 +181,8 @@ pub fn parse_compose(
     })?;
     let lookup = |name: &str| vars.get(name).cloned();
     interpolate_tree(&mut root, &mut String::new(), &lookup)?;
-    model::convert(&root, first, &lookup)
+    let stack = model::convert(&root, first, &lookup)?;
+    Ok((root, stack))
 }
 
 fn interpolate_tree(

@@ -238,38 +238,6 @@ pub struct Resources {
     pub memory_bytes: Option<u64>,
 }
 
-impl ComposeService {
-    /// Names of the keys set on this service that the process driver does
-    /// not act on yet.
-    pub fn unused_by_process_driver(&self) -> Vec<&'static str> {
-        let d = &self.deploy;
-        let checks: [(&'static str, bool); 11] = [
-            ("image", self.image.is_some()),
-            ("ports", !self.ports.is_empty()),
-            ("healthcheck", self.healthcheck.is_some()),
-            ("depends_on", !self.depends_on.is_empty()),
-            (
-                "deploy.placement.max_replicas_per_node",
-                d.max_replicas_per_node.is_some(),
-            ),
-            ("deploy.placement.preferences", !d.spread.is_empty()),
-            ("deploy.update_config", d.update_config.is_some()),
-            ("deploy.rollback_config", d.rollback_config.is_some()),
-            (
-                "deploy.resources",
-                d.limits != Resources::default() || d.reservations != Resources::default(),
-            ),
-            ("deploy.endpoint_mode", d.endpoint_mode.is_some()),
-            ("labels", !self.labels.is_empty()),
-        ];
-        checks
-            .iter()
-            .filter(|(_, set)| *set)
-            .map(|(k, _)| *k)
-            .collect()
-    }
-}
-
 type R<T> = Result<T, ComposeError>;
 
 fn join(path: &str, key: &str) -> String {

@@ -87,16 +87,20 @@ pub fn parse(file: &str, text: &str) -> Result<Node, ComposeError> {
             line: 1,
         });
     }
-    let parsed: Spanned<Value> = serde_saphyr::from_str(text).map_err(|e| {
-        let full = e.to_string();
-        ComposeError::Yaml {
-            file: file.to_string(),
-            line: e.location().map(|l| l.line()).unwrap_or(0),
-            // The rendered error carries a source snippet on later lines;
-            // the first line is the message.
-            reason: full.lines().next().unwrap_or("").trim().to_string(),
-        }
-    })?;
+    // YAML 1.2 booleans only, as Compose reads YAML: `N`, `no` or `on` are
+    // strings (an environment variable named `N` is not `false`).
+    let options = serde_saphyr::options! { strict_booleans: true };
+    let parsed: Spanned<Value> =
+        serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+            let full = e.to_string();
+            ComposeError::Yaml {
+                file: file.to_string(),
+                line: e.location().map(|l| l.line()).unwrap_or(0),
+                // The rendered error carries a source snippet on later lines;
+                // the first line is the message.
+                reason: full.lines().next().unwrap_or("").trim().to_string(),
+            }
+        })?;
     let mut node = Node {
         value: parsed.value,
         file: name.clone(),
@@ -107,13 +111,71 @@ pub fn parse(file: &str, text: &str) -> Result<Node, ComposeError> {
 }
 
 /// Merges `over` onto `base` the way later Compose files override earlier
-/// ones: mappings key by key, everything else replaced.
+/// ones: mappings key by key; a service's `environment`, `labels` and
+/// `deploy.labels` key by key whether written as mappings or `KEY=VALUE`
+/// lists; `ports` by published port and protocol (an entry of a later file
+/// replaces the one publishing the same port); everything else replaced.
 pub fn merge(base: &mut Node, over: Node) {
+    merge_at(base, over, &mut Vec::new());
+}
+
+/// How the value at a key path merges.
+enum Rule {
+    Keys,
+    Ports,
+    Replace,
+}
+
+fn rule(path: &[String]) -> Rule {
+    let p: Vec<&str> = path.iter().map(String::as_str).collect();
+    match p.as_slice() {
+        ["services", _, "environment" | "labels"] | ["services", _, "deploy", "labels"] => {
+            Rule::Keys
+        }
+        ["services", _, "ports"] => Rule::Ports,
+        _ => Rule::Replace,
+    }
+}
+
+fn merge_at(base: &mut Node, over: Node, path: &mut Vec<String>) {
+    match rule(path) {
+        Rule::Keys => {
+            if let (Some(b), Some(o)) = (as_key_map(&base.value), as_key_map(&over.value)) {
+                base.value = Value::Map(b);
+                let over = Node {
+                    value: Value::Map(o),
+                    ..over
+                };
+                return merge_maps(base, over, path);
+            }
+        }
+        Rule::Ports => {
+            if let (Value::Seq(b), Value::Seq(o)) = (&mut base.value, &over.value) {
+                for item in o {
+                    let key = port_key(item);
+                    match b.iter_mut().find(|x| key.is_some() && port_key(x) == key) {
+                        Some(slot) => *slot = item.clone(),
+                        None => b.push(item.clone()),
+                    }
+                }
+                return;
+            }
+        }
+        Rule::Replace => {}
+    }
+    merge_maps(base, over, path)
+}
+
+fn merge_maps(base: &mut Node, over: Node, path: &mut Vec<String>) {
     match (&mut base.value, over.value) {
         (Value::Map(b), Value::Map(o)) => {
             for (k, v) in o {
                 match b.iter_mut().find(|(bk, _)| bk.name == k.name) {
-                    Some((_, bv)) => merge(bv, v),
+                    Some((_, bv)) => {
+                        path.push(k.name.clone());
+                        merge_at(bv, v, path);
+                        path.pop();
+                    }
                     None => b.push((k, v)),
                 }
             }
@@ -125,6 +187,80 @@ pub fn merge(base: &mut Node, over: Node) {
                 line: over.line,
             };
         }
+    }
+}
+
+/// A mapping as it is, or a `KEY=VALUE` list as a mapping (`KEY` alone is a
+/// null value, which `environment` fills from the variables). None for
+/// anything else, which is then replaced whole and refused later.
+fn as_key_map(value: &Value) -> Option<Vec<(Key, Node)>> {
+    match value {
+        Value::Map(m) => Some(m.clone()),
+        Value::Seq(items) => {
+            let mut out: Vec<(Key, Node)> = Vec::new();
+            for n in items {
+                let Value::Str(s) = &n.value else {
+                    return None;
+                };
+                let (k, v) = match s.split_once('=') {
+                    Some((k, v)) => (k, Value::Str(v.to_string())),
+                    None => (s.as_str(), Value::Null),
+                };
+                if k.is_empty() {
+                    return None;
+                }
+                let entry = (
+                    Key {
+                        name: k.to_string(),
+                        line: n.line,
+                    },
+                    Node {
+                        value: v,
+                        file: n.file.clone(),
+                        line: n.line,
+                    },
+                );
+                // A list may repeat a key; the last one wins, as in Compose.
+                match out.iter_mut().find(|(ek, _)| ek.name == k) {
+                    Some(slot) => *slot = entry,
+                    None => out.push(entry),
+                }
+            }
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+/// What makes two port entries the same one across files: the published
+/// port (as written, before interpolation) and the protocol. Entries that
+/// publish nothing are never the same as another.
+fn port_key(node: &Node) -> Option<(String, String)> {
+    match &node.value {
+        Value::Str(s) => {
+            let (spec, proto) = s.rsplit_once('/').unwrap_or((s.as_str(), "tcp"));
+            let spec = spec.rsplit_once("]:").map(|(_, r)| r).unwrap_or(spec);
+            let parts: Vec<&str> = spec.split(':').collect();
+            let published = match parts.as_slice() {
+                [pb, _] | [_, pb, _] if !pb.is_empty() => *pb,
+                _ => return None,
+            };
+            Some((published.to_string(), proto.to_string()))
+        }
+        Value::Int(_) => None,
+        Value::Map(_) => {
+            let published = node.get("published").and_then(|p| match &p.value {
+                Value::Str(s) => Some(s.clone()),
+                Value::Int(i) => Some(i.to_string()),
+                _ => None,
+            })?;
+            let proto = match node.get("protocol").map(|p| &p.value) {
+                Some(Value::Str(s)) => s.clone(),
+                _ => "tcp".to_string(),
+            };
+            Some((published, proto))
+        }
+        _ => None,
     }
 }
 
@@ -246,6 +382,46 @@ impl<'de> Deserialize<'de> for KeyText {
             Value::Null => Ok(KeyText(String::new())),
             Value::Seq(_) | Value::Map(_) => Err(de::Error::custom("mapping keys must be scalars")),
             other => Ok(KeyText(describe(&other))),
+        }
+    }
+}
+
+/// Writes the tree back as YAML, for `stack config`: `x-` subtrees other
+/// than `x-flotilla` are left out (they were not interpolated and only hold
+/// anchors, already expanded), and `$` is written as `$$` so that the output
+/// reads back as the same values.
+pub struct Emit<'a>(pub &'a Node);
+
+impl serde::Serialize for Emit<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match &self.0.value {
+            Value::Null => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Int(i) => match i64::try_from(*i) {
+                Ok(i) => s.serialize_i64(i),
+                Err(_) => s.serialize_str(&i.to_string()),
+            },
+            Value::Float(f) => s.serialize_f64(*f),
+            Value::Str(text) => s.serialize_str(&text.replace('$', "$$")),
+            Value::Seq(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&Emit(item))?;
+                }
+                seq.end()
+            }
+            Value::Map(entries) => {
+                let kept: Vec<&(Key, Node)> = entries
+                    .iter()
+                    .filter(|(k, _)| !k.name.starts_with("x-") || k.name == "x-flotilla")
+                    .collect();
+                let mut map = s.serialize_map(Some(kept.len()))?;
+                for (k, v) in kept {
+                    map.serialize_entry(&k.name, &Emit(v))?;
+                }
+                map.end()
+            }
         }
     }
 }

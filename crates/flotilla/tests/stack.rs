@@ -1,0 +1,388 @@
+//! `flotilla stack` end to end: the real binary as daemon and CLI, with
+//! process-driver stacks (`x-flotilla.driver: process`), as a Swarm user
+//! would drive it: deploy, redeploy, update one service, prune, list, remove,
+//! refuse bad files without writing anything, and print the merged config.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use flotilla_testkit::{wait_until, CliOutput, Daemon};
+use serde_json::Value;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_flotilla"))
+}
+
+fn cluster() -> Result<Daemon> {
+    let d = Daemon::start(bin())?;
+    d.ok(&["init"])?;
+    Ok(d)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> Result<String> {
+    let path = dir.join(name);
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path.display().to_string())
+}
+
+/// A service as `service ls --format json` shows it: name, version, env,
+/// running and desired tasks.
+type Listed = (String, u64, Value, u64, u64);
+
+fn services(d: &Daemon) -> Result<Vec<Listed>> {
+    let list = d.ok(&["service", "ls", "--format", "json"])?.json()?;
+    let list = list.as_array().ok_or_else(|| anyhow!("not a list"))?;
+    Ok(list
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap_or_default().to_string(),
+                s["version"].as_u64().unwrap_or(0),
+                s["spec"]["task"]["env"].clone(),
+                s["replicas"]["running"].as_u64().unwrap_or(0),
+                s["replicas"]["desired"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect())
+}
+
+fn version(d: &Daemon, name: &str) -> Result<u64> {
+    services(d)?
+        .into_iter()
+        .find(|s| s.0 == name)
+        .map(|s| s.1)
+        .ok_or_else(|| anyhow!("service {name} not listed"))
+}
+
+fn names(d: &Daemon) -> Result<Vec<String>> {
+    let mut n: Vec<String> = services(d)?.into_iter().map(|s| s.0).collect();
+    n.sort();
+    Ok(n)
+}
+
+fn one_line_error(out: &CliOutput) -> String {
+    assert_ne!(out.code, 0, "expected a failure, got stdout {}", out.stdout);
+    let err = out.stderr.trim();
+    assert_eq!(err.lines().count(), 1, "error must be one line: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err.to_string()
+}
+
+const V1: &str = r#"
+services:
+  web:
+    command: ["sleep", "100000"]
+    environment:
+      GREETING: hello
+    deploy:
+      replicas: 2
+      update_config:
+        parallelism: 2
+        monitor: 0s
+    stop_grace_period: 1s
+    x-flotilla:
+      driver: process
+  worker:
+    command: sleep 100000
+    stop_grace_period: 1s
+    ports: ["8080:80"]
+"#;
+
+#[test]
+fn deploy_redeploy_update_prune_and_remove() -> Result<()> {
+    let d = cluster()?;
+    let dir = tempfile::tempdir()?;
+    let v1 = write(dir.path(), "stack.yml", V1)?;
+
+    let out = d.ok(&["stack", "deploy", "-c", &v1, "shop"])?;
+    assert!(
+        out.stdout.contains("Creating service shop_web")
+            && out.stdout.contains("Creating service shop_worker"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        out.stderr.matches("Ignoring options").count(),
+        1,
+        "one warning for the stack: {}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("ports (worker)"), "{}", out.stderr);
+    // Without --detach, deploy returned once the tasks ran.
+    let list = services(&d)?;
+    assert!(list.iter().all(|s| s.3 == s.4), "{list:?}");
+    assert_eq!(names(&d)?, ["shop_web", "shop_worker"]);
+    let labels = d.ok(&["service", "inspect", "shop_web"])?.json()?;
+    assert_eq!(
+        labels[0]["spec"]["labels"]["com.docker.stack.namespace"],
+        "shop"
+    );
+
+    // The same files again: nothing is written.
+    let (web1, worker1) = (version(&d, "shop_web")?, version(&d, "shop_worker")?);
+    let out = d.ok(&["stack", "deploy", "-c", &v1, "shop"])?;
+    assert!(
+        out.stdout.contains("Service shop_web is up to date")
+            && out.stdout.contains("Service shop_worker is up to date")
+            && !out.stdout.contains("Updating"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(version(&d, "shop_web")?, web1);
+    assert_eq!(version(&d, "shop_worker")?, worker1);
+
+    // A second file changes one service's environment: only it is written.
+    let over = write(
+        dir.path(),
+        "stack.prod.yml",
+        "services:\n  web:\n    environment: [GREETING=bonjour]\n",
+    )?;
+    let out = d.ok(&["stack", "deploy", "-c", &v1, "-c", &over, "shop"])?;
+    assert!(
+        out.stdout.contains("Updating service shop_web")
+            && out.stdout.contains("Service shop_worker is up to date"),
+        "{}",
+        out.stdout
+    );
+    assert!(version(&d, "shop_web")? > web1);
+    assert_eq!(version(&d, "shop_worker")?, worker1);
+    let web = services(&d)?
+        .into_iter()
+        .find(|s| s.0 == "shop_web")
+        .ok_or_else(|| anyhow!("no web"))?;
+    assert_eq!(web.2["GREETING"], "bonjour");
+    // The rolling update replaces both tasks with new ones.
+    wait_until(
+        "shop_web's tasks to be replaced",
+        Duration::from_secs(30),
+        || {
+            let t = d
+                .ok(&["service", "ps", "shop_web", "--format", "json"])?
+                .json()?;
+            let t = t.as_array().cloned().unwrap_or_default();
+            let current_running = t
+                .iter()
+                .filter(|t| t["current"] == true && t["state"] == "running")
+                .count();
+            let history = t.iter().filter(|t| t["current"] == false).count();
+            Ok((current_running == 2 && history >= 2).then_some(()))
+        },
+    )?;
+
+    // A file without worker: it stays unless --prune.
+    let v2 = write(
+        dir.path(),
+        "web-only.yml",
+        "services:\n  web:\n    command: [sleep, \"100000\"]\n    environment: {GREETING: bonjour}\n    deploy:\n      replicas: 2\n      update_config: {parallelism: 2, monitor: 0s}\n    stop_grace_period: 1s\n",
+    )?;
+    let web2 = version(&d, "shop_web")?;
+    let out = d.ok(&["stack", "deploy", "--detach", "-c", &v2, "shop"])?;
+    assert!(!out.stdout.contains("Removing"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("Service shop_web is up to date"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(version(&d, "shop_web")?, web2);
+    assert_eq!(names(&d)?, ["shop_web", "shop_worker"]);
+    let out = d.ok(&["stack", "deploy", "--prune", "-c", &v2, "shop"])?;
+    assert!(
+        out.stdout.contains("Removing service shop_worker"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(names(&d)?, ["shop_web"]);
+
+    // A second stack, and the listing commands.
+    d.ok(&["stack", "deploy", "-c", &v1, "blog"])?;
+    d.ok(&[
+        "service", "create", "--name", "loose", "-d", "--", "sleep", "100000",
+    ])?;
+    let ls = d.ok(&["stack", "ls"])?.stdout;
+    assert_eq!(ls, "NAME   SERVICES\nblog   2\nshop   1\n");
+    let ls = d.ok(&["stack", "ls", "--format", "json"])?.json()?;
+    assert_eq!(ls[1]["name"], "shop");
+    assert_eq!(ls[1]["services"], 1);
+
+    let svcs = d.ok(&["stack", "services", "blog"])?.stdout;
+    let lines: Vec<&str> = svcs.lines().collect();
+    assert!(lines[0].starts_with("ID "), "{svcs}");
+    assert!(lines[0].contains("REPLICAS"), "{svcs}");
+    assert_eq!(lines.len(), 3, "{svcs}");
+    assert!(
+        lines[1].contains("blog_web") && lines[1].contains("2/2"),
+        "{svcs}"
+    );
+    assert!(lines[2].contains("blog_worker"), "{svcs}");
+    let json = d
+        .ok(&["stack", "services", "shop", "--format", "json"])?
+        .json()?;
+    assert_eq!(json.as_array().map(Vec::len), Some(1));
+
+    let ps = d.ok(&["stack", "ps", "blog"])?.stdout;
+    assert!(ps.starts_with("ID "), "{ps}");
+    for task in ["blog_web.1", "blog_web.2", "blog_worker.1"] {
+        assert!(ps.contains(task), "{task} in {ps}");
+    }
+    assert!(!ps.contains("shop_") && !ps.contains("loose"), "{ps}");
+    let ps = d.ok(&["stack", "ps", "blog", "--format", "json"])?.json()?;
+    assert_eq!(
+        ps.as_array()
+            .map(|a| a.iter().filter(|t| t["current"] == true).count()),
+        Some(3)
+    );
+
+    let out = d.ok(&["stack", "rm", "blog"])?;
+    assert!(
+        out.stdout.contains("Removing service blog_web")
+            && out.stdout.contains("Removing service blog_worker"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(names(&d)?, ["loose", "shop_web"]);
+    let e = one_line_error(&d.cli(&["stack", "rm", "blog"]));
+    assert_eq!(e, "Error: nothing found in stack: blog");
+    let e = one_line_error(&d.cli(&["stack", "ps", "blog"]));
+    assert_eq!(e, "Error: nothing found in stack: blog");
+    d.ok(&["stack", "rm", "shop"])?;
+    assert_eq!(d.ok(&["stack", "ls"])?.stdout, "NAME   SERVICES\n");
+    Ok(())
+}
+
+#[test]
+fn bad_files_deploy_nothing() -> Result<()> {
+    let d = cluster()?;
+    let dir = tempfile::tempdir()?;
+    let ok = "  a:\n    command: sleep 100000\n";
+    let cases: &[(&str, &str)] = &[
+        (
+            "    command: \"${FLOTILLA_TEST_SURELY_UNSET:?set it}\"\n",
+            "bad.yml:5: services.b.command: required variable FLOTILLA_TEST_SURELY_UNSET is missing a value: set it",
+        ),
+        (
+            "    command: x\n    deploy:\n      placement:\n        constraints: [\"node.zone==a\"]\n",
+            "bad.yml:8: services.b.deploy.placement.constraints[0]:",
+        ),
+        (
+            "    command: x\n    deploy:\n      replicas: -3\n",
+            "bad.yml:7: services.b.deploy.replicas: -3 is negative",
+        ),
+        (
+            "    command: x\n    depends_on: [nope]\n",
+            "bad.yml:6: services.b.depends_on: unknown service \"nope\"",
+        ),
+        (
+            "    command: x\n    healthcheck:\n      interval: 1s\n",
+            "service b: healthcheck: without `test`",
+        ),
+        (
+            "    deploy:\n      replicas: 1\n",
+            "service b: nothing to run",
+        ),
+        // Only the daemon's own checks know this one; it is still asked
+        // before anything is written.
+        (
+            "    command: x\n    deploy:\n      replicas: 1000000\n",
+            "service test_b: invalid replicas 1000000",
+        ),
+    ];
+    for (b, want) in cases {
+        let text = format!("services:\n{ok}  b:\n{b}");
+        let path = write(dir.path(), "bad.yml", &text)?;
+        let e = one_line_error(&d.cli(&["stack", "deploy", "-c", &path, "test"]));
+        assert!(e.contains(want), "want {want:?} in {e:?}");
+        assert!(names(&d)?.is_empty(), "nothing may be deployed after: {e}");
+    }
+    let path = write(dir.path(), "bad.yml", &format!("services:\n{ok}"))?;
+    let e = one_line_error(&d.cli(&["stack", "deploy", "-c", &path, "-bad"]));
+    assert!(e.contains("invalid stack name \"-bad\""), "{e}");
+    let e = one_line_error(&d.cli(&["stack", "deploy", "-c", "/nonexistent.yml", "test"]));
+    assert!(e.contains("cannot read stack file /nonexistent.yml"), "{e}");
+    // A name taken outside the stack is refused before any write.
+    d.ok(&[
+        "service", "create", "--name", "test_a", "-d", "--", "sleep", "100000",
+    ])?;
+    let two = write(
+        dir.path(),
+        "two.yml",
+        "services:\n  a:\n    command: sleep 100000\n  z:\n    command: sleep 100000\n",
+    )?;
+    let e = one_line_error(&d.cli(&["stack", "deploy", "-c", &two, "test"]));
+    assert!(
+        e.contains("service test_a exists and is not part of stack test"),
+        "{e}"
+    );
+    assert_eq!(names(&d)?, ["test_a"]);
+    Ok(())
+}
+
+#[test]
+fn config_prints_the_merged_interpolated_file_without_a_daemon() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    std::fs::write(dir.path().join(".env"), "TAG=1.25\nREPLICAS=3\n")?;
+    let base = write(
+        dir.path(),
+        "stack.yml",
+        "x-env: &env\n  MODE: dev\nservices:\n  web:\n    image: \"nginx:${TAG}\"\n    environment:\n      <<: *env\n      KEEP: \"yes\"\n    ports: [\"80:80\", \"443:443\"]\n    deploy:\n      replicas: ${REPLICAS}\n",
+    )?;
+    let over = write(
+        dir.path(),
+        "stack.prod.yml",
+        "services:\n  web:\n    environment: [MODE=prod]\n    ports: [\"80:8080\"]\n",
+    )?;
+    let out = std::process::Command::new(bin())
+        .arg("--data-dir")
+        .arg(dir.path().join("no-daemon-here"))
+        .args(["stack", "config", "-c", &base, "-c", &over])
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("nginx:1.25"), "{stdout}");
+    assert!(
+        stdout.contains("prod") && !stdout.contains("dev"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("KEEP"), "{stdout}");
+    assert!(
+        !stdout.contains("x-env") && !stdout.contains("${"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("8080") && stdout.contains("443:443"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("80:80\n") && !stdout.contains("'80:80'"),
+        "{stdout}"
+    );
+    // It is a stack file again, which deploys as the two files would.
+    let printed = write(dir.path(), "printed.yml", &stdout)?;
+    let again = flotilla::stack::load_stack(&printed)?;
+    let both = flotilla::stack::load_stack_files(&[&base, &over])?;
+    assert_eq!(again.services, both.services);
+    assert_eq!(both.services[0].task.env["MODE"], "prod");
+    assert_eq!(both.services[0].task.env["KEEP"], "yes");
+    // A bad file is refused the same way deploy refuses it.
+    let bad = write(
+        dir.path(),
+        "bad.yml",
+        "services:\n  web:\n    command: x\n    deploy: {replicas: -1}\n",
+    )?;
+    let out = std::process::Command::new(bin())
+        .arg("--data-dir")
+        .arg(dir.path().join("no-daemon-here"))
+        .args(["stack", "config", "-c", &bad])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("services.web.deploy.replicas: -1 is negative"),
+        "{stderr}"
+    );
+    Ok(())
+}
