@@ -58,6 +58,9 @@ const TICK: Duration = Duration::from_secs(1);
 /// the reports still in flight are not duplicated on every assignment.
 const RESEND_AFTER: Duration = Duration::from_secs(1);
 
+/// Longest the agent waits at start for a driver to list stale workloads.
+const STALE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Added to the largest grace period to bound a node shutdown.
 const SHUTDOWN_SLACK: Duration = Duration::from_secs(2);
 
@@ -211,6 +214,7 @@ impl Agent {
         };
         lp.recover(recovered).await;
         lp.flush();
+        lp.remove_stale().await;
 
         let initial = assignments.borrow_and_update().clone();
         lp.on_assignments(initial);
@@ -445,6 +449,34 @@ impl Loop {
                         .persist(&task_id, &driver, handle.as_ref(), grace_ms, &failed);
                     self.record_status(&task_id, failed, handle, grace_ms);
                 }
+            }
+        }
+    }
+
+    /// Removes what drivers run for tasks the agent does not know (a
+    /// container created just before a crash). A driver that cannot check
+    /// (no Docker engine) is skipped with a warning.
+    async fn remove_stale(&mut self) {
+        let keep: HashSet<String> = self.entries.keys().cloned().collect();
+        for name in self.shared.drivers.names() {
+            let Some(driver) = self.shared.drivers.get(name) else {
+                continue;
+            };
+            let check = driver.remove_stale(&self.shared.node_id, &keep);
+            match tokio::time::timeout(STALE_CHECK_TIMEOUT, check).await {
+                Ok(Ok(removed)) if !removed.is_empty() => {
+                    info!(
+                        driver = name,
+                        count = removed.len(),
+                        "removed workloads of no known task"
+                    )
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => debug!(driver = name, error = %e, "cannot look for stale workloads"),
+                Err(_) => warn!(
+                    driver = name,
+                    "gave up looking for stale workloads after {STALE_CHECK_TIMEOUT:?}"
+                ),
             }
         }
     }

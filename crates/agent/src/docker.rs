@@ -545,6 +545,14 @@ impl Driver for DockerDriver {
     ) -> BoxFuture<'a, Result<Option<HealthCheck>, DriverError>> {
         Box::pin(async move { Ok(self.image_health(handle).await?) })
     }
+
+    fn remove_stale<'a>(
+        &'a self,
+        node_id: &'a str,
+        keep: &'a HashSet<String>,
+    ) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
+        Box::pin(DockerDriver::remove_stale(self, node_id, keep))
+    }
 }
 
 /// The container's configuration: the template's command, entrypoint and

@@ -218,6 +218,19 @@ pub trait Driver: Send + Sync {
         })
     }
 
+    /// After adoption: removes workloads of this node that belong to no
+    /// task in `keep` (a container created just before a crash, before its
+    /// record was written) and returns their IDs. Processes need nothing:
+    /// the process driver's default does nothing.
+    fn remove_stale<'a>(
+        &'a self,
+        node_id: &'a str,
+        keep: &'a std::collections::HashSet<String>,
+    ) -> BoxFuture<'a, Result<Vec<String>, DriverError>> {
+        let _ = (node_id, keep);
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
     /// The health check the workload brings itself (a container image's
     /// HEALTHCHECK), used when the template gives none or asks for the
     /// image's test. `None` by default.

@@ -729,12 +729,17 @@ pub fn inspect_text(s: &ServiceView) -> String {
 /// any task runs an image.
 pub fn ps_table(tasks: &[TaskView]) -> String {
     let with_image = tasks.iter().any(|t| t.image.is_some());
+    table(&ps_header(with_image), &ps_rows_with(tasks, with_image))
+}
+
+/// The header of `service ps`, with or without the IMAGE column.
+pub fn ps_header(with_image: bool) -> Vec<&'static str> {
     let mut header = vec!["ID", "NAME"];
     if with_image {
         header.push("IMAGE");
     }
     header.extend(["NODE", "DESIRED STATE", "CURRENT STATE", "HEALTH", "ERROR"]);
-    table(&header, &ps_rows_with(tasks, with_image))
+    header
 }
 
 /// Rows of `service ps`: per slot, the current task and then its history
@@ -743,7 +748,8 @@ pub fn ps_rows(tasks: &[TaskView]) -> Vec<Vec<String>> {
     ps_rows_with(tasks, false)
 }
 
-fn ps_rows_with(tasks: &[TaskView], with_image: bool) -> Vec<Vec<String>> {
+/// Rows of `service ps`, with the IMAGE column when `with_image`.
+pub fn ps_rows_with(tasks: &[TaskView], with_image: bool) -> Vec<Vec<String>> {
     let mut sorted: Vec<&TaskView> = tasks.iter().collect();
     // Global tasks have slot 0 and are told apart by node.
     let key = |t: &TaskView| (t.slot, if t.slot == 0 { t.node_id.clone() } else { None });

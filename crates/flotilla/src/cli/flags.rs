@@ -272,33 +272,11 @@ pub fn parse_cpus(v: &str) -> Result<u64, String> {
     Ok((cpus * 1e9).round() as u64)
 }
 
-/// Parses a memory size such as `512M`, `1g`, `1024k` or `1048576` (bytes).
+/// Parses a memory size such as `512M`, `1g`, `1024k` or `1048576` (bytes),
+/// with the Compose parser's rules.
 pub fn parse_memory(v: &str) -> Result<u64, String> {
-    let t = v.trim().to_ascii_lowercase();
-    let t = t.strip_suffix('b').unwrap_or(&t);
-    let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit() && c != '.') {
-        Some(i) => t.split_at(i),
-        None => (t, ""),
-    };
-    let scale: u64 = match unit {
-        "" => 1,
-        "k" | "ki" => 1 << 10,
-        "m" | "mi" => 1 << 20,
-        "g" | "gi" => 1 << 30,
-        "t" | "ti" => 1 << 40,
-        _ => {
-            return Err(format!(
-                "invalid memory size {v:?}: expected e.g. 512M or 1G"
-            ))
-        }
-    };
-    let n: f64 = digits
-        .parse()
-        .map_err(|_| format!("invalid memory size {v:?}: expected e.g. 512M or 1G"))?;
-    if !n.is_finite() || n < 0.0 {
-        return Err(format!("invalid memory size {v:?}"));
-    }
-    Ok((n * scale as f64).round() as u64)
+    crate::compose::model::parse_memory(v)
+        .ok_or_else(|| format!("invalid memory size {v:?}: expected e.g. 512M or 1G"))
 }
 
 fn set_resources(
@@ -485,7 +463,7 @@ mod tests {
         assert!(parse_cpus("lots").is_err());
         assert_eq!(parse_memory("512M"), Ok(512 << 20));
         assert_eq!(parse_memory("1g"), Ok(1 << 30));
-        assert_eq!(parse_memory("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_memory("1.5gb"), Ok(3 << 29));
         assert_eq!(parse_memory("4096"), Ok(4096));
         assert!(parse_memory("12 parsecs").is_err());
         let spec = applied(SpecFlags {

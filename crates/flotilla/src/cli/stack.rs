@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use clap::Subcommand;
-use flotilla_api::model::ServiceView;
+use flotilla_api::model::{ServiceView, TaskView};
 use flotilla_api::Client;
-use flotilla_types::{Ratio, ServiceSpec};
+use flotilla_types::{Ratio, ServiceSpec, UpdateState};
 
-use super::commands::ps_rows;
+use super::commands::{ps_header, ps_rows_with, services_table};
 use super::output::table;
 use super::{Format, FormatArg};
 use crate::stack::{load_stack_files, StackError, NAMESPACE_LABEL};
@@ -243,21 +243,40 @@ async fn deploy(client: &Client, paths: &[&str], stack: &str, prune: bool) -> Re
     Ok(actions)
 }
 
-/// Waits until each named service runs as many tasks as it wants.
+/// Waits until each named service runs as many ready (running and, where
+/// checked, healthy) tasks as it wants and its rolling update, if any, has
+/// completed. A paused or rolled back update ends the wait with its reason.
 async fn wait_running(client: &Client, names: &[String], timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     for name in names {
         loop {
             let s = client.service(name).await?;
-            if s.replicas.running == s.replicas.desired {
+            let update = s.update_status.as_ref();
+            let why = update.map(|u| u.message.as_str()).unwrap_or_default();
+            match update.map(|u| u.state) {
+                Some(UpdateState::Paused | UpdateState::RollbackPaused) => {
+                    bail!("service {name}: update paused: {why}")
+                }
+                Some(UpdateState::RollbackStarted | UpdateState::RollbackCompleted) => {
+                    bail!("service {name}: update rolled back: {why}")
+                }
+                _ => {}
+            }
+            let updating = update.is_some_and(|u| u.state.in_progress());
+            if !updating
+                && s.replicas.ready == s.replicas.desired
+                && s.replicas.running == s.replicas.desired
+            {
                 break;
             }
             if Instant::now() >= deadline {
+                let state = update.map(|u| u.state.as_str()).unwrap_or("none");
                 bail!(
-                    "timed out after {}s waiting for service {name} to run {} tasks ({} running; see 'flotilla stack ps')",
+                    "timed out after {}s waiting for service {name} to run {} ready tasks ({} running, {} ready, update {state}; see 'flotilla stack ps')",
                     timeout.as_secs(),
                     s.replicas.desired,
-                    s.replicas.running
+                    s.replicas.running,
+                    s.replicas.ready,
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -332,7 +351,7 @@ pub async fn stack(client: &Client, command: &StackCommand) -> Result<()> {
                     .filter(|a| matches!(a, Action::Create(_) | Action::Update { .. }))
                     .map(|a| a.name().to_string())
                     .collect();
-                wait_running(client, &written, Duration::from_secs(60)).await?;
+                wait_running(client, &written, Duration::from_secs(300)).await?;
             }
             Ok(())
         }
@@ -353,56 +372,27 @@ pub async fn stack(client: &Client, command: &StackCommand) -> Result<()> {
             if format.format == Format::Json {
                 return print_json(&services);
             }
-            let rows: Vec<Vec<String>> = services
-                .iter()
-                .map(|s| {
-                    vec![
-                        s.id.chars().take(12).collect(),
-                        s.name.clone(),
-                        s.mode.clone(),
-                        format!("{}/{}", s.replicas.running, s.replicas.desired),
-                        s.spec.task.image.clone().unwrap_or_default(),
-                        s.command.clone(),
-                    ]
-                })
-                .collect();
-            print!(
-                "{}",
-                table(
-                    &["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "COMMAND"],
-                    &rows
-                )
-            );
+            print!("{}", services_table(&services));
             Ok(())
         }
         StackCommand::Ps { stack, format } => {
             let services = stack_services(client, stack).await?;
-            let mut tasks = Vec::new();
-            let mut rows = Vec::new();
+            let mut per_service = Vec::new();
             for s in &services {
-                let t = client.tasks(&s.name).await?;
-                // ps_rows groups history under its slot, so one service at
-                // a time: slot 1 of two services is not one slot.
-                rows.extend(ps_rows(&t));
-                tasks.extend(t);
+                per_service.push(client.tasks(&s.name).await?);
             }
             if format.format == Format::Json {
+                let tasks: Vec<&TaskView> = per_service.iter().flatten().collect();
                 return print_json(&tasks);
             }
-            print!(
-                "{}",
-                table(
-                    &[
-                        "ID",
-                        "NAME",
-                        "NODE",
-                        "DESIRED STATE",
-                        "CURRENT STATE",
-                        "ERROR"
-                    ],
-                    &rows
-                )
-            );
+            let with_image = per_service.iter().flatten().any(|t| t.image.is_some());
+            // ps rows group history under its slot, so one service at a
+            // time: slot 1 of two services is not one slot.
+            let rows: Vec<Vec<String>> = per_service
+                .iter()
+                .flat_map(|t| ps_rows_with(t, with_image))
+                .collect();
+            print!("{}", table(&ps_header(with_image), &rows));
             Ok(())
         }
         StackCommand::Rm { stacks } => {
@@ -473,12 +463,16 @@ mod tests {
             replicas: Replicas {
                 running: 1,
                 desired: 1,
+                healthy: None,
+                ready: 1,
             },
             command: spec.task.command.join(" "),
             spec,
             version,
             created_at: 0,
             updated_at: 0,
+            update_status: None,
+            can_roll_back: false,
         }
     }
 
