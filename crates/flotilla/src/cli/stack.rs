@@ -245,7 +245,8 @@ async fn deploy(client: &Client, paths: &[&str], stack: &str, prune: bool) -> Re
 
 /// Waits until each named service runs as many ready (running and, where
 /// checked, healthy) tasks as it wants and its rolling update, if any, has
-/// completed. A paused or rolled back update ends the wait with its reason.
+/// completed. A paused update, or one rolled back once the rollback is
+/// done, ends the wait with its reason.
 async fn wait_running(client: &Client, names: &[String], timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     for name in names {
@@ -257,7 +258,9 @@ async fn wait_running(client: &Client, names: &[String], timeout: Duration) -> R
                 Some(UpdateState::Paused | UpdateState::RollbackPaused) => {
                     bail!("service {name}: update paused: {why}")
                 }
-                Some(UpdateState::RollbackStarted | UpdateState::RollbackCompleted) => {
+                // A rollback the orchestrator started is followed to its
+                // end, so that the command returns on the old tasks.
+                Some(UpdateState::RollbackCompleted) => {
                     bail!("service {name}: update rolled back: {why}")
                 }
                 _ => {}

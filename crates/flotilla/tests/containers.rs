@@ -1,0 +1,256 @@
+//! Containers end to end, as the issue's acceptance steps: a Compose stack
+//! of a locally built busybox image with a health check and a paced update
+//! config, a failing update that rolls back by itself, a start-first update
+//! that keeps every slot healthy, and no container left behind. Needs a
+//! Docker Engine (scripts/test-deps.sh starts one); no registry is used.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use flotilla_testkit::image::{busybox_image, docker_available};
+use flotilla_testkit::{wait_until, CliOutput, Daemon};
+use serde_json::Value;
+
+const SERVICE: &str = "demo_web";
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_flotilla"))
+}
+
+/// `docker ARGS` with `stdin` fed in, failing with its stderr.
+fn docker(args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let mut child = Command::new("docker")
+        .args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running docker")?;
+    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        use std::io::Write;
+        pipe.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "docker {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Images `flotilla-test/web:1` and `:3` serve HTTP on 8080; `:2` runs
+/// but serves nothing, so its health check fails.
+fn build_images() -> Result<()> {
+    if !docker_available() {
+        bail!("no Docker Engine answers (docker info); scripts/test-deps.sh starts one");
+    }
+    let base = busybox_image("flotilla-test/busybox:1", None)?;
+    let serve = r#"CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]"#;
+    for (tag, cmd) in [
+        ("1", serve.to_string()),
+        ("2", r#"CMD ["sleep", "100000"]"#.to_string()),
+        ("3", format!("{serve}\nLABEL version=3")),
+    ] {
+        let dockerfile = format!("FROM {base}\n{cmd}\n");
+        docker(
+            &[
+                "build",
+                "-q",
+                "-t",
+                &format!("flotilla-test/web:{tag}"),
+                "-",
+            ],
+            Some(&dockerfile),
+        )?;
+    }
+    Ok(())
+}
+
+const STACK: &str = r#"
+services:
+  web:
+    image: flotilla-test/web:${TAG}
+    healthcheck:
+      test: ["CMD", "wget", "-q", "-O", "/dev/null", "http://127.0.0.1:8080/"]
+      interval: 300ms
+      timeout: 2s
+      retries: 2
+    stop_grace_period: 1s
+    deploy:
+      replicas: 3
+      update_config:
+        parallelism: 1
+        delay: 2s
+        failure_action: rollback
+        monitor: 1s
+        order: ${ORDER:-stop-first}
+      rollback_config:
+        parallelism: 0
+        monitor: 1s
+"#;
+
+/// Removes the test's containers even when it fails.
+struct Containers;
+
+impl Drop for Containers {
+    fn drop(&mut self) {
+        if let Ok(ids) = containers() {
+            for id in ids {
+                let _ = docker(&["rm", "-f", &id], None);
+            }
+        }
+    }
+}
+
+fn containers() -> Result<Vec<String>> {
+    let filter = format!("label=com.flotilla.service.name={SERVICE}");
+    Ok(docker(&["ps", "-aq", "--filter", &filter], None)?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect())
+}
+
+fn deploy(d: &Daemon, file: &Path, tag: &str, order: &str, detach: bool) -> Result<CliOutput> {
+    let file = file.to_string_lossy();
+    let mut args = vec!["stack", "deploy", "-c", &file];
+    if detach {
+        args.push("--detach");
+    }
+    args.push("demo");
+    let out = Command::new(bin())
+        .arg("--data-dir")
+        .arg(d.data_dir())
+        .args(&args)
+        .env("TAG", tag)
+        .env("ORDER", order)
+        .output()?;
+    Ok(CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+fn service(d: &Daemon) -> Result<Value> {
+    let v = d
+        .ok(&["service", "inspect", SERVICE, "--format", "json"])?
+        .json()?;
+    v.get(0).cloned().ok_or_else(|| anyhow!("no service"))
+}
+
+fn current_tasks(d: &Daemon) -> Result<Vec<Value>> {
+    let v = d
+        .ok(&["service", "ps", SERVICE, "--format", "json"])?
+        .json()?;
+    Ok(v.as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| t["current"] == true)
+        .collect())
+}
+
+/// Images of the current tasks that run and are healthy, sorted.
+fn healthy_images(d: &Daemon) -> Result<Vec<String>> {
+    let mut out: Vec<String> = current_tasks(d)?
+        .iter()
+        .filter(|t| t["state"] == "running" && t["health"] == "healthy")
+        .filter_map(|t| t["image"].as_str().map(String::from))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+#[test]
+fn a_stack_of_containers_updates_safely() -> Result<()> {
+    let _cleanup = Containers;
+    build_images()?;
+    let d = Daemon::start(bin())?;
+    d.ok(&["init"])?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("stack.yml");
+    std::fs::write(&file, STACK)?;
+
+    // Deploy: waits for 3 running, healthy tasks.
+    let out = deploy(&d, &file, "1", "stop-first", false)?;
+    assert_eq!(out.code, 0, "deploy: {} {}", out.stdout, out.stderr);
+    let ps = d.ok(&["stack", "ps", "demo"])?.stdout;
+    assert_eq!(ps.matches("healthy").count(), 3, "{ps}");
+    assert_eq!(ps.matches("flotilla-test/web:1").count(), 3, "{ps}");
+    assert_eq!(containers()?.len(), 3);
+    let one = "flotilla-test/web:1".to_string();
+    assert_eq!(healthy_images(&d)?, [one.clone(), one.clone(), one.clone()]);
+
+    // A tag whose check fails: the first slot fails, the update rolls back
+    // by itself, and every task ends on the old image.
+    let out = deploy(&d, &file, "2", "stop-first", false)?;
+    assert_ne!(out.code, 0, "the bad update must fail: {}", out.stdout);
+    assert!(out.stderr.contains("rolled back"), "{}", out.stderr);
+    let s = service(&d)?;
+    assert_eq!(s["update_status"]["state"], "rollback_completed");
+    let why = s["update_status"]["message"].as_str().unwrap_or("");
+    assert!(why.contains("update rolled back due to failure"), "{why}");
+    wait_until(
+        "3 healthy tasks on the old image",
+        Duration::from_secs(30),
+        || Ok((healthy_images(&d)? == [one.clone(), one.clone(), one.clone()]).then_some(())),
+    )?;
+    let all = d
+        .ok(&["service", "ps", SERVICE, "--format", "json"])?
+        .json()?;
+    let tried: Vec<u64> = all
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|t| t["image"] == "flotilla-test/web:2")
+        .filter_map(|t| t["slot"].as_u64())
+        .collect();
+    assert!(!tried.is_empty(), "the bad image was never tried");
+    assert!(
+        tried.iter().all(|s| *s == tried[0]),
+        "the update went past its first slot: {tried:?}"
+    );
+
+    // A good update, start-first: never fewer than 3 healthy tasks.
+    let out = deploy(&d, &file, "3", "start-first", true)?;
+    assert_eq!(out.code, 0, "deploy: {} {}", out.stdout, out.stderr);
+    let mut lowest = usize::MAX;
+    wait_until(
+        "the start-first update to complete",
+        Duration::from_secs(90),
+        || {
+            lowest = lowest.min(healthy_images(&d)?.len());
+            let done = service(&d)?["update_status"]["state"] == "completed";
+            Ok(done.then_some(()))
+        },
+    )?;
+    assert!(
+        lowest >= 3,
+        "healthy tasks fell to {lowest} during the update"
+    );
+    let three = "flotilla-test/web:3".to_string();
+    wait_until(
+        "3 healthy tasks on the new image",
+        Duration::from_secs(30),
+        || Ok((healthy_images(&d)? == [three.clone(), three.clone(), three.clone()]).then_some(())),
+    )?;
+
+    // No container is left behind.
+    d.ok(&["stack", "rm", "demo"])?;
+    wait_until("every container to go", Duration::from_secs(30), || {
+        Ok(containers()?.is_empty().then_some(()))
+    })?;
+    Ok(())
+}
