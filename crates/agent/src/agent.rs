@@ -1094,6 +1094,7 @@ async fn start_task(shared: &Shared, task: &Task) -> Result<Running, DriverError
     let grace_ms = task.spec.stop_grace_period_ms;
     let mut status = TaskStatus::new(TaskState::Running, now_ms(), MSG_STARTED);
     status.pid = handle.pid;
+    status.container_id = handle.id.clone();
     if check.is_some() {
         status.health = Some(Health::Starting);
     }

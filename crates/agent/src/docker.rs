@@ -596,6 +596,8 @@ fn container_body(spec: &StartSpec, image: &str) -> ContainerCreateBody {
                 name: Some(RestartPolicyNameEnum::NO),
                 maximum_retry_count: None,
             }),
+            // The engine's default when not asked for.
+            init: t.init.then_some(true),
             ..Default::default()
         }),
         ..Default::default()

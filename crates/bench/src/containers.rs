@@ -37,6 +37,8 @@ fn container_spec(name: &str, replicas: u64) -> ServiceSpec {
             driver: Driver::Docker,
             image: Some(IMAGE.to_string()),
             command: vec!["sleep".into(), "100000".into()],
+            // As the Swarm side's --init: sleep stops on SIGTERM.
+            init: true,
             ..TaskTemplate::default()
         },
         ..ServiceSpec::default()

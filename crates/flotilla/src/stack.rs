@@ -285,6 +285,7 @@ fn to_spec(
                 limits: resources(&d.limits),
                 reservations: resources(&d.reservations),
             },
+            init: false,
         },
         update: update_config(d.update_config.as_ref(), "update_config").map_err(fail)?,
         rollback: update_config(d.rollback_config.as_ref(), "rollback_config").map_err(fail)?,

@@ -14,6 +14,7 @@ use flotilla_testkit::{wait_until, CliOutput, Daemon};
 use serde_json::Value;
 
 const SERVICE: &str = "demo_web";
+const CRASH_SERVICE: &str = "crash_web";
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_flotilla"))
@@ -98,12 +99,12 @@ services:
         monitor: 1s
 "#;
 
-/// Removes the test's containers even when it fails.
-struct Containers;
+/// Removes a test's containers (of one service name) even when it fails.
+struct Containers(&'static str);
 
 impl Drop for Containers {
     fn drop(&mut self) {
-        if let Ok(ids) = containers() {
+        if let Ok(ids) = containers_of(self.0) {
             for id in ids {
                 let _ = docker(&["rm", "-f", &id], None);
             }
@@ -112,7 +113,12 @@ impl Drop for Containers {
 }
 
 fn containers() -> Result<Vec<String>> {
-    let filter = format!("label=com.flotilla.service.name={SERVICE}");
+    containers_of(SERVICE)
+}
+
+/// IDs of the containers labelled with Flotilla service `name`.
+fn containers_of(name: &str) -> Result<Vec<String>> {
+    let filter = format!("label=com.flotilla.service.name={name}");
     Ok(docker(&["ps", "-aq", "--filter", &filter], None)?
         .lines()
         .map(str::trim)
@@ -174,7 +180,7 @@ fn healthy_images(d: &Daemon) -> Result<Vec<String>> {
 
 #[test]
 fn a_stack_of_containers_updates_safely() -> Result<()> {
-    let _cleanup = Containers;
+    let _cleanup = Containers(SERVICE);
     build_images()?;
     let d = Daemon::start(bin())?;
     d.ok(&["init"])?;
@@ -251,6 +257,87 @@ fn a_stack_of_containers_updates_safely() -> Result<()> {
     d.ok(&["stack", "rm", "demo"])?;
     wait_until("every container to go", Duration::from_secs(30), || {
         Ok(containers()?.is_empty().then_some(()))
+    })?;
+    Ok(())
+}
+
+/// Running task containers of `name`, as (task id, container id), sorted.
+fn task_containers(d: &Daemon, name: &str) -> Result<Vec<(String, String)>> {
+    let v = d.ok(&["service", "ps", name, "--format", "json"])?.json()?;
+    let mut out: Vec<(String, String)> = v
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|t| t["current"] == true && t["state"] == "running")
+        .filter_map(|t| {
+            Some((
+                t["id"].as_str()?.to_string(),
+                t["container_id"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+#[test]
+fn containers_survive_a_daemon_crash_and_strays_are_removed() -> Result<()> {
+    let _cleanup = Containers(CRASH_SERVICE);
+    build_images()?;
+    let mut d = Daemon::start(bin())?;
+    d.ok(&["init"])?;
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        CRASH_SERVICE,
+        "--replicas",
+        "2",
+        "--image",
+        "flotilla-test/web:1",
+        "--stop-grace-period",
+        "1s",
+    ])?;
+    let before = task_containers(&d, CRASH_SERVICE)?;
+    assert_eq!(before.len(), 2, "{before:?}");
+    let info = d.ok(&["info", "--format", "json"])?.json()?;
+    let node_id = info["node_id"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no node id in {info}"))?
+        .to_string();
+
+    // The daemon dies; a container of no known task appears, as if the
+    // daemon had crashed between creating a container and recording it.
+    d.kill9()?;
+    docker(
+        &[
+            "run",
+            "-d",
+            "--label",
+            &format!("com.flotilla.service.name={CRASH_SERVICE}"),
+            "--label",
+            "com.flotilla.task.id=nosuchtask0000000000000",
+            "--label",
+            &format!("com.flotilla.node.id={node_id}"),
+            "flotilla-test/web:1",
+        ],
+        None,
+    )?;
+    assert_eq!(containers_of(CRASH_SERVICE)?.len(), 3);
+    d.restart()?;
+
+    // The same containers run the same tasks; the stray is gone.
+    wait_until(
+        "the stray container to be removed",
+        Duration::from_secs(30),
+        || Ok((containers_of(CRASH_SERVICE)?.len() == 2).then_some(())),
+    )?;
+    assert_eq!(task_containers(&d, CRASH_SERVICE)?, before);
+
+    d.ok(&["service", "rm", CRASH_SERVICE])?;
+    wait_until("every container to go", Duration::from_secs(30), || {
+        Ok(containers_of(CRASH_SERVICE)?.is_empty().then_some(()))
     })?;
     Ok(())
 }

@@ -210,6 +210,7 @@ mod tests {
             addr: String::new(),
             api_addr: String::new(),
             version: String::new(),
+            resources: Default::default(),
             created_at: 0,
             last_seen: 0,
         }

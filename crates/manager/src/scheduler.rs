@@ -15,7 +15,9 @@
 use std::collections::BTreeMap;
 
 use flotilla_store::State;
-use flotilla_types::{Availability, Constraint, DesiredState, Node, NodeState, Task, TaskState};
+use flotilla_types::{
+    Availability, Constraint, DesiredState, Node, NodeState, Resources, Task, TaskState,
+};
 
 /// What the scheduler wants changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -101,13 +103,59 @@ fn count_nodes(n: usize) -> String {
     }
 }
 
+/// Passes nodes with room for the task's reservation: what the tasks
+/// already placed there reserve plus this one's must fit in what the node
+/// reported. A node that reported no capacity is not checked.
+pub struct ResourceFilter<'a> {
+    pub need: Resources,
+    /// Reservations of the active tasks per node.
+    pub reserved: &'a BTreeMap<&'a str, Resources>,
+}
+
+impl Filter for ResourceFilter<'_> {
+    fn name(&self) -> &'static str {
+        "resources"
+    }
+
+    fn passes(&self, node: &Node) -> bool {
+        let have = self
+            .reserved
+            .get(node.id.as_str())
+            .copied()
+            .unwrap_or_default();
+        let fits = |capacity: u64, used: u64, need: u64| {
+            need == 0 || capacity == 0 || used.saturating_add(need) <= capacity
+        };
+        fits(
+            node.resources.nano_cpus,
+            have.nano_cpus,
+            self.need.nano_cpus,
+        ) && fits(
+            node.resources.memory_bytes,
+            have.memory_bytes,
+            self.need.memory_bytes,
+        )
+    }
+
+    fn explain(&self, nodes: usize) -> String {
+        format!("insufficient resources on {}", count_nodes(nodes))
+    }
+}
+
 /// The filters a node must pass to take `task`, in the order they are
-/// checked.
-pub fn pipeline(task: &Task) -> Vec<Box<dyn Filter + '_>> {
-    let mut filters: Vec<Box<dyn Filter + '_>> =
+/// checked. `reserved` is what the active tasks reserve per node.
+pub fn pipeline<'a>(
+    task: &'a Task,
+    reserved: &'a BTreeMap<&'a str, Resources>,
+) -> Vec<Box<dyn Filter + 'a>> {
+    let mut filters: Vec<Box<dyn Filter + 'a>> =
         vec![Box::new(ReadyFilter), Box::new(AvailabilityFilter)];
     for constraint in &task.spec.constraints {
         filters.push(Box::new(ConstraintFilter { constraint }));
+    }
+    let need = task.spec.resources.reservations;
+    if !need.is_empty() {
+        filters.push(Box::new(ResourceFilter { need, reserved }));
     }
     filters
 }
@@ -129,7 +177,7 @@ pub fn schedule(state: &State) -> Schedule {
     for task in waiting {
         match place(state, &load, task) {
             Ok(node) => {
-                load.add(&task.service_id, &node.id);
+                load.add(&task.service_id, &node.id, task.spec.resources.reservations);
                 out.assignments.push((task.id.clone(), node.id.clone()));
             }
             Err(reason) => out.unplaced.push((task.id.clone(), reason)),
@@ -154,11 +202,12 @@ pub fn pending_reason_updates(state: &State, schedule: &Schedule) -> Vec<(String
         .collect()
 }
 
-/// Active tasks per node: per service, and in all.
+/// Active tasks per node: per service, and in all, and what they reserve.
 #[derive(Debug, Default)]
 struct Load<'a> {
     by_service: BTreeMap<(&'a str, &'a str), usize>,
     total: BTreeMap<&'a str, usize>,
+    reserved: BTreeMap<&'a str, Resources>,
 }
 
 impl<'a> Load<'a> {
@@ -169,15 +218,18 @@ impl<'a> Load<'a> {
                 continue;
             }
             if let Some(node) = &task.node_id {
-                load.add(&task.service_id, node);
+                load.add(&task.service_id, node, task.spec.resources.reservations);
             }
         }
         load
     }
 
-    fn add(&mut self, service: &'a str, node: &'a str) {
+    fn add(&mut self, service: &'a str, node: &'a str, reservation: Resources) {
         *self.by_service.entry((service, node)).or_default() += 1;
         *self.total.entry(node).or_default() += 1;
+        let r = self.reserved.entry(node).or_default();
+        r.nano_cpus = r.nano_cpus.saturating_add(reservation.nano_cpus);
+        r.memory_bytes = r.memory_bytes.saturating_add(reservation.memory_bytes);
     }
 
     fn rank(&self, service: &str, node: &'a str) -> (usize, usize, &'a str) {
@@ -189,7 +241,7 @@ impl<'a> Load<'a> {
 
 /// The best node for `task`, or the reason there is none.
 fn place<'s>(state: &'s State, load: &Load<'s>, task: &Task) -> Result<&'s Node, String> {
-    let filters = pipeline(task);
+    let filters = pipeline(task, &load.reserved);
     let mut failures = vec![0usize; filters.len()];
     let mut best: Option<&Node> = None;
     for node in state.nodes.values() {

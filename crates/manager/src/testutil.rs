@@ -22,6 +22,7 @@ pub fn node(id: &str) -> Node {
         addr: String::new(),
         api_addr: String::new(),
         version: "test".into(),
+        resources: Default::default(),
         created_at: 0,
         last_seen: 0,
     }

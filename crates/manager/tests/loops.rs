@@ -143,6 +143,7 @@ fn node(id: &str) -> Node {
         addr: String::new(),
         api_addr: String::new(),
         version: "test".into(),
+        resources: Default::default(),
         created_at: 0,
         last_seen: 0,
     }

@@ -44,6 +44,7 @@ fn node() -> Node {
         addr: String::new(),
         api_addr: String::new(),
         version: "test".into(),
+        resources: Default::default(),
         created_at: 1,
         last_seen: 1,
     }

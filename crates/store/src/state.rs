@@ -484,6 +484,7 @@ mod tests {
             addr: String::new(),
             api_addr: String::new(),
             version: "test".into(),
+            resources: Default::default(),
             created_at: 1,
             last_seen: 1,
         }

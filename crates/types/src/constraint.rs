@@ -161,6 +161,7 @@ mod tests {
             addr: String::new(),
             api_addr: String::new(),
             version: "0".into(),
+            resources: Default::default(),
             created_at: 0,
             last_seen: 0,
         }

@@ -90,6 +90,10 @@ pub struct Node {
     pub api_addr: String,
     /// Flotilla version the node runs.
     pub version: String,
+    /// CPUs and memory the node has for tasks, as it reported them; zero
+    /// when unknown (then reservations are not checked against it).
+    #[serde(default)]
+    pub resources: crate::Resources,
     pub created_at: UnixMs,
     /// Last time the node reported in.
     pub last_seen: UnixMs,

@@ -371,6 +371,12 @@ pub struct TaskTemplate {
     pub health: Option<HealthCheck>,
     #[serde(default)]
     pub resources: ResourceSpec,
+    /// Run a docker task under the engine's init process (`docker run
+    /// --init`, Compose `init: true`), which forwards signals and reaps
+    /// zombies: a program that sets no SIGTERM handler then still stops on
+    /// SIGTERM instead of waiting out the grace period.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init: bool,
 }
 
 impl Default for TaskTemplate {
@@ -387,6 +393,7 @@ impl Default for TaskTemplate {
             force_update: 0,
             health: None,
             resources: ResourceSpec::default(),
+            init: false,
         }
     }
 }

@@ -22,6 +22,9 @@ pub struct SpecFlags {
     /// Override the image's entrypoint (a command line, split like a shell does)
     #[arg(long)]
     pub entrypoint: Option<String>,
+    /// Run a container under the engine's init process, which forwards signals
+    #[arg(long)]
+    pub init: bool,
 
     /// Health check: a shell command; exit 0 is healthy
     #[arg(long, value_name = "CMD")]
@@ -123,6 +126,9 @@ impl SpecFlags {
         if let Some(e) = &self.entrypoint {
             task.entrypoint =
                 Some(crate::stack::split_command(e).map_err(|m| anyhow!("--entrypoint: {m}"))?);
+        }
+        if self.init {
+            spec.task.init = true;
         }
         self.apply_health(spec)?;
         let limits = &mut spec.task.resources.limits;

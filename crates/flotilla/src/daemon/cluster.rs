@@ -321,6 +321,7 @@ async fn join(
         addr: req.addr,
         api_addr: req.api_addr,
         version: req.version,
+        resources: req.resources,
         created_at: now,
         last_seen: now,
     };

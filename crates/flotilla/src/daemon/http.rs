@@ -711,6 +711,9 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), ApiError> {
         }
         _ => {}
     }
+    if spec.task.driver == Driver::Process && spec.task.init {
+        return bad("--init applies to docker tasks only".into());
+    }
     if let Some(h) = &spec.task.health {
         if h.interval_ms == 0 || h.timeout_ms == 0 {
             return bad("health check interval and timeout must be more than 0".into());

@@ -5,6 +5,7 @@
 pub mod certs;
 pub mod cluster;
 pub mod dispatcher;
+pub mod host;
 pub mod http;
 pub mod identity;
 pub mod session;
@@ -432,6 +433,7 @@ impl NodeCtx {
             addr: self.cluster_addr(),
             api_addr: self.api_addr(),
             version: VERSION.to_string(),
+            resources: host::resources(),
             created_at: now,
             last_seen: now,
         };
@@ -506,6 +508,7 @@ impl NodeCtx {
             addr: self.cluster_addr(),
             api_addr: self.api_addr(),
             version: VERSION.to_string(),
+            resources: host::resources(),
         };
         let answer: wire::JoinResponse = client
             .post(

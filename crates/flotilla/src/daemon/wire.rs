@@ -22,6 +22,9 @@ pub struct JoinRequest {
     #[serde(default)]
     pub api_addr: String,
     pub version: String,
+    /// The CPUs and memory the joining machine has.
+    #[serde(default)]
+    pub resources: flotilla_types::Resources,
 }
 
 /// What a joining node gets back.

@@ -261,3 +261,59 @@ fn only_changed_reasons_are_written() {
     let ids: Vec<&str> = updates.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(ids, ["s1-02", "s1-03"]);
 }
+
+fn reserve(state: &mut State, service: &str, cpus: u64, memory: u64) {
+    let r = flotilla_types::Resources {
+        nano_cpus: cpus,
+        memory_bytes: memory,
+    };
+    let waiting = state
+        .tasks
+        .values_mut()
+        .filter(|t| t.service_id == service && t.status.state == TaskState::Pending);
+    for t in waiting {
+        t.spec.resources.reservations = r;
+    }
+}
+
+#[test]
+fn reservations_fill_nodes_up_to_what_they_have() {
+    let mut state = cluster(&["n1", "n2"]);
+    for id in ["n1", "n2"] {
+        node_mut(&mut state, id).resources = flotilla_types::Resources {
+            nano_cpus: 2_000_000_000,
+            memory_bytes: 1 << 30,
+        };
+    }
+    // One CPU each: two fit per node, the fifth fits nowhere.
+    add_service(&mut state, replicated("s1", 5));
+    waiting(&mut state, "s1", 5);
+    reserve(&mut state, "s1", 1_000_000_000, 0);
+    let out = schedule(&state);
+    assert_eq!(per_node(&out).values().copied().collect::<Vec<_>>(), [2, 2]);
+    assert_eq!(out.unplaced.len(), 1);
+    assert_eq!(
+        out.unplaced[0].1,
+        "no suitable node (insufficient resources on 2 nodes)"
+    );
+}
+
+#[test]
+fn running_tasks_count_against_reservations_and_unknown_capacity_is_not_checked() {
+    let mut state = cluster(&["n1", "n2"]);
+    node_mut(&mut state, "n1").resources = flotilla_types::Resources {
+        nano_cpus: 0,
+        memory_bytes: 512 << 20,
+    };
+    add_service(&mut state, replicated("s1", 3));
+    let mut big = running_on("r1", "s1", "n1");
+    big.spec.resources.reservations.memory_bytes = 400 << 20;
+    add_task(&mut state, big);
+    waiting(&mut state, "s1", 2);
+    reserve(&mut state, "s1", 0, 200 << 20);
+    // n1 has 112 MiB left; n2 reported nothing, so it takes both.
+    let out = schedule(&state);
+    assert!(out.unplaced.is_empty());
+    assert_eq!(per_node(&out).get("n2"), Some(&2));
+    assert_eq!(per_node(&out).get("n1"), None);
+}
