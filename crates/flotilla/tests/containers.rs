@@ -341,3 +341,71 @@ fn containers_survive_a_daemon_crash_and_strays_are_removed() -> Result<()> {
     })?;
     Ok(())
 }
+
+#[test]
+fn an_images_own_healthcheck_is_used_and_a_missing_image_is_rejected() -> Result<()> {
+    const NAME: &str = "hc_web";
+    let _cleanup = Containers(NAME);
+    if !docker_available() {
+        bail!("no Docker Engine answers (docker info); scripts/test-deps.sh starts one");
+    }
+    let image = busybox_image(
+        "flotilla-test/own-check:1",
+        Some(r#"--interval=300ms --timeout=2s --retries=2 CMD ["test", "-f", "/www/index.html"]"#),
+    )?;
+    let d = Daemon::start(bin())?;
+    d.ok(&["init"])?;
+    // No --health-* flag: the image's HEALTHCHECK decides, and create
+    // waits until both tasks are healthy.
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        NAME,
+        "--replicas",
+        "2",
+        "--image",
+        &image,
+        "--init",
+        "--",
+        "sleep",
+        "100000",
+    ])?;
+    let ls = d.ok(&["service", "ls"])?.stdout;
+    assert!(ls.contains("2/2 (2 healthy)"), "{ls}");
+
+    // An image that is nowhere: the pull fails and the task is rejected
+    // with the engine's reason.
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "hc_missing",
+        "-d",
+        "--restart-condition",
+        "none",
+        "--image",
+        "flotilla-test/nowhere:1",
+    ])?;
+    let error = wait_until(
+        "the missing image's task to be rejected",
+        Duration::from_secs(60),
+        || {
+            let v = d
+                .ok(&["service", "ps", "hc_missing", "--format", "json"])?
+                .json()?;
+            Ok(v.as_array()
+                .and_then(|a| a.iter().find(|t| t["state"] == "rejected"))
+                .map(|t| t["error"].as_str().unwrap_or("").to_string()))
+        },
+    )?;
+    assert!(
+        error.contains("cannot pull image flotilla-test/nowhere:1"),
+        "{error}"
+    );
+    d.ok(&["service", "rm", NAME])?;
+    wait_until("every container to go", Duration::from_secs(30), || {
+        Ok(containers_of(NAME)?.is_empty().then_some(()))
+    })?;
+    Ok(())
+}
