@@ -100,6 +100,9 @@ pub struct NodeView {
     pub labels: BTreeMap<String, String>,
     /// The node that answered.
     pub is_self: bool,
+    /// CPUs and memory the node reported; zero when unknown.
+    #[serde(default)]
+    pub resources: flotilla_types::Resources,
 }
 
 /// Running and desired task counts.

@@ -270,6 +270,11 @@ pub async fn node(client: &Client, command: &NodeCommand) -> Result<()> {
                 let labels: Vec<String> =
                     n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 println!("Labels:        {}", labels.join(", "));
+                println!(
+                    "Resources:     {:.2} CPUs, {:.2} GiB memory",
+                    n.resources.nano_cpus as f64 / 1e9,
+                    n.resources.memory_bytes as f64 / (1u64 << 30) as f64
+                );
             }
             Ok(())
         }

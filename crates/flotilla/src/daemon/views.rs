@@ -154,6 +154,7 @@ pub fn node_views(state: &State, self_id: Option<&str>, managers: &ManagerStatus
             version: n.version.clone(),
             labels: n.labels.clone(),
             is_self: Some(n.id.as_str()) == self_id,
+            resources: n.resources,
         })
         .collect()
 }
