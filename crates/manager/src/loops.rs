@@ -343,6 +343,7 @@ mod tests {
             started_at: 1,
             completed_at: Some(7),
             message: "update completed".into(),
+            version: 1,
         };
         let decision = Reconciliation {
             shutdown: vec!["old".into()],
@@ -394,6 +395,7 @@ mod tests {
             started_at: 1,
             completed_at: None,
             message: String::new(),
+            version: 1,
         };
         let commands = vec![Command::SetUpdateStatus {
             id: "s1".into(),

@@ -293,6 +293,7 @@ impl State {
                         started_at: *at,
                         completed_at: None,
                         message: "update in progress".into(),
+                        version: index,
                     });
                 }
                 service.spec = spec.clone();
@@ -325,6 +326,7 @@ impl State {
                     message: reason
                         .clone()
                         .unwrap_or_else(|| "manually requested rollback".into()),
+                    version: index,
                 });
                 changes.push(Change::Service(id.clone()));
                 Ok(Some(id.clone()))
@@ -871,6 +873,7 @@ mod tests {
                 started_at: 5,
                 completed_at: Some(6),
                 message: "rollback completed".into(),
+                version: 5,
             },
         };
         assert!(s.apply(6, &done(4)).0.is_err());

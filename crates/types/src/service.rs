@@ -278,6 +278,11 @@ pub struct UpdateStatus {
     /// Why it is in this state ("update paused due to failure of task ...").
     #[serde(default)]
     pub message: String,
+    /// The service version (raft index) the update or rollback started at:
+    /// its tasks are those made from this version on, whatever the clocks
+    /// of the nodes say. 0 in records from before it was kept.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// When a task that ended by itself is replaced (Swarm's restart condition).

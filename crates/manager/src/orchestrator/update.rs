@@ -10,8 +10,8 @@
 //! - A task is *updated* when it is the current task of its slot and its
 //!   spec equals the service's task template; it is *ready* when
 //!   [`Task::is_ready`] (running and, with a health check, healthy). Tasks of
-//!   the current template created since `update_status.started_at` *belong
-//!   to this update*.
+//!   the current template made from `update_status.version` on (the raft
+//!   index the update started at) *belong to this update*.
 //! - The pace comes from `spec.rollback` while the update status is a
 //!   rollback state, else from `spec.update`. Parallelism 0 means all at
 //!   once.
@@ -93,8 +93,16 @@ pub(super) fn rolling_update<'t>(
     } else {
         &service.spec.update
     };
-    let since = status.map_or(0, |s| s.started_at);
-    let of_this_update = |t: &Task| t.spec == service.spec.task && t.created_at >= since;
+    // Tasks made from the update's version on belong to it; records from
+    // before the version was kept fall back to the (clock-based) start.
+    let of_this_update = |t: &Task| {
+        t.spec == service.spec.task
+            && match status {
+                Some(s) if s.version > 0 => t.service_version >= s.version,
+                Some(s) => t.created_at >= s.started_at,
+                None => true,
+            }
+    };
 
     let mut in_flight: u64 = 0;
     let mut stale = Vec::new();
@@ -152,6 +160,7 @@ pub(super) fn rolling_update<'t>(
                             state: paused,
                             started_at: status.started_at,
                             completed_at: None,
+                            version: status.version,
                             message: format!(
                                 "{what} paused due to failure or early termination of task {tipping}"
                             ),
@@ -213,6 +222,7 @@ pub(super) fn rolling_update<'t>(
             started_at: status.started_at,
             completed_at: Some(out.now),
             message,
+            version: status.version,
         },
     );
 }

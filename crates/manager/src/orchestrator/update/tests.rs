@@ -693,3 +693,19 @@ fn is_empty_counts_status_changes_and_rollbacks() {
     rec.rollback.push(("s1".into(), "why".into()));
     assert!(!rec.is_empty());
 }
+
+#[test]
+fn a_leader_clock_behind_the_update_does_not_hide_its_failures() {
+    // The manager that took the update stamped it 60 s ahead of the
+    // leader's clock; the update's tasks still belong to it.
+    let mut sim = Sim::new(2, |_| {});
+    let leader_now = sim.now;
+    sim.now += 60_000;
+    sim.update("200");
+    sim.now = leader_now;
+    let new = sim.step().create[0].id.clone();
+    sim.set(&new, TaskState::Failed, None);
+    let rec = sim.step();
+    assert_eq!(rec.update_status.len(), 1, "{rec:?}");
+    assert_eq!(rec.update_status[0].2.state, UpdateState::Paused);
+}
