@@ -376,3 +376,43 @@ fn never_panics_on_generated_input() {
         must_not_panic(text);
     }
 }
+
+/// Runs the parser and the conversion over the stack files named in
+/// `FLOTILLA_COMPOSE_FILES` (separated by `:`) and prints, per file, the
+/// services or the error and the warnings; used to check real-world stack
+/// files kept outside the repository (see docs/compose.md). Each file must
+/// convert, or fail with one line naming the file, a line and a key.
+#[test]
+#[ignore = "reads stack files named by FLOTILLA_COMPOSE_FILES"]
+fn external_stack_files_convert_or_fail_precisely() {
+    let list = std::env::var("FLOTILLA_COMPOSE_FILES").unwrap_or_default();
+    let mut imprecise = Vec::new();
+    for path in list.split(':').filter(|p| !p.is_empty()) {
+        match load_stack_files(&[path]) {
+            Ok(stack) => {
+                let names: Vec<_> = stack.services.iter().map(|s| s.name.as_str()).collect();
+                println!("{path}: OK: {} services: {}", names.len(), names.join(", "));
+                for w in &stack.warnings {
+                    println!("{path}:   warning: {w}");
+                }
+                if std::env::var_os("FLOTILLA_COMPOSE_VERBOSE").is_some() {
+                    for (svc, spec) in stack.compose.iter().zip(&stack.services) {
+                        println!("{path}:   {svc:?}\n{path}:   {spec:?}");
+                    }
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                println!("{path}: ERROR: {text}");
+                let located = text
+                    .strip_prefix(&format!("{path}:"))
+                    .and_then(|rest| rest.split_once(':'))
+                    .is_some_and(|(line, _)| line.parse::<u64>().is_ok_and(|l| l > 0));
+                if !located || text.contains('\n') {
+                    imprecise.push(text);
+                }
+            }
+        }
+    }
+    assert!(imprecise.is_empty(), "imprecise errors: {imprecise:#?}");
+}

@@ -98,7 +98,7 @@ pub fn parse(file: &str, text: &str) -> Result<Node, ComposeError> {
                 line: e.location().map(|l| l.line()).unwrap_or(0),
                 // The rendered error carries a source snippet on later lines;
                 // the first line is the message.
-                reason: full.lines().next().unwrap_or("").trim().to_string(),
+                reason: super::one_line(full.lines().next().unwrap_or("").trim()),
             }
         })?;
     let mut node = Node {
