@@ -416,3 +416,88 @@ fn external_stack_files_convert_or_fail_precisely() {
     }
     assert!(imprecise.is_empty(), "imprecise errors: {imprecise:#?}");
 }
+
+/// Bugs found by tests/compose_fuzz.rs and by real-world stack files, each
+/// pinned here.
+#[test]
+fn fuzz_regressions() {
+    use flotilla::compose::merged_yaml;
+    use flotilla::stack::parse_stack_files;
+
+    // A newline inside `${...}`, or in a key, made a two-line error.
+    let e = err("services:\n  web:\n    image: \"${\\n}\"\n");
+    assert_eq!(
+        e,
+        "stack.yml:3: services.web.image: invalid interpolation format in \"${\\n}\""
+    );
+    let e = err("services:\n  web:\n    image: a\n    environment: {\"a\\nb\": [1]}\n");
+    assert_eq!(
+        e,
+        "stack.yml:4: services.web.environment.a\\nb: expected a string, found a list"
+    );
+
+    // `x-` keys are extension fields only where Compose has fixed keys: a
+    // label, an environment variable or a service may be named `x-...`, and
+    // was neither interpolated nor written back by `stack config`.
+    let text = "services:\n  x-web:\n    image: \"nginx:${TAG:-1}\"\n  web:\n    image: a\n    environment: {x-a: \"$$\", x-b: \"${FROM_VARS}\"}\n    labels: {x-team: \"${FROM_VARS}\"}\n    deploy: {labels: {x-tier: \"1\"}}\n    x-note: {a: \"${UNSET:?extension fields are not interpolated}\"}\n";
+    let stack = parse(text).expect("parse");
+    let web = &stack.services[0];
+    assert_eq!(web.environment["x-a"], "$");
+    assert_eq!(web.environment["x-b"], "v");
+    assert_eq!(web.labels["x-team"], "v");
+    assert_eq!(web.deploy.labels["x-tier"], "1");
+    assert_eq!(stack.services[1].image.as_deref(), Some("nginx:1"));
+    let yaml = merged_yaml(&[("stack.yml", text)], &vars()).expect("config");
+    assert!(!yaml.contains("x-note"), "{yaml}");
+    assert_eq!(parse(&yaml).expect("reparse"), stack, "{yaml}");
+
+    // Errors found when making specs named "stack file X: service Y" with
+    // no line; they now name the file, line and key, also in a later file.
+    let base = "services:\n  web:\n    image: a\n    healthcheck:\n      test: [CMD, x]\n";
+    let over = "services:\n  web:\n    healthcheck:\n      interval: 0s\n";
+    let e = parse_stack_files(&[("nodir/a.yml", base), ("nodir/b.yml", over)])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert_eq!(
+        e,
+        "nodir/b.yml:4: services.web.healthcheck.interval: must be more than 0"
+    );
+    let e = parse_stack_files(&[(
+        "nodir/a.yml",
+        "services:\n  web:\n    deploy: {replicas: 2}\n",
+    )])
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(
+        e.starts_with("nodir/a.yml:2: services.web: nothing to run"),
+        "{e}"
+    );
+
+    // A CPU limit below a billionth rounded to 0, which means no limit.
+    let e = err("services:\n  web:\n    image: a\n    deploy:\n      resources:\n        limits: {cpus: \"0.0000000001\"}\n");
+    assert!(
+        e.starts_with("stack.yml:6: services.web.deploy.resources.limits.cpus:"),
+        "{e}"
+    );
+
+    // YAML errors without serde-saphyr's API hints or a repeated line.
+    let e =
+        err("services:\n  web:\n    image: a\n    deploy:\n      replicas: 1\n      replicas: 2\n");
+    assert_eq!(
+        e,
+        "stack.yml:6: not valid YAML: column 7: duplicate mapping key: replicas"
+    );
+    let e = err("services:\n  web:\n    image: a\n---\nservices: {}\n");
+    assert_eq!(
+        e,
+        "stack.yml:5: not valid YAML: column 1: multiple YAML documents detected"
+    );
+    // A float where an integer belongs is shown as one.
+    let e = err("services:\n  web:\n    image: a\n    deploy: {replicas: 2.0}\n");
+    assert_eq!(
+        e,
+        "stack.yml:4: services.web.deploy.replicas: expected an integer, found 2.0"
+    );
+}

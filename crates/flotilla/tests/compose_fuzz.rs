@@ -409,7 +409,9 @@ struct Expect {
     labels: BTreeMap<String, String>,
 }
 
-const NAMES: &[&str] = &["web", "api", "db", "vote-worker", "cache_2"];
+/// `x-web` is a service like any other: only keys where Compose has fixed
+/// ones are extension fields.
+const NAMES: &[&str] = &["web", "api", "db", "vote-worker", "x-web"];
 
 /// A scalar value as written and as it must read (as text).
 fn scalar_value() -> impl Strategy<Value = (Y, String)> {
@@ -596,7 +598,7 @@ fn deploy() -> impl Strategy<Value = (Y, ServiceMode)> {
         proptest::option::of(resources()),
         proptest::option::of(placement()),
         proptest::option::of(restart_policy()),
-        proptest::option::of(pairs("[a-z][a-z0-9.]{0,6}").prop_map(|(y, _)| y)),
+        proptest::option::of(pairs("[a-z][a-z0-9.]{0,6}|x-[a-z]{1,3}").prop_map(|(y, _)| y)),
         proptest::option::of(select(vec!["vip", "dnsrr"]).prop_map(p)),
     )
         .prop_map(
@@ -693,7 +695,7 @@ fn anchor_env() -> BTreeMap<String, String> {
 fn service(idx: usize, earlier: Vec<&'static str>) -> impl Strategy<Value = (Y, Expect)> {
     let name = NAMES[idx];
     let env = prop_oneof![
-        3 => pairs("[A-Z][A-Z0-9_]{0,5}").prop_map(|(y, r)| (Some(y), r)),
+        3 => pairs("[A-Z][A-Z0-9_]{0,5}|x-[a-z]{1,3}").prop_map(|(y, r)| (Some(y), r)),
         1 => Just((Some(p("*env")), anchor_env())),
         1 => Just((None, BTreeMap::new())),
     ];
@@ -708,7 +710,7 @@ fn service(idx: usize, earlier: Vec<&'static str>) -> impl Strategy<Value = (Y, 
             command(),
             any::<bool>(),
             env,
-            pairs("[a-z][a-z0-9.]{0,6}"),
+            pairs("[a-z][a-z0-9.]{0,6}|x-[a-z.]{1,4}"),
         ),
         (
             proptest::option::of(healthcheck()),

@@ -177,7 +177,7 @@ pub fn merged_yaml(
     vars: &BTreeMap<String, String>,
 ) -> Result<String, ComposeError> {
     let (root, _) = merged(files, vars)?;
-    serde_saphyr::to_string(&yaml::Emit(&root)).map_err(|e| ComposeError::Emit(e.to_string()))
+    serde_saphyr::to_string(&yaml::Emit::new(&root)).map_err(|e| ComposeError::Emit(e.to_string()))
 }
 
 /// Where the key at `path` (`["services", "web", "healthcheck"]`) is
@@ -242,6 +242,17 @@ fn interpolate_tree(
     path: &mut String,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), ComposeError> {
+    interpolate_at(node, path, &mut Vec::new(), lookup)
+}
+
+/// `keys` are the mapping keys leading to `node` (list items add none), for
+/// telling extension fields from data (see [`yaml::is_extension`]).
+fn interpolate_at(
+    node: &mut Node,
+    path: &mut String,
+    keys: &mut Vec<String>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ComposeError> {
     let at = |node: &Node, path: &str, e: InterpolationError| {
         ComposeError::at(node, path, e.to_string())
     };
@@ -254,7 +265,7 @@ fn interpolate_tree(
             for (i, item) in items.iter_mut().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{i}]"));
-                interpolate_tree(item, path, lookup)?;
+                interpolate_at(item, path, keys, lookup)?;
                 path.truncate(len);
             }
         }
@@ -262,7 +273,7 @@ fn interpolate_tree(
             for (k, v) in entries.iter_mut() {
                 // Extension fields are not Compose's business (beyond
                 // holding anchors, already expanded); only ours is read.
-                if k.name.starts_with("x-") && k.name != "x-flotilla" {
+                if yaml::is_extension(keys, &k.name) {
                     continue;
                 }
                 let len = path.len();
@@ -270,7 +281,10 @@ fn interpolate_tree(
                     path.push('.');
                 }
                 path.push_str(&k.name);
-                interpolate_tree(v, path, lookup)?;
+                keys.push(k.name.clone());
+                let r = interpolate_at(v, path, keys, lookup);
+                keys.pop();
+                r?;
                 path.truncate(len);
             }
         }
