@@ -390,6 +390,10 @@ fn external_stack_files_convert_or_fail_precisely() {
     for path in list.split(':').filter(|p| !p.is_empty()) {
         match load_stack_files(&[path]) {
             Ok(stack) => {
+                // `stack config` reads back as the same specs.
+                let (yaml, _) = flotilla::stack::config_yaml(&[path]).expect("config");
+                let again = parse_stack(path, &yaml).expect("config reads back");
+                assert_eq!(again.services, stack.services, "{path}: {yaml}");
                 let names: Vec<_> = stack.services.iter().map(|s| s.name.as_str()).collect();
                 println!("{path}: OK: {} services: {}", names.len(), names.join(", "));
                 for w in &stack.warnings {

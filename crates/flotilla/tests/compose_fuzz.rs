@@ -23,7 +23,12 @@ const FILE: &str = "fuzz.yml";
 /// directory that does not exist keeps the developer's `.env` out.
 const STACK_FILE: &str = "no-such-dir-for-fuzz/fuzz.yml";
 
+/// `cases` per property, or `PROPTEST_CASES` for a longer hunt.
 fn cfg(cases: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(cases);
     ProptestConfig {
         cases,
         // Failures are reported with their minimal input; no files are
@@ -1054,7 +1059,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(cfg(256))]
+    #![proptest_config(cfg(192))]
 
     #[test]
     fn parser_never_panics_on_random_values_in_random_places(
@@ -1138,7 +1143,7 @@ fn bad_value(path: &str, current: &Y) -> Option<Y> {
 }
 
 proptest! {
-    #![proptest_config(cfg(256))]
+    #![proptest_config(cfg(192))]
 
     #[test]
     fn errors_name_the_line_and_key_of_the_bad_value(
@@ -1179,6 +1184,43 @@ proptest! {
             }
             other => prop_assert!(false, "{path}: expected an error at line {line}, got {other:?}\n{}", r.text),
         }
+    }
+
+}
+
+proptest! {
+    #![proptest_config(cfg(128))]
+
+    #[test]
+    fn spec_errors_name_the_line_and_key(
+        (doc, expects) in valid_doc(),
+        pick in any::<Index>(),
+        which in 0usize..3,
+    ) {
+        // Values the Compose model accepts but no spec can be made of.
+        let name = expects[pick.index(expects.len())].name.clone();
+        let (key, value, reason) = [
+            ("interval", q("0s"), "must be more than 0"),
+            ("timeout", p("0"), "must be more than 0"),
+            ("test", Y::Seq(vec![q("CMD")], true), "CMD needs a command after it"),
+        ][which].clone();
+        let mut doc = doc;
+        let path = format!("services.{name}.healthcheck");
+        let Some(Y::Map(entries, _)) = node_at(&mut doc, "", &path) else {
+            return Ok(());
+        };
+        match entries.iter_mut().find(|(k, _)| k == key) {
+            Some((_, v)) => *v = value,
+            None => entries.push((key.to_string(), value)),
+        }
+        let r = render(&doc);
+        let full = format!("{path}.{key}");
+        let line = r.lines.get(&full).copied().unwrap_or(0);
+        let e = parse_stack_files(&[(STACK_FILE, r.text.as_str())])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        prop_assert_eq!(e, format!("{STACK_FILE}:{line}: {full}: {reason}"), "{}", r.text);
     }
 
     #[test]
@@ -1224,7 +1266,7 @@ fn check_expect(
 }
 
 proptest! {
-    #![proptest_config(cfg(128))]
+    #![proptest_config(cfg(96))]
 
     #[test]
     fn valid_documents_convert_deterministically_and_config_reads_back((doc, expects) in valid_doc()) {
