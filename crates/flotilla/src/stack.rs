@@ -36,10 +36,19 @@ pub enum StackError {
         #[source]
         source: std::io::Error,
     },
-    #[error("stack file {path}: service {service}: {reason}")]
+    #[error("{path}: service {service}: {reason}")]
     Service {
         path: String,
         service: String,
+        reason: String,
+    },
+    /// A service the Compose model accepted but no spec can be made of,
+    /// at the line of the key that is in the way.
+    #[error("{file}:{line}: {key}: {reason}")]
+    At {
+        file: String,
+        line: u64,
+        key: String,
         reason: String,
     },
     #[error("invalid stack name {name:?}: {reason}")]
@@ -150,7 +159,28 @@ pub fn parse_stack_files(files: &[(&str, &str)]) -> Result<Stack, StackError> {
     let mut ignored = Ignored::default();
     let mut services = Vec::new();
     for svc in &parsed.services {
-        services.push(to_spec(first, svc, &mut ignored)?);
+        let spec = to_spec(svc, &mut ignored).map_err(|(key, reason)| {
+            let key = if key.is_empty() {
+                format!("services.{}", svc.name)
+            } else {
+                format!("services.{}.{key}", svc.name)
+            };
+            let parts: Vec<&str> = key.split('.').collect();
+            match compose::locate(files, &parts) {
+                Some((file, line)) => StackError::At {
+                    file,
+                    line,
+                    key,
+                    reason,
+                },
+                None => StackError::Service {
+                    path: first.to_string(),
+                    service: svc.name.clone(),
+                    reason: format!("{key}: {reason}"),
+                },
+            }
+        })?;
+        services.push(spec);
     }
     if let Some(w) = ignored.warning() {
         warnings.push(w);
@@ -192,23 +222,19 @@ impl Ignored {
     }
 }
 
-fn to_spec(
-    path: &str,
-    svc: &ComposeService,
-    ignored: &mut Ignored,
-) -> Result<ServiceSpec, StackError> {
-    let fail = |reason: String| StackError::Service {
-        path: path.to_string(),
-        service: svc.name.clone(),
-        reason,
-    };
+/// Why a service has no spec: the key (below the service) in the way, and
+/// the reason.
+type SpecError = (&'static str, String);
+
+fn to_spec(svc: &ComposeService, ignored: &mut Ignored) -> Result<ServiceSpec, SpecError> {
     let driver = match svc.driver.as_deref() {
         Some("process") => Driver::Process,
         Some("docker") => Driver::Docker,
         Some(other) => {
-            return Err(fail(format!(
-                "x-flotilla.driver {other:?} is neither process nor docker"
-            )))
+            return Err((
+                "x-flotilla.driver",
+                format!("{other:?} is neither process nor docker"),
+            ))
         }
         None if svc.image.is_some() => Driver::Docker,
         None => Driver::Process,
@@ -219,7 +245,7 @@ fn to_spec(
                 .image
                 .clone()
                 .filter(|i| !i.trim().is_empty())
-                .ok_or_else(|| fail("the docker driver needs an `image`".into()))?;
+                .ok_or_else(|| ("image", "the docker driver needs an `image`".to_string()))?;
             (
                 Some(image),
                 svc.command.clone().unwrap_or_default(),
@@ -235,7 +261,8 @@ fn to_spec(
             let mut command = svc.entrypoint.clone().unwrap_or_default();
             command.extend(svc.command.iter().flatten().cloned());
             if command.is_empty() {
-                return Err(fail(
+                return Err((
+                    "",
                     "nothing to run: give `image` for a container, or `command` for a process"
                         .into(),
                 ));
@@ -247,8 +274,7 @@ fn to_spec(
         .healthcheck
         .as_ref()
         .map(|h| health(h, driver, &svc.name, ignored))
-        .transpose()
-        .map_err(fail)?;
+        .transpose()?;
     let d = &svc.deploy;
     for (key, set) in [
         ("ports", !svc.ports.is_empty()),
@@ -287,8 +313,8 @@ fn to_spec(
             },
             init: false,
         },
-        update: update_config(d.update_config.as_ref(), "update_config").map_err(fail)?,
-        rollback: update_config(d.rollback_config.as_ref(), "rollback_config").map_err(fail)?,
+        update: update_config(d.update_config.as_ref(), false)?,
+        rollback: update_config(d.rollback_config.as_ref(), true)?,
     })
 }
 
@@ -306,64 +332,87 @@ fn health(
     driver: Driver,
     service: &str,
     ignored: &mut Ignored,
-) -> Result<HealthCheck, String> {
+) -> Result<HealthCheck, SpecError> {
     if h.start_interval_ms.is_some() {
         ignored.note("healthcheck.start_interval", service);
     }
     let test = if h.disable {
         HealthTest::None
     } else {
+        let bad_test = |reason: String| ("healthcheck.test", reason);
         match h.test.split_first() {
             None if driver == Driver::Process => {
-                return Err(
-                    "healthcheck: without `test` it uses the image's own check, and a process has no image".into(),
-                )
+                return Err((
+                    "healthcheck",
+                    "without `test` it uses the image's own check, and a process has no image"
+                        .into(),
+                ))
             }
             None => HealthTest::Image,
             Some((kind, rest)) => match kind.as_str() {
                 "CMD" if rest.is_empty() => {
-                    return Err("healthcheck.test: CMD needs a command after it".into())
+                    return Err(bad_test("CMD needs a command after it".into()))
                 }
                 "CMD" => HealthTest::Exec {
                     argv: rest.to_vec(),
                 },
                 "CMD-SHELL" if rest.join(" ").trim().is_empty() => {
-                    return Err("healthcheck.test: CMD-SHELL needs a command after it".into())
+                    return Err(bad_test("CMD-SHELL needs a command after it".into()))
                 }
                 "CMD-SHELL" => HealthTest::Shell {
                     command: rest.join(" "),
                 },
                 "NONE" => HealthTest::None,
                 other => {
-                    return Err(format!(
-                        "healthcheck.test: a list must start with CMD, CMD-SHELL or NONE, not {other:?}"
-                    ))
+                    return Err(bad_test(format!(
+                        "a list must start with CMD, CMD-SHELL or NONE, not {other:?}"
+                    )))
                 }
             },
         }
     };
-    let positive = |v: Option<u64>, default: u64, key: &str| match v {
+    let positive = |v: Option<u64>, default: u64, key: &'static str| match v {
         None => Ok(default),
-        Some(0) => Err(format!("healthcheck.{key}: must be more than 0")),
+        Some(0) => Err((key, "must be more than 0".to_string())),
         Some(ms) => Ok(ms),
     };
     let retries = match h.retries {
         None => DEFAULT_HEALTH_RETRIES,
         Some(r) => {
-            u32::try_from(r).map_err(|_| format!("healthcheck.retries: {r} is too large"))?
+            u32::try_from(r).map_err(|_| ("healthcheck.retries", format!("{r} is too large")))?
         }
     };
     Ok(HealthCheck {
         test,
-        interval_ms: positive(h.interval_ms, DEFAULT_HEALTH_INTERVAL_MS, "interval")?,
-        timeout_ms: positive(h.timeout_ms, DEFAULT_HEALTH_TIMEOUT_MS, "timeout")?,
+        interval_ms: positive(
+            h.interval_ms,
+            DEFAULT_HEALTH_INTERVAL_MS,
+            "healthcheck.interval",
+        )?,
+        timeout_ms: positive(
+            h.timeout_ms,
+            DEFAULT_HEALTH_TIMEOUT_MS,
+            "healthcheck.timeout",
+        )?,
         retries,
         start_period_ms: h.start_period_ms.unwrap_or(0),
     })
 }
 
-/// `update_config`/`rollback_config` over Swarm's defaults.
-fn update_config(u: Option<&compose::UpdateConfig>, key: &str) -> Result<UpdateConfig, String> {
+/// `update_config` (or, with `rollback`, `rollback_config`) over Swarm's
+/// defaults. The Compose model already checked the values; these errors are
+/// a second line of defence.
+fn update_config(
+    u: Option<&compose::UpdateConfig>,
+    rollback: bool,
+) -> Result<UpdateConfig, SpecError> {
+    let key = |update: &'static str, rollback_key: &'static str| {
+        if rollback {
+            rollback_key
+        } else {
+            update
+        }
+    };
     let mut out = UpdateConfig::default();
     let Some(u) = u else {
         return Ok(out);
@@ -379,20 +428,34 @@ fn update_config(u: Option<&compose::UpdateConfig>, key: &str) -> Result<UpdateC
     }
     if let Some(a) = &u.failure_action {
         out.failure_action = FailureAction::parse(a).ok_or_else(|| {
-            format!("deploy.{key}.failure_action: {a:?} is not continue, pause or rollback")
+            (
+                key(
+                    "deploy.update_config.failure_action",
+                    "deploy.rollback_config.failure_action",
+                ),
+                format!("{a:?} is not continue, pause or rollback"),
+            )
         })?;
     }
     if let Some(r) = u.max_failure_ratio {
         if !(0.0..=1.0).contains(&r) {
-            return Err(format!(
-                "deploy.{key}.max_failure_ratio: {r} is not between 0 and 1"
+            return Err((
+                key(
+                    "deploy.update_config.max_failure_ratio",
+                    "deploy.rollback_config.max_failure_ratio",
+                ),
+                format!("{r} is not between 0 and 1"),
             ));
         }
         out.max_failure_ratio = Ratio(r);
     }
     if let Some(o) = &u.order {
-        out.order = UpdateOrder::parse(o)
-            .ok_or_else(|| format!("deploy.{key}.order: {o:?} is not stop-first or start-first"))?;
+        out.order = UpdateOrder::parse(o).ok_or_else(|| {
+            (
+                key("deploy.update_config.order", "deploy.rollback_config.order"),
+                format!("{o:?} is not stop-first or start-first"),
+            )
+        })?;
     }
     Ok(out)
 }
@@ -516,7 +579,7 @@ services:
         assert!(bad("services: {}").contains("no services"));
         assert!(
             bad("services:\n  web:\n    x-flotilla: {driver: docker}\n    command: x\n")
-                .contains("stack file s.yml: service web: the docker driver needs an `image`")
+                .contains("s.yml:2: services.web.image: the docker driver needs an `image`")
         );
         assert!(
             bad("services:\n  web:\n    command: x\n    x-flotilla: {driver: vm}\n")
@@ -530,7 +593,7 @@ services:
         assert!(bad("services:\n  web:\n    command: x\n    deploy:\n      placement:\n        constraints: [\"node.x==1\"]\n").contains("unknown key"));
         assert_eq!(
             bad("services:\n  web:\n    deploy:\n      replicas: 1\n"),
-            "stack file s.yml: service web: nothing to run: give `image` for a container, or `command` for a process"
+            "s.yml:2: services.web: nothing to run: give `image` for a container, or `command` for a process"
         );
     }
 
@@ -663,10 +726,11 @@ services:
                 1_000
             ))
         );
+        // The error names the file and the line of the key in the way.
         assert!(bad_one(
             "services:\n  web:\n    command: x\n    healthcheck:\n      interval: 1s\n"
         )
-        .contains("service web: healthcheck: without `test`"));
+        .starts_with("s.yml:4: services.web.healthcheck: without `test`"));
         let (_, w) =
             one("services:\n  web:\n    image: x\n    healthcheck:\n      start_interval: 1s\n");
         assert_eq!(

@@ -376,3 +376,355 @@ fn never_panics_on_generated_input() {
         must_not_panic(text);
     }
 }
+
+/// Runs the parser and the conversion over the stack files named in
+/// `FLOTILLA_COMPOSE_FILES` (separated by `:`) and prints, per file, the
+/// services or the error and the warnings; used to check real-world stack
+/// files kept outside the repository (see docs/compose.md). Each file must
+/// convert, or fail with one line naming the file, a line and a key.
+#[test]
+#[ignore = "reads stack files named by FLOTILLA_COMPOSE_FILES"]
+fn external_stack_files_convert_or_fail_precisely() {
+    let list = std::env::var("FLOTILLA_COMPOSE_FILES").unwrap_or_default();
+    let mut imprecise = Vec::new();
+    for path in list.split(':').filter(|p| !p.is_empty()) {
+        match load_stack_files(&[path]) {
+            Ok(stack) => {
+                // `stack config` reads back as the same specs.
+                let (yaml, _) = flotilla::stack::config_yaml(&[path]).expect("config");
+                let again = parse_stack(path, &yaml).expect("config reads back");
+                assert_eq!(again.services, stack.services, "{path}: {yaml}");
+                let names: Vec<_> = stack.services.iter().map(|s| s.name.as_str()).collect();
+                println!("{path}: OK: {} services: {}", names.len(), names.join(", "));
+                for w in &stack.warnings {
+                    println!("{path}:   warning: {w}");
+                }
+                if std::env::var_os("FLOTILLA_COMPOSE_VERBOSE").is_some() {
+                    for (svc, spec) in stack.compose.iter().zip(&stack.services) {
+                        println!("{path}:   {svc:?}\n{path}:   {spec:?}");
+                    }
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                println!("{path}: ERROR: {text}");
+                let located = text
+                    .strip_prefix(&format!("{path}:"))
+                    .and_then(|rest| rest.split_once(':'))
+                    .is_some_and(|(line, _)| line.parse::<u64>().is_ok_and(|l| l > 0));
+                if !located || text.contains('\n') {
+                    imprecise.push(text);
+                }
+            }
+        }
+    }
+    assert!(imprecise.is_empty(), "imprecise errors: {imprecise:#?}");
+}
+
+/// Bugs found by tests/compose_fuzz.rs and by real-world stack files, each
+/// pinned here.
+#[test]
+fn fuzz_regressions() {
+    use flotilla::compose::merged_yaml;
+    use flotilla::stack::parse_stack_files;
+
+    // A newline inside `${...}`, or in a key, made a two-line error.
+    let e = err("services:\n  web:\n    image: \"${\\n}\"\n");
+    assert_eq!(
+        e,
+        "stack.yml:3: services.web.image: invalid interpolation format in \"${\\n}\""
+    );
+    let e = err("services:\n  web:\n    image: a\n    environment: {\"a\\nb\": [1]}\n");
+    assert_eq!(
+        e,
+        "stack.yml:4: services.web.environment.a\\nb: expected a string, found a list"
+    );
+
+    // `x-` keys are extension fields only where Compose has fixed keys: a
+    // label, an environment variable or a service may be named `x-...`, and
+    // was neither interpolated nor written back by `stack config`.
+    let text = "services:\n  x-web:\n    image: \"nginx:${TAG:-1}\"\n  web:\n    image: a\n    environment: {x-a: \"$$\", x-b: \"${FROM_VARS}\"}\n    labels: {x-team: \"${FROM_VARS}\"}\n    deploy: {labels: {x-tier: \"1\"}}\n    x-note: {a: \"${UNSET:?extension fields are not interpolated}\"}\n";
+    let stack = parse(text).expect("parse");
+    let web = &stack.services[0];
+    assert_eq!(web.environment["x-a"], "$");
+    assert_eq!(web.environment["x-b"], "v");
+    assert_eq!(web.labels["x-team"], "v");
+    assert_eq!(web.deploy.labels["x-tier"], "1");
+    assert_eq!(stack.services[1].image.as_deref(), Some("nginx:1"));
+    let yaml = merged_yaml(&[("stack.yml", text)], &vars()).expect("config");
+    assert!(!yaml.contains("x-note"), "{yaml}");
+    assert_eq!(parse(&yaml).expect("reparse"), stack, "{yaml}");
+
+    // Errors found when making specs named "stack file X: service Y" with
+    // no line; they now name the file, line and key, also in a later file.
+    let base = "services:\n  web:\n    image: a\n    healthcheck:\n      test: [CMD, x]\n";
+    let over = "services:\n  web:\n    healthcheck:\n      interval: 0s\n";
+    let e = parse_stack_files(&[("nodir/a.yml", base), ("nodir/b.yml", over)])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert_eq!(
+        e,
+        "nodir/b.yml:4: services.web.healthcheck.interval: must be more than 0"
+    );
+    let e = parse_stack_files(&[(
+        "nodir/a.yml",
+        "services:\n  web:\n    deploy: {replicas: 2}\n",
+    )])
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(
+        e.starts_with("nodir/a.yml:2: services.web: nothing to run"),
+        "{e}"
+    );
+
+    // A CPU limit below a billionth rounded to 0, which means no limit.
+    let e = err("services:\n  web:\n    image: a\n    deploy:\n      resources:\n        limits: {cpus: \"0.0000000001\"}\n");
+    assert!(
+        e.starts_with("stack.yml:6: services.web.deploy.resources.limits.cpus:"),
+        "{e}"
+    );
+
+    // YAML errors without serde-saphyr's API hints or a repeated line.
+    let e =
+        err("services:\n  web:\n    image: a\n    deploy:\n      replicas: 1\n      replicas: 2\n");
+    assert_eq!(
+        e,
+        "stack.yml:6: not valid YAML: column 7: duplicate mapping key: replicas"
+    );
+    let e = err("services:\n  web:\n    image: a\n---\nservices: {}\n");
+    assert_eq!(
+        e,
+        "stack.yml:5: not valid YAML: column 1: multiple YAML documents detected"
+    );
+    // A float where an integer belongs is shown as one.
+    let e = err("services:\n  web:\n    image: a\n    deploy: {replicas: 2.0}\n");
+    assert_eq!(
+        e,
+        "stack.yml:4: services.web.deploy.replicas: expected an integer, found 2.0"
+    );
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture_error(name: &str) -> (String, String) {
+    let path = fixture(name);
+    let e = load_stack_files(&[&path])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    (path, e)
+}
+
+/// Our own stack files in the shapes real Swarm stacks use (see
+/// docs/compose.md): each converts, with its values read as written.
+#[test]
+fn fixture_stacks_convert() {
+    use flotilla_types::{ConstraintKey, FailureAction, HealthTest, RestartCondition, UpdateOrder};
+
+    let voting = load_stack_files(&[&fixture("voting-stack.yml")]).expect("voting");
+    let names: Vec<_> = voting.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["ballot", "cache", "counter", "store", "tally"]);
+    let [ballot, cache, counter, store, tally] = &voting.services[..] else {
+        panic!("five services");
+    };
+    assert_eq!(
+        cache.task.command,
+        ["valkey-server", "--save", "", "--appendonly", "no"]
+    );
+    assert_eq!(ballot.mode, ServiceMode::Replicated { replicas: 3 });
+    assert_eq!(ballot.update.parallelism, 1);
+    assert_eq!(ballot.update.delay_ms, 5_000);
+    assert_eq!(ballot.update.failure_action, FailureAction::Rollback);
+    assert_eq!(ballot.update.order, UpdateOrder::StartFirst);
+    assert_eq!(ballot.rollback.parallelism, 0);
+    assert_eq!(ballot.rollback.order, UpdateOrder::StopFirst);
+    let r = &ballot.task.restart;
+    assert_eq!(
+        (r.condition, r.delay_ms, r.max_attempts, r.window_ms),
+        (RestartCondition::OnFailure, 3_000, 4, 60_000)
+    );
+    assert_eq!(ballot.task.stop_grace_period_ms, 15_000);
+    assert_eq!(store.task.env["POSTGRES_USER"], "poll");
+    assert_eq!(store.task.constraints.len(), 2);
+    assert_eq!(
+        store.task.constraints[1].key,
+        ConstraintKey::NodeLabel("disk".into())
+    );
+    let h = store.task.health.as_ref().expect("store health");
+    assert_eq!(
+        h.test,
+        HealthTest::Shell {
+            command: "pg_isready -U poll || exit 1".into()
+        }
+    );
+    assert_eq!(
+        (h.interval_ms, h.timeout_ms, h.retries, h.start_period_ms),
+        (10_000, 3_000, 5, 20_000)
+    );
+    assert_eq!(store.task.resources.limits.memory_bytes, 1 << 30);
+    assert_eq!(store.task.resources.reservations.nano_cpus, 250_000_000);
+    assert_eq!(store.task.resources.reservations.memory_bytes, 256 << 20);
+    assert_eq!(tally.mode, ServiceMode::Replicated { replicas: 2 });
+    assert_eq!(counter.labels["com.example.role"], "background");
+    let w = voting.warnings.join("\n");
+    assert!(
+        w.contains("Ignoring unsupported top-level options: networks, volumes, secrets"),
+        "{w}"
+    );
+    assert!(
+        w.contains("service store: Ignoring unsupported options: volumes, secrets, networks"),
+        "{w}"
+    );
+    assert!(w.contains("ports (ballot, tally)"), "{w}");
+    assert!(w.contains("deploy.endpoint_mode (cache)"), "{w}");
+
+    let monitoring = load_stack_files(&[&fixture("monitoring-stack.yml")]).expect("monitoring");
+    let [dashboard, metrics, scraper] = &monitoring.services[..] else {
+        panic!("three services");
+    };
+    assert_eq!(metrics.mode, ServiceMode::Global);
+    assert_eq!(
+        metrics.task.command[1],
+        "--collector.filesystem.mount-points-exclude=^/(sys|proc|dev)($|/)"
+    );
+    // Swarm's service templates are passed through as written.
+    assert_eq!(metrics.task.env["NODE_NAME"], "{{.Node.Hostname}}");
+    assert_eq!(metrics.task.env["SCRAPE_INTERVAL"], "15s");
+    assert_eq!(metrics.task.resources.limits.nano_cpus, 500_000_000);
+    assert_eq!(metrics.task.resources.limits.memory_bytes, 128 << 20);
+    assert_eq!(metrics.task.resources.reservations.memory_bytes, 64 << 20);
+    assert_eq!(metrics.update.parallelism, 2);
+    assert_eq!(metrics.update.monitor_ms, 10_000);
+    assert_eq!(metrics.update.max_failure_ratio.0, 0.1);
+    assert_eq!(
+        scraper.task.command,
+        [
+            "--config.file=/etc/scraper/scraper.yml",
+            "--storage.retention=24h"
+        ]
+    );
+    assert_eq!(
+        scraper
+            .task
+            .health
+            .as_ref()
+            .map(|h| (&h.test, h.interval_ms)),
+        Some((
+            &HealthTest::Exec {
+                argv: vec![
+                    "wget".into(),
+                    "-q".into(),
+                    "--spider".into(),
+                    "http://localhost:9090/-/healthy".into()
+                ]
+            },
+            30_000
+        ))
+    );
+    assert_eq!(
+        scraper.task.constraints[0].to_string(),
+        "node.role==manager"
+    );
+    assert_eq!(scraper.task.restart.max_attempts, 3, "from the anchor");
+    assert_eq!(scraper.task.resources.limits.nano_cpus, 1_500_000_000);
+    assert_eq!(scraper.task.resources.limits.memory_bytes, 2 << 30);
+    assert_eq!(
+        scraper.labels["com.example.http.rule"],
+        "Host(`scraper.example.test`)"
+    );
+    assert_eq!(dashboard.task.env["DASH_PRICE"], "$0");
+    assert_eq!(dashboard.task.env["DASH_ADMIN_USER"], "admin");
+    assert_eq!(dashboard.rollback.failure_action, FailureAction::Continue);
+    assert_eq!(
+        dashboard.task.restart.condition,
+        RestartCondition::OnFailure
+    );
+    let w = monitoring.warnings.join("\n");
+    assert!(w.contains("top-level options: configs"), "{w}");
+    assert!(!w.contains("x-"), "{w}");
+    assert!(
+        w.contains("service scraper: Ignoring unsupported options: configs, logging"),
+        "{w}"
+    );
+
+    let proxy = load_stack_files(&[&fixture("proxy-stack.yml")]).expect("proxy");
+    let [edge, whoami] = &proxy.services[..] else {
+        panic!("two services");
+    };
+    assert_eq!(edge.mode, ServiceMode::Global);
+    assert_eq!(
+        edge.task.command,
+        [
+            "--providers.swarm=true",
+            "--entrypoints.web.address=:80",
+            "--entrypoints.websecure.address=:443"
+        ]
+    );
+    assert_eq!(
+        edge.task.health.as_ref().map(|h| &h.test),
+        Some(&HealthTest::Shell {
+            command: "edge-proxy healthcheck --ping".into()
+        })
+    );
+    assert_eq!(edge.task.stop_grace_period_ms, 90_000);
+    assert_eq!(
+        (
+            edge.update.delay_ms,
+            edge.update.monitor_ms,
+            edge.update.order
+        ),
+        (10_000, 30_000, UpdateOrder::StartFirst)
+    );
+    assert_eq!(edge.update.failure_action, FailureAction::Rollback);
+    assert_eq!(edge.rollback.parallelism, 2);
+    assert_eq!(edge.task.resources.reservations.nano_cpus, 100_000_000);
+    assert_eq!(edge.labels["com.example.tier"], "edge");
+    assert_eq!(whoami.mode, ServiceMode::Replicated { replicas: 2 });
+    let w = proxy.warnings.join("\n");
+    assert!(w.contains("ports (edge)"), "{w}");
+    assert!(w.contains("deploy.placement.preferences (edge)"), "{w}");
+    assert!(
+        w.contains("deploy.placement.max_replicas_per_node (whoami)"),
+        "{w}"
+    );
+    assert!(w.contains("top-level options: networks"), "{w}");
+    // `stack config` of each reads back as the same specs.
+    for name in [
+        "voting-stack.yml",
+        "monitoring-stack.yml",
+        "proxy-stack.yml",
+    ] {
+        let path = fixture(name);
+        let (yaml, _) = flotilla::stack::config_yaml(&[&path]).expect("config");
+        let again = parse_stack(&path, &yaml).expect("reparse");
+        let direct = load_stack_files(&[&path]).expect("direct");
+        assert_eq!(again.services, direct.services, "{name}");
+    }
+}
+
+/// Our own stack files in shapes Flotilla cannot run: each fails with one
+/// line naming the file, the line and the key.
+#[test]
+fn fixture_stacks_fail_precisely() {
+    let (path, e) = fixture_error("build-only-stack.yml");
+    assert_eq!(
+        e,
+        format!("{path}:4: services.backend: nothing to run: give `image` for a container, or `command` for a process")
+    );
+    let (path, e) = fixture_error("platform-constraint-stack.yml");
+    assert!(
+        e.starts_with(&format!(
+            "{path}:10: services.agent.deploy.placement.constraints[0]: invalid constraint \"node.platform.os == linux\""
+        )),
+        "{e}"
+    );
+    let (path, e) = fixture_error("required-variable-stack.yml");
+    assert_eq!(
+        e,
+        format!("{path}:8: services.site.deploy.labels[1]: required variable FLOTILLA_FIXTURE_UNSET_DOMAIN is missing a value: Variable FLOTILLA_FIXTURE_UNSET_DOMAIN not set")
+    );
+}

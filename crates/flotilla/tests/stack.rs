@@ -274,11 +274,11 @@ fn bad_files_deploy_nothing() -> Result<()> {
         ),
         (
             "    command: x\n    healthcheck:\n      interval: 1s\n",
-            "service b: healthcheck: without `test`",
+            "bad.yml:6: services.b.healthcheck: without `test`",
         ),
         (
             "    deploy:\n      replicas: 1\n",
-            "service b: nothing to run",
+            "bad.yml:4: services.b: nothing to run",
         ),
         // Only the daemon's own checks know this one; it is still asked
         // before anything is written.

@@ -15,11 +15,13 @@ const MAX_NESTING: usize = 16;
 /// Why a value could not be interpolated.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum InterpolationError {
-    #[error("required variable {name} is missing a value{}", if .message.is_empty() { String::new() } else { format!(": {}", .message) })]
+    // Messages are one line whatever the text holds (errors are printed as
+    // `file:line: key: message`), so the message and the text are escaped.
+    #[error("required variable {name} is missing a value{}", if .message.is_empty() { String::new() } else { format!(": {}", super::one_line(.message)) })]
     Missing { name: String, message: String },
     #[error("invalid interpolation format in {0:?}: unclosed \"${{\"")]
     Unclosed(String),
-    #[error("invalid interpolation format in \"${{{0}}}\"")]
+    #[error("invalid interpolation format in {:?}", format!("${{{}}}", .0))]
     Invalid(String),
     #[error("interpolation nested more than {MAX_NESTING} levels deep")]
     TooDeep,
@@ -218,6 +220,15 @@ mod tests {
         assert!(matches!(i("${}"), Err(InterpolationError::Invalid(_))));
         assert!(matches!(i("${1A}"), Err(InterpolationError::Invalid(_))));
         assert!(matches!(i("${TAG!x}"), Err(InterpolationError::Invalid(_))));
+        // Found by compose_fuzz: a newline inside `${...}` made a two-line
+        // error.
+        let e = i("${\n}").err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(e, "invalid interpolation format in \"${\\n}\"");
+        let e = i("${UNSET:?two\nlines}")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(e, "required variable UNSET is missing a value: two\\nlines");
         let deep = format!("{}x{}", "${U:-".repeat(40), "}".repeat(40));
         assert_eq!(i(&deep), Err(InterpolationError::TooDeep));
     }

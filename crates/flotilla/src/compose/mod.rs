@@ -70,10 +70,27 @@ impl ComposeError {
         ComposeError::Invalid {
             file: node.file.to_string(),
             line: node.line,
-            path: path.to_string(),
-            reason: reason.into(),
+            path: one_line(path),
+            reason: one_line(&reason.into()),
         }
     }
+}
+
+/// `text` with control characters (newlines above all) escaped, so that an
+/// error stays on one line whatever keys and values a file holds.
+pub(crate) fn one_line(text: &str) -> String {
+    if !text.contains(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Parses `.env`-style text: `KEY=VALUE` lines, `#` comments, blank lines,
@@ -160,7 +177,42 @@ pub fn merged_yaml(
     vars: &BTreeMap<String, String>,
 ) -> Result<String, ComposeError> {
     let (root, _) = merged(files, vars)?;
-    serde_saphyr::to_string(&yaml::Emit(&root)).map_err(|e| ComposeError::Emit(e.to_string()))
+    serde_saphyr::to_string(&yaml::Emit::new(&root)).map_err(|e| ComposeError::Emit(e.to_string()))
+}
+
+/// Where the key at `path` (`["services", "web", "healthcheck"]`) is
+/// written in `files` once merged: the file and line of the deepest key of
+/// `path` that exists, for errors found after the Compose checks (a spec
+/// that cannot be made of a valid service). None if the files do not parse
+/// or have no key of `path` at all.
+pub fn locate(files: &[(&str, &str)], path: &[&str]) -> Option<(String, u64)> {
+    let mut root: Option<Node> = None;
+    for (file, text) in files {
+        let node = yaml::parse(file, text).ok()?;
+        match &mut root {
+            None => root = Some(node),
+            Some(base) => yaml::merge(base, node),
+        }
+    }
+    let mut node = root.as_ref()?;
+    let mut found = None;
+    for part in path {
+        let Value::Map(entries) = &node.value else {
+            break;
+        };
+        let Some((key, value)) = entries.iter().find(|(k, _)| k.name == *part) else {
+            break;
+        };
+        // A scalar's own line; for a mapping or list, the line of its key
+        // (its node's line is that of its first entry).
+        let line = match value.value {
+            Value::Map(_) | Value::Seq(_) if key.line > 0 => key.line,
+            _ => value.line,
+        };
+        found = Some((value.file.to_string(), line));
+        node = value;
+    }
+    found
 }
 
 fn merged(
@@ -190,6 +242,17 @@ fn interpolate_tree(
     path: &mut String,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), ComposeError> {
+    interpolate_at(node, path, &mut Vec::new(), lookup)
+}
+
+/// `keys` are the mapping keys leading to `node` (list items add none), for
+/// telling extension fields from data (see [`yaml::is_extension`]).
+fn interpolate_at(
+    node: &mut Node,
+    path: &mut String,
+    keys: &mut Vec<String>,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ComposeError> {
     let at = |node: &Node, path: &str, e: InterpolationError| {
         ComposeError::at(node, path, e.to_string())
     };
@@ -202,7 +265,7 @@ fn interpolate_tree(
             for (i, item) in items.iter_mut().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{i}]"));
-                interpolate_tree(item, path, lookup)?;
+                interpolate_at(item, path, keys, lookup)?;
                 path.truncate(len);
             }
         }
@@ -210,7 +273,7 @@ fn interpolate_tree(
             for (k, v) in entries.iter_mut() {
                 // Extension fields are not Compose's business (beyond
                 // holding anchors, already expanded); only ours is read.
-                if k.name.starts_with("x-") && k.name != "x-flotilla" {
+                if yaml::is_extension(keys, &k.name) {
                     continue;
                 }
                 let len = path.len();
@@ -218,7 +281,10 @@ fn interpolate_tree(
                     path.push('.');
                 }
                 path.push_str(&k.name);
-                interpolate_tree(v, path, lookup)?;
+                keys.push(k.name.clone());
+                let r = interpolate_at(v, path, keys, lookup);
+                keys.pop();
+                r?;
                 path.truncate(len);
             }
         }

@@ -266,7 +266,9 @@ fn map<'a>(node: &'a Node, path: &str) -> R<&'a [(Key, Node)]> {
 fn scalar_text(v: &Value) -> Option<String> {
     match v {
         Value::Str(s) => Some(s.clone()),
-        Value::Int(_) | Value::Float(_) | Value::Bool(_) => Some(describe(v)),
+        // As Compose formats a number read as a float: `1e3` is "1000".
+        Value::Float(f) => Some(f.to_string()),
+        Value::Int(_) | Value::Bool(_) => Some(describe(v)),
         _ => None,
     }
 }
@@ -1095,14 +1097,17 @@ fn resources(
             match rk.name.as_str() {
                 "cpus" => {
                     let c = float(rv, &rp)?;
-                    if c <= 0.0 || c > 1e9 {
+                    let nano = (c * 1e9).round();
+                    // Below a billionth a limit would round to 0, which
+                    // means no limit at all.
+                    if c <= 0.0 || c > 1e9 || nano < 1.0 {
                         return Err(ComposeError::at(
                             rv,
                             &rp,
-                            format!("{c} is not a positive number of CPUs"),
+                            format!("{c} is not a positive number of CPUs (at least 0.000000001)"),
                         ));
                     }
-                    target.nano_cpus = Some((c * 1e9).round() as u64);
+                    target.nano_cpus = Some(nano as u64);
                 }
                 "memory" => {
                     let text = string(rv, &rp)?;

@@ -70,7 +70,8 @@ pub fn describe(v: &Value) -> String {
         Value::Null => "null".into(),
         Value::Bool(b) => b.to_string(),
         Value::Int(i) => i.to_string(),
-        Value::Float(f) => f.to_string(),
+        // `2.0`, not `2`: "expected an integer, found 2" would be puzzling.
+        Value::Float(f) => format!("{f:?}"),
         Value::Str(s) => format!("{s:?}"),
         Value::Seq(_) => "a list".into(),
         Value::Map(_) => "a mapping".into(),
@@ -98,7 +99,7 @@ pub fn parse(file: &str, text: &str) -> Result<Node, ComposeError> {
                 line: e.location().map(|l| l.line()).unwrap_or(0),
                 // The rendered error carries a source snippet on later lines;
                 // the first line is the message.
-                reason: full.lines().next().unwrap_or("").trim().to_string(),
+                reason: super::one_line(&yaml_reason(&full)),
             }
         })?;
     let mut node = Node {
@@ -108,6 +109,27 @@ pub fn parse(file: &str, text: &str) -> Result<Node, ComposeError> {
     };
     node.stamp(&name);
     Ok(node)
+}
+
+/// serde-saphyr's message for a user: the first line (a source snippet
+/// follows), without the `error: line N` the caller already shows as
+/// `file:N:` and without hints about serde-saphyr's own API.
+fn yaml_reason(full: &str) -> String {
+    let first = full.lines().next().unwrap_or("").trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let first = match first.strip_prefix("line ") {
+        Some(rest) => match rest.split_once(' ') {
+            Some((n, after)) if n.parse::<u64>().is_ok() => after,
+            _ => first,
+        },
+        None => first,
+    };
+    let cut = [", set DuplicateKeyPolicy", "; use from_str_multiple"]
+        .iter()
+        .filter_map(|hint| first.find(hint))
+        .min()
+        .unwrap_or(first.len());
+    first[..cut].to_string()
 }
 
 /// Merges `over` onto `base` the way later Compose files override earlier
@@ -381,21 +403,70 @@ impl<'de> Deserialize<'de> for KeyText {
             Value::Str(s) => Ok(KeyText(s)),
             Value::Null => Ok(KeyText(String::new())),
             Value::Seq(_) | Value::Map(_) => Err(de::Error::custom("mapping keys must be scalars")),
+            Value::Float(f) => Ok(KeyText(f.to_string())),
             other => Ok(KeyText(describe(&other))),
         }
     }
 }
 
-/// Writes the tree back as YAML, for `stack config`: `x-` subtrees other
-/// than `x-flotilla` are left out (they were not interpolated and only hold
+/// Whether the key `key` of the mapping reached through `keys` is an
+/// extension field (`x-...`), which Compose ignores and which is neither
+/// interpolated nor written back. `x-flotilla` is ours, and in mappings whose
+/// keys are names or data (services, environment and labels, networks, ...)
+/// an `x-` key is a name like any other: a label `x-team` or a service
+/// `x-web` stays.
+pub fn is_extension(keys: &[String], key: &str) -> bool {
+    if !key.starts_with("x-") || key == "x-flotilla" {
+        return false;
+    }
+    let k: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let names = match k.as_slice() {
+        ["services" | "networks" | "volumes" | "configs" | "secrets"] => true,
+        ["services", _, "deploy", "labels"] => true,
+        ["services", _, rest @ ..] => {
+            matches!(
+                rest.last(),
+                Some(
+                    &("environment"
+                        | "labels"
+                        | "depends_on"
+                        | "networks"
+                        | "sysctls"
+                        | "extra_hosts"
+                        | "args"
+                        | "annotations"
+                        | "driver_opts")
+                )
+            ) && rest.len() == 1
+        }
+        [_, _, "labels" | "driver_opts" | "options"] => true,
+        _ => false,
+    };
+    !names
+}
+
+/// Writes the tree back as YAML, for `stack config`: extension fields (see
+/// [`is_extension`]) are left out (they were not interpolated and only hold
 /// anchors, already expanded), and `$` is written as `$$` so that the output
 /// reads back as the same values.
-pub struct Emit<'a>(pub &'a Node);
+pub struct Emit<'a> {
+    node: &'a Node,
+    keys: Vec<String>,
+}
+
+impl<'a> Emit<'a> {
+    pub fn new(node: &'a Node) -> Self {
+        Emit {
+            node,
+            keys: Vec::new(),
+        }
+    }
+}
 
 impl serde::Serialize for Emit<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::{SerializeMap, SerializeSeq};
-        match &self.0.value {
+        match &self.node.value {
             Value::Null => s.serialize_unit(),
             Value::Bool(b) => s.serialize_bool(*b),
             Value::Int(i) => match i64::try_from(*i) {
@@ -407,18 +478,23 @@ impl serde::Serialize for Emit<'_> {
             Value::Seq(items) => {
                 let mut seq = s.serialize_seq(Some(items.len()))?;
                 for item in items {
-                    seq.serialize_element(&Emit(item))?;
+                    seq.serialize_element(&Emit {
+                        node: item,
+                        keys: self.keys.clone(),
+                    })?;
                 }
                 seq.end()
             }
             Value::Map(entries) => {
                 let kept: Vec<&(Key, Node)> = entries
                     .iter()
-                    .filter(|(k, _)| !k.name.starts_with("x-") || k.name == "x-flotilla")
+                    .filter(|(k, _)| !is_extension(&self.keys, &k.name))
                     .collect();
                 let mut map = s.serialize_map(Some(kept.len()))?;
                 for (k, v) in kept {
-                    map.serialize_entry(&k.name, &Emit(v))?;
+                    let mut keys = self.keys.clone();
+                    keys.push(k.name.clone());
+                    map.serialize_entry(&k.name, &Emit { node: v, keys })?;
                 }
                 map.end()
             }
