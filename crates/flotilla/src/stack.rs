@@ -256,6 +256,12 @@ fn to_spec(svc: &ComposeService, ignored: &mut Ignored) -> Result<ServiceSpec, S
             if svc.image.is_some() {
                 ignored.note("image", &svc.name);
             }
+            if svc.init == Some(true) {
+                return Err((
+                    "init",
+                    "init: true applies to containers (give `image`)".into(),
+                ));
+            }
             // A process has no image to hold an entrypoint: the two make up
             // its command line, as they would a container's.
             let mut command = svc.entrypoint.clone().unwrap_or_default();
@@ -311,7 +317,7 @@ fn to_spec(svc: &ComposeService, ignored: &mut Ignored) -> Result<ServiceSpec, S
                 limits: resources(&d.limits),
                 reservations: resources(&d.reservations),
             },
-            init: false,
+            init: svc.init.unwrap_or(false),
         },
         update: update_config(d.update_config.as_ref(), false)?,
         rollback: update_config(d.rollback_config.as_ref(), true)?,
@@ -371,9 +377,9 @@ fn health(
             },
         }
     };
-    let positive = |v: Option<u64>, default: u64, key: &'static str| match v {
-        None => Ok(default),
-        Some(0) => Err((key, "must be more than 0".to_string())),
+    // 0 means Docker's default, as in Docker.
+    let positive = |v: Option<u64>, default: u64, _key: &'static str| match v {
+        None | Some(0) => Ok::<u64, (&'static str, String)>(default),
         Some(ms) => Ok(ms),
     };
     let retries = match h.retries {
@@ -568,6 +574,19 @@ services:
     }
 
     #[test]
+    fn init_runs_containers_under_the_engines_init() {
+        let (s, _) = one("services:\n  web:\n    image: app:1\n    init: true\n");
+        assert!(s.task.init);
+        let (s, _) = one("services:\n  web:\n    image: app:1\n");
+        assert!(!s.task.init);
+        assert!(
+            bad_one("services:\n  web:\n    command: x\n    init: true\n")
+                .contains("services.web.init: init: true applies to containers")
+        );
+        assert!(bad_one("services:\n  web:\n    image: app:1\n    init: maybe\n").contains("init"));
+    }
+
+    #[test]
     fn refuses_bad_stacks() {
         let bad = |text: &str| {
             parse_stack("s.yml", text)
@@ -709,8 +728,15 @@ services:
         assert!(err("      test: [CMD]\n").contains("CMD needs a command"));
         assert!(err("      test: [CMD-SHELL, \" \"]\n").contains("CMD-SHELL needs a command"));
         assert!(err("      test: [RUN, x]\n").contains("must start with CMD, CMD-SHELL or NONE"));
-        assert!(err("      test: [CMD, x]\n      interval: 0s\n")
-            .contains("interval: must be more than 0"));
+        // 0 means Docker's default, as in Docker.
+        let zero = hc("      test: [CMD, x]\n      interval: 0s\n      timeout: 0s\n")
+            .ok()
+            .flatten()
+            .expect("health");
+        assert_eq!(
+            (zero.interval_ms, zero.timeout_ms),
+            (DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_TIMEOUT_MS)
+        );
         assert!(err("      test: [CMD, x]\n      retries: 9999999999\n").contains("too large"));
         assert!(err("      test: [CMD, x]\n      retries: -1\n")
             .starts_with("s.yml:6: services.web.healthcheck.retries:"));

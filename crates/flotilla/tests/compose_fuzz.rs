@@ -1206,8 +1206,8 @@ proptest! {
         // Values the Compose model accepts but no spec can be made of.
         let name = expects[pick.index(expects.len())].name.clone();
         let (key, value, reason) = [
-            ("interval", q("0s"), "must be more than 0"),
-            ("timeout", p("0"), "must be more than 0"),
+            ("retries", p("9999999999"), "9999999999 is too large"),
+            ("test", Y::Seq(vec![q("CMD-SHELL")], true), "CMD-SHELL needs a command after it"),
             ("test", Y::Seq(vec![q("CMD")], true), "CMD needs a command after it"),
         ][which].clone();
         let mut doc = doc;

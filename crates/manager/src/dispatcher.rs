@@ -211,6 +211,7 @@ mod tests {
             api_addr: String::new(),
             version: String::new(),
             resources: Default::default(),
+            platform: Default::default(),
             created_at: 0,
             last_seen: 0,
         }

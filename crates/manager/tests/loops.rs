@@ -144,6 +144,7 @@ fn node(id: &str) -> Node {
         api_addr: String::new(),
         version: "test".into(),
         resources: Default::default(),
+        platform: Default::default(),
         created_at: 0,
         last_seen: 0,
     }

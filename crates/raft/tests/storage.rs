@@ -45,6 +45,7 @@ fn node() -> Node {
         api_addr: String::new(),
         version: "test".into(),
         resources: Default::default(),
+        platform: Default::default(),
         created_at: 1,
         last_seen: 1,
     }

@@ -487,6 +487,7 @@ mod tests {
             api_addr: String::new(),
             version: "test".into(),
             resources: Default::default(),
+            platform: Default::default(),
             created_at: 1,
             last_seen: 1,
         }

@@ -1,6 +1,7 @@
 //! Placement constraints, written as Swarm writes them:
 //! `node.id==ID`, `node.hostname!=NAME`, `node.role==manager`,
-//! `node.labels.KEY==VALUE`.
+//! `node.labels.KEY==VALUE`, `node.platform.os==linux`,
+//! `node.platform.arch==x86_64`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -15,7 +16,7 @@ use crate::node::Node;
 pub enum ConstraintError {
     #[error("invalid constraint {0:?}: expected KEY==VALUE or KEY!=VALUE")]
     NoOperator(String),
-    #[error("invalid constraint {0:?}: unknown key {1:?} (use node.id, node.hostname, node.role or node.labels.KEY)")]
+    #[error("invalid constraint {0:?}: unknown key {1:?} (use node.id, node.hostname, node.role, node.platform.os, node.platform.arch or node.labels.KEY)")]
     UnknownKey(String, String),
     #[error("invalid constraint {0:?}: the value is empty")]
     EmptyValue(String),
@@ -31,6 +32,8 @@ pub enum ConstraintKey {
     NodeHostname,
     NodeRole,
     NodeLabel(String),
+    PlatformOs,
+    PlatformArch,
 }
 
 /// `==` or `!=`.
@@ -66,12 +69,31 @@ impl Constraint {
             }
             ConstraintKey::NodeRole => Some(node.role.as_str()),
             ConstraintKey::NodeLabel(k) => node.labels.get(k).map(String::as_str),
+            ConstraintKey::PlatformOs => Some(node.platform.os.as_str()),
+            ConstraintKey::PlatformArch => Some(node.platform.arch.as_str()),
         };
-        let equal = actual == Some(self.value.as_str());
+        let equal = match &self.key {
+            // Swarm compares platforms without case, and people write
+            // Docker's and the kernel's names for the same architecture.
+            ConstraintKey::PlatformOs | ConstraintKey::PlatformArch => {
+                actual.is_some_and(|a| canonical_platform(a) == canonical_platform(&self.value))
+            }
+            _ => actual == Some(self.value.as_str()),
+        };
         match self.op {
             ConstraintOp::Eq => equal,
             ConstraintOp::Ne => !equal,
         }
+    }
+}
+
+/// Lower case, with Docker's architecture names mapped to the kernel's.
+fn canonical_platform(name: &str) -> String {
+    let lower = name.to_ascii_lowercase();
+    match lower.as_str() {
+        "amd64" | "x86-64" => "x86_64".to_string(),
+        "arm64" => "aarch64".to_string(),
+        _ => lower,
     }
 }
 
@@ -100,6 +122,8 @@ impl FromStr for Constraint {
                 }
                 ConstraintKey::NodeRole
             }
+            "node.platform.os" => ConstraintKey::PlatformOs,
+            "node.platform.arch" => ConstraintKey::PlatformArch,
             other => match other.strip_prefix("node.labels.") {
                 Some(label) if !label.is_empty() => ConstraintKey::NodeLabel(label.to_string()),
                 _ => {
@@ -121,6 +145,8 @@ impl fmt::Display for Constraint {
             ConstraintKey::NodeHostname => write!(f, "node.hostname")?,
             ConstraintKey::NodeRole => write!(f, "node.role")?,
             ConstraintKey::NodeLabel(k) => write!(f, "node.labels.{k}")?,
+            ConstraintKey::PlatformOs => write!(f, "node.platform.os")?,
+            ConstraintKey::PlatformArch => write!(f, "node.platform.arch")?,
         }
         let op = match self.op {
             ConstraintOp::Eq => "==",
@@ -162,6 +188,10 @@ mod tests {
             api_addr: String::new(),
             version: "0".into(),
             resources: Default::default(),
+            platform: crate::node::Platform {
+                os: "linux".into(),
+                arch: "x86_64".into(),
+            },
             created_at: 0,
             last_seen: 0,
         }
@@ -169,6 +199,23 @@ mod tests {
 
     fn c(s: &str) -> Constraint {
         s.parse().expect("valid constraint")
+    }
+
+    #[test]
+    fn platform_constraints_as_swarm_stacks_write_them() {
+        let n = node();
+        assert!(c("node.platform.os == linux").matches(&n));
+        assert!(c("node.platform.os==Linux").matches(&n));
+        assert!(!c("node.platform.os != linux").matches(&n));
+        assert!(c("node.platform.arch == x86_64").matches(&n));
+        assert!(c("node.platform.arch == amd64").matches(&n));
+        assert!(!c("node.platform.arch == aarch64").matches(&n));
+        assert_eq!(
+            c("node.platform.arch==amd64").to_string(),
+            "node.platform.arch==amd64"
+        );
+        let unknown = "node.platform.kernel==6".parse::<Constraint>();
+        assert!(unknown.is_err());
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub use constraint::{Constraint, ConstraintError, ConstraintKey, ConstraintOp};
 pub use duration::{format_duration_ms, parse_duration_ms, DurationError};
 pub use id::{new_id, ID_LEN};
 pub use name::{validate_name, NameError};
-pub use node::{Availability, Node, NodeRole, NodeState};
+pub use node::{Availability, Node, NodeRole, NodeState, Platform};
 pub use service::{
     Driver, FailureAction, HealthCheck, HealthTest, Ratio, ResourceSpec, Resources,
     RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, TaskTemplate, UpdateConfig,

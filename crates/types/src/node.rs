@@ -65,6 +65,23 @@ impl NodeState {
     }
 }
 
+/// What `uname` would say: `linux`, `x86_64`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Platform {
+    pub os: String,
+    pub arch: String,
+}
+
+impl Platform {
+    /// The platform this program runs on.
+    pub fn current() -> Self {
+        Platform {
+            os: std::env::consts::OS.to_string(),
+            arch: std::env::consts::ARCH.to_string(),
+        }
+    }
+}
+
 /// A machine in the cluster. `name`, `role`, `availability` and `labels` are
 /// spec (set by users); `state`, `addr`, `version` and `last_seen` are status.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +111,10 @@ pub struct Node {
     /// when unknown (then reservations are not checked against it).
     #[serde(default)]
     pub resources: crate::Resources,
+    /// The node's operating system and architecture, for
+    /// `node.platform.*` constraints.
+    #[serde(default)]
+    pub platform: Platform,
     pub created_at: UnixMs,
     /// Last time the node reported in.
     pub last_seen: UnixMs,

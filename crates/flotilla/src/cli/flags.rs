@@ -224,10 +224,18 @@ impl SpecFlags {
             check.test = test;
         }
         if let Some(v) = &self.health_interval {
-            check.interval_ms = positive_duration(v, "--health-interval")?;
+            check.interval_ms = timing_or(
+                v,
+                "--health-interval",
+                flotilla_types::DEFAULT_HEALTH_INTERVAL_MS,
+            )?;
         }
         if let Some(v) = &self.health_timeout {
-            check.timeout_ms = positive_duration(v, "--health-timeout")?;
+            check.timeout_ms = timing_or(
+                v,
+                "--health-timeout",
+                flotilla_types::DEFAULT_HEALTH_TIMEOUT_MS,
+            )?;
         }
         if let Some(v) = &self.health_retries {
             check.retries = v
@@ -251,9 +259,11 @@ fn duration(v: &str, flag: &str) -> Result<u64> {
     parse_duration_ms(v).map_err(|e| anyhow!("{flag}: {e}"))
 }
 
-fn positive_duration(v: &str, flag: &str) -> Result<u64> {
+/// A health timing; 0 means Docker's default, as `docker service create`
+/// reads it.
+fn timing_or(v: &str, flag: &str, default: u64) -> Result<u64> {
     match duration(v, flag)? {
-        0 => bail!("{flag}: must be more than 0"),
+        0 => Ok(default),
         ms => Ok(ms),
     }
 }
@@ -416,7 +426,7 @@ mod tests {
                 ..SpecFlags::default()
             },
             SpecFlags {
-                health_interval: Some("0s".into()),
+                health_interval: Some("soon".into()),
                 ..SpecFlags::default()
             },
         ] {

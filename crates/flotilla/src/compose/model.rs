@@ -54,7 +54,6 @@ const UNSUPPORTED_SERVICE_KEYS: &[&str] = &[
     "gpus",
     "group_add",
     "hostname",
-    "init",
     "ipc",
     "isolation",
     "label_file",
@@ -135,6 +134,8 @@ pub struct ComposeService {
     pub ports: Vec<PortSpec>,
     pub healthcheck: Option<Healthcheck>,
     pub stop_grace_period_ms: Option<u64>,
+    /// `init: true`: run the container under the engine's init process.
+    pub init: Option<bool>,
     pub deploy: ComposeDeploy,
     pub depends_on: Vec<String>,
     /// `x-flotilla.driver`.
@@ -563,6 +564,7 @@ fn service(
             "ports" => s.ports = ports(v, p)?,
             "healthcheck" => s.healthcheck = Some(healthcheck(v, p, &mut unknown)?),
             "stop_grace_period" => s.stop_grace_period_ms = Some(duration(v, p)?),
+            "init" => s.init = Some(boolean(v, p)?),
             "deploy" => s.deploy = deploy(v, p, &mut ignored, &mut unknown)?,
             "depends_on" => {
                 s.depends_on = match &v.value {

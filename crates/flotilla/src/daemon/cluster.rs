@@ -322,6 +322,7 @@ async fn join(
         api_addr: req.api_addr,
         version: req.version,
         resources: req.resources,
+        platform: req.platform,
         created_at: now,
         last_seen: now,
     };

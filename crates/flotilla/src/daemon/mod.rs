@@ -36,7 +36,7 @@ use flotilla_raft::node::RaftTimings;
 use flotilla_raft::{RaftError, RaftNode};
 use flotilla_store::Command;
 use flotilla_transport::{ClusterClient, Target};
-use flotilla_types::{Availability, Cluster, Node, NodeRole, NodeState};
+use flotilla_types::{Availability, Cluster, Node, NodeRole, NodeState, Platform};
 
 use certs::NodeTls;
 use dispatcher::Dispatcher;
@@ -434,6 +434,7 @@ impl NodeCtx {
             api_addr: self.api_addr(),
             version: VERSION.to_string(),
             resources: host::resources(),
+            platform: Platform::current(),
             created_at: now,
             last_seen: now,
         };
@@ -509,6 +510,7 @@ impl NodeCtx {
             api_addr: self.api_addr(),
             version: VERSION.to_string(),
             resources: host::resources(),
+            platform: Platform::current(),
         };
         let answer: wire::JoinResponse = client
             .post(

@@ -25,6 +25,8 @@ pub struct JoinRequest {
     /// The CPUs and memory the joining machine has.
     #[serde(default)]
     pub resources: flotilla_types::Resources,
+    #[serde(default)]
+    pub platform: flotilla_types::Platform,
 }
 
 /// What a joining node gets back.
