@@ -9,8 +9,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use flotilla_api::model::{InitRequest, ServiceView, TaskView};
 use flotilla_api::Client;
 use flotilla_types::{
-    format_duration_ms, parse_duration_ms, validate_name, Constraint, Driver, RestartCondition,
-    RestartPolicy, ServiceMode, ServiceSpec, TaskTemplate, UpdateState,
+    format_duration_ms, parse_duration_ms, validate_name, Constraint, Driver, HealthTest,
+    RestartCondition, RestartPolicy, ServiceMode, ServiceSpec, TaskTemplate, UpdateState,
 };
 
 use super::output::{ago, table, title};
@@ -692,7 +692,7 @@ pub fn inspect_text(s: &ServiceView) -> String {
     line("Command:", s.command.clone());
     line("Restart:", t.restart.condition.as_str().to_string());
     if let Some(h) = &t.health {
-        line("Health check:", format!("{:?}", h.test));
+        line("Health check:", health_test_text(&h.test));
         line(
             "  every:",
             format!(
@@ -728,6 +728,18 @@ pub fn inspect_text(s: &ServiceView) -> String {
         line(" Message:", u.message.clone());
     }
     out
+}
+
+/// A health test as Docker writes it.
+fn health_test_text(test: &HealthTest) -> String {
+    match test {
+        HealthTest::None => "none".to_string(),
+        HealthTest::Image => "the image's own".to_string(),
+        HealthTest::Exec { argv } => format!("CMD {}", argv.join(" ")),
+        HealthTest::Shell { command } => format!("CMD-SHELL {command}"),
+        HealthTest::Http { port, path } => format!("HTTP GET :{port}{path}"),
+        HealthTest::Tcp { port } => format!("TCP :{port}"),
+    }
 }
 
 /// `service ps` (and `stack ps`): the table, with an IMAGE column when
