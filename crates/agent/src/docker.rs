@@ -598,8 +598,26 @@ fn container_body(spec: &StartSpec, image: &str) -> ContainerCreateBody {
             }),
             // The engine's default when not asked for.
             init: t.init.then_some(true),
+            mounts: (!t.mounts.is_empty()).then(|| t.mounts.iter().map(engine_mount).collect()),
             ..Default::default()
         }),
+        ..Default::default()
+    }
+}
+
+/// A mount as the engine takes it.
+fn engine_mount(m: &flotilla_types::Mount) -> bollard::models::Mount {
+    use bollard::models::MountType as MountTypeEnum;
+    let typ = match m.kind {
+        flotilla_types::MountKind::Bind => MountTypeEnum::BIND,
+        flotilla_types::MountKind::Volume => MountTypeEnum::VOLUME,
+        flotilla_types::MountKind::Tmpfs => MountTypeEnum::TMPFS,
+    };
+    bollard::models::Mount {
+        typ: Some(typ),
+        source: (!m.source.is_empty()).then(|| m.source.clone()),
+        target: Some(m.target.clone()),
+        read_only: m.read_only.then_some(true),
         ..Default::default()
     }
 }

@@ -16,8 +16,8 @@
 use std::collections::BTreeMap;
 
 use flotilla_types::{
-    validate_name, Driver, FailureAction, HealthCheck, HealthTest, Ratio, ResourceSpec, Resources,
-    ServiceSpec, TaskTemplate, UpdateConfig, UpdateOrder, DEFAULT_HEALTH_INTERVAL_MS,
+    validate_name, Driver, FailureAction, HealthCheck, HealthTest, MountKind, Ratio, ResourceSpec,
+    Resources, ServiceSpec, TaskTemplate, UpdateConfig, UpdateOrder, DEFAULT_HEALTH_INTERVAL_MS,
     DEFAULT_HEALTH_RETRIES, DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_STOP_GRACE_MS,
 };
 
@@ -66,6 +66,8 @@ pub enum StackError {
 pub struct Stack {
     pub services: Vec<ServiceSpec>,
     pub compose: Vec<ComposeService>,
+    /// The top-level named volumes.
+    pub volumes: BTreeMap<String, compose::VolumeDef>,
     pub warnings: Vec<String>,
     /// The first file, which names the stack in messages.
     pub path: String,
@@ -92,6 +94,16 @@ impl Stack {
                 spec.name = full;
                 spec.labels
                     .insert(NAMESPACE_LABEL.to_string(), stack.to_string());
+                // Named volumes are the stack's own, STACK_KEY, unless the
+                // file fixes their name (name:, external: true), as in Swarm.
+                for m in &mut spec.task.mounts {
+                    if m.kind == MountKind::Volume && !m.source.is_empty() {
+                        m.source = match self.volumes.get(&m.source).and_then(|d| d.name.clone()) {
+                            Some(fixed) => fixed,
+                            None => format!("{stack}_{}", m.source),
+                        };
+                    }
+                }
                 Ok(spec)
             })
             .collect()
@@ -188,6 +200,7 @@ pub fn parse_stack_files(files: &[(&str, &str)]) -> Result<Stack, StackError> {
     Ok(Stack {
         services,
         compose: parsed.services,
+        volumes: parsed.volumes,
         warnings,
         path: first.to_string(),
     })
@@ -262,6 +275,12 @@ fn to_spec(svc: &ComposeService, ignored: &mut Ignored) -> Result<ServiceSpec, S
                     "init: true applies to containers (give `image`)".into(),
                 ));
             }
+            if !svc.volumes.is_empty() {
+                return Err((
+                    "volumes",
+                    "volumes apply to containers (give `image`)".into(),
+                ));
+            }
             // A process has no image to hold an entrypoint: the two make up
             // its command line, as they would a container's.
             let mut command = svc.entrypoint.clone().unwrap_or_default();
@@ -311,13 +330,14 @@ fn to_spec(svc: &ComposeService, ignored: &mut Ignored) -> Result<ServiceSpec, S
             restart: d.restart_policy.clone().unwrap_or_default(),
             stop_grace_period_ms: svc.stop_grace_period_ms.unwrap_or(DEFAULT_STOP_GRACE_MS),
             constraints: d.constraints.clone(),
-            force_update: 0,
             health,
             resources: ResourceSpec {
                 limits: resources(&d.limits),
                 reservations: resources(&d.reservations),
             },
             init: svc.init.unwrap_or(false),
+            mounts: svc.volumes.clone(),
+            ..TaskTemplate::default()
         },
         update: update_config(d.update_config.as_ref(), false)?,
         rollback: update_config(d.rollback_config.as_ref(), true)?,
@@ -512,7 +532,7 @@ pub fn config_yaml(paths: &[&str]) -> Result<(String, Vec<String>), StackError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_types::{RestartCondition, ServiceMode};
+    use flotilla_types::{Mount, RestartCondition, ServiceMode};
 
     const EXAMPLE: &str = r#"
 services:
@@ -571,6 +591,53 @@ services:
             stack.warnings,
             ["Ignoring options Flotilla does not act on yet: ports (agent)"]
         );
+    }
+
+    #[test]
+    fn volumes_become_mounts_and_named_ones_belong_to_the_stack() {
+        let text = "services:\n  db:\n    image: pg:16\n    volumes:\n      - data:/var/lib/data\n      - ./conf:/etc/app:ro\n      - /srv/logs:/logs\n      - /scratch\n      - type: tmpfs\n        target: /tmp\n      - {type: volume, source: shared, target: /shared, read_only: true}\nvolumes:\n  data:\n  shared:\n    external: true\n";
+        let stack = parse_stack("/stacks/app/s.yml", text).expect("parse");
+        let specs = stack.specs_for("app").expect("specs");
+        let m = &specs[0].task.mounts;
+        let mount = |kind, source: &str, target: &str, read_only| Mount {
+            kind,
+            source: source.into(),
+            target: target.into(),
+            read_only,
+        };
+        assert_eq!(
+            m,
+            &vec![
+                mount(MountKind::Volume, "app_data", "/var/lib/data", false),
+                mount(MountKind::Bind, "/stacks/app/conf", "/etc/app", true),
+                mount(MountKind::Bind, "/srv/logs", "/logs", false),
+                mount(MountKind::Volume, "", "/scratch", false),
+                mount(MountKind::Tmpfs, "", "/tmp", false),
+                mount(MountKind::Volume, "shared", "/shared", true),
+            ]
+        );
+        assert_eq!(
+            bad_one("services:\n  db:\n    image: pg:16\n    volumes:\n      - data:/d\n"),
+            "s.yml:5: services.db.volumes: undefined volume \"data\": declare it under the top-level volumes"
+        );
+        assert!(
+            bad_one("services:\n  db:\n    image: pg:16\n    volumes: [\"/a:relative\"]\n")
+                .contains("services.db.volumes[0]: target \"relative\" must be an absolute path")
+        );
+        assert!(
+            bad_one("services:\n  db:\n    image: pg:16\n    volumes: [\"/a:/b:rx\"]\n")
+                .contains("invalid volume mode \"rx\"")
+        );
+        assert!(
+            bad_one("services:\n  db:\n    command: x\n    volumes: [\"/a:/b\"]\n")
+                .contains("services.db.volumes: volumes apply to containers")
+        );
+        // A later file replaces the entry at the same target.
+        let over = "services:\n  db:\n    volumes: [\"/other:/var/lib/data\"]\n";
+        let merged = parse_stack_files(&[("/s/a.yml", text), ("/s/b.yml", over)]).expect("merge");
+        let m = &merged.services[0].task.mounts;
+        assert_eq!(m.len(), 6);
+        assert!(m.contains(&mount(MountKind::Bind, "/other", "/var/lib/data", false)));
     }
 
     #[test]

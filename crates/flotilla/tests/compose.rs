@@ -570,12 +570,27 @@ fn fixture_stacks_convert() {
     assert_eq!(counter.labels["com.example.role"], "background");
     let w = voting.warnings.join("\n");
     assert!(
-        w.contains("Ignoring unsupported top-level options: networks, volumes, secrets"),
+        w.contains("Ignoring unsupported top-level options: networks, secrets"),
         "{w}"
     );
     assert!(
-        w.contains("service store: Ignoring unsupported options: volumes, secrets, networks"),
+        w.contains("service store: Ignoring unsupported options: secrets, networks"),
         "{w}"
+    );
+    // Named volumes are the stack's own; binds resolve against the file.
+    let store_mounts = &voting
+        .specs_for("vote")
+        .expect("specs")
+        .into_iter()
+        .find(|s| s.name == "vote_store")
+        .expect("store")
+        .task
+        .mounts;
+    assert!(
+        store_mounts
+            .iter()
+            .any(|m| m.kind == flotilla_types::MountKind::Volume && m.source.starts_with("vote_")),
+        "{store_mounts:?}"
     );
     assert!(w.contains("ports (ballot, tally)"), "{w}");
     assert!(w.contains("deploy.endpoint_mode (cache)"), "{w}");

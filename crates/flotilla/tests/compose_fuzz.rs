@@ -787,7 +787,10 @@ fn service(idx: usize, earlier: Vec<&'static str>) -> impl Strategy<Value = (Y, 
                         Y::Map(vec![("any".into(), p("[1, {a: b}]"))], false),
                     ));
                     e.push(("networks".into(), Y::Seq(vec![p("front")], false)));
-                    e.push(("volumes".into(), Y::Seq(vec![q("data:/data")], false)));
+                    // Containers only; a bind needs no top-level entry.
+                    if image.is_some() {
+                        e.push(("volumes".into(), Y::Seq(vec![q("./data:/data:ro")], false)));
+                    }
                 }
                 let expect = Expect {
                     name: name.to_string(),

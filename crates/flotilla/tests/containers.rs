@@ -356,7 +356,14 @@ fn an_images_own_healthcheck_is_used_and_a_missing_image_is_rejected() -> Result
     let d = Daemon::start(bin())?;
     d.ok(&["init"])?;
     // No --health-* flag: the image's HEALTHCHECK decides, and create
-    // waits until both tasks are healthy.
+    // waits until both tasks are healthy. A read-only bind mount carries
+    // a file from the node into the containers.
+    let shared = tempfile::tempdir()?;
+    std::fs::write(shared.path().join("greeting"), "hello from the node")?;
+    let mount = format!(
+        "type=bind,source={},target=/shared,readonly",
+        shared.path().display()
+    );
     d.ok(&[
         "service",
         "create",
@@ -367,12 +374,22 @@ fn an_images_own_healthcheck_is_used_and_a_missing_image_is_rejected() -> Result
         "--image",
         &image,
         "--init",
+        "--mount",
+        &mount,
         "--",
         "sleep",
         "100000",
     ])?;
     let ls = d.ok(&["service", "ls"])?.stdout;
     assert!(ls.contains("2/2 (2 healthy)"), "{ls}");
+    let first = containers_of(NAME)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("no container"))?;
+    let seen = docker(&["exec", &first, "cat", "/shared/greeting"], None)?;
+    assert_eq!(seen, "hello from the node");
+    let write = docker(&["exec", &first, "touch", "/shared/nope"], None);
+    assert!(write.is_err(), "the mount must be read-only");
 
     // An image that is nowhere: the pull fails and the task is rejected
     // with the engine's reason.

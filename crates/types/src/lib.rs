@@ -30,10 +30,10 @@ pub use id::{new_id, ID_LEN};
 pub use name::{validate_name, NameError};
 pub use node::{Availability, Node, NodeRole, NodeState, Platform};
 pub use service::{
-    Driver, FailureAction, HealthCheck, HealthTest, Ratio, ResourceSpec, Resources,
-    RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, TaskTemplate, UpdateConfig,
-    UpdateOrder, UpdateState, UpdateStatus, DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_RETRIES,
-    DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_STOP_GRACE_MS,
+    Driver, FailureAction, HealthCheck, HealthTest, Mount, MountKind, Ratio, ResourceSpec,
+    Resources, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, TaskTemplate,
+    UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, DEFAULT_HEALTH_INTERVAL_MS,
+    DEFAULT_HEALTH_RETRIES, DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_STOP_GRACE_MS,
 };
 pub use task::{DesiredState, Health, SlotKey, Task, TaskState, TaskStatus};
 

@@ -136,6 +136,58 @@ pub struct ResourceSpec {
     pub reservations: Resources,
 }
 
+/// What a container mount is backed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    /// A path of the node's file system.
+    Bind,
+    /// A named volume of the node's engine (created on first use), or an
+    /// anonymous one when the source is empty.
+    #[default]
+    Volume,
+    /// A memory file system.
+    Tmpfs,
+}
+
+impl MountKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MountKind::Bind => "bind",
+            MountKind::Volume => "volume",
+            MountKind::Tmpfs => "tmpfs",
+        }
+    }
+
+    /// Parses `bind`, `volume` or `tmpfs`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "bind" => Some(MountKind::Bind),
+            "volume" => Some(MountKind::Volume),
+            "tmpfs" => Some(MountKind::Tmpfs),
+            _ => None,
+        }
+    }
+}
+
+/// A file system mounted into a docker task's container
+/// (`--mount type=bind,source=/srv,target=/data,readonly`, Compose
+/// `volumes:`). Volumes and bind paths are the node's own: like Swarm's
+/// local volume driver, nothing follows a task to another node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    #[serde(rename = "type", default)]
+    pub kind: MountKind,
+    /// Host path (bind), volume name (volume; empty for an anonymous
+    /// one), unused for tmpfs.
+    #[serde(default)]
+    pub source: String,
+    /// Absolute path inside the container.
+    pub target: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
 /// What a rolling update (or rollback) does when tasks fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -382,6 +434,9 @@ pub struct TaskTemplate {
     /// SIGTERM instead of waiting out the grace period.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub init: bool,
+    /// File systems mounted into a docker task's container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<Mount>,
 }
 
 impl Default for TaskTemplate {
@@ -399,6 +454,7 @@ impl Default for TaskTemplate {
             health: None,
             resources: ResourceSpec::default(),
             init: false,
+            mounts: Vec::new(),
         }
     }
 }

@@ -392,6 +392,11 @@ pub fn spec_from_args(args: &CreateArgs) -> Result<ServiceSpec> {
         },
         ..ServiceSpec::default()
     };
+    for m in &args.mount {
+        spec.task
+            .mounts
+            .push(super::flags::parse_mount(m).map_err(|e| anyhow!("--mount: {e}"))?);
+    }
     args.spec.apply(&mut spec)?;
     if spec.task.driver == Driver::Process && spec.task.command.is_empty() {
         bail!(
@@ -455,6 +460,14 @@ pub fn apply_update(spec: &mut ServiceSpec, args: &UpdateArgs) -> Result<()> {
     }
     if !args.command.is_empty() {
         task.command = args.command.clone();
+    }
+    for target in &args.mount_rm {
+        task.mounts.retain(|m| m.target != *target);
+    }
+    for m in &args.mount_add {
+        let m = super::flags::parse_mount(m).map_err(|e| anyhow!("--mount-add: {e}"))?;
+        task.mounts.retain(|have| have.target != m.target);
+        task.mounts.push(m);
     }
     if args.force {
         task.force_update += 1;

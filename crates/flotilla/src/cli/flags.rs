@@ -7,8 +7,8 @@
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use flotilla_types::{
-    parse_duration_ms, Driver, FailureAction, HealthCheck, HealthTest, Ratio, Resources,
-    ServiceSpec, UpdateConfig, UpdateOrder,
+    parse_duration_ms, Driver, FailureAction, HealthCheck, HealthTest, Mount, MountKind, Ratio,
+    Resources, ServiceSpec, UpdateConfig, UpdateOrder,
 };
 
 #[derive(Debug, Default, Args)]
@@ -310,6 +310,40 @@ fn set_resources(
     Ok(())
 }
 
+/// Parses Docker's `--mount` syntax:
+/// `type=bind,source=/srv,target=/data,readonly` (also `src`, `dst`,
+/// `destination`, `ro`, `readonly=true|false`); the type defaults to volume.
+pub fn parse_mount(text: &str) -> Result<Mount, String> {
+    let bad = |why: String| format!("invalid mount {text:?}: {why}");
+    let mut mount = Mount {
+        kind: MountKind::Volume,
+        source: String::new(),
+        target: String::new(),
+        read_only: false,
+    };
+    for field in text.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        let (key, value) = match field.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (field, None),
+        };
+        match (key, value) {
+            ("type", Some(v)) => {
+                mount.kind = MountKind::parse(v)
+                    .ok_or_else(|| bad(format!("type {v:?} is not bind, volume or tmpfs")))?
+            }
+            ("source" | "src", Some(v)) => mount.source = v.to_string(),
+            ("target" | "dst" | "destination", Some(v)) => mount.target = v.to_string(),
+            ("readonly" | "ro", None | Some("true" | "1")) => mount.read_only = true,
+            ("readonly" | "ro", Some("false" | "0")) => mount.read_only = false,
+            (other, _) => return Err(bad(format!("unknown option {other:?}"))),
+        }
+    }
+    if mount.target.is_empty() {
+        return Err(bad("target is missing".into()));
+    }
+    Ok(mount)
+}
+
 /// Parses a failure ratio in `0..=1`.
 pub fn parse_ratio(v: &str) -> Result<Ratio, String> {
     match v.trim().parse::<f64>() {
@@ -469,6 +503,28 @@ mod tests {
         ] {
             assert!(applied(bad).is_err());
         }
+    }
+
+    #[test]
+    fn mounts_parse_like_docker() {
+        let m = parse_mount("type=bind,source=/srv/www,target=/www,readonly").expect("bind");
+        assert_eq!(
+            m,
+            Mount {
+                kind: MountKind::Bind,
+                source: "/srv/www".into(),
+                target: "/www".into(),
+                read_only: true
+            }
+        );
+        let v = parse_mount("src=data,dst=/var/lib/data").expect("volume");
+        assert_eq!(
+            (v.kind, v.source.as_str(), v.read_only),
+            (MountKind::Volume, "data", false)
+        );
+        assert!(parse_mount("type=nfs,target=/x").is_err());
+        assert!(parse_mount("source=/a").is_err());
+        assert!(parse_mount("target=/a,colour=red").is_err());
     }
 
     #[test]

@@ -304,6 +304,9 @@ pub struct CreateArgs {
     /// Return once the service is created, without waiting for its tasks
     #[arg(short, long)]
     pub detach: bool,
+    /// Mount into each container: type=bind|volume|tmpfs,source=..,target=..[,readonly]
+    #[arg(long = "mount")]
+    pub mount: Vec<String>,
     #[command(flatten)]
     pub spec: flags::SpecFlags,
     /// Command and arguments (for a docker service: the container's arguments)
@@ -331,6 +334,12 @@ pub struct UpdateArgs {
     /// Remove a placement constraint
     #[arg(long = "constraint-rm")]
     pub constraint_rm: Vec<String>,
+    /// Add or replace a mount (same target): type=..,source=..,target=..[,readonly]
+    #[arg(long = "mount-add")]
+    pub mount_add: Vec<String>,
+    /// Remove the mount at this target path
+    #[arg(long = "mount-rm")]
+    pub mount_rm: Vec<String>,
     /// Number of tasks
     #[arg(long, allow_hyphen_values = true)]
     pub replicas: Option<String>,

@@ -26,7 +26,7 @@ use thiserror::Error;
 pub use interpolate::{interpolate, InterpolationError};
 pub use model::{
     ComposeDeploy, ComposeService, ComposeStack, Healthcheck, PortMode, PortProtocol, PortSpec,
-    Resources, UpdateConfig,
+    Resources, UpdateConfig, VolumeDef,
 };
 
 use yaml::{Node, Value};

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use flotilla_types::{
-    parse_duration_ms, validate_name, Constraint, RestartCondition, RestartPolicy, ServiceMode,
+    parse_duration_ms, validate_name, Constraint, Mount, MountKind, RestartCondition,
+    RestartPolicy, ServiceMode,
 };
 
 use super::yaml::{describe, Key, Node, Value};
@@ -96,15 +97,12 @@ const UNSUPPORTED_SERVICE_KEYS: &[&str] = &[
     "user",
     "userns_mode",
     "uts",
-    "volumes",
     "volumes_from",
     "working_dir",
 ];
 
 /// Top-level keys of the Compose specification that Flotilla does not model.
-const UNSUPPORTED_TOP_KEYS: &[&str] = &[
-    "networks", "volumes", "configs", "secrets", "include", "models",
-];
+const UNSUPPORTED_TOP_KEYS: &[&str] = &["networks", "configs", "secrets", "include", "models"];
 
 /// Ranges wider than this in a port mapping are refused, so that a short
 /// string cannot expand into a huge list.
@@ -116,6 +114,17 @@ const MAX_PORT_RANGE: u32 = 1_000;
 pub struct ComposeStack {
     pub services: Vec<ComposeService>,
     pub warnings: Vec<String>,
+    /// The top-level `volumes:`, by key.
+    pub volumes: BTreeMap<String, VolumeDef>,
+}
+
+/// A top-level `volumes:` entry: a named volume of each node's engine.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct VolumeDef {
+    /// The engine's name for it when the file fixes one (`name:`, or
+    /// `external: true`); otherwise the stack's name prefixes the key, as
+    /// Swarm does.
+    pub name: Option<String>,
 }
 
 /// One service, as Swarm would read it.
@@ -136,6 +145,10 @@ pub struct ComposeService {
     pub stop_grace_period_ms: Option<u64>,
     /// `init: true`: run the container under the engine's init process.
     pub init: Option<bool>,
+    /// `volumes:` of the service: bind mounts (relative paths resolved
+    /// against the file's directory), named and anonymous volumes, tmpfs.
+    /// Named volumes keep the file's key; the stack resolves the name.
+    pub volumes: Vec<Mount>,
     pub deploy: ComposeDeploy,
     pub depends_on: Vec<String>,
     /// `x-flotilla.driver`.
@@ -439,9 +452,11 @@ pub(super) fn convert(
     let mut ignored = Vec::new();
     let mut unknown = Vec::new();
     let mut services_node = None;
+    let mut volumes = BTreeMap::new();
     for (k, v) in top {
         match k.name.as_str() {
             "services" => services_node = Some(v),
+            "volumes" => volumes = volume_defs(v, &mut warnings)?,
             "version" | "name" => {}
             n if n.starts_with("x-") => {}
             n if UNSUPPORTED_TOP_KEYS.contains(&n) => ignored.push(n.to_string()),
@@ -475,13 +490,232 @@ pub(super) fn convert(
         services.push(service(&k.name, v, &path, lookup, &mut warnings)?);
     }
     services.sort_by(|a, b| a.name.cmp(&b.name));
-    check_stack(&services, entries)?;
-    Ok(ComposeStack { services, warnings })
+    check_stack(&services, entries, &volumes)?;
+    Ok(ComposeStack {
+        services,
+        warnings,
+        volumes,
+    })
+}
+
+/// The top-level `volumes:`. Only local volumes exist: a `driver` other
+/// than `local`, or `driver_opts`, is named in a warning.
+fn volume_defs(node: &Node, warnings: &mut Vec<String>) -> R<BTreeMap<String, VolumeDef>> {
+    let mut out = BTreeMap::new();
+    if matches!(node.value, Value::Null) {
+        return Ok(out);
+    }
+    let mut unsupported = Vec::new();
+    for (k, v) in map(node, "volumes")? {
+        let path = join("volumes", &k.name);
+        let mut def = VolumeDef::default();
+        let mut external = false;
+        let entries = match &v.value {
+            Value::Null => &[][..],
+            _ => map(v, &path)?,
+        };
+        for (kk, vv) in entries {
+            let p = join(&path, &kk.name);
+            match kk.name.as_str() {
+                "name" => def.name = Some(string(vv, &p)?),
+                "external" => match &vv.value {
+                    // The old form: `external: {name: NAME}`.
+                    Value::Map(_) => {
+                        external = true;
+                        if let Some(n) = vv.get("name") {
+                            def.name = Some(string(n, &join(&p, "name"))?);
+                        }
+                    }
+                    _ => external = boolean(vv, &p)?,
+                },
+                "driver" => {
+                    if string(vv, &p)? != "local" {
+                        unsupported.push(p);
+                    }
+                }
+                "driver_opts" => unsupported.push(p),
+                "labels" => {}
+                n if n.starts_with("x-") => {}
+                other => return Err(ComposeError::at(vv, &p, format!("unknown key {other:?}"))),
+            }
+        }
+        if external && def.name.is_none() {
+            def.name = Some(k.name.clone());
+        }
+        out.insert(k.name.clone(), def);
+    }
+    if !unsupported.is_empty() {
+        warnings.push(format!(
+            "Ignoring unsupported volume options (volumes are each node's local volumes): {}",
+            unsupported.join(", ")
+        ));
+    }
+    Ok(out)
+}
+
+/// A service's `volumes:`, short (`SRC:DST[:ro]`, `DST`) or long syntax.
+fn mounts(
+    node: &Node,
+    path: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    ignored: &mut Vec<String>,
+) -> R<Vec<Mount>> {
+    let Value::Seq(items) = &node.value else {
+        return Err(expected(node, path, "a list"));
+    };
+    let mut out: Vec<Mount> = Vec::new();
+    for (i, n) in items.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let mount = match &n.value {
+            Value::Map(m) => {
+                let mut mount = Mount {
+                    kind: MountKind::Volume,
+                    source: String::new(),
+                    target: String::new(),
+                    read_only: false,
+                };
+                for (k, v) in m {
+                    let kp = join(&p, &k.name);
+                    match k.name.as_str() {
+                        "type" => {
+                            let t = string(v, &kp)?;
+                            mount.kind = MountKind::parse(&t).ok_or_else(|| {
+                                ComposeError::at(
+                                    v,
+                                    &kp,
+                                    format!("{t:?} is not bind, volume or tmpfs"),
+                                )
+                            })?;
+                        }
+                        "source" => mount.source = string(v, &kp)?,
+                        "target" => mount.target = string(v, &kp)?,
+                        "read_only" => mount.read_only = boolean(v, &kp)?,
+                        "bind" | "volume" | "tmpfs" | "consistency" => {
+                            ignored.push(format!("volumes[{i}].{}", k.name))
+                        }
+                        n if n.starts_with("x-") => {}
+                        other => {
+                            return Err(ComposeError::at(v, &kp, format!("unknown key {other:?}")))
+                        }
+                    }
+                }
+                if mount.target.is_empty() {
+                    return Err(ComposeError::at(n, &p, "missing target"));
+                }
+                if mount.kind == MountKind::Bind {
+                    mount.source = host_path(n, &p, &mount.source, lookup)?;
+                }
+                mount
+            }
+            _ => {
+                let text = string(n, &p)?;
+                let parts: Vec<&str> = text.split(':').collect();
+                let (source, target, mode) = match parts.as_slice() {
+                    [t] => ("", *t, ""),
+                    [s, t] => (*s, *t, ""),
+                    [s, t, m] => (*s, *t, *m),
+                    _ => {
+                        return Err(ComposeError::at(
+                            n,
+                            &p,
+                            format!("invalid volume {text:?}: expected [SOURCE:]TARGET[:MODE]"),
+                        ))
+                    }
+                };
+                let mut read_only = false;
+                for flag in mode.split(',').filter(|f| !f.is_empty()) {
+                    match flag {
+                        "ro" => read_only = true,
+                        "rw" => read_only = false,
+                        "z" | "Z" | "nocopy" | "cached" | "delegated" | "consistent" => {}
+                        other => {
+                            return Err(ComposeError::at(
+                                n,
+                                &p,
+                                format!("invalid volume mode {other:?}: expected ro or rw"),
+                            ))
+                        }
+                    }
+                }
+                let bind =
+                    source.starts_with('/') || source.starts_with('.') || source.starts_with('~');
+                Mount {
+                    kind: if bind {
+                        MountKind::Bind
+                    } else {
+                        MountKind::Volume
+                    },
+                    source: if bind {
+                        host_path(n, &p, source, lookup)?
+                    } else {
+                        source.to_string()
+                    },
+                    target: target.to_string(),
+                    read_only,
+                }
+            }
+        };
+        if !mount.target.starts_with('/') {
+            return Err(ComposeError::at(
+                n,
+                &p,
+                format!("target {:?} must be an absolute path", mount.target),
+            ));
+        }
+        // A later entry for the same target wins, as when files merge.
+        out.retain(|m| m.target != mount.target);
+        out.push(mount);
+    }
+    Ok(out)
+}
+
+/// A bind mount's source on the node: absolute as written, `./x` relative
+/// to the directory of the file that says it, `~/x` under `$HOME`.
+fn host_path(
+    node: &Node,
+    path: &str,
+    source: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> R<String> {
+    if source.starts_with('/') {
+        return Ok(source.to_string());
+    }
+    if let Some(rest) = source.strip_prefix('~') {
+        let home =
+            lookup("HOME").ok_or_else(|| ComposeError::at(node, path, "~ needs HOME to be set"))?;
+        return Ok(format!("{home}{rest}"));
+    }
+    if source.is_empty() {
+        return Err(ComposeError::at(node, path, "a bind mount needs a source"));
+    }
+    let dir = dir_of(&node.file);
+    let base = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map_err(|e| ComposeError::at(node, path, format!("cannot resolve {source:?}: {e}")))?
+            .join(dir)
+    };
+    let mut out = std::path::PathBuf::new();
+    for part in base.join(source).components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    Ok(out.to_string_lossy().into_owned())
 }
 
 /// Checks across services: `depends_on` targets exist, and no two services
 /// publish the same ingress port.
-fn check_stack(services: &[ComposeService], entries: &[(Key, Node)]) -> R<()> {
+fn check_stack(
+    services: &[ComposeService],
+    entries: &[(Key, Node)],
+    volumes: &BTreeMap<String, VolumeDef>,
+) -> R<()> {
     let node_of = |name: &str| entries.iter().find(|(k, _)| k.name == name).map(|(_, n)| n);
     let mut published: BTreeMap<(u16, PortProtocol), &str> = BTreeMap::new();
     for s in services {
@@ -489,6 +723,22 @@ fn check_stack(services: &[ComposeService], entries: &[(Key, Node)]) -> R<()> {
             continue;
         };
         let path = join("services", &s.name);
+        for m in &s.volumes {
+            if m.kind == MountKind::Volume
+                && !m.source.is_empty()
+                && !volumes.contains_key(&m.source)
+            {
+                let at = node.get("volumes").unwrap_or(node);
+                return Err(ComposeError::at(
+                    at,
+                    &join(&path, "volumes"),
+                    format!(
+                        "undefined volume {:?}: declare it under the top-level volumes",
+                        m.source
+                    ),
+                ));
+            }
+        }
         for d in &s.depends_on {
             if !services.iter().any(|o| &o.name == d) {
                 let at = node.get("depends_on").unwrap_or(node);
@@ -565,6 +815,7 @@ fn service(
             "healthcheck" => s.healthcheck = Some(healthcheck(v, p, &mut unknown)?),
             "stop_grace_period" => s.stop_grace_period_ms = Some(duration(v, p)?),
             "init" => s.init = Some(boolean(v, p)?),
+            "volumes" => s.volumes = mounts(v, p, lookup, &mut ignored)?,
             "deploy" => s.deploy = deploy(v, p, &mut ignored, &mut unknown)?,
             "depends_on" => {
                 s.depends_on = match &v.value {

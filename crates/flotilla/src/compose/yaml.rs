@@ -136,7 +136,8 @@ fn yaml_reason(full: &str) -> String {
 /// ones: mappings key by key; a service's `environment`, `labels` and
 /// `deploy.labels` key by key whether written as mappings or `KEY=VALUE`
 /// lists; `ports` by published port and protocol (an entry of a later file
-/// replaces the one publishing the same port); everything else replaced.
+/// replaces the one publishing the same port); `volumes` of a service by
+/// target path; everything else replaced.
 pub fn merge(base: &mut Node, over: Node) {
     merge_at(base, over, &mut Vec::new());
 }
@@ -144,7 +145,8 @@ pub fn merge(base: &mut Node, over: Node) {
 /// How the value at a key path merges.
 enum Rule {
     Keys,
-    Ports,
+    /// List entries that are the same one when this key of theirs is.
+    Entries(fn(&Node) -> Option<(String, String)>),
     Replace,
 }
 
@@ -154,7 +156,8 @@ fn rule(path: &[String]) -> Rule {
         ["services", _, "environment" | "labels"] | ["services", _, "deploy", "labels"] => {
             Rule::Keys
         }
-        ["services", _, "ports"] => Rule::Ports,
+        ["services", _, "ports"] => Rule::Entries(port_key),
+        ["services", _, "volumes"] => Rule::Entries(volume_key),
         _ => Rule::Replace,
     }
 }
@@ -171,11 +174,11 @@ fn merge_at(base: &mut Node, over: Node, path: &mut Vec<String>) {
                 return merge_maps(base, over, path);
             }
         }
-        Rule::Ports => {
+        Rule::Entries(entry_key) => {
             if let (Value::Seq(b), Value::Seq(o)) = (&mut base.value, &over.value) {
                 for item in o {
-                    let key = port_key(item);
-                    match b.iter_mut().find(|x| key.is_some() && port_key(x) == key) {
+                    let key = entry_key(item);
+                    match b.iter_mut().find(|x| key.is_some() && entry_key(x) == key) {
                         Some(slot) => *slot = item.clone(),
                         None => b.push(item.clone()),
                     }
@@ -252,6 +255,27 @@ fn as_key_map(value: &Value) -> Option<Vec<(Key, Node)>> {
         }
         _ => None,
     }
+}
+
+/// What makes two volume entries the same one across files: the target
+/// path (short syntax `SRC:TARGET[:MODE]` or `TARGET`, or `target:`).
+fn volume_key(node: &Node) -> Option<(String, String)> {
+    let target = match &node.value {
+        Value::Str(s) => {
+            let parts: Vec<&str> = s.split(':').collect();
+            match parts.as_slice() {
+                [t] => t.to_string(),
+                [_, t] | [_, t, _] => t.to_string(),
+                _ => return None,
+            }
+        }
+        Value::Map(_) => match node.get("target").map(|t| &t.value) {
+            Some(Value::Str(t)) => t.clone(),
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some((target, String::new()))
 }
 
 /// What makes two port entries the same one across files: the published

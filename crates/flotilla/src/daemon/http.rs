@@ -22,7 +22,9 @@ use flotilla_api::model::{
 };
 use flotilla_raft::RaftError;
 use flotilla_store::{Command, State as Store, StoreError};
-use flotilla_types::{validate_name, Driver, HealthTest, NodeRole, ServiceMode, ServiceSpec};
+use flotilla_types::{
+    validate_name, Driver, HealthTest, MountKind, NodeRole, ServiceMode, ServiceSpec,
+};
 
 use super::views::{self, LocalFacts, ManagerStatus};
 use super::{now_ms, InitError, Member, NodeCtx, VERSION};
@@ -713,6 +715,23 @@ pub fn validate_spec(spec: &ServiceSpec) -> Result<(), ApiError> {
     }
     if spec.task.driver == Driver::Process && spec.task.init {
         return bad("--init applies to docker tasks only".into());
+    }
+    if spec.task.driver == Driver::Process && !spec.task.mounts.is_empty() {
+        return bad("mounts apply to docker tasks only".into());
+    }
+    for m in &spec.task.mounts {
+        if !m.target.starts_with('/') {
+            return bad(format!(
+                "mount target {:?} must be an absolute path",
+                m.target
+            ));
+        }
+        if m.kind == MountKind::Bind && !m.source.starts_with('/') {
+            return bad(format!(
+                "bind mount source {:?} must be an absolute path",
+                m.source
+            ));
+        }
     }
     if let Some(h) = &spec.task.health {
         if h.interval_ms == 0 || h.timeout_ms == 0 {
