@@ -18,7 +18,7 @@
 //!   task's log file until the container ends.
 
 use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::pin;
 use std::time::Duration;
@@ -40,14 +40,14 @@ use flotilla_types::{
 };
 use futures_util::StreamExt;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::OnceCell;
 use tracing::{debug, warn};
 
 use crate::driver::{
     BoxFuture, Driver, DriverError, Exit, ExitFuture, Handle, Probe, StartSpec, Started, StopSignal,
 };
+use crate::health::{http_probe, tcp_probe};
 
 /// Where the engine listens when `DOCKER_HOST` says nothing.
 pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
@@ -434,7 +434,7 @@ impl DockerDriver {
         }
     }
 
-    async fn run_probe(&self, handle: &Handle, test: &HealthTest) -> Probe {
+    async fn run_probe(&self, handle: &Handle, test: &HealthTest, timeout: Duration) -> Probe {
         let Some(id) = &handle.id else {
             return Probe::Unhealthy("the task has no container".into());
         };
@@ -453,14 +453,19 @@ impl DockerDriver {
                 exec_probe(docker, id, argv).await
             }
             HealthTest::Http { port, path } => match container_ip(docker, id).await {
-                Ok(ip) => http_probe(ip, *port, path).await,
+                Ok(ip) => http_probe(SocketAddr::new(ip, *port), path, timeout).await,
                 Err(why) => Probe::Unhealthy(why),
             },
             HealthTest::Tcp { port } => match container_ip(docker, id).await {
-                Ok(ip) => match TcpStream::connect((ip, *port)).await {
-                    Ok(_) => Probe::Healthy,
-                    Err(e) => Probe::Unhealthy(format!("cannot connect to {ip}:{port}: {e}")),
-                },
+                Ok(ip) => {
+                    let addr = SocketAddr::new(ip, *port);
+                    match tcp_probe(addr, timeout).await {
+                        Probe::Unhealthy(why) => {
+                            Probe::Unhealthy(format!("cannot connect to {addr}: {why}"))
+                        }
+                        healthy => healthy,
+                    }
+                }
                 Err(why) => Probe::Unhealthy(why),
             },
         }
@@ -532,7 +537,7 @@ impl Driver for DockerDriver {
         timeout: Duration,
     ) -> BoxFuture<'a, Probe> {
         Box::pin(async move {
-            match tokio::time::timeout(timeout, self.run_probe(handle, test)).await {
+            match tokio::time::timeout(timeout, self.run_probe(handle, test, timeout)).await {
                 Ok(probe) => probe,
                 Err(_) => Probe::Unhealthy(format!("timed out after {timeout:?}")),
             }
@@ -827,53 +832,6 @@ async fn container_ip(docker: &Docker, id: &str) -> Result<IpAddr, String> {
         .map_err(|e| format!("bad container address {address:?}: {e}"))
 }
 
-/// An HTTP/1.0 GET; 2xx and 3xx are healthy.
-async fn http_probe(ip: IpAddr, port: u16, path: &str) -> Probe {
-    let mut stream = match TcpStream::connect((ip, port)).await {
-        Ok(s) => s,
-        Err(e) => return Probe::Unhealthy(format!("cannot connect to {ip}:{port}: {e}")),
-    };
-    let path = if path.starts_with('/') {
-        path.to_string()
-    } else {
-        format!("/{path}")
-    };
-    let host = match ip {
-        IpAddr::V4(v4) => format!("{v4}:{port}"),
-        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
-    };
-    let request = format!(
-        "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: flotilla-health\r\nConnection: close\r\n\r\n"
-    );
-    if let Err(e) = stream.write_all(request.as_bytes()).await {
-        return Probe::Unhealthy(format!("cannot send the request: {e}"));
-    }
-    let mut head = Vec::with_capacity(128);
-    let mut buf = [0u8; 256];
-    while !head.contains(&b'\n') && head.len() < 1024 {
-        match stream.read(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => head.extend_from_slice(&buf[..n]),
-            Err(e) => return Probe::Unhealthy(format!("cannot read the response: {e}")),
-        }
-    }
-    let text = String::from_utf8_lossy(&head);
-    let status_line = text.lines().next().unwrap_or("");
-    match parse_status(status_line) {
-        Some(code) if (200..400).contains(&code) => Probe::Healthy,
-        Some(code) => Probe::Unhealthy(format!("HTTP {code}")),
-        None => Probe::Unhealthy(format!("not an HTTP response: {status_line:?}")),
-    }
-}
-
-fn parse_status(line: &str) -> Option<u16> {
-    let mut parts = line.split_whitespace();
-    if !parts.next()?.starts_with("HTTP/") {
-        return None;
-    }
-    parts.next()?.parse().ok()
-}
-
 /// Docker's HEALTHCHECK as a Flotilla check: zero durations and retries
 /// mean Docker's defaults; `NONE` (or nothing) means no check.
 fn health_from_config(config: &HealthConfig) -> Option<HealthCheck> {
@@ -1034,14 +992,6 @@ mod tests {
         };
         assert_eq!(health_from_config(&none), None);
         assert_eq!(health_from_config(&HealthConfig::default()), None);
-    }
-
-    #[test]
-    fn status_lines_are_parsed() {
-        assert_eq!(parse_status("HTTP/1.0 200 OK"), Some(200));
-        assert_eq!(parse_status("HTTP/1.1 404 Not Found"), Some(404));
-        assert_eq!(parse_status("SSH-2.0"), None);
-        assert_eq!(parse_status(""), None);
     }
 
     #[tokio::test]
