@@ -20,14 +20,12 @@ use std::time::{Duration, Instant};
 use common::{task, with_state, Harness};
 use flotilla_agent::docker::{LABEL_LOG_PATH, LABEL_NODE_ID, LABEL_SERVICE_NAME, LABEL_TASK_ID};
 use flotilla_agent::{
-    Agent, AgentConfig, Assignments, DockerDriver, Driver, Drivers, Exit, ExitFuture, Handle,
-    Probe, ProcessDriver, StartSpec, StopSignal,
+    DockerDriver, Driver, Drivers, Exit, ExitFuture, Handle, Probe, ProcessDriver, StartSpec,
+    StopSignal,
 };
 use flotilla_testkit::image::{busybox_image, docker_available};
 use flotilla_types::{DesiredState, HealthCheck, HealthTest, Resources, TaskState, TaskTemplate};
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
 
 /// How long a container may take to reach an awaited state.
 const WAIT: Duration = Duration::from_secs(20);
@@ -616,32 +614,18 @@ async fn remove_stale_keeps_only_the_given_tasks() {
     assert_eq!(t.containers().await, vec![id(&kept).to_string()]);
 }
 
-/// An agent with the process and docker drivers, wired like
-/// [`Harness::spawn`].
+/// An agent with the process and docker drivers.
 fn spawn_agent(t: &Test, docker: DockerDriver) -> Harness {
-    let state_dir = t.dir.path().join("agent");
-    let (assign_tx, assign_rx) = watch::channel(Arc::new(Assignments::default()));
-    let (report_tx, report_rx) = mpsc::unbounded_channel();
-    let agent = Agent::new(
-        AgentConfig::new(t.node.clone(), &state_dir),
-        Drivers::new([
-            Arc::new(ProcessDriver) as Arc<dyn Driver>,
-            Arc::new(docker) as Arc<dyn Driver>,
-        ]),
-        assign_rx,
-        report_tx,
+    let drivers = Drivers::new([
+        Arc::new(ProcessDriver) as Arc<dyn Driver>,
+        Arc::new(docker) as Arc<dyn Driver>,
+    ]);
+    Harness::spawn_with(
+        &t.dir.path().join("agent"),
+        &t.node,
+        flotilla_agent::DEFAULT_LOG_CAP_BYTES,
+        drivers,
     )
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let join = tokio::spawn(agent.run(shutdown.clone()));
-    Harness {
-        state_dir,
-        assignments: assign_tx,
-        reports: report_rx,
-        seen: Vec::new(),
-        shutdown,
-        join: Some(join),
-    }
 }
 
 fn docker_task(t: &Test, name: &str, image: &str, command: &[&str]) -> flotilla_types::Task {

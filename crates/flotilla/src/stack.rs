@@ -655,12 +655,7 @@ services:
 
     #[test]
     fn refuses_bad_stacks() {
-        let bad = |text: &str| {
-            parse_stack("s.yml", text)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
-        };
+        let bad = bad_one;
         assert!(bad("services: [").contains("not valid"));
         assert!(bad("services: {}").contains("no services"));
         assert!(

@@ -148,20 +148,8 @@ fn deploy(d: &Daemon, file: &Path, tag: &str, order: &str, detach: bool) -> Resu
     })
 }
 
-fn service(d: &Daemon) -> Result<Value> {
-    let v = d
-        .ok(&["service", "inspect", SERVICE, "--format", "json"])?
-        .json()?;
-    v.get(0).cloned().ok_or_else(|| anyhow!("no service"))
-}
-
 fn current_tasks(d: &Daemon) -> Result<Vec<Value>> {
-    let v = d
-        .ok(&["service", "ps", SERVICE, "--format", "json"])?
-        .json()?;
-    Ok(v.as_array()
-        .cloned()
-        .unwrap_or_default()
+    Ok(d.tasks(SERVICE)?
         .into_iter()
         .filter(|t| t["current"] == true)
         .collect())
@@ -203,7 +191,7 @@ fn a_stack_of_containers_updates_safely() -> Result<()> {
     let out = deploy(&d, &file, "2", "stop-first", false)?;
     assert_ne!(out.code, 0, "the bad update must fail: {}", out.stdout);
     assert!(out.stderr.contains("rolled back"), "{}", out.stderr);
-    let s = service(&d)?;
+    let s = d.service(SERVICE)?;
     assert_eq!(s["update_status"]["state"], "rollback_completed");
     let why = s["update_status"]["message"].as_str().unwrap_or("");
     assert!(why.contains("update rolled back due to failure"), "{why}");
@@ -212,13 +200,8 @@ fn a_stack_of_containers_updates_safely() -> Result<()> {
         Duration::from_secs(30),
         || Ok((healthy_images(&d)? == [one.clone(), one.clone(), one.clone()]).then_some(())),
     )?;
-    let all = d
-        .ok(&["service", "ps", SERVICE, "--format", "json"])?
-        .json()?;
-    let tried: Vec<u64> = all
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let tried: Vec<u64> = d
+        .tasks(SERVICE)?
         .iter()
         .filter(|t| t["image"] == "flotilla-test/web:2")
         .filter_map(|t| t["slot"].as_u64())
@@ -238,7 +221,7 @@ fn a_stack_of_containers_updates_safely() -> Result<()> {
         Duration::from_secs(90),
         || {
             lowest = lowest.min(healthy_images(&d)?.len());
-            let done = service(&d)?["update_status"]["state"] == "completed";
+            let done = d.service(SERVICE)?["update_status"]["state"] == "completed";
             Ok(done.then_some(()))
         },
     )?;
@@ -263,11 +246,8 @@ fn a_stack_of_containers_updates_safely() -> Result<()> {
 
 /// Running task containers of `name`, as (task id, container id), sorted.
 fn task_containers(d: &Daemon, name: &str) -> Result<Vec<(String, String)>> {
-    let v = d.ok(&["service", "ps", name, "--format", "json"])?.json()?;
-    let mut out: Vec<(String, String)> = v
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    let mut out: Vec<(String, String)> = d
+        .tasks(name)?
         .iter()
         .filter(|t| t["current"] == true && t["state"] == "running")
         .filter_map(|t| {
@@ -408,11 +388,9 @@ fn an_images_own_healthcheck_is_used_and_a_missing_image_is_rejected() -> Result
         "the missing image's task to be rejected",
         Duration::from_secs(60),
         || {
-            let v = d
-                .ok(&["service", "ps", "hc_missing", "--format", "json"])?
-                .json()?;
-            Ok(v.as_array()
-                .and_then(|a| a.iter().find(|t| t["state"] == "rejected"))
+            Ok(d.tasks("hc_missing")?
+                .iter()
+                .find(|t| t["state"] == "rejected")
                 .map(|t| t["error"].as_str().unwrap_or("").to_string()))
         },
     )?;

@@ -38,13 +38,6 @@ fn wait_replicas(d: &Daemon, name: &str, want: u64, timeout: Duration) -> Result
     })
 }
 
-fn tasks(d: &Daemon, name: &str) -> Result<Vec<Value>> {
-    let v = d.ok(&["service", "ps", name, "--format", "json"])?.json()?;
-    v.as_array()
-        .cloned()
-        .ok_or_else(|| anyhow!("ps is not a list"))
-}
-
 fn one_line_error(out: &flotilla_testkit::CliOutput) -> String {
     assert_ne!(out.code, 0, "expected a failure, got stdout {}", out.stdout);
     let err = out.stderr.trim();
@@ -152,7 +145,7 @@ fn replicas_converge_restart_and_scale() -> Result<()> {
     );
 
     // kill -9 one task: its slot gets a new task, the dead one stays as history.
-    let ps = tasks(&d, "web")?;
+    let ps = d.tasks("web")?;
     let victim = ps
         .iter()
         .find(|t| t["slot"] == 2)
@@ -162,13 +155,13 @@ fn replicas_converge_restart_and_scale() -> Result<()> {
     // SAFETY: killing a task process this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     wait_until("slot 2 to run a new task", Duration::from_secs(3), || {
-        let ps = tasks(&d, "web")?;
+        let ps = d.tasks("web")?;
         let fresh = ps
             .iter()
             .any(|t| t["slot"] == 2 && t["id"] != victim_id.as_str() && t["state"] == "running");
         Ok(fresh.then_some(()))
     })?;
-    let ps = tasks(&d, "web")?;
+    let ps = d.tasks("web")?;
     let dead = ps
         .iter()
         .find(|t| t["id"] == victim_id.as_str())
@@ -261,7 +254,7 @@ fn sigterm_stops_tasks_and_a_restart_brings_them_back() -> Result<()> {
     d.restart()?;
     wait_replicas(&d, "api", 2, Duration::from_secs(5))?;
     assert_eq!(d.task_pids().len(), 2);
-    let ps = tasks(&d, "api")?;
+    let ps = d.tasks("api")?;
     assert!(
         ps.iter()
             .any(|t| t["state"] == "shutdown" && t["desired_state"] == "shutdown"),
@@ -411,7 +404,7 @@ fn a_missing_command_is_rejected_with_the_reason_and_retried() -> Result<()> {
         "no-such-command-flotilla",
     ])?;
     wait_until("two rejected tasks", Duration::from_secs(5), || {
-        let ps = tasks(&d, "ghost")?;
+        let ps = d.tasks("ghost")?;
         let rejected: Vec<&Value> = ps.iter().filter(|t| t["state"] == "rejected").collect();
         if let Some(t) = rejected.first() {
             let err = t["error"].as_str().unwrap_or("");
@@ -445,13 +438,13 @@ fn restart_condition_none_leaves_a_finished_task_alone() -> Result<()> {
         "exit 3",
     ])?;
     let t = wait_until("the job to fail", Duration::from_secs(5), || {
-        let ps = tasks(&d, "job")?;
+        let ps = d.tasks("job")?;
         Ok(ps.into_iter().find(|t| t["state"] == "failed"))
     })?;
     assert_eq!(t["exit_code"], 3);
     // Give the orchestrator a few rounds: still one task, not restarted.
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(tasks(&d, "job")?.len(), 1);
+    assert_eq!(d.tasks("job")?.len(), 1);
     Ok(())
 }
 
@@ -511,7 +504,7 @@ fn global_services_and_constraints() -> Result<()> {
         "100000",
     ])?;
     let reason = wait_until("a pending reason", Duration::from_secs(3), || {
-        let ps = tasks(&d, "nowhere")?;
+        let ps = d.tasks("nowhere")?;
         Ok(ps
             .first()
             .and_then(|t| t["message"].as_str().map(String::from))
@@ -644,14 +637,15 @@ fn update_replaces_tasks_and_rollback_returns_to_the_previous_spec() -> Result<(
         Ok((envs_of(&d, "V") == ["1", "1", "1"]).then_some(()))
     })?;
 
-    let before: Vec<String> = tasks(&d, "web")?
+    let before: Vec<String> = d
+        .tasks("web")?
         .iter()
         .filter(|t| t["current"] == true)
         .filter_map(|t| t["id"].as_str().map(String::from))
         .collect();
     d.ok(&["service", "update", "--force", "web"])?;
     wait_until("every task replaced", Duration::from_secs(8), || {
-        let ps = tasks(&d, "web")?;
+        let ps = d.tasks("web")?;
         let fresh = ps
             .iter()
             .filter(|t| t["current"] == true && t["state"] == "running")

@@ -157,10 +157,7 @@ fn deploy_redeploy_update_prune_and_remove() -> Result<()> {
         "shop_web's tasks to be replaced",
         Duration::from_secs(30),
         || {
-            let t = d
-                .ok(&["service", "ps", "shop_web", "--format", "json"])?
-                .json()?;
-            let t = t.as_array().cloned().unwrap_or_default();
+            let t = d.tasks("shop_web")?;
             let current_running = t
                 .iter()
                 .filter(|t| t["current"] == true && t["state"] == "running")

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use flotilla_testkit::{wait_until, Daemon};
-use serde_json::Value;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_flotilla"))
@@ -18,30 +17,14 @@ fn cluster() -> Result<Daemon> {
     Ok(d)
 }
 
-fn service(d: &Daemon, name: &str) -> Result<Value> {
-    let v = d
-        .ok(&["service", "inspect", name, "--format", "json"])?
-        .json()?;
-    v.get(0)
-        .cloned()
-        .ok_or_else(|| anyhow!("inspect of {name} is empty"))
-}
-
-fn tasks(d: &Daemon, name: &str) -> Result<Vec<Value>> {
-    let v = d.ok(&["service", "ps", name, "--format", "json"])?.json()?;
-    v.as_array()
-        .cloned()
-        .ok_or_else(|| anyhow!("ps is not a list"))
-}
-
 fn healthy(d: &Daemon, name: &str) -> Result<u64> {
-    Ok(service(d, name)?["replicas"]["healthy"]
+    Ok(d.service(name)?["replicas"]["healthy"]
         .as_u64()
         .unwrap_or(0))
 }
 
 fn update_state(d: &Daemon, name: &str) -> Result<String> {
-    Ok(service(d, name)?["update_status"]["state"]
+    Ok(d.service(name)?["update_status"]["state"]
         .as_str()
         .unwrap_or("")
         .to_string())
@@ -50,7 +33,7 @@ fn update_state(d: &Daemon, name: &str) -> Result<String> {
 /// Values of `var` in the environments of the current running tasks.
 fn current_env(d: &Daemon, name: &str, var: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
-    for t in tasks(d, name)? {
+    for t in d.tasks(name)? {
         if t["current"] != true || t["state"] != "running" {
             continue;
         }
@@ -123,7 +106,8 @@ fn health_checks_show_in_ls_and_ps() -> Result<()> {
     assert_eq!(ps.matches("healthy").count(), 3, "{ps}");
 
     // A task whose check starts failing is replaced, as in Swarm.
-    let first = tasks(&d, "web")?
+    let first = d
+        .tasks("web")?
         .into_iter()
         .find(|t| t["current"] == true)
         .and_then(|t| t["id"].as_str().map(String::from))
@@ -133,7 +117,7 @@ fn health_checks_show_in_ls_and_ps() -> Result<()> {
         "the unhealthy task to fail",
         Duration::from_secs(15),
         || {
-            let t = tasks(&d, "web")?;
+            let t = d.tasks("web")?;
             Ok(t.iter()
                 .find(|t| t["id"] == first.as_str())
                 .filter(|t| t["state"] == "failed")
@@ -163,7 +147,7 @@ fn a_failing_update_rolls_back_by_itself() -> Result<()> {
         "stderr: {}",
         out.stderr
     );
-    let s = service(&d, "web")?;
+    let s = d.service("web")?;
     assert_eq!(s["update_status"]["state"], "rollback_completed");
     let message = s["update_status"]["message"].as_str().unwrap_or("");
     assert!(
@@ -181,7 +165,8 @@ fn a_failing_update_rolls_back_by_itself() -> Result<()> {
             )
         },
     )?;
-    let broken_runs = tasks(&d, "web")?
+    let broken_runs = d
+        .tasks("web")?
         .iter()
         .filter(|t| t["state"] == "failed")
         .count();
@@ -225,7 +210,8 @@ fn a_paced_update_replaces_one_slot_at_a_time() -> Result<()> {
     let mut most_in_flight = 0;
     wait_until("the update to complete", Duration::from_secs(60), || {
         // Slots whose current task is new but not yet healthy.
-        let in_flight = tasks(&d, "web")?
+        let in_flight = d
+            .tasks("web")?
             .iter()
             .filter(|t| t["current"] == true && t["up_to_date"] == true)
             .filter(|t| t["state"] != "running" || t["health"] != "healthy")

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 
 /// Polls `check` every 50 ms until it yields a value or `timeout` passes;
 /// the error names what was awaited and the last observation.
@@ -269,6 +269,27 @@ impl Daemon {
         self.cli(args)
             .ok()
             .with_context(|| format!("flotilla {}", args.join(" ")))
+    }
+
+    /// `service ps NAME --format json`: every task of the service, history
+    /// included.
+    pub fn tasks(&self, name: &str) -> Result<Vec<serde_json::Value>> {
+        let v = self
+            .ok(&["service", "ps", name, "--format", "json"])?
+            .json()?;
+        v.as_array()
+            .cloned()
+            .ok_or_else(|| anyhow!("service ps {name} is not a list"))
+    }
+
+    /// `service inspect NAME --format json`: the one service.
+    pub fn service(&self, name: &str) -> Result<serde_json::Value> {
+        let v = self
+            .ok(&["service", "inspect", name, "--format", "json"])?
+            .json()?;
+        v.get(0)
+            .cloned()
+            .ok_or_else(|| anyhow!("service inspect {name} is empty"))
     }
 
     /// `kill -9` the daemon (its tasks keep running).

@@ -177,17 +177,22 @@ impl Harness {
     }
 
     pub fn spawn_at(state_dir: &Path, node_id: &str, log_cap_bytes: u64) -> Harness {
+        let drivers = Drivers::new([Arc::new(ProcessDriver) as Arc<dyn Driver>]);
+        Self::spawn_with(state_dir, node_id, log_cap_bytes, drivers)
+    }
+
+    /// Starts an agent with these drivers.
+    pub fn spawn_with(
+        state_dir: &Path,
+        node_id: &str,
+        log_cap_bytes: u64,
+        drivers: Drivers,
+    ) -> Harness {
         let (assign_tx, assign_rx) = watch::channel(Arc::new(Assignments::default()));
         let (report_tx, report_rx) = mpsc::unbounded_channel();
         let mut config = AgentConfig::new(node_id, state_dir);
         config.log_cap_bytes = log_cap_bytes;
-        let agent = Agent::new(
-            config,
-            Drivers::new([Arc::new(ProcessDriver) as Arc<dyn Driver>]),
-            assign_rx,
-            report_tx,
-        )
-        .unwrap();
+        let agent = Agent::new(config, drivers, assign_rx, report_tx).unwrap();
         let shutdown = CancellationToken::new();
         let join = tokio::spawn(agent.run(shutdown.clone()));
         Harness {
