@@ -163,28 +163,22 @@ pub async fn run(cfg: &Config) -> Result<bool> {
         for rep in 0..cfg.reps {
             let flotilla_first = rep % 2 == 0;
             for side in 0..2 {
-                if (side == 0) == flotilla_first {
+                let (who, up, down, samples) = if (side == 0) == flotilla_first {
                     let (up, down) = flotilla_run(cfg, rep).await?;
-                    println!(
-                        "  rep {rep}: flotilla {:.2} s to {n}/{n} running, {:.2} s to removed",
-                        secs(up),
-                        secs(down),
-                        n = cfg.replicas
-                    );
-                    ours.0.push(up);
-                    ours.1.push(down);
+                    ("flotilla", up, down, &mut ours)
                 } else {
                     let (_, up) = swarm.converge(cfg.replicas).await?;
                     let down = swarm.remove("bench-web").await?;
-                    println!(
-                        "  rep {rep}: swarm    {:.2} s to {n}/{n} running, {:.2} s to removed",
-                        secs(up),
-                        secs(down),
-                        n = cfg.replicas
-                    );
-                    theirs.0.push(up);
-                    theirs.1.push(down);
-                }
+                    ("swarm", up, down, &mut theirs)
+                };
+                println!(
+                    "  rep {rep}: {who:<8} {:.2} s to {n}/{n} running, {:.2} s to removed",
+                    secs(up),
+                    secs(down),
+                    n = cfg.replicas
+                );
+                samples.0.push(up);
+                samples.1.push(down);
             }
         }
         Ok(())
