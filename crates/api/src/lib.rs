@@ -30,6 +30,7 @@
 //! | GET | `/v1/services` | | `[`[`model::ServiceView`]`]` |
 //! | POST | `/v1/services` | [`flotilla_types::ServiceSpec`] | [`model::ServiceView`] |
 //! | GET | `/v1/services/{name}` | | [`model::ServiceView`] |
+//! | PUT | `/v1/services/{name}` | [`model::ServiceReplace`] | [`model::ServiceView`] |
 //! | POST | `/v1/services/{name}/scale` | [`model::ScaleRequest`] | [`model::ServiceView`] |
 //! | POST | `/v1/services/{name}/update` | [`model::ServiceUpdate`] | [`model::ServiceView`] |
 //! | POST | `/v1/services/{name}/rollback` | | [`model::ServiceView`] |
