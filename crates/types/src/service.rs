@@ -124,6 +124,15 @@ impl Resources {
     pub fn is_empty(&self) -> bool {
         self.nano_cpus == 0 && self.memory_bytes == 0
     }
+
+    /// A CPU count (`0.5`) in billionths. `None` for a negative, infinite
+    /// or absurd (over a billion) count, and for a positive one below a
+    /// billionth, which would round to 0: "no limit".
+    pub fn nano_cpus_of(cpus: f64) -> Option<u64> {
+        let nano = (cpus * 1e9).round();
+        let valid = cpus.is_finite() && (0.0..=1e9).contains(&cpus) && (cpus == 0.0 || nano >= 1.0);
+        valid.then_some(nano as u64)
+    }
 }
 
 /// Limits are enforced by the driver; reservations are what the scheduler

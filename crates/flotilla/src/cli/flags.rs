@@ -282,10 +282,9 @@ pub fn parse_cpus(v: &str) -> Result<u64, String> {
         .trim()
         .parse()
         .map_err(|_| format!("invalid CPU count {v:?}: expected a number such as 0.5"))?;
-    if !cpus.is_finite() || cpus < 0.0 {
-        return Err(format!("invalid CPU count {v:?}: must not be negative"));
-    }
-    Ok((cpus * 1e9).round() as u64)
+    Resources::nano_cpus_of(cpus).ok_or_else(|| {
+        format!("invalid CPU count {v:?}: expected 0 (no limit) or 0.000000001 to 1000000000")
+    })
 }
 
 /// Parses a memory size such as `512M`, `1g`, `1024k` or `1048576` (bytes),
@@ -532,6 +531,9 @@ mod tests {
         assert_eq!(parse_cpus("0.5"), Ok(500_000_000));
         assert_eq!(parse_cpus("2"), Ok(2_000_000_000));
         assert!(parse_cpus("-1").is_err());
+        // It would round to 0, which means no limit.
+        assert!(parse_cpus("0.0000000001").is_err());
+        assert_eq!(parse_cpus("0"), Ok(0));
         assert!(parse_cpus("lots").is_err());
         assert_eq!(parse_memory("512M"), Ok(512 << 20));
         assert_eq!(parse_memory("1g"), Ok(1 << 30));

@@ -1350,17 +1350,19 @@ fn resources(
             match rk.name.as_str() {
                 "cpus" => {
                     let c = float(rv, &rp)?;
-                    let nano = (c * 1e9).round();
-                    // Below a billionth a limit would round to 0, which
-                    // means no limit at all.
-                    if c <= 0.0 || c > 1e9 || nano < 1.0 {
-                        return Err(ComposeError::at(
-                            rv,
-                            &rp,
-                            format!("{c} is not a positive number of CPUs (at least 0.000000001)"),
-                        ));
-                    }
-                    target.nano_cpus = Some(nano as u64);
+                    // 0 would mean no limit at all: a file says a number.
+                    let nano = flotilla_types::Resources::nano_cpus_of(c)
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| {
+                            ComposeError::at(
+                                rv,
+                                &rp,
+                                format!(
+                                    "{c} is not a positive number of CPUs (at least 0.000000001)"
+                                ),
+                            )
+                        })?;
+                    target.nano_cpus = Some(nano);
                 }
                 "memory" => {
                     let text = string(rv, &rp)?;
