@@ -11,7 +11,7 @@ use flotilla_api::model::InitRequest;
 use flotilla_api::Client;
 
 use crate::cli::DevArgs;
-use crate::daemon::{self, DaemonConfig};
+use flotilla_node::{self as daemon, DaemonConfig};
 
 /// Runs the dev node until `shutdown` is cancelled.
 pub async fn run(

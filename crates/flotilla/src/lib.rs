@@ -1,23 +1,17 @@
-//! The `flotilla` binary's library: the node daemon, the CLI commands and
-//! the dev mode, wired from the workspace's crates.
+//! The `flotilla` binary's library: the CLI and the dev mode.
 //!
-//! This crate owns process concerns: argument parsing, signals, the data
-//! dir, the HTTP server over the store, and how the daemon's components are
-//! started and stopped. Decisions live in `flotilla-manager`, state in
-//! `flotilla-store`/`flotilla-raft`, task execution in `flotilla-agent`.
+//! This crate owns what a user types and sees: argument parsing, talking
+//! to a daemon through `flotilla-api`'s client, waiting with progress, and
+//! output formatting. The daemon itself is `flotilla-node` (which `main`
+//! starts for `flotilla daemon`); Compose files are `flotilla-compose`.
+//! The CLI never reaches into the daemon's code.
 //!
 //! # Layout
 //! - [`cli`]: clap definitions and the client commands.
-//! - [`daemon`]: `flotilla daemon`: API server, raft member, leader loops,
-//!   the local agent link.
 //! - [`dev`]: `flotilla dev`, a throwaway one-node cluster with a stack.
-//! - [`stack`]: stack files in the Compose shape.
 
 pub mod cli;
-pub mod compose;
-pub mod daemon;
 pub mod dev;
-pub mod stack;
 
 use std::path::PathBuf;
 

@@ -7,7 +7,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use flotilla::cli::{commands, Cli, Command};
-use flotilla::daemon::{self, DaemonConfig};
+use flotilla_node::{self as daemon, DaemonConfig};
 
 fn init_logging(json: bool, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLOTILLA_LOG")

@@ -359,8 +359,8 @@ fn config_prints_the_merged_interpolated_file_without_a_daemon() -> Result<()> {
     );
     // It is a stack file again, which deploys as the two files would.
     let printed = write(dir.path(), "printed.yml", &stdout)?;
-    let again = flotilla::stack::load_stack(&printed)?;
-    let both = flotilla::stack::load_stack_files(&[&base, &over])?;
+    let again = flotilla_compose::stack::load_stack(&printed)?;
+    let both = flotilla_compose::stack::load_stack_files(&[&base, &over])?;
     assert_eq!(again.services, both.services);
     assert_eq!(both.services[0].task.env["MODE"], "prod");
     assert_eq!(both.services[0].task.env["KEEP"], "yes");

@@ -14,6 +14,7 @@
 //! - [`constraint`]: placement constraints such as `node.labels.zone==a`.
 //! - [`duration`]: parsing `10s`, `1m30s`, `250ms`.
 //! - [`name`]: Swarm's naming rule for services and nodes.
+//! - [`parse`]: memory sizes and command lines as people type them.
 //! - [`id`]: object IDs.
 
 pub mod constraint;
@@ -21,6 +22,7 @@ pub mod duration;
 pub mod id;
 pub mod name;
 pub mod node;
+pub mod parse;
 pub mod service;
 pub mod task;
 
@@ -29,6 +31,7 @@ pub use duration::{format_duration_ms, parse_duration_ms, DurationError};
 pub use id::{new_id, ID_LEN};
 pub use name::{validate_name, NameError};
 pub use node::{Availability, Node, NodeRole, NodeState, Platform};
+pub use parse::{parse_memory, split_command};
 pub use service::{
     Driver, FailureAction, HealthCheck, HealthTest, Mount, MountKind, Ratio, ResourceSpec,
     Resources, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, TaskTemplate,

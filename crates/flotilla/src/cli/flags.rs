@@ -125,7 +125,7 @@ impl SpecFlags {
         }
         if let Some(e) = &self.entrypoint {
             task.entrypoint =
-                Some(crate::stack::split_command(e).map_err(|m| anyhow!("--entrypoint: {m}"))?);
+                Some(flotilla_types::split_command(e).map_err(|m| anyhow!("--entrypoint: {m}"))?);
         }
         if self.init {
             spec.task.init = true;
@@ -290,7 +290,7 @@ pub fn parse_cpus(v: &str) -> Result<u64, String> {
 /// Parses a memory size such as `512M`, `1g`, `1024k` or `1048576` (bytes),
 /// with the Compose parser's rules.
 pub fn parse_memory(v: &str) -> Result<u64, String> {
-    crate::compose::model::parse_memory(v)
+    flotilla_types::parse_memory(v)
         .ok_or_else(|| format!("invalid memory size {v:?}: expected e.g. 512M or 1G"))
 }
 

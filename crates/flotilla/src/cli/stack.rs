@@ -22,7 +22,7 @@ use flotilla_types::{Ratio, ServiceSpec, UpdateState};
 use super::commands::{ps_header, ps_rows_with, services_table};
 use super::output::table;
 use super::{Format, FormatArg};
-use crate::stack::{load_stack_files, StackError, NAMESPACE_LABEL};
+use flotilla_compose::{load_stack_files, StackError, NAMESPACE_LABEL};
 
 #[derive(Debug, Subcommand)]
 pub enum StackCommand {
@@ -191,7 +191,7 @@ async fn deploy(client: &Client, paths: &[&str], stack: &str, prune: bool) -> Re
     for spec in &specs {
         // The daemon's own checks, so that a spec it would refuse stops the
         // deploy before the first write rather than half way through.
-        crate::daemon::http::validate_spec(spec).map_err(|e| StackError::Service {
+        flotilla_node::api::services::validate_spec(spec).map_err(|e| StackError::Service {
             path: parsed.path.clone(),
             service: spec.name.clone(),
             reason: e.to_string(),
@@ -427,7 +427,7 @@ pub async fn stack(client: &Client, command: &StackCommand) -> Result<()> {
         StackCommand::Config { files } => {
             let paths = paths_of(files);
             let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
-            let (yaml, warnings) = crate::stack::config_yaml(&paths)?;
+            let (yaml, warnings) = flotilla_compose::config_yaml(&paths)?;
             for w in &warnings {
                 eprintln!("warning: {w}");
             }

@@ -2,7 +2,7 @@
 //! service specs.
 //!
 //! Parsing, interpolation, merging of several files and validation live in
-//! [`crate::compose`]; this module maps its model onto [`ServiceSpec`]s
+//! the rest of this crate; this module maps its model onto [`ServiceSpec`]s
 //! (`to_spec`): a service with `image` runs on the docker driver, one with
 //! only `command` on the process driver (`x-flotilla.driver` picks one
 //! explicitly). Keys the model knows but a `ServiceSpec` has no place for
@@ -21,7 +21,8 @@ use flotilla_types::{
     DEFAULT_HEALTH_RETRIES, DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_STOP_GRACE_MS,
 };
 
-use crate::compose::{self, ComposeError, ComposeService};
+use crate as compose;
+use crate::{ComposeError, ComposeService};
 
 /// The label Swarm puts on every service of a stack; `stack ls`, `stack rm`
 /// and `--prune` find a stack's services by it.
@@ -108,50 +109,6 @@ impl Stack {
             })
             .collect()
     }
-}
-
-/// Splits a command string the way a shell would for simple cases: words on
-/// white space, with single and double quotes and backslash escapes.
-pub fn split_command(line: &str) -> Result<Vec<String>, String> {
-    let mut words = Vec::new();
-    let mut current = String::new();
-    let mut in_word = false;
-    let mut chars = line.chars();
-    let mut quote: Option<char> = None;
-    while let Some(c) = chars.next() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (Some('"'), '\\') | (None, '\\') => match chars.next() {
-                Some(n) => current.push(n),
-                None => return Err("command ends with a backslash".into()),
-            },
-            (Some(_), c) => current.push(c),
-            (None, '\'' | '"') => {
-                quote = Some(c);
-                in_word = true;
-            }
-            (None, c) if c.is_whitespace() => {
-                if in_word {
-                    words.push(std::mem::take(&mut current));
-                    in_word = false;
-                }
-            }
-            (None, c) => {
-                current.push(c);
-                in_word = true;
-            }
-        }
-        if quote.is_some() {
-            in_word = true;
-        }
-    }
-    if quote.is_some() {
-        return Err("command has an unclosed quote".into());
-    }
-    if in_word {
-        words.push(current);
-    }
-    Ok(words)
 }
 
 /// Parses stack file text. `path` names the file in messages and locates
@@ -1068,26 +1025,5 @@ services:
         ));
         assert_eq!(web.update.order, UpdateOrder::StartFirst);
         assert!(stack.warnings.is_empty(), "{:?}", stack.warnings);
-    }
-
-    #[test]
-    fn splits_commands_like_a_shell() {
-        assert_eq!(
-            split_command("sleep 10").ok(),
-            Some(vec!["sleep".into(), "10".into()])
-        );
-        assert_eq!(
-            split_command(r#"sh -c 'echo "a b"; exit 3'"#).ok(),
-            Some(vec![
-                "sh".into(),
-                "-c".into(),
-                r#"echo "a b"; exit 3"#.into()
-            ])
-        );
-        assert_eq!(
-            split_command(r#"a "" b"#).ok(),
-            Some(vec!["a".into(), "".into(), "b".into()])
-        );
-        assert!(split_command("echo 'oops").is_err());
     }
 }

@@ -364,7 +364,7 @@ fn string_list(node: &Node, path: &str) -> R<Vec<String>> {
 fn words(node: &Node, path: &str) -> R<Vec<String>> {
     match &node.value {
         Value::Str(s) => {
-            crate::stack::split_command(s).map_err(|e| ComposeError::at(node, path, e))
+            flotilla_types::split_command(s).map_err(|e| ComposeError::at(node, path, e))
         }
         Value::Seq(_) => string_list(node, path),
         _ => Err(expected(node, path, "a string or a list")),
@@ -404,26 +404,6 @@ fn labels(node: &Node, path: &str) -> R<BTreeMap<String, String>> {
         .into_iter()
         .map(|(k, v)| (k, v.unwrap_or_default()))
         .collect())
-}
-
-/// Memory sizes as Compose writes them: bytes, or a number with b, k, m, g
-/// (optionally followed by b), any case: `512M`, `1.5g`, `1024kb`.
-pub fn parse_memory(text: &str) -> Option<u64> {
-    let s = text.trim().to_ascii_lowercase();
-    let s = s
-        .strip_suffix('b')
-        .filter(|r| !r.is_empty() && !r.ends_with('b'))
-        .unwrap_or(&s);
-    let (num, factor) = match s.char_indices().last() {
-        Some((i, 'k')) => (&s[..i], 1u64 << 10),
-        Some((i, 'm')) => (&s[..i], 1 << 20),
-        Some((i, 'g')) => (&s[..i], 1 << 30),
-        Some((i, 't')) => (&s[..i], 1 << 40),
-        _ => (s, 1),
-    };
-    let n: f64 = num.trim().parse().ok()?;
-    let bytes = n * factor as f64;
-    (n.is_finite() && n >= 0.0 && bytes < 1.8e19).then_some(bytes as u64)
 }
 
 /// Reports keys not in `known`, skipping `x-` keys.
@@ -1366,7 +1346,7 @@ fn resources(
                 }
                 "memory" => {
                     let text = string(rv, &rp)?;
-                    target.memory_bytes = Some(parse_memory(&text).ok_or_else(|| {
+                    target.memory_bytes = Some(flotilla_types::parse_memory(&text).ok_or_else(|| {
                         ComposeError::at(rv, &rp, format!("invalid memory size {text:?}: expected bytes or a number with b, k, m or g, such as 512M"))
                     })?);
                 }
@@ -1379,22 +1359,4 @@ fn resources(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn memory_sizes() {
-        assert_eq!(parse_memory("512M"), Some(512 << 20));
-        assert_eq!(parse_memory("1g"), Some(1 << 30));
-        assert_eq!(parse_memory("1024kb"), Some(1 << 20));
-        assert_eq!(parse_memory("100"), Some(100));
-        assert_eq!(parse_memory("100b"), Some(100));
-        assert_eq!(parse_memory("1.5G"), Some(3 << 29));
-        for bad in ["", "M", "-1M", "12Q", "1e30g", "NaN", "bb"] {
-            assert_eq!(parse_memory(bad), None, "{bad}");
-        }
-    }
 }

@@ -3,10 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use flotilla::compose::{
+use flotilla_compose::stack::{load_stack_files, parse_stack};
+use flotilla_compose::{
     interpolate, parse_compose, ComposeStack, PortMode, PortProtocol, PortSpec,
 };
-use flotilla::stack::{load_stack_files, parse_stack};
 use flotilla_types::{Driver, ServiceMode};
 
 const SWARM: &str = r#"
@@ -391,7 +391,7 @@ fn external_stack_files_convert_or_fail_precisely() {
         match load_stack_files(&[path]) {
             Ok(stack) => {
                 // `stack config` reads back as the same specs.
-                let (yaml, _) = flotilla::stack::config_yaml(&[path]).expect("config");
+                let (yaml, _) = flotilla_compose::stack::config_yaml(&[path]).expect("config");
                 let again = parse_stack(path, &yaml).expect("config reads back");
                 assert_eq!(again.services, stack.services, "{path}: {yaml}");
                 let names: Vec<_> = stack.services.iter().map(|s| s.name.as_str()).collect();
@@ -425,8 +425,8 @@ fn external_stack_files_convert_or_fail_precisely() {
 /// pinned here.
 #[test]
 fn fuzz_regressions() {
-    use flotilla::compose::merged_yaml;
-    use flotilla::stack::parse_stack_files;
+    use flotilla_compose::merged_yaml;
+    use flotilla_compose::stack::parse_stack_files;
 
     // A newline inside `${...}`, or in a key, made a two-line error.
     let e = err("services:\n  web:\n    image: \"${\\n}\"\n");
@@ -712,7 +712,7 @@ fn fixture_stacks_convert() {
         "proxy-stack.yml",
     ] {
         let path = fixture(name);
-        let (yaml, _) = flotilla::stack::config_yaml(&[&path]).expect("config");
+        let (yaml, _) = flotilla_compose::stack::config_yaml(&[&path]).expect("config");
         let again = parse_stack(&path, &yaml).expect("reparse");
         let direct = load_stack_files(&[&path]).expect("direct");
         assert_eq!(again.services, direct.services, "{name}");

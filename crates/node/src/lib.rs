@@ -1,12 +1,28 @@
-//! `flotilla daemon`: one node. It serves the client API on a Unix socket,
-//! and once the node is in a cluster it runs raft, the manager's loops while
-//! it leads, and the agent that runs this node's tasks.
+//! The node daemon (`flotilla daemon`): one node. It serves the client API
+//! on a Unix socket (and to remote CLIs on the client API port), and once
+//! the node is in a cluster it runs raft, the manager's loops while it
+//! leads, the cluster port's endpoints, and the agent that runs this node's
+//! tasks.
+//!
+//! This crate owns the node's lifecycle (init, join, leave, role changes,
+//! force-new-cluster), the write path (propose, forward, quorum diagnosis),
+//! the leader supervisor and the HTTP handlers. It makes no orchestration
+//! decisions (those are `flotilla-manager`'s pure functions) and holds no
+//! CLI code.
+//!
+//! # Layout
+//! - [`api`]: the client API, one file per resource.
+//! - [`cluster`]: the cluster port's endpoints (raft, sessions, joins).
+//! - [`dispatcher`], [`session`]: agent sessions, both sides.
+//! - [`views`]: the API's views of the store (pure).
+//! - [`certs`], [`identity`], [`wire`], [`host`]: node files, cluster-port
+//!   bodies, facts about this machine.
 
+pub mod api;
 pub mod certs;
 pub mod cluster;
 pub mod dispatcher;
 pub mod host;
-pub mod http;
 pub mod identity;
 pub mod session;
 pub mod views;
@@ -761,7 +777,7 @@ impl NodeCtx {
                     self.tracker.spawn(flotilla_transport::serve(
                         listener,
                         Arc::new(std::sync::RwLock::new(config)),
-                        http::remote_router(ctx),
+                        api::remote_router(ctx),
                         token.clone(),
                     ));
                 }
@@ -1310,7 +1326,7 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot restrict {}", socket.display()))?;
     tracing::info!(socket = %socket.display(), "serving the API");
-    let app = http::router(ctx.clone());
+    let app = api::router(ctx.clone());
     let server_token = shutdown.clone();
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         server_token.cancelled().await;

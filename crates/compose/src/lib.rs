@@ -13,9 +13,21 @@
 //! line of the offending value (or key, for key-level problems) and its key
 //! path. YAML syntax errors carry serde-saphyr's line. After a merge of
 //! several files a value keeps the file and line it came from.
+//!
+//! This crate depends on `flotilla-types` only: it owns no I/O beyond
+//! reading the stack files and `.env` files it is pointed at, and knows
+//! nothing of the daemon or the API. The CLI deploys what it returns.
+//!
+//! # Layout
+//! - [`yaml`]: located YAML trees, merging of several files.
+//! - [`interpolate()`]: `${VAR:-default}` and friends.
+//! - [`model`]: the checked Compose model ([`ComposeStack`]).
+//! - [`stack`]: the model mapped onto [`flotilla_types::ServiceSpec`]s
+//!   ([`Stack`]), each checked with `ServiceSpec::validate`.
 
 pub mod interpolate;
 pub mod model;
+pub mod stack;
 pub mod yaml;
 
 use std::collections::BTreeMap;
@@ -27,6 +39,11 @@ pub use interpolate::{interpolate, InterpolationError};
 pub use model::{
     ComposeDeploy, ComposeService, ComposeStack, Healthcheck, PortMode, PortProtocol, PortSpec,
     Resources, UpdateConfig, VolumeDef,
+};
+
+pub use stack::{
+    config_yaml, load_stack, load_stack_files, parse_stack, parse_stack_files, Stack, StackError,
+    NAMESPACE_LABEL,
 };
 
 use yaml::{Node, Value};

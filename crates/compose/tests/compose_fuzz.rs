@@ -12,10 +12,8 @@ use proptest::collection::{btree_map, btree_set, vec};
 use proptest::prelude::*;
 use proptest::sample::{select, Index};
 
-use flotilla::compose::{
-    interpolate, merged_yaml, parse_compose, ComposeError, InterpolationError,
-};
-use flotilla::stack::{parse_stack_files, StackError};
+use flotilla_compose::stack::{parse_stack_files, StackError};
+use flotilla_compose::{interpolate, merged_yaml, parse_compose, ComposeError, InterpolationError};
 use flotilla_types::ServiceMode;
 
 const FILE: &str = "fuzz.yml";
@@ -1254,7 +1252,7 @@ proptest! {
 // Valid documents: read as written, deterministic, `stack config` reads back.
 
 fn check_expect(
-    stack: &flotilla::compose::ComposeStack,
+    stack: &flotilla_compose::ComposeStack,
     expects: &[Expect],
     text: &str,
 ) -> Result<(), TestCaseError> {
@@ -1304,7 +1302,7 @@ proptest! {
         prop_assert_eq!(&specs.services, &specs2.services);
         prop_assert_eq!(&specs.warnings, &specs2.warnings);
         // `stack config` interpolates with the variables a deploy uses.
-        let env = flotilla::compose::variables_for(flotilla::compose::dir_of(STACK_FILE))
+        let env = flotilla_compose::variables_for(flotilla_compose::dir_of(STACK_FILE))
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let yaml = merged_yaml(&[(STACK_FILE, text.as_str())], &env)
             .map_err(|e| TestCaseError::fail(e.to_string()))?;

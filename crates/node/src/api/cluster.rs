@@ -1,0 +1,182 @@
+//! The cluster as a whole: info, init, join, leave, join tokens, client
+//! certificates and the leader check.
+
+use super::*;
+
+pub(super) async fn leader_check(State(ctx): Ctx) -> Response {
+    let Ok(m) = member(&ctx).await else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(flotilla_api::model::LeaderCheck {
+                leader: false,
+                leader_addr: None,
+            }),
+        )
+            .into_response();
+    };
+    use crate::session::LeaderFinder;
+    let leader = m.raft.is_leader();
+    let body = flotilla_api::model::LeaderCheck {
+        leader,
+        leader_addr: m.member.leader_addr(),
+    };
+    let status = if leader {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+pub(super) async fn client_cert(
+    State(ctx): Ctx,
+    req: Result<Json<flotilla_api::model::ClientCertRequest>, JsonRejection>,
+) -> ApiResult<flotilla_api::model::ClientCert> {
+    let req = body(req)?;
+    validate_name(&req.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let m = member(&ctx).await?;
+    let cluster = read(&m, |s| s.cluster.clone())
+        .ok_or_else(|| ApiError::Conflict("the cluster is not initialized".into()))?;
+    let ca = crate::cluster::cluster_ca(&cluster).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let key = flotilla_pki::new_key_and_csr().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let cert_pem = ca
+        .sign_node(
+            &key.csr_pem,
+            &req.name,
+            flotilla_pki::Role::Client,
+            crate::CERT_VALIDITY,
+        )
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let managers = read(&m, |s| {
+        s.nodes
+            .values()
+            .filter(|n| n.role == NodeRole::Manager && !n.api_addr.is_empty())
+            .map(|n| n.api_addr.clone())
+            .collect()
+    });
+    Ok(Json(flotilla_api::model::ClientCert {
+        ca_pem: cluster.ca_cert_pem,
+        cert_pem,
+        key_pem: key.key_pem,
+        managers,
+    }))
+}
+
+pub(super) async fn info(State(ctx): Ctx) -> ApiResult<Info> {
+    let facts = |node_id: Option<String>, is_leader| LocalFacts {
+        node_id,
+        node_name: ctx.name.clone(),
+        is_leader,
+        version: VERSION.to_string(),
+        data_dir: ctx.data_dir.display().to_string(),
+    };
+    match ctx.member().await {
+        None => Ok(Json(views::info(
+            &Store::default(),
+            &facts(None, false),
+            &ManagerStatus::default(),
+        ))),
+        Some(m) if m.raft.is_none() => {
+            let mut info = views::info(
+                &Store::default(),
+                &facts(Some(m.identity.node_id.clone()), false),
+                &ManagerStatus::default(),
+            );
+            info.cluster_id = Some(m.identity.cluster_id.clone());
+            info.role = Some("worker".into());
+            info.warning = None;
+            Ok(Json(info))
+        }
+        Some(_) => {
+            let m = member(&ctx).await?;
+            let local = facts(Some(m.member.identity.node_id.clone()), m.raft.is_leader());
+            let status = managers(&m);
+            Ok(Json(read(&m, |s| views::info(s, &local, &status))))
+        }
+    }
+}
+
+pub(super) async fn init(
+    State(ctx): Ctx,
+    req: Result<Json<InitRequest>, JsonRejection>,
+) -> ApiResult<InitResponse> {
+    let req = body(req)?;
+    if req.force_new_cluster {
+        let identity = ctx.force_new_cluster().await?;
+        return Ok(Json(InitResponse {
+            cluster_id: identity.cluster_id,
+            node_id: identity.node_id,
+        }));
+    }
+    let identity = ctx.init(req.advertise_addr.as_deref()).await?;
+    Ok(Json(InitResponse {
+        cluster_id: identity.cluster_id,
+        node_id: identity.node_id,
+    }))
+}
+
+pub(super) async fn join(
+    State(ctx): Ctx,
+    req: Result<Json<JoinRequest>, JsonRejection>,
+) -> ApiResult<InitResponse> {
+    let req = body(req)?;
+    let identity = ctx
+        .join(&req.token, &req.manager_addr, req.advertise_addr.as_deref())
+        .await?;
+    Ok(Json(InitResponse {
+        cluster_id: identity.cluster_id,
+        node_id: identity.node_id,
+    }))
+}
+
+pub(super) async fn leave(State(ctx): Ctx, Query(q): Query<ForceQuery>) -> ApiResult<()> {
+    ctx.leave(q.force).await?;
+    Ok(Json(()))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct TokenQuery {
+    #[serde(default)]
+    rotate: bool,
+}
+
+pub(super) async fn join_token(
+    State(ctx): Ctx,
+    Path(role): Path<String>,
+    Query(q): Query<TokenQuery>,
+) -> ApiResult<JoinTokenView> {
+    let role = match role.as_str() {
+        "worker" => NodeRole::Worker,
+        "manager" => NodeRole::Manager,
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "invalid role {other:?}: expected worker or manager"
+            )))
+        }
+    };
+    let m = member(&ctx).await?;
+    if q.rotate {
+        let secret = flotilla_pki::token::new_secret(rand::random());
+        m.member
+            .propose(Command::RotateJoinSecret { role, secret })
+            .await??;
+    }
+    let cluster = read(&m, |s| s.cluster.clone())
+        .ok_or_else(|| ApiError::Conflict("the cluster is not initialized".into()))?;
+    let ca_fingerprint = flotilla_pki::pem_fingerprint(&cluster.ca_cert_pem)
+        .map_err(|e| ApiError::Internal(format!("the cluster CA is unreadable: {e}")))?;
+    let secret = match role {
+        NodeRole::Worker => cluster.worker_secret,
+        NodeRole::Manager => cluster.manager_secret,
+    };
+    let token = flotilla_pki::JoinToken {
+        ca_fingerprint,
+        secret,
+    };
+    let managers = read(&m, crate::dispatcher::manager_addrs);
+    Ok(Json(JoinTokenView {
+        role: role.as_str().to_string(),
+        token: token.to_string(),
+        managers,
+    }))
+}

@@ -1,0 +1,353 @@
+//! The client API over HTTP/JSON, one file per resource: [`cluster`]
+//! (info, init, join, leave, tokens, client certificates), [`nodes`],
+//! [`services`] and [`logs`]. Status codes are chosen in one place,
+//! [`ApiError::status`].
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+pub mod cluster;
+pub mod logs;
+pub mod nodes;
+pub mod services;
+
+use cluster::*;
+use logs::*;
+use nodes::*;
+use services::*;
+
+use flotilla_api::model::{
+    ErrorBody, Info, InitRequest, InitResponse, JoinRequest, JoinTokenView, NodeUpdate, NodeView,
+    Removed, ScaleRequest, ServiceView,
+};
+use flotilla_raft::RaftError;
+use flotilla_store::{Command, State as Store, StoreError};
+use flotilla_types::{
+    validate_name, Driver, HealthTest, MountKind, NodeRole, ServiceMode, ServiceSpec,
+};
+
+use crate::views::{self, LocalFacts, ManagerStatus};
+use crate::{now_ms, InitError, Member, NodeCtx, VERSION};
+
+/// Every way a request fails, mapped to one status each.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::ServiceNotFound(_) | StoreError::NodeNotFound(_) => {
+                ApiError::NotFound(e.to_string())
+            }
+            StoreError::AlreadyInitialized
+            | StoreError::NotInitialized
+            | StoreError::ServiceExists(_)
+            | StoreError::NodeExists(_)
+            | StoreError::VersionConflict { .. }
+            | StoreError::NothingToRollBack(_) => ApiError::Conflict(e.to_string()),
+        }
+    }
+}
+
+impl From<RaftError> for ApiError {
+    fn from(e: RaftError) -> Self {
+        match e {
+            RaftError::NotLeader { .. } | RaftError::Timeout(_) => {
+                ApiError::Unavailable(e.to_string())
+            }
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::ProposeFailure> for ApiError {
+    fn from(e: crate::ProposeFailure) -> Self {
+        match e {
+            crate::ProposeFailure::Worker => ApiError::Conflict(e.to_string()),
+            crate::ProposeFailure::Raft(r) => r.into(),
+            other => ApiError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<InitError> for ApiError {
+    fn from(e: InitError) -> Self {
+        match e {
+            InitError::AlreadyInCluster => ApiError::Conflict(e.to_string()),
+            InitError::BadToken(_) => ApiError::BadRequest(e.to_string()),
+            InitError::Refused(_) => ApiError::Forbidden(e.to_string()),
+            InitError::Failed(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+type Ctx = State<Arc<NodeCtx>>;
+type ApiResult<T> = Result<Json<T>, ApiError>;
+
+/// The API's routes.
+pub fn router(ctx: Arc<NodeCtx>) -> Router {
+    Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/leader-check", get(leader_check))
+        .route("/v1/client-cert", post(client_cert))
+        .route("/v1/init", post(init))
+        .route("/v1/join", post(join))
+        .route("/v1/leave", post(leave))
+        .route("/v1/join-token/{role}", get(join_token))
+        .route("/v1/nodes", get(nodes))
+        .route("/v1/nodes/{id}", get(node).delete(remove_node))
+        .route("/v1/nodes/{id}/update", post(update_node))
+        .route("/v1/nodes/{id}/promote", post(promote_node))
+        .route("/v1/nodes/{id}/demote", post(demote_node))
+        .route("/v1/services", get(services).post(create_service))
+        .route(
+            "/v1/services/{name}",
+            get(service).put(replace_service).delete(remove_service),
+        )
+        .route("/v1/services/{name}/scale", post(scale))
+        .route("/v1/services/{name}/update", post(update_service))
+        .route("/v1/services/{name}/rollback", post(rollback_service))
+        .route("/v1/services/{name}/tasks", get(tasks))
+        .route("/v1/services/{name}/logs", get(logs))
+        .fallback(|| async { ApiError::NotFound("no such API route".into()) })
+        .with_state(ctx)
+}
+
+/// The API for remote CLIs, on the client API port: the same routes, but
+/// every call except the leader check needs a certificate of the cluster
+/// CA, a client's or a manager's (a worker's is refused).
+pub fn remote_router(ctx: Arc<NodeCtx>) -> Router {
+    router(ctx).layer(axum::middleware::from_fn(remote_auth))
+}
+
+async fn remote_auth(
+    peer: Option<axum::Extension<flotilla_transport::Peer>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if request.uri().path() == "/v1/leader-check" {
+        return next.run(request).await;
+    }
+    let role = peer.and_then(|axum::Extension(p)| p.0.map(|id| id.role));
+    match role {
+        Some(flotilla_pki::Role::Client) | Some(flotilla_pki::Role::Manager) => {
+            next.run(request).await
+        }
+        Some(flotilla_pki::Role::Worker) => {
+            ApiError::Forbidden("a worker's certificate cannot use the client API".into())
+                .into_response()
+        }
+        None => (
+            StatusCode::UNAUTHORIZED,
+            Json(ErrorBody {
+                error:
+                    "a client certificate of this cluster is required (see 'flotilla client-cert')"
+                        .into(),
+            }),
+        )
+            .into_response(),
+    }
+}
+
+fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    r.map(|Json(v)| v)
+        .map_err(|e| ApiError::BadRequest(format!("invalid request: {}", e.body_text())))
+}
+
+/// A manager's view of the cluster, for handlers that read or change it.
+#[derive(Clone)]
+struct Mgr {
+    member: Arc<Member>,
+    raft: Arc<flotilla_raft::RaftNode>,
+    view: flotilla_manager::StoreView,
+}
+
+async fn member(ctx: &NodeCtx) -> Result<Mgr, ApiError> {
+    let m = ctx.member().await.ok_or_else(|| {
+        ApiError::Conflict(
+            "this node is not in a cluster: run 'flotilla init' or 'flotilla join' first".into(),
+        )
+    })?;
+    match (m.raft.clone(), m.view()) {
+        (Some(raft), Some(view)) => Ok(Mgr {
+            member: m,
+            raft,
+            view,
+        }),
+        _ => Err(ApiError::Conflict(
+            "this node is a worker: run this command on a manager".into(),
+        )),
+    }
+}
+
+fn managers(member: &Mgr) -> ManagerStatus {
+    let leader = member.raft.leader();
+    let me = member.member.identity.raft_id;
+    // Liveness comes from agent heartbeats, which the leader records in the
+    // store for every node (managers included); this node and the leader
+    // it hears from are reachable by definition.
+    let mut reachable: Vec<u64> = vec![me];
+    reachable.extend(leader);
+    let state = member.view.read();
+    reachable.extend(
+        state
+            .nodes
+            .values()
+            .filter(|n| {
+                n.role == flotilla_types::NodeRole::Manager
+                    && n.state == flotilla_types::NodeState::Ready
+            })
+            .map(|n| n.raft_id),
+    );
+    ManagerStatus {
+        leader_raft_id: leader,
+        reachable,
+    }
+}
+
+/// Makes the next read linearizable: the leader confirms it still leads
+/// (read index); a follower asks the leader for the read index and waits
+/// until it has applied that far. When that fails (no quorum, no leader),
+/// the read is served anyway with a warning that it may be stale.
+async fn linearize(m: &Mgr) -> Option<String> {
+    const WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+    let index = if m.raft.is_leader() {
+        m.raft.read_index(WAIT).await.map_err(|e| e.to_string())
+    } else {
+        use crate::session::LeaderFinder;
+        match m.member.leader_addr() {
+            None => Err("no leader is known".to_string()),
+            Some(addr) => m
+                .member
+                .client
+                .post::<_, u64>(
+                    flotilla_transport::Target::Manager,
+                    &addr,
+                    "/cluster/v1/read-index",
+                    &(),
+                    WAIT,
+                )
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    };
+    match index {
+        Ok(i) if m.raft.wait_applied(i, WAIT).await => None,
+        Ok(_) => Some("this manager is behind the leader: the answer may be stale".into()),
+        Err(e) => Some(format!(
+            "no quorum or no leader ({e}): the answer may be stale"
+        )),
+    }
+}
+
+/// A JSON answer, with the stale-read warning if there is one.
+fn answer<T: serde::Serialize>(warning: Option<String>, body: T) -> Response {
+    let mut response = Json(body).into_response();
+    if let Some(w) = warning {
+        if let Ok(v) = axum::http::HeaderValue::from_str(&w) {
+            response
+                .headers_mut()
+                .insert(flotilla_api::client::WARNING_HEADER, v);
+        }
+    }
+    response
+}
+
+fn read<T>(member: &Mgr, f: impl FnOnce(&Store) -> T) -> T {
+    let state = member.view.read();
+    f(&state)
+}
+
+#[derive(Debug, Deserialize)]
+struct ForceQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tails_lines() {
+        assert_eq!(tail_lines(b"a\nb\nc\n", 2), b"b\nc\n");
+        assert_eq!(tail_lines(b"a\nb\nc", 2), b"b\nc");
+        assert_eq!(tail_lines(b"a\nb\n", 5), b"a\nb\n");
+        assert_eq!(tail_lines(b"a\nb\n", 0), b"");
+    }
+
+    #[test]
+    fn prefixes_whole_lines_only() {
+        let mut partial = Vec::new();
+        assert_eq!(prefix_lines("p | ", b"one\ntw", &mut partial), b"p | one\n");
+        assert_eq!(prefix_lines("p | ", b"o\n", &mut partial), b"p | two\n");
+        assert!(partial.is_empty());
+    }
+
+    #[test]
+    fn statuses_are_chosen_in_one_place() {
+        assert_eq!(
+            ApiError::from(StoreError::ServiceNotFound("x".into())).status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            ApiError::from(StoreError::ServiceExists("x".into())).status(),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            ApiError::from(InitError::AlreadyInCluster).status(),
+            StatusCode::CONFLICT
+        );
+    }
+}
