@@ -390,16 +390,6 @@ impl Client {
             .await
     }
 
-    /// `POST /v1/services/{name}/update`.
-    pub async fn update_service(
-        &self,
-        name: &str,
-        update: &crate::model::ServiceUpdate,
-    ) -> Result<ServiceView, ClientError> {
-        let path = format!("/v1/services/{}/update", encode_segment(name));
-        self.call(Method::POST, &path, Some(update)).await
-    }
-
     /// `PUT /v1/services/{name}`: replaces the spec, if the service is still
     /// at `version` when one is given.
     pub async fn replace_service(

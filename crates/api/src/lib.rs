@@ -32,7 +32,6 @@
 //! | GET | `/v1/services/{name}` | | [`model::ServiceView`] |
 //! | PUT | `/v1/services/{name}` | [`model::ServiceReplace`] | [`model::ServiceView`] |
 //! | POST | `/v1/services/{name}/scale` | [`model::ScaleRequest`] | [`model::ServiceView`] |
-//! | POST | `/v1/services/{name}/update` | [`model::ServiceUpdate`] | [`model::ServiceView`] |
 //! | POST | `/v1/services/{name}/rollback` | | [`model::ServiceView`] |
 //! | DELETE | `/v1/services/{name}` | | [`model::Removed`] |
 //! | GET | `/v1/services/{name}/tasks` | | `[`[`model::TaskView`]`]` |

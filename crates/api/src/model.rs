@@ -183,30 +183,6 @@ pub struct ScaleRequest {
     pub replicas: u64,
 }
 
-/// `POST /v1/services/{name}/update`: changes to a service's spec. Fields
-/// left out stay as they are.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ServiceUpdate {
-    #[serde(default)]
-    pub env_add: BTreeMap<String, String>,
-    #[serde(default)]
-    pub env_rm: Vec<String>,
-    #[serde(default)]
-    pub labels_add: BTreeMap<String, String>,
-    #[serde(default)]
-    pub labels_rm: Vec<String>,
-    #[serde(default)]
-    pub replicas: Option<u64>,
-    /// A new command line.
-    #[serde(default)]
-    pub command: Option<Vec<String>>,
-    #[serde(default)]
-    pub stop_grace_period_ms: Option<u64>,
-    /// Replace every task even if nothing else changed.
-    #[serde(default)]
-    pub force: bool,
-}
-
 /// `PUT /v1/services/{name}`: a whole new spec, as `service update` and
 /// `stack deploy` send after changing what they read.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -228,9 +204,8 @@ pub struct Removed {
 /// `POST /v1/nodes/{id}/update`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NodeUpdate {
-    /// `active`, `pause` or `drain`.
     #[serde(default)]
-    pub availability: Option<String>,
+    pub availability: Option<flotilla_types::Availability>,
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]

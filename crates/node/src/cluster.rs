@@ -14,7 +14,7 @@ use axum::{Extension, Json, Router};
 use flotilla_pki::{Ca, CaMaterial, Role};
 use flotilla_store::Command;
 use flotilla_transport::{ErrorBody, Peer};
-use flotilla_types::{Availability, Node, NodeRole, NodeState};
+use flotilla_types::NodeRole;
 
 use super::dispatcher::{manager_addrs, SessionError};
 use super::wire::{AddManager, JoinRequest, JoinResponse, SessionRequest, SessionResponse};
@@ -292,15 +292,8 @@ async fn join(
         .cluster
         .clone()
         .ok_or_else(|| ClusterError::Unavailable("the cluster is not initialized".into()))?;
-    let role = if !cluster.manager_secret.is_empty() && req.secret == cluster.manager_secret {
-        NodeRole::Manager
-    } else if !cluster.worker_secret.is_empty() && req.secret == cluster.worker_secret {
-        NodeRole::Worker
-    } else {
-        return Err(ClusterError::Forbidden(
-            "invalid join token: its secret is wrong or was rotated (get a current one with 'flotilla join-token')".into(),
-        ));
-    };
+    let role = crate::control::cluster::join_role(&cluster, &req.secret)
+        .ok_or_else(|| ClusterError::Forbidden(crate::control::cluster::BAD_SECRET.into()))?;
     flotilla_types::validate_name(&req.name)
         .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
     let ca = cluster_ca(&cluster).map_err(|e| ClusterError::Internal(e.to_string()))?;
@@ -308,24 +301,7 @@ async fn join(
     let cert_pem = ca
         .sign_node(&req.csr_pem, &node_id, cert_role(role), CERT_VALIDITY)
         .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
-    let now = now_ms();
-    let node = Node {
-        id: node_id.clone(),
-        raft_id: 0,
-        name: req.name,
-        hostname: req.hostname,
-        role,
-        availability: Availability::Active,
-        labels: Default::default(),
-        state: NodeState::Ready,
-        addr: req.addr,
-        api_addr: req.api_addr,
-        version: req.version,
-        resources: req.resources,
-        platform: req.platform,
-        created_at: now,
-        last_seen: now,
-    };
+    let node = crate::control::cluster::joining_node(&req, &node_id, role, now_ms());
     m.propose(Command::JoinNode { node })
         .await
         .map_err(|e| ClusterError::Unavailable(e.to_string()))?

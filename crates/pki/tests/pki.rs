@@ -175,3 +175,13 @@ async fn mutual_tls_between_nodes_enforces_the_ca_and_roles() {
         .expect_err("must refuse");
     assert!(err.contains(PIN_MISMATCH), "{err}");
 }
+
+#[test]
+fn secrets_compare_whole() {
+    use flotilla_pki::token::secrets_match;
+    assert!(secrets_match(b"abc", b"abc"));
+    assert!(!secrets_match(b"abc", b"abd"));
+    assert!(!secrets_match(b"xbc", b"abc"));
+    assert!(!secrets_match(b"abc", b"ab"));
+    assert!(secrets_match(b"", b""));
+}

@@ -36,6 +36,21 @@ pub enum Availability {
     Drain,
 }
 
+impl std::str::FromStr for Availability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "active" => Ok(Availability::Active),
+            "pause" => Ok(Availability::Pause),
+            "drain" => Ok(Availability::Drain),
+            other => Err(format!(
+                "invalid availability {other:?}: expected active, pause or drain"
+            )),
+        }
+    }
+}
+
 impl Availability {
     pub fn as_str(&self) -> &'static str {
         match self {

@@ -286,7 +286,7 @@ pub async fn node(client: &Client, command: &NodeCommand) -> Result<()> {
             node,
         } => {
             let update = flotilla_api::model::NodeUpdate {
-                availability: availability.clone(),
+                availability: *availability,
                 name: name.clone(),
                 labels_add: parse_pairs(label_add, "label")?,
                 labels_rm: label_rm.clone(),

@@ -190,8 +190,8 @@ pub enum NodeCommand {
     /// Change a node's availability, labels or name
     Update {
         /// active, pause or drain
-        #[arg(long)]
-        availability: Option<String>,
+        #[arg(long, value_parser = str::parse::<flotilla_types::Availability>)]
+        availability: Option<flotilla_types::Availability>,
         /// Add or change a label, KEY=VALUE
         #[arg(long = "label-add")]
         label_add: Vec<String>,

@@ -191,7 +191,7 @@ async fn deploy(client: &Client, paths: &[&str], stack: &str, prune: bool) -> Re
     for spec in &specs {
         // The daemon's own checks, so that a spec it would refuse stops the
         // deploy before the first write rather than half way through.
-        flotilla_node::api::services::validate_spec(spec).map_err(|e| StackError::Service {
+        flotilla_node::control::services::validate_spec(spec).map_err(|e| StackError::Service {
             path: parsed.path.clone(),
             service: spec.name.clone(),
             reason: e.to_string(),

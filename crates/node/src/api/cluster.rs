@@ -155,24 +155,11 @@ pub(super) async fn join_token(
         }
     };
     let m = member(&ctx).await?;
+    let control = m.control();
     if q.rotate {
-        let secret = flotilla_pki::token::new_secret(rand::random());
-        m.member
-            .propose(Command::RotateJoinSecret { role, secret })
-            .await??;
+        control.rotate_join_secret(role).await?;
     }
-    let cluster = read(&m, |s| s.cluster.clone())
-        .ok_or_else(|| ApiError::Conflict("the cluster is not initialized".into()))?;
-    let ca_fingerprint = flotilla_pki::pem_fingerprint(&cluster.ca_cert_pem)
-        .map_err(|e| ApiError::Internal(format!("the cluster CA is unreadable: {e}")))?;
-    let secret = match role {
-        NodeRole::Worker => cluster.worker_secret,
-        NodeRole::Manager => cluster.manager_secret,
-    };
-    let token = flotilla_pki::JoinToken {
-        ca_fingerprint,
-        secret,
-    };
+    let token = control.read(|s| crate::control::cluster::join_token(s, role))?;
     let managers = read(&m, crate::dispatcher::manager_addrs);
     Ok(Json(JoinTokenView {
         role: role.as_str().to_string(),

@@ -33,13 +33,13 @@ use flotilla_api::model::{
     Removed, ScaleRequest, ServiceView,
 };
 use flotilla_raft::RaftError;
-use flotilla_store::{Command, State as Store, StoreError};
-use flotilla_types::{
-    validate_name, Driver, HealthTest, MountKind, NodeRole, ServiceMode, ServiceSpec,
-};
+use flotilla_store::{State as Store, StoreError};
+use flotilla_types::{validate_name, NodeRole, ServiceSpec};
 
+use crate::control::nodes::NodeChange;
+use crate::control::{Control, ControlError};
 use crate::views::{self, LocalFacts, ManagerStatus};
-use crate::{now_ms, InitError, Member, NodeCtx, VERSION};
+use crate::{InitError, Member, NodeCtx, VERSION};
 
 /// Every way a request fails, mapped to one status each.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +121,19 @@ impl From<crate::ProposeFailure> for ApiError {
     }
 }
 
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::Invalid(m) => ApiError::BadRequest(m),
+            ControlError::NotFound(m) => ApiError::NotFound(m),
+            ControlError::Conflict(m) => ApiError::Conflict(m),
+            ControlError::Unavailable(m) => ApiError::Unavailable(m),
+            ControlError::Store(e) => e.into(),
+            ControlError::Write(e) => e.into(),
+        }
+    }
+}
+
 impl From<InitError> for ApiError {
     fn from(e: InitError) -> Self {
         match e {
@@ -156,7 +169,6 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
             get(service).put(replace_service).delete(remove_service),
         )
         .route("/v1/services/{name}/scale", post(scale))
-        .route("/v1/services/{name}/update", post(update_service))
         .route("/v1/services/{name}/rollback", post(rollback_service))
         .route("/v1/services/{name}/tasks", get(tasks))
         .route("/v1/services/{name}/logs", get(logs))
@@ -211,6 +223,17 @@ struct Mgr {
     member: Arc<Member>,
     raft: Arc<flotilla_raft::RaftNode>,
     view: flotilla_manager::StoreView,
+}
+
+impl Mgr {
+    /// The control layer over this manager's store and write path.
+    fn control(&self) -> Control {
+        Control::new(
+            self.view.clone(),
+            self.member.clone(),
+            Arc::new(flotilla_manager::SystemClock),
+        )
+    }
 }
 
 async fn member(ctx: &NodeCtx) -> Result<Mgr, ApiError> {

@@ -1,0 +1,203 @@
+//! The cluster as a whole: join tokens and the role a join secret gives,
+//! the record of a node that joins, and the quorum arithmetic of `leave`.
+
+use flotilla_pki::token::secrets_match;
+use flotilla_pki::JoinToken;
+use flotilla_store::{Command, State};
+use flotilla_types::{Availability, Cluster, Node, NodeRole, NodeState};
+
+use super::{Control, ControlError};
+use crate::wire::JoinRequest;
+
+/// The role a join secret gives, compared in constant time so that a
+/// caller cannot learn a secret byte by byte from how fast it is refused.
+/// An empty secret (a cluster made before tokens existed) admits nobody.
+pub fn join_role(cluster: &Cluster, secret: &str) -> Option<NodeRole> {
+    let matches = |s: &str| !s.is_empty() && secrets_match(s.as_bytes(), secret.as_bytes());
+    // Both are compared whatever the first gives, for the same reason.
+    let manager = matches(&cluster.manager_secret);
+    let worker = matches(&cluster.worker_secret);
+    match (manager, worker) {
+        (true, _) => Some(NodeRole::Manager),
+        (false, true) => Some(NodeRole::Worker),
+        (false, false) => None,
+    }
+}
+
+/// The message a wrong or rotated secret gets.
+pub const BAD_SECRET: &str = "invalid join token: its secret is wrong or was rotated (get a current one with 'flotilla join-token')";
+
+/// The record of a node that joins with `request` as `role`, under the ID
+/// `node_id` chosen by the manager that admits it. Its raft ID is given by
+/// the store (managers) or 0 (workers).
+pub fn joining_node(request: &JoinRequest, node_id: &str, role: NodeRole, now: u64) -> Node {
+    Node {
+        id: node_id.to_string(),
+        raft_id: 0,
+        name: request.name.clone(),
+        hostname: request.hostname.clone(),
+        role,
+        availability: Availability::Active,
+        labels: Default::default(),
+        state: NodeState::Ready,
+        addr: request.addr.clone(),
+        api_addr: request.api_addr.clone(),
+        version: request.version.clone(),
+        resources: request.resources,
+        platform: request.platform.clone(),
+        created_at: now,
+        last_seen: now,
+    }
+}
+
+/// Whether a manager that leaves must first leave the raft group, or why
+/// it may not leave without `--force`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leave {
+    /// Other managers remain: leave the raft group through the leader.
+    LeaveRaft,
+    /// No other manager remains (the cluster ends with this node).
+    Last,
+}
+
+/// The rules of `leave` for a manager, given the managers in the store:
+/// the last manager, or one whose leaving leaves fewer reachable managers
+/// than a quorum of those that remain, needs `force`.
+pub fn leave_plan(state: &State, force: bool) -> Result<Leave, String> {
+    let managers: Vec<&Node> = state
+        .nodes
+        .values()
+        .filter(|n| n.role == NodeRole::Manager)
+        .collect();
+    let ready = managers
+        .iter()
+        .filter(|n| n.state == NodeState::Ready)
+        .count();
+    if managers.len() <= 1 {
+        if !force {
+            return Err(
+                "this node is the last manager: leaving ends the cluster; use --force".into(),
+            );
+        }
+        return Ok(Leave::Last);
+    }
+    let remaining = managers.len() - 1;
+    let reachable_after = ready.saturating_sub(1);
+    let need = remaining / 2 + 1;
+    if reachable_after < need && !force {
+        return Err(format!(
+            "leaving would break quorum: {reachable_after} of {remaining} remaining managers reachable (need {need}); use --force"
+        ));
+    }
+    Ok(Leave::LeaveRaft)
+}
+
+/// The join token for `role`, from the store.
+pub fn join_token(state: &State, role: NodeRole) -> Result<JoinToken, ControlError> {
+    let cluster = state
+        .cluster
+        .as_ref()
+        .ok_or_else(|| ControlError::Conflict("the cluster is not initialized".into()))?;
+    let ca_fingerprint = flotilla_pki::pem_fingerprint(&cluster.ca_cert_pem)
+        .map_err(|e| ControlError::Unavailable(format!("the cluster CA is unreadable: {e}")))?;
+    let secret = match role {
+        NodeRole::Worker => cluster.worker_secret.clone(),
+        NodeRole::Manager => cluster.manager_secret.clone(),
+    };
+    Ok(JoinToken {
+        ca_fingerprint,
+        secret,
+    })
+}
+
+impl Control {
+    /// Replaces the join secret of `role`: tokens shown before stop working.
+    pub async fn rotate_join_secret(&self, role: NodeRole) -> Result<(), ControlError> {
+        let secret = flotilla_pki::token::new_secret(rand::random());
+        self.commit(Command::RotateJoinSecret { role, secret })
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::testing::{cluster, down, Fake};
+
+    fn with_secrets() -> Cluster {
+        Cluster {
+            worker_secret: "w-secret".into(),
+            manager_secret: "m-secret".into(),
+            ..Cluster::bare("c", 0)
+        }
+    }
+
+    #[test]
+    fn the_secret_decides_the_role() {
+        let c = with_secrets();
+        assert_eq!(join_role(&c, "m-secret"), Some(NodeRole::Manager));
+        assert_eq!(join_role(&c, "w-secret"), Some(NodeRole::Worker));
+        assert_eq!(join_role(&c, "w-secreT"), None);
+        assert_eq!(join_role(&c, "w-secret-longer"), None);
+        assert_eq!(join_role(&c, ""), None);
+        // A cluster without secrets admits nobody, not everybody.
+        assert_eq!(join_role(&Cluster::bare("c", 0), ""), None);
+    }
+
+    #[test]
+    fn the_last_manager_leaves_only_with_force() {
+        let s = cluster(&[("m1", NodeRole::Manager), ("w1", NodeRole::Worker)]);
+        assert!(leave_plan(&s, false)
+            .err()
+            .is_some_and(|e| e.contains("last manager")));
+        assert_eq!(leave_plan(&s, true), Ok(Leave::Last));
+    }
+
+    #[test]
+    fn leaving_may_not_break_quorum() {
+        let mut s = cluster(&[
+            ("m1", NodeRole::Manager),
+            ("m2", NodeRole::Manager),
+            ("m3", NodeRole::Manager),
+        ]);
+        // 3 managers, all up: 2 remain, 2 reachable, quorum of 2 is 2.
+        assert_eq!(leave_plan(&s, false), Ok(Leave::LeaveRaft));
+        // One of the others is down: 1 of 2 reachable after, need 2.
+        down(&mut s, "m3");
+        assert_eq!(
+            leave_plan(&s, false),
+            Err(
+                "leaving would break quorum: 1 of 2 remaining managers reachable (need 2); use --force"
+                    .into()
+            )
+        );
+        assert_eq!(leave_plan(&s, true), Ok(Leave::LeaveRaft));
+        // 2 managers: the one that stays is a quorum of one.
+        let two = cluster(&[("m1", NodeRole::Manager), ("m2", NodeRole::Manager)]);
+        assert_eq!(leave_plan(&two, false), Ok(Leave::LeaveRaft));
+    }
+
+    #[test]
+    fn join_tokens_need_a_cluster() {
+        let s = State::default();
+        assert!(matches!(
+            join_token(&s, NodeRole::Worker),
+            Err(ControlError::Conflict(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn rotation_replaces_only_that_roles_secret() {
+        let fake = Fake::new(cluster(&[("m1", NodeRole::Manager)]));
+        let before = fake.read(|s| s.cluster.clone()).expect("cluster");
+        fake.control()
+            .rotate_join_secret(NodeRole::Worker)
+            .await
+            .expect("rotate");
+        let after = fake.read(|s| s.cluster.clone()).expect("cluster");
+        assert_ne!(before.worker_secret, after.worker_secret);
+        assert_eq!(before.manager_secret, after.manager_secret);
+        assert!(join_role(&after, &before.worker_secret).is_none());
+    }
+}

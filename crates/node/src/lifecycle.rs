@@ -1,0 +1,405 @@
+//! The node's lifecycle: init, join, leave and force-new-cluster.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, RwLock};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use flotilla_pki::{new_key_and_csr, Ca, JoinToken, Role};
+use flotilla_raft::node::RaftTimings;
+use flotilla_raft::RaftNode;
+use flotilla_store::Command;
+use flotilla_transport::{ClusterClient, Target};
+use flotilla_types::{Availability, Cluster, Node, NodeRole, NodeState, Platform};
+
+use crate::certs::NodeTls;
+use crate::identity::Identity;
+
+use crate::*;
+
+/// Everything the API handlers share.
+pub struct NodeCtx {
+    pub data_dir: PathBuf,
+    pub name: String,
+    /// The name given with `--name`, if any.
+    pub(crate) explicit_name: Option<String>,
+    pub hostname: String,
+    /// Where other nodes reach this node's cluster port.
+    pub(crate) cluster_addr: std::sync::RwLock<String>,
+    /// The address the cluster port is bound to.
+    pub(crate) bound: SocketAddr,
+    pub(crate) timings: RaftTimings,
+    pub(crate) log_cap_bytes: u64,
+    pub(crate) node_timeout: Duration,
+    pub(crate) listener: std::sync::Mutex<Option<TcpListener>>,
+    /// Cancels what runs for the current membership (leave).
+    pub(crate) member_token: std::sync::Mutex<Option<CancellationToken>>,
+    /// The agent's task, to wait for it to stop the tasks on leave.
+    pub(crate) agent_done: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    pub(crate) api_listener: std::sync::Mutex<Option<TcpListener>>,
+    /// The port the client API is bound to, if any.
+    pub(crate) api_port: Option<u16>,
+    /// Set once the member runs; the remote API router needs it.
+    pub(crate) self_ref: std::sync::OnceLock<std::sync::Weak<NodeCtx>>,
+    pub(crate) member: RwLock<Option<Arc<Member>>>,
+    pub(crate) init_lock: Mutex<()>,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+}
+
+/// Why `init` or `join` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("this node is already part of a cluster")]
+    AlreadyInCluster,
+    #[error("{0}")]
+    BadToken(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("init failed: {0}")]
+    Failed(String),
+}
+
+pub(crate) fn failed(e: impl std::fmt::Display) -> InitError {
+    InitError::Failed(e.to_string())
+}
+
+pub(crate) fn secret() -> String {
+    flotilla_pki::token::new_secret(rand::random())
+}
+
+impl NodeCtx {
+    /// The cluster member, or None before `init` or `join`.
+    pub async fn member(&self) -> Option<Arc<Member>> {
+        self.member.read().await.clone()
+    }
+
+    /// Where other nodes reach this node's cluster port.
+    pub fn cluster_addr(&self) -> String {
+        match self.cluster_addr.read() {
+            Ok(a) => a.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Where remote clients reach this node's API: the cluster address's
+    /// host with the API port; empty without an API port.
+    pub fn api_addr(&self) -> String {
+        match self.api_port {
+            Some(port) => {
+                let cluster = self.cluster_addr();
+                let host = cluster.rsplit_once(':').map(|(h, _)| h).unwrap_or(&cluster);
+                format!("{host}:{port}")
+            }
+            None => String::new(),
+        }
+    }
+
+    /// `init`/`join --advertise-addr` overrides the daemon's address.
+    pub(crate) fn set_advertise(&self, advertise: Option<&str>) {
+        if let Some(a) = advertise {
+            let addr = advertised(Some(a), self.bound);
+            if let Ok(mut slot) = self.cluster_addr.write() {
+                *slot = addr;
+            }
+        }
+    }
+
+    /// Where the agent keeps task records and logs.
+    pub fn agent_dir(&self) -> PathBuf {
+        self.data_dir.join("agent")
+    }
+
+    /// Creates a new one-manager cluster with this node as its leader, and
+    /// the cluster CA.
+    pub async fn init(&self, advertise: Option<&str>) -> Result<Identity, InitError> {
+        let _guard = self.init_lock.lock().await;
+        if self.member.read().await.is_some() {
+            return Err(InitError::AlreadyInCluster);
+        }
+        self.set_advertise(advertise);
+        let cluster_id = flotilla_types::new_id(rand::random());
+        let node_id = flotilla_types::new_id(rand::random());
+        let ca_material = Ca::create(&cluster_id).map_err(failed)?;
+        let ca = Ca::load(&ca_material).map_err(failed)?;
+        let key = new_key_and_csr().map_err(failed)?;
+        let cert_pem = ca
+            .sign_node(&key.csr_pem, &node_id, Role::Manager, CERT_VALIDITY)
+            .map_err(failed)?;
+        let tls = NodeTls {
+            ca_pem: ca_material.cert_pem.clone(),
+            cert_pem,
+            key_pem: key.key_pem,
+        };
+        let identity = Identity {
+            cluster_id: cluster_id.clone(),
+            node_id: node_id.clone(),
+            raft_id: 1,
+            managers: vec![self.cluster_addr()],
+        };
+        let now = now_ms();
+        let node = Node {
+            id: node_id,
+            raft_id: identity.raft_id,
+            name: self.name.clone(),
+            hostname: self.hostname.clone(),
+            role: NodeRole::Manager,
+            availability: Availability::Active,
+            labels: Default::default(),
+            state: NodeState::Ready,
+            addr: self.cluster_addr(),
+            api_addr: self.api_addr(),
+            version: VERSION.to_string(),
+            resources: host::resources(),
+            platform: Platform::current(),
+            created_at: now,
+            last_seen: now,
+        };
+        let client = tls.client(&self.data_dir).map_err(failed)?;
+        let raft = Arc::new(
+            RaftNode::start_with(
+                &self.data_dir,
+                identity.raft_id,
+                &self.timings,
+                Some(client),
+            )
+            .await
+            .map_err(failed)?,
+        );
+        if raft.is_initialized() {
+            raft.shutdown().await;
+            return Err(InitError::Failed(
+                "the raft store in the data dir already holds a cluster, but node.json is missing; move the data dir away to start afresh".into(),
+            ));
+        }
+        raft.initialize_single(&self.cluster_addr())
+            .await
+            .map_err(failed)?;
+        raft.wait_leader(Duration::from_secs(10))
+            .await
+            .map_err(failed)?;
+        let cluster = Cluster {
+            ca_cert_pem: ca_material.cert_pem,
+            ca_key_pem: ca_material.key_pem,
+            worker_secret: secret(),
+            manager_secret: secret(),
+            ..Cluster::bare(cluster_id, now)
+        };
+        raft.propose(Command::InitCluster { cluster, node })
+            .await
+            .map_err(failed)?
+            .map_err(failed)?;
+        tls.store(&self.data_dir).map_err(failed)?;
+        identity::store(&self.data_dir, &identity).map_err(failed)?;
+        let member = self
+            .make_member(identity.clone(), tls, Some(raft))
+            .map_err(failed)?;
+        self.start_member(member.clone(), vec![]).map_err(failed)?;
+        *self.member.write().await = Some(member);
+        Ok(identity)
+    }
+
+    /// Joins the cluster of the manager at `manager_addr` with `token`.
+    pub async fn join(
+        &self,
+        token: &str,
+        manager_addr: &str,
+        advertise: Option<&str>,
+    ) -> Result<Identity, InitError> {
+        let _guard = self.init_lock.lock().await;
+        if self.member.read().await.is_some() {
+            return Err(InitError::AlreadyInCluster);
+        }
+        self.set_advertise(advertise);
+        let token: JoinToken = token
+            .parse()
+            .map_err(|e: flotilla_pki::TokenError| InitError::BadToken(e.to_string()))?;
+        let pinned =
+            flotilla_pki::tls::pinned_client_config(&token.ca_fingerprint).map_err(failed)?;
+        let client = ClusterClient::new(pinned).map_err(failed)?;
+        let key = new_key_and_csr().map_err(failed)?;
+        let request = wire::JoinRequest {
+            secret: token.secret.clone(),
+            csr_pem: key.csr_pem,
+            name: self.name.clone(),
+            hostname: self.hostname.clone(),
+            addr: self.cluster_addr(),
+            api_addr: self.api_addr(),
+            version: VERSION.to_string(),
+            resources: host::resources(),
+            platform: Platform::current(),
+        };
+        let answer: wire::JoinResponse = client
+            .post(
+                Target::Node,
+                manager_addr,
+                "/join/v1/join",
+                &request,
+                Duration::from_secs(15),
+            )
+            .await
+            .map_err(|e| match e {
+                flotilla_transport::TransportError::Status { message, .. } => {
+                    InitError::Refused(message)
+                }
+                other => InitError::Refused(format!("cannot join through {manager_addr}: {other}")),
+            })?;
+        if flotilla_pki::pem_fingerprint(&answer.ca_pem).map_err(failed)? != token.ca_fingerprint {
+            return Err(InitError::Refused(
+                flotilla_pki::tls::PIN_MISMATCH.to_string(),
+            ));
+        }
+        let tls = NodeTls {
+            ca_pem: answer.ca_pem,
+            cert_pem: answer.cert_pem,
+            key_pem: key.key_pem,
+        };
+        let identity = Identity {
+            cluster_id: answer.cluster_id,
+            node_id: answer.node_id,
+            raft_id: answer.raft_id,
+            managers: answer.managers.clone(),
+        };
+        tls.store(&self.data_dir).map_err(failed)?;
+        identity::store(&self.data_dir, &identity).map_err(failed)?;
+        let raft = if answer.role == "manager" {
+            let client = tls.client(&self.data_dir).map_err(failed)?;
+            Some(Arc::new(
+                RaftNode::start_with(
+                    &self.data_dir,
+                    identity.raft_id,
+                    &self.timings,
+                    Some(client),
+                )
+                .await
+                .map_err(failed)?,
+            ))
+        } else {
+            None
+        };
+        let member = self
+            .make_member(identity.clone(), tls, raft)
+            .map_err(failed)?;
+        self.start_member(member.clone(), answer.managers.clone())
+            .map_err(failed)?;
+        *self.member.write().await = Some(member.clone());
+        if member.raft.is_some() {
+            // start_member asks the managers to add this one to the raft
+            // group (and keeps asking until it is in).
+            // Answer once this manager holds the cluster's state, so that
+            // the next command here sees it.
+            if let Some(raft) = &member.raft {
+                let mut applied = raft.applied();
+                let state = raft.state();
+                let me = identity.node_id.clone();
+                let has_me = move |_: &u64| {
+                    state
+                        .read()
+                        .map(|s| s.nodes.contains_key(&me))
+                        .unwrap_or(false)
+                };
+                let caught_up =
+                    tokio::time::timeout(Duration::from_secs(40), applied.wait_for(has_me)).await;
+                if !matches!(caught_up, Ok(Ok(_))) {
+                    return Err(InitError::Refused(
+                        "joined, but this manager did not receive the cluster state within 40 s (is the leader reachable at this node's address?)".into(),
+                    ));
+                }
+            }
+        }
+        Ok(identity)
+    }
+
+    /// Arranges for this manager to restart as the only manager of a new
+    /// raft group with all of the current state (see [`rewrite_for_new_cluster`]).
+    pub async fn force_new_cluster(&self) -> Result<Identity, InitError> {
+        let _guard = self.init_lock.lock().await;
+        let member = self.member.read().await.clone().ok_or_else(|| {
+            InitError::Refused("this node is not in a cluster: nothing to recover".into())
+        })?;
+        let Some(raft) = member.raft.clone() else {
+            return Err(InitError::Refused(
+                "this node is a worker: run --force-new-cluster on a surviving manager".into(),
+            ));
+        };
+        std::fs::write(self.data_dir.join(FORCE_MARKER), b"requested\n").map_err(failed)?;
+        std::fs::File::open(&self.data_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(failed)?;
+        tracing::warn!("force-new-cluster requested: restarting into a new raft group");
+        tokio::spawn(async move {
+            // Let the answer reach the client first.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            raft.shutdown().await;
+            reexec();
+        });
+        Ok(member.identity.clone())
+    }
+
+    /// `flotilla leave`: this node stops its tasks and forgets the cluster
+    /// (its files are moved aside); the daemon keeps running, ready to
+    /// `init` or `join` again. A manager first leaves the raft group; the
+    /// last manager, or one whose leaving breaks quorum, needs `force`.
+    pub async fn leave(&self, force: bool) -> Result<(), InitError> {
+        let _guard = self.init_lock.lock().await;
+        let member = self
+            .member
+            .read()
+            .await
+            .clone()
+            .ok_or_else(|| InitError::Refused("this node is not in a cluster".into()))?;
+        if let Some(view) = member.view() {
+            let plan = crate::control::cluster::leave_plan(&view.read(), force)
+                .map_err(InitError::Refused)?;
+            if plan == crate::control::cluster::Leave::LeaveRaft {
+                // Out of the raft group first, through the leader.
+                let out = member.remove_from_raft(member.identity.raft_id).await;
+                if let Err(e) = out {
+                    if !force {
+                        return Err(InitError::Refused(format!(
+                            "cannot leave the raft group: {e}; use --force"
+                        )));
+                    }
+                }
+            }
+        }
+        let token = self.member_token.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = token {
+            t.cancel();
+        }
+        let agent = self.agent_done.lock().ok().and_then(|mut a| a.take());
+        if let Some(a) = agent {
+            // The agent stops every task within its grace period.
+            let _ = tokio::time::timeout(Duration::from_secs(120), a).await;
+        }
+        if let Some(raft) = &member.raft {
+            raft.shutdown().await;
+        }
+        *self.member.write().await = None;
+        let aside = self.data_dir.join(format!("left-{}", now_ms()));
+        std::fs::create_dir_all(&aside).map_err(failed)?;
+        for name in ["node.json", "certs", "raft.redb", "agent"] {
+            let from = self.data_dir.join(name);
+            if from.exists() {
+                std::fs::rename(&from, aside.join(name)).map_err(failed)?;
+            }
+        }
+        // The cluster port is bound again for a later init or join.
+        match TcpListener::bind(self.bound).await {
+            Ok(l) => {
+                if let Ok(mut slot) = self.listener.lock() {
+                    *slot = Some(l);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot bind the cluster port again"),
+        }
+        tracing::info!(old = %aside.display(), "left the cluster");
+        Ok(())
+    }
+}

@@ -1,0 +1,281 @@
+//! This node as a member of a cluster, and the wiring of what runs while
+//! it is one: the cluster port, the agent and its session, certificate
+//! renewal, and on managers the leader supervisor.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use flotilla_agent::{
+    Agent, AgentConfig, Assignments, DockerDriver, Driver, Drivers, ProcessDriver,
+};
+use flotilla_manager::StoreView;
+use flotilla_pki::Role;
+use flotilla_raft::RaftNode;
+use flotilla_transport::{ClusterClient, Target};
+use flotilla_types::NodeRole;
+
+use crate::certs::NodeTls;
+use crate::dispatcher::Dispatcher;
+use crate::identity::Identity;
+use crate::session::{LeaderFinder, SessionClient};
+
+use crate::*;
+
+/// This node as a member of a cluster.
+pub struct Member {
+    pub identity: Identity,
+    pub role: NodeRole,
+    pub tls: NodeTls,
+    pub client: ClusterClient,
+    /// Managers only.
+    pub raft: Option<Arc<RaftNode>>,
+    /// Managers only; serves agent sessions while this manager leads.
+    pub dispatcher: Option<Arc<Dispatcher>>,
+}
+
+impl Member {
+    /// The store, on managers.
+    pub fn view(&self) -> Option<StoreView> {
+        self.raft.as_ref().map(|r| StoreView {
+            state: r.state(),
+            applied: r.applied(),
+        })
+    }
+}
+
+impl LeaderFinder for Member {
+    fn local(&self) -> Option<Arc<Dispatcher>> {
+        match (&self.raft, &self.dispatcher) {
+            (Some(r), Some(d)) if r.is_leader() => Some(d.clone()),
+            _ => None,
+        }
+    }
+
+    fn leader_addr(&self) -> Option<String> {
+        let raft = self.raft.as_ref()?;
+        let leader = raft.leader()?;
+        let state = raft.state();
+        let state = state.read().ok()?;
+        dispatcher::leader_addr(&state, leader)
+    }
+}
+
+impl NodeCtx {
+    pub(crate) fn make_member(
+        &self,
+        identity: Identity,
+        tls: NodeTls,
+        raft: Option<Arc<RaftNode>>,
+    ) -> Result<Arc<Member>> {
+        let client = tls.client(&self.data_dir)?;
+        let role = match tls.identity()?.role {
+            Role::Manager => NodeRole::Manager,
+            Role::Worker => NodeRole::Worker,
+            Role::Client => bail!("certs/node.crt is a client certificate, not a node's"),
+        };
+        let dispatcher = raft.as_ref().map(|r| {
+            Arc::new(Dispatcher::new(
+                r.clone(),
+                StoreView {
+                    state: r.state(),
+                    applied: r.applied(),
+                },
+                self.node_timeout,
+            ))
+        });
+        Ok(Arc::new(Member {
+            identity,
+            role,
+            tls,
+            client,
+            raft,
+            dispatcher,
+        }))
+    }
+
+    /// Starts what runs while this node is in a cluster: the cluster port,
+    /// the agent and its session, and on managers the leader's loops.
+    pub(crate) fn start_member(&self, member: Arc<Member>, managers: Vec<String>) -> Result<()> {
+        let token = self.shutdown.child_token();
+        if let Ok(mut slot) = self.member_token.lock() {
+            *slot = Some(token.clone());
+        }
+        if let Some(listener) = self.listener.lock().ok().and_then(|mut l| l.take()) {
+            let config = member.tls.server_config(&self.data_dir)?;
+            let router = cluster::router(member.clone());
+            self.tracker.spawn(flotilla_transport::serve(
+                listener,
+                Arc::new(std::sync::RwLock::new(config)),
+                router,
+                token.clone(),
+            ));
+        }
+        if member.raft.is_some() {
+            if let Some(listener) = self.api_listener.lock().ok().and_then(|mut l| l.take()) {
+                if let Some(ctx) = self.self_ref.get().and_then(|w| w.upgrade()) {
+                    let config = member.tls.server_config(&self.data_dir)?;
+                    self.tracker.spawn(flotilla_transport::serve(
+                        listener,
+                        Arc::new(std::sync::RwLock::new(config)),
+                        api::remote_router(ctx),
+                        token.clone(),
+                    ));
+                }
+            }
+        }
+        let (assign_tx, assign_rx) = watch::channel(Arc::new(Assignments::default()));
+        let (report_tx, report_rx) = mpsc::unbounded_channel();
+        let agent = Agent::new(
+            AgentConfig {
+                node_id: member.identity.node_id.clone(),
+                state_dir: self.agent_dir(),
+                log_cap_bytes: self.log_cap_bytes,
+            },
+            // The docker driver connects lazily (DOCKER_HOST or the default
+            // socket): a node without Docker rejects only docker tasks.
+            Drivers::new([
+                Arc::new(ProcessDriver::new()) as Arc<dyn Driver>,
+                Arc::new(DockerDriver::from_env()) as Arc<dyn Driver>,
+            ]),
+            assign_rx,
+            report_tx,
+        )
+        .context("starting the agent")?;
+        let agent_token = token.clone();
+        let agent_done = self.tracker.spawn(async move {
+            if let Err(e) = agent.run(agent_token).await {
+                tracing::error!(error = %e, "agent stopped");
+            }
+        });
+        if let Ok(mut slot) = self.agent_done.lock() {
+            *slot = Some(agent_done);
+        }
+        let mut known = managers;
+        known.extend(member.identity.managers.iter().cloned());
+        known.dedup();
+        let (role_tx, mut role_rx) = mpsc::unbounded_channel::<(String, u64, Option<String>)>();
+        let session = SessionClient {
+            node_id: member.identity.node_id.clone(),
+            addr: self.cluster_addr(),
+            api_addr: self.api_addr(),
+            client: member.client.clone(),
+            finder: member.clone(),
+            managers: known.clone(),
+            role: member.role.as_str().to_string(),
+            data_dir: Some(self.data_dir.clone()),
+            role_changed: role_tx,
+        };
+        // Promote/demote, and certificates near expiry: get a new
+        // certificate and restart in place (tasks keep running).
+        let renew_member = member.clone();
+        let data_dir = self.data_dir.clone();
+        let renew_token = token.clone();
+        let renew_known = known.clone();
+        let own_addr = self.cluster_addr();
+        self.tracker.spawn(async move {
+            loop {
+                let expiring = renew_member
+                    .tls
+                    .identity()
+                    .map(|i| (i.not_after - (now_ms() / 1000) as i64) < (CERT_VALIDITY.as_secs() / 3) as i64)
+                    .unwrap_or(false);
+                let mut targets = renew_known.clone();
+                let reason = if expiring {
+                    Some("the node certificate is due for renewal".to_string())
+                } else {
+                    tokio::select! {
+                        _ = renew_token.cancelled() => return,
+                        r = role_rx.recv() => r.map(|(role, _, from)| {
+                            // The dispatcher that told us knows best.
+                            if let Some(f) = from {
+                                targets.insert(0, f);
+                            }
+                            format!("this node is now a {role}")
+                        }),
+                        _ = tokio::time::sleep(Duration::from_secs(3600)) => None,
+                    }
+                };
+                let Some(reason) = reason else { continue };
+                match renew_and_restart(&renew_member, &data_dir, &targets, &own_addr).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(error = %e, %reason, "could not renew the node certificate; retrying in 5 s");
+                        tokio::select! {
+                            _ = renew_token.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                        }
+                    }
+                }
+            }
+        });
+        if let Some(raft) = member.raft.clone() {
+            if !raft.is_initialized() {
+                // A manager that is not in the raft group yet (promoted, or
+                // restarted before it was added): ask to be added.
+                let m = member.clone();
+                let addr = self.cluster_addr();
+                let t = token.clone();
+                self.tracker
+                    .spawn(async move { ask_to_be_added(m, addr, known, t).await });
+            }
+        }
+        self.tracker
+            .spawn(session.run(assign_tx, report_rx, token.clone()));
+        if member.raft.is_some() {
+            self.tracker.spawn(lead_while_leader(
+                member.clone(),
+                self.explicit_name.clone(),
+                self.hostname.clone(),
+                token,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Asks the managers, in turn, to add this manager to the raft group.
+pub(crate) async fn ask_to_be_added(
+    member: Arc<Member>,
+    addr: String,
+    managers: Vec<String>,
+    shutdown: CancellationToken,
+) {
+    let request = wire::AddManager {
+        raft_id: member.identity.raft_id,
+        addr,
+    };
+    let mut i = 0usize;
+    loop {
+        if member.raft.as_ref().is_some_and(|r| r.is_initialized()) {
+            return;
+        }
+        if let Some(target) = managers.get(i % managers.len().max(1)) {
+            let added = member
+                .client
+                .post::<_, ()>(
+                    Target::Manager,
+                    target,
+                    "/cluster/v1/add-manager",
+                    &request,
+                    Duration::from_secs(40),
+                )
+                .await;
+            match added {
+                Ok(()) => {
+                    tracing::info!("added to the raft group as a manager");
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, %target, "could not join the raft group yet"),
+            }
+        }
+        i += 1;
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Certificate renewal and role changes: a node gets a new certificate
+//! from a manager and restarts itself in place to use it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use flotilla_pki::new_key_and_csr;
+use flotilla_transport::Target;
+
+use crate::certs::NodeTls;
+use crate::session::LeaderFinder;
+
+use crate::*;
+
+/// Gets a certificate for this node's current role from a manager, stores
+/// it, and restarts the daemon in place to use it.
+pub(crate) async fn renew_and_restart(
+    member: &Member,
+    data_dir: &Path,
+    managers: &[String],
+    own: &str,
+) -> Result<()> {
+    let key = new_key_and_csr()?;
+    let request = wire::RenewRequest {
+        csr_pem: key.csr_pem,
+    };
+    let mut last = None;
+    // Never ourselves: a manager that was just demoted is cut off from the
+    // raft group, and its own view of its role is stale.
+    let mut targets: Vec<String> = member.leader_addr().into_iter().collect();
+    targets.extend(managers.iter().cloned());
+    targets.retain(|t| t != own);
+    targets.dedup();
+    for target in targets {
+        match member
+            .client
+            .post::<_, wire::RenewResponse>(
+                Target::Manager,
+                &target,
+                "/cluster/v1/renew",
+                &request,
+                Duration::from_secs(10),
+            )
+            .await
+        {
+            Ok(answer) => {
+                let tls = NodeTls {
+                    ca_pem: member.tls.ca_pem.clone(),
+                    cert_pem: answer.cert_pem,
+                    key_pem: key.key_pem,
+                };
+                let mut identity = member.identity.clone();
+                identity.raft_id = answer.raft_id;
+                if answer.role == "manager" && !identity.managers.contains(&target) {
+                    identity.managers.push(target.clone());
+                }
+                if answer.role == "worker" && member.raft.is_some() {
+                    if let Some(raft) = &member.raft {
+                        raft.shutdown().await;
+                    }
+                    let aside = data_dir.join(format!("raft.redb.demoted-{}", now_ms()));
+                    std::fs::rename(data_dir.join("raft.redb"), &aside)?;
+                } else if let Some(raft) = &member.raft {
+                    raft.shutdown().await;
+                }
+                tls.store(data_dir)?;
+                identity::store(data_dir, &identity)?;
+                tracing::warn!(role = %answer.role, "new node certificate stored: restarting in place");
+                reexec();
+                return Ok(());
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) => Err(e.into()),
+        None => bail!("no manager is known to renew the certificate"),
+    }
+}

@@ -1,0 +1,186 @@
+//! The write path: proposing a command through the local raft member,
+//! forwarding it to the leader from a follower (and waiting until the
+//! follower applied it: read your writes), and saying why a write cannot
+//! commit when no quorum answers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use flotilla_manager::{ProposeError, ProposeFuture, Proposer};
+use flotilla_raft::{RaftError, RaftNode};
+use flotilla_store::Command;
+use flotilla_transport::Target;
+
+use crate::session::LeaderFinder;
+
+use crate::*;
+
+/// Proposes through the local raft member.
+pub(crate) struct RaftProposer(pub(crate) Arc<RaftNode>);
+
+impl Proposer for RaftProposer {
+    fn propose(&self, command: Command) -> ProposeFuture<'_> {
+        Box::pin(async move {
+            self.0.propose(command).await.map_err(|e| match e {
+                RaftError::NotLeader { .. } => ProposeError::NotLeader,
+                other => ProposeError::Other(other.to_string()),
+            })
+        })
+    }
+}
+
+/// Why a proposal through this member failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeFailure {
+    #[error("this node is a worker: run this command on a manager")]
+    Worker,
+    #[error(transparent)]
+    Raft(#[from] RaftError),
+    #[error("no quorum: {reachable} of {managers} managers reachable (need {need})")]
+    NoQuorum {
+        reachable: usize,
+        managers: usize,
+        need: usize,
+    },
+    #[error("no leader is known yet ({reachable} of {managers} managers reachable); try again")]
+    NoLeader { reachable: usize, managers: usize },
+    #[error("forwarding to the leader at {addr}: {reason}")]
+    Forward { addr: String, reason: String },
+}
+
+/// How long a write may wait for a leader before it fails: long enough to
+/// ride out an election, short enough to fail fast without quorum.
+pub const WRITE_BUDGET: Duration = Duration::from_millis(1500);
+
+impl Member {
+    /// Proposes a command; a follower forwards it to the leader. While no
+    /// leader answers, it retries until [`WRITE_BUDGET`] runs out and then
+    /// says how many managers it can reach.
+    pub async fn propose(
+        &self,
+        command: Command,
+    ) -> Result<flotilla_store::CommandResult, ProposeFailure> {
+        let raft = self.raft.as_ref().ok_or(ProposeFailure::Worker)?;
+        let deadline = tokio::time::Instant::now() + WRITE_BUDGET;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // Each arm either answers or falls through to a retry.
+            if raft.is_leader() {
+                match tokio::time::timeout(left, raft.propose(command.clone())).await {
+                    Ok(Ok(r)) => return Ok(r),
+                    Ok(Err(RaftError::NotLeader { .. } | RaftError::Timeout(_))) | Err(_) => {}
+                    Ok(Err(e)) => return Err(e.into()),
+                }
+            } else if let Some(addr) = self.leader_addr() {
+                let forwarded = self
+                    .client
+                    .post::<_, (flotilla_store::CommandResult, u64)>(
+                        Target::Manager,
+                        &addr,
+                        "/cluster/v1/propose",
+                        &command,
+                        left.max(Duration::from_millis(100)),
+                    )
+                    .await;
+                match forwarded {
+                    Ok((r, index)) => {
+                        // Read your writes: the caller reads this member's
+                        // state next, so wait until it has the change.
+                        if !raft.wait_applied(index, Duration::from_secs(2)).await {
+                            tracing::warn!(index, "forwarded write not applied here within 2 s");
+                        }
+                        return Ok(r);
+                    }
+                    Err(e) if e.is_unreachable() => {}
+                    Err(flotilla_transport::TransportError::Status { status: 503, .. }) => {}
+                    Err(e) => {
+                        return Err(ProposeFailure::Forward {
+                            addr,
+                            reason: e.to_string(),
+                        })
+                    }
+                }
+            }
+            if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline {
+                return Err(self.quorum_failure().await);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Why no write can commit: counts the managers that answer a TCP
+    /// connect on their cluster port right now.
+    pub(crate) async fn quorum_failure(&self) -> ProposeFailure {
+        let addrs: Vec<String> = match self.view() {
+            Some(v) => dispatcher::manager_addrs(&v.read()),
+            None => vec![],
+        };
+        let managers = addrs.len().max(1);
+        let mut probes = tokio::task::JoinSet::new();
+        for addr in addrs {
+            probes.spawn(async move {
+                let connect = tokio::net::TcpStream::connect(addr.as_str());
+                matches!(
+                    tokio::time::timeout(Duration::from_millis(200), connect).await,
+                    Ok(Ok(_))
+                )
+            });
+        }
+        let reachable = probes.join_all().await.into_iter().filter(|ok| *ok).count();
+        let need = managers / 2 + 1;
+        if reachable < need {
+            ProposeFailure::NoQuorum {
+                reachable,
+                managers,
+                need,
+            }
+        } else {
+            ProposeFailure::NoLeader {
+                reachable,
+                managers,
+            }
+        }
+    }
+}
+
+impl Member {
+    /// Takes the manager with raft ID `raft_id` out of the voters: here if
+    /// this member leads, else through the leader.
+    pub async fn remove_from_raft(&self, raft_id: u64) -> Result<(), String> {
+        let raft = self.raft.as_ref().ok_or("this node is a worker")?;
+        if raft.is_leader() {
+            return raft.remove_voter(raft_id).await.map_err(|e| e.to_string());
+        }
+        let addr = self.leader_addr().ok_or("no leader is known")?;
+        self.client
+            .post::<_, ()>(
+                Target::Manager,
+                &addr,
+                "/cluster/v1/remove-manager",
+                &raft_id,
+                Duration::from_secs(12),
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl crate::control::Writer for Member {
+    fn propose(
+        &self,
+        command: Command,
+    ) -> crate::control::WriteFuture<'_, Result<flotilla_store::CommandResult, ProposeFailure>>
+    {
+        Box::pin(Member::propose(self, command))
+    }
+
+    fn remove_manager(&self, raft_id: u64) -> crate::control::WriteFuture<'_, Result<(), String>> {
+        Box::pin(self.remove_from_raft(raft_id))
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.raft.as_ref().and_then(|r| r.leader())
+    }
+}
