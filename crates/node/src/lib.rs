@@ -204,10 +204,10 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         ),
         None => None,
     };
-    let api_port = api_listener
-        .as_ref()
-        .and_then(|l| l.local_addr().ok())
-        .map(|a| a.port());
+    let api_bound = match &api_listener {
+        Some(l) => Some(l.local_addr().context("client API port address")?),
+        None => None,
+    };
     let hostname = hostname();
     let ctx = Arc::new(NodeCtx {
         data_dir: config.data_dir.clone(),
@@ -219,19 +219,18 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         timings: config.timings.clone(),
         log_cap_bytes: config.log_cap_bytes,
         node_timeout: config.node_timeout,
-        listener: std::sync::Mutex::new(Some(listener)),
-        member_token: std::sync::Mutex::new(None),
-        agent_done: std::sync::Mutex::new(None),
-        api_listener: std::sync::Mutex::new(api_listener),
-        api_port,
+        api_bound,
+        phase: Mutex::new(lifecycle::Phase::Idle(lifecycle::Ports {
+            cluster: Some(listener),
+            api: api_listener,
+        })),
         self_ref: std::sync::OnceLock::new(),
         member: RwLock::new(None),
-        init_lock: Mutex::new(()),
         shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
     });
     let _ = ctx.self_ref.set(Arc::downgrade(&ctx));
-    tracing::info!(listen = %bound, advertise = %cluster_addr, api = ?api_port, "cluster port bound");
+    tracing::info!(listen = %bound, advertise = %cluster_addr, api = ?api_bound, "cluster port bound");
     if let Some(mut identity) = identity {
         let forced = config.data_dir.join(FORCE_MARKER).exists();
         if forced {
@@ -269,8 +268,8 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
             }
         }
         let member = ctx.make_member(identity, tls, raft)?;
-        ctx.start_member(member.clone(), vec![])?;
-        *ctx.member.write().await = Some(member);
+        ctx.enter(&mut *ctx.phase.lock().await, member, vec![])
+            .await?;
         tracing::info!("rejoined the cluster from {}", config.data_dir.display());
     } else {
         tracing::info!("not in a cluster yet: run 'flotilla init'");

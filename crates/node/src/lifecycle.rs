@@ -37,18 +37,16 @@ pub struct NodeCtx {
     pub(crate) timings: RaftTimings,
     pub(crate) log_cap_bytes: u64,
     pub(crate) node_timeout: Duration,
-    pub(crate) listener: std::sync::Mutex<Option<TcpListener>>,
-    /// Cancels what runs for the current membership (leave).
-    pub(crate) member_token: std::sync::Mutex<Option<CancellationToken>>,
-    /// The agent's task, to wait for it to stop the tasks on leave.
-    pub(crate) agent_done: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
-    pub(crate) api_listener: std::sync::Mutex<Option<TcpListener>>,
-    /// The port the client API is bound to, if any.
-    pub(crate) api_port: Option<u16>,
+    /// The address the client API port is bound to, if any.
+    pub(crate) api_bound: Option<SocketAddr>,
+    /// Where the node is in its life; only the transitions below change
+    /// it, each holding the lock for its whole run.
+    pub(crate) phase: Mutex<Phase>,
     /// Set once the member runs; the remote API router needs it.
     pub(crate) self_ref: std::sync::OnceLock<std::sync::Weak<NodeCtx>>,
+    /// The member of [`Phase::Member`], published for the handlers, which
+    /// must not wait for a transition to read it.
     pub(crate) member: RwLock<Option<Arc<Member>>>,
-    pub(crate) init_lock: Mutex<()>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
 }
@@ -64,6 +62,88 @@ pub enum InitError {
     Refused(String),
     #[error("init failed: {0}")]
     Failed(String),
+}
+
+/// Where a node is in its life.
+pub(crate) enum Phase {
+    /// Not in a cluster: the ports are bound, ready for `init` or `join`.
+    Idle(Ports),
+    /// In a cluster, with what runs for the membership.
+    Member(Running),
+    /// Replacing itself with a fresh process (force-new-cluster): no
+    /// other transition may start.
+    Restarting,
+}
+
+/// The listeners a node holds while it is not in a cluster.
+#[derive(Default)]
+pub(crate) struct Ports {
+    pub(crate) cluster: Option<TcpListener>,
+    pub(crate) api: Option<TcpListener>,
+}
+
+/// What runs while a node is in a cluster.
+pub(crate) struct Running {
+    pub(crate) member: Arc<Member>,
+    /// Cancels everything below (leave).
+    pub(crate) token: CancellationToken,
+    /// The agent, to wait for it to stop the tasks on leave.
+    pub(crate) agent: tokio::task::JoinHandle<()>,
+    /// The client API port of a worker, which serves none.
+    pub(crate) spare_api: Option<TcpListener>,
+}
+
+/// What [`Phase`] a node is in, for the rules of [`allowed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Idle,
+    Manager,
+    Worker,
+    Restarting,
+}
+
+/// The lifecycle's transitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Init,
+    Join,
+    Leave,
+    ForceNewCluster,
+}
+
+/// Whether `step` may start in `stage`, and why not.
+pub fn allowed(stage: Stage, step: Step) -> Result<(), InitError> {
+    let refused = |m: &str| Err(InitError::Refused(m.to_string()));
+    match (stage, step) {
+        (Stage::Restarting, _) => {
+            refused("this node is restarting into a new cluster; try again in a moment")
+        }
+        (Stage::Idle, Step::Init | Step::Join) => Ok(()),
+        (Stage::Manager | Stage::Worker, Step::Init | Step::Join) => {
+            Err(InitError::AlreadyInCluster)
+        }
+        (Stage::Idle, Step::Leave) => refused("this node is not in a cluster"),
+        (Stage::Idle, Step::ForceNewCluster) => {
+            refused("this node is not in a cluster: nothing to recover")
+        }
+        (Stage::Worker, Step::ForceNewCluster) => {
+            refused("this node is a worker: run --force-new-cluster on a surviving manager")
+        }
+        (Stage::Manager, Step::ForceNewCluster) | (Stage::Manager | Stage::Worker, Step::Leave) => {
+            Ok(())
+        }
+    }
+}
+
+impl Phase {
+    pub(crate) fn stage(&self) -> Stage {
+        match self {
+            Phase::Idle(_) => Stage::Idle,
+            Phase::Member(r) if r.member.raft.is_some() => Stage::Manager,
+            Phase::Member(_) => Stage::Worker,
+            Phase::Restarting => Stage::Restarting,
+        }
+    }
 }
 
 pub(crate) fn failed(e: impl std::fmt::Display) -> InitError {
@@ -91,7 +171,7 @@ impl NodeCtx {
     /// Where remote clients reach this node's API: the cluster address's
     /// host with the API port; empty without an API port.
     pub fn api_addr(&self) -> String {
-        match self.api_port {
+        match self.api_bound.map(|a| a.port()) {
             Some(port) => {
                 let cluster = self.cluster_addr();
                 let host = cluster.rsplit_once(':').map(|(h, _)| h).unwrap_or(&cluster);
@@ -116,13 +196,60 @@ impl NodeCtx {
         self.data_dir.join("agent")
     }
 
+    /// Idle -> Member: starts what runs for `member` on the idle ports and
+    /// publishes it. On failure the node is idle again, its ports bound
+    /// anew.
+    pub(crate) async fn enter(
+        &self,
+        phase: &mut Phase,
+        member: Arc<Member>,
+        managers: Vec<String>,
+    ) -> Result<()> {
+        let ports = match std::mem::replace(phase, Phase::Restarting) {
+            Phase::Idle(ports) => ports,
+            other => {
+                *phase = other;
+                anyhow::bail!("this node is already part of a cluster");
+            }
+        };
+        match self.start_member(member.clone(), managers, ports) {
+            Ok(running) => {
+                *phase = Phase::Member(running);
+                *self.member.write().await = Some(member);
+                Ok(())
+            }
+            Err(e) => {
+                *phase = Phase::Idle(self.rebind().await);
+                Err(e)
+            }
+        }
+    }
+
+    /// Binds the cluster port and the client API port again, for a later
+    /// init or join; a port that cannot be bound is logged and left out.
+    async fn rebind(&self) -> Ports {
+        let bind = |addr: SocketAddr, what: &'static str| async move {
+            match TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, %addr, "cannot bind the {what} again");
+                    None
+                }
+            }
+        };
+        let cluster = bind(self.bound, "cluster port").await;
+        let api = match self.api_bound {
+            Some(a) => bind(a, "client API port").await,
+            None => None,
+        };
+        Ports { cluster, api }
+    }
+
     /// Creates a new one-manager cluster with this node as its leader, and
     /// the cluster CA.
     pub async fn init(&self, advertise: Option<&str>) -> Result<Identity, InitError> {
-        let _guard = self.init_lock.lock().await;
-        if self.member.read().await.is_some() {
-            return Err(InitError::AlreadyInCluster);
-        }
+        let mut phase = self.phase.lock().await;
+        allowed(phase.stage(), Step::Init)?;
         self.set_advertise(advertise);
         let cluster_id = flotilla_types::new_id(rand::random());
         let node_id = flotilla_types::new_id(rand::random());
@@ -200,8 +327,9 @@ impl NodeCtx {
         let member = self
             .make_member(identity.clone(), tls, Some(raft))
             .map_err(failed)?;
-        self.start_member(member.clone(), vec![]).map_err(failed)?;
-        *self.member.write().await = Some(member);
+        self.enter(&mut phase, member, vec![])
+            .await
+            .map_err(failed)?;
         Ok(identity)
     }
 
@@ -212,10 +340,8 @@ impl NodeCtx {
         manager_addr: &str,
         advertise: Option<&str>,
     ) -> Result<Identity, InitError> {
-        let _guard = self.init_lock.lock().await;
-        if self.member.read().await.is_some() {
-            return Err(InitError::AlreadyInCluster);
-        }
+        let mut phase = self.phase.lock().await;
+        allowed(phase.stage(), Step::Join)?;
         self.set_advertise(advertise);
         let token: JoinToken = token
             .parse()
@@ -286,9 +412,9 @@ impl NodeCtx {
         let member = self
             .make_member(identity.clone(), tls, raft)
             .map_err(failed)?;
-        self.start_member(member.clone(), answer.managers.clone())
+        self.enter(&mut phase, member.clone(), answer.managers.clone())
+            .await
             .map_err(failed)?;
-        *self.member.write().await = Some(member.clone());
         if member.raft.is_some() {
             // start_member asks the managers to add this one to the raft
             // group (and keeps asking until it is in).
@@ -319,20 +445,21 @@ impl NodeCtx {
     /// Arranges for this manager to restart as the only manager of a new
     /// raft group with all of the current state (see [`rewrite_for_new_cluster`]).
     pub async fn force_new_cluster(&self) -> Result<Identity, InitError> {
-        let _guard = self.init_lock.lock().await;
-        let member = self.member.read().await.clone().ok_or_else(|| {
-            InitError::Refused("this node is not in a cluster: nothing to recover".into())
-        })?;
+        let mut phase = self.phase.lock().await;
+        allowed(phase.stage(), Step::ForceNewCluster)?;
+        let Phase::Member(running) = &*phase else {
+            return Err(InitError::Refused("this node is not in a cluster".into()));
+        };
+        let member = running.member.clone();
         let Some(raft) = member.raft.clone() else {
-            return Err(InitError::Refused(
-                "this node is a worker: run --force-new-cluster on a surviving manager".into(),
-            ));
+            return Err(InitError::Refused("this node is a worker".into()));
         };
         std::fs::write(self.data_dir.join(FORCE_MARKER), b"requested\n").map_err(failed)?;
         std::fs::File::open(&self.data_dir)
             .and_then(|d| d.sync_all())
             .map_err(failed)?;
         tracing::warn!("force-new-cluster requested: restarting into a new raft group");
+        *phase = Phase::Restarting;
         tokio::spawn(async move {
             // Let the answer reach the client first.
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -347,13 +474,12 @@ impl NodeCtx {
     /// `init` or `join` again. A manager first leaves the raft group; the
     /// last manager, or one whose leaving breaks quorum, needs `force`.
     pub async fn leave(&self, force: bool) -> Result<(), InitError> {
-        let _guard = self.init_lock.lock().await;
-        let member = self
-            .member
-            .read()
-            .await
-            .clone()
-            .ok_or_else(|| InitError::Refused("this node is not in a cluster".into()))?;
+        let mut phase = self.phase.lock().await;
+        allowed(phase.stage(), Step::Leave)?;
+        let Phase::Member(running) = &*phase else {
+            return Err(InitError::Refused("this node is not in a cluster".into()));
+        };
+        let member = running.member.clone();
         if let Some(view) = member.view() {
             let plan = crate::control::cluster::leave_plan(&view.read(), force)
                 .map_err(InitError::Refused)?;
@@ -369,19 +495,19 @@ impl NodeCtx {
                 }
             }
         }
-        let token = self.member_token.lock().ok().and_then(|mut t| t.take());
-        if let Some(t) = token {
-            t.cancel();
-        }
-        let agent = self.agent_done.lock().ok().and_then(|mut a| a.take());
-        if let Some(a) = agent {
+        if let Phase::Member(running) = std::mem::replace(&mut *phase, Phase::Restarting) {
+            running.token.cancel();
             // The agent stops every task within its grace period.
-            let _ = tokio::time::timeout(Duration::from_secs(120), a).await;
+            let _ = tokio::time::timeout(Duration::from_secs(120), running.agent).await;
+            drop(running.spare_api);
         }
         if let Some(raft) = &member.raft {
             raft.shutdown().await;
         }
         *self.member.write().await = None;
+        // The ports are bound again for a later init or join, also when
+        // the files below cannot be moved.
+        *phase = Phase::Idle(self.rebind().await);
         let aside = self.data_dir.join(format!("left-{}", now_ms()));
         std::fs::create_dir_all(&aside).map_err(failed)?;
         for name in ["node.json", "certs", "raft.redb", "agent"] {
@@ -390,16 +516,54 @@ impl NodeCtx {
                 std::fs::rename(&from, aside.join(name)).map_err(failed)?;
             }
         }
-        // The cluster port is bound again for a later init or join.
-        match TcpListener::bind(self.bound).await {
-            Ok(l) => {
-                if let Ok(mut slot) = self.listener.lock() {
-                    *slot = Some(l);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot bind the cluster port again"),
-        }
         tracing::info!(old = %aside.display(), "left the cluster");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(stage: Stage, step: Step) -> Option<String> {
+        allowed(stage, step).err().map(|e| e.to_string())
+    }
+
+    #[test]
+    fn init_and_join_start_from_idle_only() {
+        for step in [Step::Init, Step::Join] {
+            assert!(allowed(Stage::Idle, step).is_ok());
+            for stage in [Stage::Manager, Stage::Worker] {
+                assert!(matches!(
+                    allowed(stage, step),
+                    Err(InitError::AlreadyInCluster)
+                ));
+            }
+            assert!(refusal(Stage::Restarting, step).is_some_and(|m| m.contains("restarting")));
+        }
+    }
+
+    #[test]
+    fn leave_needs_a_cluster() {
+        assert_eq!(
+            refusal(Stage::Idle, Step::Leave).as_deref(),
+            Some("this node is not in a cluster")
+        );
+        assert!(allowed(Stage::Manager, Step::Leave).is_ok());
+        assert!(allowed(Stage::Worker, Step::Leave).is_ok());
+    }
+
+    #[test]
+    fn only_a_manager_forces_a_new_cluster() {
+        assert!(allowed(Stage::Manager, Step::ForceNewCluster).is_ok());
+        assert_eq!(
+            refusal(Stage::Worker, Step::ForceNewCluster).as_deref(),
+            Some("this node is a worker: run --force-new-cluster on a surviving manager")
+        );
+        assert_eq!(
+            refusal(Stage::Idle, Step::ForceNewCluster).as_deref(),
+            Some("this node is not in a cluster: nothing to recover")
+        );
+        assert!(refusal(Stage::Restarting, Step::ForceNewCluster).is_some());
     }
 }

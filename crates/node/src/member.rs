@@ -23,6 +23,7 @@ use crate::dispatcher::Dispatcher;
 use crate::identity::Identity;
 use crate::session::{LeaderFinder, SessionClient};
 
+use crate::lifecycle::{Ports, Running};
 use crate::*;
 
 /// This node as a member of a cluster.
@@ -97,14 +98,21 @@ impl NodeCtx {
         }))
     }
 
-    /// Starts what runs while this node is in a cluster: the cluster port,
-    /// the agent and its session, and on managers the leader's loops.
-    pub(crate) fn start_member(&self, member: Arc<Member>, managers: Vec<String>) -> Result<()> {
+    /// Starts what runs while this node is in a cluster, on `ports`: the
+    /// cluster port, the agent and its session, and on managers the client
+    /// API port and the leader's loops.
+    pub(crate) fn start_member(
+        &self,
+        member: Arc<Member>,
+        managers: Vec<String>,
+        ports: Ports,
+    ) -> Result<Running> {
         let token = self.shutdown.child_token();
-        if let Ok(mut slot) = self.member_token.lock() {
-            *slot = Some(token.clone());
-        }
-        if let Some(listener) = self.listener.lock().ok().and_then(|mut l| l.take()) {
+        let Ports {
+            cluster: cluster_listener,
+            api: mut api_listener,
+        } = ports;
+        if let Some(listener) = cluster_listener {
             let config = member.tls.server_config(&self.data_dir)?;
             let router = cluster::router(member.clone());
             self.tracker.spawn(flotilla_transport::serve(
@@ -115,7 +123,7 @@ impl NodeCtx {
             ));
         }
         if member.raft.is_some() {
-            if let Some(listener) = self.api_listener.lock().ok().and_then(|mut l| l.take()) {
+            if let Some(listener) = api_listener.take() {
                 if let Some(ctx) = self.self_ref.get().and_then(|w| w.upgrade()) {
                     let config = member.tls.server_config(&self.data_dir)?;
                     self.tracker.spawn(flotilla_transport::serve(
@@ -151,9 +159,6 @@ impl NodeCtx {
                 tracing::error!(error = %e, "agent stopped");
             }
         });
-        if let Ok(mut slot) = self.agent_done.lock() {
-            *slot = Some(agent_done);
-        }
         let mut known = managers;
         known.extend(member.identity.managers.iter().cloned());
         known.dedup();
@@ -230,10 +235,15 @@ impl NodeCtx {
                 member.clone(),
                 self.explicit_name.clone(),
                 self.hostname.clone(),
-                token,
+                token.clone(),
             ));
         }
-        Ok(())
+        Ok(Running {
+            member,
+            token,
+            agent: agent_done,
+            spare_api: api_listener,
+        })
     }
 }
 
