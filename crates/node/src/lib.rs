@@ -740,6 +740,8 @@ impl NodeCtx {
                     state: r.state(),
                     applied: r.applied(),
                 },
+                Arc::new(RaftProposer(r.clone())),
+                Arc::new(SystemClock),
                 self.node_timeout,
             ))
         });
@@ -1036,7 +1038,16 @@ async fn lead_while_leader(
                         .run(token.clone()),
                 );
                 tokio::spawn(Rebalancer::new(view.clone(), proposer, clock).run(token.clone()));
-                tokio::spawn(dispatcher.clone().run(token.clone()));
+                tokio::spawn(
+                    flotilla_manager::NodeWatcher::new(
+                        view.clone(),
+                        Arc::new(RaftProposer(raft.clone())),
+                        Arc::new(SystemClock),
+                        dispatcher.heartbeats(),
+                        dispatcher.node_timeout(),
+                    )
+                    .run(token.clone()),
+                );
                 tokio::spawn(refresh_own_node(
                     raft.clone(),
                     member.identity.node_id.clone(),
