@@ -794,8 +794,9 @@ mod tests {
         assert_eq!(s.nodes["n2"].last_seen, 70);
     }
 
-    #[test]
-    fn desired_state_changes_skip_unknown_and_unchanged_tasks() {
+    /// A cluster with service `s1` and its pending tasks `t1` and `t2`,
+    /// at index 3.
+    fn two_pending_tasks() -> State {
         let mut s = init();
         let _ = s.apply(
             2,
@@ -811,6 +812,12 @@ mod tests {
                 tasks: vec![task("t1", "s1", 1), task("t2", "s1", 2)],
             },
         );
+        s
+    }
+
+    #[test]
+    fn desired_state_changes_skip_unknown_and_unchanged_tasks() {
+        let mut s = two_pending_tasks();
         let shutdown = |ids: &[&str]| Command::SetDesiredState {
             task_ids: ids.iter().map(|i| i.to_string()).collect(),
             desired: DesiredState::Shutdown,
@@ -826,21 +833,7 @@ mod tests {
 
     #[test]
     fn pending_reasons_change_only_waiting_tasks_with_a_new_reason() {
-        let mut s = init();
-        let _ = s.apply(
-            2,
-            &Command::CreateService {
-                id: "s1".into(),
-                spec: spec("web", 2),
-                at: 3,
-            },
-        );
-        let _ = s.apply(
-            3,
-            &Command::CreateTasks {
-                tasks: vec![task("t1", "s1", 1), task("t2", "s1", 2)],
-            },
-        );
+        let mut s = two_pending_tasks();
         let _ = s.apply(
             4,
             &Command::AssignTasks {
