@@ -1,9 +1,11 @@
 //! What the manager's loops need from the outside: the store to read, raft
-//! to propose through, and a clock. Traits, so that tests can supply fakes.
+//! to propose through, a clock, and the heartbeats agents send. Traits (or
+//! plain shared data), so that tests can supply fakes.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use flotilla_store::{Command, CommandResult, State};
@@ -65,4 +67,36 @@ pub enum ProposeError {
     NotLeader,
     #[error("{0}")]
     Other(String),
+}
+
+/// When this manager last heard from each node's agent, by node ID. The
+/// dispatcher's sessions record into it and the node watcher reads it;
+/// clones share one map. It is not replicated: only the leader hears
+/// heartbeats, and a new leader counts from its own start (see
+/// [`crate::dispatcher::expired_nodes`]).
+#[derive(Debug, Clone, Default)]
+pub struct Heartbeats(Arc<Mutex<HashMap<String, UnixMs>>>);
+
+impl Heartbeats {
+    pub fn new() -> Self {
+        Heartbeats::default()
+    }
+
+    /// `node_id` was heard from at `at`. Never moves a node's time back.
+    pub fn record(&self, node_id: &str, at: UnixMs) {
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let last = seen.entry(node_id.to_string()).or_insert(at);
+        *last = (*last).max(at);
+    }
+
+    /// A copy of the times heard, to decide on without holding the lock.
+    pub fn snapshot(&self) -> HashMap<String, UnixMs> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
 }

@@ -1,8 +1,9 @@
 //! The dispatcher's decisions: which tasks a node's agent must know about,
-//! and which of an agent's status reports are worth a raft write.
+//! which of an agent's status reports are worth a raft write, and which
+//! nodes are down because their heartbeats stopped.
 //!
-//! The transport (the in-process link on one node, agent sessions over the
-//! network later) is glue around these functions.
+//! The transport (agent sessions, in the node crate) and the node watcher
+//! loop ([`crate::NodeWatcher`]) are glue around these functions.
 
 use std::collections::BTreeSet;
 
@@ -66,16 +67,23 @@ pub fn expired_nodes(
         .nodes
         .values()
         .filter(|n| n.state == NodeState::Ready)
-        .filter(|n| {
-            let seen = last_seen
-                .get(&n.id)
-                .copied()
-                .unwrap_or(since_ms)
-                .max(since_ms);
-            now_ms.saturating_sub(seen) > timeout_ms
-        })
+        .filter(|n| now_ms.saturating_sub(heard_at(last_seen, &n.id, since_ms)) > timeout_ms)
         .map(|n| n.id.clone())
         .collect()
+}
+
+/// When `node_id` counts as last heard from: its last heartbeat to this
+/// leader, but no earlier than `since_ms`, when this leader started.
+fn heard_at(
+    last_seen: &std::collections::HashMap<String, UnixMs>,
+    node_id: &str,
+    since_ms: UnixMs,
+) -> UnixMs {
+    last_seen
+        .get(node_id)
+        .copied()
+        .unwrap_or(since_ms)
+        .max(since_ms)
 }
 
 /// The tasks on `node_ids` that are placed and not ended, reported
@@ -95,6 +103,55 @@ pub fn orphan_updates(state: &State, node_ids: &[String], now_ms: UnixMs) -> Vec
             }
         })
         .collect()
+}
+
+/// One round of the node watcher's decision.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct NodesDown {
+    /// Ready nodes whose heartbeats stopped: to be marked down.
+    pub down: Vec<String>,
+    /// Orphaned statuses for the live tasks on those nodes and on nodes
+    /// already down, so that a failed proposal is retried next round.
+    pub orphans: Vec<TaskStatusUpdate>,
+    /// When the next ready node expires unless it is heard from first.
+    pub next_expiry: Option<UnixMs>,
+}
+
+/// Which nodes to declare down at `now_ms`, which tasks to orphan, and
+/// when to look again; see [`expired_nodes`] for `last_seen`, `since_ms`
+/// and `timeout_ms`.
+pub fn nodes_down(
+    state: &State,
+    last_seen: &std::collections::HashMap<String, UnixMs>,
+    now_ms: UnixMs,
+    since_ms: UnixMs,
+    timeout_ms: u64,
+) -> NodesDown {
+    let down = expired_nodes(state, last_seen, now_ms, since_ms, timeout_ms);
+    let mut gone: Vec<String> = state
+        .nodes
+        .values()
+        .filter(|n| n.state == NodeState::Down)
+        .map(|n| n.id.clone())
+        .collect();
+    gone.extend(down.iter().cloned());
+    let orphans = orphan_updates(state, &gone, now_ms);
+    let next_expiry = state
+        .nodes
+        .values()
+        .filter(|n| n.state == NodeState::Ready && !down.contains(&n.id))
+        // Expired once more than the timeout has passed.
+        .map(|n| {
+            heard_at(last_seen, &n.id, since_ms)
+                .saturating_add(timeout_ms)
+                .saturating_add(1)
+        })
+        .min();
+    NodesDown {
+        down,
+        orphans,
+        next_expiry,
+    }
 }
 
 #[cfg(test)]
@@ -247,5 +304,43 @@ mod tests {
             .map(|u| u.task_id)
             .collect();
         assert_eq!(ids, ["a", "d"]);
+    }
+
+    #[test]
+    fn down_nodes_tasks_are_orphaned_and_the_next_expiry_is_known() {
+        let mut s = state(vec![
+            task("a", Some("n1"), TaskState::Running),
+            task("b", Some("n2"), TaskState::Running),
+            task("c", Some("n3"), TaskState::Assigned),
+            task("d", Some("n3"), TaskState::Complete),
+        ]);
+        for (id, st) in [
+            ("n1", NodeState::Ready),
+            ("n2", NodeState::Ready),
+            ("n3", NodeState::Down),
+        ] {
+            s.nodes.insert(id.into(), node(id, st));
+        }
+        let seen: std::collections::HashMap<String, UnixMs> =
+            [("n1".to_string(), 9_000), ("n2".to_string(), 6_000)].into();
+        let round = nodes_down(&s, &seen, 10_000, 5_000, 3_000);
+        assert_eq!(round.down, ["n2"]);
+        // n3 was marked down before: its live task is orphaned too.
+        let ids: Vec<&str> = round.orphans.iter().map(|u| u.task_id.as_str()).collect();
+        assert_eq!(ids, ["b", "c"]);
+        assert!(round
+            .orphans
+            .iter()
+            .all(|u| u.status.state == TaskState::Orphaned && u.status.timestamp == 10_000));
+        assert_eq!(round.next_expiry, Some(12_001), "n1, heard at 9 000");
+        // Before anyone expires: nothing to do, and when to look again.
+        let quiet = nodes_down(&s, &seen, 8_000, 5_000, 3_000);
+        assert!(quiet.down.is_empty());
+        assert_eq!(quiet.next_expiry, Some(9_001), "n2, heard at 6 000");
+        assert_eq!(
+            nodes_down(&s, &seen, 8_000, 5_000, 3_000).orphans.len(),
+            1,
+            "only n3's task"
+        );
     }
 }

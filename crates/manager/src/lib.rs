@@ -1,9 +1,10 @@
 //! The manager's control loops: the orchestrator, which decides which tasks
-//! should exist, and the scheduler, which decides where they run.
+//! should exist, the scheduler, which decides where they run, and the node
+//! watcher, which declares nodes down when their heartbeats stop.
 //!
-//! As in swarmkit, the two never call each other: each reads the replicated
+//! As in swarmkit, the loops never call each other: each reads the replicated
 //! [`flotilla_store::State`] and proposes commands through raft, and each
-//! learns of the other's work only through the store. As in nomad, the
+//! learns of the others' work only through the store. As in nomad, the
 //! decisions are plain functions over a state snapshot that take the time
 //! as an argument, so they are tested without sockets, sleeps or a runtime;
 //! the loops around them are thin.
@@ -14,13 +15,14 @@
 //! - [`scheduler`]: [`schedule`], the pure decision of which node each
 //!   waiting task goes to (filters, spread), and why a task cannot be placed.
 //! - [`dispatcher`]: which tasks an agent must run, which status reports
-//!   move the store forward.
+//!   move the store forward, which nodes are down.
 //! - [`rebalance`]: moving tasks, one at a time, to nodes that joined or
 //!   came back.
 //! - [`access`]: what the loops need from outside: [`StoreView`],
-//!   [`Proposer`], [`Clock`].
-//! - [`loops`]: [`Orchestrator`] and [`Scheduler`], the async shells that
-//!   wake on store changes, decide, and propose.
+//!   [`Proposer`], [`Clock`], [`Heartbeats`].
+//! - [`loops`]: [`Orchestrator`], [`Scheduler`], [`Rebalancer`] and
+//!   [`NodeWatcher`], the async shells that wake on store changes (or a
+//!   due time), decide, and propose.
 
 pub mod access;
 pub mod dispatcher;
@@ -32,7 +34,9 @@ pub mod scheduler;
 #[cfg(test)]
 mod testutil;
 
-pub use access::{Clock, ProposeError, ProposeFuture, Proposer, StoreView, SystemClock};
-pub use loops::{Orchestrator, Rebalancer, Scheduler};
+pub use access::{
+    Clock, Heartbeats, ProposeError, ProposeFuture, Proposer, StoreView, SystemClock,
+};
+pub use loops::{NodeWatcher, Orchestrator, Rebalancer, Scheduler};
 pub use orchestrator::{reconcile, Reconciliation};
 pub use scheduler::{schedule, Schedule};

@@ -1,5 +1,6 @@
-//! The orchestrator and scheduler loops: thin async shells around the pure
-//! decisions in [`crate::orchestrator`] and [`crate::scheduler`].
+//! The leader's loops: thin async shells around the pure decisions in
+//! [`crate::orchestrator`], [`crate::scheduler`], [`crate::rebalance`] and
+//! [`crate::dispatcher::nodes_down`] (the node watcher).
 //!
 //! Each loop waits for the store to change (or for a due restart, or a
 //! safety tick), computes its decision under a read lock, drops the lock,
@@ -12,10 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_store::{Command, State, StoreError};
-use flotilla_types::{new_id, DesiredState, UnixMs};
+use flotilla_types::{new_id, DesiredState, NodeState, UnixMs};
 use tokio_util::sync::CancellationToken;
 
-use crate::access::{Clock, ProposeError, Proposer, StoreView};
+use crate::access::{Clock, Heartbeats, ProposeError, Proposer, StoreView};
+use crate::dispatcher::nodes_down;
 use crate::orchestrator::{reconcile, Reconciliation};
 use crate::scheduler::{pending_reason_updates, schedule};
 
@@ -132,6 +134,79 @@ impl Rebalancer {
         };
         run_loop(
             "rebalancer",
+            self.view,
+            self.proposer,
+            self.clock,
+            shutdown,
+            decide,
+        )
+        .await;
+    }
+}
+
+/// Declares nodes down when their heartbeats stop, and orphans their tasks
+/// so that the orchestrator replaces them at once.
+pub struct NodeWatcher {
+    view: StoreView,
+    proposer: Arc<dyn Proposer>,
+    clock: Arc<dyn Clock>,
+    heartbeats: Heartbeats,
+    timeout: Duration,
+}
+
+impl NodeWatcher {
+    /// `heartbeats` is what the dispatcher's sessions record; a node not
+    /// heard from for longer than `timeout` is down.
+    pub fn new(
+        view: StoreView,
+        proposer: Arc<dyn Proposer>,
+        clock: Arc<dyn Clock>,
+        heartbeats: Heartbeats,
+        timeout: Duration,
+    ) -> Self {
+        NodeWatcher {
+            view,
+            proposer,
+            clock,
+            heartbeats,
+            timeout,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled. Time counts from the start: a
+    /// new leader gives every node a full timeout, whatever the store's
+    /// `last_seen` says, before it declares any down.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let since = self.clock.now_ms();
+        let timeout_ms = u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX);
+        let heartbeats = self.heartbeats;
+        let decide = move |state: &State, now: UnixMs| {
+            let round = nodes_down(state, &heartbeats.snapshot(), now, since, timeout_ms);
+            let mut commands = Vec::new();
+            if !round.down.is_empty() {
+                tracing::warn!(nodes = ?round.down, "nodes stopped sending heartbeats: marking them down");
+                commands.push(Command::SetNodeState {
+                    node_ids: round.down,
+                    state: NodeState::Down,
+                    at: now,
+                });
+            }
+            if !round.orphans.is_empty() {
+                tracing::info!(
+                    tasks = round.orphans.len(),
+                    "orphaning the tasks of down nodes"
+                );
+                commands.push(Command::UpdateTaskStatus {
+                    updates: round.orphans,
+                });
+            }
+            Plan {
+                commands,
+                next_wakeup: round.next_expiry,
+            }
+        };
+        run_loop(
+            "node watcher",
             self.view,
             self.proposer,
             self.clock,
@@ -312,6 +387,8 @@ fn command_kind(command: &Command) -> &'static str {
         Command::SetPendingReason { .. } => "set_pending_reason",
         Command::SetUpdateStatus { .. } => "set_update_status",
         Command::RollbackService { .. } => "rollback_service",
+        Command::SetNodeState { .. } => "set_node_state",
+        Command::UpdateTaskStatus { .. } => "update_task_status",
         _ => "other",
     }
 }

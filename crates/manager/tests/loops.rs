@@ -1,13 +1,15 @@
-//! The orchestrator and scheduler loops against an in-memory fake of raft:
-//! proposals are applied to the shared state at once and the applied index
-//! is bumped, as the raft crate does after a commit.
+//! The leader's loops (orchestrator, scheduler, node watcher) against an
+//! in-memory fake of raft: proposals are applied to the shared state at
+//! once and the applied index is bumped, as the raft crate does after a
+//! commit. Time is tokio's, paused: no test sleeps for real.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use flotilla_manager::{
-    Clock, Orchestrator, ProposeError, ProposeFuture, Proposer, Scheduler, StoreView,
+    Clock, Heartbeats, NodeWatcher, Orchestrator, ProposeError, ProposeFuture, Proposer, Scheduler,
+    StoreView,
 };
 use flotilla_store::{Command, CommandResult, State, TaskStatusUpdate};
 use flotilla_types::{
@@ -18,12 +20,17 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// Which proposals a test picks out.
+type CommandKind = fn(&Command) -> bool;
+
 struct FakeRaft {
     state: Arc<RwLock<State>>,
     applied: watch::Sender<u64>,
     log: Mutex<Vec<Command>>,
     /// Proposals still to refuse before accepting any.
     failures: AtomicUsize,
+    /// When set, only proposals it matches count against `failures`.
+    fail_only: Mutex<Option<CommandKind>>,
     error: ProposeError,
     calls: AtomicUsize,
     /// Committed just before the next `SetUpdateStatus` proposal, as a
@@ -41,6 +48,7 @@ impl FakeRaft {
             applied,
             log: Mutex::new(Vec::new()),
             failures: AtomicUsize::new(failures),
+            fail_only: Mutex::new(None),
             error,
             calls: AtomicUsize::new(0),
             race: Mutex::new(None),
@@ -83,7 +91,7 @@ impl FakeRaft {
         self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn count(&self, kind: fn(&Command) -> bool) -> usize {
+    fn count(&self, kind: CommandKind) -> usize {
         self.log
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -97,10 +105,12 @@ impl Proposer for FakeRaft {
     fn propose(&self, command: Command) -> ProposeFuture<'_> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
-            let refuse = self
-                .failures
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
+            let only = *self.fail_only.lock().unwrap_or_else(|e| e.into_inner());
+            let refuse = only.is_none_or(|f| f(&command))
+                && self
+                    .failures
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
             if refuse {
                 return Err(self.error.clone());
             }
@@ -478,5 +488,203 @@ async fn a_stale_update_status_is_dropped_and_the_newer_update_completes() {
         raft.count(|c| matches!(c, Command::SetUpdateStatus { .. })),
         2
     );
+    stop(running).await;
+}
+
+const NODE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Nodes `n1` and `n2`, each running one task of service `s1`, last seen
+/// (as the store says) long ago; and the node watcher running.
+fn start_watcher(raft: &Arc<FakeRaft>, heartbeats: &Heartbeats) -> Running {
+    raft.commit(Command::InitCluster {
+        cluster: Cluster::bare("c1", 0),
+        node: node("n1"),
+    });
+    raft.commit(Command::UpsertNode { node: node("n2") });
+    raft.commit(Command::CreateService {
+        id: "s1".into(),
+        spec: spec(2, RestartPolicy::default()),
+        at: 0,
+    });
+    let placed = |id: &str, slot, on: &str| flotilla_types::Task {
+        id: id.into(),
+        service_id: "s1".into(),
+        service_name: "web".into(),
+        slot,
+        node_id: Some(on.into()),
+        desired_state: DesiredState::Running,
+        status: TaskStatus::new(TaskState::Running, 0, "running"),
+        spec: spec(2, RestartPolicy::default()).task,
+        service_version: 3,
+        created_at: 0,
+        created_index: 0,
+        restart_history: vec![],
+    };
+    raft.commit(Command::CreateTasks {
+        tasks: vec![placed("t1", 1, "n1"), placed("t2", 2, "n2")],
+    });
+    let clock = Arc::new(TestClock {
+        start: tokio::time::Instant::now(),
+    });
+    let token = CancellationToken::new();
+    let watcher = NodeWatcher::new(
+        raft.view(),
+        raft.clone(),
+        clock.clone(),
+        heartbeats.clone(),
+        NODE_TIMEOUT,
+    );
+    Running {
+        handles: vec![tokio::spawn(watcher.run(token.clone()))],
+        token,
+        clock,
+    }
+}
+
+/// Plays `node`'s agent: a heartbeat every 500 ms while `until` holds of
+/// the time since the test started.
+fn spawn_heartbeats(
+    running: &mut Running,
+    heartbeats: &Heartbeats,
+    node: &'static str,
+    until: fn(Duration) -> bool,
+) {
+    let heartbeats = heartbeats.clone();
+    let clock = running.clock.clone();
+    let token = running.token.clone();
+    running.handles.push(tokio::spawn(async move {
+        while !token.is_cancelled() && until(clock.start.elapsed()) {
+            heartbeats.record(node, clock.now_ms());
+            tokio::select! {
+                _ = token.cancelled() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }));
+}
+
+fn node_state(state: &State, id: &str) -> NodeState {
+    state.nodes[id].state
+}
+
+fn task_state(state: &State, id: &str) -> TaskState {
+    state.tasks[id].status.state
+}
+
+/// At `at` since the start, `n2` and its task are still up.
+async fn still_up_at(raft: &FakeRaft, start: tokio::time::Instant, at: Duration) {
+    tokio::time::sleep_until(start + at).await;
+    let state = raft.state();
+    assert_eq!(node_state(&state, "n2"), NodeState::Ready, "at {at:?}");
+    assert_eq!(task_state(&state, "t2"), TaskState::Running, "at {at:?}");
+}
+
+/// `n2` is down and its task orphaned within `limit`.
+async fn n2_goes_down(raft: &FakeRaft, limit: Duration) -> bool {
+    until(raft, limit, |s| {
+        node_state(s, "n2") == NodeState::Down && task_state(s, "t2") == TaskState::Orphaned
+    })
+    .await
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_node_whose_heartbeats_stop_is_marked_down_after_the_timeout() {
+    let raft = FakeRaft::new(0, ProposeError::NotLeader);
+    let heartbeats = Heartbeats::new();
+    let mut running = start_watcher(&raft, &heartbeats);
+    let start = running.clock.start;
+    spawn_heartbeats(&mut running, &heartbeats, "n1", |_| true);
+    // n2's last heartbeat is at 2 s.
+    spawn_heartbeats(&mut running, &heartbeats, "n2", |t| {
+        t <= Duration::from_secs(2)
+    });
+
+    still_up_at(&raft, start, Duration::from_millis(4_900)).await;
+    assert!(n2_goes_down(&raft, Duration::from_millis(300)).await);
+    let state = raft.state();
+    let status = &state.tasks["t2"].status;
+    assert_eq!(status.message, "node down");
+    assert!(status.timestamp >= running.clock.now_ms() - 300);
+    assert_eq!(state.nodes["n2"].last_seen, status.timestamp);
+    // The node that kept sending heartbeats, and its task, are untouched.
+    assert_eq!(node_state(&state, "n1"), NodeState::Ready);
+    assert_eq!(task_state(&state, "t1"), TaskState::Running);
+    // Marked down once, orphaned once.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(raft.count(|c| matches!(c, Command::SetNodeState { .. })), 1);
+    assert_eq!(
+        raft.count(|c| matches!(c, Command::UpdateTaskStatus { .. })),
+        1
+    );
+    stop(running).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn nodes_that_keep_sending_heartbeats_stay_ready() {
+    let raft = FakeRaft::new(0, ProposeError::NotLeader);
+    let heartbeats = Heartbeats::new();
+    let mut running = start_watcher(&raft, &heartbeats);
+    spawn_heartbeats(&mut running, &heartbeats, "n1", |_| true);
+    spawn_heartbeats(&mut running, &heartbeats, "n2", |_| true);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let state = raft.state();
+    for n in ["n1", "n2"] {
+        assert_eq!(node_state(&state, n), NodeState::Ready);
+    }
+    for t in ["t1", "t2"] {
+        assert_eq!(task_state(&state, t), TaskState::Running);
+    }
+    assert_eq!(raft.calls.load(Ordering::SeqCst), 0);
+    stop(running).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_new_watcher_gives_every_node_a_full_timeout() {
+    let raft = FakeRaft::new(0, ProposeError::NotLeader);
+    let heartbeats = Heartbeats::new();
+    // Heard from long before this loop started (an earlier term as
+    // leader); the store's last_seen is older still (0).
+    heartbeats.record("n2", 1_000_000 - 60_000);
+    // Time passes before the loop starts: it counts from its start.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let mut running = start_watcher(&raft, &heartbeats);
+    let start = running.clock.start;
+    spawn_heartbeats(&mut running, &heartbeats, "n1", |_| true);
+
+    still_up_at(&raft, start, NODE_TIMEOUT - Duration::from_millis(10)).await;
+    assert!(n2_goes_down(&raft, Duration::from_millis(300)).await);
+    assert_eq!(node_state(&raft.state(), "n1"), NodeState::Ready);
+    stop(running).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_node_watcher_proposals_are_retried() {
+    let raft = FakeRaft::new(2, ProposeError::Other("disk full".into()));
+    let heartbeats = Heartbeats::new();
+    let mut running = start_watcher(&raft, &heartbeats);
+    spawn_heartbeats(&mut running, &heartbeats, "n1", |_| true);
+    // Marking n2 down fails twice, then goes through.
+    assert!(n2_goes_down(&raft, NODE_TIMEOUT + Duration::from_secs(2)).await);
+    assert_eq!(raft.calls.load(Ordering::SeqCst), 4);
+    assert_eq!(node_state(&raft.state(), "n1"), NodeState::Ready);
+    stop(running).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn orphaning_is_retried_once_the_node_is_already_down() {
+    let raft = FakeRaft::new(1, ProposeError::Other("disk full".into()));
+    *raft.fail_only.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some(|c| matches!(c, Command::UpdateTaskStatus { .. }));
+    let heartbeats = Heartbeats::new();
+    let mut running = start_watcher(&raft, &heartbeats);
+    spawn_heartbeats(&mut running, &heartbeats, "n1", |_| true);
+    assert!(n2_goes_down(&raft, NODE_TIMEOUT + Duration::from_secs(2)).await);
+    // The node was marked down once; the orphaning took a second try.
+    assert_eq!(raft.count(|c| matches!(c, Command::SetNodeState { .. })), 1);
+    assert_eq!(
+        raft.count(|c| matches!(c, Command::UpdateTaskStatus { .. })),
+        1
+    );
+    assert_eq!(raft.calls.load(Ordering::SeqCst), 3);
     stop(running).await;
 }

@@ -1,26 +1,24 @@
 //! The leader's dispatcher: agent sessions (heartbeats, status reports,
-//! assignments) and declaring nodes down when their heartbeats stop.
+//! assignments).
 //!
 //! Every node's agent, the leader's own included, talks to it through
 //! [`Dispatcher::session`]; remote agents reach it over the cluster port.
+//! Sessions record heartbeats into [`Heartbeats`], which the manager's
+//! [`flotilla_manager::NodeWatcher`] reads to declare nodes down. Writes go
+//! through a [`Proposer`] and times come from a [`Clock`], so that nothing
+//! here needs raft itself beyond [`Leadership`].
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
-use flotilla_manager::dispatcher::{
-    assignments_for, expired_nodes, orphan_updates, useful_updates,
-};
-use flotilla_manager::StoreView;
-use flotilla_raft::{RaftError, RaftNode};
+use flotilla_manager::dispatcher::{assignments_for, useful_updates};
+use flotilla_manager::{Clock, Heartbeats, ProposeError, Proposer, StoreView};
+use flotilla_raft::RaftNode;
 use flotilla_store::{Command, State};
 use flotilla_types::{NodeRole, NodeState, Task};
 
-use super::now_ms;
 use super::wire::{NodeAssignments, SessionRequest, SessionResponse};
 
 /// How long a node may go without a heartbeat before it is down, unless
@@ -38,7 +36,7 @@ pub enum SessionError {
     #[error("a node may only speak for itself (certificate of {cert}, request for {claimed})")]
     WrongNode { cert: String, claimed: String },
     #[error(transparent)]
-    Raft(#[from] RaftError),
+    Propose(#[from] ProposeError),
     #[error(transparent)]
     Store(#[from] flotilla_store::StoreError),
 }
@@ -75,31 +73,70 @@ pub fn manager_addrs(state: &State) -> Vec<String> {
         .collect()
 }
 
+/// What the dispatcher needs to know of raft: whether this node leads,
+/// and which node does.
+pub trait Leadership: Send + Sync {
+    fn is_leader(&self) -> bool;
+    /// The leader's raft ID, when one is known.
+    fn leader(&self) -> Option<u64>;
+}
+
+impl Leadership for RaftNode {
+    fn is_leader(&self) -> bool {
+        RaftNode::is_leader(self)
+    }
+
+    fn leader(&self) -> Option<u64> {
+        RaftNode::leader(self)
+    }
+}
+
 /// The leader's side of agent sessions.
 pub struct Dispatcher {
-    raft: Arc<RaftNode>,
+    leadership: Arc<dyn Leadership>,
     view: StoreView,
-    last_seen: Mutex<HashMap<String, u64>>,
+    proposer: Arc<dyn Proposer>,
+    clock: Arc<dyn Clock>,
+    heartbeats: Heartbeats,
     node_timeout: Duration,
 }
 
 impl Dispatcher {
-    pub fn new(raft: Arc<RaftNode>, view: StoreView, node_timeout: Duration) -> Self {
+    pub fn new(
+        leadership: Arc<dyn Leadership>,
+        view: StoreView,
+        proposer: Arc<dyn Proposer>,
+        clock: Arc<dyn Clock>,
+        node_timeout: Duration,
+    ) -> Self {
         Dispatcher {
-            raft,
+            leadership,
             view,
-            last_seen: Mutex::new(HashMap::new()),
+            proposer,
+            clock,
+            heartbeats: Heartbeats::new(),
             node_timeout,
         }
     }
 
+    /// The heartbeats this dispatcher's sessions record, for the
+    /// [`flotilla_manager::NodeWatcher`].
+    pub fn heartbeats(&self) -> Heartbeats {
+        self.heartbeats.clone()
+    }
+
+    /// How long a node may go without a heartbeat before it is down.
+    pub fn node_timeout(&self) -> Duration {
+        self.node_timeout
+    }
+
     fn leader_addr(&self) -> Option<String> {
-        leader_addr(&self.view.read(), self.raft.leader()?)
+        leader_addr(&self.view.read(), self.leadership.leader()?)
     }
 
     /// One session round for `req.node_id`.
     pub async fn session(&self, req: SessionRequest) -> Result<SessionResponse, SessionError> {
-        if !self.raft.is_leader() {
+        if !self.leadership.is_leader() {
             return Ok(SessionResponse {
                 redirect: Some(self.leader_addr().unwrap_or_default()),
                 version: 0,
@@ -113,21 +150,20 @@ impl Dispatcher {
         let Some(node) = node else {
             return Err(SessionError::UnknownNode(req.node_id));
         };
-        if let Ok(mut seen) = self.last_seen.lock() {
-            seen.insert(req.node_id.clone(), now_ms());
-        }
+        let now = self.clock.now_ms();
+        self.heartbeats.record(&req.node_id, now);
         if node.state != NodeState::Ready
             || (!req.addr.is_empty() && node.addr != req.addr)
             || node.version != req.version
             || node.api_addr != req.api_addr
         {
-            self.raft
+            self.proposer
                 .propose(Command::NodeSeen {
                     node_id: req.node_id.clone(),
                     addr: req.addr.clone(),
                     api_addr: req.api_addr.clone(),
                     version: req.version.clone(),
-                    at: now_ms(),
+                    at: now,
                 })
                 .await??;
         }
@@ -135,7 +171,7 @@ impl Dispatcher {
             let updates = useful_updates(&self.view.read(), req.reports);
             if !updates.is_empty() {
                 let _ = self
-                    .raft
+                    .proposer
                     .propose(Command::UpdateTaskStatus { updates })
                     .await?;
             }
@@ -169,7 +205,7 @@ impl Dispatcher {
                 });
             }
             let changed = tokio::time::timeout_at(deadline, applied.changed()).await;
-            if !matches!(changed, Ok(Ok(()))) || !self.raft.is_leader() {
+            if !matches!(changed, Ok(Ok(()))) || !self.leadership.is_leader() {
                 return Ok(SessionResponse {
                     redirect: None,
                     version,
@@ -178,61 +214,6 @@ impl Dispatcher {
                     role: Some(role),
                     raft_id,
                 });
-            }
-        }
-    }
-
-    /// Declares nodes down when their heartbeats stop, and orphans their
-    /// tasks so that the orchestrator replaces them at once.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let since = now_ms();
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let now = now_ms();
-            let (down, orphans) = {
-                let seen = match self.last_seen.lock() {
-                    Ok(s) => s.clone(),
-                    Err(p) => p.into_inner().clone(),
-                };
-                let state = self.view.read();
-                let down = expired_nodes(
-                    &state,
-                    &seen,
-                    now,
-                    since,
-                    self.node_timeout.as_millis() as u64,
-                );
-                let orphans = orphan_updates(&state, &down, now);
-                (down, orphans)
-            };
-            if down.is_empty() {
-                continue;
-            }
-            tracing::warn!(nodes = ?down, tasks = orphans.len(), "nodes stopped sending heartbeats: marking them down");
-            let marked = self
-                .raft
-                .propose(Command::SetNodeState {
-                    node_ids: down,
-                    state: NodeState::Down,
-                    at: now,
-                })
-                .await;
-            if let Err(e) = marked {
-                tracing::warn!(error = %e, "could not mark nodes down");
-                continue;
-            }
-            if !orphans.is_empty() {
-                if let Err(e) = self
-                    .raft
-                    .propose(Command::UpdateTaskStatus { updates: orphans })
-                    .await
-                {
-                    tracing::warn!(error = %e, "could not orphan the tasks of down nodes");
-                }
             }
         }
     }

@@ -46,7 +46,16 @@ pub(crate) async fn lead_while_leader(
                         .run(token.clone()),
                 );
                 tokio::spawn(Rebalancer::new(view.clone(), proposer, clock).run(token.clone()));
-                tokio::spawn(dispatcher.clone().run(token.clone()));
+                tokio::spawn(
+                    flotilla_manager::NodeWatcher::new(
+                        view.clone(),
+                        Arc::new(RaftProposer(raft.clone())),
+                        Arc::new(SystemClock),
+                        dispatcher.heartbeats(),
+                        dispatcher.node_timeout(),
+                    )
+                    .run(token.clone()),
+                );
                 tokio::spawn(refresh_own_node(
                     raft.clone(),
                     member.identity.node_id.clone(),

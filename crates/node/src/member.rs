@@ -85,6 +85,8 @@ impl NodeCtx {
                     state: r.state(),
                     applied: r.applied(),
                 },
+                Arc::new(RaftProposer(r.clone())),
+                Arc::new(flotilla_manager::SystemClock),
                 self.node_timeout,
             ))
         });

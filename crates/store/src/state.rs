@@ -1,13 +1,22 @@
 //! The tables and the deterministic apply function.
+//!
+//! [`State::apply`] is a table from [`Command`] to one function each,
+//! grouped by the table they write: `cluster`, `nodes`, `services`,
+//! `tasks`. Each function documents its rule. Rows are inserted and
+//! removed through `table`, which records the [`Change`] as it goes; a
+//! row changed in place records it with `table::touched`.
+
+mod cluster;
+mod nodes;
+mod services;
+mod table;
+mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use flotilla_types::{
-    Cluster, DesiredState, Node, NodeRole, NodeState, Service, Task, TaskState, TaskStatus,
-    UpdateState, UpdateStatus,
-};
+use flotilla_types::{Cluster, Node, Service, Task};
 
 use crate::command::{Command, CommandResult};
 use crate::error::StoreError;
@@ -72,379 +81,73 @@ impl State {
         (result, changes)
     }
 
+    /// One function per command; see each for its rule. `changes` gets
+    /// every object the command touched. A refused command touches
+    /// nothing: each function checks before it writes.
     fn apply_inner(
         &mut self,
         index: u64,
         command: &Command,
         changes: &mut Vec<Change>,
     ) -> CommandResult {
+        let c = changes;
         match command {
-            Command::InitCluster { cluster, node } => {
-                if self.cluster.is_some() {
-                    return Err(StoreError::AlreadyInitialized);
-                }
-                let mut cluster = cluster.clone();
-                cluster.next_raft_id = cluster.next_raft_id.max(node.raft_id + 1);
-                let id = cluster.id.clone();
-                self.cluster = Some(cluster);
-                changes.push(Change::Cluster);
-                self.nodes.insert(node.id.clone(), node.clone());
-                changes.push(Change::Node(node.id.clone()));
-                Ok(Some(id))
-            }
-            Command::UpsertNode { node } => {
-                self.require_cluster()?;
-                self.nodes.insert(node.id.clone(), node.clone());
-                changes.push(Change::Node(node.id.clone()));
-                Ok(Some(node.id.clone()))
-            }
-            Command::JoinNode { node } => {
-                if self.nodes.contains_key(&node.id) {
-                    return Err(StoreError::NodeExists(node.id.clone()));
-                }
-                let cluster = self.cluster.as_mut().ok_or(StoreError::NotInitialized)?;
-                let mut node = node.clone();
-                node.raft_id = match node.role {
-                    NodeRole::Manager => {
-                        let id = cluster.next_raft_id;
-                        cluster.next_raft_id += 1;
-                        changes.push(Change::Cluster);
-                        id
-                    }
-                    NodeRole::Worker => 0,
-                };
-                changes.push(Change::Node(node.id.clone()));
-                let id = node.id.clone();
-                self.nodes.insert(id.clone(), node);
-                Ok(Some(id))
-            }
-            Command::RotateJoinSecret { role, secret } => {
-                let cluster = self.cluster.as_mut().ok_or(StoreError::NotInitialized)?;
-                match role {
-                    NodeRole::Manager => cluster.manager_secret = secret.clone(),
-                    NodeRole::Worker => cluster.worker_secret = secret.clone(),
-                }
-                changes.push(Change::Cluster);
-                Ok(None)
-            }
+            Command::InitCluster { cluster, node } => self.init_cluster(cluster, node, c),
+            Command::RotateJoinSecret { role, secret } => self.rotate_join_secret(*role, secret, c),
+            Command::UpsertNode { node } => self.upsert_node(node, c),
+            Command::JoinNode { node } => self.join_node(node, c),
             Command::UpdateNode {
                 node_id,
                 availability,
                 name,
                 labels_add,
                 labels_rm,
-            } => {
-                if let Some(n) = name {
-                    if self
-                        .nodes
-                        .values()
-                        .any(|other| other.id != *node_id && other.name == *n)
-                    {
-                        return Err(StoreError::NodeExists(n.clone()));
-                    }
-                }
-                let node = self
-                    .nodes
-                    .get_mut(node_id)
-                    .ok_or_else(|| StoreError::NodeNotFound(node_id.clone()))?;
-                if let Some(a) = availability {
-                    node.availability = *a;
-                }
-                if let Some(n) = name {
-                    node.name = n.clone();
-                }
-                for k in labels_rm {
-                    node.labels.remove(k);
-                }
-                for (k, v) in labels_add {
-                    node.labels.insert(k.clone(), v.clone());
-                }
-                changes.push(Change::Node(node_id.clone()));
-                Ok(Some(node_id.clone()))
-            }
-            Command::SetNodeRole { node_id, role } => {
-                let cluster = self.cluster.as_mut().ok_or(StoreError::NotInitialized)?;
-                let node = self
-                    .nodes
-                    .get_mut(node_id)
-                    .ok_or_else(|| StoreError::NodeNotFound(node_id.clone()))?;
-                if node.role == *role {
-                    return Ok(None);
-                }
-                node.role = *role;
-                node.raft_id = match role {
-                    NodeRole::Manager => {
-                        let id = cluster.next_raft_id;
-                        cluster.next_raft_id += 1;
-                        changes.push(Change::Cluster);
-                        id
-                    }
-                    NodeRole::Worker => 0,
-                };
-                changes.push(Change::Node(node_id.clone()));
-                Ok(Some(node_id.clone()))
-            }
-            Command::RemoveNode { node_id, at } => {
-                if self.nodes.remove(node_id).is_none() {
-                    return Err(StoreError::NodeNotFound(node_id.clone()));
-                }
-                changes.push(Change::Node(node_id.clone()));
-                for task in self.tasks.values_mut() {
-                    if task.node_id.as_deref() == Some(node_id.as_str())
-                        && task.status.state.can_move_to(TaskState::Orphaned)
-                    {
-                        let mut status = TaskStatus::new(TaskState::Orphaned, *at, "node removed");
-                        status.error = Some("its node was removed from the cluster".into());
-                        task.status = status;
-                        changes.push(Change::Task(task.id.clone()));
-                    }
-                }
-                Ok(Some(node_id.clone()))
-            }
+            } => self.update_node(
+                node_id,
+                *availability,
+                name.as_deref(),
+                labels_add,
+                labels_rm,
+                c,
+            ),
+            Command::SetNodeRole { node_id, role } => self.set_node_role(node_id, *role, c),
+            Command::RemoveNode { node_id, at } => self.remove_node(node_id, *at, c),
             Command::NodeSeen {
                 node_id,
                 addr,
                 api_addr,
                 version,
                 at,
-            } => {
-                let node = self
-                    .nodes
-                    .get_mut(node_id)
-                    .ok_or_else(|| StoreError::NodeNotFound(node_id.clone()))?;
-                node.state = NodeState::Ready;
-                node.last_seen = node.last_seen.max(*at);
-                if !addr.is_empty() {
-                    node.addr = addr.clone();
-                }
-                node.api_addr = api_addr.clone();
-                node.version = version.clone();
-                changes.push(Change::Node(node_id.clone()));
-                Ok(None)
-            }
+            } => self.node_seen(node_id, addr, api_addr, version, *at, c),
             Command::SetNodeState {
                 node_ids,
                 state,
                 at,
-            } => {
-                for id in node_ids {
-                    if let Some(node) = self.nodes.get_mut(id) {
-                        if node.state != *state {
-                            node.state = *state;
-                            node.last_seen = node.last_seen.max(*at);
-                            changes.push(Change::Node(id.clone()));
-                        }
-                    }
-                }
-                Ok(None)
-            }
-            Command::CreateService { id, spec, at } => {
-                self.require_cluster()?;
-                if self.service(&spec.name).is_some() || self.services.contains_key(id) {
-                    return Err(StoreError::ServiceExists(spec.name.clone()));
-                }
-                self.services.insert(
-                    id.clone(),
-                    Service {
-                        id: id.clone(),
-                        spec: spec.clone(),
-                        version: index,
-                        created_at: *at,
-                        updated_at: *at,
-                        previous_spec: None,
-                        update_status: None,
-                    },
-                );
-                changes.push(Change::Service(id.clone()));
-                Ok(Some(id.clone()))
-            }
+            } => self.set_node_state(node_ids, *state, *at, c),
+            Command::CreateService { id, spec, at } => self.create_service(index, id, spec, *at, c),
             Command::UpdateService {
                 id,
                 spec,
                 expected_version,
                 at,
-            } => {
-                let renamed_to_taken = self
-                    .services
-                    .values()
-                    .any(|s| s.id != *id && s.spec.name == spec.name);
-                let service = self
-                    .services
-                    .get_mut(id)
-                    .ok_or_else(|| StoreError::ServiceNotFound(id.clone()))?;
-                if let Some(expected) = expected_version {
-                    if *expected != service.version {
-                        return Err(StoreError::VersionConflict {
-                            name: service.spec.name.clone(),
-                            expected: *expected,
-                            actual: service.version,
-                        });
-                    }
-                }
-                if renamed_to_taken {
-                    return Err(StoreError::ServiceExists(spec.name.clone()));
-                }
-                if service.spec.task != spec.task {
-                    // What `service rollback` returns to: the last spec
-                    // whose tasks differ, not a scale in between.
-                    service.previous_spec = Some(Box::new(service.spec.clone()));
-                    service.update_status = Some(UpdateStatus {
-                        state: UpdateState::Updating,
-                        started_at: *at,
-                        completed_at: None,
-                        message: "update in progress".into(),
-                        version: index,
-                    });
-                }
-                service.spec = spec.clone();
-                service.version = index;
-                service.updated_at = *at;
-                changes.push(Change::Service(id.clone()));
-                Ok(Some(id.clone()))
-            }
+            } => self.update_service(index, id, spec, *expected_version, *at, c),
             Command::RollbackService { id, at, reason } => {
-                let service = self
-                    .services
-                    .get_mut(id)
-                    .ok_or_else(|| StoreError::ServiceNotFound(id.clone()))?;
-                let previous = service
-                    .previous_spec
-                    .take()
-                    .ok_or_else(|| StoreError::NothingToRollBack(service.spec.name.clone()))?;
-                let mut spec = *previous;
-                // The name and the replica count are not part of what is
-                // rolled back, as in Swarm: a scale since stays.
-                spec.name = service.spec.name.clone();
-                spec.mode = service.spec.mode;
-                service.previous_spec = Some(Box::new(std::mem::replace(&mut service.spec, spec)));
-                service.version = index;
-                service.updated_at = *at;
-                service.update_status = Some(UpdateStatus {
-                    state: UpdateState::RollbackStarted,
-                    started_at: *at,
-                    completed_at: None,
-                    message: reason
-                        .clone()
-                        .unwrap_or_else(|| "manually requested rollback".into()),
-                    version: index,
-                });
-                changes.push(Change::Service(id.clone()));
-                Ok(Some(id.clone()))
+                self.rollback_service(index, id, *at, reason.as_deref(), c)
             }
             Command::SetUpdateStatus {
                 id,
                 version,
                 status,
-            } => {
-                let service = self
-                    .services
-                    .get_mut(id)
-                    .ok_or_else(|| StoreError::ServiceNotFound(id.clone()))?;
-                if service.version != *version {
-                    return Err(StoreError::VersionConflict {
-                        name: service.spec.name.clone(),
-                        expected: *version,
-                        actual: service.version,
-                    });
-                }
-                if service.update_status.as_ref() != Some(status) {
-                    service.update_status = Some(status.clone());
-                    changes.push(Change::Service(id.clone()));
-                }
-                Ok(Some(id.clone()))
-            }
-            Command::RemoveService { id, .. } => {
-                if self.services.remove(id).is_none() {
-                    return Err(StoreError::ServiceNotFound(id.clone()));
-                }
-                changes.push(Change::Service(id.clone()));
-                for task in self.tasks.values_mut().filter(|t| t.service_id == *id) {
-                    if task.desired_state != DesiredState::Shutdown {
-                        task.desired_state = DesiredState::Shutdown;
-                        changes.push(Change::Task(task.id.clone()));
-                    }
-                }
-                Ok(Some(id.clone()))
-            }
-            Command::CreateTasks { tasks } => {
-                for task in tasks {
-                    // A task of a service removed since the proposal is dropped:
-                    // nothing would ever clean it up.
-                    if !self.services.contains_key(&task.service_id)
-                        || self.tasks.contains_key(&task.id)
-                    {
-                        continue;
-                    }
-                    let mut task = task.clone();
-                    task.created_index = index;
-                    changes.push(Change::Task(task.id.clone()));
-                    self.tasks.insert(task.id.clone(), task);
-                }
-                Ok(None)
-            }
+            } => self.set_update_status(id, *version, status, c),
+            Command::RemoveService { id, .. } => self.remove_service(id, c),
+            Command::CreateTasks { tasks } => self.create_tasks(index, tasks, c),
             Command::SetDesiredState { task_ids, desired } => {
-                for id in task_ids {
-                    if let Some(task) = self.tasks.get_mut(id) {
-                        if task.desired_state != *desired {
-                            task.desired_state = *desired;
-                            changes.push(Change::Task(id.clone()));
-                        }
-                    }
-                }
-                Ok(None)
+                self.set_desired_state(task_ids, *desired, c)
             }
-            Command::AssignTasks { assignments, at } => {
-                for (task_id, node_id) in assignments {
-                    if !self.nodes.contains_key(node_id) {
-                        continue;
-                    }
-                    if let Some(task) = self.tasks.get_mut(task_id) {
-                        // Only a task still waiting for a node can be placed;
-                        // a stale proposal must not move a running task.
-                        if task.status.state <= TaskState::Pending
-                            && task.desired_state == DesiredState::Running
-                        {
-                            task.node_id = Some(node_id.clone());
-                            task.status = TaskStatus::new(TaskState::Assigned, *at, "assigned");
-                            changes.push(Change::Task(task_id.clone()));
-                        }
-                    }
-                }
-                Ok(None)
-            }
-            Command::SetPendingReason { reasons, at } => {
-                for (task_id, reason) in reasons {
-                    if let Some(task) = self.tasks.get_mut(task_id) {
-                        if task.status.state <= TaskState::Pending
-                            && (task.status.state != TaskState::Pending
-                                || task.status.message != *reason)
-                        {
-                            task.status = TaskStatus::new(TaskState::Pending, *at, reason.clone());
-                            changes.push(Change::Task(task_id.clone()));
-                        }
-                    }
-                }
-                Ok(None)
-            }
-            Command::UpdateTaskStatus { updates } => {
-                for update in updates {
-                    if let Some(task) = self.tasks.get_mut(&update.task_id) {
-                        if task.status.accepts(&update.status) {
-                            task.status = update.status.clone();
-                            changes.push(Change::Task(update.task_id.clone()));
-                        }
-                    }
-                }
-                Ok(None)
-            }
-            Command::DeleteTasks { task_ids } => {
-                for id in task_ids {
-                    if self.tasks.remove(id).is_some() {
-                        changes.push(Change::Task(id.clone()));
-                    }
-                }
-                Ok(None)
-            }
+            Command::AssignTasks { assignments, at } => self.assign_tasks(assignments, *at, c),
+            Command::SetPendingReason { reasons, at } => self.set_pending_reason(reasons, *at, c),
+            Command::UpdateTaskStatus { updates } => self.update_task_status(updates, c),
+            Command::DeleteTasks { task_ids } => self.delete_tasks(task_ids, c),
         }
     }
 
@@ -470,7 +173,8 @@ mod tests {
     use super::*;
     use crate::command::TaskStatusUpdate;
     use flotilla_types::{
-        Availability, Health, NodeRole, NodeState, ServiceMode, ServiceSpec, TaskTemplate,
+        Availability, DesiredState, Health, NodeRole, NodeState, ServiceMode, ServiceSpec,
+        TaskState, TaskStatus, TaskTemplate, UpdateState, UpdateStatus,
     };
 
     fn node(id: &str) -> Node {
@@ -946,5 +650,215 @@ mod tests {
         let json = serde_json::to_string(&s).expect("serialize");
         let back: State = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back, s);
+    }
+
+    #[test]
+    fn upsert_needs_a_cluster_and_replaces_the_record() {
+        let mut s = State::default();
+        assert_eq!(
+            s.apply(1, &Command::UpsertNode { node: node("n1") }).0,
+            Err(StoreError::NotInitialized)
+        );
+        let mut s = init();
+        let mut n1 = node("n1");
+        n1.version = "2".into();
+        n1.raft_id = 7;
+        let (r, changes) = s.apply(2, &Command::UpsertNode { node: n1.clone() });
+        assert_eq!(r, Ok(Some("n1".into())));
+        assert_eq!(changes, [Change::Node("n1".into())]);
+        assert_eq!(s.nodes["n1"], n1, "the whole record, raft ID included");
+    }
+
+    #[test]
+    fn rotating_a_secret_changes_only_that_role() {
+        let rotate = |role| Command::RotateJoinSecret {
+            role,
+            secret: "new".into(),
+        };
+        let mut s = State::default();
+        assert_eq!(
+            s.apply(1, &rotate(NodeRole::Worker)).0,
+            Err(StoreError::NotInitialized)
+        );
+        let mut s = init();
+        let before = s.cluster.clone().expect("cluster");
+        let (r, changes) = s.apply(2, &rotate(NodeRole::Worker));
+        assert_eq!(r, Ok(None));
+        assert_eq!(changes, [Change::Cluster]);
+        let after = s.cluster.clone().expect("cluster");
+        assert_eq!(after.worker_secret, "new");
+        assert_eq!(after.manager_secret, before.manager_secret);
+        let _ = s.apply(3, &rotate(NodeRole::Manager));
+        assert_eq!(
+            s.cluster.as_ref().map(|c| c.manager_secret.as_str()),
+            Some("new")
+        );
+    }
+
+    #[test]
+    fn promotion_takes_a_fresh_raft_id_and_demotion_drops_it() {
+        let mut s = init();
+        let mut w = node("w1");
+        w.role = NodeRole::Worker;
+        let _ = s.apply(2, &Command::JoinNode { node: w });
+        let role = |role| Command::SetNodeRole {
+            node_id: "w1".into(),
+            role,
+        };
+        let (r, changes) = s.apply(3, &role(NodeRole::Manager));
+        assert_eq!(r, Ok(Some("w1".into())));
+        assert_eq!(changes, [Change::Cluster, Change::Node("w1".into())]);
+        assert_eq!(s.nodes["w1"].raft_id, 2);
+        let (r, changes) = s.apply(4, &role(NodeRole::Manager));
+        assert_eq!(r, Ok(None), "already a manager");
+        assert!(changes.is_empty());
+        let (_, changes) = s.apply(5, &role(NodeRole::Worker));
+        assert_eq!(changes, [Change::Node("w1".into())]);
+        assert_eq!(s.nodes["w1"].raft_id, 0);
+        let _ = s.apply(6, &role(NodeRole::Manager));
+        assert_eq!(s.nodes["w1"].raft_id, 3, "raft IDs are never reused");
+        assert_eq!(
+            s.apply(
+                7,
+                &Command::SetNodeRole {
+                    node_id: "nope".into(),
+                    role: NodeRole::Manager
+                }
+            )
+            .0,
+            Err(StoreError::NodeNotFound("nope".into()))
+        );
+        assert_eq!(s.cluster.as_ref().map(|c| c.next_raft_id), Some(4));
+    }
+
+    #[test]
+    fn a_seen_node_is_ready_and_its_last_seen_never_moves_back() {
+        let mut s = init();
+        let _ = s.apply(
+            2,
+            &Command::SetNodeState {
+                node_ids: vec!["n1".into()],
+                state: NodeState::Down,
+                at: 50,
+            },
+        );
+        let seen = |addr: &str, api_addr: &str, at| Command::NodeSeen {
+            node_id: "n1".into(),
+            addr: addr.into(),
+            api_addr: api_addr.into(),
+            version: "v2".into(),
+            at,
+        };
+        let (r, changes) = s.apply(3, &seen("10.0.0.1:4280", "10.0.0.1:4281", 100));
+        assert_eq!(r, Ok(None));
+        assert_eq!(changes, [Change::Node("n1".into())]);
+        let n = &s.nodes["n1"];
+        assert_eq!(n.state, NodeState::Ready);
+        assert_eq!((n.last_seen, n.version.as_str()), (100, "v2"));
+        assert_eq!(n.addr, "10.0.0.1:4280");
+        // An empty address keeps the known one; the API address is as sent.
+        let _ = s.apply(4, &seen("", "", 90));
+        let n = &s.nodes["n1"];
+        assert_eq!(n.addr, "10.0.0.1:4280");
+        assert_eq!(n.api_addr, "");
+        assert_eq!(n.last_seen, 100);
+        let mut unknown = seen("", "", 1);
+        if let Command::NodeSeen { node_id, .. } = &mut unknown {
+            *node_id = "nope".into();
+        }
+        assert_eq!(
+            s.apply(5, &unknown).0,
+            Err(StoreError::NodeNotFound("nope".into()))
+        );
+    }
+
+    #[test]
+    fn node_state_changes_skip_unknown_and_unchanged_nodes() {
+        let mut s = init();
+        let _ = s.apply(2, &Command::JoinNode { node: node("n2") });
+        let down = |at| Command::SetNodeState {
+            node_ids: vec!["n1".into(), "n2".into(), "nope".into()],
+            state: NodeState::Down,
+            at,
+        };
+        let (r, changes) = s.apply(3, &down(70));
+        assert_eq!(r, Ok(None));
+        assert_eq!(
+            changes,
+            [Change::Node("n1".into()), Change::Node("n2".into())]
+        );
+        assert_eq!(s.nodes["n2"].state, NodeState::Down);
+        assert_eq!(s.nodes["n2"].last_seen, 70);
+        let (_, changes) = s.apply(4, &down(80));
+        assert!(changes.is_empty(), "already down");
+        assert_eq!(s.nodes["n2"].last_seen, 70);
+    }
+
+    /// A cluster with service `s1` and its pending tasks `t1` and `t2`,
+    /// at index 3.
+    fn two_pending_tasks() -> State {
+        let mut s = init();
+        let _ = s.apply(
+            2,
+            &Command::CreateService {
+                id: "s1".into(),
+                spec: spec("web", 2),
+                at: 3,
+            },
+        );
+        let _ = s.apply(
+            3,
+            &Command::CreateTasks {
+                tasks: vec![task("t1", "s1", 1), task("t2", "s1", 2)],
+            },
+        );
+        s
+    }
+
+    #[test]
+    fn desired_state_changes_skip_unknown_and_unchanged_tasks() {
+        let mut s = two_pending_tasks();
+        let shutdown = |ids: &[&str]| Command::SetDesiredState {
+            task_ids: ids.iter().map(|i| i.to_string()).collect(),
+            desired: DesiredState::Shutdown,
+        };
+        let (r, changes) = s.apply(4, &shutdown(&["t1", "nope"]));
+        assert_eq!(r, Ok(None));
+        assert_eq!(changes, [Change::Task("t1".into())]);
+        assert_eq!(s.tasks["t1"].desired_state, DesiredState::Shutdown);
+        assert_eq!(s.tasks["t2"].desired_state, DesiredState::Running);
+        let (_, changes) = s.apply(5, &shutdown(&["t1", "t2"]));
+        assert_eq!(changes, [Change::Task("t2".into())]);
+    }
+
+    #[test]
+    fn pending_reasons_change_only_waiting_tasks_with_a_new_reason() {
+        let mut s = two_pending_tasks();
+        let _ = s.apply(
+            4,
+            &Command::AssignTasks {
+                assignments: vec![("t2".into(), "n1".into())],
+                at: 6,
+            },
+        );
+        let reasons = |at| Command::SetPendingReason {
+            reasons: vec![
+                ("t1".into(), "no suitable node".into()),
+                ("t2".into(), "no suitable node".into()),
+                ("nope".into(), "no suitable node".into()),
+            ],
+            at,
+        };
+        let (r, changes) = s.apply(5, &reasons(7));
+        assert_eq!(r, Ok(None));
+        assert_eq!(changes, [Change::Task("t1".into())]);
+        assert_eq!(
+            s.tasks["t1"].status,
+            TaskStatus::new(TaskState::Pending, 7, "no suitable node")
+        );
+        assert_eq!(s.tasks["t2"].status.state, TaskState::Assigned);
+        let (_, changes) = s.apply(6, &reasons(8));
+        assert!(changes.is_empty(), "the same reason again");
+        assert_eq!(s.tasks["t1"].status.timestamp, 7);
     }
 }
