@@ -34,9 +34,7 @@ use flotilla_api::model::{
 };
 use flotilla_raft::RaftError;
 use flotilla_store::{Command, State as Store, StoreError};
-use flotilla_types::{
-    validate_name, Driver, HealthTest, MountKind, NodeRole, ServiceMode, ServiceSpec,
-};
+use flotilla_types::{validate_name, NodeRole, ServiceMode, ServiceSpec};
 
 use crate::views::{self, LocalFacts, ManagerStatus};
 use crate::{now_ms, InitError, Member, NodeCtx, VERSION};

@@ -3,10 +3,6 @@
 
 use super::*;
 
-/// The most replicas one service may ask for: far beyond what one cluster
-/// runs, low enough that a typo cannot make the store explode.
-pub const MAX_REPLICAS: u64 = 100_000;
-
 pub(super) async fn services(State(ctx): Ctx) -> Result<Response, ApiError> {
     let m = member(&ctx).await?;
     let warning = linearize(&m).await;
@@ -30,95 +26,11 @@ pub(super) async fn service(
     .ok_or_else(|| not_found(&name))
 }
 
-pub(super) fn check_replicas(replicas: u64) -> Result<(), ApiError> {
-    if replicas > MAX_REPLICAS {
-        return Err(ApiError::BadRequest(format!(
-            "invalid replicas {replicas}: at most {MAX_REPLICAS} are allowed"
-        )));
-    }
-    Ok(())
-}
-
-/// Checks what the types alone cannot.
-pub fn validate_spec(spec: &ServiceSpec) -> Result<(), ApiError> {
-    validate_name(&spec.name).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    if let ServiceMode::Replicated { replicas } = spec.mode {
-        check_replicas(replicas)?;
-    }
-    let bad = |m: String| Err(ApiError::BadRequest(m));
-    match (spec.task.driver, spec.task.command.first()) {
-        (Driver::Process, None) => return bad("a service needs a command".into()),
-        (_, Some(c)) if c.is_empty() => return bad("the command is empty".into()),
-        _ => {}
-    }
-    match (spec.task.driver, spec.task.image.as_deref()) {
-        (Driver::Docker, None | Some("")) => return bad("a docker service needs an image".into()),
-        (Driver::Process, Some(_)) => {
-            return bad("an image needs the docker driver (--driver docker)".into())
-        }
-        _ => {}
-    }
-    if spec.task.driver == Driver::Process && spec.task.init {
-        return bad("--init applies to docker tasks only".into());
-    }
-    if spec.task.driver == Driver::Process && !spec.task.mounts.is_empty() {
-        return bad("mounts apply to docker tasks only".into());
-    }
-    for m in &spec.task.mounts {
-        if !m.target.starts_with('/') {
-            return bad(format!(
-                "mount target {:?} must be an absolute path",
-                m.target
-            ));
-        }
-        if m.kind == MountKind::Bind && !m.source.starts_with('/') {
-            return bad(format!(
-                "bind mount source {:?} must be an absolute path",
-                m.source
-            ));
-        }
-    }
-    if let Some(h) = &spec.task.health {
-        if h.interval_ms == 0 || h.timeout_ms == 0 {
-            return bad("health check interval and timeout must be more than 0".into());
-        }
-        match &h.test {
-            HealthTest::Http { port: 0, .. } | HealthTest::Tcp { port: 0 } => {
-                return bad("health check port must be 1-65535".into())
-            }
-            HealthTest::Http { path, .. } if !path.starts_with('/') => {
-                return bad(format!("health check path {path:?} must start with /"))
-            }
-            HealthTest::Exec { argv } if argv.is_empty() => {
-                return bad("health check command is empty".into())
-            }
-            HealthTest::Shell { command } if command.trim().is_empty() => {
-                return bad("health check command is empty".into())
-            }
-            _ => {}
-        }
-    }
-    for (what, u) in [("update", &spec.update), ("rollback", &spec.rollback)] {
-        if !(0.0..=1.0).contains(&u.max_failure_ratio.0) {
-            return bad(format!(
-                "{what} max failure ratio must be between 0 and 1, not {}",
-                u.max_failure_ratio.0
-            ));
-        }
-    }
-    for key in spec.task.env.keys() {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(ApiError::BadRequest(format!(
-                "invalid environment variable name {key:?}"
-            )));
-        }
-    }
-    if spec.task.command.iter().any(|a| a.contains('\0')) {
-        return Err(ApiError::BadRequest(
-            "the command contains a NUL byte".into(),
-        ));
-    }
-    Ok(())
+/// The spec's own rules ([`ServiceSpec::validate`]), as a bad request with
+/// the same text: checked on every write of a spec.
+pub(super) fn validate(spec: &ServiceSpec) -> Result<(), ApiError> {
+    spec.validate()
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
 pub(super) async fn create_service(
@@ -126,7 +38,7 @@ pub(super) async fn create_service(
     req: Result<Json<ServiceSpec>, JsonRejection>,
 ) -> ApiResult<ServiceView> {
     let spec = body(req)?;
-    validate_spec(&spec)?;
+    validate(&spec)?;
     let m = member(&ctx).await?;
     let id = flotilla_types::new_id(rand::random());
     let result = m
@@ -151,7 +63,6 @@ pub(super) async fn scale(
     req: Result<Json<ScaleRequest>, JsonRejection>,
 ) -> ApiResult<ServiceView> {
     let req = body(req)?;
-    check_replicas(req.replicas)?;
     let m = member(&ctx).await?;
     modify_service(&m, &name, |spec| match spec.mode {
         ServiceMode::Replicated { .. } => {
@@ -178,7 +89,7 @@ pub(super) async fn modify_service(
         let current = read(m, |s| s.service(name).cloned()).ok_or_else(|| not_found(name))?;
         let mut spec = current.spec.clone();
         change(&mut spec)?;
-        validate_spec(&spec)?;
+        validate(&spec)?;
         let result = m
             .member
             .propose(Command::UpdateService {
@@ -213,9 +124,6 @@ pub(super) async fn update_service(
     req: Result<Json<flotilla_api::model::ServiceUpdate>, JsonRejection>,
 ) -> ApiResult<ServiceView> {
     let req = body(req)?;
-    if let Some(r) = req.replicas {
-        check_replicas(r)?;
-    }
     let m = member(&ctx).await?;
     modify_service(&m, &name, |spec| {
         if let Some(r) = req.replicas {
@@ -258,7 +166,7 @@ pub(super) async fn replace_service(
     req: Result<Json<flotilla_api::model::ServiceReplace>, JsonRejection>,
 ) -> ApiResult<ServiceView> {
     let req = body(req)?;
-    validate_spec(&req.spec)?;
+    validate(&req.spec)?;
     let m = member(&ctx).await?;
     let id =
         read(&m, |s| s.service(&name).map(|svc| svc.id.clone())).ok_or_else(|| not_found(&name))?;
@@ -316,4 +224,29 @@ pub(super) async fn tasks(State(ctx): Ctx, Path(name): Path<String>) -> Result<R
     })
     .map(|v| answer(warning, v))
     .ok_or_else(|| not_found(&name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rollback_that_rolls_back_is_refused() {
+        let mut spec = ServiceSpec {
+            name: "web".into(),
+            task: flotilla_types::TaskTemplate {
+                command: vec!["true".into()],
+                ..Default::default()
+            },
+            ..ServiceSpec::default()
+        };
+        spec.rollback.failure_action = flotilla_types::FailureAction::Rollback;
+        match validate(&spec) {
+            Err(ApiError::BadRequest(m)) => assert_eq!(
+                m,
+                "rollback failure action must be pause or continue, not rollback"
+            ),
+            other => panic!("expected a bad request, got {other:?}"),
+        }
+    }
 }
