@@ -6,9 +6,10 @@
 //! (`to_spec`): a service with `image` runs on the docker driver, one with
 //! only `command` on the process driver (`x-flotilla.driver` picks one
 //! explicitly), and checks each with [`ServiceSpec::validate`], reporting
-//! a broken rule at the line of the key it is about. Keys the model knows but a `ServiceSpec` has no place for
-//! (yet) are named in one warning per stack, as `docker stack deploy` names
-//! the options it ignores; nothing is dropped silently.
+//! a broken rule at the line of the key it is about. Keys the model knows
+//! but a `ServiceSpec` has no place for (yet) are named in one warning per
+//! stack, as `docker stack deploy` names the options it ignores; nothing
+//! is dropped silently.
 //!
 //! Container `labels` have no place of their own in a spec (there are no
 //! container labels yet): they become service labels, under `deploy.labels`,
