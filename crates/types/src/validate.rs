@@ -225,6 +225,15 @@ mod tests {
         assert!(!message.contains('\n'));
     }
 
+    fn mount(kind: MountKind, source: &str, target: &str, read_only: bool) -> Mount {
+        Mount {
+            kind,
+            source: source.into(),
+            target: target.into(),
+            read_only,
+        }
+    }
+
     fn with_health(mut spec: ServiceSpec, test: HealthTest) -> ServiceSpec {
         spec.task.health = Some(HealthCheck::new(test));
         spec
@@ -237,18 +246,8 @@ mod tests {
         d.task.command.clear();
         d.task.init = true;
         d.task.mounts = vec![
-            Mount {
-                kind: MountKind::Bind,
-                source: "/srv".into(),
-                target: "/data".into(),
-                read_only: true,
-            },
-            Mount {
-                kind: MountKind::Volume,
-                source: String::new(),
-                target: "/scratch".into(),
-                read_only: false,
-            },
+            mount(MountKind::Bind, "/srv", "/data", true),
+            mount(MountKind::Volume, "", "/scratch", false),
         ];
         d.task.health = Some(HealthCheck::new(HealthTest::Image));
         d.update.failure_action = FailureAction::Rollback;
@@ -347,12 +346,9 @@ mod tests {
     #[test]
     fn mounts_need_docker() {
         let mut spec = valid();
-        spec.task.mounts.push(Mount {
-            kind: MountKind::Tmpfs,
-            source: String::new(),
-            target: "/tmp".into(),
-            read_only: false,
-        });
+        spec.task
+            .mounts
+            .push(mount(MountKind::Tmpfs, "", "/tmp", false));
         refused(
             spec,
             SpecError::MountsNeedDocker,
@@ -363,12 +359,9 @@ mod tests {
     #[test]
     fn mount_targets_are_absolute() {
         let mut spec = docker();
-        spec.task.mounts.push(Mount {
-            kind: MountKind::Volume,
-            source: "data".into(),
-            target: "data".into(),
-            read_only: false,
-        });
+        spec.task
+            .mounts
+            .push(mount(MountKind::Volume, "data", "data", false));
         refused(
             spec,
             SpecError::MountTarget("data".into()),
@@ -379,12 +372,9 @@ mod tests {
     #[test]
     fn bind_sources_are_absolute() {
         let mut spec = docker();
-        spec.task.mounts.push(Mount {
-            kind: MountKind::Bind,
-            source: "srv".into(),
-            target: "/srv".into(),
-            read_only: false,
-        });
+        spec.task
+            .mounts
+            .push(mount(MountKind::Bind, "srv", "/srv", false));
         refused(
             spec,
             SpecError::BindSource("srv".into()),
