@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use flotilla_types::{
-    parse_duration_ms, validate_name, Constraint, Mount, MountKind, RestartCondition,
-    RestartPolicy, ServiceMode,
+    parse_duration_ms, validate_name, Constraint, FailureAction, Mount, MountKind, Ratio,
+    RestartCondition, RestartPolicy, ServiceMode, SpecError, UpdateOrder,
 };
 
 use super::yaml::{describe, Key, Node, Value};
@@ -236,7 +236,8 @@ impl Default for ComposeDeploy {
 pub struct UpdateConfig {
     pub parallelism: Option<u64>,
     pub delay_ms: Option<u64>,
-    /// continue, pause or rollback (rollback only in update_config).
+    /// continue, pause or rollback (rollback only in update_config: a
+    /// rule of the spec, checked by `ServiceSpec::validate`).
     pub failure_action: Option<String>,
     pub monitor_ms: Option<u64>,
     pub max_failure_ratio: Option<f64>,
@@ -635,11 +636,13 @@ fn mounts(
                 }
             }
         };
-        if !mount.target.starts_with('/') {
+        // The spec's rule, here where the entry's line is known; the
+        // conversion checks the rest of the mount (a bind's source).
+        if let Err(SpecError::MountTarget(target)) = mount.validate() {
             return Err(ComposeError::at(
                 n,
                 &p,
-                format!("target {:?} must be an absolute path", mount.target),
+                format!("target {target:?} must be an absolute path"),
             ));
         }
         // A later entry for the same target wins, as when files merge.
@@ -1128,8 +1131,8 @@ fn deploy(
             }
             "placement" => placement(v, p, &mut d, unknown)?,
             "restart_policy" => d.restart_policy = Some(restart_policy(v, p, unknown)?),
-            "update_config" => d.update_config = Some(update_config(v, p, true, unknown)?),
-            "rollback_config" => d.rollback_config = Some(update_config(v, p, false, unknown)?),
+            "update_config" => d.update_config = Some(update_config(v, p, unknown)?),
+            "rollback_config" => d.rollback_config = Some(update_config(v, p, unknown)?),
             "resources" => resources(v, p, &mut d, ignored, unknown)?,
             "labels" => d.labels = labels(v, p)?,
             "endpoint_mode" => {
@@ -1241,12 +1244,9 @@ fn restart_policy(node: &Node, path: &str, unknown: &mut Vec<String>) -> R<Resta
     Ok(r)
 }
 
-fn update_config(
-    node: &Node,
-    path: &str,
-    update: bool,
-    unknown: &mut Vec<String>,
-) -> R<UpdateConfig> {
+/// `update_config:` or `rollback_config:`; that a rollback does not roll
+/// back is a rule of the spec, checked once it is made.
+fn update_config(node: &Node, path: &str, unknown: &mut Vec<String>) -> R<UpdateConfig> {
     let entries = map(node, path)?;
     unknown_keys(
         entries,
@@ -1270,20 +1270,18 @@ fn update_config(
             "monitor" => u.monitor_ms = Some(duration(v, &p)?),
             "failure_action" => {
                 let a = string(v, &p)?;
-                let ok = a == "continue" || a == "pause" || (update && a == "rollback");
-                if !ok {
-                    let allowed = if update {
-                        "continue, pause or rollback"
-                    } else {
-                        "continue or pause"
-                    };
-                    return Err(ComposeError::at(v, &p, format!("{a:?} is not {allowed}")));
+                if FailureAction::parse(&a).is_none() {
+                    return Err(ComposeError::at(
+                        v,
+                        &p,
+                        format!("{a:?} is not continue, pause or rollback"),
+                    ));
                 }
                 u.failure_action = Some(a);
             }
             "max_failure_ratio" => {
                 let f = float(v, &p)?;
-                if !(0.0..=1.0).contains(&f) {
+                if Ratio::checked(f).is_none() {
                     return Err(ComposeError::at(
                         v,
                         &p,
@@ -1294,7 +1292,7 @@ fn update_config(
             }
             "order" => {
                 let o = string(v, &p)?;
-                if o != "stop-first" && o != "start-first" {
+                if UpdateOrder::parse(&o).is_none() {
                     return Err(ComposeError::at(
                         v,
                         &p,

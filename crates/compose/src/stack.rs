@@ -5,9 +5,11 @@
 //! the rest of this crate; this module maps its model onto [`ServiceSpec`]s
 //! (`to_spec`): a service with `image` runs on the docker driver, one with
 //! only `command` on the process driver (`x-flotilla.driver` picks one
-//! explicitly). Keys the model knows but a `ServiceSpec` has no place for
-//! (yet) are named in one warning per stack, as `docker stack deploy` names
-//! the options it ignores; nothing is dropped silently.
+//! explicitly), and checks each with [`ServiceSpec::validate`], reporting
+//! a broken rule at the line of the key it is about. Keys the model knows
+//! but a `ServiceSpec` has no place for (yet) are named in one warning per
+//! stack, as `docker stack deploy` names the options it ignores; nothing
+//! is dropped silently.
 //!
 //! Container `labels` have no place of their own in a spec (there are no
 //! container labels yet): they become service labels, under `deploy.labels`,
@@ -17,8 +19,9 @@ use std::collections::BTreeMap;
 
 use flotilla_types::{
     validate_name, Driver, FailureAction, HealthCheck, HealthTest, MountKind, Ratio, ResourceSpec,
-    Resources, ServiceSpec, TaskTemplate, UpdateConfig, UpdateOrder, DEFAULT_HEALTH_INTERVAL_MS,
-    DEFAULT_HEALTH_RETRIES, DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_STOP_GRACE_MS,
+    Resources, ServiceSpec, SpecError, TaskTemplate, UpdateConfig, UpdateOrder,
+    DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_RETRIES, DEFAULT_HEALTH_TIMEOUT_MS,
+    DEFAULT_STOP_GRACE_MS,
 };
 
 use crate as compose;
@@ -128,27 +131,32 @@ pub fn parse_stack_files(files: &[(&str, &str)]) -> Result<Stack, StackError> {
     let mut ignored = Ignored::default();
     let mut services = Vec::new();
     for svc in &parsed.services {
-        let spec = to_spec(svc, &mut ignored).map_err(|(key, reason)| {
-            let key = if key.is_empty() {
-                format!("services.{}", svc.name)
-            } else {
-                format!("services.{}.{key}", svc.name)
-            };
-            let parts: Vec<&str> = key.split('.').collect();
-            match compose::locate(files, &parts) {
-                Some((file, line)) => StackError::At {
-                    file,
-                    line,
-                    key,
-                    reason,
-                },
-                None => StackError::Service {
-                    path: first.to_string(),
-                    service: svc.name.clone(),
-                    reason: format!("{key}: {reason}"),
-                },
-            }
-        })?;
+        let spec = to_spec(svc, &mut ignored)
+            .and_then(|spec| match spec.validate() {
+                Ok(()) => Ok(spec),
+                Err(e) => Err(refusal(&e)),
+            })
+            .map_err(|(key, reason)| {
+                let key = if key.is_empty() {
+                    format!("services.{}", svc.name)
+                } else {
+                    format!("services.{}.{key}", svc.name)
+                };
+                let parts: Vec<&str> = key.split('.').collect();
+                match compose::locate(files, &parts) {
+                    Some((file, line)) => StackError::At {
+                        file,
+                        line,
+                        key,
+                        reason,
+                    },
+                    None => StackError::Service {
+                        path: first.to_string(),
+                        service: svc.name.clone(),
+                        reason: format!("{key}: {reason}"),
+                    },
+                }
+            })?;
         services.push(spec);
     }
     if let Some(w) = ignored.warning() {
@@ -194,9 +202,58 @@ impl Ignored {
 
 /// Why a service has no spec: the key (below the service) in the way, and
 /// the reason.
-type SpecError = (&'static str, String);
+type Refusal = (&'static str, String);
 
-fn to_spec(svc: &ComposeService, ignored: &mut Ignored) -> Result<ServiceSpec, SpecError> {
+/// A broken rule of the spec as the key of the Compose service it comes
+/// from, in Compose's words where a test of this crate pins them.
+fn refusal(e: &SpecError) -> Refusal {
+    let key = match e {
+        SpecError::Name(_) => "",
+        SpecError::TooManyReplicas(_) => "deploy.replicas",
+        SpecError::NoCommand => {
+            return (
+                "",
+                "nothing to run: give `image` for a container, or `command` for a process".into(),
+            )
+        }
+        SpecError::EmptyProgram | SpecError::NulInCommand => "command",
+        SpecError::NoImage => return ("image", "the docker driver needs an `image`".into()),
+        SpecError::ImageNeedsDocker => "image",
+        SpecError::InitNeedsDocker => {
+            return (
+                "init",
+                "init: true applies to containers (give `image`)".into(),
+            )
+        }
+        SpecError::MountsNeedDocker => {
+            return (
+                "volumes",
+                "volumes apply to containers (give `image`)".into(),
+            )
+        }
+        SpecError::MountTarget(_) | SpecError::BindSource(_) => "volumes",
+        SpecError::ImageHealthNeedsDocker => {
+            return (
+                "healthcheck",
+                "without `test` it uses the image's own check, and a process has no image".into(),
+            )
+        }
+        SpecError::HealthTiming => "healthcheck",
+        SpecError::HealthPort | SpecError::HealthPath(_) | SpecError::HealthCommand => {
+            "healthcheck.test"
+        }
+        SpecError::FailureRatio {
+            config: "rollback", ..
+        } => "deploy.rollback_config.max_failure_ratio",
+        SpecError::FailureRatio { .. } => "deploy.update_config.max_failure_ratio",
+        SpecError::RollbackFailureAction => "deploy.rollback_config.failure_action",
+        SpecError::EnvName(_) => "environment",
+    };
+    (key, e.to_string())
+}
+
+/// The spec of a Compose service, before [`ServiceSpec::validate`].
+fn to_spec(svc: &ComposeService, ignored: &mut Ignored) -> Result<ServiceSpec, Refusal> {
     let driver = match svc.driver.as_deref() {
         Some("process") => Driver::Process,
         Some("docker") => Driver::Docker,
@@ -210,52 +267,26 @@ fn to_spec(svc: &ComposeService, ignored: &mut Ignored) -> Result<ServiceSpec, S
         None => Driver::Process,
     };
     let (image, command, entrypoint) = match driver {
-        Driver::Docker => {
-            let image = svc
-                .image
-                .clone()
-                .filter(|i| !i.trim().is_empty())
-                .ok_or_else(|| ("image", "the docker driver needs an `image`".to_string()))?;
-            (
-                Some(image),
-                svc.command.clone().unwrap_or_default(),
-                svc.entrypoint.clone(),
-            )
-        }
+        Driver::Docker => (
+            svc.image.clone(),
+            svc.command.clone().unwrap_or_default(),
+            svc.entrypoint.clone(),
+        ),
         Driver::Process => {
             if svc.image.is_some() {
                 ignored.note("image", &svc.name);
-            }
-            if svc.init == Some(true) {
-                return Err((
-                    "init",
-                    "init: true applies to containers (give `image`)".into(),
-                ));
-            }
-            if !svc.volumes.is_empty() {
-                return Err((
-                    "volumes",
-                    "volumes apply to containers (give `image`)".into(),
-                ));
             }
             // A process has no image to hold an entrypoint: the two make up
             // its command line, as they would a container's.
             let mut command = svc.entrypoint.clone().unwrap_or_default();
             command.extend(svc.command.iter().flatten().cloned());
-            if command.is_empty() {
-                return Err((
-                    "",
-                    "nothing to run: give `image` for a container, or `command` for a process"
-                        .into(),
-                ));
-            }
             (None, command, None)
         }
     };
     let health = svc
         .healthcheck
         .as_ref()
-        .map(|h| health(h, driver, &svc.name, ignored))
+        .map(|h| health(h, &svc.name, ignored))
         .transpose()?;
     let d = &svc.deploy;
     for (key, set) in [
@@ -312,10 +343,9 @@ fn resources(r: &compose::Resources) -> Resources {
 /// what is not given.
 fn health(
     h: &compose::Healthcheck,
-    driver: Driver,
     service: &str,
     ignored: &mut Ignored,
-) -> Result<HealthCheck, SpecError> {
+) -> Result<HealthCheck, Refusal> {
     if h.start_interval_ms.is_some() {
         ignored.note("healthcheck.start_interval", service);
     }
@@ -324,13 +354,6 @@ fn health(
     } else {
         let bad_test = |reason: String| ("healthcheck.test", reason);
         match h.test.split_first() {
-            None if driver == Driver::Process => {
-                return Err((
-                    "healthcheck",
-                    "without `test` it uses the image's own check, and a process has no image"
-                        .into(),
-                ))
-            }
             None => HealthTest::Image,
             Some((kind, rest)) => match kind.as_str() {
                 "CMD" if rest.is_empty() => {
@@ -355,9 +378,9 @@ fn health(
         }
     };
     // 0 means Docker's default, as in Docker.
-    let positive = |v: Option<u64>, default: u64, _key: &'static str| match v {
-        None | Some(0) => Ok::<u64, (&'static str, String)>(default),
-        Some(ms) => Ok(ms),
+    let positive = |v: Option<u64>, default: u64| match v {
+        None | Some(0) => default,
+        Some(ms) => ms,
     };
     let retries = match h.retries {
         None => DEFAULT_HEALTH_RETRIES,
@@ -367,16 +390,8 @@ fn health(
     };
     Ok(HealthCheck {
         test,
-        interval_ms: positive(
-            h.interval_ms,
-            DEFAULT_HEALTH_INTERVAL_MS,
-            "healthcheck.interval",
-        )?,
-        timeout_ms: positive(
-            h.timeout_ms,
-            DEFAULT_HEALTH_TIMEOUT_MS,
-            "healthcheck.timeout",
-        )?,
+        interval_ms: positive(h.interval_ms, DEFAULT_HEALTH_INTERVAL_MS),
+        timeout_ms: positive(h.timeout_ms, DEFAULT_HEALTH_TIMEOUT_MS),
         retries,
         start_period_ms: h.start_period_ms.unwrap_or(0),
     })
@@ -384,11 +399,11 @@ fn health(
 
 /// `update_config` (or, with `rollback`, `rollback_config`) over Swarm's
 /// defaults. The Compose model already checked the values; these errors are
-/// a second line of defence.
+/// a second line of defence, and the ranges are the spec's own rules.
 fn update_config(
     u: Option<&compose::UpdateConfig>,
     rollback: bool,
-) -> Result<UpdateConfig, SpecError> {
+) -> Result<UpdateConfig, Refusal> {
     let key = |update: &'static str, rollback_key: &'static str| {
         if rollback {
             rollback_key
@@ -421,15 +436,6 @@ fn update_config(
         })?;
     }
     if let Some(r) = u.max_failure_ratio {
-        if !(0.0..=1.0).contains(&r) {
-            return Err((
-                key(
-                    "deploy.update_config.max_failure_ratio",
-                    "deploy.rollback_config.max_failure_ratio",
-                ),
-                format!("{r} is not between 0 and 1"),
-            ));
-        }
         out.max_failure_ratio = Ratio(r);
     }
     if let Some(o) = &u.order {
@@ -809,9 +815,9 @@ services:
             }
         );
         let e = bad_one("services:\n  web:\n    command: x\n    deploy:\n      rollback_config:\n        failure_action: rollback\n");
-        assert!(
-            e.starts_with("s.yml:6: services.web.deploy.rollback_config.failure_action:"),
-            "{e}"
+        assert_eq!(
+            e,
+            "s.yml:6: services.web.deploy.rollback_config.failure_action: rollback failure action must be pause or continue, not rollback"
         );
         let e = bad_one("services:\n  web:\n    command: x\n    deploy:\n      update_config:\n        order: random\n");
         assert!(e.contains("not stop-first or start-first"), "{e}");
@@ -868,6 +874,15 @@ services:
         assert!(
             e.starts_with("s.yml:5: services.web.deploy.replicas: -1 is negative"),
             "{e}"
+        );
+        // The spec's own rules, at the line of the key they are about.
+        assert_eq!(
+            bad_one("services:\n  web:\n    command: x\n    deploy:\n      replicas: 1000000\n"),
+            "s.yml:5: services.web.deploy.replicas: invalid replicas 1000000: at most 100000 are allowed"
+        );
+        assert_eq!(
+            bad_one("services:\n  web:\n    command: [\"\", x]\n"),
+            "s.yml:3: services.web.command: the command is empty"
         );
     }
 

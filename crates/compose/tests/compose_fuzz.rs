@@ -662,8 +662,16 @@ fn command() -> impl Strategy<Value = (Y, Vec<String>)> {
     prop_oneof![
         "[a-z]{1,5}( [a-z0-9]{1,5}){0,3}"
             .prop_map(|s| (q(&s), s.split_whitespace().map(str::to_string).collect())),
-        (vec("[a-z0-9 ]{0,5}", 1..4), any::<bool>())
-            .prop_map(|(w, f)| (Y::Seq(w.iter().map(|x| q(x)).collect(), f), w)),
+        // The program is not empty (a rule of the spec); its arguments may be.
+        (
+            "[a-z0-9][a-z0-9 ]{0,4}",
+            vec("[a-z0-9 ]{0,5}", 0..3),
+            any::<bool>()
+        )
+            .prop_map(|(program, args, f)| {
+                let w: Vec<String> = std::iter::once(program).chain(args).collect();
+                (Y::Seq(w.iter().map(|x| q(x)).collect(), f), w)
+            }),
     ]
 }
 

@@ -358,6 +358,32 @@ fn bad_input_gets_a_one_line_error() -> Result<()> {
             "invalid duration",
         ),
         (
+            &[
+                "service",
+                "create",
+                "--name",
+                "w",
+                "--rollback-failure-action",
+                "rollback",
+                "--",
+                "true",
+            ],
+            "--rollback-failure-action: rollback failure action must be pause or continue, not rollback",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "--name",
+                "w",
+                "--update-max-failure-ratio",
+                "2",
+                "--",
+                "true",
+            ],
+            "--update-max-failure-ratio: update max failure ratio must be between 0 and 1, not 2",
+        ),
+        (
             &["service", "scale", "nosuch=3"],
             "service nosuch not found",
         ),

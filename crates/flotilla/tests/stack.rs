@@ -277,11 +277,15 @@ fn bad_files_deploy_nothing() -> Result<()> {
             "    deploy:\n      replicas: 1\n",
             "bad.yml:4: services.b: nothing to run",
         ),
-        // Only the daemon's own checks know this one; it is still asked
-        // before anything is written.
+        // A rule of the spec (ServiceSpec::validate, which the daemon
+        // holds too), found at its key before anything is written.
         (
             "    command: x\n    deploy:\n      replicas: 1000000\n",
-            "service test_b: invalid replicas 1000000",
+            "bad.yml:7: services.b.deploy.replicas: invalid replicas 1000000: at most 100000 are allowed",
+        ),
+        (
+            "    command: x\n    deploy:\n      rollback_config:\n        failure_action: rollback\n",
+            "bad.yml:8: services.b.deploy.rollback_config.failure_action: rollback failure action must be pause or continue, not rollback",
         ),
     ];
     for (b, want) in cases {

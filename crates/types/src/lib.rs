@@ -3,9 +3,9 @@
 //! was observed.
 //!
 //! This crate owns the vocabulary and the validation of user input (names,
-//! constraints, durations). It does no I/O, reads no clock and draws no random
-//! numbers: callers pass time and IDs in, so that the raft state machine that
-//! applies these types stays deterministic.
+//! constraints, durations, service specs). It does no I/O, reads no clock
+//! and draws no random numbers: callers pass time and IDs in, so that the
+//! raft state machine that applies these types stays deterministic.
 //!
 //! # Layout
 //! - [`node`]: a machine in the cluster, its role and availability.
@@ -14,6 +14,7 @@
 //! - [`constraint`]: placement constraints such as `node.labels.zone==a`.
 //! - [`duration`]: parsing `10s`, `1m30s`, `250ms`.
 //! - [`name`]: Swarm's naming rule for services and nodes.
+//! - [`validate`]: the rules a service spec follows ([`ServiceSpec::validate`]).
 //! - [`parse`]: memory sizes and command lines as people type them.
 //! - [`id`]: object IDs.
 
@@ -25,6 +26,7 @@ pub mod node;
 pub mod parse;
 pub mod service;
 pub mod task;
+pub mod validate;
 
 pub use constraint::{Constraint, ConstraintError, ConstraintKey, ConstraintOp};
 pub use duration::{format_duration_ms, parse_duration_ms, DurationError};
@@ -39,6 +41,7 @@ pub use service::{
     DEFAULT_HEALTH_RETRIES, DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_STOP_GRACE_MS,
 };
 pub use task::{DesiredState, Health, SlotKey, Task, TaskState, TaskStatus};
+pub use validate::{SpecError, MAX_REPLICAS};
 
 use serde::{Deserialize, Serialize};
 

@@ -9,8 +9,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use flotilla_api::model::{InitRequest, ServiceView, TaskView};
 use flotilla_api::Client;
 use flotilla_types::{
-    format_duration_ms, parse_duration_ms, validate_name, Constraint, Driver, HealthTest,
-    RestartCondition, RestartPolicy, ServiceMode, ServiceSpec, TaskTemplate, UpdateState,
+    format_duration_ms, parse_duration_ms, Constraint, Driver, HealthTest, RestartCondition,
+    RestartPolicy, ServiceMode, ServiceSpec, TaskTemplate, UpdateState,
 };
 
 use super::output::{ago, table, title};
@@ -334,7 +334,6 @@ pub fn parse_replicas(text: &str) -> Result<u64> {
 
 /// Builds a service spec from `service create` flags.
 pub fn spec_from_args(args: &CreateArgs) -> Result<ServiceSpec> {
-    validate_name(&args.name)?;
     let mode = match args.mode.as_str() {
         "replicated" => ServiceMode::Replicated {
             replicas: match &args.replicas {
@@ -398,12 +397,7 @@ pub fn spec_from_args(args: &CreateArgs) -> Result<ServiceSpec> {
             .push(super::flags::parse_mount(m).map_err(|e| anyhow!("--mount: {e}"))?);
     }
     args.spec.apply(&mut spec)?;
-    if spec.task.driver == Driver::Process && spec.task.command.is_empty() {
-        bail!(
-            "a process service needs a command: flotilla service create --name {} -- CMD [ARGS...] (or --image IMAGE for a container)",
-            args.name
-        );
-    }
+    super::flags::validate(&spec)?;
     Ok(spec)
 }
 
@@ -473,7 +467,7 @@ pub fn apply_update(spec: &mut ServiceSpec, args: &UpdateArgs) -> Result<()> {
         task.force_update += 1;
     }
     args.spec.apply(spec)?;
-    Ok(())
+    super::flags::validate(spec)
 }
 
 /// `service update`: reads the spec, changes it and writes it back at the

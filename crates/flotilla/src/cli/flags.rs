@@ -8,7 +8,7 @@ use anyhow::{anyhow, bail, Result};
 use clap::Args;
 use flotilla_types::{
     parse_duration_ms, Driver, FailureAction, HealthCheck, HealthTest, Mount, MountKind, Ratio,
-    Resources, ServiceSpec, UpdateConfig, UpdateOrder,
+    Resources, ServiceSpec, SpecError, UpdateConfig, UpdateOrder,
 };
 
 #[derive(Debug, Default, Args)]
@@ -108,9 +108,6 @@ impl SpecFlags {
     pub fn apply(&self, spec: &mut ServiceSpec) -> Result<()> {
         let task = &mut spec.task;
         if let Some(image) = &self.image {
-            if image.trim().is_empty() {
-                bail!("--image: must not be empty");
-            }
             task.image = Some(image.clone());
         }
         match self.driver.as_deref() {
@@ -119,9 +116,6 @@ impl SpecFlags {
             Some(other) => bail!("invalid --driver {other:?}: expected process or docker"),
             None if self.image.is_some() => task.driver = Driver::Docker,
             None => {}
-        }
-        if task.driver == Driver::Process && task.image.is_some() {
-            bail!("--image needs the docker driver, not --driver process");
         }
         if let Some(e) = &self.entrypoint {
             task.entrypoint =
@@ -164,9 +158,6 @@ impl SpecFlags {
                 &self.rollback_max_failure_ratio,
             ],
         )?;
-        if spec.rollback.failure_action == FailureAction::Rollback {
-            bail!("--rollback-failure-action: expected pause or continue");
-        }
         Ok(())
     }
 
@@ -181,9 +172,6 @@ impl SpecFlags {
             bail!("give at most one of --health-cmd, --health-http, --health-tcp and --no-healthcheck");
         }
         let test = if let Some(cmd) = &self.health_cmd {
-            if cmd.trim().is_empty() {
-                bail!("--health-cmd: must not be empty");
-            }
             Some(HealthTest::Shell {
                 command: cmd.clone(),
             })
@@ -268,12 +256,11 @@ fn timing_or(v: &str, flag: &str, default: u64) -> Result<u64> {
     }
 }
 
+/// A port number; that it is not 0 is a rule of the spec.
 fn parse_port(v: &str, flag: &str) -> Result<u16> {
     v.trim()
         .parse::<u16>()
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| anyhow!("invalid {flag} port {v:?}: expected 1-65535"))
+        .map_err(|_| anyhow!("invalid {flag} port {v:?}: expected 1-65535"))
 }
 
 /// Parses a CPU count such as `0.5` or `2` into billionths.
@@ -343,14 +330,52 @@ pub fn parse_mount(text: &str) -> Result<Mount, String> {
     Ok(mount)
 }
 
-/// Parses a failure ratio in `0..=1`.
+/// Parses a failure ratio; that it is in `0..=1` is a rule of the spec.
 pub fn parse_ratio(v: &str) -> Result<Ratio, String> {
-    match v.trim().parse::<f64>() {
-        Ok(r) if (0.0..=1.0).contains(&r) => Ok(Ratio(r)),
-        _ => Err(format!(
-            "invalid failure ratio {v:?}: expected a number from 0 to 1"
-        )),
-    }
+    v.trim()
+        .parse::<f64>()
+        .map(Ratio)
+        .map_err(|_| format!("invalid failure ratio {v:?}: expected a number from 0 to 1"))
+}
+
+/// Checks a spec built from flags with [`ServiceSpec::validate`], naming
+/// the flag that sets the field a broken rule is about.
+pub fn validate(spec: &ServiceSpec) -> Result<()> {
+    let Err(e) = spec.validate() else {
+        return Ok(());
+    };
+    let flag = match &e {
+        SpecError::Name(_) => "--name",
+        SpecError::TooManyReplicas(_) => "--replicas",
+        SpecError::NoCommand => bail!(
+            "a process service needs a command: flotilla service create --name {} -- CMD [ARGS...] (or --image IMAGE for a container)",
+            spec.name
+        ),
+        SpecError::EmptyProgram | SpecError::NulInCommand | SpecError::HealthTiming => {
+            return Err(e.into())
+        }
+        SpecError::NoImage | SpecError::ImageNeedsDocker => "--image",
+        SpecError::InitNeedsDocker => "--init",
+        SpecError::MountsNeedDocker | SpecError::MountTarget(_) | SpecError::BindSource(_) => {
+            "--mount"
+        }
+        SpecError::HealthPort => match spec.task.health.as_ref().map(|h| &h.test) {
+            Some(HealthTest::Tcp { .. }) => "--health-tcp",
+            _ => "--health-http",
+        },
+        SpecError::HealthPath(_) => "--health-http",
+        SpecError::HealthCommand => "--health-cmd",
+        SpecError::ImageHealthNeedsDocker => {
+            bail!("{e} (give --health-cmd, --health-http or --health-tcp)")
+        }
+        SpecError::FailureRatio {
+            config: "rollback", ..
+        } => "--rollback-max-failure-ratio",
+        SpecError::FailureRatio { .. } => "--update-max-failure-ratio",
+        SpecError::RollbackFailureAction => "--rollback-failure-action",
+        SpecError::EnvName(_) => "--env",
+    };
+    bail!("{flag}: {e}")
 }
 
 fn apply_update_config(
@@ -390,10 +415,25 @@ fn apply_update_config(
 mod tests {
     use super::*;
 
+    /// A valid process service with `flags` applied, checked as the
+    /// commands check it.
     fn applied(flags: SpecFlags) -> Result<ServiceSpec> {
-        let mut spec = ServiceSpec::default();
+        let mut spec = ServiceSpec {
+            name: "web".into(),
+            ..ServiceSpec::default()
+        };
+        spec.task.command = vec!["true".into()];
         flags.apply(&mut spec)?;
+        validate(&spec)?;
         Ok(spec)
+    }
+
+    fn refused(flags: SpecFlags, want: &str) {
+        let err = applied(flags).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains(want)),
+            "{err:?} lacks {want:?}"
+        );
     }
 
     #[test]
@@ -411,7 +451,14 @@ mod tests {
             ..SpecFlags::default()
         })
         .expect_err("process with image");
-        assert!(err.to_string().contains("docker driver"), "{err}");
+        assert_eq!(err.to_string(), "--image: an image needs the docker driver");
+        refused(
+            SpecFlags {
+                image: Some(" ".into()),
+                ..SpecFlags::default()
+            },
+            "--image: a docker service needs an image",
+        );
     }
 
     #[test]
@@ -435,6 +482,7 @@ mod tests {
         assert_eq!(check.timeout_ms, flotilla_types::DEFAULT_HEALTH_TIMEOUT_MS);
 
         let only_timing = applied(SpecFlags {
+            image: Some("busybox:1".into()),
             health_interval: Some("1s".into()),
             ..SpecFlags::default()
         })
@@ -444,26 +492,59 @@ mod tests {
             Some(HealthTest::Image)
         );
 
-        for bad in [
-            SpecFlags {
-                health_tcp: Some("0".into()),
-                ..SpecFlags::default()
-            },
-            SpecFlags {
-                health_cmd: Some("true".into()),
-                health_tcp: Some("80".into()),
-                ..SpecFlags::default()
-            },
-            SpecFlags {
-                health_retries: Some("0".into()),
-                ..SpecFlags::default()
-            },
-            SpecFlags {
-                health_interval: Some("soon".into()),
-                ..SpecFlags::default()
-            },
+        for (bad, want) in [
+            (
+                SpecFlags {
+                    health_tcp: Some("0".into()),
+                    ..SpecFlags::default()
+                },
+                "--health-tcp: health check port must be 1-65535",
+            ),
+            (
+                SpecFlags {
+                    health_http: Some("0/ready".into()),
+                    ..SpecFlags::default()
+                },
+                "--health-http: health check port must be 1-65535",
+            ),
+            (
+                SpecFlags {
+                    health_cmd: Some(" ".into()),
+                    ..SpecFlags::default()
+                },
+                "--health-cmd: health check command is empty",
+            ),
+            (
+                SpecFlags {
+                    health_cmd: Some("true".into()),
+                    health_tcp: Some("80".into()),
+                    ..SpecFlags::default()
+                },
+                "give at most one of",
+            ),
+            (
+                SpecFlags {
+                    health_retries: Some("0".into()),
+                    ..SpecFlags::default()
+                },
+                "--health-retries",
+            ),
+            (
+                SpecFlags {
+                    health_interval: Some("soon".into()),
+                    ..SpecFlags::default()
+                },
+                "--health-interval: invalid duration",
+            ),
+            (
+                SpecFlags {
+                    health_interval: Some("1s".into()),
+                    ..SpecFlags::default()
+                },
+                "a process has no image (give --health-cmd",
+            ),
         ] {
-            assert!(applied(bad).is_err());
+            refused(bad, want);
         }
     }
 
@@ -482,25 +563,44 @@ mod tests {
         assert_eq!(spec.update.failure_action, FailureAction::Rollback);
         assert_eq!(spec.update.monitor_ms, UpdateConfig::default().monitor_ms);
         assert_eq!(spec.rollback.delay_ms, 1000);
-        for bad in [
-            SpecFlags {
-                update_order: Some("sideways".into()),
-                ..SpecFlags::default()
-            },
-            SpecFlags {
-                update_max_failure_ratio: Some("1.5".into()),
-                ..SpecFlags::default()
-            },
-            SpecFlags {
-                rollback_failure_action: Some("rollback".into()),
-                ..SpecFlags::default()
-            },
-            SpecFlags {
-                update_parallelism: Some("-1".into()),
-                ..SpecFlags::default()
-            },
+        for (bad, want) in [
+            (
+                SpecFlags {
+                    update_order: Some("sideways".into()),
+                    ..SpecFlags::default()
+                },
+                "invalid --update-order",
+            ),
+            (
+                SpecFlags {
+                    update_max_failure_ratio: Some("1.5".into()),
+                    ..SpecFlags::default()
+                },
+                "--update-max-failure-ratio: update max failure ratio must be between 0 and 1, not 1.5",
+            ),
+            (
+                SpecFlags {
+                    rollback_max_failure_ratio: Some("half".into()),
+                    ..SpecFlags::default()
+                },
+                "--rollback-max-failure-ratio: invalid failure ratio \"half\"",
+            ),
+            (
+                SpecFlags {
+                    rollback_failure_action: Some("rollback".into()),
+                    ..SpecFlags::default()
+                },
+                "--rollback-failure-action: rollback failure action must be pause or continue, not rollback",
+            ),
+            (
+                SpecFlags {
+                    update_parallelism: Some("-1".into()),
+                    ..SpecFlags::default()
+                },
+                "invalid --update-parallelism",
+            ),
         ] {
-            assert!(applied(bad).is_err());
+            refused(bad, want);
         }
     }
 

@@ -189,9 +189,10 @@ async fn deploy(client: &Client, paths: &[&str], stack: &str, prune: bool) -> Re
     let parsed = load_stack_files(paths)?;
     let specs = parsed.specs_for(stack)?;
     for spec in &specs {
-        // The daemon's own checks, so that a spec it would refuse stops the
+        // The daemon's own checks (the conversion made them before the
+        // names were prefixed), so that a spec it would refuse stops the
         // deploy before the first write rather than half way through.
-        flotilla_node::control::services::validate_spec(spec).map_err(|e| StackError::Service {
+        spec.validate().map_err(|e| StackError::Service {
             path: parsed.path.clone(),
             service: spec.name.clone(),
             reason: e.to_string(),

@@ -2,9 +2,7 @@
 //! back and remove. Every write of a spec is validated here first.
 
 use flotilla_store::{Command, StoreError};
-use flotilla_types::{
-    new_id, validate_name, Driver, HealthTest, MountKind, ServiceMode, ServiceSpec,
-};
+use flotilla_types::{new_id, ServiceMode, ServiceSpec};
 
 use super::{service_not_found, Control, ControlError};
 
@@ -129,99 +127,26 @@ impl Control {
     }
 }
 
-/// The most replicas one service may ask for: far beyond what one cluster
-/// runs, low enough that a typo cannot make the store explode.
-pub const MAX_REPLICAS: u64 = 100_000;
+/// The most replicas a spec may ask for (the rule is in
+/// [`ServiceSpec::validate`]).
+pub use flotilla_types::MAX_REPLICAS;
 
+/// A replica count the spec's rules allow, checked before the service is
+/// read so that a typo fails the same way whatever the service.
 pub fn check_replicas(replicas: u64) -> Result<(), ControlError> {
     if replicas > MAX_REPLICAS {
-        return Err(ControlError::Invalid(format!(
-            "invalid replicas {replicas}: at most {MAX_REPLICAS} are allowed"
-        )));
+        return Err(ControlError::Invalid(
+            flotilla_types::SpecError::TooManyReplicas(replicas).to_string(),
+        ));
     }
     Ok(())
 }
 
-/// Checks what the types alone cannot.
+/// The spec's own rules ([`ServiceSpec::validate`]), checked on every
+/// write of a spec.
 pub fn validate_spec(spec: &ServiceSpec) -> Result<(), ControlError> {
-    validate_name(&spec.name).map_err(|e| ControlError::Invalid(e.to_string()))?;
-    if let ServiceMode::Replicated { replicas } = spec.mode {
-        check_replicas(replicas)?;
-    }
-    let bad = |m: String| Err(ControlError::Invalid(m));
-    match (spec.task.driver, spec.task.command.first()) {
-        (Driver::Process, None) => return bad("a service needs a command".into()),
-        (_, Some(c)) if c.is_empty() => return bad("the command is empty".into()),
-        _ => {}
-    }
-    match (spec.task.driver, spec.task.image.as_deref()) {
-        (Driver::Docker, None | Some("")) => return bad("a docker service needs an image".into()),
-        (Driver::Process, Some(_)) => {
-            return bad("an image needs the docker driver (--driver docker)".into())
-        }
-        _ => {}
-    }
-    if spec.task.driver == Driver::Process && spec.task.init {
-        return bad("--init applies to docker tasks only".into());
-    }
-    if spec.task.driver == Driver::Process && !spec.task.mounts.is_empty() {
-        return bad("mounts apply to docker tasks only".into());
-    }
-    for m in &spec.task.mounts {
-        if !m.target.starts_with('/') {
-            return bad(format!(
-                "mount target {:?} must be an absolute path",
-                m.target
-            ));
-        }
-        if m.kind == MountKind::Bind && !m.source.starts_with('/') {
-            return bad(format!(
-                "bind mount source {:?} must be an absolute path",
-                m.source
-            ));
-        }
-    }
-    if let Some(h) = &spec.task.health {
-        if h.interval_ms == 0 || h.timeout_ms == 0 {
-            return bad("health check interval and timeout must be more than 0".into());
-        }
-        match &h.test {
-            HealthTest::Http { port: 0, .. } | HealthTest::Tcp { port: 0 } => {
-                return bad("health check port must be 1-65535".into())
-            }
-            HealthTest::Http { path, .. } if !path.starts_with('/') => {
-                return bad(format!("health check path {path:?} must start with /"))
-            }
-            HealthTest::Exec { argv } if argv.is_empty() => {
-                return bad("health check command is empty".into())
-            }
-            HealthTest::Shell { command } if command.trim().is_empty() => {
-                return bad("health check command is empty".into())
-            }
-            _ => {}
-        }
-    }
-    for (what, u) in [("update", &spec.update), ("rollback", &spec.rollback)] {
-        if !(0.0..=1.0).contains(&u.max_failure_ratio.0) {
-            return bad(format!(
-                "{what} max failure ratio must be between 0 and 1, not {}",
-                u.max_failure_ratio.0
-            ));
-        }
-    }
-    for key in spec.task.env.keys() {
-        if key.is_empty() || key.contains('=') || key.contains('\0') {
-            return Err(ControlError::Invalid(format!(
-                "invalid environment variable name {key:?}"
-            )));
-        }
-    }
-    if spec.task.command.iter().any(|a| a.contains('\0')) {
-        return Err(ControlError::Invalid(
-            "the command contains a NUL byte".into(),
-        ));
-    }
-    Ok(())
+    spec.validate()
+        .map_err(|e| ControlError::Invalid(e.to_string()))
 }
 
 #[cfg(test)]
@@ -271,6 +196,26 @@ mod tests {
             again,
             Err(ControlError::Store(StoreError::ServiceExists(_)))
         ));
+    }
+
+    /// A rollback whose failure action is to roll back again was accepted
+    /// by the server (the CLI refused it).
+    #[tokio::test]
+    async fn a_rollback_that_rolls_back_is_refused() {
+        let fake = fake();
+        let mut bad = spec("web", 1);
+        bad.rollback.failure_action = flotilla_types::FailureAction::Rollback;
+        let e = fake.control().create_service(bad.clone()).await.err();
+        assert_eq!(
+            e.map(|e| e.to_string()).as_deref(),
+            Some("rollback failure action must be pause or continue, not rollback")
+        );
+        fake.control()
+            .create_service(spec("web", 1))
+            .await
+            .expect("create");
+        let e = fake.control().replace_service("web", bad, None).await;
+        assert!(matches!(e, Err(ControlError::Invalid(_))), "{e:?}");
     }
 
     #[tokio::test]
