@@ -13,6 +13,7 @@
 //! # Layout
 //! - [`api`]: the client API, one file per resource.
 //! - [`cluster`]: the cluster port's endpoints (raft, sessions, joins).
+//! - [`tasklogs`]: the cluster endpoint serving this node's task logs.
 //! - [`dispatcher`], [`session`]: agent sessions, both sides.
 //! - [`views`]: the API's views of the store (pure).
 //! - [`certs`], [`identity`], [`wire`], [`host`]: node files, cluster-port
@@ -25,6 +26,7 @@ pub mod dispatcher;
 pub mod host;
 pub mod identity;
 pub mod session;
+pub mod tasklogs;
 pub mod views;
 pub mod wire;
 
@@ -762,7 +764,7 @@ impl NodeCtx {
         }
         if let Some(listener) = self.listener.lock().ok().and_then(|mut l| l.take()) {
             let config = member.tls.server_config(&self.data_dir)?;
-            let router = cluster::router(member.clone());
+            let router = cluster::router(member.clone(), self.agent_dir());
             self.tracker.spawn(flotilla_transport::serve(
                 listener,
                 Arc::new(std::sync::RwLock::new(config)),
