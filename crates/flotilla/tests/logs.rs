@@ -226,3 +226,53 @@ fn logs_come_from_every_node_follow_and_warn_about_a_dead_one() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn ended_tasks_stay_readable_and_new_tasks_join_a_follow() -> Result<()> {
+    let m = start_named("m1")?;
+    m.ok(&["init"])?;
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "job",
+        "--restart-condition",
+        "none",
+        "-d",
+        "--",
+        "sh",
+        "-c",
+        "echo finished $FLOTILLA_TASK_SLOT",
+    ])?;
+    wait_until("the job to complete", Duration::from_secs(5), || {
+        let tasks = m.tasks("job")?;
+        Ok(tasks.iter().any(|t| t["state"] == "complete").then_some(()))
+    })?;
+    // A few agent ticks: the ended task's directory must outlive them.
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = m.ok(&["service", "logs", "--no-task-ids", "job"])?.stdout;
+    assert_eq!(out, "job.1@m1 | finished 1\n");
+
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "grow",
+        "--replicas",
+        "1",
+        "-d",
+        "--",
+        "sh",
+        "-c",
+        "echo up $FLOTILLA_TASK_SLOT; exec sleep 100000",
+    ])?;
+    let mut follow = Follower::start(&m, &["service", "logs", "-f", "--raw", "grow"])?;
+    follow.wait_for("the first task's line", "up 1", Duration::from_secs(5))?;
+    m.ok(&["service", "scale", "grow=2"])?;
+    follow.wait_for(
+        "the line of a task started while following",
+        "up 2",
+        Duration::from_secs(5),
+    )?;
+    Ok(())
+}
