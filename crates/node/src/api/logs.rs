@@ -166,9 +166,12 @@ fn events_of(
     (warnings, lines)
 }
 
+/// The sources of each node, by node ID.
+type Groups = BTreeMap<String, (NodeRef, Vec<Source>)>;
+
 /// Groups sources by node; those without a node come back apart.
-fn by_node(sources: Vec<Source>) -> (BTreeMap<String, (NodeRef, Vec<Source>)>, Vec<Source>) {
-    let mut groups: BTreeMap<String, (NodeRef, Vec<Source>)> = BTreeMap::new();
+fn by_node(sources: Vec<Source>) -> (Groups, Vec<Source>) {
+    let mut groups = Groups::new();
     let mut lost = Vec::new();
     for src in sources {
         match src.node.clone() {
