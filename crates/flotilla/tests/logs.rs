@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use flotilla_testkit::{wait_until, Daemon};
 
 fn bin() -> &'static Path {
@@ -18,15 +18,6 @@ fn bin() -> &'static Path {
 
 fn start_named(name: &str) -> Result<Daemon> {
     Daemon::start_with(bin(), "127.0.0.1:0", &["--name", name])
-}
-
-fn manager_addr(m: &Daemon) -> Result<String> {
-    let nodes = m.ok(&["node", "ls", "--format", "json"])?.json()?;
-    nodes
-        .as_array()
-        .and_then(|a| a.iter().find(|n| n["is_self"] == true))
-        .and_then(|n| n["addr"].as_str().map(String::from))
-        .ok_or_else(|| anyhow!("no address for the manager"))
 }
 
 /// `service logs --follow` as a child process; its stdout lines arrive on
@@ -106,7 +97,7 @@ fn logs_come_from_every_node_follow_and_warn_about_a_dead_one() -> Result<()> {
         .trim()
         .to_string();
     let mut w = start_named("w1")?;
-    w.ok(&["join", "--token", &token, &manager_addr(&m)?])?;
+    w.ok(&["join", "--token", &token, &m.cluster_addr()?])?;
 
     // Each task says hello at once, and "late" once the test creates its
     // node's trigger file.
