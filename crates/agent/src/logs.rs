@@ -170,6 +170,34 @@ fn last_mark(marks: &Path) -> io::Result<Option<(u64, u64)>> {
     Ok(parse_marks(&tail).last().copied())
 }
 
+/// The marks that can date bytes past `start`: a follower reads only the
+/// end of the marks file, the whole file only when that end does not reach
+/// back to `start`.
+fn marks_from(marks: &Path, start: u64) -> io::Result<Vec<(u64, u64)>> {
+    const END: u64 = 64 * 1024;
+    let mut f = match File::open(marks) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let len = f.metadata()?.len();
+    if len > END && start > 0 {
+        f.seek(SeekFrom::Start(len - END))?;
+        let mut end = String::new();
+        Read::by_ref(&mut f).take(END).read_to_string(&mut end)?;
+        // The first line may be cut.
+        let whole = end.split_once('\n').map_or("", |(_, rest)| rest);
+        let found = parse_marks(whole);
+        if found.first().is_some_and(|(offset, _)| *offset <= start) {
+            return Ok(found);
+        }
+        f.seek(SeekFrom::Start(0))?;
+    }
+    let mut text = String::new();
+    f.read_to_string(&mut text)?;
+    Ok(parse_marks(&text))
+}
+
 /// Parses `offset ts_ms` lines; a torn or foreign line is skipped.
 pub fn parse_marks(text: &str) -> Vec<(u64, u64)> {
     text.lines()
@@ -322,11 +350,7 @@ fn read_segment(path: &Path, start: u64, max: u64) -> Result<Option<Segment>, Lo
     f.seek(SeekFrom::Start(start)).map_err(err)?;
     let mut bytes = Vec::new();
     f.take(max).read_to_end(&mut bytes).map_err(err)?;
-    let marks = match fs::read_to_string(marks_path(path)) {
-        Ok(text) => parse_marks(&text),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(err(e)),
-    };
+    let marks = marks_from(&marks_path(path), start).map_err(err)?;
     Ok(Some(Segment {
         start,
         truncated: start + (bytes.len() as u64) < meta.len(),
@@ -464,6 +488,20 @@ mod tests {
         let texts: Vec<&str> = rest.lines.iter().map(|l| l.text.as_str()).collect();
         assert_eq!(texts, ["c", "d"]);
         assert_eq!(read_log(&log, Some(2), 1 << 20, false).unwrap().lines, []);
+    }
+
+    #[test]
+    fn a_follower_reads_only_the_end_of_long_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let marks = dir.path().join("m");
+        let text: String = (1..=10_000u64).map(|i| format_mark(i * 10, i)).collect();
+        fs::write(&marks, &text).unwrap();
+        let all = marks_from(&marks, 0).unwrap();
+        assert_eq!(all.len(), 10_000);
+        let late = marks_from(&marks, 99_000).unwrap();
+        assert!(late.len() < 10_000 && late[0].0 <= 99_000, "{}", late.len());
+        assert_eq!(late.last(), all.last());
+        assert_eq!(marks_from(&marks, 5).unwrap().len(), 10_000);
     }
 
     #[test]

@@ -374,7 +374,7 @@ async fn follow(
 async fn follow_node(
     fetcher: Arc<Fetcher>,
     mut node: NodeRef,
-    tasks: tokio::sync::watch::Receiver<Vec<Source>>,
+    mut tasks: tokio::sync::watch::Receiver<Vec<Source>>,
     q: LogQuery,
     initial: Arc<HashSet<String>>,
     tx: mpsc::Sender<Vec<LogEvent>>,
@@ -382,7 +382,7 @@ async fn follow_node(
     let mut cursors: HashMap<String, u64> = HashMap::new();
     let mut warned: HashSet<String> = HashSet::new();
     loop {
-        let group = tasks.borrow().clone();
+        let group = tasks.borrow_and_update().clone();
         if let Some(n) = group.first().and_then(|s| s.node.clone()) {
             // The node's address or state may have changed.
             node = n;
@@ -391,6 +391,9 @@ async fn follow_node(
         let req = request(&group, &cursors, tail_of, q.since_ms, FOLLOW_WAIT);
         let answer = tokio::select! {
             _ = tx.closed() => return,
+            // A new task: ask again at once, with it (the dropped call
+            // advanced no cursor, so nothing is lost).
+            Ok(()) = tasks.changed() => continue,
             a = fetcher.fetch(&node, req) => a,
         };
         let events: Vec<LogEvent> = match answer {
