@@ -43,7 +43,7 @@ use crate::driver::{
     BoxFuture, Driver, DriverError, Drivers, Exit, ExitFuture, Handle, Probe, StartSpec, StopSignal,
 };
 use crate::health::{effective_check, timed_out, wants_own_check, HealthMonitor};
-use crate::logs::{rotate_if_over_cap, task_log_path};
+use crate::logs::{mark_growth, rotate_if_over_cap, task_log_path};
 use crate::record::{
     load_records, remove_task_dir, task_dir, valid_task_id, write_record, TaskRecord,
 };
@@ -729,8 +729,10 @@ impl Loop {
         });
     }
 
+    /// Once a tick, for every running task: marks how far its log has
+    /// grown (the lines' times, see [`crate::logs`]) and applies the cap.
     fn run_janitor(&mut self) {
-        if self.log_cap == 0 || self.janitor.as_ref().is_some_and(|j| !j.is_finished()) {
+        if self.janitor.as_ref().is_some_and(|j| !j.is_finished()) {
             return;
         }
         let logs: Vec<PathBuf> = self
@@ -742,6 +744,9 @@ impl Loop {
         let cap = self.log_cap;
         self.janitor = Some(tokio::task::spawn_blocking(move || {
             for log in logs {
+                if let Err(e) = mark_growth(&log) {
+                    warn!(error = %e, "log janitor");
+                }
                 match rotate_if_over_cap(&log, cap) {
                     Ok(true) => debug!(path = %log.display(), "rotated a task log"),
                     Ok(false) => {}

@@ -32,7 +32,8 @@
 //!   process groups.
 //! - [`record`]: the per-task `state.json` records under
 //!   `<state_dir>/tasks/<task_id>/`.
-//! - [`logs`]: task log paths and the size cap (copy-and-truncate).
+//! - [`logs`]: task log paths, the size cap (copy-and-truncate), and the
+//!   marks that give lines their times.
 //! - [`procfs`]: `/proc/<pid>/stat`, pidfds and process-group signals.
 
 pub mod agent;
@@ -50,7 +51,7 @@ pub use driver::{
     BoxFuture, Driver, DriverError, Drivers, Exit, ExitFuture, Handle, Probe, StartSpec, Started,
     StopSignal,
 };
-pub use logs::{rotated_log_path, task_log_path, LogError};
+pub use logs::{read_log, rotated_log_path, task_log_path, LogError, LogLine, LogRead};
 pub use process::ProcessDriver;
 pub use procfs::ProcError;
 pub use record::{task_dir, RecordError, TaskRecord};

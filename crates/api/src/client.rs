@@ -424,19 +424,26 @@ impl Client {
         self.call::<(), _>(Method::GET, &path, None).await
     }
 
-    /// `GET /v1/services/{name}/logs`: calls `sink` with each chunk of log
-    /// text as it arrives. With `follow`, returns only when the daemon ends
-    /// the stream or the connection breaks.
+    /// `GET /v1/services/{name}/logs`: calls `sink` with each event (a
+    /// line or a warning) as it arrives; the body is JSON lines. With
+    /// `follow`, returns only when the daemon ends the stream or the
+    /// connection breaks.
     pub async fn logs(
         &self,
         name: &str,
-        tail: Option<u64>,
-        follow: bool,
-        mut sink: impl FnMut(&[u8]),
+        query: &crate::model::LogQuery,
+        mut sink: impl FnMut(crate::model::LogEvent),
     ) -> Result<(), ClientError> {
-        let mut path = format!("/v1/services/{}/logs?follow={follow}", encode_segment(name));
-        if let Some(n) = tail {
+        let mut path = format!(
+            "/v1/services/{}/logs?follow={}",
+            encode_segment(name),
+            query.follow
+        );
+        if let Some(n) = query.tail {
             path.push_str(&format!("&tail={n}"));
+        }
+        if let Some(ms) = query.since_ms {
+            path.push_str(&format!("&since_ms={ms}"));
         }
         let request = Self::build::<()>(Method::GET, &path, None)?;
         let response = tokio::time::timeout(self.timeout, self.send(request))
@@ -452,11 +459,25 @@ impl Client {
                 .to_bytes();
             return Err(api_error(status, &bytes));
         }
+        let mut pending: Vec<u8> = Vec::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| ClientError::Transport(e.to_string()))?;
-            if let Some(data) = frame.data_ref() {
-                sink(data);
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            pending.extend_from_slice(data);
+            let mut used = 0;
+            while let Some(i) = pending[used..].iter().position(|b| *b == b'\n') {
+                let line = &pending[used..used + i];
+                used += i + 1;
+                if line.is_empty() {
+                    continue;
+                }
+                let event = serde_json::from_slice(line)
+                    .map_err(|e| ClientError::Decode(format!("a log event: {e}")))?;
+                sink(event);
             }
+            pending.drain(..used);
         }
         Ok(())
     }

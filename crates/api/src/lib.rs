@@ -35,7 +35,7 @@
 //! | POST | `/v1/services/{name}/rollback` | | [`model::ServiceView`] |
 //! | DELETE | `/v1/services/{name}` | | [`model::Removed`] |
 //! | GET | `/v1/services/{name}/tasks` | | `[`[`model::TaskView`]`]` |
-//! | GET | `/v1/services/{name}/logs` | `tail`, `follow` | text stream |
+//! | GET | `/v1/services/{name}/logs` | [`model::LogQuery`] | JSON lines of [`model::LogEvent`] |
 
 pub mod client;
 pub mod model;

@@ -238,3 +238,61 @@ pub struct ClientCert {
     /// Client API addresses of the managers.
     pub managers: Vec<String>,
 }
+
+/// `GET /v1/services/{name}/logs` query.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogQuery {
+    /// Keep the stream open: new lines, and new tasks of the service.
+    #[serde(default)]
+    pub follow: bool,
+    /// Only the last N lines of each task (that exists when the call starts).
+    #[serde(default)]
+    pub tail: Option<u64>,
+    /// Only lines at or after this time, Unix milliseconds.
+    #[serde(default)]
+    pub since_ms: Option<UnixMs>,
+}
+
+/// Which task a log line comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskLabel {
+    pub service: String,
+    /// The slot number, or the node ID for a global service's task.
+    pub slot: String,
+    pub task_id: String,
+    /// Node name.
+    pub node: String,
+}
+
+impl TaskLabel {
+    /// `service.slot.taskid` (the ID cut to 12 characters), or
+    /// `service.slot` without the task ID.
+    pub fn name(&self, with_task_id: bool) -> String {
+        if with_task_id {
+            let short: String = self.task_id.chars().take(12).collect();
+            format!("{}.{}.{}", self.service, self.slot, short)
+        } else {
+            format!("{}.{}", self.service, self.slot)
+        }
+    }
+}
+
+/// One line of a task's output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// When the node first saw the line (Unix milliseconds; within the
+    /// agent's one-second sampling period of when it was written).
+    pub ts_ms: UnixMs,
+    pub task: TaskLabel,
+    /// The line without its newline.
+    pub text: String,
+}
+
+/// One item of the logs stream: the body is JSON lines, one event each.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogEvent {
+    Line(LogEntry),
+    /// A task whose log cannot be read (its node is down or unreachable).
+    Warning(String),
+}

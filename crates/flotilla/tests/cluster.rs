@@ -13,12 +13,7 @@ fn bin() -> &'static Path {
 }
 
 fn manager_addr(m: &Daemon) -> Result<String> {
-    let nodes = m.ok(&["node", "ls", "--format", "json"])?.json()?;
-    nodes
-        .as_array()
-        .and_then(|a| a.iter().find(|n| n["is_self"] == true))
-        .and_then(|n| n["addr"].as_str().map(String::from))
-        .ok_or_else(|| anyhow!("no address for the manager"))
+    m.cluster_addr()
 }
 
 fn token(m: &Daemon, role: &str) -> Result<String> {

@@ -80,8 +80,9 @@ pub fn cert_role(role: NodeRole) -> Role {
     }
 }
 
-/// The cluster port's routes.
-pub fn router(member: Arc<Member>) -> Router {
+/// The cluster port's routes; `agent_dir` is where this node's agent keeps
+/// the task logs that [`crate::tasklogs`] serves.
+pub fn router(member: Arc<Member>, agent_dir: std::path::PathBuf) -> Router {
     Router::new()
         .route("/join/v1/join", post(join))
         .route("/cluster/v1/session", post(session))
@@ -95,9 +96,10 @@ pub fn router(member: Arc<Member>) -> Router {
         .route(paths::SNAPSHOT, post(raft_snapshot))
         .fallback(|| async { ClusterError::BadRequest("no such cluster endpoint".into()) })
         .with_state(member)
+        .merge(super::tasklogs::router(agent_dir))
 }
 
-fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, ClusterError> {
+pub(crate) fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, ClusterError> {
     r.map(|Json(v)| v)
         .map_err(|e| ClusterError::BadRequest(format!("invalid request: {}", e.body_text())))
 }
@@ -112,8 +114,8 @@ fn node_peer(peer: &Peer) -> Result<&flotilla_pki::PeerIdentity, ClusterError> {
     }
 }
 
-/// The caller must be a manager, and so must this node.
-fn manager_call(m: &Member, peer: &Peer) -> Result<Arc<flotilla_raft::RaftNode>, ClusterError> {
+/// The caller must be a manager.
+pub(crate) fn manager_peer(peer: &Peer) -> Result<&flotilla_pki::PeerIdentity, ClusterError> {
     let who = node_peer(peer)?;
     if who.role != Role::Manager {
         return Err(ClusterError::Forbidden(format!(
@@ -121,6 +123,12 @@ fn manager_call(m: &Member, peer: &Peer) -> Result<Arc<flotilla_raft::RaftNode>,
             who.node_id
         )));
     }
+    Ok(who)
+}
+
+/// The caller must be a manager, and so must this node.
+fn manager_call(m: &Member, peer: &Peer) -> Result<Arc<flotilla_raft::RaftNode>, ClusterError> {
+    manager_peer(peer)?;
     m.raft.clone().ok_or_else(|| {
         ClusterError::Forbidden("this node is a worker: manager-only endpoint".into())
     })

@@ -15,6 +15,7 @@
 //! - [`control`]: the rules of every change the API makes, over a read
 //!   view of the store and a writer trait (unit tested without raft).
 //! - [`cluster`]: the cluster port's endpoints (raft, sessions, joins).
+//! - [`tasklogs`]: the cluster endpoint serving this node's task logs.
 //! - [`dispatcher`], [`session`]: agent sessions, both sides.
 //! - [`views`]: the API's views of the store (pure).
 //! - [`certs`], [`identity`], [`wire`], [`host`]: node files, cluster-port
@@ -33,6 +34,7 @@ mod member;
 mod recovery;
 mod renew;
 pub mod session;
+pub mod tasklogs;
 pub mod views;
 pub mod wire;
 mod write;

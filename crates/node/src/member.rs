@@ -116,7 +116,7 @@ impl NodeCtx {
         } = ports;
         if let Some(listener) = cluster_listener {
             let config = member.tls.server_config(&self.data_dir)?;
-            let router = cluster::router(member.clone());
+            let router = cluster::router(member.clone(), self.agent_dir());
             self.tracker.spawn(flotilla_transport::serve(
                 listener,
                 Arc::new(std::sync::RwLock::new(config)),

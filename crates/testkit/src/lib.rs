@@ -271,6 +271,16 @@ impl Daemon {
             .with_context(|| format!("flotilla {}", args.join(" ")))
     }
 
+    /// The cluster address this node advertises (`node ls`), for `join`.
+    pub fn cluster_addr(&self) -> Result<String> {
+        let nodes = self.ok(&["node", "ls", "--format", "json"])?.json()?;
+        nodes
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["is_self"] == true))
+            .and_then(|n| n["addr"].as_str().map(String::from))
+            .ok_or_else(|| anyhow!("node ls names no address for this node"))
+    }
+
     /// `service ps NAME --format json`: every task of the service, history
     /// included.
     pub fn tasks(&self, name: &str) -> Result<Vec<serde_json::Value>> {

@@ -889,15 +889,41 @@ pub async fn service(client: &Client, command: &ServiceCommand) -> Result<()> {
                 None => Ok(()),
             }
         }
-        ServiceCommand::Logs { name, follow, tail } => {
+        ServiceCommand::Logs {
+            name,
+            follow,
+            tail,
+            since,
+            timestamps,
+            raw,
+            no_task_ids,
+        } => {
+            let since_ms = match since {
+                Some(s) => Some(super::logs::parse_since(s, flotilla_node::now_ms())?),
+                None => None,
+            };
+            let query = flotilla_api::model::LogQuery {
+                follow: *follow,
+                tail: *tail,
+                since_ms,
+            };
+            let style = super::logs::Style {
+                timestamps: *timestamps,
+                raw: *raw,
+                task_ids: !*no_task_ids,
+            };
             let stdout = std::io::stdout();
             let mut write_err = None;
             client
-                .logs(name, *tail, *follow, |chunk| {
-                    let mut lock = stdout.lock();
-                    if let Err(e) = lock.write_all(chunk).and_then(|_| lock.flush()) {
-                        write_err = Some(e);
+                .logs(name, &query, |event| match event {
+                    flotilla_api::model::LogEvent::Line(entry) => {
+                        let mut lock = stdout.lock();
+                        let line = super::logs::render(&entry, style);
+                        if let Err(e) = writeln!(lock, "{line}").and_then(|_| lock.flush()) {
+                            write_err = Some(e);
+                        }
                     }
+                    flotilla_api::model::LogEvent::Warning(w) => eprintln!("warning: {w}"),
                 })
                 .await?;
             if let Some(e) = write_err {

@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod flags;
+pub mod logs;
 pub mod output;
 pub mod stack;
 
@@ -257,12 +258,25 @@ pub enum ServiceCommand {
     /// Show the output of a service's tasks
     Logs {
         name: String,
-        /// Keep printing new output
+        /// Keep printing new output, also of tasks that start meanwhile
         #[arg(short, long)]
         follow: bool,
         /// Only the last N lines of each task
         #[arg(short = 'n', long)]
         tail: Option<u64>,
+        /// Only lines since a time: a duration back (10m, 1h30m), a Unix
+        /// timestamp or an RFC 3339 time
+        #[arg(long)]
+        since: Option<String>,
+        /// Start each line with the time it was written (within a second)
+        #[arg(short, long)]
+        timestamps: bool,
+        /// No `service.slot.task@node | ` prefix
+        #[arg(long)]
+        raw: bool,
+        /// Leave the task IDs out of the prefix
+        #[arg(long)]
+        no_task_ids: bool,
     },
 }
 

@@ -3,8 +3,6 @@
 //! [`services`] and [`logs`]. Status codes are chosen in one place,
 //! [`ApiError::status`].
 
-use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -341,22 +339,6 @@ struct ForceQuery {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tails_lines() {
-        assert_eq!(tail_lines(b"a\nb\nc\n", 2), b"b\nc\n");
-        assert_eq!(tail_lines(b"a\nb\nc", 2), b"b\nc");
-        assert_eq!(tail_lines(b"a\nb\n", 5), b"a\nb\n");
-        assert_eq!(tail_lines(b"a\nb\n", 0), b"");
-    }
-
-    #[test]
-    fn prefixes_whole_lines_only() {
-        let mut partial = Vec::new();
-        assert_eq!(prefix_lines("p | ", b"one\ntw", &mut partial), b"p | one\n");
-        assert_eq!(prefix_lines("p | ", b"o\n", &mut partial), b"p | two\n");
-        assert!(partial.is_empty());
-    }
 
     #[test]
     fn statuses_are_chosen_in_one_place() {
