@@ -53,7 +53,6 @@ use tokio_util::task::TaskTracker;
 
 use flotilla_pki::Role;
 use flotilla_raft::node::RaftTimings;
-use flotilla_raft::RaftNode;
 
 pub use lifecycle::{InitError, NodeCtx};
 pub use member::Member;
@@ -245,17 +244,7 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
             )
         })?;
         let raft = if tls.identity()?.role == Role::Manager {
-            let client = tls.client(&config.data_dir)?;
-            Some(Arc::new(
-                RaftNode::start_with(
-                    &config.data_dir,
-                    identity.raft_id,
-                    &config.timings,
-                    Some(client),
-                )
-                .await
-                .with_context(|| format!("starting raft in {}", config.data_dir.display()))?,
-            ))
+            Some(ctx.start_raft(&tls, identity.raft_id).await?)
         } else {
             None
         };

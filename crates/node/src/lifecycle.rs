@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
@@ -225,6 +225,16 @@ impl NodeCtx {
         }
     }
 
+    /// Starts this manager's raft member on the data dir, talking to the
+    /// other managers with this node's certificate.
+    pub(crate) async fn start_raft(&self, tls: &NodeTls, raft_id: u64) -> Result<Arc<RaftNode>> {
+        let client = tls.client(&self.data_dir)?;
+        let raft = RaftNode::start_with(&self.data_dir, raft_id, &self.timings, Some(client))
+            .await
+            .with_context(|| format!("starting raft in {}", self.data_dir.display()))?;
+        Ok(Arc::new(raft))
+    }
+
     /// Binds the cluster port and the client API port again, for a later
     /// init or join; a port that cannot be bound is logged and left out.
     async fn rebind(&self) -> Ports {
@@ -288,17 +298,10 @@ impl NodeCtx {
             created_at: now,
             last_seen: now,
         };
-        let client = tls.client(&self.data_dir).map_err(failed)?;
-        let raft = Arc::new(
-            RaftNode::start_with(
-                &self.data_dir,
-                identity.raft_id,
-                &self.timings,
-                Some(client),
-            )
+        let raft = self
+            .start_raft(&tls, identity.raft_id)
             .await
-            .map_err(failed)?,
-        );
+            .map_err(failed)?;
         if raft.is_initialized() {
             raft.shutdown().await;
             return Err(InitError::Failed(
@@ -395,17 +398,11 @@ impl NodeCtx {
         tls.store(&self.data_dir).map_err(failed)?;
         identity::store(&self.data_dir, &identity).map_err(failed)?;
         let raft = if answer.role == "manager" {
-            let client = tls.client(&self.data_dir).map_err(failed)?;
-            Some(Arc::new(
-                RaftNode::start_with(
-                    &self.data_dir,
-                    identity.raft_id,
-                    &self.timings,
-                    Some(client),
-                )
-                .await
-                .map_err(failed)?,
-            ))
+            Some(
+                self.start_raft(&tls, identity.raft_id)
+                    .await
+                    .map_err(failed)?,
+            )
         } else {
             None
         };
