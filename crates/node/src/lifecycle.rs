@@ -268,7 +268,7 @@ impl NodeCtx {
         };
         tls.store(&self.data_dir).map_err(failed)?;
         identity::store(&self.data_dir, &identity).map_err(failed)?;
-        let raft = if answer.role == "manager" {
+        let raft = if answer.role == NodeRole::Manager {
             let client = tls.client(&self.data_dir).map_err(failed)?;
             Some(Arc::new(
                 RaftNode::start_with(
