@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use flotilla_types::{
     Availability, DesiredState, Health, NodeRole, NodeState, ServiceMode, ServiceSpec, TaskState,
@@ -288,6 +288,37 @@ impl From<&ServiceMode> for ServiceModeKind {
             ServiceMode::Global => ServiceModeKind::Global,
         }
     }
+}
+
+/// `?force=true`: `POST /v1/leave` and `DELETE /v1/nodes/{id}`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ForceQuery {
+    /// Leave or remove even when the rules would refuse (quorum, a live
+    /// node).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `?rotate=true`: `GET /v1/join-token/{role}`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TokenQuery {
+    /// Replace the role's secret first: the old token stops working.
+    #[serde(default)]
+    pub rotate: bool,
+}
+
+/// `GET /v1/services/{name}/logs`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// Keep the answer open and stream new lines.
+    #[serde(default)]
+    pub follow: bool,
+    /// Only the last `tail` lines of each task.
+    #[serde(default)]
+    pub tail: Option<u64>,
 }
 
 #[cfg(test)]

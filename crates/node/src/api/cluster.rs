@@ -134,12 +134,6 @@ pub(super) async fn leave(State(ctx): Ctx, Query(q): Query<ForceQuery>) -> ApiRe
     Ok(Json(()))
 }
 
-#[derive(Debug, Deserialize)]
-pub(super) struct TokenQuery {
-    #[serde(default)]
-    rotate: bool,
-}
-
 pub(super) async fn join_token(
     State(ctx): Ctx,
     Path(role): Path<String>,

@@ -2,12 +2,8 @@
 
 use super::*;
 
-#[derive(Debug, Deserialize)]
-pub(super) struct LogQuery {
-    #[serde(default)]
-    follow: bool,
-    tail: Option<u64>,
-}
+/// The query is part of the contract, in the API model.
+pub(super) type LogQuery = flotilla_api::model::LogsQuery;
 
 /// Last `n` lines of `bytes`.
 pub(super) fn tail_lines(bytes: &[u8], n: u64) -> &[u8] {
