@@ -1,6 +1,6 @@
 //! The client API's route table, [`ROUTES`]: the one list the daemon's
 //! router is built from (`flotilla_node::api::router`) and the OpenAPI
-//! document is generated from (checked in as
+//! document is generated from ([`crate::openapi`], checked in as
 //! `docs/openapi.json`).
 //!
 //! A row names an [`Operation`]; the daemon maps each operation to its
