@@ -4,17 +4,21 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use flotilla_types::{ServiceSpec, UnixMs, UpdateStatus};
+use flotilla_types::{
+    Availability, DesiredState, Health, NodeRole, NodeState, ServiceMode, ServiceSpec, TaskState,
+    UnixMs, UpdateStatus,
+};
 
 /// The error body of every failed request.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ErrorBody {
     pub error: String,
 }
 
 /// `POST /v1/init`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct InitRequest {
     /// Address other nodes will reach this one at.
     #[serde(default)]
@@ -27,7 +31,7 @@ pub struct InitRequest {
 }
 
 /// `POST /v1/join`: join the cluster of the manager at `manager_addr`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JoinRequest {
     pub token: String,
     /// Cluster address of a manager, `HOST:PORT`.
@@ -37,31 +41,30 @@ pub struct JoinRequest {
 }
 
 /// `GET /v1/join-token/{role}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct JoinTokenView {
-    /// `worker` or `manager`.
-    pub role: String,
+    pub role: NodeRole,
     pub token: String,
     /// Cluster addresses of the managers, to join through.
     pub managers: Vec<String>,
 }
 
 /// The cluster and node `init` (or `join`) made.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct InitResponse {
     pub cluster_id: String,
     pub node_id: String,
 }
 
 /// `GET /v1/info`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Info {
     /// None until `init`.
     pub cluster_id: Option<String>,
     pub node_id: Option<String>,
     pub node_name: String,
-    /// `manager` or `worker`; None before `init`.
-    pub role: Option<String>,
+    /// None before `init`.
+    pub role: Option<NodeRole>,
     pub is_leader: bool,
     pub leader: Option<String>,
     pub managers: u64,
@@ -79,19 +82,16 @@ pub struct Info {
 }
 
 /// A node as `node ls` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NodeView {
     pub id: String,
     pub name: String,
     pub hostname: String,
-    /// `manager` or `worker`.
-    pub role: String,
-    /// `ready` or `down`.
-    pub status: String,
-    /// `active`, `pause` or `drain`.
-    pub availability: String,
-    /// `leader`, `reachable` or `unreachable`; None for workers.
-    pub manager_status: Option<String>,
+    pub role: NodeRole,
+    pub status: NodeState,
+    pub availability: Availability,
+    /// None for workers.
+    pub manager_status: Option<Reachability>,
     pub addr: String,
     /// Client API address (managers).
     #[serde(default)]
@@ -106,7 +106,7 @@ pub struct NodeView {
 }
 
 /// Running and desired task counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Replicas {
     pub running: u64,
     pub desired: u64,
@@ -121,18 +121,19 @@ pub struct Replicas {
 }
 
 /// A service as `service ls` and `service inspect` show it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ServiceView {
     pub id: String,
     pub name: String,
-    /// `replicated` or `global`.
-    pub mode: String,
+    pub mode: ServiceModeKind,
     pub replicas: Replicas,
     /// The command line, joined for display.
     pub command: String,
     pub spec: ServiceSpec,
     pub version: u64,
+    #[schema(value_type = u64)]
     pub created_at: UnixMs,
+    #[schema(value_type = u64)]
     pub updated_at: UnixMs,
     /// The last rolling update or rollback.
     #[serde(default)]
@@ -143,7 +144,7 @@ pub struct ServiceView {
 }
 
 /// A task as `service ps` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct TaskView {
     pub id: String,
     pub service: String,
@@ -152,17 +153,18 @@ pub struct TaskView {
     /// Node name, or None while pending.
     pub node: Option<String>,
     pub node_id: Option<String>,
-    pub desired_state: String,
-    pub state: String,
+    pub desired_state: DesiredState,
+    pub state: TaskState,
     /// When the state was entered.
+    #[schema(value_type = u64)]
     pub timestamp: UnixMs,
     pub message: String,
     pub error: Option<String>,
     pub exit_code: Option<i32>,
     pub pid: Option<u32>,
-    /// `starting`, `healthy` or `unhealthy` for running tasks with a check.
+    /// Set for running tasks with a check.
     #[serde(default)]
-    pub health: Option<String>,
+    pub health: Option<Health>,
     /// The image of a docker task.
     #[serde(default)]
     pub image: Option<String>,
@@ -172,20 +174,21 @@ pub struct TaskView {
     /// an update has not reached yet).
     #[serde(default)]
     pub up_to_date: bool,
+    #[schema(value_type = u64)]
     pub created_at: UnixMs,
     /// False for older tasks of a slot (history).
     pub current: bool,
 }
 
 /// `POST /v1/services/{name}/scale`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ScaleRequest {
     pub replicas: u64,
 }
 
 /// `PUT /v1/services/{name}`: a whole new spec, as `service update` and
 /// `stack deploy` send after changing what they read.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ServiceReplace {
     pub spec: ServiceSpec,
     /// The version the spec was read at; the write fails with 409 when the
@@ -195,14 +198,14 @@ pub struct ServiceReplace {
 }
 
 /// What `DELETE` removed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Removed {
     pub id: String,
     pub name: String,
 }
 
 /// `POST /v1/nodes/{id}/update`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct NodeUpdate {
     #[serde(default)]
     pub availability: Option<flotilla_types::Availability>,
@@ -215,7 +218,7 @@ pub struct NodeUpdate {
 }
 
 /// `GET /v1/leader-check`: 200 on the leader, 503 elsewhere.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct LeaderCheck {
     pub leader: bool,
     /// The leader's cluster address, when known.
@@ -223,14 +226,14 @@ pub struct LeaderCheck {
 }
 
 /// `POST /v1/client-cert`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ClientCertRequest {
     /// Who the certificate is for (its common name).
     pub name: String,
 }
 
 /// A client certificate, its key, and the cluster CA, PEM.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ClientCert {
     pub ca_pem: String,
     pub cert_pem: String,
@@ -239,8 +242,76 @@ pub struct ClientCert {
     pub managers: Vec<String>,
 }
 
+/// A manager as the answering node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Reachability {
+    /// The raft leader.
+    Leader,
+    /// Heard from: itself, the leader it follows, or a manager whose agent
+    /// heartbeats arrive.
+    Reachable,
+    Unreachable,
+}
+
+impl Reachability {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reachability::Leader => "leader",
+            Reachability::Reachable => "reachable",
+            Reachability::Unreachable => "unreachable",
+        }
+    }
+}
+
+/// A service's mode without its data: what `service ls` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceModeKind {
+    Replicated,
+    Global,
+}
+
+impl ServiceModeKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ServiceModeKind::Replicated => "replicated",
+            ServiceModeKind::Global => "global",
+        }
+    }
+}
+
+impl From<&ServiceMode> for ServiceModeKind {
+    fn from(mode: &ServiceMode) -> Self {
+        match mode {
+            ServiceMode::Replicated { .. } => ServiceModeKind::Replicated,
+            ServiceMode::Global => ServiceModeKind::Global,
+        }
+    }
+}
+
+/// `?force=true`: `POST /v1/leave` and `DELETE /v1/nodes/{id}`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ForceQuery {
+    /// Leave or remove even when the rules would refuse (quorum, a live
+    /// node).
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `?rotate=true`: `GET /v1/join-token/{role}`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct TokenQuery {
+    /// Replace the role's secret first: the old token stops working.
+    #[serde(default)]
+    pub rotate: bool,
+}
+
 /// `GET /v1/services/{name}/logs` query.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogQuery {
     /// Keep the stream open: new lines, and new tasks of the service.
     #[serde(default)]
@@ -250,11 +321,12 @@ pub struct LogQuery {
     pub tail: Option<u64>,
     /// Only lines at or after this time, Unix milliseconds.
     #[serde(default)]
+    #[param(value_type = Option<u64>)]
     pub since_ms: Option<UnixMs>,
 }
 
 /// Which task a log line comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TaskLabel {
     pub service: String,
     /// The slot number, or the node ID for a global service's task.
@@ -278,10 +350,11 @@ impl TaskLabel {
 }
 
 /// One line of a task's output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct LogEntry {
     /// When the node first saw the line (Unix milliseconds; within the
     /// agent's one-second sampling period of when it was written).
+    #[schema(value_type = u64)]
     pub ts_ms: UnixMs,
     pub task: TaskLabel,
     /// The line without its newline.
@@ -289,10 +362,44 @@ pub struct LogEntry {
 }
 
 /// One item of the logs stream: the body is JSON lines, one event each.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogEvent {
     Line(LogEntry),
     /// A task whose log cannot be read (its node is down or unreachable).
     Warning(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The enums are written as the strings the API always had.
+    #[test]
+    fn enums_are_the_lowercase_words() {
+        assert_eq!(json(&Reachability::Leader), "\"leader\"");
+        assert_eq!(json(&Reachability::Unreachable), "\"unreachable\"");
+        assert_eq!(json(&ServiceModeKind::Global), "\"global\"");
+        assert_eq!(json(&NodeRole::Manager), "\"manager\"");
+        assert_eq!(json(&Availability::Drain), "\"drain\"");
+        assert_eq!(json(&NodeState::Ready), "\"ready\"");
+        assert_eq!(json(&DesiredState::Shutdown), "\"shutdown\"");
+        assert_eq!(json(&TaskState::Running), "\"running\"");
+        assert_eq!(json(&Health::Unhealthy), "\"unhealthy\"");
+        for r in [
+            Reachability::Leader,
+            Reachability::Reachable,
+            Reachability::Unreachable,
+        ] {
+            assert_eq!(json(&r), format!("\"{}\"", r.as_str()));
+        }
+        assert_eq!(
+            ServiceModeKind::from(&ServiceMode::Replicated { replicas: 2 }),
+            ServiceModeKind::Replicated
+        );
+    }
+
+    fn json<T: Serialize>(v: &T) -> String {
+        serde_json::to_string(v).expect("serialize")
+    }
 }

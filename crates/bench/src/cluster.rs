@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use flotilla_api::model::{NodeView, TaskView};
+use flotilla_api::model::{NodeView, Reachability, TaskView};
 use flotilla_api::Client;
 
 use crate::procs::{self, MARK_VAR};
@@ -200,7 +200,7 @@ fn describe(nodes: &[NodeView]) -> String {
     let mut parts: Vec<String> = nodes
         .iter()
         .map(|n| match &n.manager_status {
-            Some(m) => format!("{} {}/{}", n.name, n.status, m),
+            Some(m) => format!("{} {}/{}", n.name, n.status, m.as_str()),
             None => format!("{} {}", n.name, n.status),
         })
         .collect();
@@ -434,14 +434,17 @@ impl Cluster {
                 let Some(got) = list.iter().find(|v| v.name == want.name) else {
                     return Err(format!("{} does not list {} ({view})", n.name, want.name));
                 };
-                if got.status != "ready" {
+                if got.status != flotilla_types::NodeState::Ready {
                     return Err(format!(
                         "{} sees {} {} ({view})",
                         n.name, want.name, got.status
                     ));
                 }
                 if want.manager
-                    && !matches!(got.manager_status.as_deref(), Some("leader" | "reachable"))
+                    && !matches!(
+                        got.manager_status,
+                        Some(Reachability::Leader | Reachability::Reachable)
+                    )
                 {
                     return Err(format!(
                         "{} sees manager {} {:?} ({view})",
@@ -451,7 +454,7 @@ impl Cluster {
             }
             let leaders: Vec<&str> = list
                 .iter()
-                .filter(|v| v.manager_status.as_deref() == Some("leader"))
+                .filter(|v| v.manager_status == Some(Reachability::Leader))
                 .map(|v| v.name.as_str())
                 .collect();
             let [leader] = leaders.as_slice() else {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use flotilla_api::model::TaskView;
+use flotilla_types::TaskState;
 
 use crate::cluster::{Cluster, Layout};
 use crate::logs;
@@ -98,7 +99,7 @@ impl TaskCount {
         let mut c = TaskCount::default();
         for t in tasks.iter().filter(|t| t.current) {
             c.current += 1;
-            if t.state == "running" {
+            if t.state == TaskState::Running {
                 c.running += 1;
             }
             if exclude.is_some() && t.node.as_deref() == exclude {
@@ -181,7 +182,7 @@ fn failed_elsewhere(tasks: &[TaskView], killed: &str, from: u64, to: u64) -> usi
     tasks
         .iter()
         .filter(|t| {
-            t.state == "failed"
+            t.state == TaskState::Failed
                 && t.node.as_deref() != Some(killed)
                 && (from..=to).contains(&t.timestamp)
         })
@@ -192,7 +193,7 @@ fn failed_elsewhere(tasks: &[TaskView], killed: &str, from: u64, to: u64) -> usi
 fn tasks_on(tasks: &[TaskView], node: &str) -> usize {
     tasks
         .iter()
-        .filter(|t| t.current && t.state == "running" && t.node.as_deref() == Some(node))
+        .filter(|t| t.current && t.state == TaskState::Running && t.node.as_deref() == Some(node))
         .count()
 }
 

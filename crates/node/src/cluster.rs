@@ -234,7 +234,7 @@ async fn renew(
         .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
     Ok(Json(super::wire::RenewResponse {
         cert_pem,
-        role: node.role.as_str().to_string(),
+        role: node.role,
         raft_id: node.raft_id,
     }))
 }
@@ -328,7 +328,7 @@ async fn join(
     Ok(Json(JoinResponse {
         cluster_id: cluster.id,
         node_id,
-        role: role.as_str().to_string(),
+        role,
         raft_id,
         cert_pem,
         ca_pem: cluster.ca_cert_pem,

@@ -185,12 +185,12 @@ impl Dispatcher {
                 let (role, raft_id) = state
                     .nodes
                     .get(&req.node_id)
-                    .map(|n| (n.role.as_str().to_string(), n.raft_id))
+                    .map(|n| (Some(n.role), n.raft_id))
                     .unwrap_or_default();
                 (tasks, known, manager_addrs(&state), role, raft_id)
             };
             let version = version_of(&tasks);
-            let role_changed = !req.role.is_empty() && req.role != role;
+            let role_changed = req.role.is_some() && req.role != role;
             if version != req.known_version || role_changed {
                 return Ok(SessionResponse {
                     redirect: None,
@@ -200,7 +200,7 @@ impl Dispatcher {
                         known_task_ids: known,
                     }),
                     managers,
-                    role: Some(role),
+                    role,
                     raft_id,
                 });
             }
@@ -211,7 +211,7 @@ impl Dispatcher {
                     version,
                     assignments: None,
                     managers,
-                    role: Some(role),
+                    role,
                     raft_id,
                 });
             }

@@ -397,7 +397,7 @@ impl NodeCtx {
         };
         tls.store(&self.data_dir).map_err(failed)?;
         identity::store(&self.data_dir, &identity).map_err(failed)?;
-        let raft = if answer.role == "manager" {
+        let raft = if answer.role == NodeRole::Manager {
             Some(
                 self.start_raft(&tls, identity.raft_id)
                     .await

@@ -164,7 +164,7 @@ impl NodeCtx {
         let mut known = managers;
         known.extend(member.identity.managers.iter().cloned());
         known.dedup();
-        let (role_tx, mut role_rx) = mpsc::unbounded_channel::<(String, u64, Option<String>)>();
+        let (role_tx, mut role_rx) = mpsc::unbounded_channel::<(NodeRole, u64, Option<String>)>();
         let session = SessionClient {
             node_id: member.identity.node_id.clone(),
             addr: self.cluster_addr(),
@@ -172,7 +172,7 @@ impl NodeCtx {
             client: member.client.clone(),
             finder: member.clone(),
             managers: known.clone(),
-            role: member.role.as_str().to_string(),
+            role: member.role,
             data_dir: Some(self.data_dir.clone()),
             role_changed: role_tx,
         };

@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 
 use flotilla_pki::new_key_and_csr;
 use flotilla_transport::Target;
+use flotilla_types::NodeRole;
 
 use crate::certs::NodeTls;
 use crate::session::LeaderFinder;
@@ -53,10 +54,10 @@ pub(crate) async fn renew_and_restart(
                 };
                 let mut identity = member.identity.clone();
                 identity.raft_id = answer.raft_id;
-                if answer.role == "manager" && !identity.managers.contains(&target) {
+                if answer.role == NodeRole::Manager && !identity.managers.contains(&target) {
                     identity.managers.push(target.clone());
                 }
-                if answer.role == "worker" && member.raft.is_some() {
+                if answer.role == NodeRole::Worker && member.raft.is_some() {
                     if let Some(raft) = &member.raft {
                         raft.shutdown().await;
                     }

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use flotilla_agent::{Assignments, TaskReport};
 use flotilla_store::TaskStatusUpdate;
 use flotilla_transport::{ClusterClient, Target};
+use flotilla_types::NodeRole;
 
 use super::dispatcher::{Dispatcher, LONG_POLL};
 use super::wire::{SessionRequest, SessionResponse};
@@ -36,12 +37,12 @@ pub struct SessionClient {
     /// from joining).
     pub managers: Vec<String>,
     /// The role this node's certificate states.
-    pub role: String,
+    pub role: NodeRole,
     /// Where `node.json` is, to record the managers' addresses.
     pub data_dir: Option<std::path::PathBuf>,
     /// Told once when the store gives this node another role (promote or
     /// demote): the new role and raft ID.
-    pub role_changed: mpsc::UnboundedSender<(String, u64, Option<String>)>,
+    pub role_changed: mpsc::UnboundedSender<(NodeRole, u64, Option<String>)>,
 }
 
 enum Outcome {
@@ -80,7 +81,7 @@ impl SessionClient {
                 addr: self.addr.clone(),
                 api_addr: self.api_addr.clone(),
                 version: VERSION.to_string(),
-                role: self.role.clone(),
+                role: Some(self.role),
             };
             let local = self.finder.local();
             // This node's own address is never a useful remote target: if
@@ -149,16 +150,14 @@ impl SessionClient {
                 }
                 Outcome::Answer(answer) => {
                     failures = 0;
-                    if let Some(role) = &answer.role {
-                        if !role.is_empty() && *role != self.role {
+                    if let Some(role) = answer.role {
+                        if role != self.role {
                             tracing::info!(from = %self.role, to = %role, "this node's role changed");
-                            let _ = self.role_changed.send((
-                                role.clone(),
-                                answer.raft_id,
-                                remote.clone(),
-                            ));
+                            let _ = self
+                                .role_changed
+                                .send((role, answer.raft_id, remote.clone()));
                             // Report it once; the daemon restarts in its new role.
-                            self.role = role.clone();
+                            self.role = role;
                         }
                     }
                     if !answer.managers.is_empty() && answer.managers != self.managers {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use flotilla_api::model::{Info, NodeView, Replicas, ServiceView, TaskView};
+use flotilla_api::model::{Info, NodeView, Reachability, Replicas, ServiceView, TaskView};
 use flotilla_store::State;
 use flotilla_types::{
     DesiredState, Health, HealthTest, NodeRole, Service, ServiceMode, Task, TaskState,
@@ -66,7 +66,7 @@ pub fn service_view(state: &State, service: &Service) -> ServiceView {
     ServiceView {
         id: service.id.clone(),
         name: service.spec.name.clone(),
-        mode: service.spec.mode.as_str().to_string(),
+        mode: (&service.spec.mode).into(),
         replicas: replicas(state, service),
         command: service.spec.task.command.join(" "),
         spec: service.spec.clone(),
@@ -106,14 +106,14 @@ pub fn task_views(state: &State, service: &Service) -> Vec<TaskView> {
                     .unwrap_or_else(|| id.clone())
             }),
             node_id: t.node_id.clone(),
-            desired_state: t.desired_state.as_str().to_string(),
-            state: t.status.state.as_str().to_string(),
+            desired_state: t.desired_state,
+            state: t.status.state,
             timestamp: t.status.timestamp,
             message: t.status.message.clone(),
             error: t.status.error.clone(),
             exit_code: t.status.exit_code,
             pid: t.status.pid,
-            health: t.status.health.map(|h| h.as_str().to_string()),
+            health: t.status.health,
             image: t.spec.image.clone(),
             container_id: t.status.container_id.clone(),
             up_to_date: t.spec == service.spec.task,
@@ -136,18 +136,17 @@ pub fn node_views(state: &State, self_id: Option<&str>, managers: &ManagerStatus
             id: n.id.clone(),
             name: n.name.clone(),
             hostname: n.hostname.clone(),
-            role: n.role.as_str().to_string(),
-            status: n.state.as_str().to_string(),
-            availability: n.availability.as_str().to_string(),
+            role: n.role,
+            status: n.state,
+            availability: n.availability,
             manager_status: (n.role == NodeRole::Manager).then(|| {
                 if managers.leader_raft_id == Some(n.raft_id) {
-                    "leader"
+                    Reachability::Leader
                 } else if managers.reachable.contains(&n.raft_id) {
-                    "reachable"
+                    Reachability::Reachable
                 } else {
-                    "unreachable"
+                    Reachability::Unreachable
                 }
-                .to_string()
             }),
             addr: n.addr.clone(),
             api_addr: n.api_addr.clone(),
@@ -214,7 +213,7 @@ pub fn info(state: &State, local: &LocalFacts, managers: &ManagerStatus) -> Info
         node_name: me
             .map(|n| n.name.clone())
             .unwrap_or_else(|| local.node_name.clone()),
-        role: me.map(|n| n.role.as_str().to_string()),
+        role: me.map(|n| n.role),
         is_leader: local.is_leader,
         leader,
         managers: count,

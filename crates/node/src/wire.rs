@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use flotilla_store::TaskStatusUpdate;
-use flotilla_types::Task;
+use flotilla_types::{NodeRole, Task};
 
 /// `POST /join/v1/join`: a node with a token asks to join.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -34,8 +34,7 @@ pub struct JoinRequest {
 pub struct JoinResponse {
     pub cluster_id: String,
     pub node_id: String,
-    /// `manager` or `worker`.
-    pub role: String,
+    pub role: NodeRole,
     /// Raft member ID for managers; 0 for workers.
     pub raft_id: u64,
     pub cert_pem: String,
@@ -56,9 +55,10 @@ pub struct SessionRequest {
     #[serde(default)]
     pub api_addr: String,
     pub version: String,
-    /// The role this node's certificate states.
-    #[serde(default)]
-    pub role: String,
+    /// The role this node's certificate states; nodes from before it was
+    /// sent send nothing or `""`.
+    #[serde(default, with = "empty_as_none")]
+    pub role: Option<NodeRole>,
 }
 
 /// The dispatcher's answer.
@@ -74,8 +74,8 @@ pub struct SessionResponse {
     pub managers: Vec<String>,
     /// The node's role and raft ID as the store has them; a node whose
     /// certificate says otherwise changes role (promote/demote).
-    #[serde(default)]
-    pub role: Option<String>,
+    #[serde(default, with = "empty_as_none")]
+    pub role: Option<NodeRole>,
     #[serde(default)]
     pub raft_id: u64,
 }
@@ -91,7 +91,7 @@ pub struct RenewRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RenewResponse {
     pub cert_pem: String,
-    pub role: String,
+    pub role: NodeRole,
     pub raft_id: u64,
 }
 
@@ -108,4 +108,74 @@ pub struct NodeAssignments {
 pub struct AddManager {
     pub raft_id: u64,
     pub addr: String,
+}
+
+/// An optional role that older nodes write as `""` for none: read `""`,
+/// `null` or nothing as `None`, and write `None` as `""`, which every
+/// version reads.
+mod empty_as_none {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use flotilla_types::NodeRole;
+
+    pub fn serialize<S: Serializer>(role: &Option<NodeRole>, s: S) -> Result<S::Ok, S::Error> {
+        match role {
+            Some(r) => r.serialize(s),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<NodeRole>, D::Error> {
+        match Option::<String>::deserialize(d)?.as_deref() {
+            None | Some("") => Ok(None),
+            Some("manager") => Ok(Some(NodeRole::Manager)),
+            Some("worker") => Ok(Some(NodeRole::Worker)),
+            Some(other) => Err(serde::de::Error::custom(format!(
+                "invalid role {other:?}: expected worker or manager"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session_request(role: &str) -> String {
+        format!(
+            r#"{{"node_id":"n","reports":[],"known_version":0,"addr":"a","version":"v"{role}}}"#
+        )
+    }
+
+    #[test]
+    fn a_session_request_without_a_role_is_read() {
+        for role in ["", r#","role":"""#, r#","role":null"#] {
+            let req: SessionRequest =
+                serde_json::from_str(&session_request(role)).expect("old request");
+            assert_eq!(req.role, None, "{role}");
+        }
+        let req: SessionRequest =
+            serde_json::from_str(&session_request(r#","role":"manager""#)).expect("request");
+        assert_eq!(req.role, Some(NodeRole::Manager));
+        assert!(
+            serde_json::from_str::<SessionRequest>(&session_request(r#","role":"x""#)).is_err()
+        );
+    }
+
+    #[test]
+    fn roles_are_written_as_before() {
+        let mut req: SessionRequest = serde_json::from_str(&session_request("")).expect("request");
+        let json = serde_json::to_value(&req).expect("serialize");
+        assert_eq!(json["role"], "");
+        req.role = Some(NodeRole::Worker);
+        let json = serde_json::to_value(&req).expect("serialize");
+        assert_eq!(json["role"], "worker");
+        let renew = RenewResponse {
+            cert_pem: String::new(),
+            role: NodeRole::Manager,
+            raft_id: 2,
+        };
+        let json = serde_json::to_value(&renew).expect("serialize");
+        assert_eq!(json["role"], "manager");
+    }
 }

@@ -169,6 +169,22 @@ impl<'de> Deserialize<'de> for Constraint {
     }
 }
 
+/// A constraint is a string in the API: its text form.
+impl utoipa::PartialSchema for Constraint {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "`KEY==VALUE` or `KEY!=VALUE`; KEY is node.id, node.hostname, node.role, \
+                 node.platform.os, node.platform.arch or node.labels.NAME",
+            ))
+            .examples(["node.labels.zone==a"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Constraint {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,6 +45,26 @@ pub use validate::{SpecError, MAX_REPLICAS};
 
 use serde::{Deserialize, Serialize};
 
+/// `Display` as the lowercase word of `as_str`, which is also the JSON form.
+macro_rules! display_as_str {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+
+display_as_str!(
+    NodeRole,
+    Availability,
+    NodeState,
+    TaskState,
+    DesiredState,
+    Health
+);
+
 /// Milliseconds since the Unix epoch. Always chosen by whoever proposes a
 /// change, never read inside the state machine.
 pub type UnixMs = u64;

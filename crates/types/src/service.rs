@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::constraint::Constraint;
 use crate::UnixMs;
@@ -11,7 +12,7 @@ use crate::UnixMs;
 pub const DEFAULT_STOP_GRACE_MS: u64 = 10_000;
 
 /// How many tasks a service wants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "mode", rename_all = "lowercase")]
 pub enum ServiceMode {
     /// `replicas` slots, numbered 1..=replicas, spread over the nodes.
@@ -30,7 +31,7 @@ impl ServiceMode {
 }
 
 /// What runs a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Driver {
     /// A plain child process of the agent. Needs nothing else.
@@ -51,14 +52,14 @@ impl Driver {
 
 /// A ratio in `0.0..=1.0`. Wrapped so that specs keep `Eq`: parsers never
 /// produce NaN, so equality is total in practice.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Default, Serialize, Deserialize, ToSchema)]
 #[serde(transparent)]
 pub struct Ratio(pub f64);
 
 impl Eq for Ratio {}
 
 /// What a health check runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum HealthTest {
     /// No check, even if the image defines one (Compose `disable: true`,
@@ -86,7 +87,7 @@ pub const DEFAULT_HEALTH_RETRIES: u32 = 3;
 /// How a task's health is checked. The check runs every `interval_ms`;
 /// `retries` consecutive failures make the task unhealthy, and failures in
 /// the first `start_period_ms` do not count, as in Docker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct HealthCheck {
     pub test: HealthTest,
     pub interval_ms: u64,
@@ -110,7 +111,7 @@ impl HealthCheck {
 }
 
 /// CPU and memory amounts. Zero means not set.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 pub struct Resources {
     /// CPUs in billionths (`--limit-cpu 0.5` is 500_000_000), as Docker's
     /// `NanoCpus`.
@@ -137,7 +138,7 @@ impl Resources {
 
 /// Limits are enforced by the driver; reservations are what the scheduler
 /// sets aside on a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
 pub struct ResourceSpec {
     #[serde(default)]
     pub limits: Resources,
@@ -146,7 +147,7 @@ pub struct ResourceSpec {
 }
 
 /// What a container mount is backed by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum MountKind {
     /// A path of the node's file system.
@@ -183,7 +184,7 @@ impl MountKind {
 /// (`--mount type=bind,source=/srv,target=/data,readonly`, Compose
 /// `volumes:`). Volumes and bind paths are the node's own: like Swarm's
 /// local volume driver, nothing follows a task to another node.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Mount {
     #[serde(rename = "type", default)]
     pub kind: MountKind,
@@ -198,7 +199,7 @@ pub struct Mount {
 }
 
 /// What a rolling update (or rollback) does when tasks fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FailureAction {
     /// Stop updating; `service update` starts again.
@@ -231,7 +232,7 @@ impl FailureAction {
 }
 
 /// Whether a slot's old task stops before its new one starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpdateOrder {
     /// Stop the old task, then start the new one.
@@ -260,7 +261,7 @@ impl UpdateOrder {
 }
 
 /// Swarm's `UpdateConfig`, used both for updates and rollbacks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UpdateConfig {
     /// Slots replaced at once; 0 means all at once.
     pub parallelism: u64,
@@ -290,7 +291,7 @@ impl Default for UpdateConfig {
 }
 
 /// Where a rolling update (or rollback) stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum UpdateState {
     Updating,
@@ -330,11 +331,13 @@ impl UpdateState {
 }
 
 /// The state of the last update of a service, as `service inspect` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct UpdateStatus {
     pub state: UpdateState,
+    #[schema(value_type = u64)]
     pub started_at: UnixMs,
     #[serde(default)]
+    #[schema(value_type = Option<u64>)]
     pub completed_at: Option<UnixMs>,
     /// Why it is in this state ("update paused due to failure of task ...").
     #[serde(default)]
@@ -347,7 +350,7 @@ pub struct UpdateStatus {
 }
 
 /// When a task that ended by itself is replaced (Swarm's restart condition).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartCondition {
     /// Never.
@@ -382,7 +385,7 @@ impl RestartCondition {
 /// Swarm's restart policy. It governs only tasks that ended by themselves;
 /// tasks the cluster stopped (node shut down, scaled away) are replaced
 /// regardless.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct RestartPolicy {
     pub condition: RestartCondition,
     /// Wait between a task ending and its replacement starting.
@@ -406,7 +409,7 @@ impl Default for RestartPolicy {
 }
 
 /// What each task of a service runs, and how.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct TaskTemplate {
     #[serde(default)]
     pub driver: Driver,
@@ -469,7 +472,7 @@ impl Default for TaskTemplate {
 }
 
 /// Everything a user says about a service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ServiceSpec {
     pub name: String,
     #[serde(flatten)]

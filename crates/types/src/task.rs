@@ -7,12 +7,15 @@
 //! observed state.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::service::TaskTemplate;
 use crate::UnixMs;
 
 /// Observed state, in lifecycle order (the derive of `Ord` relies on it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
     /// Created by the orchestrator.
@@ -76,7 +79,7 @@ impl TaskState {
 }
 
 /// What the manager wants of a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DesiredState {
     Running,
@@ -93,7 +96,7 @@ impl DesiredState {
 }
 
 /// A running task's health, as its health check finds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     /// Checked, but not yet healthy (within the start period, or before

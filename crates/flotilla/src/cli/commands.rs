@@ -12,6 +12,7 @@ use flotilla_types::{
     format_duration_ms, parse_duration_ms, Constraint, Driver, HealthTest, RestartCondition,
     RestartPolicy, ServiceMode, ServiceSpec, TaskTemplate, UpdateState,
 };
+use flotilla_types::{Health, TaskState};
 
 use super::output::{ago, table, title};
 use super::{CreateArgs, Format, InitArgs, NodeCommand, ServiceCommand, UpdateArgs};
@@ -163,7 +164,7 @@ pub async fn info(client: &Client, format: Format) -> Result<()> {
     );
     println!(
         "Role:          {}{}",
-        info.role.as_deref().unwrap_or("-"),
+        info.role.map(|r| r.as_str()).unwrap_or("-"),
         if info.is_leader { " (leader)" } else { "" }
     );
     println!(
@@ -206,9 +207,11 @@ pub async fn node(client: &Client, command: &NodeCommand) -> Result<()> {
                     vec![
                         format!("{}{}", n.id, if n.is_self { " *" } else { "" }),
                         n.name.clone(),
-                        title(&n.status),
-                        title(&n.availability),
-                        n.manager_status.as_deref().map(title).unwrap_or_default(),
+                        title(n.status.as_str()),
+                        title(n.availability.as_str()),
+                        n.manager_status
+                            .map(|m| title(m.as_str()))
+                            .unwrap_or_default(),
                         if n.addr.is_empty() {
                             "-".into()
                         } else {
@@ -579,8 +582,8 @@ pub fn update_progress(service: &ServiceView, tasks: &[TaskView]) -> String {
         .iter()
         .filter(|t| {
             t.up_to_date
-                && t.state == "running"
-                && t.health.as_deref().is_none_or(|h| h == "healthy")
+                && t.state == TaskState::Running
+                && t.health.is_none_or(|h| h == Health::Healthy)
         })
         .count();
     let state = service
@@ -590,11 +593,7 @@ pub fn update_progress(service: &ServiceView, tasks: &[TaskView]) -> String {
         .unwrap_or("none");
     let mut out = format!("{state}: {done} out of {total} tasks\n");
     for (i, t) in current.iter().enumerate() {
-        let health = t
-            .health
-            .as_deref()
-            .map(|h| format!(" ({h})"))
-            .unwrap_or_default();
+        let health = t.health.map(|h| format!(" ({h})")).unwrap_or_default();
         let old = if t.up_to_date { "" } else { ", previous spec" };
         out.push_str(&format!("{}/{total}: {}{health}{old}\n", i + 1, t.state));
     }
@@ -636,7 +635,7 @@ fn task_name(t: &TaskView) -> String {
 fn task_error(t: &TaskView) -> String {
     match (&t.error, t.exit_code) {
         (Some(e), _) => e.clone(),
-        (None, Some(code)) if t.state == "failed" => format!("exit code {code}"),
+        (None, Some(code)) if t.state == TaskState::Failed => format!("exit code {code}"),
         _ => String::new(),
     }
 }
@@ -649,7 +648,7 @@ pub fn services_table(services: &[ServiceView]) -> String {
             vec![
                 s.id.chars().take(12).collect(),
                 s.name.clone(),
-                s.mode.clone(),
+                s.mode.as_str().to_string(),
                 replicas_text(s),
                 s.spec
                     .task
@@ -687,7 +686,7 @@ pub fn inspect_text(s: &ServiceView) -> String {
     let t = &s.spec.task;
     line("ID:", s.id.clone());
     line("Name:", s.name.clone());
-    line("Mode:", s.mode.clone());
+    line("Mode:", s.mode.as_str().to_string());
     line("Replicas:", replicas_text(s));
     line("Driver:", t.driver.as_str().to_string());
     if let Some(image) = &t.image {
@@ -802,9 +801,9 @@ pub fn ps_rows_with(tasks: &[TaskView], with_image: bool) -> Vec<Vec<String>> {
         }
         row.extend([
             t.node.clone().unwrap_or_default(),
-            title(&t.desired_state),
-            format!("{} {}", title(&t.state), ago(t.timestamp)),
-            t.health.clone().unwrap_or_default(),
+            title(t.desired_state.as_str()),
+            format!("{} {}", title(t.state.as_str()), ago(t.timestamp)),
+            t.health.map(|h| h.as_str().to_string()).unwrap_or_default(),
             task_error(t),
         ]);
         rows.push(row);
@@ -939,6 +938,7 @@ pub async fn service(client: &Client, command: &ServiceCommand) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_types::DesiredState;
 
     #[test]
     fn replicas_are_checked() {
@@ -963,8 +963,16 @@ mod tests {
             slot,
             node: Some("n".into()),
             node_id: Some("n".into()),
-            desired_state: if current { "running" } else { "shutdown" }.into(),
-            state: if current { "running" } else { "failed" }.into(),
+            desired_state: if current {
+                DesiredState::Running
+            } else {
+                DesiredState::Shutdown
+            },
+            state: if current {
+                TaskState::Running
+            } else {
+                TaskState::Failed
+            },
             timestamp: 0,
             message: String::new(),
             error: None,
@@ -984,10 +992,10 @@ mod tests {
         let mut old = tv("o1", 1, true, 1);
         old.up_to_date = false;
         let mut new = tv("n1", 1, true, 5);
-        new.state = "starting".into();
-        new.health = Some("starting".into());
+        new.state = TaskState::Starting;
+        new.health = Some(Health::Starting);
         let mut done = tv("n2", 2, true, 4);
-        done.health = Some("healthy".into());
+        done.health = Some(Health::Healthy);
         let mut stale = tv("o3", 3, true, 1);
         stale.up_to_date = false;
         let service: ServiceView = serde_json::from_value(serde_json::json!({

@@ -463,7 +463,7 @@ mod tests {
         ServiceView {
             id: format!("id-{}", spec.name),
             name: spec.name.clone(),
-            mode: "replicated".into(),
+            mode: flotilla_api::model::ServiceModeKind::Replicated,
             replicas: Replicas {
                 running: 1,
                 desired: 1,

@@ -83,7 +83,7 @@ pub(super) async fn info(State(ctx): Ctx) -> ApiResult<Info> {
                 &ManagerStatus::default(),
             );
             info.cluster_id = Some(m.identity.cluster_id.clone());
-            info.role = Some("worker".into());
+            info.role = Some(NodeRole::Worker);
             info.warning = None;
             Ok(Json(info))
         }
@@ -134,12 +134,6 @@ pub(super) async fn leave(State(ctx): Ctx, Query(q): Query<ForceQuery>) -> ApiRe
     Ok(Json(()))
 }
 
-#[derive(Debug, Deserialize)]
-pub(super) struct TokenQuery {
-    #[serde(default)]
-    rotate: bool,
-}
-
 pub(super) async fn join_token(
     State(ctx): Ctx,
     Path(role): Path<String>,
@@ -162,7 +156,7 @@ pub(super) async fn join_token(
     let token = control.read(|s| crate::control::cluster::join_token(s, role))?;
     let managers = read(&m, crate::dispatcher::manager_addrs);
     Ok(Json(JoinTokenView {
-        role: role.as_str().to_string(),
+        role,
         token: token.to_string(),
         managers,
     }))

@@ -12,9 +12,8 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
-use serde::Deserialize;
 
 pub mod cluster;
 pub mod logs;
@@ -27,9 +26,10 @@ use nodes::*;
 use services::*;
 
 use flotilla_api::model::{
-    ErrorBody, Info, InitRequest, InitResponse, JoinRequest, JoinTokenView, NodeUpdate, NodeView,
-    Removed, ScaleRequest, ServiceView,
+    ErrorBody, ForceQuery, Info, InitRequest, InitResponse, JoinRequest, JoinTokenView, NodeUpdate,
+    NodeView, Removed, ScaleRequest, ServiceView, TokenQuery,
 };
+use flotilla_api::routes::{Method, Operation, Route, ROUTES};
 use flotilla_raft::RaftError;
 use flotilla_store::{State as Store, StoreError};
 use flotilla_types::{validate_name, NodeRole, ServiceSpec};
@@ -146,32 +146,50 @@ impl From<InitError> for ApiError {
 type Ctx = State<Arc<NodeCtx>>;
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
-/// The API's routes.
+/// The API's routes: one per row of [`ROUTES`], the table the OpenAPI
+/// document is generated from too.
 pub fn router(ctx: Arc<NodeCtx>) -> Router {
-    Router::new()
-        .route("/v1/info", get(info))
-        .route("/v1/leader-check", get(leader_check))
-        .route("/v1/client-cert", post(client_cert))
-        .route("/v1/init", post(init))
-        .route("/v1/join", post(join))
-        .route("/v1/leave", post(leave))
-        .route("/v1/join-token/{role}", get(join_token))
-        .route("/v1/nodes", get(nodes))
-        .route("/v1/nodes/{id}", get(node).delete(remove_node))
-        .route("/v1/nodes/{id}/update", post(update_node))
-        .route("/v1/nodes/{id}/promote", post(promote_node))
-        .route("/v1/nodes/{id}/demote", post(demote_node))
-        .route("/v1/services", get(services).post(create_service))
-        .route(
-            "/v1/services/{name}",
-            get(service).put(replace_service).delete(remove_service),
-        )
-        .route("/v1/services/{name}/scale", post(scale))
-        .route("/v1/services/{name}/rollback", post(rollback_service))
-        .route("/v1/services/{name}/tasks", get(tasks))
-        .route("/v1/services/{name}/logs", get(logs))
+    ROUTES
+        .iter()
+        .fold(Router::new(), |router, route| {
+            router.route(route.path, endpoint(route))
+        })
         .fallback(|| async { ApiError::NotFound("no such API route".into()) })
         .with_state(ctx)
+}
+
+/// The handler of a row, for the row's method only.
+fn endpoint(route: &Route) -> MethodRouter<Arc<NodeCtx>> {
+    let m = match route.method {
+        Method::Get => MethodFilter::GET,
+        Method::Post => MethodFilter::POST,
+        Method::Put => MethodFilter::PUT,
+        Method::Delete => MethodFilter::DELETE,
+    };
+    match route.operation {
+        Operation::Info => on(m, info),
+        Operation::LeaderCheck => on(m, leader_check),
+        Operation::ClientCert => on(m, client_cert),
+        Operation::Init => on(m, init),
+        Operation::Join => on(m, join),
+        Operation::Leave => on(m, leave),
+        Operation::JoinToken => on(m, join_token),
+        Operation::ListNodes => on(m, nodes),
+        Operation::InspectNode => on(m, node),
+        Operation::RemoveNode => on(m, remove_node),
+        Operation::UpdateNode => on(m, update_node),
+        Operation::PromoteNode => on(m, promote_node),
+        Operation::DemoteNode => on(m, demote_node),
+        Operation::ListServices => on(m, services),
+        Operation::CreateService => on(m, create_service),
+        Operation::InspectService => on(m, service),
+        Operation::ReplaceService => on(m, replace_service),
+        Operation::RemoveService => on(m, remove_service),
+        Operation::ScaleService => on(m, scale),
+        Operation::RollbackService => on(m, rollback_service),
+        Operation::ListTasks => on(m, tasks),
+        Operation::ServiceLogs => on(m, logs),
+    }
 }
 
 /// The API for remote CLIs, on the client API port: the same routes, but
@@ -186,7 +204,7 @@ async fn remote_auth(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if request.uri().path() == "/v1/leader-check" {
+    if flotilla_api::routes::is_public(request.uri().path()) {
         return next.run(request).await;
     }
     let role = peer.and_then(|axum::Extension(p)| p.0.map(|id| id.role));
@@ -330,15 +348,92 @@ fn read<T>(member: &Mgr, f: impl FnOnce(&Store) -> T) -> T {
     f(&state)
 }
 
-#[derive(Debug, Deserialize)]
-struct ForceQuery {
-    #[serde(default)]
-    force: bool,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node that has not run `init` or `join`: every handler answers
+    /// without touching a cluster.
+    fn ctx_without_cluster(dir: &std::path::Path) -> Arc<NodeCtx> {
+        Arc::new(NodeCtx {
+            data_dir: dir.to_path_buf(),
+            name: "probe".into(),
+            explicit_name: None,
+            hostname: "probe".into(),
+            cluster_addr: std::sync::RwLock::new("127.0.0.1:1".into()),
+            bound: std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+            timings: flotilla_raft::node::RaftTimings::default(),
+            log_cap_bytes: 0,
+            node_timeout: Duration::from_secs(1),
+            api_bound: None,
+            phase: tokio::sync::Mutex::new(crate::lifecycle::Phase::Idle(Default::default())),
+            self_ref: std::sync::OnceLock::new(),
+            member: tokio::sync::RwLock::new(None),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            tracker: tokio_util::task::TaskTracker::new(),
+        })
+    }
+
+    async fn call(app: &Router, method: &str, path: &str) -> (StatusCode, String) {
+        use tower::ServiceExt;
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .expect("request");
+        let response = app.clone().oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    const METHODS: [Method; 4] = [Method::Get, Method::Post, Method::Put, Method::Delete];
+
+    #[tokio::test]
+    async fn the_router_serves_the_route_table_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let app = router(ctx_without_cluster(dir.path()));
+        for route in ROUTES {
+            let path = route
+                .path
+                .replace("{role}", "nobody")
+                .replace("{id}", "n1")
+                .replace("{name}", "web");
+            let what = format!("{} {}", route.method.as_str(), route.path);
+            let (status, body) = call(&app, route.method.as_str(), &path).await;
+            assert!(
+                !body.contains("no such API route") && status != StatusCode::METHOD_NOT_ALLOWED,
+                "{what} is in the table but not served: {status} {body}"
+            );
+            assert!(
+                status == StatusCode::OK || route.errors.contains(&status.as_u16()),
+                "{what} answered {status}, which the table does not list: {body}"
+            );
+            for other in METHODS {
+                if ROUTES
+                    .iter()
+                    .any(|r| r.path == route.path && r.method == other)
+                {
+                    continue;
+                }
+                let (status, _) = call(&app, other.as_str(), &path).await;
+                assert_eq!(
+                    status,
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "{} {} is served but not in the table",
+                    other.as_str(),
+                    route.path
+                );
+            }
+        }
+        for path in ["/v1/nope", "/v1/services/web/update", "/v1/nodes/n1/x"] {
+            let (status, body) = call(&app, "POST", path).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+            assert!(body.contains("no such API route"), "{path}: {body}");
+        }
+    }
 
     #[test]
     fn statuses_are_chosen_in_one_place() {
