@@ -6,9 +6,13 @@
 
 use anyhow::{anyhow, bail, Result};
 use clap::Args;
+use std::collections::BTreeMap;
+
+use super::{CreateArgs, UpdateArgs};
 use flotilla_types::{
-    parse_duration_ms, Driver, FailureAction, HealthCheck, HealthTest, Mount, MountKind, Ratio,
-    Resources, ServiceSpec, SpecError, UpdateConfig, UpdateOrder,
+    parse_duration_ms, Constraint, Driver, FailureAction, HealthCheck, HealthTest, Mount,
+    MountKind, Ratio, Resources, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec,
+    SpecError, TaskTemplate, UpdateConfig, UpdateOrder,
 };
 
 #[derive(Debug, Default, Args)]
@@ -411,9 +415,183 @@ fn apply_update_config(
     Ok(())
 }
 
+pub(crate) fn parse_pairs(items: &[String], what: &str) -> Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|item| match item.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(anyhow!("invalid {what} {item:?}: expected KEY=VALUE")),
+        })
+        .collect()
+}
+
+/// Parses a replica count the way a person types it, with a one-line error.
+pub fn parse_replicas(text: &str) -> Result<u64> {
+    let trimmed = text.trim();
+    if trimmed.starts_with('-') {
+        bail!("invalid replicas {text:?}: must not be negative");
+    }
+    trimmed
+        .parse::<u64>()
+        .map_err(|_| anyhow!("invalid replicas {text:?}: expected a whole number"))
+}
+
+/// Builds a service spec from `service create` flags.
+pub fn spec_from_args(args: &CreateArgs) -> Result<ServiceSpec> {
+    let mode = match args.mode.as_str() {
+        "replicated" => ServiceMode::Replicated {
+            replicas: match &args.replicas {
+                Some(r) => parse_replicas(r)?,
+                None => 1,
+            },
+        },
+        "global" => {
+            if args.replicas.is_some() {
+                bail!("--replicas cannot be used with --mode global");
+            }
+            ServiceMode::Global
+        }
+        other => bail!("invalid mode {other:?}: expected replicated or global"),
+    };
+    let condition = RestartCondition::parse(&args.restart_condition).ok_or_else(|| {
+        anyhow!(
+            "invalid restart condition {:?}: expected none, on-failure or any",
+            args.restart_condition
+        )
+    })?;
+    let max_attempts = args
+        .restart_max_attempts
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| {
+            anyhow!(
+                "invalid restart max attempts {:?}: expected a whole number >= 0",
+                args.restart_max_attempts
+            )
+        })?;
+    let constraints = args
+        .constraint
+        .iter()
+        .map(|c| c.parse::<Constraint>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let duration = |flag: &str, v: &str| parse_duration_ms(v).map_err(|e| anyhow!("{flag}: {e}"));
+    let mut spec = ServiceSpec {
+        name: args.name.clone(),
+        mode,
+        labels: parse_pairs(&args.label, "label")?,
+        task: TaskTemplate {
+            driver: Driver::Process,
+            command: args.command.clone(),
+            env: parse_pairs(&args.env, "env")?,
+            restart: RestartPolicy {
+                condition,
+                delay_ms: duration("--restart-delay", &args.restart_delay)?,
+                max_attempts,
+                window_ms: duration("--restart-window", &args.restart_window)?,
+            },
+            stop_grace_period_ms: duration("--stop-grace-period", &args.stop_grace_period)?,
+            constraints,
+            ..TaskTemplate::default()
+        },
+        ..ServiceSpec::default()
+    };
+    for m in &args.mount {
+        spec.task
+            .mounts
+            .push(super::flags::parse_mount(m).map_err(|e| anyhow!("--mount: {e}"))?);
+    }
+    args.spec.apply(&mut spec)?;
+    super::flags::validate(&spec)?;
+    Ok(spec)
+}
+
+/// Applies `service update` flags to a spec read from the cluster.
+pub fn apply_update(spec: &mut ServiceSpec, args: &UpdateArgs) -> Result<()> {
+    if let Some(r) = &args.replicas {
+        let replicas = parse_replicas(r)?;
+        match spec.mode {
+            ServiceMode::Replicated { .. } => spec.mode = ServiceMode::Replicated { replicas },
+            ServiceMode::Global => bail!(
+                "service {} is global: --replicas applies to replicated services only",
+                spec.name
+            ),
+        }
+    }
+    let task = &mut spec.task;
+    for k in &args.env_rm {
+        task.env.remove(k);
+    }
+    task.env.extend(parse_pairs(&args.env_add, "env")?);
+    for k in &args.label_rm {
+        spec.labels.remove(k);
+    }
+    spec.labels.extend(parse_pairs(&args.label_add, "label")?);
+    for c in &args.constraint_rm {
+        let c: Constraint = c.parse()?;
+        task.constraints.retain(|have| *have != c);
+    }
+    for c in &args.constraint_add {
+        let c: Constraint = c.parse()?;
+        if !task.constraints.contains(&c) {
+            task.constraints.push(c);
+        }
+    }
+    let duration = |flag: &str, v: &str| parse_duration_ms(v).map_err(|e| anyhow!("{flag}: {e}"));
+    if let Some(c) = &args.restart_condition {
+        task.restart.condition = RestartCondition::parse(c).ok_or_else(|| {
+            anyhow!("invalid restart condition {c:?}: expected none, on-failure or any")
+        })?;
+    }
+    if let Some(n) = &args.restart_max_attempts {
+        task.restart.max_attempts = n.trim().parse::<u64>().map_err(|_| {
+            anyhow!("invalid restart max attempts {n:?}: expected a whole number >= 0")
+        })?;
+    }
+    if let Some(d) = &args.restart_delay {
+        task.restart.delay_ms = duration("--restart-delay", d)?;
+    }
+    if let Some(w) = &args.restart_window {
+        task.restart.window_ms = duration("--restart-window", w)?;
+    }
+    if let Some(g) = &args.stop_grace_period {
+        task.stop_grace_period_ms = duration("--stop-grace-period", g)?;
+    }
+    if !args.command.is_empty() {
+        task.command = args.command.clone();
+    }
+    for target in &args.mount_rm {
+        task.mounts.retain(|m| m.target != *target);
+    }
+    for m in &args.mount_add {
+        let m = super::flags::parse_mount(m).map_err(|e| anyhow!("--mount-add: {e}"))?;
+        task.mounts.retain(|have| have.target != m.target);
+        task.mounts.push(m);
+    }
+    if args.force {
+        task.force_update += 1;
+    }
+    args.spec.apply(spec)?;
+    super::flags::validate(spec)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replicas_are_checked() {
+        assert_eq!(parse_replicas("3").ok(), Some(3));
+        assert!(parse_replicas("-1")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("negative"));
+        assert!(parse_replicas("three")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+            .contains("whole number"));
+    }
 
     /// A valid process service with `flags` applied, checked as the
     /// commands check it.

@@ -1,7 +1,13 @@
-//! Tables the way docker prints them: a header in capitals, columns
-//! left-aligned and three spaces apart.
+//! Output formatting: tables the way docker prints them (a header in
+//! capitals, columns left-aligned and three spaces apart), the service and
+//! task tables, `service inspect`'s text, and JSON.
 
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use flotilla_api::model::{ServiceView, TaskView};
+use flotilla_types::TaskState;
+use flotilla_types::{format_duration_ms, HealthTest};
 
 /// Renders rows under a header.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -61,9 +67,247 @@ pub fn title(word: &str) -> String {
     }
 }
 
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+pub(crate) fn task_name(t: &TaskView) -> String {
+    if t.slot > 0 {
+        format!("{}.{}", t.service, t.slot)
+    } else {
+        format!("{}.{}", t.service, t.node_id.as_deref().unwrap_or("-"))
+    }
+}
+
+pub(crate) fn task_error(t: &TaskView) -> String {
+    match (&t.error, t.exit_code) {
+        (Some(e), _) => e.clone(),
+        (None, Some(code)) if t.state == TaskState::Failed => format!("exit code {code}"),
+        _ => String::new(),
+    }
+}
+
+/// `service ls` (and `stack services`): one row per service.
+pub fn services_table(services: &[ServiceView]) -> String {
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|s| {
+            vec![
+                s.id.chars().take(12).collect(),
+                s.name.clone(),
+                s.mode.as_str().to_string(),
+                replicas_text(s),
+                s.spec
+                    .task
+                    .image
+                    .clone()
+                    .unwrap_or_else(|| s.command.clone()),
+                s.update_status
+                    .as_ref()
+                    .map(|u| u.state.as_str().to_string())
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "NAME", "MODE", "REPLICAS", "IMAGE/COMMAND", "UPDATE"],
+        &rows,
+    )
+}
+
+/// `3/3`, or `3/3 (2 healthy)` for a service whose tasks are checked.
+pub fn replicas_text(s: &ServiceView) -> String {
+    match s.replicas.healthy {
+        Some(h) => format!(
+            "{}/{} ({h} healthy)",
+            s.replicas.running, s.replicas.desired
+        ),
+        None => format!("{}/{}", s.replicas.running, s.replicas.desired),
+    }
+}
+
+/// `service inspect --format table`.
+pub fn inspect_text(s: &ServiceView) -> String {
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<16}{v}\n"));
+    let t = &s.spec.task;
+    line("ID:", s.id.clone());
+    line("Name:", s.name.clone());
+    line("Mode:", s.mode.as_str().to_string());
+    line("Replicas:", replicas_text(s));
+    line("Driver:", t.driver.as_str().to_string());
+    if let Some(image) = &t.image {
+        line("Image:", image.clone());
+    }
+    if let Some(e) = &t.entrypoint {
+        line("Entrypoint:", e.join(" "));
+    }
+    line("Command:", s.command.clone());
+    line("Restart:", t.restart.condition.as_str().to_string());
+    if let Some(h) = &t.health {
+        line("Health check:", health_test_text(&h.test));
+        line(
+            "  every:",
+            format!(
+                "{} (timeout {}, retries {}, start period {})",
+                format_duration_ms(h.interval_ms),
+                format_duration_ms(h.timeout_ms),
+                h.retries,
+                format_duration_ms(h.start_period_ms)
+            ),
+        );
+    }
+    for (what, u) in [("Update:", &s.spec.update), ("Rollback:", &s.spec.rollback)] {
+        line(
+            what,
+            format!(
+                "parallelism {}, delay {}, order {}, on failure {}, monitor {}, max failure ratio {}",
+                u.parallelism,
+                format_duration_ms(u.delay_ms),
+                u.order.as_str(),
+                u.failure_action.as_str(),
+                format_duration_ms(u.monitor_ms),
+                u.max_failure_ratio.0
+            ),
+        );
+    }
+    if let Some(u) = &s.update_status {
+        line("UpdateStatus:", String::new());
+        line(" State:", u.state.as_str().to_string());
+        line(" Started:", ago(u.started_at));
+        if let Some(done) = u.completed_at {
+            line(" Completed:", ago(done));
+        }
+        line(" Message:", u.message.clone());
+    }
+    out
+}
+
+/// A health test as Docker writes it.
+fn health_test_text(test: &HealthTest) -> String {
+    match test {
+        HealthTest::None => "none".to_string(),
+        HealthTest::Image => "the image's own".to_string(),
+        HealthTest::Exec { argv } => format!("CMD {}", argv.join(" ")),
+        HealthTest::Shell { command } => format!("CMD-SHELL {command}"),
+        HealthTest::Http { port, path } => format!("HTTP GET :{port}{path}"),
+        HealthTest::Tcp { port } => format!("TCP :{port}"),
+    }
+}
+
+/// `service ps` (and `stack ps`): the table, with an IMAGE column when
+/// any task runs an image.
+pub fn ps_table(tasks: &[TaskView]) -> String {
+    let with_image = tasks.iter().any(|t| t.image.is_some());
+    table(&ps_header(with_image), &ps_rows_with(tasks, with_image))
+}
+
+/// The header of `service ps`, with or without the IMAGE column.
+pub fn ps_header(with_image: bool) -> Vec<&'static str> {
+    let mut header = vec!["ID", "NAME"];
+    if with_image {
+        header.push("IMAGE");
+    }
+    header.extend(["NODE", "DESIRED STATE", "CURRENT STATE", "HEALTH", "ERROR"]);
+    header
+}
+
+/// Rows of `service ps`: per slot, the current task and then its history
+/// marked `\_`, as Swarm prints it.
+pub fn ps_rows(tasks: &[TaskView]) -> Vec<Vec<String>> {
+    ps_rows_with(tasks, false)
+}
+
+/// Rows of `service ps`, with the IMAGE column when `with_image`.
+pub fn ps_rows_with(tasks: &[TaskView], with_image: bool) -> Vec<Vec<String>> {
+    let mut sorted: Vec<&TaskView> = tasks.iter().collect();
+    // Global tasks have slot 0 and are told apart by node.
+    let key = |t: &TaskView| (t.slot, if t.slot == 0 { t.node_id.clone() } else { None });
+    sorted.sort_by(|a, b| {
+        (key(a), !a.current, std::cmp::Reverse(a.created_at), &a.id).cmp(&(
+            key(b),
+            !b.current,
+            std::cmp::Reverse(b.created_at),
+            &b.id,
+        ))
+    });
+    let mut rows = Vec::new();
+    let mut last_slot: Option<(u64, Option<String>)> = None;
+    for t in sorted {
+        let key = (t.slot, if t.slot == 0 { t.node_id.clone() } else { None });
+        let first = last_slot.as_ref() != Some(&key);
+        last_slot = Some(key);
+        let name = if first {
+            task_name(t)
+        } else {
+            format!(" \\_ {}", task_name(t))
+        };
+        let mut row = vec![t.id.chars().take(12).collect(), name];
+        if with_image {
+            row.push(t.image.clone().unwrap_or_default());
+        }
+        row.extend([
+            t.node.clone().unwrap_or_default(),
+            title(t.desired_state.as_str()),
+            format!("{} {}", title(t.state.as_str()), ago(t.timestamp)),
+            t.health.map(|h| h.as_str().to_string()).unwrap_or_default(),
+            task_error(t),
+        ]);
+        rows.push(row);
+    }
+    rows
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use flotilla_types::DesiredState;
+
+    /// A task view for tests.
+    pub(crate) fn tv(id: &str, slot: u64, current: bool, created_at: u64) -> TaskView {
+        TaskView {
+            id: id.into(),
+            service: "web".into(),
+            service_id: "s".into(),
+            slot,
+            node: Some("n".into()),
+            node_id: Some("n".into()),
+            desired_state: if current {
+                DesiredState::Running
+            } else {
+                DesiredState::Shutdown
+            },
+            state: if current {
+                TaskState::Running
+            } else {
+                TaskState::Failed
+            },
+            timestamp: 0,
+            message: String::new(),
+            error: None,
+            exit_code: if current { None } else { Some(137) },
+            pid: None,
+            health: None,
+            image: None,
+            container_id: None,
+            up_to_date: true,
+            created_at,
+            current,
+        }
+    }
+
+    #[test]
+    fn ps_marks_history_under_its_slot() {
+        let rows = ps_rows(&[
+            tv("b", 1, false, 1),
+            tv("c", 2, true, 3),
+            tv("a", 1, true, 2),
+        ]);
+        let names: Vec<&str> = rows.iter().map(|r| r[1].as_str()).collect();
+        assert_eq!(names, ["web.1", " \\_ web.1", "web.2"]);
+        assert_eq!(rows[1][6], "exit code 137");
+    }
 
     #[test]
     fn aligns_columns() {

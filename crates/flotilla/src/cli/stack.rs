@@ -19,8 +19,8 @@ use flotilla_api::model::{ServiceView, TaskView};
 use flotilla_api::Client;
 use flotilla_types::{Ratio, ServiceSpec, UpdateState};
 
-use super::commands::{ps_header, ps_rows_with, services_table};
 use super::output::table;
+use super::output::{ps_header, ps_rows_with, services_table};
 use super::{Format, FormatArg};
 use flotilla_compose::{load_stack_files, StackError, NAMESPACE_LABEL};
 

@@ -1,0 +1,384 @@
+//! The command line's options: clap's definitions of every command and
+//! its flags. Spec flags shared by `service create` and `update` are in
+//! [`super::flags`], the stack commands' in [`super::stack`].
+
+use super::{flags, StackCommand};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Flotilla: a cluster orchestrator for services.
+#[derive(Debug, Parser)]
+#[command(name = "flotilla", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The node's data directory [default: /var/lib/flotilla for root, else $XDG_DATA_HOME/flotilla]
+    #[arg(long, global = true, env = "FLOTILLA_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Talk to these managers' client API (HOST:PORT,...) instead of the local daemon; the first that answers is used
+    #[arg(long, global = true, env = "FLOTILLA_HOST", value_delimiter = ',')]
+    pub host: Vec<String>,
+
+    /// Directory with ca.crt, client.crt and client.key for --host (from 'flotilla client-cert')
+    #[arg(long, global = true, env = "FLOTILLA_TLS_DIR")]
+    pub tls_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format of listing and inspecting commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Debug, Args, Clone, Copy)]
+pub struct FormatArg {
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a node in the foreground
+    Daemon(DaemonArgs),
+    /// Start a one-node cluster in the foreground on a fresh data dir and deploy a stack file into it
+    Dev(DevArgs),
+    /// Make the local node the first manager of a new cluster
+    Init(InitArgs),
+    /// Show the cluster, this node and what runs
+    Info(FormatArg),
+    /// Join a cluster through one of its managers
+    Join(JoinArgs),
+    /// Show (or rotate) the token that lets a node join as a worker or a manager
+    JoinToken(JoinTokenArgs),
+    /// Leave the cluster: stop this node's tasks and forget the cluster
+    Leave {
+        /// Leave even as the last manager, or when it breaks quorum
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Make a client certificate for using the CLI from another machine (--host)
+    ClientCert {
+        /// Who it is for
+        #[arg(long, default_value = "admin")]
+        name: String,
+        /// Where to write ca.crt, client.crt and client.key
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Say whether the manager answering is the leader (exit 0) or not (exit 1)
+    LeaderCheck,
+    /// Manage nodes
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Manage services
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Deploy stack files
+    #[command(subcommand)]
+    Stack(StackCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Node name [default: the host name]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Log as JSON lines instead of text
+    #[arg(long)]
+    pub log_json: bool,
+    /// Cluster port: node-to-node traffic (raft, agent sessions, joins), mutual TLS
+    #[arg(long, default_value = "0.0.0.0:4280", env = "FLOTILLA_LISTEN")]
+    pub listen: String,
+    /// Address other nodes reach this one at, HOST or HOST:PORT [default: the listen address, or 127.0.0.1]
+    #[arg(long)]
+    pub advertise_addr: Option<String>,
+    /// Raft heartbeat between managers
+    #[arg(long, default_value = "80ms")]
+    pub heartbeat_interval: String,
+    /// Raft election timeout (the lowest; the highest is 1.5 times it). A dead leader is replaced after about 2.5 times this
+    #[arg(long, default_value = "300ms")]
+    pub election_timeout: String,
+    /// A node without a heartbeat this long is marked down and its tasks run elsewhere
+    #[arg(long, default_value = "3s")]
+    pub node_timeout: String,
+    /// Client API port for remote CLIs and load balancers (HTTPS; 'none' to serve only the local socket)
+    #[arg(long, default_value = "0.0.0.0:4281", env = "FLOTILLA_API_LISTEN")]
+    pub api_listen: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Stack file (Compose format) to deploy [default: none]
+    pub stack_file: Option<PathBuf>,
+    /// Stack name; services are named STACK_SERVICE
+    #[arg(long, default_value = "dev")]
+    pub stack: String,
+    /// Keep the data dir when the dev node stops (default: remove it if it was made for this run)
+    #[arg(long)]
+    pub keep: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Address other nodes reach this one at
+    #[arg(long)]
+    pub advertise_addr: Option<String>,
+    /// After quorum loss, on a surviving manager: make it the only manager,
+    /// keeping all services, tasks, nodes and certificates
+    #[arg(long)]
+    pub force_new_cluster: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// The join token (from 'flotilla join-token worker|manager' on a manager)
+    #[arg(long)]
+    pub token: String,
+    /// Address other nodes reach this one at
+    #[arg(long)]
+    pub advertise_addr: Option<String>,
+    /// Cluster address of a manager, HOST:PORT
+    pub manager_addr: String,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinTokenArgs {
+    /// worker or manager
+    pub role: String,
+    /// Print only the token
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Replace the token's secret; the old token stops working
+    #[arg(long)]
+    pub rotate: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes
+    #[command(alias = "list")]
+    Ls(FormatArg),
+    /// Make workers managers (raft voters)
+    Promote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make managers workers
+    Demote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Show nodes in detail
+    Inspect {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+        /// Output format [default: json]
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Change a node's availability, labels or name
+    Update {
+        /// active, pause or drain
+        #[arg(long, value_parser = str::parse::<flotilla_types::Availability>)]
+        availability: Option<flotilla_types::Availability>,
+        /// Add or change a label, KEY=VALUE
+        #[arg(long = "label-add")]
+        label_add: Vec<String>,
+        /// Remove a label
+        #[arg(long = "label-rm")]
+        label_rm: Vec<String>,
+        /// Rename the node
+        #[arg(long = "name")]
+        name: Option<String>,
+        node: String,
+    },
+    /// Remove nodes that are down (or up, with --force)
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Create a service
+    Create(Box<CreateArgs>),
+    /// List services
+    #[command(alias = "list")]
+    Ls(FormatArg),
+    /// List the tasks of a service
+    Ps {
+        name: String,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Show a service in detail
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Output format [default: json]
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Scale replicated services: NAME=REPLICAS...
+    Scale {
+        #[arg(required = true, value_name = "NAME=REPLICAS")]
+        pairs: Vec<String>,
+    },
+    /// Change a service; its tasks are replaced, batch by batch, when what they run changes
+    Update(Box<UpdateArgs>),
+    /// Go back to the spec before the last change of what the tasks run
+    Rollback {
+        name: String,
+        /// Return once the rollback is accepted, without following it
+        #[arg(short, long)]
+        detach: bool,
+    },
+    /// Remove services
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Show the output of a service's tasks
+    Logs {
+        name: String,
+        /// Keep printing new output, also of tasks that start meanwhile
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines of each task
+        #[arg(short = 'n', long)]
+        tail: Option<u64>,
+        /// Only lines since a time: a duration back (10m, 1h30m), a Unix
+        /// timestamp or an RFC 3339 time
+        #[arg(long)]
+        since: Option<String>,
+        /// Start each line with the time it was written (within a second)
+        #[arg(short, long)]
+        timestamps: bool,
+        /// No `service.slot.task@node | ` prefix
+        #[arg(long)]
+        raw: bool,
+        /// Leave the task IDs out of the prefix
+        #[arg(long)]
+        no_task_ids: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Service name
+    #[arg(long, allow_hyphen_values = true)]
+    pub name: String,
+    /// Number of tasks (replicated mode)
+    #[arg(long, allow_hyphen_values = true)]
+    pub replicas: Option<String>,
+    /// replicated or global
+    #[arg(long, default_value = "replicated")]
+    pub mode: String,
+    /// Environment variable for the tasks, KEY=VALUE
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    /// Service label, KEY=VALUE
+    #[arg(short, long = "label")]
+    pub label: Vec<String>,
+    /// Placement constraint, e.g. node.labels.zone==a
+    #[arg(long = "constraint")]
+    pub constraint: Vec<String>,
+    /// Restart when: none, on-failure or any
+    #[arg(long, default_value = "any")]
+    pub restart_condition: String,
+    /// Restarts allowed (0: no limit)
+    #[arg(long, default_value = "0", allow_hyphen_values = true)]
+    pub restart_max_attempts: String,
+    /// Wait between restarts, e.g. 5s
+    #[arg(long, default_value = "5s")]
+    pub restart_delay: String,
+    /// Window the restart attempts are counted in (0: unbounded)
+    #[arg(long, default_value = "0")]
+    pub restart_window: String,
+    /// Time between SIGTERM and SIGKILL when stopping a task
+    #[arg(long, default_value = "10s")]
+    pub stop_grace_period: String,
+    /// Return once the service is created, without waiting for its tasks
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Mount into each container: type=bind|volume|tmpfs,source=..,target=..[,readonly]
+    #[arg(long = "mount")]
+    pub mount: Vec<String>,
+    #[command(flatten)]
+    pub spec: flags::SpecFlags,
+    /// Command and arguments (for a docker service: the container's arguments)
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// Add or change an environment variable, KEY=VALUE
+    #[arg(long = "env-add")]
+    pub env_add: Vec<String>,
+    /// Remove an environment variable
+    #[arg(long = "env-rm")]
+    pub env_rm: Vec<String>,
+    /// Add or change a service label, KEY=VALUE
+    #[arg(long = "label-add")]
+    pub label_add: Vec<String>,
+    /// Remove a service label
+    #[arg(long = "label-rm")]
+    pub label_rm: Vec<String>,
+    /// Add a placement constraint
+    #[arg(long = "constraint-add")]
+    pub constraint_add: Vec<String>,
+    /// Remove a placement constraint
+    #[arg(long = "constraint-rm")]
+    pub constraint_rm: Vec<String>,
+    /// Add or replace a mount (same target): type=..,source=..,target=..[,readonly]
+    #[arg(long = "mount-add")]
+    pub mount_add: Vec<String>,
+    /// Remove the mount at this target path
+    #[arg(long = "mount-rm")]
+    pub mount_rm: Vec<String>,
+    /// Number of tasks
+    #[arg(long, allow_hyphen_values = true)]
+    pub replicas: Option<String>,
+    /// Restart when: none, on-failure or any
+    #[arg(long)]
+    pub restart_condition: Option<String>,
+    /// Restarts allowed (0: no limit)
+    #[arg(long, allow_hyphen_values = true)]
+    pub restart_max_attempts: Option<String>,
+    /// Wait between restarts
+    #[arg(long)]
+    pub restart_delay: Option<String>,
+    /// Window the restart attempts are counted in (0: unbounded)
+    #[arg(long)]
+    pub restart_window: Option<String>,
+    /// Time between SIGTERM and SIGKILL when stopping a task
+    #[arg(long)]
+    pub stop_grace_period: Option<String>,
+    /// Replace every task even if nothing changed
+    #[arg(long)]
+    pub force: bool,
+    /// Return once the update is accepted, without following it
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Give up following the update after this long
+    #[arg(long, default_value = "10m")]
+    pub timeout: String,
+    #[command(flatten)]
+    pub spec: flags::SpecFlags,
+    pub name: String,
+    /// A new command and arguments
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
