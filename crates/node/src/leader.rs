@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::write::RaftProposer;
+use crate::{now_ms, Member, VERSION};
 use flotilla_manager::{Orchestrator, Proposer, Rebalancer, Scheduler, SystemClock};
 use flotilla_raft::RaftNode;
 use flotilla_store::Command;
 use flotilla_types::NodeState;
-
-use crate::*;
 
 /// Runs the manager's loops whenever this member leads, and stops them when
 /// it no longer does.

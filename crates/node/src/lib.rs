@@ -58,10 +58,7 @@ pub use lifecycle::{InitError, NodeCtx};
 pub use member::Member;
 pub use write::{ProposeFailure, WRITE_BUDGET};
 
-use leader::lead_while_leader;
-use recovery::{reexec, rewrite_for_new_cluster, FORCE_MARKER};
-use renew::renew_and_restart;
-use write::RaftProposer;
+use recovery::{rewrite_for_new_cluster, FORCE_MARKER};
 
 /// Flotilla's version, as nodes report it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

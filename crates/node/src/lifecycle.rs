@@ -20,8 +20,8 @@ use flotilla_types::{Availability, Cluster, Node, NodeRole, NodeState, Platform}
 
 use crate::certs::NodeTls;
 use crate::identity::Identity;
-
-use crate::*;
+use crate::recovery::{reexec, FORCE_MARKER};
+use crate::{advertised, host, identity, now_ms, wire, Member, CERT_VALIDITY, VERSION};
 
 /// Everything the API handlers share.
 pub struct NodeCtx {

@@ -23,8 +23,11 @@ use crate::dispatcher::Dispatcher;
 use crate::identity::Identity;
 use crate::session::{LeaderFinder, SessionClient};
 
+use crate::leader::lead_while_leader;
 use crate::lifecycle::{Ports, Running};
-use crate::*;
+use crate::renew::renew_and_restart;
+use crate::write::RaftProposer;
+use crate::{api, cluster, dispatcher, now_ms, wire, NodeCtx, CERT_VALIDITY};
 
 /// This node as a member of a cluster.
 pub struct Member {

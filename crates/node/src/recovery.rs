@@ -8,8 +8,7 @@ use flotilla_store::Command;
 use flotilla_types::NodeRole;
 
 use crate::identity::Identity;
-
-use crate::*;
+use crate::{identity, now_ms};
 
 /// Marker file: the next start rewrites the raft store for a new group.
 pub(crate) const FORCE_MARKER: &str = "force-new-cluster";

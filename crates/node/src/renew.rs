@@ -11,9 +11,9 @@ use flotilla_transport::Target;
 use flotilla_types::NodeRole;
 
 use crate::certs::NodeTls;
+use crate::recovery::reexec;
 use crate::session::LeaderFinder;
-
-use crate::*;
+use crate::{identity, now_ms, wire, Member};
 
 /// Gets a certificate for this node's current role from a manager, stores
 /// it, and restarts the daemon in place to use it.

@@ -14,8 +14,7 @@ use flotilla_store::Command;
 use flotilla_transport::Target;
 
 use crate::session::LeaderFinder;
-
-use crate::*;
+use crate::{dispatcher, Member};
 
 /// Proposes through the local raft member.
 pub(crate) struct RaftProposer(pub(crate) Arc<RaftNode>);
