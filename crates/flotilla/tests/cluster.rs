@@ -779,3 +779,31 @@ fn a_busy_node_is_not_marked_down_and_a_down_node_cannot_be_promoted() -> Result
     assert!(out.stderr.contains("last manager"), "{}", out.stderr);
     Ok(())
 }
+
+/// A manager that left binds its client API port again, so that a cluster
+/// it makes later serves remote CLIs: the port stayed closed after `leave`,
+/// because the listener went away with the server that `leave` stopped.
+#[test]
+fn a_manager_that_left_serves_its_client_api_after_init() -> Result<()> {
+    let m1 = start_named("m1")?;
+    m1.ok(&["init"])?;
+    let api = api_addrs(&m1)?
+        .into_iter()
+        .find(|(n, _)| n == "m1")
+        .map(|(_, a)| a)
+        .unwrap_or_default();
+    assert!(
+        std::net::TcpStream::connect(&api).is_ok(),
+        "the client API answers at {api} after init"
+    );
+    m1.ok(&["leave", "--force"])?;
+    m1.ok(&["init"])?;
+    wait_until(
+        "the client API port to answer after leave and init",
+        Duration::from_secs(5),
+        || Ok(std::net::TcpStream::connect(&api).ok().map(|_| ())),
+    )?;
+    let again = api_addrs(&m1)?;
+    assert!(again.iter().any(|(_, a)| *a == api), "{again:?}");
+    Ok(())
+}
