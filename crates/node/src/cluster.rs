@@ -91,9 +91,18 @@ pub fn router(member: Arc<Member>, agent_dir: std::path::PathBuf) -> Router {
         .route("/cluster/v1/read-index", post(read_index))
         .route("/cluster/v1/renew", post(renew))
         .route("/cluster/v1/remove-manager", post(remove_manager))
-        .route(paths::APPEND, post(raft_append))
-        .route(paths::VOTE, post(raft_vote))
-        .route(paths::SNAPSHOT, post(raft_snapshot))
+        .merge(
+            Router::new()
+                .route(paths::APPEND, post(raft_append))
+                .route(paths::VOTE, post(raft_vote))
+                .route(paths::SNAPSHOT, post(raft_snapshot))
+                // The receiver bounds what it buffers: axum's default of
+                // 2 MiB refused AppendEntries of large entries, so that
+                // they were retried forever.
+                .layer(axum::extract::DefaultBodyLimit::max(
+                    flotilla_raft::network::MAX_RPC_BYTES,
+                )),
+        )
         .fallback(|| async { ClusterError::BadRequest("no such cluster endpoint".into()) })
         .with_state(member)
         .merge(super::tasklogs::router(agent_dir))

@@ -16,16 +16,27 @@ use flotilla_transport::Target;
 use crate::session::LeaderFinder;
 use crate::{dispatcher, Member};
 
-/// Proposes through the local raft member.
+/// Proposes through the local raft member. A batch command (tasks,
+/// assignments, statuses) is proposed in parts of at most
+/// [`flotilla_store::MAX_BATCH`] items, so that no raft entry is too large
+/// to replicate within a heartbeat; the answer is the last part's, or the
+/// first error (the loops reconcile what a failed part left undone).
 pub(crate) struct RaftProposer(pub(crate) Arc<RaftNode>);
 
 impl Proposer for RaftProposer {
     fn propose(&self, command: Command) -> ProposeFuture<'_> {
         Box::pin(async move {
-            self.0.propose(command).await.map_err(|e| match e {
-                RaftError::NotLeader { .. } => ProposeError::NotLeader,
-                other => ProposeError::Other(other.to_string()),
-            })
+            let mut answer = Ok(None);
+            for part in command.split(flotilla_store::MAX_BATCH) {
+                answer = self.0.propose(part).await.map_err(|e| match e {
+                    RaftError::NotLeader { .. } => ProposeError::NotLeader,
+                    other => ProposeError::Other(other.to_string()),
+                })?;
+                if answer.is_err() {
+                    break;
+                }
+            }
+            Ok(answer)
         })
     }
 }

@@ -5,7 +5,9 @@
 //! tests of a lone member, which never dials (openraft does not dial
 //! itself).
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -107,6 +109,30 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
     }
 }
 
+/// The most bytes a raft endpoint buffers of one request: far above what
+/// a sender puts in one (see [`APPEND_TARGET_BYTES`]), so that one large
+/// entry still passes.
+pub const MAX_RPC_BYTES: usize = 64 << 20;
+
+/// What one AppendEntries aims to carry at most. openraft gives each
+/// AppendEntries the heartbeat interval (80 ms by default) to finish, the
+/// follower's fsync included, and sends up to `max_payload_entries`
+/// entries in one: a request over this size is refused before it is sent
+/// with a hint of how many entries fit, and openraft sends fewer. (An
+/// entry over this size alone is sent as it is; the proposers split batch
+/// commands so that entries stay well below it.)
+pub const APPEND_TARGET_BYTES: usize = 512 << 10;
+
+/// How many of `entries` entries fit in [`APPEND_TARGET_BYTES`] when they
+/// take `bytes` in all; `None` when all of them do.
+pub fn entries_that_fit(entries: usize, bytes: usize) -> Option<u64> {
+    if entries <= 1 || bytes <= APPEND_TARGET_BYTES {
+        return None;
+    }
+    let fit = (entries as u128 * APPEND_TARGET_BYTES as u128 / bytes as u128) as u64;
+    Some(fit.clamp(1, entries as u64 - 1))
+}
+
 /// Paths of the raft endpoints.
 pub mod paths {
     pub const APPEND: &str = "/raft/v1/append";
@@ -154,7 +180,15 @@ impl RaftNetwork<TypeConfig> for HttpMember {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.call(paths::APPEND, &rpc, &option).await
+        // Encoded once: its size decides whether it goes.
+        let body = serde_json::value::to_raw_value(&rpc)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if let Some(fit) = entries_that_fit(rpc.entries.len(), body.get().len()) {
+            return Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint(fit),
+            ));
+        }
+        self.call(paths::APPEND, &body, &option).await
     }
 
     async fn install_snapshot(
@@ -174,5 +208,19 @@ impl RaftNetwork<TypeConfig> for HttpMember {
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         self.call(paths::VOTE, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_appends_are_cut_to_what_fits() {
+        assert_eq!(entries_that_fit(300, APPEND_TARGET_BYTES), None);
+        assert_eq!(entries_that_fit(1, APPEND_TARGET_BYTES * 10), None);
+        assert_eq!(entries_that_fit(300, APPEND_TARGET_BYTES * 3), Some(100));
+        assert_eq!(entries_that_fit(2, APPEND_TARGET_BYTES * 100), Some(1));
+        assert_eq!(entries_that_fit(10, APPEND_TARGET_BYTES + 1), Some(9));
     }
 }

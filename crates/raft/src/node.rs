@@ -17,6 +17,11 @@ use crate::storage::{self, OpenError};
 use crate::Raft;
 
 /// Raft timings. openraft 0.9 makes a follower wait a leader lease of
+/// How many bytes of a snapshot go in one InstallSnapshot.
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 256 << 10;
+/// How long one InstallSnapshot chunk may take, its fsync included.
+pub const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 2_000;
+
 /// `election_max_ms` plus its own election timeout before a new leader can
 /// be elected, so a dead leader is replaced after 0.75-0.9 s with these
 /// defaults. Shorter ones risk spurious elections on a loaded two-core
@@ -119,6 +124,11 @@ impl RaftNode {
             election_timeout_max: timings.election_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(timings.snapshot_every),
             max_in_snapshot_log_to_keep: 500,
+            // A snapshot goes in chunks, each given install_snapshot_timeout
+            // to finish: openraft's 3 MiB in 200 ms does not hold for a
+            // store of many tasks on a loaded machine.
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT_MS,
             ..Config::default()
         }
         .validate()

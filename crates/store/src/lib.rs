@@ -44,6 +44,6 @@ pub mod command;
 pub mod error;
 pub mod state;
 
-pub use command::{Command, CommandResult, TaskStatusUpdate};
+pub use command::{Command, CommandResult, TaskStatusUpdate, MAX_BATCH};
 pub use error::StoreError;
 pub use state::{Change, State};

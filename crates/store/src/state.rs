@@ -232,6 +232,35 @@ mod tests {
         }
     }
 
+    /// Applying the parts of a split batch in order gives the state the
+    /// whole gives.
+    #[test]
+    fn applying_the_parts_is_applying_the_whole() {
+        let tasks: Vec<Task> = (1..=7).map(|i| task(&format!("t{i}"), "s1", i)).collect();
+        let whole = Command::CreateTasks { tasks };
+        let mut one = init();
+        let (r, _) = one.apply(
+            2,
+            &Command::CreateService {
+                id: "s1".into(),
+                spec: spec("web", 7),
+                at: 3,
+            },
+        );
+        assert!(r.is_ok());
+        let mut parts = one.clone();
+        let (r, _) = one.apply(3, &whole);
+        assert!(r.is_ok());
+        for part in whole.split(3) {
+            let index = parts.index + 1;
+            let (r, _) = parts.apply(index, &part);
+            assert!(r.is_ok());
+        }
+        assert_eq!(one.tasks.len(), 7);
+        let ids = |s: &State| s.tasks.keys().cloned().collect::<Vec<_>>();
+        assert_eq!(ids(&one), ids(&parts));
+    }
+
     fn init() -> State {
         let mut s = State::default();
         let (r, _) = s.apply(
