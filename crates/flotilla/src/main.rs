@@ -118,6 +118,7 @@ async fn dispatch(
             config.timings.election_min_ms = election;
             config.timings.election_max_ms = election + election / 2;
             config.node_timeout = std::time::Duration::from_millis(node_timeout);
+            config.timings.snapshot_every = args.snapshot_every;
             config.api_listen = match args.api_listen.as_str() {
                 "" | "none" => None,
                 a => Some(a.to_string()),

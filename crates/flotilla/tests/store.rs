@@ -11,8 +11,10 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_flotilla"))
 }
 
-fn start_named(name: &str) -> Result<Daemon> {
-    Daemon::start_with(bin(), "127.0.0.1:0", &["--name", name])
+fn start_with(name: &str, extra: &[&str]) -> Result<Daemon> {
+    let mut args = vec!["--name", name];
+    args.extend_from_slice(extra);
+    Daemon::start_with(bin(), "127.0.0.1:0", &args)
 }
 
 fn token(m: &Daemon, role: &str) -> Result<String> {
@@ -21,20 +23,28 @@ fn token(m: &Daemon, role: &str) -> Result<String> {
 
 /// Three managers, the first one leading.
 fn three_managers() -> Result<Vec<Daemon>> {
-    let m1 = start_named("m1")?;
+    three_managers_with(&[])
+}
+
+fn three_managers_with(extra: &[&str]) -> Result<Vec<Daemon>> {
+    let m1 = start_with("m1", extra)?;
     m1.ok(&["init"])?;
     let addr = m1.cluster_addr()?;
     let mut all = vec![m1];
     for name in ["m2", "m3"] {
-        let m = start_named(name)?;
+        let m = start_with(name, extra)?;
         m.ok(&["join", "--token", &token(&all[0], "manager")?, &addr])?;
         all.push(m);
     }
     Ok(all)
 }
 
-fn task_count(d: &Daemon, service: &str) -> Result<usize> {
-    Ok(d.tasks(service)?.len())
+/// Tasks wanted running that the manager `d` holds, by `info` (cheap:
+/// listing thousands of tasks with `service ps` in every poll would load
+/// the managers more than the test does).
+fn pending(d: &Daemon) -> Result<u64> {
+    let info = d.ok(&["info", "--format", "json"])?.json()?;
+    Ok(info["tasks"]["pending"].as_u64().unwrap_or(0))
 }
 
 /// `service create --replicas 5000` (left pending by a constraint no node
@@ -60,11 +70,14 @@ fn a_service_of_5000_replicas_commits_on_three_managers() -> Result<()> {
         "100000",
     ])?;
     for m in &managers {
-        wait_until(
+        let held = wait_until(
             "every manager to hold the 5000 pending tasks",
             Duration::from_secs(30),
-            || Ok((task_count(m, "big")? == 5000).then_some(())),
-        )?;
+            || Ok((pending(m)? == 5000).then_some(())),
+        );
+        if let Err(e) = held {
+            anyhow::bail!("{e:#}\nleader's log:\n{}", m1.log_tail());
+        }
     }
     // The cluster still takes writes, on any manager.
     for (i, m) in managers.iter().enumerate() {
@@ -81,5 +94,53 @@ fn a_service_of_5000_replicas_commits_on_three_managers() -> Result<()> {
             "1",
         ])?;
     }
+    Ok(())
+}
+
+/// A manager that joins a cluster whose log was compacted gets the state
+/// as a snapshot. With 3,000 pending tasks the snapshot is several MiB: it
+/// went as one InstallSnapshot of 3 MiB chunks, each a JSON array of
+/// numbers over axum's 2 MiB body limit, and the new manager never got it.
+#[test]
+fn a_manager_joining_late_catches_up_from_a_large_snapshot() -> Result<()> {
+    let extra = ["--snapshot-every", "20"];
+    let managers = three_managers_with(&extra)?;
+    let m1 = &managers[0];
+    m1.ok(&[
+        "service",
+        "create",
+        "--name",
+        "big",
+        "--replicas",
+        "3000",
+        "--constraint",
+        "node.labels.nowhere==true",
+        "-d",
+        "--",
+        "sleep",
+        "100000",
+    ])?;
+    wait_until(
+        "the leader to hold the 3000 pending tasks",
+        Duration::from_secs(30),
+        || Ok((pending(m1)? == 3000).then_some(())),
+    )?;
+    // More entries than a snapshot's worth, so that the log is compacted.
+    for i in 0..25 {
+        m1.ok(&["service", "scale", &format!("big={}", 3000 + i % 2)])?;
+    }
+    let m4 = start_with("m4", &extra)?;
+    m4.ok(&[
+        "join",
+        "--token",
+        &token(m1, "manager")?,
+        &m1.cluster_addr()?,
+    ])?;
+    wait_until(
+        "the new manager to hold the service's tasks",
+        Duration::from_secs(30),
+        || Ok((pending(&m4)? >= 3000).then_some(())),
+    )?;
+    m4.ok(&["service", "scale", "big=10"])?;
     Ok(())
 }

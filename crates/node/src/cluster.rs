@@ -21,7 +21,7 @@ use super::wire::{AddManager, JoinRequest, JoinResponse, SessionRequest, Session
 use super::{now_ms, Member, CERT_VALIDITY};
 use flotilla_raft::network::paths;
 use flotilla_raft::TypeConfig;
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{AppendEntriesRequest, VoteRequest};
 
 /// Why a cluster call was refused.
 #[derive(Debug, thiserror::Error)]
@@ -166,10 +166,13 @@ async fn raft_vote(
 async fn raft_snapshot(
     State(m): Ctx,
     Extension(peer): Extension<Peer>,
-    req: Result<Json<InstallSnapshotRequest<TypeConfig>>, JsonRejection>,
+    body: axum::body::Bytes,
 ) -> Result<Response, ClusterError> {
     let raft = manager_call(&m, &peer)?;
-    let rpc = body(req)?;
+    let (chunk, data): (flotilla_raft::network::SnapshotChunk, &[u8]) =
+        flotilla_transport::frame::decode(&body)
+            .map_err(|e| ClusterError::BadRequest(format!("invalid snapshot chunk: {e}")))?;
+    let rpc = chunk.with(data.to_vec());
     Ok(Json(raft.raft().install_snapshot(rpc).await).into_response())
 }
 

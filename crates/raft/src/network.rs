@@ -13,7 +13,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
+use openraft::{BasicNode, SnapshotMeta, Vote};
 
 use crate::TypeConfig;
 
@@ -121,7 +121,7 @@ pub const MAX_RPC_BYTES: usize = 64 << 20;
 /// with a hint of how many entries fit, and openraft sends fewer. (An
 /// entry over this size alone is sent as it is; the proposers split batch
 /// commands so that entries stay well below it.)
-pub const APPEND_TARGET_BYTES: usize = 512 << 10;
+pub const APPEND_TARGET_BYTES: usize = 128 << 10;
 
 /// How many of `entries` entries fit in [`APPEND_TARGET_BYTES`] when they
 /// take `bytes` in all; `None` when all of them do.
@@ -131,6 +131,51 @@ pub fn entries_that_fit(entries: usize, bytes: usize) -> Option<u64> {
     }
     let fit = (entries as u128 * APPEND_TARGET_BYTES as u128 / bytes as u128) as u64;
     Some(fit.clamp(1, entries as u64 - 1))
+}
+
+/// An InstallSnapshot chunk on the wire, but for its bytes: those travel
+/// raw after it in a framed body ([`flotilla_transport::frame`]), not as
+/// the JSON array of numbers that openraft's request would make of them
+/// (3 to 4 times their size).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct SnapshotChunk {
+    pub vote: Vote<u64>,
+    pub meta: SnapshotMeta<u64, BasicNode>,
+    pub offset: u64,
+    pub done: bool,
+}
+
+impl SnapshotChunk {
+    /// Splits a request into the header and the bytes.
+    pub fn of(rpc: InstallSnapshotRequest<TypeConfig>) -> (SnapshotChunk, Vec<u8>) {
+        let InstallSnapshotRequest {
+            vote,
+            meta,
+            offset,
+            data,
+            done,
+        } = rpc;
+        (
+            SnapshotChunk {
+                vote,
+                meta,
+                offset,
+                done,
+            },
+            data,
+        )
+    }
+
+    /// The request again, with its bytes.
+    pub fn with(self, data: Vec<u8>) -> InstallSnapshotRequest<TypeConfig> {
+        InstallSnapshotRequest {
+            vote: self.vote,
+            meta: self.meta,
+            offset: self.offset,
+            data,
+            done: self.done,
+        }
+    }
 }
 
 /// Paths of the raft endpoints.
@@ -162,6 +207,18 @@ impl HttpMember {
                 option.hard_ttl(),
             )
             .await;
+        self.answer(answer)
+    }
+
+    /// A callee's answer as openraft wants it.
+    #[allow(clippy::result_large_err)] // openraft's error type, as its trait returns it
+    fn answer<Resp, E>(
+        &self,
+        answer: Result<Result<Resp, E>, flotilla_transport::TransportError>,
+    ) -> Result<Resp, RPCError<u64, BasicNode, E>>
+    where
+        E: std::error::Error,
+    {
         match answer {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(remote)) => Err(RPCError::RemoteError(openraft::error::RemoteError::new(
@@ -199,7 +256,19 @@ impl RaftNetwork<TypeConfig> for HttpMember {
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
-        self.call(paths::SNAPSHOT, &rpc, &option).await
+        let (chunk, data) = SnapshotChunk::of(rpc);
+        let answer = self
+            .client
+            .post_frame(
+                flotilla_transport::Target::Manager,
+                &self.addr,
+                paths::SNAPSHOT,
+                &chunk,
+                &data,
+                option.hard_ttl(),
+            )
+            .await;
+        self.answer(answer)
     }
 
     async fn vote(

@@ -18,7 +18,7 @@ use crate::Raft;
 
 /// Raft timings. openraft 0.9 makes a follower wait a leader lease of
 /// How many bytes of a snapshot go in one InstallSnapshot.
-pub const SNAPSHOT_CHUNK_BYTES: u64 = 256 << 10;
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
 /// How long one InstallSnapshot chunk may take, its fsync included.
 pub const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 2_000;
 
@@ -123,7 +123,9 @@ impl RaftNode {
             election_timeout_min: timings.election_min_ms,
             election_timeout_max: timings.election_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(timings.snapshot_every),
-            max_in_snapshot_log_to_keep: 500,
+            // Members that lag a little catch up from the log; the rest get
+            // the snapshot.
+            max_in_snapshot_log_to_keep: (timings.snapshot_every / 10).max(1),
             // A snapshot goes in chunks, each given install_snapshot_timeout
             // to finish: openraft's 3 MiB in 200 ms does not hold for a
             // store of many tasks on a loaded machine.

@@ -129,7 +129,7 @@ pub enum Command {
 /// AppendEntries, which must finish within the heartbeat interval (follower
 /// fsync included): a service of 5,000 replicas in one `CreateTasks` (about
 /// 5 MB of JSON) never did, and wedged the managers.
-pub const MAX_BATCH: usize = 250;
+pub const MAX_BATCH: usize = 100;
 
 impl Command {
     /// Splits a batch command into commands of at most `max` items each,

@@ -110,10 +110,49 @@ impl ClusterClient {
             addr: addr.to_string(),
             reason: e.to_string(),
         })?;
+        self.send(target, addr, path, "application/json", bytes, timeout)
+            .await
+    }
+
+    /// POSTs `header` and `data` as one framed body ([`crate::frame`]) and
+    /// decodes the JSON answer: for raw bytes that JSON would bloat.
+    pub async fn post_frame<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: Target,
+        addr: &str,
+        path: &str,
+        header: &Req,
+        data: &[u8],
+        timeout: Duration,
+    ) -> Result<Resp, TransportError> {
+        let bytes = crate::frame::encode(header, data).map_err(|e| TransportError::Decode {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
+        self.send(
+            target,
+            addr,
+            path,
+            crate::frame::CONTENT_TYPE,
+            bytes,
+            timeout,
+        )
+        .await
+    }
+
+    async fn send<Resp: DeserializeOwned>(
+        &self,
+        target: Target,
+        addr: &str,
+        path: &str,
+        content_type: &str,
+        bytes: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Resp, TransportError> {
         let request = Request::builder()
             .method(Method::POST)
             .uri(format!("https://{addr}{path}"))
-            .header("content-type", "application/json")
+            .header("content-type", content_type)
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| TransportError::Unreachable {
                 addr: addr.to_string(),

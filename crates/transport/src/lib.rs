@@ -9,8 +9,10 @@
 //! # Layout
 //! - [`server`]: [`serve`] and [`Peer`].
 //! - [`client`]: [`ClusterClient`] and [`TransportError`].
+//! - [`frame`]: bodies of a JSON header and raw bytes (snapshot chunks).
 
 pub mod client;
+pub mod frame;
 pub mod server;
 
 pub use client::{ClusterClient, Target, TransportError};

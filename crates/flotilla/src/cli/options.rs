@@ -107,6 +107,9 @@ pub struct DaemonArgs {
     /// A node without a heartbeat this long is marked down and its tasks run elsewhere
     #[arg(long, default_value = "3s")]
     pub node_timeout: String,
+    /// Raft log entries between snapshots of the store (a tenth of them stays in the log after a snapshot, for members that lag a little)
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(10..))]
+    pub snapshot_every: u64,
     /// Client API port for remote CLIs and load balancers (HTTPS; 'none' to serve only the local socket)
     #[arg(long, default_value = "0.0.0.0:4281", env = "FLOTILLA_API_LISTEN")]
     pub api_listen: String,
