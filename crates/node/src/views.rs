@@ -17,6 +17,46 @@ pub struct ManagerStatus {
     pub reachable: Vec<u64>,
 }
 
+/// How far behind the leader's log a voter may be and still count as
+/// caught up (a few batches in flight).
+pub const CAUGHT_UP_LAG: u64 = 100;
+
+/// The managers that count as reachable. A manager must be a voter. The
+/// leader knows how far each voter's log matches its own, and counts those
+/// within [`CAUGHT_UP_LAG`] entries (a manager that joined and is still
+/// receiving the state is not reachable: it could not take part in a
+/// quorum). A follower knows only whose heartbeats arrive (`heard`), itself
+/// and the leader it hears from.
+pub fn reachable_managers(
+    progress: &flotilla_raft::node::Progress,
+    me: u64,
+    leader: Option<u64>,
+    heard: &[u64],
+) -> Vec<u64> {
+    let voter = |id: &u64| progress.voters.contains(id);
+    let mut out: Vec<u64> = match &progress.matched {
+        Some(matched) => progress
+            .voters
+            .iter()
+            .filter(|id| {
+                **id == me
+                    || matched
+                        .get(id)
+                        .is_some_and(|m| m + CAUGHT_UP_LAG >= progress.last_log_index)
+            })
+            .copied()
+            .collect(),
+        None => std::iter::once(me)
+            .chain(leader)
+            .chain(heard.iter().copied())
+            .filter(voter)
+            .collect(),
+    };
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
 /// How many failures `managers` voters survive: (n - 1) / 2.
 pub fn fault_tolerance(managers: u64) -> u64 {
     managers.saturating_sub(1) / 2
@@ -231,6 +271,31 @@ pub fn info(state: &State, local: &LocalFacts, managers: &ManagerStatus) -> Info
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_caught_up_voters_are_reachable() {
+        use flotilla_raft::node::Progress;
+        let on_leader = Progress {
+            voters: vec![1, 2, 3],
+            last_log_index: 5_000,
+            matched: Some([(2, 4_950), (3, 10), (4, 5_000)].into_iter().collect()),
+        };
+        // 3 still receives the state; 4 is a learner, not a voter.
+        assert_eq!(
+            reachable_managers(&on_leader, 1, Some(1), &[2, 3, 4]),
+            vec![1, 2]
+        );
+        let on_follower = Progress {
+            voters: vec![1, 2, 3],
+            last_log_index: 5_000,
+            matched: None,
+        };
+        assert_eq!(
+            reachable_managers(&on_follower, 2, Some(1), &[3, 4]),
+            vec![1, 2, 3]
+        );
+        assert_eq!(reachable_managers(&on_follower, 2, None, &[]), vec![2]);
+    }
 
     #[test]
     fn fault_tolerance_follows_quorum() {

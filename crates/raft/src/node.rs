@@ -17,6 +17,18 @@ use crate::storage::{self, OpenError};
 use crate::Raft;
 
 /// Raft timings. openraft 0.9 makes a follower wait a leader lease of
+/// The group's progress as one member sees it ([`RaftNode::progress`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Raft IDs of the voters.
+    pub voters: Vec<u64>,
+    /// This member's last log index.
+    pub last_log_index: u64,
+    /// On the leader: the index up to which each member's log matches
+    /// (learners included); `None` on a follower.
+    pub matched: Option<BTreeMap<u64, u64>>,
+}
+
 /// How many bytes of a snapshot go in one InstallSnapshot.
 pub const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
 /// How long one InstallSnapshot chunk may take, its fsync included.
@@ -193,6 +205,22 @@ impl RaftNode {
         match m.current_leader {
             Some(l) if l == self.id && m.state != openraft::ServerState::Leader => None,
             other => other,
+        }
+    }
+
+    /// What this member knows of the group's progress: the voters, the
+    /// last log index, and on the leader how far each member's log matches.
+    pub fn progress(&self) -> Progress {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        Progress {
+            voters: m.membership_config.membership().voter_ids().collect(),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            matched: m.replication.as_ref().map(|r| {
+                r.iter()
+                    .map(|(id, log)| (*id, log.map_or(0, |l| l.index)))
+                    .collect()
+            }),
         }
     }
 

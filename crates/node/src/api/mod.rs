@@ -273,25 +273,22 @@ async fn member(ctx: &NodeCtx) -> Result<Mgr, ApiError> {
 fn managers(member: &Mgr) -> ManagerStatus {
     let leader = member.raft.leader();
     let me = member.member.identity.raft_id;
-    // Liveness comes from agent heartbeats, which the leader records in the
-    // store for every node (managers included); this node and the leader
-    // it hears from are reachable by definition.
-    let mut reachable: Vec<u64> = vec![me];
-    reachable.extend(leader);
-    let state = member.view.read();
-    reachable.extend(
-        state
-            .nodes
-            .values()
-            .filter(|n| {
-                n.role == flotilla_types::NodeRole::Manager
-                    && n.state == flotilla_types::NodeState::Ready
-            })
-            .map(|n| n.raft_id),
-    );
+    // A follower's liveness comes from agent heartbeats, which the leader
+    // records in the store for every node (managers included).
+    let heard: Vec<u64> = member
+        .view
+        .read()
+        .nodes
+        .values()
+        .filter(|n| {
+            n.role == flotilla_types::NodeRole::Manager
+                && n.state == flotilla_types::NodeState::Ready
+        })
+        .map(|n| n.raft_id)
+        .collect();
     ManagerStatus {
         leader_raft_id: leader,
-        reachable,
+        reachable: views::reachable_managers(&member.raft.progress(), me, leader, &heard),
     }
 }
 
