@@ -21,12 +21,14 @@ pub struct ManagerStatus {
 /// caught up (a few batches in flight).
 pub const CAUGHT_UP_LAG: u64 = 100;
 
-/// The managers that count as reachable. A manager must be a voter. The
-/// leader knows how far each voter's log matches its own, and counts those
+/// The managers that count as reachable. A manager must be a voter whose
+/// agent heartbeats arrive (`heard`: its node is ready). The leader also
+/// knows how far each voter's log matches its own, and counts only those
 /// within [`CAUGHT_UP_LAG`] entries (a manager that joined and is still
 /// receiving the state is not reachable: it could not take part in a
-/// quorum). A follower knows only whose heartbeats arrive (`heard`), itself
-/// and the leader it hears from.
+/// quorum; a dead one's log stops where it died, so the heartbeats decide
+/// for it). A follower knows only the heartbeats, itself and the leader it
+/// hears from.
 pub fn reachable_managers(
     progress: &flotilla_raft::node::Progress,
     me: u64,
@@ -40,9 +42,10 @@ pub fn reachable_managers(
             .iter()
             .filter(|id| {
                 **id == me
-                    || matched
-                        .get(id)
-                        .is_some_and(|m| m + CAUGHT_UP_LAG >= progress.last_log_index)
+                    || (heard.contains(id)
+                        && matched
+                            .get(id)
+                            .is_some_and(|m| m + CAUGHT_UP_LAG >= progress.last_log_index))
             })
             .copied()
             .collect(),
