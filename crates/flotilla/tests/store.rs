@@ -51,6 +51,26 @@ fn three_managers_with(extra: &[&str]) -> Result<Vec<Daemon>> {
     Ok(all)
 }
 
+/// Creates service `big` of `replicas` tasks that stay pending: no node
+/// meets its constraint.
+fn create_pending(m: &Daemon, replicas: u64) -> Result<()> {
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "big",
+        "--replicas",
+        &replicas.to_string(),
+        "--constraint",
+        "node.labels.nowhere==true",
+        "-d",
+        "--",
+        "sleep",
+        "100000",
+    ])?;
+    Ok(())
+}
+
 /// Tasks wanted running that the manager `d` holds, by `info` (cheap:
 /// listing thousands of tasks with `service ps` in every poll would load
 /// the managers more than the test does).
@@ -68,20 +88,7 @@ fn a_service_of_5000_replicas_commits_on_three_managers() -> Result<()> {
     let _alone = alone();
     let managers = three_managers()?;
     let m1 = &managers[0];
-    m1.ok(&[
-        "service",
-        "create",
-        "--name",
-        "big",
-        "--replicas",
-        "5000",
-        "--constraint",
-        "node.labels.nowhere==true",
-        "-d",
-        "--",
-        "sleep",
-        "100000",
-    ])?;
+    create_pending(m1, 5000)?;
     for m in &managers {
         let held = wait_until(
             "every manager to hold the 5000 pending tasks",
@@ -120,20 +127,7 @@ fn a_manager_joining_late_catches_up_from_a_large_snapshot() -> Result<()> {
     let extra = ["--snapshot-every", "20"];
     let managers = three_managers_with(&extra)?;
     let m1 = &managers[0];
-    m1.ok(&[
-        "service",
-        "create",
-        "--name",
-        "big",
-        "--replicas",
-        "3000",
-        "--constraint",
-        "node.labels.nowhere==true",
-        "-d",
-        "--",
-        "sleep",
-        "100000",
-    ])?;
+    create_pending(m1, 3000)?;
     wait_until(
         "the leader to hold the 3000 pending tasks",
         Duration::from_secs(30),
