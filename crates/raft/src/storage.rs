@@ -598,22 +598,47 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot_id: format!("{}-{}", index, data.len()),
         };
         let meta_bytes = encode(&meta).map_err(StorageIOError::write_snapshot_no_sig)?;
-        run_blocking(|| -> Result<(), AnyError> {
+        // The state was copied when the build was asked for; a snapshot
+        // installed from the leader since may be newer. The check is in the
+        // write transaction, so that nothing slips in between.
+        let kept = run_blocking(|| -> Result<Option<Snapshot<TypeConfig>>, AnyError> {
             let mut txn = self.db.begin_write().map_err(any)?;
             txn.set_durability(Durability::Immediate).map_err(any)?;
-            {
+            let newer = {
                 let mut snap = txn.open_table(SNAPSHOT).map_err(any)?;
-                snap.insert(KEY_SNAP_META, meta_bytes.as_slice())
-                    .map_err(any)?;
-                snap.insert(KEY_SNAP_DATA, data.as_slice()).map_err(any)?;
-            }
-            txn.commit().map_err(any)
+                let stored: Option<SnapshotMeta<u64, BasicNode>> = snap
+                    .get(KEY_SNAP_META)
+                    .map_err(any)?
+                    .map(|m| decode(m.value()))
+                    .transpose()?;
+                match stored {
+                    Some(stored) if stored.last_log_id > meta.last_log_id => {
+                        let data = snap
+                            .get(KEY_SNAP_DATA)
+                            .map_err(any)?
+                            .map(|d| d.value().to_vec())
+                            .unwrap_or_default();
+                        Some(Snapshot {
+                            meta: stored,
+                            snapshot: Box::new(Cursor::new(data)),
+                        })
+                    }
+                    _ => {
+                        snap.insert(KEY_SNAP_META, meta_bytes.as_slice())
+                            .map_err(any)?;
+                        snap.insert(KEY_SNAP_DATA, data.as_slice()).map_err(any)?;
+                        None
+                    }
+                }
+            };
+            txn.commit().map_err(any)?;
+            Ok(newer)
         })
         .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
-        Ok(Snapshot {
+        Ok(kept.unwrap_or(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
-        })
+        }))
     }
 }
 

@@ -171,3 +171,51 @@ async fn a_corrupt_store_is_an_error_not_a_reset() {
     let left = std::fs::read(dir.path().join("raft.redb")).expect("read");
     assert!(left.starts_with(b"this is not a redb file"));
 }
+
+/// Applies blank entries up to `index` (term 1, leader 1).
+async fn applied_to(sm: &mut StateMachine, from: u64, index: u64) {
+    use openraft::storage::RaftStateMachine;
+    let entries = (from..=index).map(|i| openraft::Entry::<TypeConfig> {
+        log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
+        payload: openraft::EntryPayload::Blank,
+    });
+    sm.apply(entries).await.expect("apply");
+}
+
+/// A snapshot built from the state at index 5 finished after a snapshot at
+/// index 10 was installed from the leader: it replaced the newer one, and
+/// a restart would have gone back to index 5 with the log purged past it.
+#[tokio::test]
+async fn an_older_snapshot_build_never_replaces_a_newer_installed_one() {
+    use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+    let donor_dir = tempfile::tempdir().expect("tempdir");
+    let (_donor_log, mut donor) = storage::open(&donor_dir.path().join("raft.redb")).expect("open");
+    applied_to(&mut donor, 1, 10).await;
+    let newer = donor
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .expect("build at 10");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_log, mut sm) = storage::open(&dir.path().join("raft.redb")).expect("open");
+    applied_to(&mut sm, 1, 5).await;
+    let mut older = sm.get_snapshot_builder().await;
+    sm.install_snapshot(&newer.meta, newer.snapshot)
+        .await
+        .expect("install at 10");
+    let built = older.build_snapshot().await.expect("build at 5");
+    let index = |s: &openraft::storage::Snapshot<TypeConfig>| s.meta.last_log_id.map(|l| l.index);
+    let current = sm
+        .get_current_snapshot()
+        .await
+        .expect("read")
+        .expect("a snapshot");
+    assert_eq!(index(&current), Some(10), "the newer snapshot stays");
+    assert_eq!(
+        index(&built),
+        Some(10),
+        "the build answers with the one kept"
+    );
+}
