@@ -253,11 +253,12 @@ fn orchestrator_commands(decision: Reconciliation, now: UnixMs) -> Vec<Command> 
             status,
         });
     }
-    for (id, reason) in decision.rollback {
+    for (id, version, reason) in decision.rollback {
         commands.push(Command::RollbackService {
             id,
             at: now,
             reason: Some(reason),
+            expected_version: Some(version),
         });
     }
     commands
@@ -425,7 +426,7 @@ mod tests {
         let decision = Reconciliation {
             shutdown: vec!["old".into()],
             update_status: vec![("s1".into(), 4, status.clone())],
-            rollback: vec![("s2".into(), "why".into())],
+            rollback: vec![("s2".into(), 6, "why".into())],
             ..Reconciliation::default()
         };
         let commands = orchestrator_commands(decision, 7);
@@ -444,7 +445,8 @@ mod tests {
             Command::RollbackService {
                 id: "s2".into(),
                 at: 7,
-                reason: Some("why".into())
+                reason: Some("why".into()),
+                expected_version: Some(6),
             }
         );
     }

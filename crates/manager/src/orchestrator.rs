@@ -58,8 +58,10 @@ pub struct Reconciliation {
     /// service changed since.
     pub update_status: Vec<(String, u64, UpdateStatus)>,
     /// Services whose failed update is to be rolled back, by service ID:
-    /// `(service ID, reason)`.
-    pub rollback: Vec<(String, String)>,
+    /// `(service ID, the service version it was decided at, reason)`. The
+    /// store refuses one whose service changed since (a user's update
+    /// that landed in between must not be rolled back).
+    pub rollback: Vec<(String, u64, String)>,
     /// The earliest time a decision that is not due yet becomes due
     /// (a restart delay, an update delay or monitor period).
     pub next_wakeup: Option<UnixMs>,
@@ -128,7 +130,7 @@ struct Builder<'a> {
     shutdown: BTreeSet<String>,
     delete: BTreeSet<String>,
     update_status: Vec<(String, u64, UpdateStatus)>,
-    rollback: Vec<(String, String)>,
+    rollback: Vec<(String, u64, String)>,
     next_wakeup: Option<UnixMs>,
 }
 

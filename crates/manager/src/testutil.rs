@@ -143,11 +143,12 @@ pub fn apply_decision(state: &mut State, rec: &Reconciliation, now: UnixMs) {
             status: status.clone(),
         });
     }
-    for (id, reason) in &rec.rollback {
+    for (id, version, reason) in &rec.rollback {
         commands.push(Command::RollbackService {
             id: id.clone(),
             at: now,
             reason: Some(reason.clone()),
+            expected_version: Some(*version),
         });
     }
     for command in &commands {

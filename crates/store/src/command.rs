@@ -83,11 +83,16 @@ pub enum Command {
     /// task template (the replica count stays).
     /// `reason` is set when the orchestrator rolls back a failed update by
     /// itself, and shown in the service's update status.
+    /// Refused unless the service is still at `expected_version` (when
+    /// set): a rollback decided before another change landed must not undo
+    /// that change.
     RollbackService {
         id: String,
         at: UnixMs,
         #[serde(default)]
         reason: Option<String>,
+        #[serde(default)]
+        expected_version: Option<u64>,
     },
     /// Orchestrator: a rolling update moved on (paused, completed). Applies
     /// only while the service is still at `version`, so that a decision

@@ -131,9 +131,12 @@ impl State {
                 expected_version,
                 at,
             } => self.update_service(index, id, spec, *expected_version, *at, c),
-            Command::RollbackService { id, at, reason } => {
-                self.rollback_service(index, id, *at, reason.as_deref(), c)
-            }
+            Command::RollbackService {
+                id,
+                at,
+                reason,
+                expected_version,
+            } => self.rollback_service(index, id, *at, reason.as_deref(), *expected_version, c),
             Command::SetUpdateStatus {
                 id,
                 version,
@@ -586,6 +589,7 @@ mod tests {
                 id: "s1".into(),
                 at: 5,
                 reason: None,
+                expected_version: None,
             },
         );
         assert!(r.is_ok());
@@ -623,6 +627,7 @@ mod tests {
                 id: "s1".into(),
                 at: 6,
                 reason: Some("task failed".into()),
+                expected_version: None,
             },
         );
         assert_eq!(
@@ -642,9 +647,71 @@ mod tests {
                 id: "nope".into(),
                 at: 7,
                 reason: None,
+                expected_version: None,
             },
         );
         assert!(r.is_err());
+    }
+
+    /// The orchestrator decided to roll back a failed update at version 3;
+    /// before its proposal committed, a user's update (version 4) landed.
+    /// Without a version on the rollback, the user's update was rolled
+    /// back (a lost update); with it, the rollback is refused.
+    #[test]
+    fn a_rollback_decided_before_a_users_update_is_refused() {
+        let race = |expected_version: bool| {
+            let mut s = init();
+            let _ = s.apply(
+                2,
+                &Command::CreateService {
+                    id: "s1".into(),
+                    spec: spec("web", 2),
+                    at: 2,
+                },
+            );
+            let mut failed = spec("web", 2);
+            failed.task.command = vec!["false".into()];
+            let _ = s.apply(
+                3,
+                &Command::UpdateService {
+                    id: "s1".into(),
+                    spec: failed,
+                    expected_version: None,
+                    at: 3,
+                },
+            );
+            let decided_at = s.services["s1"].version;
+            let mut users = spec("web", 2);
+            users.task.command = vec!["sleep".into(), "300".into()];
+            let _ = s.apply(
+                4,
+                &Command::UpdateService {
+                    id: "s1".into(),
+                    spec: users,
+                    expected_version: None,
+                    at: 4,
+                },
+            );
+            let (r, _) = s.apply(
+                5,
+                &Command::RollbackService {
+                    id: "s1".into(),
+                    at: 5,
+                    reason: Some("task failed".into()),
+                    expected_version: expected_version.then_some(decided_at),
+                },
+            );
+            (r, s.services["s1"].spec.task.command.clone())
+        };
+        let (r, command) = race(false);
+        assert!(r.is_ok());
+        assert_eq!(command, ["false"], "the user's update was lost");
+        let (r, command) = race(true);
+        assert!(
+            matches!(r, Err(StoreError::VersionConflict { .. })),
+            "{r:?}"
+        );
+        assert_eq!(command, ["sleep", "300"], "the user's update stays");
     }
 
     #[test]

@@ -142,6 +142,7 @@ pub(super) fn rolling_update<'t>(
                 FailureAction::Rollback if !in_rollback && service.previous_spec.is_some() => {
                     out.rollback.push((
                         service.id.clone(),
+                        service.version,
                         format!(
                             "update rolled back due to failure or early termination of task {tipping}"
                         ),

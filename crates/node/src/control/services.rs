@@ -95,11 +95,16 @@ impl Control {
     /// Returns service `name` to the spec before its last change; returns
     /// its ID.
     pub async fn rollback_service(&self, name: &str) -> Result<String, ControlError> {
-        let id = self.service_id(name)?;
+        let (id, version) = self
+            .read(|s| s.service(name).map(|svc| (svc.id.clone(), svc.version)))
+            .ok_or_else(|| service_not_found(name))?;
+        // At the version read: a change that lands in between is not the
+        // one the user asked to undo.
         self.commit(Command::RollbackService {
             id: id.clone(),
             at: self.now(),
             reason: None,
+            expected_version: Some(version),
         })
         .await?;
         Ok(id)

@@ -93,9 +93,13 @@ impl State {
         id: &str,
         at: UnixMs,
         reason: Option<&str>,
+        expected_version: Option<u64>,
         changes: &mut Vec<Change>,
     ) -> CommandResult {
         let service = self.service_mut(id)?;
+        if let Some(expected) = expected_version {
+            check_version(service, expected)?;
+        }
         let previous = service
             .previous_spec
             .take()

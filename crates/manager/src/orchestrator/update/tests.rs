@@ -515,11 +515,13 @@ fn rollback_action_rolls_back_with_the_rollback_config_to_completion() {
     sim.now += 100;
     sim.set(&new[0], TaskState::Failed, None);
 
+    let decided_at = sim.state.services["s1"].version;
     let rec = sim.step();
     assert_eq!(
         rec.rollback,
         [(
             "s1".to_string(),
+            decided_at,
             format!(
                 "update rolled back due to failure or early termination of task {}",
                 new[0]
@@ -563,6 +565,7 @@ fn a_failure_during_a_rollback_pauses_it() {
         id: "s1".into(),
         at,
         reason: None,
+        expected_version: None,
     })
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(sim.message(), "manually requested rollback");
@@ -592,6 +595,7 @@ fn rollback_uses_the_rollback_order() {
         id: "s1".into(),
         at,
         reason: None,
+        expected_version: None,
     })
     .unwrap_or_else(|e| panic!("{e}"));
     let rec = sim.step();
@@ -690,7 +694,7 @@ fn a_status_decided_before_a_newer_update_is_refused_by_the_store() {
 fn is_empty_counts_status_changes_and_rollbacks() {
     let mut rec = Reconciliation::default();
     assert!(rec.is_empty());
-    rec.rollback.push(("s1".into(), "why".into()));
+    rec.rollback.push(("s1".into(), 3, "why".into()));
     assert!(!rec.is_empty());
 }
 
