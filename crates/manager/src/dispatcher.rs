@@ -29,9 +29,14 @@ pub fn assignments_for(state: &State, node_id: &str) -> (Vec<Task>, BTreeSet<Str
 }
 
 /// Keeps only reports the store would apply (a state moving forward, or a
-/// health change), the last one per task in report order unless an earlier
-/// one is further along.
-pub fn useful_updates(state: &State, reports: Vec<TaskStatusUpdate>) -> Vec<TaskStatusUpdate> {
+/// health change) about tasks placed on `node_id`, the node that reports:
+/// an agent speaks for its own tasks only. Of several reports of a task,
+/// the last one in report order, unless an earlier one is further along.
+pub fn useful_updates(
+    state: &State,
+    node_id: &str,
+    reports: Vec<TaskStatusUpdate>,
+) -> Vec<TaskStatusUpdate> {
     let mut latest: std::collections::BTreeMap<String, TaskStatusUpdate> = Default::default();
     for r in reports {
         match latest.get(&r.task_id) {
@@ -44,10 +49,9 @@ pub fn useful_updates(state: &State, reports: Vec<TaskStatusUpdate>) -> Vec<Task
     latest
         .into_values()
         .filter(|r| {
-            state
-                .tasks
-                .get(&r.task_id)
-                .is_some_and(|t| t.status.accepts(&r.status))
+            state.tasks.get(&r.task_id).is_some_and(|t| {
+                t.node_id.as_deref() == Some(node_id) && t.status.accepts(&r.status)
+            })
         })
         .collect()
 }
@@ -219,6 +223,7 @@ mod tests {
         };
         let updates = useful_updates(
             &s,
+            "n1",
             vec![
                 report("a", TaskState::Starting),
                 report("b", TaskState::Starting),
@@ -232,6 +237,32 @@ mod tests {
         assert_eq!(updates[0].status.state, TaskState::Running);
     }
 
+    /// An agent could report the status of a task that is not its own
+    /// (another node's, by ID): the store took it.
+    #[test]
+    fn drops_reports_for_other_nodes_tasks() {
+        let s = state(vec![
+            task("mine", Some("n1"), TaskState::Assigned),
+            task("theirs", Some("n2"), TaskState::Running),
+            task("nobodys", None, TaskState::Pending),
+        ]);
+        let report = |id: &str, st| TaskStatusUpdate {
+            task_id: id.into(),
+            status: TaskStatus::new(st, 2, ""),
+        };
+        let updates = useful_updates(
+            &s,
+            "n1",
+            vec![
+                report("mine", TaskState::Running),
+                report("theirs", TaskState::Failed),
+                report("nobodys", TaskState::Running),
+            ],
+        );
+        let ids: Vec<&str> = updates.iter().map(|u| u.task_id.as_str()).collect();
+        assert_eq!(ids, ["mine"]);
+    }
+
     #[test]
     fn keeps_the_newest_health_of_a_running_task() {
         let s = state(vec![task("a", Some("n1"), TaskState::Running)]);
@@ -243,7 +274,11 @@ mod tests {
                 status,
             }
         };
-        let updates = useful_updates(&s, vec![report(Health::Starting), report(Health::Healthy)]);
+        let updates = useful_updates(
+            &s,
+            "n1",
+            vec![report(Health::Starting), report(Health::Healthy)],
+        );
         assert_eq!(updates.len(), 1);
         assert_eq!(updates[0].status.health, Some(Health::Healthy));
         // The same health again is not news.
@@ -251,7 +286,7 @@ mod tests {
         if let Some(t) = stored.tasks.get_mut("a") {
             t.status.health = Some(Health::Healthy);
         }
-        assert!(useful_updates(&stored, vec![report(Health::Healthy)]).is_empty());
+        assert!(useful_updates(&stored, "n1", vec![report(Health::Healthy)]).is_empty());
     }
 
     fn node(id: &str, state: NodeState) -> flotilla_types::Node {

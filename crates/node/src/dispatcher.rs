@@ -168,7 +168,7 @@ impl Dispatcher {
                 .await??;
         }
         if !req.reports.is_empty() {
-            let updates = useful_updates(&self.view.read(), req.reports);
+            let updates = useful_updates(&self.view.read(), &req.node_id, req.reports);
             if !updates.is_empty() {
                 let _ = self
                     .proposer
