@@ -629,6 +629,14 @@ fn promote_and_demote_keep_tasks_running() -> Result<()> {
         let info = m1.cli(&["info", "--format", "json"]);
         Ok((info.code == 0 && info.json()?["role"] == "worker").then_some(()))
     })?;
+    // A worker keeps no copy of the replicated store: it holds the CA key
+    // and the join secrets (a demoted node kept one, moved aside).
+    let stores: Vec<String> = std::fs::read_dir(m1.data_dir())?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("raft.redb"))
+        .collect();
+    assert!(stores.is_empty(), "a demoted node kept {stores:?}");
     wait_until("w1 to lead alone", Duration::from_secs(10), || {
         let info = w1.ok(&["info", "--format", "json"])?.json()?;
         Ok((info["managers"] == 1 && info["is_leader"] == true).then_some(()))

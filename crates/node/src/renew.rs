@@ -13,7 +13,7 @@ use flotilla_types::NodeRole;
 use crate::certs::NodeTls;
 use crate::recovery::reexec;
 use crate::session::LeaderFinder;
-use crate::{identity, now_ms, wire, Member};
+use crate::{identity, wire, Member};
 
 /// Gets a certificate for this node's current role from a manager, stores
 /// it, and restarts the daemon in place to use it.
@@ -61,8 +61,10 @@ pub(crate) async fn renew_and_restart(
                     if let Some(raft) = &member.raft {
                         raft.shutdown().await;
                     }
-                    let aside = data_dir.join(format!("raft.redb.demoted-{}", now_ms()));
-                    std::fs::rename(data_dir.join("raft.redb"), &aside)?;
+                    // A worker keeps no copy of the replicated store: it
+                    // holds the CA key and the join secrets, and the
+                    // managers hold the data.
+                    std::fs::remove_file(data_dir.join("raft.redb"))?;
                 } else if let Some(raft) = &member.raft {
                     raft.shutdown().await;
                 }
