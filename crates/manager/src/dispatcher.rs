@@ -211,16 +211,19 @@ mod tests {
         assert_eq!(known.into_iter().collect::<Vec<_>>(), ["a", "b", "e"]);
     }
 
+    fn report(id: &str, state: TaskState) -> TaskStatusUpdate {
+        TaskStatusUpdate {
+            task_id: id.into(),
+            status: TaskStatus::new(state, 2, ""),
+        }
+    }
+
     #[test]
     fn drops_reports_that_do_not_move_forward() {
         let s = state(vec![
             task("a", Some("n1"), TaskState::Running),
             task("b", Some("n1"), TaskState::Assigned),
         ]);
-        let report = |id: &str, st| TaskStatusUpdate {
-            task_id: id.into(),
-            status: TaskStatus::new(st, 2, ""),
-        };
         let updates = useful_updates(
             &s,
             "n1",
@@ -246,10 +249,6 @@ mod tests {
             task("theirs", Some("n2"), TaskState::Running),
             task("nobodys", None, TaskState::Pending),
         ]);
-        let report = |id: &str, st| TaskStatusUpdate {
-            task_id: id.into(),
-            status: TaskStatus::new(st, 2, ""),
-        };
         let updates = useful_updates(
             &s,
             "n1",
