@@ -35,7 +35,7 @@ use flotilla_store::{State as Store, StoreError};
 use flotilla_types::{validate_name, NodeRole, ServiceSpec};
 
 use crate::control::nodes::NodeChange;
-use crate::control::{Control, ControlError};
+use crate::control::{self, Control, ControlError};
 use crate::views::{self, LocalFacts, ManagerStatus};
 use crate::{InitError, Member, NodeCtx, VERSION};
 

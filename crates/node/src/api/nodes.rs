@@ -14,10 +14,6 @@ pub(super) async fn nodes(State(ctx): Ctx) -> Result<Response, ApiError> {
     ))
 }
 
-pub(super) fn node_not_found(id: &str) -> ApiError {
-    ApiError::NotFound(format!("node {id} not found"))
-}
-
 pub(super) fn one_node(m: &Mgr, id: &str) -> Result<NodeView, ApiError> {
     let status = managers(m);
     let me = m.member.identity.node_id.clone();
@@ -27,7 +23,7 @@ pub(super) fn one_node(m: &Mgr, id: &str) -> Result<NodeView, ApiError> {
             .into_iter()
             .find(|v| v.id == node.id)
     })
-    .ok_or_else(|| node_not_found(id))
+    .ok_or_else(|| control::node_not_found(id).into())
 }
 
 pub(super) async fn node(State(ctx): Ctx, Path(id): Path<String>) -> ApiResult<NodeView> {

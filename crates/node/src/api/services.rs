@@ -10,7 +10,7 @@ pub(super) async fn services(State(ctx): Ctx) -> Result<Response, ApiError> {
 }
 
 pub(super) fn not_found(name: &str) -> ApiError {
-    ApiError::NotFound(format!("service {name} not found"))
+    control::service_not_found(name).into()
 }
 
 pub(super) async fn service(
