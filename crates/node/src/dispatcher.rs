@@ -98,7 +98,6 @@ pub struct Dispatcher {
     proposer: Arc<dyn Proposer>,
     clock: Arc<dyn Clock>,
     heartbeats: Heartbeats,
-    node_timeout: Duration,
 }
 
 impl Dispatcher {
@@ -107,7 +106,6 @@ impl Dispatcher {
         view: StoreView,
         proposer: Arc<dyn Proposer>,
         clock: Arc<dyn Clock>,
-        node_timeout: Duration,
     ) -> Self {
         Dispatcher {
             leadership,
@@ -115,7 +113,6 @@ impl Dispatcher {
             proposer,
             clock,
             heartbeats: Heartbeats::new(),
-            node_timeout,
         }
     }
 
@@ -123,11 +120,6 @@ impl Dispatcher {
     /// [`flotilla_manager::NodeWatcher`].
     pub fn heartbeats(&self) -> Heartbeats {
         self.heartbeats.clone()
-    }
-
-    /// How long a node may go without a heartbeat before it is down.
-    pub fn node_timeout(&self) -> Duration {
-        self.node_timeout
     }
 
     fn leader_addr(&self) -> Option<String> {

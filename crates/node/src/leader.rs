@@ -2,6 +2,7 @@
 //! becomes leader and stops them when it no longer is.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -18,6 +19,7 @@ pub(crate) async fn lead_while_leader(
     member: Arc<Member>,
     name: Option<String>,
     hostname: String,
+    node_timeout: Duration,
     shutdown: CancellationToken,
 ) {
     let (Some(raft), Some(view), Some(dispatcher)) = (
@@ -52,7 +54,7 @@ pub(crate) async fn lead_while_leader(
                         Arc::new(RaftProposer(raft.clone())),
                         Arc::new(SystemClock),
                         dispatcher.heartbeats(),
-                        dispatcher.node_timeout(),
+                        node_timeout,
                     )
                     .run(token.clone()),
                 );

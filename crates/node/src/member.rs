@@ -90,7 +90,6 @@ impl NodeCtx {
                 },
                 Arc::new(RaftProposer(r.clone())),
                 Arc::new(flotilla_manager::SystemClock),
-                self.node_timeout,
             ))
         });
         Ok(Arc::new(Member {
@@ -240,6 +239,7 @@ impl NodeCtx {
                 member.clone(),
                 self.explicit_name.clone(),
                 self.hostname.clone(),
+                self.node_timeout,
                 token.clone(),
             ));
         }
