@@ -420,21 +420,7 @@ mod tests {
 
     #[test]
     fn removing_a_service_shuts_its_tasks_down() {
-        let mut s = init();
-        let _ = s.apply(
-            2,
-            &Command::CreateService {
-                id: "s1".into(),
-                spec: spec("web", 2),
-                at: 3,
-            },
-        );
-        let _ = s.apply(
-            3,
-            &Command::CreateTasks {
-                tasks: vec![task("t1", "s1", 1), task("t2", "s1", 2)],
-            },
-        );
+        let mut s = two_pending_tasks();
         let (r, changes) = s.apply(
             4,
             &Command::RemoveService {

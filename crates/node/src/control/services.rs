@@ -176,6 +176,18 @@ mod tests {
         Fake::new(cluster(&[("m1", NodeRole::Manager)]))
     }
 
+    /// A store with service `web` of 2 replicas: the fake, its control
+    /// layer and the service's ID.
+    async fn with_web() -> (std::sync::Arc<Fake>, Control, String) {
+        let fake = fake();
+        let control = fake.control();
+        let id = control
+            .create_service(spec("web", 2))
+            .await
+            .expect("create");
+        (fake, control, id)
+    }
+
     fn replicas(fake: &Fake, name: &str) -> Option<u64> {
         fake.read(|s| match s.service(name).map(|svc| &svc.spec.mode) {
             Some(ServiceMode::Replicated { replicas }) => Some(*replicas),
@@ -225,12 +237,7 @@ mod tests {
 
     #[tokio::test]
     async fn scale_applies_to_replicated_services_only() {
-        let fake = fake();
-        let control = fake.control();
-        control
-            .create_service(spec("web", 2))
-            .await
-            .expect("create");
+        let (fake, control, _) = with_web().await;
         control.scale_service("web", 5).await.expect("scale");
         assert_eq!(replicas(&fake, "web"), Some(5));
         let e = control.scale_service("web", MAX_REPLICAS + 1).await.err();
@@ -255,12 +262,7 @@ mod tests {
     /// A write whose read went stale is tried again on the new version.
     #[tokio::test]
     async fn read_modify_write_retries_a_race_and_gives_up_in_the_end() {
-        let fake = fake();
-        let control = fake.control();
-        let id = control
-            .create_service(spec("web", 2))
-            .await
-            .expect("create");
+        let (fake, control, id) = with_web().await;
         let bump = |s: &Fake| {
             let svc = s.read(|st| st.services[&id].clone());
             let mut spec = svc.spec;
@@ -287,12 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn replace_guards_with_the_version_read() {
-        let fake = fake();
-        let control = fake.control();
-        let id = control
-            .create_service(spec("web", 2))
-            .await
-            .expect("create");
+        let (fake, control, id) = with_web().await;
         let version = fake.read(|s| s.services[&id].version);
         control
             .replace_service("web", spec("web", 3), Some(version))
@@ -314,12 +311,7 @@ mod tests {
 
     #[tokio::test]
     async fn rollback_and_remove() {
-        let fake = fake();
-        let control = fake.control();
-        control
-            .create_service(spec("web", 2))
-            .await
-            .expect("create");
+        let (fake, control, _) = with_web().await;
         assert!(matches!(
             control.rollback_service("web").await,
             Err(ControlError::Store(StoreError::NothingToRollBack(_)))
