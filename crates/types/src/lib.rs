@@ -41,7 +41,7 @@ pub use service::{
     DEFAULT_HEALTH_RETRIES, DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_STOP_GRACE_MS,
 };
 pub use task::{DesiredState, Health, SlotKey, Task, TaskState, TaskStatus};
-pub use validate::{SpecError, MAX_REPLICAS};
+pub use validate::{check_replicas, SpecError, MAX_REPLICAS};
 
 use serde::{Deserialize, Serialize};
 

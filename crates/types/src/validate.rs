@@ -112,15 +112,23 @@ impl Mount {
     }
 }
 
+/// The replica count a replicated spec may ask for: at most
+/// [`MAX_REPLICAS`]. Public so that a scale can be checked before the
+/// spec it changes is read.
+pub fn check_replicas(replicas: u64) -> Result<(), SpecError> {
+    if replicas > MAX_REPLICAS {
+        return Err(SpecError::TooManyReplicas(replicas));
+    }
+    Ok(())
+}
+
 impl ServiceSpec {
     /// Checks every rule a spec must follow beyond its types; the first
     /// one broken is the error.
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_name(&self.name)?;
         if let ServiceMode::Replicated { replicas } = self.mode {
-            if replicas > MAX_REPLICAS {
-                return Err(SpecError::TooManyReplicas(replicas));
-            }
+            check_replicas(replicas)?;
         }
         self.task.validate()?;
         check_update(&self.update, "update")?;

@@ -139,12 +139,7 @@ pub use flotilla_types::MAX_REPLICAS;
 /// A replica count the spec's rules allow, checked before the service is
 /// read so that a typo fails the same way whatever the service.
 pub fn check_replicas(replicas: u64) -> Result<(), ControlError> {
-    if replicas > MAX_REPLICAS {
-        return Err(ControlError::Invalid(
-            flotilla_types::SpecError::TooManyReplicas(replicas).to_string(),
-        ));
-    }
-    Ok(())
+    flotilla_types::check_replicas(replicas).map_err(|e| ControlError::Invalid(e.to_string()))
 }
 
 /// The spec's own rules ([`ServiceSpec::validate`]), checked on every
