@@ -80,6 +80,19 @@ pub struct TaskLog {
     pub error: Option<String>,
 }
 
+impl TaskLog {
+    /// A task whose log could not be read: no lines, its cursor where it
+    /// was.
+    fn failed(cursor: &TaskCursor, error: String) -> TaskLog {
+        TaskLog {
+            task_id: cursor.task_id.clone(),
+            next: cursor.offset.unwrap_or(0),
+            error: Some(error),
+            ..TaskLog::default()
+        }
+    }
+}
+
 /// The endpoint's routes; `agent_dir` is where this node's agent keeps its
 /// tasks.
 pub fn router(agent_dir: PathBuf) -> Router {
@@ -125,12 +138,7 @@ pub async fn serve(agent_dir: &Path, req: TaskLogsRequest) -> TaskLogsResponse {
                 tasks: req
                     .tasks
                     .iter()
-                    .map(|t| TaskLog {
-                        task_id: t.task_id.clone(),
-                        next: t.offset.unwrap_or(0),
-                        error: Some(format!("the log reader failed: {e}")),
-                        ..TaskLog::default()
-                    })
+                    .map(|t| TaskLog::failed(t, format!("the log reader failed: {e}")))
                     .collect(),
             });
         let news = answer
@@ -169,12 +177,7 @@ pub fn read_once(agent_dir: &Path, req: &TaskLogsRequest) -> TaskLogsResponse {
                         error: None,
                     }
                 }
-                Err(e) => TaskLog {
-                    task_id: t.task_id.clone(),
-                    next: t.offset.unwrap_or(0),
-                    error: Some(e.to_string()),
-                    ..TaskLog::default()
-                },
+                Err(e) => TaskLog::failed(t, e.to_string()),
             }
         })
         .collect();
