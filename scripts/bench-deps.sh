@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what `flotilla-bench one-node` needs beyond the Rust toolchain:
+# Installs what `flotilla-bench` needs beyond the Rust toolchain: etcd-server
+# (the peer of `writes`) and
 # Debian's static busybox (/bin/busybox), which the bench copies into a
 # FROM-scratch image for the Docker Swarm comparison (no image can be pulled).
 # Docker itself is optional: without a reachable engine the bench skips Swarm.
@@ -25,6 +26,19 @@ fi
 if command -v ldd >/dev/null && ldd /bin/busybox 2>&1 | grep -q '=>'; then
     echo "bench-deps: /bin/busybox is dynamically linked; install busybox-static" >&2
     exit 1
+fi
+
+# etcd, the peer of `flotilla-bench writes`.
+if command -v etcd >/dev/null; then
+    echo "bench-deps: etcd present ($(etcd --version | head -1))"
+else
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then
+        SUDO="sudo"
+    fi
+    echo "bench-deps: installing etcd-server"
+    $SUDO apt-get update
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends etcd-server
 fi
 
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then

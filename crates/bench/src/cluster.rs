@@ -45,9 +45,39 @@ pub struct Node {
     pub mark: String,
     child: Option<Child>,
     pub client: Client,
+    /// Extra `flotilla daemon` arguments (the layout's).
+    daemon_args: Vec<String>,
 }
 
 impl Node {
+    /// Node `i` of `layout`, in `dir`, on 127.0.0.(first_ip + i); checks
+    /// that its addresses are free. Not started.
+    fn new(dir: &Path, layout: &Layout, i: usize, name: String, manager: bool) -> Result<Node> {
+        let ip = format!("127.0.0.{}", usize::from(layout.first_ip) + i);
+        let addr = format!("{ip}:{}", layout.port);
+        let api_addr = format!("{ip}:{}", layout.port.saturating_add(1));
+        for a in [&addr, &api_addr] {
+            std::net::TcpListener::bind(a.as_str())
+                .with_context(|| format!("{a} (for {name}) is not free; pick another --port"))?;
+        }
+        let node_dir = dir.join(&name);
+        std::fs::create_dir_all(&node_dir)
+            .with_context(|| format!("creating {}", node_dir.display()))?;
+        let data_dir = node_dir.join("data");
+        Ok(Node {
+            client: Client::unix(data_dir.join("flotilla.sock")).with_timeout(CLIENT_TIMEOUT),
+            log_path: node_dir.join("daemon.log"),
+            data_dir,
+            mark: procs::new_mark(&format!("failover-{name}")),
+            name,
+            manager,
+            addr,
+            api_addr,
+            child: None,
+            daemon_args: layout.daemon_args.clone(),
+        })
+    }
+
     /// The daemon's pid while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -100,6 +130,7 @@ impl Node {
         cmd.arg("--data-dir")
             .arg(&self.data_dir)
             .args(["daemon", "--name", &self.name, "--listen", &self.addr])
+            .args(&self.daemon_args)
             .env(MARK_VAR, &self.mark)
             // Daemons that serve a client API port (default 0.0.0.0:4281)
             // would collide on one machine; older daemons ignore this.
@@ -171,6 +202,7 @@ impl Node {
 }
 
 /// Shape of the cluster.
+#[derive(Debug, Clone)]
 pub struct Layout {
     pub managers: usize,
     pub workers: usize,
@@ -182,12 +214,15 @@ pub struct Layout {
     /// Cluster port of every node (each on its own address); the client
     /// API port is this plus one.
     pub port: u16,
+    /// Extra arguments of every `flotilla daemon` (e.g. `--snapshot-every`).
+    pub daemon_args: Vec<String>,
 }
 
 /// The running cluster. Dropping it stops every daemon and kills every
 /// marked process, then removes the data dirs.
 pub struct Cluster {
     flotilla: PathBuf,
+    layout: Layout,
     pub nodes: Vec<Node>,
     keep_logs: Option<PathBuf>,
     cleaned: bool,
@@ -240,32 +275,11 @@ impl Cluster {
             } else {
                 format!("w{}", i + 1 - layout.managers)
             };
-            let ip = format!("127.0.0.{}", usize::from(layout.first_ip) + i);
-            let addr = format!("{ip}:{}", layout.port);
-            let api_addr = format!("{ip}:{}", layout.port.saturating_add(1));
-            for a in [&addr, &api_addr] {
-                std::net::TcpListener::bind(a.as_str()).with_context(|| {
-                    format!("{a} (for {name}) is not free; pick another --port")
-                })?;
-            }
-            let node_dir = dir.path().join(&name);
-            std::fs::create_dir_all(&node_dir)
-                .with_context(|| format!("creating {}", node_dir.display()))?;
-            let data_dir = node_dir.join("data");
-            nodes.push(Node {
-                client: Client::unix(data_dir.join("flotilla.sock")).with_timeout(CLIENT_TIMEOUT),
-                log_path: node_dir.join("daemon.log"),
-                data_dir,
-                mark: procs::new_mark(&format!("failover-{name}")),
-                name,
-                manager,
-                addr,
-                api_addr,
-                child: None,
-            });
+            nodes.push(Node::new(dir.path(), layout, i, name, manager)?);
         }
         let mut cluster = Cluster {
             flotilla: flotilla.to_path_buf(),
+            layout: layout.clone(),
             nodes,
             keep_logs: layout.keep_logs.clone(),
             cleaned: false,
@@ -521,6 +535,35 @@ impl Cluster {
         let node = &mut self.nodes[idx];
         node.spawn(&flotilla)?;
         node.wait_ready().await
+    }
+
+    /// Starts one more node on the next address and joins it as a manager
+    /// through node 0; returns its index once `join` has returned.
+    pub async fn add_manager(&mut self) -> Result<usize> {
+        let i = self.nodes.len();
+        if usize::from(self.layout.first_ip) + i > 255 {
+            bail!("no loopback address left for another node");
+        }
+        let mut node = Node::new(
+            self._dir.path(),
+            &self.layout,
+            i,
+            format!("m{}", i + 1),
+            true,
+        )?;
+        node.spawn(&self.flotilla)?;
+        self.nodes.push(node);
+        self.nodes[i].wait_ready().await?;
+        let token = self
+            .cli(0, &["join-token", "manager", "-q"])
+            .await?
+            .trim()
+            .to_string();
+        let first = self.nodes[0].addr.clone();
+        self.cli(i, &["join", "--token", &token, &first])
+            .await
+            .with_context(|| format!("joining {}", self.nodes[i].name))?;
+        Ok(i)
     }
 
     fn copy_logs(&self, dir: &Path) -> Result<PathBuf> {

@@ -402,6 +402,7 @@ pub async fn run(cfg: &Config) -> Result<bool> {
         first_ip: 11,
         port: cfg.port,
         keep_logs: cfg.keep_logs.clone(),
+        daemon_args: Vec::new(),
     };
     println!(
         "== cluster: {} managers + {} workers on 127.0.0.{}.. port {}",

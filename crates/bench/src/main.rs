@@ -6,6 +6,15 @@
 //! [--latency-samples 200] [--cli-samples 30] [--skip-swarm]
 //! [--swarm-replicas 50]`
 //!
+//! `flotilla-bench writes [--flotilla PATH] [--etcd PATH] [--clients
+//! 1,16,64,256] [--seconds 10]`: write throughput of 3 Flotilla managers
+//! against 3 etcd members on loopback, with the same client (`writes.rs`).
+//!
+//! `flotilla-bench scale [--flotilla PATH] [--tasks 100000] [--scale-to
+//! 20000]`: 3 managers holding many pending tasks, a fourth joining from a
+//! snapshot, one big scale; leader RSS and snapshot bytes per task
+//! (`scale.rs`).
+//!
 //! `flotilla-bench failover [--flotilla PATH] [--reps 20] [--replicas 10]
 //! [--port 24280] [--keep-logs DIR]`: a cluster of 3 managers and 2 workers on loopback
 //! addresses of this machine; leader kill to the first successful write,
@@ -55,8 +64,10 @@ mod failover;
 mod flotilla;
 mod logs;
 mod procs;
+mod scale;
 mod stats;
 mod swarm;
+mod writes;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -85,6 +96,45 @@ enum Command {
     Failover(FailoverArgs),
     /// Containers: N replicas of a local image with the docker driver, against docker service create in Swarm mode
     Containers(ContainersArgs),
+    /// Write throughput: 3 etcd members against 3 Flotilla managers on loopback, same client, 1 to 256 clients
+    Writes(WritesArgs),
+    /// State at scale: 3 managers holding 100,000 pending tasks, a fourth joining from a snapshot, a scale from 0 to 20,000
+    Scale(ScaleArgs),
+}
+
+#[derive(Debug, Args)]
+struct ScaleArgs {
+    /// The flotilla binary [default: next to this binary, else on PATH]
+    #[arg(long)]
+    flotilla: Option<PathBuf>,
+    /// Pending tasks of the first service
+    #[arg(long, default_value_t = 100_000)]
+    tasks: u64,
+    /// Replicas of the second service's scale from 0
+    #[arg(long, default_value_t = 20_000)]
+    scale_to: u64,
+    /// Cluster port of every node, on 127.0.0.51 and up
+    #[arg(long, default_value_t = 24480)]
+    port: u16,
+}
+
+#[derive(Debug, Args)]
+struct WritesArgs {
+    /// The flotilla binary [default: next to this binary, else on PATH]
+    #[arg(long)]
+    flotilla: Option<PathBuf>,
+    /// The etcd server binary (Debian's etcd-server; scripts/bench-deps.sh installs it)
+    #[arg(long, default_value = "etcd")]
+    etcd: PathBuf,
+    /// Levels of concurrent clients, comma-separated
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 16, 64, 256])]
+    clients: Vec<usize>,
+    /// Seconds of writes per level and side
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// First port: etcd's client ports are PORT..PORT+2, peers PORT+10..PORT+12, Flotilla's cluster port PORT+20 on 127.0.0.41-43
+    #[arg(long, default_value_t = 23790)]
+    port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -218,6 +268,27 @@ fn main() -> ExitCode {
             match &cli.command {
                 Command::OneNode(args) => one_node(args).await,
                 Command::Failover(args) => failover_cmd(args).await,
+                Command::Scale(args) => {
+                    let flotilla = locate_flotilla(args.flotilla.as_deref()).context("setup")?;
+                    scale::run(&scale::Config {
+                        flotilla,
+                        tasks: args.tasks,
+                        scale_to: args.scale_to,
+                        port: args.port,
+                    })
+                    .await
+                }
+                Command::Writes(args) => {
+                    let flotilla = locate_flotilla(args.flotilla.as_deref()).context("setup")?;
+                    writes::run(&writes::Config {
+                        flotilla,
+                        etcd: args.etcd.clone(),
+                        clients: args.clients.clone(),
+                        seconds: args.seconds,
+                        port: args.port,
+                    })
+                    .await
+                }
                 Command::Containers(args) => {
                     let flotilla = locate_flotilla(args.flotilla.as_deref()).context("setup")?;
                     containers::run(&containers::Config {

@@ -635,6 +635,14 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             Ok(newer)
         })
         .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
+        if kept.is_none() {
+            tracing::info!(
+                index,
+                bytes = data.len(),
+                tasks = payload.state.tasks.len(),
+                "snapshot built"
+            );
+        }
         Ok(kept.unwrap_or(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data)),
