@@ -63,7 +63,6 @@ pub async fn run(cfg: &Config) -> Result<bool> {
     .await
     .context("starting 3 managers")?;
     let leader = cluster.wait_leader(Duration::from_secs(30)).await?;
-    let leader_pid = cluster.nodes[leader].pid();
 
     let t0 = Instant::now();
     cluster.nodes[leader]
@@ -119,18 +118,15 @@ pub async fn run(cfg: &Config) -> Result<bool> {
         scaled.as_secs_f64()
     );
 
-    if let Some(pid) =
-        leader_pid.filter(|_| leader == 0 || cluster.nodes[leader].pid() == leader_pid)
-    {
-        match crate::procs::rss_kib(pid) {
-            Ok(kib) => println!(
-                "  leader RSS: {:.1} MiB for {} tasks ({:.0} bytes per task)",
-                crate::procs::mib(kib),
-                cfg.tasks + cfg.scale_to,
-                (kib * 1024) as f64 / (cfg.tasks + cfg.scale_to) as f64
-            ),
-            Err(e) => println!("  leader RSS: not read ({e:#})"),
-        }
+    match cluster.nodes[leader].pid().map(crate::procs::rss_kib) {
+        Some(Ok(kib)) => println!(
+            "  leader RSS: {:.1} MiB for {} tasks ({:.0} bytes per task)",
+            crate::procs::mib(kib),
+            cfg.tasks + cfg.scale_to,
+            (kib * 1024) as f64 / (cfg.tasks + cfg.scale_to) as f64
+        ),
+        Some(Err(e)) => println!("  leader RSS: not read ({e:#})"),
+        None => println!("  leader RSS: the leader is not running"),
     }
     match last_snapshot(&cluster.nodes[leader].log_tail(100_000)) {
         Some((index, bytes, tasks)) if tasks > 0 => println!(
