@@ -44,11 +44,13 @@ pub struct Config {
 }
 
 /// One side's result at one level.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Level {
     writes_per_s: f64,
     latency: Option<Summary>,
     errors: usize,
+    /// The first failed answer, to say what the errors were.
+    first_error: Option<String>,
 }
 
 /// Where a client connects.
@@ -161,10 +163,14 @@ pub async fn run(cfg: &Config) -> Result<bool> {
         for (name, level) in [("etcd", &e), ("flotilla", &f)] {
             match level {
                 Ok(l) => println!(
-                    "  {clients:>4} clients {name:>8}: {:>8.0} writes/s  {}  errors {}",
+                    "  {clients:>4} clients {name:>8}: {:>8.0} writes/s  {}  errors {}{}",
                     l.writes_per_s,
                     l.latency.map(|s| s.to_string()).unwrap_or_default(),
-                    l.errors
+                    l.errors,
+                    l.first_error
+                        .as_ref()
+                        .map(|e| format!(" (first: {e})"))
+                        .unwrap_or_default()
                 ),
                 Err(err) => {
                     ok = false;
@@ -214,6 +220,7 @@ async fn drive<W: Write>(
         loops.spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0usize;
+            let mut first_error: Option<String> = None;
             let mut conn: Option<Conn> = None;
             let mut n = 0u64;
             while Instant::now() < end {
@@ -231,22 +238,34 @@ async fn drive<W: Write>(
                         latencies.push(t0.elapsed());
                         conn = c;
                     }
-                    Ok(Ok((_, _, c))) => {
+                    Ok(Ok((status, body, c))) => {
                         errors += 1;
+                        first_error.get_or_insert_with(|| {
+                            format!("{status} {}", String::from_utf8_lossy(&body).trim())
+                        });
                         conn = c;
                     }
-                    Ok(Err(_)) | Err(_) => errors += 1,
+                    Ok(Err(e)) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| "no answer within 10 s".into());
+                    }
                 }
             }
-            anyhow::Ok((latencies, errors))
+            anyhow::Ok((latencies, errors, first_error))
         });
     }
     let mut all = Vec::new();
     let mut errors = 0;
+    let mut first_error = None;
     while let Some(joined) = loops.join_next().await {
-        let (l, e) = joined.map_err(|e| anyhow!("client loop panicked: {e}"))??;
+        let (l, e, first) = joined.map_err(|e| anyhow!("client loop panicked: {e}"))??;
         all.extend(l);
         errors += e;
+        first_error = first_error.or(first);
     }
     let elapsed = start.elapsed().as_secs_f64();
     if all.is_empty() {
@@ -256,6 +275,7 @@ async fn drive<W: Write>(
         writes_per_s: all.len() as f64 / elapsed,
         latency: Summary::of(&all),
         errors,
+        first_error,
     })
 }
 
