@@ -116,6 +116,9 @@ struct ScaleArgs {
     /// Cluster port of every node, on 127.0.0.51 and up
     #[arg(long, default_value_t = 24480)]
     port: u16,
+    /// Copy the daemons' logs into this directory when the cluster stops
+    #[arg(long)]
+    keep_logs: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -275,6 +278,7 @@ fn main() -> ExitCode {
                         tasks: args.tasks,
                         scale_to: args.scale_to,
                         port: args.port,
+                        keep_logs: args.keep_logs.clone(),
                     })
                     .await
                 }

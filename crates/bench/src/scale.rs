@@ -9,7 +9,7 @@
 //! the start of `join` (target: 30 s), the scale's commit time, the
 //! leader's RSS, and the bytes per task of the last snapshot the leader
 //! built (from its `snapshot built` log line). The daemons run with
-//! `--snapshot-every 1000`, so that the log is compacted and the new
+//! `--snapshot-every 100`, so that the log is compacted and the new
 //! manager needs the snapshot.
 
 use std::path::PathBuf;
@@ -26,6 +26,7 @@ pub struct Config {
     pub tasks: u64,
     pub scale_to: u64,
     pub port: u16,
+    pub keep_logs: Option<PathBuf>,
 }
 
 /// Target for the new manager's catch-up.
@@ -54,10 +55,10 @@ pub async fn run(cfg: &Config) -> Result<bool> {
         &Layout {
             managers: 3,
             workers: 0,
-            keep_logs: None,
+            keep_logs: cfg.keep_logs.clone(),
             first_ip: 51,
             port: cfg.port,
-            daemon_args: vec!["--snapshot-every".into(), "1000".into()],
+            daemon_args: vec!["--snapshot-every".into(), "100".into()],
         },
     )
     .await
@@ -158,8 +159,11 @@ async fn wait_pending(
         match node.client.info().await {
             Ok(info) => {
                 let pending = info.tasks.get("pending").copied().unwrap_or(0);
-                if pending >= want {
+                if pending == want {
                     return Ok(since.elapsed());
+                }
+                if pending > want {
+                    bail!("{} holds {pending} pending tasks, more than the {want} wanted", node.name);
                 }
                 last = format!("{pending} pending");
             }
