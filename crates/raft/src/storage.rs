@@ -108,14 +108,22 @@ fn decode_snapshot(bytes: &[u8]) -> Result<SnapshotPayload, AnyError> {
     }
 }
 
+/// redb's page cache. Its default (1 GiB) let the cache of a store of many
+/// tasks grow to several hundred MiB; every read of the state is served
+/// from memory (`State`), so the cache only helps writes find their pages.
+const CACHE_BYTES: usize = 32 << 20;
+
 /// Opens (or creates) the redb file and returns the log store and the state
 /// machine that share it.
 pub fn open(path: &Path) -> Result<(LogStore, StateMachine), OpenError> {
     let shown = path.display().to_string();
-    let db = Database::create(path).map_err(|source| OpenError::Database {
-        path: shown.clone(),
-        source,
-    })?;
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|source| OpenError::Database {
+            path: shown.clone(),
+            source,
+        })?;
     let corrupt = |reason: String| OpenError::Corrupt {
         path: shown.clone(),
         reason,
