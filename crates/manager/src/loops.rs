@@ -4,15 +4,18 @@
 //!
 //! Each loop waits for the store to change (or for a due restart, or a
 //! safety tick), computes its decision under a read lock, drops the lock,
-//! and proposes at most one command of each kind. It then waits until the
+//! and proposes at most one command of each kind (a batch in parts of at
+//! most [`flotilla_store::MAX_BATCH`] items). It then waits until the
 //! applied index has moved past what it read, so that it never proposes
-//! the same decision twice. The two loops never talk to each other: the
-//! orchestrator's new tasks reach the scheduler through the store.
+//! the same decision twice. Once its token is cancelled (leadership ended)
+//! it proposes nothing more, not even the rest of a round. The loops never
+//! talk to each other: the orchestrator's new tasks reach the scheduler
+//! through the store.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use flotilla_store::{Command, State, StoreError};
+use flotilla_store::{Command, State, StoreError, MAX_BATCH};
 use flotilla_types::{new_id, DesiredState, NodeState, UnixMs};
 use tokio_util::sync::CancellationToken;
 
@@ -322,7 +325,8 @@ async fn run_loop(
             continue;
         }
 
-        match propose_all(name, proposer.as_ref(), plan.commands).await {
+        match propose_all(name, proposer.as_ref(), plan.commands, &shutdown).await {
+            Ok(()) if shutdown.is_cancelled() => break,
             Ok(()) => {
                 backoff = MIN_BACKOFF;
                 // The proposals are applied once `propose` returns, but the
@@ -351,17 +355,26 @@ async fn run_loop(
     tracing::debug!(name, "loop stopped");
 }
 
-/// Proposes in order and stops at the first failure. A command that was
-/// committed but refused by the state machine is logged and passed over:
-/// it is applied (the applied index moves past it), and the next round
-/// decides afresh from a state that shows why it was refused, so it is not
-/// proposed again as it was.
+/// Proposes in order and stops at the first failure, and once `shutdown`
+/// is cancelled: a loop whose leadership ended must not go on with a
+/// decision made while it led (a new leader decides afresh). Batch commands
+/// are proposed in parts of at most [`MAX_BATCH`] items, the raft entries
+/// they become, so that cancellation is checked between every two entries.
+/// A command that was committed but refused by the state machine is logged
+/// and passed over: it is applied (the applied index moves past it), and
+/// the next round decides afresh from a state that shows why it was
+/// refused, so it is not proposed again as it was.
 async fn propose_all(
     name: &'static str,
     proposer: &dyn Proposer,
     commands: Vec<Command>,
+    shutdown: &CancellationToken,
 ) -> Result<(), ProposeError> {
-    for command in commands {
+    for command in commands.into_iter().flat_map(|c| c.split(MAX_BATCH)) {
+        if shutdown.is_cancelled() {
+            tracing::debug!(name, "stopped: the rest of this round is not proposed");
+            break;
+        }
         let kind = command_kind(&command);
         let versioned = matches!(command, Command::SetUpdateStatus { .. });
         if let Err(refused) = proposer.propose(command).await? {
@@ -482,7 +495,13 @@ mod tests {
             status,
         }];
         assert_eq!(
-            propose_all("orchestrator", &Refusing, commands).await,
+            propose_all(
+                "orchestrator",
+                &Refusing,
+                commands,
+                &CancellationToken::new()
+            )
+            .await,
             Ok(())
         );
     }

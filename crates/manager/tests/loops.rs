@@ -38,6 +38,9 @@ struct FakeRaft {
     race: Mutex<Option<Command>>,
     /// Proposals the state machine refused.
     refused: AtomicUsize,
+    /// Cancelled when the first proposal arrives, as leadership ending
+    /// while a loop works through its list.
+    cancel_on_first: Mutex<Option<CancellationToken>>,
 }
 
 impl FakeRaft {
@@ -53,6 +56,7 @@ impl FakeRaft {
             calls: AtomicUsize::new(0),
             race: Mutex::new(None),
             refused: AtomicUsize::new(0),
+            cancel_on_first: Mutex::new(None),
         })
     }
 
@@ -105,6 +109,14 @@ impl Proposer for FakeRaft {
     fn propose(&self, command: Command) -> ProposeFuture<'_> {
         Box::pin(async move {
             self.calls.fetch_add(1, Ordering::SeqCst);
+            let cancel = self
+                .cancel_on_first
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            if let Some(token) = cancel {
+                token.cancel();
+            }
             let only = *self.fail_only.lock().unwrap_or_else(|e| e.into_inner());
             let refuse = only.is_none_or(|f| f(&command))
                 && self
@@ -687,4 +699,76 @@ async fn orphaning_is_retried_once_the_node_is_already_down() {
     );
     assert_eq!(raft.calls.load(Ordering::SeqCst), 3);
     stop(running).await;
+}
+
+/// Runs the orchestrator over a 250-replica service (and `extra`, a task
+/// in a slot beyond them) until its token, cancelled when the first
+/// proposal arrives, stops it; returns the fake raft.
+async fn orchestrate_until_cancelled(extra: Option<flotilla_types::Task>) -> Arc<FakeRaft> {
+    let raft = FakeRaft::new(0, ProposeError::NotLeader);
+    raft.commit(Command::InitCluster {
+        cluster: Cluster::bare("c1", 0),
+        node: node("n1"),
+    });
+    raft.commit(Command::CreateService {
+        id: "s1".into(),
+        spec: spec(250, RestartPolicy::default()),
+        at: 0,
+    });
+    if let Some(extra) = extra {
+        raft.commit(Command::CreateTasks { tasks: vec![extra] });
+    }
+    let token = CancellationToken::new();
+    *raft
+        .cancel_on_first
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(token.clone());
+    let clock = Arc::new(TestClock {
+        start: tokio::time::Instant::now(),
+    });
+    let handle = tokio::spawn(
+        Orchestrator::new(raft.view(), raft.clone(), clock.clone()).run(token.clone()),
+    );
+    let joined = tokio::time::timeout(Duration::from_secs(5), handle).await;
+    assert!(
+        matches!(joined, Ok(Ok(()))),
+        "loop did not stop: {joined:?}"
+    );
+    raft
+}
+
+/// Leadership ends (the loop's token is cancelled) while the orchestrator
+/// proposes its round, a shutdown then 250 new tasks: it stops after the
+/// proposal in flight. Before, it sent the rest of its list.
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_orchestrator_proposes_nothing_more() {
+    let extra = flotilla_types::Task {
+        id: "extra".into(),
+        service_id: "s1".into(),
+        service_name: "web".into(),
+        slot: 300,
+        node_id: Some("n1".into()),
+        desired_state: DesiredState::Running,
+        status: TaskStatus::new(TaskState::Running, 0, "running"),
+        spec: spec(250, RestartPolicy::default()).task,
+        service_version: 2,
+        created_at: 0,
+        created_index: 0,
+        restart_history: vec![],
+    };
+    let raft = orchestrate_until_cancelled(Some(extra)).await;
+    assert_eq!(raft.calls.load(Ordering::SeqCst), 1, "proposals sent");
+    let state = raft.state();
+    assert_eq!(state.tasks.len(), 1, "no task created");
+    assert_eq!(state.tasks["extra"].desired_state, DesiredState::Shutdown);
+}
+
+/// The 250 new tasks go as raft entries of at most 100
+/// ([`flotilla_store::MAX_BATCH`]); cancelled during the first, the loop
+/// sends no other. Before, it proposed all 250 in one command.
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_orchestrator_stops_between_the_parts_of_a_batch() {
+    let raft = orchestrate_until_cancelled(None).await;
+    assert_eq!(raft.calls.load(Ordering::SeqCst), 1, "proposals sent");
+    assert_eq!(raft.state().tasks.len(), flotilla_store::MAX_BATCH);
 }

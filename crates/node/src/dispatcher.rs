@@ -6,7 +6,10 @@
 //! Sessions record heartbeats into [`Heartbeats`], which the manager's
 //! [`flotilla_manager::NodeWatcher`] reads to declare nodes down. Writes go
 //! through a [`Proposer`] and times come from a [`Clock`], so that nothing
-//! here needs raft itself beyond [`Leadership`].
+//! here needs raft itself beyond [`Leadership`]. Sessions are served only
+//! once the leader supervisor says this leader caught up
+//! ([`Dispatcher::set_caught_up`]); until then an agent is told to call
+//! again.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -18,6 +21,7 @@ use flotilla_manager::{Clock, Heartbeats, ProposeError, Proposer, StoreView};
 use flotilla_raft::RaftNode;
 use flotilla_store::{Command, State};
 use flotilla_types::{NodeRole, NodeState, Task};
+use tokio::sync::watch;
 
 use super::wire::{NodeAssignments, SessionRequest, SessionResponse};
 
@@ -98,6 +102,8 @@ pub struct Dispatcher {
     proposer: Arc<dyn Proposer>,
     clock: Arc<dyn Clock>,
     heartbeats: Heartbeats,
+    /// Open once this leader caught up; see [`Dispatcher::set_caught_up`].
+    caught_up: watch::Sender<bool>,
 }
 
 impl Dispatcher {
@@ -113,6 +119,7 @@ impl Dispatcher {
             proposer,
             clock,
             heartbeats: Heartbeats::new(),
+            caught_up: watch::channel(false).0,
         }
     }
 
@@ -122,6 +129,40 @@ impl Dispatcher {
         self.heartbeats.clone()
     }
 
+    /// Opens (or closes) the gate of sessions: the leader supervisor opens
+    /// it once this leader has applied a read index taken as leader, and
+    /// closes it when leadership ends. Until then the store view may lack
+    /// the previous leader's last entries, so sessions are not served
+    /// from it.
+    pub fn set_caught_up(&self, caught_up: bool) {
+        self.caught_up.send_replace(caught_up);
+    }
+
+    /// Whether sessions are served now: this member leads and caught up.
+    fn serving(&self) -> bool {
+        *self.caught_up.borrow() && self.leadership.is_leader()
+    }
+
+    /// Waits up to `limit` for the gate to open.
+    async fn wait_caught_up(&self, limit: Duration) -> bool {
+        let mut gate = self.caught_up.subscribe();
+        let opened = tokio::time::timeout(limit, gate.wait_for(|open| *open)).await;
+        matches!(opened, Ok(Ok(_)))
+    }
+
+    /// The answer when this member does not serve sessions: where the
+    /// leader is (this member, while it catches up: the agent calls again).
+    fn elsewhere(&self, managers: Vec<String>) -> SessionResponse {
+        SessionResponse {
+            redirect: Some(self.leader_addr().unwrap_or_default()),
+            version: 0,
+            assignments: None,
+            managers,
+            role: None,
+            raft_id: 0,
+        }
+    }
+
     fn leader_addr(&self) -> Option<String> {
         leader_addr(&self.view.read(), self.leadership.leader()?)
     }
@@ -129,14 +170,14 @@ impl Dispatcher {
     /// One session round for `req.node_id`.
     pub async fn session(&self, req: SessionRequest) -> Result<SessionResponse, SessionError> {
         if !self.leadership.is_leader() {
-            return Ok(SessionResponse {
-                redirect: Some(self.leader_addr().unwrap_or_default()),
-                version: 0,
-                assignments: None,
-                managers: manager_addrs(&self.view.read()),
-                role: None,
-                raft_id: 0,
-            });
+            return Ok(self.elsewhere(manager_addrs(&self.view.read())));
+        }
+        // A leader still catching up: give it a long poll's time, then
+        // send the agent back to try again. Its reports stay with the
+        // agent, and nothing is answered from a view that may be stale
+        // (not even the managers' addresses).
+        if !self.wait_caught_up(LONG_POLL).await || !self.serving() {
+            return Ok(self.elsewhere(Vec::new()));
         }
         let node = self.view.read().nodes.get(&req.node_id).cloned();
         let Some(node) = node else {
@@ -197,7 +238,7 @@ impl Dispatcher {
                 });
             }
             let changed = tokio::time::timeout_at(deadline, applied.changed()).await;
-            if !matches!(changed, Ok(Ok(()))) || !self.leadership.is_leader() {
+            if !matches!(changed, Ok(Ok(()))) || !self.serving() {
                 return Ok(SessionResponse {
                     redirect: None,
                     version,
@@ -208,5 +249,183 @@ impl Dispatcher {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use flotilla_manager::ProposeFuture;
+    use flotilla_store::TaskStatusUpdate;
+    use flotilla_types::{
+        Availability, Cluster, DesiredState, Node, ServiceSpec, TaskState, TaskStatus,
+    };
+
+    use super::*;
+
+    /// Leads, as raft member 1.
+    struct Leader;
+
+    impl Leadership for Leader {
+        fn is_leader(&self) -> bool {
+            true
+        }
+
+        fn leader(&self) -> Option<u64> {
+            Some(1)
+        }
+    }
+
+    /// Records what is proposed; the store is not changed.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Command>>);
+
+    impl Proposer for Recorder {
+        fn propose(&self, command: Command) -> ProposeFuture<'_> {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(command);
+            Box::pin(async { Ok(Ok(None)) })
+        }
+    }
+
+    struct Clock1000;
+
+    impl Clock for Clock1000 {
+        fn now_ms(&self) -> u64 {
+            1_000
+        }
+    }
+
+    const ADDR: &str = "127.0.0.1:4280";
+
+    /// Manager `n1` (raft member 1, down in the store, so that a session
+    /// would mark it ready) with task `t1` assigned to it.
+    fn dispatcher() -> (Dispatcher, Arc<Recorder>, watch::Sender<u64>) {
+        let mut state = State {
+            cluster: Some(Cluster::bare("c1", 0)),
+            ..State::default()
+        };
+        state.nodes.insert(
+            "n1".into(),
+            Node {
+                id: "n1".into(),
+                raft_id: 1,
+                name: "n1".into(),
+                hostname: "n1".into(),
+                role: NodeRole::Manager,
+                availability: Availability::Active,
+                labels: Default::default(),
+                state: NodeState::Down,
+                addr: ADDR.into(),
+                api_addr: String::new(),
+                version: "test".into(),
+                resources: Default::default(),
+                platform: Default::default(),
+                created_at: 0,
+                last_seen: 0,
+            },
+        );
+        state.tasks.insert(
+            "t1".into(),
+            Task {
+                id: "t1".into(),
+                service_id: "s1".into(),
+                service_name: "web".into(),
+                slot: 1,
+                node_id: Some("n1".into()),
+                desired_state: DesiredState::Running,
+                status: TaskStatus::new(TaskState::Assigned, 1, "assigned"),
+                spec: ServiceSpec::default().task,
+                service_version: 1,
+                created_at: 1,
+                created_index: 1,
+                restart_history: vec![],
+            },
+        );
+        let (applied, receiver) = watch::channel(1);
+        let view = StoreView {
+            state: Arc::new(std::sync::RwLock::new(state)),
+            applied: receiver,
+        };
+        let recorder = Arc::new(Recorder::default());
+        let d = Dispatcher::new(
+            Arc::new(Leader),
+            view,
+            recorder.clone(),
+            Arc::new(Clock1000),
+        );
+        (d, recorder, applied)
+    }
+
+    /// `n1`'s session round, reporting `t1` running.
+    fn request() -> SessionRequest {
+        SessionRequest {
+            node_id: "n1".into(),
+            reports: vec![TaskStatusUpdate {
+                task_id: "t1".into(),
+                status: TaskStatus::new(TaskState::Running, 2, "running"),
+            }],
+            known_version: 0,
+            addr: ADDR.into(),
+            api_addr: String::new(),
+            version: "test".into(),
+            role: Some(NodeRole::Manager),
+        }
+    }
+
+    fn proposed(recorder: &Recorder) -> usize {
+        recorder.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// A leader that has not applied its predecessor's last entries
+    /// answered sessions from that view: assignments, node records and
+    /// reports judged against a state that may be missing tasks. Until
+    /// the supervisor says it caught up, it answers "try again" (a
+    /// redirect to the leader, itself) after a long poll, and proposes
+    /// nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_still_catching_up_serves_no_assignments() {
+        let (d, recorder, _applied) = dispatcher();
+        let started = tokio::time::Instant::now();
+        let answer = d.session(request()).await;
+        let answer = answer.map_err(|e| e.to_string());
+        assert!(
+            matches!(&answer, Ok(a) if a.assignments.is_none() && a.redirect.as_deref() == Some(ADDR)),
+            "{answer:?}"
+        );
+        assert_eq!(proposed(&recorder), 0, "nothing proposed");
+        assert!(started.elapsed() >= LONG_POLL, "answered at once");
+
+        d.set_caught_up(true);
+        let answer = d.session(request()).await.map_err(|e| e.to_string());
+        let tasks = answer
+            .as_ref()
+            .ok()
+            .and_then(|a| a.assignments.as_ref())
+            .map(|a| a.tasks.len());
+        assert_eq!(tasks, Some(1), "{answer:?}");
+        // The node seen, and the report.
+        assert_eq!(proposed(&recorder), 2);
+    }
+
+    /// A session that arrives while the leader catches up is served as
+    /// soon as it has.
+    #[tokio::test(start_paused = true)]
+    async fn a_session_is_served_once_the_leader_caught_up() {
+        let (d, _recorder, _applied) = dispatcher();
+        let d = Arc::new(d);
+        let opener = d.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            opener.set_caught_up(true);
+        });
+        let answer = d.session(request()).await.map_err(|e| e.to_string());
+        assert!(
+            matches!(&answer, Ok(a) if a.redirect.is_none() && a.assignments.is_some()),
+            "{answer:?}"
+        );
     }
 }

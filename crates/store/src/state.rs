@@ -200,7 +200,7 @@ mod tests {
         }
     }
 
-    fn spec(name: &str, replicas: u64) -> ServiceSpec {
+    pub(super) fn spec(name: &str, replicas: u64) -> ServiceSpec {
         ServiceSpec {
             name: name.into(),
             mode: ServiceMode::Replicated { replicas },
@@ -218,7 +218,7 @@ mod tests {
         }
     }
 
-    fn task(id: &str, service: &str, slot: u64) -> Task {
+    pub(super) fn task(id: &str, service: &str, slot: u64) -> Task {
         Task {
             id: id.into(),
             service_id: service.into(),
@@ -878,7 +878,7 @@ mod tests {
 
     /// A cluster with service `s1` and its pending tasks `t1` and `t2`,
     /// at index 3.
-    fn two_pending_tasks() -> State {
+    pub(super) fn two_pending_tasks() -> State {
         let mut s = init();
         let _ = s.apply(
             2,

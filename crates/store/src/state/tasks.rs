@@ -3,25 +3,59 @@
 //! agents observe. Batches: an entry that no longer applies (its task or
 //! node is gone, its state moved on) is skipped, not an error.
 
-use flotilla_types::{DesiredState, Task, TaskState, TaskStatus, UnixMs};
+use std::collections::{BTreeMap, BTreeSet};
+
+use flotilla_types::{
+    DesiredState, Service, SlotKey, Task, TaskState, TaskStatus, UnixMs, UpdateOrder,
+};
 
 use super::{table, Change, State};
 use crate::command::{CommandResult, TaskStatusUpdate};
 
 impl State {
     /// [`crate::Command::CreateTasks`]: adds tasks, created at `index`.
-    /// A task whose service is gone or whose ID exists is dropped.
+    /// A task whose service is gone or whose ID exists is dropped, and so
+    /// is a task desired running in a slot that already has one (see
+    /// [`may_join`]): a proposer that decided on a view older than this
+    /// state (a new leader still catching up) must not give a slot two
+    /// processes.
     pub(super) fn create_tasks(
         &mut self,
         index: u64,
         tasks: &[Task],
         changes: &mut Vec<Change>,
     ) -> CommandResult {
+        // The tasks desired running of the slots this batch fills, found
+        // in one pass (a batch fills up to MAX_BATCH slots of a service
+        // that may have thousands of tasks).
+        let batch: BTreeSet<&str> = tasks.iter().map(|t| t.service_id.as_str()).collect();
+        let mut occupied: BTreeMap<(String, SlotKey), Vec<String>> = BTreeMap::new();
+        for t in self.tasks.values() {
+            if t.desired_state == DesiredState::Running && batch.contains(t.service_id.as_str()) {
+                occupied
+                    .entry((t.service_id.clone(), t.slot_key()))
+                    .or_default()
+                    .push(t.id.clone());
+            }
+        }
         for task in tasks {
             // A task of a service removed since the proposal is dropped:
             // nothing would ever clean it up.
-            if !self.services.contains_key(&task.service_id) || self.tasks.contains_key(&task.id) {
+            let Some(service) = self.services.get(&task.service_id) else {
                 continue;
+            };
+            if self.tasks.contains_key(&task.id) {
+                continue;
+            }
+            if task.desired_state == DesiredState::Running {
+                let slot = occupied
+                    .entry((task.service_id.clone(), task.slot_key()))
+                    .or_default();
+                let there: Vec<&Task> = slot.iter().filter_map(|id| self.tasks.get(id)).collect();
+                if !may_join(service, &there, task) {
+                    continue;
+                }
+                slot.push(task.id.clone());
             }
             let mut task = task.clone();
             task.created_index = index;
@@ -130,5 +164,161 @@ impl State {
             table::remove(&mut self.tasks, id, changes);
         }
         Ok(None)
+    }
+}
+
+/// Whether `new`, desired running, may join its slot, where `there` are
+/// the tasks desired running: only into an empty slot, or beside the one
+/// old task of a start-first update (the orchestrator's
+/// `orchestrator::update`), which keeps serving until `new` is ready.
+/// That is: the order in effect (the rollback config's during a rollback,
+/// else the update config's) is start-first, `new` is of the service's
+/// template, and the task there is not. So a slot has at most two tasks
+/// desired running, and two only while it is being updated.
+fn may_join(service: &Service, there: &[&Task], new: &Task) -> bool {
+    let config = match &service.update_status {
+        Some(status) if status.state.is_rollback() => &service.spec.rollback,
+        _ => &service.spec.update,
+    };
+    match there {
+        [] => true,
+        [old] => {
+            config.order == UpdateOrder::StartFirst
+                && new.spec == service.spec.task
+                && old.spec != service.spec.task
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_types::{DesiredState, Task, UpdateOrder};
+
+    use super::super::tests::{spec, task, two_pending_tasks};
+    use crate::{Change, Command, State};
+
+    fn create(s: &mut State, tasks: Vec<Task>) -> Vec<Change> {
+        let index = s.index + 1;
+        let (r, changes) = s.apply(index, &Command::CreateTasks { tasks });
+        assert_eq!(r, Ok(None));
+        changes
+    }
+
+    fn shut_down(s: &mut State, id: &str) {
+        let index = s.index + 1;
+        let (r, _) = s.apply(
+            index,
+            &Command::SetDesiredState {
+                task_ids: vec![id.into()],
+                desired: DesiredState::Shutdown,
+            },
+        );
+        assert_eq!(r, Ok(None));
+    }
+
+    /// The tasks of `slot` desired running, by ID.
+    fn running_in(s: &State, slot: u64) -> Vec<&str> {
+        s.tasks
+            .values()
+            .filter(|t| t.slot == slot && t.desired_state == DesiredState::Running)
+            .map(|t| t.id.as_str())
+            .collect()
+    }
+
+    /// A new leader that has not applied its predecessor's last entries
+    /// sees slot 1 empty and fills it again: the store took the second
+    /// task, and two processes would run for one replica.
+    #[test]
+    fn a_second_task_desired_running_in_a_taken_slot_is_refused() {
+        let mut s = two_pending_tasks();
+        let mut stopped = task("t4", "s1", 2);
+        stopped.desired_state = DesiredState::Shutdown;
+        let changes = create(
+            &mut s,
+            vec![
+                task("t3", "s1", 1),
+                stopped,
+                // Two in one batch for an empty slot: the first one wins.
+                task("t5", "s1", 3),
+                task("t6", "s1", 3),
+            ],
+        );
+        assert_eq!(
+            changes,
+            [Change::Task("t4".into()), Change::Task("t5".into())]
+        );
+        assert_eq!(running_in(&s, 1), ["t1"]);
+        assert_eq!(running_in(&s, 3), ["t5"]);
+        // Stop-first: once the old task is desired shut down, its
+        // successor is taken.
+        shut_down(&mut s, "t1");
+        create(&mut s, vec![task("t3", "s1", 1)]);
+        assert_eq!(running_in(&s, 1), ["t3"]);
+    }
+
+    /// `s1` updated to a new template (`sleep 200`) with `order`.
+    fn updated(order: UpdateOrder) -> State {
+        let mut s = two_pending_tasks();
+        let mut new = spec("web", 2);
+        new.task.command = vec!["sleep".into(), "200".into()];
+        new.update.order = order;
+        let index = s.index + 1;
+        let (r, _) = s.apply(
+            index,
+            &Command::UpdateService {
+                id: "s1".into(),
+                spec: new,
+                expected_version: None,
+                at: 9,
+            },
+        );
+        assert!(r.is_ok(), "{r:?}");
+        s
+    }
+
+    /// A task of `s1`'s current template in `slot`.
+    fn of_template(s: &State, id: &str, slot: u64) -> Task {
+        let mut t = task(id, "s1", slot);
+        t.spec = s.services["s1"].spec.task.clone();
+        t.service_version = s.services["s1"].version;
+        t
+    }
+
+    /// A start-first update starts the new task beside the old one, which
+    /// serves until the new one is ready; never a third, never one of the
+    /// old template, and never beside a task of the current template.
+    #[test]
+    fn a_start_first_update_may_start_one_task_beside_the_old_one() {
+        let mut s = updated(UpdateOrder::StartFirst);
+        let new = of_template(&s, "n1", 1);
+        let third = of_template(&s, "n2", 1);
+        // A stale leader's restart of the old template, beside t2.
+        let old = task("o2", "s1", 2);
+        create(&mut s, vec![new, third, old]);
+        assert_eq!(running_in(&s, 1), ["n1", "t1"]);
+        assert_eq!(running_in(&s, 2), ["t2"]);
+
+        // The new task went stale in turn: the orchestrator shuts it down
+        // and starts another beside the old one.
+        shut_down(&mut s, "n1");
+        let t = of_template(&s, "n3", 1);
+        create(&mut s, vec![t]);
+        assert_eq!(running_in(&s, 1), ["n3", "t1"]);
+
+        // Once the old one is gone, the new one is the slot's only task and
+        // nothing may join it.
+        shut_down(&mut s, "t1");
+        let t = of_template(&s, "n4", 1);
+        create(&mut s, vec![t]);
+        assert_eq!(running_in(&s, 1), ["n3"]);
+    }
+
+    #[test]
+    fn a_stop_first_update_never_starts_a_task_beside_the_old_one() {
+        let mut s = updated(UpdateOrder::StopFirst);
+        let t = of_template(&s, "n1", 1);
+        create(&mut s, vec![t]);
+        assert_eq!(running_in(&s, 1), ["t1"]);
     }
 }
