@@ -815,3 +815,43 @@ fn a_manager_that_left_serves_its_client_api_after_init() -> Result<()> {
     assert!(again.iter().any(|(_, a)| *a == api), "{again:?}");
     Ok(())
 }
+
+/// A manager whose raft store is lost must not start raft again under its
+/// old raft ID: with an empty log and no vote it could vote twice in one
+/// term. It refuses to start and says what to do (issue 9, defect 7).
+#[test]
+fn a_manager_that_lost_its_raft_store_refuses_its_old_raft_id() -> Result<()> {
+    let m1 = start_named("m1")?;
+    m1.ok(&["init"])?;
+    let _m2 = joined(&m1, "m2", "manager")?;
+    let mut m3 = joined(&m1, "m3", "manager")?;
+    wait_until("3 managers", Duration::from_secs(10), || {
+        let info = m1.ok(&["info", "--format", "json"])?.json()?;
+        Ok((info["managers"] == 3).then_some(()))
+    })?;
+    m3.terminate(Duration::from_secs(30))?;
+    std::fs::remove_file(m3.data_dir().join("raft.redb"))?;
+    let err = match m3.restart() {
+        Ok(()) => String::new(),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("raft.redb is missing") && err.contains("join again as a new manager"),
+        "the daemon must refuse to start: {err}"
+    );
+    assert!(!m3.data_dir().join("raft.redb").exists(), "nothing created");
+    // The two others keep a quorum and take writes.
+    m1.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "0",
+        "-d",
+        "--",
+        "sleep",
+        "1",
+    ])?;
+    Ok(())
+}

@@ -269,7 +269,11 @@ async fn add_manager(
     req: Result<Json<AddManager>, JsonRejection>,
 ) -> Result<Json<()>, ClusterError> {
     let raft = manager_call(&m, &peer)?;
-    let req = body(req)?;
+    let mut req = body(req)?;
+    if req.node_id.is_empty() {
+        // An older node: its certificate says who it is.
+        req.node_id = manager_peer(&peer)?.node_id.clone();
+    }
     if !raft.is_leader() {
         use super::session::LeaderFinder;
         let addr = m
@@ -287,6 +291,14 @@ async fn add_manager(
             .await
             .map(Json)
             .map_err(|e| ClusterError::Unavailable(e.to_string()));
+    }
+    {
+        let state = raft.state();
+        let state = state
+            .read()
+            .map_err(|_| ClusterError::Internal("state lock poisoned".into()))?;
+        crate::control::cluster::addable_manager(&state, &req.node_id, req.raft_id)
+            .map_err(ClusterError::Forbidden)?;
     }
     tracing::info!(raft_id = req.raft_id, addr = %req.addr, "adding a manager to the raft group");
     raft.add_voter(req.raft_id, &req.addr)

@@ -279,6 +279,8 @@ impl NodeCtx {
             node_id: node_id.clone(),
             raft_id: 1,
             managers: vec![self.cluster_addr()],
+            // Written after raft starts; init fails if node.json is missing.
+            raft_member: 1,
         };
         let now = now_ms();
         let node = Node {
@@ -394,6 +396,8 @@ impl NodeCtx {
             node_id: answer.node_id,
             raft_id: answer.raft_id,
             managers: answer.managers.clone(),
+            // Raft starts right after node.json is written (a manager).
+            raft_member: answer.raft_id,
         };
         tls.store(&self.data_dir).map_err(failed)?;
         identity::store(&self.data_dir, &identity).map_err(failed)?;

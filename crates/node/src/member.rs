@@ -262,6 +262,7 @@ pub(crate) async fn ask_to_be_added(
     let request = wire::AddManager {
         raft_id: member.identity.raft_id,
         addr,
+        node_id: member.identity.node_id.clone(),
     };
     let mut i = 0usize;
     loop {

@@ -108,6 +108,10 @@ pub struct NodeAssignments {
 pub struct AddManager {
     pub raft_id: u64,
     pub addr: String,
+    /// The node that asks; empty from older nodes (the caller's
+    /// certificate says), filled in by a manager that forwards the request.
+    #[serde(default)]
+    pub node_id: String,
 }
 
 /// An optional role that older nodes write as `""` for none: read `""`,
