@@ -136,6 +136,7 @@ impl Dispatcher {
                 managers: manager_addrs(&self.view.read()),
                 role: None,
                 raft_id: 0,
+                epoch: Default::default(),
             });
         }
         let node = self.view.read().nodes.get(&req.node_id).cloned();
@@ -194,6 +195,7 @@ impl Dispatcher {
                     managers,
                     role,
                     raft_id,
+                    epoch: Default::default(),
                 });
             }
             let changed = tokio::time::timeout_at(deadline, applied.changed()).await;
@@ -205,6 +207,7 @@ impl Dispatcher {
                     managers,
                     role,
                     raft_id,
+                    epoch: Default::default(),
                 });
             }
         }

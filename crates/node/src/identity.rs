@@ -47,6 +47,11 @@ pub struct Identity {
     /// ([`check_raft_store`]). Absent in node.json of older versions.
     #[serde(default)]
     pub raft_member: u64,
+    /// The cluster epoch (raft group) this node follows: from `init`,
+    /// `join` or force-new-cluster, and from the dispatcher's answers.
+    /// Absent in node.json of older versions.
+    #[serde(default)]
+    pub epoch: flotilla_types::Epoch,
 }
 
 /// Whether a manager may start raft under `identity.raft_id` on the data
@@ -119,6 +124,7 @@ mod tests {
             raft_id: 1,
             managers: vec![],
             raft_member: 1,
+            epoch: Default::default(),
         };
         store(dir.path(), &id).expect("store");
         assert_eq!(load(dir.path()).expect("load"), Some(id));
@@ -151,6 +157,7 @@ mod tests {
             raft_id: 3,
             managers: vec![],
             raft_member: 3,
+            epoch: Default::default(),
         };
         assert!(
             check_raft_store(dir, &id, true).is_ok(),

@@ -175,6 +175,7 @@ impl NodeCtx {
             finder: member.clone(),
             managers: known.clone(),
             role: member.role,
+            epoch: member.identity.epoch.clone(),
             data_dir: Some(self.data_dir.clone()),
             role_changed: role_tx,
         };

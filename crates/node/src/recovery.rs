@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use flotilla_store::{Command, State};
-use flotilla_types::NodeRole;
+use flotilla_types::{Epoch, NodeRole};
 
 use crate::identity::Identity;
 use crate::{identity, now_ms};
@@ -35,14 +35,23 @@ pub(crate) struct NewGroup {
     pub(crate) raft_id: u64,
     /// The other managers, removed from the store.
     pub(crate) removed: Vec<String>,
+    /// The new group's cluster epoch: the managers removed are refused
+    /// by it.
+    pub(crate) epoch: Epoch,
 }
 
 /// Turns the old group's state into the new group's, with `me` as its only
 /// manager: a fresh raft ID for `me`, the other managers removed (their
 /// tasks orphaned, so that they run elsewhere), and versions and task
 /// creation order reset to 0, because they are raft indexes and the new
-/// log starts again at 1. Deterministic: `now` comes from the caller.
-pub(crate) fn new_group(state: &mut State, me: &str, now: u64) -> Result<NewGroup> {
+/// log starts again at 1; a new cluster epoch a generation up, with
+/// `epoch_id`. Deterministic: `now` and `epoch_id` come from the caller.
+pub(crate) fn new_group(
+    state: &mut State,
+    me: &str,
+    now: u64,
+    epoch_id: String,
+) -> Result<NewGroup> {
     let cluster = state
         .cluster
         .as_mut()
@@ -50,6 +59,8 @@ pub(crate) fn new_group(state: &mut State, me: &str, now: u64) -> Result<NewGrou
     let highest = state.nodes.values().map(|n| n.raft_id).max().unwrap_or(0);
     let raft_id = cluster.next_raft_id.max(highest + 1);
     cluster.next_raft_id = raft_id + 1;
+    cluster.epoch = cluster.epoch.next(epoch_id);
+    let epoch = cluster.epoch.clone();
     let removed: Vec<String> = state
         .nodes
         .values()
@@ -75,7 +86,11 @@ pub(crate) fn new_group(state: &mut State, me: &str, now: u64) -> Result<NewGrou
         task.created_index = 0;
         task.service_version = 0;
     }
-    Ok(NewGroup { raft_id, removed })
+    Ok(NewGroup {
+        raft_id,
+        removed,
+        epoch,
+    })
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
@@ -101,7 +116,7 @@ fn build_new_store(data_dir: &Path, me: &str, addr: &str, now: u64) -> Result<Ne
         )
     })?;
     let mut state = recovered.state;
-    let group = new_group(&mut state, me, now)?;
+    let group = new_group(&mut state, me, now, flotilla_types::new_id(rand::random()))?;
     flotilla_raft::storage::seed(&new, &state, group.raft_id, addr)?;
     sync_dir(data_dir)?;
     tracing::warn!(
@@ -145,11 +160,13 @@ pub(crate) fn rewrite_for_new_cluster(
     let group = build_new_store(data_dir, &identity.node_id, addr, now)?;
     let aside = swap_in(data_dir, now)?;
     identity.raft_id = group.raft_id;
+    identity.epoch = group.epoch.clone();
     identity::store(data_dir, identity)?;
     std::fs::remove_file(data_dir.join(FORCE_MARKER))?;
     sync_dir(data_dir)?;
     tracing::warn!(
         raft_id = group.raft_id,
+        epoch = %group.epoch,
         removed_managers = group.removed.len(),
         old_store = %aside.display(),
         "force-new-cluster: this node is now the only manager"
@@ -228,6 +245,7 @@ mod tests {
             raft_id: 1,
             managers: vec![],
             raft_member: 0,
+            epoch: Default::default(),
         };
         identity::store(dir.path(), &identity).expect("node.json");
         std::fs::write(dir.path().join(FORCE_MARKER), b"requested\n").expect("marker");
@@ -273,6 +291,13 @@ mod tests {
             let nodes: Vec<&str> = state.nodes.keys().map(|s| s.as_str()).collect();
             assert_eq!(nodes, ["m1"]);
             assert_eq!(state.nodes["m1"].raft_id, identity.raft_id);
+            let epoch = state.cluster.as_ref().map(|c| c.epoch.clone());
+            assert_eq!(epoch.as_ref(), Some(&identity.epoch), "node.json's epoch");
+            assert!(
+                identity.epoch.generation >= 1,
+                "a new epoch: {}",
+                identity.epoch
+            );
         }
         raft.shutdown().await;
     }

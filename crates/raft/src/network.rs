@@ -15,6 +15,11 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, SnapshotMeta, Vote};
 
+use std::sync::{Arc, RwLock};
+
+use flotilla_store::State;
+use flotilla_types::Epoch;
+
 use crate::TypeConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -81,11 +86,13 @@ impl RaftNetwork<TypeConfig> for LocalOnly {
 #[derive(Debug, Clone)]
 pub struct HttpNetwork {
     client: flotilla_transport::ClusterClient,
+    /// The member's state, for the cluster epoch each message carries.
+    state: Arc<RwLock<State>>,
 }
 
 impl HttpNetwork {
-    pub fn new(client: flotilla_transport::ClusterClient) -> Self {
-        HttpNetwork { client }
+    pub fn new(client: flotilla_transport::ClusterClient, state: Arc<RwLock<State>>) -> Self {
+        HttpNetwork { client, state }
     }
 }
 
@@ -95,6 +102,32 @@ pub struct HttpMember {
     client: flotilla_transport::ClusterClient,
     target: u64,
     addr: String,
+    state: Arc<RwLock<State>>,
+}
+
+/// The cluster epoch of `state` (the default before it holds a cluster,
+/// or in a store of an older version).
+pub fn epoch_of(state: &State) -> Epoch {
+    state
+        .cluster
+        .as_ref()
+        .map(|c| c.epoch.clone())
+        .unwrap_or_default()
+}
+
+/// The query string of a raft message: `?epoch=GENERATION-ID`, so that a
+/// member of another raft group of the cluster is refused
+/// ([`Epoch::admits_peer`]). Senders of older versions send none, which
+/// reads as the default epoch.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct EpochQuery {
+    #[serde(default)]
+    pub epoch: String,
+}
+
+/// `path` with the sender's epoch as its query.
+pub fn with_epoch(path: &str, epoch: &Epoch) -> String {
+    format!("{path}?epoch={epoch}")
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
@@ -105,6 +138,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
             client: self.client.clone(),
             target,
             addr: node.addr.clone(),
+            state: self.state.clone(),
         }
     }
 }
@@ -186,6 +220,15 @@ pub mod paths {
 }
 
 impl HttpMember {
+    /// `path` with this member's epoch.
+    fn path(&self, path: &str) -> String {
+        let epoch = match self.state.read() {
+            Ok(s) => epoch_of(&s),
+            Err(p) => epoch_of(&p.into_inner()),
+        };
+        with_epoch(path, &epoch)
+    }
+
     async fn call<Req, Resp, E>(
         &self,
         path: &str,
@@ -197,12 +240,13 @@ impl HttpMember {
         Resp: serde::de::DeserializeOwned,
         E: std::error::Error + serde::de::DeserializeOwned,
     {
+        let path = self.path(path);
         let answer: Result<Result<Resp, E>, flotilla_transport::TransportError> = self
             .client
             .post(
                 flotilla_transport::Target::Manager,
                 &self.addr,
-                path,
+                &path,
                 rpc,
                 option.hard_ttl(),
             )
@@ -257,12 +301,13 @@ impl RaftNetwork<TypeConfig> for HttpMember {
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
         let (chunk, data) = SnapshotChunk::of(rpc);
+        let path = self.path(paths::SNAPSHOT);
         let answer = self
             .client
             .post_frame(
                 flotilla_transport::Target::Manager,
                 &self.addr,
-                paths::SNAPSHOT,
+                &path,
                 &chunk,
                 &data,
                 option.hard_ttl(),

@@ -149,7 +149,7 @@ impl RaftNode {
         .map_err(|e| RaftError::Start(e.to_string()))?;
         let config = Arc::new(config);
         let raft = match client {
-            Some(c) => Raft::new(id, config, HttpNetwork::new(c), log, sm).await,
+            Some(c) => Raft::new(id, config, HttpNetwork::new(c, state.clone()), log, sm).await,
             None => Raft::new(id, config, LocalOnlyNetwork, log, sm).await,
         }
         .map_err(|e| RaftError::Start(e.to_string()))?;
