@@ -829,7 +829,7 @@ fn a_manager_that_lost_its_raft_store_refuses_its_old_raft_id() -> Result<()> {
         let info = m1.ok(&["info", "--format", "json"])?.json()?;
         Ok((info["managers"] == 3).then_some(()))
     })?;
-    m3.terminate(Duration::from_secs(30))?;
+    m3.kill9()?;
     std::fs::remove_file(m3.data_dir().join("raft.redb"))?;
     let err = match m3.restart() {
         Ok(()) => String::new(),
@@ -839,6 +839,7 @@ fn a_manager_that_lost_its_raft_store_refuses_its_old_raft_id() -> Result<()> {
         err.contains("raft.redb is missing") && err.contains("join again as a new manager"),
         "the daemon must refuse to start: {err}"
     );
+    assert!(err.contains("exited early with exit status: 1"), "{err}");
     assert!(!m3.data_dir().join("raft.redb").exists(), "nothing created");
     // The two others keep a quorum and take writes.
     m1.ok(&[
