@@ -887,13 +887,26 @@ fn managers_removed_by_force_new_cluster_are_refused_by_the_new_group() -> Resul
     m1.ok(&["init"])?;
     let mut m2 = joined(&m1, "m2", "manager")?;
     let mut m3 = joined(&m1, "m3", "manager")?;
+    let w1 = joined(&m1, "w1", "worker")?;
     wait_until("3 managers", Duration::from_secs(10), || {
         let info = m1.ok(&["info", "--format", "json"])?.json()?;
         Ok((info["managers"] == 3).then_some(()))
     })?;
+    let generation = |d: &Daemon| -> Result<u64> {
+        let text = std::fs::read_to_string(d.data_dir().join("node.json"))?;
+        let v: Value = serde_json::from_str(&text)?;
+        Ok(v["epoch"]["generation"].as_u64().unwrap_or(0))
+    };
+    assert_eq!(generation(&w1)?, 1, "the worker got the epoch at its join");
     m2.kill9()?;
     m3.kill9()?;
     m1.ok(&["init", "--force-new-cluster"])?;
+    // The worker follows the survivor, and from then on the new epoch.
+    wait_until(
+        "the worker to follow the new epoch",
+        Duration::from_secs(10),
+        || Ok((generation(&w1)? == 2).then_some(())),
+    )?;
     // The old group's majority comes back and elects a leader among itself.
     m2.restart()?;
     m3.restart()?;
