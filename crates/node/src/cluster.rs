@@ -147,33 +147,27 @@ fn manager_call(m: &Member, peer: &Peer) -> Result<Arc<flotilla_raft::RaftNode>,
 /// manager removed by force-new-cluster) is refused. A member that holds
 /// no cluster yet (a manager that just joined) takes what comes: its
 /// state arrives that way.
-fn same_group(state: &flotilla_store::State, query: &EpochQuery) -> Result<(), ClusterError> {
+fn same_group(mine: Option<&Epoch>, query: &EpochQuery) -> Result<(), ClusterError> {
     let theirs: Epoch = query
         .epoch
         .parse()
         .map_err(|e: flotilla_types::EpochError| ClusterError::BadRequest(e.to_string()))?;
-    if state.cluster.is_none() {
-        return Ok(());
+    match mine {
+        None => Ok(()),
+        Some(mine) => mine
+            .admits_peer(&theirs)
+            .map_err(|e| ClusterError::Forbidden(e.to_string())),
     }
-    flotilla_raft::network::epoch_of(state)
-        .admits_peer(&theirs)
-        .map_err(|e| ClusterError::Forbidden(e.to_string()))
 }
 
-/// [`same_group`] on the member's state.
+/// [`same_group`] with the member's epoch.
 fn raft_of_group(
     m: &Member,
     peer: &Peer,
     query: &EpochQuery,
 ) -> Result<Arc<flotilla_raft::RaftNode>, ClusterError> {
     let raft = manager_call(m, peer)?;
-    {
-        let state = raft.state();
-        let state = state
-            .read()
-            .map_err(|_| ClusterError::Internal("state lock poisoned".into()))?;
-        same_group(&state, query)?;
-    }
+    same_group(raft.epoch().as_ref(), query)?;
     Ok(raft)
 }
 
@@ -421,10 +415,7 @@ async fn session(
     };
     // An agent that follows a newer raft group of this cluster never comes
     // back to a manager that force-new-cluster left behind.
-    let epoch = m
-        .view()
-        .map(|v| flotilla_raft::network::epoch_of(&v.read()))
-        .unwrap_or_default();
+    let epoch = m.raft.as_ref().and_then(|r| r.epoch()).unwrap_or_default();
     epoch
         .admits_agent(&req.epoch)
         .map_err(|e| ClusterError::Forbidden(e.to_string()))?;
@@ -446,17 +437,6 @@ async fn session(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_types::Cluster;
-
-    fn in_epoch(epoch: Option<Epoch>) -> flotilla_store::State {
-        flotilla_store::State {
-            cluster: epoch.map(|epoch| Cluster {
-                epoch,
-                ..Cluster::bare("c", 1)
-            }),
-            ..Default::default()
-        }
-    }
 
     fn query(epoch: &str) -> EpochQuery {
         EpochQuery {
@@ -467,23 +447,23 @@ mod tests {
     #[test]
     fn raft_messages_of_another_epoch_are_refused() {
         let new = Epoch::first("b".into()).next("c".into());
-        let state = in_epoch(Some(new.clone()));
-        assert!(same_group(&state, &query(&new.to_string())).is_ok());
-        let refused = same_group(&state, &query("1-b")).err();
+        let mine = Some(&new);
+        assert!(same_group(mine, &query(&new.to_string())).is_ok());
+        let refused = same_group(mine, &query("1-b")).err();
         assert!(
             matches!(&refused, Some(ClusterError::Forbidden(m)) if m.contains("cluster epoch 1-b")),
             "{refused:?}"
         );
         // A sender of an older version, or of a group from before epochs,
         // sends none: refused by a group that has one.
-        assert!(same_group(&state, &query("")).is_err());
+        assert!(same_group(mine, &query("")).is_err());
         // Members of a store from before epochs still talk.
-        assert!(same_group(&in_epoch(Some(Epoch::default())), &query("")).is_ok());
+        assert!(same_group(Some(&Epoch::default()), &query("")).is_ok());
         // A manager that just joined holds no cluster yet: its state comes
         // this way.
-        assert!(same_group(&in_epoch(None), &query("2-c")).is_ok());
+        assert!(same_group(None, &query("2-c")).is_ok());
         assert!(matches!(
-            same_group(&state, &query("not an epoch")),
+            same_group(mine, &query("not an epoch")),
             Err(ClusterError::BadRequest(_))
         ));
     }

@@ -15,7 +15,7 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, SnapshotMeta, Vote};
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use flotilla_store::State;
 use flotilla_types::Epoch;
@@ -86,13 +86,13 @@ impl RaftNetwork<TypeConfig> for LocalOnly {
 #[derive(Debug, Clone)]
 pub struct HttpNetwork {
     client: flotilla_transport::ClusterClient,
-    /// The member's state, for the cluster epoch each message carries.
-    state: Arc<RwLock<State>>,
+    /// The cluster epoch each message carries.
+    epoch: EpochSource,
 }
 
 impl HttpNetwork {
-    pub fn new(client: flotilla_transport::ClusterClient, state: Arc<RwLock<State>>) -> Self {
-        HttpNetwork { client, state }
+    pub fn new(client: flotilla_transport::ClusterClient, epoch: EpochSource) -> Self {
+        HttpNetwork { client, epoch }
     }
 }
 
@@ -102,7 +102,7 @@ pub struct HttpMember {
     client: flotilla_transport::ClusterClient,
     target: u64,
     addr: String,
-    state: Arc<RwLock<State>>,
+    epoch: EpochSource,
 }
 
 /// The cluster epoch of `state` (the default before it holds a cluster,
@@ -113,6 +113,39 @@ pub fn epoch_of(state: &State) -> Epoch {
         .as_ref()
         .map(|c| c.epoch.clone())
         .unwrap_or_default()
+}
+
+/// A member's cluster epoch, read from its state until the state holds a
+/// cluster, and kept from then on: it never changes while the process
+/// runs (force-new-cluster restarts it), and raft messages, sent and
+/// received, must not wait for the state's lock, which applies hold.
+#[derive(Debug, Clone)]
+pub struct EpochSource {
+    state: Arc<RwLock<State>>,
+    known: Arc<OnceLock<Epoch>>,
+}
+
+impl EpochSource {
+    pub fn new(state: Arc<RwLock<State>>) -> Self {
+        EpochSource {
+            state,
+            known: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The epoch; `None` while the state holds no cluster (a manager that
+    /// just joined).
+    pub fn get(&self) -> Option<Epoch> {
+        if let Some(e) = self.known.get() {
+            return Some(e.clone());
+        }
+        let state = match self.state.read() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        let epoch = state.cluster.as_ref()?.epoch.clone();
+        Some(self.known.get_or_init(|| epoch).clone())
+    }
 }
 
 /// The query string of a raft message: `?epoch=GENERATION-ID`, so that a
@@ -138,7 +171,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
             client: self.client.clone(),
             target,
             addr: node.addr.clone(),
-            state: self.state.clone(),
+            epoch: self.epoch.clone(),
         }
     }
 }
@@ -222,11 +255,7 @@ pub mod paths {
 impl HttpMember {
     /// `path` with this member's epoch.
     fn path(&self, path: &str) -> String {
-        let epoch = match self.state.read() {
-            Ok(s) => epoch_of(&s),
-            Err(p) => epoch_of(&p.into_inner()),
-        };
-        with_epoch(path, &epoch)
+        with_epoch(path, &self.epoch.get().unwrap_or_default())
     }
 
     async fn call<Req, Resp, E>(
@@ -328,6 +357,25 @@ impl RaftNetwork<TypeConfig> for HttpMember {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_epoch_is_read_once_the_state_holds_a_cluster_and_kept() {
+        let state = Arc::new(RwLock::new(State::default()));
+        let source = EpochSource::new(state.clone());
+        assert_eq!(source.get(), None, "a manager that just joined");
+        let epoch = Epoch::first("abc".into());
+        if let Ok(mut s) = state.write() {
+            s.cluster = Some(flotilla_types::Cluster {
+                epoch: epoch.clone(),
+                ..flotilla_types::Cluster::bare("c", 1)
+            });
+        }
+        assert_eq!(source.get(), Some(epoch.clone()));
+        // Kept: no lock is taken again.
+        let _held = state.write();
+        assert_eq!(source.clone().get(), Some(epoch.clone()));
+        assert_eq!(with_epoch(paths::VOTE, &epoch), "/raft/v1/vote?epoch=1-abc");
+    }
 
     #[test]
     fn large_appends_are_cut_to_what_fits() {
