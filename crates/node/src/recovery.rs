@@ -109,12 +109,14 @@ fn build_new_store(data_dir: &Path, me: &str, addr: &str, now: u64) -> Result<Ne
         // the old store, so build again from it.
         std::fs::remove_file(&new).with_context(|| format!("removing {}", new.display()))?;
     }
-    let recovered = flotilla_raft::storage::recovered_state(&path).with_context(|| {
-        format!(
-            "force-new-cluster: if an earlier version moved the store aside, move the newest {}/raft.redb.before-force-new-cluster-* back to raft.redb and start again",
+    if !path.exists() {
+        anyhow::bail!(
+            "force-new-cluster: {} is missing; if an earlier version moved it aside, move the newest {}/raft.redb.before-force-new-cluster-* back to raft.redb and start again",
+            path.display(),
             data_dir.display()
-        )
-    })?;
+        );
+    }
+    let recovered = flotilla_raft::storage::recovered_state(&path)?;
     let mut state = recovered.state;
     let group = new_group(&mut state, me, now, flotilla_types::new_id(rand::random()))?;
     flotilla_raft::storage::seed(&new, &state, group.raft_id, addr)?;
