@@ -163,7 +163,10 @@ async fn wait_pending(
                     return Ok(since.elapsed());
                 }
                 if pending > want {
-                    bail!("{} holds {pending} pending tasks, more than the {want} wanted", node.name);
+                    bail!(
+                        "{} holds {pending} pending tasks, more than the {want} wanted",
+                        node.name
+                    );
                 }
                 last = format!("{pending} pending");
             }

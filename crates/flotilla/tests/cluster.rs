@@ -815,3 +815,125 @@ fn a_manager_that_left_serves_its_client_api_after_init() -> Result<()> {
     assert!(again.iter().any(|(_, a)| *a == api), "{again:?}");
     Ok(())
 }
+
+/// A manager whose raft store is lost must not start raft again under its
+/// old raft ID: with an empty log and no vote it could vote twice in one
+/// term. It refuses to start and says what to do (issue 9, defect 7).
+#[test]
+fn a_manager_that_lost_its_raft_store_refuses_its_old_raft_id() -> Result<()> {
+    let m1 = start_named("m1")?;
+    m1.ok(&["init"])?;
+    let _m2 = joined(&m1, "m2", "manager")?;
+    let mut m3 = joined(&m1, "m3", "manager")?;
+    wait_until("3 managers", Duration::from_secs(10), || {
+        let info = m1.ok(&["info", "--format", "json"])?.json()?;
+        Ok((info["managers"] == 3).then_some(()))
+    })?;
+    m3.kill9()?;
+    std::fs::remove_file(m3.data_dir().join("raft.redb"))?;
+    let err = match m3.restart() {
+        Ok(()) => String::new(),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("raft.redb is missing") && err.contains("join again as a new manager"),
+        "the daemon must refuse to start: {err}"
+    );
+    assert!(err.contains("exited early with exit status: 1"), "{err}");
+    assert!(!m3.data_dir().join("raft.redb").exists(), "nothing created");
+    // The two others keep a quorum and take writes.
+    m1.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "0",
+        "-d",
+        "--",
+        "sleep",
+        "1",
+    ])?;
+    Ok(())
+}
+
+/// A free loopback port, for a daemon that must keep its address across
+/// force-new-cluster's restart.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Every log of a daemon's runs, joined.
+fn all_logs(d: &Daemon) -> String {
+    let mut out = String::new();
+    for i in 1..10 {
+        if let Ok(t) = std::fs::read_to_string(d.data_dir().join(format!("daemon-{i}.log"))) {
+            out.push_str(&t);
+        }
+    }
+    out
+}
+
+/// After force-new-cluster, the managers it removed still hold valid
+/// certificates and the old group's store, and are a majority of that
+/// group: their raft messages reach the survivor at its old address. They
+/// carry the old cluster epoch and are refused (issue 9, defect 4).
+#[test]
+fn managers_removed_by_force_new_cluster_are_refused_by_the_new_group() -> Result<()> {
+    let port = free_port()?;
+    let m1 = Daemon::start_with(bin(), &format!("127.0.0.1:{port}"), &["--name", "m1"])?;
+    m1.ok(&["init"])?;
+    let mut m2 = joined(&m1, "m2", "manager")?;
+    let mut m3 = joined(&m1, "m3", "manager")?;
+    let w1 = joined(&m1, "w1", "worker")?;
+    wait_until("3 managers", Duration::from_secs(10), || {
+        let info = m1.ok(&["info", "--format", "json"])?.json()?;
+        Ok((info["managers"] == 3).then_some(()))
+    })?;
+    let generation = |d: &Daemon| -> Result<u64> {
+        let text = std::fs::read_to_string(d.data_dir().join("node.json"))?;
+        let v: Value = serde_json::from_str(&text)?;
+        Ok(v["epoch"]["generation"].as_u64().unwrap_or(0))
+    };
+    assert_eq!(generation(&w1)?, 1, "the worker got the epoch at its join");
+    m2.kill9()?;
+    m3.kill9()?;
+    m1.ok(&["init", "--force-new-cluster"])?;
+    // The worker follows the survivor, and from then on the new epoch.
+    wait_until(
+        "the worker to follow the new epoch",
+        Duration::from_secs(10),
+        || Ok((generation(&w1)? == 2).then_some(())),
+    )?;
+    // The old group's majority comes back and elects a leader among itself.
+    m2.restart()?;
+    m3.restart()?;
+    wait_until(
+        "the survivor to refuse the old group's raft messages",
+        Duration::from_secs(15),
+        || {
+            let logs = format!("{}{}", all_logs(&m2), all_logs(&m3));
+            Ok(logs
+                .contains("refused: the sender is in cluster epoch")
+                .then_some(()))
+        },
+    )?;
+    let info = m1.ok(&["info", "--format", "json"])?.json()?;
+    assert_eq!(info["is_leader"], true, "{info}");
+    assert_eq!(info["managers"], 1, "{info}");
+    m1.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "0",
+        "-d",
+        "--",
+        "sleep",
+        "1",
+    ])?;
+    Ok(())
+}

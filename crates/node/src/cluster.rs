@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -14,12 +14,12 @@ use axum::{Extension, Json, Router};
 use flotilla_pki::{Ca, CaMaterial, Role};
 use flotilla_store::Command;
 use flotilla_transport::{ErrorBody, Peer};
-use flotilla_types::NodeRole;
+use flotilla_types::{Epoch, NodeRole};
 
 use super::dispatcher::{manager_addrs, SessionError};
 use super::wire::{AddManager, JoinRequest, JoinResponse, SessionRequest, SessionResponse};
 use super::{now_ms, Member, CERT_VALIDITY};
-use flotilla_raft::network::paths;
+use flotilla_raft::network::{paths, EpochQuery};
 use flotilla_raft::TypeConfig;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
 
@@ -143,12 +143,41 @@ fn manager_call(m: &Member, peer: &Peer) -> Result<Arc<flotilla_raft::RaftNode>,
     })
 }
 
+/// A raft message from a member of another raft group of this cluster (a
+/// manager removed by force-new-cluster) is refused. A member that holds
+/// no cluster yet (a manager that just joined) takes what comes: its
+/// state arrives that way.
+fn same_group(mine: Option<&Epoch>, query: &EpochQuery) -> Result<(), ClusterError> {
+    let theirs: Epoch = query
+        .epoch
+        .parse()
+        .map_err(|e: flotilla_types::EpochError| ClusterError::BadRequest(e.to_string()))?;
+    match mine {
+        None => Ok(()),
+        Some(mine) => mine
+            .admits_peer(&theirs)
+            .map_err(|e| ClusterError::Forbidden(e.to_string())),
+    }
+}
+
+/// [`same_group`] with the member's epoch.
+fn raft_of_group(
+    m: &Member,
+    peer: &Peer,
+    query: &EpochQuery,
+) -> Result<Arc<flotilla_raft::RaftNode>, ClusterError> {
+    let raft = manager_call(m, peer)?;
+    same_group(raft.epoch().as_ref(), query)?;
+    Ok(raft)
+}
+
 async fn raft_append(
     State(m): Ctx,
     Extension(peer): Extension<Peer>,
+    Query(epoch): Query<EpochQuery>,
     req: Result<Json<AppendEntriesRequest<TypeConfig>>, JsonRejection>,
 ) -> Result<Response, ClusterError> {
-    let raft = manager_call(&m, &peer)?;
+    let raft = raft_of_group(&m, &peer, &epoch)?;
     let rpc = body(req)?;
     Ok(Json(raft.raft().append_entries(rpc).await).into_response())
 }
@@ -156,9 +185,10 @@ async fn raft_append(
 async fn raft_vote(
     State(m): Ctx,
     Extension(peer): Extension<Peer>,
+    Query(epoch): Query<EpochQuery>,
     req: Result<Json<VoteRequest<u64>>, JsonRejection>,
 ) -> Result<Response, ClusterError> {
-    let raft = manager_call(&m, &peer)?;
+    let raft = raft_of_group(&m, &peer, &epoch)?;
     let rpc = body(req)?;
     Ok(Json(raft.raft().vote(rpc).await).into_response())
 }
@@ -166,9 +196,10 @@ async fn raft_vote(
 async fn raft_snapshot(
     State(m): Ctx,
     Extension(peer): Extension<Peer>,
+    Query(epoch): Query<EpochQuery>,
     body: axum::body::Bytes,
 ) -> Result<Response, ClusterError> {
-    let raft = manager_call(&m, &peer)?;
+    let raft = raft_of_group(&m, &peer, &epoch)?;
     let (chunk, data): (flotilla_raft::network::SnapshotChunk, &[u8]) =
         flotilla_transport::frame::decode(&body)
             .map_err(|e| ClusterError::BadRequest(format!("invalid snapshot chunk: {e}")))?;
@@ -269,7 +300,11 @@ async fn add_manager(
     req: Result<Json<AddManager>, JsonRejection>,
 ) -> Result<Json<()>, ClusterError> {
     let raft = manager_call(&m, &peer)?;
-    let req = body(req)?;
+    let mut req = body(req)?;
+    if req.node_id.is_empty() {
+        // An older node: its certificate says who it is.
+        req.node_id = manager_peer(&peer)?.node_id.clone();
+    }
     if !raft.is_leader() {
         use super::session::LeaderFinder;
         let addr = m
@@ -287,6 +322,14 @@ async fn add_manager(
             .await
             .map(Json)
             .map_err(|e| ClusterError::Unavailable(e.to_string()));
+    }
+    {
+        let state = raft.state();
+        let state = state
+            .read()
+            .map_err(|_| ClusterError::Internal("state lock poisoned".into()))?;
+        crate::control::cluster::addable_manager(&state, &req.node_id, req.raft_id)
+            .map_err(ClusterError::Forbidden)?;
     }
     tracing::info!(raft_id = req.raft_id, addr = %req.addr, "adding a manager to the raft group");
     raft.add_voter(req.raft_id, &req.addr)
@@ -345,6 +388,7 @@ async fn join(
         cert_pem,
         ca_pem: cluster.ca_cert_pem,
         managers,
+        epoch: cluster.epoch,
     }))
 }
 
@@ -369,14 +413,58 @@ async fn session(
             "this node is a worker: it has no dispatcher".into(),
         ));
     };
+    // An agent that follows a newer raft group of this cluster never comes
+    // back to a manager that force-new-cluster left behind.
+    let epoch = m.raft.as_ref().and_then(|r| r.epoch()).unwrap_or_default();
+    epoch
+        .admits_agent(&req.epoch)
+        .map_err(|e| ClusterError::Forbidden(e.to_string()))?;
     dispatcher
         .session(req)
         .await
-        .map(Json)
+        .map(|mut answer| {
+            answer.epoch = epoch;
+            Json(answer)
+        })
         .map_err(|e| match e {
             SessionError::UnknownNode(_) | SessionError::WrongNode { .. } => {
                 ClusterError::Forbidden(e.to_string())
             }
             other => ClusterError::Unavailable(other.to_string()),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(epoch: &str) -> EpochQuery {
+        EpochQuery {
+            epoch: epoch.into(),
+        }
+    }
+
+    #[test]
+    fn raft_messages_of_another_epoch_are_refused() {
+        let new = Epoch::first("b".into()).next("c".into());
+        let mine = Some(&new);
+        assert!(same_group(mine, &query(&new.to_string())).is_ok());
+        let refused = same_group(mine, &query("1-b")).err();
+        assert!(
+            matches!(&refused, Some(ClusterError::Forbidden(m)) if m.contains("cluster epoch 1-b")),
+            "{refused:?}"
+        );
+        // A sender of an older version, or of a group from before epochs,
+        // sends none: refused by a group that has one.
+        assert!(same_group(mine, &query("")).is_err());
+        // Members of a store from before epochs still talk.
+        assert!(same_group(Some(&Epoch::default()), &query("")).is_ok());
+        // A manager that just joined holds no cluster yet: its state comes
+        // this way.
+        assert!(same_group(None, &query("2-c")).is_ok());
+        assert!(matches!(
+            same_group(mine, &query("not an epoch")),
+            Err(ClusterError::BadRequest(_))
+        ));
+    }
 }

@@ -160,6 +160,7 @@ impl Dispatcher {
             managers,
             role: None,
             raft_id: 0,
+            epoch: Default::default(),
         }
     }
 
@@ -235,6 +236,7 @@ impl Dispatcher {
                     managers,
                     role,
                     raft_id,
+                    epoch: Default::default(),
                 });
             }
             let changed = tokio::time::timeout_at(deadline, applied.changed()).await;
@@ -246,6 +248,7 @@ impl Dispatcher {
                     managers,
                     role,
                     raft_id,
+                    epoch: Default::default(),
                 });
             }
         }
@@ -373,6 +376,7 @@ mod tests {
             api_addr: String::new(),
             version: "test".into(),
             role: Some(NodeRole::Manager),
+            epoch: Default::default(),
         }
     }
 

@@ -16,6 +16,12 @@ pub enum IdentityError {
     },
     #[error("{path} is damaged ({reason}); refusing to start rather than forget the cluster")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("cannot start: {path} is missing, but node.json says this manager already ran raft as member {raft_id} and may have voted; it must not start again under that ID with an empty log. Remove it from the cluster on another manager ('flotilla node rm --force {node_id}'), move this data dir aside and join again as a new manager")]
+    LostRaftStore {
+        path: PathBuf,
+        raft_id: u64,
+        node_id: String,
+    },
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -35,6 +41,38 @@ pub struct Identity {
     /// its session with one of them after a restart.
     #[serde(default)]
     pub managers: Vec<String>,
+    /// The raft ID under which this node has started raft (0: never). Set
+    /// before raft first starts, so that a manager whose raft store is
+    /// lost is not started again under an ID it may have voted with
+    /// ([`check_raft_store`]). Absent in node.json of older versions.
+    #[serde(default)]
+    pub raft_member: u64,
+    /// The cluster epoch (raft group) this node follows: from `init`,
+    /// `join` or force-new-cluster, and from the dispatcher's answers.
+    /// Absent in node.json of older versions.
+    #[serde(default)]
+    pub epoch: flotilla_types::Epoch,
+}
+
+/// Whether a manager may start raft under `identity.raft_id` on the data
+/// dir, given whether its raft store exists. A store that exists is
+/// resumed; a missing one is fine only if raft never ran under this ID
+/// (a new manager, or a promoted one, starts empty). A manager that ran
+/// raft and lost its store would start with an empty log and no vote, and
+/// could vote twice in one term: refused.
+pub fn check_raft_store(
+    data_dir: &Path,
+    identity: &Identity,
+    store_exists: bool,
+) -> Result<(), IdentityError> {
+    if !store_exists && identity.raft_id != 0 && identity.raft_member == identity.raft_id {
+        return Err(IdentityError::LostRaftStore {
+            path: data_dir.join("raft.redb"),
+            raft_id: identity.raft_id,
+            node_id: identity.node_id.clone(),
+        });
+    }
+    Ok(())
 }
 
 fn path(data_dir: &Path) -> PathBuf {
@@ -85,6 +123,8 @@ mod tests {
             node_id: "n".into(),
             raft_id: 1,
             managers: vec![],
+            raft_member: 1,
+            epoch: Default::default(),
         };
         store(dir.path(), &id).expect("store");
         assert_eq!(load(dir.path()).expect("load"), Some(id));
@@ -94,5 +134,51 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("damaged"), "{err}");
+    }
+
+    #[test]
+    fn an_older_node_json_loads_without_the_new_fields() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("node.json"),
+            br#"{"cluster_id":"c","node_id":"n","raft_id":3}"#,
+        )
+        .expect("write");
+        let id = load(dir.path()).expect("load").expect("some");
+        assert_eq!(id.raft_member, 0);
+    }
+
+    #[test]
+    fn a_manager_that_ran_raft_and_lost_its_store_is_refused() {
+        let dir = Path::new("/data");
+        let mut id = Identity {
+            cluster_id: "c".into(),
+            node_id: "n1".into(),
+            raft_id: 3,
+            managers: vec![],
+            raft_member: 3,
+            epoch: Default::default(),
+        };
+        assert!(
+            check_raft_store(dir, &id, true).is_ok(),
+            "a store is resumed"
+        );
+        let err = check_raft_store(dir, &id, false)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("/data/raft.redb is missing"), "{err}");
+        assert!(err.contains("member 3"), "{err}");
+        assert!(err.contains("node rm --force n1"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+        // Never ran raft under this ID (joined or promoted, then stopped
+        // before raft started): it starts empty.
+        id.raft_member = 2;
+        assert!(check_raft_store(dir, &id, false).is_ok());
+        id.raft_member = 0;
+        assert!(check_raft_store(dir, &id, false).is_ok());
+        // A worker has no raft.
+        id.raft_id = 0;
+        assert!(check_raft_store(dir, &id, false).is_ok());
     }
 }

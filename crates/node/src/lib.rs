@@ -232,7 +232,7 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
     if let Some(mut identity) = identity {
         let forced = config.data_dir.join(FORCE_MARKER).exists();
         if forced {
-            rewrite_for_new_cluster(&config.data_dir, &mut identity)?;
+            rewrite_for_new_cluster(&config.data_dir, &mut identity, &ctx.cluster_addr())?;
         }
         let tls = tls.with_context(|| {
             format!(
@@ -241,19 +241,20 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
             )
         })?;
         let raft = if tls.identity()?.role == Role::Manager {
+            let store_exists = config.data_dir.join("raft.redb").exists();
+            identity::check_raft_store(&config.data_dir, &identity, store_exists)?;
+            if identity.raft_member != identity.raft_id {
+                // From now on raft may vote under this ID.
+                identity.raft_member = identity.raft_id;
+                identity::store(&config.data_dir, &identity)?;
+            }
             Some(ctx.start_raft(&tls, identity.raft_id).await?)
         } else {
             None
         };
         if let Some(r) = raft.as_ref().filter(|_| forced) {
-            if !r.is_initialized() {
-                // A store seeded by --force-new-cluster: start the new group,
-                // and snapshot at once, because the seeded state is in no
-                // log entry and members that join must get it whole.
-                r.initialize_single(&ctx.cluster_addr()).await?;
-                r.wait_leader(Duration::from_secs(10)).await?;
-                r.compact(Duration::from_secs(10)).await?;
-            }
+            // The seeded store's only voter elects itself.
+            r.wait_leader(Duration::from_secs(10)).await?;
         }
         let member = ctx.make_member(identity, tls, raft)?;
         ctx.enter(&mut *ctx.phase.lock().await, member, vec![])

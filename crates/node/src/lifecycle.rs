@@ -279,6 +279,9 @@ impl NodeCtx {
             node_id: node_id.clone(),
             raft_id: 1,
             managers: vec![self.cluster_addr()],
+            // Written after raft starts; init fails if node.json is missing.
+            raft_member: 1,
+            epoch: flotilla_types::Epoch::first(flotilla_types::new_id(rand::random())),
         };
         let now = now_ms();
         let node = Node {
@@ -319,6 +322,7 @@ impl NodeCtx {
             ca_key_pem: ca_material.key_pem,
             worker_secret: secret(),
             manager_secret: secret(),
+            epoch: identity.epoch.clone(),
             ..Cluster::bare(cluster_id, now)
         };
         raft.propose(Command::InitCluster { cluster, node })
@@ -394,6 +398,9 @@ impl NodeCtx {
             node_id: answer.node_id,
             raft_id: answer.raft_id,
             managers: answer.managers.clone(),
+            // Raft starts right after node.json is written (a manager).
+            raft_member: answer.raft_id,
+            epoch: answer.epoch.clone(),
         };
         tls.store(&self.data_dir).map_err(failed)?;
         identity::store(&self.data_dir, &identity).map_err(failed)?;

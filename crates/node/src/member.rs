@@ -175,6 +175,7 @@ impl NodeCtx {
             finder: member.clone(),
             managers: known.clone(),
             role: member.role,
+            epoch: member.identity.epoch.clone(),
             data_dir: Some(self.data_dir.clone()),
             role_changed: role_tx,
         };
@@ -262,6 +263,7 @@ pub(crate) async fn ask_to_be_added(
     let request = wire::AddManager {
         raft_id: member.identity.raft_id,
         addr,
+        node_id: member.identity.node_id.clone(),
     };
     let mut i = 0usize;
     loop {

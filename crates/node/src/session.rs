@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use flotilla_agent::{Assignments, TaskReport};
 use flotilla_store::TaskStatusUpdate;
 use flotilla_transport::{ClusterClient, Target};
-use flotilla_types::NodeRole;
+use flotilla_types::{Epoch, NodeRole};
 
 use super::dispatcher::{Dispatcher, LONG_POLL};
 use super::wire::{SessionRequest, SessionResponse};
@@ -38,6 +38,9 @@ pub struct SessionClient {
     pub managers: Vec<String>,
     /// The role this node's certificate states.
     pub role: NodeRole,
+    /// The cluster epoch this node follows; a newer one from a
+    /// dispatcher's answer replaces it (and is recorded in node.json).
+    pub epoch: Epoch,
     /// Where `node.json` is, to record the managers' addresses.
     pub data_dir: Option<std::path::PathBuf>,
     /// Told once when the store gives this node another role (promote or
@@ -82,6 +85,7 @@ impl SessionClient {
                 api_addr: self.api_addr.clone(),
                 version: VERSION.to_string(),
                 role: Some(self.role),
+                epoch: self.epoch.clone(),
             };
             let local = self.finder.local();
             // This node's own address is never a useful remote target: if
@@ -150,6 +154,20 @@ impl SessionClient {
                 }
                 Outcome::Answer(answer) => {
                     failures = 0;
+                    // The manager admitted this epoch, so its own is the
+                    // one to follow (none: in process, or an older one).
+                    if answer.epoch != Epoch::default() && answer.epoch != self.epoch {
+                        tracing::info!(from = %self.epoch, to = %answer.epoch, "following the cluster epoch of the managers");
+                        self.epoch = answer.epoch.clone();
+                        if let Some(dir) = &self.data_dir {
+                            if let Ok(Some(mut identity)) = super::identity::load(dir) {
+                                identity.epoch = self.epoch.clone();
+                                if let Err(e) = super::identity::store(dir, &identity) {
+                                    tracing::warn!(error = %e, "cannot record the cluster epoch");
+                                }
+                            }
+                        }
+                    }
                     if let Some(role) = answer.role {
                         if role != self.role {
                             tracing::info!(from = %self.role, to = %role, "this node's role changed");

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use flotilla_store::TaskStatusUpdate;
-use flotilla_types::{NodeRole, Task};
+use flotilla_types::{Epoch, NodeRole, Task};
 
 /// `POST /join/v1/join`: a node with a token asks to join.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -41,6 +41,9 @@ pub struct JoinResponse {
     pub ca_pem: String,
     /// Cluster addresses of the managers.
     pub managers: Vec<String>,
+    /// The cluster epoch (none from older managers).
+    #[serde(default)]
+    pub epoch: Epoch,
 }
 
 /// `POST /cluster/v1/session`: an agent's heartbeat, carrying status
@@ -59,6 +62,9 @@ pub struct SessionRequest {
     /// sent send nothing or `""`.
     #[serde(default, with = "empty_as_none")]
     pub role: Option<NodeRole>,
+    /// The cluster epoch the agent follows (none from older nodes).
+    #[serde(default)]
+    pub epoch: Epoch,
 }
 
 /// The dispatcher's answer.
@@ -78,6 +84,11 @@ pub struct SessionResponse {
     pub role: Option<NodeRole>,
     #[serde(default)]
     pub raft_id: u64,
+    /// The cluster epoch of the manager that answers (set by the cluster
+    /// endpoint; none in process or from older managers): the agent
+    /// follows it from then on.
+    #[serde(default)]
+    pub epoch: Epoch,
 }
 
 /// `POST /cluster/v1/renew`: a node asks for a new certificate for the
@@ -108,6 +119,10 @@ pub struct NodeAssignments {
 pub struct AddManager {
     pub raft_id: u64,
     pub addr: String,
+    /// The node that asks; empty from older nodes (the caller's
+    /// certificate says), filled in by a manager that forwards the request.
+    #[serde(default)]
+    pub node_id: String,
 }
 
 /// An optional role that older nodes write as `""` for none: read `""`,

@@ -15,6 +15,11 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, SnapshotMeta, Vote};
 
+use std::sync::{Arc, OnceLock, RwLock};
+
+use flotilla_store::State;
+use flotilla_types::Epoch;
+
 use crate::TypeConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -81,11 +86,13 @@ impl RaftNetwork<TypeConfig> for LocalOnly {
 #[derive(Debug, Clone)]
 pub struct HttpNetwork {
     client: flotilla_transport::ClusterClient,
+    /// The cluster epoch each message carries.
+    epoch: EpochSource,
 }
 
 impl HttpNetwork {
-    pub fn new(client: flotilla_transport::ClusterClient) -> Self {
-        HttpNetwork { client }
+    pub fn new(client: flotilla_transport::ClusterClient, epoch: EpochSource) -> Self {
+        HttpNetwork { client, epoch }
     }
 }
 
@@ -95,6 +102,65 @@ pub struct HttpMember {
     client: flotilla_transport::ClusterClient,
     target: u64,
     addr: String,
+    epoch: EpochSource,
+}
+
+/// The cluster epoch of `state` (the default before it holds a cluster,
+/// or in a store of an older version).
+pub fn epoch_of(state: &State) -> Epoch {
+    state
+        .cluster
+        .as_ref()
+        .map(|c| c.epoch.clone())
+        .unwrap_or_default()
+}
+
+/// A member's cluster epoch, read from its state until the state holds a
+/// cluster, and kept from then on: it never changes while the process
+/// runs (force-new-cluster restarts it), and raft messages, sent and
+/// received, must not wait for the state's lock, which applies hold.
+#[derive(Debug, Clone)]
+pub struct EpochSource {
+    state: Arc<RwLock<State>>,
+    known: Arc<OnceLock<Epoch>>,
+}
+
+impl EpochSource {
+    pub fn new(state: Arc<RwLock<State>>) -> Self {
+        EpochSource {
+            state,
+            known: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The epoch; `None` while the state holds no cluster (a manager that
+    /// just joined).
+    pub fn get(&self) -> Option<Epoch> {
+        if let Some(e) = self.known.get() {
+            return Some(e.clone());
+        }
+        let state = match self.state.read() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        let epoch = state.cluster.as_ref()?.epoch.clone();
+        Some(self.known.get_or_init(|| epoch).clone())
+    }
+}
+
+/// The query string of a raft message: `?epoch=GENERATION-ID`, so that a
+/// member of another raft group of the cluster is refused
+/// ([`Epoch::admits_peer`]). Senders of older versions send none, which
+/// reads as the default epoch.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct EpochQuery {
+    #[serde(default)]
+    pub epoch: String,
+}
+
+/// `path` with the sender's epoch as its query.
+pub fn with_epoch(path: &str, epoch: &Epoch) -> String {
+    format!("{path}?epoch={epoch}")
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
@@ -105,6 +171,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
             client: self.client.clone(),
             target,
             addr: node.addr.clone(),
+            epoch: self.epoch.clone(),
         }
     }
 }
@@ -186,6 +253,11 @@ pub mod paths {
 }
 
 impl HttpMember {
+    /// `path` with this member's epoch.
+    fn path(&self, path: &str) -> String {
+        with_epoch(path, &self.epoch.get().unwrap_or_default())
+    }
+
     async fn call<Req, Resp, E>(
         &self,
         path: &str,
@@ -197,12 +269,13 @@ impl HttpMember {
         Resp: serde::de::DeserializeOwned,
         E: std::error::Error + serde::de::DeserializeOwned,
     {
+        let path = self.path(path);
         let answer: Result<Result<Resp, E>, flotilla_transport::TransportError> = self
             .client
             .post(
                 flotilla_transport::Target::Manager,
                 &self.addr,
-                path,
+                &path,
                 rpc,
                 option.hard_ttl(),
             )
@@ -257,12 +330,13 @@ impl RaftNetwork<TypeConfig> for HttpMember {
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
         let (chunk, data) = SnapshotChunk::of(rpc);
+        let path = self.path(paths::SNAPSHOT);
         let answer = self
             .client
             .post_frame(
                 flotilla_transport::Target::Manager,
                 &self.addr,
-                paths::SNAPSHOT,
+                &path,
                 &chunk,
                 &data,
                 option.hard_ttl(),
@@ -283,6 +357,25 @@ impl RaftNetwork<TypeConfig> for HttpMember {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_epoch_is_read_once_the_state_holds_a_cluster_and_kept() {
+        let state = Arc::new(RwLock::new(State::default()));
+        let source = EpochSource::new(state.clone());
+        assert_eq!(source.get(), None, "a manager that just joined");
+        let epoch = Epoch::first("abc".into());
+        if let Ok(mut s) = state.write() {
+            s.cluster = Some(flotilla_types::Cluster {
+                epoch: epoch.clone(),
+                ..flotilla_types::Cluster::bare("c", 1)
+            });
+        }
+        assert_eq!(source.get(), Some(epoch.clone()));
+        // Kept: no lock is taken again.
+        let _held = state.write();
+        assert_eq!(source.clone().get(), Some(epoch.clone()));
+        assert_eq!(with_epoch(paths::VOTE, &epoch), "/raft/v1/vote?epoch=1-abc");
+    }
 
     #[test]
     fn large_appends_are_cut_to_what_fits() {

@@ -91,6 +91,7 @@ pub struct RaftNode {
     applied: watch::Receiver<u64>,
     write_timeout: Duration,
     initialized: std::sync::atomic::AtomicBool,
+    epoch: crate::network::EpochSource,
 }
 
 impl RaftNode {
@@ -148,8 +149,9 @@ impl RaftNode {
         .validate()
         .map_err(|e| RaftError::Start(e.to_string()))?;
         let config = Arc::new(config);
+        let epoch = crate::network::EpochSource::new(state.clone());
         let raft = match client {
-            Some(c) => Raft::new(id, config, HttpNetwork::new(c), log, sm).await,
+            Some(c) => Raft::new(id, config, HttpNetwork::new(c, epoch.clone()), log, sm).await,
             None => Raft::new(id, config, LocalOnlyNetwork, log, sm).await,
         }
         .map_err(|e| RaftError::Start(e.to_string()))?;
@@ -160,6 +162,7 @@ impl RaftNode {
             applied,
             write_timeout: timings.write_timeout,
             initialized: std::sync::atomic::AtomicBool::new(had_log),
+            epoch,
         })
     }
 
@@ -176,6 +179,12 @@ impl RaftNode {
     /// The replicated state; read it, never write it.
     pub fn state(&self) -> Arc<RwLock<State>> {
         self.state.clone()
+    }
+
+    /// This member's cluster epoch; `None` while its state holds no
+    /// cluster (a manager that just joined).
+    pub fn epoch(&self) -> Option<flotilla_types::Epoch> {
+        self.epoch.get()
     }
 
     /// Watch of the last applied raft index.

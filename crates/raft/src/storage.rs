@@ -699,10 +699,16 @@ impl NoSig for StorageIOError<u64> {
     }
 }
 
-/// Writes `state` as the contents of a fresh store at `path`, with no raft
-/// log and no membership: the start of a new raft group that keeps the old
-/// group's data (`init --force-new-cluster`). Fails if `path` exists.
-pub fn seed(path: &Path, state: &State) -> Result<(), OpenError> {
+/// Writes `state` as the contents of a fresh store at `path`: the start of
+/// a new raft group that keeps the old group's data
+/// (`init --force-new-cluster`). The store is complete when this returns
+/// (one durable transaction): the state, as if the group's first entry
+/// (index 0, the one `initialize` writes) had been applied and purged,
+/// with `raft_id` at `addr` as its only voter, and a snapshot of it, so
+/// that managers that join later receive the state whole. Nothing else has
+/// to happen at start: the only voter elects itself. Fails if `path`
+/// exists.
+pub fn seed(path: &Path, state: &State, raft_id: u64, addr: &str) -> Result<(), OpenError> {
     let shown = path.display().to_string();
     if path.exists() {
         return Err(OpenError::Corrupt {
@@ -710,23 +716,259 @@ pub fn seed(path: &Path, state: &State) -> Result<(), OpenError> {
             reason: "refusing to seed over an existing store".into(),
         });
     }
-    let (_log, sm) = open(path)?;
+    let (_log, mut sm) = open(path)?;
     let fail = |e: AnyError| OpenError::Corrupt {
         path: shown.clone(),
         reason: e.to_string(),
     };
+    let first = LogId::default();
+    let voters = BTreeSet::from([raft_id]);
+    let nodes = std::collections::BTreeMap::from([(raft_id, BasicNode::new(addr))]);
+    sm.last_applied = Some(first);
+    sm.membership =
+        StoredMembership::new(Some(first), openraft::Membership::new(vec![voters], nodes));
+    let mut state = state.clone();
+    state.index = 0;
+    let meta = SnapshotMeta {
+        last_log_id: Some(first),
+        last_membership: sm.membership.clone(),
+        snapshot_id: "0-seed".to_string(),
+    };
+    let data = encode_snapshot(&SnapshotPayload {
+        state: state.clone(),
+    })
+    .map_err(fail)?;
+    let meta_bytes = encode(&meta).map_err(fail)?;
+    let purged = encode(&first).map_err(fail)?;
+    let committed = encode(&Some(first)).map_err(fail)?;
     {
         let mut shared = sm
             .shared
             .write()
             .map_err(|_| fail(AnyError::error("state lock poisoned")))?;
         *shared = state.clone();
-        shared.index = 0;
     }
+    run_blocking(|| -> Result<(), AnyError> {
+        let mut txn = sm.db.begin_write().map_err(any)?;
+        txn.set_durability(Durability::Immediate).map_err(any)?;
+        {
+            let mut snap = txn.open_table(SNAPSHOT).map_err(any)?;
+            snap.insert(KEY_SNAP_META, meta_bytes.as_slice())
+                .map_err(any)?;
+            snap.insert(KEY_SNAP_DATA, data.as_slice()).map_err(any)?;
+            let mut meta = txn.open_table(RAFT_META).map_err(any)?;
+            meta.insert(KEY_PURGED, purged.as_slice()).map_err(any)?;
+            meta.insert(KEY_COMMITTED, committed.as_slice())
+                .map_err(any)?;
+        }
+        txn.commit().map_err(any)
+    })
+    .map_err(fail)?;
     let mut all: BTreeSet<Change> = BTreeSet::new();
     all.insert(Change::Cluster);
     all.extend(state.nodes.keys().cloned().map(Change::Node));
     all.extend(state.services.keys().cloned().map(Change::Service));
     all.extend(state.tasks.keys().cloned().map(Change::Task));
     sm.persist(&all, Durability::Immediate).map_err(fail)
+}
+
+/// The command a log entry carries, if any. Recovery replays the log
+/// through this one function, so that a change of the entry's payload
+/// (a versioned envelope) changes only this.
+pub fn entry_command(entry: &Entry<TypeConfig>) -> Option<&flotilla_store::Command> {
+    match &entry.payload {
+        EntryPayload::Normal(command) => Some(command),
+        EntryPayload::Blank | EntryPayload::Membership(_) => None,
+    }
+}
+
+/// What [`recovered_state`] found in a store.
+#[derive(Debug)]
+pub struct Recovered {
+    /// The state machine's tables with every later log entry applied.
+    pub state: State,
+    /// How many log entries after the last applied one were applied.
+    pub replayed: u64,
+}
+
+/// The state a store at `path` holds for a new raft group
+/// (`init --force-new-cluster`): the state machine's tables, with every
+/// entry of the local log after the last applied one applied on top, in
+/// order. Those entries may have committed (this node acknowledged them),
+/// so they are kept, as etcd's `--force-new-cluster` commits its whole log.
+/// Fails if there is no store at `path` (it is never created here).
+pub fn recovered_state(path: &Path) -> Result<Recovered, OpenError> {
+    let shown = path.display().to_string();
+    if !path.exists() {
+        return Err(OpenError::Corrupt {
+            path: shown,
+            reason: "there is no raft store to recover".into(),
+        });
+    }
+    let (log, sm) = open(path)?;
+    let mut state = match sm.shared.read() {
+        Ok(s) => s.clone(),
+        Err(p) => p.into_inner().clone(),
+    };
+    let from = sm.last_applied.map(|l| l.index + 1).unwrap_or(0);
+    let entries = read_log_from(&log.db, from).map_err(|e| OpenError::Corrupt {
+        path: shown.clone(),
+        reason: format!("cannot read the raft log: {e}"),
+    })?;
+    let mut replayed = 0;
+    for entry in &entries {
+        state.index = entry.log_id.index;
+        if let Some(command) = entry_command(entry) {
+            // A refused command changes nothing, as on every member.
+            let _ = state.apply(entry.log_id.index, command);
+        }
+        replayed += 1;
+    }
+    Ok(Recovered { state, replayed })
+}
+
+/// Every log entry from index `from` on, in order.
+fn read_log_from(db: &Database, from: u64) -> Result<Vec<Entry<TypeConfig>>, AnyError> {
+    let txn = db.begin_read().map_err(any)?;
+    let log = txn.open_table(LOG).map_err(any)?;
+    let mut out = Vec::new();
+    for row in log.range(from..).map_err(any)? {
+        let (_, v) = row.map_err(any)?;
+        out.push(decode(v.value())?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_store::Command;
+    use flotilla_types::{Cluster, Node, ServiceSpec};
+    use openraft::CommittedLeaderId;
+
+    fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    fn manager(id: &str, raft_id: u64) -> Node {
+        Node {
+            id: id.into(),
+            raft_id,
+            name: id.into(),
+            hostname: id.into(),
+            role: flotilla_types::NodeRole::Manager,
+            availability: flotilla_types::Availability::Active,
+            labels: Default::default(),
+            state: flotilla_types::NodeState::Ready,
+            addr: String::new(),
+            api_addr: String::new(),
+            version: "test".into(),
+            resources: Default::default(),
+            platform: Default::default(),
+            created_at: 1,
+            last_seen: 1,
+        }
+    }
+
+    fn service(id: &str) -> Command {
+        Command::CreateService {
+            id: id.into(),
+            spec: ServiceSpec {
+                name: format!("web-{id}"),
+                task: flotilla_types::TaskTemplate {
+                    command: vec!["sleep".into(), "1".into()],
+                    ..Default::default()
+                },
+                ..ServiceSpec::default()
+            },
+            at: 1,
+        }
+    }
+
+    /// Writes entries into the log without applying them, as a follower's
+    /// log holds entries it acknowledged but has not applied yet.
+    fn put_log(db: &Database, entries: &[Entry<TypeConfig>]) {
+        let txn = db.begin_write().expect("write");
+        {
+            let mut log = txn.open_table(LOG).expect("log");
+            for e in entries {
+                let bytes = encode(e).expect("encode");
+                log.insert(e.log_id.index, bytes.as_slice())
+                    .expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+
+    /// A store whose state machine applied entries 1..=2 and whose log
+    /// holds 1..=4.
+    async fn store_with_unapplied_entries(path: &Path) {
+        let (log, mut sm) = open(path).expect("open");
+        let entries = vec![
+            entry(
+                1,
+                Command::InitCluster {
+                    cluster: Cluster::bare("c", 1),
+                    node: manager("m1", 1),
+                },
+            ),
+            entry(2, service("s1")),
+            entry(3, service("s2")),
+            entry(4, service("s3")),
+        ];
+        put_log(&log.db, &entries);
+        sm.apply(entries[..2].to_vec()).await.expect("apply");
+    }
+
+    #[tokio::test]
+    async fn recovery_keeps_log_entries_beyond_last_applied() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("raft.redb");
+        store_with_unapplied_entries(&path).await;
+        let recovered = recovered_state(&path).expect("recover");
+        let services: Vec<&str> = recovered
+            .state
+            .services
+            .keys()
+            .map(|s| s.as_str())
+            .collect();
+        assert_eq!(services, ["s1", "s2", "s3"]);
+        assert_eq!(recovered.replayed, 2);
+        assert_eq!(recovered.state.index, 4);
+    }
+
+    #[tokio::test]
+    async fn a_seeded_store_holds_its_state_a_snapshot_and_one_voter() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = dir.path().join("old.redb");
+        store_with_unapplied_entries(&old).await;
+        let state = recovered_state(&old).expect("recover").state;
+        let path = dir.path().join("raft.redb");
+        seed(&path, &state, 7, "10.0.0.1:4280").expect("seed");
+        assert!(
+            seed(&path, &state, 7, "x").is_err(),
+            "never seeds over a store"
+        );
+        let (mut log, mut sm) = open(&path).expect("open");
+        let services = sm.shared().read().map(|s| s.services.len()).unwrap_or(0);
+        assert_eq!(services, 3);
+        let (applied, membership) = sm.applied_state().await.expect("applied");
+        assert_eq!(applied, Some(LogId::default()));
+        let voters: Vec<u64> = membership.membership().voter_ids().collect();
+        assert_eq!(voters, [7]);
+        let snap = sm
+            .get_current_snapshot()
+            .await
+            .expect("snapshot")
+            .expect("a snapshot exists");
+        assert_eq!(snap.meta.last_log_id, Some(LogId::default()));
+        let payload: SnapshotPayload = decode(snap.snapshot.get_ref()).expect("payload");
+        assert_eq!(payload.state.services.len(), 3);
+        let st = log.get_log_state().await.expect("log state");
+        assert_eq!(st.last_purged_log_id, Some(LogId::default()));
+        assert_eq!(st.last_log_id, Some(LogId::default()));
+    }
 }

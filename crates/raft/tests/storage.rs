@@ -316,3 +316,48 @@ async fn a_snapshot_of_many_tasks_is_compact_and_installs() {
         assert_eq!(state.services.len(), 1);
     }
 }
+
+/// A store seeded for a new group (force-new-cluster) needs nothing at
+/// start: its only voter elects itself, holds the state and takes writes
+/// at indexes after the seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_store_starts_as_a_leader_with_its_state() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut state = flotilla_store::State::default();
+    let _ = state.apply(
+        1,
+        &Command::InitCluster {
+            cluster: Cluster::bare("c", 1),
+            node: node(),
+        },
+    );
+    let _ = state.apply(
+        2,
+        &Command::CreateService {
+            id: "s1".into(),
+            spec: spec("web1"),
+            at: 2,
+        },
+    );
+    storage::seed(&dir.path().join("raft.redb"), &state, 5, "").expect("seed");
+    let raft = RaftNode::start(dir.path(), 5, &fast())
+        .await
+        .expect("start");
+    assert!(raft.is_initialized());
+    raft.wait_leader(Duration::from_secs(5))
+        .await
+        .expect("the only voter elects itself");
+    assert_eq!(raft.state().read().expect("lock").services.len(), 1);
+    let (r, index) = raft
+        .propose_at(Command::CreateService {
+            id: "s2".into(),
+            spec: spec("web2"),
+            at: 3,
+        })
+        .await
+        .expect("propose");
+    assert!(r.is_ok());
+    assert!(index >= 1, "{index}");
+    assert_eq!(raft.state().read().expect("lock").services.len(), 2);
+    raft.shutdown().await;
+}

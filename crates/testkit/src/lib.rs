@@ -225,18 +225,27 @@ impl Daemon {
             .spawn()
             .context("starting flotilla daemon")?;
         self.child = Some(child);
-        wait_until(
+        // A daemon that exited fails the wait at once (an error inside the
+        // poll would only be retried until the deadline).
+        let exited = wait_until(
             "the daemon to answer on its socket",
             Duration::from_secs(15),
             || {
                 if let Some(c) = self.child.as_mut() {
                     if let Some(status) = c.try_wait()? {
-                        bail!("daemon exited early with {status}: {}", self.log_tail());
+                        return Ok(Some(Some(status)));
                     }
                 }
-                Ok((self.cli(&["info", "--format", "json"]).code == 0).then_some(()))
+                Ok((self.cli(&["info", "--format", "json"]).code == 0).then_some(None))
             },
-        )
+        )?;
+        match exited {
+            Some(status) => {
+                self.child = None;
+                bail!("daemon exited early with {status}: {}", self.log_tail())
+            }
+            None => Ok(()),
+        }
     }
 
     /// The last lines of the current daemon log.

@@ -17,9 +17,11 @@
 //! - [`validate`]: the rules a service spec follows ([`ServiceSpec::validate`]).
 //! - [`parse`]: memory sizes and command lines as people type them.
 //! - [`id`]: object IDs.
+//! - [`epoch`]: the cluster epoch (which raft group of a cluster).
 
 pub mod constraint;
 pub mod duration;
+pub mod epoch;
 pub mod id;
 pub mod name;
 pub mod node;
@@ -30,6 +32,7 @@ pub mod validate;
 
 pub use constraint::{Constraint, ConstraintError, ConstraintKey, ConstraintOp};
 pub use duration::{format_duration_ms, parse_duration_ms, DurationError};
+pub use epoch::{Epoch, EpochError};
 pub use id::{new_id, ID_LEN};
 pub use name::{validate_name, NameError};
 pub use node::{Availability, Node, NodeRole, NodeState, Platform};
@@ -94,6 +97,11 @@ pub struct Cluster {
     /// The next raft member ID to hand out. Raft IDs are never reused.
     #[serde(default = "first_raft_id")]
     pub next_raft_id: u64,
+    /// The raft group: drawn at `init`, drawn anew at each
+    /// `--force-new-cluster`; absent (the default) in stores of older
+    /// versions.
+    #[serde(default)]
+    pub epoch: Epoch,
 }
 
 fn first_raft_id() -> u64 {
@@ -112,6 +120,7 @@ impl Cluster {
             worker_secret: String::new(),
             manager_secret: String::new(),
             next_raft_id: first_raft_id(),
+            epoch: Epoch::default(),
         }
     }
 }

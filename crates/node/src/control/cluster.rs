@@ -92,6 +92,29 @@ pub fn leave_plan(state: &State, force: bool) -> Result<Leave, String> {
     Ok(Leave::LeaveRaft)
 }
 
+/// Whether the leader may add raft ID `raft_id` to the raft group for node
+/// `node_id` (`/cluster/v1/add-manager`): only the ID the store handed out
+/// to that node as a manager (at its join or promotion). An ID that was
+/// removed is in no record (a demotion sets 0, `node rm` drops the record,
+/// force-new-cluster removes the other managers), so it is refused too, and
+/// a node cannot take another's ID.
+pub fn addable_manager(state: &State, node_id: &str, raft_id: u64) -> Result<(), String> {
+    let node = state
+        .nodes
+        .get(node_id)
+        .ok_or_else(|| format!("node {node_id} is not part of this cluster"))?;
+    if node.role != NodeRole::Manager || node.raft_id == 0 {
+        return Err(format!("node {node_id} is not a manager"));
+    }
+    if node.raft_id != raft_id {
+        return Err(format!(
+            "raft ID {raft_id} is not the one handed out to node {node_id} ({}); a removed or another node's ID is never added back",
+            node.raft_id
+        ));
+    }
+    Ok(())
+}
+
 /// The join token for `role`, from the store.
 pub fn join_token(state: &State, role: NodeRole) -> Result<JoinToken, ControlError> {
     let cluster = state
@@ -143,6 +166,26 @@ mod tests {
         assert_eq!(join_role(&c, ""), None);
         // A cluster without secrets admits nobody, not everybody.
         assert_eq!(join_role(&Cluster::bare("c", 0), ""), None);
+    }
+
+    #[test]
+    fn only_the_raft_id_handed_out_to_a_manager_is_added() {
+        let mut s = cluster(&[("m1", NodeRole::Manager), ("w1", NodeRole::Worker)]);
+        let m1 = s.nodes["m1"].raft_id;
+        assert!(m1 != 0);
+        assert_eq!(addable_manager(&s, "m1", m1), Ok(()));
+        let other = addable_manager(&s, "m1", m1 + 1).err().unwrap_or_default();
+        assert!(other.contains("is not the one handed out"), "{other}");
+        let worker = addable_manager(&s, "w1", 0).err().unwrap_or_default();
+        assert!(worker.contains("not a manager"), "{worker}");
+        let gone = addable_manager(&s, "m9", m1).err().unwrap_or_default();
+        assert!(gone.contains("not part of this cluster"), "{gone}");
+        // Demoted: its old ID is removed and never comes back.
+        if let Some(n) = s.nodes.get_mut("m1") {
+            n.role = NodeRole::Worker;
+            n.raft_id = 0;
+        }
+        assert!(addable_manager(&s, "m1", m1).is_err());
     }
 
     #[test]
