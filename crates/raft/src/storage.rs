@@ -965,7 +965,7 @@ mod tests {
             .expect("snapshot")
             .expect("a snapshot exists");
         assert_eq!(snap.meta.last_log_id, Some(LogId::default()));
-        let payload: SnapshotPayload = decode(snap.snapshot.get_ref()).expect("payload");
+        let payload = decode_snapshot(snap.snapshot.get_ref()).expect("payload");
         assert_eq!(payload.state.services.len(), 3);
         let st = log.get_log_state().await.expect("log state");
         assert_eq!(st.last_purged_log_id, Some(LogId::default()));
