@@ -180,13 +180,13 @@ async fn raft_snapshot(
 async fn propose(
     State(m): Ctx,
     Extension(peer): Extension<Peer>,
-    req: Result<Json<Command>, JsonRejection>,
+    req: Result<Json<super::wire::Forwarded>, JsonRejection>,
 ) -> Result<Json<(flotilla_store::CommandResult, u64)>, ClusterError> {
     let raft = manager_call(&m, &peer)?;
-    let command = body(req)?;
+    let forwarded = body(req)?;
     // No second hop: a forwarded write that misses the leader fails, and
-    // the original caller retries.
-    raft.propose_at(command)
+    // the original caller retries (with the same request ID).
+    raft.propose_request(forwarded.command, forwarded.request)
         .await
         .map(Json)
         .map_err(|e| ClusterError::Unavailable(e.to_string()))

@@ -148,6 +148,7 @@ impl Dispatcher {
             || (!req.addr.is_empty() && node.addr != req.addr)
             || node.version != req.version
             || node.api_addr != req.api_addr
+            || node.entry_format != req.entry_format
         {
             self.proposer
                 .propose(Command::NodeSeen {
@@ -155,6 +156,7 @@ impl Dispatcher {
                     addr: req.addr.clone(),
                     api_addr: req.api_addr.clone(),
                     version: req.version.clone(),
+                    entry_format: req.entry_format,
                     at: now,
                 })
                 .await??;

@@ -11,7 +11,6 @@ use crate::{now_ms, Member, VERSION};
 use flotilla_manager::{Orchestrator, Proposer, Rebalancer, Scheduler, SystemClock};
 use flotilla_raft::RaftNode;
 use flotilla_store::Command;
-use flotilla_types::NodeState;
 
 /// Runs the manager's loops whenever this member leads, and stops them when
 /// it no longer does.
@@ -83,32 +82,33 @@ pub(crate) async fn lead_while_leader(
     }
 }
 
-/// Marks this node ready with its current name, address and version.
+/// Marks this node ready with its current name, host name and version.
+/// Field by field ([`Command::RefreshNode`]): a drain or a label change
+/// that commits between a read of the record and this write stays.
 pub(crate) async fn refresh_own_node(
     raft: Arc<RaftNode>,
     node_id: String,
     name: Option<String>,
     hostname: String,
 ) {
-    let node = {
-        let state = raft.state();
-        let state = match state.read() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
-        state.nodes.get(&node_id).cloned()
+    let refresh = Command::RefreshNode {
+        node_id,
+        // A name given with --name wins; otherwise the stored one stays (it
+        // may have been chosen at init from an older host name).
+        name,
+        hostname,
+        version: VERSION.to_string(),
+        entry_format: flotilla_store::FORMAT,
+        at: now_ms(),
     };
-    let Some(mut node) = node else { return };
-    node.state = NodeState::Ready;
-    node.last_seen = now_ms();
-    node.version = VERSION.to_string();
-    // A name given with --name wins; otherwise the stored one stays (it may
-    // have been chosen at init from an older host name).
-    if let Some(name) = name {
-        node.name = name;
-    }
-    node.hostname = hostname;
-    if let Err(e) = raft.propose(Command::UpsertNode { node }).await {
-        tracing::warn!(error = %e, "could not refresh this node's record");
+    match raft.propose(refresh).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "this node's record was not refreshed"),
+        // In a rolling upgrade: the dispatcher's NodeSeen still marks this
+        // node ready; its name and host name wait for the last manager.
+        Err(e @ flotilla_raft::RaftError::FormatNotReady { .. }) => {
+            tracing::info!(reason = %e, "this node's record is refreshed once every manager is upgraded")
+        }
+        Err(e) => tracing::warn!(error = %e, "could not refresh this node's record"),
     }
 }

@@ -82,6 +82,7 @@ impl SessionClient {
                 api_addr: self.api_addr.clone(),
                 version: VERSION.to_string(),
                 role: Some(self.role),
+                entry_format: flotilla_store::FORMAT,
             };
             let local = self.finder.local();
             // This node's own address is never a useful remote target: if

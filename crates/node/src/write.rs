@@ -98,19 +98,23 @@ pub(crate) fn forwarded_answer(
 impl Member {
     /// Proposes a command; a follower forwards it to the leader. While no
     /// leader answers, it retries until [`WRITE_BUDGET`] runs out and then
-    /// says how many managers it can reach.
+    /// says how many managers it can reach. Every try carries the same
+    /// request ID, so that a try whose answer was lost (a reset, a 503, a
+    /// leader change) and the retry apply once.
     pub async fn propose(
         &self,
         command: Command,
     ) -> Result<flotilla_store::CommandResult, ProposeFailure> {
         let raft = self.raft.as_ref().ok_or(ProposeFailure::Worker)?;
+        let request = flotilla_types::new_id(rand::random());
         let deadline = tokio::time::Instant::now() + WRITE_BUDGET;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             // Each arm either answers or falls through to a retry.
             if raft.is_leader() {
-                match tokio::time::timeout(left, raft.propose(command.clone())).await {
-                    Ok(Ok(r)) => return Ok(r),
+                let proposal = raft.propose_request(command.clone(), Some(request.clone()));
+                match tokio::time::timeout(left, proposal).await {
+                    Ok(Ok((r, _))) => return Ok(r),
                     Ok(Err(RaftError::NotLeader { .. } | RaftError::Timeout(_))) | Err(_) => {}
                     Ok(Err(e)) => return Err(e.into()),
                 }
@@ -121,7 +125,10 @@ impl Member {
                         Target::Manager,
                         &addr,
                         "/cluster/v1/propose",
-                        &command,
+                        &crate::wire::Forwarded {
+                            request: Some(request.clone()),
+                            command: command.clone(),
+                        },
                         left.max(Duration::from_millis(100)),
                     )
                     .await;

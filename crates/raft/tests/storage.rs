@@ -48,6 +48,7 @@ fn node() -> Node {
         platform: Default::default(),
         created_at: 1,
         last_seen: 1,
+        entry_format: 0,
     }
 }
 

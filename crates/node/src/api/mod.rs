@@ -110,6 +110,7 @@ impl From<RaftError> for ApiError {
             RaftError::NotLeader { .. } | RaftError::Timeout(_) => {
                 ApiError::Unavailable(e.to_string())
             }
+            RaftError::FormatNotReady { .. } => ApiError::Conflict(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -47,6 +47,7 @@ pub fn joining_node(request: &JoinRequest, node_id: &str, role: NodeRole, now: u
         platform: request.platform.clone(),
         created_at: now,
         last_seen: now,
+        entry_format: request.entry_format,
     }
 }
 
