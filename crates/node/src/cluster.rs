@@ -316,6 +316,14 @@ async fn join(
         .ok_or_else(|| ClusterError::Forbidden(crate::control::cluster::BAD_SECRET.into()))?;
     flotilla_types::validate_name(&req.name)
         .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
+    if role == NodeRole::Manager {
+        let state = raft.state();
+        let state = state
+            .read()
+            .map_err(|_| ClusterError::Internal("state lock poisoned".into()))?;
+        crate::control::cluster::reads_the_log(&req.name, req.entry_format, &state)
+            .map_err(ClusterError::Forbidden)?;
+    }
     let ca = cluster_ca(&cluster).map_err(|e| ClusterError::Internal(e.to_string()))?;
     let node_id = flotilla_types::new_id(rand::random());
     let cert_pem = ca
