@@ -141,8 +141,9 @@ pub struct Route {
 
 /// Reads of the replicated state, on a manager.
 const READ: &[u16] = &[409];
-/// Writes through raft: invalid, missing, refused, no leader or quorum.
-const WRITE: &[u16] = &[400, 404, 409, 500, 503];
+/// Writes through raft: invalid, missing, refused, no leader or quorum,
+/// committed but not yet applied on the manager that was asked (504).
+const WRITE: &[u16] = &[400, 404, 409, 500, 503, 504];
 
 const fn route(method: Method, path: &'static str, operation: Operation) -> Route {
     Route {

@@ -305,6 +305,7 @@ mod tests {
             platform: Default::default(),
             created_at: 0,
             last_seen: 0,
+            entry_format: 0,
         }
     }
 

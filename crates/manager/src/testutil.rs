@@ -26,6 +26,7 @@ pub fn node(id: &str) -> Node {
         platform: Default::default(),
         created_at: 0,
         last_seen: 0,
+        entry_format: 0,
     }
 }
 

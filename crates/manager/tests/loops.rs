@@ -169,6 +169,7 @@ fn node(id: &str) -> Node {
         platform: Default::default(),
         created_at: 0,
         last_seen: 0,
+        entry_format: 0,
     }
 }
 

@@ -211,13 +211,13 @@ async fn raft_snapshot(
 async fn propose(
     State(m): Ctx,
     Extension(peer): Extension<Peer>,
-    req: Result<Json<Command>, JsonRejection>,
+    req: Result<Json<super::wire::Forwarded>, JsonRejection>,
 ) -> Result<Json<(flotilla_store::CommandResult, u64)>, ClusterError> {
     let raft = manager_call(&m, &peer)?;
-    let command = body(req)?;
+    let forwarded = body(req)?;
     // No second hop: a forwarded write that misses the leader fails, and
-    // the original caller retries.
-    raft.propose_at(command)
+    // the original caller retries (with the same request ID).
+    raft.propose_request(forwarded.command, forwarded.request)
         .await
         .map(Json)
         .map_err(|e| ClusterError::Unavailable(e.to_string()))
@@ -359,6 +359,14 @@ async fn join(
         .ok_or_else(|| ClusterError::Forbidden(crate::control::cluster::BAD_SECRET.into()))?;
     flotilla_types::validate_name(&req.name)
         .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
+    if role == NodeRole::Manager {
+        let state = raft.state();
+        let state = state
+            .read()
+            .map_err(|_| ClusterError::Internal("state lock poisoned".into()))?;
+        crate::control::cluster::reads_the_log(&req.name, req.entry_format, &state)
+            .map_err(ClusterError::Forbidden)?;
+    }
     let ca = cluster_ca(&cluster).map_err(|e| ClusterError::Internal(e.to_string()))?;
     let node_id = flotilla_types::new_id(rand::random());
     let cert_pem = ca

@@ -190,6 +190,7 @@ impl Dispatcher {
             || (!req.addr.is_empty() && node.addr != req.addr)
             || node.version != req.version
             || node.api_addr != req.api_addr
+            || node.entry_format != req.entry_format
         {
             self.proposer
                 .propose(Command::NodeSeen {
@@ -197,6 +198,7 @@ impl Dispatcher {
                     addr: req.addr.clone(),
                     api_addr: req.api_addr.clone(),
                     version: req.version.clone(),
+                    entry_format: req.entry_format,
                     at: now,
                 })
                 .await??;
@@ -325,6 +327,7 @@ mod tests {
                 addr: ADDR.into(),
                 api_addr: String::new(),
                 version: "test".into(),
+                entry_format: 0,
                 resources: Default::default(),
                 platform: Default::default(),
                 created_at: 0,
@@ -377,6 +380,7 @@ mod tests {
             version: "test".into(),
             role: Some(NodeRole::Manager),
             epoch: Default::default(),
+            entry_format: flotilla_store::FORMAT,
         }
     }
 

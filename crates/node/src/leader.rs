@@ -26,7 +26,6 @@ use crate::{now_ms, Member, VERSION};
 use flotilla_manager::{Orchestrator, Proposer, Rebalancer, Scheduler, StoreView, SystemClock};
 use flotilla_raft::{RaftError, RaftNode};
 use flotilla_store::Command;
-use flotilla_types::NodeState;
 
 /// How long a new leader waits for a quorum to confirm it (the read
 /// index), and then for its store to apply that index, each time.
@@ -336,33 +335,34 @@ impl Supervisor {
     }
 }
 
-/// Marks this node ready with its current name, address and version.
+/// Marks this node ready with its current name, host name and version.
+/// Field by field ([`Command::RefreshNode`]): a drain or a label change
+/// that commits between a read of the record and this write stays.
 pub(crate) async fn refresh_own_node(
     raft: Arc<RaftNode>,
     node_id: String,
     name: Option<String>,
     hostname: String,
 ) {
-    let node = {
-        let state = raft.state();
-        let state = match state.read() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
-        state.nodes.get(&node_id).cloned()
+    let refresh = Command::RefreshNode {
+        node_id,
+        // A name given with --name wins; otherwise the stored one stays (it
+        // may have been chosen at init from an older host name).
+        name,
+        hostname,
+        version: VERSION.to_string(),
+        entry_format: flotilla_store::FORMAT,
+        at: now_ms(),
     };
-    let Some(mut node) = node else { return };
-    node.state = NodeState::Ready;
-    node.last_seen = now_ms();
-    node.version = VERSION.to_string();
-    // A name given with --name wins; otherwise the stored one stays (it may
-    // have been chosen at init from an older host name).
-    if let Some(name) = name {
-        node.name = name;
-    }
-    node.hostname = hostname;
-    if let Err(e) = raft.propose(Command::UpsertNode { node }).await {
-        tracing::warn!(error = %e, "could not refresh this node's record");
+    match raft.propose(refresh).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "this node's record was not refreshed"),
+        // In a rolling upgrade: the dispatcher's NodeSeen still marks this
+        // node ready; its name and host name wait for the last manager.
+        Err(e @ flotilla_raft::RaftError::FormatNotReady { .. }) => {
+            tracing::info!(reason = %e, "this node's record is refreshed once every manager is upgraded")
+        }
+        Err(e) => tracing::warn!(error = %e, "could not refresh this node's record"),
     }
 }
 

@@ -300,6 +300,7 @@ impl NodeCtx {
             platform: Platform::current(),
             created_at: now,
             last_seen: now,
+            entry_format: flotilla_store::FORMAT,
         };
         let raft = self
             .start_raft(&tls, identity.raft_id)
@@ -367,6 +368,7 @@ impl NodeCtx {
             version: VERSION.to_string(),
             resources: host::resources(),
             platform: Platform::current(),
+            entry_format: flotilla_store::FORMAT,
         };
         let answer: wire::JoinResponse = client
             .post(

@@ -196,6 +196,7 @@ mod tests {
             addr: String::new(),
             api_addr: String::new(),
             version: "test".into(),
+            entry_format: 0,
             resources: Default::default(),
             platform: Default::default(),
             created_at: 1,

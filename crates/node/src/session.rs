@@ -86,6 +86,7 @@ impl SessionClient {
                 version: VERSION.to_string(),
                 role: Some(self.role),
                 epoch: self.epoch.clone(),
+                entry_format: flotilla_store::FORMAT,
             };
             let local = self.finder.local();
             // This node's own address is never a useful remote target: if

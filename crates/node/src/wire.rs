@@ -7,6 +7,19 @@ use serde::{Deserialize, Serialize};
 use flotilla_store::TaskStatusUpdate;
 use flotilla_types::{Epoch, NodeRole, Task};
 
+/// `POST /cluster/v1/propose`: a follower forwards a client's write with
+/// the ID of the request, the same on every retry, so that the write
+/// applies once. The command's own fields are at the top level: a leader
+/// from before request IDs reads the body as the bare command and ignores
+/// `request`; a body from such a follower has none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Forwarded {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<flotilla_store::RequestId>,
+    #[serde(flatten)]
+    pub command: flotilla_store::Command,
+}
+
 /// `POST /join/v1/join`: a node with a token asks to join.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinRequest {
@@ -27,6 +40,10 @@ pub struct JoinRequest {
     pub resources: flotilla_types::Resources,
     #[serde(default)]
     pub platform: flotilla_types::Platform,
+    /// The newest raft entry format its version reads; nodes from before
+    /// the envelope send nothing (0: the bare format).
+    #[serde(default)]
+    pub entry_format: u32,
 }
 
 /// What a joining node gets back.
@@ -65,6 +82,10 @@ pub struct SessionRequest {
     /// The cluster epoch the agent follows (none from older nodes).
     #[serde(default)]
     pub epoch: Epoch,
+    /// The newest raft entry format this node's version reads (0 from
+    /// nodes from before the envelope).
+    #[serde(default)]
+    pub entry_format: u32,
 }
 
 /// The dispatcher's answer.
@@ -192,5 +213,30 @@ mod tests {
         };
         let json = serde_json::to_value(&renew).expect("serialize");
         assert_eq!(json["role"], "manager");
+    }
+
+    /// A forwarded write and leaders or followers of the version before
+    /// request IDs understand each other.
+    #[test]
+    fn a_forwarded_write_reads_as_the_bare_command_and_back() {
+        let command = flotilla_store::Command::UpdateTaskStatus {
+            updates: vec![TaskStatusUpdate {
+                task_id: "t1".into(),
+                status: flotilla_types::TaskStatus::new(flotilla_types::TaskState::Running, 5, ""),
+            }],
+        };
+        let forwarded = Forwarded {
+            request: Some("r1".into()),
+            command: command.clone(),
+        };
+        let json = serde_json::to_string(&forwarded).expect("encode");
+        let old_leader: flotilla_store::Command = serde_json::from_str(&json).expect("bare");
+        assert_eq!(old_leader, command);
+        let back: Forwarded = serde_json::from_str(&json).expect("forwarded");
+        assert_eq!(back, forwarded);
+        let old_follower = serde_json::to_string(&command).expect("encode");
+        let back: Forwarded = serde_json::from_str(&old_follower).expect("forwarded");
+        assert_eq!(back.request, None);
+        assert_eq!(back.command, command);
     }
 }

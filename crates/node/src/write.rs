@@ -58,28 +58,63 @@ pub enum ProposeFailure {
     NoLeader { reachable: usize, managers: usize },
     #[error("forwarding to the leader at {addr}: {reason}")]
     Forward { addr: String, reason: String },
+    /// The leader committed the write, but this member has not applied it
+    /// within [`APPLY_WAIT`]: a read here would not show it yet.
+    #[error(
+        "the write committed (raft index {index}) but is not yet applied on this manager \
+         after {}s; retry the read", APPLY_WAIT.as_secs()
+    )]
+    NotYetApplied { index: u64 },
 }
 
 /// How long a write may wait for a leader before it fails: long enough to
 /// ride out an election, short enough to fail fast without quorum.
 pub const WRITE_BUDGET: Duration = Duration::from_millis(1500);
 
+/// How long a follower waits to apply a write the leader committed for it
+/// before it says so instead of answering.
+pub const APPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// What a follower answers for a write it forwarded: the leader committed
+/// it at `index` with `result`; `applied_here` says whether this member
+/// applied that index within [`APPLY_WAIT`].
+pub(crate) fn forwarded_answer(
+    result: flotilla_store::CommandResult,
+    index: u64,
+    applied_here: bool,
+) -> Result<flotilla_store::CommandResult, ProposeFailure> {
+    // A refusal changed nothing, so it is true here too, caught up or not.
+    if applied_here || result.is_err() {
+        Ok(result)
+    } else {
+        tracing::warn!(
+            index,
+            "forwarded write not applied here within {APPLY_WAIT:?}"
+        );
+        Err(ProposeFailure::NotYetApplied { index })
+    }
+}
+
 impl Member {
     /// Proposes a command; a follower forwards it to the leader. While no
     /// leader answers, it retries until [`WRITE_BUDGET`] runs out and then
-    /// says how many managers it can reach.
+    /// says how many managers it can reach. Every try carries the same
+    /// request ID, so that a try whose answer was lost (a reset, a 503, a
+    /// leader change) and the retry apply once.
     pub async fn propose(
         &self,
         command: Command,
     ) -> Result<flotilla_store::CommandResult, ProposeFailure> {
         let raft = self.raft.as_ref().ok_or(ProposeFailure::Worker)?;
+        let request = flotilla_types::new_id(rand::random());
         let deadline = tokio::time::Instant::now() + WRITE_BUDGET;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             // Each arm either answers or falls through to a retry.
             if raft.is_leader() {
-                match tokio::time::timeout(left, raft.propose(command.clone())).await {
-                    Ok(Ok(r)) => return Ok(r),
+                let proposal = raft.propose_request(command.clone(), Some(request.clone()));
+                match tokio::time::timeout(left, proposal).await {
+                    Ok(Ok((r, _))) => return Ok(r),
                     Ok(Err(RaftError::NotLeader { .. } | RaftError::Timeout(_))) | Err(_) => {}
                     Ok(Err(e)) => return Err(e.into()),
                 }
@@ -90,7 +125,10 @@ impl Member {
                         Target::Manager,
                         &addr,
                         "/cluster/v1/propose",
-                        &command,
+                        &crate::wire::Forwarded {
+                            request: Some(request.clone()),
+                            command: command.clone(),
+                        },
                         left.max(Duration::from_millis(100)),
                     )
                     .await;
@@ -98,10 +136,8 @@ impl Member {
                     Ok((r, index)) => {
                         // Read your writes: the caller reads this member's
                         // state next, so wait until it has the change.
-                        if !raft.wait_applied(index, Duration::from_secs(2)).await {
-                            tracing::warn!(index, "forwarded write not applied here within 2 s");
-                        }
-                        return Ok(r);
+                        let applied = raft.wait_applied(index, APPLY_WAIT).await;
+                        return forwarded_answer(r, index, applied);
                     }
                     Err(e) if e.is_unreachable() => {}
                     Err(flotilla_transport::TransportError::Status { status: 503, .. }) => {}
@@ -192,5 +228,36 @@ impl crate::control::Writer for Member {
 
     fn leader(&self) -> Option<u64> {
         self.raft.as_ref().and_then(|r| r.leader())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_store::StoreError;
+
+    /// Issue 9, defect 10: a forwarded write the follower has not applied
+    /// was answered OK, and the caller's next read missed it.
+    #[test]
+    fn a_forwarded_write_is_ok_only_once_applied_here() {
+        let ok: flotilla_store::CommandResult = Ok(Some("s1".into()));
+        assert_eq!(forwarded_answer(ok.clone(), 7, true).expect("applied"), ok);
+        let e = forwarded_answer(ok, 7, false).expect_err("not applied here");
+        assert!(
+            matches!(e, ProposeFailure::NotYetApplied { index: 7 }),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "the write committed (raft index 7) but is not yet applied on this manager \
+             after 2s; retry the read"
+        );
+        // A refusal changed nothing: that is true whether or not this
+        // member caught up.
+        let refused: flotilla_store::CommandResult = Err(StoreError::ServiceNotFound("web".into()));
+        assert_eq!(
+            forwarded_answer(refused.clone(), 8, false).expect("refusal"),
+            refused
+        );
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! This crate owns the durable side of a manager: the raft log, the vote and
 //! the state machine, all in one redb file under the data dir, and the
-//! openraft type configuration whose log entry is [`flotilla_store::Command`].
+//! openraft type configuration whose log entry is [`flotilla_store::Envelope`]
+//! (a [`flotilla_store::Command`] with its format and request ID).
 //! It does not decide what to propose (that is the manager's job) and does
 //! not serve the client API.
 //!
@@ -34,7 +35,7 @@ pub type Response = flotilla_store::CommandResult;
 openraft::declare_raft_types!(
     /// Flotilla's raft types: commands in, command results out.
     pub TypeConfig:
-        D = flotilla_store::Command,
+        D = flotilla_store::Envelope,
         R = Response,
         NodeId = u64,
         Node = openraft::BasicNode,

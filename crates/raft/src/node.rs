@@ -10,7 +10,7 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError as OpenraftEr
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use tokio::sync::watch;
 
-use flotilla_store::{Command, CommandResult, State};
+use flotilla_store::{Command, CommandResult, EntryError, Envelope, RequestId, State};
 
 use crate::network::{HttpNetwork, LocalOnlyNetwork};
 use crate::storage::{self, OpenError};
@@ -72,6 +72,13 @@ pub enum RaftError {
     NotLeader { leader: Option<u64> },
     #[error("timed out after {0:?} waiting for a raft write to commit")]
     Timeout(Duration),
+    /// The command exists only from entry format `needs` on, and a manager
+    /// still reads only `readable` (a rolling upgrade is under way).
+    #[error(
+        "this change needs raft entry format {needs}, and a manager of this cluster reads \
+         only format {readable}: upgrade every manager first"
+    )]
+    FormatNotReady { needs: u32, readable: u32 },
     #[error("raft: {0}")]
     Other(String),
 }
@@ -92,6 +99,7 @@ pub struct RaftNode {
     write_timeout: Duration,
     initialized: std::sync::atomic::AtomicBool,
     epoch: crate::network::EpochSource,
+    stopped: Arc<RwLock<Option<EntryError>>>,
 }
 
 impl RaftNode {
@@ -130,6 +138,7 @@ impl RaftNode {
         let had_log = log_state.last_log_id.is_some() || sm.membership().log_id().is_some();
         let state = sm.shared();
         let applied = sm.applied();
+        let stopped = sm.stopped();
         let config = Config {
             cluster_name: "flotilla".to_string(),
             heartbeat_interval: timings.heartbeat_ms,
@@ -154,7 +163,15 @@ impl RaftNode {
             Some(c) => Raft::new(id, config, HttpNetwork::new(c, epoch.clone()), log, sm).await,
             None => Raft::new(id, config, LocalOnlyNetwork, log, sm).await,
         }
-        .map_err(|e| RaftError::Start(e.to_string()))?;
+        .map_err(|e| {
+            // Applying what the log committed can stop at an entry this
+            // version cannot read: say that, not openraft's wrapping.
+            let stopped = stopped
+                .read()
+                .ok()
+                .and_then(|s| s.as_ref().map(|e| e.to_string()));
+            RaftError::Start(stopped.unwrap_or_else(|| e.to_string()))
+        })?;
         Ok(RaftNode {
             raft,
             id,
@@ -163,6 +180,7 @@ impl RaftNode {
             write_timeout: timings.write_timeout,
             initialized: std::sync::atomic::AtomicBool::new(had_log),
             epoch,
+            stopped,
         })
     }
 
@@ -190,6 +208,17 @@ impl RaftNode {
     /// Watch of the last applied raft index.
     pub fn applied(&self) -> watch::Receiver<u64> {
         self.applied.clone()
+    }
+
+    /// Why this member stopped applying the log, if it did: it met an
+    /// entry its version cannot read (openraft's core has stopped; see
+    /// `flotilla_store::entry`). Shown by `info`.
+    pub fn stopped(&self) -> Option<String> {
+        let stopped = match self.stopped.read() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        stopped.as_ref().map(|e| e.to_string())
     }
 
     /// Whether this member has a membership (was initialized or joined).
@@ -277,7 +306,34 @@ impl RaftNode {
     /// Like [`RaftNode::propose`], also returning the raft index it was
     /// applied at, so that another member can wait until it has it too.
     pub async fn propose_at(&self, command: Command) -> Result<(CommandResult, u64), RaftError> {
-        match tokio::time::timeout(self.write_timeout, self.raft.client_write(command)).await {
+        self.propose_request(command, None).await
+    }
+
+    /// Like [`RaftNode::propose_at`], for the client request `request`:
+    /// proposed again (a retry), it applies once and answers the first
+    /// result (`flotilla_store::state::Requests`). The entry is written in
+    /// the newest format every manager reads; a command that needs a newer
+    /// one is refused ([`RaftError::FormatNotReady`]).
+    pub async fn propose_request(
+        &self,
+        command: Command,
+        request: Option<RequestId>,
+    ) -> Result<(CommandResult, u64), RaftError> {
+        let readable = {
+            let state = match self.state.read() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            flotilla_store::writable_format(&state)
+        };
+        if command.format() > readable {
+            return Err(RaftError::FormatNotReady {
+                needs: command.format(),
+                readable,
+            });
+        }
+        let entry = Envelope::new(command, request, readable);
+        match tokio::time::timeout(self.write_timeout, self.raft.client_write(entry)).await {
             Err(_) => Err(RaftError::Timeout(self.write_timeout)),
             Ok(Ok(response)) => Ok((response.data, response.log_id.index)),
             Ok(Err(OpenraftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {

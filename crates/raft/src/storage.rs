@@ -20,7 +20,8 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinitio
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::sync::watch;
 
-use flotilla_store::{Change, CommandResult, State};
+use flotilla_store::state::Recorded;
+use flotilla_store::{Change, CommandResult, EntryError, State};
 
 use crate::TypeConfig;
 
@@ -30,6 +31,8 @@ const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+/// The kept results of client requests (`State::requests`), one row each.
+const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
 const KEY_VOTE: &str = "vote";
@@ -131,7 +134,9 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachine), OpenError> {
     // Create every table up front so that read transactions never meet a
     // missing table.
     let txn = db.begin_write().map_err(|e| corrupt(e.to_string()))?;
-    for def in [RAFT_META, SM_META, NODES, SERVICES, TASKS, SNAPSHOT] {
+    for def in [
+        RAFT_META, SM_META, NODES, SERVICES, TASKS, REQUESTS, SNAPSHOT,
+    ] {
         txn.open_table(def).map_err(|e| corrupt(e.to_string()))?;
     }
     txn.open_table(LOG).map_err(|e| corrupt(e.to_string()))?;
@@ -144,6 +149,7 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachine), OpenError> {
         db: db.clone(),
         shared: Arc::new(RwLock::new(loaded.state)),
         applied: applied_tx,
+        stopped: Arc::new(RwLock::new(None)),
         last_applied: loaded.last_applied,
         membership: loaded.membership,
     };
@@ -195,6 +201,10 @@ fn load_state(db: &Database) -> Result<Loaded, AnyError> {
         state
             .tasks
             .insert(k.value().to_string(), decode(v.value())?);
+    }
+    for row in txn.open_table(REQUESTS).map_err(any)?.iter().map_err(any)? {
+        let (_, v) = row.map_err(any)?;
+        state.requests.insert(decode::<Recorded>(v.value())?);
     }
     Ok(Loaded {
         state,
@@ -385,11 +395,39 @@ struct SnapshotPayload {
     state: State,
 }
 
+/// Applies one log entry to `state` as the state machine does: a blank or
+/// membership entry changes nothing but the index; a command applies
+/// through [`State::apply_entry`] (request IDs, and the refusal of an
+/// entry this version cannot read, which must stop the replay: never skip
+/// it). Also for replaying a stored log elsewhere (force-new-cluster):
+/// decode a stored row with [`decode_entry`].
+pub fn apply_entry(
+    state: &mut State,
+    entry: &Entry<TypeConfig>,
+) -> Result<(CommandResult, Vec<Change>), EntryError> {
+    match &entry.payload {
+        EntryPayload::Normal(envelope) => state.apply_entry(entry.log_id.index, envelope),
+        EntryPayload::Blank | EntryPayload::Membership(_) => {
+            state.index = entry.log_id.index;
+            Ok((Ok(None), Vec::new()))
+        }
+    }
+}
+
+/// Decodes a row of the log table, written by this version or an older
+/// one (whose commands are bare, format 1). An entry of a newer version
+/// decodes too; [`apply_entry`] refuses it.
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
 /// The state machine: the shared [`State`] plus its durable copy.
 pub struct StateMachine {
     db: Arc<Database>,
     shared: Arc<RwLock<State>>,
     applied: watch::Sender<u64>,
+    /// Why applying stopped (an entry this version cannot read), if it did.
+    stopped: Arc<RwLock<Option<EntryError>>>,
     last_applied: Option<LogId<u64>>,
     membership: StoredMembership<u64, BasicNode>,
 }
@@ -403,6 +441,11 @@ impl StateMachine {
     /// Watch of the last applied raft index.
     pub fn applied(&self) -> watch::Receiver<u64> {
         self.applied.subscribe()
+    }
+
+    /// Set when applying stopped at an entry this version cannot read.
+    pub fn stopped(&self) -> Arc<RwLock<Option<EntryError>>> {
+        self.stopped.clone()
     }
 
     /// The membership the state machine last applied.
@@ -444,6 +487,11 @@ impl StateMachine {
                         TASKS,
                         id.clone(),
                         state.tasks.get(id).map(encode).transpose()?,
+                    ),
+                    Change::Request(id) => (
+                        REQUESTS,
+                        id.clone(),
+                        state.requests.get(id).map(encode).transpose()?,
                     ),
                 };
                 rows.push(row);
@@ -494,31 +542,43 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut responses = Vec::new();
         let mut changes = BTreeSet::new();
+        let mut refused = None;
         {
             let mut state = self.shared.write().map_err(|_| {
                 StorageIOError::write_state_machine(AnyError::error("state lock poisoned"))
             })?;
             for entry in entries {
-                self.last_applied = Some(entry.log_id);
-                state.index = entry.log_id.index;
-                match entry.payload {
-                    EntryPayload::Blank => responses.push(Ok(None)),
-                    EntryPayload::Normal(command) => {
-                        let (result, changed) = state.apply(entry.log_id.index, &command);
+                match apply_entry(&mut state, &entry) {
+                    Ok((result, changed)) => {
+                        self.last_applied = Some(entry.log_id);
+                        if let EntryPayload::Membership(m) = entry.payload {
+                            self.membership = StoredMembership::new(Some(entry.log_id), m);
+                        }
                         changes.extend(changed);
                         responses.push(result);
                     }
-                    EntryPayload::Membership(m) => {
-                        self.membership = StoredMembership::new(Some(entry.log_id), m);
-                        responses.push(Ok(None));
+                    Err(e) => {
+                        refused = Some((entry.log_id, e));
+                        break;
                     }
                 }
             }
         }
+        // What applied before a refused entry is kept, so that a restart
+        // resumes at the refused entry, and meets it again.
         self.persist(&changes, Durability::None)
             .map_err(StorageIOError::write_state_machine)?;
         let index = self.last_applied.map(|l| l.index).unwrap_or(0);
         self.applied.send_replace(index);
+        if let Some((log_id, e)) = refused {
+            // openraft stops its core on a storage error: this member
+            // takes no more part in the group until it is upgraded.
+            tracing::error!(error = %e, "stopped applying the raft log");
+            if let Ok(mut stopped) = self.stopped.write() {
+                *stopped = Some(e.clone());
+            }
+            return Err(StorageIOError::apply(log_id, AnyError::new(&e)).into());
+        }
         Ok(responses)
     }
 
@@ -552,7 +612,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let result = run_blocking(|| -> Result<(), AnyError> {
             let mut txn = self.db.begin_write().map_err(any)?;
             txn.set_durability(Durability::Immediate).map_err(any)?;
-            for def in [NODES, SERVICES, TASKS] {
+            for def in [NODES, SERVICES, TASKS, REQUESTS] {
                 let mut t = txn.open_table(def).map_err(any)?;
                 t.retain(|_, _| false).map_err(any)?;
             }
@@ -573,6 +633,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 for (k, v) in &state.tasks {
                     tasks
                         .insert(k.as_str(), encode(v)?.as_slice())
+                        .map_err(any)?;
+                }
+                let mut requests = txn.open_table(REQUESTS).map_err(any)?;
+                for r in state.requests.iter() {
+                    requests
+                        .insert(r.request.as_str(), encode(r)?.as_slice())
                         .map_err(any)?;
                 }
                 let mut sm = txn.open_table(SM_META).map_err(any)?;
@@ -772,16 +838,6 @@ pub fn seed(path: &Path, state: &State, raft_id: u64, addr: &str) -> Result<(), 
     sm.persist(&all, Durability::Immediate).map_err(fail)
 }
 
-/// The command a log entry carries, if any. Recovery replays the log
-/// through this one function, so that a change of the entry's payload
-/// (a versioned envelope) changes only this.
-pub fn entry_command(entry: &Entry<TypeConfig>) -> Option<&flotilla_store::Command> {
-    match &entry.payload {
-        EntryPayload::Normal(command) => Some(command),
-        EntryPayload::Blank | EntryPayload::Membership(_) => None,
-    }
-}
-
 /// What [`recovered_state`] found in a store.
 #[derive(Debug)]
 pub struct Recovered {
@@ -817,11 +873,13 @@ pub fn recovered_state(path: &Path) -> Result<Recovered, OpenError> {
     })?;
     let mut replayed = 0;
     for entry in &entries {
-        state.index = entry.log_id.index;
-        if let Some(command) = entry_command(entry) {
-            // A refused command changes nothing, as on every member.
-            let _ = state.apply(entry.log_id.index, command);
-        }
+        // Through the state machine's own apply: a refused command changes
+        // nothing, as on every member; an entry this version cannot read
+        // stops the recovery (skipping it would lose a write).
+        let _applied = apply_entry(&mut state, entry).map_err(|e| OpenError::Corrupt {
+            path: shown.clone(),
+            reason: format!("cannot replay the raft log: {e}"),
+        })?;
         replayed += 1;
     }
     Ok(Recovered { state, replayed })
@@ -834,7 +892,7 @@ fn read_log_from(db: &Database, from: u64) -> Result<Vec<Entry<TypeConfig>>, Any
     let mut out = Vec::new();
     for row in log.range(from..).map_err(any)? {
         let (_, v) = row.map_err(any)?;
-        out.push(decode(v.value())?);
+        out.push(decode_entry(v.value()).map_err(any)?);
     }
     Ok(out)
 }
@@ -849,7 +907,11 @@ mod tests {
     fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(command),
+            payload: EntryPayload::Normal(flotilla_store::Envelope::new(
+                command,
+                None,
+                flotilla_store::FORMAT,
+            )),
         }
     }
 
@@ -866,6 +928,7 @@ mod tests {
             addr: String::new(),
             api_addr: String::new(),
             version: "test".into(),
+            entry_format: 0,
             resources: Default::default(),
             platform: Default::default(),
             created_at: 1,

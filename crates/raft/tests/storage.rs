@@ -48,6 +48,7 @@ fn node() -> Node {
         platform: Default::default(),
         created_at: 1,
         last_seen: 1,
+        entry_format: 0,
     }
 }
 
@@ -227,7 +228,11 @@ async fn store_with_tasks(dir: &std::path::Path, tasks: u64) -> StateMachine {
     let (_log, mut sm) = storage::open(&dir.join("raft.redb")).expect("open");
     let entry = |i: u64, command: Command| openraft::Entry::<TypeConfig> {
         log_id: openraft::LogId::new(openraft::CommittedLeaderId::new(1, 1), i),
-        payload: openraft::EntryPayload::Normal(command),
+        payload: openraft::EntryPayload::Normal(flotilla_store::Envelope::new(
+            command,
+            None,
+            flotilla_store::FORMAT,
+        )),
     };
     let tasks: Vec<flotilla_types::Task> = (1..=tasks)
         .map(|slot| flotilla_types::Task {

@@ -25,8 +25,24 @@ pub struct TaskStatusUpdate {
 pub enum Command {
     /// `flotilla init`: creates the cluster and its first node (a manager).
     InitCluster { cluster: Cluster, node: Node },
-    /// Adds a node, or replaces its record (status refresh on restart).
+    /// Adds a node, or replaces its whole record. Only for tests and
+    /// records that nobody else writes: a refresh of a node's own record
+    /// is [`Command::RefreshNode`], which cannot undo a change that
+    /// committed after the record was read.
     UpsertNode { node: Node },
+    /// A manager that became leader refreshes its own record: ready, seen
+    /// at `at` (never moved back), running `version` (reading entries up
+    /// to `entry_format`) on `hostname`, and named `name` when one was
+    /// given. Nothing else of the record changes (availability, labels,
+    /// role stay as they are now, not as they were read). Entry format 2.
+    RefreshNode {
+        node_id: String,
+        name: Option<String>,
+        hostname: String,
+        version: String,
+        entry_format: u32,
+        at: UnixMs,
+    },
     /// A node joins with a token: a manager gets the next raft ID (never
     /// reused), a worker none.
     JoinNode { node: Node },
@@ -56,6 +72,10 @@ pub enum Command {
         #[serde(default)]
         api_addr: String,
         version: String,
+        /// The newest entry format its version reads, as sent (0 from
+        /// nodes, and in entries, from before the envelope).
+        #[serde(default)]
+        entry_format: u32,
         at: UnixMs,
     },
     /// The nodes' own view changed: ready or down, seen at `at`.
@@ -137,6 +157,16 @@ pub enum Command {
 pub const MAX_BATCH: usize = 100;
 
 impl Command {
+    /// The oldest entry format that has this command (see
+    /// [`crate::entry`]): a leader proposes it only once every manager
+    /// reads that format.
+    pub fn format(&self) -> u32 {
+        match self {
+            Command::RefreshNode { .. } => 2,
+            _ => crate::entry::BARE_FORMAT,
+        }
+    }
+
     /// Splits a batch command into commands of at most `max` items each,
     /// in order; other commands come back as they are. Every batch command
     /// applies item by item, so applying the parts in order is applying the

@@ -10,7 +10,10 @@
 //! deciding what to propose is the manager's.
 //!
 //! # Layout
-//! - [`command`]: the raft log entry type, one variant per kind of change.
+//! - [`command`]: the command, one variant per kind of change.
+//! - [`entry`]: the raft log entry's envelope around a command: its
+//!   format, its request ID, and the rule for entries this version cannot
+//!   read.
 //! - [`state`]: the tables and `apply`, one function per command, in a
 //!   submodule per table (cluster, nodes, services, tasks).
 //! - [`error`]: why a command was refused.
@@ -41,9 +44,11 @@
 //! with it (hence `#[serde(default)]` for older snapshots).
 
 pub mod command;
+pub mod entry;
 pub mod error;
 pub mod state;
 
 pub use command::{Command, CommandResult, TaskStatusUpdate, MAX_BATCH};
+pub use entry::{writable_format, Body, EntryError, Envelope, RequestId, FORMAT};
 pub use error::StoreError;
 pub use state::{Change, State};

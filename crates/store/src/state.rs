@@ -8,6 +8,7 @@
 
 mod cluster;
 mod nodes;
+mod requests;
 mod services;
 mod table;
 mod tasks;
@@ -19,7 +20,10 @@ use serde::{Deserialize, Serialize};
 use flotilla_types::{Cluster, Node, Service, Task};
 
 use crate::command::{Command, CommandResult};
+use crate::entry::{EntryError, Envelope};
 use crate::error::StoreError;
+
+pub use requests::{Recorded, Requests, REQUEST_WINDOW};
 
 /// Which object an applied command touched. The raft crate persists exactly
 /// these; watchers can use them to skip unrelated work.
@@ -29,6 +33,8 @@ pub enum Change {
     Node(String),
     Service(String),
     Task(String),
+    /// A request's kept result (added, or forgotten out of the window).
+    Request(String),
 }
 
 /// The whole replicated state of a cluster.
@@ -40,6 +46,9 @@ pub struct State {
     pub tasks: BTreeMap<String, Task>,
     /// Raft index of the last applied command (0 when none).
     pub index: u64,
+    /// The results of the last client requests, for retried proposals.
+    #[serde(default)]
+    pub requests: Requests,
 }
 
 impl State {
@@ -81,6 +90,30 @@ impl State {
         (result, changes)
     }
 
+    /// Applies a committed log entry at raft index `index`, the way every
+    /// replica does: an entry this version cannot read is refused before
+    /// anything changes (the caller must stop applying, never skip it; see
+    /// [`crate::entry`]); a request already applied in the window answers
+    /// its kept result and changes nothing; otherwise the command applies
+    /// and, when it names a request, its result is kept.
+    pub fn apply_entry(
+        &mut self,
+        index: u64,
+        entry: &Envelope,
+    ) -> Result<(CommandResult, Vec<Change>), EntryError> {
+        let command = entry.command(index)?;
+        if let Some(kept) = entry.request.as_deref().and_then(|r| self.requests.get(r)) {
+            let result = kept.result.clone();
+            self.index = index;
+            return Ok((result, Vec::new()));
+        }
+        let (result, mut changes) = self.apply(index, command);
+        if let Some(request) = &entry.request {
+            self.requests.record(request, index, &result, &mut changes);
+        }
+        Ok((result, changes))
+    }
+
     /// One function per command; see each for its rule. `changes` gets
     /// every object the command touched. A refused command touches
     /// nothing: each function checks before it writes.
@@ -95,6 +128,21 @@ impl State {
             Command::InitCluster { cluster, node } => self.init_cluster(cluster, node, c),
             Command::RotateJoinSecret { role, secret } => self.rotate_join_secret(*role, secret, c),
             Command::UpsertNode { node } => self.upsert_node(node, c),
+            Command::RefreshNode {
+                node_id,
+                name,
+                hostname,
+                version,
+                entry_format,
+                at,
+            } => {
+                let report = nodes::Report {
+                    version,
+                    entry_format: *entry_format,
+                    at: *at,
+                };
+                self.refresh_node(node_id, name.as_deref(), hostname, report, c)
+            }
             Command::JoinNode { node } => self.join_node(node, c),
             Command::UpdateNode {
                 node_id,
@@ -117,8 +165,16 @@ impl State {
                 addr,
                 api_addr,
                 version,
+                entry_format,
                 at,
-            } => self.node_seen(node_id, addr, api_addr, version, *at, c),
+            } => {
+                let report = nodes::Report {
+                    version,
+                    entry_format: *entry_format,
+                    at: *at,
+                };
+                self.node_seen(node_id, addr, api_addr, report, c)
+            }
             Command::SetNodeState {
                 node_ids,
                 state,
@@ -175,6 +231,7 @@ impl State {
 mod tests {
     use super::*;
     use crate::command::TaskStatusUpdate;
+    use crate::entry::Envelope;
     use flotilla_types::{
         Availability, DesiredState, Health, NodeRole, NodeState, ServiceMode, ServiceSpec,
         TaskState, TaskStatus, TaskTemplate, UpdateState, UpdateStatus,
@@ -197,6 +254,7 @@ mod tests {
             platform: Default::default(),
             created_at: 1,
             last_seen: 1,
+            entry_format: 0,
         }
     }
 
@@ -829,6 +887,7 @@ mod tests {
             addr: addr.into(),
             api_addr: api_addr.into(),
             version: "v2".into(),
+            entry_format: 2,
             at,
         };
         let (r, changes) = s.apply(3, &seen("10.0.0.1:4280", "10.0.0.1:4281", 100));
@@ -942,5 +1001,249 @@ mod tests {
         let (_, changes) = s.apply(6, &reasons(8));
         assert!(changes.is_empty(), "the same reason again");
         assert_eq!(s.tasks["t1"].status.timestamp, 7);
+    }
+
+    /// Issue 9, defect 5: the leader read its own record, a drain
+    /// committed, then the refresh wrote the record it had read. With the
+    /// whole record (`UpsertNode`, as `refresh_own_node` did) the drain is
+    /// lost; with `RefreshNode` it stays.
+    #[test]
+    fn a_drain_committed_between_read_and_refresh_stays() {
+        let race = |field_wise: bool| {
+            let mut s = init();
+            let mut read = s.nodes["n1"].clone();
+            let _ = s.apply(
+                2,
+                &Command::UpdateNode {
+                    node_id: "n1".into(),
+                    availability: Some(Availability::Drain),
+                    name: None,
+                    labels_add: [("zone".to_string(), "a".to_string())].into(),
+                    labels_rm: vec![],
+                },
+            );
+            let refresh = if field_wise {
+                Command::RefreshNode {
+                    node_id: "n1".into(),
+                    name: Some("first".into()),
+                    hostname: "host-2".into(),
+                    version: "v2".into(),
+                    entry_format: crate::FORMAT,
+                    at: 50,
+                }
+            } else {
+                read.state = NodeState::Ready;
+                read.last_seen = 50;
+                read.version = "v2".into();
+                read.name = "first".into();
+                read.hostname = "host-2".into();
+                Command::UpsertNode { node: read }
+            };
+            let (r, changes) = s.apply(3, &refresh);
+            assert_eq!(r, Ok(Some("n1".into())));
+            assert_eq!(changes, [Change::Node("n1".into())]);
+            s.nodes["n1"].clone()
+        };
+        let lost = race(false);
+        assert_eq!(
+            lost.availability,
+            Availability::Active,
+            "the drain was lost"
+        );
+        assert!(lost.labels.is_empty());
+        let kept = race(true);
+        assert_eq!(kept.availability, Availability::Drain, "the drain stays");
+        assert_eq!(kept.labels.get("zone").map(String::as_str), Some("a"));
+        assert_eq!(
+            (
+                kept.name.as_str(),
+                kept.hostname.as_str(),
+                kept.version.as_str()
+            ),
+            ("first", "host-2", "v2")
+        );
+        assert_eq!((kept.state, kept.last_seen), (NodeState::Ready, 50));
+        assert_eq!(kept.entry_format, crate::FORMAT);
+    }
+
+    #[test]
+    fn a_refresh_never_takes_another_nodes_name_or_moves_last_seen_back() {
+        let mut s = init();
+        let _ = s.apply(2, &Command::JoinNode { node: node("n2") });
+        let refresh = |name: Option<&str>, at| Command::RefreshNode {
+            node_id: "n1".into(),
+            name: name.map(String::from),
+            hostname: "h".into(),
+            version: "v2".into(),
+            entry_format: 2,
+            at,
+        };
+        let (r, changes) = s.apply(3, &refresh(Some("n2"), 9));
+        assert_eq!(r, Err(StoreError::NodeExists("n2".into())));
+        assert!(changes.is_empty());
+        assert_eq!(
+            s.nodes["n1"].version, "test",
+            "a refused refresh changes nothing"
+        );
+        let _ = s.apply(4, &refresh(None, 0));
+        assert_eq!(
+            (s.nodes["n1"].name.as_str(), s.nodes["n1"].last_seen),
+            ("n1", 1)
+        );
+    }
+
+    fn create(id: &str, name: &str) -> Command {
+        Command::CreateService {
+            id: id.into(),
+            spec: spec(name, 1),
+            at: 3,
+        }
+    }
+
+    /// Issue 9, defect 5: a forwarded proposal retried after a lost answer
+    /// committed twice. Without a request ID the second entry applies
+    /// again (here: a second `service rm`-like change, a second create
+    /// refused as a duplicate name, answering an error for a write that
+    /// succeeded); with one, it answers the first result and changes
+    /// nothing.
+    #[test]
+    fn the_same_request_applied_twice_changes_state_once() {
+        let twice = |request: Option<&str>| {
+            let mut s = init();
+            let entry = Envelope::new(
+                create("s1", "web"),
+                request.map(String::from),
+                crate::FORMAT,
+            );
+            let (first, _) = s.apply_entry(2, &entry).expect("known");
+            let bump = Envelope::new(
+                Command::UpdateService {
+                    id: "s1".into(),
+                    spec: spec("web", 3),
+                    expected_version: None,
+                    at: 4,
+                },
+                request.map(|r| format!("{r}-update")),
+                crate::FORMAT,
+            );
+            let _ = s.apply_entry(3, &bump).expect("known");
+            let (second, changes) = s.apply_entry(4, &bump).expect("known");
+            let (again, _) = s.apply_entry(5, &entry).expect("known");
+            (first, again, second, changes, s)
+        };
+        let (first, again, _, changes, s) = twice(None);
+        assert_eq!(first, Ok(Some("s1".into())));
+        assert_eq!(
+            again,
+            Err(StoreError::ServiceExists("web".into())),
+            "before: applied twice"
+        );
+        assert_eq!(changes.len(), 1, "before: the update applied twice");
+        assert_eq!(s.services["s1"].version, 4);
+        let (first, again, second, changes, s) = twice(Some("r1"));
+        assert_eq!(again, first, "the duplicate answers the first result");
+        assert_eq!(second, Ok(Some("s1".into())));
+        assert!(changes.is_empty(), "and changes nothing");
+        assert_eq!(s.services["s1"].version, 3, "the update applied once");
+        assert_eq!(s.index, 5);
+        assert_eq!(s.requests.len(), 2);
+        // The window is part of the state, so of the snapshot.
+        let json = serde_json::to_string(&s).expect("encode");
+        let back: State = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, s);
+        assert_eq!(back.requests.get("r1").map(|r| r.index), Some(2));
+    }
+
+    #[test]
+    fn the_request_window_forgets_the_oldest_first() {
+        let mut s = init();
+        let mut changes = Vec::new();
+        let mut index = 1;
+        for i in 0..REQUEST_WINDOW + 2 {
+            index += 1;
+            let entry = Envelope::new(
+                Command::RotateJoinSecret {
+                    role: NodeRole::Worker,
+                    secret: format!("s{i}"),
+                },
+                Some(format!("r{i}")),
+                crate::FORMAT,
+            );
+            let (_, c) = s.apply_entry(index, &entry).expect("known");
+            changes = c;
+        }
+        assert_eq!(s.requests.len(), REQUEST_WINDOW);
+        assert!(s.requests.get("r0").is_none() && s.requests.get("r1").is_none());
+        assert!(s.requests.get("r2").is_some());
+        let last = format!("r{}", REQUEST_WINDOW + 1);
+        assert_eq!(
+            changes,
+            [
+                Change::Cluster,
+                Change::Request(last),
+                Change::Request("r1".into())
+            ]
+        );
+    }
+
+    /// Issue 9, defect 11: an entry of a future version is refused before
+    /// anything changes; the caller stops applying.
+    #[test]
+    fn an_entry_this_version_cannot_read_changes_nothing() {
+        let mut s = init();
+        let future: Envelope = serde_json::from_str(
+            r#"{"format":3,"request":"r1","command":{"type":"create_volume","id":"v1"}}"#,
+        )
+        .expect("decode");
+        let before = s.clone();
+        let e = s.apply_entry(2, &future).expect_err("refused");
+        assert!(
+            matches!(
+                e,
+                EntryError::Unknown {
+                    index: 2,
+                    format: 3,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(s, before, "not even the index moved");
+    }
+
+    /// A rolling upgrade: the envelope (format 2) is written only once
+    /// every manager's record says it reads it; workers do not count.
+    #[test]
+    fn a_format_is_written_only_once_every_manager_reads_it() {
+        assert_eq!(crate::writable_format(&State::default()), crate::FORMAT);
+        let mut s = init();
+        assert_eq!(crate::writable_format(&s), 1, "a record from before says 0");
+        let mut w = node("w1");
+        w.role = NodeRole::Worker;
+        let _ = s.apply(2, &Command::JoinNode { node: w });
+        let mut m2 = node("m2");
+        m2.entry_format = 2;
+        let _ = s.apply(3, &Command::JoinNode { node: m2 });
+        assert_eq!(
+            crate::writable_format(&s),
+            1,
+            "n1 still reads only format 1"
+        );
+        let seen = Command::NodeSeen {
+            node_id: "n1".into(),
+            addr: String::new(),
+            api_addr: String::new(),
+            version: "v2".into(),
+            entry_format: 2,
+            at: 5,
+        };
+        let _ = s.apply(4, &seen);
+        assert_eq!(crate::writable_format(&s), 2);
+        s.nodes.get_mut("m2").expect("m2").entry_format = 7;
+        assert_eq!(
+            crate::writable_format(&s),
+            2,
+            "never above what this version writes"
+        );
     }
 }

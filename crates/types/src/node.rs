@@ -134,4 +134,9 @@ pub struct Node {
     pub created_at: UnixMs,
     /// Last time the node reported in.
     pub last_seen: UnixMs,
+    /// The newest raft entry format its version reads
+    /// (`flotilla_store::entry`); 0 in records from before nodes said,
+    /// which means the bare format. Managers only matter.
+    #[serde(default)]
+    pub entry_format: u32,
 }

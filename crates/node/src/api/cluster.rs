@@ -91,7 +91,15 @@ pub(super) async fn info(State(ctx): Ctx) -> ApiResult<Info> {
             let m = member(&ctx).await?;
             let local = facts(Some(m.member.identity.node_id.clone()), m.raft.is_leader());
             let status = managers(&m);
-            Ok(Json(read(&m, |s| views::info(s, &local, &status))))
+            let mut info = read(&m, |s| views::info(s, &local, &status));
+            // A member that met a raft entry it cannot read says so first.
+            if let Some(stopped) = m.raft.stopped() {
+                info.warning = Some(match info.warning {
+                    Some(w) => format!("{stopped}; {w}"),
+                    None => stopped,
+                });
+            }
+            Ok(Json(info))
         }
     }
 }

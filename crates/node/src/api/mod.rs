@@ -52,6 +52,11 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Done elsewhere but not yet visible here (a forwarded write this
+    /// manager has not applied yet): 504, as a proxy says of an upstream
+    /// that did not answer in time.
+    #[error("{0}")]
+    NotYetVisible(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -64,6 +69,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotYetVisible(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -104,6 +110,7 @@ impl From<RaftError> for ApiError {
             RaftError::NotLeader { .. } | RaftError::Timeout(_) => {
                 ApiError::Unavailable(e.to_string())
             }
+            RaftError::FormatNotReady { .. } => ApiError::Conflict(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -114,6 +121,7 @@ impl From<crate::ProposeFailure> for ApiError {
         match e {
             crate::ProposeFailure::Worker => ApiError::Conflict(e.to_string()),
             crate::ProposeFailure::Raft(r) => r.into(),
+            crate::ProposeFailure::NotYetApplied { .. } => ApiError::NotYetVisible(e.to_string()),
             other => ApiError::Unavailable(other.to_string()),
         }
     }
@@ -446,5 +454,9 @@ mod tests {
             ApiError::from(InitError::AlreadyInCluster).status(),
             StatusCode::CONFLICT
         );
+        // Committed but not visible here yet: not a 503 (nothing to retry
+        // as a write) but a 504, "retry the read".
+        let e = ControlError::Write(crate::ProposeFailure::NotYetApplied { index: 7 });
+        assert_eq!(ApiError::from(e).status(), StatusCode::GATEWAY_TIMEOUT);
     }
 }

@@ -47,7 +47,24 @@ pub fn joining_node(request: &JoinRequest, node_id: &str, role: NodeRole, now: u
         platform: request.platform.clone(),
         created_at: now,
         last_seen: now,
+        entry_format: request.entry_format,
     }
+}
+
+/// Whether a node whose version reads raft entries up to `entry_format`
+/// may be a manager of `state`'s cluster: it must read every format the
+/// leader writes now ([`flotilla_store::writable_format`]), or it would
+/// stop at the first entry it cannot read.
+pub fn reads_the_log(name: &str, entry_format: u32, state: &State) -> Result<(), String> {
+    let writes = flotilla_store::writable_format(state);
+    let reads = entry_format.max(flotilla_store::entry::BARE_FORMAT);
+    if reads < writes {
+        return Err(format!(
+            "node {name} runs a version that reads raft entry format {reads} only, and this \
+             cluster writes format {writes}: upgrade it before it becomes a manager"
+        ));
+    }
+    Ok(())
 }
 
 /// Whether a manager that leaves must first leave the raft group, or why
@@ -154,6 +171,28 @@ mod tests {
             manager_secret: "m-secret".into(),
             ..Cluster::bare("c", 0)
         }
+    }
+
+    /// A manager of a version that cannot read the entries the leader
+    /// writes would stop at the first one: it is refused as a manager
+    /// (join, promote) until it is upgraded.
+    #[test]
+    fn a_manager_must_read_the_format_the_cluster_writes() {
+        let mut state = cluster(&[("m1", NodeRole::Manager), ("w1", NodeRole::Worker)]);
+        assert_eq!(reads_the_log("new", 0, &state), Ok(()), "all at format 1");
+        state.nodes.get_mut("m1").expect("m1").entry_format = flotilla_store::FORMAT;
+        assert_eq!(reads_the_log("new", flotilla_store::FORMAT, &state), Ok(()));
+        assert_eq!(
+            reads_the_log("old", 0, &state),
+            Err(
+                "node old runs a version that reads raft entry format 1 only, and this \
+                 cluster writes format 2: upgrade it before it becomes a manager"
+                    .into()
+            )
+        );
+        assert!(crate::control::nodes::promotable(&state, "w1").is_err());
+        state.nodes.get_mut("w1").expect("w1").entry_format = flotilla_store::FORMAT;
+        assert!(crate::control::nodes::promotable(&state, "w1").is_ok());
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub fn promotable(state: &State, id: &str) -> Result<Node, ControlError> {
             node.name
         )));
     }
+    super::cluster::reads_the_log(&node.name, node.entry_format, state)
+        .map_err(ControlError::Conflict)?;
     Ok(node)
 }
 

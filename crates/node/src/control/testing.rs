@@ -47,6 +47,7 @@ pub fn cluster(nodes: &[(&str, NodeRole)]) -> State {
             platform: Default::default(),
             created_at: 1,
             last_seen: 1,
+            entry_format: 0,
         };
         let command = if i == 0 {
             Command::InitCluster {

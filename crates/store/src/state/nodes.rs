@@ -11,6 +11,25 @@ use super::{table, Change, State};
 use crate::command::CommandResult;
 use crate::error::StoreError;
 
+/// What a node says of itself when it reports in: the version it runs,
+/// the newest entry format that reads, and when.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Report<'a> {
+    pub version: &'a str,
+    pub entry_format: u32,
+    pub at: UnixMs,
+}
+
+impl Report<'_> {
+    /// Ready, seen at `at` (never moved back), at this version.
+    fn set(self, node: &mut Node) {
+        node.state = NodeState::Ready;
+        node.last_seen = node.last_seen.max(self.at);
+        node.version = self.version.to_string();
+        node.entry_format = self.entry_format;
+    }
+}
+
 impl State {
     /// [`crate::Command::UpsertNode`]: adds a node or replaces its whole
     /// record. Needs a cluster.
@@ -130,20 +149,49 @@ impl State {
         node_id: &str,
         addr: &str,
         api_addr: &str,
-        version: &str,
-        at: UnixMs,
+        report: Report<'_>,
         changes: &mut Vec<Change>,
     ) -> CommandResult {
         let node = self.node_mut(node_id)?;
-        node.state = NodeState::Ready;
-        node.last_seen = node.last_seen.max(at);
         if !addr.is_empty() {
             node.addr = addr.to_string();
         }
         node.api_addr = api_addr.to_string();
-        node.version = version.to_string();
+        report.set(node);
         table::touched::<Node>(node_id, changes);
         Ok(None)
+    }
+
+    /// [`crate::Command::RefreshNode`]: a leader's refresh of its own
+    /// record, field by field on the record as it is now, so that a drain
+    /// or a label change that committed after the leader read its record
+    /// stays. A name taken by another node refuses the whole refresh, as
+    /// `node update` does.
+    pub(super) fn refresh_node(
+        &mut self,
+        node_id: &str,
+        name: Option<&str>,
+        hostname: &str,
+        report: Report<'_>,
+        changes: &mut Vec<Change>,
+    ) -> CommandResult {
+        if let Some(n) = name {
+            if self
+                .nodes
+                .values()
+                .any(|other| other.id != node_id && other.name == n)
+            {
+                return Err(StoreError::NodeExists(n.to_string()));
+            }
+        }
+        let node = self.node_mut(node_id)?;
+        report.set(node);
+        node.hostname = hostname.to_string();
+        if let Some(n) = name {
+            node.name = n.to_string();
+        }
+        table::touched::<Node>(node_id, changes);
+        Ok(Some(node_id.to_string()))
     }
 
     /// [`crate::Command::SetNodeState`]: moves nodes to `state`. Unknown
