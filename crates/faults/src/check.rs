@@ -314,9 +314,10 @@ fn slots(snapshots: &[Snapshot], report: &mut Report) {
         for (slot, ids) in by_slot {
             if ids.len() > 1 {
                 report.violations.push(Violation::DoubleSlot(format!(
-                    "service {} slot {slot} at {:.3} s: tasks {}",
+                    "service {} slot {slot} at {:.3} s (read on {}): tasks {}",
                     s.service,
                     s.at as f64 / 1e9,
+                    s.source,
                     ids.join(", ")
                 )));
             }
@@ -532,6 +533,7 @@ mod tests {
         let snaps = [
             Snapshot {
                 at: 1,
+                source: "m1".into(),
                 service: "web".into(),
                 tasks: vec![
                     task("t1", 1, true),
@@ -541,6 +543,7 @@ mod tests {
             },
             Snapshot {
                 at: 2,
+                source: "m1".into(),
                 service: "web".into(),
                 tasks: vec![task("t1", 1, true), task("t4", 1, true)],
             },

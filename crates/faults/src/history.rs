@@ -99,6 +99,8 @@ pub struct TaskSample {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Snapshot {
     pub at: Time,
+    /// The manager that answered.
+    pub source: String,
     pub service: String,
     pub tasks: Vec<TaskSample>,
 }

@@ -187,6 +187,7 @@ pub fn run_sampler(seed: u64, shared: &Shared) -> anyhow::Result<()> {
                 if let Ok(mut s) = shared.snapshots.lock() {
                     s.push(Snapshot {
                         at,
+                        source: format!("m{}", target + 1),
                         service: service.clone(),
                         tasks,
                     });

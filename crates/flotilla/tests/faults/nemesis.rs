@@ -72,10 +72,19 @@ enum Undo {
     Nothing,
 }
 
-fn apply(c: &mut Cluster, fault: Fault, rng: &mut ChaCha8Rng) -> Result<(String, Undo)> {
+fn apply(
+    c: &mut Cluster,
+    fault: Fault,
+    spare_leader: bool,
+    rng: &mut ChaCha8Rng,
+) -> Result<(String, Undo)> {
     let n = c.nodes.len();
-    let managers: Vec<usize> = (0..n).filter(|&i| c.nodes[i].manager).collect();
-    let any = rng.random_range(0..n);
+    let leader = if spare_leader { c.leader() } else { None };
+    let managers: Vec<usize> = (0..n)
+        .filter(|&i| c.nodes[i].manager && Some(i) != leader)
+        .collect();
+    let others: Vec<usize> = (0..n).filter(|&i| Some(i) != leader).collect();
+    let any = others[rng.random_range(0..others.len())];
     let m = |rng: &mut ChaCha8Rng| managers[rng.random_range(0..managers.len())];
     Ok(match fault {
         Fault::Kill => {
@@ -169,11 +178,15 @@ fn undo(c: &mut Cluster, u: Undo) -> Result<()> {
 }
 
 /// Runs faults of `kinds` until `duration` has passed since `start`; every
-/// fault is healed before the next one and before it returns.
+/// fault is healed before the next one and before it returns. With
+/// `spare_leader`, node and link faults pick a node other than the
+/// current leader (the leader can still change, e.g. when a follower cut
+/// off comes back with a higher term).
 pub fn run(
     c: &mut Cluster,
     seed: u64,
     kinds: &[Fault],
+    spare_leader: bool,
     start: Instant,
     duration: Duration,
 ) -> Result<Vec<Applied>> {
@@ -187,7 +200,7 @@ pub fn run(
         }
         let fault = kinds[rng.random_range(0..kinds.len())];
         let at = start.elapsed();
-        let (what, u) = apply(c, fault, &mut rng)?;
+        let (what, u) = apply(c, fault, spare_leader, &mut rng)?;
         let hold = match fault {
             Fault::RestartLeader => Duration::from_millis(rng.random_range(0..500)),
             _ => Duration::from_millis(rng.random_range(2000..7000)),
