@@ -136,8 +136,19 @@ fn presence(ops: &[Op], setup: &EndState, end: &EndState, report: &mut Report) {
                 .find(|(_, o)| o.outcome == Outcome::Ok)
                 .map(|(i, _)| format!("its create #{i} was acknowledged"))
                 .unwrap_or_else(|| "it existed before the run".into());
+            // A removal that answered "failed" is the likely culprit: it
+            // took effect and was answered as refused.
+            let hint = removes
+                .iter()
+                .find_map(|(i, o)| match &o.outcome {
+                    Outcome::Failed(m) => Some(format!(
+                        "; its removal #{i} answered {m:?} and yet took effect, or the create was lost"
+                    )),
+                    _ => None,
+                })
+                .unwrap_or_default();
             report.violations.push(Violation::Lost(format!(
-                "service {name} is missing at the end: {by} and no removal may have taken effect"
+                "service {name} is missing at the end: {by} and no removal may have taken effect{hint}"
             )));
         }
     }
@@ -465,6 +476,36 @@ mod tests {
             text.contains("service stranger exists at the end, and no one created it"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_removal_answered_as_refused_that_took_effect_is_pointed_at() {
+        let ops = [
+            op(
+                0,
+                Call::Create {
+                    service: "c".into(),
+                    replicas: 1,
+                    label: None,
+                },
+                0,
+                1,
+                Outcome::Ok,
+            ),
+            op(
+                0,
+                Call::Remove {
+                    service: "c".into(),
+                },
+                2,
+                3,
+                Outcome::Failed("service x not found".into()),
+            ),
+        ];
+        let end: EndState = [("reg".to_string(), seen("v0", 0))].into_iter().collect();
+        let text = check(&ops, &setup(), &end, &[]).to_string();
+        assert!(text.contains("service c is missing"), "{text}");
+        assert!(text.contains("removal #1 answered"), "{text}");
     }
 
     #[test]
