@@ -53,7 +53,7 @@ struct Run {
     duration: Duration,
 }
 
-struct Outcome_ {
+struct RunResult {
     report: flotilla_faults::Report,
     converged: Result<Duration>,
     ops: usize,
@@ -98,7 +98,7 @@ fn env_duration() -> Result<Duration> {
 
 /// Sets up the services, runs clients and nemesis, heals, converges and
 /// checks.
-fn run(cluster: &mut Cluster, run: &Run) -> Result<Outcome_> {
+fn run(cluster: &mut Cluster, run: &Run) -> Result<RunResult> {
     let registers: Vec<String> = (0..REGISTERS).map(|i| format!("reg-{i}")).collect();
     let scaled: Vec<String> = (0..SCALED).map(|i| format!("scale-{i}")).collect();
     let mut setup = EndState::new();
@@ -219,7 +219,7 @@ fn run(cluster: &mut Cluster, run: &Run) -> Result<Outcome_> {
             eprintln!("faults: history written to {}", path.display());
         }
     }
-    Ok(Outcome_ {
+    Ok(RunResult {
         report,
         converged,
         ops: ops.len(),
