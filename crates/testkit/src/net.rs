@@ -1,7 +1,9 @@
 //! Hosts on a private network: each in its own network namespace with its
 //! own address on a bridge, so that a test can cut one off from the others
-//! (its link goes down) and heal it again. Needs root and iproute2; the
-//! namespaces, links and bridge are removed on drop.
+//! (its link goes down) and heal it again, or drop the packets of one link
+//! in one direction (iptables inside the receiving host's namespace). Needs
+//! root, iproute2 and iptables; the namespaces, links and bridge are
+//! removed on drop.
 
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -133,6 +135,37 @@ impl Net {
     /// Reconnects a host that was cut off.
     pub fn heal(&self, host: &Host) -> Result<()> {
         ip(&["link", "set", &host.host_link, "up"])
+    }
+}
+
+impl Net {
+    /// Drops every packet `from` sends to `to` (one way: `to` still sends
+    /// to `from`, but a TCP connection between them no longer completes).
+    pub fn block(&self, from: &Host, to: &Host) -> Result<()> {
+        ip(&[
+            "netns", "exec", &to.ns, "iptables", "-w", "-A", "INPUT", "-s", &from.addr, "-j",
+            "DROP",
+        ])
+    }
+
+    /// Drops the packets between `a` and `b` both ways.
+    pub fn block_both(&self, a: &Host, b: &Host) -> Result<()> {
+        self.block(a, b)?;
+        self.block(b, a)
+    }
+
+    /// Heals every host: links up, every blocked link open again.
+    pub fn heal_all(&self) -> Result<()> {
+        for h in &self.hosts {
+            self.heal(h)?;
+            ip(&["netns", "exec", &h.ns, "iptables", "-w", "-F", "INPUT"])?;
+        }
+        Ok(())
+    }
+
+    /// The hosts, in the order they were added.
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
     }
 }
 

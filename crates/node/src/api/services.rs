@@ -66,6 +66,11 @@ pub(super) async fn replace_service(
 ) -> ApiResult<ServiceView> {
     let req = body(req)?;
     let m = member(&ctx).await?;
+    if ack_without_commit() {
+        let id = read(&m, |s| s.service(&name).map(|svc| svc.id.clone()))
+            .ok_or_else(|| not_found(&name))?;
+        return service_answer(&m, &id, &name);
+    }
     let new_name = req.spec.name.clone();
     let id = m
         .control()
@@ -100,4 +105,17 @@ pub(super) async fn tasks(State(ctx): Ctx, Path(name): Path<String>) -> Result<R
     })
     .map(|v| answer(warning, v))
     .ok_or_else(|| not_found(&name))
+}
+
+/// TEST ONLY, a deliberately broken build for the fault suite's checker
+/// (docs/faults.md): with `FLOTILLA_TEST_FAILPOINT=ack-without-commit` in
+/// the daemon's environment, every third replace of a spec is answered OK
+/// without being proposed. Never set it outside that test.
+fn ack_without_commit() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    *ON.get_or_init(|| {
+        std::env::var("FLOTILLA_TEST_FAILPOINT").is_ok_and(|v| v == "ack-without-commit")
+    }) && CALLS.fetch_add(1, Ordering::Relaxed) % 3 == 2
 }
