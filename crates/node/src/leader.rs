@@ -30,6 +30,9 @@ pub(crate) async fn lead_while_leader(
         return;
     };
     let mut metrics = raft.raft().metrics();
+    // The lease lapses without any metrics change when this member is cut
+    // off from the other managers: watch it too.
+    let mut lease = raft.leading();
     let mut leading: Option<CancellationToken> = None;
     loop {
         let is_leader = raft.is_leader();
@@ -76,6 +79,7 @@ pub(crate) async fn lead_while_leader(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             r = metrics.changed() => if r.is_err() { break },
+            r = lease.changed() => if r.is_err() { break },
         }
     }
     if let Some(token) = leading {

@@ -19,7 +19,10 @@
 //! - [`network`]: the raft network. One-node clusters never dial; the
 //!   multi-node transport plugs in here.
 //! - [`node`]: [`node::RaftNode`], opening the store and starting openraft.
+//! - [`lease`]: the leader lease; a member acts as leader only while a
+//!   quorum acknowledged it within the lowest election timeout.
 
+pub mod lease;
 pub mod network;
 pub mod node;
 pub mod storage;

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use flotilla_store::{Command, CommandResult, State};
 
+use crate::lease::Lease;
 use crate::network::{HttpNetwork, LocalOnlyNetwork};
 use crate::storage::{self, OpenError};
 use crate::Raft;
@@ -91,6 +92,8 @@ pub struct RaftNode {
     applied: watch::Receiver<u64>,
     write_timeout: Duration,
     initialized: std::sync::atomic::AtomicBool,
+    lease: Arc<Lease>,
+    lease_watch: tokio::task::JoinHandle<()>,
 }
 
 impl RaftNode {
@@ -153,6 +156,8 @@ impl RaftNode {
             None => Raft::new(id, config, LocalOnlyNetwork, log, sm).await,
         }
         .map_err(|e| RaftError::Start(e.to_string()))?;
+        let lease = Lease::new(Duration::from_millis(timings.election_min_ms));
+        let lease_watch = tokio::spawn(lease.clone().watch(raft.clone()));
         Ok(RaftNode {
             raft,
             id,
@@ -160,6 +165,8 @@ impl RaftNode {
             applied,
             write_timeout: timings.write_timeout,
             initialized: std::sync::atomic::AtomicBool::new(had_log),
+            lease,
+            lease_watch,
         })
     }
 
@@ -198,12 +205,12 @@ impl RaftNode {
     }
 
     /// The current leader's raft ID, if known. A member that believes it
-    /// leads but is no longer leader knows no leader.
+    /// leads but is no longer leader, or whose lease has lapsed, knows no
+    /// leader.
     pub fn leader(&self) -> Option<u64> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        match m.current_leader {
-            Some(l) if l == self.id && m.state != openraft::ServerState::Leader => None,
+        let current = self.raft.metrics().borrow().current_leader;
+        match current {
+            Some(l) if l == self.id && !self.is_leader() => None,
             other => other,
         }
     }
@@ -225,12 +232,28 @@ impl RaftNode {
     }
 
     /// Whether this member leads. Both the server state and the leader ID
-    /// must say so: a leader removed from the group keeps its own ID as the
-    /// last known leader after it steps down.
+    /// must say so (a leader removed from the group keeps its own ID as the
+    /// last known leader after it steps down), and a quorum must have
+    /// acknowledged it within the lowest election timeout ([`Lease`]):
+    /// openraft 0.9 keeps a leader cut off from the others in the Leader
+    /// state until it hears a higher vote.
     pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        m.state == openraft::ServerState::Leader && m.current_leader == Some(self.id)
+        let term = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            if m.state != openraft::ServerState::Leader || m.current_leader != Some(self.id) {
+                return false;
+            }
+            m.current_term
+        };
+        self.lease.holds(term)
+    }
+
+    /// A watch that is true while this member leads under its lease
+    /// ([`RaftNode::is_leader`]); it changes when the lease lapses, even
+    /// when openraft reports nothing new.
+    pub fn leading(&self) -> watch::Receiver<bool> {
+        self.lease.leading()
     }
 
     /// Makes this member the only voter of a new raft group.
@@ -246,18 +269,15 @@ impl RaftNode {
         }
     }
 
-    /// Waits until this member leads, up to `timeout`.
+    /// Waits until this member leads under its lease, up to `timeout`.
     pub async fn wait_leader(&self, timeout: Duration) -> Result<(), RaftError> {
-        let id = self.id;
-        self.raft
-            .wait(Some(timeout))
-            .metrics(
-                |m| m.current_leader == Some(id),
-                "this manager to become leader",
-            )
+        let mut leading = self.leading();
+        let led = tokio::time::timeout(timeout, leading.wait_for(|l| *l))
             .await
+            .map_err(|_| RaftError::Timeout(timeout))?
             .map(|_| ())
-            .map_err(|_| RaftError::Timeout(timeout))
+            .map_err(|_| RaftError::Other("raft stopped while waiting to lead".into()));
+        led
     }
 
     /// Proposes a command and waits for it to be committed and applied.
@@ -396,9 +416,16 @@ impl RaftNode {
 
     /// Stops openraft. The store is closed when the last handle drops.
     pub async fn shutdown(&self) {
+        self.lease_watch.abort();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+    }
+}
+
+impl Drop for RaftNode {
+    fn drop(&mut self) {
+        self.lease_watch.abort();
     }
 }
 
