@@ -23,6 +23,7 @@
 //!   quorum acknowledged it within the lowest election timeout.
 
 pub mod lease;
+pub mod log_writer;
 pub mod network;
 pub mod node;
 pub mod storage;
