@@ -89,6 +89,13 @@ impl HttpNetwork {
     }
 }
 
+/// How long replication to a member waits after a request to it failed
+/// (unreachable, or timed out in the transport): one default heartbeat
+/// interval. openraft's default of 500 ms was longer than an election
+/// timeout, so one slow AppendEntries under load cost the leader its
+/// followers' leases and an election followed.
+pub const REPLICATION_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A raft client for one member.
 #[derive(Debug)]
 pub struct HttpMember {
@@ -115,7 +122,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
 pub const MAX_RPC_BYTES: usize = 64 << 20;
 
 /// What one AppendEntries aims to carry at most. openraft gives each
-/// AppendEntries the heartbeat interval (80 ms by default) to finish, the
+/// AppendEntries the heartbeat interval (100 ms by default) to finish, the
 /// follower's fsync included, and sends up to `max_payload_entries`
 /// entries in one: a request over this size is refused before it is sent
 /// with a hint of how many entries fit, and openraft sends fewer. (An
@@ -277,6 +284,10 @@ impl RaftNetwork<TypeConfig> for HttpMember {
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         self.call(paths::VOTE, &rpc, &option).await
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(REPLICATION_BACKOFF))
     }
 }
 

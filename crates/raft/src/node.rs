@@ -17,7 +17,6 @@ use crate::network::{HttpNetwork, LocalOnlyNetwork};
 use crate::storage::{self, OpenError};
 use crate::Raft;
 
-/// Raft timings. openraft 0.9 makes a follower wait a leader lease of
 /// The group's progress as one member sees it ([`RaftNode::progress`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -35,10 +34,24 @@ pub const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
 /// How long one InstallSnapshot chunk may take, its fsync included.
 pub const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 2_000;
 
-/// `election_max_ms` plus its own election timeout before a new leader can
-/// be elected, so a dead leader is replaced after 0.75-0.9 s with these
-/// defaults. Shorter ones risk spurious elections on a loaded two-core
-/// machine; measured figures are in docs/benchmarks.md.
+/// Raft timings, chosen together (docs/store.md, "Raft timings"):
+///
+/// - `heartbeat_ms` (H) is also how long openraft 0.9 gives every
+///   AppendEntries to finish, the follower's fsync included; openraft sends
+///   a heartbeat on its tick, every 1.5 H.
+/// - `election_min_ms` is the leader lease ([`crate::lease`]): a leader acts
+///   only while a quorum acknowledged it this recently. It must exceed the
+///   age an acknowledgement reaches on a healthy leader, one tick plus one
+///   AppendEntries (2.5 H), with room for a late one: 3.5 H.
+/// - `election_max_ms` is 1.5 times the lowest. openraft's followers refuse
+///   other candidates for `election_max_ms` after the leader's last
+///   heartbeat (its lease), and stand after that plus a timeout drawn anew
+///   each term from `election_min_ms..election_max_ms` ([`crate::elect`]):
+///   a dead leader is replaced 0.85-1.0 s after its last heartbeat with
+///   these defaults.
+/// - After a failed AppendEntries, replication waits
+///   [`crate::network::REPLICATION_BACKOFF`] (one H), far below an election
+///   timeout, not openraft's 500 ms.
 #[derive(Debug, Clone)]
 pub struct RaftTimings {
     pub heartbeat_ms: u64,
@@ -53,9 +66,9 @@ pub struct RaftTimings {
 impl Default for RaftTimings {
     fn default() -> Self {
         RaftTimings {
-            heartbeat_ms: 80,
-            election_min_ms: 300,
-            election_max_ms: 450,
+            heartbeat_ms: 100,
+            election_min_ms: 350,
+            election_max_ms: 525,
             snapshot_every: 5_000,
             write_timeout: Duration::from_secs(5),
         }
@@ -94,6 +107,7 @@ pub struct RaftNode {
     initialized: std::sync::atomic::AtomicBool,
     lease: Arc<Lease>,
     lease_watch: tokio::task::JoinHandle<()>,
+    election_timer: tokio::task::JoinHandle<()>,
 }
 
 impl RaftNode {
@@ -146,6 +160,9 @@ impl RaftNode {
             // store of many tasks on a loaded machine.
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
             install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT_MS,
+            // openraft draws its election timeout once per process; the
+            // timer in `elect` draws it again every term.
+            enable_elect: false,
             ..Config::default()
         }
         .validate()
@@ -158,6 +175,16 @@ impl RaftNode {
         .map_err(|e| RaftError::Start(e.to_string()))?;
         let lease = Lease::new(Duration::from_millis(timings.election_min_ms));
         let lease_watch = tokio::spawn(lease.clone().watch(raft.clone()));
+        let election_timer = tokio::spawn(crate::elect::run(
+            raft.clone(),
+            id,
+            crate::elect::Timeouts {
+                min: Duration::from_millis(timings.election_min_ms),
+                max: Duration::from_millis(timings.election_max_ms),
+                // openraft's leader lease is election_timeout_max.
+                lease: Duration::from_millis(timings.election_max_ms),
+            },
+        ));
         Ok(RaftNode {
             raft,
             id,
@@ -167,6 +194,7 @@ impl RaftNode {
             initialized: std::sync::atomic::AtomicBool::new(had_log),
             lease,
             lease_watch,
+            election_timer,
         })
     }
 
@@ -417,6 +445,7 @@ impl RaftNode {
     /// Stops openraft. The store is closed when the last handle drops.
     pub async fn shutdown(&self) {
         self.lease_watch.abort();
+        self.election_timer.abort();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
@@ -426,6 +455,7 @@ impl RaftNode {
 impl Drop for RaftNode {
     fn drop(&mut self) {
         self.lease_watch.abort();
+        self.election_timer.abort();
     }
 }
 
