@@ -16,15 +16,42 @@
 //!   refuse any candidate) plus the drawn timeout after it last heard from
 //!   the leader;
 //! - a candidate whose election failed waits the drawn timeout;
-//! - the only voter stands at once (no one else can refuse it).
+//! - the only voter stands at once (no one else can refuse it);
+//! - a member that saw a voter with a greater log than its own (in a vote
+//!   answer, [`GreaterLog`]) waits twice `election_timeout_max` more before
+//!   it stands again, as openraft's own timer does: candidates that cannot
+//!   win would otherwise keep raising the term while the one that can is
+//!   campaigning, and nobody wins (seen on a loaded machine: elections
+//!   every 400-500 ms for seconds).
 
 use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ServerState;
 use tokio::time::Instant;
 
 use crate::Raft;
+
+/// Set when a vote answer showed a log greater than this member's; the
+/// raft network marks it, the timer takes it when it stands.
+#[derive(Debug, Clone, Default)]
+pub struct GreaterLog(Arc<AtomicBool>);
+
+impl GreaterLog {
+    pub fn mark(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    fn is_marked(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn take(&self) -> bool {
+        self.0.swap(false, Ordering::SeqCst)
+    }
+}
 
 /// What the timer needs to know of this member, read from openraft's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +62,9 @@ pub struct Seen {
     pub vote: openraft::Vote<u64>,
     /// Time since the vote last changed or was refreshed by the leader.
     pub since_vote: Option<Duration>,
+    /// A voter answered with a greater log than this member's since it
+    /// last stood.
+    pub greater_log: bool,
 }
 
 /// The election timeouts: each term's timeout is drawn from
@@ -55,11 +85,14 @@ pub fn due(seen: &Seen, drawn: Duration, t: &Timeouts) -> bool {
     if seen.sole_voter && seen.state != ServerState::Candidate {
         return true;
     }
-    let wait = if seen.vote.is_committed() && !seen.sole_voter {
+    let mut wait = if seen.vote.is_committed() && !seen.sole_voter {
         t.lease + drawn
     } else {
         drawn
     };
+    if seen.greater_log {
+        wait += 2 * t.max;
+    }
     seen.since_vote.is_none_or(|s| s >= wait)
 }
 
@@ -84,7 +117,7 @@ fn random() -> u64 {
 const CHECK: Duration = Duration::from_millis(25);
 
 /// Runs the election timer of member `id` until openraft stops.
-pub async fn run(raft: Raft, id: u64, t: Timeouts) {
+pub async fn run(raft: Raft, id: u64, greater_log: GreaterLog, t: Timeouts) {
     let mut drawn_for: Option<openraft::Vote<u64>> = None;
     let mut drawn = draw(&t, random());
     let mut tick = tokio::time::interval(CHECK);
@@ -107,10 +140,12 @@ pub async fn run(raft: Raft, id: u64, t: Timeouts) {
                     since_vote: st
                         .vote_last_modified()
                         .map(|at| Instant::now().saturating_duration_since(at)),
+                    greater_log: false,
                 }
             })
             .await;
-        let Ok(seen) = seen else { return };
+        let Ok(mut seen) = seen else { return };
+        seen.greater_log = greater_log.is_marked();
         if drawn_for != Some(seen.vote) {
             drawn = draw(&t, random());
             drawn_for = Some(seen.vote);
@@ -119,8 +154,10 @@ pub async fn run(raft: Raft, id: u64, t: Timeouts) {
             tracing::info!(
                 term = seen.vote.leader_id().term,
                 timeout_ms = drawn.as_millis() as u64,
+                greater_log_seen = seen.greater_log,
                 "election timeout passed: standing for election"
             );
+            greater_log.take();
             if raft.trigger().elect().await.is_err() {
                 return;
             }
@@ -148,6 +185,7 @@ mod tests {
             sole_voter: false,
             vote,
             since_vote: Some(Duration::from_millis(since_ms)),
+            greater_log: false,
         }
     }
 
@@ -174,6 +212,24 @@ mod tests {
             Duration::from_millis(400),
             &T
         ));
+    }
+
+    #[test]
+    fn a_member_that_saw_a_greater_log_waits_longer() {
+        let drawn = Duration::from_millis(400);
+        let seen = Seen {
+            state: ServerState::Candidate,
+            vote: openraft::Vote::new(4, 2),
+            greater_log: true,
+            ..follower(400)
+        };
+        assert!(!due(&seen, drawn, &T));
+        // 400 ms drawn plus twice the 500 ms max.
+        let later = Seen {
+            since_vote: Some(Duration::from_millis(1400)),
+            ..seen
+        };
+        assert!(due(&later, drawn, &T));
     }
 
     #[test]

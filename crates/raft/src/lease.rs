@@ -153,7 +153,9 @@ impl Lease {
                     .send_if_modified(|l| std::mem::replace(l, leading) != leading);
                 let lapse = expires_at(&observed, self.duration).filter(|_| leading);
                 let changed = match lapse {
+                    // A report that came in by the lapse wins: it may renew.
                     Some(at) => tokio::select! {
+                        biased;
                         r = metrics.changed() => Some(r),
                         _ = tokio::time::sleep_until(at) => None,
                     },
@@ -166,7 +168,15 @@ impl Lease {
                         self.leading.send_replace(false);
                         return;
                     }
-                    None => continue,
+                    None if metrics.has_changed().unwrap_or(false) => break,
+                    None => {
+                        tracing::info!(
+                            term = report.term,
+                            lease_ms = self.duration.as_millis() as u64,
+                            "leader lease lapsed: no quorum acknowledged this leader within the lease"
+                        );
+                        continue;
+                    }
                 }
             }
         }

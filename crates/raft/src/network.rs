@@ -81,11 +81,22 @@ impl RaftNetwork<TypeConfig> for LocalOnly {
 #[derive(Debug, Clone)]
 pub struct HttpNetwork {
     client: flotilla_transport::ClusterClient,
+    greater_log: crate::elect::GreaterLog,
 }
 
 impl HttpNetwork {
     pub fn new(client: flotilla_transport::ClusterClient) -> Self {
-        HttpNetwork { client }
+        HttpNetwork {
+            client,
+            greater_log: Default::default(),
+        }
+    }
+
+    /// Reports a voter's answer that shows a log greater than this
+    /// candidate's to `flag`, for the election timer ([`crate::elect`]).
+    pub fn with_greater_log(mut self, flag: crate::elect::GreaterLog) -> Self {
+        self.greater_log = flag;
+        self
     }
 }
 
@@ -94,7 +105,7 @@ impl HttpNetwork {
 /// interval. openraft's default of 500 ms was longer than an election
 /// timeout, so one slow AppendEntries under load cost the leader its
 /// followers' leases and an election followed.
-pub const REPLICATION_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+pub const REPLICATION_BACKOFF: std::time::Duration = std::time::Duration::from_millis(150);
 
 /// A raft client for one member.
 #[derive(Debug)]
@@ -102,6 +113,7 @@ pub struct HttpMember {
     client: flotilla_transport::ClusterClient,
     target: u64,
     addr: String,
+    greater_log: crate::elect::GreaterLog,
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
@@ -112,6 +124,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
             client: self.client.clone(),
             target,
             addr: node.addr.clone(),
+            greater_log: self.greater_log.clone(),
         }
     }
 }
@@ -122,7 +135,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
 pub const MAX_RPC_BYTES: usize = 64 << 20;
 
 /// What one AppendEntries aims to carry at most. openraft gives each
-/// AppendEntries the heartbeat interval (100 ms by default) to finish, the
+/// AppendEntries the heartbeat interval (150 ms by default) to finish, the
 /// follower's fsync included, and sends up to `max_payload_entries`
 /// entries in one: a request over this size is refused before it is sent
 /// with a hint of how many entries fit, and openraft sends fewer. (An
@@ -283,7 +296,13 @@ impl RaftNetwork<TypeConfig> for HttpMember {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.call(paths::VOTE, &rpc, &option).await
+        let answer: Result<VoteResponse<u64>, _> = self.call(paths::VOTE, &rpc, &option).await;
+        if let Ok(resp) = &answer {
+            if resp.last_log_id > rpc.last_log_id {
+                self.greater_log.mark();
+            }
+        }
+        answer
     }
 
     fn backoff(&self) -> openraft::network::Backoff {

@@ -42,13 +42,14 @@ pub const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 2_000;
 /// - `election_min_ms` is the leader lease ([`crate::lease`]): a leader acts
 ///   only while a quorum acknowledged it this recently. It must exceed the
 ///   age an acknowledgement reaches on a healthy leader, one tick plus one
-///   AppendEntries (2.5 H), with room for a late one: 3.5 H.
+///   AppendEntries (2.5 H), with room for a late one: 4 H.
 /// - `election_max_ms` is 1.5 times the lowest. openraft's followers refuse
 ///   other candidates for `election_max_ms` after the leader's last
 ///   heartbeat (its lease), and stand after that plus a timeout drawn anew
 ///   each term from `election_min_ms..election_max_ms` ([`crate::elect`]):
-///   a dead leader is replaced 0.85-1.0 s after its last heartbeat with
-///   these defaults.
+///   a dead leader is replaced 1.5-1.8 s after its last heartbeat with
+///   these defaults. Shorter ones (100/350/525 ms) let the lease lapse
+///   dozens of times a minute on a loaded two-core machine (docs/store.md).
 /// - After a failed AppendEntries, replication waits
 ///   [`crate::network::REPLICATION_BACKOFF`] (one H), far below an election
 ///   timeout, not openraft's 500 ms.
@@ -66,9 +67,9 @@ pub struct RaftTimings {
 impl Default for RaftTimings {
     fn default() -> Self {
         RaftTimings {
-            heartbeat_ms: 100,
-            election_min_ms: 350,
-            election_max_ms: 525,
+            heartbeat_ms: 150,
+            election_min_ms: 600,
+            election_max_ms: 900,
             snapshot_every: 5_000,
             write_timeout: Duration::from_secs(5),
         }
@@ -168,8 +169,12 @@ impl RaftNode {
         .validate()
         .map_err(|e| RaftError::Start(e.to_string()))?;
         let config = Arc::new(config);
+        let greater_log = crate::elect::GreaterLog::default();
         let raft = match client {
-            Some(c) => Raft::new(id, config, HttpNetwork::new(c), log, sm).await,
+            Some(c) => {
+                let network = HttpNetwork::new(c).with_greater_log(greater_log.clone());
+                Raft::new(id, config, network, log, sm).await
+            }
             None => Raft::new(id, config, LocalOnlyNetwork, log, sm).await,
         }
         .map_err(|e| RaftError::Start(e.to_string()))?;
@@ -178,6 +183,7 @@ impl RaftNode {
         let election_timer = tokio::spawn(crate::elect::run(
             raft.clone(),
             id,
+            greater_log,
             crate::elect::Timeouts {
                 min: Duration::from_millis(timings.election_min_ms),
                 max: Duration::from_millis(timings.election_max_ms),

@@ -99,10 +99,10 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub advertise_addr: Option<String>,
     /// Raft heartbeat between managers; also how long one AppendEntries may take
-    #[arg(long, default_value = "100ms")]
+    #[arg(long, default_value = "150ms")]
     pub heartbeat_interval: String,
     /// Raft election timeout (the lowest; the highest is 1.5 times it), also the leader's lease. A dead leader is replaced after about 2.5 to 3 times this
-    #[arg(long, default_value = "350ms")]
+    #[arg(long, default_value = "600ms")]
     pub election_timeout: String,
     /// A node without a heartbeat this long is marked down and its tasks run elsewhere
     #[arg(long, default_value = "3s")]
