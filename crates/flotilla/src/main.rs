@@ -108,8 +108,11 @@ async fn dispatch(
             let heartbeat = ms("heartbeat-interval", &args.heartbeat_interval)?;
             let election = ms("election-timeout", &args.election_timeout)?;
             let node_timeout = ms("node-timeout", &args.node_timeout)?;
-            if heartbeat == 0 || election <= heartbeat * 2 {
-                anyhow::bail!("--election-timeout must be more than twice --heartbeat-interval (and both above 0)");
+            // The election timeout is also the leader's lease, which a
+            // healthy leader renews every 1.5 heartbeats plus one
+            // AppendEntries (docs/store.md, "Raft timings").
+            if heartbeat == 0 || election < heartbeat * 3 {
+                anyhow::bail!("--election-timeout must be at least three times --heartbeat-interval (and both above 0)");
             }
             if node_timeout < 500 {
                 anyhow::bail!("--node-timeout must be at least 500ms");

@@ -95,3 +95,54 @@ fn a_cut_off_leader_loses_writes_and_the_majority_carries_on() -> Result<()> {
     )?;
     Ok(())
 }
+
+/// Defect 4 (issue 9): openraft 0.9 never steps a leader down on its own;
+/// one cut off from every other manager must stop acting as leader once no
+/// quorum has acknowledged it within the lowest election timeout.
+#[test]
+fn a_cut_off_leader_stops_leading_within_its_lease() -> Result<()> {
+    let mut net = Net::new()?;
+    let hosts = [net.add_host()?, net.add_host()?, net.add_host()?];
+    let port = 4290;
+    let m: Vec<Daemon> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| Daemon::start_on(bin(), h, port, &["--name", &format!("m{}", i + 1)]))
+        .collect::<Result<_>>()?;
+    m[0].ok(&["init"])?;
+    let addr = format!("{}:{port}", hosts[0].addr);
+    let token = m[0]
+        .ok(&["join-token", "manager", "-q"])?
+        .stdout
+        .trim()
+        .to_string();
+    m[1].ok(&["join", "--token", &token, &addr])?;
+    m[2].ok(&["join", "--token", &token, &addr])?;
+    assert!(is_leader(&m[0]));
+
+    net.cut(&hosts[0])?;
+    let t0 = Instant::now();
+    // The lease is the lowest election timeout; the rest is margin for the
+    // CLI and a loaded machine.
+    wait_until(
+        "the cut-off leader to stop saying it leads",
+        Duration::from_secs(3),
+        || Ok((!is_leader(&m[0])).then_some(())),
+    )?;
+    eprintln!(
+        "cut-off leader stopped leading {:?} after the cut",
+        t0.elapsed()
+    );
+    // ...and its loops (orchestrator, scheduler, dispatcher) have stopped.
+    wait_until(
+        "the cut-off leader to stop its loops",
+        Duration::from_secs(2),
+        || Ok(m[0].log_tail().contains("no longer leader").then_some(())),
+    )?;
+    let info = m[0].ok(&["info", "--format", "json"])?.json()?;
+    assert_ne!(
+        info["leader"], "m1",
+        "a cut-off leader must not name itself leader: {info}"
+    );
+    Ok(())
+}

@@ -182,6 +182,9 @@ pub(crate) async fn lead_while_leader(
         return;
     };
     let mut metrics = raft.raft().metrics();
+    // The lease lapses without any metrics change when this member is cut
+    // off from the other managers: watch it too.
+    let mut lease = raft.leading();
     let mut look = tokio::time::interval(LOOK_EVERY);
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut s = Supervisor {
@@ -205,6 +208,7 @@ pub(crate) async fn lead_while_leader(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             r = metrics.changed() => if r.is_err() { break },
+            r = lease.changed() => if r.is_err() { break },
             _ = look.tick() => {}
             (term, outcome) = async {
                 match catching.as_mut() {

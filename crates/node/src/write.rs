@@ -68,8 +68,14 @@ pub enum ProposeFailure {
 }
 
 /// How long a write may wait for a leader before it fails: long enough to
-/// ride out an election, short enough to fail fast without quorum.
-pub const WRITE_BUDGET: Duration = Duration::from_millis(1500);
+/// ride out an election (a dead leader is noticed after 0.6-0.9 s, and a
+/// vote may split once), see ARCHITECTURE.md "Raft timings".
+pub const WRITE_BUDGET: Duration = Duration::from_secs(3);
+
+/// After this long without a leader, a write checks once whether a quorum
+/// of managers can be reached at all, and fails at once if not: a manager
+/// cut off from the others says so in about a second, not three.
+pub const QUORUM_CHECK_AFTER: Duration = Duration::from_millis(1000);
 
 /// How long a follower waits to apply a write the leader committed for it
 /// before it says so instead of answering.
@@ -107,7 +113,9 @@ impl Member {
     ) -> Result<flotilla_store::CommandResult, ProposeFailure> {
         let raft = self.raft.as_ref().ok_or(ProposeFailure::Worker)?;
         let request = flotilla_types::new_id(rand::random());
-        let deadline = tokio::time::Instant::now() + WRITE_BUDGET;
+        let start = tokio::time::Instant::now();
+        let deadline = start + WRITE_BUDGET;
+        let mut quorum_checked = false;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             // Each arm either answers or falls through to a retry.
@@ -151,6 +159,13 @@ impl Member {
             }
             if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline {
                 return Err(self.quorum_failure().await);
+            }
+            if !quorum_checked && start.elapsed() >= QUORUM_CHECK_AFTER {
+                quorum_checked = true;
+                let failure = self.quorum_failure().await;
+                if matches!(failure, ProposeFailure::NoQuorum { .. }) {
+                    return Err(failure);
+                }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

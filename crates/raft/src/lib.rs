@@ -20,7 +20,13 @@
 //! - [`network`]: the raft network. One-node clusters never dial; the
 //!   multi-node transport plugs in here.
 //! - [`node`]: [`node::RaftNode`], opening the store and starting openraft.
+//! - [`elect`]: the election timer, with a timeout drawn anew every term.
+//! - [`lease`]: the leader lease; a member acts as leader only while a
+//!   quorum acknowledged it within the lowest election timeout.
 
+pub mod elect;
+pub mod lease;
+pub mod log_writer;
 pub mod network;
 pub mod node;
 pub mod storage;

@@ -88,13 +88,32 @@ pub struct HttpNetwork {
     client: flotilla_transport::ClusterClient,
     /// The cluster epoch each message carries.
     epoch: EpochSource,
+    greater_log: crate::elect::GreaterLog,
 }
 
 impl HttpNetwork {
     pub fn new(client: flotilla_transport::ClusterClient, epoch: EpochSource) -> Self {
-        HttpNetwork { client, epoch }
+        HttpNetwork {
+            client,
+            epoch,
+            greater_log: Default::default(),
+        }
+    }
+
+    /// Reports a voter's answer that shows a log greater than this
+    /// candidate's to `flag`, for the election timer ([`crate::elect`]).
+    pub fn with_greater_log(mut self, flag: crate::elect::GreaterLog) -> Self {
+        self.greater_log = flag;
+        self
     }
 }
+
+/// How long replication to a member waits after a request to it failed
+/// (unreachable, or timed out in the transport): one default heartbeat
+/// interval. openraft's default of 500 ms was longer than an election
+/// timeout, so one slow AppendEntries under load cost the leader its
+/// followers' leases and an election followed.
+pub const REPLICATION_BACKOFF: std::time::Duration = std::time::Duration::from_millis(150);
 
 /// A raft client for one member.
 #[derive(Debug)]
@@ -103,6 +122,7 @@ pub struct HttpMember {
     target: u64,
     addr: String,
     epoch: EpochSource,
+    greater_log: crate::elect::GreaterLog,
 }
 
 /// The cluster epoch of `state` (the default before it holds a cluster,
@@ -172,6 +192,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
             target,
             addr: node.addr.clone(),
             epoch: self.epoch.clone(),
+            greater_log: self.greater_log.clone(),
         }
     }
 }
@@ -182,7 +203,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetwork {
 pub const MAX_RPC_BYTES: usize = 64 << 20;
 
 /// What one AppendEntries aims to carry at most. openraft gives each
-/// AppendEntries the heartbeat interval (80 ms by default) to finish, the
+/// AppendEntries the heartbeat interval (150 ms by default) to finish, the
 /// follower's fsync included, and sends up to `max_payload_entries`
 /// entries in one: a request over this size is refused before it is sent
 /// with a hint of how many entries fit, and openraft sends fewer. (An
@@ -350,7 +371,17 @@ impl RaftNetwork<TypeConfig> for HttpMember {
         rpc: VoteRequest<u64>,
         option: RPCOption,
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.call(paths::VOTE, &rpc, &option).await
+        let answer: Result<VoteResponse<u64>, _> = self.call(paths::VOTE, &rpc, &option).await;
+        if let Ok(resp) = &answer {
+            if resp.last_log_id > rpc.last_log_id {
+                self.greater_log.mark();
+            }
+        }
+        answer
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        openraft::network::Backoff::new(std::iter::repeat(REPLICATION_BACKOFF))
     }
 }
 

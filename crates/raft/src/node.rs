@@ -12,11 +12,11 @@ use tokio::sync::watch;
 
 use flotilla_store::{Command, CommandResult, EntryError, Envelope, RequestId, State};
 
+use crate::lease::Lease;
 use crate::network::{HttpNetwork, LocalOnlyNetwork};
 use crate::storage::{self, OpenError};
 use crate::Raft;
 
-/// Raft timings. openraft 0.9 makes a follower wait a leader lease of
 /// The group's progress as one member sees it ([`RaftNode::progress`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
@@ -34,10 +34,25 @@ pub const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
 /// How long one InstallSnapshot chunk may take, its fsync included.
 pub const SNAPSHOT_CHUNK_TIMEOUT_MS: u64 = 2_000;
 
-/// `election_max_ms` plus its own election timeout before a new leader can
-/// be elected, so a dead leader is replaced after 0.75-0.9 s with these
-/// defaults. Shorter ones risk spurious elections on a loaded two-core
-/// machine; measured figures are in docs/benchmarks.md.
+/// Raft timings, chosen together (docs/store.md, "Raft timings"):
+///
+/// - `heartbeat_ms` (H) is also how long openraft 0.9 gives every
+///   AppendEntries to finish, the follower's fsync included; openraft sends
+///   a heartbeat on its tick, every 1.5 H.
+/// - `election_min_ms` is the leader lease ([`crate::lease`]): a leader acts
+///   only while a quorum acknowledged it this recently. It must exceed the
+///   age an acknowledgement reaches on a healthy leader, one tick plus one
+///   AppendEntries (2.5 H), with room for a late one: 4 H.
+/// - `election_max_ms` is 1.5 times the lowest. openraft's followers refuse
+///   other candidates for `election_max_ms` after the leader's last
+///   heartbeat (its lease), and stand after that plus a timeout drawn anew
+///   each term from `election_min_ms..election_max_ms` ([`crate::elect`]):
+///   a dead leader is replaced 1.5-1.8 s after its last heartbeat with
+///   these defaults. Shorter ones (100/350/525 ms) let the lease lapse
+///   dozens of times a minute on a loaded two-core machine (docs/store.md).
+/// - After a failed AppendEntries, replication waits
+///   [`crate::network::REPLICATION_BACKOFF`] (one H), far below an election
+///   timeout, not openraft's 500 ms.
 #[derive(Debug, Clone)]
 pub struct RaftTimings {
     pub heartbeat_ms: u64,
@@ -52,9 +67,9 @@ pub struct RaftTimings {
 impl Default for RaftTimings {
     fn default() -> Self {
         RaftTimings {
-            heartbeat_ms: 80,
-            election_min_ms: 300,
-            election_max_ms: 450,
+            heartbeat_ms: 150,
+            election_min_ms: 600,
+            election_max_ms: 900,
             snapshot_every: 5_000,
             write_timeout: Duration::from_secs(5),
         }
@@ -100,6 +115,9 @@ pub struct RaftNode {
     initialized: std::sync::atomic::AtomicBool,
     epoch: crate::network::EpochSource,
     stopped: Arc<RwLock<Option<EntryError>>>,
+    lease: Arc<Lease>,
+    lease_watch: tokio::task::JoinHandle<()>,
+    election_timer: tokio::task::JoinHandle<()>,
 }
 
 impl RaftNode {
@@ -153,14 +171,22 @@ impl RaftNode {
             // store of many tasks on a loaded machine.
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
             install_snapshot_timeout: SNAPSHOT_CHUNK_TIMEOUT_MS,
+            // openraft draws its election timeout once per process; the
+            // timer in `elect` draws it again every term.
+            enable_elect: false,
             ..Config::default()
         }
         .validate()
         .map_err(|e| RaftError::Start(e.to_string()))?;
         let config = Arc::new(config);
         let epoch = crate::network::EpochSource::new(state.clone());
+        let greater_log = crate::elect::GreaterLog::default();
         let raft = match client {
-            Some(c) => Raft::new(id, config, HttpNetwork::new(c, epoch.clone()), log, sm).await,
+            Some(c) => {
+                let network =
+                    HttpNetwork::new(c, epoch.clone()).with_greater_log(greater_log.clone());
+                Raft::new(id, config, network, log, sm).await
+            }
             None => Raft::new(id, config, LocalOnlyNetwork, log, sm).await,
         }
         .map_err(|e| {
@@ -172,6 +198,19 @@ impl RaftNode {
                 .and_then(|s| s.as_ref().map(|e| e.to_string()));
             RaftError::Start(stopped.unwrap_or_else(|| e.to_string()))
         })?;
+        let lease = Lease::new(Duration::from_millis(timings.election_min_ms));
+        let lease_watch = tokio::spawn(lease.clone().watch(raft.clone()));
+        let election_timer = tokio::spawn(crate::elect::run(
+            raft.clone(),
+            id,
+            greater_log,
+            crate::elect::Timeouts {
+                min: Duration::from_millis(timings.election_min_ms),
+                max: Duration::from_millis(timings.election_max_ms),
+                // openraft's leader lease is election_timeout_max.
+                lease: Duration::from_millis(timings.election_max_ms),
+            },
+        ));
         Ok(RaftNode {
             raft,
             id,
@@ -181,6 +220,9 @@ impl RaftNode {
             initialized: std::sync::atomic::AtomicBool::new(had_log),
             epoch,
             stopped,
+            lease,
+            lease_watch,
+            election_timer,
         })
     }
 
@@ -236,12 +278,12 @@ impl RaftNode {
     }
 
     /// The current leader's raft ID, if known. A member that believes it
-    /// leads but is no longer leader knows no leader.
+    /// leads but is no longer leader, or whose lease has lapsed, knows no
+    /// leader.
     pub fn leader(&self) -> Option<u64> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        match m.current_leader {
-            Some(l) if l == self.id && m.state != openraft::ServerState::Leader => None,
+        let current = self.raft.metrics().borrow().current_leader;
+        match current {
+            Some(l) if l == self.id && !self.is_leader() => None,
             other => other,
         }
     }
@@ -263,12 +305,28 @@ impl RaftNode {
     }
 
     /// Whether this member leads. Both the server state and the leader ID
-    /// must say so: a leader removed from the group keeps its own ID as the
-    /// last known leader after it steps down.
+    /// must say so (a leader removed from the group keeps its own ID as the
+    /// last known leader after it steps down), and a quorum must have
+    /// acknowledged it within the lowest election timeout ([`Lease`]):
+    /// openraft 0.9 keeps a leader cut off from the others in the Leader
+    /// state until it hears a higher vote.
     pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        m.state == openraft::ServerState::Leader && m.current_leader == Some(self.id)
+        let term = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            if m.state != openraft::ServerState::Leader || m.current_leader != Some(self.id) {
+                return false;
+            }
+            m.current_term
+        };
+        self.lease.holds(term)
+    }
+
+    /// A watch that is true while this member leads under its lease
+    /// ([`RaftNode::is_leader`]); it changes when the lease lapses, even
+    /// when openraft reports nothing new.
+    pub fn leading(&self) -> watch::Receiver<bool> {
+        self.lease.leading()
     }
 
     /// Makes this member the only voter of a new raft group.
@@ -284,18 +342,15 @@ impl RaftNode {
         }
     }
 
-    /// Waits until this member leads, up to `timeout`.
+    /// Waits until this member leads under its lease, up to `timeout`.
     pub async fn wait_leader(&self, timeout: Duration) -> Result<(), RaftError> {
-        let id = self.id;
-        self.raft
-            .wait(Some(timeout))
-            .metrics(
-                |m| m.current_leader == Some(id),
-                "this manager to become leader",
-            )
+        let mut leading = self.leading();
+        let led = tokio::time::timeout(timeout, leading.wait_for(|l| *l))
             .await
+            .map_err(|_| RaftError::Timeout(timeout))?
             .map(|_| ())
-            .map_err(|_| RaftError::Timeout(timeout))
+            .map_err(|_| RaftError::Other("raft stopped while waiting to lead".into()));
+        led
     }
 
     /// Proposes a command and waits for it to be committed and applied.
@@ -461,9 +516,18 @@ impl RaftNode {
 
     /// Stops openraft. The store is closed when the last handle drops.
     pub async fn shutdown(&self) {
+        self.lease_watch.abort();
+        self.election_timer.abort();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
+    }
+}
+
+impl Drop for RaftNode {
+    fn drop(&mut self) {
+        self.lease_watch.abort();
+        self.election_timer.abort();
     }
 }
 

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::io::Cursor;
-use std::ops::RangeBounds;
+use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -23,10 +23,11 @@ use tokio::sync::watch;
 use flotilla_store::state::Recorded;
 use flotilla_store::{Change, CommandResult, EntryError, State};
 
+use crate::log_writer::{LogWriter, SyncHook, Write};
 use crate::TypeConfig;
 
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+pub(crate) const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_meta");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
@@ -36,8 +37,8 @@ const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
 const KEY_VOTE: &str = "vote";
-const KEY_PURGED: &str = "last_purged";
-const KEY_COMMITTED: &str = "committed";
+pub(crate) const KEY_PURGED: &str = "last_purged";
+pub(crate) const KEY_COMMITTED: &str = "committed";
 const KEY_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "membership";
 const KEY_CLUSTER: &str = "cluster";
@@ -153,7 +154,13 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachine), OpenError> {
         last_applied: loaded.last_applied,
         membership: loaded.membership,
     };
-    Ok((LogStore { db }, sm))
+    let writer = LogWriter::start(db.clone()).map_err(|e| corrupt(e.to_string()))?;
+    let log = LogStore {
+        db,
+        writer: Arc::new(writer),
+        committed: Arc::new(std::sync::Mutex::new(None)),
+    };
+    Ok((log, sm))
 }
 
 struct Loaded {
@@ -213,13 +220,26 @@ fn load_state(db: &Database) -> Result<Loaded, AnyError> {
     })
 }
 
-/// The raft log and vote.
+/// The raft log and vote. Reads go to redb directly; every write goes
+/// through the log writer thread ([`crate::log_writer`]), which commits
+/// what queued up meanwhile with one fsync.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+    writer: Arc<LogWriter>,
+    /// The committed log id last handed to the writer, which saves it
+    /// without anyone waiting; read back from here until it is written.
+    #[allow(clippy::type_complexity)]
+    committed: Arc<std::sync::Mutex<Option<Option<LogId<u64>>>>>,
 }
 
 impl LogStore {
+    /// Calls `hook` before every durable commit of the log: a slow disk in
+    /// tests.
+    pub fn set_sync_hook(&self, hook: Arc<dyn SyncHook>) {
+        self.writer.set_hook(hook);
+    }
+
     fn read_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, AnyError> {
         run_blocking(|| {
             let txn = self.db.begin_read().map_err(any)?;
@@ -228,44 +248,6 @@ impl LogStore {
                 Some(v) => Ok(Some(decode(v.value())?)),
                 None => Ok(None),
             }
-        })
-    }
-
-    fn write_meta<T: Serialize>(
-        &self,
-        key: &str,
-        value: &T,
-        durability: Durability,
-    ) -> Result<(), AnyError> {
-        let bytes = encode(value)?;
-        run_blocking(|| {
-            let mut txn = self.db.begin_write().map_err(any)?;
-            txn.set_durability(durability).map_err(any)?;
-            {
-                let mut table = txn.open_table(RAFT_META).map_err(any)?;
-                table.insert(key, bytes.as_slice()).map_err(any)?;
-            }
-            txn.commit().map_err(any)
-        })
-    }
-
-    fn remove_range(
-        &self,
-        range: impl RangeBounds<u64>,
-        purged: Option<LogId<u64>>,
-    ) -> Result<(), AnyError> {
-        let purged = purged.map(|p| encode(&p)).transpose()?;
-        run_blocking(|| {
-            let txn = self.db.begin_write().map_err(any)?;
-            {
-                let mut log = txn.open_table(LOG).map_err(any)?;
-                log.retain_in(range, |_, _| false).map_err(any)?;
-                if let Some(p) = &purged {
-                    let mut meta = txn.open_table(RAFT_META).map_err(any)?;
-                    meta.insert(KEY_PURGED, p.as_slice()).map_err(any)?;
-                }
-            }
-            txn.commit().map_err(any)
         })
     }
 }
@@ -320,8 +302,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), SErr> {
-        self.write_meta(KEY_VOTE, vote, Durability::Immediate)
-            .map_err(|e| StorageIOError::write_vote(e).into())
+        let bytes = encode(vote).map_err(StorageIOError::write_vote)?;
+        self.writer
+            .write(
+                Write::Meta {
+                    key: KEY_VOTE,
+                    bytes,
+                },
+                true,
+            )
+            .await
+            .map_err(|e| StorageIOError::write_vote(any(e)).into())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, SErr> {
@@ -331,12 +322,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), SErr> {
         // Losing this on a crash only costs a later re-apply; the next
-        // durable log commit persists it anyway.
-        self.write_meta(KEY_COMMITTED, &committed, Durability::None)
-            .map_err(|e| StorageIOError::write(e).into())
+        // durable log commit persists it anyway. So nobody waits for it: a
+        // heartbeat that moves the commit index is not held up by an fsync
+        // under way.
+        let bytes = encode(&committed).map_err(StorageIOError::write)?;
+        if let Ok(mut c) = self.committed.lock() {
+            *c = Some(committed);
+        }
+        self.writer
+            .submit_detached(Write::Meta {
+                key: KEY_COMMITTED,
+                bytes,
+            })
+            .map_err(|e| StorageIOError::write(any(e)).into())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, SErr> {
+        if let Some(c) = self.committed.lock().ok().and_then(|c| *c) {
+            return Ok(c);
+        }
         Ok(self
             .read_meta::<Option<LogId<u64>>>(KEY_COMMITTED)
             .map_err(StorageIOError::read)?
@@ -355,37 +359,48 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 encode(&entry).map_err(StorageIOError::write_logs)?,
             ));
         }
-        let result = run_blocking(|| -> Result<(), AnyError> {
-            let mut txn = self.db.begin_write().map_err(any)?;
-            txn.set_durability(Durability::Immediate).map_err(any)?;
-            {
-                let mut log = txn.open_table(LOG).map_err(any)?;
-                for (index, bytes) in &rows {
-                    log.insert(*index, bytes.as_slice()).map_err(any)?;
-                }
-            }
-            txn.commit().map_err(any)
-        });
-        match result {
+        // Answered once the entries are on disk (the writer commits them
+        // with fsync, with whatever else queued up meanwhile): they are then
+        // readable too, and only then is openraft told they are persisted.
+        match self.writer.write(Write::Entries(rows), true).await {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())
             }
             Err(e) => {
                 callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(StorageIOError::write_logs(e).into())
+                Err(StorageIOError::write_logs(any(e)).into())
             }
         }
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
-        self.remove_range(log_id.index.., None)
-            .map_err(|e| StorageIOError::write_logs(e).into())
+        let range = (Bound::Included(log_id.index), Bound::Unbounded);
+        self.writer
+            .write(
+                Write::Remove {
+                    range,
+                    purged: None,
+                },
+                true,
+            )
+            .await
+            .map_err(|e| StorageIOError::write_logs(any(e)).into())
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
-        self.remove_range(..=log_id.index, Some(log_id))
-            .map_err(|e| StorageIOError::write_logs(e).into())
+        let purged = encode(&log_id).map_err(StorageIOError::write_logs)?;
+        let range = (Bound::Unbounded, Bound::Included(log_id.index));
+        self.writer
+            .write(
+                Write::Remove {
+                    range,
+                    purged: Some(purged),
+                },
+                true,
+            )
+            .await
+            .map_err(|e| StorageIOError::write_logs(any(e)).into())
     }
 }
 

@@ -366,3 +366,85 @@ async fn a_seeded_store_starts_as_a_leader_with_its_state() {
     assert_eq!(raft.state().read().expect("lock").services.len(), 2);
     raft.shutdown().await;
 }
+
+/// A disk whose fsync takes `delay` (defect 8): counts the durable commits
+/// and says when the first one is under way.
+struct SlowDisk {
+    delay: Duration,
+    syncs: std::sync::atomic::AtomicUsize,
+}
+
+impl flotilla_raft::log_writer::SyncHook for SlowDisk {
+    fn before_sync(&self, _ops: usize) {
+        self.syncs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(self.delay);
+    }
+}
+
+fn slow_store(delay: Duration) -> (tempfile::TempDir, LogStore, std::sync::Arc<SlowDisk>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (log, _sm) = storage::open(&dir.path().join("raft.redb")).expect("open store");
+    let disk = std::sync::Arc::new(SlowDisk {
+        delay,
+        syncs: Default::default(),
+    });
+    log.set_sync_hook(disk.clone());
+    (dir, log, disk)
+}
+
+async fn first_sync_under_way(disk: &SlowDisk) {
+    while disk.syncs.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn durable_writes_queued_during_a_slow_fsync_share_the_next_one() {
+    use openraft::storage::RaftLogStorage;
+    let (_dir, log, disk) = slow_store(Duration::from_millis(200));
+    let mut tasks = Vec::new();
+    for i in 1..=10u64 {
+        let mut log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let vote = openraft::Vote::new(i, 1);
+            log.save_vote(&vote).await.expect("save vote");
+        }));
+        if i == 1 {
+            first_sync_under_way(&disk).await;
+        }
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    let syncs = disk.syncs.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(syncs <= 2, "ten votes took {syncs} fsyncs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slow_fsync_does_not_hold_up_saving_the_committed_id() {
+    use openraft::storage::RaftLogStorage;
+    let (_dir, log, disk) = slow_store(Duration::from_millis(500));
+    let mut purging = log.clone();
+    let purge = tokio::spawn(async move {
+        purging
+            .purge(openraft::LogId::new(
+                openraft::CommittedLeaderId::new(1, 1),
+                3,
+            ))
+            .await
+            .expect("purge");
+    });
+    first_sync_under_way(&disk).await;
+    // What a follower does on a heartbeat that moves the commit index.
+    let mut log = log.clone();
+    let committed = Some(openraft::LogId::new(
+        openraft::CommittedLeaderId::new(1, 1),
+        7,
+    ));
+    let t = std::time::Instant::now();
+    log.save_committed(committed).await.expect("save committed");
+    let took = t.elapsed();
+    assert!(took < Duration::from_millis(100), "took {took:?}");
+    assert_eq!(log.read_committed().await.expect("read"), committed);
+    purge.await.expect("purge task");
+}

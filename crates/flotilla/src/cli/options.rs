@@ -98,11 +98,11 @@ pub struct DaemonArgs {
     /// Address other nodes reach this one at, HOST or HOST:PORT [default: the listen address, or 127.0.0.1]
     #[arg(long)]
     pub advertise_addr: Option<String>,
-    /// Raft heartbeat between managers
-    #[arg(long, default_value = "80ms")]
+    /// Raft heartbeat between managers; also how long one AppendEntries may take
+    #[arg(long, default_value = "150ms")]
     pub heartbeat_interval: String,
-    /// Raft election timeout (the lowest; the highest is 1.5 times it). A dead leader is replaced after about 2.5 times this
-    #[arg(long, default_value = "300ms")]
+    /// Raft election timeout (the lowest; the highest is 1.5 times it), also the leader's lease. A dead leader is replaced after about 2.5 to 3 times this
+    #[arg(long, default_value = "600ms")]
     pub election_timeout: String,
     /// A node without a heartbeat this long is marked down and its tasks run elsewhere
     #[arg(long, default_value = "3s")]
