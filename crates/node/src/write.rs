@@ -117,7 +117,15 @@ impl Member {
         let deadline = start + WRITE_BUDGET;
         let mut quorum_checked = false;
         loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let mut left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !quorum_checked {
+                // Wait no longer than the quorum check: a leader that lost
+                // its quorum would hold the proposal until the budget ran
+                // out. A retry carries the same request ID, so it applies
+                // once even when the first attempt commits after all.
+                let until_check = QUORUM_CHECK_AFTER.saturating_sub(start.elapsed());
+                left = left.min(until_check.max(Duration::from_millis(100)));
+            }
             // Each arm either answers or falls through to a retry.
             if raft.is_leader() {
                 let proposal = raft.propose_request(command.clone(), Some(request.clone()));
