@@ -76,11 +76,26 @@ struct Op {
 
 type Hook = Arc<Mutex<Option<Arc<dyn SyncHook>>>>;
 
-/// The handle of the writer thread. The thread ends, after writing what is
-/// queued, when the last handle is dropped.
+/// The handle of the writer thread. Dropping it ends the thread after it
+/// wrote what is queued, and waits for that: the thread holds the
+/// database, and the file is locked until it lets go (a store opened again
+/// at once, as `init --force-new-cluster` does, failed with "Database
+/// already open" when the thread was slower than the caller).
 pub(crate) struct LogWriter {
-    tx: mpsc::Sender<Op>,
+    tx: Option<mpsc::Sender<Op>>,
     hook: Hook,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the raft log writer thread panicked");
+            }
+        }
+    }
 }
 
 impl LogWriter {
@@ -89,10 +104,14 @@ impl LogWriter {
         let (tx, rx) = mpsc::channel();
         let hook: Hook = Arc::new(Mutex::new(None));
         let thread_hook = hook.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || run(&db, &rx, &thread_hook))?;
-        Ok(LogWriter { tx, hook })
+        Ok(LogWriter {
+            tx: Some(tx),
+            hook,
+            thread: Some(thread),
+        })
     }
 
     /// Installs a hook called before every durable commit.
@@ -116,7 +135,11 @@ impl LogWriter {
             durable,
             reply: Some(reply),
         };
-        if let Err(mpsc::SendError(op)) = self.tx.send(op) {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(op).map_err(|mpsc::SendError(op)| op),
+            None => Err(op),
+        };
+        if let Err(op) = sent {
             if let Some(r) = op.reply {
                 let _ = r.send(Err(WriteError::Stopped));
             }
@@ -128,6 +151,8 @@ impl LogWriter {
     /// durable commit carries it to disk).
     pub(crate) fn submit_detached(&self, write: Write) -> Result<(), WriteError> {
         self.tx
+            .as_ref()
+            .ok_or(WriteError::Stopped)?
             .send(Op {
                 write,
                 durable: false,

@@ -1001,6 +1001,20 @@ mod tests {
         sm.apply(entries[..2].to_vec()).await.expect("apply");
     }
 
+    /// A store let go of can be opened again at once: the log writer's
+    /// thread held the database a moment longer, and the recovery tests
+    /// failed now and then with "Database already open" on a busy machine.
+    #[test]
+    fn a_store_dropped_opens_again_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("raft.redb");
+        for i in 0..200 {
+            let opened = open(&path);
+            assert!(opened.is_ok(), "open {i}: {:?}", opened.err());
+            drop(opened);
+        }
+    }
+
     #[tokio::test]
     async fn recovery_keeps_log_entries_beyond_last_applied() {
         let dir = tempfile::tempdir().expect("tempdir");
