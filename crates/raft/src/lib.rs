@@ -20,10 +20,13 @@
 //! - [`network`]: the raft network. One-node clusters never dial; the
 //!   multi-node transport plugs in here.
 //! - [`node`]: [`node::RaftNode`], opening the store and starting openraft.
+//! - [`batch`]: the proposer's batcher; client writes queued meanwhile go
+//!   into one entry.
 //! - [`elect`]: the election timer, with a timeout drawn anew every term.
 //! - [`lease`]: the leader lease; a member acts as leader only while a
 //!   quorum acknowledged it within the lowest election timeout.
 
+pub mod batch;
 pub mod elect;
 pub mod lease;
 pub mod log_writer;
@@ -35,8 +38,9 @@ use std::io::Cursor;
 
 pub use node::{RaftError, RaftNode};
 
-/// The response of applying one command.
-pub type Response = flotilla_store::CommandResult;
+/// The response of applying one entry: a result for each of its commands
+/// (one, or a batch's, in order; none for a blank or membership entry).
+pub type Response = Vec<flotilla_store::CommandResult>;
 
 openraft::declare_raft_types!(
     /// Flotilla's raft types: commands in, command results out.

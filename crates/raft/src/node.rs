@@ -10,7 +10,7 @@ use openraft::error::{ClientWriteError, InitializeError, RaftError as OpenraftEr
 use openraft::{BasicNode, Config, SnapshotPolicy};
 use tokio::sync::watch;
 
-use flotilla_store::{Command, CommandResult, EntryError, Envelope, RequestId, State};
+use flotilla_store::{Command, CommandResult, EntryError, RequestId, State};
 
 use crate::lease::Lease;
 use crate::network::{HttpNetwork, LocalOnlyNetwork};
@@ -118,6 +118,8 @@ pub struct RaftNode {
     lease: Arc<Lease>,
     lease_watch: tokio::task::JoinHandle<()>,
     election_timer: tokio::task::JoinHandle<()>,
+    batcher: crate::batch::Batcher,
+    batcher_task: tokio::task::JoinHandle<()>,
 }
 
 impl RaftNode {
@@ -211,6 +213,8 @@ impl RaftNode {
                 lease: Duration::from_millis(timings.election_max_ms),
             },
         ));
+        let (batcher, batcher_task) =
+            crate::batch::Batcher::start(raft.clone(), state.clone(), timings.write_timeout);
         Ok(RaftNode {
             raft,
             id,
@@ -223,6 +227,8 @@ impl RaftNode {
             lease,
             lease_watch,
             election_timer,
+            batcher,
+            batcher_task,
         })
     }
 
@@ -387,16 +393,19 @@ impl RaftNode {
                 readable,
             });
         }
-        let entry = Envelope::new(command, request, readable);
-        match tokio::time::timeout(self.write_timeout, self.raft.client_write(entry)).await {
+        // Through the batcher: written alone, or in one entry with the
+        // proposals queued beside it (`batch`).
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if !self
+            .batcher
+            .submit(crate::batch::Proposal::new(command, request, reply))
+        {
+            return Err(RaftError::Other("the raft proposer has stopped".into()));
+        }
+        match tokio::time::timeout(self.write_timeout, answer).await {
             Err(_) => Err(RaftError::Timeout(self.write_timeout)),
-            Ok(Ok(response)) => Ok((response.data, response.log_id.index)),
-            Ok(Err(OpenraftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(RaftError::NotLeader {
-                    leader: f.leader_id,
-                })
-            }
-            Ok(Err(e)) => Err(RaftError::Other(e.to_string())),
+            Ok(Err(_)) => Err(RaftError::Other("the raft proposer has stopped".into())),
+            Ok(Ok(answer)) => answer,
         }
     }
 
@@ -518,6 +527,7 @@ impl RaftNode {
     pub async fn shutdown(&self) {
         self.lease_watch.abort();
         self.election_timer.abort();
+        self.batcher_task.abort();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
@@ -528,6 +538,7 @@ impl Drop for RaftNode {
     fn drop(&mut self) {
         self.lease_watch.abort();
         self.election_timer.abort();
+        self.batcher_task.abort();
     }
 }
 

@@ -419,12 +419,12 @@ struct SnapshotPayload {
 pub fn apply_entry(
     state: &mut State,
     entry: &Entry<TypeConfig>,
-) -> Result<(CommandResult, Vec<Change>), EntryError> {
+) -> Result<(Vec<CommandResult>, Vec<Change>), EntryError> {
     match &entry.payload {
         EntryPayload::Normal(envelope) => state.apply_entry(entry.log_id.index, envelope),
         EntryPayload::Blank | EntryPayload::Membership(_) => {
             state.index = entry.log_id.index;
-            Ok((Ok(None), Vec::new()))
+            Ok((Vec::new(), Vec::new()))
         }
     }
 }
@@ -550,7 +550,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.last_applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, SErr>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<crate::Response>, SErr>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,

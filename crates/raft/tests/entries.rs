@@ -184,10 +184,10 @@ async fn an_entry_of_a_future_version_stops_applying_and_says_why() {
     assert!(raft.propose(init).await.expect("propose").is_ok());
     assert!(raft.propose(create("s1", "web")).await.expect("p").is_ok());
     let before = read(&raft, Clone::clone);
-    // What a leader of a newer version would write: format 3, a command
+    // What a leader of a newer version would write: format 4, a command
     // this version has never heard of.
     let future: Envelope = serde_json::from_str(
-        r#"{"format":3,"request":"r1","command":{"type":"create_volume","id":"v1"}}"#,
+        r#"{"format":4,"request":"r1","command":{"type":"create_volume","id":"v1"}}"#,
     )
     .expect("decode");
     let answer = tokio::time::timeout(Duration::from_secs(5), raft.raft().client_write(future))
@@ -195,7 +195,7 @@ async fn an_entry_of_a_future_version_stops_applying_and_says_why() {
         .expect("client_write answers");
     assert!(answer.is_err(), "{answer:?}");
     let why = raft.stopped().expect("stopped applying");
-    assert!(why.contains("'create_volume' of entry format 3"), "{why}");
+    assert!(why.contains("'create_volume' of entry format 4"), "{why}");
     assert!(why.contains("upgrade this manager"), "{why}");
     // The raft core stopped: nothing more is applied or written.
     let running = raft.raft().metrics().borrow().running_state.clone();
@@ -216,9 +216,9 @@ async fn an_entry_of_a_future_version_stops_applying_and_says_why() {
         .expect("the restart refuses");
     assert_eq!(
         err.to_string(),
-        "raft failed to start: raft entry 4 holds command 'create_volume' of entry format 3, \
-         which this version (reads formats up to 2) cannot apply: it stopped applying the log \
-         rather than skip the entry; upgrade this manager to a version that reads format 3"
+        "raft failed to start: raft entry 4 holds command 'create_volume' of entry format 4, \
+         which this version (reads formats up to 3) cannot apply: it stopped applying the log \
+         rather than skip the entry; upgrade this manager to a version that reads format 4"
     );
     drop(open_when_free(&dir.path().join("raft.redb")).await);
     let (_log, sm) = flotilla_raft::storage::open(&dir.path().join("raft.redb")).expect("open");
@@ -264,5 +264,71 @@ async fn a_request_proposed_twice_applies_once_even_after_a_restart() {
         .expect("propose after restart");
     assert_eq!(again, first, "the kept result survived the restart");
     assert_eq!(read(&raft, |s| s.services.len()), 1);
+    raft.shutdown().await;
+}
+
+/// Proposes `n` creates at once and answers how many raft entries they
+/// took, checking that every one applied with its own result.
+async fn concurrent_creates(raft: std::sync::Arc<RaftNode>, n: usize) -> u64 {
+    let before = *raft.applied().borrow();
+    let mut writes = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let raft = raft.clone();
+        writes.spawn(async move {
+            let id = format!("c{before}-{i}");
+            let command = create(&id, &format!("web-{id}"));
+            let (result, _) = raft
+                .propose_request(command, Some(format!("r-{id}")))
+                .await
+                .expect("propose");
+            (id, result)
+        });
+    }
+    for (id, result) in writes.join_all().await {
+        assert_eq!(result, Ok(Some(id.clone())), "{id} answers its own result");
+    }
+    until(&raft, "every create", |s| {
+        s.services
+            .keys()
+            .filter(|k| k.starts_with(&format!("c{before}-")))
+            .count()
+            == n
+    })
+    .await;
+    *raft.applied().borrow() - before
+}
+
+/// Client writes proposed at the same time share raft entries (format 3,
+/// a batch), so that they share the leader's fsync: 64 creates took 64
+/// entries before the batcher. A cluster with a manager that reads only
+/// format 2 gets one entry per write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_proposed_together_share_raft_entries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raft = std::sync::Arc::new(leader(dir.path(), true).await);
+    let init = Command::InitCluster {
+        cluster: Cluster::bare("c", 1),
+        node: node(flotilla_store::FORMAT),
+    };
+    assert!(raft.propose(init).await.expect("propose").is_ok());
+    let entries = concurrent_creates(raft.clone(), 64).await;
+    assert!(
+        entries <= 16,
+        "64 concurrent writes took {entries} raft entries"
+    );
+    // An older manager joins the picture: no batches until it upgrades.
+    let older = Command::UpsertNode {
+        node: Node {
+            entry_format: 2,
+            ..node(2)
+        },
+    };
+    assert!(raft.propose(older).await.expect("propose").is_ok());
+    assert_eq!(read(&raft, flotilla_store::writable_format), 2);
+    let entries = concurrent_creates(raft.clone(), 16).await;
+    assert_eq!(
+        entries, 16,
+        "one entry per write while a manager reads format 2"
+    );
     raft.shutdown().await;
 }

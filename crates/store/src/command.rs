@@ -167,6 +167,21 @@ impl Command {
         }
     }
 
+    /// How many items a bulk command (tasks, assignments, statuses)
+    /// carries; 1 for any other.
+    pub fn bulk_len(&self) -> usize {
+        match self {
+            Command::CreateTasks { tasks } => tasks.len(),
+            Command::SetDesiredState { task_ids, .. } | Command::DeleteTasks { task_ids } => {
+                task_ids.len()
+            }
+            Command::AssignTasks { assignments, .. } => assignments.len(),
+            Command::SetPendingReason { reasons, .. } => reasons.len(),
+            Command::UpdateTaskStatus { updates } => updates.len(),
+            _ => 1,
+        }
+    }
+
     /// Splits a batch command into commands of at most `max` items each,
     /// in order; other commands come back as they are. Every batch command
     /// applies item by item, so applying the parts in order is applying the

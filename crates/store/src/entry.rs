@@ -8,6 +8,10 @@
 //! - **2**: `{"format": 2, "request": ID, "command": COMMAND}`; adds the
 //!   request ID (see [`crate::state::Requests`]) and
 //!   [`Command::RefreshNode`].
+//! - **3**: adds the batch, `{"format": 3, "batch": [ENVELOPE, ...]}`:
+//!   several client writes in one entry, applied in order, each with its
+//!   own request ID and result, so that they share one append and one
+//!   fsync on every member (see the raft crate's `batch` module).
 //!
 //! A new command, or a change that an older reader would apply
 //! differently, takes a new format number; a field that older readers may
@@ -34,7 +38,9 @@ use crate::command::Command;
 use crate::state::State;
 
 /// The newest entry format this version reads and writes.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
+/// The first format with [`Body::Batch`].
+pub const BATCH_FORMAT: u32 = 3;
 /// The format of a bare [`Command`], before the envelope.
 pub const BARE_FORMAT: u32 = 1;
 
@@ -59,6 +65,9 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
     Known(Command),
+    /// Several envelopes (format [`BATCH_FORMAT`] on), applied in order
+    /// at the entry's index, each answered on its own.
+    Batch(Vec<Envelope>),
     /// A command this version cannot read, kept as it came.
     Unknown {
         /// Its `type`, or `?` when it has none.
@@ -98,17 +107,83 @@ impl Envelope {
         }
     }
 
+    /// Commands with their request IDs in one entry, in the order they
+    /// apply: `items` (each a command and its request) in format `format`,
+    /// which must be at least [`BATCH_FORMAT`] (see [`writable_format`]).
+    pub fn batch(items: Vec<(Command, Option<RequestId>)>, format: u32) -> Envelope {
+        let format = format.clamp(BATCH_FORMAT, FORMAT);
+        Envelope {
+            format,
+            request: None,
+            body: Body::Batch(
+                items
+                    .into_iter()
+                    .map(|(command, request)| Envelope::new(command, request, format))
+                    .collect(),
+            ),
+        }
+    }
+
     /// The command, or why this version cannot apply the entry at `index`.
+    /// A batch has no one command: see [`Envelope::items`].
     pub fn command(&self, index: u64) -> Result<&Command, EntryError> {
         match &self.body {
             Body::Known(c) => Ok(c),
-            Body::Unknown { name, .. } => Err(EntryError::Unknown {
-                index,
-                format: self.format,
-                name: name.clone(),
-                needs: self.format.max(FORMAT + 1),
-            }),
+            Body::Batch(_) => Err(self.unknown(index, "batch")),
+            Body::Unknown { name, .. } => Err(self.unknown(index, name)),
         }
+    }
+
+    /// Every command of the entry at `index` with its request, in the
+    /// order they apply (one, or a batch's), or why this version cannot
+    /// apply the entry: then none of it applies.
+    pub fn items(&self, index: u64) -> Result<Vec<(Option<&RequestId>, &Command)>, EntryError> {
+        let mut out = Vec::new();
+        self.collect(index, &mut out)?;
+        Ok(out)
+    }
+
+    fn collect<'a>(
+        &'a self,
+        index: u64,
+        out: &mut Vec<(Option<&'a RequestId>, &'a Command)>,
+    ) -> Result<(), EntryError> {
+        match &self.body {
+            Body::Known(c) => out.push((self.request.as_ref(), c)),
+            Body::Batch(_) if self.format > FORMAT || self.format < BATCH_FORMAT => {
+                return Err(self.unknown(index, "batch"))
+            }
+            Body::Batch(items) => {
+                for item in items {
+                    item.collect(index, out)?;
+                }
+            }
+            Body::Unknown { name, .. } => return Err(self.unknown(index, name)),
+        }
+        Ok(())
+    }
+
+    fn unknown(&self, index: u64, name: &str) -> EntryError {
+        EntryError::Unknown {
+            index,
+            format: self.format,
+            name: name.to_string(),
+            needs: self.format.max(FORMAT + 1),
+        }
+    }
+
+    /// How many commands the entry holds.
+    pub fn len(&self) -> usize {
+        match &self.body {
+            Body::Batch(items) => items.iter().map(Envelope::len).sum(),
+            Body::Known(_) | Body::Unknown { .. } => 1,
+        }
+    }
+
+    /// Never: an entry holds at least one command (an empty batch is
+    /// never proposed).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -135,9 +210,20 @@ struct Wrapped<'a, C: Serialize> {
     command: &'a C,
 }
 
+#[derive(Serialize)]
+struct Batched<'a> {
+    format: u32,
+    batch: &'a [Envelope],
+}
+
 impl Serialize for Envelope {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match (&self.body, self.format <= BARE_FORMAT) {
+            (Body::Batch(items), _) => Batched {
+                format: self.format,
+                batch: items,
+            }
+            .serialize(s),
             (Body::Known(c), true) => c.serialize(s),
             (Body::Unknown { raw, .. }, true) => raw.serialize(s),
             (Body::Known(c), false) => Wrapped {
@@ -216,7 +302,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                 body: body_of(BARE_FORMAT, name, map)?,
             });
         }
-        if !["format", "request", "command"].contains(&first.as_str()) {
+        if !["format", "request", "command", "batch"].contains(&first.as_str()) {
             // A bare command, but not as serde writes it (`type` first).
             let mut raw = serde_json::Map::new();
             let mut key = Some(first);
@@ -234,6 +320,7 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
         let mut request = None;
         let mut body = None;
         let mut early = None;
+        let mut batch = None;
         let mut key = Some(first);
         while let Some(k) = key {
             match k.as_str() {
@@ -244,6 +331,8 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
                     // The command came before its format: decide later.
                     None => early = Some(map.next_value::<serde_json::Value>()?),
                 },
+                // Each item is an envelope with its own format.
+                "batch" => batch = Some(map.next_value::<Vec<Envelope>>()?),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -251,10 +340,11 @@ impl<'de> Visitor<'de> for EnvelopeVisitor {
             key = map.next_key::<String>()?;
         }
         let format = format.ok_or_else(|| A::Error::custom("a raft entry without a format"))?;
-        let body = match (body, early) {
-            (Some(b), _) => b,
-            (None, Some(raw)) => body_of_value(format, raw),
-            (None, None) => return Err(A::Error::custom("a raft entry without a command")),
+        let body = match (body, early, batch) {
+            (Some(b), _, _) => b,
+            (None, Some(raw), _) => body_of_value(format, raw),
+            (None, None, Some(items)) => Body::Batch(items),
+            (None, None, None) => return Err(A::Error::custom("a raft entry without a command")),
         };
         Ok(Envelope {
             format,
@@ -451,7 +541,7 @@ mod tests {
         let json = serde_json::to_string(&e).expect("encode");
         assert_eq!(
             json,
-            r#"{"format":2,"request":"r1","command":{"type":"remove_service","id":"s1","at":3}}"#
+            r#"{"format":3,"request":"r1","command":{"type":"remove_service","id":"s1","at":3}}"#
         );
         assert_eq!(serde_json::from_str::<Envelope>(&json).expect("decode"), e);
         // The bare format has no room for a request.
@@ -461,22 +551,22 @@ mod tests {
     #[test]
     fn an_entry_of_a_future_version_decodes_but_cannot_be_applied() {
         let future =
-            r#"{"format":3,"request":"r9","command":{"type":"create_volume","id":"v1","size":9}}"#;
+            r#"{"format":4,"request":"r9","command":{"type":"create_volume","id":"v1","size":9}}"#;
         let e: Envelope = serde_json::from_str(future).expect("decode");
-        assert_eq!(e.format, 3);
+        assert_eq!(e.format, 4);
         let err = e.command(42).expect_err("unknown");
         assert_eq!(
             err,
             EntryError::Unknown {
                 index: 42,
-                format: 3,
+                format: 4,
                 name: "create_volume".into(),
-                needs: 3
+                needs: 4
             }
         );
         assert!(err
             .to_string()
-            .contains("upgrade this manager to a version that reads format 3"));
+            .contains("upgrade this manager to a version that reads format 4"));
         // Kept as it came: stored and sent on unchanged.
         let again = serde_json::to_value(&e).expect("encode");
         assert_eq!(
@@ -490,12 +580,89 @@ mod tests {
                 .expect("decode");
         assert!(matches!(
             e.command(1),
-            Err(EntryError::Unknown { needs: 3, .. })
+            Err(EntryError::Unknown { needs: 4, .. })
         ));
         let bare: Envelope = serde_json::from_str(r#"{"type":"create_volume"}"#).expect("decode");
         assert!(matches!(
             bare.command(1),
             Err(EntryError::Unknown { format: 1, .. })
+        ));
+    }
+
+    fn rename(id: &str) -> Command {
+        Command::RemoveService {
+            id: id.into(),
+            at: 7,
+        }
+    }
+
+    /// Format 3: several client writes in one entry, each with its own
+    /// request, in order; an older format has no batch.
+    #[test]
+    fn a_batch_round_trips_and_lists_its_commands_in_order() {
+        let e = Envelope::batch(
+            vec![
+                (rename("a"), Some("r1".into())),
+                (rename("b"), None),
+                (rename("c"), Some("r3".into())),
+            ],
+            FORMAT,
+        );
+        assert_eq!(e.len(), 3);
+        let json = serde_json::to_string(&e).expect("encode");
+        assert!(json.starts_with(r#"{"format":3,"batch":[{"format":3,"request":"r1","#));
+        let back: Envelope = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, e);
+        let items = back.items(9).expect("known");
+        let listed: Vec<(Option<&str>, &Command)> = items
+            .iter()
+            .map(|(r, c)| (r.map(|r| r.as_str()), *c))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![
+                (Some("r1"), &rename("a")),
+                (None, &rename("b")),
+                (Some("r3"), &rename("c"))
+            ]
+        );
+        assert!(back.command(9).is_err(), "a batch has no one command");
+        // One entry of one command lists itself.
+        let one = Envelope::new(rename("a"), Some("r".into()), FORMAT);
+        assert_eq!(one.items(1).expect("known").len(), 1);
+    }
+
+    /// A batch with one command this version cannot read is refused
+    /// whole, before any of it applies; so is a batch in a format that has
+    /// none (an older writer never makes one).
+    #[test]
+    fn a_batch_with_an_unknown_command_is_refused_whole() {
+        let future = r#"{"format":3,"batch":[
+            {"format":3,"request":"r1","command":{"type":"remove_service","id":"a","at":7}},
+            {"format":3,"request":"r2","command":{"type":"create_volume","id":"v1"}}]}"#;
+        let e: Envelope = serde_json::from_str(future).expect("decode");
+        assert_eq!(e.len(), 2);
+        assert!(matches!(
+            e.items(5),
+            Err(EntryError::Unknown { index: 5, ref name, .. }) if name == "create_volume"
+        ));
+        let odd = r#"{"format":2,"batch":[
+            {"format":2,"command":{"type":"remove_service","id":"a","at":7}}]}"#;
+        let e: Envelope = serde_json::from_str(odd).expect("decode");
+        assert!(matches!(
+            e.items(5),
+            Err(EntryError::Unknown { format: 2, .. })
+        ));
+        let newer = r#"{"format":4,"batch":[
+            {"format":3,"command":{"type":"remove_service","id":"a","at":7}}]}"#;
+        let e: Envelope = serde_json::from_str(newer).expect("decode");
+        assert!(matches!(
+            e.items(5),
+            Err(EntryError::Unknown {
+                format: 4,
+                needs: 4,
+                ..
+            })
         ));
     }
 }

@@ -93,25 +93,34 @@ impl State {
     /// Applies a committed log entry at raft index `index`, the way every
     /// replica does: an entry this version cannot read is refused before
     /// anything changes (the caller must stop applying, never skip it; see
-    /// [`crate::entry`]); a request already applied in the window answers
-    /// its kept result and changes nothing; otherwise the command applies
-    /// and, when it names a request, its result is kept.
+    /// [`crate::entry`]). Each command of the entry (one, or a batch's, in
+    /// order) then answers on its own: a request already applied in the
+    /// window answers its kept result and changes nothing; otherwise the
+    /// command applies and, when it names a request, its result is kept.
+    /// The results come in the order of the commands.
     pub fn apply_entry(
         &mut self,
         index: u64,
         entry: &Envelope,
-    ) -> Result<(CommandResult, Vec<Change>), EntryError> {
-        let command = entry.command(index)?;
-        if let Some(kept) = entry.request.as_deref().and_then(|r| self.requests.get(r)) {
-            let result = kept.result.clone();
-            self.index = index;
-            return Ok((result, Vec::new()));
+    ) -> Result<(Vec<CommandResult>, Vec<Change>), EntryError> {
+        let items = entry.items(index)?;
+        let mut results = Vec::with_capacity(items.len());
+        let mut changes = Vec::new();
+        self.index = index;
+        for (slot, (request, command)) in items.into_iter().enumerate() {
+            if let Some(kept) = request.and_then(|r| self.requests.get(r)) {
+                results.push(kept.result.clone());
+                continue;
+            }
+            let (result, mut changed) = self.apply(index, command);
+            if let Some(request) = request {
+                self.requests
+                    .record(request, (index, slot as u32), &result, &mut changed);
+            }
+            changes.append(&mut changed);
+            results.push(result);
         }
-        let (result, mut changes) = self.apply(index, command);
-        if let Some(request) = &entry.request {
-            self.requests.record(request, index, &result, &mut changes);
-        }
-        Ok((result, changes))
+        Ok((results, changes))
     }
 
     /// One function per command; see each for its rule. `changes` gets
@@ -1115,7 +1124,7 @@ mod tests {
                 request.map(String::from),
                 crate::FORMAT,
             );
-            let (first, _) = s.apply_entry(2, &entry).expect("known");
+            let first = s.apply_entry(2, &entry).expect("known").0.remove(0);
             let bump = Envelope::new(
                 Command::UpdateService {
                     id: "s1".into(),
@@ -1127,8 +1136,9 @@ mod tests {
                 crate::FORMAT,
             );
             let _ = s.apply_entry(3, &bump).expect("known");
-            let (second, changes) = s.apply_entry(4, &bump).expect("known");
-            let (again, _) = s.apply_entry(5, &entry).expect("known");
+            let (mut second, changes) = s.apply_entry(4, &bump).expect("known");
+            let second = second.remove(0);
+            let again = s.apply_entry(5, &entry).expect("known").0.remove(0);
             (first, again, second, changes, s)
         };
         let (first, again, _, changes, s) = twice(None);
@@ -1152,6 +1162,68 @@ mod tests {
         let back: State = serde_json::from_str(&json).expect("decode");
         assert_eq!(back, s);
         assert_eq!(back.requests.get("r1").map(|r| r.index), Some(2));
+    }
+
+    /// Format 3: a batch applies its commands in order at one index, each
+    /// with its own result and request; a command refused in a batch
+    /// changes nothing and does not stop the others; a retry of one of
+    /// them, alone or in a later batch, answers its first result.
+    #[test]
+    fn a_batch_applies_each_command_on_its_own_in_order() {
+        let mut s = init();
+        let _ = s.apply(2, &create("s1", "web"));
+        let update = |expected| Command::UpdateService {
+            id: "s1".into(),
+            spec: spec("web", 2),
+            expected_version: expected,
+            at: 4,
+        };
+        let batch = Envelope::batch(
+            vec![
+                (update(Some(2)), Some("r1".into())),
+                (create("s2", "web"), Some("r2".into())),
+                // Read at the same version as the first: a lost update
+                // unless the first, in the same entry, moved it on.
+                (update(Some(2)), None),
+                (create("s3", "api"), Some("r3".into())),
+            ],
+            crate::FORMAT,
+        );
+        let (results, changes) = s.apply_entry(3, &batch).expect("known");
+        assert_eq!(
+            results,
+            vec![
+                Ok(Some("s1".into())),
+                Err(StoreError::ServiceExists("web".into())),
+                Err(StoreError::VersionConflict {
+                    name: "web".into(),
+                    expected: 2,
+                    actual: 3
+                }),
+                Ok(Some("s3".into())),
+            ]
+        );
+        assert!(!changes.is_empty());
+        assert!(!s.services.contains_key("s2"));
+        assert_eq!(s.services["s1"].version, 3);
+        assert_eq!(s.index, 3);
+        let kept: Vec<(u64, u32)> = s.requests.iter().map(|r| (r.index, r.slot)).collect();
+        assert_eq!(kept, [(3, 0), (3, 1), (3, 3)]);
+        // A retry of r1 in a later batch beside a new command.
+        let again = Envelope::batch(
+            vec![
+                (update(Some(2)), Some("r1".into())),
+                (create("s4", "db"), Some("r4".into())),
+            ],
+            crate::FORMAT,
+        );
+        let (results, _) = s.apply_entry(4, &again).expect("known");
+        assert_eq!(results, vec![Ok(Some("s1".into())), Ok(Some("s4".into()))]);
+        assert_eq!(s.services["s1"].version, 3, "r1 applied once");
+        // The window, with its slots, is part of the snapshot.
+        let json = serde_json::to_string(&s).expect("encode");
+        let back: State = serde_json::from_str(&json).expect("decode");
+        assert_eq!(back, s);
     }
 
     #[test]
@@ -1192,7 +1264,7 @@ mod tests {
     fn an_entry_this_version_cannot_read_changes_nothing() {
         let mut s = init();
         let future: Envelope = serde_json::from_str(
-            r#"{"format":3,"request":"r1","command":{"type":"create_volume","id":"v1"}}"#,
+            r#"{"format":4,"request":"r1","command":{"type":"create_volume","id":"v1"}}"#,
         )
         .expect("decode");
         let before = s.clone();
@@ -1202,7 +1274,7 @@ mod tests {
                 e,
                 EntryError::Unknown {
                     index: 2,
-                    format: 3,
+                    format: 4,
                     ..
                 }
             ),

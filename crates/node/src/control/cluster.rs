@@ -184,11 +184,11 @@ mod tests {
         assert_eq!(reads_the_log("new", flotilla_store::FORMAT, &state), Ok(()));
         assert_eq!(
             reads_the_log("old", 0, &state),
-            Err(
+            Err(format!(
                 "node old runs a version that reads raft entry format 1 only, and this \
-                 cluster writes format 2: upgrade it before it becomes a manager"
-                    .into()
-            )
+                 cluster writes format {}: upgrade it before it becomes a manager",
+                flotilla_store::FORMAT
+            ))
         );
         assert!(crate::control::nodes::promotable(&state, "w1").is_err());
         state.nodes.get_mut("w1").expect("w1").entry_format = flotilla_store::FORMAT;

@@ -24,6 +24,10 @@ pub struct Recorded {
     pub request: RequestId,
     /// The raft index it was applied at.
     pub index: u64,
+    /// Its place among the commands of that entry (a batch's; 0 for an
+    /// entry of one command, and in rows written before batches).
+    #[serde(default)]
+    pub slot: u32,
     pub result: CommandResult,
 }
 
@@ -31,8 +35,8 @@ pub struct Recorded {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "Vec<Recorded>", into = "Vec<Recorded>")]
 pub struct Requests {
-    by_index: BTreeMap<u64, Recorded>,
-    by_id: BTreeMap<RequestId, u64>,
+    by_index: BTreeMap<(u64, u32), Recorded>,
+    by_id: BTreeMap<RequestId, (u64, u32)>,
 }
 
 impl From<Vec<Recorded>> for Requests {
@@ -72,22 +76,25 @@ impl Requests {
 
     /// Adds a row as loaded from storage (no eviction, no change).
     pub fn insert(&mut self, row: Recorded) {
-        self.by_id.insert(row.request.clone(), row.index);
-        self.by_index.insert(row.index, row);
+        let at = (row.index, row.slot);
+        self.by_id.insert(row.request.clone(), at);
+        self.by_index.insert(at, row);
     }
 
-    /// Keeps `result` for `request` applied at `index`, and forgets the
-    /// oldest beyond [`REQUEST_WINDOW`]; `changes` gets every row written.
+    /// Keeps `result` for `request` applied at `(index, slot)`, and
+    /// forgets the oldest beyond [`REQUEST_WINDOW`]; `changes` gets every
+    /// row written.
     pub(super) fn record(
         &mut self,
         request: &str,
-        index: u64,
+        (index, slot): (u64, u32),
         result: &CommandResult,
         changes: &mut Vec<Change>,
     ) {
         self.insert(Recorded {
             request: request.to_string(),
             index,
+            slot,
             result: result.clone(),
         });
         changes.push(Change::Request(request.to_string()));

@@ -1,0 +1,326 @@
+//! The proposer's batcher: client writes that arrive while earlier ones
+//! are being written go into one raft entry (format 3, a batch), so that
+//! they share one append, one fsync on every member and one round of
+//! replication.
+//!
+//! Why here: openraft 0.9 appends each `client_write` as its own entry and
+//! its core awaits every append's fsync before it takes the next message
+//! (see [`crate::log_writer`]), so 16 clients writing at once took 16
+//! fsyncs in a row on the leader. Now every proposal goes through one
+//! queue. A batch is taken from the queue when one of [`DEPTH`] write
+//! slots is free: under no load that is at once (a single write waits for
+//! nothing), under load the queue fills while the slots are busy and the
+//! next batch takes all of it, up to [`MAX_ITEMS`] commands and
+//! [`MAX_BYTES`] of encoded commands. With two slots, the leader appends
+//! one batch while the followers append the one before.
+//!
+//! Each command of a batch applies on its own, in order, with its own
+//! request ID and result ([`flotilla_store::State::apply_entry`]); a batch
+//! is only written once every manager reads format 3
+//! ([`flotilla_store::writable_format`]), before that every entry holds
+//! one command. A bulk command (many tasks, assignments or statuses) is
+//! large already and goes alone.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError as OpenraftError};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use flotilla_store::entry::BATCH_FORMAT;
+use flotilla_store::{Command, CommandResult, Envelope, RequestId, State};
+
+use crate::{Raft, RaftError};
+
+/// How many entries the batcher has in flight at once.
+pub const DEPTH: usize = 2;
+/// The most commands in one entry.
+pub const MAX_ITEMS: usize = 512;
+/// The most bytes of encoded commands in one entry (a batch goes over it
+/// by at most its last command): well inside what one AppendEntries
+/// carries within a heartbeat.
+pub const MAX_BYTES: usize = 256 * 1024;
+/// A bulk command of more items than this goes in an entry of its own.
+pub const BULK_ALONE: usize = 16;
+
+/// What a proposal's caller gets: the command's result and the raft index
+/// of its entry.
+pub type Answer = Result<(CommandResult, u64), RaftError>;
+
+/// One queued command.
+pub struct Proposal {
+    pub command: Command,
+    pub request: Option<RequestId>,
+    /// Its encoded size, or `None` for one that goes alone.
+    pub bytes: Option<usize>,
+    pub reply: oneshot::Sender<Answer>,
+}
+
+impl Proposal {
+    /// A proposal of `command`; a small one is measured for the batch's
+    /// byte budget (here, in the caller's task, not the batcher's).
+    pub fn new(
+        command: Command,
+        request: Option<RequestId>,
+        reply: oneshot::Sender<Answer>,
+    ) -> Proposal {
+        let bytes = if command.bulk_len() > BULK_ALONE {
+            None
+        } else {
+            serde_json::to_vec(&command).ok().map(|b| b.len())
+        };
+        Proposal {
+            command,
+            request,
+            bytes,
+            reply,
+        }
+    }
+}
+
+/// The limits of one batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub items: usize,
+    pub bytes: usize,
+}
+
+/// Takes the next batch off the front of `queue`: proposals whose caller
+/// still waits, in order, until a limit is reached; a proposal that goes
+/// alone ends the batch (or is one by itself). Pure, for tests.
+pub fn take(queue: &mut VecDeque<Proposal>, limits: Limits) -> Vec<Proposal> {
+    let mut batch: Vec<Proposal> = Vec::new();
+    let mut bytes = 0;
+    while let Some(next) = queue.front() {
+        if next.reply.is_closed() {
+            // Its caller gave up (a timeout): nobody waits for the answer,
+            // and a retry, if any, is queued on its own.
+            queue.pop_front();
+            continue;
+        }
+        let alone = next.bytes.is_none();
+        if !batch.is_empty() && (alone || batch.len() >= limits.items || bytes >= limits.bytes) {
+            break;
+        }
+        bytes += next.bytes.unwrap_or(0);
+        if let Some(p) = queue.pop_front() {
+            batch.push(p);
+        }
+        if alone {
+            break;
+        }
+    }
+    batch
+}
+
+/// The handle callers queue proposals on.
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::UnboundedSender<Proposal>,
+}
+
+impl Batcher {
+    /// Starts the batcher's task for `raft`, whose entries it writes in
+    /// the newest format every manager of `state` reads; each entry may
+    /// take `write_timeout` to apply.
+    pub fn start(
+        raft: Raft,
+        state: Arc<RwLock<State>>,
+        write_timeout: Duration,
+    ) -> (Batcher, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(run(raft, state, rx, write_timeout));
+        (Batcher { tx }, task)
+    }
+
+    /// Queues a proposal; `false` when the batcher has stopped.
+    pub fn submit(&self, proposal: Proposal) -> bool {
+        self.tx.send(proposal).is_ok()
+    }
+}
+
+async fn run(
+    raft: Raft,
+    state: Arc<RwLock<State>>,
+    mut rx: mpsc::UnboundedReceiver<Proposal>,
+    write_timeout: Duration,
+) {
+    let slots = Arc::new(Semaphore::new(DEPTH));
+    let mut queue = VecDeque::new();
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        if queue.is_empty() {
+            match rx.recv().await {
+                Some(p) => queue.push_back(p),
+                None => return,
+            }
+        }
+        while let Ok(p) = rx.try_recv() {
+            queue.push_back(p);
+        }
+        let format = {
+            let state = match state.read() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            flotilla_store::writable_format(&state)
+        };
+        let limits = Limits {
+            items: if format >= BATCH_FORMAT { MAX_ITEMS } else { 1 },
+            bytes: MAX_BYTES,
+        };
+        let batch = take(&mut queue, limits);
+        if batch.is_empty() {
+            continue;
+        }
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            write(&raft, batch, format, write_timeout).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Writes one entry of `batch` and answers each of its callers.
+async fn write(raft: &Raft, batch: Vec<Proposal>, format: u32, write_timeout: Duration) {
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut items = Vec::with_capacity(batch.len());
+    for p in batch {
+        replies.push(p.reply);
+        items.push((p.command, p.request));
+    }
+    let entry = if items.len() == 1 {
+        match items.pop() {
+            Some((command, request)) => Envelope::new(command, request, format),
+            None => return,
+        }
+    } else {
+        Envelope::batch(items, format)
+    };
+    let n = replies.len();
+    let failed = match tokio::time::timeout(write_timeout, raft.client_write(entry)).await {
+        Err(_) => RaftError::Timeout(write_timeout),
+        Ok(Ok(response)) if response.data.len() == n => {
+            let index = response.log_id.index;
+            for (reply, result) in replies.into_iter().zip(response.data) {
+                let _ = reply.send(Ok((result, index)));
+            }
+            return;
+        }
+        Ok(Ok(response)) => RaftError::Other(format!(
+            "raft entry {} of {n} commands answered {} results",
+            response.log_id.index,
+            response.data.len()
+        )),
+        Ok(Err(OpenraftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            RaftError::NotLeader {
+                leader: f.leader_id,
+            }
+        }
+        Ok(Err(e)) => RaftError::Other(e.to_string()),
+    };
+    for reply in replies {
+        let _ = reply.send(Err(copy(&failed)));
+    }
+}
+
+/// The same failure for every caller of a batch (only the kinds that
+/// [`write`] makes).
+fn copy(e: &RaftError) -> RaftError {
+    match e {
+        RaftError::Timeout(t) => RaftError::Timeout(*t),
+        RaftError::NotLeader { leader } => RaftError::NotLeader { leader: *leader },
+        other => RaftError::Other(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proposal(id: &str, bytes: Option<usize>) -> (Proposal, oneshot::Receiver<Answer>) {
+        let (reply, rx) = oneshot::channel();
+        let p = Proposal {
+            command: Command::RemoveService {
+                id: id.into(),
+                at: 1,
+            },
+            request: Some(format!("r-{id}")),
+            bytes,
+            reply,
+        };
+        (p, rx)
+    }
+
+    fn ids(batch: &[Proposal]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|p| match &p.command {
+                Command::RemoveService { id, .. } => id.clone(),
+                other => format!("{other:?}"),
+            })
+            .collect()
+    }
+
+    const LIMITS: Limits = Limits {
+        items: 3,
+        bytes: 100,
+    };
+
+    #[test]
+    fn a_batch_takes_the_queue_in_order_up_to_its_limits() {
+        let mut queue = VecDeque::new();
+        let mut waiting = Vec::new();
+        for i in 0..5 {
+            let (p, rx) = proposal(&format!("s{i}"), Some(10));
+            queue.push_back(p);
+            waiting.push(rx);
+        }
+        assert_eq!(ids(&take(&mut queue, LIMITS)), ["s0", "s1", "s2"]);
+        assert_eq!(ids(&take(&mut queue, LIMITS)), ["s3", "s4"]);
+        assert!(take(&mut queue, LIMITS).is_empty());
+        // Bytes: the batch stops once it holds the budget.
+        for i in 0..3 {
+            let (p, rx) = proposal(&format!("b{i}"), Some(60));
+            queue.push_back(p);
+            waiting.push(rx);
+        }
+        assert_eq!(ids(&take(&mut queue, LIMITS)), ["b0", "b1"]);
+        assert_eq!(ids(&take(&mut queue, LIMITS)), ["b2"]);
+    }
+
+    #[test]
+    fn a_bulk_command_goes_alone_and_abandoned_proposals_are_dropped() {
+        let mut queue = VecDeque::new();
+        let (a, _ra) = proposal("a", Some(1));
+        let (bulk, _rb) = proposal("bulk", None);
+        let (c, _rc) = proposal("c", Some(1));
+        let (gone, rgone) = proposal("gone", Some(1));
+        let (d, _rd) = proposal("d", Some(1));
+        queue.extend([a, bulk, c, gone, d]);
+        drop(rgone);
+        assert_eq!(ids(&take(&mut queue, LIMITS)), ["a"]);
+        assert_eq!(ids(&take(&mut queue, LIMITS)), ["bulk"]);
+        assert_eq!(ids(&take(&mut queue, LIMITS)), ["c", "d"]);
+    }
+
+    #[test]
+    fn before_every_manager_reads_batches_each_entry_holds_one() {
+        let mut queue = VecDeque::new();
+        let mut waiting = Vec::new();
+        for i in 0..2 {
+            let (p, rx) = proposal(&format!("s{i}"), Some(1));
+            queue.push_back(p);
+            waiting.push(rx);
+        }
+        let one = Limits {
+            items: 1,
+            bytes: MAX_BYTES,
+        };
+        assert_eq!(ids(&take(&mut queue, one)), ["s0"]);
+        assert_eq!(ids(&take(&mut queue, one)), ["s1"]);
+    }
+}
