@@ -138,6 +138,9 @@ struct WritesArgs {
     /// First port: etcd's client ports are PORT..PORT+2, peers PORT+10..PORT+12, Flotilla's cluster port PORT+20 on 127.0.0.41-43
     #[arg(long, default_value_t = 23790)]
     port: u16,
+    /// Copy the managers' logs here when the run ends (set FLOTILLA_LOG for more detail)
+    #[arg(long)]
+    keep_logs: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -290,6 +293,7 @@ fn main() -> ExitCode {
                         clients: args.clients.clone(),
                         seconds: args.seconds,
                         port: args.port,
+                        keep_logs: args.keep_logs.clone(),
                     })
                     .await
                 }

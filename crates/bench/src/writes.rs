@@ -41,6 +41,8 @@ pub struct Config {
     /// `port+10..port+13`; Flotilla's cluster port is `port+20` on
     /// 127.0.0.41-43.
     pub port: u16,
+    /// Where to copy the managers' logs when the run ends.
+    pub keep_logs: Option<PathBuf>,
 }
 
 /// One side's result at one level.
@@ -117,7 +119,7 @@ pub async fn run(cfg: &Config) -> Result<bool> {
         &Layout {
             managers: 3,
             workers: 0,
-            keep_logs: None,
+            keep_logs: cfg.keep_logs.clone(),
             first_ip: 41,
             port: cfg.port.saturating_add(20),
             daemon_args: Vec::new(),

@@ -188,7 +188,14 @@ fn run(db: &Database, rx: &mpsc::Receiver<Op>, hook: &Hook) {
                 h.before_sync(batch.len());
             }
         }
+        let started = std::time::Instant::now();
         let result = commit(db, &batch, durable).map_err(WriteError::Redb);
+        tracing::trace!(
+            ops = batch.len(),
+            durable,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "raft log commit"
+        );
         if let Err(e) = &result {
             tracing::error!(error = %e, ops = batch.len(), "raft log write failed");
         }

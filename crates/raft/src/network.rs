@@ -339,7 +339,16 @@ impl RaftNetwork<TypeConfig> for HttpMember {
                 PayloadTooLarge::new_entries_hint(fit),
             ));
         }
-        self.call(paths::APPEND, &body, &option).await
+        let started = std::time::Instant::now();
+        let answer = self.call(paths::APPEND, &body, &option).await;
+        tracing::debug!(
+            to = %self.addr,
+            entries = rpc.entries.len(),
+            bytes = body.get().len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "append entries sent"
+        );
+        answer
     }
 
     async fn install_snapshot(

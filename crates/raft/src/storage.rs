@@ -558,6 +558,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut responses = Vec::new();
         let mut changes = BTreeSet::new();
         let mut refused = None;
+        let started = std::time::Instant::now();
         {
             let mut state = self.shared.write().map_err(|_| {
                 StorageIOError::write_state_machine(AnyError::error("state lock poisoned"))
@@ -581,8 +582,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // What applied before a refused entry is kept, so that a restart
         // resumes at the refused entry, and meets it again.
+        let applied_in = started.elapsed();
         self.persist(&changes, Durability::None)
             .map_err(StorageIOError::write_state_machine)?;
+        tracing::trace!(
+            entries = responses.len(),
+            commands = responses.iter().map(Vec::len).sum::<usize>(),
+            changes = changes.len(),
+            apply_ms = applied_in.as_secs_f64() * 1e3,
+            persist_ms = (started.elapsed() - applied_in).as_secs_f64() * 1e3,
+            "state machine applied"
+        );
         let index = self.last_applied.map(|l| l.index).unwrap_or(0);
         self.applied.send_replace(index);
         if let Some((log_id, e)) = refused {
