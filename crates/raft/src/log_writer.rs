@@ -30,7 +30,9 @@ use std::sync::{Arc, Mutex};
 use redb::{Database, Durability};
 use tokio::sync::oneshot;
 
-use crate::storage::{KEY_PURGED, LOG, RAFT_META};
+use crate::storage::{KEY_PURGED, KEY_SNAP_META, LOG, RAFT_META, SNAPSHOT};
+use openraft::LogId;
+use redb::ReadableTable;
 
 /// The most operations committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -58,6 +60,9 @@ pub(crate) enum Write {
     Entries(Vec<(u64, Vec<u8>)>),
     /// A key of the raft meta table.
     Meta { key: &'static str, bytes: Vec<u8> },
+    /// Purges the log up to `upto`; with `clamp`, no further than the
+    /// stored snapshot (a snapshot install is under way).
+    Purge { upto: LogId<u64>, clamp: bool },
     /// Removes log entries in a range; a purge also records the last purged
     /// log id.
     Remove {
@@ -229,6 +234,28 @@ fn commit(db: &Database, batch: &[Op], durable: bool) -> Result<(), String> {
                 Write::Meta { key, bytes } => {
                     meta.insert(*key, bytes.as_slice()).map_err(|e| text(&e))?;
                 }
+                Write::Purge { upto, clamp } => {
+                    let upto = if *clamp {
+                        let snap = txn.open_table(SNAPSHOT).map_err(|e| text(&e))?;
+                        let stored = snap.get(KEY_SNAP_META).map_err(|e| text(&e))?;
+                        let covered = match stored {
+                            Some(v) => {
+                                serde_json::from_slice::<
+                                    openraft::SnapshotMeta<u64, openraft::BasicNode>,
+                                >(v.value())
+                                .map_err(|e| text(&e))?
+                                .last_log_id
+                            }
+                            None => None,
+                        };
+                        covered.filter(|c| c < upto).or(covered.map(|_| *upto))
+                    } else {
+                        Some(*upto)
+                    };
+                    if let Some(upto) = upto {
+                        purge_in(&mut log, &mut meta, upto)?;
+                    }
+                }
                 Write::Remove { range, purged } => {
                     log.retain_in(*range, |_, _| false).map_err(|e| text(&e))?;
                     if let Some(p) = purged {
@@ -240,6 +267,29 @@ fn commit(db: &Database, batch: &[Op], durable: bool) -> Result<(), String> {
         }
     }
     txn.commit().map_err(|e| text(&e))
+}
+
+/// Removes the log up to `upto` and records it as purged, unless the log
+/// is purged that far already (the purge point never goes back).
+pub(crate) fn purge_in(
+    log: &mut redb::Table<u64, &[u8]>,
+    meta: &mut redb::Table<&str, &[u8]>,
+    upto: LogId<u64>,
+) -> Result<(), String> {
+    let text = |e: &dyn std::fmt::Display| e.to_string();
+    let current: Option<LogId<u64>> = match meta.get(KEY_PURGED).map_err(|e| text(&e))? {
+        Some(v) => Some(serde_json::from_slice(v.value()).map_err(|e| text(&e))?),
+        None => None,
+    };
+    if current.is_some_and(|c| c >= upto) {
+        return Ok(());
+    }
+    log.retain_in(..=upto.index, |_, _| false)
+        .map_err(|e| text(&e))?;
+    let bytes = serde_json::to_vec(&upto).map_err(|e| text(&e))?;
+    meta.insert(KEY_PURGED, bytes.as_slice())
+        .map_err(|e| text(&e))?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 /// The kept results of client requests (`State::requests`), one row each.
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
-const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
+pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
 
 const KEY_VOTE: &str = "vote";
 pub(crate) const KEY_PURGED: &str = "last_purged";
@@ -42,7 +42,7 @@ pub(crate) const KEY_COMMITTED: &str = "committed";
 const KEY_APPLIED: &str = "last_applied";
 const KEY_MEMBERSHIP: &str = "membership";
 const KEY_CLUSTER: &str = "cluster";
-const KEY_SNAP_META: &str = "meta";
+pub(crate) const KEY_SNAP_META: &str = "meta";
 const KEY_SNAP_DATA: &str = "data";
 
 type SErr = StorageError<u64>;
@@ -146,7 +146,9 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachine), OpenError> {
     let db = Arc::new(db);
     let loaded = load_state(&db).map_err(|e| corrupt(e.to_string()))?;
     let (applied_tx, _) = watch::channel(loaded.state.index);
+    let installing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sm = StateMachine {
+        installing: installing.clone(),
         db: db.clone(),
         shared: Arc::new(RwLock::new(loaded.state)),
         applied: applied_tx,
@@ -156,6 +158,7 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachine), OpenError> {
     };
     let writer = LogWriter::start(db.clone()).map_err(|e| corrupt(e.to_string()))?;
     let log = LogStore {
+        installing,
         db,
         writer: Arc::new(writer),
         committed: Arc::new(std::sync::Mutex::new(None)),
@@ -225,6 +228,9 @@ fn load_state(db: &Database) -> Result<Loaded, AnyError> {
 /// what queued up meanwhile with one fsync.
 #[derive(Clone)]
 pub struct LogStore {
+    /// Set from `begin_receiving_snapshot` until `install_snapshot` is
+    /// over: a purge then goes no further than the stored snapshot.
+    installing: Arc<std::sync::atomic::AtomicBool>,
     db: Arc<Database>,
     writer: Arc<LogWriter>,
     /// The committed log id last handed to the writer, which saves it
@@ -389,13 +395,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
-        let purged = encode(&log_id).map_err(StorageIOError::write_logs)?;
-        let range = (Bound::Unbounded, Bound::Included(log_id.index));
+        // openraft 0.9 purges a follower's log up to a received snapshot
+        // in the same step as it hands the snapshot to the state machine
+        // (`PurgeLog` waits for nothing): on disk before the install, a
+        // crash in between left a log purged past the state machine and the
+        // stored snapshot, and openraft panicked at every start. While an
+        // install is under way the purge stops at the stored snapshot;
+        // `install_snapshot` purges the rest in its own transaction.
+        let clamp = self.installing.load(std::sync::atomic::Ordering::SeqCst);
         self.writer
             .write(
-                Write::Remove {
-                    range,
-                    purged: Some(purged),
+                Write::Purge {
+                    upto: log_id,
+                    clamp,
                 },
                 true,
             )
@@ -438,6 +450,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry<TypeConfig>, serde_json::Error
 
 /// The state machine: the shared [`State`] plus its durable copy.
 pub struct StateMachine {
+    installing: Arc<std::sync::atomic::AtomicBool>,
     db: Arc<Database>,
     shared: Arc<RwLock<State>>,
     applied: watch::Sender<u64>,
@@ -618,10 +631,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, SErr> {
+        self.installing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
     async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<u64, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), SErr> {
+        let result = self.install(meta, snapshot);
+        self.installing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        result
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
+        self.current_snapshot()
+    }
+}
+
+impl StateMachine {
+    fn install(
         &mut self,
         meta: &SnapshotMeta<u64, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
@@ -677,6 +709,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 snap.insert(KEY_SNAP_META, meta_bytes.as_slice())
                     .map_err(any)?;
                 snap.insert(KEY_SNAP_DATA, data.as_slice()).map_err(any)?;
+                // The log up to the snapshot goes with it, in this
+                // transaction (see `LogStore::purge`).
+                if let Some(last) = meta.last_log_id {
+                    let mut log = txn.open_table(LOG).map_err(any)?;
+                    let mut raft_meta = txn.open_table(RAFT_META).map_err(any)?;
+                    crate::log_writer::purge_in(&mut log, &mut raft_meta, last)
+                        .map_err(AnyError::error)?;
+                }
             }
             txn.commit().map_err(any)
         });
@@ -689,7 +729,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
+    fn current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, SErr> {
         run_blocking(|| -> Result<Option<Snapshot<TypeConfig>>, AnyError> {
             let txn = self.db.begin_read().map_err(any)?;
             let snap = txn.open_table(SNAPSHOT).map_err(any)?;
