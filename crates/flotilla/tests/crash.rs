@@ -42,16 +42,17 @@
 //! log), how many kills hit a snapshot build, and where the follower's
 //! install was at each catch-up kill.
 //!
-//! **Found: a follower killed while it installs a snapshot never starts
-//! again** (the second and third tests fail until it is fixed; they are
-//! meant to). openraft 0.9 purges the follower's log up to the snapshot in
-//! the same step as it hands the snapshot to the state machine, and the
-//! purge commits (log writer, fsync) while `StateMachine::install_snapshot`
-//! still decodes and writes the state; killed in between, the store holds
-//! a log purged past its state machine and its stored snapshot, and every
-//! start panics in openraft's core (`purge_upto <= snapshot_last_log_id`)
-//! while the daemon goes on serving a stale state. Details in the doc of
-//! the third test.
+//! **Found, and fixed: a follower killed while it installs a snapshot
+//! never started again** (the second and third tests failed before the
+//! fix). openraft 0.9 purges the follower's log up to the snapshot in the
+//! same step as it hands the snapshot to the state machine, and the purge
+//! committed (log writer, fsync) while `StateMachine::install_snapshot`
+//! still decoded and wrote the state; killed in between, the store held a
+//! log purged past its state machine and its stored snapshot, and every
+//! start panicked in openraft's core (`purge_upto <= snapshot_last_log_id`)
+//! while the daemon went on serving a stale state. The purge now waits for
+//! the install (`flotilla_raft::storage`, `LogStore::purge`). Details in
+//! the doc of the third test.
 //!
 //! Replay: the seed is printed at the start of each test (`crash: seed N`);
 //! `FLOTILLA_CRASH_SEED=N` replays its schedule (the delays and choices;
@@ -1253,11 +1254,12 @@ fn managers_killed_in_snapshot_install_and_build_converge() -> Result<()> {
     Ok(())
 }
 
-/// **Fails: a bug found by this file, kept failing on purpose until it is
-/// fixed** (not ignored). The smallest case of it, outside the 100 kills.
+/// A bug found by this file (it failed on the first try in every run
+/// before the fix in `flotilla_raft::storage`). The smallest case of it,
+/// outside the 100 kills.
 ///
-/// A follower that catches up by snapshot and is killed while its state
-/// machine installs the snapshot never starts again: openraft 0.9's
+/// A follower that catches up by snapshot and was killed while its state
+/// machine installed the snapshot never started again: openraft 0.9's
 /// `install_full_snapshot` (engine/handler/following_handler) sends the
 /// snapshot to the state-machine worker and, in the same step, purges the
 /// log up to the snapshot's last index; `PurgeLog` has no condition on the
@@ -1276,8 +1278,9 @@ fn managers_killed_in_snapshot_install_and_build_converge() -> Result<()> {
 /// follower killed; 70 writes; the follower started and killed 60 ms after
 /// its log says `install_full_snapshot` (120 and 180 ms in the next tries);
 /// started again: its `get_initial_state` shows `last_purged_log_id` above
-/// `last_applied` (seen on the first try in every run so far). It passes
-/// once a follower killed mid-install (three times) starts and catches up.
+/// `last_applied` (seen on the first try in every run before the fix). It
+/// passes when a follower killed mid-install (three times) starts and
+/// catches up.
 #[test]
 fn a_follower_killed_during_a_snapshot_install_starts_again() -> Result<()> {
     let _alone = alone();

@@ -12,7 +12,9 @@
 //! nothing), under load the queue fills while the slots are busy and the
 //! next batch takes all of it, up to [`MAX_ITEMS`] commands and
 //! [`MAX_BYTES`] of encoded commands. With two slots, the leader appends
-//! one batch while the followers append the one before.
+//! one batch while the followers append the one before. A batch that finds
+//! fewer proposals than the recent ones held waits up to [`LINGER`] for
+//! the rest of the wave ([`Wave`]).
 //!
 //! Each command of a batch applies on its own, in order, with its own
 //! request ID and result ([`flotilla_store::State::apply_entry`]); a batch
@@ -38,9 +40,10 @@ pub const DEPTH: usize = 2;
 /// The most commands in one entry.
 pub const MAX_ITEMS: usize = 512;
 /// The most bytes of encoded commands in one entry (a batch goes over it
-/// by at most its last command): well inside what one AppendEntries
-/// carries within a heartbeat.
-pub const MAX_BYTES: usize = 256 * 1024;
+/// by at most its last command): below the 128 KiB that the raft network
+/// aims at per AppendEntries (`network::APPEND_TARGET_BYTES`), so that a
+/// batch never is an entry too large to send within a heartbeat.
+pub const MAX_BYTES: usize = 96 * 1024;
 /// A bulk command of more items than this goes in an entry of its own.
 pub const BULK_ALONE: usize = 16;
 /// The longest a batch waits for the rest of a wave (see [`Wave`]).
