@@ -136,6 +136,27 @@ impl RaftNode {
         timings: &RaftTimings,
         client: Option<flotilla_transport::ClusterClient>,
     ) -> Result<Self, RaftError> {
+        Self::start_inner(dir, id, timings, client, None).await
+    }
+
+    /// Like [`RaftNode::start`], with `hook` called before every durable
+    /// commit of the log (tests: a slow or failing disk).
+    pub async fn start_with_sync_hook(
+        dir: &Path,
+        id: u64,
+        timings: &RaftTimings,
+        hook: Arc<dyn crate::log_writer::SyncHook>,
+    ) -> Result<Self, RaftError> {
+        Self::start_inner(dir, id, timings, None, Some(hook)).await
+    }
+
+    async fn start_inner(
+        dir: &Path,
+        id: u64,
+        timings: &RaftTimings,
+        client: Option<flotilla_transport::ClusterClient>,
+        hook: Option<Arc<dyn crate::log_writer::SyncHook>>,
+    ) -> Result<Self, RaftError> {
         let path = dir.join("raft.redb");
         // A raft stopped in this process lets go of the file only when its
         // tasks have wound down; give that a moment instead of failing.
@@ -152,6 +173,9 @@ impl RaftNode {
             }
         };
         let mut log = log;
+        if let Some(hook) = hook {
+            log.set_sync_hook(hook);
+        }
         let log_state = openraft::storage::RaftLogStorage::get_log_state(&mut log)
             .await
             .map_err(|e| RaftError::Start(e.to_string()))?;
@@ -258,15 +282,30 @@ impl RaftNode {
         self.applied.clone()
     }
 
-    /// Why this member stopped applying the log, if it did: it met an
-    /// entry its version cannot read (openraft's core has stopped; see
-    /// `flotilla_store::entry`). Shown by `info`.
+    /// Why this member stopped, if it did: it met an entry its version
+    /// cannot read (see `flotilla_store::entry`), or openraft's core
+    /// stopped on a fatal error (a storage error, a panic). Either way it no
+    /// longer votes, replicates or applies, while the daemon still serves
+    /// its last state. Shown first by `info`.
     pub fn stopped(&self) -> Option<String> {
-        let stopped = match self.stopped.read() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
+        let unreadable = {
+            let stopped = match self.stopped.read() {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+            stopped.as_ref().map(|e| e.to_string())
         };
-        stopped.as_ref().map(|e| e.to_string())
+        if unreadable.is_some() {
+            return unreadable;
+        }
+        let running = self.raft.metrics().borrow().running_state.clone();
+        match running {
+            Ok(()) | Err(openraft::error::Fatal::Stopped) => None,
+            Err(fatal) => Some(format!(
+                "this manager's raft member has stopped ({fatal}): it no longer votes, \
+                 replicates or applies, and what it shows may be stale; restart its daemon"
+            )),
+        }
     }
 
     /// Whether this member has a membership (was initialized or joined).

@@ -332,3 +332,53 @@ async fn writes_proposed_together_share_raft_entries() {
     );
     raft.shutdown().await;
 }
+
+/// A disk that fails once armed: its writer thread dies at the next
+/// durable commit.
+struct FailingDisk(std::sync::atomic::AtomicBool);
+
+impl flotilla_raft::log_writer::SyncHook for FailingDisk {
+    fn before_sync(&self, _ops: usize) {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            panic!("test: the disk failed");
+        }
+    }
+}
+
+/// When openraft's core stops on a fatal error (here the log cannot be
+/// written), the member says so: before, only an unreadable entry was
+/// reported, and a manager whose core had stopped went on serving its last
+/// state with nothing in `info` but "no leader is known".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raft_core_stopped_by_a_storage_error_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = std::sync::Arc::new(FailingDisk(std::sync::atomic::AtomicBool::new(false)));
+    let raft = RaftNode::start_with_sync_hook(dir.path(), 1, &fast(), disk.clone())
+        .await
+        .expect("start");
+    raft.initialize_single("").await.expect("init");
+    raft.wait_leader(Duration::from_secs(5))
+        .await
+        .expect("leader");
+    let init = Command::InitCluster {
+        cluster: Cluster::bare("c", 1),
+        node: node(flotilla_store::FORMAT),
+    };
+    assert!(raft.propose(init).await.expect("propose").is_ok());
+    assert_eq!(raft.stopped(), None);
+    disk.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(raft.propose(create("s1", "web")).await.is_err());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let why = loop {
+        if let Some(why) = raft.stopped() {
+            break why;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stopped core was never reported"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(why.contains("raft member has stopped"), "{why}");
+    raft.shutdown().await;
+}
