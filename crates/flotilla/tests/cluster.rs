@@ -923,17 +923,45 @@ fn managers_removed_by_force_new_cluster_are_refused_by_the_new_group() -> Resul
     let info = m1.ok(&["info", "--format", "json"])?.json()?;
     assert_eq!(info["is_leader"], true, "{info}");
     assert_eq!(info["managers"], 1, "{info}");
-    m1.ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "0",
-        "-d",
-        "--",
-        "sleep",
-        "1",
-    ])?;
+    let create = |name: &str| {
+        [
+            "service",
+            "create",
+            "--name",
+            name,
+            "--replicas",
+            "0",
+            "-d",
+            "--",
+            "sleep",
+            "1",
+        ]
+        .map(String::from)
+    };
+    let args = create("web");
+    m1.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    // The removed managers learn from the survivor's answer that their
+    // group was replaced, and stop: before, m2 and m3 went on as a group
+    // of their own, with a leader that took writes.
+    for old in [&m2, &m3] {
+        wait_until(
+            "a removed manager to say that its group was replaced",
+            Duration::from_secs(15),
+            || {
+                let info = old.ok(&["info", "--format", "json"])?.json()?;
+                let warning = info["warning"].as_str().unwrap_or_default().to_string();
+                Ok(warning
+                    .contains("replaced by 'init --force-new-cluster'")
+                    .then_some(()))
+            },
+        )?;
+    }
+    let args = create("split");
+    let refused = m2.cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_ne!(
+        refused.code, 0,
+        "a removed manager took a write: {} {}",
+        refused.stdout, refused.stderr
+    );
     Ok(())
 }

@@ -32,6 +32,10 @@ pub enum ClusterError {
     Unauthenticated(String),
     #[error("{0}")]
     Forbidden(String),
+    /// The sender's raft group was replaced by `init --force-new-cluster`
+    /// (an older epoch generation): it must stop.
+    #[error("{0}")]
+    Superseded(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -44,6 +48,7 @@ impl ClusterError {
             ClusterError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ClusterError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ClusterError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ClusterError::Superseded(_) => StatusCode::GONE,
             ClusterError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ClusterError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -154,6 +159,14 @@ fn same_group(mine: Option<&Epoch>, query: &EpochQuery) -> Result<(), ClusterErr
         .map_err(|e: flotilla_types::EpochError| ClusterError::BadRequest(e.to_string()))?;
     match mine {
         None => Ok(()),
+        // An older generation: the sender's group was replaced, and the
+        // answer (410) tells it to stop (`flotilla_raft::network`).
+        Some(mine) if theirs.generation < mine.generation => {
+            Err(ClusterError::Superseded(format!(
+                "refused: the sender is in cluster epoch {theirs}, which 'init \
+                 --force-new-cluster' replaced with {mine}: it is no longer part of the cluster"
+            )))
+        }
         Some(mine) => mine
             .admits_peer(&theirs)
             .map_err(|e| ClusterError::Forbidden(e.to_string())),
@@ -457,11 +470,25 @@ mod tests {
         let new = Epoch::first("b".into()).next("c".into());
         let mine = Some(&new);
         assert!(same_group(mine, &query(&new.to_string())).is_ok());
+        // The group it replaced: told so (410), and the sender stops.
         let refused = same_group(mine, &query("1-b")).err();
         assert!(
-            matches!(&refused, Some(ClusterError::Forbidden(m)) if m.contains("cluster epoch 1-b")),
+            matches!(&refused, Some(ClusterError::Superseded(m)) if m.contains("cluster epoch 1-b")),
             "{refused:?}"
         );
+        assert_eq!(
+            refused.map(|e| e.status().as_u16()),
+            Some(flotilla_raft::network::SUPERSEDED_STATUS)
+        );
+        // Another group of the same generation, or a newer one: refused.
+        assert!(matches!(
+            same_group(mine, &query("2-x")),
+            Err(ClusterError::Forbidden(_))
+        ));
+        assert!(matches!(
+            same_group(mine, &query("3-x")),
+            Err(ClusterError::Forbidden(_))
+        ));
         // A sender of an older version, or of a group from before epochs,
         // sends none: refused by a group that has one.
         assert!(same_group(mine, &query("")).is_err());

@@ -139,10 +139,15 @@ pub fn epoch_of(state: &State) -> Epoch {
 /// cluster, and kept from then on: it never changes while the process
 /// runs (force-new-cluster restarts it), and raft messages, sent and
 /// received, must not wait for the state's lock, which applies hold.
+///
+/// It also keeps whether a member of a newer group said that this one's
+/// group was replaced by `init --force-new-cluster` (it answers a raft
+/// message with 410 Gone): the member then stops ([`crate::RaftNode`]).
 #[derive(Debug, Clone)]
 pub struct EpochSource {
     state: Arc<RwLock<State>>,
     known: Arc<OnceLock<Epoch>>,
+    superseded: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl EpochSource {
@@ -150,7 +155,30 @@ impl EpochSource {
         EpochSource {
             state,
             known: Arc::new(OnceLock::new()),
+            superseded: tokio::sync::watch::Sender::new(None),
         }
+    }
+
+    /// Records that a member of a newer group refused this one's raft
+    /// message as superseded, with its reason (the first one is kept).
+    pub fn mark_superseded(&self, reason: &str) {
+        self.superseded.send_if_modified(|s| {
+            if s.is_some() {
+                return false;
+            }
+            *s = Some(reason.to_string());
+            true
+        });
+    }
+
+    /// Why this member's group was replaced, if a newer group said so.
+    pub fn superseded(&self) -> Option<String> {
+        self.superseded.borrow().clone()
+    }
+
+    /// A watch of [`EpochSource::superseded`].
+    pub fn watch_superseded(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.superseded.subscribe()
     }
 
     /// The epoch; `None` while the state holds no cluster (a manager that
@@ -167,6 +195,11 @@ impl EpochSource {
         Some(self.known.get_or_init(|| epoch).clone())
     }
 }
+
+/// What a member answers a raft message from a group that
+/// `init --force-new-cluster` replaced (an older epoch generation): 410
+/// Gone. The sender then stops.
+pub const SUPERSEDED_STATUS: u16 = 410;
 
 /// The query string of a raft message: `?epoch=GENERATION-ID`, so that a
 /// member of another raft group of the cluster is refused
@@ -319,6 +352,17 @@ impl HttpMember {
                 self.target,
                 remote,
             ))),
+            Err(flotilla_transport::TransportError::Status {
+                status: SUPERSEDED_STATUS,
+                message,
+            }) => {
+                // A member of the group that replaced this one: stop.
+                tracing::error!(member = %self.addr, reason = %message, "this manager's raft group was replaced");
+                self.epoch.mark_superseded(&message);
+                Err(RPCError::Unreachable(Unreachable::new(
+                    &std::io::Error::other(message),
+                )))
+            }
             Err(e) if e.is_unreachable() => Err(RPCError::Unreachable(Unreachable::new(&e))),
             Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
         }

@@ -120,6 +120,7 @@ pub struct RaftNode {
     election_timer: tokio::task::JoinHandle<()>,
     batcher: crate::batch::Batcher,
     batcher_task: tokio::task::JoinHandle<()>,
+    fence: tokio::task::JoinHandle<()>,
 }
 
 impl RaftNode {
@@ -239,6 +240,7 @@ impl RaftNode {
         ));
         let (batcher, batcher_task) =
             crate::batch::Batcher::start(raft.clone(), state.clone(), timings.write_timeout);
+        let fence = tokio::spawn(stop_when_superseded(raft.clone(), epoch.clone()));
         Ok(RaftNode {
             raft,
             id,
@@ -253,6 +255,7 @@ impl RaftNode {
             election_timer,
             batcher,
             batcher_task,
+            fence,
         })
     }
 
@@ -288,6 +291,13 @@ impl RaftNode {
     /// longer votes, replicates or applies, while the daemon still serves
     /// its last state. Shown first by `info`.
     pub fn stopped(&self) -> Option<String> {
+        if let Some(why) = self.epoch.superseded() {
+            return Some(format!(
+                "this manager's raft group was replaced by 'init --force-new-cluster' on \
+                 another manager, and its raft member has stopped ({why}); to serve again, \
+                 remove its data dir and join the cluster again"
+            ));
+        }
         let unreadable = {
             let stopped = match self.stopped.read() {
                 Ok(s) => s,
@@ -567,6 +577,7 @@ impl RaftNode {
         self.lease_watch.abort();
         self.election_timer.abort();
         self.batcher_task.abort();
+        self.fence.abort();
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft shutdown");
         }
@@ -578,6 +589,22 @@ impl Drop for RaftNode {
         self.lease_watch.abort();
         self.election_timer.abort();
         self.batcher_task.abort();
+        self.fence.abort();
+    }
+}
+
+/// Stops `raft` once a member of the group that replaced this one (by
+/// `init --force-new-cluster`) refused its raft message as superseded:
+/// without it, the managers that force-new-cluster removed went on as a
+/// group of their own, with a leader that took writes.
+async fn stop_when_superseded(raft: Raft, epoch: crate::network::EpochSource) {
+    let mut superseded = epoch.watch_superseded();
+    if superseded.wait_for(Option::is_some).await.is_err() {
+        return;
+    }
+    tracing::error!("this manager's raft group was replaced: stopping its raft member");
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!(error = %e, "raft shutdown");
     }
 }
 
