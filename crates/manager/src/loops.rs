@@ -358,7 +358,8 @@ async fn run_loop(
 /// Proposes in order and stops at the first failure, and once `shutdown`
 /// is cancelled: a loop whose leadership ended must not go on with a
 /// decision made while it led (a new leader decides afresh). Batch commands
-/// are proposed in parts of at most [`MAX_BATCH`] items, the raft entries
+/// are proposed in parts of at most [`MAX_BATCH`] items (fewer where they
+/// are large: [`flotilla_store::MAX_ENTRY_BYTES`]), the raft entries
 /// they become, so that cancellation is checked between every two entries.
 /// A command that was committed but refused by the state machine is logged
 /// and passed over: it is applied (the applied index moves past it), and
@@ -370,7 +371,10 @@ async fn propose_all(
     commands: Vec<Command>,
     shutdown: &CancellationToken,
 ) -> Result<(), ProposeError> {
-    for command in commands.into_iter().flat_map(|c| c.split(MAX_BATCH)) {
+    for command in commands
+        .into_iter()
+        .flat_map(|c| c.parts(MAX_BATCH, flotilla_store::MAX_ENTRY_BYTES))
+    {
         if shutdown.is_cancelled() {
             tracing::debug!(name, "stopped: the rest of this round is not proposed");
             break;

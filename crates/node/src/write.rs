@@ -18,7 +18,8 @@ use crate::{dispatcher, Member};
 
 /// Proposes through the local raft member. A batch command (tasks,
 /// assignments, statuses) is proposed in parts of at most
-/// [`flotilla_store::MAX_BATCH`] items, so that no raft entry is too large
+/// [`flotilla_store::MAX_BATCH`] items and, where the items are large,
+/// [`flotilla_store::MAX_ENTRY_BYTES`], so that no raft entry is too large
 /// to replicate within a heartbeat; the answer is the last part's, or the
 /// first error (the loops reconcile what a failed part left undone).
 pub(crate) struct RaftProposer(pub(crate) Arc<RaftNode>);
@@ -27,7 +28,7 @@ impl Proposer for RaftProposer {
     fn propose(&self, command: Command) -> ProposeFuture<'_> {
         Box::pin(async move {
             let mut answer = Ok(None);
-            for part in command.split(flotilla_store::MAX_BATCH) {
+            for part in command.parts(flotilla_store::MAX_BATCH, flotilla_store::MAX_ENTRY_BYTES) {
                 answer = self.0.propose(part).await.map_err(|e| match e {
                     RaftError::NotLeader { .. } => ProposeError::NotLeader,
                     other => ProposeError::Other(other.to_string()),

@@ -43,7 +43,7 @@ pub const MAX_ITEMS: usize = 512;
 /// by at most its last command): below the 128 KiB that the raft network
 /// aims at per AppendEntries (`network::APPEND_TARGET_BYTES`), so that a
 /// batch never is an entry too large to send within a heartbeat.
-pub const MAX_BYTES: usize = 96 * 1024;
+pub const MAX_BYTES: usize = flotilla_store::MAX_ENTRY_BYTES;
 /// A bulk command of more items than this goes in an entry of its own.
 pub const BULK_ALONE: usize = 16;
 /// The longest a batch waits for the rest of a wave (see [`Wave`]).

@@ -356,9 +356,13 @@ impl HttpMember {
                 status: SUPERSEDED_STATUS,
                 message,
             }) => {
-                // A member of the group that replaced this one: stop.
-                tracing::error!(member = %self.addr, reason = %message, "this manager's raft group was replaced");
-                self.epoch.mark_superseded(&message);
+                // A member of the group that replaced this one: stop. A
+                // member that knows no epoch yet (it joined and holds no
+                // cluster) sent the default one, and is not the one meant.
+                if self.epoch.get().is_some() {
+                    tracing::error!(member = %self.addr, reason = %message, "this manager's raft group was replaced");
+                    self.epoch.mark_superseded(&message);
+                }
                 Err(RPCError::Unreachable(Unreachable::new(
                     &std::io::Error::other(message),
                 )))

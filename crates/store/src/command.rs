@@ -156,6 +156,12 @@ pub enum Command {
 /// 5 MB of JSON) never did, and wedged the managers.
 pub const MAX_BATCH: usize = 100;
 
+/// The most bytes of encoded commands one raft entry should carry: below
+/// the 128 KiB the raft network sends per AppendEntries, so that an entry
+/// is never too large to go within a heartbeat. Bulk commands are split to
+/// it ([`Command::parts`]); client writes are batched up to it.
+pub const MAX_ENTRY_BYTES: usize = 96 * 1024;
+
 impl Command {
     /// The oldest entry format that has this command (see
     /// [`crate::entry`]): a leader proposes it only once every manager
@@ -180,6 +186,30 @@ impl Command {
             Command::UpdateTaskStatus { updates } => updates.len(),
             _ => 1,
         }
+    }
+
+    /// Splits a bulk command into parts of at most `max_items` items, and
+    /// halves again every part whose encoding is larger than `max_bytes`
+    /// (tasks of a large spec: 100 tasks with 10 KB of environment each
+    /// were one entry of 1 MB), down to one item; other commands come back
+    /// as they are. In order, as [`Command::split`].
+    pub fn parts(self, max_items: usize, max_bytes: usize) -> Vec<Command> {
+        let mut out = Vec::new();
+        let mut todo: Vec<Command> = self.split(max_items);
+        todo.reverse();
+        while let Some(part) = todo.pop() {
+            let items = part.bulk_len();
+            let large =
+                items > 1 && serde_json::to_vec(&part).map_or(false, |b| b.len() > max_bytes);
+            if large {
+                let mut halves = part.split(items.div_ceil(2));
+                halves.reverse();
+                todo.extend(halves);
+            } else {
+                out.push(part);
+            }
+        }
+        out
     }
 
     /// Splits a batch command into commands of at most `max` items each,
@@ -238,6 +268,43 @@ mod tests {
 
     fn ids(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("t{i}")).collect()
+    }
+
+    /// Defect 1: bulk commands were split by count only, so that 100
+    /// tasks of a large spec made one entry of about 1 MB, which no
+    /// AppendEntries carries within a heartbeat.
+    #[test]
+    fn bulk_parts_are_bounded_in_bytes_too() {
+        let big = "x".repeat(10_000);
+        let tasks: Vec<String> = (0..100).map(|i| format!("t{i}-{big}")).collect();
+        let whole = Command::DeleteTasks {
+            task_ids: tasks.clone(),
+        };
+        let size = |c: &Command| serde_json::to_vec(c).expect("encode").len();
+        assert!(size(&whole) > 900_000);
+        assert_eq!(whole.clone().split(MAX_BATCH).len(), 1, "before: one part");
+        let parts = whole.parts(MAX_BATCH, MAX_ENTRY_BYTES);
+        assert!(parts.len() >= 11, "{} parts", parts.len());
+        assert!(parts.iter().all(|p| size(p) <= MAX_ENTRY_BYTES));
+        let back: Vec<String> = parts
+            .into_iter()
+            .flat_map(|p| match p {
+                Command::DeleteTasks { task_ids } => task_ids,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(back, tasks, "in order, nothing lost");
+        // One item larger than the budget stays whole; small ones go by count.
+        let one = Command::DeleteTasks {
+            task_ids: vec!["y".repeat(200_000)],
+        };
+        assert_eq!(one.parts(MAX_BATCH, MAX_ENTRY_BYTES).len(), 1);
+        assert_eq!(
+            Command::DeleteTasks { task_ids: ids(250) }
+                .parts(MAX_BATCH, MAX_ENTRY_BYTES)
+                .len(),
+            3
+        );
     }
 
     #[test]
