@@ -199,8 +199,7 @@ impl Command {
         todo.reverse();
         while let Some(part) = todo.pop() {
             let items = part.bulk_len();
-            let large =
-                items > 1 && serde_json::to_vec(&part).map_or(false, |b| b.len() > max_bytes);
+            let large = items > 1 && serde_json::to_vec(&part).is_ok_and(|b| b.len() > max_bytes);
             if large {
                 let mut halves = part.split(items.div_ceil(2));
                 halves.reverse();
