@@ -13,12 +13,8 @@
 //!
 //! - a voter that knows a leader (its vote is committed) waits openraft's
 //!   leader lease (`election_timeout_max`, during which the other voters
-//!   refuse any candidate) plus the part of its drawn timeout above `min`
-//!   after it last heard from the leader: the spread of the draws
-//!   (`max - min`) is what keeps two followers from standing at once, and
-//!   the lease already holds every follower back by more than `min` (the
-//!   whole drawn timeout on top of the lease made a failover take
-//!   1.5-1.8 s instead of 0.9-1.2 s);
+//!   refuse any candidate) plus the drawn timeout after it last heard from
+//!   the leader;
 //! - a candidate whose election failed waits the drawn timeout;
 //! - the only voter stands at once (no one else can refuse it);
 //! - a member that saw a voter with a greater log than its own (in a vote
@@ -90,7 +86,7 @@ pub fn due(seen: &Seen, drawn: Duration, t: &Timeouts) -> bool {
         return true;
     }
     let mut wait = if seen.vote.is_committed() && !seen.sole_voter {
-        t.lease + drawn.saturating_sub(t.min)
+        t.lease + drawn
     } else {
         drawn
     };
@@ -194,14 +190,10 @@ mod tests {
     }
 
     #[test]
-    fn a_follower_of_a_leader_waits_the_lease_and_its_share_of_the_spread() {
-        // Lease 500 ms plus 400 - 350 ms of the draw.
+    fn a_follower_of_a_leader_waits_the_lease_and_its_timeout() {
         let drawn = Duration::from_millis(400);
-        assert!(!due(&follower(549), drawn, &T));
-        assert!(due(&follower(550), drawn, &T));
-        // The draws still spread the followers over max - min.
-        assert!(!due(&follower(649), T.max, &T));
-        assert!(due(&follower(500), T.min, &T));
+        assert!(!due(&follower(899), drawn, &T));
+        assert!(due(&follower(900), drawn, &T));
     }
 
     #[test]
