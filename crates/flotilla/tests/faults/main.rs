@@ -166,9 +166,23 @@ fn run(cluster: &mut Cluster, run: &Run) -> Result<RunResult> {
     let last_fault = applied.last().map(|a| a.healed).unwrap_or_default();
     let since = start.elapsed().saturating_sub(last_fault);
     let budget = Duration::from_secs(30).saturating_sub(since);
+    // Within 30 s of the last fault, the wait for the clients and the
+    // nemesis to finish included: a run whose clients took 46 s to stop
+    // after the last fault passed with "converged 76.0s after the last
+    // fault" before this check.
     let converged = cluster
         .converge(budget.max(Duration::from_secs(1)))
-        .map(|d| d + since);
+        .map(|d| d + since)
+        .and_then(|d| {
+            if d > Duration::from_secs(30) {
+                anyhow::bail!(
+                    "converged only {:.1}s after the last fault (the clients and the nemesis took {:.1}s to stop)",
+                    d.as_secs_f64(),
+                    since.as_secs_f64()
+                )
+            }
+            Ok(d)
+        });
     let end = cluster.end_state()?;
     let ops = shared.ops.into_inner().unwrap_or_default();
     let snapshots = shared.snapshots.into_inner().unwrap_or_default();
