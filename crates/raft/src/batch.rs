@@ -27,7 +27,6 @@ use std::collections::VecDeque;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError as OpenraftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use flotilla_store::entry::BATCH_FORMAT;
@@ -263,12 +262,7 @@ async fn write(raft: &Raft, batch: Vec<Proposal>, format: u32, write_timeout: Du
             response.log_id.index,
             response.data.len()
         )),
-        Ok(Err(OpenraftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-            RaftError::NotLeader {
-                leader: f.leader_id,
-            }
-        }
-        Ok(Err(e)) => RaftError::Other(e.to_string()),
+        Ok(Err(e)) => crate::node::write_error(e),
     };
     for reply in replies {
         let _ = reply.send(Err(copy(&failed)));

@@ -63,12 +63,8 @@ pub(crate) enum Write {
     /// Purges the log up to `upto`; with `clamp`, no further than the
     /// stored snapshot (a snapshot install is under way).
     Purge { upto: LogId<u64>, clamp: bool },
-    /// Removes log entries in a range; a purge also records the last purged
-    /// log id.
-    Remove {
-        range: (Bound<u64>, Bound<u64>),
-        purged: Option<Vec<u8>>,
-    },
+    /// Removes log entries in a range (a truncation).
+    Remove { range: (Bound<u64>, Bound<u64>) },
 }
 
 type Reply = oneshot::Sender<Result<(), WriteError>>;
@@ -248,7 +244,9 @@ fn commit(db: &Database, batch: &[Op], durable: bool) -> Result<(), String> {
                             }
                             None => None,
                         };
-                        covered.filter(|c| c < upto).or(covered.map(|_| *upto))
+                        // No further than the stored snapshot; nothing
+                        // while none is stored.
+                        covered.map(|c| c.min(*upto))
                     } else {
                         Some(*upto)
                     };
@@ -256,12 +254,8 @@ fn commit(db: &Database, batch: &[Op], durable: bool) -> Result<(), String> {
                         purge_in(&mut log, &mut meta, upto)?;
                     }
                 }
-                Write::Remove { range, purged } => {
+                Write::Remove { range } => {
                     log.retain_in(*range, |_, _| false).map_err(|e| text(&e))?;
-                    if let Some(p) = purged {
-                        meta.insert(KEY_PURGED, p.as_slice())
-                            .map_err(|e| text(&e))?;
-                    }
                 }
             }
         }

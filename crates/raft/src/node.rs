@@ -613,13 +613,16 @@ async fn stop_when_superseded(raft: Raft, epoch: crate::network::EpochSource) {
 fn map_write<T>(
     r: Result<T, OpenraftError<u64, ClientWriteError<u64, BasicNode>>>,
 ) -> Result<(), RaftError> {
-    match r {
-        Ok(_) => Ok(()),
-        Err(OpenraftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-            Err(RaftError::NotLeader {
-                leader: f.leader_id,
-            })
-        }
-        Err(e) => Err(RaftError::Other(e.to_string())),
+    r.map(|_| ()).map_err(write_error)
+}
+
+/// A failed openraft write (a client write, a membership change) as this
+/// crate says it: not the leader, naming the one it knows, or why else.
+pub(crate) fn write_error(e: OpenraftError<u64, ClientWriteError<u64, BasicNode>>) -> RaftError {
+    match e {
+        OpenraftError::APIError(ClientWriteError::ForwardToLeader(f)) => RaftError::NotLeader {
+            leader: f.leader_id,
+        },
+        e => RaftError::Other(e.to_string()),
     }
 }

@@ -383,13 +383,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), SErr> {
         let range = (Bound::Included(log_id.index), Bound::Unbounded);
         self.writer
-            .write(
-                Write::Remove {
-                    range,
-                    purged: None,
-                },
-                true,
-            )
+            .write(Write::Remove { range }, true)
             .await
             .map_err(|e| StorageIOError::write_logs(any(e)).into())
     }
