@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
-use flotilla_testkit::{wait_until, Daemon};
+use flotilla_testkit::{free_port, wait_until, Daemon};
 use serde_json::Value;
 
 fn bin() -> &'static Path {
@@ -508,18 +508,7 @@ fn remote_cli_finds_a_live_manager_with_a_client_certificate() -> Result<()> {
     let m1 = start_named("m1")?;
     m1.ok(&["init"])?;
     let mut m2 = joined(&m1, "m2", "manager")?;
-    m1.ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "0",
-        "-d",
-        "--",
-        "sleep",
-        "1",
-    ])?;
+    m1.ok(&idle_service("web"))?;
     let tls = tempfile::tempdir()?;
     let tls_dir = tls.path().join("tls");
     let out = m1.ok(&[
@@ -842,27 +831,25 @@ fn a_manager_that_lost_its_raft_store_refuses_its_old_raft_id() -> Result<()> {
     assert!(err.contains("exited early with exit status: 1"), "{err}");
     assert!(!m3.data_dir().join("raft.redb").exists(), "nothing created");
     // The two others keep a quorum and take writes.
-    m1.ok(&[
+    m1.ok(&idle_service("web"))?;
+    Ok(())
+}
+
+/// `service create` of a service of 0 replicas named `name`: a write that
+/// starts no task.
+fn idle_service(name: &str) -> [&str; 10] {
+    [
         "service",
         "create",
         "--name",
-        "web",
+        name,
         "--replicas",
         "0",
         "-d",
         "--",
         "sleep",
         "1",
-    ])?;
-    Ok(())
-}
-
-/// A free loopback port, for a daemon that must keep its address across
-/// force-new-cluster's restart.
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    ]
 }
 
 /// Every log of a daemon's runs, joined.
@@ -923,23 +910,7 @@ fn managers_removed_by_force_new_cluster_are_refused_by_the_new_group() -> Resul
     let info = m1.ok(&["info", "--format", "json"])?.json()?;
     assert_eq!(info["is_leader"], true, "{info}");
     assert_eq!(info["managers"], 1, "{info}");
-    let create = |name: &str| {
-        [
-            "service",
-            "create",
-            "--name",
-            name,
-            "--replicas",
-            "0",
-            "-d",
-            "--",
-            "sleep",
-            "1",
-        ]
-        .map(String::from)
-    };
-    let args = create("web");
-    m1.ok(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    m1.ok(&idle_service("web"))?;
     // The removed managers learn from the survivor's answer that their
     // group was replaced, and stop: before, m2 and m3 went on as a group
     // of their own, with a leader that took writes.
@@ -956,8 +927,7 @@ fn managers_removed_by_force_new_cluster_are_refused_by_the_new_group() -> Resul
             },
         )?;
     }
-    let args = create("split");
-    let refused = m2.cli(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let refused = m2.cli(&idle_service("split"));
     assert_ne!(
         refused.code, 0,
         "a removed manager took a write: {} {}",

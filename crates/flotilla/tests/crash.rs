@@ -72,7 +72,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use flotilla_api::client::{Client, ClientError};
-use flotilla_testkit::{marked_pids, wait_until, Daemon};
+use flotilla_testkit::{marked_pids, strip_ansi, wait_until, Daemon};
 use flotilla_types::{ServiceMode, ServiceSpec, TaskTemplate};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -185,15 +185,10 @@ impl Drop for KeepLogs {
     }
 }
 
-/// A manager on a loopback port of its own, chosen now rather than by the
-/// daemon (port 0), so that it keeps its raft address when it restarts.
+/// A manager on a loopback port of its own, so that it keeps its raft
+/// address when it restarts.
 fn start_manager(name: &str, extra: &[&str]) -> Result<Daemon> {
-    let mut args = vec!["--name", name];
-    args.extend_from_slice(extra);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    Daemon::start_with(bin(), &format!("127.0.0.1:{port}"), &args)
+    Daemon::start_named(bin(), name, extra)
 }
 
 fn socket(d: &Daemon) -> PathBuf {
@@ -521,24 +516,6 @@ fn log_tail(d: &Daemon) -> String {
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ ... final byte in @..~
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) && c != '[' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// What openraft found in the store at a start (`get_initial_state`):

@@ -23,15 +23,10 @@ fn alone() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// A manager on a loopback port of its own, chosen now rather than by the
-/// daemon (port 0), so that it keeps its raft address when it restarts.
+/// A manager on a loopback port of its own, so that it keeps its raft
+/// address when it restarts.
 fn start_with(name: &str, extra: &[&str]) -> Result<Daemon> {
-    let mut args = vec!["--name", name];
-    args.extend_from_slice(extra);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    Daemon::start_with(bin(), &format!("127.0.0.1:{port}"), &args)
+    Daemon::start_named(bin(), name, extra)
 }
 
 fn token(m: &Daemon, role: &str) -> Result<String> {

@@ -8,8 +8,10 @@
 //!
 //! # Layout
 //! - [`Daemon`]: one node process and its data dir, with its own address
-//!   on loopback (`start_with`), which a test can kill (`kill9`), pause
-//!   (`pause`/`resume`, SIGSTOP) and restart.
+//!   on loopback (`start_with`, or `start_named` on a [`free_port`] it
+//!   keeps across restarts), which a test can kill (`kill9`), pause
+//!   (`pause`/`resume`, SIGSTOP) and restart. [`strip_ansi`] reads its
+//!   coloured log.
 //! - [`image`]: busybox container images built locally (no registry).
 //! - [`net`]: hosts in network namespaces on a private bridge, which a test
 //!   can cut off and heal (partitions).
@@ -25,6 +27,33 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+
+/// A loopback port free right now, for a daemon that must keep its
+/// address across restarts (port 0 would draw a new one each start).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `text` without ANSI escape sequences (a daemon's log has colours).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ params final-byte (0x40..=0x7e)
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
 
 /// Polls `check` every 50 ms until it yields a value or `timeout` passes;
 /// the error names what was awaited and the last observation.
@@ -151,6 +180,15 @@ impl Daemon {
             extra,
             Some(host.ns.clone()),
         )
+    }
+
+    /// Starts a daemon named `name` on a loopback port of its own, chosen
+    /// now rather than by the daemon (port 0), so that it keeps its raft
+    /// address when it restarts; `extra` are more daemon arguments.
+    pub fn start_named(bin: &Path, name: &str, extra: &[&str]) -> Result<Daemon> {
+        let mut args = vec!["--name", name];
+        args.extend_from_slice(extra);
+        Self::start_with(bin, &format!("127.0.0.1:{}", free_port()?), &args)
     }
 
     /// Starts a daemon whose cluster port listens on `listen`, with extra
