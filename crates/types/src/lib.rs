@@ -16,6 +16,9 @@
 //! - [`name`]: Swarm's naming rule for services and nodes.
 //! - [`validate`]: the rules a service spec follows ([`ServiceSpec::validate`]).
 //! - [`parse`]: memory sizes and command lines as people type them.
+//! - [`port`]: published ports, their allocation and tasks' ports.
+//! - [`mesh`]: the routing mesh's table (published ports and their ready
+//!   tasks) and its counters.
 //! - [`id`]: object IDs.
 //! - [`epoch`]: the cluster epoch (which raft group of a cluster).
 
@@ -23,9 +26,11 @@ pub mod constraint;
 pub mod duration;
 pub mod epoch;
 pub mod id;
+pub mod mesh;
 pub mod name;
 pub mod node;
 pub mod parse;
+pub mod port;
 pub mod service;
 pub mod task;
 pub mod validate;
@@ -37,6 +42,9 @@ pub use id::{new_id, ID_LEN};
 pub use name::{validate_name, NameError};
 pub use node::{Availability, Node, NodeRole, NodeState, Platform};
 pub use parse::{parse_memory, split_command};
+pub use port::{
+    parse_publish, PortConfig, Protocol, PublishMode, PublishedPort, TaskPort, DYNAMIC_PORTS,
+};
 pub use service::{
     Driver, FailureAction, HealthCheck, HealthTest, Mount, MountKind, Ratio, ResourceSpec,
     Resources, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, TaskTemplate,

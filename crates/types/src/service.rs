@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::constraint::Constraint;
+use crate::port::{PortConfig, PublishedPort};
 use crate::UnixMs;
 
 /// Stop grace period when none is given: SIGTERM, then SIGKILL after this.
@@ -449,6 +450,11 @@ pub struct TaskTemplate {
     /// File systems mounted into a docker task's container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<Mount>,
+    /// The ports each task listens on and the ports the cluster publishes
+    /// for them (`--publish`, Compose `ports`). In the template, so that a
+    /// change of ports rolls out to the tasks, as in Swarm.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortConfig>,
 }
 
 impl Default for TaskTemplate {
@@ -467,6 +473,7 @@ impl Default for TaskTemplate {
             resources: ResourceSpec::default(),
             init: false,
             mounts: Vec::new(),
+            ports: Vec::new(),
         }
     }
 }
@@ -519,4 +526,9 @@ pub struct Service {
     /// The last rolling update or rollback, if any.
     #[serde(default)]
     pub update_status: Option<UpdateStatus>,
+    /// The ports published for it, as allocated: the spec's fixed ones
+    /// when the spec is written, the others by the leader's allocator.
+    /// Empty until then, and for a service that publishes nothing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub published: Vec<PublishedPort>,
 }

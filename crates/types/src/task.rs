@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::port::TaskPort;
 use crate::service::TaskTemplate;
 use crate::UnixMs;
 
@@ -141,6 +142,10 @@ pub struct TaskStatus {
     /// Set while the task runs, for tasks with a health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Health>,
+    /// Where the task's target ports answer on its node, from the time it
+    /// starts (reported with `starting` or `running`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<TaskPort>,
 }
 
 impl TaskStatus {
@@ -161,6 +166,7 @@ impl TaskStatus {
             pid: None,
             container_id: None,
             health: None,
+            ports: Vec::new(),
         }
     }
 }

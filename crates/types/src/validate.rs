@@ -6,6 +6,7 @@
 use thiserror::Error;
 
 use crate::name::{validate_name, NameError};
+use crate::port::{PortConfig, Protocol, PublishMode};
 use crate::service::{
     Driver, FailureAction, HealthCheck, HealthTest, Mount, MountKind, Ratio, ServiceMode,
     ServiceSpec, TaskTemplate, UpdateConfig,
@@ -59,6 +60,14 @@ pub enum SpecError {
     RollbackFailureAction,
     #[error("invalid environment variable name {0:?}")]
     EnvName(String),
+    #[error("port {0}: ports are 1-65535")]
+    PortNumber(String),
+    #[error("published port {0} is given twice")]
+    DuplicatePublished(String),
+    #[error("port {0}: UDP is not published by the mesh yet; publish TCP ports")]
+    UdpNotSupported(String),
+    #[error("port {0}: host mode is not supported yet; publish in ingress mode")]
+    HostModeNotSupported(String),
 }
 
 impl SpecError {
@@ -88,6 +97,10 @@ impl SpecError {
             SpecError::FailureRatio { .. } => "update.max_failure_ratio",
             SpecError::RollbackFailureAction => "rollback.failure_action",
             SpecError::EnvName(_) => "task.env",
+            SpecError::PortNumber(_)
+            | SpecError::DuplicatePublished(_)
+            | SpecError::UdpNotSupported(_)
+            | SpecError::HostModeNotSupported(_) => "task.ports",
         }
     }
 }
@@ -172,8 +185,33 @@ impl TaskTemplate {
                 return Err(SpecError::EnvName(key.clone()));
             }
         }
-        Ok(())
+        check_ports(&self.ports)
     }
+}
+
+fn check_ports(ports: &[PortConfig]) -> Result<(), SpecError> {
+    let mut published = std::collections::BTreeSet::new();
+    for port in ports {
+        if port.target == 0 || port.published == Some(0) {
+            return Err(SpecError::PortNumber(port.to_string()));
+        }
+        if port.protocol == Protocol::Udp {
+            return Err(SpecError::UdpNotSupported(port.to_string()));
+        }
+        if port.mode == PublishMode::Host {
+            return Err(SpecError::HostModeNotSupported(port.to_string()));
+        }
+        if let Some(key) = port.key() {
+            if !published.insert(key) {
+                return Err(SpecError::DuplicatePublished(format!(
+                    "{}/{}",
+                    key.0,
+                    key.1.as_str()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_health(h: &HealthCheck, docker: bool) -> Result<(), SpecError> {
