@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use flotilla_types::{
-    Availability, Cluster, DesiredState, Node, NodeRole, NodeState, ServiceSpec, Task, TaskStatus,
+    Availability, Cluster, DesiredState, Node, NodeRole, NodeState, PublishedPort, ServiceSpec, Task, TaskStatus,
     UnixMs, UpdateStatus,
 };
 
@@ -122,6 +122,15 @@ pub enum Command {
         version: u64,
         status: UpdateStatus,
     },
+    /// Allocator: the published ports of a service, its fixed ones and
+    /// those the leader chose for ports published without a number.
+    /// Applies only while the service is still at `version`, and only if
+    /// every port matches the spec and no other service publishes it.
+    AllocatePorts {
+        id: String,
+        version: u64,
+        ports: Vec<PublishedPort>,
+    },
     /// `service rm`: removes the service; its tasks are told to shut down
     /// and are deleted by the orchestrator once they ended.
     RemoveService { id: String, at: UnixMs },
@@ -169,6 +178,7 @@ impl Command {
     pub fn format(&self) -> u32 {
         match self {
             Command::RefreshNode { .. } => 2,
+            Command::AllocatePorts { .. } => crate::entry::PORTS_FORMAT,
             _ => crate::entry::BARE_FORMAT,
         }
     }

@@ -38,9 +38,12 @@ use crate::command::Command;
 use crate::state::State;
 
 /// The newest entry format this version reads and writes.
-pub const FORMAT: u32 = 3;
+pub const FORMAT: u32 = 4;
 /// The first format with [`Body::Batch`].
 pub const BATCH_FORMAT: u32 = 3;
+/// The first format with [`Command::AllocatePorts`]: the allocator
+/// proposes it only once [`writable_format`] reaches it.
+pub const PORTS_FORMAT: u32 = 4;
 /// The format of a bare [`Command`], before the envelope.
 pub const BARE_FORMAT: u32 = 1;
 
@@ -244,7 +247,7 @@ impl Serialize for Envelope {
 
 /// The `type` of every [`Command`] this version knows (checked against
 /// the enum in a test).
-pub const COMMAND_NAMES: [&str; 21] = [
+pub const COMMAND_NAMES: [&str; 22] = [
     "init_cluster",
     "upsert_node",
     "refresh_node",
@@ -259,6 +262,7 @@ pub const COMMAND_NAMES: [&str; 21] = [
     "update_service",
     "rollback_service",
     "set_update_status",
+    "allocate_ports",
     "remove_service",
     "create_tasks",
     "set_desired_state",
@@ -541,7 +545,7 @@ mod tests {
         let json = serde_json::to_string(&e).expect("encode");
         assert_eq!(
             json,
-            r#"{"format":3,"request":"r1","command":{"type":"remove_service","id":"s1","at":3}}"#
+            r#"{"format":4,"request":"r1","command":{"type":"remove_service","id":"s1","at":3}}"#
         );
         assert_eq!(serde_json::from_str::<Envelope>(&json).expect("decode"), e);
         // The bare format has no room for a request.
@@ -551,22 +555,22 @@ mod tests {
     #[test]
     fn an_entry_of_a_future_version_decodes_but_cannot_be_applied() {
         let future =
-            r#"{"format":4,"request":"r9","command":{"type":"create_volume","id":"v1","size":9}}"#;
+            r#"{"format":5,"request":"r9","command":{"type":"create_volume","id":"v1","size":9}}"#;
         let e: Envelope = serde_json::from_str(future).expect("decode");
-        assert_eq!(e.format, 4);
+        assert_eq!(e.format, 5);
         let err = e.command(42).expect_err("unknown");
         assert_eq!(
             err,
             EntryError::Unknown {
                 index: 42,
-                format: 4,
+                format: 5,
                 name: "create_volume".into(),
-                needs: 4
+                needs: 5
             }
         );
         assert!(err
             .to_string()
-            .contains("upgrade this manager to a version that reads format 4"));
+            .contains("upgrade this manager to a version that reads format 5"));
         // Kept as it came: stored and sent on unchanged.
         let again = serde_json::to_value(&e).expect("encode");
         assert_eq!(
@@ -580,7 +584,7 @@ mod tests {
                 .expect("decode");
         assert!(matches!(
             e.command(1),
-            Err(EntryError::Unknown { needs: 4, .. })
+            Err(EntryError::Unknown { needs: 5, .. })
         ));
         let bare: Envelope = serde_json::from_str(r#"{"type":"create_volume"}"#).expect("decode");
         assert!(matches!(
@@ -610,7 +614,7 @@ mod tests {
         );
         assert_eq!(e.len(), 3);
         let json = serde_json::to_string(&e).expect("encode");
-        assert!(json.starts_with(r#"{"format":3,"batch":[{"format":3,"request":"r1","#));
+        assert!(json.starts_with(r#"{"format":4,"batch":[{"format":4,"request":"r1","#));
         let back: Envelope = serde_json::from_str(&json).expect("decode");
         assert_eq!(back, e);
         let items = back.items(9).expect("known");
@@ -653,14 +657,14 @@ mod tests {
             e.items(5),
             Err(EntryError::Unknown { format: 2, .. })
         ));
-        let newer = r#"{"format":4,"batch":[
+        let newer = r#"{"format":5,"batch":[
             {"format":3,"command":{"type":"remove_service","id":"a","at":7}}]}"#;
         let e: Envelope = serde_json::from_str(newer).expect("decode");
         assert!(matches!(
             e.items(5),
             Err(EntryError::Unknown {
-                format: 4,
-                needs: 4,
+                format: 5,
+                needs: 5,
                 ..
             })
         ));

@@ -29,4 +29,12 @@ pub enum StoreError {
         expected: u64,
         actual: u64,
     },
+    #[error("port {port}/{protocol} is already published by service {service}")]
+    PortTaken {
+        port: u16,
+        protocol: String,
+        service: String,
+    },
+    #[error("service {service}: the allocated ports do not match its spec ({reason})")]
+    PortsMismatch { service: String, reason: String },
 }

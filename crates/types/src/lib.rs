@@ -43,7 +43,7 @@ pub use name::{validate_name, NameError};
 pub use node::{Availability, Node, NodeRole, NodeState, Platform};
 pub use parse::{parse_memory, split_command};
 pub use port::{
-    parse_publish, PortConfig, Protocol, PublishMode, PublishedPort, TaskPort, DYNAMIC_PORTS,
+    carry_over, parse_publish, PortConfig, Protocol, PublishMode, PublishedPort, TaskPort, DYNAMIC_PORTS,
 };
 pub use service::{
     Driver, FailureAction, HealthCheck, HealthTest, Mount, MountKind, Ratio, ResourceSpec,

@@ -166,6 +166,38 @@ pub struct TaskPort {
     pub host_port: u16,
 }
 
+/// The published ports of a spec's `ports`, one per port in order: a
+/// fixed one as it is; one without a number gets the port it had in
+/// `before` (the service's allocation so far: same target, protocol and
+/// mode, each used once, never a number the spec fixes), or `None`: the
+/// allocator must choose. So a change of other fields keeps the ports
+/// clients already use.
+pub fn carry_over(ports: &[PortConfig], before: &[PublishedPort]) -> Vec<Option<PublishedPort>> {
+    let fixed: Vec<(u16, Protocol)> = ports.iter().filter_map(PortConfig::key).collect();
+    let mut spare: Vec<PublishedPort> = before
+        .iter()
+        .filter(|p| !fixed.contains(&p.key()))
+        .copied()
+        .collect();
+    ports
+        .iter()
+        .map(|port| match port.published {
+            Some(published) => Some(PublishedPort {
+                published,
+                target: port.target,
+                protocol: port.protocol,
+                mode: port.mode,
+            }),
+            None => {
+                let i = spare.iter().position(|p| {
+                    p.target == port.target && p.protocol == port.protocol && p.mode == port.mode
+                })?;
+                Some(spare.remove(i))
+            }
+        })
+        .collect()
+}
+
 /// Parses one `--publish` value: `PUBLISHED:TARGET[/PROTO]`,
 /// `TARGET[/PROTO]`, ranges of equal length (`8080-8081:80-81`), or the
 /// long form `published=P,target=T,protocol=udp,mode=host`. A published
@@ -339,6 +371,25 @@ mod tests {
             let err = parse_publish(text).expect_err(text);
             assert!(err.contains(needle), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn allocations_carry_over_to_the_same_target_only() {
+        let was = |published, target| PublishedPort {
+            published,
+            target,
+            protocol: Protocol::Tcp,
+            mode: PublishMode::Ingress,
+        };
+        let before = [was(30000, 80), was(30001, 81)];
+        let spec = [port(None, 81), port(None, 82), port(Some(9000), 80)];
+        assert_eq!(
+            carry_over(&spec, &before),
+            vec![Some(was(30001, 81)), None, Some(was(9000, 80))]
+        );
+        // A number the spec now fixes is not handed to another port.
+        let spec = [port(Some(30000), 90), port(None, 80)];
+        assert_eq!(carry_over(&spec, &before), vec![Some(was(30000, 90)), None]);
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! its spec; it is what optimistic concurrency (`expected_version`) and
 //! update statuses are checked against.
 
-use flotilla_types::{DesiredState, Service, ServiceSpec, UnixMs, UpdateState, UpdateStatus};
+use flotilla_types::{
+    carry_over, DesiredState, PublishedPort, Service, ServiceSpec, UnixMs, UpdateState,
+    UpdateStatus,
+};
 
 use super::{table, Change, State};
 use crate::command::CommandResult;
@@ -26,6 +29,7 @@ impl State {
         if self.service(&spec.name).is_some() || self.services.contains_key(id) {
             return Err(StoreError::ServiceExists(spec.name.clone()));
         }
+        let published = self.published_for(id, spec, &[])?;
         let service = Service {
             id: id.to_string(),
             spec: spec.clone(),
@@ -34,6 +38,7 @@ impl State {
             updated_at: at,
             previous_spec: None,
             update_status: None,
+            published,
         };
         table::insert(&mut self.services, id, service, changes);
         Ok(Some(id.to_string()))
@@ -57,6 +62,8 @@ impl State {
             .services
             .values()
             .any(|s| s.id != id && s.spec.name == spec.name);
+        let before = self.service_by_id(id)?.published.clone();
+        let published = self.published_for(id, spec, &before);
         let service = self.service_mut(id)?;
         if let Some(expected) = expected_version {
             check_version(service, expected)?;
@@ -64,6 +71,7 @@ impl State {
         if renamed_to_taken {
             return Err(StoreError::ServiceExists(spec.name.clone()));
         }
+        service.published = published?;
         if service.spec.task != spec.task {
             // What `service rollback` returns to: the last spec
             // whose tasks differ, not a scale in between.
@@ -102,9 +110,17 @@ impl State {
         }
         let previous = service
             .previous_spec
-            .take()
+            .as_deref()
+            .cloned()
             .ok_or_else(|| StoreError::NothingToRollBack(service.spec.name.clone()))?;
-        let mut spec = *previous;
+        let before = service.published.clone();
+        // The ports it returns to may have been taken meanwhile: then the
+        // rollback is refused, and nothing changes.
+        let published = self.published_for(id, &previous, &before)?;
+        let service = self.service_mut(id)?;
+        service.previous_spec = None;
+        service.published = published;
+        let mut spec = previous;
         // The name and the replica count are not part of what is
         // rolled back, as in Swarm: a scale since stays.
         spec.name = service.spec.name.clone();
@@ -161,6 +177,101 @@ impl State {
         self.services
             .get_mut(id)
             .ok_or_else(|| StoreError::ServiceNotFound(id.to_string()))
+    }
+
+    fn service_by_id(&self, id: &str) -> Result<&Service, StoreError> {
+        self.services
+            .get(id)
+            .ok_or_else(|| StoreError::ServiceNotFound(id.to_string()))
+    }
+}
+
+impl State {
+    /// The service that publishes `port` now, other than `id`.
+    fn publisher_of(&self, id: &str, key: (u16, flotilla_types::Protocol)) -> Option<&Service> {
+        self.services
+            .values()
+            .find(|s| s.id != id && s.published.iter().any(|p| p.key() == key))
+    }
+
+    /// The published ports service `id` gets with `spec`: the fixed ones,
+    /// refused if another service publishes one, and those it had before
+    /// for the ports without a number ([`carry_over`]); the allocator
+    /// fills in the rest.
+    fn published_for(
+        &self,
+        id: &str,
+        spec: &ServiceSpec,
+        before: &[PublishedPort],
+    ) -> Result<Vec<PublishedPort>, StoreError> {
+        let published: Vec<PublishedPort> = carry_over(&spec.task.ports, before)
+            .into_iter()
+            .flatten()
+            .collect();
+        for port in &published {
+            if let Some(other) = self.publisher_of(id, port.key()) {
+                return Err(port_taken(port, other));
+            }
+        }
+        Ok(published)
+    }
+
+    /// [`crate::Command::AllocatePorts`]: the allocator's choice for the
+    /// service at `version`: one port for each of the spec's, matching
+    /// it, none published by another service.
+    pub(super) fn allocate_ports(
+        &mut self,
+        id: &str,
+        version: u64,
+        ports: &[PublishedPort],
+        changes: &mut Vec<Change>,
+    ) -> CommandResult {
+        let service = self.service_by_id(id)?;
+        check_version(service, version)?;
+        let name = service.spec.name.clone();
+        let mismatch = |reason: String| StoreError::PortsMismatch {
+            service: name.clone(),
+            reason,
+        };
+        let spec_ports = &service.spec.task.ports;
+        if ports.len() != spec_ports.len() {
+            return Err(mismatch(format!(
+                "{} ports for {} in the spec",
+                ports.len(),
+                spec_ports.len()
+            )));
+        }
+        let mut keys = std::collections::BTreeSet::new();
+        for (port, spec) in ports.iter().zip(spec_ports) {
+            let fits = port.target == spec.target
+                && port.protocol == spec.protocol
+                && port.mode == spec.mode
+                && spec.published.is_none_or(|p| p == port.published)
+                && port.published != 0;
+            if !fits {
+                return Err(mismatch(format!("{port} for {spec}")));
+            }
+            if !keys.insert(port.key()) {
+                return Err(mismatch(format!("{port} twice")));
+            }
+            if let Some(other) = self.publisher_of(id, port.key()) {
+                return Err(port_taken(port, other));
+            }
+        }
+        let service = self.service_mut(id)?;
+        if service.published != ports {
+            service.published = ports.to_vec();
+            table::touched::<Service>(id, changes);
+        }
+        Ok(Some(id.to_string()))
+    }
+}
+
+fn port_taken(port: &PublishedPort, other: &Service) -> StoreError {
+    StoreError::PortTaken {
+        port: port.published,
+        protocol: port.protocol.as_str().into(),
+        service: other.spec.name.clone(),
     }
 }
 

@@ -145,7 +145,14 @@ impl State {
         for update in updates {
             if let Some(task) = self.tasks.get_mut(&update.task_id) {
                 if task.status.accepts(&update.status) {
+                    let ports = std::mem::take(&mut task.status.ports);
                     task.status = update.status.clone();
+                    // A report that names no ports (a health change from
+                    // an agent that sent them with `running`) keeps them
+                    // while the task lives: the mesh still needs them.
+                    if task.status.ports.is_empty() && !task.status.state.is_terminal() {
+                        task.status.ports = ports;
+                    }
                     table::touched::<Task>(&update.task_id, changes);
                 }
             }
