@@ -200,6 +200,7 @@ impl Agent {
                 state_dir: config.state_dir,
                 node_id: config.node_id,
                 events: events_tx,
+                ports: crate::ports::PortPool::default(),
             }),
             log_cap: config.log_cap_bytes,
             entries: HashMap::new(),
@@ -257,6 +258,9 @@ struct Shared {
     state_dir: PathBuf,
     node_id: String,
     events: mpsc::UnboundedSender<Update>,
+    /// Node ports handed to this agent's live process tasks, so that two
+    /// tasks started together never get the same one.
+    ports: crate::ports::PortPool,
 }
 
 impl Shared {
@@ -428,6 +432,9 @@ impl Loop {
             match (exit, handle, runner) {
                 (Some(exit), Some(handle), Some(runner)) => {
                     info!(%task_id, pid = ?handle.pid, "adopted a running task");
+                    if runner.name() == "process" {
+                        self.shared.ports.hold(&task_id, &status.ports);
+                    }
                     self.supervise(
                         task_id,
                         grace_ms,
@@ -916,6 +923,7 @@ async fn resolve_check(
     driver: &dyn Driver,
     handle: &Handle,
     template: Option<&HealthCheck>,
+    ports: &[flotilla_types::TaskPort],
 ) -> Option<HealthCheck> {
     let own = if wants_own_check(template) {
         match driver.own_health(handle).await {
@@ -928,7 +936,15 @@ async fn resolve_check(
     } else {
         None
     };
-    effective_check(template, own)
+    let check = effective_check(template, own)?;
+    // A process listens on the node port it was given for a target port,
+    // so a check of the target port probes that one; a container keeps
+    // its own ports.
+    Some(if driver.name() == "process" {
+        crate::ports::probe_node_port(check, ports)
+    } else {
+        check
+    })
 }
 
 /// Runs one task from start (or adoption) to its end, recording each status
@@ -993,8 +1009,14 @@ async fn supervise(
             got = template_check(&mut template) => {
                 template = None;
                 let Ok(check) = got else { continue };
-                let resolved =
-                    resolve_check(&task_id, driver.as_ref(), &handle, check.as_ref()).await;
+                let resolved = resolve_check(
+                    &task_id,
+                    driver.as_ref(),
+                    &handle,
+                    check.as_ref(),
+                    &running.ports,
+                )
+                .await;
                 let Some(check) = resolved else { continue };
                 // The start period counts from when the task started, not
                 // from when this agent adopted it.
@@ -1053,6 +1075,7 @@ async fn supervise(
     if let Err(e) = driver.remove(&handle).await {
         warn!(%task_id, error = %e, "cannot remove what the task left");
     }
+    shared.ports.release(&task_id);
     shared.send(&task_id, status, None, true);
 }
 
@@ -1081,25 +1104,44 @@ async fn start_task(shared: &Shared, task: &Task) -> Result<Running, DriverError
         .ok_or_else(|| DriverError::NoDriver(task.spec.driver.as_str().to_string()))?;
     let dir = task_dir(&shared.state_dir, &task.id);
     std::fs::create_dir_all(&dir).map_err(|source| DriverError::Prepare { path: dir, source })?;
+    let process = driver.name() == "process";
+    let ports = if process {
+        shared.ports.take(&task.id, &task.spec.ports)?
+    } else {
+        crate::ports::engine_chooses(&task.spec.ports)
+    };
+    let mut env = task_env(task, &shared.node_id);
+    if process {
+        crate::ports::add_env(&mut env, &ports);
+    }
     let spec = StartSpec {
         task_id: task.id.clone(),
         template: task.spec.clone(),
-        env: task_env(task, &shared.node_id),
+        env,
         log_path: task_log_path(&shared.state_dir, &task.id),
+        ports,
     };
-    let started = driver.start(spec).await?;
-    let (handle, exit) = (started.handle, started.exit);
+    let started = match driver.start(spec).await {
+        Ok(started) => started,
+        Err(e) => {
+            shared.ports.release(&task.id);
+            return Err(e);
+        }
+    };
+    let (handle, exit, ports) = (started.handle, started.exit, started.ports);
     let check = resolve_check(
         &task.id,
         driver.as_ref(),
         &handle,
         task.spec.health.as_ref(),
+        &ports,
     )
     .await;
     let grace_ms = task.spec.stop_grace_period_ms;
     let mut status = TaskStatus::new(TaskState::Running, now_ms(), MSG_STARTED);
     status.pid = handle.pid;
     status.container_id = handle.id.clone();
+    status.ports = ports;
     if check.is_some() {
         status.health = Some(Health::Starting);
     }

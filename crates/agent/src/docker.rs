@@ -35,7 +35,7 @@ use bollard::query_parameters::{
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use flotilla_types::{
-    HealthCheck, HealthTest, DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_RETRIES,
+    HealthCheck, HealthTest, TaskPort, DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_RETRIES,
     DEFAULT_HEALTH_TIMEOUT_MS,
 };
 use futures_util::StreamExt;
@@ -303,11 +303,11 @@ impl DockerDriver {
             }
             return Err(self.fail(format!("cannot start container {name}"), e));
         }
-        let pid = match docker.inspect_container(&id, None).await {
-            Ok(info) => main_pid(&info),
+        let (pid, ports) = match docker.inspect_container(&id, None).await {
+            Ok(info) => (main_pid(&info), mapped_ports(&info, &spec.ports)),
             Err(e) => {
                 warn!(container = %id, error = %e, "cannot inspect a started container");
-                None
+                (None, Vec::new())
             }
         };
         follow_logs(docker.clone(), id.clone(), spec.log_path.clone(), 0);
@@ -318,6 +318,7 @@ impl DockerDriver {
                 id: Some(id.clone()),
             },
             exit: Box::pin(wait_exit(docker.clone(), id)),
+            ports,
         })
     }
 
@@ -604,10 +605,53 @@ fn container_body(spec: &StartSpec, image: &str) -> ContainerCreateBody {
             // The engine's default when not asked for.
             init: t.init.then_some(true),
             mounts: (!t.mounts.is_empty()).then(|| t.mounts.iter().map(engine_mount).collect()),
+            // Each target port on a node port the engine picks; the mesh
+            // learns which from the inspect after the start.
+            port_bindings: (!spec.ports.is_empty()).then(|| {
+                spec.ports
+                    .iter()
+                    .map(|p| {
+                        let binding = bollard::models::PortBinding {
+                            host_ip: Some("0.0.0.0".into()),
+                            host_port: Some(String::new()),
+                        };
+                        (engine_port(p), Some(vec![binding]))
+                    })
+                    .collect()
+            }),
             ..Default::default()
         }),
+        exposed_ports: (!spec.ports.is_empty())
+            .then(|| spec.ports.iter().map(engine_port).collect()),
         ..Default::default()
     }
+}
+
+/// `8080/tcp`, as the engine names a container's port.
+fn engine_port(p: &TaskPort) -> String {
+    format!("{}/{}", p.target, p.protocol.as_str())
+}
+
+/// Where the engine mapped each of `wanted`'s target ports on the node.
+fn mapped_ports(info: &ContainerInspectResponse, wanted: &[TaskPort]) -> Vec<TaskPort> {
+    let Some(map) = info
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.ports.as_ref())
+    else {
+        return Vec::new();
+    };
+    wanted
+        .iter()
+        .filter_map(|p| {
+            let bindings = map.get(&engine_port(p))?.as_ref()?;
+            let host_port = bindings
+                .iter()
+                .filter_map(|b| b.host_port.as_deref()?.parse::<u16>().ok())
+                .next()?;
+            Some(TaskPort { host_port, ..*p })
+        })
+        .collect()
 }
 
 /// A mount as the engine takes it.
@@ -920,6 +964,7 @@ mod tests {
 
     fn spec(task_id: &str, env: &[(&str, &str)]) -> StartSpec {
         StartSpec {
+            ports: Vec::new(),
             task_id: task_id.to_string(),
             template: flotilla_types::TaskTemplate::default(),
             env: env

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
-use flotilla_types::{HealthCheck, HealthTest, TaskTemplate};
+use flotilla_types::{HealthCheck, HealthTest, TaskPort, TaskTemplate};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -83,12 +83,18 @@ pub struct StartSpec {
     pub env: BTreeMap<String, String>,
     /// Where stdout and stderr go, appended.
     pub log_path: PathBuf,
+    /// The task's target ports, with the node's port the agent chose for
+    /// each (a process listens on it: `PORT`, `FLOTILLA_PORT_<TARGET>`); a
+    /// driver with its own port mapping may choose its own instead.
+    pub ports: Vec<TaskPort>,
 }
 
 /// A workload that has started.
 pub struct Started {
     pub handle: Handle,
     pub exit: ExitFuture,
+    /// Where its target ports answer on the node.
+    pub ports: Vec<TaskPort>,
 }
 
 impl std::fmt::Debug for Started {

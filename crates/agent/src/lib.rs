@@ -34,6 +34,8 @@
 //!   `<state_dir>/tasks/<task_id>/`.
 //! - [`logs`]: task log paths, the size cap (copy-and-truncate), and the
 //!   marks that give lines their times.
+//! - [`ports`]: the node ports a process task listens on for its target
+//!   ports (`PORT`, `FLOTILLA_PORT_<TARGET>`).
 //! - [`procfs`]: `/proc/<pid>/stat`, pidfds and process-group signals.
 
 pub mod agent;
@@ -41,6 +43,7 @@ pub mod docker;
 pub mod driver;
 pub mod health;
 pub mod logs;
+pub mod ports;
 pub mod process;
 pub mod procfs;
 pub mod record;

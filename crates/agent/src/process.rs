@@ -372,6 +372,7 @@ fn start_process(spec: &StartSpec) -> Result<Started, DriverError> {
             id: None,
         },
         exit,
+        ports: spec.ports.clone(),
     })
 }
 

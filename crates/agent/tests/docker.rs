@@ -82,6 +82,7 @@ impl Test {
             ("FLOTILLA_NODE_ID".to_string(), self.node.clone()),
         ]);
         StartSpec {
+            ports: Vec::new(),
             task_id,
             template: TaskTemplate {
                 driver: flotilla_types::Driver::Docker,

@@ -141,6 +141,21 @@ pub struct ServiceView {
     /// Whether `service rollback` has a spec to return to.
     #[serde(default)]
     pub can_roll_back: bool,
+    /// The ports the cluster publishes for it, as allocated (a port asked
+    /// for without a number shows once the leader chose one).
+    #[serde(default)]
+    pub published: Vec<flotilla_types::PublishedPort>,
+}
+
+/// Where one of a task's target ports answers: the node's address and
+/// the node port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TaskEndpoint {
+    pub target: u16,
+    #[serde(default)]
+    pub protocol: flotilla_types::Protocol,
+    /// `IP:PORT` on the task's node.
+    pub address: String,
 }
 
 /// A task as `service ps` shows it.
@@ -178,6 +193,9 @@ pub struct TaskView {
     pub created_at: UnixMs,
     /// False for older tasks of a slot (history).
     pub current: bool,
+    /// Where its target ports answer, once it started.
+    #[serde(default)]
+    pub endpoints: Vec<TaskEndpoint>,
 }
 
 /// `POST /v1/services/{name}/scale`.

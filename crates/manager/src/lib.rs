@@ -18,15 +18,18 @@
 //!   move the store forward, which nodes are down.
 //! - [`rebalance`]: moving tasks, one at a time, to nodes that joined or
 //!   came back.
+//! - [`mesh`]: [`mesh::allocate`], the published ports the leader hands
+//!   out, and [`mesh::mesh_table`], the ready tasks behind each port.
 //! - [`access`]: what the loops need from outside: [`StoreView`],
 //!   [`Proposer`], [`Clock`], [`Heartbeats`].
-//! - [`loops`]: [`Orchestrator`], [`Scheduler`], [`Rebalancer`] and
-//!   [`NodeWatcher`], the async shells that wake on store changes (or a
+//! - [`loops`]: [`Orchestrator`], [`Scheduler`], [`Rebalancer`],
+//!   [`Allocator`] and [`NodeWatcher`], the async shells that wake on store changes (or a
 //!   due time), decide, and propose.
 
 pub mod access;
 pub mod dispatcher;
 pub mod loops;
+pub mod mesh;
 pub mod orchestrator;
 pub mod rebalance;
 pub mod scheduler;
@@ -37,6 +40,6 @@ mod testutil;
 pub use access::{
     Clock, Heartbeats, ProposeError, ProposeFuture, Proposer, StoreView, SystemClock,
 };
-pub use loops::{NodeWatcher, Orchestrator, Rebalancer, Scheduler};
+pub use loops::{Allocator, NodeWatcher, Orchestrator, Rebalancer, Scheduler};
 pub use orchestrator::{reconcile, Reconciliation};
 pub use scheduler::{schedule, Schedule};

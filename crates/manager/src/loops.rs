@@ -147,6 +147,59 @@ impl Rebalancer {
     }
 }
 
+/// Hands out the published ports that services ask for without a number.
+pub struct Allocator {
+    view: StoreView,
+    proposer: Arc<dyn Proposer>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Allocator {
+    pub fn new(view: StoreView, proposer: Arc<dyn Proposer>, clock: Arc<dyn Clock>) -> Self {
+        Allocator {
+            view,
+            proposer,
+            clock,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled. Proposes nothing while a
+    /// manager of an older version could not read the command.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut said = std::collections::BTreeSet::new();
+        let decide = move |state: &State, _now: UnixMs| {
+            if flotilla_store::writable_format(state) < flotilla_store::PORTS_FORMAT {
+                if said.insert("format".to_string()) {
+                    tracing::warn!(
+                        "ports are not allocated until every manager runs a version that reads entry format {}",
+                        flotilla_store::PORTS_FORMAT
+                    );
+                }
+                return Plan::default();
+            }
+            let allocation = crate::mesh::allocate(state);
+            for (service, reason) in allocation.exhausted {
+                if said.insert(service.clone()) {
+                    tracing::warn!(service, reason, "no published port left for the service");
+                }
+            }
+            Plan {
+                commands: allocation.commands,
+                next_wakeup: None,
+            }
+        };
+        run_loop(
+            "allocator",
+            self.view,
+            self.proposer,
+            self.clock,
+            shutdown,
+            decide,
+        )
+        .await;
+    }
+}
+
 /// Declares nodes down when their heartbeats stop, and orphans their tasks
 /// so that the orchestrator replaces them at once.
 pub struct NodeWatcher {
@@ -380,7 +433,10 @@ async fn propose_all(
             break;
         }
         let kind = command_kind(&command);
-        let versioned = matches!(command, Command::SetUpdateStatus { .. });
+        let versioned = matches!(
+            command,
+            Command::SetUpdateStatus { .. } | Command::AllocatePorts { .. }
+        );
         if let Err(refused) = proposer.propose(command).await? {
             if versioned && matches!(refused, StoreError::VersionConflict { .. }) {
                 // The service changed since the decision (a newer update):
@@ -404,6 +460,7 @@ fn command_kind(command: &Command) -> &'static str {
         Command::AssignTasks { .. } => "assign_tasks",
         Command::SetPendingReason { .. } => "set_pending_reason",
         Command::SetUpdateStatus { .. } => "set_update_status",
+        Command::AllocatePorts { .. } => "allocate_ports",
         Command::RollbackService { .. } => "rollback_service",
         Command::SetNodeState { .. } => "set_node_state",
         Command::UpdateTaskStatus { .. } => "update_task_status",

@@ -73,6 +73,7 @@ pub fn service(id: &str, mode: ServiceMode) -> Service {
         updated_at: 0,
         previous_spec: None,
         update_status: None,
+        published: Vec::new(),
     }
 }
 

@@ -17,9 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_manager::dispatcher::{assignments_for, useful_updates};
+use flotilla_manager::mesh::mesh_table;
 use flotilla_manager::{Clock, Heartbeats, ProposeError, Proposer, StoreView};
 use flotilla_raft::RaftNode;
 use flotilla_store::{Command, State};
+use flotilla_types::mesh::MeshTable;
 use flotilla_types::{NodeRole, NodeState, Task};
 use tokio::sync::watch;
 
@@ -55,6 +57,13 @@ fn version_of(tasks: &[Task]) -> u64 {
         t.status.state.hash(&mut h);
     }
     // 0 means "nothing known" to the agent.
+    h.finish().max(1)
+}
+
+/// A fingerprint of the mesh table (never 0, which means "none").
+fn mesh_version_of(table: &MeshTable) -> u64 {
+    let mut h = DefaultHasher::new();
+    table.hash(&mut h);
     h.finish().max(1)
 }
 
@@ -161,6 +170,8 @@ impl Dispatcher {
             role: None,
             raft_id: 0,
             epoch: Default::default(),
+            mesh_version: 0,
+            mesh: None,
         }
     }
 
@@ -215,7 +226,7 @@ impl Dispatcher {
         let mut applied = self.view.applied.clone();
         let deadline = tokio::time::Instant::now() + LONG_POLL;
         loop {
-            let (tasks, known, managers, role, raft_id) = {
+            let (tasks, known, managers, role, raft_id, table) = {
                 let state = self.view.read();
                 let (tasks, known) = assignments_for(&state, &req.node_id);
                 let (role, raft_id) = state
@@ -223,22 +234,30 @@ impl Dispatcher {
                     .get(&req.node_id)
                     .map(|n| (Some(n.role), n.raft_id))
                     .unwrap_or_default();
-                (tasks, known, manager_addrs(&state), role, raft_id)
+                let table = mesh_table(&state);
+                (tasks, known, manager_addrs(&state), role, raft_id, table)
             };
             let version = version_of(&tasks);
+            let mesh_version = mesh_version_of(&table);
             let role_changed = req.role.is_some() && req.role != role;
-            if version != req.known_version || role_changed {
+            let mesh_changed = req.known_mesh.is_some_and(|known| known != mesh_version);
+            if version != req.known_version || role_changed || mesh_changed {
+                let assignments = (version != req.known_version || role_changed).then(|| {
+                    NodeAssignments {
+                        tasks,
+                        known_task_ids: known,
+                    }
+                });
                 return Ok(SessionResponse {
                     redirect: None,
                     version,
-                    assignments: Some(NodeAssignments {
-                        tasks,
-                        known_task_ids: known,
-                    }),
+                    assignments,
                     managers,
                     role,
                     raft_id,
                     epoch: Default::default(),
+                    mesh_version,
+                    mesh: mesh_changed.then_some(table),
                 });
             }
             let changed = tokio::time::timeout_at(deadline, applied.changed()).await;
@@ -251,6 +270,8 @@ impl Dispatcher {
                     role,
                     raft_id,
                     epoch: Default::default(),
+                    mesh_version,
+                    mesh: None,
                 });
             }
         }

@@ -317,6 +317,10 @@ impl Supervisor {
         tokio::spawn(
             Scheduler::new(view.clone(), proposer.clone(), clock.clone()).run(token.clone()),
         );
+        tokio::spawn(
+            flotilla_manager::Allocator::new(view.clone(), proposer.clone(), clock.clone())
+                .run(token.clone()),
+        );
         tokio::spawn(Rebalancer::new(view.clone(), proposer, clock).run(token.clone()));
         tokio::spawn(
             flotilla_manager::NodeWatcher::new(

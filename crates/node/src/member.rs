@@ -167,6 +167,7 @@ impl NodeCtx {
         known.extend(member.identity.managers.iter().cloned());
         known.dedup();
         let (role_tx, mut role_rx) = mpsc::unbounded_channel::<(NodeRole, u64, Option<String>)>();
+        let (mesh_tx, _mesh_rx) = watch::channel(Arc::new(flotilla_types::mesh::MeshTable::default()));
         let session = SessionClient {
             node_id: member.identity.node_id.clone(),
             addr: self.cluster_addr(),
@@ -178,6 +179,7 @@ impl NodeCtx {
             epoch: member.identity.epoch.clone(),
             data_dir: Some(self.data_dir.clone()),
             role_changed: role_tx,
+            mesh: mesh_tx,
         };
         // Promote/demote, and certificates near expiry: get a new
         // certificate and restart in place (tasks keep running).

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use flotilla_agent::{Assignments, TaskReport};
 use flotilla_store::TaskStatusUpdate;
 use flotilla_transport::{ClusterClient, Target};
+use flotilla_types::mesh::MeshTable;
 use flotilla_types::{Epoch, NodeRole};
 
 use super::dispatcher::{Dispatcher, LONG_POLL};
@@ -46,6 +47,8 @@ pub struct SessionClient {
     /// Told once when the store gives this node another role (promote or
     /// demote): the new role and raft ID.
     pub role_changed: mpsc::UnboundedSender<(NodeRole, u64, Option<String>)>,
+    /// Where the mesh tables from the dispatcher go (this node's mesh).
+    pub mesh: watch::Sender<Arc<MeshTable>>,
 }
 
 enum Outcome {
@@ -64,6 +67,7 @@ impl SessionClient {
     ) {
         let mut pending: Vec<TaskReport> = Vec::new();
         let mut known_version = 0u64;
+        let mut known_mesh = 0u64;
         let mut redirect: Option<String> = None;
         let mut next_manager = 0usize;
         let mut failures = 0u32;
@@ -87,6 +91,7 @@ impl SessionClient {
                 role: Some(self.role),
                 epoch: self.epoch.clone(),
                 entry_format: flotilla_store::FORMAT,
+                known_mesh: Some(known_mesh),
             };
             let local = self.finder.local();
             // This node's own address is never a useful remote target: if
@@ -203,6 +208,10 @@ impl SessionClient {
                         pending.clear();
                     }
                     known_version = answer.version;
+                    if let Some(table) = answer.mesh {
+                        self.mesh.send_replace(Arc::new(table));
+                    }
+                    known_mesh = answer.mesh_version;
                     if let Some(a) = answer.assignments {
                         assignments.send_replace(Arc::new(Assignments {
                             tasks: a.tasks,

@@ -118,6 +118,7 @@ pub fn service_view(state: &State, service: &Service) -> ServiceView {
         updated_at: service.updated_at,
         update_status: service.update_status.clone(),
         can_roll_back: service.previous_spec.is_some(),
+        published: service.published.clone(),
     }
 }
 
@@ -162,12 +163,39 @@ pub fn task_views(state: &State, service: &Service) -> Vec<TaskView> {
             up_to_date: t.spec == service.spec.task,
             created_at: t.created_at,
             current: t.desired_state == DesiredState::Running,
+            endpoints: task_endpoints(state, t),
         })
         .collect();
     out.sort_by(|a, b| {
         (a.slot, &a.node_id, b.created_at, &a.id).cmp(&(b.slot, &b.node_id, a.created_at, &b.id))
     });
     out
+}
+
+/// A task's ports at its node's address (the host part of the node's
+/// cluster address).
+fn task_endpoints(state: &State, task: &flotilla_types::Task) -> Vec<flotilla_api::model::TaskEndpoint> {
+    let host = task
+        .node_id
+        .as_ref()
+        .and_then(|id| state.nodes.get(id))
+        .map(|n| match n.addr.parse::<std::net::SocketAddr>() {
+            Ok(a) => a.ip().to_string(),
+            Err(_) => n.addr.rsplit_once(':').map_or(n.addr.clone(), |(h, _)| h.to_string()),
+        })
+        .unwrap_or_default();
+    task.status
+        .ports
+        .iter()
+        .map(|p| flotilla_api::model::TaskEndpoint {
+            target: p.target,
+            protocol: p.protocol,
+            address: match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => std::net::SocketAddr::new(ip, p.host_port).to_string(),
+                Err(_) => format!("{host}:{}", p.host_port),
+            },
+        })
+        .collect()
 }
 
 /// Every node.

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 
 use flotilla_store::TaskStatusUpdate;
+use flotilla_types::mesh::MeshTable;
 use flotilla_types::{Epoch, NodeRole, Task};
 
 /// `POST /cluster/v1/propose`: a follower forwards a client's write with
@@ -86,6 +87,11 @@ pub struct SessionRequest {
     /// nodes from before the envelope).
     #[serde(default)]
     pub entry_format: u32,
+    /// Version of the mesh table the node holds (`Some(0)`: none yet).
+    /// Nodes of older versions send nothing, and are sent no table (else
+    /// every long poll would answer at once with a table they ignore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_mesh: Option<u64>,
 }
 
 /// The dispatcher's answer.
@@ -110,6 +116,12 @@ pub struct SessionResponse {
     /// follows it from then on.
     #[serde(default)]
     pub epoch: Epoch,
+    /// Version of the mesh table (or of the unchanged one).
+    #[serde(default)]
+    pub mesh_version: u64,
+    /// The whole mesh table when it changed since `known_mesh`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<MeshTable>,
 }
 
 /// `POST /cluster/v1/renew`: a node asks for a new certificate for the

@@ -43,12 +43,13 @@ pub use name::{validate_name, NameError};
 pub use node::{Availability, Node, NodeRole, NodeState, Platform};
 pub use parse::{parse_memory, split_command};
 pub use port::{
-    carry_over, parse_publish, PortConfig, Protocol, PublishMode, PublishedPort, TaskPort, DYNAMIC_PORTS,
+    carry_over, parse_publish, PortConfig, Protocol, PublishMode, PublishedPort, TaskPort,
+    DYNAMIC_PORTS,
 };
 pub use service::{
-    Driver, FailureAction, HealthCheck, HealthTest, Mount, MountKind, Ratio, ResourceSpec,
-    Resources, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, TaskTemplate,
-    UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, DEFAULT_HEALTH_INTERVAL_MS,
+    Driver, FailureAction, HealthCheck, HealthTest, MeshOptions, Mount, MountKind, Ratio,
+    ResourceSpec, Resources, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec,
+    TaskTemplate, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, DEFAULT_HEALTH_INTERVAL_MS,
     DEFAULT_HEALTH_RETRIES, DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_STOP_GRACE_MS,
 };
 pub use task::{DesiredState, Health, SlotKey, Task, TaskState, TaskStatus};

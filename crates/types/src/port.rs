@@ -20,7 +20,18 @@ pub const DYNAMIC_PORTS: RangeInclusive<u16> = 30000..=32767;
 
 /// The transport protocol of a port.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize, ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    Serialize,
+    Deserialize,
+    ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
@@ -48,7 +59,18 @@ impl Protocol {
 
 /// Where a published port answers.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize, ToSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
+    Serialize,
+    Deserialize,
+    ToSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum PublishMode {
@@ -122,7 +144,9 @@ impl fmt::Display for PortConfig {
 }
 
 /// A port the cluster publishes for a service, as allocated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 pub struct PublishedPort {
     pub published: u16,
     pub target: u16,
@@ -218,7 +242,10 @@ pub fn parse_publish(text: &str) -> Result<Vec<PortConfig>, String> {
                     "invalid port {text:?}: a host address is not supported; the mesh publishes on every node"
                 ));
             }
-            (Some(port_range(published, true)?), port_range(target, false)?)
+            (
+                Some(port_range(published, true)?),
+                port_range(target, false)?,
+            )
         }
         None => (None, port_range(ports, false)?),
     };
@@ -299,7 +326,9 @@ fn port_range(text: &str, zero_ok: bool) -> Result<RangeInclusive<u16>, String> 
         Some((low, high)) => {
             let (low, high) = (one_port(low, false)?, one_port(high, false)?);
             if low > high {
-                return Err(format!("invalid port range {text:?}: {low} is above {high}"));
+                return Err(format!(
+                    "invalid port range {text:?}: {low} is above {high}"
+                ));
             }
             Ok(low..=high)
         }
@@ -323,7 +352,10 @@ mod tests {
 
     #[test]
     fn short_forms_parse() {
-        assert_eq!(parse_publish("18080:8080"), Ok(vec![port(Some(18080), 8080)]));
+        assert_eq!(
+            parse_publish("18080:8080"),
+            Ok(vec![port(Some(18080), 8080)])
+        );
         assert_eq!(parse_publish("8080"), Ok(vec![port(None, 8080)]));
         assert_eq!(parse_publish("0:8080"), Ok(vec![port(None, 8080)]));
         let udp = parse_publish("53:53/udp").expect("udp");
@@ -336,7 +368,10 @@ mod tests {
             parse_publish("8080-8081:80"),
             Ok(vec![port(Some(8080), 80), port(Some(8081), 80)])
         );
-        assert_eq!(parse_publish("80-81"), Ok(vec![port(None, 80), port(None, 81)]));
+        assert_eq!(
+            parse_publish("80-81"),
+            Ok(vec![port(None, 80), port(None, 81)])
+        );
     }
 
     #[test]

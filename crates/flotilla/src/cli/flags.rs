@@ -105,6 +105,20 @@ pub struct SpecFlags {
     /// Share of failed tasks tolerated during a rollback [default: 0]
     #[arg(long)]
     pub rollback_max_failure_ratio: Option<String>,
+
+    /// How the mesh spreads connections: least-connections or round-robin
+    /// [default: least-connections]
+    #[arg(long)]
+    pub balance: Option<String>,
+    /// Send the client's address to the tasks first: v1, v2 or none
+    #[arg(long, value_name = "VERSION")]
+    pub proxy_protocol: Option<String>,
+    /// Close mesh connections idle this long (0: never) [default: never]
+    #[arg(long)]
+    pub mesh_idle_timeout: Option<String>,
+    /// Connections at once through one node (0: the node's default)
+    #[arg(long)]
+    pub mesh_max_connections: Option<String>,
 }
 
 impl SpecFlags {
@@ -128,6 +142,7 @@ impl SpecFlags {
         if self.init {
             spec.task.init = true;
         }
+        self.apply_mesh(spec)?;
         self.apply_health(spec)?;
         let limits = &mut spec.task.resources.limits;
         set_resources(limits, &self.limit_cpu, &self.limit_memory, "limit")?;
@@ -378,6 +393,10 @@ pub fn validate(spec: &ServiceSpec) -> Result<()> {
         SpecError::FailureRatio { .. } => "--update-max-failure-ratio",
         SpecError::RollbackFailureAction => "--rollback-failure-action",
         SpecError::EnvName(_) => "--env",
+        SpecError::PortNumber(_)
+        | SpecError::DuplicatePublished(_)
+        | SpecError::UdpNotSupported(_)
+        | SpecError::HostModeNotSupported(_) => "--publish",
     };
     bail!("{flag}: {e}")
 }
@@ -434,6 +453,49 @@ pub fn parse_replicas(text: &str) -> Result<u64> {
     trimmed
         .parse::<u64>()
         .map_err(|_| anyhow!("invalid replicas {text:?}: expected a whole number"))
+}
+
+impl SpecFlags {
+    fn apply_mesh(&self, spec: &mut ServiceSpec) -> Result<()> {
+        let mesh = &mut spec.mesh;
+        if let Some(b) = &self.balance {
+            mesh.balance = match b.as_str() {
+                "least-connections" | "leastconn" => flotilla_types::mesh::Balance::LeastConnections,
+                "round-robin" | "roundrobin" => flotilla_types::mesh::Balance::RoundRobin,
+                other => bail!(
+                    "invalid --balance {other:?}: expected least-connections or round-robin"
+                ),
+            };
+        }
+        if let Some(p) = &self.proxy_protocol {
+            mesh.proxy_protocol = match p.to_ascii_lowercase().as_str() {
+                "v1" | "1" => Some(flotilla_types::mesh::ProxyProtocol::V1),
+                "v2" | "2" => Some(flotilla_types::mesh::ProxyProtocol::V2),
+                "none" | "off" => None,
+                other => bail!("invalid --proxy-protocol {other:?}: expected v1, v2 or none"),
+            };
+        }
+        if let Some(t) = &self.mesh_idle_timeout {
+            let ms = parse_duration_ms(t).map_err(|e| anyhow!("--mesh-idle-timeout: {e}"))?;
+            mesh.idle_timeout_ms = (ms > 0).then_some(ms);
+        }
+        if let Some(n) = &self.mesh_max_connections {
+            let n: u32 = n.trim().parse().map_err(|_| {
+                anyhow!("invalid --mesh-max-connections {n:?}: expected a whole number >= 0")
+            })?;
+            mesh.max_connections = (n > 0).then_some(n);
+        }
+        Ok(())
+    }
+}
+
+/// The ports of `--publish` values, with the flag named in an error.
+pub fn parse_ports(values: &[String], flag: &str) -> Result<Vec<flotilla_types::PortConfig>> {
+    let mut ports = Vec::new();
+    for v in values {
+        ports.extend(flotilla_types::parse_publish(v).map_err(|e| anyhow!("{flag}: {e}"))?);
+    }
+    Ok(ports)
 }
 
 /// Builds a service spec from `service create` flags.
@@ -500,6 +562,7 @@ pub fn spec_from_args(args: &CreateArgs) -> Result<ServiceSpec> {
             .mounts
             .push(super::flags::parse_mount(m).map_err(|e| anyhow!("--mount: {e}"))?);
     }
+    spec.task.ports = parse_ports(&args.publish, "--publish")?;
     args.spec.apply(&mut spec)?;
     super::flags::validate(&spec)?;
     Ok(spec)
@@ -566,6 +629,24 @@ pub fn apply_update(spec: &mut ServiceSpec, args: &UpdateArgs) -> Result<()> {
         let m = super::flags::parse_mount(m).map_err(|e| anyhow!("--mount-add: {e}"))?;
         task.mounts.retain(|have| have.target != m.target);
         task.mounts.push(m);
+    }
+    for rm in parse_ports(&args.publish_rm, "--publish-rm")? {
+        // `--publish-rm 8080` names the published port, as Docker's does;
+        // a port published without a number is named by its target.
+        task.ports.retain(|p| {
+            let named = match (rm.published, p.published) {
+                (Some(want), Some(have)) => want == have && rm.target == p.target,
+                (None, Some(have)) => rm.target == have,
+                (_, None) => rm.target == p.target,
+            };
+            !(named && rm.protocol == p.protocol)
+        });
+    }
+    for add in parse_ports(&args.publish_add, "--publish-add")? {
+        task.ports.retain(|p| p.key().is_none() || p.key() != add.key());
+        if !task.ports.contains(&add) {
+            task.ports.push(add);
+        }
     }
     if args.force {
         task.force_update += 1;

@@ -318,6 +318,10 @@ pub struct CreateArgs {
     /// Mount into each container: type=bind|volume|tmpfs,source=..,target=..[,readonly]
     #[arg(long = "mount")]
     pub mount: Vec<String>,
+    /// Publish a port on every node: PUBLISHED:TARGET[/tcp], TARGET (a free
+    /// published port is chosen) or published=P,target=T[,protocol=..,mode=..]
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
     #[command(flatten)]
     pub spec: flags::SpecFlags,
     /// Command and arguments (for a docker service: the container's arguments)
@@ -351,6 +355,13 @@ pub struct UpdateArgs {
     /// Remove the mount at this target path
     #[arg(long = "mount-rm")]
     pub mount_rm: Vec<String>,
+    /// Publish another port (as --publish of service create)
+    #[arg(long = "publish-add")]
+    pub publish_add: Vec<String>,
+    /// Stop publishing a port: its published port (PUBLISHED[/PROTO]), or
+    /// PUBLISHED:TARGET
+    #[arg(long = "publish-rm")]
+    pub publish_rm: Vec<String>,
     /// Number of tasks
     #[arg(long, allow_hyphen_values = true)]
     pub replicas: Option<String>,

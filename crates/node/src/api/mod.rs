@@ -99,6 +99,8 @@ impl From<StoreError> for ApiError {
             | StoreError::ServiceExists(_)
             | StoreError::NodeExists(_)
             | StoreError::VersionConflict { .. }
+            | StoreError::PortTaken { .. }
+            | StoreError::PortsMismatch { .. }
             | StoreError::NothingToRollBack(_) => ApiError::Conflict(e.to_string()),
         }
     }
