@@ -1231,6 +1231,31 @@ services:
     }
 
     #[test]
+    fn merged_files_append_ports_and_repeat_none() {
+        let base = "services:\n  web:\n    image: x\n    ports: [\"80:80\", \"8080\"]\n";
+        let files = |over| parse_stack_files(&[("nodir/a.yml", base), ("nodir/b.yml", over)]);
+        // Appended; the same entry again (as written, or once read) is one.
+        let stack =
+            files("services:\n  web:\n    ports: [\"80:80\", {target: 8080}, \"443:443\"]\n")
+                .expect("merge");
+        assert_eq!(
+            stack.services[0].task.ports,
+            [port(Some(80), 80), port(None, 8080), port(Some(443), 443)]
+        );
+        // Another target for a published port is another entry, and the
+        // service would publish the port twice: refused at the entry that
+        // repeats it, in the file that says it.
+        let e = files("services:\n  web:\n    ports:\n      - \"80:8080\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            e,
+            "nodir/b.yml:4: services.web.ports[2]: port 80/tcp is published twice"
+        );
+    }
+
+    #[test]
     fn stack_names_and_labels() {
         let stack = parse_stack("s.yml", "services:\n  web:\n    command: x\n    deploy:\n      labels: {com.docker.stack.namespace: spoofed}\n").expect("parse");
         let specs = stack.specs_for("shop").expect("specs");
