@@ -37,8 +37,7 @@ use thiserror::Error;
 
 pub use interpolate::{interpolate, InterpolationError};
 pub use model::{
-    ComposeDeploy, ComposeService, ComposeStack, Healthcheck, PortMode, PortProtocol, PortSpec,
-    Resources, UpdateConfig, VolumeDef,
+    ComposeDeploy, ComposeService, ComposeStack, Healthcheck, Resources, UpdateConfig, VolumeDef,
 };
 
 pub use stack::{

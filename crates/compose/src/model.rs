@@ -6,13 +6,14 @@
 //! "Ignoring unsupported options"; keys Compose does not know become another.
 //! `x-` keys are ignored everywhere, except `x-flotilla.driver`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use flotilla_types::{
-    parse_duration_ms, validate_name, Constraint, FailureAction, Mount, MountKind, Ratio,
-    RestartCondition, RestartPolicy, ServiceMode, SpecError, UpdateOrder,
+    parse_duration_ms, parse_publish, validate_name, Constraint, FailureAction, Mount, MountKind,
+    PortConfig, Protocol, PublishMode, Ratio, RestartCondition, RestartPolicy, ServiceMode,
+    SpecError, UpdateOrder,
 };
 
 use super::yaml::{describe, Key, Node, Value};
@@ -106,7 +107,7 @@ const UNSUPPORTED_TOP_KEYS: &[&str] = &["networks", "configs", "secrets", "inclu
 
 /// Ranges wider than this in a port mapping are refused, so that a short
 /// string cannot expand into a huge list.
-const MAX_PORT_RANGE: u32 = 1_000;
+const MAX_PORT_RANGE: usize = 1_000;
 
 /// A parsed stack: its services (sorted by name) and the warnings about keys
 /// that were ignored.
@@ -140,7 +141,10 @@ pub struct ComposeService {
     pub environment: BTreeMap<String, String>,
     /// Container labels (`labels:`), not service labels.
     pub labels: BTreeMap<String, String>,
-    pub ports: Vec<PortSpec>,
+    /// `ports:`, short and long syntax, ranges expanded; an entry equal to
+    /// an earlier one (same published port, target and protocol) replaces
+    /// it, as Compose de-duplicates them.
+    pub ports: Vec<PortConfig>,
     pub healthcheck: Option<Healthcheck>,
     pub stop_grace_period_ms: Option<u64>,
     /// `init: true`: run the container under the engine's init process.
@@ -153,31 +157,6 @@ pub struct ComposeService {
     pub depends_on: Vec<String>,
     /// `x-flotilla.driver`.
     pub driver: Option<String>,
-}
-
-/// A published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PortSpec {
-    pub target: u16,
-    /// None: Swarm picks one (ingress) or none is published (host).
-    pub published: Option<u16>,
-    pub protocol: PortProtocol,
-    pub mode: PortMode,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PortProtocol {
-    Tcp,
-    Udp,
-    Sctp,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PortMode {
-    Ingress,
-    Host,
 }
 
 /// `healthcheck:`. `test` is normalised to the list form
@@ -700,7 +679,7 @@ fn check_stack(
     volumes: &BTreeMap<String, VolumeDef>,
 ) -> R<()> {
     let node_of = |name: &str| entries.iter().find(|(k, _)| k.name == name).map(|(_, n)| n);
-    let mut published: BTreeMap<(u16, PortProtocol), &str> = BTreeMap::new();
+    let mut published: BTreeMap<(u16, Protocol), &str> = BTreeMap::new();
     for s in services {
         let Some(node) = node_of(&s.name) else {
             continue;
@@ -733,21 +712,18 @@ fn check_stack(
             }
         }
         for p in &s.ports {
-            let (Some(port), PortMode::Ingress) = (p.published, p.mode) else {
+            let (Some(key), PublishMode::Ingress) = (p.key(), p.mode) else {
                 continue;
             };
-            if let Some(other) = published.insert((port, p.protocol), &s.name) {
+            if let Some(other) = published.insert(key, &s.name) {
                 let at = node.get("ports").unwrap_or(node);
-                let proto = serde_json::to_value(p.protocol)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                let reason = if other == s.name {
-                    format!("port {port}/{proto} is published twice")
-                } else {
-                    format!("port {port}/{proto} is already published by service {other}")
-                };
-                return Err(ComposeError::at(at, &join(&path, "ports"), reason));
+                // Within a service, `ports` refused a repeat already.
+                let (port, proto) = (key.0, key.1.as_str());
+                return Err(ComposeError::at(
+                    at,
+                    &join(&path, "ports"),
+                    format!("port {port}/{proto} is already published by service {other}"),
+                ));
             }
         }
     }
@@ -794,7 +770,7 @@ fn service(
             }
             "env_file" => env_files = env_file(v, p)?,
             "labels" => s.labels = labels(v, p)?,
-            "ports" => s.ports = ports(v, p)?,
+            "ports" => s.ports = ports(v, p, &mut ignored)?,
             "healthcheck" => s.healthcheck = Some(healthcheck(v, p, &mut unknown)?),
             "stop_grace_period" => s.stop_grace_period_ms = Some(duration(v, p)?),
             "init" => s.init = Some(boolean(v, p)?),
@@ -885,160 +861,203 @@ fn env_file(node: &Node, path: &str) -> R<Vec<(String, BTreeMap<String, String>)
         .collect()
 }
 
-fn protocol(node: &Node, path: &str, text: &str) -> R<PortProtocol> {
-    match text {
-        "tcp" => Ok(PortProtocol::Tcp),
-        "udp" => Ok(PortProtocol::Udp),
-        "sctp" => Ok(PortProtocol::Sctp),
-        other => Err(ComposeError::at(
-            node,
-            path,
-            format!("protocol {other:?} is not tcp, udp or sctp"),
-        )),
-    }
-}
-
-/// `8080` or `8080-8090`, as (first, count).
-fn port_range(node: &Node, path: &str, text: &str) -> R<(u16, u32)> {
-    let bad = || ComposeError::at(node, path, format!("invalid port {text:?}"));
-    let parse = |t: &str| t.trim().parse::<u16>().map_err(|_| bad());
-    match text.split_once('-') {
-        Some((a, b)) => {
-            let (a, b) = (parse(a)?, parse(b)?);
-            let count = u32::from(b).checked_sub(u32::from(a)).ok_or_else(bad)? + 1;
-            if count > MAX_PORT_RANGE {
-                return Err(ComposeError::at(
-                    node,
-                    path,
-                    format!("port range {text:?} is wider than {MAX_PORT_RANGE}"),
-                ));
-            }
-            Ok((a, count))
-        }
-        None => Ok((parse(text)?, 1)),
-    }
-}
-
-fn ports(node: &Node, path: &str) -> R<Vec<PortSpec>> {
+/// `ports:`: each entry in the short syntax (`[PUBLISHED:]TARGET[/PROTOCOL]`
+/// as a string or a number; ranges of the same length, or a published
+/// range onto one target) or the long one (a mapping). The short text is
+/// read by [`parse_publish`], the parser of the CLI's `--publish`, so that
+/// both read a port alike. A host IP is refused: the mesh publishes on
+/// every node, and `docker stack deploy` cannot honour one either (an
+/// unspecified one, `0.0.0.0` or `::`, says just that and is dropped). UDP
+/// and host mode are kept as written: `ServiceSpec::validate` refuses them
+/// while the mesh cannot serve them. An entry equal to an earlier one (the
+/// same published port, target and protocol) replaces it in place, as
+/// Compose de-duplicates ports, in one file or across merged files; one
+/// that publishes the same port and protocol onto another target is
+/// refused at its line.
+fn ports(node: &Node, path: &str, ignored: &mut Vec<String>) -> R<Vec<PortConfig>> {
     let Value::Seq(items) = &node.value else {
         return Err(expected(node, path, "a list"));
     };
-    let mut out = Vec::new();
+    // Each port with the entry it came from.
+    let mut out: Vec<(PortConfig, usize)> = Vec::new();
+    let mut index: BTreeMap<(Option<u16>, u16, Protocol), usize> = BTreeMap::new();
     for (i, n) in items.iter().enumerate() {
         let p = format!("{path}[{i}]");
-        match &n.value {
-            Value::Map(m) => {
-                let mut unknown = Vec::new();
-                unknown_keys(
-                    m,
-                    &p,
-                    &[
-                        "target",
-                        "published",
-                        "protocol",
-                        "mode",
-                        "host_ip",
-                        "name",
-                        "app_protocol",
-                    ],
-                    &mut unknown,
-                );
-                if let Some(u) = unknown.first() {
-                    return Err(ComposeError::at(n, &p, format!("unknown key {u:?}")));
-                }
-                let target = n
-                    .get("target")
-                    .ok_or_else(|| ComposeError::at(n, &p, "missing target"))?;
-                let target = u16::try_from(uint(target, &join(&p, "target"))?).map_err(|_| {
-                    ComposeError::at(target, &join(&p, "target"), "not a port number")
-                })?;
-                let published = match n.get("published") {
-                    None => None,
-                    Some(x) if matches!(x.value, Value::Null) => None,
-                    Some(x) => {
-                        let pp = join(&p, "published");
-                        let t = string(x, &pp)?;
-                        Some(port_range(x, &pp, &t)?.0)
-                    }
-                };
-                let protocol = match n.get("protocol") {
-                    Some(x) => {
-                        protocol(x, &join(&p, "protocol"), &string(x, &join(&p, "protocol"))?)?
-                    }
-                    None => PortProtocol::Tcp,
-                };
-                let mode = match n.get("mode") {
-                    None => PortMode::Ingress,
-                    Some(x) => match string(x, &join(&p, "mode"))?.as_str() {
-                        "ingress" => PortMode::Ingress,
-                        "host" => PortMode::Host,
-                        other => {
-                            return Err(ComposeError::at(
-                                x,
-                                &join(&p, "mode"),
-                                format!("{other:?} is not ingress or host"),
-                            ))
-                        }
-                    },
-                };
-                out.push(PortSpec {
-                    target,
-                    published,
-                    protocol,
-                    mode,
-                });
-            }
+        let entry = match &n.value {
+            Value::Map(m) => long_port(n, m, &p, i, ignored)?,
+            Value::Str(_) | Value::Int(_) => short_port(n, &p, &string(n, &p)?)?,
             _ => {
-                let text = string(n, &p)?;
-                let (spec, proto) = match text.rsplit_once('/') {
-                    Some((s, pr)) => (s, protocol(n, &p, pr)?),
-                    None => (text.as_str(), PortProtocol::Tcp),
-                };
-                // [host_ip:][published:]target; an IPv6 host ip is bracketed.
-                let parts: Vec<&str> = match spec.rsplit_once("]:") {
-                    Some((_, rest)) => rest.split(':').collect(),
-                    None => spec.split(':').collect(),
-                };
-                let (published, target) = match parts.as_slice() {
-                    [t] => (None, *t),
-                    [pb, t] | [_, pb, t] => (Some(*pb).filter(|s| !s.is_empty()), *t),
-                    _ => {
-                        return Err(ComposeError::at(
-                            n,
-                            &p,
-                            format!("invalid port mapping {text:?}"),
-                        ))
-                    }
-                };
-                let (t0, tn) = port_range(n, &p, target)?;
-                let published = published.map(|pb| port_range(n, &p, pb)).transpose()?;
-                if let Some((_, pn)) = published {
-                    if pn != tn && pn != 1 {
-                        return Err(ComposeError::at(
-                            n,
-                            &p,
-                            format!("port ranges in {text:?} differ in size"),
-                        ));
-                    }
-                }
-                for j in 0..tn {
-                    // Both ranges are within u16 by construction.
-                    let target = u16::try_from(u32::from(t0) + j).unwrap_or(u16::MAX);
-                    let published = published.map(|(p0, pn)| {
-                        u16::try_from(u32::from(p0) + if pn == 1 { 0 } else { j })
-                            .unwrap_or(u16::MAX)
-                    });
-                    out.push(PortSpec {
-                        target,
-                        published,
-                        protocol: proto,
-                        mode: PortMode::Ingress,
-                    });
+                return Err(expected(
+                    n,
+                    &p,
+                    "a port (a string or a number) or a mapping",
+                ))
+            }
+        };
+        if entry.len() > MAX_PORT_RANGE {
+            return Err(ComposeError::at(
+                n,
+                &p,
+                format!(
+                    "the range is {} ports wide; at most {MAX_PORT_RANGE} are allowed",
+                    entry.len()
+                ),
+            ));
+        }
+        for port in entry {
+            match index.get(&(port.published, port.target, port.protocol)) {
+                Some(&at) => out[at] = (port, i),
+                None => {
+                    index.insert((port.published, port.target, port.protocol), out.len());
+                    out.push((port, i));
                 }
             }
         }
     }
-    Ok(out)
+    // One published port and protocol per service, whatever the mode (a
+    // rule of the spec too), reported here at the entry that repeats it.
+    let mut published = BTreeSet::new();
+    for (port, i) in &out {
+        if let Some(key) = port.key() {
+            if !published.insert(key) {
+                return Err(ComposeError::at(
+                    &items[*i],
+                    &format!("{path}[{i}]"),
+                    format!("port {}/{} is published twice", key.0, key.1.as_str()),
+                ));
+            }
+        }
+    }
+    Ok(out.into_iter().map(|(port, _)| port).collect())
+}
+
+/// A short-syntax entry (`text` is the string, or the number as text).
+fn short_port(node: &Node, path: &str, text: &str) -> R<Vec<PortConfig>> {
+    let bad = |reason: String| ComposeError::at(node, path, reason);
+    // `--publish` also takes `target=80,published=8080`; Compose writes
+    // that as a mapping.
+    if text.contains('=') {
+        return Err(bad(format!(
+            "invalid port {text:?}: expected [PUBLISHED:]TARGET[/PROTOCOL], or a mapping"
+        )));
+    }
+    parse_publish(&without_unspecified_host(text)).map_err(bad)
+}
+
+/// `text` without a host IP that means every address (`0.0.0.0:8080:80`,
+/// `[::]::80`); any other host IP is left for [`parse_publish`] to refuse.
+fn without_unspecified_host(text: &str) -> String {
+    let text = text.trim();
+    let (spec, proto) = match text.rsplit_once('/') {
+        Some((spec, proto)) => (spec, Some(proto)),
+        None => (text, None),
+    };
+    let mut parts = spec.rsplitn(3, ':');
+    let (Some(target), Some(published), Some(host)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return text.to_string();
+    };
+    if !unspecified(host) {
+        return text.to_string();
+    }
+    let mut out = match published {
+        "" => target.to_string(),
+        _ => format!("{published}:{target}"),
+    };
+    if let Some(proto) = proto {
+        out.push('/');
+        out.push_str(proto);
+    }
+    out
+}
+
+/// `0.0.0.0`, `::` or `[::]`: every address of the node.
+fn unspecified(host: &str) -> bool {
+    let host = host.trim();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+}
+
+/// A long-syntax entry: `target` (required), `published` (a number, or a
+/// string holding a port or a range), `protocol`, `mode`; `host_ip` as in
+/// the short syntax; `name` and `app_protocol` go to the ignored options.
+fn long_port(
+    node: &Node,
+    entries: &[(Key, Node)],
+    path: &str,
+    i: usize,
+    ignored: &mut Vec<String>,
+) -> R<Vec<PortConfig>> {
+    let mut target = None;
+    let mut published = None;
+    let mut protocol = Protocol::Tcp;
+    let mut mode = PublishMode::Ingress;
+    for (k, v) in entries {
+        let kp = join(path, &k.name);
+        if matches!(v.value, Value::Null) {
+            continue;
+        }
+        let at = |e: String| ComposeError::at(v, &kp, e);
+        match k.name.as_str() {
+            "target" => {
+                let t = int(v, &kp)?;
+                target = Some(u16::try_from(t).ok().filter(|t| *t != 0).ok_or_else(|| {
+                    ComposeError::at(v, &kp, format!("invalid port {t}: ports are 1-65535"))
+                })?);
+            }
+            "published" => published = Some((v, kp)),
+            "protocol" => protocol = Protocol::parse(&string(v, &kp)?).map_err(at)?,
+            "mode" => mode = PublishMode::parse(&string(v, &kp)?).map_err(at)?,
+            "host_ip" => {
+                let ip = string(v, &kp)?;
+                if !unspecified(&ip) {
+                    return Err(ComposeError::at(
+                        v,
+                        &kp,
+                        format!(
+                            "host IP {ip:?} is not supported; the mesh publishes on every node"
+                        ),
+                    ));
+                }
+            }
+            "name" | "app_protocol" => ignored.push(format!("ports[{i}].{}", k.name)),
+            n if n.starts_with("x-") => {}
+            other => return Err(ComposeError::at(v, &kp, format!("unknown key {other:?}"))),
+        }
+    }
+    let target = target.ok_or_else(|| ComposeError::at(node, path, "missing target"))?;
+    let one = |published| PortConfig {
+        target,
+        published,
+        protocol,
+        mode,
+    };
+    let Some((v, kp)) = published else {
+        return Ok(vec![one(None)]);
+    };
+    let text = match &v.value {
+        Value::Int(_) | Value::Str(_) => string(v, &kp)?,
+        _ => return Err(expected(v, &kp, "a port or a range of ports")),
+    };
+    if text.trim().is_empty() {
+        return Ok(vec![one(None)]);
+    }
+    // A port, or a range published onto the one target, read as the short
+    // syntax reads `PUBLISHED:TARGET`.
+    if !text.trim().chars().all(|c| c.is_ascii_digit() || c == '-') {
+        return Err(ComposeError::at(
+            v,
+            &kp,
+            format!("invalid port {text:?}: expected a port or a range of ports"),
+        ));
+    }
+    let ports = parse_publish(&format!("{}:{target}", text.trim()))
+        .map_err(|e| ComposeError::at(v, &kp, e))?;
+    Ok(ports.into_iter().map(|p| one(p.published)).collect())
 }
 
 fn healthcheck(node: &Node, path: &str, unknown: &mut Vec<String>) -> R<Healthcheck> {

@@ -248,6 +248,10 @@ fn refusal(e: &SpecError) -> Refusal {
         SpecError::FailureRatio { .. } => "deploy.update_config.max_failure_ratio",
         SpecError::RollbackFailureAction => "deploy.rollback_config.failure_action",
         SpecError::EnvName(_) => "environment",
+        SpecError::PortNumber(_)
+        | SpecError::DuplicatePublished(_)
+        | SpecError::UdpNotSupported(_)
+        | SpecError::HostModeNotSupported(_) => "ports",
     };
     (key, e.to_string())
 }
@@ -290,7 +294,6 @@ fn to_spec(svc: &ComposeService, ignored: &mut Ignored) -> Result<ServiceSpec, R
         .transpose()?;
     let d = &svc.deploy;
     for (key, set) in [
-        ("ports", !svc.ports.is_empty()),
         ("depends_on", !svc.depends_on.is_empty()),
         ("deploy.endpoint_mode", d.endpoint_mode.is_some()),
         (
@@ -325,6 +328,7 @@ fn to_spec(svc: &ComposeService, ignored: &mut Ignored) -> Result<ServiceSpec, R
             },
             init: svc.init.unwrap_or(false),
             mounts: svc.volumes.clone(),
+            ports: svc.ports.clone(),
             ..TaskTemplate::default()
         },
         update: update_config(d.update_config.as_ref(), false)?,
@@ -495,7 +499,7 @@ pub fn config_yaml(paths: &[&str]) -> Result<(String, Vec<String>), StackError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_types::{Mount, RestartCondition, ServiceMode};
+    use flotilla_types::{Mount, PortConfig, Protocol, PublishMode, RestartCondition, ServiceMode};
 
     const EXAMPLE: &str = r#"
 services:
@@ -551,9 +555,13 @@ services:
         assert_eq!(agent.task.command, ["sleep", "100000"]);
         assert_eq!(agent.task.env["B"], "two words");
         assert_eq!(
-            stack.warnings,
-            ["Ignoring options Flotilla does not act on yet: ports (agent)"]
+            agent.task.ports,
+            [PortConfig {
+                published: Some(80),
+                ..PortConfig::target(80)
+            }]
         );
+        assert!(stack.warnings.is_empty(), "{:?}", stack.warnings);
     }
 
     #[test]
@@ -900,7 +908,7 @@ services:
             .collect();
         assert_eq!(
             ours,
-            ["Ignoring options Flotilla does not act on yet: ports (a, b), depends_on (a), deploy.endpoint_mode (a), deploy.placement.max_replicas_per_node (a), deploy.placement.preferences (a)"]
+            ["Ignoring options Flotilla does not act on yet: depends_on (a), deploy.endpoint_mode (a), deploy.placement.max_replicas_per_node (a), deploy.placement.preferences (a)"]
         );
         assert!(
             stack
@@ -930,6 +938,323 @@ services:
         );
     }
 
+    fn ports_of(text: &str) -> Vec<PortConfig> {
+        one(text).0.task.ports
+    }
+
+    fn port(published: Option<u16>, target: u16) -> PortConfig {
+        PortConfig {
+            published,
+            ..PortConfig::target(target)
+        }
+    }
+
+    /// `entry` as the second item of a block list of ports, on line 6.
+    fn with_port(entry: &str) -> String {
+        format!(
+            "services:\n  web:\n    image: x\n    ports:\n      - \"8080:80\"\n      - {entry}\n"
+        )
+    }
+
+    #[test]
+    fn ports_short_syntax() {
+        let short = |entry: &str| {
+            ports_of(&format!(
+                "services:\n  web:\n    image: x\n    ports:\n      - {entry}\n"
+            ))
+        };
+        assert_eq!(short("\"8080\""), [port(None, 8080)]);
+        assert_eq!(short("8080"), [port(None, 8080)], "a number");
+        assert_eq!(short("\"18080:8080\""), [port(Some(18080), 8080)]);
+        assert_eq!(short("18080:8080"), [port(Some(18080), 8080)], "plain");
+        assert_eq!(short("\"18080:8080/tcp\""), [port(Some(18080), 8080)]);
+        assert_eq!(
+            short("\"3000-3005\""),
+            (3000..=3005).map(|t| port(None, t)).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            short("\"9090-9091:8080-8081\""),
+            [port(Some(9090), 8080), port(Some(9091), 8081)]
+        );
+        assert_eq!(
+            short("\"8080-8081:80\""),
+            [port(Some(8080), 80), port(Some(8081), 80)],
+            "a published range onto one target"
+        );
+        // A host IP that means every address is what the mesh does.
+        assert_eq!(short("\"0.0.0.0:8080:80\""), [port(Some(8080), 80)]);
+        assert_eq!(short("\"[::]:8080:80\""), [port(Some(8080), 80)]);
+        assert_eq!(short("\"0.0.0.0::80\""), [port(None, 80)]);
+        // UDP is read as written (validation refuses it, see below).
+        let stack = compose::parse_compose(
+            &[(
+                "s.yml",
+                "services:\n  web:\n    image: x\n    ports: [\"53:53/udp\", \"5353:53/UDP\"]\n",
+            )],
+            &BTreeMap::new(),
+        )
+        .expect("parse");
+        let udp = |published| PortConfig {
+            protocol: Protocol::Udp,
+            ..port(Some(published), 53)
+        };
+        assert_eq!(stack.services[0].ports, [udp(53), udp(5353)]);
+    }
+
+    #[test]
+    fn ports_long_syntax() {
+        let long = |entry: &str| {
+            ports_of(&format!(
+                "services:\n  web:\n    image: x\n    ports:\n      - {entry}\n"
+            ))
+        };
+        assert_eq!(long("{target: 80}"), [port(None, 80)]);
+        assert_eq!(
+            long("{target: 80, published: 8080}"),
+            [port(Some(8080), 80)]
+        );
+        assert_eq!(
+            long("{target: \"80\", published: \"8080\", protocol: tcp, mode: ingress}"),
+            [port(Some(8080), 80)]
+        );
+        assert_eq!(
+            long("{target: 80, published: \"8080-8081\"}"),
+            [port(Some(8080), 80), port(Some(8081), 80)],
+            "a published range, as newer Compose writes it"
+        );
+        assert_eq!(long("{target: 80, published: 0}"), [port(None, 80)]);
+        assert_eq!(
+            long("{target: 80, published: 8080, host_ip: 0.0.0.0}"),
+            [port(Some(8080), 80)]
+        );
+        // `name` and `app_protocol` are ignored out loud.
+        let (web, w) = one("services:\n  web:\n    image: x\n    ports:\n      - target: 80\n        published: 8080\n        name: web\n        app_protocol: http\n        x-note: 1\n");
+        assert_eq!(web.task.ports, [port(Some(8080), 80)]);
+        assert_eq!(
+            w,
+            ["service web: Ignoring unsupported options: ports[0].name, ports[0].app_protocol"]
+        );
+        // Host mode is read as written (validation refuses it, see below).
+        let stack = compose::parse_compose(
+            &[(
+                "s.yml",
+                "services:\n  web:\n    image: x\n    ports: [{target: 80, published: 8080, protocol: udp, mode: host}]\n",
+            )],
+            &BTreeMap::new(),
+        )
+        .expect("parse");
+        assert_eq!(
+            stack.services[0].ports,
+            [PortConfig {
+                target: 80,
+                published: Some(8080),
+                protocol: Protocol::Udp,
+                mode: PublishMode::Host,
+            }]
+        );
+    }
+
+    #[test]
+    fn ports_are_interpolated_first() {
+        let text = "services:\n  web:\n    image: x\n    ports:\n      - \"${FLOTILLA_TEST_UNSET_PORT:-8080}:80\"\n      - target: 81\n        published: \"${FLOTILLA_TEST_UNSET_PORT_2:-8081}\"\n";
+        assert_eq!(ports_of(text), [port(Some(8080), 80), port(Some(8081), 81)]);
+        let vars: BTreeMap<String, String> =
+            [("FLOTILLA_TEST_UNSET_PORT".to_string(), "9999".to_string())].into();
+        let stack = compose::parse_compose(&[("s.yml", text)], &vars).expect("parse");
+        assert_eq!(
+            stack.services[0].ports,
+            [port(Some(9999), 80), port(Some(8081), 81)]
+        );
+        let e = bad_one("services:\n  web:\n    image: x\n    ports: [\"${FLOTILLA_TEST_UNSET_PORT:-http}:80\"]\n");
+        assert_eq!(
+            e,
+            "s.yml:4: services.web.ports[0]: invalid port \"http\": expected a number"
+        );
+    }
+
+    #[test]
+    fn bad_ports_are_refused_at_their_line() {
+        let at = "s.yml:6: services.web.ports[1]";
+        for (entry, reason) in [
+            ("\"0\"", "invalid port 0: ports are 1-65535"),
+            ("\"70000:80\"", "invalid port 70000: ports are 1-65535"),
+            ("\"8081:0\"", "invalid port 0: ports are 1-65535"),
+            ("8081:80/sctp", "invalid protocol \"sctp\": expected tcp or udp"),
+            (
+                "\"8081-8083:80-81\"",
+                "invalid port \"8081-8083:80-81\": the published range has 3 ports and the target range 2",
+            ),
+            ("\"90-80\"", "invalid port range \"90-80\": 90 is above 80"),
+            ("http", "invalid port \"http\": expected a number"),
+            ("\"8081:\"", "invalid port \"\": expected a number"),
+            (
+                "\"127.0.0.1:8081:80\"",
+                "invalid port \"127.0.0.1:8081:80\": a host address is not supported; the mesh publishes on every node",
+            ),
+            (
+                "\"[::1]:8081:80\"",
+                "invalid port \"[::1]:8081:80\": a host address is not supported; the mesh publishes on every node",
+            ),
+            (
+                "\"target=80\"",
+                "invalid port \"target=80\": expected [PUBLISHED:]TARGET[/PROTOCOL], or a mapping",
+            ),
+            (
+                "\"1-5000\"",
+                "the range is 5000 ports wide; at most 1000 are allowed",
+            ),
+            ("true", "expected a port (a string or a number) or a mapping, found true"),
+            ("\"8080:81\"", "port 8080/tcp is published twice"),
+            ("\"8080:80/tcp\"", ""),
+        ] {
+            let e = bad_one(&with_port(entry));
+            if reason.is_empty() {
+                assert_eq!(e, "", "{entry}: the same entry again is one port");
+            } else {
+                assert_eq!(e, format!("{at}: {reason}"), "{entry}");
+            }
+        }
+        // The long syntax: the entry's line, or the line of the bad key.
+        for (entry, at, reason) in [
+            (
+                "published: 8081\n        protocol: tcp",
+                "s.yml:6: services.web.ports[1]",
+                "missing target",
+            ),
+            (
+                "target: 0",
+                "s.yml:6: services.web.ports[1].target",
+                "invalid port 0: ports are 1-65535",
+            ),
+            (
+                "target: 65536",
+                "s.yml:6: services.web.ports[1].target",
+                "invalid port 65536: ports are 1-65535",
+            ),
+            (
+                "target: http",
+                "s.yml:6: services.web.ports[1].target",
+                "expected an integer, found \"http\"",
+            ),
+            (
+                "target: 80\n        published: 70000",
+                "s.yml:7: services.web.ports[1].published",
+                "invalid port 70000: ports are 1-65535",
+            ),
+            (
+                "target: 80\n        published: \"8081-8082:80\"",
+                "s.yml:7: services.web.ports[1].published",
+                "invalid port \"8081-8082:80\": expected a port or a range of ports",
+            ),
+            (
+                "target: 80\n        published: [8081]",
+                "s.yml:7: services.web.ports[1].published",
+                "expected a port or a range of ports, found a list",
+            ),
+            (
+                "target: 80\n        protocol: quic",
+                "s.yml:7: services.web.ports[1].protocol",
+                "invalid protocol \"quic\": expected tcp or udp",
+            ),
+            (
+                "target: 80\n        mode: mesh",
+                "s.yml:7: services.web.ports[1].mode",
+                "invalid mode \"mesh\": expected ingress or host",
+            ),
+            (
+                "target: 80\n        published: 8081\n        host_ip: 127.0.0.1",
+                "s.yml:8: services.web.ports[1].host_ip",
+                "host IP \"127.0.0.1\" is not supported; the mesh publishes on every node",
+            ),
+            (
+                "target: 80\n        colour: red",
+                "s.yml:7: services.web.ports[1].colour",
+                "unknown key \"colour\"",
+            ),
+        ] {
+            assert_eq!(
+                bad_one(&with_port(entry)),
+                format!("{at}: {reason}"),
+                "{entry}"
+            );
+        }
+        assert_eq!(
+            bad_one("services:\n  web:\n    image: x\n    ports: 8080\n"),
+            "s.yml:4: services.web.ports: expected a list, found 8080"
+        );
+    }
+
+    #[test]
+    fn udp_and_host_mode_are_refused_by_the_specs_rules() {
+        // Read as written, refused by ServiceSpec::validate at the line of
+        // `ports`, as the spec's other rules are reported.
+        assert_eq!(
+            bad_one("services:\n  web:\n    image: x\n    ports:\n      - \"8080:80\"\n      - \"53:53/udp\"\n"),
+            "s.yml:4: services.web.ports: port 53:53/udp: UDP is not published by the mesh yet; publish TCP ports"
+        );
+        assert_eq!(
+            bad_one("services:\n  web:\n    image: x\n    ports:\n      - target: 80\n        published: 8080\n        mode: host\n"),
+            "s.yml:4: services.web.ports: port 8080:80/tcp (host): host mode is not supported yet; publish in ingress mode"
+        );
+    }
+
+    #[test]
+    fn a_stack_converts_to_its_published_ports() {
+        let text = "services:\n  web:\n    image: nginx\n    ports:\n      - \"18080:8080\"\n      - 8443\n      - target: 9090\n        published: \"19090\"\n      - \"3000-3001\"\n  api:\n    command: serve\n    ports: [{target: 80}, \"8081-8082:81-82\"]\n  db:\n    image: postgres\n";
+        let stack = parse_stack("s.yml", text).expect("parse");
+        assert!(stack.warnings.is_empty(), "{:?}", stack.warnings);
+        let specs = stack.specs_for("shop").expect("specs");
+        let ports: Vec<(&str, &[PortConfig])> = specs
+            .iter()
+            .map(|s| (s.name.as_str(), &s.task.ports[..]))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (
+                    "shop_api",
+                    &[port(None, 80), port(Some(8081), 81), port(Some(8082), 82)][..]
+                ),
+                ("shop_db", &[][..]),
+                (
+                    "shop_web",
+                    &[
+                        port(Some(18080), 8080),
+                        port(None, 8443),
+                        port(Some(19090), 9090),
+                        port(None, 3000),
+                        port(None, 3001)
+                    ][..]
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn merged_files_append_ports_and_repeat_none() {
+        let base = "services:\n  web:\n    image: x\n    ports: [\"80:80\", \"8080\"]\n";
+        let files = |over| parse_stack_files(&[("nodir/a.yml", base), ("nodir/b.yml", over)]);
+        // Appended; the same entry again (as written, or once read) is one.
+        let stack =
+            files("services:\n  web:\n    ports: [\"80:80\", {target: 8080}, \"443:443\"]\n")
+                .expect("merge");
+        assert_eq!(
+            stack.services[0].task.ports,
+            [port(Some(80), 80), port(None, 8080), port(Some(443), 443)]
+        );
+        // Another target for a published port is another entry, and the
+        // service would publish the port twice: refused at the entry that
+        // repeats it, in the file that says it.
+        let e = files("services:\n  web:\n    ports:\n      - \"80:8080\"\n")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            e,
+            "nodir/b.yml:4: services.web.ports[2]: port 80/tcp is published twice"
+        );
+    }
+
     #[test]
     fn stack_names_and_labels() {
         let stack = parse_stack("s.yml", "services:\n  web:\n    command: x\n    deploy:\n      labels: {com.docker.stack.namespace: spoofed}\n").expect("parse");
@@ -955,7 +1280,7 @@ services:
     #[test]
     fn later_files_merge_lists_by_key() {
         let base = "services:\n  web:\n    image: x\n    environment: [A=1, B=2, C]\n    labels: {l1: a, l2: b}\n    ports: [\"80:80\", \"443:443\", {target: 53, published: 53, protocol: udp}]\n    deploy:\n      labels: [d1=a]\n";
-        let over = "services:\n  web:\n    environment: {B: over, D: new}\n    labels: [l2=over]\n    ports: [\"80:8080\", {target: 54, published: 53, protocol: udp}, \"9000:9000\"]\n    deploy:\n      labels: {d2: b}\n";
+        let over = "services:\n  web:\n    environment: {B: over, D: new}\n    labels: [l2=over]\n    ports: [\"80:80\", {target: 53, published: \"53\", protocol: udp, mode: host}, \"9000:9000\", {target: 443, published: 443, mode: host}]\n    deploy:\n      labels: {d2: b}\n";
         let vars: BTreeMap<String, String> = [("C".to_string(), "from-vars".to_string())].into();
         let stack =
             compose::parse_compose(&[("a.yml", base), ("b.yml", over)], &vars).expect("parse");
@@ -972,15 +1297,17 @@ services:
         assert_eq!(web.labels["l1"], "a");
         assert_eq!(web.labels["l2"], "over");
         assert_eq!(web.deploy.labels.len(), 2);
-        let ports: Vec<(Option<u16>, u16)> =
-            web.ports.iter().map(|p| (p.published, p.target)).collect();
+        // Ports are appended, as Compose merges them; an entry equal to an
+        // earlier one (the same published port, target and protocol, in
+        // either syntax) replaces it in place.
+        let ports: Vec<String> = web.ports.iter().map(|p| p.to_string()).collect();
         assert_eq!(
             ports,
             [
-                (Some(80), 8080),
-                (Some(443), 443),
-                (Some(53), 54),
-                (Some(9000), 9000)
+                "80:80/tcp",
+                "443:443/tcp (host)",
+                "53:53/udp (host)",
+                "9000:9000/tcp"
             ]
         );
         // An error in a merged-in entry still names the file it came from.

@@ -135,9 +135,9 @@ fn yaml_reason(full: &str) -> String {
 /// Merges `over` onto `base` the way later Compose files override earlier
 /// ones: mappings key by key; a service's `environment`, `labels` and
 /// `deploy.labels` key by key whether written as mappings or `KEY=VALUE`
-/// lists; `ports` by published port and protocol (an entry of a later file
-/// replaces the one publishing the same port); `volumes` of a service by
-/// target path; everything else replaced.
+/// lists; `ports` appended, an entry equal to one of the earlier file
+/// replacing it (see `port_key`), as Compose merges them; `volumes` of a
+/// service by target path; everything else replaced.
 pub fn merge(base: &mut Node, over: Node) {
     merge_at(base, over, &mut Vec::new());
 }
@@ -278,33 +278,27 @@ fn volume_key(node: &Node) -> Option<(String, String)> {
     Some((target, String::new()))
 }
 
-/// What makes two port entries the same one across files: the published
-/// port (as written, before interpolation) and the protocol. Entries that
-/// publish nothing are never the same as another.
+/// What makes two port entries the same one across files, as Compose
+/// indexes them: a short entry's text (a number as its text), a long
+/// entry's host IP, published port, target and protocol. A later file's
+/// entry replaces the same one in place; any other is appended. The model
+/// then de-duplicates what this cannot see (a short and a long entry for
+/// the same port, ranges, values that only interpolation makes equal).
 fn port_key(node: &Node) -> Option<(String, String)> {
+    let text = |n: Option<&Node>| match n.map(|n| &n.value) {
+        Some(Value::Str(s)) => Some(s.clone()),
+        Some(Value::Int(i)) => Some(i.to_string()),
+        _ => None,
+    };
     match &node.value {
-        Value::Str(s) => {
-            let (spec, proto) = s.rsplit_once('/').unwrap_or((s.as_str(), "tcp"));
-            let spec = spec.rsplit_once("]:").map(|(_, r)| r).unwrap_or(spec);
-            let parts: Vec<&str> = spec.split(':').collect();
-            let published = match parts.as_slice() {
-                [pb, _] | [_, pb, _] if !pb.is_empty() => *pb,
-                _ => return None,
-            };
-            Some((published.to_string(), proto.to_string()))
-        }
-        Value::Int(_) => None,
+        Value::Str(s) => Some((s.clone(), String::new())),
+        Value::Int(i) => Some((i.to_string(), String::new())),
         Value::Map(_) => {
-            let published = node.get("published").and_then(|p| match &p.value {
-                Value::Str(s) => Some(s.clone()),
-                Value::Int(i) => Some(i.to_string()),
-                _ => None,
-            })?;
-            let proto = match node.get("protocol").map(|p| &p.value) {
-                Some(Value::Str(s)) => s.clone(),
-                _ => "tcp".to_string(),
-            };
-            Some((published, proto))
+            let target = text(node.get("target"))?;
+            let published = text(node.get("published")).unwrap_or_default();
+            let host = text(node.get("host_ip")).unwrap_or_else(|| "0.0.0.0".into());
+            let proto = text(node.get("protocol")).unwrap_or_else(|| "tcp".into());
+            Some((format!("{host}:{published}:{target}"), proto))
         }
         _ => None,
     }

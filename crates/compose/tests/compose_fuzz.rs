@@ -14,7 +14,7 @@ use proptest::sample::{select, Index};
 
 use flotilla_compose::stack::{parse_stack_files, StackError};
 use flotilla_compose::{interpolate, merged_yaml, parse_compose, ComposeError, InterpolationError};
-use flotilla_types::ServiceMode;
+use flotilla_types::{PortConfig, ServiceMode};
 
 const FILE: &str = "fuzz.yml";
 /// For `parse_stack_files`, which reads `.env` beside the first file: a
@@ -416,6 +416,7 @@ struct Expect {
     mode: ServiceMode,
     env: BTreeMap<String, String>,
     labels: BTreeMap<String, String>,
+    ports: Vec<PortConfig>,
 }
 
 /// `x-web` is a service like any other: only keys where Compose has fixed
@@ -675,30 +676,69 @@ fn command() -> impl Strategy<Value = (Y, Vec<String>)> {
     ]
 }
 
-fn ports(idx: usize) -> impl Strategy<Value = Y> {
-    vec((0u8..4, 1u16..1000), 0..3).prop_map(move |items| {
-        let items = items
-            .into_iter()
-            .enumerate()
-            .map(|(i, (form, target))| {
-                let published = 20_000 + idx * 50 + i;
-                match form {
-                    0 => q(&format!("{published}:{target}")),
-                    1 => q(&format!("{target}")),
-                    2 => q(&format!("{published}:{target}/udp")),
-                    _ => Y::Map(
+/// `ports:` in both syntaxes, and the ports the service must publish. The
+/// published ports differ between entries and services, and so do the
+/// targets within a service, so that no entry repeats another.
+fn ports(idx: usize) -> impl Strategy<Value = (Y, Vec<PortConfig>)> {
+    (vec(0u8..8, 0..4), 1u16..1000).prop_map(move |(forms, base)| {
+        let mut items = Vec::new();
+        let mut want = Vec::new();
+        for (i, form) in forms.into_iter().enumerate() {
+            let i = i as u16;
+            let published = 20_000 + idx as u16 * 50 + 2 * i;
+            let target = base + 2 * i;
+            let port = |published, target| PortConfig {
+                published,
+                ..PortConfig::target(target)
+            };
+            let (y, ports) = match form {
+                0 => (
+                    q(&format!("{published}:{target}")),
+                    vec![port(Some(published), target)],
+                ),
+                1 => (q(&target.to_string()), vec![port(None, target)]),
+                // A number.
+                2 => (p(&target.to_string()), vec![port(None, target)]),
+                3 => (
+                    q(&format!("{published}:{target}/tcp")),
+                    vec![port(Some(published), target)],
+                ),
+                4 => (
+                    q(&format!(
+                        "{published}-{}:{target}-{}",
+                        published + 1,
+                        target + 1
+                    )),
+                    vec![
+                        port(Some(published), target),
+                        port(Some(published + 1), target + 1),
+                    ],
+                ),
+                5 => (
+                    q(&format!("${{FUZZ_UNSET_PORT:-{published}}}:{target}")),
+                    vec![port(Some(published), target)],
+                ),
+                6 => (
+                    Y::Map(
                         vec![
                             ("target".into(), p(&target.to_string())),
-                            ("published".into(), p(&published.to_string())),
+                            ("published".into(), q(&published.to_string())),
                             ("protocol".into(), p("tcp")),
-                            ("mode".into(), p("host")),
+                            ("mode".into(), p("ingress")),
                         ],
                         true,
                     ),
-                }
-            })
-            .collect();
-        Y::Seq(items, false)
+                    vec![port(Some(published), target)],
+                ),
+                _ => (
+                    Y::Map(vec![("target".into(), p(&target.to_string()))], true),
+                    vec![port(None, target)],
+                ),
+            };
+            items.push(y);
+            want.extend(ports);
+        }
+        (Y::Seq(items, false), want)
     })
 }
 
@@ -742,7 +782,7 @@ fn service(idx: usize, earlier: Vec<&'static str>) -> impl Strategy<Value = (Y, 
         .prop_map(
             move |(
                 (image, (cmd_y, cmd), with_command, (env_y, env), (labels_y, labels)),
-                (health, (deploy_y, mode), ports_y, depends, deps_as_map, grace, extras),
+                (health, (deploy_y, mode), (ports_y, ports), depends, deps_as_map, grace, extras),
             )| {
                 // Without an image a service needs a command (process driver).
                 let with_command = with_command || image.is_none();
@@ -805,6 +845,7 @@ fn service(idx: usize, earlier: Vec<&'static str>) -> impl Strategy<Value = (Y, 
                     mode,
                     env,
                     labels,
+                    ports,
                 };
                 (Y::Map(e, false), expect)
             },
@@ -1239,6 +1280,43 @@ proptest! {
     }
 
     #[test]
+    fn refused_ports_name_the_line_of_ports(
+        (doc, expects) in valid_doc(),
+        pick in any::<Index>(),
+        host in any::<bool>(),
+    ) {
+        // UDP and host mode are read, then refused by the spec's rules at
+        // the line of `ports`, as the spec's other rules are reported.
+        let name = expects[pick.index(expects.len())].name.clone();
+        let (entry, reason) = if host {
+            (
+                Y::Map(vec![
+                    ("target".into(), p("80")),
+                    ("published".into(), p("40001")),
+                    ("mode".into(), p("host")),
+                ], true),
+                "port 40001:80/tcp (host): host mode is not supported yet; publish in ingress mode",
+            )
+        } else {
+            (q("40000:53/udp"), "port 40000:53/udp: UDP is not published by the mesh yet; publish TCP ports")
+        };
+        let mut doc = doc;
+        let path = format!("services.{name}.ports");
+        let Some(Y::Seq(items, _)) = node_at(&mut doc, "", &path) else {
+            return Ok(());
+        };
+        items.push(entry);
+        let r = render(&doc);
+        // A block list: its key is on the line above its first entry.
+        let line = r.lines.get(&format!("{path}[0]")).copied().unwrap_or(1) - 1;
+        let e = parse_stack_files(&[(STACK_FILE, r.text.as_str())])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        prop_assert_eq!(e, format!("{STACK_FILE}:{line}: {path}: {reason}"), "{}", r.text);
+    }
+
+    #[test]
     fn errors_in_a_later_file_name_it(
         (doc, expects) in valid_doc(),
         pick in any::<Index>(),
@@ -1276,6 +1354,7 @@ fn check_expect(
         prop_assert_eq!(&s.deploy.mode, &e.mode, "{}", text);
         prop_assert_eq!(&s.environment, &e.env, "{}", text);
         prop_assert_eq!(&s.labels, &e.labels, "{}", text);
+        prop_assert_eq!(&s.ports, &e.ports, "{}", text);
     }
     Ok(())
 }
@@ -1308,6 +1387,9 @@ proptest! {
         let specs2 = parse_stack_files(&[(STACK_FILE, text.as_str())])
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(&specs.services, &specs2.services);
+        for (c, spec) in specs.compose.iter().zip(&specs.services) {
+            prop_assert_eq!(&spec.task.ports, &c.ports, "{}", text);
+        }
         prop_assert_eq!(&specs.warnings, &specs2.warnings);
         // `stack config` interpolates with the variables a deploy uses.
         let env = flotilla_compose::variables_for(flotilla_compose::dir_of(STACK_FILE))
@@ -1322,19 +1404,36 @@ proptest! {
     #[test]
     fn later_files_merge_and_config_reads_back(
         (doc, expects) in valid_doc(),
-        overrides in vec((any::<Index>(), btree_map("[A-Z]{1,3}", "[a-z0-9]{0,4}", 0..3), 0u64..4, any::<bool>()), 1..3),
+        overrides in vec((any::<Index>(), btree_map("[A-Z]{1,3}", "[a-z0-9]{0,4}", 0..3), 0u64..4, any::<bool>(), any::<bool>()), 1..3),
     ) {
         let base = render(&doc).text;
         let mut expects = expects;
         // One override per service; a later pick of the same one wins.
         let overrides: BTreeMap<usize, _> = overrides
             .into_iter()
-            .map(|(i, env, replicas, as_list)| (i.index(expects.len()), (env, replicas, as_list)))
+            .map(|(i, env, replicas, as_list, ports)| (i.index(expects.len()), (env, replicas, as_list, ports)))
             .collect();
         let mut over = Vec::new();
-        for (i, (env, replicas, as_list)) in overrides {
+        let mut base_doc = doc.clone();
+        for (i, (env, replicas, as_list, ports)) in overrides {
             let e = &mut expects[i];
             let mut entries = Vec::new();
+            if ports {
+                // Ports are appended, as Compose merges them, and entries
+                // that repeat the base file's are one port.
+                let path = format!("services.{}.ports", e.name);
+                let Some(Y::Seq(items, _)) = node_at(&mut base_doc, "", &path) else {
+                    return Err(TestCaseError::fail(format!("no {path}")));
+                };
+                let mut items = items.clone();
+                let published = 30_000 + i as u16;
+                items.push(q(&format!("{published}:1")));
+                entries.push(("ports".to_string(), Y::Seq(items, false)));
+                e.ports.push(PortConfig {
+                    published: Some(published),
+                    ..PortConfig::target(1)
+                });
+            }
             if !env.is_empty() {
                 let y = if as_list {
                     Y::Seq(env.iter().map(|(k, v)| q(&format!("{k}={v}"))).collect(), false)
