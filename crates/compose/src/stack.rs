@@ -333,6 +333,7 @@ fn to_spec(svc: &ComposeService, ignored: &mut Ignored) -> Result<ServiceSpec, R
         },
         update: update_config(d.update_config.as_ref(), false)?,
         rollback: update_config(d.rollback_config.as_ref(), true)?,
+        mesh: Default::default(),
     })
 }
 

@@ -107,13 +107,30 @@ pub fn services_table(services: &[ServiceView]) -> String {
                     .as_ref()
                     .map(|u| u.state.as_str().to_string())
                     .unwrap_or_default(),
+                ports_text(s),
             ]
         })
         .collect();
     table(
-        &["ID", "NAME", "MODE", "REPLICAS", "IMAGE/COMMAND", "UPDATE"],
+        &["ID", "NAME", "MODE", "REPLICAS", "IMAGE/COMMAND", "UPDATE", "PORTS"],
         &rows,
     )
+}
+
+/// `*:18080->8080/tcp, *:30000->80/tcp`, as Docker's `service ls`; a
+/// port still waiting for the allocator shows as `*:?->80/tcp`.
+pub fn ports_text(s: &ServiceView) -> String {
+    let wanted = &s.spec.task.ports;
+    let mut out: Vec<String> = s.published.iter().map(ToString::to_string).collect();
+    let allocated = |p: &flotilla_types::PortConfig| {
+        s.published
+            .iter()
+            .any(|q| q.target == p.target && q.protocol == p.protocol && p.published.is_none_or(|n| n == q.published))
+    };
+    for p in wanted.iter().filter(|p| !allocated(p)) {
+        out.push(format!("*:?->{}/{}", p.target, p.protocol.as_str()));
+    }
+    out.join(", ")
 }
 
 /// `3/3`, or `3/3 (2 healthy)` for a service whose tasks are checked.
@@ -144,6 +161,9 @@ pub fn inspect_text(s: &ServiceView) -> String {
         line("Entrypoint:", e.join(" "));
     }
     line("Command:", s.command.clone());
+    if !t.ports.is_empty() {
+        line("Ports:", ports_text(s));
+    }
     line("Restart:", t.restart.condition.as_str().to_string());
     if let Some(h) = &t.health {
         line("Health check:", health_test_text(&h.test));
