@@ -24,6 +24,9 @@ const RELAXED: Ordering = Ordering::Relaxed;
 /// Pending connections the kernel queues per port before accept.
 const BACKLOG: u32 = 1024;
 
+/// The pause before the second bind attempt of a port in use.
+const FIRST_BIND_RETRY: Duration = Duration::from_millis(50);
+
 /// Pause after an accept error (out of descriptors, most likely) so that
 /// the loop does not spin while the condition lasts.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
@@ -88,10 +91,22 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 pub async fn listen(port: Arc<PortState>, ctx: Ctx, stop: CancellationToken) {
     let addr = SocketAddr::new(ctx.bind_ip, port.published);
     let mut warned: Option<String> = None;
+    let mut first = true;
     let listener = loop {
         match bind(addr) {
             Ok(listener) => break listener,
+            // A port removed and added back in quick succession can find
+            // its previous listener not yet dropped: one quick retry before
+            // calling the port held by another program.
+            Err(err) if first && err.kind() == io::ErrorKind::AddrInUse => {
+                first = false;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(FIRST_BIND_RETRY) => {}
+                }
+            }
             Err(err) => {
+                first = false;
                 let text = bind_error_text(addr, &err);
                 port.listening.store(false, RELAXED);
                 port.set_error(Some(text.clone()));
