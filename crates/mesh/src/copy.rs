@@ -21,8 +21,14 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Bytes per read of the buffered loop (one buffer per direction, so a
-/// connection holds twice this), and the most one splice call moves.
+/// connection holds twice this).
 pub const CHUNK: usize = 64 * 1024;
+
+/// The capacity asked for each splice pipe. Larger than the kernel's
+/// default of 64 KiB because fewer, larger splices measured a third less
+/// CPU per byte with several connections (see the crate doc); the pages
+/// are only held while bytes are in flight.
+pub const PIPE_BYTES: usize = 256 * 1024;
 
 /// How the bytes of a connection are moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -176,6 +182,8 @@ async fn buffered(
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// Its capacity: the most one splice into the empty pipe can move.
+    size: usize,
 }
 
 impl Pipe {
@@ -188,7 +196,21 @@ impl Pipe {
         }
         // SAFETY: pipe2 succeeded, so both are open descriptors we own.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        Ok(Pipe { read, write })
+        // Best effort: an unprivileged process over its pipe memory limit
+        // (fs.pipe-user-pages-soft) keeps the default size, which works,
+        // only slower.
+        // SAFETY: fcntl on a descriptor we own, with an int argument.
+        unsafe {
+            libc::fcntl(
+                write.as_raw_fd(),
+                libc::F_SETPIPE_SZ,
+                PIPE_BYTES as libc::c_int,
+            )
+        };
+        // SAFETY: as above; F_GETPIPE_SZ takes no argument.
+        let size = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        let size = if size > 0 { size as usize } else { CHUNK };
+        Ok(Pipe { read, write, size })
     }
 }
 
@@ -226,7 +248,7 @@ async fn spliced(
         // The pipe is empty here (drained below), so EAGAIN means the
         // socket has nothing to read, and try_io clears its readiness.
         src.readable().await?;
-        let n = match src.try_io(Interest::READABLE, || splice(src_fd, pipe_w, CHUNK)) {
+        let n = match src.try_io(Interest::READABLE, || splice(src_fd, pipe_w, pipe.size)) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
