@@ -270,3 +270,68 @@ impl Drop for Held<'_> {
         self.0.fetch_sub(1, RELAXED);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(task: &str, port: u16) -> Backend {
+        Backend {
+            task_id: task.into(),
+            node_id: "n".into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    fn route(backends: Vec<Arc<BackendState>>) -> Route {
+        Route {
+            service_name: "web".into(),
+            balance: Balance::RoundRobin,
+            proxy_protocol: None,
+            idle_timeout: None,
+            max_connections: 10,
+            service_open: Arc::default(),
+            backends,
+        }
+    }
+
+    #[test]
+    fn a_departed_backend_stays_while_busy_and_keeps_its_counters_if_back() {
+        let (a, b) = (backend("a", 1), backend("b", 2));
+        let port = PortState::new(80, route(vec![]));
+        port.set_route(route(vec![port.backend_state(&a), port.backend_state(&b)]));
+        let sa = port.backend_state(&a);
+        let busy = Held::quiet(&sa.current);
+        sa.total.store(7, RELAXED);
+
+        port.set_route(route(vec![port.backend_state(&b)]));
+        let stats = port.stats();
+        let gone = stats
+            .backends
+            .iter()
+            .find(|x| x.task_id == "a")
+            .expect("kept");
+        assert!(!gone.in_rotation && gone.current == 1);
+
+        // Back in the table: the same counters, in rotation again.
+        port.set_route(route(vec![port.backend_state(&a), port.backend_state(&b)]));
+        let back = port.stats().backends.into_iter().find(|x| x.task_id == "a");
+        assert_eq!(back.map(|x| (x.in_rotation, x.total)), Some((true, 7)));
+
+        port.set_route(route(vec![port.backend_state(&b)]));
+        drop(busy);
+        assert!(port.stats().backends.iter().all(|x| x.task_id != "a"));
+    }
+
+    #[test]
+    fn the_cap_holds() {
+        let open = AtomicU64::new(0);
+        let one = Held::up_to(&open, 2);
+        let two = Held::up_to(&open, 2);
+        assert!(one.is_some() && two.is_some());
+        assert!(Held::up_to(&open, 2).is_none());
+        drop(one);
+        assert!(Held::up_to(&open, 2).is_some());
+        assert_eq!(open.load(RELAXED), 1);
+    }
+}

@@ -512,3 +512,77 @@ async fn shutdown_ends_open_connections() {
     mesh.stop().await;
     assert!(closed_within(&mut s, Duration::from_secs(1)).await);
 }
+
+#[tokio::test]
+async fn the_cap_is_per_service_across_its_ports() {
+    let a = Echo::start("a").await;
+    let (p1, p2) = (free_port(), free_port());
+    let mut svc = service(
+        "web",
+        Balance::RoundRobin,
+        vec![port(p1, vec![a.backend()]), port(p2, vec![a.backend()])],
+    );
+    svc.max_connections = Some(1);
+    let mesh = Running::start(table(vec![svc])).await;
+    mesh.listening(p1).await;
+    mesh.listening(p2).await;
+    let (_one, _) = connect(p1).await;
+    let mut two = TcpStream::connect((LOCAL, p2)).await.expect("connect");
+    assert!(closed_within(&mut two, Duration::from_secs(1)).await);
+    until("refused on the second port", || async {
+        mesh.listener(p2).filter(|l| l.refused == 1).map(|_| ())
+    })
+    .await;
+    mesh.stop().await;
+}
+
+async fn many_at_once(copy: CopyMode) {
+    let (a, b) = (Echo::start("a").await, Echo::start("b").await);
+    let p = free_port();
+    let mesh = Running::start_with(
+        table(vec![service(
+            "web",
+            Balance::LeastConnections,
+            vec![port(p, vec![a.backend(), b.backend()])],
+        )]),
+        copy,
+    )
+    .await;
+    mesh.listening(p).await;
+    let clients: Vec<_> = (0..200)
+        .map(|i| {
+            tokio::spawn(async move {
+                let (mut s, name) = connect(p).await;
+                let text = format!("client {i} ").repeat(500);
+                assert_eq!(echo(&mut s, &text).await, text);
+                (s, name)
+            })
+        })
+        .collect();
+    let mut held = Vec::new();
+    for c in clients {
+        held.push(c.await.expect("client"));
+    }
+    let on_a = held.iter().filter(|(_, n)| n == "a").count();
+    // All 200 are open at once, so least connections splits them evenly
+    // (give or take the picks that raced).
+    assert!((80..=120).contains(&on_a), "{on_a} of 200 on a");
+    let l = mesh.listener(p).expect("listener");
+    assert_eq!((l.current, l.total), (200, 200));
+    drop(held);
+    until("all to close", || async {
+        (mesh.listener(p)?.current == 0).then_some(())
+    })
+    .await;
+    mesh.stop().await;
+}
+
+#[tokio::test]
+async fn many_connections_at_once_buffered() {
+    many_at_once(CopyMode::Buffered).await;
+}
+
+#[tokio::test]
+async fn many_connections_at_once_spliced() {
+    many_at_once(CopyMode::Splice).await;
+}
