@@ -1,0 +1,238 @@
+//! [`Mesh`]: the listeners of one node, kept in step with the
+//! [`MeshTable`] it is handed, and the snapshot of their counters.
+//!
+//! The table loop is the only writer of the port map and the routes; the
+//! data path reads its own port's route and never takes the map's lock.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use flotilla_types::mesh::{MeshService, MeshStats, MeshTable};
+use flotilla_types::port::Protocol;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::copy::CopyMode;
+use crate::listener::{listen, Ctx};
+use crate::state::{PortState, Route};
+
+/// Connect timeout to a backend when none is configured.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Open connections per service and node when the service sets no cap:
+/// bounds the memory a flood can take (two copy buffers per connection).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+/// How often a port that cannot be bound is tried again.
+pub const DEFAULT_BIND_RETRY: Duration = Duration::from_secs(3);
+
+/// How one node's mesh listens and forwards.
+#[derive(Debug, Clone)]
+pub struct MeshConfig {
+    /// The address published ports listen on (the wildcard on a node).
+    pub bind_ip: IpAddr,
+    /// This node, as stats name it.
+    pub node_id: String,
+    pub connect_timeout: Duration,
+    /// The cap of a service that sets no `max_connections`.
+    pub default_max_connections: u32,
+    pub bind_retry: Duration,
+    pub copy: CopyMode,
+}
+
+impl MeshConfig {
+    /// Listening on every address of the node, with the defaults.
+    pub fn new(node_id: impl Into<String>) -> MeshConfig {
+        MeshConfig {
+            bind_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            node_id: node_id.into(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            default_max_connections: DEFAULT_MAX_CONNECTIONS,
+            bind_retry: DEFAULT_BIND_RETRY,
+            copy: CopyMode::default(),
+        }
+    }
+}
+
+/// A port's state and the token that closes its listener.
+struct Open {
+    state: Arc<PortState>,
+    stop: CancellationToken,
+}
+
+struct Inner {
+    config: MeshConfig,
+    ports: Mutex<BTreeMap<u16, Open>>,
+}
+
+/// One node's routing mesh. Cloning gives another handle to the same
+/// mesh: keep one for [`Mesh::stats`] and give one to [`Mesh::run`].
+#[derive(Clone)]
+pub struct Mesh {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mesh {
+    pub fn new(config: MeshConfig) -> Mesh {
+        Mesh {
+            inner: Arc::new(Inner {
+                config,
+                ports: Mutex::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// The counters now, ports in order. Cheap enough to call per API
+    /// request: it copies atomics and takes no lock the data path takes
+    /// per connection.
+    pub fn stats(&self) -> MeshStats {
+        let ports = self
+            .inner
+            .ports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        MeshStats {
+            node_id: self.inner.config.node_id.clone(),
+            listeners: ports.values().map(|open| open.state.stats()).collect(),
+        }
+    }
+
+    /// Serves the table and follows its changes until `shutdown`, which
+    /// closes every listener and connection. If the table's sender goes
+    /// away, the last table keeps being served until `shutdown`.
+    pub async fn run(self, mut table: watch::Receiver<MeshTable>, shutdown: CancellationToken) {
+        let config = &self.inner.config;
+        let ctx = Ctx {
+            bind_ip: config.bind_ip,
+            connect_timeout: config.connect_timeout,
+            bind_retry: config.bind_retry,
+            copy: config.copy,
+            shutdown: shutdown.clone(),
+            conns: TaskTracker::new(),
+        };
+        let listeners = TaskTracker::new();
+        let mut gauges: HashMap<String, Arc<AtomicU64>> = HashMap::new();
+        let mut udp_seen: HashSet<u16> = HashSet::new();
+        loop {
+            let current = table.borrow_and_update().clone();
+            self.apply(&current, &ctx, &listeners, &mut gauges, &mut udp_seen);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = table.changed() => {
+                    if changed.is_err() {
+                        shutdown.cancelled().await;
+                        break;
+                    }
+                }
+            }
+        }
+        {
+            let mut ports = self
+                .inner
+                .ports
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for open in ports.values() {
+                open.stop.cancel();
+            }
+            ports.clear();
+        }
+        listeners.close();
+        ctx.conns.close();
+        listeners.wait().await;
+        ctx.conns.wait().await;
+    }
+
+    /// Brings the listeners in line with `table`: new ports open, gone
+    /// ports close (their connections go on), kept ports get their new
+    /// route in place.
+    fn apply(
+        &self,
+        table: &MeshTable,
+        ctx: &Ctx,
+        listeners: &TaskTracker,
+        gauges: &mut HashMap<String, Arc<AtomicU64>>,
+        udp_seen: &mut HashSet<u16>,
+    ) {
+        let default_cap = self.inner.config.default_max_connections;
+        let mut wanted: BTreeMap<u16, (&MeshService, &flotilla_types::mesh::MeshPort)> =
+            BTreeMap::new();
+        for service in &table.services {
+            for port in &service.ports {
+                if port.protocol == Protocol::Udp {
+                    if udp_seen.insert(port.published) {
+                        debug!(service = %service.service_name, port = port.published,
+                            "the mesh does not forward UDP yet; port ignored");
+                    }
+                    continue;
+                }
+                if let Some((other, _)) = wanted.get(&port.published) {
+                    // The allocator never hands a port out twice; if a table
+                    // says so anyway, the first service keeps it.
+                    warn!(port = port.published, service = %service.service_name,
+                        holder = %other.service_name, "published port listed twice; ignored");
+                    continue;
+                }
+                wanted.insert(port.published, (service, port));
+            }
+        }
+        gauges.retain(|id, _| table.services.iter().any(|s| &s.service_id == id));
+
+        let mut ports = self
+            .inner
+            .ports
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        ports.retain(|published, open| {
+            let keep = wanted.contains_key(published);
+            if !keep {
+                open.stop.cancel();
+            }
+            keep
+        });
+        for (published, (service, port)) in wanted {
+            let gauge = gauges
+                .entry(service.service_id.clone())
+                .or_default()
+                .clone();
+            let existing = ports.get(&published).map(|open| open.state.clone());
+            let backends = port
+                .backends
+                .iter()
+                .map(|b| match &existing {
+                    Some(state) => state.backend_state(b),
+                    None => Arc::new(crate::state::BackendState::new(b)),
+                })
+                .collect();
+            let route = Route {
+                service_name: service.service_name.clone(),
+                balance: service.balance,
+                proxy_protocol: service.proxy_protocol,
+                idle_timeout: service.idle_timeout_ms.map(Duration::from_millis),
+                max_connections: u64::from(service.max_connections.unwrap_or(default_cap)),
+                service_open: gauge,
+                backends,
+            };
+            match existing {
+                Some(state) => state.set_route(route),
+                None => {
+                    let state = Arc::new(PortState::new(published, route));
+                    let stop = ctx.shutdown.child_token();
+                    listeners.spawn(listen(state.clone(), ctx.clone(), stop.clone()));
+                    ports.insert(published, Open { state, stop });
+                }
+            }
+        }
+    }
+}
