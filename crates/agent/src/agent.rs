@@ -53,6 +53,11 @@ pub const DEFAULT_LOG_CAP_BYTES: u64 = 10 * 1024 * 1024;
 
 /// Period of the housekeeping tick: log janitor and report re-sends.
 const TICK: Duration = Duration::from_secs(1);
+/// How long a task with published ports keeps running after the cluster
+/// decided to stop it, before its SIGTERM: time for every node's mesh to
+/// take it out of rotation (a session long poll answers a change within
+/// milliseconds; this covers a session that is reconnecting).
+pub const MESH_DRAIN: Duration = Duration::from_millis(1000);
 
 /// A status the store is behind on is re-sent at most this often, so that
 /// the reports still in flight are not duplicated on every assignment.
@@ -1053,8 +1058,21 @@ async fn supervise(
     let status = match outcome {
         Outcome::Exited(ended) => exit_status(ended, adopted),
         Outcome::Stop(req) => {
+            // Out of the mesh's rotation first: the store already took it
+            // out, and every node's mesh stops sending it new connections
+            // once its session brings the table; SIGTERM only after that,
+            // so that no connection reaches a task that is going away.
+            let drained = if running.ports.is_empty() {
+                None
+            } else {
+                debug!(%task_id, drain_ms = MESH_DRAIN.as_millis() as u64, "leaving the mesh before the stop");
+                tokio::time::timeout(MESH_DRAIN, &mut exit).await.ok()
+            };
             info!(%task_id, grace_ms = req.grace.as_millis() as u64, "stopping task");
-            let ended = stop(&task_id, driver.as_ref(), &handle, req.grace, &mut exit).await;
+            let ended = match drained {
+                Some(ended) => ended,
+                None => stop(&task_id, driver.as_ref(), &handle, req.grace, &mut exit).await,
+            };
             let mut status = TaskStatus::new(TaskState::Shutdown, now_ms(), req.message);
             status.exit_code = ended.code();
             status

@@ -372,6 +372,12 @@ impl Client {
         self.call::<(), _>(Method::GET, "/v1/services", None).await
     }
 
+    /// `GET /v1/mesh/stats`.
+    pub async fn mesh_stats(&self) -> Result<Vec<flotilla_types::mesh::MeshStats>, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/mesh/stats", None)
+            .await
+    }
+
     /// `POST /v1/services`.
     pub async fn create_service(&self, spec: &ServiceSpec) -> Result<ServiceView, ClientError> {
         self.call(Method::POST, "/v1/services", Some(spec)).await

@@ -67,6 +67,7 @@ pub enum Operation {
     RollbackService,
     ListTasks,
     ServiceLogs,
+    MeshStats,
 }
 
 /// A schema of the contract with the schemas it refers to, from its type.
@@ -323,6 +324,13 @@ pub const ROUTES: &[Route] = &[
         ok: Answer::JsonLines(schema_of::<LogEvent>),
         errors: &[404, 409],
         ..route(Get, "/v1/services/{name}/logs", Op::ServiceLogs)
+    },
+    Route {
+        summary: "The routing mesh's counters on every node: per published port and per backend (connections, bytes, errors, retries, status)",
+        ok: list(schema_of::<flotilla_types::mesh::MeshStats>),
+        errors: READ,
+        may_warn: true,
+        ..route(Get, "/v1/mesh/stats", Op::MeshStats)
     },
 ];
 

@@ -92,6 +92,16 @@ async fn setup(args: &DevArgs, dir: &std::path::Path) -> Result<()> {
     if let Some(first) = names.first() {
         println!("  flotilla service scale {first}=5");
     }
+    if let Ok(services) = client.services().await {
+        for s in services.iter().filter(|s| names.contains(&s.name)) {
+            for p in &s.published {
+                println!(
+                    "  curl http://127.0.0.1:{}/    # {} through the mesh: each call lands on the next replica",
+                    p.published, s.name
+                );
+            }
+        }
+    }
     println!("  flotilla service create --name hello --replicas 2 -- sleep 100000");
     println!("Press Ctrl-C to stop: tasks are stopped and the data dir is removed.");
     Ok(())

@@ -9,8 +9,10 @@
 //! # Layout
 //! - [`cli`]: clap definitions and the client commands.
 //! - [`dev`]: `flotilla dev`, a throwaway one-node cluster with a stack.
+//! - [`demo`]: `flotilla demo http`, a tiny HTTP server to run as a task.
 
 pub mod cli;
+pub mod demo;
 pub mod dev;
 
 use std::path::PathBuf;

@@ -134,6 +134,11 @@ async fn dispatch(
             on_signals(token.clone())?;
             flotilla::dev::run(args, cli.data_dir.clone(), token).await
         }
+        Command::Demo(flotilla::cli::options::DemoCommand::Http { port, delay }) => {
+            let delay = flotilla_types::parse_duration_ms(delay)
+                .map_err(|e| anyhow::anyhow!("--delay: {e}"))?;
+            flotilla::demo::http(*port, std::time::Duration::from_millis(delay)).await
+        }
         Command::Init(args) => commands::init(&client()?, args).await,
         Command::Info(f) => commands::info(&client()?, f.format).await,
         Command::Join(a) => commands::join(&client()?, a).await,
@@ -150,7 +155,28 @@ async fn dispatch(
         }
         Command::Node(c) => commands::node(&client()?, c).await,
         Command::Service(c) => commands::service(&client()?, c).await,
+        Command::Mesh(c) => commands::mesh(&client()?, c).await,
         Command::Stack(c) => flotilla::cli::stack::stack(&client()?, c).await,
+    }
+}
+
+/// Puts this binary's directory first on `PATH`, so that the dev node's
+/// tasks (which inherit the daemon's environment) run `flotilla demo
+/// http` as this very binary. Called before any thread starts: changing
+/// the environment is safe only then.
+fn with_own_dir_on_path() {
+    let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(std::path::Path::to_path_buf))
+    else {
+        return;
+    };
+    let mut paths = vec![dir];
+    if let Some(path) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&path));
+    }
+    if let Ok(joined) = std::env::join_paths(paths) {
+        std::env::set_var("PATH", joined);
     }
 }
 
@@ -172,6 +198,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if matches!(cli.command, Command::Dev(_)) {
+        with_own_dir_on_path();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -248,10 +248,19 @@ mod tests {
         let a = allocate(&state);
         assert!(a.commands.is_empty());
         assert_eq!(a.exhausted.len(), 1);
-        assert!(a.exhausted[0].1.contains("30000-32767"), "{:?}", a.exhausted);
+        assert!(
+            a.exhausted[0].1.contains("30000-32767"),
+            "{:?}",
+            a.exhausted
+        );
     }
 
-    fn running(id: &str, node: &str, health: Option<Health>, host_port: u16) -> flotilla_types::Task {
+    fn running(
+        id: &str,
+        node: &str,
+        health: Option<Health>,
+        host_port: u16,
+    ) -> flotilla_types::Task {
         let mut t = task(id, "web", 1, 1, TaskState::Running);
         t.node_id = Some(node.into());
         t.status.health = health;

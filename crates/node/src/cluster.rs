@@ -86,8 +86,13 @@ pub fn cert_role(role: NodeRole) -> Role {
 }
 
 /// The cluster port's routes; `agent_dir` is where this node's agent keeps
-/// the task logs that [`crate::tasklogs`] serves.
-pub fn router(member: Arc<Member>, agent_dir: std::path::PathBuf) -> Router {
+/// the task logs that [`crate::tasklogs`] serves, and `mesh` the mesh
+/// whose counters [`crate::meshstats`] serves.
+pub fn router(
+    member: Arc<Member>,
+    agent_dir: std::path::PathBuf,
+    mesh: flotilla_mesh::Mesh,
+) -> Router {
     Router::new()
         .route("/join/v1/join", post(join))
         .route("/cluster/v1/session", post(session))
@@ -111,6 +116,7 @@ pub fn router(member: Arc<Member>, agent_dir: std::path::PathBuf) -> Router {
         .fallback(|| async { ClusterError::BadRequest("no such cluster endpoint".into()) })
         .with_state(member)
         .merge(super::tasklogs::router(agent_dir))
+        .merge(super::meshstats::router(mesh))
 }
 
 pub(crate) fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, ClusterError> {

@@ -242,12 +242,11 @@ impl Dispatcher {
             let role_changed = req.role.is_some() && req.role != role;
             let mesh_changed = req.known_mesh.is_some_and(|known| known != mesh_version);
             if version != req.known_version || role_changed || mesh_changed {
-                let assignments = (version != req.known_version || role_changed).then(|| {
-                    NodeAssignments {
+                let assignments =
+                    (version != req.known_version || role_changed).then(|| NodeAssignments {
                         tasks,
                         known_task_ids: known,
-                    }
-                });
+                    });
                 return Ok(SessionResponse {
                     redirect: None,
                     version,

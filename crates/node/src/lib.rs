@@ -31,6 +31,7 @@ pub mod identity;
 mod leader;
 mod lifecycle;
 mod member;
+pub mod meshstats;
 mod recovery;
 mod renew;
 pub mod session;
@@ -226,6 +227,7 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         member: RwLock::new(None),
         shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
+        mesh: std::sync::RwLock::new(None),
     });
     let _ = ctx.self_ref.set(Arc::downgrade(&ctx));
     tracing::info!(listen = %bound, advertise = %cluster_addr, api = ?api_bound, "cluster port bound");

@@ -49,6 +49,8 @@ pub struct NodeCtx {
     pub(crate) member: RwLock<Option<Arc<Member>>>,
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
+    /// This node's routing mesh while it is a member (for its counters).
+    pub(crate) mesh: std::sync::RwLock<Option<flotilla_mesh::Mesh>>,
 }
 
 /// Why `init` or `join` failed.

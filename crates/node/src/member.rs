@@ -116,9 +116,18 @@ impl NodeCtx {
             cluster: cluster_listener,
             api: mut api_listener,
         } = ports;
+        let (mesh_tx, mesh_rx) = watch::channel(flotilla_types::mesh::MeshTable::default());
+        // The mesh listens where the cluster port does: every address, or
+        // the one address a node was given (nodes sharing a machine).
+        let mut mesh_config = flotilla_mesh::MeshConfig::new(member.identity.node_id.clone());
+        mesh_config.bind_ip = self.bound.ip();
+        let mesh = flotilla_mesh::Mesh::new(mesh_config);
+        if let Ok(mut slot) = self.mesh.write() {
+            *slot = Some(mesh.clone());
+        }
         if let Some(listener) = cluster_listener {
             let config = member.tls.server_config(&self.data_dir)?;
-            let router = cluster::router(member.clone(), self.agent_dir());
+            let router = cluster::router(member.clone(), self.agent_dir(), mesh.clone());
             self.tracker.spawn(flotilla_transport::serve(
                 listener,
                 Arc::new(std::sync::RwLock::new(config)),
@@ -167,7 +176,7 @@ impl NodeCtx {
         known.extend(member.identity.managers.iter().cloned());
         known.dedup();
         let (role_tx, mut role_rx) = mpsc::unbounded_channel::<(NodeRole, u64, Option<String>)>();
-        let (mesh_tx, _mesh_rx) = watch::channel(Arc::new(flotilla_types::mesh::MeshTable::default()));
+        self.tracker.spawn(mesh.run(mesh_rx, token.clone()));
         let session = SessionClient {
             node_id: member.identity.node_id.clone(),
             addr: self.cluster_addr(),

@@ -48,7 +48,7 @@ pub struct SessionClient {
     /// demote): the new role and raft ID.
     pub role_changed: mpsc::UnboundedSender<(NodeRole, u64, Option<String>)>,
     /// Where the mesh tables from the dispatcher go (this node's mesh).
-    pub mesh: watch::Sender<Arc<MeshTable>>,
+    pub mesh: watch::Sender<MeshTable>,
 }
 
 enum Outcome {
@@ -209,7 +209,7 @@ impl SessionClient {
                     }
                     known_version = answer.version;
                     if let Some(table) = answer.mesh {
-                        self.mesh.send_replace(Arc::new(table));
+                        self.mesh.send_replace(table);
                     }
                     known_mesh = answer.mesh_version;
                     if let Some(a) = answer.assignments {

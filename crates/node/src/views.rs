@@ -174,14 +174,20 @@ pub fn task_views(state: &State, service: &Service) -> Vec<TaskView> {
 
 /// A task's ports at its node's address (the host part of the node's
 /// cluster address).
-fn task_endpoints(state: &State, task: &flotilla_types::Task) -> Vec<flotilla_api::model::TaskEndpoint> {
+fn task_endpoints(
+    state: &State,
+    task: &flotilla_types::Task,
+) -> Vec<flotilla_api::model::TaskEndpoint> {
     let host = task
         .node_id
         .as_ref()
         .and_then(|id| state.nodes.get(id))
         .map(|n| match n.addr.parse::<std::net::SocketAddr>() {
             Ok(a) => a.ip().to_string(),
-            Err(_) => n.addr.rsplit_once(':').map_or(n.addr.clone(), |(h, _)| h.to_string()),
+            Err(_) => n
+                .addr
+                .rsplit_once(':')
+                .map_or(n.addr.clone(), |(h, _)| h.to_string()),
         })
         .unwrap_or_default();
     task.status

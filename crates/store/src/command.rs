@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use flotilla_types::{
-    Availability, Cluster, DesiredState, Node, NodeRole, NodeState, PublishedPort, ServiceSpec, Task, TaskStatus,
-    UnixMs, UpdateStatus,
+    Availability, Cluster, DesiredState, Node, NodeRole, NodeState, PublishedPort, ServiceSpec,
+    Task, TaskStatus, UnixMs, UpdateStatus,
 };
 
 use crate::error::StoreError;

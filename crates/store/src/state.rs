@@ -369,11 +369,17 @@ mod tests {
         assert_eq!(published(&s, "s1"), ["*:18080->8080/tcp"]);
         let (r, _) = s.apply(3, &create("s2", with_ports("api", &[fixed])));
         let err = r.expect_err("taken");
-        assert_eq!(err.to_string(), "port 18080/tcp is already published by service web");
+        assert_eq!(
+            err.to_string(),
+            "port 18080/tcp is already published by service web"
+        );
         assert!(!s.services.contains_key("s2"));
 
         // A port without a number waits for the allocator.
-        let (r, _) = s.apply(4, &create("s2", with_ports("api", &[PortConfig::target(80)])));
+        let (r, _) = s.apply(
+            4,
+            &create("s2", with_ports("api", &[PortConfig::target(80)])),
+        );
         assert!(r.is_ok());
         assert!(s.services["s2"].published.is_empty());
         let choice = |published| PublishedPort {
@@ -389,7 +395,10 @@ mod tests {
         };
         // Not at the version it was decided for, taken, or not the spec's.
         let (r, _) = s.apply(5, &allocate(3, vec![choice(30000)]));
-        assert!(matches!(r, Err(StoreError::VersionConflict { .. })), "{r:?}");
+        assert!(
+            matches!(r, Err(StoreError::VersionConflict { .. })),
+            "{r:?}"
+        );
         let (r, _) = s.apply(6, &allocate(4, vec![choice(18080)]));
         assert!(matches!(r, Err(StoreError::PortTaken { .. })), "{r:?}");
         let (r, _) = s.apply(7, &allocate(4, vec![]));
@@ -425,7 +434,13 @@ mod tests {
         assert!(matches!(r, Err(StoreError::PortTaken { .. })), "{r:?}");
         assert_eq!(s.services["s2"].spec.task.ports, [PortConfig::target(80)]);
         // Once web is gone, its port is free.
-        let (r, _) = s.apply(11, &Command::RemoveService { id: "s1".into(), at: 6 });
+        let (r, _) = s.apply(
+            11,
+            &Command::RemoveService {
+                id: "s1".into(),
+                at: 6,
+            },
+        );
         assert!(r.is_ok());
         let (r, _) = s.apply(
             12,
@@ -455,7 +470,12 @@ mod tests {
             },
         );
         assert!(r.is_ok());
-        let (r, _) = s.apply(3, &Command::CreateTasks { tasks: vec![task("t1", "s1", 1)] });
+        let (r, _) = s.apply(
+            3,
+            &Command::CreateTasks {
+                tasks: vec![task("t1", "s1", 1)],
+            },
+        );
         assert!(r.is_ok());
         let port = TaskPort {
             target: 80,

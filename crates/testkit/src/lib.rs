@@ -36,6 +36,32 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
+/// One HTTP/1.0 `GET path` to `addr` on a new connection, within
+/// `timeout`: the status code and the body.
+pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let sock: std::net::SocketAddr = addr.parse().context("address")?;
+    let mut stream = std::net::TcpStream::connect_timeout(&sock, timeout)
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .with_context(|| format!("reading the answer of {addr}"))?;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow!("no HTTP answer from {addr}: {text:?}"))?;
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("no status in {head:?}"))?;
+    Ok((code, body.to_string()))
+}
+
 /// `text` without ANSI escape sequences (a daemon's log has colours).
 pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -93,6 +93,15 @@ impl Net {
         Ok(net)
     }
 
+    /// Gives this machine's own namespace an address on the network
+    /// (`.1`), so that a test reaches the hosts' ports directly, as a
+    /// client outside the cluster would.
+    pub fn reach_from_here(&self) -> Result<String> {
+        let addr = format!("10.213.{}.1", self.subnet);
+        ip(&["addr", "add", &format!("{addr}/24"), "dev", &self.bridge])?;
+        Ok(addr)
+    }
+
     /// Adds a host and returns it.
     pub fn add_host(&mut self) -> Result<Host> {
         let i = self.hosts.len() + 1;

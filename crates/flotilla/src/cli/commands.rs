@@ -344,6 +344,25 @@ async fn update_service(client: &Client, args: &UpdateArgs) -> Result<()> {
 }
 
 /// `flotilla service ...`.
+/// `flotilla mesh ...`.
+pub async fn mesh(client: &Client, command: &super::options::MeshCommand) -> Result<()> {
+    match command {
+        super::options::MeshCommand::Stats { service, format } => {
+            let mut stats = client.mesh_stats().await?;
+            if let Some(name) = service {
+                for node in &mut stats {
+                    node.listeners.retain(|l| &l.service_name == name);
+                }
+            }
+            if format.format == Format::Json {
+                return print_json(&stats);
+            }
+            print!("{}", super::output::mesh_stats_table(&stats));
+            Ok(())
+        }
+    }
+}
+
 pub async fn service(client: &Client, command: &ServiceCommand) -> Result<()> {
     match command {
         ServiceCommand::Create(args) => {

@@ -460,11 +460,13 @@ impl SpecFlags {
         let mesh = &mut spec.mesh;
         if let Some(b) = &self.balance {
             mesh.balance = match b.as_str() {
-                "least-connections" | "leastconn" => flotilla_types::mesh::Balance::LeastConnections,
+                "least-connections" | "leastconn" => {
+                    flotilla_types::mesh::Balance::LeastConnections
+                }
                 "round-robin" | "roundrobin" => flotilla_types::mesh::Balance::RoundRobin,
-                other => bail!(
-                    "invalid --balance {other:?}: expected least-connections or round-robin"
-                ),
+                other => {
+                    bail!("invalid --balance {other:?}: expected least-connections or round-robin")
+                }
             };
         }
         if let Some(p) = &self.proxy_protocol {
@@ -643,7 +645,8 @@ pub fn apply_update(spec: &mut ServiceSpec, args: &UpdateArgs) -> Result<()> {
         });
     }
     for add in parse_ports(&args.publish_add, "--publish-add")? {
-        task.ports.retain(|p| p.key().is_none() || p.key() != add.key());
+        task.ports
+            .retain(|p| p.key().is_none() || p.key() != add.key());
         if !task.ports.contains(&add) {
             task.ports.push(add);
         }

@@ -82,6 +82,36 @@ pub enum Command {
     /// Deploy stack files
     #[command(subcommand)]
     Stack(StackCommand),
+    /// The routing mesh: published ports on every node
+    #[command(subcommand)]
+    Mesh(MeshCommand),
+    /// Small workloads for trying Flotilla out, run as tasks
+    #[command(subcommand)]
+    Demo(DemoCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MeshCommand {
+    /// Connections, bytes, errors and retries per published port and backend, on every node
+    Stats {
+        /// Only this service
+        service: Option<String>,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DemoCommand {
+    /// An HTTP server that answers with its task's slot, ID and node, and the client's address (PROXY protocol understood)
+    Http {
+        /// Port to listen on [default: $PORT, set by the agent]
+        #[arg(long)]
+        port: Option<u16>,
+        /// Wait this long before each answer, e.g. 100ms
+        #[arg(long, default_value = "0s")]
+        delay: String,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -112,7 +112,15 @@ pub fn services_table(services: &[ServiceView]) -> String {
         })
         .collect();
     table(
-        &["ID", "NAME", "MODE", "REPLICAS", "IMAGE/COMMAND", "UPDATE", "PORTS"],
+        &[
+            "ID",
+            "NAME",
+            "MODE",
+            "REPLICAS",
+            "IMAGE/COMMAND",
+            "UPDATE",
+            "PORTS",
+        ],
         &rows,
     )
 }
@@ -123,14 +131,87 @@ pub fn ports_text(s: &ServiceView) -> String {
     let wanted = &s.spec.task.ports;
     let mut out: Vec<String> = s.published.iter().map(ToString::to_string).collect();
     let allocated = |p: &flotilla_types::PortConfig| {
-        s.published
-            .iter()
-            .any(|q| q.target == p.target && q.protocol == p.protocol && p.published.is_none_or(|n| n == q.published))
+        s.published.iter().any(|q| {
+            q.target == p.target
+                && q.protocol == p.protocol
+                && p.published.is_none_or(|n| n == q.published)
+        })
     };
     for p in wanted.iter().filter(|p| !allocated(p)) {
         out.push(format!("*:?->{}/{}", p.target, p.protocol.as_str()));
     }
     out.join(", ")
+}
+
+/// `mesh stats`: a row per published port on each node, then one per
+/// backend under it, as HAProxy's stats page lists frontends and servers.
+pub fn mesh_stats_table(stats: &[flotilla_types::mesh::MeshStats]) -> String {
+    let mut rows = Vec::new();
+    for node in stats {
+        for l in &node.listeners {
+            let status = match (&l.error, l.listening) {
+                (Some(e), _) => format!("DOWN: {e}"),
+                (None, true) => "OPEN".to_string(),
+                (None, false) => "CLOSED".to_string(),
+            };
+            rows.push(vec![
+                node.node_id.chars().take(12).collect(),
+                format!(
+                    "{} :{}/{}",
+                    l.service_name,
+                    l.published,
+                    l.protocol.as_str()
+                ),
+                status,
+                l.current.to_string(),
+                l.max.to_string(),
+                l.total.to_string(),
+                String::new(),
+                String::new(),
+                l.refused.to_string(),
+                String::new(),
+            ]);
+            for b in &l.backends {
+                let status = match (b.in_rotation, b.last_check, b.last_ok) {
+                    (false, _, _) => "LEAVING",
+                    (true, None, _) => "UP (not used yet)",
+                    (true, Some(_), true) => "UP",
+                    (true, Some(_), false) => "UP (last connect failed)",
+                };
+                rows.push(vec![
+                    String::new(),
+                    format!(
+                        "  {} {}",
+                        b.task_id.chars().take(12).collect::<String>(),
+                        b.addr
+                    ),
+                    status.to_string(),
+                    b.current.to_string(),
+                    b.max.to_string(),
+                    b.total.to_string(),
+                    b.bytes_in.to_string(),
+                    b.bytes_out.to_string(),
+                    b.errors.to_string(),
+                    b.retries.to_string(),
+                ]);
+            }
+        }
+    }
+    table(
+        &[
+            "NODE",
+            "PORT / BACKEND",
+            "STATUS",
+            "CUR",
+            "MAX",
+            "TOTAL",
+            "BYTES IN",
+            "BYTES OUT",
+            "ERRORS",
+            "RETRIES",
+        ],
+        &rows,
+    )
 }
 
 /// `3/3`, or `3/3 (2 healthy)` for a service whose tasks are checked.

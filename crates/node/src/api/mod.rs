@@ -199,6 +199,7 @@ fn endpoint(route: &Route) -> MethodRouter<Arc<NodeCtx>> {
         Operation::RollbackService => on(m, rollback_service),
         Operation::ListTasks => on(m, tasks),
         Operation::ServiceLogs => on(m, logs),
+        Operation::MeshStats => on(m, mesh_stats),
     }
 }
 
@@ -348,6 +349,19 @@ fn answer<T: serde::Serialize>(warning: Option<String>, body: T) -> Response {
         }
     }
     response
+}
+
+/// `GET /v1/mesh/stats`: every ready node's mesh counters.
+async fn mesh_stats(State(ctx): Ctx) -> Result<Response, ApiError> {
+    let m = member(&ctx).await?;
+    let local = ctx
+        .mesh
+        .read()
+        .ok()
+        .and_then(|slot| slot.as_ref().map(flotilla_mesh::Mesh::stats));
+    let others = crate::meshstats::others(&m.view.read(), &m.member.identity.node_id);
+    let (stats, warning) = crate::meshstats::gather(others, local, &m.member.client).await;
+    Ok(answer(warning, stats))
 }
 
 fn read<T>(member: &Mgr, f: impl FnOnce(&Store) -> T) -> T {
