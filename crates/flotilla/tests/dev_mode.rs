@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
-use flotilla_testkit::{kill_marked, marked_pids, wait_until};
+use flotilla_testkit::{http_get, kill_marked, marked_pids, wait_until};
 
 struct Cleanup(String);
 
@@ -85,12 +85,36 @@ fn dev_mode_runs_the_example_stack_and_cleans_up() -> Result<()> {
             .any(|l| l.contains("dev_web") && l.contains("3/3"))
             .then_some(()))
     })?;
+    // The printed curl reaches the replicas through the mesh, one after
+    // another.
+    let curl = printed
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("curl http://"))
+        .and_then(|rest| rest.split('/').next())
+        .ok_or_else(|| anyhow!("no curl line printed: {printed:?}"))?
+        .to_string();
+    let answered = wait_until("the example to answer", Duration::from_secs(10), || {
+        let mut tasks = std::collections::BTreeSet::new();
+        for _ in 0..6 {
+            let Ok((200, body)) = http_get(&curl, "/", Duration::from_secs(2)) else {
+                return Ok(None);
+            };
+            tasks.insert(
+                body.split_whitespace()
+                    .nth(3)
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+        Ok((tasks.len() == 3).then_some(tasks))
+    })?;
+    eprintln!("{curl} answered by {answered:?}");
     let logs = wait_until("the example to log", Duration::from_secs(5), || {
         let out = cli(&["service", "logs", "dev_web"])?;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        Ok(text.contains("hello from flotilla").then_some(text))
+        Ok(text.contains("demo http server of slot").then_some(text))
     })?;
-    assert!(logs.contains("replica 1 of dev_web"), "{logs}");
+    assert!(logs.contains("GET / HTTP/1.0"), "{logs}");
 
     // Ctrl-C
     // SAFETY: signalling the child this test started.

@@ -243,7 +243,7 @@ impl Dispatcher {
             let mesh_changed = req.known_mesh.is_some_and(|known| known != mesh_version);
             if version != req.known_version || role_changed || mesh_changed {
                 let assignments =
-                    (version != req.known_version || role_changed).then(|| NodeAssignments {
+                    (version != req.known_version || role_changed).then_some(NodeAssignments {
                         tasks,
                         known_task_ids: known,
                     });
@@ -395,6 +395,7 @@ mod tests {
                 status: TaskStatus::new(TaskState::Running, 2, "running"),
             }],
             known_version: 0,
+            known_mesh: Some(0),
             addr: ADDR.into(),
             api_addr: String::new(),
             version: "test".into(),

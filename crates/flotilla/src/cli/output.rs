@@ -395,6 +395,7 @@ pub(crate) mod tests {
             up_to_date: true,
             created_at,
             current,
+            endpoints: Vec::new(),
         }
     }
 

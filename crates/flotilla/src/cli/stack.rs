@@ -477,6 +477,7 @@ mod tests {
             updated_at: 0,
             update_status: None,
             can_roll_back: false,
+            published: Vec::new(),
         }
     }
 

@@ -392,6 +392,7 @@ mod tests {
             member: tokio::sync::RwLock::new(None),
             shutdown: tokio_util::sync::CancellationToken::new(),
             tracker: tokio_util::task::TaskTracker::new(),
+            mesh: std::sync::RwLock::new(None),
         })
     }
 
