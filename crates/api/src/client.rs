@@ -425,6 +425,15 @@ impl Client {
     }
 
     /// `GET /v1/services/{name}/tasks`.
+    /// `GET /v1/services/{name}/endpoints`.
+    pub async fn endpoints(
+        &self,
+        name: &str,
+    ) -> Result<Vec<crate::model::EndpointView>, ClientError> {
+        let path = format!("/v1/services/{}/endpoints", encode_segment(name));
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
     pub async fn tasks(&self, name: &str) -> Result<Vec<TaskView>, ClientError> {
         let path = format!("/v1/services/{}/tasks", encode_segment(name));
         self.call::<(), _>(Method::GET, &path, None).await

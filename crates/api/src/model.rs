@@ -147,6 +147,47 @@ pub struct ServiceView {
     pub published: Vec<flotilla_types::PublishedPort>,
 }
 
+/// One task endpoint as `flotilla list` shows it (as Armada's `list`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct EndpointView {
+    /// The service's name.
+    pub name: String,
+    /// `IP:PORT` of the task's target port on its node.
+    pub address: String,
+    pub target: u16,
+    pub task_id: String,
+    /// The node's name.
+    pub node: String,
+    pub status: EndpointStatus,
+    /// The service's labels.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What a task's health check says of an endpoint, in Consul's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointStatus {
+    /// Running and healthy.
+    Passing,
+    /// Running, the check has not passed yet.
+    Warning,
+    /// Unhealthy, or not running.
+    Critical,
+    /// Running, without a check.
+    None,
+}
+
+impl EndpointStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EndpointStatus::Passing => "passing",
+            EndpointStatus::Warning => "warning",
+            EndpointStatus::Critical => "critical",
+            EndpointStatus::None => "none",
+        }
+    }
+}
+
 /// Where one of a task's target ports answers: the node's address and
 /// the node port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -67,6 +67,7 @@ pub enum Operation {
     RollbackService,
     ListTasks,
     ServiceLogs,
+    ServiceEndpoints,
     MeshStats,
 }
 
@@ -324,6 +325,13 @@ pub const ROUTES: &[Route] = &[
         ok: Answer::JsonLines(schema_of::<LogEvent>),
         errors: &[404, 409],
         ..route(Get, "/v1/services/{name}/logs", Op::ServiceLogs)
+    },
+    Route {
+        summary: "Where a service's current tasks answer: one row per task and target port, with its health as passing, warning, critical or none",
+        ok: list(schema_of::<crate::model::EndpointView>),
+        errors: &[404, 409],
+        may_warn: true,
+        ..route(Get, "/v1/services/{name}/endpoints", Op::ServiceEndpoints)
     },
     Route {
         summary: "The routing mesh's counters on every node: per published port and per backend (connections, bytes, errors, retries, status)",

@@ -156,6 +156,11 @@ async fn dispatch(
         Command::Node(c) => commands::node(&client()?, c).await,
         Command::Service(c) => commands::service(&client()?, c).await,
         Command::Mesh(c) => commands::mesh(&client()?, c).await,
+        Command::List {
+            service,
+            label,
+            format,
+        } => commands::list(&client()?, service.as_deref(), label, format.format).await,
         Command::Stack(c) => flotilla::cli::stack::stack(&client()?, c).await,
     }
 }

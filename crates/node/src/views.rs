@@ -172,6 +172,54 @@ pub fn task_views(state: &State, service: &Service) -> Vec<TaskView> {
     out
 }
 
+/// `flotilla list`: each current task's endpoints, with what its health
+/// check says (a task without ports is listed with its node's address
+/// and port 0, so that it is not hidden).
+pub fn endpoint_views(state: &State, service: &Service) -> Vec<flotilla_api::model::EndpointView> {
+    use flotilla_api::model::{EndpointStatus, EndpointView};
+    use flotilla_types::{Health, TaskState};
+    let mut out = Vec::new();
+    for t in state
+        .tasks_of(&service.id)
+        .filter(|t| t.desired_state == DesiredState::Running)
+    {
+        let status = match (t.status.state, t.status.health) {
+            (TaskState::Running, Some(Health::Healthy)) => EndpointStatus::Passing,
+            (TaskState::Running, Some(Health::Starting)) => EndpointStatus::Warning,
+            (TaskState::Running, None) => EndpointStatus::None,
+            _ => EndpointStatus::Critical,
+        };
+        let node = t
+            .node_id
+            .as_ref()
+            .and_then(|id| state.nodes.get(id))
+            .map(|n| n.name.clone())
+            .unwrap_or_default();
+        let endpoints = task_endpoints(state, t);
+        let rows: Vec<(String, u16)> = if endpoints.is_empty() {
+            vec![(String::new(), 0)]
+        } else {
+            endpoints
+                .into_iter()
+                .map(|e| (e.address, e.target))
+                .collect()
+        };
+        for (address, target) in rows {
+            out.push(EndpointView {
+                name: service.spec.name.clone(),
+                address,
+                target,
+                task_id: t.id.clone(),
+                node: node.clone(),
+                status,
+                labels: service.spec.labels.clone(),
+            });
+        }
+    }
+    out.sort_by(|a, b| (&a.task_id, a.target).cmp(&(&b.task_id, b.target)));
+    out
+}
+
 /// A task's ports at its node's address (the host part of the node's
 /// cluster address).
 fn task_endpoints(

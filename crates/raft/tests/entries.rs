@@ -184,18 +184,22 @@ async fn an_entry_of_a_future_version_stops_applying_and_says_why() {
     assert!(raft.propose(init).await.expect("propose").is_ok());
     assert!(raft.propose(create("s1", "web")).await.expect("p").is_ok());
     let before = read(&raft, Clone::clone);
-    // What a leader of a newer version would write: format 4, a command
-    // this version has never heard of.
-    let future: Envelope = serde_json::from_str(
-        r#"{"format":4,"request":"r1","command":{"type":"create_volume","id":"v1"}}"#,
-    )
+    // What a leader of a newer version would write: the format after
+    // this version's, a command this version has never heard of.
+    let next = flotilla_store::FORMAT + 1;
+    let future: Envelope = serde_json::from_str(&format!(
+        r#"{{"format":{next},"request":"r1","command":{{"type":"create_volume","id":"v1"}}}}"#
+    ))
     .expect("decode");
     let answer = tokio::time::timeout(Duration::from_secs(5), raft.raft().client_write(future))
         .await
         .expect("client_write answers");
     assert!(answer.is_err(), "{answer:?}");
     let why = raft.stopped().expect("stopped applying");
-    assert!(why.contains("'create_volume' of entry format 4"), "{why}");
+    assert!(
+        why.contains(&format!("'create_volume' of entry format {next}")),
+        "{why}"
+    );
     assert!(why.contains("upgrade this manager"), "{why}");
     // The raft core stopped: nothing more is applied or written.
     let running = raft.raft().metrics().borrow().running_state.clone();
@@ -216,9 +220,12 @@ async fn an_entry_of_a_future_version_stops_applying_and_says_why() {
         .expect("the restart refuses");
     assert_eq!(
         err.to_string(),
-        "raft failed to start: raft entry 4 holds command 'create_volume' of entry format 4, \
-         which this version (reads formats up to 3) cannot apply: it stopped applying the log \
-         rather than skip the entry; upgrade this manager to a version that reads format 4"
+        format!(
+            "raft failed to start: raft entry 4 holds command 'create_volume' of entry format {next}, \
+             which this version (reads formats up to {}) cannot apply: it stopped applying the log \
+             rather than skip the entry; upgrade this manager to a version that reads format {next}",
+            flotilla_store::FORMAT
+        )
     );
     drop(open_when_free(&dir.path().join("raft.redb")).await);
     let (_log, sm) = flotilla_raft::storage::open(&dir.path().join("raft.redb")).expect("open");

@@ -286,6 +286,52 @@ mod tests {
     }
 
     #[test]
+    fn ports_are_checked() {
+        let with = |ports: &[PortConfig]| {
+            let mut s = valid();
+            s.task.ports = ports.to_vec();
+            s.validate()
+        };
+        let fixed = |published, target| PortConfig {
+            published: Some(published),
+            ..PortConfig::target(target)
+        };
+        assert_eq!(
+            with(&[fixed(18080, 8080), PortConfig::target(9000)]),
+            Ok(())
+        );
+        // One published port may not be given twice; a target may.
+        assert!(matches!(
+            with(&[fixed(18080, 80), fixed(18080, 81)]),
+            Err(SpecError::DuplicatePublished(_))
+        ));
+        assert_eq!(with(&[fixed(18080, 80), fixed(18081, 80)]), Ok(()));
+        assert!(matches!(
+            with(&[PortConfig::target(0)]),
+            Err(SpecError::PortNumber(_))
+        ));
+        assert!(matches!(
+            with(&[fixed(0, 80)]),
+            Err(SpecError::PortNumber(_))
+        ));
+        let udp = PortConfig {
+            protocol: Protocol::Udp,
+            ..PortConfig::target(53)
+        };
+        let err = with(&[udp]).expect_err("udp");
+        assert_eq!(err.field(), "task.ports");
+        assert!(err.to_string().contains("UDP is not published"), "{err}");
+        let host = PortConfig {
+            mode: PublishMode::Host,
+            ..PortConfig::target(80)
+        };
+        assert!(matches!(
+            with(&[host]),
+            Err(SpecError::HostModeNotSupported(_))
+        ));
+    }
+
+    #[test]
     fn valid_specs_pass() {
         assert_eq!(valid().validate(), Ok(()));
         let mut d = docker();

@@ -344,6 +344,40 @@ async fn update_service(client: &Client, args: &UpdateArgs) -> Result<()> {
 }
 
 /// `flotilla service ...`.
+/// `flotilla list [SERVICE] [--label K=V]`: every current task's
+/// endpoints, as Armada's `list`.
+pub async fn list(
+    client: &Client,
+    service: Option<&str>,
+    labels: &[String],
+    format: Format,
+) -> Result<()> {
+    let wanted = super::flags::parse_pairs(labels, "label")?;
+    let names: Vec<String> = match service {
+        Some(name) => vec![name.to_string()],
+        None => client
+            .services()
+            .await?
+            .into_iter()
+            .map(|s| s.name)
+            .collect(),
+    };
+    let mut rows = Vec::new();
+    for name in names {
+        let endpoints = client.endpoints(&name).await?;
+        rows.extend(
+            endpoints
+                .into_iter()
+                .filter(|e| wanted.iter().all(|(k, v)| e.labels.get(k) == Some(v))),
+        );
+    }
+    if format == Format::Json {
+        return print_json(&rows);
+    }
+    print!("{}", super::output::endpoints_table(&rows));
+    Ok(())
+}
+
 /// `flotilla mesh ...`.
 pub async fn mesh(client: &Client, command: &super::options::MeshCommand) -> Result<()> {
     match command {

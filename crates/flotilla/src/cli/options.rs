@@ -82,6 +82,16 @@ pub enum Command {
     /// Deploy stack files
     #[command(subcommand)]
     Stack(StackCommand),
+    /// Where the tasks of services answer: address, task, node, health status, labels
+    List {
+        /// Only this service
+        service: Option<String>,
+        /// Only services with this label, KEY=VALUE (repeatable)
+        #[arg(long = "label")]
+        label: Vec<String>,
+        #[command(flatten)]
+        format: FormatArg,
+    },
     /// The routing mesh: published ports on every node
     #[command(subcommand)]
     Mesh(MeshCommand),

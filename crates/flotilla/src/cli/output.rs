@@ -143,6 +143,35 @@ pub fn ports_text(s: &ServiceView) -> String {
     out.join(", ")
 }
 
+/// `flotilla list`.
+pub fn endpoints_table(rows: &[flotilla_api::model::EndpointView]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|e| {
+            vec![
+                e.name.clone(),
+                if e.address.is_empty() {
+                    "-".into()
+                } else {
+                    e.address.clone()
+                },
+                e.task_id.chars().take(12).collect(),
+                e.node.clone(),
+                e.status.as_str().to_string(),
+                e.labels
+                    .iter()
+                    .map(|(k, v)| format!("{k}={v}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "ADDRESS", "TASK ID", "NODE", "STATUS", "LABELS"],
+        &rows,
+    )
+}
+
 /// `mesh stats`: a row per published port on each node, then one per
 /// backend under it, as HAProxy's stats page lists frontends and servers.
 pub fn mesh_stats_table(stats: &[flotilla_types::mesh::MeshStats]) -> String {

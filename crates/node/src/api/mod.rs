@@ -199,6 +199,7 @@ fn endpoint(route: &Route) -> MethodRouter<Arc<NodeCtx>> {
         Operation::RollbackService => on(m, rollback_service),
         Operation::ListTasks => on(m, tasks),
         Operation::ServiceLogs => on(m, logs),
+        Operation::ServiceEndpoints => on(m, endpoints),
         Operation::MeshStats => on(m, mesh_stats),
     }
 }

@@ -97,6 +97,19 @@ pub(super) async fn remove_service(
     Ok(Json(Removed { id, name }))
 }
 
+pub(super) async fn endpoints(
+    State(ctx): Ctx,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let m = member(&ctx).await?;
+    let warning = linearize(&m).await;
+    read(&m, |s| {
+        s.service(&name).map(|svc| views::endpoint_views(s, svc))
+    })
+    .map(|v| answer(warning, v))
+    .ok_or_else(|| not_found(&name))
+}
+
 pub(super) async fn tasks(State(ctx): Ctx, Path(name): Path<String>) -> Result<Response, ApiError> {
     let m = member(&ctx).await?;
     let warning = linearize(&m).await;
