@@ -613,7 +613,13 @@ fn container_body(spec: &StartSpec, image: &str) -> ContainerCreateBody {
                     .map(|p| {
                         let binding = bollard::models::PortBinding {
                             host_ip: Some("0.0.0.0".into()),
-                            host_port: Some(String::new()),
+                            // 0: the engine's choice; else a host-mode
+                            // port, that one.
+                            host_port: Some(if p.host_port == 0 {
+                                String::new()
+                            } else {
+                                p.host_port.to_string()
+                            }),
                         };
                         (engine_port(p), Some(vec![binding]))
                     })

@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, TcpListener, UdpSocket};
 use std::ops::RangeInclusive;
 use std::sync::Mutex;
 
-use flotilla_types::{HealthCheck, HealthTest, PortConfig, Protocol, TaskPort};
+use flotilla_types::{HealthCheck, HealthTest, PortConfig, Protocol, PublishMode, TaskPort};
 
 use crate::driver::DriverError;
 
@@ -48,6 +48,24 @@ impl PortPool {
                 .iter()
                 .any(|p: &TaskPort| p.target == want.target && p.protocol == want.protocol)
             {
+                continue;
+            }
+            // A host-mode port with a number is that port of the node,
+            // straight to the task; the scheduler keeps two tasks of the
+            // service off one node.
+            if let (PublishMode::Host, Some(published)) = (want.mode, want.published) {
+                if taken.contains(&published) || !bindable(published, want.protocol) {
+                    return Err(DriverError::Other(format!(
+                        "host-mode port {published}/{} is in use on this node",
+                        want.protocol.as_str()
+                    )));
+                }
+                taken.push(published);
+                ports.push(TaskPort {
+                    target: want.target,
+                    protocol: want.protocol,
+                    host_port: published,
+                });
                 continue;
             }
             let found = (0..span)
@@ -99,8 +117,9 @@ fn bindable(port: u16, protocol: Protocol) -> bool {
     }
 }
 
-/// A container's target ports, for the engine to map (node port 0: its
-/// choice).
+/// A container's target ports, for the engine to map: a host-mode port
+/// with a number onto that node port, the others onto one the engine
+/// chooses (0).
 pub fn engine_chooses(wanted: &[PortConfig]) -> Vec<TaskPort> {
     let mut ports: Vec<TaskPort> = Vec::new();
     for want in wanted {
@@ -108,10 +127,14 @@ pub fn engine_chooses(wanted: &[PortConfig]) -> Vec<TaskPort> {
             .iter()
             .any(|p| p.target == want.target && p.protocol == want.protocol)
         {
+            let host_port = match (want.mode, want.published) {
+                (PublishMode::Host, Some(published)) => published,
+                _ => 0,
+            };
             ports.push(TaskPort {
                 target: want.target,
                 protocol: want.protocol,
-                host_port: 0,
+                host_port,
             });
         }
     }
@@ -176,6 +199,30 @@ mod tests {
         assert_eq!(again[0], a[0]);
         assert_ne!(again[1].host_port, a[1].host_port, "{again:?}");
         drop(busy);
+    }
+
+    #[test]
+    fn a_host_mode_port_is_the_published_port_of_the_node() {
+        let pool = PortPool::default();
+        let free = TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind");
+        let port = free.local_addr().expect("addr").port();
+        drop(free);
+        let host = PortConfig {
+            published: Some(port),
+            mode: PublishMode::Host,
+            ..PortConfig::target(80)
+        };
+        let got = pool.take("a", &[host]).expect("free");
+        assert_eq!(got[0].host_port, port);
+        // Held by another task of this agent, or by another program.
+        let err = pool.take("b", &[host]).expect_err("taken");
+        assert!(err.to_string().contains("is in use on this node"), "{err}");
+        pool.release("a");
+        let busy = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind");
+        assert!(pool.take("b", &[host]).is_err());
+        drop(busy);
+        assert_eq!(engine_chooses(&[host])[0].host_port, port);
+        assert_eq!(engine_chooses(&[PortConfig::target(80)])[0].host_port, 0);
     }
 
     #[test]

@@ -250,8 +250,7 @@ fn refusal(e: &SpecError) -> Refusal {
         SpecError::EnvName(_) => "environment",
         SpecError::PortNumber(_)
         | SpecError::DuplicatePublished(_)
-        | SpecError::UdpNotSupported(_)
-        | SpecError::HostModeNotSupported(_) => "ports",
+        | SpecError::UdpNotSupported(_) => "ports",
     };
     (key, e.to_string())
 }
@@ -1186,17 +1185,19 @@ services:
     }
 
     #[test]
-    fn udp_and_host_mode_are_refused_by_the_specs_rules() {
+    fn udp_is_refused_by_the_specs_rules_and_host_mode_is_read() {
         // Read as written, refused by ServiceSpec::validate at the line of
         // `ports`, as the spec's other rules are reported.
         assert_eq!(
             bad_one("services:\n  web:\n    image: x\n    ports:\n      - \"8080:80\"\n      - \"53:53/udp\"\n"),
             "s.yml:4: services.web.ports: port 53:53/udp: UDP is not published by the mesh yet; publish TCP ports"
         );
-        assert_eq!(
-            bad_one("services:\n  web:\n    image: x\n    ports:\n      - target: 80\n        published: 8080\n        mode: host\n"),
-            "s.yml:4: services.web.ports: port 8080:80/tcp (host): host mode is not supported yet; publish in ingress mode"
-        );
+        let stack = parse_stack(
+            "s.yml",
+            "services:\n  web:\n    image: x\n    ports:\n      - target: 80\n        published: 8080\n        mode: host\n",
+        )
+        .expect("host mode");
+        assert_eq!(stack.services[0].task.ports[0].mode, PublishMode::Host);
     }
 
     #[test]

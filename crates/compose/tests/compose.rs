@@ -676,12 +676,17 @@ fn fixture_stacks_convert() {
         "{w}"
     );
 
-    // Host-mode ports are refused until the mesh serves them; an override
-    // file that publishes them on the mesh deploys the same stack.
-    let (path, e) = fixture_error("proxy-stack.yml");
-    assert_eq!(
-        e,
-        format!("{path}:12: services.edge.ports: port 80:80/tcp (host): host mode is not supported yet; publish in ingress mode")
+    // Host-mode ports are read as written; an override file that
+    // publishes them on the mesh deploys the same stack otherwise.
+    let host = load_stack_files(&[&fixture("proxy-stack.yml")]).expect("host mode");
+    assert!(
+        host.services[0]
+            .task
+            .ports
+            .iter()
+            .all(|p| p.mode == PublishMode::Host),
+        "{:?}",
+        host.services[0].task.ports
     );
     let proxy = load_stack_files(&[
         &fixture("proxy-stack.yml"),

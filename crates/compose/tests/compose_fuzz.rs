@@ -1285,17 +1285,18 @@ proptest! {
         pick in any::<Index>(),
         host in any::<bool>(),
     ) {
-        // UDP and host mode are read, then refused by the spec's rules at
-        // the line of `ports`, as the spec's other rules are reported.
+        // UDP is read, then refused by the spec's rules at the line of
+        // `ports`, as the spec's other rules are reported.
         let name = expects[pick.index(expects.len())].name.clone();
+        // A long or a short entry, both UDP.
         let (entry, reason) = if host {
             (
                 Y::Map(vec![
-                    ("target".into(), p("80")),
+                    ("target".into(), p("53")),
                     ("published".into(), p("40001")),
-                    ("mode".into(), p("host")),
+                    ("protocol".into(), p("udp")),
                 ], true),
-                "port 40001:80/tcp (host): host mode is not supported yet; publish in ingress mode",
+                "port 40001:53/udp: UDP is not published by the mesh yet; publish TCP ports",
             )
         } else {
             (q("40000:53/udp"), "port 40000:53/udp: UDP is not published by the mesh yet; publish TCP ports")

@@ -419,3 +419,66 @@ fn ports_are_allocated_and_a_rolling_update_refuses_nothing() -> Result<()> {
     assert!(total >= ok, "{ok} answered, {total} counted: {listener}");
     Ok(())
 }
+
+/// Host mode: the port is the task's own on its node, straight to it;
+/// a second task of the service waits, since one node cannot give the
+/// port twice, and says why.
+#[test]
+fn a_host_mode_port_is_the_tasks_own_and_one_node_takes_one_task() -> Result<()> {
+    let d = Daemon::start(bin())?;
+    d.ok(&["init"])?;
+    let published = free_port()?;
+    let demo = demo();
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "edge",
+        "--replicas",
+        "2",
+        "--publish",
+        &format!("published={published},target=8080,mode=host"),
+        "-d",
+        "--",
+        &demo,
+        "demo",
+        "http",
+    ])?;
+    let tasks = wait_until(
+        "one task running, one waiting",
+        Duration::from_secs(20),
+        || {
+            let tasks = d.tasks("edge")?;
+            let running = tasks.iter().filter(|t| t["state"] == "running").count();
+            let pending = tasks.iter().filter(|t| t["state"] == "pending").count();
+            Ok((running == 1 && pending == 1).then_some(tasks))
+        },
+    )?;
+    let waiting = tasks
+        .iter()
+        .find(|t| t["state"] == "pending")
+        .ok_or_else(|| anyhow!("no pending task"))?;
+    let message = waiting["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("host-mode port {published}/tcp already taken")),
+        "{message}"
+    );
+    let running = tasks
+        .iter()
+        .find(|t| t["state"] == "running")
+        .ok_or_else(|| anyhow!("no running task"))?;
+    assert_eq!(
+        running["endpoints"][0]["address"],
+        format!("127.0.0.1:{published}"),
+        "{running}"
+    );
+    // The task itself answers on the port: no mesh in between (the client
+    // is this test, not a mesh node).
+    let body = wait_until("the task to answer", Duration::from_secs(10), || {
+        Ok(get(&format!("127.0.0.1:{published}")).ok())
+    })?;
+    assert_eq!(task_of(&body).as_deref(), running["id"].as_str(), "{body}");
+    let ls = d.ok(&["service", "ls"])?.stdout;
+    assert!(ls.contains(&format!(" {published}->8080/tcp")), "{ls}");
+    Ok(())
+}

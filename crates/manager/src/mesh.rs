@@ -47,12 +47,16 @@ pub fn allocate(state: &State) -> Allocation {
     let mut out = Allocation::default();
     for service in state.services.values() {
         let ports = &service.spec.task.ports;
-        if ports.is_empty() || service.published.len() == ports.len() {
+        let wanted_ports: Vec<_> = ports.iter().filter(|p| p.is_published()).collect();
+        if wanted_ports.is_empty() || service.published.len() == wanted_ports.len() {
             continue;
         }
-        let mut chosen = Vec::with_capacity(ports.len());
+        let mut chosen = Vec::with_capacity(wanted_ports.len());
         let mut short = false;
-        for (wanted, had) in ports.iter().zip(carry_over(ports, &service.published)) {
+        for (wanted, had) in wanted_ports
+            .iter()
+            .zip(carry_over(ports, &service.published))
+        {
             if let Some(had) = had {
                 chosen.push(had);
                 continue;

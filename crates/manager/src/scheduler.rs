@@ -142,16 +142,68 @@ impl Filter for ResourceFilter<'_> {
     }
 }
 
+/// Passes nodes that run no live task of the service: a service that
+/// publishes a port in host mode takes that port on each node it runs on,
+/// so two of its tasks never share a node.
+pub struct HostPortFilter<'a> {
+    pub service_id: &'a str,
+    /// The host-mode ports, for the reason.
+    pub ports: Vec<String>,
+    /// Live tasks per (service, node).
+    pub by_service: &'a BTreeMap<(&'a str, &'a str), usize>,
+}
+
+impl Filter for HostPortFilter<'_> {
+    fn name(&self) -> &'static str {
+        "host port"
+    }
+
+    fn passes(&self, node: &Node) -> bool {
+        self.by_service
+            .get(&(self.service_id, node.id.as_str()))
+            .copied()
+            .unwrap_or(0)
+            == 0
+    }
+
+    fn explain(&self, nodes: usize) -> String {
+        format!(
+            "host-mode port {} already taken by a task of the service on {}",
+            self.ports.join(", "),
+            count_nodes(nodes)
+        )
+    }
+}
+
 /// The filters a node must pass to take `task`, in the order they are
-/// checked. `reserved` is what the active tasks reserve per node.
+/// checked. `reserved` is what the active tasks reserve per node, and
+/// `by_service` how many live tasks each service has on each node.
 pub fn pipeline<'a>(
     task: &'a Task,
     reserved: &'a BTreeMap<&'a str, Resources>,
+    by_service: &'a BTreeMap<(&'a str, &'a str), usize>,
 ) -> Vec<Box<dyn Filter + 'a>> {
     let mut filters: Vec<Box<dyn Filter + 'a>> =
         vec![Box::new(ReadyFilter), Box::new(AvailabilityFilter)];
     for constraint in &task.spec.constraints {
         filters.push(Box::new(ConstraintFilter { constraint }));
+    }
+    let host_ports: Vec<String> = task
+        .spec
+        .ports
+        .iter()
+        .filter(|p| p.mode == flotilla_types::PublishMode::Host)
+        .map(|p| match p.published {
+            Some(n) => format!("{n}/{}", p.protocol.as_str()),
+            None => format!("for {}/{}", p.target, p.protocol.as_str()),
+        })
+        .collect();
+    if !host_ports.is_empty() {
+        filters.push(Box::new(HostPortFilter {
+            service_id: &task.service_id,
+            ports: host_ports,
+            by_service,
+        }));
     }
     let need = task.spec.resources.reservations;
     if !need.is_empty() {
@@ -241,7 +293,7 @@ impl<'a> Load<'a> {
 
 /// The best node for `task`, or the reason there is none.
 fn place<'s>(state: &'s State, load: &Load<'s>, task: &Task) -> Result<&'s Node, String> {
-    let filters = pipeline(task, &load.reserved);
+    let filters = pipeline(task, &load.reserved, &load.by_service);
     let mut failures = vec![0usize; filters.len()];
     let mut best: Option<&Node> = None;
     for node in state.nodes.values() {

@@ -128,6 +128,14 @@ impl PortConfig {
     pub fn key(&self) -> Option<(u16, Protocol)> {
         self.published.map(|p| (p, self.protocol))
     }
+
+    /// Whether the cluster records a published port for it: a fixed one,
+    /// or one the allocator chooses for the mesh. A host-mode port without
+    /// a number is the node port each task's node gives it, as in Swarm,
+    /// and is published nowhere else.
+    pub fn is_published(&self) -> bool {
+        self.published.is_some() || self.mode == PublishMode::Ingress
+    }
 }
 
 impl fmt::Display for PortConfig {
@@ -190,12 +198,13 @@ pub struct TaskPort {
     pub host_port: u16,
 }
 
-/// The published ports of a spec's `ports`, one per port in order: a
-/// fixed one as it is; one without a number gets the port it had in
-/// `before` (the service's allocation so far: same target, protocol and
-/// mode, each used once, never a number the spec fixes), or `None`: the
-/// allocator must choose. So a change of other fields keeps the ports
-/// clients already use.
+/// The published ports of a spec's `ports` that the cluster records
+/// ([`PortConfig::is_published`]), one per such port in order: a fixed
+/// one as it is; one without a number gets the port it had in `before`
+/// (the service's allocation so far: same target, protocol and mode, each
+/// used once, never a number the spec fixes), or `None`: the allocator
+/// must choose. So a change of other fields keeps the ports clients
+/// already use.
 pub fn carry_over(ports: &[PortConfig], before: &[PublishedPort]) -> Vec<Option<PublishedPort>> {
     let fixed: Vec<(u16, Protocol)> = ports.iter().filter_map(PortConfig::key).collect();
     let mut spare: Vec<PublishedPort> = before
@@ -205,6 +214,7 @@ pub fn carry_over(ports: &[PortConfig], before: &[PublishedPort]) -> Vec<Option<
         .collect();
     ports
         .iter()
+        .filter(|p| p.is_published())
         .map(|port| match port.published {
             Some(published) => Some(PublishedPort {
                 published,

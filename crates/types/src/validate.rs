@@ -6,7 +6,7 @@
 use thiserror::Error;
 
 use crate::name::{validate_name, NameError};
-use crate::port::{PortConfig, Protocol, PublishMode};
+use crate::port::{PortConfig, Protocol};
 use crate::service::{
     Driver, FailureAction, HealthCheck, HealthTest, Mount, MountKind, Ratio, ServiceMode,
     ServiceSpec, TaskTemplate, UpdateConfig,
@@ -66,8 +66,6 @@ pub enum SpecError {
     DuplicatePublished(String),
     #[error("port {0}: UDP is not published by the mesh yet; publish TCP ports")]
     UdpNotSupported(String),
-    #[error("port {0}: host mode is not supported yet; publish in ingress mode")]
-    HostModeNotSupported(String),
 }
 
 impl SpecError {
@@ -99,8 +97,7 @@ impl SpecError {
             SpecError::EnvName(_) => "task.env",
             SpecError::PortNumber(_)
             | SpecError::DuplicatePublished(_)
-            | SpecError::UdpNotSupported(_)
-            | SpecError::HostModeNotSupported(_) => "task.ports",
+            | SpecError::UdpNotSupported(_) => "task.ports",
         }
     }
 }
@@ -198,9 +195,6 @@ fn check_ports(ports: &[PortConfig]) -> Result<(), SpecError> {
         if port.protocol == Protocol::Udp {
             return Err(SpecError::UdpNotSupported(port.to_string()));
         }
-        if port.mode == PublishMode::Host {
-            return Err(SpecError::HostModeNotSupported(port.to_string()));
-        }
         if let Some(key) = port.key() {
             if !published.insert(key) {
                 return Err(SpecError::DuplicatePublished(format!(
@@ -245,6 +239,7 @@ fn check_update(u: &UpdateConfig, config: &'static str) -> Result<(), SpecError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::port::PublishMode;
 
     fn valid() -> ServiceSpec {
         ServiceSpec {
@@ -325,10 +320,7 @@ mod tests {
             mode: PublishMode::Host,
             ..PortConfig::target(80)
         };
-        assert!(matches!(
-            with(&[host]),
-            Err(SpecError::HostModeNotSupported(_))
-        ));
+        assert_eq!(with(&[host]), Ok(()));
     }
 
     #[test]

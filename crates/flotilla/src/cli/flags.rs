@@ -395,8 +395,7 @@ pub fn validate(spec: &ServiceSpec) -> Result<()> {
         SpecError::EnvName(_) => "--env",
         SpecError::PortNumber(_)
         | SpecError::DuplicatePublished(_)
-        | SpecError::UdpNotSupported(_)
-        | SpecError::HostModeNotSupported(_) => "--publish",
+        | SpecError::UdpNotSupported(_) => "--publish",
     };
     bail!("{flag}: {e}")
 }

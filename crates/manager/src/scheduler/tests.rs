@@ -317,3 +317,30 @@ fn running_tasks_count_against_reservations_and_unknown_capacity_is_not_checked(
     assert_eq!(per_node(&out).get("n2"), Some(&2));
     assert_eq!(per_node(&out).get("n1"), None);
 }
+
+/// A service publishing a port in host mode puts at most one task on a
+/// node, and says why the rest wait.
+#[test]
+fn host_mode_ports_keep_tasks_on_separate_nodes() {
+    let mut state = cluster(&["n1", "n2"]);
+    add_service(&mut state, replicated("web", 3));
+    waiting(&mut state, "web", 3);
+    let host = flotilla_types::PortConfig {
+        published: Some(8080),
+        mode: flotilla_types::PublishMode::Host,
+        ..flotilla_types::PortConfig::target(80)
+    };
+    for t in state.tasks.values_mut() {
+        t.spec.ports = vec![host];
+    }
+    let s = schedule(&state);
+    assert_eq!(
+        per_node(&s),
+        BTreeMap::from([("n1".to_string(), 1), ("n2".to_string(), 1)])
+    );
+    assert_eq!(s.unplaced.len(), 1);
+    assert_eq!(
+        s.unplaced[0].1,
+        "no suitable node (host-mode port 8080/tcp already taken by a task of the service on 2 nodes)"
+    );
+}

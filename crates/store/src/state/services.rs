@@ -233,7 +233,13 @@ impl State {
             service: name.clone(),
             reason,
         };
-        let spec_ports = &service.spec.task.ports;
+        let spec_ports: Vec<&flotilla_types::PortConfig> = service
+            .spec
+            .task
+            .ports
+            .iter()
+            .filter(|p| p.is_published())
+            .collect();
         if ports.len() != spec_ports.len() {
             return Err(mismatch(format!(
                 "{} ports for {} in the spec",
@@ -242,7 +248,7 @@ impl State {
             )));
         }
         let mut keys = std::collections::BTreeSet::new();
-        for (port, spec) in ports.iter().zip(spec_ports) {
+        for (port, spec) in ports.iter().zip(spec_ports.iter().copied()) {
             let fits = port.target == spec.target
                 && port.protocol == spec.protocol
                 && port.mode == spec.mode
