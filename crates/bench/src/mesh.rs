@@ -15,7 +15,7 @@
 //!    a config generated in a temporary directory, run in the foreground
 //!    (`haproxy -f CFG -db`) and killed when the bench ends, whatever
 //!    happens. Settings: `nbthread 2` (this is a 2-core machine), `maxconn
-//!    20000`, `mode tcp` (the mesh is a TCP proxy too), `balance leastconn`
+//!    8000` (its FD need, about 2 x maxconn, fits the usual 20000 limit), `mode tcp` (the mesh is a TCP proxy too), `balance leastconn`
 //!    (the mesh's policy), no health checks, no logging, `timeout connect
 //!    5s`, `timeout client 30s`, `timeout server 30s`; bound on
 //!    127.0.0.1:`--haproxy-port` (default P+1).
@@ -473,7 +473,7 @@ struct Haproxy {
 impl Haproxy {
     fn config(port: u16, backends: &[String]) -> String {
         let mut cfg = String::from(
-            "global\n    nbthread 2\n    maxconn 20000\n\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\n",
+            "global\n    nbthread 2\n    maxconn 8000\n\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\n",
         );
         let _ = write!(
             cfg,
