@@ -15,10 +15,11 @@
 //!    a config generated in a temporary directory, run in the foreground
 //!    (`haproxy -f CFG -db`) and killed when the bench ends, whatever
 //!    happens. Settings: `nbthread 2` (this is a 2-core machine), `maxconn
-//!    8000` (its FD need, about 2 x maxconn, fits the usual 20000 limit), `mode tcp` (the mesh is a TCP proxy too), `balance leastconn`
-//!    (the mesh's policy), no health checks, no logging, `timeout connect
-//!    5s`, `timeout client 30s`, `timeout server 30s`; bound on
-//!    127.0.0.1:`--haproxy-port` (default P+1).
+//!    8000` (HAProxy wants about 2 x maxconn descriptors; 8000 fits the
+//!    usual limit of 20000), `mode tcp` (the mesh is a TCP proxy too),
+//!    `balance leastconn` (the mesh's policy), no health checks, no
+//!    logging, `timeout connect 5s`, `timeout client 30s`, `timeout server
+//!    30s`; bound on 127.0.0.1:`--haproxy-port` (default P+1).
 //! 3. **Paths**: `direct` is 3 `wrk` processes at once, one per backend,
 //!    each with a third of `--connections` and `max(1, threads/3)` threads;
 //!    their requests/s are summed, and their p50 and p99 are the highest of
