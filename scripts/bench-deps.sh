@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what `flotilla-bench` needs beyond the Rust toolchain: etcd-server
-# (the peer of `writes`) and
+# (the peer of `writes`), haproxy and wrk (the peer and the load generator
+# of `mesh`) and
 # Debian's static busybox (/bin/busybox), which the bench copies into a
 # FROM-scratch image for the Docker Swarm comparison (no image can be pulled).
 # Docker itself is optional: without a reachable engine the bench skips Swarm.
@@ -39,6 +40,20 @@ else
     echo "bench-deps: installing etcd-server"
     $SUDO apt-get update
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends etcd-server
+fi
+
+# haproxy and wrk, the peer and the load generator of `flotilla-bench mesh`.
+# Debian installs haproxy in /usr/sbin, which a user's PATH may lack.
+if command -v wrk >/dev/null && { command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ]; }; then
+    echo "bench-deps: haproxy and wrk present"
+else
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then
+        SUDO="sudo"
+    fi
+    echo "bench-deps: installing haproxy and wrk"
+    $SUDO apt-get update
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends haproxy wrk
 fi
 
 if command -v docker >/dev/null && docker info >/dev/null 2>&1; then

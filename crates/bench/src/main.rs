@@ -20,6 +20,13 @@
 //! addresses of this machine; leader kill to the first successful write,
 //! and worker kill to all its tasks running elsewhere (see `failover.rs`).
 //!
+//! `flotilla-bench mesh [--flotilla PATH] [--port 24580] [--haproxy-port
+//! PORT+1] [--threads 2] [--connections 64] [--seconds 10] [--rounds 3]`:
+//! the routing mesh against HAProxy (`mode tcp`, `balance leastconn`) and
+//! the backends directly, in front of the same 3 `flotilla demo http`
+//! tasks, with `wrk` keep-alive and one connection per request
+//! (`mesh.rs`).
+//!
 //! # What is measured, and how
 //! Every Flotilla figure is taken on a fresh `flotilla daemon` with a new
 //! temporary data dir, after `init` and after the node leads its cluster.
@@ -63,6 +70,7 @@ mod daemon;
 mod failover;
 mod flotilla;
 mod logs;
+mod mesh;
 mod procs;
 mod scale;
 mod stats;
@@ -100,6 +108,39 @@ enum Command {
     Writes(WritesArgs),
     /// State at scale: 3 managers holding 100,000 pending tasks, a fourth joining from a snapshot, a scale from 0 to 20,000
     Scale(ScaleArgs),
+    /// Routing mesh against HAProxy and the direct path, same 3 backends, same wrk load, keep-alive and a connection per request
+    Mesh(MeshArgs),
+}
+
+#[derive(Debug, Args)]
+struct MeshArgs {
+    /// The flotilla binary [default: next to this binary, else on PATH]
+    #[arg(long)]
+    flotilla: Option<PathBuf>,
+    /// Published port of the service, where the mesh listens
+    #[arg(long, default_value_t = 24580)]
+    port: u16,
+    /// HAProxy's port on 127.0.0.1 [default: --port plus one]
+    #[arg(long)]
+    haproxy_port: Option<u16>,
+    /// wrk threads (-t)
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// wrk connections (-c)
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Seconds of each wrk run (-d)
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Rounds of the three paths per mode; the table shows medians
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// The wrk binary [default: on PATH]
+    #[arg(long)]
+    wrk: Option<PathBuf>,
+    /// The haproxy binary [default: on PATH, /usr/sbin or /sbin]
+    #[arg(long)]
+    haproxy: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -294,6 +335,21 @@ fn main() -> ExitCode {
                         seconds: args.seconds,
                         port: args.port,
                         keep_logs: args.keep_logs.clone(),
+                    })
+                    .await
+                }
+                Command::Mesh(args) => {
+                    let flotilla = locate_flotilla(args.flotilla.as_deref()).context("setup")?;
+                    mesh::run(&mesh::Config {
+                        flotilla,
+                        port: args.port,
+                        haproxy_port: args.haproxy_port.unwrap_or(args.port.saturating_add(1)),
+                        threads: args.threads,
+                        connections: args.connections,
+                        seconds: args.seconds,
+                        rounds: args.rounds,
+                        wrk: args.wrk.clone(),
+                        haproxy: args.haproxy.clone(),
                     })
                     .await
                 }
