@@ -136,8 +136,12 @@ async fn pump(
 ) -> io::Result<()> {
     match mode {
         CopyMode::Buffered => buffered(src, dst, counter, activity).await?,
-        CopyMode::Splice => match Pipe::new() {
-            Ok(pipe) => spliced(&pipe, src, dst, counter, activity).await?,
+        CopyMode::Splice => match Pipe::take() {
+            Ok(pipe) => {
+                spliced(&pipe, src, dst, counter, activity).await?;
+                // Drained: a copy that ended cleanly leaves nothing in it.
+                pipe.give_back();
+            }
             // Out of file descriptors for a pipe, most likely: the copy
             // still works through a buffer.
             Err(_) => buffered(src, dst, counter, activity).await?,
@@ -186,7 +190,37 @@ struct Pipe {
     size: usize,
 }
 
+/// Empty pipes kept for the next connections of this worker thread, at
+/// most this many: a pipe costs `pipe2` and two `fcntl` to make and two
+/// `close` to end, which with a new connection per request was a third of
+/// the mesh's system calls (the HAProxy benchmark, docs/mesh.md). Per
+/// thread, so that taking one takes no lock.
+const POOLED_PIPES: usize = 64;
+
+thread_local! {
+    static PIPES: std::cell::RefCell<Vec<Pipe>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Pipe {
+    /// A pooled empty pipe, or a new one.
+    fn take() -> io::Result<Pipe> {
+        match PIPES.with(|p| p.borrow_mut().pop()) {
+            Some(pipe) => Ok(pipe),
+            None => Pipe::new(),
+        }
+    }
+
+    /// Keeps an empty pipe for a later connection (a pipe that may hold
+    /// bytes is dropped instead: the caller gives back only drained ones).
+    fn give_back(self) {
+        PIPES.with(|p| {
+            let mut pool = p.borrow_mut();
+            if pool.len() < POOLED_PIPES {
+                pool.push(self);
+            }
+        });
+    }
+
     fn new() -> io::Result<Pipe> {
         let mut fds = [0 as RawFd; 2];
         // SAFETY: fds is a valid array of two ints for pipe2 to fill.
@@ -248,9 +282,25 @@ async fn spliced(
         // The pipe is empty here (drained below), so EAGAIN means the
         // socket has nothing to read, and try_io clears its readiness.
         src.readable().await?;
-        let n = match src.try_io(Interest::READABLE, || splice(src_fd, pipe_w, pipe.size)) {
+        // A splice shorter than the pipe emptied the socket's queue: say
+        // so (WouldBlock), so that try_io clears the readiness now rather
+        // than after one more splice that would fail with EAGAIN (one
+        // wasted system call per message with keep-alive HTTP). tokio
+        // clears only the readiness it saw before the call, so bytes that
+        // arrive meanwhile still wake the loop.
+        let mut moved = 0;
+        let got = src.try_io(Interest::READABLE, || {
+            let n = splice(src_fd, pipe_w, pipe.size)?;
+            moved = n;
+            if n > 0 && n < pipe.size {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let n = match got {
             Ok(0) => return Ok(()),
             Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && moved > 0 => moved,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
