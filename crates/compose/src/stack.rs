@@ -248,9 +248,7 @@ fn refusal(e: &SpecError) -> Refusal {
         SpecError::FailureRatio { .. } => "deploy.update_config.max_failure_ratio",
         SpecError::RollbackFailureAction => "deploy.rollback_config.failure_action",
         SpecError::EnvName(_) => "environment",
-        SpecError::PortNumber(_)
-        | SpecError::DuplicatePublished(_)
-        | SpecError::UdpNotSupported(_) => "ports",
+        SpecError::PortNumber(_) | SpecError::DuplicatePublished(_) => "ports",
     };
     (key, e.to_string())
 }
@@ -1185,13 +1183,13 @@ services:
     }
 
     #[test]
-    fn udp_is_refused_by_the_specs_rules_and_host_mode_is_read() {
-        // Read as written, refused by ServiceSpec::validate at the line of
-        // `ports`, as the spec's other rules are reported.
-        assert_eq!(
-            bad_one("services:\n  web:\n    image: x\n    ports:\n      - \"8080:80\"\n      - \"53:53/udp\"\n"),
-            "s.yml:4: services.web.ports: port 53:53/udp: UDP is not published by the mesh yet; publish TCP ports"
-        );
+    fn udp_and_host_mode_are_read() {
+        let stack = parse_stack(
+            "s.yml",
+            "services:\n  web:\n    image: x\n    ports:\n      - \"8080:80\"\n      - \"53:53/udp\"\n",
+        )
+        .expect("udp");
+        assert_eq!(stack.services[0].task.ports[1].protocol, Protocol::Udp);
         let stack = parse_stack(
             "s.yml",
             "services:\n  web:\n    image: x\n    ports:\n      - target: 80\n        published: 8080\n        mode: host\n",

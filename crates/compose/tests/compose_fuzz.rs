@@ -1280,26 +1280,25 @@ proptest! {
     }
 
     #[test]
-    fn refused_ports_name_the_line_of_ports(
+    fn udp_ports_are_read_in_both_forms(
         (doc, expects) in valid_doc(),
         pick in any::<Index>(),
-        host in any::<bool>(),
+        long in any::<bool>(),
     ) {
-        // UDP is read, then refused by the spec's rules at the line of
-        // `ports`, as the spec's other rules are reported.
+        // A UDP entry, long or short, added to a valid document becomes a
+        // UDP port of its service.
         let name = expects[pick.index(expects.len())].name.clone();
-        // A long or a short entry, both UDP.
-        let (entry, reason) = if host {
+        let (entry, published) = if long {
             (
                 Y::Map(vec![
                     ("target".into(), p("53")),
                     ("published".into(), p("40001")),
                     ("protocol".into(), p("udp")),
                 ], true),
-                "port 40001:53/udp: UDP is not published by the mesh yet; publish TCP ports",
+                40001,
             )
         } else {
-            (q("40000:53/udp"), "port 40000:53/udp: UDP is not published by the mesh yet; publish TCP ports")
+            (q("40000:53/udp"), 40000)
         };
         let mut doc = doc;
         let path = format!("services.{name}.ports");
@@ -1308,13 +1307,25 @@ proptest! {
         };
         items.push(entry);
         let r = render(&doc);
-        // A block list: its key is on the line above its first entry.
-        let line = r.lines.get(&format!("{path}[0]")).copied().unwrap_or(1) - 1;
-        let e = parse_stack_files(&[(STACK_FILE, r.text.as_str())])
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        prop_assert_eq!(e, format!("{STACK_FILE}:{line}: {path}: {reason}"), "{}", r.text);
+        let stack = parse_stack_files(&[(STACK_FILE, r.text.as_str())]);
+        let stack = match stack {
+            Ok(s) => s,
+            Err(e) => {
+                prop_assert!(false, "{e}: {}", r.text);
+                return Ok(());
+            }
+        };
+        let service = stack.services.iter().find(|s| s.name == name);
+        prop_assert!(service.is_some(), "{name} in {}", r.text);
+        let udp = flotilla_types::PortConfig {
+            published: Some(published),
+            protocol: flotilla_types::Protocol::Udp,
+            ..flotilla_types::PortConfig::target(53)
+        };
+        prop_assert!(
+            service.is_some_and(|s| s.task.ports.contains(&udp)),
+            "{:?}", service.map(|s| &s.task.ports)
+        );
     }
 
     #[test]

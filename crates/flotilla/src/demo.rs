@@ -19,6 +19,38 @@ use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// `flotilla demo udp`: answers every datagram on `--port` (default
+/// `$PORT`) with `slot S task T node N: <the datagram>`.
+pub async fn udp(port: Option<u16>) -> Result<()> {
+    let port = match port {
+        Some(p) => p,
+        None => std::env::var("PORT")
+            .context("no --port given and PORT is not set")?
+            .parse()
+            .context("PORT is not a port number")?,
+    };
+    let socket = tokio::net::UdpSocket::bind(("0.0.0.0", port))
+        .await
+        .with_context(|| format!("cannot listen on udp port {port}"))?;
+    let who = Who::from_env();
+    println!("demo udp server of {} listening on port {port}", who.line());
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let (n, from) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("receive failed: {e}");
+                continue;
+            }
+        };
+        let mut answer = format!("{}: ", who.line()).into_bytes();
+        answer.extend_from_slice(&buf[..n]);
+        if let Err(e) = socket.send_to(&answer, from).await {
+            eprintln!("answer to {from} failed: {e}");
+        }
+    }
+}
+
 /// Longest a request's headers may be, and how long a client may take
 /// to send them: a slow client cannot pin the server's memory.
 const MAX_HEAD: usize = 16 * 1024;

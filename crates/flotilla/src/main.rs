@@ -139,6 +139,9 @@ async fn dispatch(
                 .map_err(|e| anyhow::anyhow!("--delay: {e}"))?;
             flotilla::demo::http(*port, std::time::Duration::from_millis(delay)).await
         }
+        Command::Demo(flotilla::cli::options::DemoCommand::Udp { port }) => {
+            flotilla::demo::udp(*port).await
+        }
         Command::Init(args) => commands::init(&client()?, args).await,
         Command::Info(f) => commands::info(&client()?, f.format).await,
         Command::Join(a) => commands::join(&client()?, a).await,

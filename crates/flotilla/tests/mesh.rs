@@ -482,3 +482,56 @@ fn a_host_mode_port_is_the_tasks_own_and_one_node_takes_one_task() -> Result<()>
     assert!(ls.contains(&format!(" {published}->8080/tcp")), "{ls}");
     Ok(())
 }
+
+/// UDP through the mesh: a datagram to the published port is answered by
+/// a task, by flow.
+#[test]
+fn a_udp_port_is_answered_through_the_mesh() -> Result<()> {
+    let d = Daemon::start(bin())?;
+    d.ok(&["init"])?;
+    let published = free_port()?;
+    let demo = demo();
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "dns",
+        "--replicas",
+        "2",
+        "--publish",
+        &format!("{published}:53/udp"),
+        "-d",
+        "--",
+        &demo,
+        "demo",
+        "udp",
+    ])?;
+    ready(&d, "dns", 2)?;
+    let ls = d.ok(&["service", "ls"])?.stdout;
+    assert!(ls.contains(&format!("*:{published}->53/udp")), "{ls}");
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    socket.set_read_timeout(Some(Duration::from_millis(300)))?;
+    let mut tasks = BTreeSet::new();
+    for i in 0..2 {
+        // A client of its own per flow; the second goes to the other task.
+        let client = if i == 0 {
+            socket.try_clone()?
+        } else {
+            let c = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            c.set_read_timeout(Some(Duration::from_millis(300)))?;
+            c
+        };
+        let answer = wait_until("a udp answer", Duration::from_secs(10), || {
+            client.send_to(b"hello", ("127.0.0.1", published))?;
+            let mut buf = [0u8; 512];
+            Ok(client
+                .recv(&mut buf)
+                .ok()
+                .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned()))
+        })?;
+        assert!(answer.ends_with(": hello"), "{answer}");
+        tasks.extend(task_of(&answer));
+    }
+    assert_eq!(tasks.len(), 2, "two flows, two tasks: {tasks:?}");
+    Ok(())
+}

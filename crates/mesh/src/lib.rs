@@ -9,7 +9,7 @@
 //! `mesh stats`. It does not decide who is in rotation: it is handed a
 //! [`tokio::sync::watch`] of [`MeshTable`](flotilla_types::mesh::MeshTable)
 //! (computed by the leader from the store) and knows nothing of raft, the
-//! store or the agent. UDP ports in the table are ignored for now.
+//! store or the agent. UDP ports are forwarded by flow ([`udp`]).
 //!
 //! Guarantees:
 //! - A backend that leaves the table gets no new connection, and its open
@@ -59,6 +59,7 @@
 //! - [`copy`]: the two copy loops, half-close and the idle timeout.
 //! - [`proxy`]: PROXY protocol v1 and v2 headers.
 //! - [`state`]: the shared routes and counters.
+//! - [`udp`]: UDP ports, forwarded by flow with a flow timeout.
 
 pub mod balance;
 pub mod copy;
@@ -66,6 +67,7 @@ pub mod listener;
 pub mod mesh;
 pub mod proxy;
 pub mod state;
+pub mod udp;
 
 pub use copy::{CopyError, CopyMode};
 pub use listener::ConnError;

@@ -4,7 +4,7 @@
 //! The table loop is the only writer of the port map and the routes; the
 //! data path reads its own port's route and never takes the map's lock.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -15,7 +15,7 @@ use flotilla_types::port::Protocol;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::copy::CopyMode;
 use crate::listener::{listen, Ctx};
@@ -65,7 +65,7 @@ struct Open {
 
 struct Inner {
     config: MeshConfig,
-    ports: Mutex<BTreeMap<u16, Open>>,
+    ports: Mutex<BTreeMap<(u16, Protocol), Open>>,
 }
 
 /// One node's routing mesh. Cloning gives another handle to the same
@@ -123,10 +123,9 @@ impl Mesh {
         };
         let listeners = TaskTracker::new();
         let mut gauges: HashMap<String, Arc<AtomicU64>> = HashMap::new();
-        let mut udp_seen: HashSet<u16> = HashSet::new();
         loop {
             let current = table.borrow_and_update().clone();
-            self.apply(&current, &ctx, &listeners, &mut gauges, &mut udp_seen);
+            self.apply(&current, &ctx, &listeners, &mut gauges);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 changed = table.changed() => {
@@ -163,28 +162,21 @@ impl Mesh {
         ctx: &Ctx,
         listeners: &TaskTracker,
         gauges: &mut HashMap<String, Arc<AtomicU64>>,
-        udp_seen: &mut HashSet<u16>,
     ) {
         let default_cap = self.inner.config.default_max_connections;
-        let mut wanted: BTreeMap<u16, (&MeshService, &flotilla_types::mesh::MeshPort)> =
+        let mut wanted: BTreeMap<(u16, Protocol), (&MeshService, &flotilla_types::mesh::MeshPort)> =
             BTreeMap::new();
         for service in &table.services {
             for port in &service.ports {
-                if port.protocol == Protocol::Udp {
-                    if udp_seen.insert(port.published) {
-                        debug!(service = %service.service_name, port = port.published,
-                            "the mesh does not forward UDP yet; port ignored");
-                    }
-                    continue;
-                }
-                if let Some((other, _)) = wanted.get(&port.published) {
+                let key = (port.published, port.protocol);
+                if let Some((other, _)) = wanted.get(&key) {
                     // The allocator never hands a port out twice; if a table
                     // says so anyway, the first service keeps it.
                     warn!(port = port.published, service = %service.service_name,
                         holder = %other.service_name, "published port listed twice; ignored");
                     continue;
                 }
-                wanted.insert(port.published, (service, port));
+                wanted.insert(key, (service, port));
             }
         }
         gauges.retain(|id, _| table.services.iter().any(|s| &s.service_id == id));
@@ -201,12 +193,14 @@ impl Mesh {
             }
             keep
         });
-        for (published, (service, port)) in wanted {
+        for ((published, protocol), (service, port)) in wanted {
             let gauge = gauges
                 .entry(service.service_id.clone())
                 .or_default()
                 .clone();
-            let existing = ports.get(&published).map(|open| open.state.clone());
+            let existing = ports
+                .get(&(published, protocol))
+                .map(|open| open.state.clone());
             let backends = port
                 .backends
                 .iter()
@@ -227,10 +221,21 @@ impl Mesh {
             match existing {
                 Some(state) => state.set_route(route),
                 None => {
-                    let state = Arc::new(PortState::new(published, route));
+                    let state = Arc::new(PortState::with_protocol(published, protocol, route));
                     let stop = ctx.shutdown.child_token();
-                    listeners.spawn(listen(state.clone(), ctx.clone(), stop.clone()));
-                    ports.insert(published, Open { state, stop });
+                    match protocol {
+                        Protocol::Tcp => {
+                            listeners.spawn(listen(state.clone(), ctx.clone(), stop.clone()));
+                        }
+                        Protocol::Udp => {
+                            listeners.spawn(crate::udp::serve(
+                                state.clone(),
+                                ctx.clone(),
+                                stop.clone(),
+                            ));
+                        }
+                    }
+                    ports.insert((published, protocol), Open { state, stop });
                 }
             }
         }

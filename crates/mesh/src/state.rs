@@ -106,6 +106,7 @@ pub struct Route {
 #[derive(Debug)]
 pub struct PortState {
     pub published: u16,
+    pub protocol: Protocol,
     route: RwLock<Arc<Route>>,
     pub listening: AtomicBool,
     pub error: Mutex<Option<String>>,
@@ -127,8 +128,13 @@ const REFUSED_WARN_EVERY_MS: u64 = 10_000;
 
 impl PortState {
     pub fn new(published: u16, route: Route) -> PortState {
+        PortState::with_protocol(published, Protocol::Tcp, route)
+    }
+
+    pub fn with_protocol(published: u16, protocol: Protocol, route: Route) -> PortState {
         PortState {
             published,
+            protocol,
             route: RwLock::new(Arc::new(route)),
             listening: AtomicBool::new(false),
             error: Mutex::new(None),
@@ -216,7 +222,7 @@ impl PortState {
         ListenerStats {
             service_name: route.service_name.clone(),
             published: self.published,
-            protocol: Protocol::Tcp,
+            protocol: self.protocol,
             listening: self.listening.load(RELAXED),
             error: self
                 .error

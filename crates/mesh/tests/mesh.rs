@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use flotilla_mesh::CopyMode;
-use flotilla_types::mesh::{Balance, ProxyProtocol};
+use flotilla_types::mesh::{Backend, Balance, ProxyProtocol};
 use flotilla_types::port::Protocol;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -480,20 +480,161 @@ async fn stats_count_bytes_and_connections_spliced() {
     counts(CopyMode::Splice).await;
 }
 
+/// A UDP backend that answers each datagram with `<name>:<datagram>`.
+async fn udp_echo(name: &str) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let socket = tokio::net::UdpSocket::bind((LOCAL, 0)).await.expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    let name = name.to_string();
+    let task = tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let mut answer = format!("{name}:").into_bytes();
+            answer.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&answer, from).await;
+        }
+    });
+    (addr, task)
+}
+
+fn udp_backend(name: &str, addr: std::net::SocketAddr) -> Backend {
+    Backend {
+        task_id: format!("task-{name}"),
+        node_id: "node-1".into(),
+        addr,
+    }
+}
+
+fn udp_port(published: u16, backends: Vec<Backend>) -> flotilla_types::mesh::MeshPort {
+    let mut p = port(published, backends);
+    p.protocol = Protocol::Udp;
+    p
+}
+
+/// Sends `text` from `client` to the mesh's UDP port and waits for the
+/// answer (retrying: the first datagram may arrive before the port
+/// listens, and UDP does not say).
+async fn ask(client: &tokio::net::UdpSocket, published: u16, text: &str) -> String {
+    until("a udp answer", || async {
+        let mut buf = [0u8; 2048];
+        client
+            .send_to(text.as_bytes(), (LOCAL, published))
+            .await
+            .ok()?;
+        let got = tokio::time::timeout(Duration::from_millis(200), client.recv(&mut buf)).await;
+        let n = got.ok()?.ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .await
+}
+
+/// UDP goes by flow: the datagrams of one client go to one backend and
+/// its answers come back from the published port; clients spread over
+/// the backends; a backend that leaves rotation takes its flows with it
+/// at once; the same number over TCP is another port.
 #[tokio::test]
-async fn udp_ports_are_ignored() {
+async fn udp_is_forwarded_by_flow() {
+    let (a, _ta) = udp_echo("a").await;
+    let (b, _tb) = udp_echo("b").await;
     let p = free_port();
-    let mut udp = port(p, vec![]);
-    udp.protocol = Protocol::Udp;
-    let tcp = free_port();
+    let tcp_echo = Echo::start("t").await;
+    let both = vec![udp_backend("a", a), udp_backend("b", b)];
     let mesh = Running::start(table(vec![service(
         "dns",
-        Balance::RoundRobin,
-        vec![udp, port(tcp, vec![])],
+        Balance::LeastConnections,
+        vec![udp_port(p, both.clone()), port(p, vec![tcp_echo.backend()])],
     )]))
     .await;
-    mesh.listening(tcp).await;
-    assert!(mesh.listener(p).is_none());
+    mesh.listening(p).await;
+    let one = tokio::net::UdpSocket::bind((LOCAL, 0)).await.expect("bind");
+    let first = ask(&one, p, "q1").await;
+    let backend = first.split(':').next().unwrap_or_default().to_string();
+    assert!(first.ends_with(":q1"), "{first}");
+    for i in 0..5 {
+        let answer = ask(&one, p, &format!("again{i}")).await;
+        assert_eq!(
+            answer,
+            format!("{backend}:again{i}"),
+            "one flow, one backend"
+        );
+    }
+    // A second client gets the other backend (least flows).
+    let two = tokio::net::UdpSocket::bind((LOCAL, 0)).await.expect("bind");
+    let other = ask(&two, p, "q2").await;
+    assert!(
+        !other.starts_with(&format!("{backend}:")),
+        "{other} after {first}"
+    );
+    // TCP on the same number is its own port.
+    let (_s, name) = connect(p).await;
+    assert_eq!(name, "t");
+
+    // The first client's backend leaves rotation: its next datagram goes
+    // to the one left.
+    let left: Vec<Backend> = both
+        .iter()
+        .filter(|x| !x.task_id.ends_with(&backend))
+        .cloned()
+        .collect();
+    mesh.table.send_replace(table(vec![service(
+        "dns",
+        Balance::LeastConnections,
+        vec![udp_port(p, left), port(p, vec![tcp_echo.backend()])],
+    )]));
+    let moved = until("the flow to move", || async {
+        let answer = ask(&one, p, "after").await;
+        (!answer.starts_with(&format!("{backend}:"))).then_some(answer)
+    })
+    .await;
+    assert!(moved.ends_with(":after"), "{moved}");
+    let stats = mesh
+        .stats()
+        .listeners
+        .into_iter()
+        .find(|l| l.published == p && l.protocol == Protocol::Udp)
+        .expect("udp listener");
+    assert!(stats.listening && stats.total >= 3, "{stats:?}");
+    mesh.stop().await;
+}
+
+/// A flow ends after the idle timeout; with no backend a datagram is
+/// dropped and counted as refused.
+#[tokio::test]
+async fn udp_flows_time_out_and_no_backend_refuses() {
+    let (a, _ta) = udp_echo("a").await;
+    let p = free_port();
+    let mut svc = service(
+        "dns",
+        Balance::RoundRobin,
+        vec![udp_port(p, vec![udp_backend("a", a)])],
+    );
+    svc.idle_timeout_ms = Some(300);
+    let mesh = Running::start(table(vec![svc])).await;
+    mesh.listening(p).await;
+    let client = tokio::net::UdpSocket::bind((LOCAL, 0)).await.expect("bind");
+    assert_eq!(ask(&client, p, "x").await, "a:x");
+    let udp = |mesh: &Running| {
+        mesh.stats()
+            .listeners
+            .into_iter()
+            .find(|l| l.published == p && l.protocol == Protocol::Udp)
+    };
+    assert_eq!(udp(&mesh).map(|l| l.current), Some(1));
+    until("the idle flow to end", || async {
+        (udp(&mesh).map(|l| l.current) == Some(0)).then_some(())
+    })
+    .await;
+
+    mesh.table.send_replace(table(vec![service(
+        "dns",
+        Balance::RoundRobin,
+        vec![udp_port(p, vec![])],
+    )]));
+    until("a refused datagram", || async {
+        let _ = client.send_to(b"y", (LOCAL, p)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        (udp(&mesh).map(|l| l.refused).unwrap_or(0) > 0).then_some(())
+    })
+    .await;
     mesh.stop().await;
 }
 

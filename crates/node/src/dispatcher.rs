@@ -457,4 +457,42 @@ mod tests {
             "{answer:?}"
         );
     }
+
+    /// The mesh table goes to agents that ask for it, once per change; an
+    /// agent of an older version (which sends no `known_mesh`) gets none,
+    /// so its long poll is not answered at once, every time, with a table
+    /// it ignores.
+    #[tokio::test(start_paused = true)]
+    async fn the_mesh_table_goes_to_agents_that_ask_once_per_change() {
+        let (d, _recorder, _applied) = dispatcher();
+        d.set_caught_up(true);
+        let first = d.session(request()).await.map_err(|e| e.to_string());
+        let first = first.as_ref().expect("answer");
+        assert!(first.mesh.is_some(), "a first table: {first:?}");
+        assert_ne!(first.mesh_version, 0);
+
+        // Holding that table and these assignments: nothing to say, so
+        // the call waits out its long poll and sends no table.
+        let mut again = request();
+        again.reports.clear();
+        again.known_version = first.version;
+        again.known_mesh = Some(first.mesh_version);
+        let started = tokio::time::Instant::now();
+        let answer = d.session(again.clone()).await.map_err(|e| e.to_string());
+        let answer = answer.as_ref().expect("answer");
+        assert!(
+            answer.mesh.is_none() && answer.assignments.is_none(),
+            "{answer:?}"
+        );
+        assert!(started.elapsed() >= LONG_POLL, "answered at once");
+
+        // An older agent: no table, and a long poll as before.
+        let mut old = again;
+        old.known_mesh = None;
+        let started = tokio::time::Instant::now();
+        let answer = d.session(old).await.map_err(|e| e.to_string());
+        let answer = answer.as_ref().expect("answer");
+        assert!(answer.mesh.is_none(), "{answer:?}");
+        assert!(started.elapsed() >= LONG_POLL, "answered at once");
+    }
 }

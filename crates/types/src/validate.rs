@@ -6,7 +6,7 @@
 use thiserror::Error;
 
 use crate::name::{validate_name, NameError};
-use crate::port::{PortConfig, Protocol};
+use crate::port::PortConfig;
 use crate::service::{
     Driver, FailureAction, HealthCheck, HealthTest, Mount, MountKind, Ratio, ServiceMode,
     ServiceSpec, TaskTemplate, UpdateConfig,
@@ -64,8 +64,6 @@ pub enum SpecError {
     PortNumber(String),
     #[error("published port {0} is given twice")]
     DuplicatePublished(String),
-    #[error("port {0}: UDP is not published by the mesh yet; publish TCP ports")]
-    UdpNotSupported(String),
 }
 
 impl SpecError {
@@ -95,9 +93,7 @@ impl SpecError {
             SpecError::FailureRatio { .. } => "update.max_failure_ratio",
             SpecError::RollbackFailureAction => "rollback.failure_action",
             SpecError::EnvName(_) => "task.env",
-            SpecError::PortNumber(_)
-            | SpecError::DuplicatePublished(_)
-            | SpecError::UdpNotSupported(_) => "task.ports",
+            SpecError::PortNumber(_) | SpecError::DuplicatePublished(_) => "task.ports",
         }
     }
 }
@@ -192,9 +188,6 @@ fn check_ports(ports: &[PortConfig]) -> Result<(), SpecError> {
         if port.target == 0 || port.published == Some(0) {
             return Err(SpecError::PortNumber(port.to_string()));
         }
-        if port.protocol == Protocol::Udp {
-            return Err(SpecError::UdpNotSupported(port.to_string()));
-        }
         if let Some(key) = port.key() {
             if !published.insert(key) {
                 return Err(SpecError::DuplicatePublished(format!(
@@ -239,7 +232,7 @@ fn check_update(u: &UpdateConfig, config: &'static str) -> Result<(), SpecError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::port::PublishMode;
+    use crate::port::{Protocol, PublishMode};
 
     fn valid() -> ServiceSpec {
         ServiceSpec {
@@ -313,9 +306,13 @@ mod tests {
             protocol: Protocol::Udp,
             ..PortConfig::target(53)
         };
-        let err = with(&[udp]).expect_err("udp");
-        assert_eq!(err.field(), "task.ports");
-        assert!(err.to_string().contains("UDP is not published"), "{err}");
+        assert_eq!(with(&[udp]), Ok(()));
+        // The same number over TCP and UDP are two ports.
+        let udp_too = PortConfig {
+            protocol: Protocol::Udp,
+            ..fixed(18080, 80)
+        };
+        assert_eq!(with(&[fixed(18080, 80), udp_too]), Ok(()));
         let host = PortConfig {
             mode: PublishMode::Host,
             ..PortConfig::target(80)

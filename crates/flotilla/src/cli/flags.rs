@@ -393,9 +393,7 @@ pub fn validate(spec: &ServiceSpec) -> Result<()> {
         SpecError::FailureRatio { .. } => "--update-max-failure-ratio",
         SpecError::RollbackFailureAction => "--rollback-failure-action",
         SpecError::EnvName(_) => "--env",
-        SpecError::PortNumber(_)
-        | SpecError::DuplicatePublished(_)
-        | SpecError::UdpNotSupported(_) => "--publish",
+        SpecError::PortNumber(_) | SpecError::DuplicatePublished(_) => "--publish",
     };
     bail!("{flag}: {e}")
 }

@@ -122,6 +122,12 @@ pub enum DemoCommand {
         #[arg(long, default_value = "0s")]
         delay: String,
     },
+    /// A UDP server that answers each datagram with its task's slot, ID and node, then the datagram
+    Udp {
+        /// Port to listen on [default: $PORT, set by the agent]
+        #[arg(long)]
+        port: Option<u16>,
+    },
 }
 
 #[derive(Debug, Args)]
