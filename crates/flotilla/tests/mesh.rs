@@ -535,3 +535,52 @@ fn a_udp_port_is_answered_through_the_mesh() -> Result<()> {
     assert_eq!(tasks.len(), 2, "two flows, two tasks: {tasks:?}");
     Ok(())
 }
+
+/// A published port that another program holds on the node: `service
+/// inspect` says which node and port, and the mesh opens the port once
+/// it is free.
+#[test]
+fn a_port_held_by_another_program_is_named_and_taken_once_free() -> Result<()> {
+    let d = Daemon::start(bin())?;
+    d.ok(&["init"])?;
+    let holder = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let published = holder.local_addr()?.port();
+    let demo = demo();
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--publish",
+        &format!("{published}:8080"),
+        "-d",
+        "--",
+        &demo,
+        "demo",
+        "http",
+    ])?;
+    ready(&d, "web", 1)?;
+    let said = wait_until("inspect to name the port", Duration::from_secs(10), || {
+        let out = d
+            .ok(&["service", "inspect", "web", "--format", "table"])?
+            .stdout;
+        Ok(out
+            .lines()
+            .find(|l| l.starts_with("Port not open:"))
+            .map(String::from))
+    })?;
+    assert!(
+        said.contains(&format!("{published}/tcp on ")) && said.contains("address in use"),
+        "{said}"
+    );
+    drop(holder);
+    let body = wait_until("the mesh to take the port", Duration::from_secs(10), || {
+        Ok(get(&format!("127.0.0.1:{published}")).ok())
+    })?;
+    assert!(task_of(&body).is_some(), "{body}");
+    let out = d
+        .ok(&["service", "inspect", "web", "--format", "table"])?
+        .stdout;
+    assert!(!out.contains("Port not open"), "{out}");
+    Ok(())
+}

@@ -432,8 +432,37 @@ pub async fn service(client: &Client, command: &ServiceCommand) -> Result<()> {
             if *format == Format::Json {
                 return print_json(&out);
             }
+            // Where a published port is not open (another program holds
+            // it on that node): from every node's mesh, by node name.
+            let stats = if out.iter().any(|s| !s.published.is_empty()) {
+                client.mesh_stats().await.unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            let names: std::collections::BTreeMap<String, String> = if stats.is_empty() {
+                Default::default()
+            } else {
+                client
+                    .nodes()
+                    .await
+                    .map(|n| n.into_iter().map(|n| (n.id, n.name)).collect())
+                    .unwrap_or_default()
+            };
             for s in out {
                 print!("{}", inspect_text(&s));
+                for node in &stats {
+                    for l in node.listeners.iter().filter(|l| l.service_name == s.name) {
+                        if let (false, Some(error)) = (l.listening, &l.error) {
+                            let name = names.get(&node.node_id).unwrap_or(&node.node_id);
+                            println!(
+                                "{:<16}{}/{} on {name}: {error}",
+                                "Port not open:",
+                                l.published,
+                                l.protocol.as_str()
+                            );
+                        }
+                    }
+                }
             }
             Ok(())
         }
