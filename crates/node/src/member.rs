@@ -121,6 +121,16 @@ impl NodeCtx {
         // the one address a node was given (nodes sharing a machine).
         let mut mesh_config = flotilla_mesh::MeshConfig::new(member.identity.node_id.clone());
         mesh_config.bind_ip = self.bound.ip();
+        // How the mesh moves bytes: splice (the default) or a buffer, for
+        // kernels where splice is slow or for comparing the two.
+        match std::env::var("FLOTILLA_MESH_COPY").as_deref() {
+            Ok("buffered") => mesh_config.copy = flotilla_mesh::CopyMode::Buffered,
+            Ok("splice") | Err(_) => {}
+            Ok(other) => tracing::warn!(
+                value = other,
+                "FLOTILLA_MESH_COPY is splice or buffered; using splice"
+            ),
+        }
         let mesh = flotilla_mesh::Mesh::new(mesh_config);
         if let Ok(mut slot) = self.mesh.write() {
             *slot = Some(mesh.clone());
