@@ -381,12 +381,27 @@ pub async fn list(
 /// `flotilla mesh ...`.
 pub async fn mesh(client: &Client, command: &super::options::MeshCommand) -> Result<()> {
     match command {
-        super::options::MeshCommand::Stats { service, format } => {
+        super::options::MeshCommand::Stats {
+            service,
+            node,
+            format,
+        } => {
             let mut stats = client.mesh_stats().await?;
             if let Some(name) = service {
                 for node in &mut stats {
                     node.listeners.retain(|l| &l.service_name == name);
                 }
+            }
+            if let Some(wanted) = node {
+                let nodes = client.nodes().await?;
+                let id = nodes
+                    .iter()
+                    .find(|n| {
+                        &n.id == wanted || &n.name == wanted || n.id.starts_with(wanted.as_str())
+                    })
+                    .map(|n| n.id.clone())
+                    .ok_or_else(|| anyhow!("node {wanted} not found"))?;
+                stats.retain(|s| s.node_id == id);
             }
             if format.format == Format::Json {
                 return print_json(&stats);

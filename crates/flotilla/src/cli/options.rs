@@ -106,6 +106,9 @@ pub enum MeshCommand {
     Stats {
         /// Only this service
         service: Option<String>,
+        /// Only this node (ID or name)
+        #[arg(long)]
+        node: Option<String>,
         #[command(flatten)]
         format: FormatArg,
     },
