@@ -113,6 +113,9 @@ pub struct Dispatcher {
     heartbeats: Heartbeats,
     /// Open once this leader caught up; see [`Dispatcher::set_caught_up`].
     caught_up: watch::Sender<bool>,
+    /// The mesh table of the last applied index it was computed at, with
+    /// its version: every session of one round shares one computation.
+    mesh: std::sync::Mutex<Option<(u64, Arc<MeshTable>, u64)>>,
 }
 
 impl Dispatcher {
@@ -129,6 +132,7 @@ impl Dispatcher {
             clock,
             heartbeats: Heartbeats::new(),
             caught_up: watch::channel(false).0,
+            mesh: std::sync::Mutex::new(None),
         }
     }
 
@@ -145,6 +149,23 @@ impl Dispatcher {
     /// from it.
     pub fn set_caught_up(&self, caught_up: bool) {
         self.caught_up.send_replace(caught_up);
+    }
+
+    /// The mesh table and its version for the store as it is: computed
+    /// once per applied index, whichever session asks first. The index is
+    /// read before the state, and the state is written before the index
+    /// moves, so a table is never older than the index it is kept for.
+    fn mesh_table(&self, applied: u64, state: &State) -> (Arc<MeshTable>, u64) {
+        let mut cache = self.mesh.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, table, version)) = cache.as_ref() {
+            if *at == applied {
+                return (table.clone(), *version);
+            }
+        }
+        let table = Arc::new(mesh_table(state));
+        let version = mesh_version_of(&table);
+        *cache = Some((applied, table.clone(), version));
+        (table, version)
     }
 
     /// Whether sessions are served now: this member leads and caught up.
@@ -226,7 +247,8 @@ impl Dispatcher {
         let mut applied = self.view.applied.clone();
         let deadline = tokio::time::Instant::now() + LONG_POLL;
         loop {
-            let (tasks, known, managers, role, raft_id, table) = {
+            let at = *applied.borrow_and_update();
+            let (tasks, known, managers, role, raft_id, (table, mesh_version)) = {
                 let state = self.view.read();
                 let (tasks, known) = assignments_for(&state, &req.node_id);
                 let (role, raft_id) = state
@@ -234,11 +256,10 @@ impl Dispatcher {
                     .get(&req.node_id)
                     .map(|n| (Some(n.role), n.raft_id))
                     .unwrap_or_default();
-                let table = mesh_table(&state);
+                let table = self.mesh_table(at, &state);
                 (tasks, known, manager_addrs(&state), role, raft_id, table)
             };
             let version = version_of(&tasks);
-            let mesh_version = mesh_version_of(&table);
             let role_changed = req.role.is_some() && req.role != role;
             let mesh_changed = req.known_mesh.is_some_and(|known| known != mesh_version);
             if version != req.known_version || role_changed || mesh_changed {
@@ -256,7 +277,7 @@ impl Dispatcher {
                     raft_id,
                     epoch: Default::default(),
                     mesh_version,
-                    mesh: mesh_changed.then_some(table),
+                    mesh: mesh_changed.then(|| (*table).clone()),
                 });
             }
             let changed = tokio::time::timeout_at(deadline, applied.changed()).await;
