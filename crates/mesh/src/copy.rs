@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 /// Bytes per read of the buffered loop (one buffer per direction, so a
 /// connection holds twice this).
-pub const CHUNK: usize = 64 * 1024;
+pub const CHUNK: usize = 16 * 1024;
 
 /// The capacity asked for each splice pipe. Larger than the kernel's
 /// default of 64 KiB because fewer, larger splices measured a third less
@@ -135,19 +135,42 @@ async fn pump(
     activity: &Activity,
 ) -> io::Result<()> {
     match mode {
-        CopyMode::Buffered => buffered(src, dst, counter, activity).await?,
-        CopyMode::Splice => match Pipe::take() {
-            Ok(pipe) => {
-                spliced(&pipe, src, dst, counter, activity).await?;
-                // Drained: a copy that ended cleanly leaves nothing in it.
-                pipe.give_back();
+        CopyMode::Buffered => {
+            buffered(src, dst, counter, activity, false).await?;
+        }
+        // Small messages (requests and answers of keep-alive HTTP) go
+        // through the buffer, which costs less per message than a pipe;
+        // once a read fills it (a large transfer) the direction goes over
+        // to splice, as HAProxy's splice-auto does. Measured: docs/mesh.md.
+        CopyMode::Splice => {
+            if buffered(src, dst, counter, activity, true).await? == Ended::Large {
+                match Pipe::take() {
+                    Ok(pipe) => {
+                        spliced(&pipe, src, dst, counter, activity).await?;
+                        // Drained: a copy that ended cleanly leaves
+                        // nothing in it.
+                        pipe.give_back();
+                    }
+                    // Out of file descriptors for a pipe, most likely: the
+                    // copy still works through the buffer.
+                    Err(_) => {
+                        buffered(src, dst, counter, activity, false).await?;
+                    }
+                }
             }
-            // Out of file descriptors for a pipe, most likely: the copy
-            // still works through a buffer.
-            Err(_) => buffered(src, dst, counter, activity).await?,
-        },
+        }
     }
     shutdown_write(dst)
+}
+
+/// How a buffered copy ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// End of stream.
+    Done,
+    /// A read filled the buffer: a large transfer, to be spliced (only
+    /// when asked for).
+    Large,
 }
 
 async fn buffered(
@@ -155,13 +178,28 @@ async fn buffered(
     dst: &TcpStream,
     counter: &AtomicU64,
     activity: &Activity,
-) -> io::Result<()> {
+    until_large: bool,
+) -> io::Result<Ended> {
     let mut buf = vec![0u8; CHUNK];
+    let fd = src.as_raw_fd();
     loop {
         src.readable().await?;
-        let n = match src.try_read(&mut buf) {
-            Ok(0) => return Ok(()),
+        // A read shorter than the buffer emptied the socket's queue: clear
+        // the readiness now (WouldBlock) rather than learn it from one
+        // more read that fails, as in `spliced`.
+        let mut moved = 0;
+        let got = src.try_io(Interest::READABLE, || {
+            let n = recv(fd, &mut buf)?;
+            moved = n;
+            if n > 0 && n < buf.len() {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let n = match got {
+            Ok(0) => return Ok(Ended::Done),
             Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && moved > 0 => moved,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         };
@@ -179,6 +217,9 @@ async fn buffered(
             }
         }
         counter.fetch_add(n as u64, Ordering::Relaxed);
+        if until_large && n == buf.len() {
+            return Ok(Ended::Large);
+        }
     }
 }
 
@@ -245,6 +286,18 @@ impl Pipe {
         let size = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
         let size = if size > 0 { size as usize } else { CHUNK };
         Ok(Pipe { read, write, size })
+    }
+}
+
+/// One `recv(2)` into `buf`.
+fn recv(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of its length, and the descriptor
+    // is open while its owner is borrowed by the caller.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
     }
 }
 
