@@ -2,10 +2,11 @@
 //! sides are done, with half-close, per-backend byte counters and the
 //! idle timeout.
 //!
-//! Two loops do the moving, chosen by [`CopyMode`]: a fixed buffer per
-//! direction ([`CopyMode::Buffered`]) or Linux `splice(2)` through a pipe
-//! per direction ([`CopyMode::Splice`]), where the bytes go from one
-//! socket to the other inside the kernel. Both work on `&TcpStream` with
+//! Two loops do the moving: a fixed buffer per direction, and Linux
+//! `splice(2)` through a pipe, where the bytes go from one socket to the
+//! other inside the kernel. [`CopyMode::Splice`] starts each direction on
+//! the buffer and goes over to splice once a read fills it;
+//! [`CopyMode::Buffered`] stays on the buffer. Both work on `&TcpStream` with
 //! readiness and `try_*` calls, so that the two directions run as two
 //! futures of one task and a half-close is a `shutdown(SHUT_WR)` on the
 //! other socket while the reverse direction goes on.
@@ -35,8 +36,9 @@ pub const PIPE_BYTES: usize = 256 * 1024;
 pub enum CopyMode {
     /// Read into a buffer of [`CHUNK`] bytes, write it out.
     Buffered,
-    /// `splice(2)` socket -> pipe -> socket: no copy through user space.
-    /// Falls back to [`CopyMode::Buffered`] when a pipe cannot be made.
+    /// The buffer until a read fills it, then `splice(2)` socket -> pipe
+    /// -> socket, no copy through user space. Falls back to the buffer
+    /// when a pipe cannot be made.
     #[default]
     Splice,
 }

@@ -25,14 +25,20 @@
 //!   once (a read lock on that port) and then only touches atomics.
 //!
 //! # Copying
-//! [`CopyMode::Splice`] (the default) moves bytes with `splice(2)` through
-//! a 256 KiB pipe per direction, never through user space;
-//! [`CopyMode::Buffered`] reads into a 64 KiB buffer per direction. Splice
-//! is kept because it measured less CPU per byte with several connections
-//! and no worse with one, and an idle connection holds no buffer (a pipe
-//! holds pages only while bytes are in flight); it costs four more file
-//! descriptors per connection, and falls back to a buffer when a pipe
-//! cannot be made.
+//! [`CopyMode::Splice`] (the default) copies each direction's small
+//! messages through a 16 KiB buffer and goes over to `splice(2)` through a
+//! pooled 256 KiB pipe once a read fills the buffer (a large transfer), as
+//! HAProxy's splice-auto does: per small message a copy costs less than a
+//! pipe (the HAProxy benchmark, docs/mesh.md: CPU per request 1.05 and
+//! 1.11 of HAProxy's, against 1.13 to 1.23 splicing everything), per byte
+//! of a large transfer splice costs less (below). [`CopyMode::Buffered`]
+//! keeps the buffer for everything. A read shorter than the buffer or the
+//! pipe ends a read, so no read is spent learning the socket is empty. A
+//! connection holds 32 KiB of buffers; a spliced direction four more file
+//! descriptors, and it falls back to the buffer when a pipe cannot be made.
+//!
+//! The bulk figures below are from before the buffer first (64 KiB
+//! buffered against splice for everything):
 //!
 //! Measured with `cargo test -p flotilla-mesh --release --test bench --
 //! --ignored --nocapture`: 512 MiB one way through the mesh on 127.0.0.1,
