@@ -5,24 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Removes ANSI escape sequences (colours), should a daemon log them.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ params final-byte (0x40..=0x7e)
-            for c in chars.by_ref() {
-                if ('@'..='~').contains(&c) && c != '[' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+use flotilla_testkit::strip_ansi;
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
 /// days_from_civil).

@@ -22,13 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 /// `flotilla demo udp`: answers every datagram on `--port` (default
 /// `$PORT`) with `slot S task T node N: <the datagram>`.
 pub async fn udp(port: Option<u16>) -> Result<()> {
-    let port = match port {
-        Some(p) => p,
-        None => std::env::var("PORT")
-            .context("no --port given and PORT is not set")?
-            .parse()
-            .context("PORT is not a port number")?,
-    };
+    let port = port_or_env(port)?;
     let socket = tokio::net::UdpSocket::bind(("0.0.0.0", port))
         .await
         .with_context(|| format!("cannot listen on udp port {port}"))?;
@@ -56,15 +50,20 @@ pub async fn udp(port: Option<u16>) -> Result<()> {
 const MAX_HEAD: usize = 16 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Serves until the process is stopped.
-pub async fn http(port: Option<u16>, delay: Duration) -> Result<()> {
-    let port = match port {
-        Some(p) => p,
+/// `--port`, else `$PORT` (the node port the agent gave the task).
+fn port_or_env(port: Option<u16>) -> Result<u16> {
+    match port {
+        Some(p) => Ok(p),
         None => std::env::var("PORT")
             .context("no --port given and PORT is not set")?
             .parse()
-            .context("PORT is not a port number")?,
-    };
+            .context("PORT is not a port number"),
+    }
+}
+
+/// Serves until the process is stopped.
+pub async fn http(port: Option<u16>, delay: Duration) -> Result<()> {
+    let port = port_or_env(port)?;
     let listener = TcpListener::bind(("0.0.0.0", port))
         .await
         .with_context(|| format!("cannot listen on port {port}"))?;

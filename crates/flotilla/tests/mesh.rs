@@ -20,8 +20,15 @@ fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_flotilla"))
 }
 
-fn demo() -> String {
-    bin().display().to_string()
+/// `service create OPTIONS -- flotilla demo DEMO...` on `d`.
+fn demo_service(d: &Daemon, options: &[&str], demo: &[&str]) -> Result<()> {
+    let bin = bin().display().to_string();
+    let mut args = vec!["service", "create"];
+    args.extend_from_slice(options);
+    args.extend_from_slice(&["--", &bin, "demo"]);
+    args.extend_from_slice(demo);
+    d.ok(&args)?;
+    Ok(())
 }
 
 /// The task ID in a demo answer.
@@ -163,26 +170,23 @@ fn a_published_port_answers_on_every_node_and_survives_a_kill_and_a_drain() -> R
         m.ok(&["node", "update", "--label-add", "web=yes", name])?;
     }
     let published = 18181;
-    let demo = demo();
-    m.ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "2",
-        "--constraint",
-        "node.labels.web==yes",
-        "--restart-delay",
-        "0s",
-        "--publish",
-        &format!("{published}:8080"),
-        "-d",
-        "--",
-        &demo,
-        "demo",
-        "http",
-    ])?;
+    demo_service(
+        m,
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "--constraint",
+            "node.labels.web==yes",
+            "--restart-delay",
+            "0s",
+            "--publish",
+            &format!("{published}:8080"),
+            "-d",
+        ],
+        &["http"],
+    )?;
     ready(m, "web", 2)?;
     let tasks = m.tasks("web")?;
     let on_n3 = tasks.iter().filter(|t| t["node"] == "n3").count();
@@ -303,28 +307,23 @@ fn ports_are_allocated_and_a_rolling_update_refuses_nothing() -> Result<()> {
     let d = Daemon::start(bin())?;
     d.ok(&["init"])?;
     let published = free_port()?;
-    let demo = demo();
-    d.ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "2",
-        "--publish",
-        &format!("{published}:8080"),
-        "--publish",
-        "9090",
-        "--update-order",
-        "start-first",
-        "-d",
-        "--",
-        &demo,
-        "demo",
-        "http",
-        "--delay",
-        "100ms",
-    ])?;
+    demo_service(
+        &d,
+        &[
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "--publish",
+            &format!("{published}:8080"),
+            "--publish",
+            "9090",
+            "--update-order",
+            "start-first",
+            "-d",
+        ],
+        &["http", "--delay", "100ms"],
+    )?;
     ready(&d, "web", 2)?;
     let service = d.service("web")?;
     let ports: Vec<(u64, u64)> = service["published"]
@@ -428,22 +427,19 @@ fn a_host_mode_port_is_the_tasks_own_and_one_node_takes_one_task() -> Result<()>
     let d = Daemon::start(bin())?;
     d.ok(&["init"])?;
     let published = free_port()?;
-    let demo = demo();
-    d.ok(&[
-        "service",
-        "create",
-        "--name",
-        "edge",
-        "--replicas",
-        "2",
-        "--publish",
-        &format!("published={published},target=8080,mode=host"),
-        "-d",
-        "--",
-        &demo,
-        "demo",
-        "http",
-    ])?;
+    demo_service(
+        &d,
+        &[
+            "--name",
+            "edge",
+            "--replicas",
+            "2",
+            "--publish",
+            &format!("published={published}, target=8080, mode=host"),
+            "-d",
+        ],
+        &["http"],
+    )?;
     let tasks = wait_until(
         "one task running, one waiting",
         Duration::from_secs(20),
@@ -490,22 +486,19 @@ fn a_udp_port_is_answered_through_the_mesh() -> Result<()> {
     let d = Daemon::start(bin())?;
     d.ok(&["init"])?;
     let published = free_port()?;
-    let demo = demo();
-    d.ok(&[
-        "service",
-        "create",
-        "--name",
-        "dns",
-        "--replicas",
-        "2",
-        "--publish",
-        &format!("{published}:53/udp"),
-        "-d",
-        "--",
-        &demo,
-        "demo",
-        "udp",
-    ])?;
+    demo_service(
+        &d,
+        &[
+            "--name",
+            "dns",
+            "--replicas",
+            "2",
+            "--publish",
+            &format!("{published}:53/udp"),
+            "-d",
+        ],
+        &["udp"],
+    )?;
     ready(&d, "dns", 2)?;
     let ls = d.ok(&["service", "ls"])?.stdout;
     assert!(ls.contains(&format!("*:{published}->53/udp")), "{ls}");
@@ -545,20 +538,17 @@ fn a_port_held_by_another_program_is_named_and_taken_once_free() -> Result<()> {
     d.ok(&["init"])?;
     let holder = std::net::TcpListener::bind("127.0.0.1:0")?;
     let published = holder.local_addr()?.port();
-    let demo = demo();
-    d.ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--publish",
-        &format!("{published}:8080"),
-        "-d",
-        "--",
-        &demo,
-        "demo",
-        "http",
-    ])?;
+    demo_service(
+        &d,
+        &[
+            "--name",
+            "web",
+            "--publish",
+            &format!("{published}:8080"),
+            "-d",
+        ],
+        &["http"],
+    )?;
     ready(&d, "web", 1)?;
     let said = wait_until("inspect to name the port", Duration::from_secs(10), || {
         let out = d

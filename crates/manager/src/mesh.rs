@@ -31,19 +31,13 @@ pub struct Allocation {
 /// into [`Command::AllocatePorts`] at the service's version, so a spec
 /// changed meanwhile drops it and the next round decides again.
 pub fn allocate(state: &State) -> Allocation {
+    // Fixed ports are in `published` from the write of their spec on
+    // (the store records them in `apply`), so this is every port taken.
     let mut used: BTreeSet<(u16, Protocol)> = state
         .services
         .values()
         .flat_map(|s| s.published.iter().map(PublishedPort::key))
         .collect();
-    // Fixed ports of specs count as used even where a write has not
-    // recorded them yet.
-    used.extend(
-        state
-            .services
-            .values()
-            .flat_map(|s| s.spec.task.ports.iter().filter_map(|p| p.key())),
-    );
     let mut out = Allocation::default();
     for service in state.services.values() {
         let ports = &service.spec.task.ports;
@@ -160,14 +154,10 @@ pub fn mesh_table(state: &State) -> MeshTable {
                 }
             })
             .collect();
-        let options = service.spec.mesh;
         table.services.push(MeshService {
             service_id: service.id.clone(),
             service_name: service.spec.name.clone(),
-            balance: options.balance,
-            proxy_protocol: options.proxy_protocol,
-            idle_timeout_ms: options.idle_timeout_ms,
-            max_connections: options.max_connections,
+            options: service.spec.mesh,
             ports,
         });
     }

@@ -64,7 +64,7 @@ pub struct Ctx {
 }
 
 /// The text stats show for a port that cannot be opened.
-fn bind_error_text(addr: SocketAddr, err: &io::Error) -> String {
+pub(crate) fn bind_error_text(addr: SocketAddr, err: &io::Error) -> String {
     if err.kind() == io::ErrorKind::AddrInUse {
         format!("address in use: {addr} is held by another program")
     } else {

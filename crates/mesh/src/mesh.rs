@@ -211,10 +211,10 @@ impl Mesh {
                 .collect();
             let route = Route {
                 service_name: service.service_name.clone(),
-                balance: service.balance,
-                proxy_protocol: service.proxy_protocol,
-                idle_timeout: service.idle_timeout_ms.map(Duration::from_millis),
-                max_connections: u64::from(service.max_connections.unwrap_or(default_cap)),
+                balance: service.options.balance,
+                proxy_protocol: service.options.proxy_protocol,
+                idle_timeout: service.options.idle_timeout_ms.map(Duration::from_millis),
+                max_connections: u64::from(service.options.max_connections.unwrap_or(default_cap)),
                 service_open: gauge,
                 backends,
             };

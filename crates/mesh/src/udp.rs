@@ -12,7 +12,6 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::balance::pick;
-use crate::listener::Ctx;
+use crate::listener::{bind_error_text, Ctx};
 use crate::state::{now_ms, BackendState, PortState};
 
 const RELAXED: Ordering = Ordering::Relaxed;
@@ -60,11 +59,7 @@ pub async fn serve(port: Arc<PortState>, ctx: Ctx, stop: CancellationToken) {
         match UdpSocket::bind(addr).await {
             Ok(s) => break Arc::new(s),
             Err(err) => {
-                let text = if err.kind() == io::ErrorKind::AddrInUse {
-                    format!("address in use: {addr} is held by another program")
-                } else {
-                    format!("cannot listen on {addr}: {err}")
-                };
+                let text = bind_error_text(addr, &err);
                 if port
                     .error
                     .lock()

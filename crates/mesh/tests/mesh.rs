@@ -303,7 +303,7 @@ async fn idle_timeout_closes_idle_connections_only_when_set() {
         Balance::RoundRobin,
         vec![port(timed, vec![a.backend()])],
     );
-    short.idle_timeout_ms = Some(300);
+    short.options.idle_timeout_ms = Some(300);
     let long = service(
         "long",
         Balance::RoundRobin,
@@ -344,7 +344,7 @@ async fn over_the_cap_is_refused() {
     let a = Echo::start("a").await;
     let p = free_port();
     let mut svc = service("web", Balance::RoundRobin, vec![port(p, vec![a.backend()])]);
-    svc.max_connections = Some(2);
+    svc.options.max_connections = Some(2);
     let mesh = Running::start(table(vec![svc])).await;
     mesh.listening(p).await;
     let (mut one, _) = connect(p).await;
@@ -383,7 +383,7 @@ async fn proxy_header(version: ProxyProtocol) {
             }],
         )],
     );
-    svc.proxy_protocol = Some(version);
+    svc.options.proxy_protocol = Some(version);
     let mesh = Running::start(table(vec![svc])).await;
     mesh.listening(p).await;
     let mut s = TcpStream::connect((LOCAL, p)).await.expect("connect");
@@ -607,7 +607,7 @@ async fn udp_flows_time_out_and_no_backend_refuses() {
         Balance::RoundRobin,
         vec![udp_port(p, vec![udp_backend("a", a)])],
     );
-    svc.idle_timeout_ms = Some(300);
+    svc.options.idle_timeout_ms = Some(300);
     let mesh = Running::start(table(vec![svc])).await;
     mesh.listening(p).await;
     let client = tokio::net::UdpSocket::bind((LOCAL, 0)).await.expect("bind");
@@ -663,7 +663,7 @@ async fn the_cap_is_per_service_across_its_ports() {
         Balance::RoundRobin,
         vec![port(p1, vec![a.backend()]), port(p2, vec![a.backend()])],
     );
-    svc.max_connections = Some(1);
+    svc.options.max_connections = Some(1);
     let mesh = Running::start(table(vec![svc])).await;
     mesh.listening(p1).await;
     mesh.listening(p2).await;

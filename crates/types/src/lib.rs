@@ -39,6 +39,7 @@ pub use constraint::{Constraint, ConstraintError, ConstraintKey, ConstraintOp};
 pub use duration::{format_duration_ms, parse_duration_ms, DurationError};
 pub use epoch::{Epoch, EpochError};
 pub use id::{new_id, ID_LEN};
+pub use mesh::MeshOptions;
 pub use name::{validate_name, NameError};
 pub use node::{Availability, Node, NodeRole, NodeState, Platform};
 pub use parse::{parse_memory, split_command};
@@ -47,9 +48,9 @@ pub use port::{
     DYNAMIC_PORTS,
 };
 pub use service::{
-    Driver, FailureAction, HealthCheck, HealthTest, MeshOptions, Mount, MountKind, Ratio,
-    ResourceSpec, Resources, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec,
-    TaskTemplate, UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, DEFAULT_HEALTH_INTERVAL_MS,
+    Driver, FailureAction, HealthCheck, HealthTest, Mount, MountKind, Ratio, ResourceSpec,
+    Resources, RestartCondition, RestartPolicy, Service, ServiceMode, ServiceSpec, TaskTemplate,
+    UpdateConfig, UpdateOrder, UpdateState, UpdateStatus, DEFAULT_HEALTH_INTERVAL_MS,
     DEFAULT_HEALTH_RETRIES, DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_STOP_GRACE_MS,
 };
 pub use task::{DesiredState, Health, SlotKey, Task, TaskState, TaskStatus};

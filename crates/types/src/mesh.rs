@@ -41,23 +41,40 @@ pub enum ProxyProtocol {
     V2,
 }
 
+/// How the routing mesh handles a service's connections: part of the
+/// service's spec (`ServiceSpec::mesh`), and sent with its ports in the
+/// table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
+pub struct MeshOptions {
+    #[serde(default)]
+    pub balance: Balance,
+    /// Send the client's address to the task first (`--proxy-protocol`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<ProxyProtocol>,
+    /// Close a connection after this long without a byte either way (for
+    /// UDP: end the flow); none: never (long-lived idle connections stay
+    /// open; UDP flows end after 30 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    /// At most this many connections at once through one node, beyond
+    /// which new ones are refused; none: the node's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+}
+
+impl MeshOptions {
+    pub fn is_default(&self) -> bool {
+        *self == MeshOptions::default()
+    }
+}
+
 /// One service's published ports.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 pub struct MeshService {
     pub service_id: String,
     pub service_name: String,
-    #[serde(default)]
-    pub balance: Balance,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy_protocol: Option<ProxyProtocol>,
-    /// Close a connection after this long without a byte either way; none:
-    /// never (long-lived idle connections stay open).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle_timeout_ms: Option<u64>,
-    /// At most this many connections at once through one node; more are
-    /// refused.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_connections: Option<u32>,
+    #[serde(flatten)]
+    pub options: MeshOptions,
     pub ports: Vec<MeshPort>,
 }
 

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::constraint::Constraint;
-use crate::mesh::{Balance, ProxyProtocol};
+use crate::mesh::MeshOptions;
 use crate::port::{PortConfig, PublishedPort};
 use crate::UnixMs;
 
@@ -499,29 +499,6 @@ pub struct ServiceSpec {
     /// replacing a task.
     #[serde(default, skip_serializing_if = "MeshOptions::is_default")]
     pub mesh: MeshOptions,
-}
-
-/// How the routing mesh handles a service's connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
-pub struct MeshOptions {
-    #[serde(default)]
-    pub balance: Balance,
-    /// Send the client's address to the task first (`--proxy-protocol`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy_protocol: Option<ProxyProtocol>,
-    /// Close connections idle this long; none: never.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle_timeout_ms: Option<u64>,
-    /// Connections at once through one node, beyond which new ones are
-    /// refused; none: the node's default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_connections: Option<u32>,
-}
-
-impl MeshOptions {
-    pub fn is_default(&self) -> bool {
-        *self == MeshOptions::default()
-    }
 }
 
 impl Default for ServiceSpec {

@@ -122,10 +122,10 @@ pub fn service(name: &str, balance: Balance, ports: Vec<MeshPort>) -> MeshServic
     MeshService {
         service_id: format!("id-{name}"),
         service_name: name.into(),
-        balance,
-        proxy_protocol: None,
-        idle_timeout_ms: None,
-        max_connections: None,
+        options: flotilla_types::mesh::MeshOptions {
+            balance,
+            ..Default::default()
+        },
         ports,
     }
 }
