@@ -292,3 +292,131 @@ fn check_version(service: &Service, expected: u64) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use flotilla_types::{PortConfig, PublishedPort, ServiceSpec};
+
+    use super::super::tests::{init, spec};
+    use crate::{Command, State, StoreError};
+
+    fn with_ports(name: &str, ports: &[flotilla_types::PortConfig]) -> ServiceSpec {
+        let mut s = spec(name, 1);
+        s.task.ports = ports.to_vec();
+        s
+    }
+
+    fn published(state: &State, id: &str) -> Vec<String> {
+        state.services[id]
+            .published
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// Fixed ports are taken when the spec is written, so the second
+    /// service that asks for one is refused, naming the first; the
+    /// allocator's choice is checked against the spec and the others.
+    #[test]
+    fn a_published_port_belongs_to_one_service() {
+        let fixed = PortConfig {
+            published: Some(18080),
+            ..PortConfig::target(8080)
+        };
+        let mut s = init();
+        let create = |id: &str, spec: ServiceSpec| Command::CreateService {
+            id: id.into(),
+            spec,
+            at: 3,
+        };
+        let (r, _) = s.apply(2, &create("s1", with_ports("web", &[fixed])));
+        assert_eq!(r, Ok(Some("s1".into())));
+        assert_eq!(published(&s, "s1"), ["*:18080->8080/tcp"]);
+        let (r, _) = s.apply(3, &create("s2", with_ports("api", &[fixed])));
+        let err = r.expect_err("taken");
+        assert_eq!(
+            err.to_string(),
+            "port 18080/tcp is already published by service web"
+        );
+        assert!(!s.services.contains_key("s2"));
+
+        // A port without a number waits for the allocator.
+        let (r, _) = s.apply(
+            4,
+            &create("s2", with_ports("api", &[PortConfig::target(80)])),
+        );
+        assert!(r.is_ok());
+        assert!(s.services["s2"].published.is_empty());
+        let choice = |published| PublishedPort {
+            published,
+            target: 80,
+            protocol: Default::default(),
+            mode: Default::default(),
+        };
+        let allocate = |version, ports: Vec<PublishedPort>| Command::AllocatePorts {
+            id: "s2".into(),
+            version,
+            ports,
+        };
+        // Not at the version it was decided for, taken, or not the spec's.
+        let (r, _) = s.apply(5, &allocate(3, vec![choice(30000)]));
+        assert!(
+            matches!(r, Err(StoreError::VersionConflict { .. })),
+            "{r:?}"
+        );
+        let (r, _) = s.apply(6, &allocate(4, vec![choice(18080)]));
+        assert!(matches!(r, Err(StoreError::PortTaken { .. })), "{r:?}");
+        let (r, _) = s.apply(7, &allocate(4, vec![]));
+        assert!(matches!(r, Err(StoreError::PortsMismatch { .. })), "{r:?}");
+        let (r, _) = s.apply(8, &allocate(4, vec![choice(30000)]));
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(published(&s, "s2"), ["*:30000->80/tcp"]);
+
+        // An update that keeps the port keeps the number; a scale too.
+        let mut scaled = with_ports("api", &[PortConfig::target(80)]);
+        scaled.mode = flotilla_types::ServiceMode::Replicated { replicas: 3 };
+        let (r, _) = s.apply(
+            9,
+            &Command::UpdateService {
+                id: "s2".into(),
+                spec: scaled,
+                expected_version: None,
+                at: 4,
+            },
+        );
+        assert!(r.is_ok());
+        assert_eq!(published(&s, "s2"), ["*:30000->80/tcp"]);
+        // Taking web's port in an update is refused, and changes nothing.
+        let (r, _) = s.apply(
+            10,
+            &Command::UpdateService {
+                id: "s2".into(),
+                spec: with_ports("api", &[fixed]),
+                expected_version: None,
+                at: 5,
+            },
+        );
+        assert!(matches!(r, Err(StoreError::PortTaken { .. })), "{r:?}");
+        assert_eq!(s.services["s2"].spec.task.ports, [PortConfig::target(80)]);
+        // Once web is gone, its port is free.
+        let (r, _) = s.apply(
+            11,
+            &Command::RemoveService {
+                id: "s1".into(),
+                at: 6,
+            },
+        );
+        assert!(r.is_ok());
+        let (r, _) = s.apply(
+            12,
+            &Command::UpdateService {
+                id: "s2".into(),
+                spec: with_ports("api", &[fixed]),
+                expected_version: None,
+                at: 7,
+            },
+        );
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(published(&s, "s2"), ["*:18080->8080/tcp"]);
+    }
+}

@@ -200,10 +200,12 @@ fn may_join(service: &Service, there: &[&Task], new: &Task) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use flotilla_types::{DesiredState, Task, UpdateOrder};
+    use flotilla_types::{
+        DesiredState, Health, Task, TaskPort, TaskState, TaskStatus, UpdateOrder,
+    };
 
-    use super::super::tests::{spec, task, two_pending_tasks};
-    use crate::{Change, Command, State};
+    use super::super::tests::{init, spec, task, two_pending_tasks};
+    use crate::{Change, Command, State, TaskStatusUpdate};
 
     fn create(s: &mut State, tasks: Vec<Task>) -> Vec<Change> {
         let index = s.index + 1;
@@ -327,5 +329,52 @@ mod tests {
         let t = of_template(&s, "n1", 1);
         create(&mut s, vec![t]);
         assert_eq!(running_in(&s, 1), ["t1"]);
+    }
+
+    /// A health report without ports keeps the ports the running report
+    /// gave: the mesh still routes to the task.
+    #[test]
+    fn a_health_report_keeps_the_tasks_ports() {
+        let mut s = init();
+        let (r, _) = s.apply(
+            2,
+            &Command::CreateService {
+                id: "s1".into(),
+                spec: spec("web", 1),
+                at: 3,
+            },
+        );
+        assert!(r.is_ok());
+        let (r, _) = s.apply(
+            3,
+            &Command::CreateTasks {
+                tasks: vec![task("t1", "s1", 1)],
+            },
+        );
+        assert!(r.is_ok());
+        let port = TaskPort {
+            target: 80,
+            protocol: Default::default(),
+            host_port: 41000,
+        };
+        let mut running = TaskStatus::new(TaskState::Running, 6, "started");
+        running.ports = vec![port];
+        running.health = Some(Health::Starting);
+        let mut healthy = TaskStatus::new(TaskState::Running, 7, "started");
+        healthy.health = Some(Health::Healthy);
+        for (i, status) in [running, healthy].into_iter().enumerate() {
+            let (r, _) = s.apply(
+                4 + i as u64,
+                &Command::UpdateTaskStatus {
+                    updates: vec![TaskStatusUpdate {
+                        task_id: "t1".into(),
+                        status,
+                    }],
+                },
+            );
+            assert!(r.is_ok());
+        }
+        assert_eq!(s.tasks["t1"].status.health, Some(Health::Healthy));
+        assert_eq!(s.tasks["t1"].status.ports, [port]);
     }
 }
