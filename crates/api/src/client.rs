@@ -372,6 +372,31 @@ impl Client {
         self.call::<(), _>(Method::GET, "/v1/services", None).await
     }
 
+    /// `GET /v1/networks`.
+    pub async fn networks(&self) -> Result<Vec<crate::model::NetworkView>, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/networks", None).await
+    }
+
+    /// `GET /v1/networks/{name}`.
+    pub async fn network(&self, name: &str) -> Result<crate::model::NetworkView, ClientError> {
+        let path = format!("/v1/networks/{}", encode_segment(name));
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// `POST /v1/networks`.
+    pub async fn create_network(
+        &self,
+        spec: &flotilla_types::NetworkSpec,
+    ) -> Result<crate::model::NetworkView, ClientError> {
+        self.call(Method::POST, "/v1/networks", Some(spec)).await
+    }
+
+    /// `DELETE /v1/networks/{name}`.
+    pub async fn remove_network(&self, name: &str) -> Result<Removed, ClientError> {
+        let path = format!("/v1/networks/{}", encode_segment(name));
+        self.call::<(), _>(Method::DELETE, &path, None).await
+    }
+
     /// `GET /v1/mesh/stats`.
     pub async fn mesh_stats(&self) -> Result<Vec<flotilla_types::mesh::MeshStats>, ClientError> {
         self.call::<(), _>(Method::GET, "/v1/mesh/stats", None)
@@ -424,7 +449,6 @@ impl Client {
         self.call::<(), _>(Method::DELETE, &path, None).await
     }
 
-    /// `GET /v1/services/{name}/tasks`.
     /// `GET /v1/services/{name}/endpoints`.
     pub async fn endpoints(
         &self,
@@ -434,6 +458,7 @@ impl Client {
         self.call::<(), _>(Method::GET, &path, None).await
     }
 
+    /// `GET /v1/services/{name}/tasks`.
     pub async fn tasks(&self, name: &str) -> Result<Vec<TaskView>, ClientError> {
         let path = format!("/v1/services/{}/tasks", encode_segment(name));
         self.call::<(), _>(Method::GET, &path, None).await

@@ -145,6 +145,60 @@ pub struct ServiceView {
     /// for without a number shows once the leader chose one).
     #[serde(default)]
     pub published: Vec<flotilla_types::PublishedPort>,
+    /// Its networks, with the name and the virtual address on each.
+    #[serde(default)]
+    pub networks: Vec<ServiceNetwork>,
+}
+
+/// A service on one network, as `service inspect` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceNetwork {
+    pub network_id: String,
+    /// The network's name (its ID if it was removed).
+    pub network: String,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Its virtual address there (endpoint mode vip), once allocated.
+    #[serde(default)]
+    pub virtual_ip: Option<String>,
+}
+
+/// A network as `network ls` and `network inspect` show it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NetworkView {
+    pub id: String,
+    pub name: String,
+    pub spec: flotilla_types::NetworkSpec,
+    #[schema(value_type = u64)]
+    pub created_at: UnixMs,
+    /// Its subnet, once allocated.
+    #[serde(default)]
+    pub subnet: Option<String>,
+    /// The gateway address of each node's bridge, once allocated.
+    #[serde(default)]
+    pub gateway: Option<String>,
+    /// Its VXLAN network identifier, once allocated.
+    #[serde(default)]
+    pub vni: Option<u32>,
+    /// The services on it, by name.
+    #[serde(default)]
+    pub services: Vec<String>,
+    /// The tasks that hold an address on it and have not ended.
+    #[serde(default)]
+    pub tasks: Vec<NetworkTask>,
+}
+
+/// A task attached to a network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetworkTask {
+    pub task_id: String,
+    pub service: String,
+    pub slot: u64,
+    pub address: String,
+    /// The node's name, once placed.
+    #[serde(default)]
+    pub node: Option<String>,
+    pub state: TaskState,
 }
 
 /// One task endpoint as `flotilla list` shows it (as Armada's `list`).
@@ -237,6 +291,17 @@ pub struct TaskView {
     /// Where its target ports answer, once it started.
     #[serde(default)]
     pub endpoints: Vec<TaskEndpoint>,
+    /// Its address on each of its networks, once allocated.
+    #[serde(default)]
+    pub networks: Vec<TaskNetwork>,
+}
+
+/// A task's address on one network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TaskNetwork {
+    /// The network's name.
+    pub network: String,
+    pub address: String,
 }
 
 /// `POST /v1/services/{name}/scale`.

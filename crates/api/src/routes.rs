@@ -16,10 +16,10 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::model::{
     ClientCert, ClientCertRequest, ForceQuery, Info, InitRequest, InitResponse, JoinRequest,
-    JoinTokenView, LeaderCheck, LogEvent, LogQuery, NodeUpdate, NodeView, Removed, ScaleRequest,
-    ServiceReplace, ServiceView, TaskView, TokenQuery,
+    JoinTokenView, LeaderCheck, LogEvent, LogQuery, NetworkView, NodeUpdate, NodeView, Removed,
+    ScaleRequest, ServiceReplace, ServiceView, TaskView, TokenQuery,
 };
-use flotilla_types::ServiceSpec;
+use flotilla_types::{NetworkSpec, ServiceSpec};
 
 /// The HTTP methods the API uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,6 +69,10 @@ pub enum Operation {
     ServiceLogs,
     ServiceEndpoints,
     MeshStats,
+    ListNetworks,
+    CreateNetwork,
+    InspectNetwork,
+    RemoveNetwork,
 }
 
 /// A schema of the contract with the schemas it refers to, from its type.
@@ -339,6 +343,33 @@ pub const ROUTES: &[Route] = &[
         errors: READ,
         may_warn: true,
         ..route(Get, "/v1/mesh/stats", Op::MeshStats)
+    },
+    Route {
+        summary: "Every network, by name, with its subnet, services and attached tasks",
+        ok: list(schema_of::<NetworkView>),
+        errors: READ,
+        may_warn: true,
+        ..route(Get, "/v1/networks", Op::ListNetworks)
+    },
+    Route {
+        summary: "Create a network (the leader allocates its subnet unless one is given)",
+        body: Some(schema_of::<NetworkSpec>),
+        ok: json(schema_of::<NetworkView>),
+        errors: WRITE,
+        ..route(Post, "/v1/networks", Op::CreateNetwork)
+    },
+    Route {
+        summary: "One network by name or ID",
+        ok: json(schema_of::<NetworkView>),
+        errors: &[404, 409],
+        may_warn: true,
+        ..route(Get, "/v1/networks/{name}", Op::InspectNetwork)
+    },
+    Route {
+        summary: "Remove a network; refused while a service or task uses it",
+        ok: json(schema_of::<Removed>),
+        errors: WRITE,
+        ..route(Delete, "/v1/networks/{name}", Op::RemoveNetwork)
     },
 ];
 

@@ -21,9 +21,12 @@
 //! # Layout
 //! - [`yaml`]: located YAML trees, merging of several files.
 //! - [`interpolate()`]: `${VAR:-default}` and friends.
-//! - [`model`]: the checked Compose model ([`ComposeStack`]).
+//! - [`model`]: the checked Compose model ([`ComposeStack`]), its networks
+//!   ([`NetworkDef`], [`ServiceNetwork`]) included.
 //! - [`stack`]: the model mapped onto [`flotilla_types::ServiceSpec`]s
-//!   ([`Stack`]), each checked with `ServiceSpec::validate`.
+//!   ([`Stack`]), each checked with `ServiceSpec::validate`, and the
+//!   stack's networks onto [`flotilla_types::NetworkSpec`]s
+//!   ([`StackNetwork`]), as `docker stack deploy` names them.
 
 pub mod interpolate;
 pub mod model;
@@ -37,12 +40,13 @@ use thiserror::Error;
 
 pub use interpolate::{interpolate, InterpolationError};
 pub use model::{
-    ComposeDeploy, ComposeService, ComposeStack, Healthcheck, Resources, UpdateConfig, VolumeDef,
+    ComposeDeploy, ComposeService, ComposeStack, Healthcheck, NetworkDef, Resources,
+    ServiceNetwork, UpdateConfig, VolumeDef, DEFAULT_NETWORK,
 };
 
 pub use stack::{
     config_yaml, load_stack, load_stack_files, parse_stack, parse_stack_files, Stack, StackError,
-    NAMESPACE_LABEL,
+    StackNetwork, NAMESPACE_LABEL,
 };
 
 use yaml::{Node, Value};

@@ -5,11 +5,19 @@
 //! become one warning per service, as `docker stack deploy` prints
 //! "Ignoring unsupported options"; keys Compose does not know become another.
 //! `x-` keys are ignored everywhere, except `x-flotilla.driver`.
+//!
+//! Networks: the top-level `networks:` ([`NetworkDef`], overlay only) and
+//! each service's `networks:` ([`ServiceNetwork`], list or map form) are
+//! read and checked here (a driver other than overlay, a bad subnet, an
+//! alias that is no DNS name, a service naming a network the file does not
+//! declare); which of them a stack deploys, under which names, is
+//! [`crate::stack`]'s business.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use flotilla_types::network::{valid_alias, EndpointMode, NetworkDriver, Subnet};
 use flotilla_types::{
     parse_duration_ms, parse_publish, validate_name, Constraint, FailureAction, Mount, MountKind,
     PortConfig, Protocol, PublishMode, Ratio, RestartCondition, RestartPolicy, ServiceMode,
@@ -68,7 +76,6 @@ const UNSUPPORTED_SERVICE_KEYS: &[&str] = &[
     "memswap_limit",
     "models",
     "network_mode",
-    "networks",
     "oom_kill_disable",
     "oom_score_adj",
     "pid",
@@ -103,20 +110,71 @@ const UNSUPPORTED_SERVICE_KEYS: &[&str] = &[
 ];
 
 /// Top-level keys of the Compose specification that Flotilla does not model.
-const UNSUPPORTED_TOP_KEYS: &[&str] = &["networks", "configs", "secrets", "include", "models"];
+const UNSUPPORTED_TOP_KEYS: &[&str] = &["configs", "secrets", "include", "models"];
+
+/// Keys of a service's entry under `networks:` that Compose knows and
+/// Flotilla does not act on: addresses are the leader's to give.
+const UNSUPPORTED_SERVICE_NETWORK_KEYS: &[&str] = &[
+    "ipv4_address",
+    "ipv6_address",
+    "link_local_ips",
+    "priority",
+    "gw_priority",
+    "mac_address",
+    "driver_opts",
+    "interface_name",
+];
+
+/// The network of a stack's services that name none, as in Swarm: it
+/// needs no declaration, and a file may declare it to configure it.
+pub const DEFAULT_NETWORK: &str = "default";
 
 /// Ranges wider than this in a port mapping are refused, so that a short
 /// string cannot expand into a huge list.
 const MAX_PORT_RANGE: usize = 1_000;
 
-/// A parsed stack: its services (sorted by name) and the warnings about keys
-/// that were ignored.
+/// A parsed stack: its services (sorted by name), the top-level volumes and
+/// networks, and the warnings about keys that were ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ComposeStack {
     pub services: Vec<ComposeService>,
     pub warnings: Vec<String>,
     /// The top-level `volumes:`, by key.
     pub volumes: BTreeMap<String, VolumeDef>,
+    /// The top-level `networks:`, by key.
+    pub networks: BTreeMap<String, NetworkDef>,
+}
+
+/// A top-level `networks:` entry: an overlay network of the stack, or an
+/// existing one it joins (`external`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NetworkDef {
+    /// The network's name when the file fixes one (`name:`; for an
+    /// external network its name, the key unless `name:` or the legacy
+    /// `external: {name: X}` says otherwise); otherwise the stack's name
+    /// prefixes the key, as Swarm does.
+    pub name: Option<String>,
+    /// `external: true`: it exists already; the stack neither creates nor
+    /// removes it.
+    pub external: bool,
+    /// `driver:`; only overlay exists (another is refused).
+    pub driver: NetworkDriver,
+    pub internal: bool,
+    pub attachable: bool,
+    /// `driver_opts: {encrypted: ""}` (any value but `false`).
+    pub encrypted: bool,
+    /// Network labels (`labels:`, a mapping or a `KEY=VALUE` list).
+    pub labels: BTreeMap<String, String>,
+    /// `ipam.config[0].subnet`.
+    pub subnet: Option<Subnet>,
+}
+
+/// A service's entry under `networks:` (the network is the entry's key).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ServiceNetwork {
+    /// Further names the service answers to on that network, each a DNS
+    /// name; repeats dropped.
+    pub aliases: Vec<String>,
 }
 
 /// A top-level `volumes:` entry: a named volume of each node's engine.
@@ -155,6 +213,9 @@ pub struct ComposeService {
     pub volumes: Vec<Mount>,
     pub deploy: ComposeDeploy,
     pub depends_on: Vec<String>,
+    /// `networks:` by network key (the list form is keys without options);
+    /// empty: the stack's `default` network, as in Swarm.
+    pub networks: BTreeMap<String, ServiceNetwork>,
     /// `x-flotilla.driver`.
     pub driver: Option<String>,
 }
@@ -189,7 +250,8 @@ pub struct ComposeDeploy {
     pub reservations: Resources,
     /// Service labels.
     pub labels: BTreeMap<String, String>,
-    pub endpoint_mode: Option<String>,
+    /// `vip` (the default) or `dnsrr`.
+    pub endpoint_mode: Option<EndpointMode>,
 }
 
 impl Default for ComposeDeploy {
@@ -413,10 +475,12 @@ pub(super) fn convert(
     let mut unknown = Vec::new();
     let mut services_node = None;
     let mut volumes = BTreeMap::new();
+    let mut networks = BTreeMap::new();
     for (k, v) in top {
         match k.name.as_str() {
             "services" => services_node = Some(v),
             "volumes" => volumes = volume_defs(v, &mut warnings)?,
+            "networks" => networks = network_defs(v, &mut warnings)?,
             "version" | "name" => {}
             n if n.starts_with("x-") => {}
             n if UNSUPPORTED_TOP_KEYS.contains(&n) => ignored.push(n.to_string()),
@@ -450,11 +514,12 @@ pub(super) fn convert(
         services.push(service(&k.name, v, &path, lookup, &mut warnings)?);
     }
     services.sort_by(|a, b| a.name.cmp(&b.name));
-    check_stack(&services, entries, &volumes)?;
+    check_stack(&services, entries, &volumes, &networks)?;
     Ok(ComposeStack {
         services,
         warnings,
         volumes,
+        networks,
     })
 }
 
@@ -511,6 +576,291 @@ fn volume_defs(node: &Node, warnings: &mut Vec<String>) -> R<BTreeMap<String, Vo
         ));
     }
     Ok(out)
+}
+
+/// The top-level `networks:`. Options Compose knows that an overlay of
+/// Flotilla has no use for (driver options other than `encrypted`, IPAM
+/// gateways and ranges, a second IPAM config, IPv6, options of an external
+/// network) are named in one warning, keys Compose does not know in
+/// another.
+fn network_defs(node: &Node, warnings: &mut Vec<String>) -> R<BTreeMap<String, NetworkDef>> {
+    let mut out = BTreeMap::new();
+    if matches!(node.value, Value::Null) {
+        return Ok(out);
+    }
+    let mut unsupported = Vec::new();
+    let mut unknown = Vec::new();
+    for (k, v) in map(node, "networks")? {
+        let path = join("networks", &k.name);
+        let (def, set) = network_def(v, &path, &mut unsupported, &mut unknown)?;
+        if def.external {
+            // Swarm looks an external network up; what the file says it
+            // would be is not asked of it.
+            unsupported.extend(set.into_iter().map(|key| format!("{key} (external)")));
+        }
+        out.insert(k.name.clone(), def);
+    }
+    if !unsupported.is_empty() {
+        warnings.push(format!(
+            "Ignoring unsupported network options: {}",
+            unsupported.join(", ")
+        ));
+    }
+    if !unknown.is_empty() {
+        warnings.push(format!(
+            "Ignoring unknown network keys: {}",
+            unknown.join(", ")
+        ));
+    }
+    Ok(out)
+}
+
+/// One top-level network, and the keys set that describe a network to
+/// create (which an external network ignores).
+fn network_def(
+    node: &Node,
+    path: &str,
+    unsupported: &mut Vec<String>,
+    unknown: &mut Vec<String>,
+) -> R<(NetworkDef, Vec<String>)> {
+    let key = path.strip_prefix("networks.").unwrap_or(path);
+    let entries = match &node.value {
+        Value::Null => &[][..],
+        _ => map(node, path)?,
+    };
+    let mut def = NetworkDef::default();
+    let mut set = Vec::new();
+    // The node that fixes the name, and its key path, for errors.
+    let mut name_at: Option<(&Node, String)> = None;
+    let mut legacy_name: Option<(String, &Node, String)> = None;
+    for (k, v) in entries {
+        let p = join(path, &k.name);
+        if matches!(v.value, Value::Null) {
+            continue;
+        }
+        match k.name.as_str() {
+            "name" => {
+                def.name = Some(string(v, &p)?);
+                name_at = Some((v, p));
+            }
+            "external" => match &v.value {
+                // The old form: `external: {name: NAME}`.
+                Value::Map(m) => {
+                    def.external = true;
+                    for (ek, ev) in m {
+                        let ep = join(&p, &ek.name);
+                        match ek.name.as_str() {
+                            "name" => legacy_name = Some((string(ev, &ep)?, ev, ep)),
+                            n if n.starts_with("x-") => {}
+                            _ => unknown.push(ep),
+                        }
+                    }
+                }
+                _ => def.external = boolean(v, &p)?,
+            },
+            "driver" => {
+                let d = string(v, &p)?;
+                def.driver = NetworkDriver::parse(&d).map_err(|e| ComposeError::at(v, &p, e))?;
+            }
+            "driver_opts" => {
+                for (ok, ov) in map(v, &p)? {
+                    if ok.name == "encrypted" {
+                        // Docker's form is `encrypted: ""`; only "false"
+                        // says no.
+                        def.encrypted = !matches!(&ov.value, Value::Bool(false))
+                            && scalar_text(&ov.value).as_deref() != Some("false");
+                    } else {
+                        unsupported.push(join(&p, &ok.name));
+                    }
+                }
+                set.push(p);
+            }
+            "internal" => {
+                def.internal = boolean(v, &p)?;
+                set.push(p);
+            }
+            "attachable" => {
+                def.attachable = boolean(v, &p)?;
+                set.push(p);
+            }
+            "labels" => {
+                def.labels = labels(v, &p)?;
+                if let Some(bad) = def.labels.keys().find(|l| l.is_empty() || l.contains('=')) {
+                    return Err(ComposeError::at(
+                        v,
+                        &p,
+                        format!("invalid label key {bad:?}"),
+                    ));
+                }
+                set.push(p);
+            }
+            "ipam" => {
+                def.subnet = ipam(v, &p, unsupported, unknown)?;
+                set.push(p);
+            }
+            "enable_ipv4" | "enable_ipv6" => unsupported.push(p),
+            n if n.starts_with("x-") => {}
+            _ => unknown.push(p),
+        }
+    }
+    if let Some((legacy, ln, lp)) = legacy_name {
+        if def.name.is_some() {
+            return Err(ComposeError::at(
+                ln,
+                &lp,
+                format!("conflicts with {path}.name; only use {path}.name"),
+            ));
+        }
+        def.name = Some(legacy);
+        name_at = Some((ln, lp));
+    }
+    if def.external && def.name.is_none() {
+        def.name = Some(key.to_string());
+    }
+    // The name on the cluster, or the part of it the stack's name
+    // prefixes, is a name as the daemon checks it.
+    let name = def.name.as_deref().unwrap_or(key);
+    if let Err(e) = validate_name(name) {
+        let (at, p) = name_at.unwrap_or((node, path.to_string()));
+        return Err(ComposeError::at(at, &p, e.to_string()));
+    }
+    Ok((def, set))
+}
+
+/// A network's `ipam:`: the default driver and the subnet of its first
+/// config entry; the rest is named in the warnings.
+fn ipam(
+    node: &Node,
+    path: &str,
+    unsupported: &mut Vec<String>,
+    unknown: &mut Vec<String>,
+) -> R<Option<Subnet>> {
+    let mut subnet = None;
+    for (k, v) in map(node, path)? {
+        let p = join(path, &k.name);
+        if matches!(v.value, Value::Null) {
+            continue;
+        }
+        match k.name.as_str() {
+            "driver" => {
+                if string(v, &p)? != "default" {
+                    unsupported.push(p);
+                }
+            }
+            "config" => {
+                let Value::Seq(items) = &v.value else {
+                    return Err(expected(v, &p, "a list"));
+                };
+                for (i, item) in items.iter().enumerate() {
+                    let ip = format!("{p}[{i}]");
+                    // One subnet per network.
+                    if i > 0 {
+                        unsupported.push(ip);
+                        continue;
+                    }
+                    for (ck, cv) in map(item, &ip)? {
+                        let cp = join(&ip, &ck.name);
+                        match ck.name.as_str() {
+                            "subnet" => {
+                                let text = string(cv, &cp)?;
+                                subnet = Some(
+                                    text.parse::<Subnet>()
+                                        .map_err(|e| ComposeError::at(cv, &cp, e.to_string()))?,
+                                );
+                            }
+                            "gateway" | "ip_range" | "aux_addresses" => unsupported.push(cp),
+                            n if n.starts_with("x-") => {}
+                            _ => unknown.push(cp),
+                        }
+                    }
+                }
+            }
+            "options" => unsupported.push(p),
+            n if n.starts_with("x-") => {}
+            _ => unknown.push(p),
+        }
+    }
+    Ok(subnet)
+}
+
+/// A service's `networks:`: a list of network keys, or a mapping of them
+/// to `null` or `{aliases: [...]}`. Addresses and priorities go to the
+/// ignored options (`networks.front.ipv4_address`).
+fn service_networks(
+    node: &Node,
+    path: &str,
+    ignored: &mut Vec<String>,
+    unknown: &mut Vec<String>,
+) -> R<BTreeMap<String, ServiceNetwork>> {
+    let mut out: BTreeMap<String, ServiceNetwork> = BTreeMap::new();
+    match &node.value {
+        Value::Seq(items) => {
+            for (i, n) in items.iter().enumerate() {
+                let name = string(n, &format!("{path}[{i}]"))?;
+                out.entry(name).or_default();
+            }
+        }
+        Value::Map(entries) => {
+            for (k, v) in entries {
+                let p = join(path, &k.name);
+                let fields = match &v.value {
+                    Value::Null => &[][..],
+                    _ => map(v, &p)?,
+                };
+                let mut net = ServiceNetwork::default();
+                for (fk, fv) in fields {
+                    let fp = join(&p, &fk.name);
+                    let rel = format!("networks.{}.{}", k.name, fk.name);
+                    if matches!(fv.value, Value::Null) {
+                        continue;
+                    }
+                    match fk.name.as_str() {
+                        "aliases" => {
+                            for (i, a) in string_list(fv, &fp)?.into_iter().enumerate() {
+                                if !valid_alias(&a) {
+                                    let at = match &fv.value {
+                                        Value::Seq(items) => items.get(i).unwrap_or(fv),
+                                        _ => fv,
+                                    };
+                                    return Err(ComposeError::at(
+                                        at,
+                                        &format!("{fp}[{i}]"),
+                                        SpecError::Alias(a).to_string(),
+                                    ));
+                                }
+                                if !net.aliases.contains(&a) {
+                                    net.aliases.push(a);
+                                }
+                            }
+                        }
+                        n if UNSUPPORTED_SERVICE_NETWORK_KEYS.contains(&n) => ignored.push(rel),
+                        n if n.starts_with("x-") => {}
+                        _ => unknown.push(rel),
+                    }
+                }
+                out.insert(k.name.clone(), net);
+            }
+        }
+        _ => return Err(expected(node, path, "a list or a mapping")),
+    }
+    Ok(out)
+}
+
+/// Where the entry for network `name` is written in a service's
+/// `networks:` (a list item, or a key of the mapping).
+fn network_entry_line(node: &Node, name: &str) -> (String, u64) {
+    let found = match &node.value {
+        Value::Seq(items) => items
+            .iter()
+            .find(|n| matches!(&n.value, Value::Str(s) if s == name))
+            .map(|n| (n.file.to_string(), n.line)),
+        Value::Map(entries) => entries
+            .iter()
+            .find(|(k, _)| k.name == name)
+            .map(|(k, v)| (v.file.to_string(), if k.line > 0 { k.line } else { v.line })),
+        _ => None,
+    };
+    found.unwrap_or_else(|| (node.file.to_string(), node.line))
 }
 
 /// A service's `volumes:`, short (`SRC:DST[:ro]`, `DST`) or long syntax.
@@ -671,12 +1021,14 @@ fn host_path(
     Ok(out.to_string_lossy().into_owned())
 }
 
-/// Checks across services: `depends_on` targets exist, and no two services
-/// publish the same ingress port.
+/// Checks across services: named volumes and networks are declared,
+/// `depends_on` targets exist, and no two services publish the same
+/// ingress port.
 fn check_stack(
     services: &[ComposeService],
     entries: &[(Key, Node)],
     volumes: &BTreeMap<String, VolumeDef>,
+    networks: &BTreeMap<String, NetworkDef>,
 ) -> R<()> {
     let node_of = |name: &str| entries.iter().find(|(k, _)| k.name == name).map(|(_, n)| n);
     let mut published: BTreeMap<(u16, Protocol), &str> = BTreeMap::new();
@@ -700,6 +1052,23 @@ fn check_stack(
                     ),
                 ));
             }
+        }
+        for name in s.networks.keys() {
+            // `default` needs no declaration: it is the stack's own.
+            if name == DEFAULT_NETWORK || networks.contains_key(name) {
+                continue;
+            }
+            let at = node.get("networks").unwrap_or(node);
+            let (file, line) = network_entry_line(at, name);
+            return Err(ComposeError::Invalid {
+                file,
+                line,
+                path: super::one_line(&join(&path, "networks")),
+                reason: super::one_line(&format!(
+                    "service {:?} refers to undefined network {name}: invalid compose project",
+                    s.name
+                )),
+            });
         }
         for d in &s.depends_on {
             if !services.iter().any(|o| &o.name == d) {
@@ -776,6 +1145,7 @@ fn service(
             "init" => s.init = Some(boolean(v, p)?),
             "volumes" => s.volumes = mounts(v, p, lookup, &mut ignored)?,
             "deploy" => s.deploy = deploy(v, p, &mut ignored, &mut unknown)?,
+            "networks" => s.networks = service_networks(v, p, &mut ignored, &mut unknown)?,
             "depends_on" => {
                 s.depends_on = match &v.value {
                     Value::Map(m) => m.iter().map(|(k, _)| k.name.clone()).collect(),
@@ -1156,10 +1526,8 @@ fn deploy(
             "labels" => d.labels = labels(v, p)?,
             "endpoint_mode" => {
                 let m = string(v, p)?;
-                if m != "vip" && m != "dnsrr" {
-                    return Err(ComposeError::at(v, p, format!("{m:?} is not vip or dnsrr")));
-                }
-                d.endpoint_mode = Some(m);
+                d.endpoint_mode =
+                    Some(EndpointMode::parse(&m).map_err(|e| ComposeError::at(v, p, e))?);
             }
             _ => {}
         }

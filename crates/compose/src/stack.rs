@@ -14,17 +14,30 @@
 //! Container `labels` have no place of their own in a spec (there are no
 //! container labels yet): they become service labels, under `deploy.labels`,
 //! which win on the same key.
+//!
+//! Networks, as `docker stack deploy` makes them: each service joins the
+//! networks it names, or the stack's `default` network when it names none;
+//! the stack's networks ([`StackNetwork`]) are those its services use (the
+//! file may declare `default` to configure it; an unused declaration is
+//! named in a warning and not made). Under a stack name
+//! ([`Stack::networks_for`], [`Stack::specs_for`]) a network is
+//! `STACK_KEY`, unless the file fixes its name (`name:`) or it is
+//! external, and service specs name networks by those full names. The
+//! service's own short name is not added as an alias: the resolver answers
+//! it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use flotilla_types::network::NetworkAttachment;
 use flotilla_types::{
-    validate_name, Driver, FailureAction, HealthCheck, HealthTest, MountKind, Ratio, ResourceSpec,
-    Resources, ServiceSpec, SpecError, TaskTemplate, UpdateConfig, UpdateOrder,
+    validate_name, Driver, FailureAction, HealthCheck, HealthTest, MountKind, NetworkSpec, Ratio,
+    ResourceSpec, Resources, ServiceSpec, SpecError, TaskTemplate, UpdateConfig, UpdateOrder,
     DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_RETRIES, DEFAULT_HEALTH_TIMEOUT_MS,
     DEFAULT_STOP_GRACE_MS,
 };
 
 use crate as compose;
+use crate::model::DEFAULT_NETWORK;
 use crate::{ComposeError, ComposeService};
 
 /// The label Swarm puts on every service of a stack; `stack ls`, `stack rm`
@@ -55,6 +68,12 @@ pub enum StackError {
         key: String,
         reason: String,
     },
+    #[error("{path}: network {network}: {reason}")]
+    Network {
+        path: String,
+        network: String,
+        reason: String,
+    },
     #[error("invalid stack name {name:?}: {reason}")]
     StackName { name: String, reason: String },
     #[error("no stack file given")]
@@ -64,27 +83,112 @@ pub enum StackError {
     Compose(#[from] ComposeError),
 }
 
-/// A parsed stack: service specs (names not yet prefixed), the Compose model
-/// they came from (same order), and warnings about keys that were ignored.
+/// A parsed stack: service specs (names not yet prefixed, networks named
+/// by their keys), the Compose model they came from (same order), the
+/// networks the services use, and warnings about keys that were ignored.
 #[derive(Debug, Clone)]
 pub struct Stack {
     pub services: Vec<ServiceSpec>,
     pub compose: Vec<ComposeService>,
     /// The top-level named volumes.
     pub volumes: BTreeMap<String, compose::VolumeDef>,
+    /// The networks the services use, by key (`default` among them when a
+    /// service names none).
+    pub networks: Vec<StackNetwork>,
     pub warnings: Vec<String>,
     /// The first file, which names the stack in messages.
     pub path: String,
 }
 
+/// A network of a stack: one the file declares and a service uses, or the
+/// stack's `default`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackNetwork {
+    /// Its key in the file (`front`; `default` for the services that name
+    /// none).
+    pub key: String,
+    /// Its name: in [`Stack::networks`] the key, or the name the file fixes
+    /// (`name:`, an external network's name); in what
+    /// [`Stack::networks_for`] returns the full name on the cluster
+    /// ([`StackNetwork::name_in`]).
+    pub name: String,
+    /// Whether the stack's name prefixes it (`STACK_KEY`): not when the
+    /// file fixes the name or the network is external.
+    pub scoped: bool,
+    /// It exists already: a deploy checks that it does and neither creates
+    /// nor removes it.
+    pub external: bool,
+    /// What a deploy creates when it does not exist (unless external),
+    /// named [`StackNetwork::name`]; [`Stack::networks_for`] adds the
+    /// stack's [`NAMESPACE_LABEL`].
+    pub spec: NetworkSpec,
+}
+
+impl StackNetwork {
+    /// Its full name on the cluster under the stack name `stack`.
+    pub fn name_in(&self, stack: &str) -> String {
+        if self.scoped {
+            format!("{stack}_{}", self.key)
+        } else {
+            self.name.clone()
+        }
+    }
+}
+
+fn check_stack_name(stack: &str) -> Result<(), StackError> {
+    validate_name(stack).map_err(|e| StackError::StackName {
+        name: stack.to_string(),
+        reason: e.to_string(),
+    })
+}
+
 impl Stack {
+    /// The stack's networks as deployed under the stack name `stack`:
+    /// named [`StackNetwork::name_in`] (checked as the daemon checks a
+    /// name), those to create labelled with [`NAMESPACE_LABEL`], each full
+    /// name once. Two keys may name one network (`name:`) if they ask for
+    /// the same one.
+    pub fn networks_for(&self, stack: &str) -> Result<Vec<StackNetwork>, StackError> {
+        check_stack_name(stack)?;
+        let mut out: Vec<StackNetwork> = Vec::new();
+        for n in &self.networks {
+            let mut n = n.clone();
+            n.name = n.name_in(stack);
+            validate_name(&n.name).map_err(|e| StackError::Network {
+                path: self.path.clone(),
+                network: n.key.clone(),
+                reason: format!("network name {:?}: {e}", n.name),
+            })?;
+            n.spec.name = n.name.clone();
+            if !n.external {
+                n.spec
+                    .labels
+                    .insert(NAMESPACE_LABEL.to_string(), stack.to_string());
+            }
+            match out.iter().find(|o| o.name == n.name) {
+                Some(o) if o.external == n.external && o.spec == n.spec => {}
+                Some(o) => {
+                    return Err(StackError::Network {
+                        path: self.path.clone(),
+                        network: n.key.clone(),
+                        reason: format!(
+                            "it and network {} are both named {}, with different options",
+                            o.key, n.name
+                        ),
+                    })
+                }
+                None => out.push(n),
+            }
+        }
+        Ok(out)
+    }
+
     /// The specs as deployed under the stack name `stack`: named
-    /// `STACK_SERVICE` and labelled with [`NAMESPACE_LABEL`].
+    /// `STACK_SERVICE`, labelled with [`NAMESPACE_LABEL`], their networks
+    /// named by their full names (in the order of those names, as Swarm
+    /// sorts them).
     pub fn specs_for(&self, stack: &str) -> Result<Vec<ServiceSpec>, StackError> {
-        validate_name(stack).map_err(|e| StackError::StackName {
-            name: stack.to_string(),
-            reason: e.to_string(),
-        })?;
+        check_stack_name(stack)?;
         self.services
             .iter()
             .map(|spec| {
@@ -108,6 +212,12 @@ impl Stack {
                         };
                     }
                 }
+                for a in &mut spec.task.networks {
+                    if let Some(n) = self.networks.iter().find(|n| n.key == a.network) {
+                        a.network = n.name_in(stack);
+                    }
+                }
+                spec.task.networks.sort_by(|a, b| a.network.cmp(&b.network));
                 Ok(spec)
             })
             .collect()
@@ -162,13 +272,66 @@ pub fn parse_stack_files(files: &[(&str, &str)]) -> Result<Stack, StackError> {
     if let Some(w) = ignored.warning() {
         warnings.push(w);
     }
+    let networks = stack_networks(&parsed.networks, &parsed.services, &mut warnings);
     Ok(Stack {
         services,
         compose: parsed.services,
         volumes: parsed.volumes,
+        networks,
         warnings,
         path: first.to_string(),
     })
+}
+
+/// The networks `services` use, from their declarations (`default` needs
+/// none); declared networks no service uses are named in a warning, and
+/// not made, as `docker stack deploy` makes only the networks its services
+/// use.
+fn stack_networks(
+    defs: &BTreeMap<String, compose::NetworkDef>,
+    services: &[ComposeService],
+    warnings: &mut Vec<String>,
+) -> Vec<StackNetwork> {
+    let mut used: BTreeSet<&str> = BTreeSet::new();
+    for s in services {
+        if s.networks.is_empty() {
+            used.insert(DEFAULT_NETWORK);
+        }
+        used.extend(s.networks.keys().map(String::as_str));
+    }
+    let unused: Vec<&str> = defs
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !used.contains(k))
+        .collect();
+    if !unused.is_empty() {
+        warnings.push(format!(
+            "Not creating networks no service uses: {}",
+            unused.join(", ")
+        ));
+    }
+    used.into_iter()
+        .map(|key| {
+            let def = defs.get(key).cloned().unwrap_or_default();
+            let scoped = def.name.is_none() && !def.external;
+            let name = def.name.clone().unwrap_or_else(|| key.to_string());
+            StackNetwork {
+                key: key.to_string(),
+                name: name.clone(),
+                scoped,
+                external: def.external,
+                spec: NetworkSpec {
+                    name,
+                    labels: def.labels,
+                    driver: def.driver,
+                    internal: def.internal,
+                    attachable: def.attachable,
+                    encrypted: def.encrypted,
+                    subnet: def.subnet,
+                },
+            }
+        })
+        .collect()
 }
 
 /// Keys that were set but have no place in a spec yet, with the services
@@ -249,6 +412,9 @@ fn refusal(e: &SpecError) -> Refusal {
         SpecError::RollbackFailureAction => "deploy.rollback_config.failure_action",
         SpecError::EnvName(_) => "environment",
         SpecError::PortNumber(_) | SpecError::DuplicatePublished(_) => "ports",
+        SpecError::NetworkEmpty | SpecError::DuplicateNetwork(_) | SpecError::Alias(_) => {
+            "networks"
+        }
     };
     (key, e.to_string())
 }
@@ -292,7 +458,6 @@ fn to_spec(svc: &ComposeService, ignored: &mut Ignored) -> Result<ServiceSpec, R
     let d = &svc.deploy;
     for (key, set) in [
         ("depends_on", !svc.depends_on.is_empty()),
-        ("deploy.endpoint_mode", d.endpoint_mode.is_some()),
         (
             "deploy.placement.max_replicas_per_node",
             d.max_replicas_per_node.is_some(),
@@ -305,6 +470,18 @@ fn to_spec(svc: &ComposeService, ignored: &mut Ignored) -> Result<ServiceSpec, R
     }
     let mut labels: BTreeMap<String, String> = svc.labels.clone();
     labels.extend(d.labels.clone());
+    // By key here; `Stack::specs_for` gives the full names.
+    let networks: Vec<NetworkAttachment> = if svc.networks.is_empty() {
+        vec![NetworkAttachment::to(DEFAULT_NETWORK)]
+    } else {
+        svc.networks
+            .iter()
+            .map(|(key, n)| NetworkAttachment {
+                network: key.clone(),
+                aliases: n.aliases.clone(),
+            })
+            .collect()
+    };
     Ok(ServiceSpec {
         name: svc.name.clone(),
         mode: d.mode,
@@ -326,11 +503,13 @@ fn to_spec(svc: &ComposeService, ignored: &mut Ignored) -> Result<ServiceSpec, R
             init: svc.init.unwrap_or(false),
             mounts: svc.volumes.clone(),
             ports: svc.ports.clone(),
+            networks,
             ..TaskTemplate::default()
         },
         update: update_config(d.update_config.as_ref(), false)?,
         rollback: update_config(d.rollback_config.as_ref(), true)?,
         mesh: Default::default(),
+        endpoint_mode: d.endpoint_mode.unwrap_or_default(),
     })
 }
 
@@ -906,7 +1085,16 @@ services:
             .collect();
         assert_eq!(
             ours,
-            ["Ignoring options Flotilla does not act on yet: depends_on (a), deploy.endpoint_mode (a), deploy.placement.max_replicas_per_node (a), deploy.placement.preferences (a)"]
+            ["Ignoring options Flotilla does not act on yet: depends_on (a), deploy.placement.max_replicas_per_node (a), deploy.placement.preferences (a)"]
+        );
+        // The endpoint mode is the spec's now.
+        assert_eq!(
+            stack.services[0].endpoint_mode,
+            flotilla_types::EndpointMode::Dnsrr
+        );
+        assert_eq!(
+            stack.services[1].endpoint_mode,
+            flotilla_types::EndpointMode::Vip
         );
         assert!(
             stack

@@ -134,10 +134,13 @@ fn yaml_reason(full: &str) -> String {
 
 /// Merges `over` onto `base` the way later Compose files override earlier
 /// ones: mappings key by key; a service's `environment`, `labels` and
-/// `deploy.labels` key by key whether written as mappings or `KEY=VALUE`
-/// lists; `ports` appended, an entry equal to one of the earlier file
-/// replacing it (see `port_key`), as Compose merges them; `volumes` of a
-/// service by target path; everything else replaced.
+/// `deploy.labels`, and a network's `labels`, key by key whether written as
+/// mappings or `KEY=VALUE` lists; `ports` appended, an entry equal to one
+/// of the earlier file replacing it (see `port_key`), as Compose merges
+/// them; `volumes` of a service by target path; a service's `networks` by
+/// network whether written as a list or a mapping (a network named with
+/// no options keeps the earlier file's), their `aliases` appended without
+/// repeats; a network's `ipam.config` by subnet; everything else replaced.
 pub fn merge(base: &mut Node, over: Node) {
     merge_at(base, over, &mut Vec::new());
 }
@@ -147,23 +150,59 @@ enum Rule {
     Keys,
     /// List entries that are the same one when this key of theirs is.
     Entries(fn(&Node) -> Option<(String, String)>),
+    /// A mapping of names, or a list of them (names without options).
+    Names,
+    /// A list, appended without repeating an entry.
+    Append,
     Replace,
 }
 
 fn rule(path: &[String]) -> Rule {
     let p: Vec<&str> = path.iter().map(String::as_str).collect();
     match p.as_slice() {
-        ["services", _, "environment" | "labels"] | ["services", _, "deploy", "labels"] => {
-            Rule::Keys
-        }
+        ["services", _, "environment" | "labels"]
+        | ["services", _, "deploy", "labels"]
+        | ["networks", _, "labels"] => Rule::Keys,
         ["services", _, "ports"] => Rule::Entries(port_key),
         ["services", _, "volumes"] => Rule::Entries(volume_key),
+        ["services", _, "networks"] => Rule::Names,
+        ["services", _, "networks", _, "aliases"] => Rule::Append,
+        ["networks", _, "ipam", "config"] => Rule::Entries(subnet_key),
         _ => Rule::Replace,
     }
 }
 
 fn merge_at(base: &mut Node, over: Node, path: &mut Vec<String>) {
     match rule(path) {
+        Rule::Names => {
+            if let (Some(mut b), Some(o)) = (as_name_map(&base.value), as_name_map(&over.value)) {
+                for (k, v) in o {
+                    match b.iter_mut().find(|(bk, _)| bk.name == k.name) {
+                        // Named again without options: still attached,
+                        // with what the earlier file said.
+                        Some(_) if matches!(v.value, Value::Null) => {}
+                        Some((_, bv)) => {
+                            path.push(k.name.clone());
+                            merge_at(bv, v, path);
+                            path.pop();
+                        }
+                        None => b.push((k, v)),
+                    }
+                }
+                base.value = Value::Map(b);
+                return;
+            }
+        }
+        Rule::Append => {
+            if let (Value::Seq(b), Value::Seq(o)) = (&mut base.value, &over.value) {
+                for item in o {
+                    if !b.iter().any(|x| x.value == item.value) {
+                        b.push(item.clone());
+                    }
+                }
+                return;
+            }
+        }
         Rule::Keys => {
             if let (Some(b), Some(o)) = (as_key_map(&base.value), as_key_map(&over.value)) {
                 base.value = Value::Map(b);
@@ -253,6 +292,48 @@ fn as_key_map(value: &Value) -> Option<Vec<(Key, Node)>> {
             }
             Some(out)
         }
+        _ => None,
+    }
+}
+
+/// A mapping of names as it is, or a list of names as a mapping of each
+/// to null. None for anything else, which is then replaced whole and
+/// refused later.
+fn as_name_map(value: &Value) -> Option<Vec<(Key, Node)>> {
+    match value {
+        Value::Map(m) => Some(m.clone()),
+        Value::Seq(items) => {
+            let mut out: Vec<(Key, Node)> = Vec::new();
+            for n in items {
+                let Value::Str(s) = &n.value else {
+                    return None;
+                };
+                if out.iter().any(|(k, _)| k.name == *s) {
+                    continue;
+                }
+                out.push((
+                    Key {
+                        name: s.clone(),
+                        line: n.line,
+                    },
+                    Node {
+                        value: Value::Null,
+                        file: n.file.clone(),
+                        line: n.line,
+                    },
+                ));
+            }
+            Some(out)
+        }
+        _ => None,
+    }
+}
+
+/// What makes two IPAM config entries of a network the same one across
+/// files: their subnet, as compose-go merges them.
+fn subnet_key(node: &Node) -> Option<(String, String)> {
+    match node.get("subnet").map(|s| &s.value) {
+        Some(Value::Str(s)) => Some((s.clone(), String::new())),
         _ => None,
     }
 }

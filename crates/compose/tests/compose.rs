@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use flotilla_compose::stack::{load_stack_files, parse_stack};
-use flotilla_compose::{interpolate, parse_compose, ComposeStack};
-use flotilla_types::{Driver, PortConfig, Protocol, PublishMode, ServiceMode};
+use flotilla_compose::stack::{load_stack_files, parse_stack, parse_stack_files};
+use flotilla_compose::{interpolate, parse_compose, ComposeStack, NetworkDef, NAMESPACE_LABEL};
+use flotilla_types::network::{EndpointMode, NetworkAttachment, Subnet};
+use flotilla_types::{Driver, NetworkSpec, PortConfig, Protocol, PublishMode, ServiceMode};
 
 const SWARM: &str = r#"
 version: "3.8"
@@ -167,7 +168,7 @@ fn parses_a_swarm_stack_into_the_model() {
     assert_eq!(d.limits.memory_bytes, Some(512 << 20));
     assert_eq!(d.reservations.nano_cpus, Some(250_000_000));
     assert_eq!(d.labels["tier"], "front");
-    assert_eq!(d.endpoint_mode.as_deref(), Some("vip"));
+    assert_eq!(d.endpoint_mode, Some(EndpointMode::Vip));
     assert_eq!(web.depends_on, ["api"]);
     let api = &stack.services[0];
     assert_eq!(api.deploy.mode, ServiceMode::Global);
@@ -187,7 +188,9 @@ fn parses_a_swarm_stack_into_the_model() {
         w.contains("service db: Ignoring unknown keys: frobnicate"),
         "{w}"
     );
-    assert!(w.contains("top-level options: networks"), "{w}");
+    // Networks are read, not ignored.
+    assert!(!w.contains("networks"), "{w}");
+    assert_eq!(stack.networks["front"], NetworkDef::default());
     assert!(!w.contains("x-"), "{w}");
     // The model is serializable for the daemon.
     let json = serde_json::to_string(&stack).expect("serialize");
@@ -575,13 +578,34 @@ fn fixture_stacks_convert() {
     assert_eq!(counter.labels["com.example.role"], "background");
     let w = voting.warnings.join("\n");
     assert!(
-        w.contains("Ignoring unsupported top-level options: networks, secrets"),
+        w.contains("Ignoring unsupported top-level options: secrets"),
         "{w}"
     );
     assert!(
-        w.contains("service store: Ignoring unsupported options: secrets, networks"),
+        w.contains("service store: Ignoring unsupported options: secrets"),
         "{w}"
     );
+    assert!(!w.contains("networks"), "{w}");
+    // Every service names its networks: no default network.
+    let nets = voting.networks_for("vote").expect("networks");
+    let net_names: Vec<&str> = nets.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(net_names, ["vote_back", "vote_front"]);
+    let attached = |s: &flotilla_types::ServiceSpec| -> Vec<String> {
+        s.task.networks.iter().map(|a| a.network.clone()).collect()
+    };
+    let vote_specs = voting.specs_for("vote").expect("specs");
+    let by_name = |n: &str| {
+        vote_specs
+            .iter()
+            .find(|s| s.name == n)
+            .map(attached)
+            .unwrap_or_default()
+    };
+    assert_eq!(by_name("vote_counter"), ["vote_back", "vote_front"]);
+    assert_eq!(by_name("vote_cache"), ["vote_front"]);
+    assert_eq!(by_name("vote_store"), ["vote_back"]);
+    assert_eq!(cache.endpoint_mode, EndpointMode::Dnsrr);
+    assert_eq!(ballot.endpoint_mode, EndpointMode::Vip);
     // Named volumes are the stack's own; binds resolve against the file.
     let store_mounts = &voting
         .specs_for("vote")
@@ -605,7 +629,7 @@ fn fixture_stacks_convert() {
     assert_eq!(published(tally), ["8081:80/tcp"]);
     assert!(published(cache).is_empty() && published(store).is_empty());
     assert!(!w.contains("ports"), "{w}");
-    assert!(w.contains("deploy.endpoint_mode (cache)"), "{w}");
+    assert!(!w.contains("endpoint_mode"), "{w}");
 
     let monitoring = load_stack_files(&[&fixture("monitoring-stack.yml")]).expect("monitoring");
     let [dashboard, metrics, scraper] = &monitoring.services[..] else {
@@ -733,7 +757,20 @@ fn fixture_stacks_convert() {
         w.contains("deploy.placement.max_replicas_per_node (whoami)"),
         "{w}"
     );
-    assert!(w.contains("top-level options: networks"), "{w}");
+    // `public` is declared and unused: not made; the services name no
+    // network and are on the stack's default one.
+    assert!(
+        w.contains("Not creating networks no service uses: public"),
+        "{w}"
+    );
+    let nets = proxy.networks_for("proxy").expect("networks");
+    assert_eq!(nets.len(), 1, "{nets:?}");
+    assert_eq!(nets[0].name, "proxy_default");
+    assert!(proxy
+        .specs_for("proxy")
+        .expect("specs")
+        .iter()
+        .all(|s| s.task.networks == [NetworkAttachment::to("proxy_default")]));
     // `stack config` of each reads back as the same specs.
     for names in [
         &["voting-stack.yml"][..],
@@ -746,6 +783,7 @@ fn fixture_stacks_convert() {
         let again = parse_stack(paths[0], &yaml).expect("reparse");
         let direct = load_stack_files(&paths).expect("direct");
         assert_eq!(again.services, direct.services, "{names:?}");
+        assert_eq!(again.networks, direct.networks, "{names:?}");
     }
 }
 
@@ -770,4 +808,430 @@ fn fixture_stacks_fail_precisely() {
         e,
         format!("{path}:8: services.site.deploy.labels[1]: required variable FLOTILLA_FIXTURE_UNSET_DOMAIN is missing a value: Variable FLOTILLA_FIXTURE_UNSET_DOMAIN not set")
     );
+}
+
+// ---------------------------------------------------------------------------
+// Networks, as `docker stack deploy` makes them.
+
+/// A stack from one file (`.env` is looked for in a directory that does
+/// not exist).
+fn stack_of(text: &str) -> flotilla_compose::Stack {
+    parse_stack("nodir/s.yml", text).expect("parse")
+}
+
+fn stack_err(text: &str) -> String {
+    parse_stack("nodir/s.yml", text)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default()
+}
+
+fn attachments(stack: &flotilla_compose::Stack, name: &str) -> Vec<NetworkAttachment> {
+    stack
+        .specs_for("app")
+        .expect("specs")
+        .into_iter()
+        .find(|s| s.name == name)
+        .map(|s| s.task.networks)
+        .unwrap_or_default()
+}
+
+fn attached(network: &str, aliases: &[&str]) -> NetworkAttachment {
+    NetworkAttachment {
+        network: network.into(),
+        aliases: aliases.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+#[test]
+fn service_networks_in_list_and_map_forms() {
+    let stack = stack_of(
+        "services:\n  web:\n    image: nginx\n    networks: [front, back, front]\n  api:\n    image: api\n    networks:\n      back:\n        aliases: [api-v1, api.internal, api-v1]\n        ipv4_address: 10.0.9.9\n        priority: 100\n      front:\nnetworks:\n  front:\n  back: {}\n",
+    );
+    assert_eq!(
+        attachments(&stack, "app_web"),
+        [attached("app_back", &[]), attached("app_front", &[])]
+    );
+    // Aliases as written, each once; never the service's short name.
+    assert_eq!(
+        attachments(&stack, "app_api"),
+        [
+            attached("app_back", &["api-v1", "api.internal"]),
+            attached("app_front", &[])
+        ]
+    );
+    // Before a stack name: by key.
+    let api = &stack.services[0];
+    assert_eq!(api.task.networks[0].network, "back");
+    let w = stack.warnings.join("\n");
+    assert!(
+        w.contains(
+            "service api: Ignoring unsupported options: networks.back.ipv4_address, networks.back.priority"
+        ),
+        "{w}"
+    );
+    // Both networks are used, so both are made, and no default.
+    let names: Vec<String> = stack
+        .networks_for("app")
+        .expect("networks")
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["app_back", "app_front"]);
+    // An alias that is no DNS name is refused at its line.
+    assert_eq!(
+        stack_err("services:\n  web:\n    image: x\n    networks:\n      front:\n        aliases:\n          - ok\n          - \"not ok\"\nnetworks:\n  front:\n"),
+        "nodir/s.yml:8: services.web.networks.front.aliases[1]: invalid alias \"not ok\": an alias is a DNS name of letters, digits, '-', '_' and '.'"
+    );
+    assert_eq!(
+        stack_err("services:\n  web:\n    image: x\n    networks: front\n"),
+        "nodir/s.yml:4: services.web.networks: expected a list or a mapping, found \"front\""
+    );
+}
+
+#[test]
+fn a_service_naming_an_undeclared_network_is_refused() {
+    assert_eq!(
+        stack_err("services:\n  web:\n    image: x\n    networks:\n      - front\n      - back\nnetworks:\n  front:\n"),
+        "nodir/s.yml:6: services.web.networks: service \"web\" refers to undefined network back: invalid compose project"
+    );
+    assert_eq!(
+        stack_err("services:\n  web:\n    image: x\n    networks:\n      front:\n        aliases: [w]\n"),
+        "nodir/s.yml:5: services.web.networks: service \"web\" refers to undefined network front: invalid compose project"
+    );
+    // `default` is the stack's own and needs no declaration.
+    let stack = stack_of("services:\n  web:\n    image: x\n    networks: [default]\n");
+    assert_eq!(
+        attachments(&stack, "app_web"),
+        [attached("app_default", &[])]
+    );
+}
+
+#[test]
+fn external_networks_keep_their_names_in_both_spellings() {
+    let stack = stack_of(
+        "services:\n  web:\n    image: x\n    networks: [edge, legacy, named]\nnetworks:\n  edge:\n    external: true\n  legacy:\n    external:\n      name: old-proxy\n  named:\n    external: true\n    name: shared-net\n",
+    );
+    let nets = stack.networks_for("app").expect("networks");
+    let got: Vec<(&str, &str, bool)> = nets
+        .iter()
+        .map(|n| (n.key.as_str(), n.name.as_str(), n.external))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("edge", "edge", true),
+            ("legacy", "old-proxy", true),
+            ("named", "shared-net", true)
+        ]
+    );
+    // External networks are not the stack's: no label.
+    assert!(nets.iter().all(|n| n.spec.labels.is_empty()), "{nets:?}");
+    assert_eq!(
+        attachments(&stack, "app_web"),
+        [
+            attached("edge", &[]),
+            attached("old-proxy", &[]),
+            attached("shared-net", &[])
+        ]
+    );
+    // Options that describe a network to create are not asked of one that
+    // exists: named in a warning.
+    let stack = stack_of(
+        "services:\n  web:\n    image: x\n    networks: [edge]\nnetworks:\n  edge:\n    external: true\n    internal: true\n",
+    );
+    let w = stack.warnings.join("\n");
+    assert!(
+        w.contains("Ignoring unsupported network options: networks.edge.internal (external)"),
+        "{w}"
+    );
+    assert_eq!(
+        stack_err("services:\n  web:\n    image: x\nnetworks:\n  edge:\n    name: a\n    external:\n      name: b\n"),
+        "nodir/s.yml:8: networks.edge.external.name: conflicts with networks.edge.name; only use networks.edge.name"
+    );
+    assert_eq!(
+        stack_err("services:\n  web:\n    image: x\nnetworks:\n  edge:\n    external: maybe\n"),
+        "nodir/s.yml:6: networks.edge.external: expected true or false, found \"maybe\""
+    );
+}
+
+#[test]
+fn name_fixes_the_network_name() {
+    let stack = stack_of(
+        "services:\n  web:\n    image: x\n    networks: [front]\nnetworks:\n  front:\n    name: public-front\n    labels: [tier=edge]\n",
+    );
+    let nets = stack.networks_for("app").expect("networks");
+    assert_eq!(nets.len(), 1);
+    let n = &nets[0];
+    assert_eq!(
+        (n.key.as_str(), n.name.as_str(), n.external),
+        ("front", "public-front", false)
+    );
+    assert_eq!(n.spec.name, "public-front");
+    // Still the stack's: labelled, so `stack rm` removes it.
+    assert_eq!(n.spec.labels[NAMESPACE_LABEL], "app");
+    assert_eq!(n.spec.labels["tier"], "edge");
+    assert_eq!(
+        attachments(&stack, "app_web"),
+        [attached("public-front", &[])]
+    );
+    assert_eq!(
+        stack_err("services:\n  web:\n    image: x\nnetworks:\n  front:\n    name: \"two words\"\n"),
+        "nodir/s.yml:6: networks.front.name: invalid name \"two words\": only letters, digits, '-', '_' and '.' are allowed"
+    );
+    // Two keys may name one network if they ask for the same one.
+    let two = "services:\n  web:\n    image: x\n    networks: [a]\n  api:\n    image: x\n    networks: [b]\nnetworks:\n  a: {name: shared}\n  b: {name: shared, internal: INTERNAL}\n";
+    let nets = stack_of(&two.replace("INTERNAL", "false"))
+        .networks_for("app")
+        .expect("networks");
+    assert_eq!(nets.len(), 1, "{nets:?}");
+    let e = stack_of(&two.replace("INTERNAL", "true"))
+        .networks_for("app")
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert_eq!(
+        e,
+        "nodir/s.yml: network b: it and network a are both named shared, with different options"
+    );
+    // The full name is a name as the daemon checks it.
+    let long = "x".repeat(60);
+    let e = stack_of("services:\n  web:\n    image: x\n")
+        .networks_for(&long)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.starts_with("nodir/s.yml: network default: network name"),
+        "{e}"
+    );
+}
+
+#[test]
+fn only_overlay_networks_exist() {
+    let stack = stack_of(
+        "services:\n  web:\n    image: x\n    networks: [front]\nnetworks:\n  front:\n    driver: overlay\n",
+    );
+    assert_eq!(
+        stack.networks[0].spec.driver,
+        flotilla_types::NetworkDriver::Overlay
+    );
+    for driver in ["bridge", "host"] {
+        assert_eq!(
+            stack_err(&format!(
+                "services:\n  web:\n    image: x\nnetworks:\n  front:\n    attachable: true\n    driver: {driver}\n"
+            )),
+            format!("nodir/s.yml:7: networks.front.driver: network driver \"{driver}\" is not supported: Flotilla networks are overlay networks")
+        );
+    }
+}
+
+#[test]
+fn network_options_become_the_spec() {
+    let stack = stack_of(
+        "services:\n  web:\n    image: x\n    networks: [secure, plain, off, back]\nnetworks:\n  secure:\n    driver_opts:\n      encrypted: \"\"\n      com.docker.network.driver.mtu: \"1400\"\n  plain:\n    driver_opts: {encrypted: \"false\"}\n  off:\n    internal: true\n    attachable: true\n    labels: {team: core}\n    enable_ipv6: true\n    colour: blue\n  back:\n    ipam:\n      driver: default\n      config:\n        - subnet: 10.0.9.0/24\n          gateway: 10.0.9.1\n        - subnet: 10.0.10.0/24\n",
+    );
+    let nets = stack.networks_for("app").expect("networks");
+    let spec = |key: &str| -> NetworkSpec {
+        nets.iter()
+            .find(|n| n.key == key)
+            .map(|n| n.spec.clone())
+            .expect("network")
+    };
+    assert!(spec("secure").encrypted);
+    assert!(!spec("plain").encrypted);
+    let off = spec("off");
+    assert!(off.internal && off.attachable && !off.encrypted);
+    assert_eq!(off.labels["team"], "core");
+    assert_eq!(off.labels[NAMESPACE_LABEL], "app");
+    let subnet: Subnet = "10.0.9.0/24".parse().expect("subnet");
+    assert_eq!(spec("back").subnet, Some(subnet));
+    assert_eq!(spec("secure").subnet, None);
+    let w = stack.warnings.join("\n");
+    assert!(
+        w.contains("Ignoring unsupported network options: networks.secure.driver_opts.com.docker.network.driver.mtu, networks.off.enable_ipv6, networks.back.ipam.config[0].gateway, networks.back.ipam.config[1]"),
+        "{w}"
+    );
+    assert!(
+        w.contains("Ignoring unknown network keys: networks.off.colour"),
+        "{w}"
+    );
+}
+
+#[test]
+fn a_bad_subnet_is_refused_at_its_line() {
+    for (subnet, reason) in [
+        (
+            "10.0.9.1/24",
+            "invalid subnet \"10.0.9.1/24\": host bits are set (did you mean 10.0.9.0/24?)",
+        ),
+        (
+            "fd00::/64",
+            "invalid subnet \"fd00::/64\": expected an IPv4 CIDR such as 10.0.9.0/24",
+        ),
+        (
+            "10.0.0.0/30",
+            "invalid subnet \"10.0.0.0/30\": the prefix must be 8 to 29",
+        ),
+    ] {
+        assert_eq!(
+            stack_err(&format!(
+                "services:\n  web:\n    image: x\nnetworks:\n  back:\n    ipam:\n      config:\n        - subnet: {subnet}\n"
+            )),
+            format!("nodir/s.yml:8: networks.back.ipam.config[0].subnet: {reason}"),
+        );
+    }
+}
+
+#[test]
+fn the_default_network_is_made_only_when_a_service_uses_it() {
+    // No service names a network: all on STACK_default.
+    let stack = stack_of("services:\n  web:\n    image: x\n  api:\n    image: y\n");
+    let nets = stack.networks_for("app").expect("networks");
+    assert_eq!(nets.len(), 1);
+    assert_eq!(nets[0].name, "app_default");
+    assert_eq!(nets[0].spec.labels[NAMESPACE_LABEL], "app");
+    assert_eq!(
+        attachments(&stack, "app_api"),
+        [attached("app_default", &[])]
+    );
+    // Declared, it is configured by the file.
+    let stack = stack_of(
+        "services:\n  web:\n    image: x\n  api:\n    image: y\n    networks: [back]\nnetworks:\n  default:\n    internal: true\n  back:\n",
+    );
+    let nets = stack.networks_for("app").expect("networks");
+    let names: Vec<&str> = nets.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["app_back", "app_default"]);
+    assert!(nets[1].spec.internal);
+    assert_eq!(attachments(&stack, "app_api"), [attached("app_back", &[])]);
+    assert_eq!(
+        attachments(&stack, "app_web"),
+        [attached("app_default", &[])]
+    );
+    // Every service names one: no default network, even when declared
+    // (and a warning that it is not made).
+    let stack = stack_of(
+        "services:\n  web:\n    image: x\n    networks: [back]\nnetworks:\n  default:\n  back:\n",
+    );
+    let names: Vec<String> = stack
+        .networks_for("app")
+        .expect("networks")
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["app_back"]);
+    assert!(
+        stack
+            .warnings
+            .contains(&"Not creating networks no service uses: default".to_string()),
+        "{:?}",
+        stack.warnings
+    );
+}
+
+#[test]
+fn endpoint_mode_is_the_specs() {
+    let stack = stack_of(
+        "services:\n  a:\n    image: x\n    deploy: {endpoint_mode: dnsrr}\n  b:\n    image: x\n    deploy: {endpoint_mode: vip}\n  c:\n    image: x\n",
+    );
+    let modes: Vec<EndpointMode> = stack.services.iter().map(|s| s.endpoint_mode).collect();
+    assert_eq!(
+        modes,
+        [EndpointMode::Dnsrr, EndpointMode::Vip, EndpointMode::Vip]
+    );
+    assert!(stack.warnings.is_empty(), "{:?}", stack.warnings);
+    assert_eq!(
+        stack_err("services:\n  a:\n    image: x\n    deploy:\n      endpoint_mode: round-robin\n"),
+        "nodir/s.yml:5: services.a.deploy.endpoint_mode: invalid endpoint mode \"round-robin\": expected vip or dnsrr"
+    );
+}
+
+#[test]
+fn networks_merge_across_files() {
+    let base = "services:\n  web:\n    image: x\n    networks:\n      front:\n        aliases: [www]\n      back:\nnetworks:\n  front:\n    labels: [a=1, b=2]\n  back:\n    ipam:\n      config: [{subnet: 10.0.9.0/24}]\n";
+    let over = "services:\n  web:\n    networks: [front, extra]\n  api:\n    image: y\n    networks:\n      back:\n        aliases: [api]\nnetworks:\n  front:\n    labels: {b: over}\n    internal: true\n  back:\n    ipam:\n      config: [{subnet: 10.0.10.0/24}]\n  extra:\n";
+    let stack = parse_stack_files(&[("nodir/a.yml", base), ("nodir/b.yml", over)]).expect("merge");
+    // Networks by key: the list in the later file keeps front's aliases
+    // and adds extra.
+    assert_eq!(
+        attachments(&stack, "app_web"),
+        [
+            attached("app_back", &[]),
+            attached("app_extra", &[]),
+            attached("app_front", &["www"])
+        ]
+    );
+    assert_eq!(
+        attachments(&stack, "app_api"),
+        [attached("app_back", &["api"])]
+    );
+    let nets = stack.networks_for("app").expect("networks");
+    let front = nets.iter().find(|n| n.key == "front").expect("front");
+    assert!(front.spec.internal);
+    assert_eq!(front.spec.labels["a"], "1");
+    assert_eq!(front.spec.labels["b"], "over");
+    // The later file's subnet is the first config entry of its own; the
+    // base file's stays first and is the network's.
+    let back = nets.iter().find(|n| n.key == "back").expect("back");
+    assert_eq!(back.spec.subnet, "10.0.9.0/24".parse().ok());
+    // Aliases merge: appended without repeats.
+    let over = "services:\n  web:\n    networks:\n      front:\n        aliases: [www, www2]\n";
+    let stack = parse_stack_files(&[("nodir/a.yml", base), ("nodir/b.yml", over)]).expect("merge");
+    assert_eq!(
+        attachments(&stack, "app_web"),
+        [
+            attached("app_back", &[]),
+            attached("app_front", &["www", "www2"])
+        ]
+    );
+    // An error in the later file names it.
+    let over = "networks:\n  front:\n    driver: bridge\n";
+    let e = parse_stack_files(&[("nodir/a.yml", base), ("nodir/b.yml", over)])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.starts_with("nodir/b.yml:3: networks.front.driver: "),
+        "{e}"
+    );
+    let over = "services:\n  web:\n    networks: [nowhere]\n";
+    let e = parse_stack_files(&[("nodir/a.yml", base), ("nodir/b.yml", over)])
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert_eq!(
+        e,
+        "nodir/b.yml:3: services.web.networks: service \"web\" refers to undefined network nowhere: invalid compose project"
+    );
+}
+
+#[test]
+fn config_prints_the_networks_and_reads_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = dir.path().join("a.yml");
+    let b = dir.path().join("b.yml");
+    std::fs::write(
+        &a,
+        "services:\n  web:\n    image: x\n    networks:\n      front:\n        aliases: [\"${ALIAS_UNSET:-www}\"]\nnetworks:\n  front:\n    driver_opts: {encrypted: \"\"}\n    ipam:\n      config: [{subnet: 10.0.9.0/24}]\n",
+    )
+    .expect("write");
+    std::fs::write(
+        &b,
+        "services:\n  web:\n    networks: [front, edge]\nnetworks:\n  edge: {external: true}\n",
+    )
+    .expect("write");
+    let (a, b) = (a.display().to_string(), b.display().to_string());
+    let (yaml, _) = flotilla_compose::stack::config_yaml(&[&a, &b]).expect("config");
+    assert!(yaml.contains("networks:"), "{yaml}");
+    assert!(
+        yaml.contains("10.0.9.0/24") && yaml.contains("www"),
+        "{yaml}"
+    );
+    let out = dir.path().join("out.yml");
+    std::fs::write(&out, &yaml).expect("write");
+    let again = load_stack_files(&[&out.display().to_string()]).expect("reparse");
+    let direct = load_stack_files(&[&a, &b]).expect("direct");
+    assert_eq!(again.services, direct.services, "{yaml}");
+    assert_eq!(again.networks, direct.networks, "{yaml}");
+    assert_eq!(direct.networks.len(), 2);
 }

@@ -889,12 +889,19 @@ fn valid_doc() -> impl Strategy<Value = (Y, Vec<Expect>)> {
                 entries.push((e.name.clone(), y));
                 expects.push(e);
             }
+            // A service naming `front` needs it declared (else the file is
+            // refused, as Compose refuses it).
+            let uses_front = entries
+                .iter()
+                .any(|(_, y)| matches!(y, Y::Map(e, _) if e.iter().any(|(k, _)| k == "networks")));
             top.push(("services".into(), Y::Map(entries, false)));
-            if sections {
+            if sections || uses_front {
                 top.push((
                     "networks".into(),
                     m(vec![("front", m(vec![("driver", p("overlay"))]))]),
                 ));
+            }
+            if sections {
                 top.push(("volumes".into(), m(vec![("data", p("{}"))])));
                 top.push((
                     "configs".into(),

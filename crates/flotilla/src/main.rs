@@ -159,6 +159,7 @@ async fn dispatch(
         Command::Node(c) => commands::node(&client()?, c).await,
         Command::Service(c) => commands::service(&client()?, c).await,
         Command::Mesh(c) => commands::mesh(&client()?, c).await,
+        Command::Network(c) => flotilla::cli::networks::network(&client()?, c).await,
         Command::List {
             service,
             label,

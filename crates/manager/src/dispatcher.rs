@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use flotilla_store::{State, TaskStatusUpdate};
 use flotilla_types::{NodeState, Task, TaskState, TaskStatus, UnixMs};
 
-/// The tasks `node_id` must know about: placed there and not terminal in
-/// the store, plus the IDs of all its tasks (for log clean-up).
+/// The tasks `node_id` must know about: placed there, not terminal in the
+/// store and, when on networks, given their addresses; plus the IDs of all its tasks (for log clean-up).
 pub fn assignments_for(state: &State, node_id: &str) -> (Vec<Task>, BTreeSet<String>) {
     let mut tasks = Vec::new();
     let mut known = BTreeSet::new();
@@ -21,7 +21,11 @@ pub fn assignments_for(state: &State, node_id: &str) -> (Vec<Task>, BTreeSet<Str
         }
         known.insert(t.id.clone());
         let placed = t.status.state >= TaskState::Assigned;
-        if placed && !t.status.state.is_terminal() {
+        // A global task is placed when it is made; on networks it waits
+        // for its addresses before its agent hears of it.
+        let unwired = crate::network::needs_addresses(t)
+            && t.desired_state == flotilla_types::DesiredState::Running;
+        if placed && !t.status.state.is_terminal() && !unwired {
             tasks.push(t.clone());
         }
     }
@@ -185,6 +189,7 @@ mod tests {
             created_at: 1,
             created_index: 1,
             restart_history: vec![],
+            networks: vec![],
         }
     }
 

@@ -20,6 +20,8 @@
 //!   came back.
 //! - [`mesh`]: [`mesh::allocate`], the published ports the leader hands
 //!   out, and [`mesh::mesh_table`], the ready tasks behind each port.
+//! - [`network`]: [`network::allocate`], networks' subnets and VXLAN IDs
+//!   and the addresses of services and tasks on them.
 //! - [`access`]: what the loops need from outside: [`StoreView`],
 //!   [`Proposer`], [`Clock`], [`Heartbeats`].
 //! - [`loops`]: [`Orchestrator`], [`Scheduler`], [`Rebalancer`],
@@ -30,6 +32,7 @@ pub mod access;
 pub mod dispatcher;
 pub mod loops;
 pub mod mesh;
+pub mod network;
 pub mod orchestrator;
 pub mod rebalance;
 pub mod scheduler;

@@ -147,7 +147,9 @@ impl Rebalancer {
     }
 }
 
-/// Hands out the published ports that services ask for without a number.
+/// Hands out the published ports that services ask for without a number,
+/// and networks' subnets and the addresses of services and tasks on them
+/// ([`crate::network`]).
 pub struct Allocator {
     view: StoreView,
     proposer: Arc<dyn Proposer>,
@@ -183,8 +185,19 @@ impl Allocator {
                     tracing::warn!(service, reason, "no published port left for the service");
                 }
             }
+            let mut commands = allocation.commands;
+            // Networks came with a newer entry format than ports.
+            if flotilla_store::writable_format(state) >= flotilla_store::NETWORKS_FORMAT {
+                let networks = crate::network::allocate(state);
+                for (what, reason) in networks.short {
+                    if said.insert(format!("{what}: {reason}")) {
+                        tracing::warn!(what, reason, "network allocation short");
+                    }
+                }
+                commands.extend(networks.commands);
+            }
             Plan {
-                commands: allocation.commands,
+                commands,
                 next_wakeup: None,
             }
         };

@@ -164,6 +164,8 @@ impl Builder<'_> {
             // The store sets it from the raft index.
             created_index: 0,
             restart_history,
+            // The allocator gives them, before the task is placed.
+            networks: Vec::new(),
         });
     }
 

@@ -227,6 +227,15 @@ pub fn schedule(state: &State) -> Schedule {
 
     let mut out = Schedule::default();
     for task in waiting {
+        // A task on networks is placed once it has its addresses, so that
+        // no agent ever starts a half-wired task.
+        if crate::network::needs_addresses(task) {
+            out.unplaced.push((
+                task.id.clone(),
+                crate::network::unaddressed_reason(state, task),
+            ));
+            continue;
+        }
         match place(state, &load, task) {
             Ok(node) => {
                 load.add(&task.service_id, &node.id, task.spec.resources.reservations);

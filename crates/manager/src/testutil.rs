@@ -74,6 +74,7 @@ pub fn service(id: &str, mode: ServiceMode) -> Service {
         previous_spec: None,
         update_status: None,
         published: Vec::new(),
+        virtual_ips: Vec::new(),
     }
 }
 
@@ -110,6 +111,7 @@ pub fn task(id: &str, service: &str, slot: u64, created_index: u64, state: TaskS
         created_at: 0,
         created_index,
         restart_history: vec![],
+        networks: vec![],
     }
 }
 

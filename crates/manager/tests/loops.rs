@@ -532,6 +532,7 @@ fn start_watcher(raft: &Arc<FakeRaft>, heartbeats: &Heartbeats) -> Running {
         created_at: 0,
         created_index: 0,
         restart_history: vec![],
+        networks: vec![],
     };
     raft.commit(Command::CreateTasks {
         tasks: vec![placed("t1", 1, "n1"), placed("t2", 2, "n2")],
@@ -756,6 +757,7 @@ async fn a_cancelled_orchestrator_proposes_nothing_more() {
         created_at: 0,
         created_index: 0,
         restart_history: vec![],
+        networks: vec![],
     };
     let raft = orchestrate_until_cancelled(Some(extra)).await;
     assert_eq!(raft.calls.load(Ordering::SeqCst), 1, "proposals sent");

@@ -390,6 +390,7 @@ mod tests {
                 created_at: 1,
                 created_index: 1,
                 restart_history: vec![],
+                networks: vec![],
             },
         );
         let (applied, receiver) = watch::channel(1);

@@ -119,7 +119,89 @@ pub fn service_view(state: &State, service: &Service) -> ServiceView {
         update_status: service.update_status.clone(),
         can_roll_back: service.previous_spec.is_some(),
         published: service.published.clone(),
+        networks: service_networks(state, service),
     }
+}
+
+/// The name of network `id`, or the ID when it is gone.
+fn network_name(state: &State, id: &str) -> String {
+    state
+        .networks
+        .get(id)
+        .map_or_else(|| id.to_string(), |n| n.spec.name.clone())
+}
+
+/// A service's networks with their names and its virtual addresses.
+fn service_networks(state: &State, service: &Service) -> Vec<flotilla_api::model::ServiceNetwork> {
+    service
+        .spec
+        .task
+        .networks
+        .iter()
+        .map(|a| flotilla_api::model::ServiceNetwork {
+            network_id: a.network.clone(),
+            network: network_name(state, &a.network),
+            aliases: a.aliases.clone(),
+            virtual_ip: service
+                .virtual_ips
+                .iter()
+                .find(|v| v.network == a.network)
+                .map(|v| v.addr.to_string()),
+        })
+        .collect()
+}
+
+/// One network, with the services on it and the tasks that hold an
+/// address there.
+pub fn network_view(
+    state: &State,
+    network: &flotilla_types::Network,
+) -> flotilla_api::model::NetworkView {
+    let node_name = |id: &str| {
+        state
+            .nodes
+            .get(id)
+            .map_or_else(|| id.to_string(), |n| n.name.clone())
+    };
+    let mut tasks: Vec<flotilla_api::model::NetworkTask> = state
+        .tasks
+        .values()
+        .filter(|t| !t.status.state.is_terminal())
+        .filter_map(|t| {
+            let addr = t.networks.iter().find(|a| a.network == network.id)?;
+            Some(flotilla_api::model::NetworkTask {
+                task_id: t.id.clone(),
+                service: t.service_name.clone(),
+                slot: t.slot,
+                address: addr.addr.to_string(),
+                node: t.node_id.as_deref().map(node_name),
+                state: t.status.state,
+            })
+        })
+        .collect();
+    tasks.sort_by(|a, b| (&a.service, a.slot, &a.task_id).cmp(&(&b.service, b.slot, &b.task_id)));
+    flotilla_api::model::NetworkView {
+        id: network.id.clone(),
+        name: network.spec.name.clone(),
+        spec: network.spec.clone(),
+        created_at: network.created_at,
+        subnet: network.subnet.map(|s| s.to_string()),
+        gateway: network.subnet.map(|s| s.gateway().to_string()),
+        vni: network.vni,
+        services: state.services_on(&network.id),
+        tasks,
+    }
+}
+
+/// Every network, by name.
+pub fn network_views(state: &State) -> Vec<flotilla_api::model::NetworkView> {
+    let mut out: Vec<_> = state
+        .networks
+        .values()
+        .map(|n| network_view(state, n))
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// Every service, by name.
@@ -164,6 +246,14 @@ pub fn task_views(state: &State, service: &Service) -> Vec<TaskView> {
             created_at: t.created_at,
             current: t.desired_state == DesiredState::Running,
             endpoints: task_endpoints(state, t),
+            networks: t
+                .networks
+                .iter()
+                .map(|a| flotilla_api::model::TaskNetwork {
+                    network: network_name(state, &a.network),
+                    address: a.addr.to_string(),
+                })
+                .collect(),
         })
         .collect();
     out.sort_by(|a, b| {

@@ -248,6 +248,7 @@ async fn store_with_tasks(dir: &std::path::Path, tasks: u64) -> StateMachine {
             created_at: 5,
             created_index: 2,
             restart_history: vec![],
+            networks: vec![],
         })
         .collect();
     let results = sm

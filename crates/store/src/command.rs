@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use flotilla_types::{
-    Availability, Cluster, DesiredState, Node, NodeRole, NodeState, PublishedPort, ServiceSpec,
-    Task, TaskStatus, UnixMs, UpdateStatus,
+    Availability, Cluster, DesiredState, EndpointMode, NetworkAddress, NetworkSpec, Node, NodeRole,
+    NodeState, PublishedPort, ServiceSpec, Subnet, Task, TaskStatus, UnixMs, UpdateStatus,
 };
 
 use crate::error::StoreError;
@@ -156,6 +156,33 @@ pub enum Command {
     UpdateTaskStatus { updates: Vec<TaskStatusUpdate> },
     /// Orchestrator: forget tasks (history beyond the limit, removed services).
     DeleteTasks { task_ids: Vec<String> },
+    /// `network create`: a new network with a proposer-chosen ID; a
+    /// subnet it asks for is checked and kept at once. Entry format 5.
+    CreateNetwork {
+        id: String,
+        spec: NetworkSpec,
+        at: UnixMs,
+    },
+    /// `network rm`: refused while a service or a task uses it.
+    RemoveNetwork { id: String },
+    /// Allocator: a network's subnet (from the pool, or the one it asked
+    /// for) and its VXLAN ID.
+    AllocateNetwork {
+        id: String,
+        subnet: Subnet,
+        vni: u32,
+    },
+    /// Allocator: service `id`'s virtual address on each of its networks,
+    /// while it is still at `version`.
+    AllocateVips {
+        id: String,
+        version: u64,
+        vips: Vec<NetworkAddress>,
+    },
+    /// Allocator: tasks' addresses, one per network of their template.
+    AllocateTaskAddresses {
+        tasks: Vec<(String, Vec<NetworkAddress>)>,
+    },
 }
 
 /// How many items (tasks, assignments, reasons, statuses, IDs) one batch
@@ -179,6 +206,18 @@ impl Command {
         match self {
             Command::RefreshNode { .. } => 2,
             Command::AllocatePorts { .. } => crate::entry::PORTS_FORMAT,
+            Command::CreateNetwork { .. }
+            | Command::RemoveNetwork { .. }
+            | Command::AllocateNetwork { .. }
+            | Command::AllocateVips { .. }
+            | Command::AllocateTaskAddresses { .. } => crate::entry::NETWORKS_FORMAT,
+            // A spec on networks means nothing to a manager of an older
+            // version, which would drop the fields and diverge.
+            Command::CreateService { spec, .. } | Command::UpdateService { spec, .. }
+                if on_networks(spec) =>
+            {
+                crate::entry::NETWORKS_FORMAT
+            }
             _ => crate::entry::BARE_FORMAT,
         }
     }
@@ -194,6 +233,7 @@ impl Command {
             Command::AssignTasks { assignments, .. } => assignments.len(),
             Command::SetPendingReason { reasons, .. } => reasons.len(),
             Command::UpdateTaskStatus { updates } => updates.len(),
+            Command::AllocateTaskAddresses { tasks } => tasks.len(),
             _ => 1,
         }
     }
@@ -262,9 +302,17 @@ impl Command {
             Command::DeleteTasks { task_ids } => {
                 chunks(task_ids, max, |task_ids| Command::DeleteTasks { task_ids })
             }
+            Command::AllocateTaskAddresses { tasks } => {
+                chunks(tasks, max, |tasks| Command::AllocateTaskAddresses { tasks })
+            }
             other => vec![other],
         }
     }
+}
+
+/// Whether a spec uses what entry format 5 brought: networks.
+fn on_networks(spec: &ServiceSpec) -> bool {
+    !spec.task.networks.is_empty() || spec.endpoint_mode != EndpointMode::Vip
 }
 
 /// What applying a command produced: `Ok` with the ID of the object it

@@ -12,6 +12,9 @@
 //!   several client writes in one entry, applied in order, each with its
 //!   own request ID and result, so that they share one append and one
 //!   fsync on every member (see the raft crate's `batch` module).
+//! - **4**: adds [`Command::AllocatePorts`].
+//! - **5**: adds networks ([`Command::CreateNetwork`] and the other
+//!   network commands) and service specs on networks.
 //!
 //! A new command, or a change that an older reader would apply
 //! differently, takes a new format number; a field that older readers may
@@ -38,12 +41,15 @@ use crate::command::Command;
 use crate::state::State;
 
 /// The newest entry format this version reads and writes.
-pub const FORMAT: u32 = 4;
+pub const FORMAT: u32 = 5;
 /// The first format with [`Body::Batch`].
 pub const BATCH_FORMAT: u32 = 3;
 /// The first format with [`Command::AllocatePorts`]: the allocator
 /// proposes it only once [`writable_format`] reaches it.
 pub const PORTS_FORMAT: u32 = 4;
+/// The first format with networks: their commands, and service specs that
+/// join networks or resolve by `dnsrr`.
+pub const NETWORKS_FORMAT: u32 = 5;
 /// The format of a bare [`Command`], before the envelope.
 pub const BARE_FORMAT: u32 = 1;
 
@@ -247,7 +253,7 @@ impl Serialize for Envelope {
 
 /// The `type` of every [`Command`] this version knows (checked against
 /// the enum in a test).
-pub const COMMAND_NAMES: [&str; 22] = [
+pub const COMMAND_NAMES: [&str; 27] = [
     "init_cluster",
     "upsert_node",
     "refresh_node",
@@ -270,6 +276,11 @@ pub const COMMAND_NAMES: [&str; 22] = [
     "set_pending_reason",
     "update_task_status",
     "delete_tasks",
+    "create_network",
+    "remove_network",
+    "allocate_network",
+    "allocate_vips",
+    "allocate_task_addresses",
 ];
 
 // Entries are decoded in one pass, as the bare command was: the first key
@@ -545,7 +556,7 @@ mod tests {
         let json = serde_json::to_string(&e).expect("encode");
         assert_eq!(
             json,
-            r#"{"format":4,"request":"r1","command":{"type":"remove_service","id":"s1","at":3}}"#
+            r#"{"format":5,"request":"r1","command":{"type":"remove_service","id":"s1","at":3}}"#
         );
         assert_eq!(serde_json::from_str::<Envelope>(&json).expect("decode"), e);
         // The bare format has no room for a request.
@@ -555,22 +566,22 @@ mod tests {
     #[test]
     fn an_entry_of_a_future_version_decodes_but_cannot_be_applied() {
         let future =
-            r#"{"format":5,"request":"r9","command":{"type":"create_volume","id":"v1","size":9}}"#;
+            r#"{"format":6,"request":"r9","command":{"type":"create_volume","id":"v1","size":9}}"#;
         let e: Envelope = serde_json::from_str(future).expect("decode");
-        assert_eq!(e.format, 5);
+        assert_eq!(e.format, 6);
         let err = e.command(42).expect_err("unknown");
         assert_eq!(
             err,
             EntryError::Unknown {
                 index: 42,
-                format: 5,
+                format: 6,
                 name: "create_volume".into(),
-                needs: 5
+                needs: 6
             }
         );
         assert!(err
             .to_string()
-            .contains("upgrade this manager to a version that reads format 5"));
+            .contains("upgrade this manager to a version that reads format 6"));
         // Kept as it came: stored and sent on unchanged.
         let again = serde_json::to_value(&e).expect("encode");
         assert_eq!(
@@ -584,7 +595,7 @@ mod tests {
                 .expect("decode");
         assert!(matches!(
             e.command(1),
-            Err(EntryError::Unknown { needs: 5, .. })
+            Err(EntryError::Unknown { needs: 6, .. })
         ));
         let bare: Envelope = serde_json::from_str(r#"{"type":"create_volume"}"#).expect("decode");
         assert!(matches!(
@@ -614,7 +625,7 @@ mod tests {
         );
         assert_eq!(e.len(), 3);
         let json = serde_json::to_string(&e).expect("encode");
-        assert!(json.starts_with(r#"{"format":4,"batch":[{"format":4,"request":"r1","#));
+        assert!(json.starts_with(r#"{"format":5,"batch":[{"format":5,"request":"r1","#));
         let back: Envelope = serde_json::from_str(&json).expect("decode");
         assert_eq!(back, e);
         let items = back.items(9).expect("known");
@@ -657,14 +668,14 @@ mod tests {
             e.items(5),
             Err(EntryError::Unknown { format: 2, .. })
         ));
-        let newer = r#"{"format":5,"batch":[
+        let newer = r#"{"format":6,"batch":[
             {"format":3,"command":{"type":"remove_service","id":"a","at":7}}]}"#;
         let e: Envelope = serde_json::from_str(newer).expect("decode");
         assert!(matches!(
             e.items(5),
             Err(EntryError::Unknown {
-                format: 5,
-                needs: 5,
+                format: 6,
+                needs: 6,
                 ..
             })
         ));

@@ -37,4 +37,14 @@ pub enum StoreError {
     },
     #[error("service {service}: the allocated ports do not match its spec ({reason})")]
     PortsMismatch { service: String, reason: String },
+    #[error("network {0} already exists")]
+    NetworkExists(String),
+    #[error("network {0} not found")]
+    NetworkNotFound(String),
+    #[error("subnet {subnet} overlaps {what}")]
+    SubnetOverlaps { subnet: String, what: String },
+    #[error("network {name} is in use by services {services}")]
+    NetworkInUse { name: String, services: String },
+    #[error("{what}: the allocated addresses do not fit ({reason})")]
+    AddressMismatch { what: String, reason: String },
 }

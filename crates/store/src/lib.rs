@@ -49,6 +49,8 @@ pub mod error;
 pub mod state;
 
 pub use command::{Command, CommandResult, TaskStatusUpdate, MAX_BATCH, MAX_ENTRY_BYTES};
-pub use entry::{writable_format, Body, EntryError, Envelope, RequestId, FORMAT, PORTS_FORMAT};
+pub use entry::{
+    writable_format, Body, EntryError, Envelope, RequestId, FORMAT, NETWORKS_FORMAT, PORTS_FORMAT,
+};
 pub use error::StoreError;
 pub use state::{Change, State};

@@ -7,6 +7,7 @@
 //! row changed in place records it with `table::touched`.
 
 mod cluster;
+mod networks;
 mod nodes;
 mod requests;
 mod services;
@@ -17,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use flotilla_types::{Cluster, Node, Service, Task};
+use flotilla_types::{Cluster, Network, Node, Service, Task};
 
 use crate::command::{Command, CommandResult};
 use crate::entry::{EntryError, Envelope};
@@ -33,6 +34,7 @@ pub enum Change {
     Node(String),
     Service(String),
     Task(String),
+    Network(String),
     /// A request's kept result (added, or forgotten out of the window).
     Request(String),
 }
@@ -44,6 +46,8 @@ pub struct State {
     pub nodes: BTreeMap<String, Node>,
     pub services: BTreeMap<String, Service>,
     pub tasks: BTreeMap<String, Task>,
+    #[serde(default)]
+    pub networks: BTreeMap<String, Network>,
     /// Raft index of the last applied command (0 when none).
     pub index: u64,
     /// The results of the last client requests, for retried proposals.
@@ -211,6 +215,15 @@ impl State {
                 self.allocate_ports(id, *version, ports, c)
             }
             Command::RemoveService { id, .. } => self.remove_service(id, c),
+            Command::CreateNetwork { id, spec, at } => self.create_network(id, spec, *at, c),
+            Command::RemoveNetwork { id } => self.remove_network(id, c),
+            Command::AllocateNetwork { id, subnet, vni } => {
+                self.allocate_network(id, *subnet, *vni, c)
+            }
+            Command::AllocateVips { id, version, vips } => {
+                self.allocate_vips(id, *version, vips, c)
+            }
+            Command::AllocateTaskAddresses { tasks } => self.allocate_task_addresses(tasks, c),
             Command::CreateTasks { tasks } => self.create_tasks(index, tasks, c),
             Command::SetDesiredState { task_ids, desired } => {
                 self.set_desired_state(task_ids, *desired, c)
@@ -302,6 +315,7 @@ mod tests {
             created_at: 5,
             created_index: 0,
             restart_history: vec![],
+            networks: vec![],
         }
     }
 

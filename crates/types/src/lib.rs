@@ -19,6 +19,8 @@
 //! - [`port`]: published ports, their allocation and tasks' ports.
 //! - [`mesh`]: the routing mesh's table (published ports and their ready
 //!   tasks) and its counters.
+//! - [`network`]: networks, their subnets and the addresses of services
+//!   and tasks on them.
 //! - [`id`]: object IDs.
 //! - [`epoch`]: the cluster epoch (which raft group of a cluster).
 
@@ -28,6 +30,7 @@ pub mod epoch;
 pub mod id;
 pub mod mesh;
 pub mod name;
+pub mod network;
 pub mod node;
 pub mod parse;
 pub mod port;
@@ -41,6 +44,10 @@ pub use epoch::{Epoch, EpochError};
 pub use id::{new_id, ID_LEN};
 pub use mesh::MeshOptions;
 pub use name::{validate_name, NameError};
+pub use network::{
+    EndpointMode, Network, NetworkAddress, NetworkAttachment, NetworkDriver, NetworkSpec, Subnet,
+    SubnetError,
+};
 pub use node::{Availability, Node, NodeRole, NodeState, Platform};
 pub use parse::{parse_memory, split_command};
 pub use port::{

@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 
 use crate::constraint::Constraint;
 use crate::mesh::MeshOptions;
+use crate::network::{EndpointMode, NetworkAddress, NetworkAttachment};
 use crate::port::{PortConfig, PublishedPort};
 use crate::UnixMs;
 
@@ -456,6 +457,11 @@ pub struct TaskTemplate {
     /// change of ports rolls out to the tasks, as in Swarm.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<PortConfig>,
+    /// The networks each task joins, by network ID, with the service's
+    /// aliases on each (`--network`, Compose `networks`). In the template:
+    /// a task's addresses are made for the networks it was made with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAttachment>,
 }
 
 impl Default for TaskTemplate {
@@ -475,6 +481,7 @@ impl Default for TaskTemplate {
             init: false,
             mounts: Vec::new(),
             ports: Vec::new(),
+            networks: Vec::new(),
         }
     }
 }
@@ -499,6 +506,10 @@ pub struct ServiceSpec {
     /// replacing a task.
     #[serde(default, skip_serializing_if = "MeshOptions::is_default")]
     pub mesh: MeshOptions,
+    /// How the service's name resolves on its networks: one virtual
+    /// address (the default) or its tasks' own addresses.
+    #[serde(default, skip_serializing_if = "EndpointMode::is_vip")]
+    pub endpoint_mode: EndpointMode,
 }
 
 impl Default for ServiceSpec {
@@ -512,6 +523,7 @@ impl Default for ServiceSpec {
             update: UpdateConfig::default(),
             rollback: UpdateConfig::default(),
             mesh: MeshOptions::default(),
+            endpoint_mode: EndpointMode::Vip,
         }
     }
 }
@@ -538,4 +550,9 @@ pub struct Service {
     /// Empty until then, and for a service that publishes nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub published: Vec<PublishedPort>,
+    /// Its virtual address on each of its networks (endpoint mode `vip`),
+    /// given by the leader's allocator; kept across updates while the
+    /// service stays on the network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub virtual_ips: Vec<NetworkAddress>,
 }

@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::network::NetworkAddress;
 use crate::port::TaskPort;
 use crate::service::TaskTemplate;
 use crate::UnixMs;
@@ -203,6 +204,10 @@ pub struct Task {
     /// restart window; used for `max_attempts`.
     #[serde(default)]
     pub restart_history: Vec<UnixMs>,
+    /// Its address on each network of its template, given by the leader's
+    /// allocator before it is placed; empty for a task on no network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAddress>,
 }
 
 impl Task {

@@ -6,6 +6,7 @@
 use thiserror::Error;
 
 use crate::name::{validate_name, NameError};
+use crate::network::{valid_alias, NetworkAttachment};
 use crate::port::PortConfig;
 use crate::service::{
     Driver, FailureAction, HealthCheck, HealthTest, Mount, MountKind, Ratio, ServiceMode,
@@ -64,6 +65,12 @@ pub enum SpecError {
     PortNumber(String),
     #[error("published port {0} is given twice")]
     DuplicatePublished(String),
+    #[error("a network attachment names no network")]
+    NetworkEmpty,
+    #[error("network {0} is given twice")]
+    DuplicateNetwork(String),
+    #[error("invalid alias {0:?}: an alias is a DNS name of letters, digits, '-', '_' and '.'")]
+    Alias(String),
 }
 
 impl SpecError {
@@ -94,6 +101,9 @@ impl SpecError {
             SpecError::RollbackFailureAction => "rollback.failure_action",
             SpecError::EnvName(_) => "task.env",
             SpecError::PortNumber(_) | SpecError::DuplicatePublished(_) => "task.ports",
+            SpecError::NetworkEmpty | SpecError::DuplicateNetwork(_) | SpecError::Alias(_) => {
+                "task.networks"
+            }
         }
     }
 }
@@ -178,8 +188,25 @@ impl TaskTemplate {
                 return Err(SpecError::EnvName(key.clone()));
             }
         }
-        check_ports(&self.ports)
+        check_ports(&self.ports)?;
+        check_networks(&self.networks)
     }
+}
+
+fn check_networks(networks: &[NetworkAttachment]) -> Result<(), SpecError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for attachment in networks {
+        if attachment.network.is_empty() {
+            return Err(SpecError::NetworkEmpty);
+        }
+        if !seen.insert(attachment.network.as_str()) {
+            return Err(SpecError::DuplicateNetwork(attachment.network.clone()));
+        }
+        if let Some(bad) = attachment.aliases.iter().find(|a| !valid_alias(a)) {
+            return Err(SpecError::Alias(bad.clone()));
+        }
+    }
+    Ok(())
 }
 
 fn check_ports(ports: &[PortConfig]) -> Result<(), SpecError> {
@@ -271,6 +298,34 @@ mod tests {
     fn with_health(mut spec: ServiceSpec, test: HealthTest) -> ServiceSpec {
         spec.task.health = Some(HealthCheck::new(test));
         spec
+    }
+
+    #[test]
+    fn networks_are_checked() {
+        let with = |networks: Vec<NetworkAttachment>| {
+            let mut s = valid();
+            s.task.networks = networks;
+            s.validate()
+        };
+        let alias = |network: &str, alias: &str| NetworkAttachment {
+            network: network.into(),
+            aliases: vec![alias.into()],
+        };
+        assert_eq!(
+            with(vec![alias("n1", "db"), NetworkAttachment::to("n2")]),
+            Ok(())
+        );
+        assert_eq!(
+            with(vec![NetworkAttachment::to("n1"), alias("n1", "db")]),
+            Err(SpecError::DuplicateNetwork("n1".into()))
+        );
+        assert_eq!(
+            with(vec![NetworkAttachment::to("")]),
+            Err(SpecError::NetworkEmpty)
+        );
+        let bad = with(vec![alias("n1", "no spaces")]).unwrap_err();
+        assert_eq!(bad, SpecError::Alias("no spaces".into()));
+        assert_eq!(bad.field(), "task.networks");
     }
 
     #[test]

@@ -134,6 +134,7 @@ pub fn task(id: &str, command: &[&str]) -> Task {
         created_at: 0,
         created_index: 1,
         restart_history: Vec::new(),
+        networks: Vec::new(),
     }
 }
 

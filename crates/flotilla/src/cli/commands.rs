@@ -316,7 +316,12 @@ async fn update_service(client: &Client, args: &UpdateArgs) -> Result<()> {
     let (before, after) = loop {
         let current = client.service(&args.name).await?;
         let mut spec = current.spec.clone();
-        apply_update(&mut spec, args)?;
+        let networks = current
+            .networks
+            .iter()
+            .map(|n| (n.network_id.clone(), n.network.clone()))
+            .collect();
+        apply_update(&mut spec, args, &networks)?;
         if spec == current.spec {
             println!("{}: nothing to change", args.name);
             return Ok(());

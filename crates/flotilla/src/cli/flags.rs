@@ -30,6 +30,11 @@ pub struct SpecFlags {
     #[arg(long)]
     pub init: bool,
 
+    /// How the service's name resolves on its networks: vip (one virtual
+    /// address, balanced) or dnsrr (its tasks' own addresses)
+    #[arg(long)]
+    pub endpoint_mode: Option<String>,
+
     /// Health check: a shell command; exit 0 is healthy
     #[arg(long, value_name = "CMD")]
     pub health_cmd: Option<String>,
@@ -124,6 +129,10 @@ pub struct SpecFlags {
 impl SpecFlags {
     /// Applies the flags that were given to `spec`.
     pub fn apply(&self, spec: &mut ServiceSpec) -> Result<()> {
+        if let Some(mode) = &self.endpoint_mode {
+            spec.endpoint_mode = flotilla_types::EndpointMode::parse(mode)
+                .map_err(|e| anyhow!("--endpoint-mode: {e}"))?;
+        }
         let task = &mut spec.task;
         if let Some(image) = &self.image {
             task.image = Some(image.clone());
@@ -394,6 +403,9 @@ pub fn validate(spec: &ServiceSpec) -> Result<()> {
         SpecError::RollbackFailureAction => "--rollback-failure-action",
         SpecError::EnvName(_) => "--env",
         SpecError::PortNumber(_) | SpecError::DuplicatePublished(_) => "--publish",
+        SpecError::NetworkEmpty | SpecError::DuplicateNetwork(_) | SpecError::Alias(_) => {
+            "--network"
+        }
     };
     bail!("{flag}: {e}")
 }
@@ -488,6 +500,46 @@ impl SpecFlags {
     }
 }
 
+/// A `--network` value: `NAME`, or `name=NAME[,alias=ALIAS...]` as
+/// Docker's long form.
+pub fn parse_network(value: &str) -> Result<flotilla_types::NetworkAttachment, String> {
+    if !value.contains('=') {
+        if value.is_empty() || value.contains(',') {
+            return Err(format!(
+                "invalid network {value:?}: expected NAME or name=NAME[,alias=ALIAS]"
+            ));
+        }
+        return Ok(flotilla_types::NetworkAttachment::to(value));
+    }
+    let mut attachment = flotilla_types::NetworkAttachment::to("");
+    for part in value.split(',') {
+        match part.split_once('=') {
+            Some(("name" | "target", name)) => attachment.network = name.to_string(),
+            Some(("alias", alias)) => attachment.aliases.push(alias.to_string()),
+            _ => {
+                return Err(format!(
+                    "invalid network option {part:?}: expected name=NAME or alias=ALIAS"
+                ))
+            }
+        }
+    }
+    if attachment.network.is_empty() {
+        return Err(format!("invalid network {value:?}: name=NAME is missing"));
+    }
+    Ok(attachment)
+}
+
+/// The attachments of `--network` values, with the flag named in an error.
+pub fn parse_networks(
+    values: &[String],
+    flag: &str,
+) -> Result<Vec<flotilla_types::NetworkAttachment>> {
+    values
+        .iter()
+        .map(|v| parse_network(v).map_err(|e| anyhow!("{flag}: {e}")))
+        .collect()
+}
+
 /// The ports of `--publish` values, with the flag named in an error.
 pub fn parse_ports(values: &[String], flag: &str) -> Result<Vec<flotilla_types::PortConfig>> {
     let mut ports = Vec::new();
@@ -562,13 +614,20 @@ pub fn spec_from_args(args: &CreateArgs) -> Result<ServiceSpec> {
             .push(super::flags::parse_mount(m).map_err(|e| anyhow!("--mount: {e}"))?);
     }
     spec.task.ports = parse_ports(&args.publish, "--publish")?;
+    spec.task.networks = parse_networks(&args.network, "--network")?;
     args.spec.apply(&mut spec)?;
     super::flags::validate(&spec)?;
     Ok(spec)
 }
 
 /// Applies `service update` flags to a spec read from the cluster.
-pub fn apply_update(spec: &mut ServiceSpec, args: &UpdateArgs) -> Result<()> {
+/// `networks` names the service's networks (ID to name), so that
+/// `--network-rm` and `--network-add` may name a network either way.
+pub fn apply_update(
+    spec: &mut ServiceSpec,
+    args: &UpdateArgs,
+    networks: &std::collections::BTreeMap<String, String>,
+) -> Result<()> {
     if let Some(r) = &args.replicas {
         let replicas = parse_replicas(r)?;
         match spec.mode {
@@ -647,6 +706,17 @@ pub fn apply_update(spec: &mut ServiceSpec, args: &UpdateArgs) -> Result<()> {
         if !task.ports.contains(&add) {
             task.ports.push(add);
         }
+    }
+    let named = |a: &flotilla_types::NetworkAttachment, name: &str| {
+        a.network == name || networks.get(&a.network).is_some_and(|n| n == name)
+    };
+    for rm in &args.network_rm {
+        task.networks.retain(|a| !named(a, rm));
+    }
+    for add in parse_networks(&args.network_add, "--network-add")? {
+        // Named again: its aliases are replaced.
+        task.networks.retain(|a| !named(a, &add.network));
+        task.networks.push(add);
     }
     if args.force {
         task.force_update += 1;

@@ -6,13 +6,15 @@
 //!   [`flags`]: the spec flags of `service create|update` and how they
 //!   become a [`flotilla_types::ServiceSpec`].
 //! - [`commands`]: the commands of nodes, services and the cluster;
-//!   [`stack`]: the stack commands; [`logs`]: `service logs`.
+//!   [`stack`]: the stack commands; [`logs`]: `service logs`;
+//!   [`networks`]: `network create|ls|inspect|rm`.
 //! - [`progress`]: waiting for tasks and following updates, with deadlines.
 //! - [`output`]: tables, `inspect` text and JSON.
 
 pub mod commands;
 pub mod flags;
 pub mod logs;
+pub mod networks;
 pub mod options;
 pub mod output;
 pub mod progress;

@@ -82,6 +82,9 @@ pub enum Command {
     /// Deploy stack files
     #[command(subcommand)]
     Stack(StackCommand),
+    /// Manage networks: services on one network reach each other by name
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// Where the tasks of services answer: address, task, node, health status, labels
     List {
         /// Only this service
@@ -98,6 +101,49 @@ pub enum Command {
     /// Small workloads for trying Flotilla out, run as tasks
     #[command(subcommand)]
     Demo(DemoCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Create an overlay network
+    Create {
+        name: String,
+        /// Only overlay networks exist; accepted for Docker's command lines
+        #[arg(short, long, default_value = "overlay")]
+        driver: String,
+        /// Subnet in CIDR form [default: a /19 of 10.64.0.0/10]
+        #[arg(long)]
+        subnet: Option<String>,
+        /// No route out of the network
+        #[arg(long)]
+        internal: bool,
+        /// Accepted for Compose and Docker; any service may attach
+        #[arg(long)]
+        attachable: bool,
+        /// Driver option: encrypted (traffic between nodes encrypted)
+        #[arg(short, long = "opt", value_name = "KEY[=VALUE]")]
+        opt: Vec<String>,
+        /// Network label, KEY=VALUE
+        #[arg(short, long = "label")]
+        label: Vec<String>,
+    },
+    /// List networks
+    #[command(alias = "list")]
+    Ls(FormatArg),
+    /// Show networks in detail: subnet, services, attached tasks and their addresses
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Output format [default: json]
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Remove networks (refused while a service uses one)
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -371,6 +417,9 @@ pub struct CreateArgs {
     /// published port is chosen) or published=P,target=T[,protocol=..,mode=..]
     #[arg(short = 'p', long = "publish")]
     pub publish: Vec<String>,
+    /// Attach to a network: NAME, or name=NAME[,alias=ALIAS...]
+    #[arg(long = "network")]
+    pub network: Vec<String>,
     #[command(flatten)]
     pub spec: flags::SpecFlags,
     /// Command and arguments (for a docker service: the container's arguments)
@@ -411,6 +460,12 @@ pub struct UpdateArgs {
     /// PUBLISHED:TARGET
     #[arg(long = "publish-rm")]
     pub publish_rm: Vec<String>,
+    /// Attach to another network (as --network of service create)
+    #[arg(long = "network-add")]
+    pub network_add: Vec<String>,
+    /// Detach from a network, by name or ID
+    #[arg(long = "network-rm")]
+    pub network_rm: Vec<String>,
     /// Number of tasks
     #[arg(long, allow_hyphen_values = true)]
     pub replicas: Option<String>,

@@ -274,6 +274,19 @@ pub fn inspect_text(s: &ServiceView) -> String {
     if !t.ports.is_empty() {
         line("Ports:", ports_text(s));
     }
+    if !s.networks.is_empty() {
+        line("Endpoint mode:", s.spec.endpoint_mode.as_str().to_string());
+    }
+    for n in &s.networks {
+        let mut text = n.network.clone();
+        if let Some(vip) = &n.virtual_ip {
+            text.push_str(&format!(" (virtual IP {vip})"));
+        }
+        if !n.aliases.is_empty() {
+            text.push_str(&format!(", aliases {}", n.aliases.join(", ")));
+        }
+        line("Network:", text);
+    }
     line("Restart:", t.restart.condition.as_str().to_string());
     if let Some(h) = &t.health {
         line("Health check:", health_test_text(&h.test));
@@ -425,6 +438,7 @@ pub(crate) mod tests {
             created_at,
             current,
             endpoints: Vec::new(),
+            networks: Vec::new(),
         }
     }
 

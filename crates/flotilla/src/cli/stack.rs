@@ -3,26 +3,36 @@
 //! with Swarm's commands (`deploy`, `ls`, `services`, `ps`, `rm`, `config`).
 //!
 //! A deploy is all or nothing up to the first write: every file is parsed,
-//! interpolated, converted and checked (names included) before the daemon is
-//! asked to change anything. It then writes only what differs: a service
-//! whose spec is unchanged is not written at all, so redeploying the same
-//! files changes nothing; a changed one is replaced at the version it was
-//! read at, which starts a paced rolling update.
+//! interpolated, converted and checked (names included), the external
+//! networks are looked up and the stack's existing networks compared with
+//! the files before the daemon is asked to change anything. It then creates
+//! the stack's missing networks (labelled `com.docker.stack.namespace`
+//! too) and writes only the services that differ: a service whose spec is
+//! unchanged is not written at all, so redeploying the same files changes
+//! nothing; a changed one is replaced at the version it was read at, which
+//! starts a paced rolling update. `rm` removes the stack's services, then
+//! its networks, retrying those still in use while the tasks stop.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use clap::Subcommand;
-use flotilla_api::model::{ServiceView, TaskView};
-use flotilla_api::Client;
-use flotilla_types::{Ratio, ServiceSpec, UpdateState};
+use flotilla_api::model::{NetworkView, ServiceNetwork, ServiceView, TaskView};
+use flotilla_api::{Client, ClientError};
+use flotilla_types::{NetworkSpec, Ratio, ServiceSpec, UpdateState};
 
 use super::output::table;
 use super::output::{ps_header, ps_rows_with, services_table};
 use super::{Format, FormatArg};
-use flotilla_compose::{load_stack_files, StackError, NAMESPACE_LABEL};
+use flotilla_compose::{load_stack_files, StackError, StackNetwork, NAMESPACE_LABEL};
+
+/// How long `stack rm` retries removing a network its stopping tasks
+/// still use, and how often.
+const NETWORK_RM_TIMEOUT: Duration = Duration::from_secs(30);
+const NETWORK_RM_RETRY: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Subcommand)]
 pub enum StackCommand {
@@ -62,7 +72,7 @@ pub enum StackCommand {
         #[command(flatten)]
         format: FormatArg,
     },
-    /// Remove stacks: all of their services
+    /// Remove stacks: all of their services, then their networks
     #[command(alias = "remove", alias = "down")]
     Rm {
         #[arg(required = true)]
@@ -103,19 +113,111 @@ impl Action {
     }
 }
 
+/// What a deploy does to one network of the stack.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetworkAction {
+    /// Create it: it is the stack's and does not exist.
+    Create(NetworkSpec),
+    /// Use it as it is: it is external, or exists as the files ask.
+    Use(String),
+}
+
 /// The stack a service belongs to, if any.
 fn stack_of(view: &ServiceView) -> Option<&str> {
     view.spec.labels.get(NAMESPACE_LABEL).map(String::as_str)
 }
 
+/// Decides what a deploy does to the stack's `networks` (already named
+/// for the stack, see `Stack::networks_for`), given the networks that
+/// exist (those of these names suffice). Refuses, before anything is
+/// written, an external network that does not exist, and a network that
+/// exists with another subnet, `internal` or `encrypted` than the files
+/// ask (a network cannot be changed in place).
+pub fn plan_networks(
+    networks: &[StackNetwork],
+    existing: &[NetworkView],
+) -> Result<Vec<NetworkAction>> {
+    let mut actions = Vec::new();
+    for n in networks {
+        let found = existing.iter().find(|v| v.name == n.name);
+        match found {
+            None if n.external => bail!(
+                "network {:?} is declared as external, but could not be found",
+                n.name
+            ),
+            None => actions.push(NetworkAction::Create(n.spec.clone())),
+            Some(_) if n.external => actions.push(NetworkAction::Use(n.name.clone())),
+            Some(view) => {
+                if let Some((have, want)) = differences(&n.spec, view) {
+                    bail!(
+                        "network {} exists with {have}, the file asks for {want}: remove it first",
+                        n.name
+                    );
+                }
+                actions.push(NetworkAction::Use(n.name.clone()));
+            }
+        }
+    }
+    Ok(actions)
+}
+
+/// What an existing network has and the files ask for otherwise, each as
+/// `key=value` lists; none when it is the network asked for. A file that
+/// names no subnet takes any.
+fn differences(want: &NetworkSpec, have: &NetworkView) -> Option<(String, String)> {
+    let mut has = Vec::new();
+    let mut asks = Vec::new();
+    if let Some(subnet) = want.subnet {
+        let text = subnet.to_string();
+        if have.spec.subnet != Some(subnet) && have.subnet.as_deref() != Some(text.as_str()) {
+            let current = have
+                .subnet
+                .clone()
+                .or_else(|| have.spec.subnet.map(|s| s.to_string()))
+                .unwrap_or_else(|| "none".to_string());
+            has.push(format!("subnet={current}"));
+            asks.push(format!("subnet={text}"));
+        }
+    }
+    for (key, w, h) in [
+        ("internal", want.internal, have.spec.internal),
+        ("encrypted", want.encrypted, have.spec.encrypted),
+    ] {
+        if w != h {
+            has.push(format!("{key}={h}"));
+            asks.push(format!("{key}={w}"));
+        }
+    }
+    if has.is_empty() {
+        None
+    } else {
+        Some((has.join(", "), asks.join(", ")))
+    }
+}
+
+/// `spec` as the files would say it: the daemon keeps networks by ID, and
+/// the service's view names each (`networks`), so that a spec read back
+/// compares with one that names networks.
+fn with_network_names(spec: &ServiceSpec, networks: &[ServiceNetwork]) -> ServiceSpec {
+    let mut spec = spec.clone();
+    for a in &mut spec.task.networks {
+        if let Some(n) = networks.iter().find(|n| n.network_id == a.network) {
+            a.network = n.network.clone();
+        }
+    }
+    spec
+}
+
 /// Whether two specs ask for the same thing. Ratios travel as JSON floats,
-/// which need not come back bit for bit.
+/// which need not come back bit for bit; networks are the same in any
+/// order.
 fn same_spec(a: &ServiceSpec, b: &ServiceSpec) -> bool {
     let close = |x: Ratio, y: Ratio| (x.0 - y.0).abs() < 1e-9;
     let strip = |s: &ServiceSpec| {
         let mut s = s.clone();
         s.update.max_failure_ratio = Ratio(0.0);
         s.rollback.max_failure_ratio = Ratio(0.0);
+        s.task.networks.sort_by(|x, y| x.network.cmp(&y.network));
         s
     };
     strip(a) == strip(b)
@@ -123,10 +225,10 @@ fn same_spec(a: &ServiceSpec, b: &ServiceSpec) -> bool {
         && close(a.rollback.max_failure_ratio, b.rollback.max_failure_ratio)
 }
 
-/// Decides what a deploy of `specs` (already named and labelled) as `stack`
-/// does, given the services that exist: removals first (with `prune`), then
-/// each service in the files' order. Refuses, before anything is written, a
-/// name taken by a service outside the stack.
+/// Decides what a deploy of `specs` (already named and labelled, networks
+/// by name) as `stack` does, given the services that exist: removals first
+/// (with `prune`), then each service in the files' order. Refuses, before
+/// anything is written, a name taken by a service outside the stack.
 pub fn plan(
     stack: &str,
     specs: Vec<ServiceSpec>,
@@ -152,7 +254,7 @@ pub fn plan(
                 // A stack file has no --force: keep what `service update
                 // --force` set, or every redeploy would replace all tasks.
                 spec.task.force_update = view.spec.task.force_update;
-                if same_spec(&spec, &view.spec) {
+                if same_spec(&spec, &with_network_names(&view.spec, &view.networks)) {
                     actions.push(Action::Unchanged(spec.name));
                 } else {
                     actions.push(Action::Update {
@@ -167,10 +269,11 @@ pub fn plan(
 }
 
 /// Deploys the stack files `paths` (later over earlier) as `stack`: checks
-/// everything first, then creates what is missing, replaces what changed,
-/// leaves what is the same and, with `prune`, removes the stack's services
-/// the files no longer name. Prints one line per service and the warnings
-/// (once, to stderr). Returns the names of the stack's services.
+/// everything first, then creates the missing networks and services,
+/// replaces what changed, leaves what is the same and, with `prune`,
+/// removes the stack's services the files no longer name. Prints one line
+/// per network created and per service, and the warnings (once, to
+/// stderr). Returns the names of the stack's services.
 pub async fn deploy_stack(
     client: &Client,
     paths: &[&str],
@@ -188,6 +291,7 @@ pub async fn deploy_stack(
 async fn deploy(client: &Client, paths: &[&str], stack: &str, prune: bool) -> Result<Vec<Action>> {
     let parsed = load_stack_files(paths)?;
     let specs = parsed.specs_for(stack)?;
+    let networks = parsed.networks_for(stack)?;
     for spec in &specs {
         // The daemon's own checks (the conversion made them before the
         // names were prefixed), so that a spec it would refuse stops the
@@ -201,9 +305,39 @@ async fn deploy(client: &Client, paths: &[&str], stack: &str, prune: bool) -> Re
     for w in &parsed.warnings {
         eprintln!("warning: {w}");
     }
+    let mut found = Vec::new();
+    for n in &networks {
+        match client.network(&n.name).await {
+            Ok(view) => found.push(view),
+            Err(e) if e.status() == Some(404) => {}
+            Err(e) => bail!("looking up network {}: {e}", n.name),
+        }
+    }
+    let network_actions = plan_networks(&networks, &found)?;
     let existing = client.services().await?;
     let actions = plan(stack, specs, &existing, prune)?;
     let mut written: Vec<String> = Vec::new();
+    let done = |written: &[String]| {
+        if written.is_empty() {
+            "nothing was changed".to_string()
+        } else {
+            format!("already written: {}", written.join(", "))
+        }
+    };
+    for action in &network_actions {
+        let NetworkAction::Create(spec) = action else {
+            continue;
+        };
+        println!("Creating network {}", spec.name);
+        if let Err(e) = client.create_network(spec).await {
+            bail!(
+                "deploying stack {stack} failed at network {}: {e} ({})",
+                spec.name,
+                done(&written)
+            );
+        }
+        written.push(format!("network {}", spec.name));
+    }
     for action in &actions {
         let result = match action {
             Action::Remove(name) => {
@@ -229,14 +363,10 @@ async fn deploy(client: &Client, paths: &[&str], stack: &str, prune: bool) -> Re
         match result {
             Ok(()) => written.push(action.name().to_string()),
             Err(e) => {
-                let done = if written.is_empty() {
-                    "nothing was changed".to_string()
-                } else {
-                    format!("already written: {}", written.join(", "))
-                };
                 bail!(
-                    "deploying stack {stack} failed at service {}: {e} ({done})",
-                    action.name()
+                    "deploying stack {stack} failed at service {}: {e} ({})",
+                    action.name(),
+                    done(&written)
                 );
             }
         }
@@ -287,6 +417,46 @@ async fn wait_running(client: &Client, names: &[String], timeout: Duration) -> R
         }
     }
     Ok(())
+}
+
+/// Calls `remove` until it succeeds, again every `every` while the daemon
+/// answers that the network is in use (409: the removed services' tasks
+/// are still stopping) and `deadline` has not passed. A network that is
+/// gone already (404) is removed. The last refusal otherwise.
+async fn remove_while_in_use<F, Fut>(
+    mut remove: F,
+    deadline: Instant,
+    every: Duration,
+) -> Result<(), ClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), ClientError>>,
+{
+    loop {
+        match remove().await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.status() == Some(404) => return Ok(()),
+            Err(e) if e.status() == Some(409) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep(every.min(deadline - now)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The networks of `stack` (labelled with [`NAMESPACE_LABEL`]), by name.
+fn stack_networks<'a>(networks: &'a [NetworkView], stack: &str) -> Vec<&'a str> {
+    let mut names: Vec<&str> = networks
+        .iter()
+        .filter(|n| n.spec.labels.get(NAMESPACE_LABEL).map(String::as_str) == Some(stack))
+        .map(|n| n.name.as_str())
+        .collect();
+    names.sort();
+    names
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
@@ -401,6 +571,7 @@ pub async fn stack(client: &Client, command: &StackCommand) -> Result<()> {
         }
         StackCommand::Rm { stacks } => {
             let all = client.services().await?;
+            let all_networks = client.networks().await?;
             let mut failed = None;
             for stack in stacks {
                 let mut names: Vec<&str> = all
@@ -408,7 +579,8 @@ pub async fn stack(client: &Client, command: &StackCommand) -> Result<()> {
                     .filter(|s| stack_of(s) == Some(stack.as_str()))
                     .map(|s| s.name.as_str())
                     .collect();
-                if names.is_empty() {
+                let networks = stack_networks(&all_networks, stack);
+                if names.is_empty() && networks.is_empty() {
                     failed.get_or_insert_with(|| anyhow!("nothing found in stack: {stack}"));
                     continue;
                 }
@@ -417,6 +589,32 @@ pub async fn stack(client: &Client, command: &StackCommand) -> Result<()> {
                     println!("Removing service {name}");
                     if let Err(e) = client.remove_service(name).await {
                         failed.get_or_insert_with(|| anyhow!("removing service {name}: {e}"));
+                    }
+                }
+                // Refused while the removed services' tasks stop: one
+                // deadline for the stack's networks.
+                let deadline = Instant::now() + NETWORK_RM_TIMEOUT;
+                for name in networks {
+                    println!("Removing network {name}");
+                    let removed = remove_while_in_use(
+                        || async { client.remove_network(name).await.map(|_| ()) },
+                        deadline,
+                        NETWORK_RM_RETRY,
+                    )
+                    .await;
+                    match removed {
+                        Ok(()) => {}
+                        Err(e) if e.status() == Some(409) => {
+                            failed.get_or_insert_with(|| {
+                                anyhow!(
+                                    "removing network {name}: still in use after {}s: {e}",
+                                    NETWORK_RM_TIMEOUT.as_secs()
+                                )
+                            });
+                        }
+                        Err(e) => {
+                            failed.get_or_insert_with(|| anyhow!("removing network {name}: {e}"));
+                        }
                     }
                 }
             }
@@ -478,7 +676,241 @@ mod tests {
             update_status: None,
             can_roll_back: false,
             published: Vec::new(),
+            networks: Vec::new(),
         }
+    }
+
+    /// A service as the daemon returns it: networks by ID in the spec,
+    /// named in the view (`id-NAME`), in another order than written.
+    fn stored(spec: ServiceSpec, version: u64) -> ServiceView {
+        let mut stored = spec.clone();
+        let mut networks = Vec::new();
+        for a in &mut stored.task.networks {
+            networks.push(ServiceNetwork {
+                network_id: format!("id-{}", a.network),
+                network: a.network.clone(),
+                aliases: a.aliases.clone(),
+                virtual_ip: None,
+            });
+            a.network = format!("id-{}", a.network);
+        }
+        stored.task.networks.reverse();
+        ServiceView {
+            networks,
+            ..view(stored, version)
+        }
+    }
+
+    fn network_view(spec: NetworkSpec, subnet: Option<&str>) -> NetworkView {
+        NetworkView {
+            id: format!("id-{}", spec.name),
+            name: spec.name.clone(),
+            spec,
+            created_at: 0,
+            subnet: subnet.map(str::to_string),
+            gateway: None,
+            vni: None,
+            services: Vec::new(),
+            tasks: Vec::new(),
+        }
+    }
+
+    const NETWORKED: &str = "services:\n  web:\n    image: nginx\n    networks:\n      front:\n        aliases: [www]\n      back:\n  db:\n    image: pg\n    networks: [back]\n    deploy: {endpoint_mode: dnsrr}\n  cron:\n    image: cron\nnetworks:\n  front:\n    driver_opts: {encrypted: \"\"}\n  back:\n    internal: true\n    ipam:\n      config: [{subnet: 10.0.9.0/24}]\n  shared:\n    external: true\n";
+
+    #[test]
+    fn the_same_files_twice_change_nothing() {
+        let text = NETWORKED.replace("networks: [back]", "networks: [back, shared]");
+        let parsed = flotilla_compose::parse_stack("nodir/s.yml", &text).expect("parse");
+        let specs = parsed.specs_for("s").expect("specs");
+        let networks = parsed.networks_for("s").expect("networks");
+        let names: Vec<&str> = networks.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["s_back", "s_default", "s_front", "shared"]);
+        // The first deploy creates the stack's networks; external ones
+        // are looked up only.
+        let existing_networks = vec![network_view(NetworkSpec::named("shared"), None)];
+        let first = plan_networks(&networks, &existing_networks).expect("plan");
+        let created: Vec<&str> = first
+            .iter()
+            .filter_map(|a| match a {
+                NetworkAction::Create(spec) => Some(spec.name.as_str()),
+                NetworkAction::Use(_) => None,
+            })
+            .collect();
+        assert_eq!(created, ["s_back", "s_default", "s_front"]);
+        for a in &first {
+            if let NetworkAction::Create(spec) = a {
+                assert_eq!(spec.labels[NAMESPACE_LABEL], "s", "{spec:?}");
+            }
+        }
+        // Deployed: the daemon has them, and the services by network ID.
+        let mut all_networks = existing_networks;
+        for n in networks.iter().filter(|n| !n.external) {
+            all_networks.push(network_view(n.spec.clone(), Some("10.0.9.0/24")));
+        }
+        let existing: Vec<ServiceView> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| stored(spec.clone(), i as u64 + 1))
+            .collect();
+        assert!(existing[2].spec.task.networks[0].network.starts_with("id-"));
+        let again = parsed.specs_for("s").expect("specs");
+        let actions = plan("s", again, &existing, false).expect("plan");
+        assert!(
+            actions.iter().all(|a| matches!(a, Action::Unchanged(_))),
+            "{actions:?}"
+        );
+        let second = plan_networks(&networks, &all_networks).expect("plan");
+        assert!(
+            second.iter().all(|a| matches!(a, NetworkAction::Use(_))),
+            "{second:?}"
+        );
+        // Another alias, or another network, is a change.
+        let changed = flotilla_compose::parse_stack(
+            "nodir/s.yml",
+            &text.replace("aliases: [www]", "aliases: [www, web2]"),
+        )
+        .expect("parse");
+        let actions = plan(
+            "s",
+            changed.specs_for("s").expect("specs"),
+            &existing,
+            false,
+        )
+        .expect("plan");
+        let updated: Vec<&str> = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Update { .. }))
+            .map(Action::name)
+            .collect();
+        assert_eq!(updated, ["s_web"]);
+    }
+
+    #[test]
+    fn networks_are_checked_before_anything_is_written() {
+        let parsed = flotilla_compose::parse_stack("nodir/s.yml", NETWORKED).expect("parse");
+        let networks = parsed.networks_for("s").expect("networks");
+        let plan_with = |existing: &[NetworkView]| {
+            plan_networks(&networks, existing)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
+        // An external network must exist (here: unused, so not asked).
+        let with_shared = flotilla_compose::parse_stack(
+            "nodir/s.yml",
+            &NETWORKED.replace("networks: [back]", "networks: [back, shared]"),
+        )
+        .expect("parse");
+        let e = plan_networks(&with_shared.networks_for("s").expect("networks"), &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            e,
+            "network \"shared\" is declared as external, but could not be found"
+        );
+        let spec_of = |name: &str| {
+            networks
+                .iter()
+                .find(|n| n.name == name)
+                .map(|n| n.spec.clone())
+                .expect("network")
+        };
+        // An existing network of the stack is used when it is the one the
+        // files ask for, and refused otherwise.
+        let mut back = spec_of("s_back");
+        back.internal = false;
+        assert_eq!(
+            plan_with(&[network_view(back, Some("10.0.9.0/24"))]),
+            "network s_back exists with internal=false, the file asks for internal=true: remove it first"
+        );
+        let mut back = spec_of("s_back");
+        back.subnet = None;
+        assert_eq!(
+            plan_with(&[network_view(back, Some("10.64.3.0/24"))]),
+            "network s_back exists with subnet=10.64.3.0/24, the file asks for subnet=10.0.9.0/24: remove it first"
+        );
+        let mut front = spec_of("s_front");
+        front.encrypted = false;
+        front.internal = true;
+        assert_eq!(
+            plan_with(&[network_view(front, None)]),
+            "network s_front exists with internal=true, encrypted=false, the file asks for internal=false, encrypted=true: remove it first"
+        );
+        // No subnet asked: any will do; labels and the rest do not matter.
+        let mut default = spec_of("s_default");
+        default.labels.clear();
+        let actions =
+            plan_networks(&networks, &[network_view(default, Some("10.64.0.0/24"))]).expect("plan");
+        assert!(actions.contains(&NetworkAction::Use("s_default".into())));
+        assert!(actions.contains(&NetworkAction::Create(spec_of("s_front"))));
+    }
+
+    fn refused(status: u16) -> ClientError {
+        ClientError::Api {
+            status,
+            message: format!("refused with {status}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn network_removal_retries_while_in_use() {
+        let attempts = std::cell::Cell::new(0);
+        let fails_then = |n: u32, last: Option<u16>| {
+            let attempts = &attempts;
+            move || {
+                attempts.set(attempts.get() + 1);
+                let r = if attempts.get() <= n {
+                    Err(refused(409))
+                } else {
+                    match last {
+                        None => Ok(()),
+                        Some(status) => Err(refused(status)),
+                    }
+                };
+                async move { r }
+            }
+        };
+        let every = Duration::from_millis(1);
+        let far = Instant::now() + Duration::from_secs(30);
+        // In use twice, then removed.
+        assert!(remove_while_in_use(fails_then(2, None), far, every)
+            .await
+            .is_ok());
+        assert_eq!(attempts.get(), 3);
+        // Gone already: removed.
+        attempts.set(0);
+        assert!(remove_while_in_use(fails_then(1, Some(404)), far, every)
+            .await
+            .is_ok());
+        // Another error ends at once.
+        attempts.set(0);
+        let e = remove_while_in_use(fails_then(0, Some(500)), far, every).await;
+        assert_eq!(e.err().and_then(|e| e.status()), Some(500));
+        assert_eq!(attempts.get(), 1);
+        // Still in use at the deadline: the daemon's refusal.
+        attempts.set(0);
+        let soon = Instant::now() + Duration::from_millis(20);
+        let e = remove_while_in_use(fails_then(u32::MAX, None), soon, every).await;
+        assert_eq!(e.err().and_then(|e| e.status()), Some(409));
+        assert!(attempts.get() > 1);
+    }
+
+    #[test]
+    fn stack_networks_are_found_by_label() {
+        let mut a = NetworkSpec::named("s_front");
+        a.labels.insert(NAMESPACE_LABEL.into(), "s".into());
+        let mut b = NetworkSpec::named("s_back");
+        b.labels.insert(NAMESPACE_LABEL.into(), "s".into());
+        let mut other = NetworkSpec::named("t_front");
+        other.labels.insert(NAMESPACE_LABEL.into(), "t".into());
+        let all = [
+            network_view(a, None),
+            network_view(NetworkSpec::named("s_lone"), None),
+            network_view(other, None),
+            network_view(b, None),
+        ];
+        assert_eq!(stack_networks(&all, "s"), ["s_back", "s_front"]);
     }
 
     #[test]

@@ -17,11 +17,13 @@ use axum::{Json, Router};
 
 pub mod cluster;
 pub mod logs;
+pub mod networks;
 pub mod nodes;
 pub mod services;
 
 use cluster::*;
 use logs::*;
+use networks::*;
 use nodes::*;
 use services::*;
 
@@ -91,9 +93,9 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::ServiceNotFound(_) | StoreError::NodeNotFound(_) => {
-                ApiError::NotFound(e.to_string())
-            }
+            StoreError::ServiceNotFound(_)
+            | StoreError::NodeNotFound(_)
+            | StoreError::NetworkNotFound(_) => ApiError::NotFound(e.to_string()),
             StoreError::AlreadyInitialized
             | StoreError::NotInitialized
             | StoreError::ServiceExists(_)
@@ -101,6 +103,10 @@ impl From<StoreError> for ApiError {
             | StoreError::VersionConflict { .. }
             | StoreError::PortTaken { .. }
             | StoreError::PortsMismatch { .. }
+            | StoreError::NetworkExists(_)
+            | StoreError::SubnetOverlaps { .. }
+            | StoreError::NetworkInUse { .. }
+            | StoreError::AddressMismatch { .. }
             | StoreError::NothingToRollBack(_) => ApiError::Conflict(e.to_string()),
         }
     }
@@ -201,6 +207,10 @@ fn endpoint(route: &Route) -> MethodRouter<Arc<NodeCtx>> {
         Operation::ServiceLogs => on(m, logs),
         Operation::ServiceEndpoints => on(m, endpoints),
         Operation::MeshStats => on(m, mesh_stats),
+        Operation::ListNetworks => on(m, networks),
+        Operation::CreateNetwork => on(m, create_network),
+        Operation::InspectNetwork => on(m, network),
+        Operation::RemoveNetwork => on(m, remove_network),
     }
 }
 

@@ -8,10 +8,12 @@
 //! # Layout
 //! - [`services`]: create, scale, replace, roll back, remove.
 //! - [`nodes`]: update, promote, demote, remove.
+//! - [`networks`]: create, remove, and network names in service specs.
 //! - [`cluster`]: join tokens and their secrets, the role a join secret
 //!   gives, and the quorum arithmetic of `leave`.
 
 pub mod cluster;
+pub mod networks;
 pub mod nodes;
 pub mod services;
 

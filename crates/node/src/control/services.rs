@@ -4,6 +4,7 @@
 use flotilla_store::{Command, StoreError};
 use flotilla_types::{new_id, ServiceMode, ServiceSpec};
 
+use super::networks::resolve_networks;
 use super::{service_not_found, Control, ControlError};
 
 /// How often a read-modify-write of a spec is retried when another change
@@ -12,8 +13,9 @@ const MODIFY_ATTEMPTS: usize = 5;
 
 impl Control {
     /// Creates a service; returns its ID.
-    pub async fn create_service(&self, spec: ServiceSpec) -> Result<String, ControlError> {
+    pub async fn create_service(&self, mut spec: ServiceSpec) -> Result<String, ControlError> {
         validate_spec(&spec)?;
+        self.read(|s| resolve_networks(s, &mut spec))?;
         let id = new_id(rand::random());
         self.commit(Command::CreateService {
             id: id.clone(),
@@ -53,6 +55,7 @@ impl Control {
             let mut spec = current.spec.clone();
             change(&mut spec)?;
             validate_spec(&spec)?;
+            self.read(|s| resolve_networks(s, &mut spec))?;
             let written = self
                 .commit(Command::UpdateService {
                     id: current.id.clone(),
@@ -77,10 +80,11 @@ impl Control {
     pub async fn replace_service(
         &self,
         name: &str,
-        spec: ServiceSpec,
+        mut spec: ServiceSpec,
         version: Option<u64>,
     ) -> Result<String, ControlError> {
         validate_spec(&spec)?;
+        self.read(|s| resolve_networks(s, &mut spec))?;
         let id = self.service_id(name)?;
         self.commit(Command::UpdateService {
             id: id.clone(),

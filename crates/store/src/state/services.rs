@@ -30,6 +30,7 @@ impl State {
             return Err(StoreError::ServiceExists(spec.name.clone()));
         }
         let published = self.published_for(id, spec, &[])?;
+        self.check_networks_exist(spec)?;
         let service = Service {
             id: id.to_string(),
             spec: spec.clone(),
@@ -39,6 +40,7 @@ impl State {
             previous_spec: None,
             update_status: None,
             published,
+            virtual_ips: Vec::new(),
         };
         table::insert(&mut self.services, id, service, changes);
         Ok(Some(id.to_string()))
@@ -64,6 +66,7 @@ impl State {
             .any(|s| s.id != id && s.spec.name == spec.name);
         let before = self.service_by_id(id)?.published.clone();
         let published = self.published_for(id, spec, &before);
+        let networks = self.check_networks_exist(spec);
         let service = self.service_mut(id)?;
         if let Some(expected) = expected_version {
             check_version(service, expected)?;
@@ -71,7 +74,9 @@ impl State {
         if renamed_to_taken {
             return Err(StoreError::ServiceExists(spec.name.clone()));
         }
+        networks?;
         service.published = published?;
+        service.virtual_ips = super::networks::kept_vips(spec, &service.virtual_ips);
         if service.spec.task != spec.task {
             // What `service rollback` returns to: the last spec
             // whose tasks differ, not a scale in between.
@@ -117,9 +122,12 @@ impl State {
         // The ports it returns to may have been taken meanwhile: then the
         // rollback is refused, and nothing changes.
         let published = self.published_for(id, &previous, &before)?;
+        // So may a network it was on have been removed.
+        self.check_networks_exist(&previous)?;
         let service = self.service_mut(id)?;
         service.previous_spec = None;
         service.published = published;
+        service.virtual_ips = super::networks::kept_vips(&previous, &service.virtual_ips);
         let mut spec = previous;
         // The name and the replica count are not part of what is
         // rolled back, as in Swarm: a scale since stays.
@@ -282,7 +290,7 @@ fn port_taken(port: &PublishedPort, other: &Service) -> StoreError {
 }
 
 /// Refuses a change decided at `expected` if the service has moved on.
-fn check_version(service: &Service, expected: u64) -> Result<(), StoreError> {
+pub(super) fn check_version(service: &Service, expected: u64) -> Result<(), StoreError> {
     if service.version != expected {
         return Err(StoreError::VersionConflict {
             name: service.spec.name.clone(),

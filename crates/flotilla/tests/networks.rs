@@ -1,0 +1,171 @@
+//! Networks on one node, end to end through the real binary: create,
+//! list, inspect, the subnet and addresses the leader gives, and what is
+//! refused (an overlapping subnet, a network that does not exist, removing
+//! a network in use).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use flotilla_testkit::{wait_until, CliOutput, Daemon};
+use serde_json::Value;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_flotilla"))
+}
+
+fn one_line_error(out: &CliOutput) -> String {
+    assert_ne!(out.code, 0, "expected a failure, got stdout {}", out.stdout);
+    let err = out.stderr.trim();
+    assert_eq!(err.lines().count(), 1, "error must be one line: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err.to_string()
+}
+
+fn network(d: &Daemon, name: &str) -> Result<Value> {
+    let all = d.ok(&["network", "inspect", name])?.json()?;
+    all.as_array()
+        .and_then(|a| a.first().cloned())
+        .ok_or_else(|| anyhow!("network {name} not in its inspect output"))
+}
+
+#[test]
+fn networks_get_subnets_and_their_tasks_get_addresses() -> Result<()> {
+    let d = Daemon::start(bin())?;
+    d.ok(&["init"])?;
+
+    d.ok(&["network", "create", "front"])?;
+    d.ok(&[
+        "network",
+        "create",
+        "--subnet",
+        "10.0.9.0/24",
+        "--opt",
+        "encrypted",
+        "back",
+    ])?;
+    // The leader's allocator gives front the pool's first /19.
+    let front = wait_until("front to get its subnet", Duration::from_secs(10), || {
+        let n = network(&d, "front")?;
+        Ok((!n["subnet"].is_null() && !n["vni"].is_null()).then_some(n))
+    })?;
+    assert_eq!(front["subnet"], "10.64.0.0/19");
+    assert_eq!(front["gateway"], "10.64.0.1");
+    let back = network(&d, "back")?;
+    assert_eq!(back["subnet"], "10.0.9.0/24");
+    assert_eq!(back["spec"]["encrypted"], true);
+
+    let overlap = d.cli(&["network", "create", "--subnet", "10.0.9.128/25", "other"]);
+    assert_eq!(
+        one_line_error(&overlap),
+        "Error: subnet 10.0.9.128/25 overlaps network back (10.0.9.0/24)"
+    );
+    let host_bits = d.cli(&["network", "create", "--subnet", "10.0.9.5/24", "other"]);
+    assert!(one_line_error(&host_bits).contains("did you mean 10.0.9.0/24"));
+    let taken = d.cli(&["network", "create", "front"]);
+    assert_eq!(
+        one_line_error(&taken),
+        "Error: network front already exists"
+    );
+
+    let missing = d.cli(&[
+        "service",
+        "create",
+        "--name",
+        "lost",
+        "--network",
+        "nope",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    assert_eq!(one_line_error(&missing), "Error: network nope not found");
+
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "--network",
+        "name=front,alias=www",
+        "--network",
+        "back",
+        "--",
+        "sleep",
+        "600",
+    ])?;
+    // Two tasks on both networks, each with its own address; the service
+    // has the first address of each subnet as its virtual address.
+    let front = wait_until(
+        "web's tasks to be on front",
+        Duration::from_secs(20),
+        || {
+            let n = network(&d, "front")?;
+            let running = n["tasks"]
+                .as_array()
+                .map_or(0, |t| t.iter().filter(|t| t["state"] == "running").count());
+            Ok((running == 2).then_some(n))
+        },
+    )?;
+    let mut addrs: Vec<String> = front["tasks"]
+        .as_array()
+        .map(|t| {
+            t.iter()
+                .filter_map(|t| t["address"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    addrs.sort();
+    assert_eq!(addrs, vec!["10.64.0.3", "10.64.0.4"]);
+    assert_eq!(front["services"], serde_json::json!(["web"]));
+    let web = d.service("web")?;
+    let networks = web["networks"].as_array().cloned().unwrap_or_default();
+    assert_eq!(networks.len(), 2, "{web}");
+    assert_eq!(networks[0]["network"], "front");
+    assert_eq!(networks[0]["virtual_ip"], "10.64.0.2");
+    assert_eq!(networks[0]["aliases"], serde_json::json!(["www"]));
+    assert_eq!(networks[1]["virtual_ip"], "10.0.9.2");
+    let tasks = d.tasks("web")?;
+    assert!(tasks
+        .iter()
+        .all(|t| t["networks"].as_array().map(Vec::len) == Some(2)));
+    let text = d
+        .ok(&["service", "inspect", "web", "--format", "table"])?
+        .stdout;
+    assert!(
+        text.contains("front (virtual IP 10.64.0.2), aliases www"),
+        "{text}"
+    );
+    let ls = d.ok(&["network", "ls"])?.stdout;
+    assert!(
+        ls.contains("10.0.9.0/24") && ls.contains("encrypted"),
+        "{ls}"
+    );
+
+    let in_use = d.cli(&["network", "rm", "front"]);
+    assert_eq!(
+        one_line_error(&in_use),
+        "Error: network front is in use by services web"
+    );
+
+    // Off front: the update replaces the tasks, which then hold back only.
+    d.ok(&[
+        "service",
+        "update",
+        "--network-rm",
+        "front",
+        "--detach",
+        "web",
+    ])?;
+    wait_until("front to be free", Duration::from_secs(30), || {
+        let out = d.cli(&["network", "rm", "front"]);
+        Ok((out.code == 0).then_some(()))
+    })?;
+    let gone = d.cli(&["network", "inspect", "front"]);
+    assert_eq!(one_line_error(&gone), "Error: network front not found");
+    let web = d.service("web")?;
+    assert_eq!(web["networks"].as_array().map(Vec::len), Some(1), "{web}");
+    Ok(())
+}
