@@ -23,6 +23,12 @@
 //!   [`DEFAULT_MAX_CONNECTIONS`]).
 //! - No global lock per connection: a connection reads its port's route
 //!   once (a read lock on that port) and then only touches atomics.
+//! - The connections run on the mesh's own threads ([`MeshConfig::workers`],
+//!   one single-threaded runtime per core): a listener accepts on the
+//!   caller's runtime and hands each connection to the thread with the
+//!   fewest open, where it stays; the daemon's control work (raft, the API,
+//!   snapshot builds) never queues in front of a copy, and an open
+//!   connection goes on while the daemon's runtime is blocked (a test).
 //!
 //! # Copying
 //! [`CopyMode::Splice`] (the default) copies each direction's small
@@ -78,5 +84,6 @@ pub mod udp;
 pub use copy::{CopyError, CopyMode};
 pub use listener::ConnError;
 pub use mesh::{
-    Mesh, MeshConfig, DEFAULT_BIND_RETRY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    default_workers, Mesh, MeshConfig, DEFAULT_BIND_RETRY, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
 };

@@ -4,12 +4,13 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -61,6 +62,8 @@ pub struct Ctx {
     /// own stop token (its port left the table) ends only the listener.
     pub shutdown: CancellationToken,
     pub conns: TaskTracker,
+    /// The data path's threads; empty: the caller's runtime.
+    pub workers: Arc<[Worker]>,
 }
 
 /// The text stats show for a port that cannot be opened.
@@ -88,6 +91,16 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Listens on the port until `stop` (the port left the table) or the
 /// mesh's shutdown; while the port cannot be bound, retries every
 /// `bind_retry` and shows why in the port's stats.
+///
+/// The accept loop runs here, on the caller's runtime; each accepted
+/// connection goes to the data-path thread with the fewest open
+/// connections, where it stays until it ends (HAProxy balances accepted
+/// connections over its threads the same way). Two other designs were
+/// measured (docs/mesh.md): a socket per thread with `SO_REUSEPORT` (the
+/// kernel's hash put bursts of new connections on a busy thread while the
+/// other idled: p99 1.6 times HAProxy's with a connection per request)
+/// and one socket shared by every thread (each new connection woke both:
+/// 1.19 times HAProxy's CPU per request).
 pub async fn listen(port: Arc<PortState>, ctx: Ctx, stop: CancellationToken) {
     let addr = SocketAddr::new(ctx.bind_ip, port.published);
     let mut warned: Option<String> = None;
@@ -133,11 +146,7 @@ pub async fn listen(port: Arc<PortState>, ctx: Ctx, stop: CancellationToken) {
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => {
-                let (port, ctx2) = (port.clone(), ctx.clone());
-                ctx.conns
-                    .spawn(async move { serve(stream, peer, port, ctx2).await });
-            }
+            Ok((stream, peer)) => dispatch(stream, peer, &port, &ctx),
             Err(err) => {
                 warn!(port = port.published, error = %err, "mesh accept failed");
                 tokio::select! {
@@ -149,6 +158,80 @@ pub async fn listen(port: Arc<PortState>, ctx: Ctx, stop: CancellationToken) {
     }
     port.listening.store(false, RELAXED);
     debug!(port = port.published, "mesh listener closed");
+}
+
+/// Hands an accepted connection to the data-path thread with the fewest
+/// open connections (the caller's runtime when there is none).
+fn dispatch(stream: TcpStream, peer: SocketAddr, port: &Arc<PortState>, ctx: &Ctx) {
+    let (port, ctx2) = (port.clone(), ctx.clone());
+    // Counted from now, so that the next accept already sees it.
+    let Some(worker) = least_loaded(&ctx.workers) else {
+        ctx.conns.spawn(serve(stream, peer, port, ctx2));
+        return;
+    };
+    // Off this runtime's poller, onto the serving thread's (still
+    // non-blocking).
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(err) => {
+            debug!(port = port.published, %peer, error = %err, "cannot hand an accepted connection over");
+            return;
+        }
+    };
+    let handle = worker.handle.clone();
+    let run = async move {
+        let _open = worker;
+        let stream = match TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(err) => {
+                debug!(port = port.published, %peer, error = %err, "cannot serve an accepted connection");
+                return;
+            }
+        };
+        serve(stream, peer, port, ctx2).await;
+    };
+    ctx.conns.spawn_on(run, &handle);
+}
+
+/// The data-path thread with the fewest open connections (ties go to the
+/// first), counted one more until the returned reference is dropped.
+fn least_loaded(workers: &Arc<[Worker]>) -> Option<WorkerRef> {
+    let (index, worker) = workers
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, w)| w.open.load(RELAXED))?;
+    worker.open.fetch_add(1, RELAXED);
+    Some(WorkerRef {
+        workers: workers.clone(),
+        index,
+    })
+}
+
+/// One data-path thread as the listeners see it: where to spawn, and how
+/// many connections it serves now.
+#[derive(Debug)]
+pub struct Worker {
+    pub handle: Handle,
+    pub open: AtomicU64,
+}
+
+/// A [`Worker`] of the shared list, owned by a connection's future.
+struct WorkerRef {
+    workers: Arc<[Worker]>,
+    index: usize,
+}
+
+impl std::ops::Deref for WorkerRef {
+    type Target = Worker;
+    fn deref(&self) -> &Worker {
+        &self.workers[self.index]
+    }
+}
+
+impl Drop for WorkerRef {
+    fn drop(&mut self) {
+        self.workers[self.index].open.fetch_sub(1, RELAXED);
+    }
 }
 
 /// One accepted connection, from the choice of backend to its end.

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use flotilla_types::mesh::{MeshService, MeshStats, MeshTable};
 use flotilla_types::port::Protocol;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,6 +42,12 @@ pub struct MeshConfig {
     pub default_max_connections: u32,
     pub bind_retry: Duration,
     pub copy: CopyMode,
+    /// Threads of the data path's own: each runs a single-threaded
+    /// runtime and the connections handed to it, start to end (the
+    /// listeners accept on the caller's runtime and hand each connection to
+    /// the thread with the fewest). 0 runs the data path on the caller's
+    /// runtime instead.
+    pub workers: usize,
 }
 
 impl MeshConfig {
@@ -53,7 +60,84 @@ impl MeshConfig {
             default_max_connections: DEFAULT_MAX_CONNECTIONS,
             bind_retry: DEFAULT_BIND_RETRY,
             copy: CopyMode::default(),
+            workers: default_workers(),
         }
+    }
+}
+
+/// One data-path thread per core the process may use.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// The data path's threads: each runs a single-threaded runtime until the
+/// mesh stops. A connection lives on the thread that accepted it, so its
+/// wakeups never cross threads and the daemon's control work (raft, the
+/// API, snapshot builds) never queues in front of its copy.
+struct Workers {
+    handles: Vec<Handle>,
+    stop: CancellationToken,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Starts `n` threads; a thread that cannot be started is left out
+    /// (with a warning), and with none the caller's runtime serves.
+    fn start(n: usize) -> Workers {
+        let stop = CancellationToken::new();
+        let mut handles = Vec::with_capacity(n);
+        let mut threads = Vec::with_capacity(n);
+        for i in 0..n {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    warn!(error = %err, "cannot start a mesh runtime; fewer data-path threads");
+                    continue;
+                }
+            };
+            let handle = runtime.handle().clone();
+            let token = stop.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("flotilla-mesh-{i}"))
+                .spawn(move || runtime.block_on(token.cancelled()));
+            match spawned {
+                Ok(thread) => {
+                    handles.push(handle);
+                    threads.push(thread);
+                }
+                Err(err) => {
+                    warn!(error = %err, "cannot start a mesh thread; fewer data-path threads");
+                }
+            }
+        }
+        Workers {
+            handles,
+            stop,
+            threads,
+        }
+    }
+
+    /// Ends the threads; tasks still on them are dropped with their
+    /// runtime. Called once every listener and connection has ended.
+    async fn stop(mut self) {
+        self.stop.cancel();
+        let threads = std::mem::take(&mut self.threads);
+        let joined = tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        });
+        let _ = joined.await;
+    }
+}
+
+impl Drop for Workers {
+    /// A table loop dropped before its end still ends its threads.
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
@@ -113,6 +197,7 @@ impl Mesh {
     /// away, the last table keeps being served until `shutdown`.
     pub async fn run(self, mut table: watch::Receiver<MeshTable>, shutdown: CancellationToken) {
         let config = &self.inner.config;
+        let workers = Workers::start(config.workers);
         let ctx = Ctx {
             bind_ip: config.bind_ip,
             connect_timeout: config.connect_timeout,
@@ -120,6 +205,14 @@ impl Mesh {
             copy: config.copy,
             shutdown: shutdown.clone(),
             conns: TaskTracker::new(),
+            workers: workers
+                .handles
+                .iter()
+                .map(|handle| crate::listener::Worker {
+                    handle: handle.clone(),
+                    open: AtomicU64::new(0),
+                })
+                .collect(),
         };
         let listeners = TaskTracker::new();
         let mut gauges: HashMap<String, Arc<AtomicU64>> = HashMap::new();
@@ -151,6 +244,7 @@ impl Mesh {
         ctx.conns.close();
         listeners.wait().await;
         ctx.conns.wait().await;
+        workers.stop().await;
     }
 
     /// Brings the listeners in line with `table`: new ports open, gone

@@ -13,13 +13,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn spread(balance: Balance) {
+    spread_with(balance, flotilla_mesh::default_workers()).await;
+}
+
+async fn spread_with(balance: Balance, workers: usize) {
     let (a, b) = (Echo::start("a").await, Echo::start("b").await);
     let p = free_port();
-    let mesh = Running::start(table(vec![service(
-        "web",
-        balance,
-        vec![port(p, vec![a.backend(), b.backend()])],
-    )]))
+    let mesh = Running::start_config(
+        table(vec![service(
+            "web",
+            balance,
+            vec![port(p, vec![a.backend(), b.backend()])],
+        )]),
+        |config| config.workers = workers,
+    )
     .await;
     mesh.listening(p).await;
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -726,4 +733,101 @@ async fn many_connections_at_once_buffered() {
 #[tokio::test]
 async fn many_connections_at_once_spliced() {
     many_at_once(CopyMode::Splice).await;
+}
+
+/// A backend on a thread of its own (no runtime), echoing every
+/// connection until its end.
+fn thread_echo() -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind((LOCAL, 0)).expect("bind echo");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = s.read(&mut buf) {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// How long a round trip on an open connection through the mesh takes
+/// while the runtime that runs the table loop and the listeners (the
+/// daemon's, in a node) is blocked for 1 s.
+async fn round_trip_while_blocked(workers: usize) -> Duration {
+    use std::io::{Read, Write};
+    let addr = thread_echo();
+    let p = free_port();
+    let backend = Backend {
+        task_id: "task-t".into(),
+        node_id: "node-1".into(),
+        addr,
+    };
+    let mesh = Running::start_config(
+        table(vec![service(
+            "web",
+            Balance::LeastConnections,
+            vec![port(p, vec![backend])],
+        )]),
+        |config| config.workers = workers,
+    )
+    .await;
+    mesh.listening(p).await;
+    // Connected and served once before the block.
+    let mut s = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect((LOCAL, p)).expect("connect");
+        s.set_read_timeout(Some(DEADLINE)).expect("timeout");
+        s.write_all(b"pong").expect("write");
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).expect("read");
+        s
+    })
+    .await
+    .expect("first round trip");
+    let client = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        let start = Instant::now();
+        s.write_all(b"ping").expect("write");
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"ping");
+        start.elapsed()
+    });
+    // The test's runtime has one thread: this blocks it, and with it any
+    // task of the mesh that runs there.
+    std::thread::sleep(Duration::from_secs(1));
+    // Joined off the runtime: with no workers the copy needs it.
+    let took = tokio::task::spawn_blocking(move || client.join())
+        .await
+        .expect("join")
+        .expect("client");
+    mesh.stop().await;
+    took
+}
+
+#[tokio::test]
+async fn the_data_path_goes_on_while_the_daemons_runtime_is_blocked() {
+    let took = round_trip_while_blocked(2).await;
+    assert!(
+        took < Duration::from_millis(500),
+        "a round trip took {took:?} on the mesh's own threads"
+    );
+}
+
+#[tokio::test]
+async fn with_no_workers_the_data_path_runs_on_the_callers_runtime() {
+    // The check that the test above can fail: here the copy waits for the
+    // blocked runtime.
+    let took = round_trip_while_blocked(0).await;
+    assert!(
+        took >= Duration::from_millis(500),
+        "a round trip took {took:?} on a blocked runtime"
+    );
+    spread_with(Balance::RoundRobin, 0).await;
 }

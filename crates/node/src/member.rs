@@ -131,6 +131,18 @@ impl NodeCtx {
                 "FLOTILLA_MESH_COPY is splice or buffered; using splice"
             ),
         }
+        // The data path's threads (default: one per core; 0 puts it on
+        // the daemon's own runtime, for comparing the two).
+        if let Ok(value) = std::env::var("FLOTILLA_MESH_WORKERS") {
+            match value.parse::<usize>() {
+                Ok(n) if n <= 64 => mesh_config.workers = n,
+                _ => tracing::warn!(
+                    value = %value,
+                    "FLOTILLA_MESH_WORKERS is a number of threads from 0 to 64; using {}",
+                    mesh_config.workers
+                ),
+            }
+        }
         let mesh = flotilla_mesh::Mesh::new(mesh_config);
         if let Ok(mut slot) = self.mesh.write() {
             *slot = Some(mesh.clone());

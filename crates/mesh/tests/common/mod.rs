@@ -157,11 +157,16 @@ impl Running {
     }
 
     pub async fn start_with(initial: MeshTable, copy: CopyMode) -> Running {
+        Running::start_config(initial, |config| config.copy = copy).await
+    }
+
+    /// A mesh with the tests' timeouts, then `set` applied to its config.
+    pub async fn start_config(initial: MeshTable, set: impl FnOnce(&mut MeshConfig)) -> Running {
         let mut config = MeshConfig::new("node-1");
         config.bind_ip = LOCAL;
         config.connect_timeout = Duration::from_millis(500);
         config.bind_retry = Duration::from_millis(100);
-        config.copy = copy;
+        set(&mut config);
         let mesh = Mesh::new(config);
         let (tx, rx) = watch::channel(initial);
         let shutdown = CancellationToken::new();
