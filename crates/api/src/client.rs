@@ -397,6 +397,24 @@ impl Client {
         self.call::<(), _>(Method::DELETE, &path, None).await
     }
 
+    /// `GET /v1/resolve`: what `from` (a task ID or `SERVICE.SLOT`; none:
+    /// every network) gets for `name`, of type `A` or `SRV`.
+    pub async fn resolve(
+        &self,
+        name: &str,
+        from: Option<&str>,
+        rtype: Option<&str>,
+    ) -> Result<crate::model::ResolveView, ClientError> {
+        let mut path = format!("/v1/resolve?name={}", encode_segment(name));
+        if let Some(from) = from {
+            path.push_str(&format!("&from={}", encode_segment(from)));
+        }
+        if let Some(t) = rtype {
+            path.push_str(&format!("&type={}", encode_segment(t)));
+        }
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
     /// `GET /v1/mesh/stats`.
     pub async fn mesh_stats(&self) -> Result<Vec<flotilla_types::mesh::MeshStats>, ClientError> {
         self.call::<(), _>(Method::GET, "/v1/mesh/stats", None)

@@ -433,6 +433,49 @@ pub struct TokenQuery {
     pub rotate: bool,
 }
 
+/// `GET /v1/resolve` query: what a task would get for a name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ResolveQuery {
+    /// The name, as a task would ask it: `web`, `STACK_web`, an alias,
+    /// `tasks.web`.
+    pub name: String,
+    /// The task that asks: its ID or `SERVICE.SLOT`; none: every network.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// `A` (the default) or `SRV`.
+    #[serde(default)]
+    pub r#type: Option<String>,
+}
+
+/// What the resolver answers for a name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ResolveView {
+    pub name: String,
+    /// The task asked for, by ID, when one was.
+    #[serde(default)]
+    pub from_task: Option<String>,
+    /// The networks whose names the asker sees.
+    pub networks: Vec<String>,
+    /// `answer`, `nxdomain` (no such name for this task, or nothing ready
+    /// behind it), `nodata` (no record of this type) or `forward` (not the
+    /// cluster's: the node's own resolvers answer).
+    pub status: String,
+    #[serde(default)]
+    pub records: Vec<ResolvedRecord>,
+}
+
+/// One record of an answer, as `dig` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ResolvedRecord {
+    pub name: String,
+    /// `A` or `SRV`.
+    pub r#type: String,
+    pub ttl: u32,
+    /// The address, or `PRIORITY WEIGHT PORT TARGET` for SRV.
+    pub value: String,
+}
+
 /// `GET /v1/services/{name}/logs` query.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -73,6 +73,7 @@ pub enum Operation {
     CreateNetwork,
     InspectNetwork,
     RemoveNetwork,
+    Resolve,
 }
 
 /// A schema of the contract with the schemas it refers to, from its type.
@@ -370,6 +371,14 @@ pub const ROUTES: &[Route] = &[
         ok: json(schema_of::<Removed>),
         errors: WRITE,
         ..route(Delete, "/v1/networks/{name}", Op::RemoveNetwork)
+    },
+    Route {
+        summary: "What a task's resolver answers for a name (service names, aliases, tasks.NAME), from the task's networks",
+        query: Some(params_of::<crate::model::ResolveQuery>),
+        ok: json(schema_of::<crate::model::ResolveView>),
+        errors: &[400, 404, 409],
+        may_warn: true,
+        ..route(Get, "/v1/resolve", Op::Resolve)
     },
 ];
 

@@ -22,5 +22,7 @@ pub mod resolve;
 pub mod server;
 pub mod wire;
 
-pub use resolve::{answer, negative_soa, Answer, NEGATIVE_TTL, TTL};
+pub use resolve::{
+    answer, answer_for, negative_soa, networks_of, Answer, Scope, NEGATIVE_TTL, TTL,
+};
 pub use wire::{parse_query, refusal, response, Query, Record, WireError};

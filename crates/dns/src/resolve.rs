@@ -62,16 +62,33 @@ pub fn negative_soa(name: &str) -> Record {
     }
 }
 
-/// The networks the task at `from` is on: those where it holds `from`,
-/// and every other one where the same task holds an address.
-fn networks_of(table: &NetworkTable, from: Ipv4Addr) -> Vec<&NetworkEntry> {
-    let tasks: BTreeSet<&str> = table
-        .networks
-        .iter()
-        .flat_map(|n| n.endpoints.iter())
-        .filter(|e| e.addr == from)
-        .map(|e| e.task_id.as_str())
-        .collect();
+/// Who asks, which decides the networks whose names they see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// A query from this address: the task that holds it, on every
+    /// network that task is on; an address that is no task's sees none.
+    From(Ipv4Addr),
+    /// The task of this ID, on every network it is on.
+    Task(&'a str),
+    /// Every network (an operator's view: `flotilla resolve` without
+    /// `--from`).
+    Everywhere,
+}
+
+/// The networks `scope` sees: for a task, every network where it holds
+/// an address.
+pub fn networks_of<'a>(table: &'a NetworkTable, scope: Scope<'_>) -> Vec<&'a NetworkEntry> {
+    let tasks: BTreeSet<&str> = match scope {
+        Scope::Everywhere => return table.networks.iter().collect(),
+        Scope::Task(task) => [task].into_iter().collect(),
+        Scope::From(from) => table
+            .networks
+            .iter()
+            .flat_map(|n| n.endpoints.iter())
+            .filter(|e| e.addr == from)
+            .map(|e| e.task_id.as_str())
+            .collect(),
+    };
     table
         .networks
         .iter()
@@ -109,7 +126,14 @@ fn a(name: &str, addr: Ipv4Addr) -> Record {
 /// The answer for `name` (lowercase, no final dot) of type `qtype`, asked
 /// by the task at `from`.
 pub fn answer(table: &NetworkTable, from: Ipv4Addr, name: &str, qtype: u16) -> Answer {
-    let mine = networks_of(table, from);
+    answer_for(table, Scope::From(from), name, qtype)
+}
+
+/// The answer for `name` of type `qtype` as `scope` sees it.
+pub fn answer_for(table: &NetworkTable, scope: Scope<'_>, name: &str, qtype: u16) -> Answer {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let name = name.as_str();
+    let mine = networks_of(table, scope);
     if mine.is_empty() {
         return Answer::Forward;
     }
@@ -179,7 +203,16 @@ pub fn answer(table: &NetworkTable, from: Ipv4Addr, name: &str, qtype: u16) -> A
             .filter(|e| seen.insert(e.addr))
             .map(|e| (e.addr, Some(e.task_id.as_str())))
             .collect()
+    } else if scope == Scope::Everywhere {
+        // An operator sees the virtual address on every network.
+        found
+            .iter()
+            .filter_map(|f| f.service.vip)
+            .filter(|vip| seen.insert(*vip))
+            .map(|vip| (vip, None))
+            .collect()
     } else {
+        // A task gets one: any shared network reaches the service.
         found
             .iter()
             .find_map(|f| f.service.vip)
@@ -358,6 +391,26 @@ mod tests {
         // any query from an address that is no task's.
         assert_eq!(answer(&t, ip(10), "example.com", TYPE_A), Answer::Forward);
         assert_eq!(answer(&t, ip(200), "web", TYPE_A), Answer::Forward);
+        // The same by task, and an operator's view of every network.
+        assert_eq!(
+            answer_for(&t, Scope::Task("c1"), "db", TYPE_A),
+            Answer::NxDomain
+        );
+        assert_eq!(
+            addrs(&answer_for(&t, Scope::Everywhere, "DB.", TYPE_A)),
+            vec![ip(31)]
+        );
+        assert!(networks_of(&t, Scope::Task("nobody")).is_empty());
+        assert_eq!(
+            addrs(&answer_for(&t, Scope::Everywhere, "web", TYPE_A)),
+            vec![ip(2), ip(29)],
+            "every network's virtual address"
+        );
+        assert_eq!(
+            addrs(&answer(&t, ip(3), "web", TYPE_A)),
+            vec![ip(2)],
+            "a task gets one"
+        );
     }
 
     #[test]

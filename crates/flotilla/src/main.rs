@@ -160,6 +160,21 @@ async fn dispatch(
         Command::Service(c) => commands::service(&client()?, c).await,
         Command::Mesh(c) => commands::mesh(&client()?, c).await,
         Command::Network(c) => flotilla::cli::networks::network(&client()?, c).await,
+        Command::Resolve {
+            name,
+            from,
+            rtype,
+            format,
+        } => {
+            flotilla::cli::networks::resolve(
+                &client()?,
+                name,
+                from.as_deref(),
+                rtype,
+                format.format,
+            )
+            .await
+        }
         Command::List {
             service,
             label,

@@ -169,3 +169,122 @@ fn networks_get_subnets_and_their_tasks_get_addresses() -> Result<()> {
     assert_eq!(web["networks"].as_array().map(Vec::len), Some(1), "{web}");
     Ok(())
 }
+
+/// The records `resolve` prints, as (type, value) pairs.
+fn resolved(d: &Daemon, args: &[&str]) -> Result<Vec<(String, String)>> {
+    let mut full = vec!["resolve", "--format", "json"];
+    full.extend_from_slice(args);
+    let view = d.ok(&full)?.json()?;
+    Ok(view["records"]
+        .as_array()
+        .map(|r| {
+            r.iter()
+                .map(|r| {
+                    (
+                        r["type"].as_str().unwrap_or_default().to_string(),
+                        r["value"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+#[test]
+fn a_task_resolves_the_services_of_its_networks_only() -> Result<()> {
+    let d = Daemon::start(bin())?;
+    d.ok(&["init"])?;
+    d.ok(&["network", "create", "--subnet", "10.0.1.0/24", "front"])?;
+    d.ok(&["network", "create", "--subnet", "10.0.2.0/24", "back"])?;
+    let create = |args: &[&str]| {
+        let mut full = vec!["service", "create", "--detach"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&["--", "sleep", "600"]);
+        d.ok(&full).map(|_| ())
+    };
+    create(&[
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "--network",
+        "front",
+        "--network",
+        "back",
+    ])?;
+    create(&["--name", "client", "--network", "front"])?;
+    create(&[
+        "--name",
+        "db",
+        "--endpoint-mode",
+        "dnsrr",
+        "--network",
+        "back",
+    ])?;
+    wait_until(
+        "every task running with its addresses",
+        Duration::from_secs(30),
+        || {
+            let running = |net: &str| -> Result<usize> {
+                Ok(network(&d, net)?["tasks"]
+                    .as_array()
+                    .map_or(0, |t| t.iter().filter(|t| t["state"] == "running").count()))
+            };
+            Ok((running("front")? == 3 && running("back")? == 3).then_some(()))
+        },
+    )?;
+    let web = d.service("web")?;
+    let vip = web["networks"][0]["virtual_ip"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(vip.starts_with("10.0.1."), "{web}");
+
+    // The client is on front: web is its VIP there, tasks.web the tasks.
+    assert_eq!(
+        resolved(&d, &["web", "--from", "client.1"])?,
+        vec![("A".into(), vip)]
+    );
+    let mut tasks: Vec<String> = resolved(&d, &["tasks.web", "--from", "client.1"])?
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    tasks.sort();
+    let mut want: Vec<String> = d
+        .tasks("web")?
+        .iter()
+        .filter_map(|t| t["networks"][0]["address"].as_str().map(String::from))
+        .collect();
+    want.sort();
+    assert_eq!(tasks, want);
+    assert_eq!(tasks.len(), 2);
+
+    // db is on back only: the client cannot resolve it; web can (dnsrr:
+    // the task's own address).
+    let hidden = d.cli(&["resolve", "db", "--from", "client.1"]);
+    assert!(
+        one_line_error(&hidden).contains("no such name for task"),
+        "{}",
+        hidden.stderr
+    );
+    let db_addr = d.tasks("db")?[0]["networks"][0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(db_addr.starts_with("10.0.2."));
+    assert_eq!(
+        resolved(&d, &["db", "--from", "web.1"])?,
+        vec![("A".into(), db_addr)]
+    );
+
+    let other = d
+        .ok(&["resolve", "example.com", "--from", "client.1"])?
+        .stdout;
+    assert!(other.contains("not a name of the cluster"), "{other}");
+    let nobody = d.cli(&["resolve", "web", "--from", "nope.1"]);
+    assert_eq!(
+        one_line_error(&nobody),
+        "Error: task nope.1 not found (give a task ID or SERVICE.SLOT)"
+    );
+    Ok(())
+}

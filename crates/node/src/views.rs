@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use flotilla_api::model::{Info, NodeView, Reachability, Replicas, ServiceView, TaskView};
 use flotilla_store::State;
+
+use crate::control::ControlError;
 use flotilla_types::{
     DesiredState, Health, HealthTest, NodeRole, Service, ServiceMode, Task, TaskState,
 };
@@ -191,6 +193,115 @@ pub fn network_view(
         services: state.services_on(&network.id),
         tasks,
     }
+}
+
+/// `flotilla resolve`: what the task `q.from` (an ID or `SERVICE.SLOT`;
+/// none: every network) gets for `q.name`, from the table every node's
+/// resolver answers from.
+pub fn resolve_view(
+    state: &State,
+    q: &flotilla_api::model::ResolveQuery,
+) -> Result<flotilla_api::model::ResolveView, ControlError> {
+    use flotilla_api::model::{ResolveView, ResolvedRecord};
+    use flotilla_dns::wire::{TYPE_A, TYPE_SRV};
+    use flotilla_dns::{Answer, Record, Scope};
+    let qtype = match q.r#type.as_deref().map(str::to_ascii_uppercase).as_deref() {
+        None | Some("A") => TYPE_A,
+        Some("SRV") => TYPE_SRV,
+        Some(other) => {
+            return Err(ControlError::Invalid(format!(
+                "invalid record type {other:?}: expected A or SRV"
+            )))
+        }
+    };
+    let task = match q.from.as_deref() {
+        None => None,
+        Some(from) => Some(task_named(state, from).ok_or_else(|| {
+            ControlError::NotFound(format!(
+                "task {from} not found (give a task ID or SERVICE.SLOT)"
+            ))
+        })?),
+    };
+    let table = flotilla_manager::network::network_table(state);
+    let scope = task.map_or(Scope::Everywhere, |t| Scope::Task(t.id.as_str()));
+    let networks = flotilla_dns::networks_of(&table, scope)
+        .iter()
+        .map(|n| n.name.clone())
+        .collect();
+    let (status, records) = match flotilla_dns::answer_for(&table, scope, &q.name, qtype) {
+        Answer::Records {
+            answers,
+            additional,
+        } => {
+            let records = answers
+                .iter()
+                .chain(&additional)
+                .filter_map(|r| match r {
+                    Record::A { name, ttl, addr } => Some(ResolvedRecord {
+                        name: name.clone(),
+                        r#type: "A".into(),
+                        ttl: *ttl,
+                        value: addr.to_string(),
+                    }),
+                    Record::Srv {
+                        name,
+                        ttl,
+                        priority,
+                        weight,
+                        port,
+                        target,
+                    } => Some(ResolvedRecord {
+                        name: name.clone(),
+                        r#type: "SRV".into(),
+                        ttl: *ttl,
+                        value: format!("{priority} {weight} {port} {target}"),
+                    }),
+                    Record::Soa { .. } => None,
+                })
+                .collect();
+            ("answer", records)
+        }
+        Answer::NoData => ("nodata", Vec::new()),
+        Answer::NxDomain => ("nxdomain", Vec::new()),
+        Answer::Forward => ("forward", Vec::new()),
+    };
+    Ok(ResolveView {
+        name: q.name.clone(),
+        from_task: task.map(|t| t.id.clone()),
+        networks,
+        status: status.to_string(),
+        records,
+    })
+}
+
+/// A task by ID, or the current task of `SERVICE.SLOT` (for a global
+/// service `SERVICE.NODE`, by node ID or name).
+fn task_named<'a>(state: &'a State, name: &str) -> Option<&'a flotilla_types::Task> {
+    if let Some(t) = state.tasks.get(name) {
+        return Some(t);
+    }
+    let (service, slot) = name.rsplit_once('.')?;
+    let service = state.service(service)?;
+    let mut candidates: Vec<&flotilla_types::Task> = state
+        .tasks_of(&service.id)
+        .filter(|t| match slot.parse::<u64>() {
+            Ok(n) => t.slot == n,
+            Err(_) => {
+                t.slot == 0
+                    && t.node_id.as_deref().is_some_and(|id| {
+                        id == slot || state.nodes.get(id).is_some_and(|n| n.name == slot)
+                    })
+            }
+        })
+        .collect();
+    // The current one: desired running first, then the newest.
+    candidates.sort_by_key(|t| {
+        (
+            t.desired_state == flotilla_types::DesiredState::Running,
+            t.created_index,
+        )
+    });
+    candidates.last().copied()
 }
 
 /// Every network, by name.

@@ -71,6 +71,52 @@ pub async fn network(client: &Client, command: &NetworkCommand) -> Result<()> {
     }
 }
 
+/// `flotilla resolve NAME [--from TASK] [--type A|SRV]`: the records, or
+/// why there are none (exit 1 when the name does not exist for the task).
+pub async fn resolve(
+    client: &Client,
+    name: &str,
+    from: Option<&str>,
+    rtype: &str,
+    format: Format,
+) -> Result<()> {
+    let view = client.resolve(name, from, Some(rtype)).await?;
+    if format == Format::Json {
+        return print_json(&view);
+    }
+    let who = match &view.from_task {
+        Some(task) => format!("task {task} (networks: {})", view.networks.join(", ")),
+        None => "any task".to_string(),
+    };
+    match view.status.as_str() {
+        "answer" => {
+            let rows: Vec<Vec<String>> = view
+                .records
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.name.clone(),
+                        r.r#type.clone(),
+                        r.ttl.to_string(),
+                        r.value.clone(),
+                    ]
+                })
+                .collect();
+            print!("{}", table(&["NAME", "TYPE", "TTL", "VALUE"], &rows));
+            Ok(())
+        }
+        "nodata" => {
+            println!("{name}: exists for {who}, with no {rtype} record");
+            Ok(())
+        }
+        "forward" => {
+            println!("{name}: not a name of the cluster: the node's own resolvers answer it");
+            Ok(())
+        }
+        _ => bail!("{name}: no such name for {who} (NXDOMAIN), or no task of it is ready"),
+    }
+}
+
 /// The spec `network create`'s flags ask for.
 pub fn create_spec(
     name: &str,

@@ -85,6 +85,18 @@ pub enum Command {
     /// Manage networks: services on one network reach each other by name
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// What a task's resolver answers for a name: web, STACK_web, an alias, tasks.web
+    Resolve {
+        name: String,
+        /// The task that asks: its ID or SERVICE.SLOT [default: every network]
+        #[arg(long)]
+        from: Option<String>,
+        /// Record type: A or SRV
+        #[arg(long = "type", default_value = "A")]
+        rtype: String,
+        #[command(flatten)]
+        format: FormatArg,
+    },
     /// Where the tasks of services answer: address, task, node, health status, labels
     List {
         /// Only this service

@@ -211,6 +211,7 @@ fn endpoint(route: &Route) -> MethodRouter<Arc<NodeCtx>> {
         Operation::CreateNetwork => on(m, create_network),
         Operation::InspectNetwork => on(m, network),
         Operation::RemoveNetwork => on(m, remove_network),
+        Operation::Resolve => on(m, resolve),
     }
 }
 

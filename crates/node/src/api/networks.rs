@@ -49,3 +49,13 @@ pub(super) async fn remove_network(
     let (id, name) = m.control().remove_network(&name).await?;
     Ok(Json(Removed { id, name }))
 }
+
+pub(super) async fn resolve(
+    State(ctx): Ctx,
+    Query(q): Query<flotilla_api::model::ResolveQuery>,
+) -> Result<Response, ApiError> {
+    let m = member(&ctx).await?;
+    let warning = linearize(&m).await;
+    let view = read(&m, |s| views::resolve_view(s, &q))?;
+    Ok(answer(warning, view))
+}
