@@ -384,3 +384,116 @@ fn config_prints_the_merged_interpolated_file_without_a_daemon() -> Result<()> {
     );
     Ok(())
 }
+
+/// The voting app's shape: `vote` and `redis` on `front`, `worker`,
+/// `redis` and `db` on `back`, `db` by its tasks (dnsrr) and with an
+/// alias. A stack task resolves the others by their names in the stack.
+const NETWORKED: &str = r#"
+x-flotilla:
+  driver: process
+services:
+  vote:
+    command: ["sleep", "600"]
+    networks: [front]
+  redis:
+    command: ["sleep", "600"]
+    networks: [front, back]
+  worker:
+    command: ["sleep", "600"]
+    networks:
+      back:
+  db:
+    command: ["sleep", "600"]
+    deploy:
+      endpoint_mode: dnsrr
+    networks:
+      back:
+        aliases: [postgres]
+  lonely:
+    command: ["sleep", "600"]
+networks:
+  front:
+  back:
+    ipam:
+      config:
+        - subnet: 10.0.77.0/24
+"#;
+
+#[test]
+fn a_stack_gets_its_networks_and_its_tasks_resolve_each_other() -> Result<()> {
+    let d = cluster()?;
+    let dir = tempfile::tempdir()?;
+    let file = write(dir.path(), "vote.yml", NETWORKED)?;
+    let out = d.ok(&["stack", "deploy", "-c", &file, "vote"])?;
+    assert!(
+        out.stdout.contains("Creating network vote_back"),
+        "{}",
+        out.stdout
+    );
+    let networks = d.ok(&["network", "ls", "--format", "json"])?.json()?;
+    let mut names: Vec<String> = networks
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|n| n["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    // `lonely` names no network: it is on the stack's default one.
+    assert_eq!(names, vec!["vote_back", "vote_default", "vote_front"]);
+    let back = networks
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["name"] == "vote_back").cloned())
+        .ok_or_else(|| anyhow!("no vote_back"))?;
+    assert_eq!(back["subnet"], "10.0.77.0/24");
+
+    let resolve = |name: &str, from: &str| -> Result<(String, Vec<String>)> {
+        let v = d
+            .ok(&["resolve", name, "--from", from, "--format", "json"])?
+            .json()?;
+        let records = v["records"]
+            .as_array()
+            .map(|r| {
+                r.iter()
+                    .filter_map(|r| r["value"].as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((
+            v["status"].as_str().unwrap_or_default().to_string(),
+            records,
+        ))
+    };
+    wait_until("db's task to be ready", Duration::from_secs(30), || {
+        let (status, records) = resolve("postgres", "vote_worker.1")?;
+        Ok((status == "answer" && records.len() == 1).then_some(()))
+    })?;
+    // By its name in the stack, its full name and its alias; the worker
+    // shares back with db, vote does not.
+    for name in ["db", "vote_db", "tasks.db"] {
+        let (status, records) = resolve(name, "vote_worker.1")?;
+        assert_eq!(status, "answer", "{name}");
+        assert!(records[0].starts_with("10.0.77."), "{name}: {records:?}");
+    }
+    assert_eq!(resolve("db", "vote_vote.1")?.0, "nxdomain");
+    assert_eq!(resolve("redis", "vote_vote.1")?.0, "answer");
+    assert_eq!(resolve("vote", "vote_lonely.1")?.0, "nxdomain");
+
+    // Redeploying the same file changes nothing; rm takes the networks.
+    let again = d.ok(&["stack", "deploy", "-c", &file, "vote"])?;
+    assert!(
+        !again.stdout.contains("Creating network"),
+        "{}",
+        again.stdout
+    );
+    assert!(
+        !again.stdout.contains("Updating service"),
+        "{}",
+        again.stdout
+    );
+    d.ok(&["stack", "rm", "vote"])?;
+    let left = d.ok(&["network", "ls", "--format", "json"])?.json()?;
+    assert_eq!(left.as_array().map(Vec::len), Some(0), "{left}");
+    Ok(())
+}
