@@ -37,6 +37,9 @@
 //! - [`ports`]: the node ports a process task listens on for its target
 //!   ports (`PORT`, `FLOTILLA_PORT_<TARGET>`).
 //! - [`procfs`]: `/proc/<pid>/stat`, pidfds and process-group signals.
+//! - [`wiring`]: the node's network wiring (a bridge and a VXLAN device per
+//!   network, a namespace per task): what the network table asks of this
+//!   node, and the `ip` commands that do it. Not yet driven by the agent.
 
 pub mod agent;
 pub mod docker;
@@ -47,6 +50,7 @@ pub mod ports;
 pub mod process;
 pub mod procfs;
 pub mod record;
+pub mod wiring;
 
 pub use agent::{Agent, AgentConfig, AgentError, Assignments, TaskReport, DEFAULT_LOG_CAP_BYTES};
 pub use docker::DockerDriver;
