@@ -6,6 +6,10 @@
 //! [--latency-samples 200] [--cli-samples 30] [--skip-swarm]
 //! [--swarm-replicas 50]`
 //!
+//! `flotilla-bench overlay [--seconds 5] [--rounds 3]`: TCP throughput
+//! between two node namespaces, plain, over the VXLAN wiring and over it
+//! with ESP, with the ratios to plain (`overlay.rs`; needs root).
+//!
 //! `flotilla-bench writes [--flotilla PATH] [--etcd PATH] [--clients
 //! 1,16,64,256] [--seconds 10]`: write throughput of 3 Flotilla managers
 //! against 3 etcd members on loopback, with the same client (`writes.rs`).
@@ -71,6 +75,7 @@ mod failover;
 mod flotilla;
 mod logs;
 mod mesh;
+mod overlay;
 mod procs;
 mod scale;
 mod stats;
@@ -110,6 +115,18 @@ enum Command {
     Scale(ScaleArgs),
     /// Routing mesh against HAProxy and the direct path, same 3 backends, same wrk load, keep-alive and a connection per request
     Mesh(MeshArgs),
+    /// Overlay network throughput between two node namespaces: plain, VXLAN, VXLAN with ESP (needs root)
+    Overlay(OverlayArgs),
+}
+
+#[derive(Debug, Args)]
+struct OverlayArgs {
+    /// Seconds of each run
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Rounds of the three paths; the table shows medians
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 #[derive(Debug, Args)]
@@ -338,6 +355,12 @@ fn main() -> ExitCode {
                     })
                     .await
                 }
+                // No target of its own: the ratios are for the record.
+                Command::Overlay(args) => overlay::run(&overlay::Config {
+                    seconds: args.seconds,
+                    rounds: args.rounds,
+                })
+                .map(|()| true),
                 Command::Mesh(args) => {
                     let flotilla = locate_flotilla(args.flotilla.as_deref()).context("setup")?;
                     mesh::run(&mesh::Config {
