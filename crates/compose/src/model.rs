@@ -75,7 +75,6 @@ const UNSUPPORTED_SERVICE_KEYS: &[&str] = &[
     "mem_swappiness",
     "memswap_limit",
     "models",
-    "network_mode",
     "oom_kill_disable",
     "oom_score_adj",
     "pid",
@@ -216,6 +215,9 @@ pub struct ComposeService {
     /// `networks:` by network key (the list form is keys without options);
     /// empty: the stack's `default` network, as in Swarm.
     pub networks: BTreeMap<String, ServiceNetwork>,
+    /// `network_mode: host`: on the node's own network, on no overlay
+    /// network (and not on the stack's default one).
+    pub host_network: bool,
     /// `x-flotilla.driver`.
     pub driver: Option<String>,
 }
@@ -1053,6 +1055,17 @@ fn check_stack(
                 ));
             }
         }
+        if s.host_network && !s.networks.is_empty() {
+            let at = node.get("network_mode").unwrap_or(node);
+            return Err(ComposeError::at(
+                at,
+                &join(&path, "network_mode"),
+                format!(
+                    "service {:?} declares mutually exclusive `network_mode` and `networks`",
+                    s.name
+                ),
+            ));
+        }
         for name in s.networks.keys() {
             // `default` needs no declaration: it is the stack's own.
             if name == DEFAULT_NETWORK || networks.contains_key(name) {
@@ -1146,6 +1159,20 @@ fn service(
             "volumes" => s.volumes = mounts(v, p, lookup, &mut ignored)?,
             "deploy" => s.deploy = deploy(v, p, &mut ignored, &mut unknown)?,
             "networks" => s.networks = service_networks(v, p, &mut ignored, &mut unknown)?,
+            "network_mode" => {
+                let mode = string(v, p)?;
+                if mode != "host" {
+                    return Err(ComposeError::at(
+                        v,
+                        p,
+                        format!(
+                            "network_mode {mode:?} is not supported: services join networks \
+                             (`networks`), or the node's own with network_mode: host"
+                        ),
+                    ));
+                }
+                s.host_network = true;
+            }
             "depends_on" => {
                 s.depends_on = match &v.value {
                     Value::Map(m) => m.iter().map(|(k, _)| k.name.clone()).collect(),

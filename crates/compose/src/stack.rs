@@ -294,7 +294,7 @@ fn stack_networks(
 ) -> Vec<StackNetwork> {
     let mut used: BTreeSet<&str> = BTreeSet::new();
     for s in services {
-        if s.networks.is_empty() {
+        if s.networks.is_empty() && !s.host_network {
             used.insert(DEFAULT_NETWORK);
         }
         used.extend(s.networks.keys().map(String::as_str));
@@ -471,7 +471,9 @@ fn to_spec(svc: &ComposeService, ignored: &mut Ignored) -> Result<ServiceSpec, R
     let mut labels: BTreeMap<String, String> = svc.labels.clone();
     labels.extend(d.labels.clone());
     // By key here; `Stack::specs_for` gives the full names.
-    let networks: Vec<NetworkAttachment> = if svc.networks.is_empty() {
+    let networks: Vec<NetworkAttachment> = if svc.host_network {
+        Vec::new()
+    } else if svc.networks.is_empty() {
         vec![NetworkAttachment::to(DEFAULT_NETWORK)]
     } else {
         svc.networks

@@ -1235,3 +1235,39 @@ fn config_prints_the_networks_and_reads_back() {
     assert_eq!(again.networks, direct.networks, "{yaml}");
     assert_eq!(direct.networks.len(), 2);
 }
+
+#[test]
+fn network_mode_host_keeps_a_service_on_the_nodes_own_network() {
+    // On no network, and no default network is made for it.
+    let stack = stack_of("services:\n  web:\n    image: x\n    network_mode: host\n");
+    assert!(stack.networks_for("app").expect("networks").is_empty());
+    assert!(attachments(&stack, "app_web").is_empty());
+    assert!(
+        !stack.warnings.iter().any(|w| w.contains("network_mode")),
+        "{:?}",
+        stack.warnings
+    );
+    // Beside a service that does use the default network.
+    let stack =
+        stack_of("services:\n  web:\n    image: x\n    network_mode: host\n  api:\n    image: y\n");
+    let names: Vec<String> = stack
+        .networks_for("app")
+        .expect("networks")
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["app_default"]);
+    // Other modes, and host together with networks, are refused at their line.
+    let e = stack_err("services:\n  web:\n    image: x\n    network_mode: bridge\n");
+    assert!(
+        e.contains(":4: services.web.network_mode: network_mode \"bridge\" is not supported"),
+        "{e}"
+    );
+    let e = stack_err(
+        "services:\n  web:\n    image: x\n    network_mode: host\n    networks: [front]\nnetworks:\n  front:\n",
+    );
+    assert!(
+        e.contains("declares mutually exclusive `network_mode` and `networks`"),
+        "{e}"
+    );
+}
