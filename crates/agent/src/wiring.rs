@@ -311,6 +311,58 @@ impl Ip for System {
     }
 }
 
+/// Whether this node can wire overlay networks: as root, with iproute2,
+/// in a kernel with VXLAN and bridges (tried in a namespace of its own,
+/// removed after). The reason when not. `FLOTILLA_NO_OVERLAY=REASON` in
+/// the daemon's environment says no with that reason: an operator's way
+/// to keep tasks on networks off a node, and the tests' way to have such
+/// a node.
+pub fn probe(ip: &dyn Ip) -> Result<(), String> {
+    if let Ok(reason) = std::env::var("FLOTILLA_NO_OVERLAY") {
+        if !reason.trim().is_empty() {
+            return Err(reason.trim().to_string());
+        }
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("the daemon does not run as root, which wiring networks needs".into());
+    }
+    let ns = format!("flprobe{}", std::process::id());
+    ip.run(&argv(&["ip", "netns", "add", &ns]))
+        .map_err(|e| format!("cannot make a network namespace: {e}"))?;
+    let result = ip
+        .run(&argv(&[
+            "ip",
+            "-n",
+            &ns,
+            "link",
+            "add",
+            "flprobevx",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "dstport",
+            "4789",
+        ]))
+        .map_err(|e| format!("no VXLAN in this kernel: {e}"))
+        .and_then(|()| {
+            ip.run(&argv(&[
+                "ip",
+                "-n",
+                &ns,
+                "link",
+                "add",
+                "flprobebr",
+                "type",
+                "bridge",
+            ]))
+            .map_err(|e| format!("no bridges in this kernel: {e}"))
+        });
+    let _ = ip.run(&argv(&["ip", "netns", "del", &ns]));
+    result
+}
+
 /// Runs every command of `steps` in order; the first failure stops.
 pub fn apply(ip: &dyn Ip, steps: &[Step]) -> Result<(), WiringError> {
     for step in steps {
@@ -394,6 +446,33 @@ mod tests {
             steps(&want, &BTreeMap::new(), local),
             vec![Step::RemoveNetwork { vni: 4096 }]
         );
+    }
+
+    /// Runs nothing and fails every command: a node without `ip`.
+    struct NoIp;
+
+    impl Ip for NoIp {
+        fn run(&self, argv: &[String]) -> Result<(), WiringError> {
+            Err(WiringError::Failed {
+                command: argv.join(" "),
+                stderr: "not found".into(),
+            })
+        }
+    }
+
+    #[test]
+    fn the_probe_says_why_a_node_cannot_wire() {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let err = probe(&NoIp).unwrap_err();
+        if root {
+            assert!(
+                err.starts_with("cannot make a network namespace: ip ip netns add"),
+                "{err}"
+            );
+        } else {
+            assert!(err.contains("does not run as root"), "{err}");
+        }
     }
 
     #[test]

@@ -103,6 +103,9 @@ pub struct NodeView {
     /// CPUs and memory the node reported; zero when unknown.
     #[serde(default)]
     pub resources: flotilla_types::Resources,
+    /// Why it cannot run tasks on overlay networks; none: it can.
+    #[serde(default)]
+    pub overlay_error: Option<String>,
 }
 
 /// Running and desired task counts.

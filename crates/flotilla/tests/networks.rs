@@ -288,3 +288,62 @@ fn a_task_resolves_the_services_of_its_networks_only() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn a_node_that_cannot_wire_networks_gets_no_task_on_one_and_says_why() -> Result<()> {
+    let d = Daemon::start_with_env(bin(), &[("FLOTILLA_NO_OVERLAY", "no VXLAN here (test)")])?;
+    d.ok(&["init"])?;
+    // The node says why, from its first session round on.
+    let node = wait_until(
+        "the node to report it cannot wire networks",
+        Duration::from_secs(10),
+        || {
+            let nodes = d.ok(&["node", "ls", "--format", "json"])?.json()?;
+            Ok(nodes
+                .as_array()
+                .and_then(|a| a.first().cloned())
+                .filter(|n| !n["overlay_error"].is_null()))
+        },
+    )?;
+    assert_eq!(node["overlay_error"], "no VXLAN here (test)");
+    d.ok(&["network", "create", "front"])?;
+    d.ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "--network",
+        "front",
+        "--",
+        "sleep",
+        "600",
+    ])?;
+    d.ok(&[
+        "service", "create", "--detach", "--name", "plain", "--", "sleep", "600",
+    ])?;
+    let reason = wait_until(
+        "web's task to wait with its reason",
+        Duration::from_secs(15),
+        || {
+            let tasks = d.tasks("web")?;
+            Ok(tasks
+                .first()
+                .and_then(|t| t["message"].as_str())
+                .filter(|m| m.contains("overlay"))
+                .map(String::from))
+        },
+    )?;
+    assert_eq!(
+        reason,
+        "no suitable node (1 node that cannot run overlay networks)"
+    );
+    // A service on no network runs there as before.
+    wait_until("plain to run", Duration::from_secs(15), || {
+        Ok(d.tasks("plain")?
+            .first()
+            .filter(|t| t["state"] == "running")
+            .map(|_| ()))
+    })?;
+    Ok(())
+}

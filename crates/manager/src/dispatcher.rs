@@ -311,6 +311,7 @@ mod tests {
             created_at: 0,
             last_seen: 0,
             entry_format: 0,
+            overlay_error: None,
         }
     }
 

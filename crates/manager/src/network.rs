@@ -674,6 +674,45 @@ mod tests {
     }
 
     #[test]
+    fn tasks_on_networks_go_only_to_nodes_that_can_wire_them() {
+        let mut state = cluster(&["n1", "n2"]);
+        if let Some(n) = state.nodes.get_mut("n1") {
+            n.overlay_error = Some("no VXLAN".into());
+        }
+        network(&mut state, "a", Some("10.0.9.0/24"));
+        add_service(&mut state, on(replicated("web", 1), &["a"]));
+        add_task(&mut state, task_on("t1", "web", 1, &["a"]));
+        for _ in 0..2 {
+            let out = allocate(&state);
+            apply_all(&mut state, &out.commands);
+        }
+        assert_eq!(
+            crate::schedule(&state).assignments,
+            vec![("t1".into(), "n2".into())]
+        );
+        if let Some(n) = state.nodes.get_mut("n2") {
+            n.overlay_error = Some("not root".into());
+        }
+        assert_eq!(
+            crate::schedule(&state).unplaced,
+            vec![(
+                "t1".into(),
+                "no suitable node (2 nodes that cannot run overlay networks)".into()
+            )]
+        );
+        // A global service on a network skips such nodes; one on none not.
+        let mon = on(global("mon"), &["a"]);
+        assert!(!crate::orchestrator::global_eligible(
+            &mon,
+            &state.nodes["n1"]
+        ));
+        assert!(crate::orchestrator::global_eligible(
+            &global("plain"),
+            &state.nodes["n1"]
+        ));
+    }
+
+    #[test]
     fn a_global_task_reaches_its_agent_only_with_its_addresses() {
         let mut state = cluster(&["n1"]);
         network(&mut state, "a", Some("10.0.9.0/24"));

@@ -293,6 +293,7 @@ fn reconcile_service(
 pub fn global_eligible(service: &Service, node: &Node) -> bool {
     node.state == NodeState::Ready
         && node.availability != Availability::Drain
+        && (service.spec.task.networks.is_empty() || node.overlay_error.is_none())
         && service
             .spec
             .task

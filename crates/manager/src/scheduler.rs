@@ -205,11 +205,31 @@ pub fn pipeline<'a>(
             by_service,
         }));
     }
+    if !task.spec.networks.is_empty() {
+        filters.push(Box::new(OverlayFilter));
+    }
     let need = task.spec.resources.reservations;
     if !need.is_empty() {
         filters.push(Box::new(ResourceFilter { need, reserved }));
     }
     filters
+}
+
+/// The node can wire overlay networks (its agent said so, or did not say:
+/// an older version), for a task on networks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OverlayFilter;
+
+impl Filter for OverlayFilter {
+    fn name(&self) -> &'static str {
+        "overlay"
+    }
+    fn passes(&self, node: &Node) -> bool {
+        node.overlay_error.is_none()
+    }
+    fn explain(&self, nodes: usize) -> String {
+        format!("{} that cannot run overlay networks", count_nodes(nodes))
+    }
 }
 
 /// Whether the scheduler should find a node for `task`.

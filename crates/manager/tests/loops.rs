@@ -170,6 +170,7 @@ fn node(id: &str) -> Node {
         created_at: 0,
         last_seen: 0,
         entry_format: 0,
+        overlay_error: None,
     }
 }
 

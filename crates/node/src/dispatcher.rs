@@ -223,6 +223,7 @@ impl Dispatcher {
             || node.version != req.version
             || node.api_addr != req.api_addr
             || node.entry_format != req.entry_format
+            || node.overlay_error != req.overlay_error
         {
             self.proposer
                 .propose(Command::NodeSeen {
@@ -232,6 +233,7 @@ impl Dispatcher {
                     version: req.version.clone(),
                     entry_format: req.entry_format,
                     at: now,
+                    overlay_error: req.overlay_error.clone(),
                 })
                 .await??;
         }
@@ -373,6 +375,7 @@ mod tests {
                 platform: Default::default(),
                 created_at: 0,
                 last_seen: 0,
+                overlay_error: None,
             },
         );
         state.tasks.insert(
@@ -418,6 +421,7 @@ mod tests {
             }],
             known_version: 0,
             known_mesh: Some(0),
+            overlay_error: None,
             addr: ADDR.into(),
             api_addr: String::new(),
             version: "test".into(),

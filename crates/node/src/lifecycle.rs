@@ -303,6 +303,7 @@ impl NodeCtx {
             created_at: now,
             last_seen: now,
             entry_format: flotilla_store::FORMAT,
+            overlay_error: None,
         };
         let raft = self
             .start_raft(&tls, identity.raft_id)

@@ -201,6 +201,7 @@ mod tests {
             platform: Default::default(),
             created_at: 1,
             last_seen: 1,
+            overlay_error: None,
         }
     }
 

@@ -65,6 +65,18 @@ impl SessionClient {
         mut reports: mpsc::UnboundedReceiver<Vec<TaskReport>>,
         shutdown: CancellationToken,
     ) {
+        // What the node's kernel and privileges allow, found once and
+        // reported with every round: the leader places tasks on networks
+        // only where they can be wired.
+        let overlay_error = tokio::task::spawn_blocking(|| {
+            flotilla_agent::wiring::probe(&flotilla_agent::wiring::System::default())
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the overlay probe failed: {e}")))
+        .err();
+        if let Some(reason) = &overlay_error {
+            tracing::warn!(%reason, "this node cannot run tasks on overlay networks");
+        }
         let mut pending: Vec<TaskReport> = Vec::new();
         let mut known_version = 0u64;
         let mut known_mesh = 0u64;
@@ -92,6 +104,7 @@ impl SessionClient {
                 epoch: self.epoch.clone(),
                 entry_format: flotilla_store::FORMAT,
                 known_mesh: Some(known_mesh),
+                overlay_error: overlay_error.clone(),
             };
             let local = self.finder.local();
             // This node's own address is never a useful remote target: if

@@ -480,6 +480,7 @@ pub fn node_views(state: &State, self_id: Option<&str>, managers: &ManagerStatus
             labels: n.labels.clone(),
             is_self: Some(n.id.as_str()) == self_id,
             resources: n.resources,
+            overlay_error: n.overlay_error.clone(),
         })
         .collect()
 }

@@ -92,6 +92,10 @@ pub struct SessionRequest {
     /// every long poll would answer at once with a table they ignore).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub known_mesh: Option<u64>,
+    /// Why this node cannot run tasks on overlay networks, as its agent
+    /// found at start; none: it can (older versions send nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_error: Option<String>,
 }
 
 /// The dispatcher's answer.

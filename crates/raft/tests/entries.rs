@@ -36,6 +36,7 @@ fn node(entry_format: u32) -> Node {
         created_at: 1,
         last_seen: 1,
         entry_format,
+        overlay_error: None,
     }
 }
 

@@ -49,6 +49,7 @@ fn node() -> Node {
         created_at: 1,
         last_seen: 1,
         entry_format: 0,
+        overlay_error: None,
     }
 }
 

@@ -77,6 +77,10 @@ pub enum Command {
         #[serde(default)]
         entry_format: u32,
         at: UnixMs,
+        /// Why it cannot run tasks on overlay networks; none: it can (or
+        /// its version does not say).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        overlay_error: Option<String>,
     },
     /// The nodes' own view changed: ready or down, seen at `at`.
     SetNodeState {

@@ -180,13 +180,14 @@ impl State {
                 version,
                 entry_format,
                 at,
+                overlay_error,
             } => {
                 let report = nodes::Report {
                     version,
                     entry_format: *entry_format,
                     at: *at,
                 };
-                self.node_seen(node_id, addr, api_addr, report, c)
+                self.node_seen(node_id, addr, api_addr, report, overlay_error.as_deref(), c)
             }
             Command::SetNodeState {
                 node_ids,
@@ -280,6 +281,7 @@ mod tests {
             created_at: 1,
             last_seen: 1,
             entry_format: 0,
+            overlay_error: None,
         }
     }
 
@@ -915,6 +917,7 @@ mod tests {
             version: "v2".into(),
             entry_format: 2,
             at,
+            overlay_error: None,
         };
         let (r, changes) = s.apply(3, &seen("10.0.0.1:4280", "10.0.0.1:4281", 100));
         assert_eq!(r, Ok(None));
@@ -1325,6 +1328,7 @@ mod tests {
             version: "v2".into(),
             entry_format: 2,
             at: 5,
+            overlay_error: None,
         };
         let _ = s.apply(4, &seen);
         assert_eq!(crate::writable_format(&s), 2);

@@ -187,6 +187,8 @@ pub struct Daemon {
     extra: Vec<String>,
     /// Network namespace the daemon runs in, if any.
     netns: Option<String>,
+    /// More environment for the daemon (kept across restarts).
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -238,6 +240,32 @@ impl Daemon {
             listen: listen.to_string(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             netns,
+            env: Vec::new(),
+        };
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// Starts a daemon as [`Daemon::start`] does, with `env` added to its
+    /// environment (for this start and every restart).
+    pub fn start_with_env(bin: &Path, env: &[(&str, &str)]) -> Result<Daemon> {
+        let dir = tempfile::Builder::new()
+            .prefix("flt-")
+            .tempdir_in("/tmp")
+            .context("making a data dir")?;
+        let mut d = Daemon {
+            bin: bin.to_path_buf(),
+            dir,
+            mark: format!("{:016x}", rand::random::<u64>()),
+            child: None,
+            starts: 0,
+            listen: "127.0.0.1:0".to_string(),
+            extra: Vec::new(),
+            netns: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         d.spawn()?;
         Ok(d)
@@ -283,6 +311,7 @@ impl Daemon {
             .args(self.extra.iter())
             .env("FLOTILLA_TEST_MARK", &self.mark)
             .env("FLOTILLA_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

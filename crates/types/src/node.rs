@@ -139,4 +139,9 @@ pub struct Node {
     /// which means the bare format. Managers only matter.
     #[serde(default)]
     pub entry_format: u32,
+    /// Why the node cannot run tasks on overlay networks (not root, no
+    /// iproute2, no VXLAN in its kernel), as its agent found at start;
+    /// none: it can, or its version does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay_error: Option<String>,
 }

@@ -48,6 +48,7 @@ pub fn joining_node(request: &JoinRequest, node_id: &str, role: NodeRole, now: u
         created_at: now,
         last_seen: now,
         entry_format: request.entry_format,
+        overlay_error: None,
     }
 }
 

@@ -48,6 +48,7 @@ pub fn cluster(nodes: &[(&str, NodeRole)]) -> State {
             created_at: 1,
             last_seen: 1,
             entry_format: 0,
+            overlay_error: None,
         };
         let command = if i == 0 {
             Command::InitCluster {

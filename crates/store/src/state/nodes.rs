@@ -143,13 +143,15 @@ impl State {
     /// [`crate::Command::NodeSeen`]: the node is ready, at these addresses
     /// and version. `last_seen` never moves back; an empty cluster address
     /// keeps the known one, while the API address is taken as sent (empty
-    /// means the node serves none).
+    /// means the node serves none), and so is why it cannot run overlay
+    /// networks (none: it can).
     pub(super) fn node_seen(
         &mut self,
         node_id: &str,
         addr: &str,
         api_addr: &str,
         report: Report<'_>,
+        overlay_error: Option<&str>,
         changes: &mut Vec<Change>,
     ) -> CommandResult {
         let node = self.node_mut(node_id)?;
@@ -157,6 +159,7 @@ impl State {
             node.addr = addr.to_string();
         }
         node.api_addr = api_addr.to_string();
+        node.overlay_error = overlay_error.map(String::from);
         report.set(node);
         table::touched::<Node>(node_id, changes);
         Ok(None)
