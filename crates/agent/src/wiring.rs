@@ -363,6 +363,135 @@ pub fn probe(ip: &dyn Ip) -> Result<(), String> {
     result
 }
 
+/// Brings the kernel from `have` toward `want` on the node at `local`
+/// and returns what it holds after, with the first error. Removals are
+/// best effort (a device already gone is gone); a network whose adding
+/// fails is removed again (whatever part of it was made) and left out, so
+/// the next call makes it whole; a peer that fails is left out too.
+pub fn converge(
+    ip: &dyn Ip,
+    have: &BTreeMap<u32, NetworkWiring>,
+    want: &BTreeMap<u32, NetworkWiring>,
+    local: IpAddr,
+) -> (BTreeMap<u32, NetworkWiring>, Option<WiringError>) {
+    let mut now = have.clone();
+    let mut first_error = None;
+    let run_all = |step: &Step| -> Result<(), WiringError> {
+        for command in step.commands() {
+            ip.run(&command)?;
+        }
+        Ok(())
+    };
+    for step in steps(have, want, local) {
+        match &step {
+            Step::RemoveNetwork { vni } => {
+                for command in step.commands() {
+                    let _ = ip.run(&command);
+                }
+                now.remove(vni);
+            }
+            Step::RemovePeer { vni, peer } => {
+                let _ = run_all(&step);
+                if let Some(w) = now.get_mut(vni) {
+                    w.peers.remove(peer);
+                }
+            }
+            Step::AddNetwork { vni, subnet, .. } => match run_all(&step) {
+                Ok(()) => {
+                    now.insert(
+                        *vni,
+                        NetworkWiring {
+                            vni: *vni,
+                            subnet: *subnet,
+                            peers: BTreeSet::new(),
+                        },
+                    );
+                }
+                Err(e) => {
+                    for command in (Step::RemoveNetwork { vni: *vni }).commands() {
+                        let _ = ip.run(&command);
+                    }
+                    first_error.get_or_insert(e);
+                }
+            },
+            Step::AddPeer { vni, peer } => {
+                let Some(w) = now.get_mut(vni) else {
+                    // Its network was not made: nothing to add it to.
+                    continue;
+                };
+                match run_all(&step) {
+                    Ok(()) => {
+                        w.peers.insert(*peer);
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+        }
+    }
+    (now, first_error)
+}
+
+/// Keeps the node's wiring in step with the network tables of `table`,
+/// for node `node_id` at `local`, until `shutdown`, which removes what it
+/// made. What fails is tried again at the next table or after [`RETRY`].
+pub async fn follow(
+    mut table: tokio::sync::watch::Receiver<NetworkTable>,
+    node_id: String,
+    local: IpAddr,
+    ip: std::sync::Arc<dyn Ip>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let mut have: BTreeMap<u32, NetworkWiring> = BTreeMap::new();
+    let mut said: Option<String> = None;
+    loop {
+        let want = wanted(&table.borrow_and_update(), &node_id);
+        if !steps(&have, &want, local).is_empty() {
+            let (runner, from) = (ip.clone(), have.clone());
+            let target = want.clone();
+            let done =
+                tokio::task::spawn_blocking(move || converge(&*runner, &from, &target, local))
+                    .await;
+            match done {
+                Ok((now, error)) => {
+                    have = now;
+                    match error {
+                        Some(e) => {
+                            let text = e.to_string();
+                            if said.as_deref() != Some(text.as_str()) {
+                                tracing::warn!(error = %text, "cannot wire the node's networks; retrying");
+                                said = Some(text);
+                            }
+                        }
+                        None => {
+                            said = None;
+                            tracing::info!(networks = have.len(), "network wiring updated");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "the network wiring task failed"),
+            }
+        }
+        let retry = have != want;
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = table.changed() => {
+                if changed.is_err() {
+                    shutdown.cancelled().await;
+                    break;
+                }
+            }
+            _ = tokio::time::sleep(RETRY), if retry => {}
+        }
+    }
+    let _ =
+        tokio::task::spawn_blocking(move || converge(&*ip, &have, &BTreeMap::new(), local)).await;
+}
+
+/// How soon a wiring change that failed is tried again.
+pub const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs every command of `steps` in order; the first failure stops.
 pub fn apply(ip: &dyn Ip, steps: &[Step]) -> Result<(), WiringError> {
     for step in steps {
@@ -458,6 +587,68 @@ mod tests {
                 stderr: "not found".into(),
             })
         }
+    }
+
+    /// Records commands; fails those that contain `fail`.
+    struct Fake {
+        fail: String,
+        ran: std::sync::Mutex<Vec<String>>,
+    }
+
+    impl Ip for Fake {
+        fn run(&self, argv: &[String]) -> Result<(), WiringError> {
+            let line = argv.join(" ");
+            self.ran.lock().expect("ran").push(line.clone());
+            if !self.fail.is_empty() && line.contains(&self.fail) {
+                return Err(WiringError::Failed {
+                    command: line,
+                    stderr: "RTNETLINK answers: File exists".into(),
+                });
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_network_that_fails_half_made_is_removed_and_made_again_next_time() {
+        let want = wanted(
+            &table(vec![
+                endpoint("a", "n1", "192.168.0.1", 3),
+                endpoint("b", "n2", "192.168.0.2", 4),
+            ]),
+            "n1",
+        );
+        let local = ip("192.168.0.1");
+        // The VXLAN device exists already (a daemon killed before it
+        // cleaned up): the bridge made before it is removed again.
+        let ip_ = Fake {
+            fail: "type vxlan".into(),
+            ran: Default::default(),
+        };
+        let (now, error) = converge(&ip_, &BTreeMap::new(), &want, local);
+        assert!(now.is_empty(), "{now:?}");
+        assert!(error.is_some_and(|e| e.to_string().contains("File exists")));
+        let ran = ip_.ran.lock().expect("ran").clone();
+        assert!(ran.iter().any(|l| l == "ip link del flbr4096"), "{ran:?}");
+        assert!(
+            !ran.iter().any(|l| l.starts_with("bridge fdb append")),
+            "no peer without its network"
+        );
+        // Next time all goes through: the whole network and its peer.
+        let ok = Fake {
+            fail: String::new(),
+            ran: Default::default(),
+        };
+        let (now, error) = converge(&ok, &BTreeMap::new(), &want, local);
+        assert!(error.is_none());
+        assert_eq!(now, want);
+        // Removing is best effort: a device already gone does not stop it.
+        let gone = Fake {
+            fail: "link del".into(),
+            ran: Default::default(),
+        };
+        let (now, _) = converge(&gone, &want, &BTreeMap::new(), local);
+        assert!(now.is_empty());
     }
 
     #[test]

@@ -347,3 +347,102 @@ fn a_node_that_cannot_wire_networks_gets_no_task_on_one_and_says_why() -> Result
     })?;
     Ok(())
 }
+
+/// The wiring the nodes do for a network, read from their namespaces.
+fn links(ns: &str) -> String {
+    std::process::Command::new("ip")
+        .args(["-n", ns, "-d", "link", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+fn flood_peers(ns: &str, vni: u64) -> String {
+    std::process::Command::new("bridge")
+        .args(["-n", ns, "fdb", "show", "dev", &format!("flvx{vni}")])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Three nodes, each in its own network namespace: the nodes that run a
+/// task of a network get its bridge (at the gateway) and VXLAN device,
+/// with a flood entry to each other such node; a node with no task of it
+/// gets none, and a node whose last task of it left removes it.
+#[test]
+fn nodes_wire_the_networks_of_their_tasks() -> Result<()> {
+    let mut net = flotilla_testkit::net::Net::new()?;
+    let hosts = [net.add_host()?, net.add_host()?, net.add_host()?];
+    let port = 4280;
+    let nodes: Vec<Daemon> = hosts
+        .iter()
+        .zip(["n1", "n2", "n3"])
+        .map(|(h, name)| Daemon::start_on(bin(), h, port, &["--name", name]))
+        .collect::<Result<_>>()?;
+    let m = &nodes[0];
+    m.ok(&["init"])?;
+    let token = m
+        .ok(&["join-token", "worker", "-q"])?
+        .stdout
+        .trim()
+        .to_string();
+    let manager = format!("{}:{port}", hosts[0].addr);
+    for n in &nodes[1..] {
+        n.ok(&["join", "--token", &token, &manager])?;
+    }
+    for name in ["n1", "n2"] {
+        m.ok(&["node", "update", "--label-add", "web=yes", name])?;
+    }
+    m.ok(&["network", "create", "--subnet", "10.0.88.0/24", "front"])?;
+    let vni = network(m, "front")?["vni"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("front has no VXLAN ID"))?;
+    m.ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.labels.web==yes",
+        "--network",
+        "front",
+        "--",
+        "sleep",
+        "600",
+    ])?;
+    let bridge = format!("flbr{vni}");
+    wait_until("n1 and n2 to wire front", Duration::from_secs(30), || {
+        let wired = |i: usize| {
+            let fdb = flood_peers(&hosts[i].ns, vni);
+            links(&hosts[i].ns).contains(&bridge) && fdb.contains(&hosts[1 - i].addr)
+        };
+        Ok((wired(0) && wired(1)).then_some(()))
+    })?;
+    let show = std::process::Command::new("ip")
+        .args(["-n", &hosts[0].ns, "addr", "show", &bridge])
+        .output()?;
+    assert!(String::from_utf8_lossy(&show.stdout).contains("10.0.88.1/24"));
+    assert!(
+        links(&hosts[0].ns).contains(&format!("vxlan id {vni}")),
+        "{}",
+        links(&hosts[0].ns)
+    );
+    assert!(
+        !links(&hosts[2].ns).contains(&bridge),
+        "n3 runs no task of front"
+    );
+    // One replica left: one node keeps the network, the other removes it.
+    m.ok(&["service", "scale", "web=1"])?;
+    wait_until("one node to unwire front", Duration::from_secs(30), || {
+        let wired = (0..2)
+            .filter(|i| links(&hosts[*i].ns).contains(&bridge))
+            .count();
+        Ok((wired == 1).then_some(()))
+    })?;
+    drop(nodes);
+    drop(net);
+    Ok(())
+}

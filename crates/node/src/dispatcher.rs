@@ -18,10 +18,12 @@ use std::time::Duration;
 
 use flotilla_manager::dispatcher::{assignments_for, useful_updates};
 use flotilla_manager::mesh::mesh_table;
+use flotilla_manager::network::network_table;
 use flotilla_manager::{Clock, Heartbeats, ProposeError, Proposer, StoreView};
 use flotilla_raft::RaftNode;
 use flotilla_store::{Command, State};
 use flotilla_types::mesh::MeshTable;
+use flotilla_types::network::NetworkTable;
 use flotilla_types::{NodeRole, NodeState, Task};
 use tokio::sync::watch;
 
@@ -60,11 +62,43 @@ fn version_of(tasks: &[Task]) -> u64 {
     h.finish().max(1)
 }
 
-/// A fingerprint of the mesh table (never 0, which means "none").
-fn mesh_version_of(table: &MeshTable) -> u64 {
+/// A fingerprint of a table (never 0, which means "none").
+fn version_of_table<T: Hash>(table: &T) -> u64 {
     let mut h = DefaultHasher::new();
     table.hash(&mut h);
     h.finish().max(1)
+}
+
+/// A table the leader sends every agent (the mesh's, the networks'),
+/// computed once per applied index, whichever session asks first, with
+/// its version. The index is read before the state, and the state is
+/// written before the index moves, so a table is never older than the
+/// index it is kept for.
+struct PerIndex<T> {
+    cache: std::sync::Mutex<Option<(u64, Arc<T>, u64)>>,
+    compute: fn(&State) -> T,
+}
+
+impl<T: Hash> PerIndex<T> {
+    fn new(compute: fn(&State) -> T) -> Self {
+        PerIndex {
+            cache: std::sync::Mutex::new(None),
+            compute,
+        }
+    }
+
+    fn get(&self, applied: u64, state: &State) -> (Arc<T>, u64) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, table, version)) = cache.as_ref() {
+            if *at == applied {
+                return (table.clone(), *version);
+            }
+        }
+        let table = Arc::new((self.compute)(state));
+        let version = version_of_table(&*table);
+        *cache = Some((applied, table.clone(), version));
+        (table, version)
+    }
 }
 
 /// The cluster address of the manager with raft ID `leader`.
@@ -113,9 +147,10 @@ pub struct Dispatcher {
     heartbeats: Heartbeats,
     /// Open once this leader caught up; see [`Dispatcher::set_caught_up`].
     caught_up: watch::Sender<bool>,
-    /// The mesh table of the last applied index it was computed at, with
-    /// its version: every session of one round shares one computation.
-    mesh: std::sync::Mutex<Option<(u64, Arc<MeshTable>, u64)>>,
+    /// The mesh table and the network table of the last applied index,
+    /// with their versions: every session of one round shares them.
+    mesh: PerIndex<MeshTable>,
+    networks: PerIndex<NetworkTable>,
 }
 
 impl Dispatcher {
@@ -132,7 +167,8 @@ impl Dispatcher {
             clock,
             heartbeats: Heartbeats::new(),
             caught_up: watch::channel(false).0,
-            mesh: std::sync::Mutex::new(None),
+            mesh: PerIndex::new(mesh_table),
+            networks: PerIndex::new(network_table),
         }
     }
 
@@ -149,23 +185,6 @@ impl Dispatcher {
     /// from it.
     pub fn set_caught_up(&self, caught_up: bool) {
         self.caught_up.send_replace(caught_up);
-    }
-
-    /// The mesh table and its version for the store as it is: computed
-    /// once per applied index, whichever session asks first. The index is
-    /// read before the state, and the state is written before the index
-    /// moves, so a table is never older than the index it is kept for.
-    fn mesh_table(&self, applied: u64, state: &State) -> (Arc<MeshTable>, u64) {
-        let mut cache = self.mesh.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((at, table, version)) = cache.as_ref() {
-            if *at == applied {
-                return (table.clone(), *version);
-            }
-        }
-        let table = Arc::new(mesh_table(state));
-        let version = mesh_version_of(&table);
-        *cache = Some((applied, table.clone(), version));
-        (table, version)
     }
 
     /// Whether sessions are served now: this member leads and caught up.
@@ -193,6 +212,8 @@ impl Dispatcher {
             epoch: Default::default(),
             mesh_version: 0,
             mesh: None,
+            networks_version: 0,
+            networks: None,
         }
     }
 
@@ -250,7 +271,15 @@ impl Dispatcher {
         let deadline = tokio::time::Instant::now() + LONG_POLL;
         loop {
             let at = *applied.borrow_and_update();
-            let (tasks, known, managers, role, raft_id, (table, mesh_version)) = {
+            let (
+                tasks,
+                known,
+                managers,
+                role,
+                raft_id,
+                (table, mesh_version),
+                (nets, networks_version),
+            ) = {
                 let state = self.view.read();
                 let (tasks, known) = assignments_for(&state, &req.node_id);
                 let (role, raft_id) = state
@@ -258,13 +287,25 @@ impl Dispatcher {
                     .get(&req.node_id)
                     .map(|n| (Some(n.role), n.raft_id))
                     .unwrap_or_default();
-                let table = self.mesh_table(at, &state);
-                (tasks, known, manager_addrs(&state), role, raft_id, table)
+                let table = self.mesh.get(at, &state);
+                let nets = self.networks.get(at, &state);
+                (
+                    tasks,
+                    known,
+                    manager_addrs(&state),
+                    role,
+                    raft_id,
+                    table,
+                    nets,
+                )
             };
             let version = version_of(&tasks);
             let role_changed = req.role.is_some() && req.role != role;
             let mesh_changed = req.known_mesh.is_some_and(|known| known != mesh_version);
-            if version != req.known_version || role_changed || mesh_changed {
+            let networks_changed = req
+                .known_networks
+                .is_some_and(|known| known != networks_version);
+            if version != req.known_version || role_changed || mesh_changed || networks_changed {
                 let assignments =
                     (version != req.known_version || role_changed).then_some(NodeAssignments {
                         tasks,
@@ -280,6 +321,8 @@ impl Dispatcher {
                     epoch: Default::default(),
                     mesh_version,
                     mesh: mesh_changed.then(|| (*table).clone()),
+                    networks_version,
+                    networks: networks_changed.then(|| (*nets).clone()),
                 });
             }
             let changed = tokio::time::timeout_at(deadline, applied.changed()).await;
@@ -294,6 +337,8 @@ impl Dispatcher {
                     epoch: Default::default(),
                     mesh_version,
                     mesh: None,
+                    networks_version,
+                    networks: None,
                 });
             }
         }
@@ -422,6 +467,7 @@ mod tests {
             known_version: 0,
             known_mesh: Some(0),
             overlay_error: None,
+            known_networks: Some(0),
             addr: ADDR.into(),
             api_addr: String::new(),
             version: "test".into(),
@@ -484,18 +530,20 @@ mod tests {
         );
     }
 
-    /// The mesh table goes to agents that ask for it, once per change; an
-    /// agent of an older version (which sends no `known_mesh`) gets none,
-    /// so its long poll is not answered at once, every time, with a table
-    /// it ignores.
+    /// The mesh and network tables go to agents that ask for them, once
+    /// per change; an agent of an older version (which sends no
+    /// `known_mesh` or `known_networks`) gets none, so its long poll is not
+    /// answered at once, every time, with a table it ignores.
     #[tokio::test(start_paused = true)]
-    async fn the_mesh_table_goes_to_agents_that_ask_once_per_change() {
+    async fn the_tables_go_to_agents_that_ask_once_per_change() {
         let (d, _recorder, _applied) = dispatcher();
         d.set_caught_up(true);
         let first = d.session(request()).await.map_err(|e| e.to_string());
         let first = first.as_ref().expect("answer");
         assert!(first.mesh.is_some(), "a first table: {first:?}");
         assert_ne!(first.mesh_version, 0);
+        assert!(first.networks.is_some(), "a first network table: {first:?}");
+        assert_ne!(first.networks_version, 0);
 
         // Holding that table and these assignments: nothing to say, so
         // the call waits out its long poll and sends no table.
@@ -503,11 +551,12 @@ mod tests {
         again.reports.clear();
         again.known_version = first.version;
         again.known_mesh = Some(first.mesh_version);
+        again.known_networks = Some(first.networks_version);
         let started = tokio::time::Instant::now();
         let answer = d.session(again.clone()).await.map_err(|e| e.to_string());
         let answer = answer.as_ref().expect("answer");
         assert!(
-            answer.mesh.is_none() && answer.assignments.is_none(),
+            answer.mesh.is_none() && answer.networks.is_none() && answer.assignments.is_none(),
             "{answer:?}"
         );
         assert!(started.elapsed() >= LONG_POLL, "answered at once");
@@ -515,10 +564,14 @@ mod tests {
         // An older agent: no table, and a long poll as before.
         let mut old = again;
         old.known_mesh = None;
+        old.known_networks = None;
         let started = tokio::time::Instant::now();
         let answer = d.session(old).await.map_err(|e| e.to_string());
         let answer = answer.as_ref().expect("answer");
-        assert!(answer.mesh.is_none(), "{answer:?}");
+        assert!(
+            answer.mesh.is_none() && answer.networks.is_none(),
+            "{answer:?}"
+        );
         assert!(started.elapsed() >= LONG_POLL, "answered at once");
     }
 }

@@ -199,6 +199,25 @@ impl NodeCtx {
         known.dedup();
         let (role_tx, mut role_rx) = mpsc::unbounded_channel::<(NodeRole, u64, Option<String>)>();
         self.tracker.spawn(mesh.run(mesh_rx, token.clone()));
+        // The node's network wiring follows the table its session brings.
+        // A node on a loopback address (a cluster of one machine, or of
+        // several daemons on one machine in tests) wires nothing: its
+        // VXLAN could reach no other machine, and its devices would land
+        // in the machine's own namespace, shared by every such daemon.
+        let (networks_tx, networks_rx) =
+            watch::channel(flotilla_types::network::NetworkTable::default());
+        let local = self.cluster_addr().parse::<std::net::SocketAddr>().ok();
+        if let Some(local) = local.filter(|a| a.ip().is_loopback()) {
+            tracing::info!(addr = %local, "networks are not wired on a node bound to a loopback address");
+        } else if let Some(local) = local {
+            self.tracker.spawn(flotilla_agent::wiring::follow(
+                networks_rx,
+                member.identity.node_id.clone(),
+                local.ip(),
+                Arc::new(flotilla_agent::wiring::System::default()),
+                token.clone(),
+            ));
+        }
         let session = SessionClient {
             node_id: member.identity.node_id.clone(),
             addr: self.cluster_addr(),
@@ -211,6 +230,7 @@ impl NodeCtx {
             data_dir: Some(self.data_dir.clone()),
             role_changed: role_tx,
             mesh: mesh_tx,
+            networks: networks_tx,
         };
         // Promote/demote, and certificates near expiry: get a new
         // certificate and restart in place (tasks keep running).

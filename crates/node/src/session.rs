@@ -49,6 +49,8 @@ pub struct SessionClient {
     pub role_changed: mpsc::UnboundedSender<(NodeRole, u64, Option<String>)>,
     /// Where the mesh tables from the dispatcher go (this node's mesh).
     pub mesh: watch::Sender<MeshTable>,
+    /// Where the network tables go (this node's wiring).
+    pub networks: watch::Sender<flotilla_types::network::NetworkTable>,
 }
 
 enum Outcome {
@@ -80,6 +82,7 @@ impl SessionClient {
         let mut pending: Vec<TaskReport> = Vec::new();
         let mut known_version = 0u64;
         let mut known_mesh = 0u64;
+        let mut known_networks = 0u64;
         let mut redirect: Option<String> = None;
         let mut next_manager = 0usize;
         let mut failures = 0u32;
@@ -105,6 +108,7 @@ impl SessionClient {
                 entry_format: flotilla_store::FORMAT,
                 known_mesh: Some(known_mesh),
                 overlay_error: overlay_error.clone(),
+                known_networks: Some(known_networks),
             };
             let local = self.finder.local();
             // This node's own address is never a useful remote target: if
@@ -225,6 +229,10 @@ impl SessionClient {
                         self.mesh.send_replace(table);
                     }
                     known_mesh = answer.mesh_version;
+                    if let Some(table) = answer.networks {
+                        self.networks.send_replace(table);
+                    }
+                    known_networks = answer.networks_version;
                     if let Some(a) = answer.assignments {
                         assignments.send_replace(Arc::new(Assignments {
                             tasks: a.tasks,

@@ -96,6 +96,10 @@ pub struct SessionRequest {
     /// found at start; none: it can (older versions send nothing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay_error: Option<String>,
+    /// Version of the network table the node holds (`Some(0)`: none
+    /// yet); older versions send nothing and are sent none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known_networks: Option<u64>,
 }
 
 /// The dispatcher's answer.
@@ -126,6 +130,12 @@ pub struct SessionResponse {
     /// The whole mesh table when it changed since `known_mesh`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mesh: Option<MeshTable>,
+    /// Version of the network table (or of the unchanged one).
+    #[serde(default)]
+    pub networks_version: u64,
+    /// The whole network table when it changed since `known_networks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub networks: Option<flotilla_types::network::NetworkTable>,
 }
 
 /// `POST /cluster/v1/renew`: a node asks for a new certificate for the
