@@ -311,18 +311,24 @@ impl Ip for System {
     }
 }
 
+/// `FLOTILLA_NO_OVERLAY=REASON` in the daemon's environment: the node
+/// says it cannot run tasks on overlay networks, for that reason (an
+/// operator's way to keep such tasks off a node, and the tests' way to
+/// have such a node).
+pub fn overridden() -> Option<String> {
+    std::env::var("FLOTILLA_NO_OVERLAY")
+        .ok()
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty())
+}
+
+/// How long [`probe`] may take before the node says it cannot wire.
+pub const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Whether this node can wire overlay networks: as root, with iproute2,
 /// in a kernel with VXLAN and bridges (tried in a namespace of its own,
-/// removed after). The reason when not. `FLOTILLA_NO_OVERLAY=REASON` in
-/// the daemon's environment says no with that reason: an operator's way
-/// to keep tasks on networks off a node, and the tests' way to have such
-/// a node.
+/// removed after). The reason when not.
 pub fn probe(ip: &dyn Ip) -> Result<(), String> {
-    if let Ok(reason) = std::env::var("FLOTILLA_NO_OVERLAY") {
-        if !reason.trim().is_empty() {
-            return Err(reason.trim().to_string());
-        }
-    }
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         return Err("the daemon does not run as root, which wiring networks needs".into());

@@ -69,13 +69,33 @@ impl SessionClient {
     ) {
         // What the node's kernel and privileges allow, found once and
         // reported with every round: the leader places tasks on networks
-        // only where they can be wired.
-        let overlay_error = tokio::task::spawn_blocking(|| {
-            flotilla_agent::wiring::probe(&flotilla_agent::wiring::System::default())
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("the overlay probe failed: {e}")))
-        .err();
+        // only where they can be wired. A node on a loopback address wires
+        // nothing (see `member`), so it has nothing to probe.
+        let loopback = self
+            .addr
+            .parse::<std::net::SocketAddr>()
+            .is_ok_and(|a| a.ip().is_loopback());
+        let overlay_error = if let Some(reason) = flotilla_agent::wiring::overridden() {
+            Some(reason)
+        } else if loopback {
+            None
+        } else {
+            let timeout = flotilla_agent::wiring::PROBE_TIMEOUT;
+            let probed = tokio::time::timeout(
+                timeout,
+                tokio::task::spawn_blocking(|| {
+                    flotilla_agent::wiring::probe(&flotilla_agent::wiring::System::default())
+                }),
+            )
+            .await;
+            match probed {
+                Ok(Ok(result)) => result.err(),
+                Ok(Err(e)) => Some(format!("the overlay probe failed: {e}")),
+                Err(_) => Some(format!(
+                    "the overlay probe (ip netns, vxlan, bridge) did not finish within {timeout:?}"
+                )),
+            }
+        };
         if let Some(reason) = &overlay_error {
             tracing::warn!(%reason, "this node cannot run tasks on overlay networks");
         }
