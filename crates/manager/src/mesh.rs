@@ -121,7 +121,7 @@ pub fn mesh_table(state: &State) -> MeshTable {
                 if node.state != NodeState::Ready {
                     return None;
                 }
-                let ip = node_ip(&node.addr)?;
+                let ip = node.ip()?;
                 Some((t.id.as_str(), node_id, ip, t))
             })
             .collect();
@@ -166,10 +166,6 @@ pub fn mesh_table(state: &State) -> MeshTable {
 
 /// The address part of a node's cluster address (`IP:PORT`); a node that
 /// gave a name rather than an address is not reachable by the mesh.
-fn node_ip(addr: &str) -> Option<IpAddr> {
-    addr.parse::<SocketAddr>().ok().map(|a| a.ip())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,12 +12,12 @@
 //! free ones of the subnet.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 
 use flotilla_store::{Command, State};
 use flotilla_types::network::{Endpoint, NameEntry, NetworkEntry, NetworkTable};
 use flotilla_types::network::{DEFAULT_POOL, POOL_SUBNET_PREFIX, VNI_RANGE};
-use flotilla_types::{DesiredState, EndpointMode, NetworkAddress, NodeState, Subnet, Task};
+use flotilla_types::{DesiredState, NetworkAddress, NodeState, Subnet, Task};
 
 /// What the network allocator proposes, and what it could not give.
 #[derive(Debug, Default, PartialEq)]
@@ -65,18 +65,7 @@ fn free_addresses(state: &State) -> BTreeMap<&str, Free> {
             })
         })
         .collect();
-    let held = state
-        .services
-        .values()
-        .flat_map(|s| s.virtual_ips.iter())
-        .chain(
-            state
-                .tasks
-                .values()
-                .filter(|t| !t.status.state.is_terminal())
-                .flat_map(|t| t.networks.iter()),
-        );
-    for a in held {
+    for a in state.held_addresses() {
         if let Some(f) = free.get_mut(a.network.as_str()) {
             f.taken.insert(a.addr);
         }
@@ -187,9 +176,7 @@ pub fn network_table(state: &State) -> NetworkTable {
                     service_id: t.service_id.clone(),
                     addr,
                     node_id: t.node_id.clone(),
-                    node_addr: node
-                        .and_then(|n| n.addr.parse::<SocketAddr>().ok())
-                        .map(|a| a.ip()),
+                    node_addr: node.and_then(|n| n.ip()),
                     ready,
                 })
             })
@@ -221,19 +208,8 @@ pub fn allocate(state: &State) -> Allocation {
 }
 
 fn allocate_networks(state: &State, out: &mut Allocation) {
-    let mut subnets: Vec<Subnet> = state
-        .networks
-        .values()
-        .filter_map(|n| n.subnet.or(n.spec.subnet))
-        .collect();
-    let node_ips: Vec<Ipv4Addr> = state
-        .nodes
-        .values()
-        .filter_map(|n| match n.addr.parse::<SocketAddr>().ok()?.ip() {
-            std::net::IpAddr::V4(ip) => Some(ip),
-            std::net::IpAddr::V6(_) => None,
-        })
-        .collect();
+    // The subnets picked in this round, which the store does not hold yet.
+    let mut picked: Vec<Subnet> = Vec::new();
     let mut vnis: BTreeSet<u32> = state.networks.values().filter_map(|n| n.vni).collect();
     for network in state.networks.values() {
         if network.allocated() {
@@ -241,9 +217,10 @@ fn allocate_networks(state: &State, out: &mut Allocation) {
         }
         let subnet = match network.subnet {
             Some(s) => Some(s),
+            // The store's own rule, so that the pick is never refused.
             None => DEFAULT_POOL.subnets(POOL_SUBNET_PREFIX).find(|candidate| {
-                !subnets.iter().any(|s| s.overlaps(candidate))
-                    && !node_ips.iter().any(|ip| candidate.contains(*ip))
+                !picked.iter().any(|s| s.overlaps(candidate))
+                    && state.check_subnet(&network.id, *candidate).is_ok()
             }),
         };
         let Some(subnet) = subnet else {
@@ -264,7 +241,7 @@ fn allocate_networks(state: &State, out: &mut Allocation) {
             ));
             continue;
         };
-        subnets.push(subnet);
+        picked.push(subnet);
         vnis.insert(vni);
         out.commands.push(Command::AllocateNetwork {
             id: network.id.clone(),
@@ -276,17 +253,7 @@ fn allocate_networks(state: &State, out: &mut Allocation) {
 
 fn allocate_vips(state: &State, free: &mut BTreeMap<&str, Free>, out: &mut Allocation) {
     for service in state.services.values() {
-        let wanted: Vec<&str> = if service.spec.endpoint_mode == EndpointMode::Vip {
-            service
-                .spec
-                .task
-                .networks
-                .iter()
-                .map(|a| a.network.as_str())
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let wanted = service.spec.vip_networks();
         let have: Vec<&str> = service
             .virtual_ips
             .iter()
@@ -554,7 +521,7 @@ mod tests {
         network(&mut state, "b", Some("10.0.10.0/29"));
         add_service(&mut state, on(replicated("web", 7), &["a", "b"]));
         let mut web = state.services["web"].clone();
-        web.spec.endpoint_mode = EndpointMode::Dnsrr;
+        web.spec.endpoint_mode = flotilla_types::EndpointMode::Dnsrr;
         add_service(&mut state, web);
         for slot in 1..=6 {
             add_task(

@@ -145,3 +145,13 @@ pub struct Node {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay_error: Option<String>,
 }
+
+impl Node {
+    /// The IP of its cluster address, when it has one.
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        self.addr
+            .parse::<std::net::SocketAddr>()
+            .ok()
+            .map(|a| a.ip())
+    }
+}

@@ -512,6 +512,22 @@ pub struct ServiceSpec {
     pub endpoint_mode: EndpointMode,
 }
 
+impl ServiceSpec {
+    /// The networks (by ID, in the template's order) the service has a
+    /// virtual address on: all of them in endpoint mode `vip`, none in
+    /// `dnsrr`.
+    pub fn vip_networks(&self) -> Vec<&str> {
+        if self.endpoint_mode != EndpointMode::Vip {
+            return Vec::new();
+        }
+        self.task
+            .networks
+            .iter()
+            .map(|a| a.network.as_str())
+            .collect()
+    }
+}
+
 impl Default for ServiceSpec {
     /// One replica of an empty template: a base for struct update syntax.
     fn default() -> Self {

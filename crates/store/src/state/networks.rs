@@ -10,11 +10,11 @@
 //! a node's address. A refused allocation changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use flotilla_types::network::VNI_RANGE;
 use flotilla_types::{
-    EndpointMode, Network, NetworkAddress, NetworkSpec, Service, ServiceSpec, Subnet, Task, UnixMs,
+    Network, NetworkAddress, NetworkSpec, Service, ServiceSpec, Subnet, Task, UnixMs,
 };
 
 use super::{table, Change, State};
@@ -177,17 +177,7 @@ impl State {
             what: format!("service {name}"),
             reason,
         };
-        let wanted: Vec<&str> = if service.spec.endpoint_mode == EndpointMode::Vip {
-            service
-                .spec
-                .task
-                .networks
-                .iter()
-                .map(|a| a.network.as_str())
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let wanted = service.spec.vip_networks();
         let given: Vec<&str> = vips.iter().map(|v| v.network.as_str()).collect();
         if wanted != given {
             return Err(mismatch(format!(
@@ -267,8 +257,9 @@ impl State {
     }
 
     /// Refuses `subnet` for network `id` if it overlaps another network's
-    /// subnet (given or asked for) or holds a node's address.
-    fn check_subnet(&self, id: &str, subnet: Subnet) -> Result<(), StoreError> {
+    /// subnet (given or asked for) or holds a node's address. The
+    /// allocator picks from the pool by it too.
+    pub fn check_subnet(&self, id: &str, subnet: Subnet) -> Result<(), StoreError> {
         for other in self.networks.values().filter(|n| n.id != id) {
             if let Some(theirs) = other.subnet.or(other.spec.subnet) {
                 if theirs.overlaps(&subnet) {
@@ -280,7 +271,7 @@ impl State {
             }
         }
         for node in self.nodes.values() {
-            if let Some(ip) = node_ipv4(&node.addr) {
+            if let Some(IpAddr::V4(ip)) = node.ip() {
                 if subnet.contains(ip) {
                     return Err(StoreError::SubnetOverlaps {
                         subnet: subnet.to_string(),
@@ -292,32 +283,31 @@ impl State {
         Ok(())
     }
 
-    /// Every address held on the networks `ids`: virtual addresses and
-    /// those of tasks that have not ended. One pass over the tasks.
+    /// Every address held on any network: the services' virtual
+    /// addresses and those of tasks that have not ended. One pass over the
+    /// tasks; the allocator counts free addresses by it too.
+    pub fn held_addresses(&self) -> impl Iterator<Item = &NetworkAddress> + '_ {
+        self.services
+            .values()
+            .flat_map(|s| s.virtual_ips.iter())
+            .chain(
+                self.tasks
+                    .values()
+                    .filter(|t| !t.status.state.is_terminal())
+                    .flat_map(|t| t.networks.iter()),
+            )
+    }
+
+    /// The addresses held on the networks `ids` ([`State::held_addresses`]).
     fn taken_on<'a>(&self, ids: impl Iterator<Item = &'a str>) -> BTreeSet<(String, Ipv4Addr)> {
         let ids: BTreeSet<&str> = ids.collect();
-        let mut taken = BTreeSet::new();
         if ids.is_empty() {
-            return taken;
+            return BTreeSet::new();
         }
-        for service in self.services.values() {
-            for vip in &service.virtual_ips {
-                if ids.contains(vip.network.as_str()) {
-                    taken.insert((vip.network.clone(), vip.addr));
-                }
-            }
-        }
-        for task in self.tasks.values() {
-            if task.status.state.is_terminal() {
-                continue;
-            }
-            for addr in &task.networks {
-                if ids.contains(addr.network.as_str()) {
-                    taken.insert((addr.network.clone(), addr.addr));
-                }
-            }
-        }
-        taken
+        self.held_addresses()
+            .filter(|a| ids.contains(a.network.as_str()))
+            .map(|a| (a.network.clone(), a.addr))
+            .collect()
     }
 
     /// Checks each address against its network and `taken` (which it then
@@ -372,17 +362,13 @@ impl State {
 /// The virtual addresses a service keeps with its new spec: those of the
 /// networks it still joins, in vip mode; the allocator adds the rest.
 pub(super) fn kept_vips(spec: &ServiceSpec, before: &[NetworkAddress]) -> Vec<NetworkAddress> {
-    if spec.endpoint_mode != EndpointMode::Vip {
-        return Vec::new();
-    }
     let by_network: BTreeMap<&str, &NetworkAddress> =
         before.iter().map(|v| (v.network.as_str(), v)).collect();
     // In the spec's order; where one is missing the allocator writes the
     // whole list again, these included.
-    spec.task
-        .networks
-        .iter()
-        .filter_map(|a| by_network.get(a.network.as_str()).map(|v| (*v).clone()))
+    spec.vip_networks()
+        .into_iter()
+        .filter_map(|n| by_network.get(n).map(|v| (*v).clone()))
         .collect()
 }
 
@@ -393,14 +379,6 @@ fn joins(spec: &ServiceSpec, network_id: &str) -> bool {
 fn holds_on(task: &Task, network_id: &str) -> bool {
     task.networks.iter().any(|a| a.network == network_id)
         || task.spec.networks.iter().any(|a| a.network == network_id)
-}
-
-/// The IPv4 address of a node's `host:port`, when it is one.
-fn node_ipv4(addr: &str) -> Option<Ipv4Addr> {
-    match addr.parse::<SocketAddr>().ok()?.ip() {
-        std::net::IpAddr::V4(ip) => Some(ip),
-        std::net::IpAddr::V6(_) => None,
-    }
 }
 
 #[cfg(test)]
