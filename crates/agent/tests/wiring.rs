@@ -7,40 +7,11 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
-use flotilla_agent::wiring::{
-    apply, attach_task, detach_task, steps, Attachment, Ip, NetworkWiring, System,
-};
-use flotilla_testkit::net::Net;
+use flotilla_agent::wiring::{apply, attach_task, steps, Attachment, Ip, NetworkWiring, System};
+use flotilla_testkit::net::{in_netns, Namespaces, Net};
 use flotilla_types::Subnet;
-
-/// Task namespaces are global names: removed on drop, also on failure.
-struct TaskNs(Vec<String>);
-
-impl Drop for TaskNs {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = System::default().run(&detach_task(ns));
-        }
-    }
-}
-
-/// Runs `f` on a thread that entered the network namespace `ns`.
-fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("open the namespace");
-        // SAFETY: setns on this thread only, with a valid descriptor of a
-        // network namespace; the thread ends with the closure.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .expect("thread")
-}
 
 #[test]
 fn tasks_on_two_nodes_reach_each_other_at_their_task_addresses() {
@@ -50,7 +21,7 @@ fn tasks_on_two_nodes_reach_each_other_at_their_task_addresses() {
     let subnet: Subnet = "10.0.50.0/24".parse().expect("subnet");
     let vni = 4100 + (std::process::id() % 1000);
     let tag = std::process::id() % 100_000;
-    let tasks = TaskNs(vec![format!("flta{tag}"), format!("fltb{tag}")]);
+    let tasks = Namespaces(vec![format!("flta{tag}"), format!("fltb{tag}")]);
     let addrs = [Ipv4Addr::new(10, 0, 50, 3), Ipv4Addr::new(10, 0, 50, 4)];
     for (i, (node, peer)) in [(&a, &b), (&b, &a)].into_iter().enumerate() {
         let local: IpAddr = node.addr.parse().expect("node addr");
@@ -83,7 +54,8 @@ fn tasks_on_two_nodes_reach_each_other_at_their_task_addresses() {
     let server = SocketAddr::new(IpAddr::V4(addrs[1]), 7070);
     let listening = in_netns(&tasks.0[1], move || {
         TcpListener::bind(server).expect("bind in the task")
-    });
+    })
+    .expect("enter b's task");
     let served = std::thread::spawn(move || {
         let (mut s, from) = listening.accept().expect("accept");
         s.write_all(b"hello").expect("write");
@@ -97,7 +69,8 @@ fn tasks_on_two_nodes_reach_each_other_at_their_task_addresses() {
         let mut buf = [0u8; 5];
         s.read_exact(&mut buf).expect("read");
         buf
-    });
+    })
+    .expect("the client in a's task");
     assert_eq!(&got, b"hello");
     // b's task saw a's task address, not a node's: no NAT on the way.
     assert_eq!(served.join().expect("server"), IpAddr::V4(addrs[0]));

@@ -24,14 +24,11 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
-use flotilla_agent::wiring::{
-    apply, attach_task, detach_task, steps, Attachment, Ip, NetworkWiring, System,
-};
-use flotilla_testkit::net::Net;
+use anyhow::{anyhow, Context, Result};
+use flotilla_agent::wiring::{apply, attach_task, steps, Attachment, Ip, NetworkWiring, System};
+use flotilla_testkit::net::{in_netns, Namespaces, Net};
 use flotilla_types::Subnet;
 
 /// What the overlay bench runs.
@@ -63,37 +60,6 @@ struct Run {
     cpu_s_per_gib: f64,
 }
 
-/// Task namespaces are global names: removed on drop, also on failure.
-struct TaskNs(Vec<String>);
-
-impl Drop for TaskNs {
-    fn drop(&mut self) {
-        for ns in &self.0 {
-            let _ = System::default().run(&detach_task(ns));
-        }
-    }
-}
-
-/// Runs `f` on a thread that entered the network namespace `ns`.
-fn in_netns<T: Send + 'static>(
-    ns: &str,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || -> Result<T> {
-        let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-        // SAFETY: setns on this thread only, with a valid descriptor of a
-        // network namespace; the thread ends with the closure.
-        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        if rc != 0 {
-            bail!("setns {path}: {}", std::io::Error::last_os_error());
-        }
-        f()
-    })
-    .join()
-    .map_err(|_| anyhow!("a thread in {ns} panicked"))?
-}
-
 /// Busy and total jiffies of the whole machine.
 fn cpu_jiffies() -> Result<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
@@ -114,7 +80,7 @@ fn cpu_jiffies() -> Result<(u64, u64)> {
 
 /// Sends for `seconds` from namespace `from` to `to`, one connection.
 fn send(from: &str, to_ns: &str, to: SocketAddr, seconds: u64) -> Result<Run> {
-    let listener = in_netns(to_ns, move || TcpListener::bind(to).context("bind"))?;
+    let listener = in_netns(to_ns, move || TcpListener::bind(to).context("bind"))??;
     let receiver = std::thread::spawn(move || -> Result<u64> {
         let (mut s, _) = listener.accept().context("accept")?;
         let mut buf = vec![0u8; 1 << 20];
@@ -139,7 +105,7 @@ fn send(from: &str, to_ns: &str, to: SocketAddr, seconds: u64) -> Result<Run> {
         }
         s.shutdown(std::net::Shutdown::Write).context("shutdown")?;
         Ok(())
-    })?;
+    })??;
     let bytes = receiver
         .join()
         .map_err(|_| anyhow!("the receiver panicked"))??;
@@ -168,7 +134,7 @@ pub fn run(config: &Config) -> Result<()> {
     let subnet: Subnet = "10.0.60.0/24".parse().map_err(|e| anyhow!("{e}"))?;
     let vni = 4096 + std::process::id() % 4096;
     let tag = std::process::id() % 100_000;
-    let tasks = TaskNs(vec![format!("flba{tag}"), format!("flbb{tag}")]);
+    let tasks = Namespaces(vec![format!("flba{tag}"), format!("flbb{tag}")]);
     let addrs = [Ipv4Addr::new(10, 0, 60, 3), Ipv4Addr::new(10, 0, 60, 4)];
     let nodes: [IpAddr; 2] = [a.addr.parse()?, b.addr.parse()?];
     let ips = [

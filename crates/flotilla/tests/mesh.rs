@@ -150,22 +150,8 @@ fn a_published_port_answers_on_every_node_and_survives_a_kill_and_a_drain() -> R
     let here = net.reach_from_here()?;
     let port = 4280;
     let names = ["n1", "n2", "n3"];
-    let nodes: Vec<Daemon> = hosts
-        .iter()
-        .zip(names)
-        .map(|(h, name)| Daemon::start_on(bin(), h, port, &["--name", name]))
-        .collect::<Result<_>>()?;
+    let nodes = flotilla_testkit::cluster_on(bin(), &hosts, port, &names)?;
     let m = &nodes[0];
-    m.ok(&["init"])?;
-    let token = m
-        .ok(&["join-token", "worker", "-q"])?
-        .stdout
-        .trim()
-        .to_string();
-    let manager = format!("{}:{port}", hosts[0].addr);
-    for n in &nodes[1..] {
-        n.ok(&["join", "--token", &token, &manager])?;
-    }
     for name in ["n1", "n2"] {
         m.ok(&["node", "update", "--label-add", "web=yes", name])?;
     }

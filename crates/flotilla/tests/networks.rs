@@ -7,19 +7,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use flotilla_testkit::{wait_until, CliOutput, Daemon};
+use flotilla_testkit::{one_line_error, wait_until, Daemon};
 use serde_json::Value;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_flotilla"))
-}
-
-fn one_line_error(out: &CliOutput) -> String {
-    assert_ne!(out.code, 0, "expected a failure, got stdout {}", out.stdout);
-    let err = out.stderr.trim();
-    assert_eq!(err.lines().count(), 1, "error must be one line: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    err.to_string()
 }
 
 fn network(d: &Daemon, name: &str) -> Result<Value> {
@@ -374,22 +366,8 @@ fn nodes_wire_the_networks_of_their_tasks() -> Result<()> {
     let mut net = flotilla_testkit::net::Net::new()?;
     let hosts = [net.add_host()?, net.add_host()?, net.add_host()?];
     let port = 4280;
-    let nodes: Vec<Daemon> = hosts
-        .iter()
-        .zip(["n1", "n2", "n3"])
-        .map(|(h, name)| Daemon::start_on(bin(), h, port, &["--name", name]))
-        .collect::<Result<_>>()?;
+    let nodes = flotilla_testkit::cluster_on(bin(), &hosts, port, &["n1", "n2", "n3"])?;
     let m = &nodes[0];
-    m.ok(&["init"])?;
-    let token = m
-        .ok(&["join-token", "worker", "-q"])?
-        .stdout
-        .trim()
-        .to_string();
-    let manager = format!("{}:{port}", hosts[0].addr);
-    for n in &nodes[1..] {
-        n.ok(&["join", "--token", &token, &manager])?;
-    }
     for name in ["n1", "n2"] {
         m.ok(&["node", "update", "--label-add", "web=yes", name])?;
     }

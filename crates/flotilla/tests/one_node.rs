@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use flotilla_testkit::{wait_until, Daemon};
+use flotilla_testkit::{one_line_error, wait_until, Daemon};
 use serde_json::Value;
 
 fn bin() -> &'static Path {
@@ -36,14 +36,6 @@ fn wait_replicas(d: &Daemon, name: &str, want: u64, timeout: Duration) -> Result
         let (r, w) = replicas(d, name)?;
         Ok((r == want && w == want).then_some(()))
     })
-}
-
-fn one_line_error(out: &flotilla_testkit::CliOutput) -> String {
-    assert_ne!(out.code, 0, "expected a failure, got stdout {}", out.stdout);
-    let err = out.stderr.trim();
-    assert_eq!(err.lines().count(), 1, "error must be one line: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    err.to_string()
 }
 
 #[test]

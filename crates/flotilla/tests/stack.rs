@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use flotilla_testkit::{wait_until, CliOutput, Daemon};
+use flotilla_testkit::{one_line_error, wait_until, Daemon};
 use serde_json::Value;
 
 fn bin() -> &'static Path {
@@ -59,14 +59,6 @@ fn names(d: &Daemon) -> Result<Vec<String>> {
     let mut n: Vec<String> = services(d)?.into_iter().map(|s| s.0).collect();
     n.sort();
     Ok(n)
-}
-
-fn one_line_error(out: &CliOutput) -> String {
-    assert_ne!(out.code, 0, "expected a failure, got stdout {}", out.stdout);
-    let err = out.stderr.trim();
-    assert_eq!(err.lines().count(), 1, "error must be one line: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    err.to_string()
 }
 
 const V1: &str = r#"

@@ -176,6 +176,46 @@ impl CliOutput {
     }
 }
 
+/// What a CLI call that must fail printed: its one-line error (it failed,
+/// said so on one line of stderr, and did not panic).
+pub fn one_line_error(out: &CliOutput) -> String {
+    assert_ne!(out.code, 0, "expected a failure, got stdout {}", out.stdout);
+    let err = out.stderr.trim();
+    assert_eq!(err.lines().count(), 1, "error must be one line: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err.to_string()
+}
+
+/// A cluster on `hosts` of a [`net::Net`], one daemon each on cluster port
+/// `port`, named `names`: the first runs `init`, the others join it as
+/// workers.
+pub fn cluster_on(
+    bin: &Path,
+    hosts: &[net::Host],
+    port: u16,
+    names: &[&str],
+) -> Result<Vec<Daemon>> {
+    let nodes: Vec<Daemon> = hosts
+        .iter()
+        .zip(names)
+        .map(|(h, name)| Daemon::start_on(bin, h, port, &["--name", name]))
+        .collect::<Result<_>>()?;
+    let (Some(m), Some(first)) = (nodes.first(), hosts.first()) else {
+        bail!("a cluster needs a host");
+    };
+    m.ok(&["init"])?;
+    let token = m
+        .ok(&["join-token", "worker", "-q"])?
+        .stdout
+        .trim()
+        .to_string();
+    let manager = format!("{}:{port}", first.addr);
+    for n in &nodes[1..] {
+        n.ok(&["join", "--token", &token, &manager])?;
+    }
+    Ok(nodes)
+}
+
 /// A `flotilla daemon` process with its own data dir.
 pub struct Daemon {
     bin: PathBuf,
@@ -207,6 +247,7 @@ impl Daemon {
             &format!("{}:{port}", host.addr),
             extra,
             Some(host.ns.clone()),
+            &[],
         )
     }
 
@@ -222,10 +263,22 @@ impl Daemon {
     /// Starts a daemon whose cluster port listens on `listen`, with extra
     /// daemon arguments.
     pub fn start_with(bin: &Path, listen: &str, extra: &[&str]) -> Result<Daemon> {
-        Self::launch(bin, listen, extra, None)
+        Self::launch(bin, listen, extra, None, &[])
     }
 
-    fn launch(bin: &Path, listen: &str, extra: &[&str], netns: Option<String>) -> Result<Daemon> {
+    /// Starts a daemon as [`Daemon::start`] does, with `env` added to its
+    /// environment (for this start and every restart).
+    pub fn start_with_env(bin: &Path, env: &[(&str, &str)]) -> Result<Daemon> {
+        Self::launch(bin, "127.0.0.1:0", &[], None, env)
+    }
+
+    fn launch(
+        bin: &Path,
+        listen: &str,
+        extra: &[&str],
+        netns: Option<String>,
+        env: &[(&str, &str)],
+    ) -> Result<Daemon> {
         // Short paths: a Unix socket path must fit in 108 bytes.
         let dir = tempfile::Builder::new()
             .prefix("flt-")
@@ -240,28 +293,6 @@ impl Daemon {
             listen: listen.to_string(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             netns,
-            env: Vec::new(),
-        };
-        d.spawn()?;
-        Ok(d)
-    }
-
-    /// Starts a daemon as [`Daemon::start`] does, with `env` added to its
-    /// environment (for this start and every restart).
-    pub fn start_with_env(bin: &Path, env: &[(&str, &str)]) -> Result<Daemon> {
-        let dir = tempfile::Builder::new()
-            .prefix("flt-")
-            .tempdir_in("/tmp")
-            .context("making a data dir")?;
-        let mut d = Daemon {
-            bin: bin.to_path_buf(),
-            dir,
-            mark: format!("{:016x}", rand::random::<u64>()),
-            child: None,
-            starts: 0,
-            listen: "127.0.0.1:0".to_string(),
-            extra: Vec::new(),
-            netns: None,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -197,3 +197,35 @@ impl Drop for Net {
         let _ = ip(&["link", "del", &self.bridge]);
     }
 }
+
+/// Network namespaces made by a test by name (`ip netns add`), removed on
+/// drop, also when the test fails.
+#[derive(Debug, Default)]
+pub struct Namespaces(pub Vec<String>);
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in &self.0 {
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+/// Runs `f` on a thread that entered the network namespace `ns`: sockets
+/// it makes belong to that namespace (and keep to it on other threads).
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::spawn(move || -> Result<T> {
+        let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
+        // SAFETY: setns on this thread only, with a valid descriptor of a
+        // network namespace; the thread ends with the closure.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            bail!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("a thread in {ns} panicked"))?
+}
