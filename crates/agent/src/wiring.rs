@@ -453,7 +453,7 @@ pub async fn follow(
     let mut said: Option<String> = None;
     loop {
         let want = wanted(&table.borrow_and_update(), &node_id);
-        if !steps(&have, &want, local).is_empty() {
+        if have != want {
             let (runner, from) = (ip.clone(), have.clone());
             let target = want.clone();
             let done =

@@ -81,27 +81,51 @@ pub fn needs_addresses(task: &Task) -> bool {
 
 /// Why a task on networks has no addresses yet, for its pending reason.
 pub fn unaddressed_reason(state: &State, task: &Task) -> String {
-    for a in &task.spec.networks {
-        match state.networks.get(&a.network) {
-            None => return format!("network {} no longer exists", a.network),
-            Some(n) if n.subnet.is_none() || n.vni.is_none() => {
-                return format!("waiting for network {} to get its subnet", n.spec.name)
-            }
-            Some(_) => {}
-        }
+    Unaddressed::of(state).reason(task)
+}
+
+/// The reasons of [`unaddressed_reason`] for one state, with the full
+/// networks found once: the scheduler asks for every waiting task, and
+/// counting held addresses is a pass over all tasks.
+pub struct Unaddressed<'a> {
+    state: &'a State,
+    /// Networks with no address left to give, by ID.
+    full: BTreeSet<&'a str>,
+}
+
+impl<'a> Unaddressed<'a> {
+    pub fn of(state: &'a State) -> Unaddressed<'a> {
+        let full = free_addresses(state)
+            .into_iter()
+            // Held addresses are assignable ones (the store checks), so
+            // the count says whether any is left.
+            .filter(|(_, f)| f.taken.len() >= f.subnet.assignable_addrs().count())
+            .map(|(id, _)| id)
+            .collect();
+        Unaddressed { state, full }
     }
-    let free = free_addresses(state);
-    for a in &task.spec.networks {
-        if let (Some(n), Some(f)) = (state.networks.get(&a.network), free.get(a.network.as_str())) {
-            if f.subnet.assignable_addrs().all(|ip| f.taken.contains(&ip)) {
-                return format!(
-                    "no free address left on network {} ({})",
-                    n.spec.name, f.subnet
-                );
+
+    pub fn reason(&self, task: &Task) -> String {
+        for a in &task.spec.networks {
+            match self.state.networks.get(&a.network) {
+                None => return format!("network {} no longer exists", a.network),
+                Some(n) if n.subnet.is_none() || n.vni.is_none() => {
+                    return format!("waiting for network {} to get its subnet", n.spec.name)
+                }
+                Some(_) => {}
             }
         }
+        for a in &task.spec.networks {
+            if let (Some(n), true) = (
+                self.state.networks.get(&a.network),
+                self.full.contains(a.network.as_str()),
+            ) {
+                let subnet = n.subnet.map(|s| s.to_string()).unwrap_or_default();
+                return format!("no free address left on network {} ({subnet})", n.spec.name);
+            }
+        }
+        "waiting for its network addresses".to_string()
     }
-    "waiting for its network addresses".to_string()
 }
 
 /// The label that names a service's stack, as Docker's.

@@ -246,14 +246,14 @@ pub fn schedule(state: &State) -> Schedule {
     waiting.sort_by(|a, b| (&a.service_id, a.slot, &a.id).cmp(&(&b.service_id, b.slot, &b.id)));
 
     let mut out = Schedule::default();
+    // Made at the first task that waits for addresses, once per round.
+    let mut unaddressed: Option<crate::network::Unaddressed> = None;
     for task in waiting {
         // A task on networks is placed once it has its addresses, so that
         // no agent ever starts a half-wired task.
         if crate::network::needs_addresses(task) {
-            out.unplaced.push((
-                task.id.clone(),
-                crate::network::unaddressed_reason(state, task),
-            ));
+            let why = unaddressed.get_or_insert_with(|| crate::network::Unaddressed::of(state));
+            out.unplaced.push((task.id.clone(), why.reason(task)));
             continue;
         }
         match place(state, &load, task) {
