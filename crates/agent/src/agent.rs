@@ -47,6 +47,7 @@ use crate::logs::{mark_growth, rotate_if_over_cap, task_log_path};
 use crate::record::{
     load_records, remove_task_dir, task_dir, valid_task_id, write_record, TaskRecord,
 };
+use crate::taskns::Networking;
 
 /// Per-task log cap when none is configured.
 pub const DEFAULT_LOG_CAP_BYTES: u64 = 10 * 1024 * 1024;
@@ -150,6 +151,7 @@ pub struct Agent {
     reports: mpsc::UnboundedSender<Vec<TaskReport>>,
     recovered: Vec<TaskRecord>,
     orphan_dirs: BTreeSet<String>,
+    networking: Option<Arc<Networking>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -184,7 +186,16 @@ impl Agent {
             reports,
             recovered: loaded.records,
             orphan_dirs: loaded.orphan_dirs,
+            networking: None,
         })
+    }
+
+    /// Runs process tasks on networks in namespaces of their own, wired
+    /// through `networking` (a node that wires networks; without it such a
+    /// task runs in the node's namespace, as on a one-machine cluster).
+    pub fn with_networking(mut self, networking: Networking) -> Agent {
+        self.networking = Some(Arc::new(networking));
+        self
     }
 
     /// Runs until `shutdown` is cancelled, then stops every task (bounded by
@@ -197,6 +208,7 @@ impl Agent {
             reports,
             recovered,
             orphan_dirs,
+            networking,
         } = self;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let mut lp = Loop {
@@ -206,6 +218,7 @@ impl Agent {
                 node_id: config.node_id,
                 events: events_tx,
                 ports: crate::ports::PortPool::default(),
+                networking,
             }),
             log_cap: config.log_cap_bytes,
             entries: HashMap::new(),
@@ -266,9 +279,18 @@ struct Shared {
     /// Node ports handed to this agent's live process tasks, so that two
     /// tasks started together never get the same one.
     ports: crate::ports::PortPool,
+    /// The node's wiring, for process tasks on networks.
+    networking: Option<Arc<Networking>>,
 }
 
 impl Shared {
+    /// Removes the task's network namespace, if it has one.
+    async fn detach(&self, task_id: &str, handle: Option<&Handle>) {
+        if let (Some(net), Some(ns)) = (&self.networking, handle.and_then(|h| h.netns.as_ref())) {
+            net.detach(task_id, &ns.name).await;
+        }
+    }
+
     fn persist(
         &self,
         task_id: &str,
@@ -440,6 +462,15 @@ impl Loop {
                     if runner.name() == "process" {
                         self.shared.ports.hold(&task_id, &status.ports);
                     }
+                    if let (Some(net), Some(ns)) = (&self.shared.networking, &handle.netns) {
+                        net.adopt(
+                            &task_id,
+                            &ns.name,
+                            ns.addr,
+                            ns.networks.clone(),
+                            &status.ports,
+                        );
+                    }
                     self.supervise(
                         task_id,
                         grace_ms,
@@ -448,7 +479,7 @@ impl Loop {
                             driver: runner,
                             handle: handle.clone(),
                             exit,
-                            status,
+                            status: Box::new(status),
                         },
                         Some(handle),
                     );
@@ -459,6 +490,7 @@ impl Loop {
                     warn!(%task_id, "{ERR_ENDED_WHILE_DOWN}");
                     self.shared
                         .persist(&task_id, &driver, handle.as_ref(), grace_ms, &failed);
+                    self.shared.detach(&task_id, handle.as_ref()).await;
                     self.record_status(&task_id, failed, handle, grace_ms);
                 }
             }
@@ -831,7 +863,7 @@ enum Launch {
         handle: Handle,
         exit: ExitFuture,
         /// The status its record holds (running, maybe with a health).
-        status: TaskStatus,
+        status: Box<TaskStatus>,
     },
 }
 
@@ -945,7 +977,7 @@ async fn resolve_check(
     // A process listens on the node port it was given for a target port,
     // so a check of the target port probes that one; a container keeps
     // its own ports.
-    Some(if driver.name() == "process" {
+    Some(if driver.name() == "process" && handle.netns.is_none() {
         crate::ports::probe_node_port(check, ports)
     } else {
         check
@@ -982,7 +1014,7 @@ async fn supervise(
             handle,
             exit,
             status,
-        } => (driver, handle, exit, true, status, None),
+        } => (driver, handle, exit, true, *status, None),
     };
     let report_health = |running: &mut TaskStatus, health: Health| {
         info!(%task_id, health = health.as_str(), "task health changed");
@@ -1093,6 +1125,7 @@ async fn supervise(
     if let Err(e) = driver.remove(&handle).await {
         warn!(%task_id, error = %e, "cannot remove what the task left");
     }
+    shared.detach(&task_id, Some(&handle)).await;
     shared.ports.release(&task_id);
     shared.send(&task_id, status, None, true);
 }
@@ -1121,15 +1154,43 @@ async fn start_task(shared: &Shared, task: &Task) -> Result<Running, DriverError
         .get(task.spec.driver.as_str())
         .ok_or_else(|| DriverError::NoDriver(task.spec.driver.as_str().to_string()))?;
     let dir = task_dir(&shared.state_dir, &task.id);
-    std::fs::create_dir_all(&dir).map_err(|source| DriverError::Prepare { path: dir, source })?;
+    std::fs::create_dir_all(&dir).map_err(|source| DriverError::Prepare {
+        path: dir.clone(),
+        source,
+    })?;
     let process = driver.name() == "process";
     let ports = if process {
         shared.ports.take(&task.id, &task.spec.ports)?
     } else {
         crate::ports::engine_chooses(&task.spec.ports)
     };
+    let networking = shared
+        .networking
+        .as_ref()
+        .filter(|_| process && !task.networks.is_empty());
+    let netns = match networking {
+        Some(net) => match net.attach(task, &dir, &ports).await {
+            Ok(ns) => Some(ns),
+            Err(e) => {
+                shared.ports.release(&task.id);
+                return Err(DriverError::Other(e.to_string()));
+            }
+        },
+        None => None,
+    };
     let mut env = task_env(task, &shared.node_id);
-    if process {
+    if netns.is_some() {
+        // In its own namespace a task listens on its target ports, as a
+        // container does; the node ports are forwarded there.
+        let own: Vec<flotilla_types::TaskPort> = ports
+            .iter()
+            .map(|p| flotilla_types::TaskPort {
+                host_port: p.target,
+                ..*p
+            })
+            .collect();
+        crate::ports::add_env(&mut env, &own);
+    } else if process {
         crate::ports::add_env(&mut env, &ports);
     }
     let spec = StartSpec {
@@ -1138,11 +1199,15 @@ async fn start_task(shared: &Shared, task: &Task) -> Result<Running, DriverError
         env,
         log_path: task_log_path(&shared.state_dir, &task.id),
         ports,
+        netns: netns.clone(),
     };
     let started = match driver.start(spec).await {
         Ok(started) => started,
         Err(e) => {
             shared.ports.release(&task.id);
+            if let (Some(net), Some(ns)) = (networking, &netns) {
+                net.detach(&task.id, &ns.name).await;
+            }
             return Err(e);
         }
     };
@@ -1176,6 +1241,8 @@ async fn start_task(shared: &Shared, task: &Task) -> Result<Running, DriverError
         let _ = driver.signal(&handle, StopSignal::Kill).await;
         exit.await;
         let _ = driver.remove(&handle).await;
+        shared.detach(&task.id, Some(&handle)).await;
+        shared.ports.release(&task.id);
         return Err(DriverError::Other(e.to_string()));
     }
     info!(task_id = %task.id, pid = ?handle.pid, health_check = check.is_some(), "task running");

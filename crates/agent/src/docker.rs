@@ -316,6 +316,7 @@ impl DockerDriver {
                 pid,
                 start_time: None,
                 id: Some(id.clone()),
+                netns: None,
             },
             exit: Box::pin(wait_exit(docker.clone(), id)),
             ports,
@@ -971,6 +972,7 @@ mod tests {
     fn spec(task_id: &str, env: &[(&str, &str)]) -> StartSpec {
         StartSpec {
             ports: Vec::new(),
+            netns: None,
             task_id: task_id.to_string(),
             template: flotilla_types::TaskTemplate::default(),
             env: env

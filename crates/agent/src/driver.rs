@@ -69,6 +69,22 @@ pub struct Handle {
     /// process driver.
     #[serde(default)]
     pub id: Option<String>,
+    /// The task's own network namespace (a process task on networks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<Box<NetnsHandle>>,
+}
+
+/// A process task's network namespace, as its record keeps it: enough to
+/// probe it, register it again after an agent restart and remove it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetnsHandle {
+    /// Its name under `/run/netns`.
+    pub name: String,
+    /// The task's address on its first network, where it listens.
+    pub addr: std::net::Ipv4Addr,
+    /// The IDs of its networks.
+    #[serde(default)]
+    pub networks: Vec<String>,
 }
 
 /// Everything a driver needs to start one task.
@@ -87,6 +103,9 @@ pub struct StartSpec {
     /// each (a process listens on it: `PORT`, `FLOTILLA_PORT_<TARGET>`); a
     /// driver with its own port mapping may choose its own instead.
     pub ports: Vec<TaskPort>,
+    /// Run the task in this network namespace, with its resolver
+    /// configuration (a process task on networks; see [`crate::taskns`]).
+    pub netns: Option<crate::taskns::TaskNetns>,
 }
 
 /// A workload that has started.

@@ -46,10 +46,12 @@ pub mod docker;
 pub mod driver;
 pub mod health;
 pub mod logs;
+pub mod netfilter;
 pub mod ports;
 pub mod process;
 pub mod procfs;
 pub mod record;
+pub mod taskns;
 pub mod wiring;
 
 pub use agent::{Agent, AgentConfig, AgentError, Assignments, TaskReport, DEFAULT_LOG_CAP_BYTES};

@@ -120,7 +120,14 @@ impl Driver for ProcessDriver {
         timeout: Duration,
     ) -> BoxFuture<'a, Probe> {
         Box::pin(async move {
-            let local = |port: u16| SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+            // A task in its own namespace listens at its address there,
+            // which the node reaches through the network's bridge.
+            let host = handle
+                .netns
+                .as_ref()
+                .map(|n| n.addr)
+                .unwrap_or(Ipv4Addr::LOCALHOST);
+            let local = |port: u16| SocketAddr::from((host, port));
             match test {
                 HealthTest::Shell { command } => {
                     let argv = [SHELL.to_string(), "-c".to_string(), command.clone()];
@@ -181,6 +188,20 @@ async fn command_probe(handle: &Handle, argv: &[String], timeout: Duration) -> P
         Err(e) => return Probe::Unhealthy(e.to_string()),
     };
     let mut cmd = tokio::process::Command::new(&executable);
+    if handle.netns.is_some() {
+        // The probe sees what the task sees: its network and its mounts
+        // (its resolver configuration).
+        let pid = handle.pid.unwrap_or(0);
+        let opened = ["net", "mnt"].map(|ns| std::fs::File::open(format!("/proc/{pid}/ns/{ns}")));
+        let [Ok(net), Ok(mnt)] = opened else {
+            return Probe::Unhealthy(format!("cannot enter the namespaces of task process {pid}"));
+        };
+        enter_namespaces(
+            &mut cmd,
+            vec![(net, libc::CLONE_NEWNET), (mnt, libc::CLONE_NEWNS)],
+            None,
+        );
+    }
     cmd.arg0(program)
         .args(&argv[1..])
         .env_clear()
@@ -324,6 +345,17 @@ fn start_process(spec: &StartSpec) -> Result<Started, DriverError> {
         cmd.env_remove(name);
     }
     cmd.envs(&spec.env);
+    if let Some(netns) = &spec.netns {
+        let file = std::fs::File::open(&netns.path).map_err(|source| DriverError::Prepare {
+            path: netns.path.clone(),
+            source,
+        })?;
+        enter_namespaces(
+            &mut cmd,
+            vec![(file, libc::CLONE_NEWNET)],
+            Some(netns.resolv_conf.clone()),
+        );
+    }
 
     let mut child = cmd.spawn().map_err(|source| DriverError::Spawn {
         program: program.clone(),
@@ -370,10 +402,72 @@ fn start_process(spec: &StartSpec) -> Result<Started, DriverError> {
             pid: Some(pid),
             start_time: Some(start_time),
             id: None,
+            netns: spec.netns.as_ref().map(|n| {
+                Box::new(crate::driver::NetnsHandle {
+                    name: n.name.clone(),
+                    addr: n.addr,
+                    networks: n.networks.clone(),
+                })
+            }),
         },
         exit,
         ports: spec.ports.clone(),
     })
+}
+
+/// Makes the child enter each namespace of `namespaces` (open
+/// descriptors, kept until the child has them) and, with `resolv_conf`, a
+/// mount namespace of its own in which that file is bound over
+/// `/etc/resolv.conf` (mounts made there do not reach the node).
+fn enter_namespaces(
+    cmd: &mut tokio::process::Command,
+    namespaces: Vec<(std::fs::File, libc::c_int)>,
+    resolv_conf: Option<PathBuf>,
+) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let bind = resolv_conf.and_then(|p| std::ffi::CString::new(p.as_os_str().as_bytes()).ok());
+    let target = c"/etc/resolv.conf";
+    let root = c"/";
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes system calls (setns, unshare, mount) on descriptors and
+    // strings prepared before the fork; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (file, kind) in &namespaces {
+                if libc::setns(file.as_raw_fd(), *kind) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            if let Some(bind) = &bind {
+                if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let none = std::ptr::null();
+                if libc::mount(
+                    none,
+                    root.as_ptr(),
+                    none,
+                    libc::MS_REC | libc::MS_SLAVE,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::mount(
+                    bind.as_ptr(),
+                    target.as_ptr(),
+                    none,
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
 }
 
 fn adopt_process(handle: &Handle) -> Result<Option<ExitFuture>, DriverError> {
@@ -515,6 +609,7 @@ mod tests {
             pid: Some(pid),
             start_time: read_stat(pid).unwrap().map(|s| s.start_time),
             id: None,
+            netns: None,
         }
     }
 

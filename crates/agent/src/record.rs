@@ -186,6 +186,7 @@ mod tests {
                 pid: Some(42),
                 start_time: Some(7),
                 id: None,
+                netns: None,
             }),
             stop_grace_period_ms: 500,
             status: TaskStatus::new(TaskState::Running, 1, "started"),

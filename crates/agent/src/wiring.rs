@@ -23,6 +23,9 @@ use flotilla_types::network::NetworkTable;
 use flotilla_types::Subnet;
 use thiserror::Error;
 
+use crate::netfilter::{node_rules, task_rules, task_vips, Forward, WiredNetwork};
+use crate::taskns::LocalTask;
+
 /// VXLAN's IANA port.
 pub const VXLAN_PORT: u16 = 4789;
 
@@ -46,6 +49,8 @@ pub enum WiringError {
 pub struct NetworkWiring {
     pub vni: u32,
     pub subnet: Subnet,
+    /// No way out of the network (its rules, not its devices).
+    pub internal: bool,
     /// The other nodes with a task on the network.
     pub peers: BTreeSet<IpAddr>,
 }
@@ -83,6 +88,7 @@ pub fn wanted(table: &NetworkTable, node_id: &str) -> BTreeMap<u32, NetworkWirin
             NetworkWiring {
                 vni: network.vni,
                 subnet: network.subnet,
+                internal: network.internal,
                 peers,
             },
         );
@@ -231,6 +237,16 @@ pub struct Attachment {
     pub no_route: bool,
 }
 
+/// The Ethernet address of the task interface at `addr`: made from the
+/// address (locally administered, `02:f1:` and its four bytes), so that a
+/// task that takes over an address, on any node, has the MAC its peers'
+/// ARP caches hold for it, and none of them sends into the void until its
+/// entry expires.
+pub fn task_mac(addr: std::net::Ipv4Addr) -> String {
+    let [a, b, c, d] = addr.octets();
+    format!("02:f1:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
 /// The command lines that give the task's namespace `task_ns` (made by the
 /// first) its interface `index` (`eth{index}`) on the network of `a`: a
 /// veth whose node end (`host_if`, at most 15 bytes) sits in the bridge.
@@ -246,8 +262,21 @@ pub fn attach_task(task_ns: &str, index: usize, host_if: &str, a: &Attachment) -
     }
     out.extend([
         argv(&[
-            "ip", "link", "add", host_if, "mtu", &mtu, "type", "veth", "peer", "name", &peer,
-            "mtu", &mtu,
+            "ip",
+            "link",
+            "add",
+            host_if,
+            "mtu",
+            &mtu,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+            "mtu",
+            &mtu,
+            "address",
+            &task_mac(a.addr),
         ]),
         argv(&["ip", "link", "set", host_if, "master", &bridge_name(a.vni)]),
         argv(&["ip", "link", "set", host_if, "up"]),
@@ -274,6 +303,14 @@ pub fn detach_task(task_ns: &str) -> Vec<String> {
 /// the one named.
 pub trait Ip: Send + Sync {
     fn run(&self, argv: &[String]) -> Result<(), WiringError>;
+
+    /// Loads an nftables script (`nft -f -`), in the node's namespace or,
+    /// with `netns`, in that one (a task's).
+    fn nft(&self, netns: Option<&str>, script: &str) -> Result<(), WiringError>;
+
+    /// Turns on IPv4 forwarding in the node's namespace, which a task's
+    /// way out and the node ports forwarded to tasks need.
+    fn forward_ipv4(&self) -> Result<(), WiringError>;
 }
 
 /// Runs `ip` and `bridge` for real; with `netns`, inside that namespace
@@ -301,14 +338,63 @@ impl Ip for System {
             }
         };
         let out = command.output().map_err(WiringError::Spawn)?;
-        if !out.status.success() {
-            return Err(WiringError::Failed {
-                command: argv.join(" "),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(())
+        checked(&argv.join(" "), &out)
     }
+
+    fn nft(&self, netns: Option<&str>, script: &str) -> Result<(), WiringError> {
+        use std::io::Write as _;
+        let mut command = match netns.or(self.netns.as_deref()) {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "nft", "-f", "-"]);
+                c
+            }
+            None => {
+                let mut c = Command::new("nft");
+                c.args(["-f", "-"]);
+                c
+            }
+        };
+        command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().map_err(WiringError::Spawn)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin
+                .write_all(script.as_bytes())
+                .map_err(WiringError::Spawn)?;
+        }
+        let out = child.wait_with_output().map_err(WiringError::Spawn)?;
+        let what = match netns {
+            Some(ns) => format!("nft -f - (in {ns})"),
+            None => "nft -f -".to_string(),
+        };
+        checked(&what, &out)
+    }
+
+    fn forward_ipv4(&self) -> Result<(), WiringError> {
+        match &self.netns {
+            None => std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|e| {
+                WiringError::Failed {
+                    command: "write /proc/sys/net/ipv4/ip_forward".into(),
+                    stderr: e.to_string(),
+                }
+            }),
+            Some(_) => self.run(&argv(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])),
+        }
+    }
+}
+
+/// An error naming `what` unless `out` says it succeeded.
+fn checked(what: &str, out: &std::process::Output) -> Result<(), WiringError> {
+    if !out.status.success() {
+        return Err(WiringError::Failed {
+            command: what.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// `FLOTILLA_NO_OVERLAY=REASON` in the daemon's environment: the node
@@ -409,6 +495,7 @@ pub fn converge(
                         NetworkWiring {
                             vni: *vni,
                             subnet: *subnet,
+                            internal: want.get(vni).is_some_and(|w| w.internal),
                             peers: BTreeSet::new(),
                         },
                     );
@@ -439,47 +526,343 @@ pub fn converge(
     (now, first_error)
 }
 
-/// Keeps the node's wiring in step with the network tables of `table`,
-/// for node `node_id` at `local`, until `shutdown`, which removes what it
-/// made. What fails is tried again at the next table or after [`RETRY`].
+/// What the wiring loop is given besides the table: who and where this
+/// node is, how to change the kernel, the requests of the agent (the
+/// namespaces of its tasks), and where to say which networks it holds.
+pub struct Plumbing {
+    pub node_id: String,
+    pub local: IpAddr,
+    pub ip: std::sync::Arc<dyn Ip>,
+    pub requests: tokio::sync::mpsc::UnboundedReceiver<Request>,
+    pub wired: tokio::sync::watch::Sender<Vec<WiredNetwork>>,
+}
+
+/// What the agent asks of the wiring loop. The loop is the only one to
+/// change the node's network devices, so that a task's veth is never put
+/// in a bridge that is being removed: a network is held while a task of
+/// this node is registered on it, whatever the table says.
+pub enum Request {
+    /// Make the namespace of a task (running `commands`, after the networks
+    /// of `task` are wired) and register it; the reply says whether it was.
+    Attach {
+        task_id: String,
+        task: LocalTask,
+        commands: Vec<Vec<String>>,
+        reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
+    /// Register a task whose namespace exists (adopted after a restart).
+    Adopt { task_id: String, task: LocalTask },
+    /// Forget a task and remove its namespace.
+    Detach {
+        task_id: String,
+        netns: String,
+        reply: tokio::sync::oneshot::Sender<()>,
+    },
+}
+
+/// The rules the kernel holds, as last loaded.
+#[derive(Debug, Default)]
+struct Loaded {
+    node: Option<String>,
+    tasks: BTreeMap<String, String>,
+    forwarding: bool,
+}
+
+/// Loads the node's rules and each task's where they changed; returns the
+/// first error. A rule set that fails is tried again next time.
+fn load_rules(
+    ip: &dyn Ip,
+    loaded: &mut Loaded,
+    wired: &[WiredNetwork],
+    tasks: &BTreeMap<String, LocalTask>,
+    table: &NetworkTable,
+) -> Option<WiringError> {
+    let mut first = None;
+    if !wired.is_empty() && !loaded.forwarding {
+        match ip.forward_ipv4() {
+            Ok(()) => loaded.forwarding = true,
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    let forwards: Vec<Forward> = tasks.values().flat_map(|t| t.forwards.clone()).collect();
+    let node = node_rules(wired, &forwards);
+    if loaded.node.as_deref() != Some(node.as_str()) {
+        match ip.nft(None, &node) {
+            Ok(()) => loaded.node = Some(node),
+            Err(e) => {
+                loaded.node = None;
+                first.get_or_insert(e);
+            }
+        }
+    }
+    loaded.tasks.retain(|id, _| tasks.contains_key(id));
+    for (id, task) in tasks {
+        let rules = task_rules(&task_vips(table, &task.networks));
+        if loaded.tasks.get(id) == Some(&rules) {
+            continue;
+        }
+        match ip.nft(Some(&task.netns), &rules) {
+            Ok(()) => {
+                loaded.tasks.insert(id.clone(), rules);
+            }
+            Err(e) => {
+                loaded.tasks.remove(id);
+                first.get_or_insert(e);
+            }
+        }
+    }
+    first
+}
+
+/// What the table asks of the node, and the networks its registered
+/// tasks hold (with the table's peers, once it has them).
+pub fn wanted_with(
+    table: &NetworkTable,
+    node_id: &str,
+    tasks: &BTreeMap<String, LocalTask>,
+) -> BTreeMap<u32, NetworkWiring> {
+    let mut want = wanted(table, node_id);
+    for held in tasks.values().flat_map(|t| t.held.iter()) {
+        want.entry(held.vni).or_insert_with(|| {
+            let peers = table
+                .networks
+                .iter()
+                .find(|n| n.vni == held.vni)
+                .map(|n| {
+                    n.endpoints
+                        .iter()
+                        .filter(|e| e.node_id.as_deref() != Some(node_id))
+                        .filter_map(|e| e.node_addr)
+                        .collect()
+                })
+                .unwrap_or_default();
+            NetworkWiring {
+                vni: held.vni,
+                subnet: held.subnet,
+                internal: held.internal,
+                peers,
+            }
+        });
+    }
+    want
+}
+
+/// One round of the loop's work on the kernel, in the blocking pool.
+struct Round {
+    have: BTreeMap<u32, NetworkWiring>,
+    want: BTreeMap<u32, NetworkWiring>,
+    /// Namespaces to remove before anything else.
+    detach: Vec<String>,
+    /// Attachments to make once the networks are: task ID, its networks'
+    /// VNIs, the commands.
+    attach: Vec<(String, Vec<u32>, Vec<Vec<String>>)>,
+    tasks: BTreeMap<String, LocalTask>,
+    table: NetworkTable,
+}
+
+/// What a round did: the wiring now, each attachment's result, the first
+/// error of the rest.
+struct Done {
+    now: BTreeMap<u32, NetworkWiring>,
+    attached: Vec<(String, Result<(), String>)>,
+    error: Option<WiringError>,
+}
+
+fn run_round(ip: &dyn Ip, local: IpAddr, loaded: &mut Loaded, round: Round) -> Done {
+    for ns in &round.detach {
+        if let Err(e) = ip.run(&detach_task(ns)) {
+            tracing::warn!(netns = %ns, error = %e, "cannot remove a task's network namespace");
+        }
+    }
+    let (now, mut error) = if round.have != round.want {
+        converge(ip, &round.have, &round.want, local)
+    } else {
+        (round.have, None)
+    };
+    let mut attached = Vec::new();
+    let mut tasks = round.tasks;
+    for (task_id, vnis, commands) in round.attach {
+        let result = match vnis.iter().find(|v| !now.contains_key(v)) {
+            Some(vni) => Err(format!(
+                "network {vni} could not be wired on this node: {}",
+                error
+                    .as_ref()
+                    .map_or("no error recorded".to_string(), |e| e.to_string())
+            )),
+            None => attach_commands(ip, &commands),
+        };
+        if result.is_err() {
+            tasks.remove(&task_id);
+        }
+        attached.push((task_id, result));
+    }
+    let held: Vec<WiredNetwork> = held_networks(&now);
+    if let Some(e) = load_rules(ip, loaded, &held, &tasks, &round.table) {
+        error.get_or_insert(e);
+    }
+    Done {
+        now,
+        attached,
+        error,
+    }
+}
+
+/// Runs a task's attach commands; a failure removes the namespace again.
+fn attach_commands(ip: &dyn Ip, commands: &[Vec<String>]) -> Result<(), String> {
+    let netns = commands
+        .first()
+        .and_then(|c| (c.get(1).map(String::as_str) == Some("netns")).then(|| c.get(3)))
+        .flatten()
+        .cloned();
+    // A namespace of the same name is what a crash left: made anew.
+    if let Some(ns) = &netns {
+        let _ = ip.run(&detach_task(ns));
+    }
+    for command in commands {
+        if let Err(e) = ip.run(command) {
+            if let Some(ns) = &netns {
+                let _ = ip.run(&detach_task(ns));
+            }
+            return Err(e.to_string());
+        }
+    }
+    Ok(())
+}
+
+fn held_networks(now: &BTreeMap<u32, NetworkWiring>) -> Vec<WiredNetwork> {
+    now.values()
+        .map(|w| WiredNetwork {
+            vni: w.vni,
+            subnet: w.subnet,
+            internal: w.internal,
+        })
+        .collect()
+}
+
+/// Keeps the node's wiring and rules in step with the network tables of
+/// `table` and the agent's requests, until `shutdown`, which removes what
+/// it made (the devices and the node's rules; a task's namespace goes
+/// with its task). What fails is tried again at the next change or after
+/// [`RETRY`].
 pub async fn follow(
     mut table: tokio::sync::watch::Receiver<NetworkTable>,
-    node_id: String,
-    local: IpAddr,
-    ip: std::sync::Arc<dyn Ip>,
+    plumbing: Plumbing,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
+    let Plumbing {
+        node_id,
+        local,
+        ip,
+        mut requests,
+        wired,
+    } = plumbing;
     let mut have: BTreeMap<u32, NetworkWiring> = BTreeMap::new();
+    let mut tasks: BTreeMap<String, LocalTask> = BTreeMap::new();
+    let loaded = std::sync::Arc::new(std::sync::Mutex::new(Loaded::default()));
     let mut said: Option<String> = None;
+    let mut requests_open = true;
+    let mut pending: Vec<Request> = Vec::new();
     loop {
-        let want = wanted(&table.borrow_and_update(), &node_id);
-        if have != want {
-            let (runner, from) = (ip.clone(), have.clone());
-            let target = want.clone();
-            let done =
-                tokio::task::spawn_blocking(move || converge(&*runner, &from, &target, local))
-                    .await;
-            match done {
-                Ok((now, error)) => {
-                    have = now;
-                    match error {
-                        Some(e) => {
-                            let text = e.to_string();
-                            if said.as_deref() != Some(text.as_str()) {
-                                tracing::warn!(error = %text, "cannot wire the node's networks; retrying");
-                                said = Some(text);
-                            }
+        // The requests that came, taken in order.
+        let mut detach = Vec::new();
+        let mut detached = Vec::new();
+        let mut attach = Vec::new();
+        let mut replies = BTreeMap::new();
+        for request in pending.drain(..) {
+            match request {
+                Request::Attach {
+                    task_id,
+                    task,
+                    commands,
+                    reply,
+                } => {
+                    let vnis = task.held.iter().map(|h| h.vni).collect();
+                    tasks.insert(task_id.clone(), task);
+                    attach.push((task_id.clone(), vnis, commands));
+                    replies.insert(task_id, reply);
+                }
+                Request::Adopt { task_id, task } => {
+                    tasks.insert(task_id, task);
+                }
+                Request::Detach {
+                    task_id,
+                    netns,
+                    reply,
+                } => {
+                    tasks.remove(&task_id);
+                    detach.push(netns);
+                    detached.push(reply);
+                }
+            }
+        }
+        let now_table = table.borrow_and_update().clone();
+        let want = wanted_with(&now_table, &node_id, &tasks);
+        let round = Round {
+            have: have.clone(),
+            want: want.clone(),
+            detach,
+            attach,
+            tasks: tasks.clone(),
+            table: now_table,
+        };
+        let (runner, state) = (ip.clone(), loaded.clone());
+        let done = tokio::task::spawn_blocking(move || {
+            let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+            run_round(&*runner, local, &mut state, round)
+        })
+        .await;
+        let mut failed = false;
+        match done {
+            Ok(done) => {
+                let changed = have != done.now;
+                have = done.now;
+                for (task_id, result) in done.attached {
+                    if result.is_err() {
+                        tasks.remove(&task_id);
+                    }
+                    if let Some(reply) = replies.remove(&task_id) {
+                        let _ = reply.send(result);
+                    }
+                }
+                let held = held_networks(&have);
+                wired.send_if_modified(|w| {
+                    let differs = *w != held;
+                    if differs {
+                        *w = held;
+                    }
+                    differs
+                });
+                match done.error {
+                    Some(e) => {
+                        failed = true;
+                        let text = e.to_string();
+                        if said.as_deref() != Some(text.as_str()) {
+                            tracing::warn!(error = %text, "cannot wire the node's networks; retrying");
+                            said = Some(text);
                         }
-                        None => {
-                            said = None;
+                    }
+                    None => {
+                        said = None;
+                        if changed {
                             tracing::info!(networks = have.len(), "network wiring updated");
                         }
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "the network wiring task failed"),
+            }
+            Err(e) => {
+                failed = true;
+                tracing::warn!(error = %e, "the network wiring task failed");
             }
         }
-        let retry = have != want;
+        for reply in detached {
+            let _ = reply.send(());
+        }
+        // Replies not sent (the round failed): the agent hears the channel
+        // close, and says so.
+        drop(replies);
+        let retry = failed || have != want;
         tokio::select! {
             _ = shutdown.cancelled() => break,
             changed = table.changed() => {
@@ -488,11 +871,23 @@ pub async fn follow(
                     break;
                 }
             }
+            got = requests.recv(), if requests_open => match got {
+                Some(request) => {
+                    pending.push(request);
+                    while let Ok(more) = requests.try_recv() {
+                        pending.push(more);
+                    }
+                }
+                None => requests_open = false,
+            },
             _ = tokio::time::sleep(RETRY), if retry => {}
         }
     }
-    let _ =
-        tokio::task::spawn_blocking(move || converge(&*ip, &have, &BTreeMap::new(), local)).await;
+    let _ = tokio::task::spawn_blocking(move || {
+        let _ = ip.nft(None, &crate::netfilter::remove_node_rules());
+        converge(&*ip, &have, &BTreeMap::new(), local)
+    })
+    .await;
 }
 
 /// How soon a wiring change that failed is tried again.
@@ -583,6 +978,100 @@ mod tests {
         );
     }
 
+    /// The bug this guards against: a task replaced on a node whose only
+    /// task of the network it was left the table empty for a moment, the
+    /// node removed the network, and the new task's veth went into the
+    /// bridge being removed (its calls timed out). A network a registered
+    /// task holds stays wired whatever the table says, and one that the
+    /// table does not show yet is wired for the task that needs it.
+    #[test]
+    fn a_network_held_by_a_task_of_this_node_stays_wired_without_the_table() {
+        let none = table(vec![endpoint("b", "n2", "192.168.0.2", 4)]);
+        assert!(wanted(&none, "n1").is_empty());
+        let mut tasks = BTreeMap::new();
+        tasks.insert(
+            "a".to_string(),
+            LocalTask {
+                netns: "flt-a".into(),
+                networks: vec!["n".into()],
+                forwards: vec![],
+                held: vec![WiredNetwork {
+                    vni: 4096,
+                    subnet: "10.0.9.0/24".parse().expect("subnet"),
+                    internal: false,
+                }],
+            },
+        );
+        let want = wanted_with(&none, "n1", &tasks);
+        assert_eq!(want.len(), 1);
+        assert_eq!(
+            want[&4096].peers,
+            [ip("192.168.0.2")].into_iter().collect(),
+            "the table's peers"
+        );
+        // A round that attaches the task wires the network first, then
+        // runs the task's commands; rules follow.
+        let fake = Fake {
+            fail: String::new(),
+            ran: Default::default(),
+        };
+        let mut loaded = Loaded::default();
+        let done = run_round(
+            &fake,
+            ip("192.168.0.1"),
+            &mut loaded,
+            Round {
+                have: BTreeMap::new(),
+                want: want.clone(),
+                detach: vec![],
+                attach: vec![(
+                    "a".into(),
+                    vec![4096],
+                    vec![argv(&["ip", "netns", "add", "flt-a"])],
+                )],
+                tasks: tasks.clone(),
+                table: none.clone(),
+            },
+        );
+        assert!(done.error.is_none(), "{:?}", done.error);
+        assert_eq!(done.attached, vec![("a".to_string(), Ok(()))]);
+        let ran = fake.ran.lock().expect("ran").clone();
+        let bridge = ran
+            .iter()
+            .position(|l| l == "ip link add flbr4096 type bridge");
+        let netns = ran.iter().rposition(|l| l == "ip netns add flt-a");
+        assert!(bridge < netns && bridge.is_some(), "{ran:?}");
+        assert!(ran.iter().any(|l| l.starts_with("nft - table ip flotilla")));
+        assert!(ran
+            .iter()
+            .any(|l| l.starts_with("nft flt-a table ip flotilla")));
+        // A task whose network cannot be wired is refused, and unregistered.
+        let broken = Fake {
+            fail: "type bridge".into(),
+            ran: Default::default(),
+        };
+        let done = run_round(
+            &broken,
+            ip("192.168.0.1"),
+            &mut Loaded::default(),
+            Round {
+                have: BTreeMap::new(),
+                want,
+                detach: vec![],
+                attach: vec![("a".into(), vec![4096], vec![])],
+                tasks,
+                table: none,
+            },
+        );
+        let (_, result) = &done.attached[0];
+        assert!(
+            result
+                .as_ref()
+                .is_err_and(|e| e.starts_with("network 4096 could not be wired")),
+            "{result:?}"
+        );
+    }
+
     /// Runs nothing and fails every command: a node without `ip`.
     struct NoIp;
 
@@ -592,6 +1081,14 @@ mod tests {
                 command: argv.join(" "),
                 stderr: "not found".into(),
             })
+        }
+
+        fn nft(&self, _netns: Option<&str>, _script: &str) -> Result<(), WiringError> {
+            self.run(&argv(&["nft"]))
+        }
+
+        fn forward_ipv4(&self) -> Result<(), WiringError> {
+            self.run(&argv(&["sysctl"]))
         }
     }
 
@@ -612,6 +1109,15 @@ mod tests {
                 });
             }
             Ok(())
+        }
+
+        fn nft(&self, netns: Option<&str>, script: &str) -> Result<(), WiringError> {
+            let line = format!("nft {} {script}", netns.unwrap_or("-"));
+            self.run(&[line])
+        }
+
+        fn forward_ipv4(&self) -> Result<(), WiringError> {
+            self.run(&argv(&["sysctl", "net.ipv4.ip_forward=1"]))
         }
     }
 
@@ -697,6 +1203,7 @@ mod tests {
             .map(|c| c.join(" "))
             .collect();
         assert_eq!(lines[0], "ip netns add fltask");
+        assert!(lines[2].ends_with("peer name flt1p mtu 1450 address 02:f1:0a:00:09:03"));
         assert!(lines.contains(&"ip -n fltask addr add 10.0.9.3/24 dev eth0".to_string()));
         assert_eq!(
             lines.last().map(String::as_str),

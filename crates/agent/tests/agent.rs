@@ -326,6 +326,7 @@ async fn a_record_whose_process_is_gone_is_reported_failed() {
             pid: Some(dead_pid),
             start_time: Some(1),
             id: None,
+            netns: None,
         }),
         stop_grace_period_ms: 1_000,
         status: TaskStatus::new(TaskState::Running, 1, "started"),

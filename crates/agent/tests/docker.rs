@@ -83,6 +83,7 @@ impl Test {
         ]);
         StartSpec {
             ports: Vec::new(),
+            netns: None,
             task_id,
             template: TaskTemplate {
                 driver: flotilla_types::Driver::Docker,
@@ -336,7 +337,8 @@ async fn a_new_driver_adopts_running_containers() {
         .adopt(Handle {
             pid: Some(1),
             start_time: None,
-            id: None
+            id: None,
+            netns: None,
         })
         .await
         .unwrap()
@@ -369,6 +371,7 @@ async fn an_adopting_driver_resumes_the_logs() {
         pid: None,
         start_time: None,
         id: Some(container),
+        netns: None,
     };
     let _exit = t.driver.adopt(handle).await.unwrap().unwrap();
     wait_for("the output after adoption", || {
@@ -435,6 +438,7 @@ async fn an_unreachable_engine_is_named() {
                 pid: None,
                 start_time: None,
                 id: Some("x".into()),
+                netns: None,
             },
             &HealthTest::Tcp { port: 1 },
             Duration::from_secs(1),

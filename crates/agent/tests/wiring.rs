@@ -31,6 +31,7 @@ fn tasks_on_two_nodes_reach_each_other_at_their_task_addresses() {
             NetworkWiring {
                 vni,
                 subnet,
+                internal: false,
                 peers: [peer.addr.parse::<IpAddr>().expect("peer")]
                     .into_iter()
                     .collect(),

@@ -152,6 +152,7 @@ pub fn run(config: &Config) -> Result<()> {
             NetworkWiring {
                 vni,
                 subnet,
+                internal: false,
                 peers: [nodes[1 - i]].into_iter().collect(),
             },
         );

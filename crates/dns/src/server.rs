@@ -162,6 +162,63 @@ async fn relay(packet: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
     None
 }
 
+/// How soon a gateway whose socket could not be bound is tried again.
+pub const BIND_RETRY: Duration = Duration::from_secs(2);
+
+/// Serves the resolver on port 53 of every address in `gateways` (the
+/// gateways of the networks this node has wired, which its tasks'
+/// `resolv.conf` names), each with its own socket, as the set changes,
+/// until `shutdown` resolves.
+pub async fn serve_gateways(
+    mut gateways: watch::Receiver<Vec<std::net::Ipv4Addr>>,
+    table: watch::Receiver<NetworkTable>,
+    upstreams: Vec<SocketAddr>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use std::collections::BTreeMap;
+    use tokio::sync::oneshot;
+    let mut serving: BTreeMap<std::net::Ipv4Addr, oneshot::Sender<()>> = BTreeMap::new();
+    let mut open = true;
+    tokio::pin!(shutdown);
+    loop {
+        let want = gateways.borrow_and_update().clone();
+        serving.retain(|gw, _| want.contains(gw));
+        let mut missing = false;
+        for gw in want {
+            if serving.contains_key(&gw) {
+                continue;
+            }
+            match UdpSocket::bind((gw, 53)).await {
+                Ok(socket) => {
+                    let (stop, stopped) = oneshot::channel::<()>();
+                    let (table, upstreams) = (table.clone(), upstreams.clone());
+                    tokio::spawn(async move {
+                        serve(socket, table, upstreams, async {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                    });
+                    tracing::info!(addr = %gw, "resolver serving a network's gateway");
+                    serving.insert(gw, stop);
+                }
+                Err(e) => {
+                    missing = true;
+                    tracing::warn!(addr = %gw, error = %e, "cannot serve the resolver on port 53; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            changed = gateways.changed(), if open => open = changed.is_ok(),
+            _ = tokio::time::sleep(BIND_RETRY), if missing => {}
+        }
+        if !open && !missing {
+            shutdown.await;
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

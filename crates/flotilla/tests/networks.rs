@@ -424,3 +424,241 @@ fn nodes_wire_the_networks_of_their_tasks() -> Result<()> {
     drop(net);
     Ok(())
 }
+
+/// Runs `script` with `sh -c` in the namespaces (network and mounts) of
+/// the task process `pid`, as the task itself would run it.
+fn in_task(pid: u64, script: &str) -> std::process::Output {
+    std::process::Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "-m", "--", "sh", "-c", script])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run nsenter: {e}"))
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The pids of the running tasks of `service`.
+fn running_pids(d: &Daemon, service: &str) -> Result<Vec<u64>> {
+    Ok(d.tasks(service)?
+        .iter()
+        .filter(|t| t["state"] == "running")
+        .filter_map(|t| t["pid"].as_u64())
+        .collect())
+}
+
+const APP: &str = r#"
+services:
+  web:
+    command: ["BIN", "demo", "http", "--port", "8080"]
+    ports: ["18080:8080"]
+    networks: [front, back]
+    deploy:
+      replicas: 2
+      placement:
+        constraints: [node.labels.role==web]
+      restart_policy:
+        condition: any
+        delay: 0s
+    stop_grace_period: 1s
+    x-flotilla:
+      driver: process
+  client:
+    command: ["sleep", "600"]
+    networks: [front]
+    deploy:
+      placement:
+        constraints: [node.labels.role==client]
+    stop_grace_period: 1s
+    x-flotilla:
+      driver: process
+  db:
+    command: ["BIN", "demo", "http", "--port", "5432"]
+    networks: [back]
+    deploy:
+      endpoint_mode: dnsrr
+      placement:
+        constraints: [node.labels.role==client]
+    stop_grace_period: 1s
+    x-flotilla:
+      driver: process
+networks:
+  front:
+    driver: overlay
+    ipam:
+      config: [{subnet: 10.0.31.0/24}]
+  back:
+    driver: overlay
+    ipam:
+      config: [{subnet: 10.0.32.0/24}]
+"#;
+
+/// The acceptance stack with the process driver on three nodes, each in
+/// its own network namespace: `web` (two replicas, on n1 and n2) on front
+/// and back, `client` (on n3) on front, `db` (on n3 too, so that n3
+/// holds both networks) on back. Each task runs in a namespace of its own
+/// and resolves through the node's resolver: the client reaches web by
+/// name (its virtual address) and by `tasks.web` across nodes, cannot
+/// resolve db nor reach db's address beside it; web reaches db across
+/// nodes (dnsrr: db's own address); web's published port answers through the
+/// mesh on the node that runs no web task; after a web task is killed no
+/// request fails once a second has passed.
+#[test]
+fn a_stack_of_process_tasks_runs_as_an_application_across_three_nodes() -> Result<()> {
+    let mut net = flotilla_testkit::net::Net::new()?;
+    let hosts = [net.add_host()?, net.add_host()?, net.add_host()?];
+    net.reach_from_here()?;
+    let nodes = flotilla_testkit::cluster_on(bin(), &hosts, 4280, &["n1", "n2", "n3"])?;
+    let m = &nodes[0];
+    for (name, role) in [("n1", "web"), ("n2", "web"), ("n3", "client")] {
+        m.ok(&[
+            "node",
+            "update",
+            "--label-add",
+            &format!("role={role}"),
+            name,
+        ])?;
+    }
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("app.yml");
+    std::fs::write(&file, APP.replace("BIN", &bin().display().to_string()))?;
+    m.ok(&["stack", "deploy", "-c", &file.display().to_string(), "app"])?;
+    let pids = wait_until("every task of app running", Duration::from_secs(60), || {
+        let (web, client, db) = (
+            running_pids(m, "app_web")?,
+            running_pids(m, "app_client")?,
+            running_pids(m, "app_db")?,
+        );
+        Ok((web.len() == 2 && client.len() == 1 && db.len() == 1).then_some((web, client, db)))
+    })?;
+    let (web, client, _db) = (pids.0, pids.1[0], pids.2[0]);
+
+    // By name: web's virtual address on front; each call reaches a task
+    // of web on n1 or n2 across the overlay, and both answer in time.
+    let vip = wait_until("the client to resolve web", Duration::from_secs(10), || {
+        let out = in_task(client, "getent hosts web");
+        Ok(out.status.success().then(|| {
+            text(&out)
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        }))
+    })?;
+    assert!(vip.starts_with("10.0.31."), "web resolved to {vip}");
+    let mut slots = std::collections::BTreeSet::new();
+    wait_until(
+        "the client to reach both web tasks by name",
+        Duration::from_secs(20),
+        || {
+            let out = in_task(client, "wget -qO- -T 2 -t 1 http://web:8080/");
+            let answer = text(&out);
+            if out.status.success() {
+                slots.insert(answer.split_whitespace().nth(1).unwrap_or("").to_string());
+            }
+            Ok((slots.len() == 2).then_some(()))
+        },
+    )?;
+    let tasks_web = in_task(
+        client,
+        "getent ahostsv4 tasks.web | awk '{print $1}' | sort -u",
+    );
+    let mut want: Vec<String> = m
+        .tasks("app_web")?
+        .iter()
+        .filter(|t| t["state"] == "running")
+        .filter_map(|t| {
+            t["networks"]
+                .as_array()?
+                .iter()
+                .find_map(|n| n["address"].as_str().filter(|a| a.starts_with("10.0.31.")))
+                .map(String::from)
+        })
+        .collect();
+    want.sort();
+    assert_eq!(
+        text(&tasks_web)
+            .lines()
+            .map(String::from)
+            .collect::<Vec<_>>(),
+        want,
+        "tasks.web from the client"
+    );
+    for addr in &want {
+        let out = in_task(client, &format!("wget -qO- -T 2 -t 1 http://{addr}:8080/"));
+        assert!(
+            out.status.success(),
+            "client to web task {addr}: {}",
+            text(&out)
+        );
+    }
+
+    // db is on back only: the client cannot resolve it nor reach it.
+    let hidden = in_task(client, "getent hosts db");
+    assert!(
+        !hidden.status.success(),
+        "the client resolved db: {}",
+        text(&hidden)
+    );
+    let db_addr = m.tasks("app_db")?[0]["networks"][0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(db_addr.starts_with("10.0.32."), "{db_addr}");
+    let blocked = in_task(
+        client,
+        &format!("wget -qO- -T 2 -t 1 http://{db_addr}:5432/"),
+    );
+    assert!(
+        !blocked.status.success(),
+        "the client reached db: {}",
+        text(&blocked)
+    );
+    // web is on back too: db resolves to db's own address, and answers.
+    let from_web = in_task(web[0], "getent hosts db");
+    assert!(text(&from_web).starts_with(&db_addr), "{}", text(&from_web));
+    let reached = in_task(web[0], "wget -qO- -T 2 -t 1 http://db:5432/");
+    assert!(reached.status.success(), "web to db: {}", text(&reached));
+
+    // The published port answers on n3, which runs no web task.
+    let ingress = std::process::Command::new("curl")
+        .args(["-s", "-m", "5", &format!("http://{}:18080/", hosts[2].addr)])
+        .output()?;
+    assert!(
+        String::from_utf8_lossy(&ingress.stdout).starts_with("slot"),
+        "ingress on n3: {}",
+        text(&ingress)
+    );
+
+    // A web task dies: once a second has passed, no call fails.
+    let killed = web[0] as i32;
+    // SAFETY: kill has no memory preconditions; the pid is a task's.
+    unsafe { libc::kill(killed, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in 0..10 {
+        let out = in_task(client, "wget -qO- -T 2 -t 1 http://web:8080/");
+        if !out.status.success() {
+            eprintln!("PS {}", m.ok(&["service", "ps", "app_web"])?.stdout);
+            eprintln!(
+                "NFT {}",
+                text(&in_task(client, "nft list ruleset; ip neigh; ip addr"))
+            );
+            eprintln!(
+                "W {}",
+                text(&in_task(client, "wget -S -O- -T 2 -t 1 http://web:8080/"))
+            );
+        }
+        assert!(
+            out.status.success(),
+            "call {i} after the kill: {}",
+            text(&out)
+        );
+    }
+    drop(nodes);
+    drop(net);
+    Ok(())
+}

@@ -172,6 +172,27 @@ impl NodeCtx {
         }
         let (assign_tx, assign_rx) = watch::channel(Arc::new(Assignments::default()));
         let (report_tx, report_rx) = mpsc::unbounded_channel();
+        // The node's network wiring follows the table its session brings.
+        // A node on a loopback address (a cluster of one machine, or of
+        // several daemons on one machine in tests) wires nothing: its
+        // VXLAN could reach no other machine, and its devices would land
+        // in the machine's own namespace, shared by every such daemon.
+        let (networks_tx, networks_rx) =
+            watch::channel(flotilla_types::network::NetworkTable::default());
+        let local = self.cluster_addr().parse::<std::net::SocketAddr>().ok();
+        let networking = match local {
+            Some(local) if local.ip().is_loopback() => {
+                tracing::info!(addr = %local, "networks are not wired on a node bound to a loopback address");
+                None
+            }
+            Some(local) => Some(self.start_wiring(
+                member.identity.node_id.clone(),
+                local.ip(),
+                networks_rx,
+                &token,
+            )),
+            None => None,
+        };
         let agent = Agent::new(
             AgentConfig {
                 node_id: member.identity.node_id.clone(),
@@ -188,6 +209,10 @@ impl NodeCtx {
             report_tx,
         )
         .context("starting the agent")?;
+        let agent = match networking {
+            Some(networking) => agent.with_networking(networking),
+            None => agent,
+        };
         let agent_token = token.clone();
         let agent_done = self.tracker.spawn(async move {
             if let Err(e) = agent.run(agent_token).await {
@@ -204,20 +229,6 @@ impl NodeCtx {
         // several daemons on one machine in tests) wires nothing: its
         // VXLAN could reach no other machine, and its devices would land
         // in the machine's own namespace, shared by every such daemon.
-        let (networks_tx, networks_rx) =
-            watch::channel(flotilla_types::network::NetworkTable::default());
-        let local = self.cluster_addr().parse::<std::net::SocketAddr>().ok();
-        if let Some(local) = local.filter(|a| a.ip().is_loopback()) {
-            tracing::info!(addr = %local, "networks are not wired on a node bound to a loopback address");
-        } else if let Some(local) = local {
-            self.tracker.spawn(flotilla_agent::wiring::follow(
-                networks_rx,
-                member.identity.node_id.clone(),
-                local.ip(),
-                Arc::new(flotilla_agent::wiring::System::default()),
-                token.clone(),
-            ));
-        }
         let session = SessionClient {
             node_id: member.identity.node_id.clone(),
             addr: self.cluster_addr(),
@@ -303,6 +314,62 @@ impl NodeCtx {
             agent: agent_done,
             spare_api: api_listener,
         })
+    }
+
+    /// Starts the node's wiring loop and the resolver at the gateways of
+    /// the networks it wires; returns the agent's handle on the wiring.
+    fn start_wiring(
+        &self,
+        node_id: String,
+        local: std::net::IpAddr,
+        table: watch::Receiver<flotilla_types::network::NetworkTable>,
+        token: &CancellationToken,
+    ) -> flotilla_agent::taskns::Networking {
+        use flotilla_agent::wiring;
+        let ip: Arc<dyn wiring::Ip> = Arc::new(wiring::System::default());
+        let (requests_tx, requests_rx) = mpsc::unbounded_channel();
+        let (wired_tx, wired_rx) = watch::channel(Vec::new());
+        self.tracker.spawn(wiring::follow(
+            table.clone(),
+            wiring::Plumbing {
+                node_id,
+                local,
+                ip,
+                requests: requests_rx,
+                wired: wired_tx,
+            },
+            token.clone(),
+        ));
+        // The resolver answers on each wired network's gateway, which the
+        // tasks' resolv.conf names; what is not the cluster's goes to the
+        // node's own resolvers.
+        let (gateways_tx, gateways_rx) = watch::channel(Vec::new());
+        let mut wired = wired_rx;
+        let stop = token.clone();
+        self.tracker.spawn(async move {
+            loop {
+                let now: Vec<std::net::Ipv4Addr> = wired
+                    .borrow_and_update()
+                    .iter()
+                    .map(|n| n.subnet.gateway())
+                    .collect();
+                gateways_tx.send_replace(now);
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    changed = wired.changed() => if changed.is_err() { break },
+                }
+            }
+        });
+        let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let upstreams = flotilla_dns::server::upstreams_of(&resolv, None);
+        let stop = token.clone();
+        self.tracker.spawn(flotilla_dns::server::serve_gateways(
+            gateways_rx,
+            table.clone(),
+            upstreams,
+            async move { stop.cancelled().await },
+        ));
+        flotilla_agent::taskns::Networking::new(table, requests_tx)
     }
 }
 
