@@ -1178,6 +1178,23 @@ async fn start_task(shared: &Shared, task: &Task) -> Result<Running, DriverError
         },
         None => None,
     };
+    // A container joins engine networks on the node's bridges, which the
+    // wiring loop makes (and holds) first.
+    let engine = shared
+        .networking
+        .as_ref()
+        .filter(|_| !process && !task.networks.is_empty());
+    let (engine_networks, resolv_conf) = match engine {
+        Some(net) => match net.hold(task, &dir).await {
+            Ok((networks, resolv)) => (networks, Some(resolv)),
+            Err(e) => {
+                net.detach(&task.id, &crate::taskns::netns_name(&task.id))
+                    .await;
+                return Err(DriverError::Other(e.to_string()));
+            }
+        },
+        None => (Vec::new(), None),
+    };
     let mut env = task_env(task, &shared.node_id);
     if netns.is_some() {
         // In its own namespace a task listens on its target ports, as a
@@ -1200,6 +1217,8 @@ async fn start_task(shared: &Shared, task: &Task) -> Result<Running, DriverError
         log_path: task_log_path(&shared.state_dir, &task.id),
         ports,
         netns: netns.clone(),
+        engine_networks,
+        resolv_conf,
     };
     let started = match driver.start(spec).await {
         Ok(started) => started,
@@ -1208,10 +1227,35 @@ async fn start_task(shared: &Shared, task: &Task) -> Result<Running, DriverError
             if let (Some(net), Some(ns)) = (networking, &netns) {
                 net.detach(&task.id, &ns.name).await;
             }
+            if let Some(net) = engine {
+                net.detach(&task.id, &crate::taskns::netns_name(&task.id))
+                    .await;
+            }
             return Err(e);
         }
     };
-    let (handle, exit, ports) = (started.handle, started.exit, started.ports);
+    let (mut handle, mut exit, ports) = (started.handle, started.exit, started.ports);
+    if let Some(net) = engine {
+        // The container's own namespace gets the virtual addresses of its
+        // networks; a container that cannot have them does not run.
+        let entered = match handle.pid {
+            Some(pid) => net.enter(task, pid).await,
+            None => Err(crate::taskns::NetnsError::Attach(
+                "the engine gave no pid for the container".into(),
+            )),
+        };
+        match entered {
+            Ok(ns) => handle.netns = Some(Box::new(ns)),
+            Err(e) => {
+                let _ = driver.signal(&handle, StopSignal::Kill).await;
+                (&mut exit).await;
+                let _ = driver.remove(&handle).await;
+                net.detach(&task.id, &crate::taskns::netns_name(&task.id))
+                    .await;
+                return Err(DriverError::Other(e.to_string()));
+            }
+        }
+    }
     let check = resolve_check(
         &task.id,
         driver.as_ref(),

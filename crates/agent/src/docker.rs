@@ -26,8 +26,9 @@ use std::time::Duration;
 use bollard::errors::Error as EngineError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, HealthConfig, HostConfig, RestartPolicy,
-    RestartPolicyNameEnum,
+    ContainerCreateBody, ContainerInspectResponse, EndpointIpamConfig, EndpointSettings,
+    HealthConfig, HostConfig, Ipam, IpamConfig, NetworkConnectRequest, NetworkCreateRequest,
+    NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
@@ -45,7 +46,8 @@ use tokio::sync::OnceCell;
 use tracing::{debug, warn};
 
 use crate::driver::{
-    BoxFuture, Driver, DriverError, Exit, ExitFuture, Handle, Probe, StartSpec, Started, StopSignal,
+    BoxFuture, Driver, DriverError, EngineNetwork, Exit, ExitFuture, Handle, Probe, StartSpec,
+    Started, StopSignal,
 };
 use crate::health::{http_probe, tcp_probe};
 
@@ -58,6 +60,8 @@ pub const LABEL_SERVICE_ID: &str = "com.flotilla.service.id";
 pub const LABEL_SERVICE_NAME: &str = "com.flotilla.service.name";
 pub const LABEL_NODE_ID: &str = "com.flotilla.node.id";
 pub const LABEL_SLOT: &str = "com.flotilla.task.slot";
+/// On an engine network: the Flotilla network it stands for.
+pub const LABEL_NETWORK: &str = "com.flotilla.network.name";
 /// The task's log file, so that an adopting agent can resume the logs.
 pub const LABEL_LOG_PATH: &str = "com.flotilla.log.path";
 
@@ -269,6 +273,9 @@ impl DockerDriver {
             .ok_or(DockerError::NoImage)?;
         let docker = self.docker().await?;
         self.ensure_image(docker, &image).await?;
+        for network in &spec.engine_networks {
+            self.ensure_network(docker, network).await?;
+        }
 
         let name = container_name(&spec);
         let body = container_body(&spec, &image);
@@ -297,6 +304,18 @@ impl DockerDriver {
             Err(e) => return Err(self.fail(format!("cannot create container {name}"), e)),
         };
         let id = created.id;
+        for n in spec.engine_networks.iter().skip(1) {
+            let request = NetworkConnectRequest {
+                container: id.clone(),
+                endpoint_config: Some(endpoint(n)),
+            };
+            if let Err(e) = docker.connect_network(&n.name, request).await {
+                if let Err(re) = remove_forced(docker, &id).await {
+                    warn!(container = %id, error = %re, "cannot remove a container that did not start");
+                }
+                return Err(self.fail(format!("cannot connect {name} to network {}", n.name), e));
+            }
+        }
         if let Err(e) = docker.start_container(&id, None).await {
             if let Err(re) = remove_forced(docker, &id).await {
                 warn!(container = %id, error = %re, "cannot remove a container that did not start");
@@ -321,6 +340,53 @@ impl DockerDriver {
             exit: Box::pin(wait_exit(docker.clone(), id)),
             ports,
         })
+    }
+
+    /// Makes the engine network of a Flotilla network unless the engine
+    /// has it: a bridge network on the node's bridge of the network (which
+    /// exists: the engine takes it as the user's and never deletes it),
+    /// with the network's subnet and gateway, the overlay's MTU, and no
+    /// way out when the network is internal.
+    async fn ensure_network(&self, docker: &Docker, n: &EngineNetwork) -> Result<(), DockerError> {
+        match docker.inspect_network(&n.name, None).await {
+            Ok(_) => return Ok(()),
+            Err(e) if status_of(&e) == Some(404) => {}
+            Err(e) => return Err(self.fail(format!("cannot inspect network {}", n.name), e)),
+        }
+        let request = NetworkCreateRequest {
+            name: n.name.clone(),
+            driver: Some("bridge".into()),
+            internal: Some(n.internal),
+            ipam: Some(Ipam {
+                config: Some(vec![IpamConfig {
+                    subnet: Some(n.subnet.to_string()),
+                    gateway: Some(n.subnet.gateway().to_string()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            options: Some(HashMap::from([
+                (
+                    "com.docker.network.bridge.name".to_string(),
+                    n.bridge.clone(),
+                ),
+                (
+                    "com.docker.network.driver.mtu".to_string(),
+                    crate::wiring::OVERLAY_MTU.to_string(),
+                ),
+            ])),
+            labels: Some(HashMap::from([(
+                LABEL_NETWORK.to_string(),
+                n.network_name.clone(),
+            )])),
+            ..Default::default()
+        };
+        match docker.create_network(request).await {
+            Ok(_) => Ok(()),
+            // Made at the same time for another task.
+            Err(e) if status_of(&e) == Some(409) => Ok(()),
+            Err(e) => Err(self.fail(format!("cannot create network {}", n.name), e)),
+        }
     }
 
     /// Pulls `image` unless the engine has it.
@@ -430,10 +496,34 @@ impl DockerDriver {
             return Ok(());
         };
         let docker = self.docker().await?;
+        // Its engine networks go with the last container on them.
+        let networks: Vec<String> = match docker.inspect_container(id, None).await {
+            Ok(info) => info
+                .network_settings
+                .and_then(|n| n.networks)
+                .map(|n| n.into_keys().filter(|k| k.starts_with("fl-")).collect())
+                .unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
         match remove_forced(docker, id).await {
-            Ok(()) => Ok(()),
-            Err(e) => Err(self.fail(format!("cannot remove container {id}"), e)),
+            Ok(()) => {}
+            Err(e) => return Err(self.fail(format!("cannot remove container {id}"), e)),
         }
+        for network in networks {
+            let in_use = docker
+                .inspect_network(&network, None)
+                .await
+                .ok()
+                .and_then(|n| n.containers)
+                .is_some_and(|c| !c.is_empty());
+            if in_use {
+                continue;
+            }
+            if let Err(e) = docker.remove_network(&network).await {
+                debug!(%network, error = %engine_message(&e), "engine network left in place");
+            }
+        }
+        Ok(())
     }
 
     async fn run_probe(&self, handle: &Handle, test: &HealthTest, timeout: Duration) -> Probe {
@@ -605,7 +695,20 @@ fn container_body(spec: &StartSpec, image: &str) -> ContainerCreateBody {
             }),
             // The engine's default when not asked for.
             init: t.init.then_some(true),
-            mounts: (!t.mounts.is_empty()).then(|| t.mounts.iter().map(engine_mount).collect()),
+            mounts: {
+                let mut mounts: Vec<bollard::models::Mount> =
+                    t.mounts.iter().map(engine_mount).collect();
+                if let Some(path) = &spec.resolv_conf {
+                    mounts.push(bollard::models::Mount {
+                        typ: Some(bollard::models::MountType::BIND),
+                        source: Some(path.to_string_lossy().into_owned()),
+                        target: Some("/etc/resolv.conf".into()),
+                        read_only: Some(true),
+                        ..Default::default()
+                    });
+                }
+                (!mounts.is_empty()).then_some(mounts)
+            },
             // Each target port on a node port the engine picks; the mesh
             // learns which from the inspect after the start.
             port_bindings: (!spec.ports.is_empty()).then(|| {
@@ -626,10 +729,29 @@ fn container_body(spec: &StartSpec, image: &str) -> ContainerCreateBody {
                     })
                     .collect()
             }),
+            // On networks: the first is its network mode; its resolver is
+            // the node's, through the resolv.conf bound above.
+            network_mode: spec.engine_networks.first().map(|n| n.name.clone()),
             ..Default::default()
         }),
         exposed_ports: (!spec.ports.is_empty())
             .then(|| spec.ports.iter().map(engine_port).collect()),
+        // Engines before API 1.44 take one network at create; the others
+        // are connected before the start.
+        networking_config: spec.engine_networks.first().map(|n| NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(n.name.clone(), endpoint(n))])),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The container's endpoint on an engine network: its allocated address.
+fn endpoint(n: &EngineNetwork) -> EndpointSettings {
+    EndpointSettings {
+        ipam_config: Some(EndpointIpamConfig {
+            ipv4_address: Some(n.addr.to_string()),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -973,6 +1095,8 @@ mod tests {
         StartSpec {
             ports: Vec::new(),
             netns: None,
+            engine_networks: Vec::new(),
+            resolv_conf: None,
             task_id: task_id.to_string(),
             template: flotilla_types::TaskTemplate::default(),
             env: env

@@ -106,6 +106,29 @@ pub struct StartSpec {
     /// Run the task in this network namespace, with its resolver
     /// configuration (a process task on networks; see [`crate::taskns`]).
     pub netns: Option<crate::taskns::TaskNetns>,
+    /// Attach the container to these engine networks (a container task on
+    /// networks; the first is its network mode and its resolver's).
+    pub engine_networks: Vec<EngineNetwork>,
+    /// Bound over the container's `/etc/resolv.conf` (a container task on
+    /// networks: the node's resolver).
+    pub resolv_conf: Option<PathBuf>,
+}
+
+/// A Flotilla network as the container engine of this node holds it: a
+/// bridge network on the node's own bridge of the network (which the
+/// wiring loop made, so the engine uses it and never removes it), with the
+/// network's subnet and gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineNetwork {
+    /// The engine's name for it: `fl-<network ID>`.
+    pub name: String,
+    /// The Flotilla network's name (a label on the engine's network).
+    pub network_name: String,
+    pub bridge: String,
+    pub subnet: flotilla_types::Subnet,
+    pub internal: bool,
+    /// The task's address on it.
+    pub addr: std::net::Ipv4Addr,
 }
 
 /// A workload that has started.

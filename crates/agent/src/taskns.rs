@@ -27,6 +27,7 @@ use flotilla_types::{Task, TaskPort};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::driver::{EngineNetwork, NetnsHandle};
 use crate::netfilter::{Forward, WiredNetwork};
 use crate::wiring::{attach_task, Attachment, Request};
 
@@ -38,8 +39,8 @@ pub const WIRE_WAIT: Duration = Duration::from_secs(15);
 pub enum NetnsError {
     #[error("network {0} is not in this node's network table")]
     UnknownNetwork(String),
-    #[error("network {network} is not wired on this node after {}s (waited for its bridge)", WIRE_WAIT.as_secs())]
-    NotWired { network: String },
+    #[error("the task's networks are not wired on this node after {}s", WIRE_WAIT.as_secs())]
+    NotWired,
     #[error("cannot make the task's network namespace: {0}")]
     Attach(String),
     #[error("cannot write {path}: {source}")]
@@ -74,7 +75,9 @@ pub fn host_if(task_id: &str, index: usize) -> String {
 /// A task of this node in its own namespace, as the wiring loop needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalTask {
-    pub netns: String,
+    /// Its namespace's name under `/run/netns`; none while a container's
+    /// networks are held before it starts.
+    pub netns: Option<String>,
     /// The IDs of its networks (for the virtual addresses it reaches).
     pub networks: Vec<String>,
     /// Its node ports, forwarded to its address.
@@ -157,6 +160,31 @@ pub fn held(table: &NetworkTable, networks: &[String]) -> Vec<WiredNetwork> {
         .collect()
 }
 
+/// The engine network of each network of a container task, in order.
+pub fn engine_networks(
+    table: &NetworkTable,
+    networks: &[NetworkAddress],
+) -> Result<Vec<EngineNetwork>, NetnsError> {
+    networks
+        .iter()
+        .map(|address| {
+            let entry = table
+                .networks
+                .iter()
+                .find(|n| n.network_id == address.network)
+                .ok_or_else(|| NetnsError::UnknownNetwork(address.network.clone()))?;
+            Ok(EngineNetwork {
+                name: format!("fl-{}", entry.network_id),
+                network_name: entry.name.clone(),
+                bridge: crate::wiring::bridge_name(entry.vni),
+                subnet: entry.subnet,
+                internal: entry.internal,
+                addr: address.addr,
+            })
+        })
+        .collect()
+}
+
 /// The agent's handle on the node's wiring loop.
 pub struct Networking {
     table: watch::Receiver<NetworkTable>,
@@ -217,7 +245,7 @@ impl Networking {
         let request = Request::Attach {
             task_id: task.id.clone(),
             task: LocalTask {
-                netns: name.clone(),
+                netns: Some(name.clone()),
                 networks: networks.clone(),
                 forwards: forwards(ports, first.addr),
                 held,
@@ -225,36 +253,122 @@ impl Networking {
             commands,
             reply,
         };
+        self.ask(&task.id, &name, request, replied).await?;
+        Ok(TaskNetns {
+            path: netns_path(&name),
+            name,
+            resolv_conf: resolv,
+            addr: first.addr,
+            networks,
+        })
+    }
+
+    /// Sends an attach request and waits for its answer.
+    async fn ask(
+        &self,
+        task_id: &str,
+        name: &str,
+        request: Request,
+        replied: oneshot::Receiver<Result<(), String>>,
+    ) -> Result<(), NetnsError> {
         if self.requests.send(request).is_err() {
             return Err(NetnsError::Attach(
                 "the node's wiring loop has stopped".into(),
             ));
         }
         match tokio::time::timeout(WIRE_WAIT, replied).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => return Err(NetnsError::Attach(e)),
-            Ok(Err(_)) => {
-                return Err(NetnsError::Attach(
-                    "the node's wiring loop dropped the request".into(),
-                ))
-            }
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(NetnsError::Attach(e)),
+            Ok(Err(_)) => Err(NetnsError::Attach(
+                "the node's wiring loop dropped the request".into(),
+            )),
             Err(_) => {
                 // It may still come: the namespace then goes with the task.
-                self.forget(&task.id, &name);
-                return Err(NetnsError::NotWired {
-                    network: task
-                        .networks
-                        .first()
-                        .map(|n| n.network.clone())
-                        .unwrap_or_default(),
-                });
+                self.forget(task_id, name);
+                Err(NetnsError::NotWired)
             }
         }
-        Ok(TaskNetns {
-            path: netns_path(&name),
+    }
+
+    /// Has the wiring loop wire the networks of a container task (and hold
+    /// them while it runs); returns them as its engine gets them.
+    /// Its resolver configuration is written under `dir`, to be bound
+    /// over the container's `/etc/resolv.conf` (the engine's own resolver
+    /// would relay from the node's address, which scopes no task).
+    pub async fn hold(
+        &self,
+        task: &Task,
+        dir: &Path,
+    ) -> Result<(Vec<EngineNetwork>, PathBuf), NetnsError> {
+        let (engine, held) = {
+            let table = self.table.borrow();
+            let networks: Vec<String> = task.networks.iter().map(|n| n.network.clone()).collect();
+            (
+                engine_networks(&table, &task.networks)?,
+                held(&table, &networks),
+            )
+        };
+        let Some(first) = engine.first() else {
+            return Err(NetnsError::Attach("the task is on no network".into()));
+        };
+        let resolv = dir.join("resolv.conf");
+        std::fs::write(&resolv, resolv_conf(first.subnet.gateway())).map_err(|source| {
+            NetnsError::Write {
+                path: resolv.clone(),
+                source,
+            }
+        })?;
+        let (reply, replied) = oneshot::channel();
+        let request = Request::Attach {
+            task_id: task.id.clone(),
+            task: LocalTask {
+                netns: None,
+                networks: task.networks.iter().map(|n| n.network.clone()).collect(),
+                forwards: Vec::new(),
+                held,
+            },
+            commands: Vec::new(),
+            reply,
+        };
+        self.ask(&task.id, &netns_name(&task.id), request, replied)
+            .await?;
+        Ok((engine, resolv))
+    }
+
+    /// Names the namespace of the started container `pid` of `task` (`ip
+    /// netns attach`), so that the wiring loop loads its virtual
+    /// addresses there; returns what its record keeps.
+    pub async fn enter(&self, task: &Task, pid: u32) -> Result<NetnsHandle, NetnsError> {
+        let name = netns_name(&task.id);
+        let networks: Vec<String> = task.networks.iter().map(|n| n.network.clone()).collect();
+        let held = held(&self.table.borrow(), &networks);
+        let addr = task
+            .networks
+            .first()
+            .map(|n| n.addr)
+            .ok_or_else(|| NetnsError::Attach("the task is on no network".into()))?;
+        let (reply, replied) = oneshot::channel();
+        let request = Request::Attach {
+            task_id: task.id.clone(),
+            task: LocalTask {
+                netns: Some(name.clone()),
+                networks: networks.clone(),
+                forwards: Vec::new(),
+                held,
+            },
+            commands: vec![vec![
+                "ip".into(),
+                "netns".into(),
+                "attach".into(),
+                name.clone(),
+                pid.to_string(),
+            ]],
+            reply,
+        };
+        self.ask(&task.id, &name, request, replied).await?;
+        Ok(NetnsHandle {
             name,
-            resolv_conf: resolv,
-            addr: first.addr,
+            addr,
             networks,
         })
     }
@@ -273,7 +387,7 @@ impl Networking {
         let _ = self.requests.send(Request::Adopt {
             task_id: task_id.to_string(),
             task: LocalTask {
-                netns: netns.to_string(),
+                netns: Some(netns.to_string()),
                 networks,
                 forwards: forwards(ports, addr),
                 held,

@@ -599,11 +599,12 @@ fn load_rules(
     }
     loaded.tasks.retain(|id, _| tasks.contains_key(id));
     for (id, task) in tasks {
+        let Some(netns) = &task.netns else { continue };
         let rules = task_rules(&task_vips(table, &task.networks));
         if loaded.tasks.get(id) == Some(&rules) {
             continue;
         }
-        match ip.nft(Some(&task.netns), &rules) {
+        match ip.nft(Some(netns), &rules) {
             Ok(()) => {
                 loaded.tasks.insert(id.clone(), rules);
             }
@@ -883,11 +884,48 @@ pub async fn follow(
             _ = tokio::time::sleep(RETRY), if retry => {}
         }
     }
+    // The agent stops its tasks after the same shutdown: their namespaces
+    // are removed as they end, until the agent lets go of its handle (or
+    // [`DRAIN`] has passed).
+    let deadline = tokio::time::Instant::now() + DRAIN;
+    for request in pending {
+        serve_late(&ip, request).await;
+    }
+    while requests_open {
+        match tokio::time::timeout_at(deadline, requests.recv()).await {
+            Ok(Some(request)) => serve_late(&ip, request).await,
+            Ok(None) => break,
+            Err(_) => {
+                tracing::warn!("the agent still held the wiring loop at shutdown; stopping anyway");
+                break;
+            }
+        }
+    }
     let _ = tokio::task::spawn_blocking(move || {
         let _ = ip.nft(None, &crate::netfilter::remove_node_rules());
         converge(&*ip, &have, &BTreeMap::new(), local)
     })
     .await;
+}
+
+/// How long the wiring loop goes on removing the namespaces of tasks that
+/// end after the node began to shut down.
+pub const DRAIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A request that came after the shutdown: namespaces are removed, none
+/// is made.
+async fn serve_late(ip: &std::sync::Arc<dyn Ip>, request: Request) {
+    match request {
+        Request::Attach { reply, .. } => {
+            let _ = reply.send(Err("the node is shutting down".into()));
+        }
+        Request::Adopt { .. } => {}
+        Request::Detach { netns, reply, .. } => {
+            let ip = ip.clone();
+            let _ = tokio::task::spawn_blocking(move || ip.run(&detach_task(&netns))).await;
+            let _ = reply.send(());
+        }
+    }
 }
 
 /// How soon a wiring change that failed is tried again.
@@ -992,7 +1030,7 @@ mod tests {
         tasks.insert(
             "a".to_string(),
             LocalTask {
-                netns: "flt-a".into(),
+                netns: Some("flt-a".into()),
                 networks: vec!["n".into()],
                 forwards: vec![],
                 held: vec![WiredNetwork {

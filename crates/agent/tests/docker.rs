@@ -84,6 +84,8 @@ impl Test {
         StartSpec {
             ports: Vec::new(),
             netns: None,
+            engine_networks: Vec::new(),
+            resolv_conf: None,
             task_id,
             template: TaskTemplate {
                 driver: flotilla_types::Driver::Docker,

@@ -451,6 +451,29 @@ fn running_pids(d: &Daemon, service: &str) -> Result<Vec<u64>> {
         .collect())
 }
 
+/// The IDs of every task of `services`, in any state.
+fn task_ids(d: &Daemon, services: &[&str]) -> Result<Vec<String>> {
+    let mut ids = Vec::new();
+    for service in services {
+        for t in d.tasks(service)? {
+            if let Some(id) = t["id"].as_str() {
+                ids.push(id.to_string());
+            }
+        }
+    }
+    Ok(ids)
+}
+
+/// The namespaces of `tasks` still named under `/run/netns`: a stopped
+/// daemon leaves none (its wiring loop removes them as its tasks end).
+fn leftover_namespaces(tasks: &[String]) -> Vec<String> {
+    tasks
+        .iter()
+        .map(|id| format!("flt-{id}"))
+        .filter(|ns| Path::new("/run/netns").join(ns).exists())
+        .collect()
+}
+
 const APP: &str = r#"
 services:
   web:
@@ -658,7 +681,214 @@ fn a_stack_of_process_tasks_runs_as_an_application_across_three_nodes() -> Resul
             text(&out)
         );
     }
+    let ids = task_ids(m, &["app_web", "app_client", "app_db"])?;
     drop(nodes);
+    assert_eq!(leftover_namespaces(&ids), Vec::<String>::new());
+    drop(net);
+    Ok(())
+}
+
+const APP_CONTAINERS: &str = r#"
+services:
+  web:
+    image: IMAGE
+    command: ["sh", "-c", "echo slot $$FLOTILLA_TASK_SLOT > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    networks: [front, back]
+    deploy:
+      replicas: 2
+      placement:
+        constraints: [node.labels.role==web]
+      restart_policy:
+        condition: any
+        delay: 0s
+    stop_grace_period: 1s
+  client:
+    image: IMAGE
+    command: ["sleep", "600"]
+    networks: [front]
+    deploy:
+      placement:
+        constraints: [node.labels.role==client]
+    stop_grace_period: 1s
+  db:
+    image: IMAGE
+    command: ["httpd", "-f", "-p", "5432", "-h", "/www"]
+    networks: [back]
+    deploy:
+      endpoint_mode: dnsrr
+      placement:
+        constraints: [node.labels.role==client]
+    stop_grace_period: 1s
+networks:
+  front:
+    ipam:
+      config: [{subnet: 10.0.41.0/24}]
+  back:
+    ipam:
+      config: [{subnet: 10.0.42.0/24}]
+"#;
+
+/// The running tasks of `service`: (container ID, node name).
+fn running_containers(d: &Daemon, service: &str) -> Result<Vec<(String, String)>> {
+    Ok(d.tasks(service)?
+        .iter()
+        .filter(|t| t["state"] == "running")
+        .filter_map(|t| {
+            Some((
+                t["container_id"].as_str()?.to_string(),
+                t["node"].as_str()?.to_string(),
+            ))
+        })
+        .collect())
+}
+
+/// The first acceptance test of issue 11: three nodes, each in its own
+/// network namespace with its own Docker Engine, and the stack of `web`
+/// (2 replicas), `client` and `db` as containers of a busybox image built
+/// `FROM scratch`. The containers join engine networks on the nodes'
+/// bridges with the addresses the leader gave; the engine's resolver
+/// relays to the node's. The client reaches web by name and `tasks.web`
+/// on other nodes, cannot resolve db nor reach its address (db runs
+/// beside it, on back); web reaches db (dnsrr) across nodes; after a web
+/// container is killed, no call fails once a second has passed.
+#[test]
+fn a_stack_of_containers_runs_as_an_application_across_three_nodes() -> Result<()> {
+    let image = flotilla_testkit::image::busybox_image("flotilla-test-busybox", None)?;
+    let saved = tempfile::tempdir()?;
+    let tar = saved.path().join("image.tar");
+    let out = std::process::Command::new("docker")
+        .args(["save", "-o"])
+        .arg(&tar)
+        .arg(&image)
+        .output()?;
+    assert!(out.status.success(), "docker save: {}", text(&out));
+    let mut net = flotilla_testkit::net::Net::new()?;
+    let hosts = [net.add_host()?, net.add_host()?, net.add_host()?];
+    let engines = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| flotilla_testkit::net::Dockerd::start(h, 40 + i as u8))
+        .collect::<Result<Vec<_>>>()?;
+    for e in &engines {
+        e.load(&tar)?;
+    }
+    let envs: Vec<Vec<(String, String)>> = engines
+        .iter()
+        .map(|e| vec![("DOCKER_HOST".to_string(), e.docker_host())])
+        .collect();
+    let nodes =
+        flotilla_testkit::cluster_on_with_env(bin(), &hosts, 4280, &["n1", "n2", "n3"], &envs)?;
+    let m = &nodes[0];
+    for (name, role) in [("n1", "web"), ("n2", "web"), ("n3", "client")] {
+        m.ok(&[
+            "node",
+            "update",
+            "--label-add",
+            &format!("role={role}"),
+            name,
+        ])?;
+    }
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("app.yml");
+    std::fs::write(&file, APP_CONTAINERS.replace("IMAGE", &image))?;
+    m.ok(&["stack", "deploy", "-c", &file.display().to_string(), "app"])?;
+    let engine_of =
+        |node: &str| &engines[node.trim_start_matches('n').parse::<usize>().unwrap_or(1) - 1];
+    let (web, client) = wait_until(
+        "every container of app running",
+        Duration::from_secs(90),
+        || {
+            let (web, client, db) = (
+                running_containers(m, "app_web")?,
+                running_containers(m, "app_client")?,
+                running_containers(m, "app_db")?,
+            );
+            Ok((web.len() == 2 && client.len() == 1 && db.len() == 1).then_some((web, client)))
+        },
+    )?;
+    let exec = |(id, node): &(String, String), script: &str| -> Result<std::process::Output> {
+        engine_of(node).docker(&["exec", id, "sh", "-c", script])
+    };
+    let client = &client[0];
+    let get = |target: &str| format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {target}");
+
+    let mut slots = std::collections::BTreeSet::new();
+    let reached = wait_until(
+        "the client to reach both web containers by name",
+        Duration::from_secs(30),
+        || {
+            let out = exec(client, &get("web 8080"))?;
+            let answer = text(&out);
+            if let Some(line) = answer.lines().find(|l| l.starts_with("slot ")) {
+                slots.insert(line.to_string());
+            }
+            Ok((slots.len() == 2).then_some(()))
+        },
+    );
+    if reached.is_err() {
+        eprintln!("DIAG {}", text(&exec(client, "cat /etc/resolv.conf; nslookup web; nslookup web 10.0.41.1; ip addr; ip route; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 web 8080")?));
+        eprintln!("NODE {}", text(&std::process::Command::new("ip").args(["netns", "exec", &hosts[2].ns, "sh", "-c", "ip -br addr; nft list ruleset | head -80; ss -lunp | grep :53; ip netns list"]).output()?));
+        eprintln!("LOG {}", nodes[2].log_tail());
+    }
+    reached?;
+    let vip = text(&exec(client, "nslookup web")?);
+    assert!(vip.contains("10.0.41."), "{vip}");
+    let mut want: Vec<String> = m
+        .tasks("app_web")?
+        .iter()
+        .filter(|t| t["state"] == "running")
+        .filter_map(|t| {
+            t["networks"]
+                .as_array()?
+                .iter()
+                .find_map(|n| n["address"].as_str().filter(|a| a.starts_with("10.0.41.")))
+                .map(String::from)
+        })
+        .collect();
+    want.sort();
+    let tasks_web = text(&exec(client, "nslookup tasks.web")?);
+    for addr in &want {
+        assert!(
+            tasks_web.contains(addr.as_str()),
+            "tasks.web: {tasks_web}, want {want:?}"
+        );
+    }
+
+    // db is on back only: not resolved, and its address does not answer.
+    let hidden = text(&exec(client, "nslookup db")?);
+    assert!(
+        !hidden.contains("10.0.42."),
+        "the client resolved db: {hidden}"
+    );
+    let db_addr = m.tasks("app_db")?[0]["networks"][0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let blocked = text(&exec(client, &get(&format!("{db_addr} 5432")))?);
+    assert!(
+        !blocked.contains("200 OK"),
+        "the client reached db: {blocked}"
+    );
+    // web is on back too: it reaches db on n3, by name.
+    let reached = text(&exec(&web[0], &get("db 5432"))?);
+    assert!(reached.contains("200 OK"), "web to db: {reached}");
+
+    // A web container dies: once a second has passed, no call fails.
+    let (victim, node) = &web[0];
+    let killed = engine_of(node).docker(&["kill", victim])?;
+    assert!(killed.status.success(), "docker kill: {}", text(&killed));
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in 0..10 {
+        let answer = text(&exec(client, &get("web 8080"))?);
+        assert!(
+            answer.contains("slot "),
+            "call {i} after the kill: {answer}"
+        );
+    }
+    let ids = task_ids(m, &["app_web", "app_client", "app_db"])?;
+    drop(nodes);
+    assert_eq!(leftover_namespaces(&ids), Vec::<String>::new());
+    drop(engines);
     drop(net);
     Ok(())
 }

@@ -195,10 +195,35 @@ pub fn cluster_on(
     port: u16,
     names: &[&str],
 ) -> Result<Vec<Daemon>> {
+    cluster_on_with_env(bin, hosts, port, names, &[])
+}
+
+/// [`cluster_on`], with node `i` started with `envs[i]` added to its
+/// environment (a node's own `DOCKER_HOST`, say).
+pub fn cluster_on_with_env(
+    bin: &Path,
+    hosts: &[net::Host],
+    port: u16,
+    names: &[&str],
+    envs: &[Vec<(String, String)>],
+) -> Result<Vec<Daemon>> {
     let nodes: Vec<Daemon> = hosts
         .iter()
         .zip(names)
-        .map(|(h, name)| Daemon::start_on(bin, h, port, &["--name", name]))
+        .enumerate()
+        .map(|(i, (h, name))| {
+            let env: Vec<(&str, &str)> = envs
+                .get(i)
+                .map(|e| e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect())
+                .unwrap_or_default();
+            Daemon::launch(
+                bin,
+                &format!("{}:{port}", h.addr),
+                &["--name", name],
+                Some(h.ns.clone()),
+                &env,
+            )
+        })
         .collect::<Result<_>>()?;
     let (Some(m), Some(first)) = (nodes.first(), hosts.first()) else {
         bail!("a cluster needs a host");

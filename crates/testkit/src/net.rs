@@ -229,3 +229,144 @@ pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'sta
     .join()
     .map_err(|_| anyhow::anyhow!("a thread in {ns} panicked"))?
 }
+
+/// A Docker Engine of a host's own (GUIDE.md, "Networking on these
+/// machines"): `dockerd` started in the host's namespace with its own data
+/// root, exec root, socket and default bridge, so that each host of a test
+/// has its engine, as separate machines do. Stopped (its containers with
+/// it) and its directory removed on drop, also when the test fails.
+#[derive(Debug)]
+pub struct Dockerd {
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+}
+
+impl Dockerd {
+    /// Starts an engine in `host`; `index` picks its default bridge's
+    /// subnet (`172.31.INDEX.0/24`). Waits at most 60 s for it to answer.
+    pub fn start(host: &Host, index: u8) -> Result<Dockerd> {
+        // Short: the socket path must fit in about 100 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("fd")
+            .tempdir_in("/tmp")
+            .context("making the engine's directory")?;
+        let d = dir.path();
+        std::fs::write(d.join("daemon.json"), "{}")?;
+        let log = std::fs::File::create(d.join("dockerd.log"))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", host.ns))
+            .arg("--")
+            .arg("dockerd")
+            .arg("--config-file")
+            .arg(d.join("daemon.json"))
+            .arg("--data-root")
+            .arg(d.join("root"))
+            .arg("--exec-root")
+            .arg(d.join("x"))
+            .arg("-H")
+            .arg(format!("unix://{}", d.join("docker.sock").display()))
+            .arg("--pidfile")
+            .arg(d.join("pid"))
+            .arg("--bip")
+            .arg(format!("172.31.{index}.1/24"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting dockerd (is it installed?)")?;
+        let mut engine = Dockerd {
+            dir,
+            child: Some(child),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if engine
+                .docker(&["info", "--format", "{{.ServerVersion}}"])?
+                .status
+                .success()
+            {
+                return Ok(engine);
+            }
+            if let Some(c) = engine.child.as_mut() {
+                if let Some(status) = c.try_wait()? {
+                    bail!(
+                        "dockerd in {} exited ({status}): {}",
+                        host.ns,
+                        engine.log_tail()
+                    );
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "dockerd in {} did not answer in 60 s: {}",
+                    host.ns,
+                    engine.log_tail()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+
+    /// `DOCKER_HOST` for this engine.
+    pub fn docker_host(&self) -> String {
+        format!("unix://{}", self.dir.path().join("docker.sock").display())
+    }
+
+    /// Runs the docker CLI against this engine.
+    pub fn docker(&self, args: &[&str]) -> Result<std::process::Output> {
+        Command::new("docker")
+            .arg("-H")
+            .arg(self.docker_host())
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .context("running docker")
+    }
+
+    /// Loads an image saved with `docker save` (a tar file).
+    pub fn load(&self, tar: &std::path::Path) -> Result<()> {
+        let tar = tar.display().to_string();
+        let out = self.docker(&["load", "-q", "-i", &tar])?;
+        if !out.status.success() {
+            bail!(
+                "docker load: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("dockerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: kill has no memory preconditions; the pid is our child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while std::time::Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // What the engine left mounted under its root would stop the
+        // directory's removal.
+        let _ = Command::new("umount")
+            .args(["-R", "-l"])
+            .arg(self.dir.path().join("root"))
+            .status();
+        let _ = Command::new("umount")
+            .args(["-R", "-l"])
+            .arg(self.dir.path().join("x"))
+            .status();
+    }
+}
