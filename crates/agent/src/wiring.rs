@@ -894,10 +894,10 @@ pub async fn follow(
     while requests_open {
         match tokio::time::timeout_at(deadline, requests.recv()).await {
             Ok(Some(request)) => serve_late(&ip, request).await,
-            Ok(None) => break,
+            Ok(None) => requests_open = false,
             Err(_) => {
                 tracing::warn!("the agent still held the wiring loop at shutdown; stopping anyway");
-                break;
+                requests_open = false;
             }
         }
     }
