@@ -372,7 +372,7 @@ impl DockerDriver {
                 ),
                 (
                     "com.docker.network.driver.mtu".to_string(),
-                    crate::wiring::OVERLAY_MTU.to_string(),
+                    n.mtu.to_string(),
                 ),
             ])),
             labels: Some(HashMap::from([(

@@ -127,6 +127,8 @@ pub struct EngineNetwork {
     pub bridge: String,
     pub subnet: flotilla_types::Subnet,
     pub internal: bool,
+    /// Its MTU (smaller on an encrypted network).
+    pub mtu: u32,
     /// The task's address on it.
     pub addr: std::net::Ipv4Addr,
 }

@@ -51,6 +51,7 @@ pub mod ports;
 pub mod process;
 pub mod procfs;
 pub mod record;
+pub mod sealed;
 pub mod taskns;
 pub mod wiring;
 

@@ -50,6 +50,7 @@ pub struct WiredNetwork {
     pub vni: u32,
     pub subnet: Subnet,
     pub internal: bool,
+    pub encrypted: bool,
 }
 
 /// A node port forwarded to a task's address.
@@ -150,7 +151,7 @@ pub fn node_rules(networks: &[WiredNetwork], forwards: &[Forward]) -> String {
     }
     filter.push_str("\t}\n");
 
-    let arp = "\tchain output {\n\t\ttype filter hook output priority 0; policy accept;\n\t\toifname \"flvx*\" ether type arp drop\n\t}\n";
+    let arp = "\tchain output {\n\t\ttype filter hook output priority 0; policy accept;\n\t\toifname \"flvx*\" ether type arp drop\n\t\toifname \"flvt*\" ether type arp drop\n\t}\n";
     let mut out = replace("ip", &format!("{nat}{filter}"));
     out.push_str(&replace("bridge", arp));
     out
@@ -236,6 +237,7 @@ mod tests {
             vni,
             subnet: subnet.parse().expect("subnet"),
             internal,
+            encrypted: false,
         }
     }
 
@@ -309,6 +311,7 @@ mod tests {
                     vni: 4096,
                     internal: false,
                     encrypted: false,
+                    key: None,
                     services: vec![name("web", Some(2)), name("db", Some(3)), name("rr", None)],
                     endpoints: vec![
                         endpoint("w1", "web", 11, true),
@@ -325,6 +328,7 @@ mod tests {
                     vni: 4097,
                     internal: false,
                     encrypted: false,
+                    key: None,
                     services: vec![NameEntry {
                         vip: Some(Ipv4Addr::new(10, 0, 8, 2)),
                         ..name("other", Some(2))

@@ -141,6 +141,11 @@ pub fn attachments(
             subnet: entry.subnet,
             addr: address.addr,
             no_route: !route,
+            mtu: if entry.encrypted {
+                crate::sealed::SEALED_MTU
+            } else {
+                crate::wiring::OVERLAY_MTU
+            },
         });
     }
     Ok(out)
@@ -156,6 +161,7 @@ pub fn held(table: &NetworkTable, networks: &[String]) -> Vec<WiredNetwork> {
             vni: n.vni,
             subnet: n.subnet,
             internal: n.internal,
+            encrypted: n.encrypted,
         })
         .collect()
 }
@@ -179,6 +185,11 @@ pub fn engine_networks(
                 bridge: crate::wiring::bridge_name(entry.vni),
                 subnet: entry.subnet,
                 internal: entry.internal,
+                mtu: if entry.encrypted {
+                    crate::sealed::SEALED_MTU
+                } else {
+                    crate::wiring::OVERLAY_MTU
+                },
                 addr: address.addr,
             })
         })
@@ -437,6 +448,7 @@ mod tests {
             vni,
             internal,
             encrypted: false,
+            key: None,
             services: vec![],
             endpoints: vec![],
         }

@@ -51,6 +51,11 @@ pub struct NetworkWiring {
     pub subnet: Subnet,
     /// No way out of the network (its rules, not its devices).
     pub internal: bool,
+    /// Encrypted: a TAP device and the node's tunnel instead of VXLAN
+    /// ([`crate::sealed`]), with this key (hex; none yet: not wired, never
+    /// in clear).
+    pub encrypted: bool,
+    pub key: Option<String>,
     /// The other nodes with a task on the network.
     pub peers: BTreeSet<IpAddr>,
 }
@@ -89,6 +94,8 @@ pub fn wanted(table: &NetworkTable, node_id: &str) -> BTreeMap<u32, NetworkWirin
                 vni: network.vni,
                 subnet: network.subnet,
                 internal: network.internal,
+                encrypted: network.encrypted,
+                key: network.key.clone(),
                 peers,
             },
         );
@@ -100,24 +107,28 @@ pub fn wanted(table: &NetworkTable, node_id: &str) -> BTreeMap<u32, NetworkWirin
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
     /// The bridge with the gateway address, and the VXLAN device from
-    /// `local` in it.
+    /// `local` in it (for a `sealed` network the tunnel adds its TAP
+    /// device instead).
     AddNetwork {
         vni: u32,
         subnet: Subnet,
         local: IpAddr,
+        sealed: bool,
     },
+    /// A flood entry (a sealed network's peers are the tunnel's: no
+    /// command).
     AddPeer {
         vni: u32,
         peer: IpAddr,
+        sealed: bool,
     },
     RemovePeer {
         vni: u32,
         peer: IpAddr,
+        sealed: bool,
     },
     /// Both devices (a task's veth in the bridge goes with its namespace).
-    RemoveNetwork {
-        vni: u32,
-    },
+    RemoveNetwork { vni: u32 },
 }
 
 /// The steps from `have` to `want`, on the node at `local`: networks
@@ -132,7 +143,10 @@ pub fn steps(
         out.push(Step::RemoveNetwork { vni: *vni });
     }
     for (vni, w) in want {
-        let before = have.get(vni).filter(|h| h.subnet == w.subnet);
+        let sealed = w.encrypted;
+        let before = have
+            .get(vni)
+            .filter(|h| h.subnet == w.subnet && h.encrypted == w.encrypted);
         if before.is_none() {
             if have.contains_key(vni) {
                 // Same VNI, another subnet: made again.
@@ -142,6 +156,7 @@ pub fn steps(
                 vni: *vni,
                 subnet: w.subnet,
                 local,
+                sealed,
             });
         }
         let known = before.map(|h| h.peers.clone()).unwrap_or_default();
@@ -149,12 +164,14 @@ pub fn steps(
             out.push(Step::RemovePeer {
                 vni: *vni,
                 peer: *peer,
+                sealed,
             });
         }
         for peer in w.peers.difference(&known) {
             out.push(Step::AddPeer {
                 vni: *vni,
                 peer: *peer,
+                sealed,
             });
         }
     }
@@ -170,7 +187,26 @@ impl Step {
     /// is the program).
     pub fn commands(&self) -> Vec<Vec<String>> {
         match self {
-            Step::AddNetwork { vni, subnet, local } => {
+            Step::AddNetwork {
+                vni,
+                subnet,
+                sealed: true,
+                ..
+            } => {
+                let br = bridge_name(*vni);
+                let gateway = format!("{}/{}", subnet.gateway(), subnet.prefix);
+                vec![
+                    argv(&["ip", "link", "add", &br, "type", "bridge"]),
+                    argv(&["ip", "addr", "add", &gateway, "dev", &br]),
+                    argv(&["ip", "link", "set", &br, "up"]),
+                ]
+            }
+            Step::AddPeer { sealed: true, .. } | Step::RemovePeer { sealed: true, .. } => {
+                Vec::new()
+            }
+            Step::AddNetwork {
+                vni, subnet, local, ..
+            } => {
                 let (br, vx) = (bridge_name(*vni), vxlan_name(*vni));
                 let gateway = format!("{}/{}", subnet.gateway(), subnet.prefix);
                 let (id, port, local) =
@@ -198,7 +234,7 @@ impl Step {
                     argv(&["ip", "link", "set", &br, "up"]),
                 ]
             }
-            Step::AddPeer { vni, peer } => vec![argv(&[
+            Step::AddPeer { vni, peer, .. } => vec![argv(&[
                 "bridge",
                 "fdb",
                 "append",
@@ -208,7 +244,7 @@ impl Step {
                 "dst",
                 &peer.to_string(),
             ])],
-            Step::RemovePeer { vni, peer } => vec![argv(&[
+            Step::RemovePeer { vni, peer, .. } => vec![argv(&[
                 "bridge",
                 "fdb",
                 "del",
@@ -235,16 +271,20 @@ pub struct Attachment {
     /// No default route through this network (internal, or not the task's
     /// first network).
     pub no_route: bool,
+    /// The MTU of its interface: [`OVERLAY_MTU`], or
+    /// [`crate::sealed::SEALED_MTU`] on an encrypted network.
+    pub mtu: u32,
 }
 
 /// The Ethernet address of the task interface at `addr`: made from the
-/// address (locally administered, `02:f1:` and its four bytes), so that a
+/// address (locally administered, `02:42:` and its four bytes, as the
+/// container engine makes a container's), so that a
 /// task that takes over an address, on any node, has the MAC its peers'
 /// ARP caches hold for it, and none of them sends into the void until its
 /// entry expires.
 pub fn task_mac(addr: std::net::Ipv4Addr) -> String {
-    let [a, b, c, d] = addr.octets();
-    format!("02:f1:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+    let [x, y, a, b, c, d] = crate::sealed::mac_of(addr);
+    format!("{x:02x}:{y:02x}:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
 }
 
 /// The command lines that give the task's namespace `task_ns` (made by the
@@ -254,7 +294,7 @@ pub fn attach_task(task_ns: &str, index: usize, host_if: &str, a: &Attachment) -
     let peer = format!("{host_if}p");
     let eth = format!("eth{index}");
     let cidr = format!("{}/{}", a.addr, a.subnet.prefix);
-    let mtu = OVERLAY_MTU.to_string();
+    let mtu = a.mtu.to_string();
     let mut out = Vec::new();
     if index == 0 {
         out.push(argv(&["ip", "netns", "add", task_ns]));
@@ -482,7 +522,7 @@ pub fn converge(
                 }
                 now.remove(vni);
             }
-            Step::RemovePeer { vni, peer } => {
+            Step::RemovePeer { vni, peer, .. } => {
                 let _ = run_all(&step);
                 if let Some(w) = now.get_mut(vni) {
                     w.peers.remove(peer);
@@ -496,6 +536,8 @@ pub fn converge(
                             vni: *vni,
                             subnet: *subnet,
                             internal: want.get(vni).is_some_and(|w| w.internal),
+                            encrypted: want.get(vni).is_some_and(|w| w.encrypted),
+                            key: want.get(vni).and_then(|w| w.key.clone()),
                             peers: BTreeSet::new(),
                         },
                     );
@@ -507,7 +549,7 @@ pub fn converge(
                     first_error.get_or_insert(e);
                 }
             },
-            Step::AddPeer { vni, peer } => {
+            Step::AddPeer { vni, peer, .. } => {
                 let Some(w) = now.get_mut(vni) else {
                     // Its network was not made: nothing to add it to.
                     continue;
@@ -566,6 +608,104 @@ struct Loaded {
     node: Option<String>,
     tasks: BTreeMap<String, String>,
     forwarding: bool,
+    /// The node's end of its encrypted networks, once it has one.
+    tunnel: Option<std::sync::Arc<crate::sealed::Tunnel>>,
+}
+
+/// Gives each encrypted network of `now` its TAP device in the node's
+/// tunnel, and the tunnel the network's peers and where each remote task
+/// is; a network whose device cannot be made is removed from `now` (and
+/// from the kernel), so no task is attached to a network that would send
+/// nothing, and the next round makes it again.
+fn sync_tunnel(
+    ip: &dyn Ip,
+    loaded: &mut Loaded,
+    now: &mut BTreeMap<u32, NetworkWiring>,
+    table: &NetworkTable,
+    local: IpAddr,
+) -> Option<WiringError> {
+    use crate::sealed::{mac_of, tap_name, Key, Tunnel, SEALED_MTU};
+    let sealed: Vec<u32> = now
+        .values()
+        .filter(|w| w.encrypted)
+        .map(|w| w.vni)
+        .collect();
+    if sealed.is_empty() && loaded.tunnel.is_none() {
+        return None;
+    }
+    let mut first = None;
+    let drop_network = |now: &mut BTreeMap<u32, NetworkWiring>, vni: u32| {
+        for command in (Step::RemoveNetwork { vni }).commands() {
+            let _ = ip.run(&command);
+        }
+        now.remove(&vni);
+    };
+    let tunnel = match &loaded.tunnel {
+        Some(t) => t.clone(),
+        None => match Tunnel::bind(local) {
+            Ok(t) => {
+                loaded.tunnel = Some(t.clone());
+                t
+            }
+            Err(e) => {
+                for vni in sealed {
+                    drop_network(now, vni);
+                }
+                return Some(WiringError::Failed {
+                    command: format!("bind the tunnel on {local}:{}", crate::sealed::SEALED_PORT),
+                    stderr: e.to_string(),
+                });
+            }
+        },
+    };
+    for vni in tunnel.networks() {
+        if !sealed.contains(&vni) {
+            tunnel.remove(vni);
+        }
+    }
+    for vni in sealed {
+        let Some(w) = now.get(&vni).cloned() else {
+            continue;
+        };
+        if !tunnel.has(vni) {
+            let made = w
+                .key
+                .as_deref()
+                .ok_or_else(|| "the leader has not given it a key yet".to_string())
+                .and_then(|k| Key::from_hex(k).map_err(|e| e.to_string()))
+                .and_then(|key| tunnel.add(vni, key).map_err(|e| e.to_string()))
+                .and_then(|()| {
+                    let (tap, br, mtu) = (tap_name(vni), bridge_name(vni), SEALED_MTU.to_string());
+                    [
+                        argv(&["ip", "link", "set", &tap, "mtu", &mtu]),
+                        argv(&["ip", "link", "set", &tap, "master", &br]),
+                        argv(&["ip", "link", "set", &tap, "up"]),
+                    ]
+                    .iter()
+                    .try_for_each(|c| ip.run(c))
+                    .map_err(|e| e.to_string())
+                });
+            if let Err(e) = made {
+                tunnel.remove(vni);
+                drop_network(now, vni);
+                first.get_or_insert(WiringError::Failed {
+                    command: format!("make the encrypted device of network {vni}"),
+                    stderr: e,
+                });
+                continue;
+            }
+        }
+        let nodes = table
+            .networks
+            .iter()
+            .filter(|n| n.vni == vni)
+            .flat_map(|n| n.endpoints.iter())
+            .filter_map(|e| Some((mac_of(e.addr), e.node_addr?)))
+            .filter(|(_, node)| *node != local)
+            .collect();
+        tunnel.route(vni, w.peers.iter().copied().collect(), nodes);
+    }
+    first
 }
 
 /// Loads the node's rules and each task's where they changed; returns the
@@ -627,10 +767,8 @@ pub fn wanted_with(
     let mut want = wanted(table, node_id);
     for held in tasks.values().flat_map(|t| t.held.iter()) {
         want.entry(held.vni).or_insert_with(|| {
-            let peers = table
-                .networks
-                .iter()
-                .find(|n| n.vni == held.vni)
+            let entry = table.networks.iter().find(|n| n.vni == held.vni);
+            let peers = entry
                 .map(|n| {
                     n.endpoints
                         .iter()
@@ -643,6 +781,8 @@ pub fn wanted_with(
                 vni: held.vni,
                 subnet: held.subnet,
                 internal: held.internal,
+                encrypted: held.encrypted,
+                key: entry.and_then(|n| n.key.clone()),
                 peers,
             }
         });
@@ -677,11 +817,14 @@ fn run_round(ip: &dyn Ip, local: IpAddr, loaded: &mut Loaded, round: Round) -> D
             tracing::warn!(netns = %ns, error = %e, "cannot remove a task's network namespace");
         }
     }
-    let (now, mut error) = if round.have != round.want {
+    let (mut now, mut error) = if round.have != round.want {
         converge(ip, &round.have, &round.want, local)
     } else {
         (round.have, None)
     };
+    if let Some(e) = sync_tunnel(ip, loaded, &mut now, &round.table, local) {
+        error.get_or_insert(e);
+    }
     let mut attached = Vec::new();
     let mut tasks = round.tasks;
     for (task_id, vnis, commands) in round.attach {
@@ -738,6 +881,7 @@ fn held_networks(now: &BTreeMap<u32, NetworkWiring>) -> Vec<WiredNetwork> {
             vni: w.vni,
             subnet: w.subnet,
             internal: w.internal,
+            encrypted: w.encrypted,
         })
         .collect()
 }
@@ -902,6 +1046,10 @@ pub async fn follow(
         }
     }
     let _ = tokio::task::spawn_blocking(move || {
+        let tunnel = loaded.lock().ok().and_then(|mut l| l.tunnel.take());
+        if let Some(tunnel) = tunnel {
+            tunnel.shutdown();
+        }
         let _ = ip.nft(None, &crate::netfilter::remove_node_rules());
         converge(&*ip, &have, &BTreeMap::new(), local)
     })
@@ -966,6 +1114,7 @@ mod tests {
                 vni: 4096,
                 internal: false,
                 encrypted: false,
+                key: None,
                 services: vec![],
                 endpoints,
             }],
@@ -1007,7 +1156,8 @@ mod tests {
             steps(&want, &fewer, local),
             vec![Step::RemovePeer {
                 vni: 4096,
-                peer: ip("192.168.0.3")
+                peer: ip("192.168.0.3"),
+                sealed: false,
             }]
         );
         assert_eq!(
@@ -1037,6 +1187,7 @@ mod tests {
                     vni: 4096,
                     subnet: "10.0.9.0/24".parse().expect("subnet"),
                     internal: false,
+                    encrypted: false,
                 }],
             },
         );
@@ -1222,6 +1373,7 @@ mod tests {
             vni: 4096,
             subnet: "10.0.9.0/24".parse().expect("subnet"),
             local: ip("192.168.0.1"),
+            sealed: false,
         };
         let lines: Vec<String> = add.commands().iter().map(|c| c.join(" ")).collect();
         assert!(lines.contains(&"ip addr add 10.0.9.1/24 dev flbr4096".to_string()));
@@ -1235,13 +1387,14 @@ mod tests {
             subnet: "10.0.9.0/24".parse().expect("subnet"),
             addr: std::net::Ipv4Addr::new(10, 0, 9, 3),
             no_route: false,
+            mtu: OVERLAY_MTU,
         };
         let lines: Vec<String> = attach_task("fltask", 0, "flt1", &a)
             .iter()
             .map(|c| c.join(" "))
             .collect();
         assert_eq!(lines[0], "ip netns add fltask");
-        assert!(lines[2].ends_with("peer name flt1p mtu 1450 address 02:f1:0a:00:09:03"));
+        assert!(lines[2].ends_with("peer name flt1p mtu 1450 address 02:42:0a:00:09:03"));
         assert!(lines.contains(&"ip -n fltask addr add 10.0.9.3/24 dev eth0".to_string()));
         assert_eq!(
             lines.last().map(String::as_str),

@@ -32,6 +32,8 @@ fn tasks_on_two_nodes_reach_each_other_at_their_task_addresses() {
                 vni,
                 subnet,
                 internal: false,
+                encrypted: false,
+                key: None,
                 peers: [peer.addr.parse::<IpAddr>().expect("peer")]
                     .into_iter()
                     .collect(),
@@ -46,6 +48,7 @@ fn tasks_on_two_nodes_reach_each_other_at_their_task_addresses() {
             subnet,
             addr: addrs[i],
             no_route: false,
+            mtu: flotilla_agent::wiring::OVERLAY_MTU,
         };
         for command in attach_task(&tasks.0[i], 0, &format!("flt{tag}x{i}"), &attachment) {
             ip.run(&command).expect("attach the task");
@@ -75,6 +78,143 @@ fn tasks_on_two_nodes_reach_each_other_at_their_task_addresses() {
     assert_eq!(&got, b"hello");
     // b's task saw a's task address, not a node's: no NAT on the way.
     assert_eq!(served.join().expect("server"), IpAddr::V4(addrs[0]));
+    drop(tasks);
+    drop(net);
+}
+
+/// The same over an encrypted network: each node's bridge holds a TAP
+/// device of its tunnel instead of VXLAN, and a task on one node reaches a
+/// task on the other at its address, the frames sealed in between; a node
+/// with the wrong key opens none of them.
+#[test]
+fn tasks_on_two_nodes_reach_each_other_over_the_encrypted_tunnel() {
+    use flotilla_agent::sealed::{mac_of, tap_name, Key, Tunnel, SEALED_MTU};
+    let mut net = Net::new().expect("net");
+    let a = net.add_host().expect("node a");
+    let b = net.add_host().expect("node b");
+    let subnet: Subnet = "10.0.51.0/24".parse().expect("subnet");
+    let vni = 5100 + (std::process::id() % 1000);
+    let tag = std::process::id() % 100_000;
+    let tasks = Namespaces(vec![format!("flsa{tag}"), format!("flsb{tag}")]);
+    let addrs = [Ipv4Addr::new(10, 0, 51, 3), Ipv4Addr::new(10, 0, 51, 4)];
+    let key = "5a".repeat(32);
+    let mut tunnels = Vec::new();
+    for (i, (node, peer)) in [(&a, &b), (&b, &a)].into_iter().enumerate() {
+        let local: IpAddr = node.addr.parse().expect("node addr");
+        let peer_ip: IpAddr = peer.addr.parse().expect("peer");
+        let mut want = BTreeMap::new();
+        want.insert(
+            vni,
+            NetworkWiring {
+                vni,
+                subnet,
+                internal: false,
+                encrypted: true,
+                key: Some(key.clone()),
+                peers: [peer_ip].into_iter().collect(),
+            },
+        );
+        let ip = System {
+            netns: Some(node.ns.clone()),
+        };
+        apply(&ip, &steps(&BTreeMap::new(), &want, local)).expect("wire the node");
+        // The tunnel's socket and TAP device belong to the node's namespace.
+        let k = key.clone();
+        let tunnel = in_netns(&node.ns, move || -> std::io::Result<_> {
+            let t = Tunnel::bind(local)?;
+            t.add(vni, Key::from_hex(&k).expect("key"))?;
+            Ok(t)
+        })
+        .expect("enter the node")
+        .expect("the tunnel");
+        let (tap, br, mtu) = (tap_name(vni), format!("flbr{vni}"), SEALED_MTU.to_string());
+        for c in [
+            vec!["ip", "link", "set", &tap, "mtu", &mtu],
+            vec!["ip", "link", "set", &tap, "master", &br],
+            vec!["ip", "link", "set", &tap, "up"],
+        ] {
+            let c: Vec<String> = c.iter().map(|w| w.to_string()).collect();
+            ip.run(&c).expect("the TAP device in the bridge");
+        }
+        let nodes = [(mac_of(addrs[1 - i]), peer_ip)].into_iter().collect();
+        tunnel.route(vni, vec![peer_ip], nodes);
+        let attachment = Attachment {
+            vni,
+            subnet,
+            addr: addrs[i],
+            no_route: false,
+            mtu: SEALED_MTU,
+        };
+        for command in attach_task(&tasks.0[i], 0, &format!("fls{tag}x{i}"), &attachment) {
+            ip.run(&command).expect("attach the task");
+        }
+        tunnels.push(tunnel);
+    }
+    let server = SocketAddr::new(IpAddr::V4(addrs[1]), 7071);
+    let listening = in_netns(&tasks.0[1], move || {
+        TcpListener::bind(server).expect("bind in the task")
+    })
+    .expect("enter b's task");
+    let served = std::thread::spawn(move || {
+        let (mut s, from) = listening.accept().expect("accept");
+        s.write_all(&vec![7u8; 100_000]).expect("write");
+        from.ip()
+    });
+    let got = in_netns(&tasks.0[0], move || {
+        let mut s = TcpStream::connect_timeout(&server, Duration::from_secs(5))
+            .expect("connect across the tunnel");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut buf = vec![0u8; 100_000];
+        s.read_exact(&mut buf).expect("read");
+        buf
+    })
+    .expect("the client in a's task");
+    assert!(got.iter().all(|b| *b == 7) && got.len() == 100_000);
+    assert_eq!(served.join().expect("server"), IpAddr::V4(addrs[0]));
+    let sealed = |t: &Tunnel| t.counters.sealed.load(std::sync::atomic::Ordering::Relaxed);
+    let opened = |t: &Tunnel| t.counters.opened.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        sealed(&tunnels[1]) > 60 && opened(&tunnels[0]) > 60,
+        "frames went through the tunnel"
+    );
+    // b changes its key: nothing from a opens any more.
+    tunnels[1].remove(vni);
+    let before = tunnels[1]
+        .counters
+        .dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(300));
+    in_netns(&b.ns, {
+        let t = tunnels[1].clone();
+        move || t.add(vni, Key::from_hex(&"77".repeat(32)).expect("key"))
+    })
+    .expect("enter b")
+    .expect("b's new key");
+    let tap = tap_name(vni);
+    let bip = System {
+        netns: Some(b.ns.clone()),
+    };
+    for c in [
+        vec!["ip", "link", "set", &tap, "master", &format!("flbr{vni}")],
+        vec!["ip", "link", "set", &tap, "up"],
+    ] {
+        let c: Vec<String> = c.iter().map(|w| w.to_string()).collect();
+        bip.run(&c).expect("b's new TAP device");
+    }
+    let refused = in_netns(&tasks.0[0], move || {
+        TcpStream::connect_timeout(&server, Duration::from_secs(2)).is_err()
+    })
+    .expect("a's task");
+    assert!(refused, "a connection crossed with mismatched keys");
+    let after = tunnels[1]
+        .counters
+        .dropped
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(after > before, "b dropped a's frames ({before} -> {after})");
+    for t in &tunnels {
+        t.shutdown();
+    }
     drop(tasks);
     drop(net);
 }

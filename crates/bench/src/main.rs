@@ -7,8 +7,9 @@
 //! [--swarm-replicas 50]`
 //!
 //! `flotilla-bench overlay [--seconds 5] [--rounds 3]`: TCP throughput
-//! between two node namespaces, plain, over the VXLAN wiring and over it
-//! with ESP, with the ratios to plain (`overlay.rs`; needs root).
+//! between two node namespaces, plain, over the VXLAN wiring and through
+//! the encrypted tunnel, with the ratios to plain (`overlay.rs`; needs
+//! root).
 //!
 //! `flotilla-bench writes [--flotilla PATH] [--etcd PATH] [--clients
 //! 1,16,64,256] [--seconds 10]`: write throughput of 3 Flotilla managers

@@ -306,6 +306,7 @@ mod tests {
             vni: 4096,
             internal: false,
             encrypted: false,
+            key: None,
             services,
             endpoints,
         }

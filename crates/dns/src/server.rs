@@ -251,6 +251,7 @@ mod tests {
                 vni: 4096,
                 internal: false,
                 encrypted: false,
+                key: None,
                 services: vec![NameEntry {
                     service_id: "web".into(),
                     names: vec!["web".into()],

@@ -516,6 +516,8 @@ networks:
       config: [{subnet: 10.0.31.0/24}]
   back:
     driver: overlay
+    driver_opts:
+      encrypted: ""
     ipam:
       config: [{subnet: 10.0.32.0/24}]
 "#;
@@ -523,7 +525,8 @@ networks:
 /// The acceptance stack with the process driver on three nodes, each in
 /// its own network namespace: `web` (two replicas, on n1 and n2) on front
 /// and back, `client` (on n3) on front, `db` (on n3 too, so that n3
-/// holds both networks) on back. Each task runs in a namespace of its own
+/// holds both networks) on back, which is encrypted (its frames between
+/// nodes go through the nodes' tunnels). Each task runs in a namespace of its own
 /// and resolves through the node's resolver: the client reaches web by
 /// name (its virtual address) and by `tasks.web` across nodes, cannot
 /// resolve db nor reach db's address beside it; web reaches db across
@@ -640,6 +643,16 @@ fn a_stack_of_process_tasks_runs_as_an_application_across_three_nodes() -> Resul
         !blocked.status.success(),
         "the client reached db: {}",
         text(&blocked)
+    );
+    // back is encrypted: its nodes carry it through their tunnels' TAP
+    // devices, with no VXLAN device for it.
+    let back_vni = network(m, "app_back")?["vni"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("back has no VNI"))?;
+    let n3 = links(&hosts[2].ns);
+    assert!(
+        n3.contains(&format!("flvt{back_vni}")) && !n3.contains(&format!("flvx{back_vni}")),
+        "{n3}"
     );
     // web is on back too: db resolves to db's own address, and answers.
     let from_web = in_task(web[0], "getent hosts db");

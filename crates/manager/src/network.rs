@@ -213,6 +213,7 @@ pub fn network_table(state: &State) -> NetworkTable {
             vni,
             internal: network.spec.internal,
             encrypted: network.spec.encrypted,
+            key: network.key.clone().filter(|_| network.spec.encrypted),
             services,
             endpoints,
         });
@@ -223,15 +224,28 @@ pub fn network_table(state: &State) -> NetworkTable {
 
 /// Decides every allocation the store lacks.
 pub fn allocate(state: &State) -> Allocation {
+    allocate_with(state, &mut random_key)
+}
+
+/// A fresh network key: 32 random bytes, hex.
+pub fn random_key() -> String {
+    rand::random::<[u8; 32]>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// [`allocate`], with `new_key` drawing each encrypted network's key.
+pub fn allocate_with(state: &State, new_key: &mut dyn FnMut() -> String) -> Allocation {
     let mut out = Allocation::default();
-    allocate_networks(state, &mut out);
+    allocate_networks(state, new_key, &mut out);
     let mut free = free_addresses(state);
     allocate_vips(state, &mut free, &mut out);
     allocate_tasks(state, &mut free, &mut out);
     out
 }
 
-fn allocate_networks(state: &State, out: &mut Allocation) {
+fn allocate_networks(state: &State, new_key: &mut dyn FnMut() -> String, out: &mut Allocation) {
     // The subnets picked in this round, which the store does not hold yet.
     let mut picked: Vec<Subnet> = Vec::new();
     let mut vnis: BTreeSet<u32> = state.networks.values().filter_map(|n| n.vni).collect();
@@ -267,10 +281,16 @@ fn allocate_networks(state: &State, out: &mut Allocation) {
         };
         picked.push(subnet);
         vnis.insert(vni);
+        let key = match (&network.key, network.spec.encrypted) {
+            (Some(k), _) => Some(k.clone()),
+            (None, true) => Some(new_key()),
+            (None, false) => None,
+        };
         out.commands.push(Command::AllocateNetwork {
             id: network.id.clone(),
             subnet,
             vni,
+            key,
         });
     }
 }
@@ -408,6 +428,7 @@ mod tests {
                 spec,
                 created_at: 0,
                 vni: None,
+                key: None,
             },
         );
     }
@@ -451,17 +472,20 @@ mod tests {
                 Command::AllocateNetwork {
                     id: "a".into(),
                     subnet: subnet("10.64.64.0/19"),
-                    vni: 4096
+                    vni: 4096,
+                    key: None
                 },
                 Command::AllocateNetwork {
                     id: "b".into(),
                     subnet: subnet("10.64.40.0/24"),
-                    vni: 4097
+                    vni: 4097,
+                    key: None
                 },
                 Command::AllocateNetwork {
                     id: "c".into(),
                     subnet: subnet("10.64.96.0/19"),
-                    vni: 4098
+                    vni: 4098,
+                    key: None
                 },
             ]
         );

@@ -175,6 +175,9 @@ pub enum Command {
         id: String,
         subnet: Subnet,
         vni: u32,
+        /// An encrypted network's key (hex), drawn by the allocator.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
     },
     /// Allocator: service `id`'s virtual address on each of its networks,
     /// while it is still at `version`.

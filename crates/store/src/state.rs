@@ -218,9 +218,12 @@ impl State {
             Command::RemoveService { id, .. } => self.remove_service(id, c),
             Command::CreateNetwork { id, spec, at } => self.create_network(id, spec, *at, c),
             Command::RemoveNetwork { id } => self.remove_network(id, c),
-            Command::AllocateNetwork { id, subnet, vni } => {
-                self.allocate_network(id, *subnet, *vni, c)
-            }
+            Command::AllocateNetwork {
+                id,
+                subnet,
+                vni,
+                key,
+            } => self.allocate_network(id, *subnet, *vni, key.as_deref(), c),
             Command::AllocateVips { id, version, vips } => {
                 self.allocate_vips(id, *version, vips, c)
             }

@@ -274,6 +274,10 @@ pub struct Network {
     /// Its VXLAN network identifier, chosen by the leader with the subnet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vni: Option<u32>,
+    /// An encrypted network's key (32 bytes, hex), drawn by the leader with
+    /// the subnet; shown by no view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl Network {
@@ -365,6 +369,9 @@ pub struct NetworkEntry {
     pub vni: u32,
     pub internal: bool,
     pub encrypted: bool,
+    /// An encrypted network's key (hex), for the nodes' tunnels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// The services on it, by name.
     pub services: Vec<NameEntry>,
     /// Every task that holds an address on it and has not ended.

@@ -65,6 +65,7 @@ impl State {
             created_at: at,
             subnet: spec.subnet,
             vni: None,
+            key: None,
         };
         table::insert(&mut self.networks, id, network, changes);
         Ok(Some(id.to_string()))
@@ -107,6 +108,7 @@ impl State {
         id: &str,
         subnet: Subnet,
         vni: u32,
+        key: Option<&str>,
         changes: &mut Vec<Change>,
     ) -> CommandResult {
         let network = self
@@ -117,6 +119,20 @@ impl State {
         let mismatch = |reason: String| StoreError::AddressMismatch {
             what: format!("network {name}"),
             reason,
+        };
+        // An encrypted network's key comes with its first allocation and
+        // stays; a plain network has none.
+        let valid_key = |k: &str| k.len() == 64 && k.bytes().all(|b| b.is_ascii_hexdigit());
+        let key = match (network.spec.encrypted, network.key.as_deref(), key) {
+            (false, _, None) => None,
+            (false, _, Some(_)) => return Err(mismatch("it is not encrypted: no key".into())),
+            (true, Some(have), _) => Some(have.to_string()),
+            (true, None, Some(k)) if valid_key(k) => Some(k.to_string()),
+            (true, None, _) => {
+                return Err(mismatch(
+                    "it is encrypted: its allocation needs a key of 32 bytes in hex".into(),
+                ))
+            }
         };
         if network.subnet.is_some_and(|s| s != subnet) {
             return Err(mismatch(format!(
@@ -130,7 +146,7 @@ impl State {
                 network.vni.unwrap_or_default()
             )));
         }
-        if network.subnet == Some(subnet) && network.vni == Some(vni) {
+        if network.subnet == Some(subnet) && network.vni == Some(vni) && network.key == key {
             return Ok(Some(id.to_string()));
         }
         if !VNI_RANGE.contains(&vni) {
@@ -152,6 +168,7 @@ impl State {
         if let Some(network) = self.networks.get_mut(id) {
             network.subnet = Some(subnet);
             network.vni = Some(vni);
+            network.key = key;
             table::touched::<Network>(id, changes);
         }
         Ok(Some(id.to_string()))
@@ -433,6 +450,7 @@ mod tests {
             id: "n1".into(),
             subnet: subnet("10.0.9.0/24"),
             vni: 4096,
+            key: None,
         };
         assert_eq!(apply(&mut s, alloc), Ok(Some("n1".into())));
         let mut web = spec("web", 2);
@@ -476,6 +494,7 @@ mod tests {
             id: "n2".into(),
             subnet: subnet("10.0.5.0/24"),
             vni: 4097,
+            key: None,
         };
         assert!(matches!(
             apply(&mut s, bad),
@@ -485,6 +504,7 @@ mod tests {
             id: "n2".into(),
             subnet: subnet("10.64.0.0/24"),
             vni: 4097,
+            key: None,
         };
         assert_eq!(apply(&mut s, good.clone()), Ok(Some("n2".into())));
         assert_eq!(
@@ -496,6 +516,7 @@ mod tests {
             id: "n1".into(),
             subnet: subnet("10.0.0.0/16"),
             vni: 4097,
+            key: None,
         };
         assert!(matches!(
             apply(&mut s, same_vni),
@@ -505,9 +526,64 @@ mod tests {
             id: "n2".into(),
             subnet: subnet("10.64.1.0/24"),
             vni: 4097,
+            key: None,
         };
         assert!(matches!(
             apply(&mut s, moved),
+            Err(StoreError::AddressMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn an_encrypted_network_gets_its_key_with_its_first_allocation_and_keeps_it() {
+        let mut s = init();
+        let mut secure = NetworkSpec::named("secure");
+        secure.encrypted = true;
+        let made = Command::CreateNetwork {
+            id: "n1".into(),
+            spec: secure,
+            at: 1,
+        };
+        assert_eq!(apply(&mut s, made), Ok(Some("n1".into())));
+        let alloc = |key: Option<&str>| Command::AllocateNetwork {
+            id: "n1".into(),
+            subnet: subnet("10.0.9.0/24"),
+            vni: 4096,
+            key: key.map(String::from),
+        };
+        // No key, or one that is not 32 bytes of hex: refused.
+        assert!(matches!(
+            apply(&mut s, alloc(None)),
+            Err(StoreError::AddressMismatch { .. })
+        ));
+        assert!(matches!(
+            apply(&mut s, alloc(Some("abcd"))),
+            Err(StoreError::AddressMismatch { .. })
+        ));
+        let key = "0f".repeat(32);
+        assert_eq!(apply(&mut s, alloc(Some(&key))), Ok(Some("n1".into())));
+        assert_eq!(s.networks["n1"].key.as_deref(), Some(key.as_str()));
+        // A second allocator's other key does not replace it.
+        assert_eq!(
+            apply(&mut s, alloc(Some(&"aa".repeat(32)))),
+            Ok(Some("n1".into()))
+        );
+        assert_eq!(s.networks["n1"].key.as_deref(), Some(key.as_str()));
+        // A plain network takes no key.
+        let plain = Command::CreateNetwork {
+            id: "n2".into(),
+            spec: NetworkSpec::named("plain"),
+            at: 2,
+        };
+        assert_eq!(apply(&mut s, plain), Ok(Some("n2".into())));
+        let keyed = Command::AllocateNetwork {
+            id: "n2".into(),
+            subnet: subnet("10.0.10.0/24"),
+            vni: 4097,
+            key: Some(key),
+        };
+        assert!(matches!(
+            apply(&mut s, keyed),
             Err(StoreError::AddressMismatch { .. })
         ));
     }
