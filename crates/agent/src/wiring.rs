@@ -610,6 +610,48 @@ struct Loaded {
     forwarding: bool,
     /// The node's end of its encrypted networks, once it has one.
     tunnel: Option<std::sync::Arc<crate::sealed::Tunnel>>,
+    /// When the engine's `DOCKER-USER` chain was last made to pass the
+    /// networks' bridges.
+    docker_user: Option<std::time::Instant>,
+}
+
+/// How often the wiring loop looks again at the engine's `DOCKER-USER`
+/// chain (an engine started after the daemon makes it later).
+pub const DOCKER_USER_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The rules that let the networks' bridges through a Docker Engine's
+/// `FORWARD` chain: the engine sets its policy to drop when it turned
+/// forwarding on itself, and passes only its own bridges, so a process
+/// task's traffic (between nodes, out, and to its forwarded node ports)
+/// would be dropped there. Isolation stays ours: a drop in the node's
+/// `ip flotilla` table wins over this accept.
+pub fn docker_user_rules() -> Vec<Vec<String>> {
+    vec![
+        argv(&["-i", "flbr+", "-j", "ACCEPT"]),
+        argv(&["-o", "flbr+", "-j", "ACCEPT"]),
+    ]
+}
+
+/// Puts [`docker_user_rules`] at the head of `DOCKER-USER` when the chain
+/// exists and lacks them.
+fn pass_docker_user(ip: &dyn Ip) -> Result<(), WiringError> {
+    if ip
+        .run(&argv(&["iptables", "-w", "-n", "-L", "DOCKER-USER"]))
+        .is_err()
+    {
+        return Ok(());
+    }
+    for rule in docker_user_rules() {
+        let mut check = argv(&["iptables", "-w", "-C", "DOCKER-USER"]);
+        check.extend(rule.iter().cloned());
+        if ip.run(&check).is_ok() {
+            continue;
+        }
+        let mut insert = argv(&["iptables", "-w", "-I", "DOCKER-USER", "1"]);
+        insert.extend(rule);
+        ip.run(&insert)?;
+    }
+    Ok(())
 }
 
 /// Gives each encrypted network of `now` its TAP device in the node's
@@ -721,6 +763,17 @@ fn load_rules(
     if !wired.is_empty() && !loaded.forwarding {
         match ip.forward_ipv4() {
             Ok(()) => loaded.forwarding = true,
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    let due = loaded
+        .docker_user
+        .is_none_or(|at| at.elapsed() >= DOCKER_USER_EVERY);
+    if !wired.is_empty() && due {
+        match pass_docker_user(ip) {
+            Ok(()) => loaded.docker_user = Some(std::time::Instant::now()),
             Err(e) => {
                 first.get_or_insert(e);
             }

@@ -532,11 +532,28 @@ networks:
 /// resolve db nor reach db's address beside it; web reaches db across
 /// nodes (dnsrr: db's own address); web's published port answers through the
 /// mesh on the node that runs no web task; after a web task is killed no
-/// request fails once a second has passed.
+/// request fails once a second has passed. The nodes' FORWARD chains drop
+/// by default, as a Docker Engine leaves them: the agent lets its
+/// bridges through DOCKER-USER (before, every call between nodes failed).
 #[test]
 fn a_stack_of_process_tasks_runs_as_an_application_across_three_nodes() -> Result<()> {
     let mut net = flotilla_testkit::net::Net::new()?;
     let hosts = [net.add_host()?, net.add_host()?, net.add_host()?];
+    // Each node as a Docker Engine leaves a machine: FORWARD drops what
+    // the engine does not pass, and DOCKER-USER comes first.
+    for h in &hosts {
+        for rule in [
+            &["-N", "DOCKER-USER"][..],
+            &["-A", "FORWARD", "-j", "DOCKER-USER"],
+            &["-P", "FORWARD", "DROP"],
+        ] {
+            let out = std::process::Command::new("ip")
+                .args(["netns", "exec", &h.ns, "iptables", "-w"])
+                .args(rule)
+                .output()?;
+            assert!(out.status.success(), "iptables {rule:?}: {}", text(&out));
+        }
+    }
     net.reach_from_here()?;
     let nodes = flotilla_testkit::cluster_on(bin(), &hosts, 4280, &["n1", "n2", "n3"])?;
     let m = &nodes[0];
