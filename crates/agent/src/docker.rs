@@ -752,6 +752,10 @@ fn endpoint(n: &EngineNetwork) -> EndpointSettings {
             ipv4_address: Some(n.addr.to_string()),
             ..Default::default()
         }),
+        // The MAC the overlay's forwarding entries and the encrypted
+        // tunnel expect (older engines make this one from the address
+        // themselves).
+        mac_address: Some(crate::wiring::task_mac(n.addr)),
         ..Default::default()
     }
 }

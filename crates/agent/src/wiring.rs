@@ -58,6 +58,10 @@ pub struct NetworkWiring {
     pub key: Option<String>,
     /// The other nodes with a task on the network.
     pub peers: BTreeSet<IpAddr>,
+    /// Each task of the network on another node, by address, with its
+    /// node: a forwarding entry for its MAC, so that a frame to it goes to
+    /// its node alone rather than to every peer.
+    pub remote: BTreeMap<std::net::Ipv4Addr, IpAddr>,
 }
 
 /// The bridge of network `vni` (at most 15 bytes, as Linux wants).
@@ -82,12 +86,6 @@ pub fn wanted(table: &NetworkTable, node_id: &str) -> BTreeMap<u32, NetworkWirin
         if !here {
             continue;
         }
-        let peers = network
-            .endpoints
-            .iter()
-            .filter(|e| e.node_id.as_deref() != Some(node_id))
-            .filter_map(|e| e.node_addr)
-            .collect();
         out.insert(
             network.vni,
             NetworkWiring {
@@ -96,11 +94,35 @@ pub fn wanted(table: &NetworkTable, node_id: &str) -> BTreeMap<u32, NetworkWirin
                 internal: network.internal,
                 encrypted: network.encrypted,
                 key: network.key.clone(),
-                peers,
+                peers: peers_of(network, node_id),
+                remote: remote_of(network, node_id),
             },
         );
     }
     out
+}
+
+/// The other nodes with a task of `network`.
+fn peers_of(network: &flotilla_types::network::NetworkEntry, node_id: &str) -> BTreeSet<IpAddr> {
+    network
+        .endpoints
+        .iter()
+        .filter(|e| e.node_id.as_deref() != Some(node_id))
+        .filter_map(|e| e.node_addr)
+        .collect()
+}
+
+/// The tasks of `network` on other nodes, with their nodes.
+fn remote_of(
+    network: &flotilla_types::network::NetworkEntry,
+    node_id: &str,
+) -> BTreeMap<std::net::Ipv4Addr, IpAddr> {
+    network
+        .endpoints
+        .iter()
+        .filter(|e| e.node_id.as_deref() != Some(node_id))
+        .filter_map(|e| Some((e.addr, e.node_addr?)))
+        .collect()
 }
 
 /// A change to the node's wiring.
@@ -125,6 +147,19 @@ pub enum Step {
     RemovePeer {
         vni: u32,
         peer: IpAddr,
+        sealed: bool,
+    },
+    /// The forwarding entry of a remote task's MAC (made from its
+    /// address) to its node (none on a sealed network: the tunnel routes).
+    SetRemote {
+        vni: u32,
+        addr: std::net::Ipv4Addr,
+        node: IpAddr,
+        sealed: bool,
+    },
+    RemoveRemote {
+        vni: u32,
+        addr: std::net::Ipv4Addr,
         sealed: bool,
     },
     /// Both devices (a task's veth in the bridge goes with its namespace).
@@ -174,6 +209,22 @@ pub fn steps(
                 sealed,
             });
         }
+        let had = before.map(|h| h.remote.clone()).unwrap_or_default();
+        for addr in had.keys().filter(|a| !w.remote.contains_key(a)) {
+            out.push(Step::RemoveRemote {
+                vni: *vni,
+                addr: *addr,
+                sealed,
+            });
+        }
+        for (addr, node) in w.remote.iter().filter(|(a, n)| had.get(a) != Some(n)) {
+            out.push(Step::SetRemote {
+                vni: *vni,
+                addr: *addr,
+                node: *node,
+                sealed,
+            });
+        }
     }
     out
 }
@@ -201,9 +252,30 @@ impl Step {
                     argv(&["ip", "link", "set", &br, "up"]),
                 ]
             }
-            Step::AddPeer { sealed: true, .. } | Step::RemovePeer { sealed: true, .. } => {
-                Vec::new()
-            }
+            Step::AddPeer { sealed: true, .. }
+            | Step::RemovePeer { sealed: true, .. }
+            | Step::SetRemote { sealed: true, .. }
+            | Step::RemoveRemote { sealed: true, .. } => Vec::new(),
+            Step::SetRemote {
+                vni, addr, node, ..
+            } => vec![argv(&[
+                "bridge",
+                "fdb",
+                "replace",
+                &task_mac(*addr),
+                "dev",
+                &vxlan_name(*vni),
+                "dst",
+                &node.to_string(),
+            ])],
+            Step::RemoveRemote { vni, addr, .. } => vec![argv(&[
+                "bridge",
+                "fdb",
+                "del",
+                &task_mac(*addr),
+                "dev",
+                &vxlan_name(*vni),
+            ])],
             Step::AddNetwork {
                 vni, subnet, local, ..
             } => {
@@ -539,6 +611,7 @@ pub fn converge(
                             encrypted: want.get(vni).is_some_and(|w| w.encrypted),
                             key: want.get(vni).and_then(|w| w.key.clone()),
                             peers: BTreeSet::new(),
+                            remote: BTreeMap::new(),
                         },
                     );
                 }
@@ -557,6 +630,27 @@ pub fn converge(
                 match run_all(&step) {
                     Ok(()) => {
                         w.peers.insert(*peer);
+                    }
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            Step::RemoveRemote { vni, addr, .. } => {
+                let _ = run_all(&step);
+                if let Some(w) = now.get_mut(vni) {
+                    w.remote.remove(addr);
+                }
+            }
+            Step::SetRemote {
+                vni, addr, node, ..
+            } => {
+                let Some(w) = now.get_mut(vni) else {
+                    continue;
+                };
+                match run_all(&step) {
+                    Ok(()) => {
+                        w.remote.insert(*addr, *node);
                     }
                     Err(e) => {
                         first_error.get_or_insert(e);
@@ -821,16 +915,10 @@ pub fn wanted_with(
     for held in tasks.values().flat_map(|t| t.held.iter()) {
         want.entry(held.vni).or_insert_with(|| {
             let entry = table.networks.iter().find(|n| n.vni == held.vni);
-            let peers = entry
-                .map(|n| {
-                    n.endpoints
-                        .iter()
-                        .filter(|e| e.node_id.as_deref() != Some(node_id))
-                        .filter_map(|e| e.node_addr)
-                        .collect()
-                })
-                .unwrap_or_default();
+            let peers = entry.map(|n| peers_of(n, node_id)).unwrap_or_default();
+            let remote = entry.map(|n| remote_of(n, node_id)).unwrap_or_default();
             NetworkWiring {
+                remote,
                 vni: held.vni,
                 subnet: held.subnet,
                 internal: held.internal,
@@ -1194,8 +1282,21 @@ mod tests {
         assert!(wanted(&t, "n9").is_empty(), "no task here, no wiring");
         let local = ip("192.168.0.1");
         let first = steps(&BTreeMap::new(), &want, local);
-        assert_eq!(first.len(), 3);
+        // The network, a flood entry per peer, a forwarding entry per
+        // remote task (its MAC to its node).
+        assert_eq!(first.len(), 5, "{first:?}");
         assert!(matches!(first[0], Step::AddNetwork { vni: 4096, .. }));
+        let lines: Vec<String> = first
+            .iter()
+            .flat_map(|s| s.commands())
+            .map(|c| c.join(" "))
+            .collect();
+        assert!(
+            lines.contains(
+                &"bridge fdb replace 02:42:0a:00:09:05 dev flvx4096 dst 192.168.0.3".to_string()
+            ),
+            "{lines:?}"
+        );
         // Nothing to do once wired; a peer that leaves is removed.
         assert!(steps(&want, &want, local).is_empty());
         let fewer = wanted(
@@ -1207,11 +1308,18 @@ mod tests {
         );
         assert_eq!(
             steps(&want, &fewer, local),
-            vec![Step::RemovePeer {
-                vni: 4096,
-                peer: ip("192.168.0.3"),
-                sealed: false,
-            }]
+            vec![
+                Step::RemovePeer {
+                    vni: 4096,
+                    peer: ip("192.168.0.3"),
+                    sealed: false,
+                },
+                Step::RemoveRemote {
+                    vni: 4096,
+                    addr: std::net::Ipv4Addr::new(10, 0, 9, 5),
+                    sealed: false,
+                }
+            ]
         );
         assert_eq!(
             steps(&want, &BTreeMap::new(), local),

@@ -37,6 +37,7 @@ fn tasks_on_two_nodes_reach_each_other_at_their_task_addresses() {
                 peers: [peer.addr.parse::<IpAddr>().expect("peer")]
                     .into_iter()
                     .collect(),
+                remote: BTreeMap::new(),
             },
         );
         let ip = System {
@@ -112,6 +113,7 @@ fn tasks_on_two_nodes_reach_each_other_over_the_encrypted_tunnel() {
                 encrypted: true,
                 key: Some(key.clone()),
                 peers: [peer_ip].into_iter().collect(),
+                remote: BTreeMap::new(),
             },
         );
         let ip = System {

@@ -166,6 +166,7 @@ pub fn run(config: &Config) -> Result<()> {
                 encrypted: false,
                 key: None,
                 peers: [nodes[1 - i]].into_iter().collect(),
+                remote: BTreeMap::new(),
             },
         );
         apply(&ips[i], &steps(&BTreeMap::new(), &want, nodes[i]))?;
@@ -193,6 +194,7 @@ pub fn run(config: &Config) -> Result<()> {
                 encrypted: true,
                 key: Some(key.clone()),
                 peers: [nodes[1 - i]].into_iter().collect(),
+                remote: BTreeMap::new(),
             },
         );
         apply(&ips[i], &steps(&BTreeMap::new(), &want, nodes[i]))?;

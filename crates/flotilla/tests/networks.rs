@@ -631,6 +631,20 @@ fn a_stack_of_process_tasks_runs_as_an_application_across_three_nodes() -> Resul
         want,
         "tasks.web from the client"
     );
+    // n3 forwards frames to each web task to its node alone: a forwarding
+    // entry per remote task's MAC (made from its address).
+    let front_vni = network(m, "app_front")?["vni"]
+        .as_u64()
+        .ok_or_else(|| anyhow!("front has no VNI"))?;
+    let fdb = flood_peers(&hosts[2].ns, front_vni);
+    for addr in &want {
+        let o: Vec<u8> = addr.split('.').filter_map(|p| p.parse().ok()).collect();
+        let mac = format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+        assert!(
+            fdb.contains(&mac),
+            "no entry for {addr} ({mac}) on n3: {fdb}"
+        );
+    }
     for addr in &want {
         let out = in_task(client, &format!("wget -qO- -T 2 -t 1 http://{addr}:8080/"));
         assert!(
