@@ -248,7 +248,7 @@ impl Step {
                 let gateway = format!("{}/{}", subnet.gateway(), subnet.prefix);
                 vec![
                     argv(&["ip", "link", "add", &br, "type", "bridge"]),
-                    argv(&["ip", "addr", "add", &gateway, "dev", &br]),
+                    argv(&["ip", "addr", "replace", &gateway, "dev", &br]),
                     argv(&["ip", "link", "set", &br, "up"]),
                 ]
             }
@@ -285,7 +285,7 @@ impl Step {
                     (vni.to_string(), VXLAN_PORT.to_string(), local.to_string());
                 vec![
                     argv(&["ip", "link", "add", &br, "type", "bridge"]),
-                    argv(&["ip", "addr", "add", &gateway, "dev", &br]),
+                    argv(&["ip", "addr", "replace", &gateway, "dev", &br]),
                     argv(&[
                         "ip",
                         "link",
@@ -600,7 +600,7 @@ pub fn converge(
                     w.peers.remove(peer);
                 }
             }
-            Step::AddNetwork { vni, subnet, .. } => match run_all(&step) {
+            Step::AddNetwork { vni, subnet, .. } => match add_network(ip, &step) {
                 Ok(()) => {
                     now.insert(
                         *vni,
@@ -660,6 +660,29 @@ pub fn converge(
         }
     }
     (now, first_error)
+}
+
+/// Runs an [`Step::AddNetwork`]. A bridge that exists already is taken
+/// as it is: a daemon killed without cleaning up left it, with the veths
+/// of the tasks it left running (which the next agent adopts), and
+/// removing it would cut them off. Its VXLAN device is made anew (its
+/// flood and forwarding entries follow).
+fn add_network(ip: &dyn Ip, step: &Step) -> Result<(), WiringError> {
+    if let Step::AddNetwork { vni, .. } = step {
+        let _ = ip.run(&argv(&["ip", "link", "del", &vxlan_name(*vni)]));
+    }
+    for command in step.commands() {
+        let bridge = command.len() > 3
+            && command[1] == "link"
+            && command[2] == "add"
+            && command[3].starts_with("flbr");
+        match ip.run(&command) {
+            Err(WiringError::Failed { stderr, .. }) if bridge && stderr.contains("File exists") => {
+            }
+            other => other?,
+        }
+    }
+    Ok(())
 }
 
 /// What the wiring loop is given besides the table: who and where this
@@ -1397,7 +1420,7 @@ mod tests {
             .any(|l| l.starts_with("nft flt-a table ip flotilla")));
         // A task whose network cannot be wired is refused, and unregistered.
         let broken = Fake {
-            fail: "type bridge".into(),
+            fail: "type vxlan".into(),
             ran: Default::default(),
         };
         let done = run_round(
@@ -1537,7 +1560,7 @@ mod tests {
             sealed: false,
         };
         let lines: Vec<String> = add.commands().iter().map(|c| c.join(" ")).collect();
-        assert!(lines.contains(&"ip addr add 10.0.9.1/24 dev flbr4096".to_string()));
+        assert!(lines.contains(&"ip addr replace 10.0.9.1/24 dev flbr4096".to_string()));
         assert!(lines.contains(
             &"ip link add flvx4096 type vxlan id 4096 local 192.168.0.1 dstport 4789 nolearning"
                 .to_string()

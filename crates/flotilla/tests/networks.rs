@@ -555,7 +555,7 @@ fn a_stack_of_process_tasks_runs_as_an_application_across_three_nodes() -> Resul
         }
     }
     net.reach_from_here()?;
-    let nodes = flotilla_testkit::cluster_on(bin(), &hosts, 4280, &["n1", "n2", "n3"])?;
+    let mut nodes = flotilla_testkit::cluster_on(bin(), &hosts, 4280, &["n1", "n2", "n3"])?;
     let m = &nodes[0];
     for (name, role) in [("n1", "web"), ("n2", "web"), ("n3", "client")] {
         m.ok(&[
@@ -722,6 +722,36 @@ fn a_stack_of_process_tasks_runs_as_an_application_across_three_nodes() -> Resul
         assert!(
             out.status.success(),
             "call {i} after the kill: {}",
+            text(&out)
+        );
+    }
+
+    // n3's daemon is killed and comes back: it adopts the client and db
+    // in their namespaces and keeps its bridges, which hold their veths
+    // (before, it removed a bridge it found and cut them off); the
+    // client's virtual addresses follow the table again.
+    nodes[2].kill9()?;
+    nodes[2].restart()?;
+    let m = &nodes[0];
+    wait_until(
+        "the client to reach web after n3's restart",
+        Duration::from_secs(20),
+        || {
+            Ok(in_task(client, "wget -qO- -T 2 -t 1 http://web:8080/")
+                .status
+                .success()
+                .then_some(()))
+        },
+    )?;
+    let other = web[1] as i32;
+    // SAFETY: as above.
+    unsafe { libc::kill(other, libc::SIGKILL) };
+    std::thread::sleep(Duration::from_millis(1500));
+    for i in 0..10 {
+        let out = in_task(client, "wget -qO- -T 2 -t 1 http://web:8080/");
+        assert!(
+            out.status.success(),
+            "call {i} after n3's restart and a kill: {}",
             text(&out)
         );
     }
