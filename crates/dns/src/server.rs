@@ -18,7 +18,8 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::resolve::{answer, negative_soa, Answer};
 use crate::wire::{
-    parse_query, refusal, response, Query, RCODE_NOERROR, RCODE_NXDOMAIN, RCODE_SERVFAIL,
+    parse_query, refusal, response, response_within, udp_limit, Query, RCODE_NOERROR,
+    RCODE_NXDOMAIN, RCODE_SERVFAIL,
 };
 
 /// How long a relayed query waits for one upstream.
@@ -46,8 +47,21 @@ pub fn upstreams_of(resolv_conf: &str, skip: Option<IpAddr>) -> Vec<SocketAddr> 
 }
 
 /// What one packet gets from the table: the bytes to send back (empty for
-/// a packet too short to answer at all), or the query to relay.
+/// a packet too short to answer at all), or the query to relay. Over UDP
+/// an answer is kept within what the client takes ([`udp_limit`]), with
+/// the TC bit when it was cut.
 pub fn local_answer(table: &NetworkTable, from: IpAddr, packet: &[u8]) -> Result<Vec<u8>, Query> {
+    local_answer_within(table, from, packet, None)
+}
+
+/// [`local_answer`] for a transport: `None` for UDP (the client's limit),
+/// `Some(limit)` for TCP (65,535).
+pub fn local_answer_within(
+    table: &NetworkTable,
+    from: IpAddr,
+    packet: &[u8],
+    tcp_limit: Option<usize>,
+) -> Result<Vec<u8>, Query> {
     let query = match parse_query(packet) {
         Ok(q) => q,
         Err(e) => return Ok(refusal(packet, e.rcode()).unwrap_or_default()),
@@ -56,17 +70,19 @@ pub fn local_answer(table: &NetworkTable, from: IpAddr, packet: &[u8]) -> Result
         return Err(query);
     };
     let soa = [negative_soa(&query.name)];
+    let limit = tcp_limit.unwrap_or_else(|| udp_limit(packet, &query));
     match answer(table, from, &query.name, query.qtype) {
         Answer::Records {
             answers,
             additional,
-        } => Ok(response(
+        } => Ok(response_within(
             &query,
             packet,
             RCODE_NOERROR,
             &answers,
             &[],
             &additional,
+            limit,
         )),
         Answer::NoData => Ok(response(&query, packet, RCODE_NOERROR, &[], &soa, &[])),
         Answer::NxDomain => Ok(response(&query, packet, RCODE_NXDOMAIN, &[], &soa, &[])),
@@ -162,6 +178,78 @@ async fn relay(packet: &[u8], upstreams: &[SocketAddr]) -> Option<Vec<u8>> {
     None
 }
 
+/// TCP connections served at once per listener; more wait in the backlog.
+pub const MAX_TCP: usize = 64;
+/// How long a TCP connection may sit without a whole query.
+pub const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// Serves queries over TCP (each message after its two-byte length, as
+/// RFC 1035 has it), for answers too large for UDP, until `shutdown`.
+pub async fn serve_tcp(
+    listener: tokio::net::TcpListener,
+    table: watch::Receiver<NetworkTable>,
+    upstreams: Vec<SocketAddr>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_TCP));
+    let upstreams: Arc<[SocketAddr]> = upstreams.into();
+    tokio::pin!(shutdown);
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, from) = tokio::select! {
+            _ = &mut shutdown => return,
+            got = listener.accept() => match got {
+                Ok(got) => got,
+                Err(_) => continue,
+            },
+        };
+        let (table, upstreams) = (table.clone(), upstreams.clone());
+        tokio::spawn(async move {
+            let _ = tcp_connection(stream, from.ip(), table, upstreams).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn tcp_connection(
+    mut stream: tokio::net::TcpStream,
+    from: IpAddr,
+    table: watch::Receiver<NetworkTable>,
+    upstreams: Arc<[SocketAddr]>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            _ => return Ok(()),
+        }
+        let mut packet = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut packet)).await {
+            Ok(Ok(_)) => {}
+            _ => return Ok(()),
+        }
+        let local = {
+            let table = table.borrow();
+            local_answer_within(&table, from, &packet, Some(usize::from(u16::MAX)))
+        };
+        let reply = match local {
+            Ok(bytes) => bytes,
+            Err(query) => relay(&packet, &upstreams)
+                .await
+                .unwrap_or_else(|| response(&query, &packet, RCODE_SERVFAIL, &[], &[], &[])),
+        };
+        if reply.is_empty() {
+            return Ok(());
+        }
+        let size = u16::try_from(reply.len()).unwrap_or(u16::MAX);
+        stream.write_all(&size.to_be_bytes()).await?;
+        stream.write_all(&reply[..usize::from(size)]).await?;
+    }
+}
+
 /// How soon a gateway whose socket could not be bound is tried again.
 pub const BIND_RETRY: Duration = Duration::from_secs(2);
 
@@ -176,8 +264,8 @@ pub async fn serve_gateways(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     use std::collections::BTreeMap;
-    use tokio::sync::oneshot;
-    let mut serving: BTreeMap<std::net::Ipv4Addr, oneshot::Sender<()>> = BTreeMap::new();
+    // Dropping a gateway's sender stops its UDP and TCP servers.
+    let mut serving: BTreeMap<std::net::Ipv4Addr, watch::Sender<()>> = BTreeMap::new();
     let mut open = true;
     tokio::pin!(shutdown);
     loop {
@@ -188,13 +276,28 @@ pub async fn serve_gateways(
             if serving.contains_key(&gw) {
                 continue;
             }
-            match UdpSocket::bind((gw, 53)).await {
-                Ok(socket) => {
-                    let (stop, stopped) = oneshot::channel::<()>();
+            let bound = match UdpSocket::bind((gw, 53)).await {
+                Ok(udp) => tokio::net::TcpListener::bind((gw, 53))
+                    .await
+                    .map(|tcp| (udp, tcp)),
+                Err(e) => Err(e),
+            };
+            match bound {
+                Ok((socket, listener)) => {
+                    let (stop, stopped) = watch::channel(());
+                    let (table2, upstreams2) = (table.clone(), upstreams.clone());
+                    let mut stopped2 = stopped.clone();
                     let (table, upstreams) = (table.clone(), upstreams.clone());
+                    let mut stopped = stopped;
                     tokio::spawn(async move {
-                        serve(socket, table, upstreams, async {
-                            let _ = stopped.await;
+                        serve(socket, table, upstreams, async move {
+                            while stopped.changed().await.is_ok() {}
+                        })
+                        .await;
+                    });
+                    tokio::spawn(async move {
+                        serve_tcp(listener, table2, upstreams2, async move {
+                            while stopped2.changed().await.is_ok() {}
                         })
                         .await;
                     });
@@ -335,5 +438,87 @@ mod tests {
         );
         let _ = stop.send(());
         running.await.expect("server stops");
+    }
+
+    /// A network with `n` ready tasks of web, from 10.1.0.10 up, and the
+    /// client task at 127.0.0.3.
+    fn many(n: u8) -> NetworkTable {
+        let mut t = table();
+        let net = &mut t.networks[0];
+        net.subnet = "10.1.0.0/16".parse().expect("subnet");
+        net.endpoints.push(Endpoint {
+            task_id: "client".into(),
+            service_id: "client".into(),
+            addr: Ipv4Addr::new(127, 0, 0, 3),
+            node_id: None,
+            node_addr: None,
+            ready: true,
+        });
+        for i in 0..n {
+            net.endpoints.push(Endpoint {
+                task_id: format!("w{i}"),
+                service_id: "web".into(),
+                addr: Ipv4Addr::new(10, 1, 0, 10 + i),
+                node_id: None,
+                node_addr: None,
+                ready: true,
+            });
+        }
+        t
+    }
+
+    /// A service of 101 tasks: `tasks.web` does not fit in 512 bytes, so
+    /// over UDP the answer says it was cut (TC) and holds what fits; with
+    /// EDNS0's 4096 bytes, or over TCP, it is whole.
+    #[tokio::test]
+    async fn a_large_answer_is_cut_with_tc_over_udp_and_whole_over_tcp() {
+        let t = many(100);
+        let from: IpAddr = "127.0.0.3".parse().expect("ip");
+        let packet = query(7, "tasks.web", TYPE_A);
+        let cut = local_answer(&t, from, &packet).expect("local");
+        assert!(cut.len() <= 512, "{}", cut.len());
+        assert_eq!(cut[2] & 0x02, 0x02, "TC set");
+        let (_, some) = addresses(&cut);
+        assert!(!some.is_empty() && some.len() < 101, "{}", some.len());
+        // EDNS0: an OPT record offering 4096 bytes.
+        let mut edns = packet.clone();
+        edns[11] = 1;
+        edns.extend_from_slice(&[0, 0, 41, 0x10, 0x00, 0, 0, 0, 0, 0, 0]);
+        let whole = local_answer(&t, from, &edns).expect("local");
+        assert_eq!(whole[2] & 0x02, 0, "not cut");
+        // Every ready task of web: table()'s w1 and the hundred.
+        assert_eq!(addresses(&whole).1.len(), 101);
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (_tx, rx) = watch::channel(t);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(serve_tcp(listener, rx, vec![], async {
+            let _ = stopped.await;
+        }));
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.3:0".parse().expect("addr"))
+            .expect("bind");
+        let mut stream = socket.connect(addr).await.expect("connect");
+        for id in [1u16, 2] {
+            let q = query(id, "tasks.web", TYPE_A);
+            stream
+                .write_all(&(q.len() as u16).to_be_bytes())
+                .await
+                .expect("len");
+            stream.write_all(&q).await.expect("query");
+            let mut len = [0u8; 2];
+            stream.read_exact(&mut len).await.expect("answer length");
+            let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            stream.read_exact(&mut answer).await.expect("answer");
+            assert_eq!(answer[2] & 0x02, 0, "not cut over TCP");
+            assert_eq!(addresses(&answer).1.len(), 101, "query {id}");
+        }
+        let _ = stop.send(());
+        running.await.expect("server");
     }
 }

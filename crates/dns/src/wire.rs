@@ -227,6 +227,50 @@ pub fn response(
     out
 }
 
+/// The largest answer a UDP client takes: 512 bytes, or the payload size
+/// its EDNS0 record offers (an OPT record right after the question, as
+/// resolvers send it), at most 4096.
+pub fn udp_limit(packet: &[u8], query: &Query) -> usize {
+    let additional = u16_at(packet, 10).unwrap_or(0);
+    let at = query.question_end;
+    // OPT: the root name (0), type 41, then the size in the class field.
+    let opt =
+        additional > 0 && packet.get(at) == Some(&0) && u16_at(packet, at + 1).ok() == Some(41);
+    match (opt, u16_at(packet, at + 3)) {
+        (true, Ok(size)) => usize::from(size).clamp(512, 4096),
+        _ => 512,
+    }
+}
+
+/// [`response`] within `limit` bytes: when it does not fit, the
+/// additional records go, then answers from the end, and the TC bit says
+/// so (the client asks again over TCP).
+pub fn response_within(
+    query: &Query,
+    packet: &[u8],
+    rcode: u8,
+    answers: &[Record],
+    authority: &[Record],
+    additional: &[Record],
+    limit: usize,
+) -> Vec<u8> {
+    let full = response(query, packet, rcode, answers, authority, additional);
+    if full.len() <= limit {
+        return full;
+    }
+    let mut kept = answers.len();
+    loop {
+        let mut out = response(query, packet, rcode, &answers[..kept], authority, &[]);
+        if out.len() <= limit || kept == 0 {
+            if let Some(flags) = out.get_mut(2) {
+                *flags |= 0x02;
+            }
+            return out;
+        }
+        kept -= 1;
+    }
+}
+
 /// An answer to a packet that is not a query the resolver reads: its ID
 /// and the error's code, no question.
 pub fn refusal(packet: &[u8], rcode: u8) -> Option<Vec<u8>> {
