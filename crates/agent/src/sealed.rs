@@ -384,12 +384,22 @@ impl Tunnel {
         use std::sync::atomic::Ordering::Relaxed;
         let mut frame = vec![0u8; 65_536];
         let mut out = Vec::with_capacity(65_536 + OVERHEAD);
+        // Non-blocking: under load each frame costs one read, and poll
+        // only runs when the device is empty.
+        // SAFETY: fcntl on a descriptor this Net owns.
+        unsafe {
+            let fd = net.tap.as_raw_fd();
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
         while !net.stop.load(Relaxed) && !self.stop.load(Relaxed) {
-            if !readable(net.tap.as_raw_fd()) {
-                continue;
-            }
-            let Ok(len) = (&net.tap).read(&mut frame) else {
-                continue;
+            let len = match (&net.tap).read(&mut frame) {
+                Ok(len) => len,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    readable(net.tap.as_raw_fd());
+                    continue;
+                }
+                Err(_) => continue,
             };
             let Ok(route) = net.route.read() else { return };
             let targets: Vec<IpAddr> = match destinations(&frame[..len], &route.nodes, &route.peers)
