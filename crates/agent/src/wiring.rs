@@ -397,6 +397,22 @@ pub fn attach_task(task_ns: &str, index: usize, host_if: &str, a: &Attachment) -
         argv(&["ip", "-n", task_ns, "addr", "add", &cidr, "dev", &eth]),
         argv(&["ip", "-n", task_ns, "link", "set", &eth, "up"]),
     ]);
+    if a.mtu == crate::sealed::SEALED_MTU {
+        // An encrypted network: the task's TCP builds bursts the tunnel
+        // carries whole (more segments would be cut into frames first).
+        let segs = crate::sealed::GSO_MAX_SEGS.to_string();
+        out.push(argv(&["ip", "link", "set", host_if, "gso_max_segs", &segs]));
+        out.push(argv(&[
+            "ip",
+            "-n",
+            task_ns,
+            "link",
+            "set",
+            &eth,
+            "gso_max_segs",
+            &segs,
+        ]));
+    }
     if !a.no_route {
         let gw = a.subnet.gateway().to_string();
         out.push(argv(&[
@@ -835,8 +851,18 @@ fn sync_tunnel(
                 .and_then(|key| tunnel.add(vni, key).map_err(|e| e.to_string()))
                 .and_then(|()| {
                     let (tap, br, mtu) = (tap_name(vni), bridge_name(vni), SEALED_MTU.to_string());
+                    let segs = crate::sealed::GSO_MAX_SEGS.to_string();
                     [
-                        argv(&["ip", "link", "set", &tap, "mtu", &mtu]),
+                        argv(&[
+                            "ip",
+                            "link",
+                            "set",
+                            &tap,
+                            "mtu",
+                            &mtu,
+                            "gso_max_segs",
+                            &segs,
+                        ]),
                         argv(&["ip", "link", "set", &tap, "master", &br]),
                         argv(&["ip", "link", "set", &tap, "up"]),
                     ]
@@ -1597,5 +1623,17 @@ mod tests {
             .iter()
             .all(|l| !l.contains("route") && l != "ip netns add fltask"));
         assert!(lines.contains(&"ip -n fltask link set flt2p name eth1".to_string()));
+        // On an encrypted network: its MTU, and bursts the tunnel carries
+        // whole.
+        let sealed = Attachment {
+            mtu: crate::sealed::SEALED_MTU,
+            ..a
+        };
+        let lines: Vec<String> = attach_task("fltask", 2, "flt3", &sealed)
+            .iter()
+            .map(|c| c.join(" "))
+            .collect();
+        assert!(lines[0].contains("mtu 1426"), "{lines:?}");
+        assert!(lines.contains(&"ip -n fltask link set eth2 gso_max_segs 40".to_string()));
     }
 }
