@@ -54,9 +54,9 @@ pub const DEFAULT_LOG_CAP_BYTES: u64 = 10 * 1024 * 1024;
 
 /// Period of the housekeeping tick: log janitor and report re-sends.
 const TICK: Duration = Duration::from_secs(1);
-/// How long a task with published ports keeps running after the cluster
-/// decided to stop it, before its SIGTERM: time for every node's mesh to
-/// take it out of rotation (a session long poll answers a change within
+/// How long a task with published ports, or on networks, keeps running
+/// after the cluster decided to stop it, before its SIGTERM: time for
+/// every node's mesh and virtual addresses to take it out of rotation (a session long poll answers a change within
 /// milliseconds; this covers a session that is reconnecting).
 pub const MESH_DRAIN: Duration = Duration::from_millis(1000);
 
@@ -1094,7 +1094,10 @@ async fn supervise(
             // out, and every node's mesh stops sending it new connections
             // once its session brings the table; SIGTERM only after that,
             // so that no connection reaches a task that is going away.
-            let drained = if running.ports.is_empty() {
+            // The same for a task on networks: the virtual addresses of
+            // its service stop sending to it once the nodes have the
+            // network table without it.
+            let drained = if running.ports.is_empty() && handle.netns.is_none() {
                 None
             } else {
                 debug!(%task_id, drain_ms = MESH_DRAIN.as_millis() as u64, "leaving the mesh before the stop");

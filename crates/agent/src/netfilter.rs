@@ -20,11 +20,13 @@
 //!   internal network has no way out.
 //! - **The way out** of a network that is not internal: masqueraded
 //!   behind the node's address.
-//! - **ARP.** Every node's bridge of a network holds the same gateway
-//!   address, and the networks's bridges are one Ethernet segment through
-//!   VXLAN; the node's own ARP (answers for the gateway, and its
-//!   questions) is kept off the VXLAN device, so that a task always finds
-//!   its own node's gateway.
+//! - **The node's own frames stay home.** Every node's bridge of a
+//!   network holds the same gateway address, and the network's bridges
+//!   are one Ethernet segment through VXLAN (or the tunnel); what the node
+//!   itself sends on a bridge (ARP answers for the gateway and its own
+//!   questions, IPv6 neighbour traffic) is kept off the VXLAN and TAP
+//!   devices, so that a task always finds its own node's gateway. Frames
+//!   between tasks pass (they are forwarded, not the node's).
 //!
 //! A task's table ([`task_rules`], in its namespace): each virtual address
 //! of a service on the task's networks is forwarded (DNAT, every port, as
@@ -151,7 +153,7 @@ pub fn node_rules(networks: &[WiredNetwork], forwards: &[Forward]) -> String {
     }
     filter.push_str("\t}\n");
 
-    let arp = "\tchain output {\n\t\ttype filter hook output priority 0; policy accept;\n\t\toifname \"flvx*\" ether type arp drop\n\t\toifname \"flvt*\" ether type arp drop\n\t}\n";
+    let arp = "\tchain output {\n\t\ttype filter hook output priority 0; policy accept;\n\t\toifname \"flvx*\" drop\n\t\toifname \"flvt*\" drop\n\t}\n";
     let mut out = replace("ip", &format!("{nat}{filter}"));
     out.push_str(&replace("bridge", arp));
     out
@@ -270,7 +272,7 @@ mod tests {
         assert!(rules.contains("ip saddr 10.64.0.0/19 oifname != \"flbr*\" masquerade"));
         assert!(!rules.contains("ip saddr 10.64.32.0/19 oifname"));
         assert!(rules.contains("ip saddr 10.64.32.0/19 drop"));
-        assert!(rules.contains("oifname \"flvx*\" ether type arp drop"));
+        assert!(rules.contains("oifname \"flvx*\" drop"));
         // Nothing wired: the tables go.
         assert_eq!(node_rules(&[], &[]), remove_node_rules());
     }

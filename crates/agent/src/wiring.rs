@@ -246,8 +246,10 @@ impl Step {
             } => {
                 let br = bridge_name(*vni);
                 let gateway = format!("{}/{}", subnet.gateway(), subnet.prefix);
+                let mac = task_mac(subnet.gateway());
                 vec![
-                    argv(&["ip", "link", "add", &br, "type", "bridge"]),
+                    argv(&["ip", "link", "add", &br, "address", &mac, "type", "bridge"]),
+                    argv(&["ip", "link", "set", &br, "address", &mac]),
                     argv(&["ip", "addr", "replace", &gateway, "dev", &br]),
                     argv(&["ip", "link", "set", &br, "up"]),
                 ]
@@ -281,10 +283,17 @@ impl Step {
             } => {
                 let (br, vx) = (bridge_name(*vni), vxlan_name(*vni));
                 let gateway = format!("{}/{}", subnet.gateway(), subnet.prefix);
+                let mac = task_mac(subnet.gateway());
                 let (id, port, local) =
                     (vni.to_string(), VXLAN_PORT.to_string(), local.to_string());
                 vec![
-                    argv(&["ip", "link", "add", &br, "type", "bridge"]),
+                    // A bridge's own address follows its ports unless it
+                    // is set: when a task's veth left, or the VXLAN device
+                    // was made anew, the gateway's MAC changed under the
+                    // tasks' ARP caches (names and the way out failed
+                    // until they expired). Set, and made from the gateway.
+                    argv(&["ip", "link", "add", &br, "address", &mac, "type", "bridge"]),
+                    argv(&["ip", "link", "set", &br, "address", &mac]),
                     argv(&["ip", "addr", "replace", &gateway, "dev", &br]),
                     argv(&[
                         "ip",
@@ -1437,7 +1446,7 @@ mod tests {
         let ran = fake.ran.lock().expect("ran").clone();
         let bridge = ran
             .iter()
-            .position(|l| l == "ip link add flbr4096 type bridge");
+            .position(|l| l == "ip link add flbr4096 address 02:42:0a:00:09:01 type bridge");
         let netns = ran.iter().rposition(|l| l == "ip netns add flt-a");
         assert!(bridge < netns && bridge.is_some(), "{ran:?}");
         assert!(ran.iter().any(|l| l.starts_with("nft - table ip flotilla")));
