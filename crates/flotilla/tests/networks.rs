@@ -696,6 +696,33 @@ fn a_stack_of_process_tasks_runs_as_an_application_across_three_nodes() -> Resul
     assert!(text(&from_web).starts_with(&db_addr), "{}", text(&from_web));
     let reached = in_task(web[0], "wget -qO- -T 2 -t 1 http://db:5432/");
     assert!(reached.status.success(), "web to db: {}", text(&reached));
+    // db is dnsrr: with two tasks, its name and tasks.db are exactly their
+    // two addresses.
+    m.ok(&["service", "scale", "app_db=2"])?;
+    let db_addrs = wait_until("two db tasks running", Duration::from_secs(30), || {
+        let mut a: Vec<String> = m
+            .tasks("app_db")?
+            .iter()
+            .filter(|t| t["state"] == "running")
+            .filter_map(|t| t["networks"][0]["address"].as_str().map(String::from))
+            .collect();
+        a.sort();
+        Ok((a.len() == 2).then_some(a))
+    })?;
+    for name in ["db", "tasks.db"] {
+        let script = format!("getent ahostsv4 {name} | awk '{{print $1}}' | sort -u");
+        wait_until(
+            &format!("web to resolve {name} to both db tasks"),
+            Duration::from_secs(10),
+            || {
+                let got: Vec<String> = text(&in_task(web[0], &script))
+                    .lines()
+                    .map(String::from)
+                    .collect();
+                Ok((got == db_addrs).then_some(()))
+            },
+        )?;
+    }
 
     // The published port answers on n3, which runs no web task.
     let ingress = std::process::Command::new("curl")
