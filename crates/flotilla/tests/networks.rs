@@ -522,6 +522,7 @@ networks:
       config: [{subnet: 10.0.31.0/24}]
   back:
     driver: overlay
+    internal: true
     driver_opts:
       encrypted: ""
     ipam:
@@ -532,7 +533,8 @@ networks:
 /// its own network namespace: `web` (two replicas, on n1 and n2) on front
 /// and back, `client` (on n3) on front, `db` (on n3 too, so that n3
 /// holds both networks) on back, which is encrypted (its frames between
-/// nodes go through the nodes' tunnels). Each task runs in a namespace of its own
+/// nodes go through the nodes' tunnels) and internal (db has no way out;
+/// web has, through front). Each task runs in a namespace of its own
 /// and resolves through the node's resolver: the client reaches web by
 /// name (its virtual address) and by `tasks.web` across nodes, cannot
 /// resolve db nor reach db's address beside it; web reaches db across
@@ -560,7 +562,7 @@ fn a_stack_of_process_tasks_runs_as_an_application_across_three_nodes() -> Resul
             assert!(out.status.success(), "iptables {rule:?}: {}", text(&out));
         }
     }
-    net.reach_from_here()?;
+    let here = net.reach_from_here()?;
     let mut nodes = flotilla_testkit::cluster_on(bin(), &hosts, 4280, &["n1", "n2", "n3"])?;
     let m = &nodes[0];
     for (name, role) in [("n1", "web"), ("n2", "web"), ("n3", "client")] {
@@ -584,7 +586,7 @@ fn a_stack_of_process_tasks_runs_as_an_application_across_three_nodes() -> Resul
         );
         Ok((web.len() == 2 && client.len() == 1 && db.len() == 1).then_some((web, client, db)))
     })?;
-    let (web, client, _db) = (pids.0, pids.1[0], pids.2[0]);
+    let (web, client, db) = (pids.0, pids.1[0], pids.2[0]);
 
     // By name: web's virtual address on front; each call reaches a task
     // of web on n1 or n2 across the overlay, and both answer in time.
@@ -724,6 +726,32 @@ fn a_stack_of_process_tasks_runs_as_an_application_across_three_nodes() -> Resul
         )?;
     }
 
+    // back is internal: db has no way out of it; web, whose front is
+    // not, reaches a server outside the cluster (masqueraded).
+    let outside = std::net::TcpListener::bind((here.as_str(), 0))?;
+    let outside_addr = outside.local_addr()?;
+    std::thread::spawn(move || {
+        for mut conn in outside.incoming().flatten() {
+            use std::io::{Read, Write};
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 7\r\n\r\noutside");
+        }
+    });
+    let out_of = |pid: u64| in_task(pid, &format!("wget -qO- -T 2 -t 1 http://{outside_addr}/"));
+    let from_web = out_of(web[0]);
+    assert!(
+        text(&from_web).contains("outside"),
+        "web's way out: {}",
+        text(&from_web)
+    );
+    let from_db = out_of(db);
+    assert!(
+        !from_db.status.success(),
+        "db left its internal network: {}",
+        text(&from_db)
+    );
+
     // The published port answers on n3, which runs no web task.
     let ingress = std::process::Command::new("curl")
         .args(["-s", "-m", "5", &format!("http://{}:18080/", hosts[2].addr)])
@@ -738,7 +766,7 @@ fn a_stack_of_process_tasks_runs_as_an_application_across_three_nodes() -> Resul
     let killed = web[0] as i32;
     // SAFETY: kill has no memory preconditions; the pid is a task's.
     unsafe { libc::kill(killed, libc::SIGKILL) };
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(1000));
     for i in 0..10 {
         let out = in_task(client, "wget -qO- -T 2 -t 1 http://web:8080/");
         if !out.status.success() {
@@ -788,7 +816,7 @@ fn a_stack_of_process_tasks_runs_as_an_application_across_three_nodes() -> Resul
     let other = web[1] as i32;
     // SAFETY: as above.
     unsafe { libc::kill(other, libc::SIGKILL) };
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(1000));
     for i in 0..10 {
         let out = in_task(client, "wget -qO- -T 2 -t 1 http://web:8080/");
         assert!(
