@@ -227,6 +227,23 @@ pub fn allocate(state: &State) -> Allocation {
     allocate_with(state, &mut random_key)
 }
 
+/// The network table as node `node_id` gets it: an encrypted network's
+/// key only where the node holds one of its tasks (the table changes, and
+/// is sent again, when it gets or loses one).
+pub fn table_for_node(table: &NetworkTable, node_id: &str) -> NetworkTable {
+    let mut out = table.clone();
+    for network in &mut out.networks {
+        let here = network
+            .endpoints
+            .iter()
+            .any(|e| e.node_id.as_deref() == Some(node_id));
+        if !here {
+            network.key = None;
+        }
+    }
+    out
+}
+
 /// A fresh network key: 32 random bytes, hex.
 pub fn random_key() -> String {
     rand::random::<[u8; 32]>()
@@ -452,6 +469,42 @@ mod tests {
             let (result, _) = state.apply(index, command);
             assert!(result.is_ok(), "{command:?}: {result:?}");
         }
+    }
+
+    #[test]
+    fn an_encrypted_networks_key_goes_only_to_the_nodes_of_its_tasks() {
+        let entry = |id: &str, nodes: &[&str]| NetworkEntry {
+            network_id: id.into(),
+            name: id.into(),
+            subnet: subnet("10.0.9.0/24"),
+            vni: 4096,
+            internal: false,
+            encrypted: true,
+            key: Some("ab".repeat(32)),
+            services: vec![],
+            endpoints: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| Endpoint {
+                    task_id: format!("t{i}"),
+                    service_id: "s".into(),
+                    addr: std::net::Ipv4Addr::new(10, 0, 9, 10 + i as u8),
+                    node_id: Some(n.to_string()),
+                    node_addr: None,
+                    ready: true,
+                })
+                .collect(),
+        };
+        let table = NetworkTable {
+            networks: vec![entry("a", &["n1", "n2"]), entry("b", &["n2"])],
+        };
+        let n1 = table_for_node(&table, "n1");
+        assert!(n1.networks[0].key.is_some());
+        assert_eq!(n1.networks[1].key, None, "n1 runs no task of b");
+        let n3 = table_for_node(&table, "n3");
+        assert!(n3.networks.iter().all(|n| n.key.is_none()));
+        // The rest of the table is the same for every node.
+        assert_eq!(n3.networks[1].endpoints, table.networks[1].endpoints);
     }
 
     #[test]

@@ -322,7 +322,8 @@ impl Dispatcher {
                     mesh_version,
                     mesh: mesh_changed.then(|| (*table).clone()),
                     networks_version,
-                    networks: networks_changed.then(|| (*nets).clone()),
+                    networks: networks_changed
+                        .then(|| flotilla_manager::network::table_for_node(&nets, &req.node_id)),
                 });
             }
             let changed = tokio::time::timeout_at(deadline, applied.changed()).await;
