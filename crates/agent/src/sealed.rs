@@ -27,8 +27,11 @@
 //!   container's), so a unicast frame goes to the node of the task with
 //!   that address, from the table, without learning; broadcast, multicast
 //!   and unknown destinations go to every other node of the network.
-//! - Not done: replay protection (a recorded datagram can be sent again
-//!   within the network; it opens), rekeying.
+//! - **Replays** are dropped: per peer and nonce prefix, the newest
+//!   counter and a window of the [`REPLAY_WINDOW`] before it
+//!   ([`Replay`]); a datagram counted already, or older than the window,
+//!   is not written to the network.
+//! - Not done: rekeying.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -171,6 +174,105 @@ pub fn open<'a>(key: &Key, datagram: &'a mut [u8]) -> Result<&'a [u8], SealError
         )
         .map_err(|_| SealError::Forged(vni))?;
     Ok(frame)
+}
+
+/// The nonce of a datagram (zeros if it is too short, which `open`
+/// refuses anyway).
+fn nonce_of(datagram: &[u8]) -> [u8; 12] {
+    let mut nonce = [0u8; 12];
+    if let Some(n) = datagram.get(4..16) {
+        nonce.copy_from_slice(n);
+    }
+    nonce
+}
+
+/// How many counters behind the newest one a datagram may arrive (a
+/// burst overtaken by later ones on the way).
+pub const REPLAY_WINDOW: u64 = 64;
+
+/// What one sender (one process: one nonce prefix) has had accepted: the
+/// newest counter and which of the [`REPLAY_WINDOW`] before it came.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    top: Option<u64>,
+    seen: u64,
+}
+
+impl Window {
+    /// Whether counter `n` is new; records it if so.
+    pub fn accept(&mut self, n: u64) -> bool {
+        let Some(top) = self.top else {
+            self.top = Some(n);
+            self.seen = 1;
+            return true;
+        };
+        if n > top {
+            let shift = n - top;
+            self.seen = if shift >= REPLAY_WINDOW {
+                0
+            } else {
+                self.seen << shift
+            };
+            self.seen |= 1;
+            self.top = Some(n);
+            return true;
+        }
+        let behind = top - n;
+        if behind >= REPLAY_WINDOW {
+            return false;
+        }
+        let bit = 1u64 << behind;
+        if self.seen & bit != 0 {
+            return false;
+        }
+        self.seen |= bit;
+        true
+    }
+}
+
+/// How many senders' windows a node keeps per peer address: a restarted
+/// peer draws a new prefix, and the oldest window goes.
+const PREFIXES_PER_PEER: usize = 4;
+
+/// The receive side's replay check: a window per peer address and nonce
+/// prefix. A datagram recorded on the underlay and sent again does not
+/// open a second time.
+#[derive(Debug, Default)]
+pub struct Replay {
+    windows: HashMap<(IpAddr, [u8; 4]), (Window, u64)>,
+    clock: u64,
+}
+
+impl Replay {
+    /// Whether a genuine datagram from `peer` with `nonce` is new.
+    pub fn fresh(&mut self, peer: IpAddr, nonce: [u8; 12]) -> bool {
+        let mut prefix = [0u8; 4];
+        prefix.copy_from_slice(&nonce[..4]);
+        let mut counter = [0u8; 8];
+        counter.copy_from_slice(&nonce[4..]);
+        let counter = u64::from_be_bytes(counter);
+        self.clock += 1;
+        let clock = self.clock;
+        if !self.windows.contains_key(&(peer, prefix)) {
+            let mine: Vec<(IpAddr, [u8; 4])> = self
+                .windows
+                .keys()
+                .filter(|(p, _)| *p == peer)
+                .copied()
+                .collect();
+            if mine.len() >= PREFIXES_PER_PEER {
+                let oldest = mine
+                    .iter()
+                    .min_by_key(|k| self.windows.get(k).map(|(_, used)| *used));
+                if let Some(oldest) = oldest.copied() {
+                    self.windows.remove(&oldest);
+                }
+            }
+        }
+        let (window, used) = self.windows.entry((peer, prefix)).or_default();
+        *used = clock;
+        window.accept(counter)
+    }
 }
 
 /// The MAC a task at `addr` has on its network.
@@ -325,6 +427,8 @@ pub struct Counters {
     pub bytes: std::sync::atomic::AtomicU64,
     pub sealed: std::sync::atomic::AtomicU64,
     pub opened: std::sync::atomic::AtomicU64,
+    /// Genuine datagrams seen before (or too old to tell), dropped.
+    pub replayed: std::sync::atomic::AtomicU64,
     pub dropped: std::sync::atomic::AtomicU64,
 }
 
@@ -376,8 +480,9 @@ impl Tunnel {
         use std::io::Write as _;
         use std::sync::atomic::Ordering::Relaxed;
         let mut buf = vec![0u8; 65_536];
+        let mut replay = Replay::default();
         while !self.stop.load(Relaxed) {
-            let Ok((len, _from)) = self.socket.recv_from(&mut buf) else {
+            let Ok((len, from)) = self.socket.recv_from(&mut buf) else {
                 continue;
             };
             let datagram = &mut buf[..len];
@@ -390,10 +495,16 @@ impl Tunnel {
                 self.counters.dropped.fetch_add(1, Relaxed);
                 continue;
             };
+            let nonce = nonce_of(datagram);
             match open(&net.key, datagram) {
-                Ok(frame) => {
+                // Counted only once it is genuine, so that forged
+                // datagrams cannot move a window.
+                Ok(frame) if replay.fresh(from.ip(), nonce) => {
                     self.counters.opened.fetch_add(1, Relaxed);
                     let _ = (&net.tap).write(frame);
+                }
+                Ok(_) => {
+                    self.counters.replayed.fetch_add(1, Relaxed);
                 }
                 Err(_) => {
                     self.counters.dropped.fetch_add(1, Relaxed);
@@ -593,5 +704,41 @@ mod tests {
             "seal: {:.2} Gbit/s",
             (n * frame.len()) as f64 * 8.0 / secs / 1e9
         );
+    }
+
+    #[test]
+    fn a_datagram_opens_once_and_late_ones_within_the_window_still_do() {
+        let mut w = Window::default();
+        assert!(w.accept(10));
+        assert!(!w.accept(10), "the same again");
+        assert!(w.accept(12));
+        assert!(w.accept(11), "overtaken, within the window");
+        assert!(!w.accept(11));
+        assert!(w.accept(100));
+        assert!(!w.accept(100 - REPLAY_WINDOW), "older than the window");
+        assert!(w.accept(100 - REPLAY_WINDOW + 1));
+        assert!(
+            w.accept(100 + 2 * REPLAY_WINDOW),
+            "a jump clears the window"
+        );
+        assert!(w.accept(100 + REPLAY_WINDOW + 1));
+
+        let mut r = Replay::default();
+        let peer: IpAddr = "192.168.0.2".parse().expect("ip");
+        let nonce = |prefix: u8, n: u64| {
+            let mut out = [prefix; 12];
+            out[4..].copy_from_slice(&n.to_be_bytes());
+            out
+        };
+        assert!(r.fresh(peer, nonce(1, 0)));
+        assert!(!r.fresh(peer, nonce(1, 0)));
+        // A restarted peer: a new prefix, counting from 0 again.
+        assert!(r.fresh(peer, nonce(2, 0)));
+        // Another peer with the same prefix is another sender.
+        assert!(r.fresh("192.168.0.3".parse().expect("ip"), nonce(1, 0)));
+        for p in 3..=6 {
+            assert!(r.fresh(peer, nonce(p, 0)));
+        }
+        assert!(r.windows.keys().filter(|(p, _)| *p == peer).count() <= PREFIXES_PER_PEER);
     }
 }

@@ -185,6 +185,42 @@ fn tasks_on_two_nodes_reach_each_other_over_the_encrypted_tunnel() {
         sealed(&tunnels[1]) > 0 && opened(&tunnels[0]) > 0,
         "frames went through the tunnel"
     );
+    // A datagram recorded on the underlay and sent again opens once.
+    {
+        use flotilla_agent::sealed::{seal, Nonces, SEALED_PORT, VNET_HDR};
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut frame = vec![0u8; VNET_HDR + 60];
+        frame[VNET_HDR..VNET_HDR + 6].copy_from_slice(&[0xff; 6]);
+        let mut datagram = Vec::new();
+        seal(
+            &Key::from_hex(&key).expect("key"),
+            &Nonces::new([9, 9, 9, 9]),
+            vni,
+            &frame,
+            &mut datagram,
+        );
+        let (opened_before, replayed_before) = (
+            tunnels[1].counters.opened.load(Relaxed),
+            tunnels[1].counters.replayed.load(Relaxed),
+        );
+        let (a_addr, b_addr) = (a.addr.clone(), b.addr.clone());
+        in_netns(&a.ns, move || {
+            let s = std::net::UdpSocket::bind((a_addr.as_str(), 0)).expect("bind");
+            for _ in 0..2 {
+                s.send_to(&datagram, (b_addr.as_str(), SEALED_PORT))
+                    .expect("send");
+            }
+        })
+        .expect("a's namespace");
+        std::thread::sleep(Duration::from_millis(300));
+        // (Other frames of the nodes may open meanwhile; the replay is
+        // the only duplicate.)
+        assert!(tunnels[1].counters.opened.load(Relaxed) > opened_before);
+        assert_eq!(
+            tunnels[1].counters.replayed.load(Relaxed),
+            replayed_before + 1
+        );
+    }
     // b changes its key: nothing from a opens any more.
     tunnels[1].remove(vni);
     let before = tunnels[1]

@@ -1080,7 +1080,7 @@ fn a_stack_of_containers_runs_as_an_application_across_three_nodes() -> Result<(
     let (victim, node) = &web[0];
     let killed = engine_of(node).docker(&["kill", victim])?;
     assert!(killed.status.success(), "docker kill: {}", text(&killed));
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(1000));
     for i in 0..10 {
         let answer = text(&exec(client, &get("web 8080"))?);
         assert!(
