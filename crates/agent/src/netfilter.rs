@@ -71,6 +71,21 @@ fn proto(p: Protocol) -> &'static str {
     }
 }
 
+/// One DNAT rule per forward into `out`, each for packets that match
+/// `matching` and are to one of the node's own addresses.
+fn dnat_rules(out: &mut String, matching: &str, forwards: &[Forward]) {
+    for f in forwards {
+        let _ = writeln!(
+            out,
+            "\t\t{matching} fib daddr type local {p} dport {n} dnat to {a}:{t}",
+            p = proto(f.protocol),
+            n = f.node_port,
+            a = f.addr,
+            t = f.target
+        );
+    }
+}
+
 /// The script that replaces table `family flotilla` with `body`.
 fn replace(family: &str, body: &str) -> String {
     format!("table {family} {TABLE} {{}}\ndelete table {family} {TABLE}\ntable {family} {TABLE} {{\n{body}}}\n")
@@ -87,31 +102,13 @@ pub fn node_rules(networks: &[WiredNetwork], forwards: &[Forward]) -> String {
         nat,
         "\tchain prerouting {{\n\t\ttype nat hook prerouting priority -100; policy accept;"
     );
-    for f in forwards {
-        let _ = writeln!(
-            nat,
-            "\t\tiifname != \"flbr*\" fib daddr type local {p} dport {n} dnat to {a}:{t}",
-            p = proto(f.protocol),
-            n = f.node_port,
-            a = f.addr,
-            t = f.target
-        );
-    }
+    dnat_rules(&mut nat, "iifname != \"flbr*\"", forwards);
     nat.push_str("\t}\n");
     let _ = writeln!(
         nat,
         "\tchain output {{\n\t\ttype nat hook output priority -100; policy accept;"
     );
-    for f in forwards {
-        let _ = writeln!(
-            nat,
-            "\t\tip daddr != 127.0.0.0/8 fib daddr type local {p} dport {n} dnat to {a}:{t}",
-            p = proto(f.protocol),
-            n = f.node_port,
-            a = f.addr,
-            t = f.target
-        );
-    }
+    dnat_rules(&mut nat, "ip daddr != 127.0.0.0/8", forwards);
     nat.push_str("\t}\n");
     let _ = writeln!(
         nat,

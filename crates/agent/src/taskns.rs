@@ -196,6 +196,22 @@ pub fn engine_networks(
         .collect()
 }
 
+/// The IDs of `task`'s networks, in its order.
+fn network_ids(task: &Task) -> Vec<String> {
+    task.networks.iter().map(|n| n.network.clone()).collect()
+}
+
+/// Writes the resolver configuration of a task whose first network has
+/// `gateway` into `dir`; returns its path.
+fn write_resolv_conf(dir: &Path, gateway: Ipv4Addr) -> Result<PathBuf, NetnsError> {
+    let path = dir.join("resolv.conf");
+    std::fs::write(&path, resolv_conf(gateway)).map_err(|source| NetnsError::Write {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
 /// The agent's handle on the node's wiring loop.
 pub struct Networking {
     table: watch::Receiver<NetworkTable>,
@@ -228,9 +244,9 @@ impl Networking {
         dir: &Path,
         ports: &[TaskPort],
     ) -> Result<TaskNetns, NetnsError> {
+        let networks = network_ids(task);
         let (plan, held) = {
             let table = self.table.borrow();
-            let networks: Vec<String> = task.networks.iter().map(|n| n.network.clone()).collect();
             (
                 attachments(&table, &task.networks)?,
                 held(&table, &networks),
@@ -239,32 +255,19 @@ impl Networking {
         let Some(first) = plan.first().cloned() else {
             return Err(NetnsError::Attach("the task is on no network".into()));
         };
-        let resolv = dir.join("resolv.conf");
-        std::fs::write(&resolv, resolv_conf(first.subnet.gateway())).map_err(|source| {
-            NetnsError::Write {
-                path: resolv.clone(),
-                source,
-            }
-        })?;
+        let resolv = write_resolv_conf(dir, first.subnet.gateway())?;
         let name = netns_name(&task.id);
         let mut commands = Vec::new();
         for (i, a) in plan.iter().enumerate() {
             commands.extend(attach_task(&name, i, &host_if(&task.id, i), a));
         }
-        let networks: Vec<String> = task.networks.iter().map(|n| n.network.clone()).collect();
-        let (reply, replied) = oneshot::channel();
-        let request = Request::Attach {
-            task_id: task.id.clone(),
-            task: LocalTask {
-                netns: Some(name.clone()),
-                networks: networks.clone(),
-                forwards: forwards(ports, first.addr),
-                held,
-            },
-            commands,
-            reply,
+        let local = LocalTask {
+            netns: Some(name.clone()),
+            networks: networks.clone(),
+            forwards: forwards(ports, first.addr),
+            held,
         };
-        self.ask(&task.id, &name, request, replied).await?;
+        self.ask(&task.id, &name, local, commands).await?;
         Ok(TaskNetns {
             path: netns_path(&name),
             name,
@@ -274,14 +277,22 @@ impl Networking {
         })
     }
 
-    /// Sends an attach request and waits for its answer.
+    /// Has the wiring loop register `task` (and run `commands` once its
+    /// networks are wired), and waits for its answer.
     async fn ask(
         &self,
         task_id: &str,
         name: &str,
-        request: Request,
-        replied: oneshot::Receiver<Result<(), String>>,
+        task: LocalTask,
+        commands: Vec<Vec<String>>,
     ) -> Result<(), NetnsError> {
+        let (reply, replied) = oneshot::channel();
+        let request = Request::Attach {
+            task_id: task_id.to_string(),
+            task,
+            commands,
+            reply,
+        };
         if self.requests.send(request).is_err() {
             return Err(NetnsError::Attach(
                 "the node's wiring loop has stopped".into(),
@@ -311,9 +322,9 @@ impl Networking {
         task: &Task,
         dir: &Path,
     ) -> Result<(Vec<EngineNetwork>, PathBuf), NetnsError> {
+        let networks = network_ids(task);
         let (engine, held) = {
             let table = self.table.borrow();
-            let networks: Vec<String> = task.networks.iter().map(|n| n.network.clone()).collect();
             (
                 engine_networks(&table, &task.networks)?,
                 held(&table, &networks),
@@ -322,26 +333,14 @@ impl Networking {
         let Some(first) = engine.first() else {
             return Err(NetnsError::Attach("the task is on no network".into()));
         };
-        let resolv = dir.join("resolv.conf");
-        std::fs::write(&resolv, resolv_conf(first.subnet.gateway())).map_err(|source| {
-            NetnsError::Write {
-                path: resolv.clone(),
-                source,
-            }
-        })?;
-        let (reply, replied) = oneshot::channel();
-        let request = Request::Attach {
-            task_id: task.id.clone(),
-            task: LocalTask {
-                netns: None,
-                networks: task.networks.iter().map(|n| n.network.clone()).collect(),
-                forwards: Vec::new(),
-                held,
-            },
-            commands: Vec::new(),
-            reply,
+        let resolv = write_resolv_conf(dir, first.subnet.gateway())?;
+        let local = LocalTask {
+            netns: None,
+            networks,
+            forwards: Vec::new(),
+            held,
         };
-        self.ask(&task.id, &netns_name(&task.id), request, replied)
+        self.ask(&task.id, &netns_name(&task.id), local, Vec::new())
             .await?;
         Ok((engine, resolv))
     }
@@ -351,32 +350,27 @@ impl Networking {
     /// addresses there; returns what its record keeps.
     pub async fn enter(&self, task: &Task, pid: u32) -> Result<NetnsHandle, NetnsError> {
         let name = netns_name(&task.id);
-        let networks: Vec<String> = task.networks.iter().map(|n| n.network.clone()).collect();
+        let networks = network_ids(task);
         let held = held(&self.table.borrow(), &networks);
         let addr = task
             .networks
             .first()
             .map(|n| n.addr)
             .ok_or_else(|| NetnsError::Attach("the task is on no network".into()))?;
-        let (reply, replied) = oneshot::channel();
-        let request = Request::Attach {
-            task_id: task.id.clone(),
-            task: LocalTask {
-                netns: Some(name.clone()),
-                networks: networks.clone(),
-                forwards: Vec::new(),
-                held,
-            },
-            commands: vec![vec![
-                "ip".into(),
-                "netns".into(),
-                "attach".into(),
-                name.clone(),
-                pid.to_string(),
-            ]],
-            reply,
+        let local = LocalTask {
+            netns: Some(name.clone()),
+            networks: networks.clone(),
+            forwards: Vec::new(),
+            held,
         };
-        self.ask(&task.id, &name, request, replied).await?;
+        let attach = vec![vec![
+            "ip".into(),
+            "netns".into(),
+            "attach".into(),
+            name.clone(),
+            pid.to_string(),
+        ]];
+        self.ask(&task.id, &name, local, attach).await?;
         Ok(NetnsHandle {
             name,
             addr,

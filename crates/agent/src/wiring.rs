@@ -796,6 +796,29 @@ fn pass_docker_user(ip: &dyn Ip) -> Result<(), WiringError> {
     Ok(())
 }
 
+/// The command lines that put the tunnel's TAP device of encrypted
+/// network `vni` (made by [`crate::sealed::Tunnel::add`]) in the
+/// network's bridge: the sealed MTU, bursts the tunnel carries whole.
+pub fn tap_commands(vni: u32) -> Vec<Vec<String>> {
+    let (tap, br) = (crate::sealed::tap_name(vni), bridge_name(vni));
+    let mtu = crate::sealed::SEALED_MTU.to_string();
+    let segs = crate::sealed::GSO_MAX_SEGS.to_string();
+    vec![
+        argv(&[
+            "ip",
+            "link",
+            "set",
+            &tap,
+            "mtu",
+            &mtu,
+            "gso_max_segs",
+            &segs,
+        ]),
+        argv(&["ip", "link", "set", &tap, "master", &br]),
+        argv(&["ip", "link", "set", &tap, "up"]),
+    ]
+}
+
 /// Gives each encrypted network of `now` its TAP device in the node's
 /// tunnel, and the tunnel the network's peers and where each remote task
 /// is; a network whose device cannot be made is removed from `now` (and
@@ -808,7 +831,7 @@ fn sync_tunnel(
     table: &NetworkTable,
     local: IpAddr,
 ) -> Option<WiringError> {
-    use crate::sealed::{mac_of, tap_name, Key, Tunnel, SEALED_MTU};
+    use crate::sealed::{mac_of, Key, Tunnel};
     let sealed: Vec<u32> = now
         .values()
         .filter(|w| w.encrypted)
@@ -859,25 +882,10 @@ fn sync_tunnel(
                 .and_then(|k| Key::from_hex(k).map_err(|e| e.to_string()))
                 .and_then(|key| tunnel.add(vni, key).map_err(|e| e.to_string()))
                 .and_then(|()| {
-                    let (tap, br, mtu) = (tap_name(vni), bridge_name(vni), SEALED_MTU.to_string());
-                    let segs = crate::sealed::GSO_MAX_SEGS.to_string();
-                    [
-                        argv(&[
-                            "ip",
-                            "link",
-                            "set",
-                            &tap,
-                            "mtu",
-                            &mtu,
-                            "gso_max_segs",
-                            &segs,
-                        ]),
-                        argv(&["ip", "link", "set", &tap, "master", &br]),
-                        argv(&["ip", "link", "set", &tap, "up"]),
-                    ]
-                    .iter()
-                    .try_for_each(|c| ip.run(c))
-                    .map_err(|e| e.to_string())
+                    tap_commands(vni)
+                        .iter()
+                        .try_for_each(|c| ip.run(c))
+                        .map_err(|e| e.to_string())
                 });
             if let Err(e) = made {
                 tunnel.remove(vni);
@@ -1034,7 +1042,10 @@ fn run_round(ip: &dyn Ip, local: IpAddr, loaded: &mut Loaded, round: Round) -> D
                     .as_ref()
                     .map_or("no error recorded".to_string(), |e| e.to_string())
             )),
-            None => attach_commands(ip, &commands),
+            None => {
+                let netns = tasks.get(&task_id).and_then(|t| t.netns.as_deref());
+                attach_commands(ip, netns, &commands)
+            }
         };
         if result.is_err() {
             tasks.remove(&task_id);
@@ -1052,20 +1063,21 @@ fn run_round(ip: &dyn Ip, local: IpAddr, loaded: &mut Loaded, round: Round) -> D
     }
 }
 
-/// Runs a task's attach commands; a failure removes the namespace again.
-fn attach_commands(ip: &dyn Ip, commands: &[Vec<String>]) -> Result<(), String> {
-    let netns = commands
-        .first()
-        .and_then(|c| (c.get(1).map(String::as_str) == Some("netns")).then(|| c.get(3)))
-        .flatten()
-        .cloned();
+/// Runs the attach commands of a task whose namespace is `netns`; a
+/// failure removes the namespace again.
+fn attach_commands(
+    ip: &dyn Ip,
+    netns: Option<&str>,
+    commands: &[Vec<String>],
+) -> Result<(), String> {
+    let netns = netns.filter(|_| !commands.is_empty());
     // A namespace of the same name is what a crash left: made anew.
-    if let Some(ns) = &netns {
+    if let Some(ns) = netns {
         let _ = ip.run(&detach_task(ns));
     }
     for command in commands {
         if let Err(e) = ip.run(command) {
-            if let Some(ns) = &netns {
+            if let Some(ns) = netns {
                 let _ = ip.run(&detach_task(ns));
             }
             return Err(e.to_string());

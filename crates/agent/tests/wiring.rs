@@ -13,6 +13,26 @@ use flotilla_agent::wiring::{apply, attach_task, steps, Attachment, Ip, NetworkW
 use flotilla_testkit::net::{in_netns, Namespaces, Net};
 use flotilla_types::Subnet;
 
+/// What a node wires for one network whose only other node is `peer`:
+/// encrypted when it has a key.
+fn one_network(
+    vni: u32,
+    subnet: Subnet,
+    peer: IpAddr,
+    key: Option<String>,
+) -> BTreeMap<u32, NetworkWiring> {
+    let wiring = NetworkWiring {
+        vni,
+        subnet,
+        internal: false,
+        encrypted: key.is_some(),
+        key,
+        peers: [peer].into_iter().collect(),
+        remote: BTreeMap::new(),
+    };
+    [(vni, wiring)].into_iter().collect()
+}
+
 #[test]
 fn tasks_on_two_nodes_reach_each_other_at_their_task_addresses() {
     let mut net = Net::new().expect("net");
@@ -25,21 +45,7 @@ fn tasks_on_two_nodes_reach_each_other_at_their_task_addresses() {
     let addrs = [Ipv4Addr::new(10, 0, 50, 3), Ipv4Addr::new(10, 0, 50, 4)];
     for (i, (node, peer)) in [(&a, &b), (&b, &a)].into_iter().enumerate() {
         let local: IpAddr = node.addr.parse().expect("node addr");
-        let mut want = BTreeMap::new();
-        want.insert(
-            vni,
-            NetworkWiring {
-                vni,
-                subnet,
-                internal: false,
-                encrypted: false,
-                key: None,
-                peers: [peer.addr.parse::<IpAddr>().expect("peer")]
-                    .into_iter()
-                    .collect(),
-                remote: BTreeMap::new(),
-            },
-        );
+        let want = one_network(vni, subnet, peer.addr.parse().expect("peer"), None);
         let ip = System {
             netns: Some(node.ns.clone()),
         };
@@ -89,7 +95,8 @@ fn tasks_on_two_nodes_reach_each_other_at_their_task_addresses() {
 /// with the wrong key opens none of them.
 #[test]
 fn tasks_on_two_nodes_reach_each_other_over_the_encrypted_tunnel() {
-    use flotilla_agent::sealed::{mac_of, tap_name, Key, Tunnel, SEALED_MTU};
+    use flotilla_agent::sealed::{mac_of, Key, Tunnel, SEALED_MTU};
+    use flotilla_agent::wiring::tap_commands;
     let mut net = Net::new().expect("net");
     let a = net.add_host().expect("node a");
     let b = net.add_host().expect("node b");
@@ -103,19 +110,7 @@ fn tasks_on_two_nodes_reach_each_other_over_the_encrypted_tunnel() {
     for (i, (node, peer)) in [(&a, &b), (&b, &a)].into_iter().enumerate() {
         let local: IpAddr = node.addr.parse().expect("node addr");
         let peer_ip: IpAddr = peer.addr.parse().expect("peer");
-        let mut want = BTreeMap::new();
-        want.insert(
-            vni,
-            NetworkWiring {
-                vni,
-                subnet,
-                internal: false,
-                encrypted: true,
-                key: Some(key.clone()),
-                peers: [peer_ip].into_iter().collect(),
-                remote: BTreeMap::new(),
-            },
-        );
+        let want = one_network(vni, subnet, peer_ip, Some(key.clone()));
         let ip = System {
             netns: Some(node.ns.clone()),
         };
@@ -129,13 +124,7 @@ fn tasks_on_two_nodes_reach_each_other_over_the_encrypted_tunnel() {
         })
         .expect("enter the node")
         .expect("the tunnel");
-        let (tap, br, mtu) = (tap_name(vni), format!("flbr{vni}"), SEALED_MTU.to_string());
-        for c in [
-            vec!["ip", "link", "set", &tap, "mtu", &mtu, "gso_max_segs", "40"],
-            vec!["ip", "link", "set", &tap, "master", &br],
-            vec!["ip", "link", "set", &tap, "up"],
-        ] {
-            let c: Vec<String> = c.iter().map(|w| w.to_string()).collect();
+        for c in tap_commands(vni) {
             ip.run(&c).expect("the TAP device in the bridge");
         }
         let nodes = [(mac_of(addrs[1 - i]), peer_ip)].into_iter().collect();
@@ -234,15 +223,10 @@ fn tasks_on_two_nodes_reach_each_other_over_the_encrypted_tunnel() {
     })
     .expect("enter b")
     .expect("b's new key");
-    let tap = tap_name(vni);
     let bip = System {
         netns: Some(b.ns.clone()),
     };
-    for c in [
-        vec!["ip", "link", "set", &tap, "master", &format!("flbr{vni}")],
-        vec!["ip", "link", "set", &tap, "up"],
-    ] {
-        let c: Vec<String> = c.iter().map(|w| w.to_string()).collect();
+    for c in tap_commands(vni) {
         bip.run(&c).expect("b's new TAP device");
     }
     let refused = in_netns(&tasks.0[0], move || {

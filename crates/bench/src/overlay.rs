@@ -183,7 +183,7 @@ pub fn run(config: &Config) -> Result<()> {
     }
     let mut tunnels = Vec::new();
     for i in 0..2 {
-        use flotilla_agent::sealed::{mac_of, tap_name, Key, Tunnel, SEALED_MTU};
+        use flotilla_agent::sealed::{mac_of, Key, Tunnel, SEALED_MTU};
         let mut want = BTreeMap::new();
         want.insert(
             sealed_vni,
@@ -205,21 +205,7 @@ pub fn run(config: &Config) -> Result<()> {
             t.add(sealed_vni, Key::from_hex(&k).map_err(|e| anyhow!("{e}"))?)?;
             Ok(t)
         })??;
-        let (tap, br, mtu) = (
-            tap_name(sealed_vni),
-            format!("flbr{sealed_vni}"),
-            SEALED_MTU.to_string(),
-        );
-        for c in [
-            &["ip", "link", "set", &tap, "mtu", &mtu, "gso_max_segs", "40"][..],
-            &["ip", "link", "set", &tap, "master", &br],
-            &["ip", "link", "set", &tap, "up"],
-        ] {
-            let c: Vec<String> = c
-                .iter()
-                .filter(|w| !w.is_empty())
-                .map(|w| w.to_string())
-                .collect();
+        for c in flotilla_agent::wiring::tap_commands(sealed_vni) {
             ips[i].run(&c)?;
         }
         tunnel.route(

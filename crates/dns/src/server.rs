@@ -253,12 +253,13 @@ async fn tcp_connection(
 /// How soon a gateway whose socket could not be bound is tried again.
 pub const BIND_RETRY: Duration = Duration::from_secs(2);
 
-/// Serves the resolver on port 53 of every address in `gateways` (the
-/// gateways of the networks this node has wired, which its tasks'
-/// `resolv.conf` names), each with its own socket, as the set changes,
-/// until `shutdown` resolves.
-pub async fn serve_gateways(
-    mut gateways: watch::Receiver<Vec<std::net::Ipv4Addr>>,
+/// Serves the resolver on port 53 of every address `gateways_of` finds in
+/// `gateways` (the gateways of the networks this node has wired, which
+/// its tasks' `resolv.conf` names), each with its own sockets, as the set
+/// changes, until `shutdown` resolves.
+pub async fn serve_gateways<T>(
+    mut gateways: watch::Receiver<T>,
+    gateways_of: impl Fn(&T) -> Vec<std::net::Ipv4Addr>,
     table: watch::Receiver<NetworkTable>,
     upstreams: Vec<SocketAddr>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -269,7 +270,7 @@ pub async fn serve_gateways(
     let mut open = true;
     tokio::pin!(shutdown);
     loop {
-        let want = gateways.borrow_and_update().clone();
+        let want = gateways_of(&gateways.borrow_and_update());
         serving.retain(|gw, _| want.contains(gw));
         let mut missing = false;
         for gw in want {

@@ -442,6 +442,25 @@ fn text(out: &std::process::Output) -> String {
     )
 }
 
+/// The addresses of the running tasks of `service` in the subnet whose
+/// addresses start with `prefix`, sorted.
+fn running_addresses(d: &Daemon, service: &str, prefix: &str) -> Result<Vec<String>> {
+    let mut out: Vec<String> = d
+        .tasks(service)?
+        .iter()
+        .filter(|t| t["state"] == "running")
+        .filter_map(|t| {
+            t["networks"]
+                .as_array()?
+                .iter()
+                .find_map(|n| n["address"].as_str().filter(|a| a.starts_with(prefix)))
+                .map(String::from)
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
 /// The pids of the running tasks of `service`.
 fn running_pids(d: &Daemon, service: &str) -> Result<Vec<u64>> {
     Ok(d.tasks(service)?
@@ -618,19 +637,7 @@ fn a_stack_of_process_tasks_runs_as_an_application_across_three_nodes() -> Resul
         client,
         "getent ahostsv4 tasks.web | awk '{print $1}' | sort -u",
     );
-    let mut want: Vec<String> = m
-        .tasks("app_web")?
-        .iter()
-        .filter(|t| t["state"] == "running")
-        .filter_map(|t| {
-            t["networks"]
-                .as_array()?
-                .iter()
-                .find_map(|n| n["address"].as_str().filter(|a| a.starts_with("10.0.31.")))
-                .map(String::from)
-        })
-        .collect();
-    want.sort();
+    let want = running_addresses(m, "app_web", "10.0.31.")?;
     assert_eq!(
         text(&tasks_web)
             .lines()
@@ -702,13 +709,7 @@ fn a_stack_of_process_tasks_runs_as_an_application_across_three_nodes() -> Resul
     // two addresses.
     m.ok(&["service", "scale", "app_db=2"])?;
     let db_addrs = wait_until("two db tasks running", Duration::from_secs(30), || {
-        let mut a: Vec<String> = m
-            .tasks("app_db")?
-            .iter()
-            .filter(|t| t["state"] == "running")
-            .filter_map(|t| t["networks"][0]["address"].as_str().map(String::from))
-            .collect();
-        a.sort();
+        let a = running_addresses(m, "app_db", "10.0.32.")?;
         Ok((a.len() == 2).then_some(a))
     })?;
     for name in ["db", "tasks.db"] {
@@ -1036,19 +1037,7 @@ fn a_stack_of_containers_runs_as_an_application_across_three_nodes() -> Result<(
     reached?;
     let vip = text(&exec(client, "nslookup web")?);
     assert!(vip.contains("10.0.41."), "{vip}");
-    let mut want: Vec<String> = m
-        .tasks("app_web")?
-        .iter()
-        .filter(|t| t["state"] == "running")
-        .filter_map(|t| {
-            t["networks"]
-                .as_array()?
-                .iter()
-                .find_map(|n| n["address"].as_str().filter(|a| a.starts_with("10.0.41.")))
-                .map(String::from)
-        })
-        .collect();
-    want.sort();
+    let want = running_addresses(m, "app_web", "10.0.41.")?;
     let tasks_web = text(&exec(client, "nslookup tasks.web")?);
     for addr in &want {
         assert!(

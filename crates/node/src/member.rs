@@ -343,28 +343,14 @@ impl NodeCtx {
         // The resolver answers on each wired network's gateway, which the
         // tasks' resolv.conf names; what is not the cluster's goes to the
         // node's own resolvers.
-        let (gateways_tx, gateways_rx) = watch::channel(Vec::new());
-        let mut wired = wired_rx;
-        let stop = token.clone();
-        self.tracker.spawn(async move {
-            loop {
-                let now: Vec<std::net::Ipv4Addr> = wired
-                    .borrow_and_update()
-                    .iter()
-                    .map(|n| n.subnet.gateway())
-                    .collect();
-                gateways_tx.send_replace(now);
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    changed = wired.changed() => if changed.is_err() { break },
-                }
-            }
-        });
         let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let upstreams = flotilla_dns::server::upstreams_of(&resolv, None);
         let stop = token.clone();
         self.tracker.spawn(flotilla_dns::server::serve_gateways(
-            gateways_rx,
+            wired_rx,
+            |wired: &Vec<flotilla_agent::netfilter::WiredNetwork>| {
+                wired.iter().map(|n| n.subnet.gateway()).collect()
+            },
             table.clone(),
             upstreams,
             async move { stop.cancelled().await },
