@@ -215,25 +215,89 @@ impl Member {
     }
 }
 
+/// How long `demote` looks for a leader that takes the removal: a leader
+/// whose lease lapsed for a moment (a manager that just joined and is
+/// catching up acknowledges late) or an election under way is waited out.
+pub const REMOVE_BUDGET: Duration = Duration::from_secs(5);
+
+/// Why one try of a removal failed.
+#[derive(Debug, PartialEq)]
+enum RemoveTry {
+    /// No leader took it (none known, a 503, not the leader, unreachable):
+    /// try again while the budget lasts.
+    NoLeader(String),
+    /// Refused for good.
+    Failed(String),
+}
+
+impl From<RaftError> for RemoveTry {
+    fn from(e: RaftError) -> Self {
+        match e {
+            RaftError::NotLeader { .. } => RemoveTry::NoLeader(e.to_string()),
+            other => RemoveTry::Failed(other.to_string()),
+        }
+    }
+}
+
+impl From<flotilla_transport::TransportError> for RemoveTry {
+    fn from(e: flotilla_transport::TransportError) -> Self {
+        match e {
+            flotilla_transport::TransportError::Status { status: 503, .. } => {
+                RemoveTry::NoLeader(e.to_string())
+            }
+            e if e.is_unreachable() => RemoveTry::NoLeader(e.to_string()),
+            e => RemoveTry::Failed(e.to_string()),
+        }
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for good, or `budget` runs out
+/// while no leader takes it; the last error is the answer.
+async fn until_a_leader_takes<F, Fut>(budget: Duration, mut attempt: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), RemoveTry>>,
+{
+    let deadline = tokio::time::Instant::now() + budget;
+    loop {
+        match attempt().await {
+            Ok(()) => return Ok(()),
+            Err(RemoveTry::Failed(e)) => return Err(e),
+            Err(RemoveTry::NoLeader(e)) => {
+                if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
 impl Member {
     /// Takes the manager with raft ID `raft_id` out of the voters: here if
-    /// this member leads, else through the leader.
+    /// this member leads, else through the leader; while no leader takes
+    /// it, it tries again for up to [`REMOVE_BUDGET`].
     pub async fn remove_from_raft(&self, raft_id: u64) -> Result<(), String> {
         let raft = self.raft.as_ref().ok_or("this node is a worker")?;
-        if raft.is_leader() {
-            return raft.remove_voter(raft_id).await.map_err(|e| e.to_string());
-        }
-        let addr = self.leader_addr().ok_or("no leader is known")?;
-        self.client
-            .post::<_, ()>(
-                Target::Manager,
-                &addr,
-                "/cluster/v1/remove-manager",
-                &raft_id,
-                Duration::from_secs(12),
-            )
-            .await
-            .map_err(|e| e.to_string())
+        until_a_leader_takes(REMOVE_BUDGET, || async {
+            if raft.is_leader() {
+                return raft.remove_voter(raft_id).await.map_err(RemoveTry::from);
+            }
+            let addr = self
+                .leader_addr()
+                .ok_or_else(|| RemoveTry::NoLeader("no leader is known".into()))?;
+            self.client
+                .post::<_, ()>(
+                    Target::Manager,
+                    &addr,
+                    "/cluster/v1/remove-manager",
+                    &raft_id,
+                    Duration::from_secs(20),
+                )
+                .await
+                .map_err(RemoveTry::from)
+        })
+        .await
     }
 }
 
@@ -259,6 +323,58 @@ impl crate::control::Writer for Member {
 mod tests {
     use super::*;
     use flotilla_store::StoreError;
+
+    /// CI, `promote_and_demote_keep_tasks_running`: the leader's lease
+    /// lapsed for a moment just after a manager joined, it answered the
+    /// forwarded removal "not the leader", and `node demote` failed at
+    /// once. A removal no leader took is tried again.
+    #[tokio::test(start_paused = true)]
+    async fn a_removal_no_leader_took_is_tried_again() {
+        let tries = std::cell::Cell::new(0);
+        let done = until_a_leader_takes(REMOVE_BUDGET, || {
+            tries.set(tries.get() + 1);
+            let n = tries.get();
+            async move {
+                match n {
+                    1 => Err(RemoveTry::NoLeader("this manager is not the leader".into())),
+                    2 => Err(RemoveTry::NoLeader("no leader is known".into())),
+                    _ => Ok(()),
+                }
+            }
+        })
+        .await;
+        assert_eq!(done, Ok(()));
+        assert_eq!(tries.get(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removal_stops_at_a_refusal_or_when_the_budget_runs_out() {
+        let refused = until_a_leader_takes(REMOVE_BUDGET, || async {
+            Err(RemoveTry::Failed("the last voter".into()))
+        })
+        .await;
+        assert_eq!(refused, Err("the last voter".into()));
+        let start = tokio::time::Instant::now();
+        let lapsed = until_a_leader_takes(REMOVE_BUDGET, || async {
+            Err(RemoveTry::NoLeader("no leader is known".into()))
+        })
+        .await;
+        assert_eq!(lapsed, Err("no leader is known".into()));
+        let waited = start.elapsed();
+        assert!(waited <= REMOVE_BUDGET && waited >= REMOVE_BUDGET - Duration::from_millis(200));
+    }
+
+    #[test]
+    fn not_the_leader_and_503_are_worth_another_try() {
+        assert!(matches!(
+            RemoveTry::from(RaftError::NotLeader { leader: None }),
+            RemoveTry::NoLeader(_)
+        ));
+        assert!(matches!(
+            RemoveTry::from(RaftError::Other("boom".into())),
+            RemoveTry::Failed(_)
+        ));
+    }
 
     /// Issue 9, defect 10: a forwarded write the follower has not applied
     /// was answered OK, and the caller's next read missed it.

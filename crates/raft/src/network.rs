@@ -3,10 +3,12 @@
 //! [`HttpNetwork`] carries raft messages over the cluster port (mutual TLS,
 //! manager certificates only). [`LocalOnlyNetwork`] reaches nobody: for
 //! tests of a lone member, which never dials (openraft does not dial
-//! itself).
+//! itself). [`MemoryNetwork`] carries messages between members in one
+//! process: for tests of a group without sockets.
 
 use openraft::error::{
-    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, Unreachable,
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError,
+    Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -15,6 +17,7 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, SnapshotMeta, Vote};
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
 use flotilla_store::State;
@@ -78,6 +81,121 @@ impl RaftNetwork<TypeConfig> for LocalOnly {
         Err(RPCError::Network(NetworkError::new(&NoTransport(
             self.target,
         ))))
+    }
+}
+
+/// Members of one process, reached by raft ID: for tests of a group without
+/// sockets. A member that is not registered (or was taken out) is
+/// unreachable, as a stopped manager is.
+#[derive(Clone, Default)]
+pub struct MemoryNetwork {
+    members: Arc<RwLock<BTreeMap<u64, crate::Raft>>>,
+}
+
+impl std::fmt::Debug for MemoryNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<u64> = self
+            .members
+            .read()
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default();
+        f.debug_struct("MemoryNetwork")
+            .field("members", &ids)
+            .finish()
+    }
+}
+
+impl MemoryNetwork {
+    /// Makes member `id` reachable through `raft`.
+    pub fn register(&self, id: u64, raft: crate::Raft) {
+        if let Ok(mut m) = self.members.write() {
+            m.insert(id, raft);
+        }
+    }
+
+    /// Makes member `id` unreachable.
+    pub fn unregister(&self, id: u64) {
+        if let Ok(mut m) = self.members.write() {
+            m.remove(&id);
+        }
+    }
+
+    fn member(&self, id: u64) -> Option<crate::Raft> {
+        self.members.read().ok().and_then(|m| m.get(&id).cloned())
+    }
+}
+
+/// A client of one member of a [`MemoryNetwork`].
+#[derive(Debug)]
+pub struct MemoryMember {
+    target: u64,
+    network: MemoryNetwork,
+}
+
+impl RaftNetworkFactory<TypeConfig> for MemoryNetwork {
+    type Network = MemoryMember;
+
+    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Self::Network {
+        MemoryMember {
+            target,
+            network: self.clone(),
+        }
+    }
+}
+
+impl MemoryMember {
+    /// The target's raft, if registered; else None, and the caller
+    /// answers [`MemoryMember::unreachable`].
+    fn raft(&self) -> Option<crate::Raft> {
+        self.network.member(self.target)
+    }
+
+    fn unreachable<E: std::error::Error>(&self) -> RPCError<u64, BasicNode, E> {
+        RPCError::Unreachable(Unreachable::new(&NoTransport(self.target)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for MemoryMember {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let Some(raft) = self.raft() else {
+            return Err(self.unreachable());
+        };
+        raft.append_entries(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        let Some(raft) = self.raft() else {
+            return Err(self.unreachable());
+        };
+        raft.install_snapshot(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let Some(raft) = self.raft() else {
+            return Err(self.unreachable());
+        };
+        raft.vote(rpc)
+            .await
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
