@@ -24,7 +24,7 @@
 //! its check once the first assignments name it (records do not keep the
 //! template), and keeps the health it had until its probes say otherwise.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -117,6 +117,8 @@ pub struct Assignments {
     /// IDs of every task of this node that the store still holds (including
     /// terminal history); task dirs of other IDs may be deleted.
     pub known_task_ids: BTreeSet<String>,
+    /// The files of the tasks' secrets and configs, by task ID.
+    pub files: BTreeMap<String, Vec<flotilla_types::TaskFile>>,
     /// false until the manager has sent the first real set (so the agent
     /// does not stop adopted tasks on an empty initial value).
     pub ready: bool,
@@ -550,7 +552,8 @@ impl Loop {
                 continue;
             }
             let Some(entry) = self.entries.get_mut(&task.id) else {
-                self.first_sight(task);
+                let files = assignments.files.get(&task.id).cloned().unwrap_or_default();
+                self.first_sight(task, files);
                 continue;
             };
             if task.desired_state == DesiredState::Shutdown {
@@ -586,11 +589,11 @@ impl Loop {
     }
 
     /// A task the agent has no entry for.
-    fn first_sight(&mut self, task: &Task) {
+    fn first_sight(&mut self, task: &Task, files: Vec<flotilla_types::TaskFile>) {
         let grace_ms = task.spec.stop_grace_period_ms;
         let stored = task.status.state;
         if task.desired_state == DesiredState::Running && stored == TaskState::Assigned {
-            self.start(task);
+            self.start(task, files);
         } else if stored > TaskState::Assigned {
             // Our state dir was lost: whatever ran is not ours to guess at.
             let mut failed = TaskStatus::new(TaskState::Failed, now_ms(), "failed");
@@ -611,14 +614,14 @@ impl Loop {
         }
     }
 
-    fn start(&mut self, task: &Task) {
+    fn start(&mut self, task: &Task, files: Vec<flotilla_types::TaskFile>) {
         info!(task_id = %task.id, service = %task.service_name, slot = task.slot, "starting task");
         let status = TaskStatus::new(TaskState::Accepted, now_ms(), "accepted");
         self.supervise(
             task.id.clone(),
             task.spec.stop_grace_period_ms,
             status,
-            Launch::Fresh(Box::new(task.clone())),
+            Launch::Fresh(Box::new((task.clone(), files))),
             None,
         );
     }
@@ -633,7 +636,7 @@ impl Loop {
     ) {
         let (control, control_rx) = watch::channel(None);
         let driver = match &launch {
-            Launch::Fresh(task) => self.shared.drivers.get(task.spec.driver.as_str()),
+            Launch::Fresh(fresh) => self.shared.drivers.get(fresh.0.spec.driver.as_str()),
             Launch::Adopted { driver, .. } => Some(driver.clone()),
         };
         let (health_template, template_rx) = match &launch {
@@ -857,7 +860,8 @@ impl Loop {
 
 /// How a supervisor gets its workload.
 enum Launch {
-    Fresh(Box<Task>),
+    /// A task to start, with its files.
+    Fresh(Box<(Task, Vec<flotilla_types::TaskFile>)>),
     Adopted {
         driver: Arc<dyn Driver>,
         handle: Handle,
@@ -995,16 +999,23 @@ async fn supervise(
     mut template: Option<oneshot::Receiver<Option<HealthCheck>>>,
 ) {
     let (driver, handle, mut exit, adopted, mut running, mut checking) = match launch {
-        Launch::Fresh(task) => match start_task(&shared, &task).await {
+        Launch::Fresh(fresh) => match start_task(&shared, &fresh.0, &fresh.1).await {
             Ok(r) => {
                 let checking = r.check.map(|c| Checking::new(c, Instant::now(), None));
                 (r.driver, r.handle, r.exit, false, r.status, checking)
             }
             Err(e) => {
                 warn!(%task_id, error = %e, "task rejected");
+                remove_files(&shared.state_dir, &task_id);
                 let mut status = TaskStatus::new(TaskState::Rejected, now_ms(), "rejected");
                 status.error = Some(e.to_string());
-                shared.persist(&task_id, task.spec.driver.as_str(), None, grace_ms, &status);
+                shared.persist(
+                    &task_id,
+                    fresh.0.spec.driver.as_str(),
+                    None,
+                    grace_ms,
+                    &status,
+                );
                 shared.send(&task_id, status, None, true);
                 return;
             }
@@ -1130,6 +1141,7 @@ async fn supervise(
     }
     shared.detach(&task_id, Some(&handle)).await;
     shared.ports.release(&task_id);
+    remove_files(&shared.state_dir, &task_id);
     shared.send(&task_id, status, None, true);
 }
 
@@ -1150,8 +1162,45 @@ async fn stop(
     }
 }
 
+/// Writes a task's secrets and configs (to memory) before it starts.
+fn write_files(
+    shared: &Shared,
+    task: &Task,
+    files: &[flotilla_types::TaskFile],
+) -> Result<crate::files::TaskFiles, DriverError> {
+    let wanted = task.spec.secrets.len() + task.spec.configs.len();
+    if wanted == 0 {
+        return Ok(Default::default());
+    }
+    if files.len() != wanted {
+        return Err(DriverError::Other(format!(
+            "{} of the task's {wanted} secrets and configs reached this node",
+            files.len()
+        )));
+    }
+    let root =
+        crate::files::root_for(&shared.state_dir).map_err(|e| DriverError::Other(e.to_string()))?;
+    // SAFETY: geteuid has no preconditions.
+    let chown = unsafe { libc::geteuid() } == 0;
+    crate::files::write(&root, &task.id, files, chown)
+        .map_err(|e| DriverError::Other(e.to_string()))
+}
+
+/// Removes a task's secrets and configs once it ended.
+fn remove_files(state_dir: &std::path::Path, task_id: &str) {
+    if let Ok(root) = crate::files::root_for(state_dir) {
+        if let Err(e) = crate::files::remove(&root, task_id) {
+            warn!(%task_id, error = %e, "cannot remove a task's secrets and configs");
+        }
+    }
+}
+
 /// Starts a fresh task and records it as running before it is reported.
-async fn start_task(shared: &Shared, task: &Task) -> Result<Running, DriverError> {
+async fn start_task(
+    shared: &Shared,
+    task: &Task,
+    files: &[flotilla_types::TaskFile],
+) -> Result<Running, DriverError> {
     let driver = shared
         .drivers
         .get(task.spec.driver.as_str())
@@ -1162,6 +1211,7 @@ async fn start_task(shared: &Shared, task: &Task) -> Result<Running, DriverError
         source,
     })?;
     let process = driver.name() == "process";
+    let task_files = write_files(shared, task, files)?;
     let ports = if process {
         shared.ports.take(&task.id, &task.spec.ports)?
     } else {
@@ -1199,6 +1249,9 @@ async fn start_task(shared: &Shared, task: &Task) -> Result<Running, DriverError
         None => (Vec::new(), None),
     };
     let mut env = task_env(task, &shared.node_id);
+    if process {
+        env.extend(task_files.env());
+    }
     if netns.is_some() {
         // In its own namespace a task listens on its target ports, as a
         // container does; the node ports are forwarded there.
@@ -1222,6 +1275,7 @@ async fn start_task(shared: &Shared, task: &Task) -> Result<Running, DriverError
         netns: netns.clone(),
         engine_networks,
         resolv_conf,
+        files: task_files,
     };
     let started = match driver.start(spec).await {
         Ok(started) => started,

@@ -707,6 +707,15 @@ fn container_body(spec: &StartSpec, image: &str) -> ContainerCreateBody {
                         ..Default::default()
                     });
                 }
+                // Secrets and configs: each file from the node's memory,
+                // read-only at its path.
+                mounts.extend(spec.files.mounts.iter().map(|f| bollard::models::Mount {
+                    typ: Some(bollard::models::MountType::BIND),
+                    source: Some(f.source.to_string_lossy().into_owned()),
+                    target: Some(f.target.clone()),
+                    read_only: Some(true),
+                    ..Default::default()
+                }));
                 (!mounts.is_empty()).then_some(mounts)
             },
             // Each target port on a node port the engine picks; the mesh
@@ -1101,6 +1110,7 @@ mod tests {
             netns: None,
             engine_networks: Vec::new(),
             resolv_conf: None,
+            files: Default::default(),
             task_id: task_id.to_string(),
             template: flotilla_types::TaskTemplate::default(),
             env: env

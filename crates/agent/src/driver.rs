@@ -112,6 +112,9 @@ pub struct StartSpec {
     /// Bound over the container's `/etc/resolv.conf` (a container task on
     /// networks: the node's resolver).
     pub resolv_conf: Option<PathBuf>,
+    /// The task's secrets and configs, written to memory: a process is
+    /// told their directories, a container gets each bound at its path.
+    pub files: crate::files::TaskFiles,
 }
 
 /// A Flotilla network as the container engine of this node holds it: a

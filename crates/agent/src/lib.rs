@@ -44,6 +44,7 @@
 pub mod agent;
 pub mod docker;
 pub mod driver;
+pub mod files;
 pub mod health;
 pub mod logs;
 pub mod netfilter;

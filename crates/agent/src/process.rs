@@ -199,7 +199,7 @@ async fn command_probe(handle: &Handle, argv: &[String], timeout: Duration) -> P
         enter_namespaces(
             &mut cmd,
             vec![(net, libc::CLONE_NEWNET), (mnt, libc::CLONE_NEWNS)],
-            None,
+            Vec::new(),
         );
     }
     cmd.arg0(program)
@@ -350,11 +350,19 @@ fn start_process(spec: &StartSpec) -> Result<Started, DriverError> {
             path: netns.path.clone(),
             source,
         })?;
-        enter_namespaces(
-            &mut cmd,
-            vec![(file, libc::CLONE_NEWNET)],
-            Some(netns.resolv_conf.clone()),
-        );
+        let mut binds = vec![(netns.resolv_conf.clone(), PathBuf::from("/etc/resolv.conf"))];
+        // In its own mount namespace a task finds its secrets where a
+        // container does, at /run/secrets (an empty directory on the node,
+        // made once, that only the task's namespace mounts over).
+        if let Some(dir) = &spec.files.secrets_dir {
+            let at = PathBuf::from("/run/secrets");
+            std::fs::create_dir_all(&at).map_err(|source| DriverError::Prepare {
+                path: at.clone(),
+                source,
+            })?;
+            binds.push((dir.clone(), at));
+        }
+        enter_namespaces(&mut cmd, vec![(file, libc::CLONE_NEWNET)], binds);
     }
 
     let mut child = cmd.spawn().map_err(|source| DriverError::Spawn {
@@ -416,18 +424,26 @@ fn start_process(spec: &StartSpec) -> Result<Started, DriverError> {
 }
 
 /// Makes the child enter each namespace of `namespaces` (open
-/// descriptors, kept until the child has them) and, with `resolv_conf`, a
-/// mount namespace of its own in which that file is bound over
-/// `/etc/resolv.conf` (mounts made there do not reach the node).
+/// descriptors, kept until the child has them) and, with `binds`, a mount
+/// namespace of its own in which each source is bound over its target
+/// (`/etc/resolv.conf`, `/run/secrets`; mounts made there do not reach the
+/// node).
 fn enter_namespaces(
     cmd: &mut tokio::process::Command,
     namespaces: Vec<(std::fs::File, libc::c_int)>,
-    resolv_conf: Option<PathBuf>,
+    binds: Vec<(PathBuf, PathBuf)>,
 ) {
     use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
-    let bind = resolv_conf.and_then(|p| std::ffi::CString::new(p.as_os_str().as_bytes()).ok());
-    let target = c"/etc/resolv.conf";
+    let binds: Vec<(std::ffi::CString, std::ffi::CString)> = binds
+        .iter()
+        .filter_map(|(from, to)| {
+            Some((
+                std::ffi::CString::new(from.as_os_str().as_bytes()).ok()?,
+                std::ffi::CString::new(to.as_os_str().as_bytes()).ok()?,
+            ))
+        })
+        .collect();
     let root = c"/";
     // SAFETY: the closure runs in the forked child before exec and only
     // makes system calls (setns, unshare, mount) on descriptors and
@@ -439,24 +455,27 @@ fn enter_namespaces(
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            if let Some(bind) = &bind {
-                if libc::unshare(libc::CLONE_NEWNS) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let none = std::ptr::null();
+            if binds.is_empty() {
+                return Ok(());
+            }
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let none = std::ptr::null();
+            if libc::mount(
+                none,
+                root.as_ptr(),
+                none,
+                libc::MS_REC | libc::MS_SLAVE,
+                std::ptr::null(),
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            for (from, to) in &binds {
                 if libc::mount(
-                    none,
-                    root.as_ptr(),
-                    none,
-                    libc::MS_REC | libc::MS_SLAVE,
-                    std::ptr::null(),
-                ) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::mount(
-                    bind.as_ptr(),
-                    target.as_ptr(),
+                    from.as_ptr(),
+                    to.as_ptr(),
                     none,
                     libc::MS_BIND,
                     std::ptr::null(),

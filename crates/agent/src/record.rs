@@ -165,6 +165,9 @@ pub fn remove_task_dir(state_dir: &Path, task_id: &str) -> io::Result<()> {
             "invalid task id",
         ));
     }
+    if let Ok(root) = crate::files::root_for(state_dir) {
+        crate::files::remove(&root, task_id)?;
+    }
     match fs::remove_dir_all(task_dir(state_dir, task_id)) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,

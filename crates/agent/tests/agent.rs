@@ -517,3 +517,97 @@ async fn starts_500_tasks_quickly() {
     assert!(took < Duration::from_secs(3), "{took:?}");
     assert!(fx.processes().is_empty());
 }
+
+/// Issue 12: a process task gets its secrets and configs as files in
+/// memory, named by `FLOTILLA_SECRETS_DIR` / `FLOTILLA_CONFIGS_DIR`;
+/// they are gone once the task ends. A task whose files did not all reach
+/// the node is rejected, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_gets_its_secrets_in_memory_and_they_go_when_it_ends() {
+    use flotilla_types::{SecretData, SecretKind, SecretRef, TaskFile};
+    let fx = Fixture::new();
+    let mut h = Harness::spawn(&fx, NO_CAP);
+    let mut t = task("s1", SLEEP);
+    t.spec.secrets = vec![SecretRef::to(SecretKind::Secret, "pw")];
+    t.spec.configs = vec![SecretRef::to(SecretKind::Config, "app")];
+    let files = vec![
+        TaskFile {
+            kind: SecretKind::Secret,
+            path: "/run/secrets/pw".into(),
+            rel: "pw".into(),
+            uid: 0,
+            gid: 0,
+            mode: 0o400,
+            data: SecretData(b"hunter2".to_vec()),
+        },
+        TaskFile {
+            kind: SecretKind::Config,
+            path: "/app".into(),
+            rel: "app".into(),
+            uid: 0,
+            gid: 0,
+            mode: 0o444,
+            data: SecretData(b"x=1".to_vec()),
+        },
+    ];
+    let mut lacking = task("s2", SLEEP);
+    lacking.spec.secrets = vec![SecretRef::to(SecretKind::Secret, "pw")];
+    let known = ["s1", "s2"].iter().map(|s| s.to_string()).collect();
+    h.assign_with_files(
+        vec![t.clone(), lacking],
+        known,
+        [("s1".to_string(), files)].into_iter().collect(),
+    );
+    let rejected = h.wait_state("s2", TaskState::Rejected).await;
+    let why = rejected.status.error.unwrap_or_default();
+    assert!(
+        why.contains("0 of the task's 1 secrets and configs"),
+        "{why}"
+    );
+    let pid = h
+        .wait_state("s1", TaskState::Running)
+        .await
+        .status
+        .pid
+        .expect("pid");
+    wait_until("the task's environment to show", || {
+        environ(pid).contains_key("FLOTILLA_SECRETS_DIR")
+    })
+    .await;
+    let env = environ(pid);
+    let secrets = std::path::PathBuf::from(&env["FLOTILLA_SECRETS_DIR"]);
+    let configs = std::path::PathBuf::from(&env["FLOTILLA_CONFIGS_DIR"]);
+    assert_eq!(
+        std::fs::read(secrets.join("pw")).expect("secret"),
+        b"hunter2"
+    );
+    assert_eq!(std::fs::read(configs.join("app")).expect("config"), b"x=1");
+    assert!(
+        flotilla_agent::files::on_tmpfs(&secrets),
+        "{} is not in memory",
+        secrets.display()
+    );
+    // Nothing under the state dir holds the secret.
+    let mut stack = vec![h.state_dir.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                assert!(
+                    !bytes.windows(7).any(|w| w == b"hunter2"),
+                    "{} holds the secret",
+                    path.display()
+                );
+            }
+        }
+    }
+    h.assign_known(
+        vec![with_state(t, DesiredState::Shutdown, TaskState::Running)],
+        ["s1".to_string()].into_iter().collect(),
+    );
+    h.wait_state("s1", TaskState::Shutdown).await;
+    wait_until("the task's files to go", || !secrets.exists()).await;
+    assert!(!configs.exists());
+}

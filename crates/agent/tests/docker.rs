@@ -86,6 +86,7 @@ impl Test {
             netns: None,
             engine_networks: Vec::new(),
             resolv_conf: None,
+            files: Default::default(),
             task_id,
             template: TaskTemplate {
                 driver: flotilla_types::Driver::Docker,

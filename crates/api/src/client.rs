@@ -397,6 +397,45 @@ impl Client {
         self.call::<(), _>(Method::DELETE, &path, None).await
     }
 
+    /// `GET /v1/secrets` or `GET /v1/configs`.
+    pub async fn secrets(
+        &self,
+        kind: flotilla_types::SecretKind,
+    ) -> Result<Vec<crate::model::SecretView>, ClientError> {
+        self.call::<(), _>(Method::GET, secrets_path(kind), None)
+            .await
+    }
+
+    /// `GET /v1/secrets/{name}` or `GET /v1/configs/{name}`.
+    pub async fn secret(
+        &self,
+        kind: flotilla_types::SecretKind,
+        name: &str,
+    ) -> Result<crate::model::SecretView, ClientError> {
+        let path = format!("{}/{}", secrets_path(kind), encode_segment(name));
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// `POST /v1/secrets` or `POST /v1/configs`.
+    pub async fn create_secret(
+        &self,
+        kind: flotilla_types::SecretKind,
+        create: &crate::model::SecretCreate,
+    ) -> Result<crate::model::SecretView, ClientError> {
+        self.call(Method::POST, secrets_path(kind), Some(create))
+            .await
+    }
+
+    /// `DELETE /v1/secrets/{name}` or `DELETE /v1/configs/{name}`.
+    pub async fn remove_secret(
+        &self,
+        kind: flotilla_types::SecretKind,
+        name: &str,
+    ) -> Result<Removed, ClientError> {
+        let path = format!("{}/{}", secrets_path(kind), encode_segment(name));
+        self.call::<(), _>(Method::DELETE, &path, None).await
+    }
+
     /// `GET /v1/resolve`: what `from` (a task ID or `SERVICE.SLOT`; none:
     /// every network) gets for `name`, of type `A` or `SRV`.
     pub async fn resolve(
@@ -555,5 +594,13 @@ fn api_error(status: StatusCode, bytes: &[u8]) -> ClientError {
     ClientError::Api {
         status: status.as_u16(),
         message,
+    }
+}
+
+/// Where the secrets or the configs are.
+pub fn secrets_path(kind: flotilla_types::SecretKind) -> &'static str {
+    match kind {
+        flotilla_types::SecretKind::Secret => "/v1/secrets",
+        flotilla_types::SecretKind::Config => "/v1/configs",
     }
 }

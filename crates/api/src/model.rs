@@ -573,3 +573,38 @@ mod tests {
         serde_json::to_string(v).expect("serialize")
     }
 }
+
+/// `POST /v1/secrets` and `POST /v1/configs`: a new secret or config.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretCreate {
+    pub spec: flotilla_types::SecretSpec,
+    /// The data, base64; at most 500 KB.
+    pub data: flotilla_types::SecretData,
+    /// When one of that name exists already: answer it if its current data
+    /// is the same (a stack deployed again), refuse it if not. Without
+    /// this, a taken name is refused.
+    #[serde(default)]
+    pub reuse_identical: bool,
+}
+
+/// A secret or config as `ls` and `inspect` show it: never its data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SecretView {
+    pub id: String,
+    pub kind: flotilla_types::SecretKind,
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[schema(value_type = u64)]
+    pub created_at: UnixMs,
+    /// When the current version was made.
+    #[schema(value_type = u64)]
+    pub updated_at: UnixMs,
+    /// The current version (1 at create).
+    pub version: u64,
+    /// Bytes of the current version.
+    pub size: u64,
+    /// The services that use it, by name.
+    #[serde(default)]
+    pub services: Vec<String>,
+}

@@ -74,6 +74,14 @@ pub enum Operation {
     InspectNetwork,
     RemoveNetwork,
     Resolve,
+    ListSecrets,
+    CreateSecret,
+    InspectSecret,
+    RemoveSecret,
+    ListConfigs,
+    CreateConfig,
+    InspectConfig,
+    RemoveConfig,
 }
 
 /// A schema of the contract with the schemas it refers to, from its type.
@@ -371,6 +379,60 @@ pub const ROUTES: &[Route] = &[
         ok: json(schema_of::<Removed>),
         errors: WRITE,
         ..route(Delete, "/v1/networks/{name}", Op::RemoveNetwork)
+    },
+    Route {
+        summary: "Every secret, by name, with its version, size and the services that use it (never its data)",
+        ok: list(schema_of::<crate::model::SecretView>),
+        errors: READ,
+        may_warn: true,
+        ..route(Get, "/v1/secrets", Op::ListSecrets)
+    },
+    Route {
+        summary: "Create a secret (data base64, at most 500 KB; sealed under the cluster data key)",
+        body: Some(schema_of::<crate::model::SecretCreate>),
+        ok: json(schema_of::<crate::model::SecretView>),
+        errors: WRITE,
+        ..route(Post, "/v1/secrets", Op::CreateSecret)
+    },
+    Route {
+        summary: "One secret by name or ID (never its data)",
+        ok: json(schema_of::<crate::model::SecretView>),
+        errors: &[404, 409],
+        may_warn: true,
+        ..route(Get, "/v1/secrets/{name}", Op::InspectSecret)
+    },
+    Route {
+        summary: "Remove a secret; refused while a service uses it",
+        ok: json(schema_of::<Removed>),
+        errors: WRITE,
+        ..route(Delete, "/v1/secrets/{name}", Op::RemoveSecret)
+    },
+    Route {
+        summary: "Every config, by name, with its version, size and the services that use it (never its data)",
+        ok: list(schema_of::<crate::model::SecretView>),
+        errors: READ,
+        may_warn: true,
+        ..route(Get, "/v1/configs", Op::ListConfigs)
+    },
+    Route {
+        summary: "Create a config (data base64, at most 500 KB; sealed under the cluster data key)",
+        body: Some(schema_of::<crate::model::SecretCreate>),
+        ok: json(schema_of::<crate::model::SecretView>),
+        errors: WRITE,
+        ..route(Post, "/v1/configs", Op::CreateConfig)
+    },
+    Route {
+        summary: "One config by name or ID (never its data)",
+        ok: json(schema_of::<crate::model::SecretView>),
+        errors: &[404, 409],
+        may_warn: true,
+        ..route(Get, "/v1/configs/{name}", Op::InspectConfig)
+    },
+    Route {
+        summary: "Remove a config; refused while a service uses it",
+        ok: json(schema_of::<Removed>),
+        errors: WRITE,
+        ..route(Delete, "/v1/configs/{name}", Op::RemoveConfig)
     },
     Route {
         summary: "What a task's resolver answers for a name (service names, aliases, tasks.NAME), from the task's networks",

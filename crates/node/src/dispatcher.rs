@@ -306,11 +306,20 @@ impl Dispatcher {
                 .known_networks
                 .is_some_and(|known| known != networks_version);
             if version != req.known_version || role_changed || mesh_changed || networks_changed {
-                let assignments =
-                    (version != req.known_version || role_changed).then_some(NodeAssignments {
+                let assignments = (version != req.known_version || role_changed).then(|| {
+                    // The files of its tasks' secrets and configs, opened
+                    // here: they go to this node only, over mutual TLS.
+                    let (files, missing) =
+                        crate::control::secrets::task_files(&self.view.read(), tasks.iter());
+                    for what in missing {
+                        tracing::warn!(node = %req.node_id, %what, "a task's file cannot be opened");
+                    }
+                    NodeAssignments {
                         tasks,
                         known_task_ids: known,
-                    });
+                        files,
+                    }
+                });
                 return Ok(SessionResponse {
                     redirect: None,
                     version,

@@ -54,7 +54,7 @@ pub struct SessionClient {
 }
 
 enum Outcome {
-    Answer(SessionResponse),
+    Answer(Box<SessionResponse>),
     Failed(String),
     /// New reports arrived while the long poll waited.
     Interrupted(Vec<TaskReport>),
@@ -169,7 +169,7 @@ impl SessionClient {
             let outcome = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = call => match r {
-                    Ok(a) => Outcome::Answer(a),
+                    Ok(a) => Outcome::Answer(Box::new(a)),
                     Err(e) => Outcome::Failed(e),
                 },
                 more = reports.recv(), if !sent_reports => match more {
@@ -257,6 +257,7 @@ impl SessionClient {
                         assignments.send_replace(Arc::new(Assignments {
                             tasks: a.tasks,
                             known_task_ids: a.known_task_ids,
+                            files: a.files,
                             ready: true,
                         }));
                     }

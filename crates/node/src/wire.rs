@@ -1,6 +1,6 @@
 //! Bodies of the cluster port's endpoints (node to node).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -158,6 +158,10 @@ pub struct RenewResponse {
 pub struct NodeAssignments {
     pub tasks: Vec<Task>,
     pub known_task_ids: BTreeSet<String>,
+    /// The files (secrets and configs, in the clear) of the tasks that are
+    /// to run, by task ID; none from older managers.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, Vec<flotilla_types::TaskFile>>,
 }
 
 /// `POST /cluster/v1/add-manager`: a manager that joined asks to become a

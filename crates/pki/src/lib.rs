@@ -12,12 +12,14 @@
 //! - [`ca`]: creating and loading the CA, signing node CSRs.
 //! - [`cert`]: node keys and CSRs, reading a peer's identity from its
 //!   certificate.
+//! - [`seal`]: the cluster data key that seals secret and config data.
 //! - [`token`]: join tokens, `FLT-1-<CA fingerprint>-<secret>`.
 //! - [`tls`]: rustls server and client configs, including the pinned
 //!   verifier a joining node uses before it trusts anything.
 
 pub mod ca;
 pub mod cert;
+pub mod seal;
 pub mod tls;
 pub mod token;
 

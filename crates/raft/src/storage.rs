@@ -33,6 +33,7 @@ const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
+const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 /// The kept results of client requests (`State::requests`), one row each.
 const REQUESTS: TableDefinition<&str, &[u8]> = TableDefinition::new("requests");
 pub(crate) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("snapshot");
@@ -137,7 +138,7 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachine), OpenError> {
     // missing table.
     let txn = db.begin_write().map_err(|e| corrupt(e.to_string()))?;
     for def in [
-        RAFT_META, SM_META, NODES, SERVICES, TASKS, NETWORKS, REQUESTS, SNAPSHOT,
+        RAFT_META, SM_META, NODES, SERVICES, TASKS, NETWORKS, SECRETS, REQUESTS, SNAPSHOT,
     ] {
         txn.open_table(def).map_err(|e| corrupt(e.to_string()))?;
     }
@@ -217,6 +218,12 @@ fn load_state(db: &Database) -> Result<Loaded, AnyError> {
         let (k, v) = row.map_err(any)?;
         state
             .networks
+            .insert(k.value().to_string(), decode(v.value())?);
+    }
+    for row in txn.open_table(SECRETS).map_err(any)?.iter().map_err(any)? {
+        let (k, v) = row.map_err(any)?;
+        state
+            .secrets
             .insert(k.value().to_string(), decode(v.value())?);
     }
     for row in txn.open_table(REQUESTS).map_err(any)?.iter().map_err(any)? {
@@ -522,6 +529,11 @@ impl StateMachine {
                         id.clone(),
                         state.networks.get(id).map(encode).transpose()?,
                     ),
+                    Change::Secret(id) => (
+                        SECRETS,
+                        id.clone(),
+                        state.secrets.get(id).map(encode).transpose()?,
+                    ),
                     Change::Request(id) => (
                         REQUESTS,
                         id.clone(),
@@ -678,7 +690,7 @@ impl StateMachine {
         let result = run_blocking(|| -> Result<(), AnyError> {
             let mut txn = self.db.begin_write().map_err(any)?;
             txn.set_durability(Durability::Immediate).map_err(any)?;
-            for def in [NODES, SERVICES, TASKS, NETWORKS, REQUESTS] {
+            for def in [NODES, SERVICES, TASKS, NETWORKS, SECRETS, REQUESTS] {
                 let mut t = txn.open_table(def).map_err(any)?;
                 t.retain(|_, _| false).map_err(any)?;
             }
@@ -704,6 +716,12 @@ impl StateMachine {
                 let mut networks = txn.open_table(NETWORKS).map_err(any)?;
                 for (k, v) in &state.networks {
                     networks
+                        .insert(k.as_str(), encode(v)?.as_slice())
+                        .map_err(any)?;
+                }
+                let mut secrets = txn.open_table(SECRETS).map_err(any)?;
+                for (k, v) in &state.secrets {
+                    secrets
                         .insert(k.as_str(), encode(v)?.as_slice())
                         .map_err(any)?;
                 }
@@ -916,6 +934,7 @@ pub fn seed(path: &Path, state: &State, raft_id: u64, addr: &str) -> Result<(), 
     all.extend(state.services.keys().cloned().map(Change::Service));
     all.extend(state.tasks.keys().cloned().map(Change::Task));
     all.extend(state.networks.keys().cloned().map(Change::Network));
+    all.extend(state.secrets.keys().cloned().map(Change::Secret));
     sm.persist(&all, Durability::Immediate).map_err(fail)
 }
 

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use flotilla_types::{
     Availability, Cluster, DesiredState, EndpointMode, NetworkAddress, NetworkSpec, Node, NodeRole,
-    NodeState, PublishedPort, ServiceSpec, Subnet, Task, TaskStatus, UnixMs, UpdateStatus,
+    NodeState, PublishedPort, Secret, SecretData, ServiceSpec, Subnet, Task, TaskStatus, UnixMs,
+    UpdateStatus,
 };
 
 use crate::error::StoreError;
@@ -190,6 +191,15 @@ pub enum Command {
     AllocateTaskAddresses {
         tasks: Vec<(String, Vec<NetworkAddress>)>,
     },
+    /// The cluster's data key, drawn by a manager before it seals the
+    /// first secret or config; the first one stored is kept. Entry
+    /// format 6.
+    SetDataKey { key: SecretData },
+    /// `secret create`, `config create`: a new one, its data sealed by the
+    /// proposer. Entry format 6.
+    CreateSecret { secret: Secret },
+    /// `secret rm`, `config rm`: refused while a service uses it.
+    RemoveSecret { id: String },
 }
 
 /// How many items (tasks, assignments, reasons, statuses, IDs) one batch
@@ -218,6 +228,16 @@ impl Command {
             | Command::AllocateNetwork { .. }
             | Command::AllocateVips { .. }
             | Command::AllocateTaskAddresses { .. } => crate::entry::NETWORKS_FORMAT,
+            Command::SetDataKey { .. }
+            | Command::CreateSecret { .. }
+            | Command::RemoveSecret { .. } => crate::entry::SECRETS_FORMAT,
+            // Files from secrets and configs mean nothing to an older
+            // manager either.
+            Command::CreateService { spec, .. } | Command::UpdateService { spec, .. }
+                if with_files(spec) =>
+            {
+                crate::entry::SECRETS_FORMAT
+            }
             // A spec on networks means nothing to a manager of an older
             // version, which would drop the fields and diverge.
             Command::CreateService { spec, .. } | Command::UpdateService { spec, .. }
@@ -315,6 +335,11 @@ impl Command {
             other => vec![other],
         }
     }
+}
+
+/// Whether a spec uses what entry format 6 brought: secrets and configs.
+fn with_files(spec: &ServiceSpec) -> bool {
+    !spec.task.secrets.is_empty() || !spec.task.configs.is_empty()
 }
 
 /// Whether a spec uses what entry format 5 brought: networks.

@@ -15,6 +15,9 @@
 //! - **4**: adds [`Command::AllocatePorts`].
 //! - **5**: adds networks ([`Command::CreateNetwork`] and the other
 //!   network commands) and service specs on networks.
+//! - **6**: adds secrets and configs ([`Command::SetDataKey`],
+//!   [`Command::CreateSecret`], [`Command::RemoveSecret`]) and service
+//!   specs that use them.
 //!
 //! A new command, or a change that an older reader would apply
 //! differently, takes a new format number; a field that older readers may
@@ -41,7 +44,7 @@ use crate::command::Command;
 use crate::state::State;
 
 /// The newest entry format this version reads and writes.
-pub const FORMAT: u32 = 5;
+pub const FORMAT: u32 = 6;
 /// The first format with [`Body::Batch`].
 pub const BATCH_FORMAT: u32 = 3;
 /// The first format with [`Command::AllocatePorts`]: the allocator
@@ -50,6 +53,8 @@ pub const PORTS_FORMAT: u32 = 4;
 /// The first format with networks: their commands, and service specs that
 /// join networks or resolve by `dnsrr`.
 pub const NETWORKS_FORMAT: u32 = 5;
+/// The first format with secrets and configs.
+pub const SECRETS_FORMAT: u32 = 6;
 /// The format of a bare [`Command`], before the envelope.
 pub const BARE_FORMAT: u32 = 1;
 
@@ -253,7 +258,7 @@ impl Serialize for Envelope {
 
 /// The `type` of every [`Command`] this version knows (checked against
 /// the enum in a test).
-pub const COMMAND_NAMES: [&str; 27] = [
+pub const COMMAND_NAMES: [&str; 30] = [
     "init_cluster",
     "upsert_node",
     "refresh_node",
@@ -281,6 +286,9 @@ pub const COMMAND_NAMES: [&str; 27] = [
     "allocate_network",
     "allocate_vips",
     "allocate_task_addresses",
+    "set_data_key",
+    "create_secret",
+    "remove_secret",
 ];
 
 // Entries are decoded in one pass, as the bare command was: the first key
@@ -556,7 +564,7 @@ mod tests {
         let json = serde_json::to_string(&e).expect("encode");
         assert_eq!(
             json,
-            r#"{"format":5,"request":"r1","command":{"type":"remove_service","id":"s1","at":3}}"#
+            r#"{"format":6,"request":"r1","command":{"type":"remove_service","id":"s1","at":3}}"#
         );
         assert_eq!(serde_json::from_str::<Envelope>(&json).expect("decode"), e);
         // The bare format has no room for a request.
@@ -566,22 +574,22 @@ mod tests {
     #[test]
     fn an_entry_of_a_future_version_decodes_but_cannot_be_applied() {
         let future =
-            r#"{"format":6,"request":"r9","command":{"type":"create_volume","id":"v1","size":9}}"#;
+            r#"{"format":7,"request":"r9","command":{"type":"create_volume","id":"v1","size":9}}"#;
         let e: Envelope = serde_json::from_str(future).expect("decode");
-        assert_eq!(e.format, 6);
+        assert_eq!(e.format, 7);
         let err = e.command(42).expect_err("unknown");
         assert_eq!(
             err,
             EntryError::Unknown {
                 index: 42,
-                format: 6,
+                format: 7,
                 name: "create_volume".into(),
-                needs: 6
+                needs: 7
             }
         );
         assert!(err
             .to_string()
-            .contains("upgrade this manager to a version that reads format 6"));
+            .contains("upgrade this manager to a version that reads format 7"));
         // Kept as it came: stored and sent on unchanged.
         let again = serde_json::to_value(&e).expect("encode");
         assert_eq!(
@@ -595,7 +603,7 @@ mod tests {
                 .expect("decode");
         assert!(matches!(
             e.command(1),
-            Err(EntryError::Unknown { needs: 6, .. })
+            Err(EntryError::Unknown { needs: 7, .. })
         ));
         let bare: Envelope = serde_json::from_str(r#"{"type":"create_volume"}"#).expect("decode");
         assert!(matches!(
@@ -625,7 +633,7 @@ mod tests {
         );
         assert_eq!(e.len(), 3);
         let json = serde_json::to_string(&e).expect("encode");
-        assert!(json.starts_with(r#"{"format":5,"batch":[{"format":5,"request":"r1","#));
+        assert!(json.starts_with(r#"{"format":6,"batch":[{"format":6,"request":"r1","#));
         let back: Envelope = serde_json::from_str(&json).expect("decode");
         assert_eq!(back, e);
         let items = back.items(9).expect("known");
@@ -668,14 +676,14 @@ mod tests {
             e.items(5),
             Err(EntryError::Unknown { format: 2, .. })
         ));
-        let newer = r#"{"format":6,"batch":[
+        let newer = r#"{"format":7,"batch":[
             {"format":3,"command":{"type":"remove_service","id":"a","at":7}}]}"#;
         let e: Envelope = serde_json::from_str(newer).expect("decode");
         assert!(matches!(
             e.items(5),
             Err(EntryError::Unknown {
-                format: 6,
-                needs: 6,
+                format: 7,
+                needs: 7,
                 ..
             })
         ));

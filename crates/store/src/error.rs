@@ -45,6 +45,22 @@ pub enum StoreError {
     SubnetOverlaps { subnet: String, what: String },
     #[error("network {name} is in use by services {services}")]
     NetworkInUse { name: String, services: String },
+    #[error("{kind} {name} already exists")]
+    SecretExists { kind: String, name: String },
+    #[error("{kind} {name} not found")]
+    SecretNotFound { kind: String, name: String },
+    #[error("{kind} {name} is in use by services {services}")]
+    SecretInUse {
+        kind: String,
+        name: String,
+        services: String,
+    },
+    #[error("{kind} {name}: {reason}")]
+    BadSecret {
+        kind: String,
+        name: String,
+        reason: String,
+    },
     #[error("{what}: the allocated addresses do not fit ({reason})")]
     AddressMismatch { what: String, reason: String },
 }

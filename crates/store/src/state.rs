@@ -10,6 +10,7 @@ mod cluster;
 mod networks;
 mod nodes;
 mod requests;
+mod secrets;
 mod services;
 mod table;
 mod tasks;
@@ -18,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use flotilla_types::{Cluster, Network, Node, Service, Task};
+use flotilla_types::{Cluster, Network, Node, Secret, Service, Task};
 
 use crate::command::{Command, CommandResult};
 use crate::entry::{EntryError, Envelope};
@@ -35,6 +36,7 @@ pub enum Change {
     Service(String),
     Task(String),
     Network(String),
+    Secret(String),
     /// A request's kept result (added, or forgotten out of the window).
     Request(String),
 }
@@ -48,6 +50,9 @@ pub struct State {
     pub tasks: BTreeMap<String, Task>,
     #[serde(default)]
     pub networks: BTreeMap<String, Network>,
+    /// Secrets and configs, by ID; their data sealed.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Secret>,
     /// Raft index of the last applied command (0 when none).
     pub index: u64,
     /// The results of the last client requests, for retried proposals.
@@ -218,6 +223,9 @@ impl State {
             Command::RemoveService { id, .. } => self.remove_service(id, c),
             Command::CreateNetwork { id, spec, at } => self.create_network(id, spec, *at, c),
             Command::RemoveNetwork { id } => self.remove_network(id, c),
+            Command::SetDataKey { key } => self.set_data_key(key, c),
+            Command::CreateSecret { secret } => self.create_secret(secret, c),
+            Command::RemoveSecret { id } => self.remove_secret(id, c),
             Command::AllocateNetwork {
                 id,
                 subnet,

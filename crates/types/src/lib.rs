@@ -34,6 +34,7 @@ pub mod network;
 pub mod node;
 pub mod parse;
 pub mod port;
+pub mod secret;
 pub mod service;
 pub mod task;
 pub mod validate;
@@ -53,6 +54,10 @@ pub use parse::{parse_memory, split_command};
 pub use port::{
     carry_over, parse_publish, PortConfig, Protocol, PublishMode, PublishedPort, TaskPort,
     DYNAMIC_PORTS,
+};
+pub use secret::{
+    SealedData, Secret, SecretData, SecretKind, SecretRef, SecretSpec, SecretVersion, TaskFile,
+    MAX_SECRET_BYTES,
 };
 pub use service::{
     Driver, FailureAction, HealthCheck, HealthTest, Mount, MountKind, Ratio, ResourceSpec,
@@ -119,6 +124,11 @@ pub struct Cluster {
     /// versions.
     #[serde(default)]
     pub epoch: Epoch,
+    /// The key that seals secret and config data (AES-256, base64),
+    /// drawn by the first manager that stores one; empty until then and in
+    /// stores of older versions.
+    #[serde(default, skip_serializing_if = "SecretData::is_empty")]
+    pub data_key: SecretData,
 }
 
 fn first_raft_id() -> u64 {
@@ -138,6 +148,7 @@ impl Cluster {
             manager_secret: String::new(),
             next_raft_id: first_raft_id(),
             epoch: Epoch::default(),
+            data_key: SecretData::default(),
         }
     }
 }

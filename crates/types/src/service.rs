@@ -462,6 +462,14 @@ pub struct TaskTemplate {
     /// a task's addresses are made for the networks it was made with.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<NetworkAttachment>,
+    /// The secrets each task gets as files (`--secret`, Compose
+    /// `secrets`), by name, with the ID and version the manager resolved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<crate::SecretRef>,
+    /// The configs each task gets as files (`--config`, Compose
+    /// `configs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<crate::SecretRef>,
 }
 
 impl Default for TaskTemplate {
@@ -482,6 +490,8 @@ impl Default for TaskTemplate {
             mounts: Vec::new(),
             ports: Vec::new(),
             networks: Vec::new(),
+            secrets: Vec::new(),
+            configs: Vec::new(),
         }
     }
 }

@@ -213,9 +213,20 @@ impl Harness {
     }
 
     pub fn assign_known(&self, tasks: Vec<Task>, known_task_ids: BTreeSet<String>) {
+        self.assign_with_files(tasks, known_task_ids, Default::default());
+    }
+
+    /// Like [`Self::assign_known`], with the tasks' files.
+    pub fn assign_with_files(
+        &self,
+        tasks: Vec<Task>,
+        known_task_ids: BTreeSet<String>,
+        files: std::collections::BTreeMap<String, Vec<flotilla_types::TaskFile>>,
+    ) {
         self.assignments.send_replace(Arc::new(Assignments {
             tasks,
             known_task_ids,
+            files,
             ready: true,
         }));
     }

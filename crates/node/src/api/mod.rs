@@ -1,6 +1,6 @@
 //! The client API over HTTP/JSON, one file per resource: [`cluster`]
 //! (info, init, join, leave, tokens, client certificates), [`nodes`],
-//! [`services`] and [`logs`]. Status codes are chosen in one place,
+//! [`services`], [`networks`], [`secrets`] (and configs) and [`logs`]. Status codes are chosen in one place,
 //! [`ApiError::status`].
 
 use std::path::PathBuf;
@@ -19,12 +19,14 @@ pub mod cluster;
 pub mod logs;
 pub mod networks;
 pub mod nodes;
+pub mod secrets;
 pub mod services;
 
 use cluster::*;
 use logs::*;
 use networks::*;
 use nodes::*;
+use secrets::*;
 use services::*;
 
 use flotilla_api::model::{
@@ -95,7 +97,9 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::ServiceNotFound(_)
             | StoreError::NodeNotFound(_)
-            | StoreError::NetworkNotFound(_) => ApiError::NotFound(e.to_string()),
+            | StoreError::NetworkNotFound(_)
+            | StoreError::SecretNotFound { .. } => ApiError::NotFound(e.to_string()),
+            StoreError::BadSecret { .. } => ApiError::BadRequest(e.to_string()),
             StoreError::AlreadyInitialized
             | StoreError::NotInitialized
             | StoreError::ServiceExists(_)
@@ -107,6 +111,8 @@ impl From<StoreError> for ApiError {
             | StoreError::SubnetOverlaps { .. }
             | StoreError::NetworkInUse { .. }
             | StoreError::AddressMismatch { .. }
+            | StoreError::SecretExists { .. }
+            | StoreError::SecretInUse { .. }
             | StoreError::NothingToRollBack(_) => ApiError::Conflict(e.to_string()),
         }
     }
@@ -212,6 +218,14 @@ fn endpoint(route: &Route) -> MethodRouter<Arc<NodeCtx>> {
         Operation::InspectNetwork => on(m, network),
         Operation::RemoveNetwork => on(m, remove_network),
         Operation::Resolve => on(m, resolve),
+        Operation::ListSecrets => on(m, secrets),
+        Operation::CreateSecret => on(m, create_secret),
+        Operation::InspectSecret => on(m, secret),
+        Operation::RemoveSecret => on(m, remove_secret),
+        Operation::ListConfigs => on(m, configs),
+        Operation::CreateConfig => on(m, create_config),
+        Operation::InspectConfig => on(m, config),
+        Operation::RemoveConfig => on(m, remove_config),
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod cluster;
 pub mod networks;
 pub mod nodes;
+pub mod secrets;
 pub mod services;
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use flotilla_store::{Command, StoreError};
 use flotilla_types::{new_id, ServiceMode, ServiceSpec};
 
 use super::networks::resolve_networks;
+use super::secrets::resolve_secrets;
 use super::{service_not_found, Control, ControlError};
 
 /// How often a read-modify-write of a spec is retried when another change
@@ -15,7 +16,7 @@ impl Control {
     /// Creates a service; returns its ID.
     pub async fn create_service(&self, mut spec: ServiceSpec) -> Result<String, ControlError> {
         validate_spec(&spec)?;
-        self.read(|s| resolve_networks(s, &mut spec))?;
+        self.read(|s| resolve_networks(s, &mut spec).and_then(|()| resolve_secrets(s, &mut spec)))?;
         let id = new_id(rand::random());
         self.commit(Command::CreateService {
             id: id.clone(),
@@ -55,7 +56,9 @@ impl Control {
             let mut spec = current.spec.clone();
             change(&mut spec)?;
             validate_spec(&spec)?;
-            self.read(|s| resolve_networks(s, &mut spec))?;
+            self.read(|s| {
+                resolve_networks(s, &mut spec).and_then(|()| resolve_secrets(s, &mut spec))
+            })?;
             let written = self
                 .commit(Command::UpdateService {
                     id: current.id.clone(),
@@ -84,7 +87,7 @@ impl Control {
         version: Option<u64>,
     ) -> Result<String, ControlError> {
         validate_spec(&spec)?;
-        self.read(|s| resolve_networks(s, &mut spec))?;
+        self.read(|s| resolve_networks(s, &mut spec).and_then(|()| resolve_secrets(s, &mut spec)))?;
         let id = self.service_id(name)?;
         self.commit(Command::UpdateService {
             id: id.clone(),

@@ -31,6 +31,7 @@ impl State {
         }
         let published = self.published_for(id, spec, &[])?;
         self.check_networks_exist(spec)?;
+        self.check_secrets_exist(spec)?;
         let service = Service {
             id: id.to_string(),
             spec: spec.clone(),
@@ -66,7 +67,9 @@ impl State {
             .any(|s| s.id != id && s.spec.name == spec.name);
         let before = self.service_by_id(id)?.published.clone();
         let published = self.published_for(id, spec, &before);
-        let networks = self.check_networks_exist(spec);
+        let networks = self
+            .check_networks_exist(spec)
+            .and_then(|()| self.check_secrets_exist(spec));
         let service = self.service_mut(id)?;
         if let Some(expected) = expected_version {
             check_version(service, expected)?;

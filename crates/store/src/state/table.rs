@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use flotilla_types::{Network, Node, Service, Task};
+use flotilla_types::{Network, Node, Secret, Service, Task};
 
 use super::Change;
 
@@ -29,6 +29,12 @@ impl Row for Service {
 impl Row for Task {
     fn change(id: String) -> Change {
         Change::Task(id)
+    }
+}
+
+impl Row for Secret {
+    fn change(id: String) -> Change {
+        Change::Secret(id)
     }
 }
 

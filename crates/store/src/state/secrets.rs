@@ -1,0 +1,298 @@
+//! Commands on the secrets table (secrets and configs) and the cluster's
+//! data key that seals their data.
+//!
+//! The store never sees plaintext: a proposer seals the data before it
+//! proposes ([`crate::Command::CreateSecret`]). What is checked here,
+//! whoever proposed it: a name is taken once per kind, an object has a
+//! version with data, a service names only secrets and versions that
+//! exist, and an object in use is not removed.
+
+use flotilla_types::{Secret, SecretData, SecretKind, ServiceSpec};
+
+use super::{table, Change, State};
+use crate::command::CommandResult;
+use crate::error::StoreError;
+
+impl State {
+    /// Finds a secret or config of `kind` by ID, or by name.
+    pub fn secret(&self, kind: SecretKind, id_or_name: &str) -> Option<&Secret> {
+        self.secrets
+            .get(id_or_name)
+            .filter(|s| s.kind == kind)
+            .or_else(|| {
+                self.secrets
+                    .values()
+                    .find(|s| s.kind == kind && s.spec.name == id_or_name)
+            })
+    }
+
+    /// The services whose spec (or the spec a rollback returns to) uses
+    /// secret or config `id`, by name, in order.
+    pub fn services_using(&self, id: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .services
+            .values()
+            .filter(|s| uses(&s.spec, id) || s.previous_spec.as_ref().is_some_and(|p| uses(p, id)))
+            .map(|s| s.spec.name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The cluster's data key, once one is stored.
+    pub fn data_key(&self) -> Option<&SecretData> {
+        self.cluster
+            .as_ref()
+            .map(|c| &c.data_key)
+            .filter(|k| !k.is_empty())
+    }
+
+    /// [`crate::Command::SetDataKey`]: the first key stored is kept (two
+    /// managers that drew one at once agree on the first committed).
+    pub(super) fn set_data_key(
+        &mut self,
+        key: &SecretData,
+        changes: &mut Vec<Change>,
+    ) -> CommandResult {
+        self.require_cluster()?;
+        if key.0.len() != 32 {
+            return Err(StoreError::BadSecret {
+                kind: "data key".into(),
+                name: "of the cluster".into(),
+                reason: format!("{} bytes, not 32", key.0.len()),
+            });
+        }
+        if let Some(cluster) = self.cluster.as_mut() {
+            if cluster.data_key.is_empty() {
+                cluster.data_key = key.clone();
+                changes.push(Change::Cluster);
+            }
+        }
+        Ok(None)
+    }
+
+    /// [`crate::Command::CreateSecret`]: a new secret or config. Refused if
+    /// its name is taken for its kind, its ID is taken, or it has no
+    /// version.
+    pub(super) fn create_secret(
+        &mut self,
+        secret: &Secret,
+        changes: &mut Vec<Change>,
+    ) -> CommandResult {
+        self.require_cluster()?;
+        let kind = secret.kind.noun().to_string();
+        if self.secret(secret.kind, &secret.spec.name).is_some()
+            || self.secrets.contains_key(&secret.id)
+        {
+            return Err(StoreError::SecretExists {
+                kind,
+                name: secret.spec.name.clone(),
+            });
+        }
+        if secret.versions.is_empty() {
+            return Err(StoreError::BadSecret {
+                kind,
+                name: secret.spec.name.clone(),
+                reason: "no data".into(),
+            });
+        }
+        table::insert(&mut self.secrets, &secret.id, secret.clone(), changes);
+        Ok(Some(secret.id.clone()))
+    }
+
+    /// [`crate::Command::RemoveSecret`]: forgets one, refused while a
+    /// service uses it (naming them).
+    pub(super) fn remove_secret(&mut self, id: &str, changes: &mut Vec<Change>) -> CommandResult {
+        let secret = self
+            .secrets
+            .get(id)
+            .ok_or_else(|| StoreError::SecretNotFound {
+                kind: "secret or config".into(),
+                name: id.to_string(),
+            })?;
+        let users = self.services_using(id);
+        if !users.is_empty() {
+            return Err(StoreError::SecretInUse {
+                kind: secret.kind.noun().into(),
+                name: secret.spec.name.clone(),
+                services: users.join(", "),
+            });
+        }
+        table::remove(&mut self.secrets, id, changes);
+        Ok(Some(id.to_string()))
+    }
+
+    /// Every secret and config a spec names exists, of its kind, at the
+    /// version it names.
+    pub(super) fn check_secrets_exist(&self, spec: &ServiceSpec) -> Result<(), StoreError> {
+        let refs = [
+            (SecretKind::Secret, &spec.task.secrets),
+            (SecretKind::Config, &spec.task.configs),
+        ];
+        for (kind, refs) in refs {
+            for r in refs.iter() {
+                let found = self
+                    .secrets
+                    .get(&r.id)
+                    .filter(|s| s.kind == kind && s.version(r.version).is_some());
+                if found.is_none() {
+                    return Err(StoreError::SecretNotFound {
+                        kind: kind.noun().into(),
+                        name: format!("{} (version {})", r.source, r.version),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a spec uses secret or config `id`.
+fn uses(spec: &ServiceSpec, id: &str) -> bool {
+    spec.task
+        .secrets
+        .iter()
+        .chain(spec.task.configs.iter())
+        .any(|r| r.id == id)
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_types::{SealedData, SecretRef, SecretSpec, SecretVersion};
+
+    use super::super::tests::{init, spec};
+    use super::*;
+    use crate::{Command, CommandResult, State};
+
+    fn apply(s: &mut State, command: Command) -> CommandResult {
+        let index = s.index + 1;
+        s.apply(index, &command).0
+    }
+
+    fn secret(id: &str, kind: SecretKind, name: &str) -> Secret {
+        Secret {
+            id: id.into(),
+            kind,
+            spec: SecretSpec {
+                name: name.into(),
+                labels: Default::default(),
+            },
+            created_at: 1,
+            versions: vec![SecretVersion {
+                version: 1,
+                created_at: 1,
+                size: 3,
+                digest: "d".into(),
+                data: SealedData::default(),
+            }],
+        }
+    }
+
+    fn using(name: &str, secret_id: &str, version: u64) -> flotilla_types::ServiceSpec {
+        let mut spec = spec(name, 1);
+        let mut r = SecretRef::to(SecretKind::Secret, "pw");
+        r.id = secret_id.into();
+        r.version = version;
+        spec.task.secrets = vec![r];
+        spec
+    }
+
+    #[test]
+    fn names_are_taken_once_per_kind() {
+        let mut s = init();
+        let pw = secret("s1", SecretKind::Secret, "pw");
+        assert!(apply(&mut s, Command::CreateSecret { secret: pw.clone() }).is_ok());
+        let again = Command::CreateSecret {
+            secret: secret("s2", SecretKind::Secret, "pw"),
+        };
+        assert_eq!(
+            apply(&mut s, again).unwrap_err().to_string(),
+            "secret pw already exists"
+        );
+        // A config may share a secret's name, as in Swarm.
+        let config = secret("c1", SecretKind::Config, "pw");
+        assert!(apply(&mut s, Command::CreateSecret { secret: config }).is_ok());
+        assert_eq!(
+            s.secret(SecretKind::Secret, "pw").map(|x| &x.id),
+            Some(&pw.id)
+        );
+        assert_eq!(
+            s.secret(SecretKind::Config, "pw").map(|x| x.id.as_str()),
+            Some("c1")
+        );
+        assert!(
+            s.secret(SecretKind::Config, "s1").is_none(),
+            "an ID of the other kind"
+        );
+        let mut empty = secret("s3", SecretKind::Secret, "empty");
+        empty.versions.clear();
+        assert!(apply(&mut s, Command::CreateSecret { secret: empty }).is_err());
+    }
+
+    #[test]
+    fn a_service_names_only_what_exists_and_keeps_it_from_removal() {
+        let mut s = init();
+        let create = |id: &str, spec| Command::CreateService {
+            id: id.into(),
+            spec,
+            at: 2,
+        };
+        let missing = apply(&mut s, create("w1", using("web", "s1", 1)));
+        assert_eq!(
+            missing.unwrap_err().to_string(),
+            "secret pw (version 1) not found"
+        );
+        let pw = secret("s1", SecretKind::Secret, "pw");
+        apply(&mut s, Command::CreateSecret { secret: pw }).expect("secret");
+        let wrong_version = apply(&mut s, create("w1", using("web", "s1", 2)));
+        assert!(wrong_version.is_err());
+        assert!(s.services.is_empty());
+        apply(&mut s, create("w1", using("web", "s1", 1))).expect("service");
+        let rm = apply(&mut s, Command::RemoveSecret { id: "s1".into() });
+        assert_eq!(
+            rm.unwrap_err().to_string(),
+            "secret pw is in use by services web"
+        );
+        // Still named by the spec a rollback returns to.
+        let update = Command::UpdateService {
+            id: "w1".into(),
+            spec: spec("web", 1),
+            expected_version: None,
+            at: 3,
+        };
+        apply(&mut s, update).expect("update");
+        assert_eq!(s.services_using("s1"), vec!["web".to_string()]);
+        apply(
+            &mut s,
+            Command::RemoveService {
+                id: "w1".into(),
+                at: 4,
+            },
+        )
+        .expect("rm service");
+        apply(&mut s, Command::RemoveSecret { id: "s1".into() }).expect("rm secret");
+        assert!(s.secrets.is_empty());
+    }
+
+    #[test]
+    fn the_first_data_key_is_kept() {
+        let mut s = init();
+        let first = SecretData(vec![1; 32]);
+        apply(&mut s, Command::SetDataKey { key: first.clone() }).expect("key");
+        apply(
+            &mut s,
+            Command::SetDataKey {
+                key: SecretData(vec![2; 32]),
+            },
+        )
+        .expect("second");
+        assert_eq!(s.data_key(), Some(&first));
+        assert!(apply(
+            &mut s,
+            Command::SetDataKey {
+                key: SecretData(vec![3; 5])
+            }
+        )
+        .is_err());
+    }
+}
