@@ -426,6 +426,18 @@ impl Client {
             .await
     }
 
+    /// `PUT /v1/secrets/{name}` or `PUT /v1/configs/{name}`: a new
+    /// version, rolled out to the services that use it.
+    pub async fn update_secret(
+        &self,
+        kind: flotilla_types::SecretKind,
+        name: &str,
+        update: &crate::model::SecretUpdate,
+    ) -> Result<crate::model::SecretUpdated, ClientError> {
+        let path = format!("{}/{}", secrets_path(kind), encode_segment(name));
+        self.call(Method::PUT, &path, Some(update)).await
+    }
+
     /// `DELETE /v1/secrets/{name}` or `DELETE /v1/configs/{name}`.
     pub async fn remove_secret(
         &self,

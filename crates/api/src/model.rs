@@ -608,3 +608,19 @@ pub struct SecretView {
     #[serde(default)]
     pub services: Vec<String>,
 }
+
+/// `PUT /v1/secrets/{name}` and `PUT /v1/configs/{name}`: new data.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretUpdate {
+    /// The data, base64; at most 500 KB.
+    pub data: flotilla_types::SecretData,
+}
+
+/// What `secret update` did: the secret now, and the services it rolls
+/// onto the new version (none when the data was the same).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SecretUpdated {
+    pub secret: SecretView,
+    #[serde(default)]
+    pub rolled: Vec<String>,
+}

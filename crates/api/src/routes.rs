@@ -78,10 +78,12 @@ pub enum Operation {
     CreateSecret,
     InspectSecret,
     RemoveSecret,
+    UpdateSecret,
     ListConfigs,
     CreateConfig,
     InspectConfig,
     RemoveConfig,
+    UpdateConfig,
 }
 
 /// A schema of the contract with the schemas it refers to, from its type.
@@ -408,6 +410,13 @@ pub const ROUTES: &[Route] = &[
         ..route(Delete, "/v1/secrets/{name}", Op::RemoveSecret)
     },
     Route {
+        summary: "A new version of a secret (data base64); the services that use it roll onto it with their own update config",
+        body: Some(schema_of::<crate::model::SecretUpdate>),
+        ok: json(schema_of::<crate::model::SecretUpdated>),
+        errors: WRITE,
+        ..route(Put, "/v1/secrets/{name}", Op::UpdateSecret)
+    },
+    Route {
         summary: "Every config, by name, with its version, size and the services that use it (never its data)",
         ok: list(schema_of::<crate::model::SecretView>),
         errors: READ,
@@ -433,6 +442,13 @@ pub const ROUTES: &[Route] = &[
         ok: json(schema_of::<Removed>),
         errors: WRITE,
         ..route(Delete, "/v1/configs/{name}", Op::RemoveConfig)
+    },
+    Route {
+        summary: "A new version of a config (data base64); the services that use it roll onto it with their own update config",
+        body: Some(schema_of::<crate::model::SecretUpdate>),
+        ok: json(schema_of::<crate::model::SecretUpdated>),
+        errors: WRITE,
+        ..route(Put, "/v1/configs/{name}", Op::UpdateConfig)
     },
     Route {
         summary: "What a task's resolver answers for a name (service names, aliases, tasks.NAME), from the task's networks",

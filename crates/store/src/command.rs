@@ -200,6 +200,12 @@ pub enum Command {
     CreateSecret { secret: Secret },
     /// `secret rm`, `config rm`: refused while a service uses it.
     RemoveSecret { id: String },
+    /// `secret update`, `config update`: a new current version, sealed by
+    /// the proposer; versions nothing uses any more are dropped.
+    AddSecretVersion {
+        id: String,
+        version: flotilla_types::SecretVersion,
+    },
 }
 
 /// How many items (tasks, assignments, reasons, statuses, IDs) one batch
@@ -230,7 +236,8 @@ impl Command {
             | Command::AllocateTaskAddresses { .. } => crate::entry::NETWORKS_FORMAT,
             Command::SetDataKey { .. }
             | Command::CreateSecret { .. }
-            | Command::RemoveSecret { .. } => crate::entry::SECRETS_FORMAT,
+            | Command::RemoveSecret { .. }
+            | Command::AddSecretVersion { .. } => crate::entry::SECRETS_FORMAT,
             // Files from secrets and configs mean nothing to an older
             // manager either.
             Command::CreateService { spec, .. } | Command::UpdateService { spec, .. }

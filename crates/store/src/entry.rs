@@ -16,7 +16,8 @@
 //! - **5**: adds networks ([`Command::CreateNetwork`] and the other
 //!   network commands) and service specs on networks.
 //! - **6**: adds secrets and configs ([`Command::SetDataKey`],
-//!   [`Command::CreateSecret`], [`Command::RemoveSecret`]) and service
+//!   [`Command::CreateSecret`], [`Command::RemoveSecret`],
+//!   [`Command::AddSecretVersion`]) and service
 //!   specs that use them.
 //!
 //! A new command, or a change that an older reader would apply
@@ -258,7 +259,7 @@ impl Serialize for Envelope {
 
 /// The `type` of every [`Command`] this version knows (checked against
 /// the enum in a test).
-pub const COMMAND_NAMES: [&str; 30] = [
+pub const COMMAND_NAMES: [&str; 31] = [
     "init_cluster",
     "upsert_node",
     "refresh_node",
@@ -289,6 +290,7 @@ pub const COMMAND_NAMES: [&str; 30] = [
     "set_data_key",
     "create_secret",
     "remove_secret",
+    "add_secret_version",
 ];
 
 // Entries are decoded in one pass, as the bare command was: the first key

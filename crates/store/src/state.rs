@@ -226,6 +226,7 @@ impl State {
             Command::SetDataKey { key } => self.set_data_key(key, c),
             Command::CreateSecret { secret } => self.create_secret(secret, c),
             Command::RemoveSecret { id } => self.remove_secret(id, c),
+            Command::AddSecretVersion { id, version } => self.add_secret_version(id, version, c),
             Command::AllocateNetwork {
                 id,
                 subnet,

@@ -222,10 +222,12 @@ fn endpoint(route: &Route) -> MethodRouter<Arc<NodeCtx>> {
         Operation::CreateSecret => on(m, create_secret),
         Operation::InspectSecret => on(m, secret),
         Operation::RemoveSecret => on(m, remove_secret),
+        Operation::UpdateSecret => on(m, update_secret),
         Operation::ListConfigs => on(m, configs),
         Operation::CreateConfig => on(m, create_config),
         Operation::InspectConfig => on(m, config),
         Operation::RemoveConfig => on(m, remove_config),
+        Operation::UpdateConfig => on(m, update_config),
     }
 }
 

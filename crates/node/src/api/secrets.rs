@@ -2,7 +2,7 @@
 //! sealing of the data) are in [`crate::control::secrets`]; no answer here
 //! carries data.
 
-use flotilla_api::model::{SecretCreate, SecretView};
+use flotilla_api::model::{SecretCreate, SecretUpdate, SecretUpdated, SecretView};
 use flotilla_types::{Secret, SecretKind};
 
 use super::*;
@@ -113,4 +113,34 @@ pub(super) async fn remove_secret(State(ctx): Ctx, Path(name): Path<String>) -> 
 
 pub(super) async fn remove_config(State(ctx): Ctx, Path(name): Path<String>) -> ApiResult<Removed> {
     remove(ctx, SecretKind::Config, name).await
+}
+
+async fn update(
+    ctx: Arc<NodeCtx>,
+    kind: SecretKind,
+    name: String,
+    req: Result<Json<SecretUpdate>, JsonRejection>,
+) -> ApiResult<SecretUpdated> {
+    let update = body(req)?;
+    let m = member(&ctx).await?;
+    let (id, _, rolled) = m.control().update_secret(kind, &name, update.data).await?;
+    read(&m, |s| s.secrets.get(&id).map(|x| secret_view(s, x)))
+        .map(|secret| Json(SecretUpdated { secret, rolled }))
+        .ok_or_else(|| ApiError::Internal(format!("the {kind} vanished right after its update")))
+}
+
+pub(super) async fn update_secret(
+    State(ctx): Ctx,
+    Path(name): Path<String>,
+    req: Result<Json<SecretUpdate>, JsonRejection>,
+) -> ApiResult<SecretUpdated> {
+    update(ctx, SecretKind::Secret, name, req).await
+}
+
+pub(super) async fn update_config(
+    State(ctx): Ctx,
+    Path(name): Path<String>,
+    req: Result<Json<SecretUpdate>, JsonRejection>,
+) -> ApiResult<SecretUpdated> {
+    update(ctx, SecretKind::Config, name, req).await
 }

@@ -79,6 +79,79 @@ impl Control {
         Ok(id)
     }
 
+    /// Gives secret or config `name` a new version with `data`, then rolls
+    /// each service that uses it onto that version with the service's own
+    /// update config (a rolling update, one slot at a time by default).
+    /// The same data as the current version changes nothing. Returns its
+    /// ID, its current version and the services rolled.
+    pub async fn update_secret(
+        &self,
+        kind: SecretKind,
+        name: &str,
+        data: SecretData,
+    ) -> Result<(String, u64, Vec<String>), ControlError> {
+        let (id, spec, current) = self
+            .read(|s| {
+                s.secret(kind, name)
+                    .map(|x| (x.id.clone(), x.spec.clone(), x.current().cloned()))
+            })
+            .ok_or_else(|| secret_not_found(kind, name))?;
+        validate_secret(kind, &spec, &data)?;
+        let key = self.data_key().await?;
+        let digest = seal::digest(&key.0, &data.0);
+        let version = match current {
+            Some(v) if v.digest == digest => return Ok((id, v.version, Vec::new())),
+            Some(v) => v.version + 1,
+            None => 1,
+        };
+        let (nonce, ciphertext) = seal::seal(&key.0, &binding(kind, &id, version), &data.0)
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        self.commit(Command::AddSecretVersion {
+            id: id.clone(),
+            version: SecretVersion {
+                version,
+                created_at: self.now(),
+                size: data.0.len() as u64,
+                digest,
+                data: SealedData {
+                    nonce: SecretData(nonce),
+                    ciphertext: SecretData(ciphertext),
+                },
+            },
+        })
+        .await?;
+        let users: Vec<String> = self.read(|s| {
+            s.services
+                .values()
+                .filter(|svc| {
+                    svc.spec
+                        .task
+                        .secrets
+                        .iter()
+                        .chain(svc.spec.task.configs.iter())
+                        .any(|r| r.id == id)
+                })
+                .map(|svc| svc.spec.name.clone())
+                .collect()
+        });
+        for service in &users {
+            self.modify_service(service, |spec| {
+                for r in spec
+                    .task
+                    .secrets
+                    .iter_mut()
+                    .chain(spec.task.configs.iter_mut())
+                    .filter(|r| r.id == id)
+                {
+                    r.version = version;
+                }
+                Ok(())
+            })
+            .await?;
+        }
+        Ok((id, version, users))
+    }
+
     /// Removes secret or config `name` (refused while in use); returns its
     /// ID and name.
     pub async fn remove_secret(
@@ -330,6 +403,47 @@ mod tests {
             (f.path.as_str(), f.rel.as_str(), f.mode),
             ("/run/secrets/pw", "pw", 0o444)
         );
+    }
+
+    #[tokio::test]
+    async fn an_update_adds_a_version_and_rolls_the_services_onto_it() {
+        let fake = Fake::new(cluster(&[("m1", NodeRole::Manager)]));
+        let control = fake.control();
+        let data = |d: &[u8]| SecretData(d.to_vec());
+        let id = control
+            .create_secret(SecretKind::Secret, named("pw"), data(b"one"), false)
+            .await
+            .expect("create");
+        let svc = control
+            .create_service(spec_with("web", &["pw"]))
+            .await
+            .expect("service");
+        let before = control.read(|s| s.services[&svc].version);
+        let (same, v, rolled) = control
+            .update_secret(SecretKind::Secret, "pw", data(b"one"))
+            .await
+            .expect("same data");
+        assert_eq!(
+            (same.as_str(), v, rolled.len()),
+            (id.as_str(), 1, 0),
+            "nothing to do"
+        );
+        let (_, v, rolled) = control
+            .update_secret(SecretKind::Secret, "pw", data(b"two"))
+            .await
+            .expect("update");
+        assert_eq!((v, rolled), (2, vec!["web".to_string()]));
+        let (refs, version) = control.read(|s| {
+            let svc = &s.services[&svc];
+            (svc.spec.task.secrets.clone(), svc.version)
+        });
+        assert_eq!(refs[0].version, 2);
+        assert!(version > before, "a new spec version: a rolling update");
+        let e = control
+            .update_secret(SecretKind::Secret, "nope", data(b"x"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.to_string(), "secret nope not found");
     }
 
     #[tokio::test]

@@ -7,7 +7,9 @@
 //! version with data, a service names only secrets and versions that
 //! exist, and an object in use is not removed.
 
-use flotilla_types::{Secret, SecretData, SecretKind, ServiceSpec};
+use std::collections::BTreeSet;
+
+use flotilla_types::{Secret, SecretData, SecretKind, SecretVersion, ServiceSpec};
 
 use super::{table, Change, State};
 use crate::command::CommandResult;
@@ -120,6 +122,57 @@ impl State {
         }
         table::remove(&mut self.secrets, id, changes);
         Ok(Some(id.to_string()))
+    }
+
+    /// [`crate::Command::AddSecretVersion`]: a new current version (the
+    /// next number); then drops every older version that no service spec
+    /// (nor the spec a rollback returns to) and no task that has not ended
+    /// names.
+    pub(super) fn add_secret_version(
+        &mut self,
+        id: &str,
+        version: &SecretVersion,
+        changes: &mut Vec<Change>,
+    ) -> CommandResult {
+        let in_use = self.versions_in_use(id);
+        let secret = self
+            .secrets
+            .get_mut(id)
+            .ok_or_else(|| StoreError::SecretNotFound {
+                kind: "secret or config".into(),
+                name: id.to_string(),
+            })?;
+        let next = secret.current().map_or(1, |v| v.version + 1);
+        if version.version != next {
+            return Err(StoreError::BadSecret {
+                kind: secret.kind.noun().into(),
+                name: secret.spec.name.clone(),
+                reason: format!("version {} given, {next} expected", version.version),
+            });
+        }
+        secret.versions.retain(|v| in_use.contains(&v.version));
+        secret.versions.push(version.clone());
+        changes.push(Change::Secret(id.to_string()));
+        Ok(Some(id.to_string()))
+    }
+
+    /// The versions of secret `id` that a service spec or a task that has
+    /// not ended names.
+    fn versions_in_use(&self, id: &str) -> BTreeSet<u64> {
+        let specs = self.services.values().flat_map(|s| {
+            std::iter::once(&s.spec.task).chain(s.previous_spec.iter().map(|p| &p.task))
+        });
+        let tasks = self
+            .tasks
+            .values()
+            .filter(|t| !t.status.state.is_terminal())
+            .map(|t| &t.spec);
+        specs
+            .chain(tasks)
+            .flat_map(|t| t.secrets.iter().chain(t.configs.iter()))
+            .filter(|r| r.id == id)
+            .map(|r| r.version)
+            .collect()
     }
 
     /// Every secret and config a spec names exists, of its kind, at the
@@ -272,6 +325,51 @@ mod tests {
         .expect("rm service");
         apply(&mut s, Command::RemoveSecret { id: "s1".into() }).expect("rm secret");
         assert!(s.secrets.is_empty());
+    }
+
+    #[test]
+    fn a_new_version_is_the_next_and_unused_old_ones_go() {
+        let mut s = init();
+        let pw = secret("s1", SecretKind::Secret, "pw");
+        let v1 = pw.versions[0].clone();
+        apply(&mut s, Command::CreateSecret { secret: pw }).expect("secret");
+        let create = Command::CreateService {
+            id: "w1".into(),
+            spec: using("web", "s1", 1),
+            at: 2,
+        };
+        apply(&mut s, create).expect("service");
+        let add = |v: u64| Command::AddSecretVersion {
+            id: "s1".into(),
+            version: SecretVersion {
+                version: v,
+                ..v1.clone()
+            },
+        };
+        assert!(apply(&mut s, add(3)).is_err(), "not the next");
+        apply(&mut s, add(2)).expect("v2");
+        let kept: Vec<u64> = s.secrets["s1"].versions.iter().map(|v| v.version).collect();
+        assert_eq!(kept, vec![1, 2], "v1 is still named by web");
+        let update = Command::UpdateService {
+            id: "w1".into(),
+            spec: using("web", "s1", 2),
+            expected_version: None,
+            at: 3,
+        };
+        apply(&mut s, update).expect("web on v2");
+        apply(&mut s, add(3)).expect("v3");
+        let kept: Vec<u64> = s.secrets["s1"].versions.iter().map(|v| v.version).collect();
+        assert_eq!(kept, vec![1, 2, 3], "v1 is what a rollback returns to");
+        let update = Command::UpdateService {
+            id: "w1".into(),
+            spec: using("web", "s1", 3),
+            expected_version: None,
+            at: 4,
+        };
+        apply(&mut s, update).expect("web on v3");
+        apply(&mut s, add(4)).expect("v4");
+        let kept: Vec<u64> = s.secrets["s1"].versions.iter().map(|v| v.version).collect();
+        assert_eq!(kept, vec![2, 3, 4]);
     }
 
     #[test]
