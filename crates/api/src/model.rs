@@ -121,6 +121,10 @@ pub struct Replicas {
     /// create` and updates wait for.
     #[serde(default)]
     pub ready: u64,
+    /// A job's tasks that completed, of its current run (none for a
+    /// service that is not a job); `desired` is then how many must.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed: Option<u64>,
 }
 
 /// A service as `service ls` and `service inspect` show it.
@@ -397,6 +401,10 @@ impl Reachability {
 pub enum ServiceModeKind {
     Replicated,
     Global,
+    #[serde(rename = "replicated-job")]
+    ReplicatedJob,
+    #[serde(rename = "global-job")]
+    GlobalJob,
 }
 
 impl ServiceModeKind {
@@ -404,6 +412,8 @@ impl ServiceModeKind {
         match self {
             ServiceModeKind::Replicated => "replicated",
             ServiceModeKind::Global => "global",
+            ServiceModeKind::ReplicatedJob => "replicated-job",
+            ServiceModeKind::GlobalJob => "global-job",
         }
     }
 }
@@ -413,6 +423,8 @@ impl From<&ServiceMode> for ServiceModeKind {
         match mode {
             ServiceMode::Replicated { .. } => ServiceModeKind::Replicated,
             ServiceMode::Global => ServiceModeKind::Global,
+            ServiceMode::ReplicatedJob { .. } => ServiceModeKind::ReplicatedJob,
+            ServiceMode::GlobalJob => ServiceModeKind::GlobalJob,
         }
     }
 }

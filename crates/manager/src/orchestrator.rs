@@ -24,6 +24,9 @@
 //! current task is ready or ended: until then a start-first update keeps
 //! the old task serving beside its successor.
 //!
+//! A job's slots follow their own rules ([`jobs`]): run to completion,
+//! restarted only on failure, at most `max_concurrent` at a time.
+//!
 //! Tasks in slots that no longer exist are shut down; ended tasks beyond
 //! [`HISTORY_LIMIT`] per slot, and tasks of removed services, are deleted.
 
@@ -37,6 +40,7 @@ use flotilla_types::{
 
 use update::{rolling_update, Slot};
 
+pub mod jobs;
 mod update;
 
 /// Ended tasks kept per slot for `service ps`, as Swarm's default
@@ -255,7 +259,17 @@ fn reconcile_service(
                 wanted.insert(SlotKey::Replica(slot), target);
             }
         }
-        ServiceMode::Global => {
+        ServiceMode::ReplicatedJob { replicas, .. } => {
+            for slot in 1..=replicas {
+                let target = SlotTarget {
+                    slot,
+                    node: None,
+                    may_create: true,
+                };
+                wanted.insert(SlotKey::Replica(slot), target);
+            }
+        }
+        ServiceMode::Global | ServiceMode::GlobalJob => {
             for node in state.nodes.values().filter(|n| global_eligible(service, n)) {
                 let may_create = node.availability == Availability::Active;
                 let target = SlotTarget {
@@ -268,12 +282,16 @@ fn reconcile_service(
         }
     }
 
-    let mut outcomes: Vec<(&SlotTarget<'_>, Slot<'_>)> = Vec::new();
-    for (key, target) in &wanted {
-        let tasks = slots.get(key).map(Vec::as_slice).unwrap_or(&[]);
-        outcomes.push((target, reconcile_slot(state, service, target, tasks, out)));
+    if service.spec.mode.is_job() {
+        jobs::reconcile_job(service, &wanted, slots, out);
+    } else {
+        let mut outcomes: Vec<(&SlotTarget<'_>, Slot<'_>)> = Vec::new();
+        for (key, target) in &wanted {
+            let tasks = slots.get(key).map(Vec::as_slice).unwrap_or(&[]);
+            outcomes.push((target, reconcile_slot(state, service, target, tasks, out)));
+        }
+        rolling_update(service, &outcomes, slots.values().flatten().copied(), out);
     }
-    rolling_update(service, &outcomes, slots.values().flatten().copied(), out);
 
     for (key, tasks) in slots {
         if !wanted.contains_key(key) {

@@ -91,18 +91,29 @@ pub fn replicas(state: &State, service: &Service) -> Replicas {
     let ready = running.iter().filter(|t| t.is_ready()).count() as u64;
     let running = running.len() as u64;
     let desired = match service.spec.mode {
-        ServiceMode::Replicated { replicas } => replicas,
-        ServiceMode::Global => state
+        ServiceMode::Replicated { replicas } | ServiceMode::ReplicatedJob { replicas, .. } => {
+            replicas
+        }
+        ServiceMode::Global | ServiceMode::GlobalJob => state
             .nodes
             .values()
             .filter(|n| flotilla_manager::orchestrator::global_eligible(service, n))
             .count() as u64,
     };
+    let completed = service.spec.mode.is_job().then(|| {
+        let mut slots: std::collections::BTreeMap<flotilla_types::SlotKey, Vec<&Task>> =
+            Default::default();
+        for t in state.tasks_of(&service.id) {
+            slots.entry(t.slot_key()).or_default().push(t);
+        }
+        flotilla_manager::orchestrator::jobs::progress(service, &slots).completed
+    });
     Replicas {
         running,
         desired,
         healthy,
         ready,
+        completed,
     }
 }
 

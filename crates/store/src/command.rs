@@ -238,8 +238,8 @@ impl Command {
             | Command::CreateSecret { .. }
             | Command::RemoveSecret { .. }
             | Command::AddSecretVersion { .. } => crate::entry::SECRETS_FORMAT,
-            // Files from secrets and configs mean nothing to an older
-            // manager either.
+            // Files from secrets and configs, and jobs, mean nothing to an
+            // older manager either.
             Command::CreateService { spec, .. } | Command::UpdateService { spec, .. }
                 if with_files(spec) =>
             {
@@ -344,9 +344,10 @@ impl Command {
     }
 }
 
-/// Whether a spec uses what entry format 6 brought: secrets and configs.
+/// Whether a spec uses what entry format 6 brought: secrets, configs and
+/// jobs.
 fn with_files(spec: &ServiceSpec) -> bool {
-    !spec.task.secrets.is_empty() || !spec.task.configs.is_empty()
+    !spec.task.secrets.is_empty() || !spec.task.configs.is_empty() || spec.mode.is_job()
 }
 
 /// Whether a spec uses what entry format 5 brought: networks.

@@ -17,8 +17,8 @@
 //!   network commands) and service specs on networks.
 //! - **6**: adds secrets and configs ([`Command::SetDataKey`],
 //!   [`Command::CreateSecret`], [`Command::RemoveSecret`],
-//!   [`Command::AddSecretVersion`]) and service
-//!   specs that use them.
+//!   [`Command::AddSecretVersion`]), service specs that use them, and
+//!   the job modes.
 //!
 //! A new command, or a change that an older reader would apply
 //! differently, takes a new format number; a field that older readers may

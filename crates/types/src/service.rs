@@ -22,6 +22,21 @@ pub enum ServiceMode {
     Replicated { replicas: u64 },
     /// One task on every node that satisfies the constraints.
     Global,
+    /// A job: `replicas` tasks run to completion (slots 1..=replicas),
+    /// at most `max_concurrent` at a time (0: all of them at once). A
+    /// task that completed is never run again; one that failed is
+    /// restarted by the restart policy. `service update --force` runs the
+    /// job again.
+    #[serde(rename = "replicated-job")]
+    ReplicatedJob {
+        replicas: u64,
+        #[serde(default)]
+        max_concurrent: u64,
+    },
+    /// A job: one task runs to completion on every node that satisfies the
+    /// constraints (a node that joins later runs it too).
+    #[serde(rename = "global-job")]
+    GlobalJob,
 }
 
 impl ServiceMode {
@@ -29,7 +44,22 @@ impl ServiceMode {
         match self {
             ServiceMode::Replicated { .. } => "replicated",
             ServiceMode::Global => "global",
+            ServiceMode::ReplicatedJob { .. } => "replicated-job",
+            ServiceMode::GlobalJob => "global-job",
         }
+    }
+
+    /// Whether its tasks run to completion.
+    pub fn is_job(&self) -> bool {
+        matches!(
+            self,
+            ServiceMode::ReplicatedJob { .. } | ServiceMode::GlobalJob
+        )
+    }
+
+    /// Whether it has a task per eligible node.
+    pub fn is_global(&self) -> bool {
+        matches!(self, ServiceMode::Global | ServiceMode::GlobalJob)
     }
 }
 

@@ -9,8 +9,8 @@ use crate::name::{validate_name, NameError};
 use crate::network::{valid_alias, NetworkAttachment};
 use crate::port::PortConfig;
 use crate::service::{
-    Driver, FailureAction, HealthCheck, HealthTest, Mount, MountKind, Ratio, ServiceMode,
-    ServiceSpec, TaskTemplate, UpdateConfig,
+    Driver, FailureAction, HealthCheck, HealthTest, Mount, MountKind, Ratio, RestartCondition,
+    ServiceMode, ServiceSpec, TaskTemplate, UpdateConfig,
 };
 
 /// The most replicas one service may ask for: far beyond what one cluster
@@ -28,6 +28,10 @@ pub enum SpecError {
     TooManyReplicas(u64),
     #[error("a service needs a command")]
     NoCommand,
+    #[error(
+        "a job's tasks run to completion: its restart condition must be on-failure or none, not any"
+    )]
+    JobRestartsAny,
     #[error("the command is empty")]
     EmptyProgram,
     #[error("the command contains a NUL byte")]
@@ -84,6 +88,7 @@ impl SpecError {
                 "task.command"
             }
             SpecError::NoImage => "task.image",
+            SpecError::JobRestartsAny => "task.restart.condition",
             SpecError::ImageNeedsDocker => "task.driver",
             SpecError::InitNeedsDocker => "task.init",
             SpecError::MountsNeedDocker => "task.mounts",
@@ -143,8 +148,19 @@ impl ServiceSpec {
     /// one broken is the error.
     pub fn validate(&self) -> Result<(), SpecError> {
         validate_name(&self.name)?;
-        if let ServiceMode::Replicated { replicas } = self.mode {
-            check_replicas(replicas)?;
+        match self.mode {
+            ServiceMode::Replicated { replicas } => check_replicas(replicas)?,
+            ServiceMode::ReplicatedJob {
+                replicas,
+                max_concurrent,
+            } => {
+                check_replicas(replicas)?;
+                check_replicas(max_concurrent)?;
+            }
+            ServiceMode::Global | ServiceMode::GlobalJob => {}
+        }
+        if self.mode.is_job() && self.task.restart.condition == RestartCondition::Any {
+            return Err(SpecError::JobRestartsAny);
         }
         self.task.validate()?;
         check_update(&self.update, "update")?;

@@ -46,8 +46,10 @@ pub fn seen(v: &ServiceView) -> Seen {
     Seen {
         label: v.spec.labels.get(REG_LABEL).cloned(),
         replicas: match v.spec.mode {
-            ServiceMode::Replicated { replicas } => replicas,
-            ServiceMode::Global => 0,
+            ServiceMode::Replicated { replicas } | ServiceMode::ReplicatedJob { replicas, .. } => {
+                replicas
+            }
+            ServiceMode::Global | ServiceMode::GlobalJob => 0,
         },
     }
 }

@@ -35,8 +35,16 @@ impl Control {
                 spec.mode = ServiceMode::Replicated { replicas };
                 Ok(())
             }
-            ServiceMode::Global => Err(ControlError::Invalid(format!(
-                "service {name} is global: scale applies to replicated services only"
+            ServiceMode::ReplicatedJob { max_concurrent, .. } => {
+                spec.mode = ServiceMode::ReplicatedJob {
+                    replicas,
+                    max_concurrent,
+                };
+                Ok(())
+            }
+            ServiceMode::Global | ServiceMode::GlobalJob => Err(ControlError::Invalid(format!(
+                "service {name} is {}: scale applies to replicated services only",
+                spec.mode.as_str()
             ))),
         })
         .await
