@@ -63,8 +63,7 @@ fn slot_need<'t>(
     }
     let Some(&newest) = run
         .iter()
-        .filter(|t| t.desired_state == DesiredState::Running)
-        .last()
+        .rfind(|t| t.desired_state == DesiredState::Running)
     else {
         return Need::Task(None, Vec::new());
     };
