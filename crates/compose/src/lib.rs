@@ -16,17 +16,23 @@
 //!
 //! This crate depends on `flotilla-types` only: it owns no I/O beyond
 //! reading the stack files and `.env` files it is pointed at, and knows
-//! nothing of the daemon or the API. The CLI deploys what it returns.
+//! nothing of the daemon or the API. The CLI deploys what it returns. The
+//! files and variables a secret or config takes its data from are named
+//! here, not read: the CLI reads them through [`read_secret_data`].
 //!
 //! # Layout
 //! - [`yaml`]: located YAML trees, merging of several files.
 //! - [`interpolate()`]: `${VAR:-default}` and friends.
 //! - [`model`]: the checked Compose model ([`ComposeStack`]), its networks
-//!   ([`NetworkDef`], [`ServiceNetwork`]) included.
+//!   ([`NetworkDef`], [`ServiceNetwork`]), secrets and configs
+//!   ([`SecretDef`], [`SecretSource`]) included.
 //! - [`stack`]: the model mapped onto [`flotilla_types::ServiceSpec`]s
-//!   ([`Stack`]), each checked with `ServiceSpec::validate`, and the
+//!   ([`Stack`]), each checked with `ServiceSpec::validate`, the
 //!   stack's networks onto [`flotilla_types::NetworkSpec`]s
-//!   ([`StackNetwork`]), as `docker stack deploy` names them.
+//!   ([`StackNetwork`]) and its secrets and configs onto
+//!   [`flotilla_types::SecretSpec`]s ([`StackSecret`]), as `docker stack
+//!   deploy` names them; [`read_secret_data`] reads their data, all of it
+//!   before a deploy creates the first.
 
 pub mod interpolate;
 pub mod model;
@@ -40,13 +46,13 @@ use thiserror::Error;
 
 pub use interpolate::{interpolate, InterpolationError};
 pub use model::{
-    ComposeDeploy, ComposeService, ComposeStack, Healthcheck, NetworkDef, Resources,
-    ServiceNetwork, UpdateConfig, VolumeDef, DEFAULT_NETWORK,
+    ComposeDeploy, ComposeService, ComposeStack, Healthcheck, NetworkDef, Resources, SecretDef,
+    SecretSource, ServiceNetwork, UpdateConfig, VolumeDef, DEFAULT_NETWORK,
 };
 
 pub use stack::{
-    config_yaml, load_stack, load_stack_files, parse_stack, parse_stack_files, Stack, StackError,
-    StackNetwork, NAMESPACE_LABEL,
+    config_yaml, load_stack, load_stack_files, parse_stack, parse_stack_files, read_secret_data,
+    Stack, StackError, StackNetwork, StackSecret, NAMESPACE_LABEL,
 };
 
 use yaml::{Node, Value};

@@ -12,16 +12,26 @@
 //! alias that is no DNS name, a service naming a network the file does not
 //! declare); which of them a stack deploys, under which names, is
 //! [`crate::stack`]'s business.
+//!
+//! Secrets and configs: the top-level `secrets:` and `configs:`
+//! ([`SecretDef`]: data from a `file`, an `environment` variable or, for a
+//! config, inline `content`; or `external`) and each service's
+//! `secrets:`/`configs:` (short `- NAME` or long `- source: NAME` syntax,
+//! read into [`SecretRef`]s that name the entry by its key). A service
+//! naming one the file does not declare is refused at the entry. The data
+//! itself is not read here: [`crate::stack::read_secret_data`] does that
+//! for a deploy, before anything is created.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
 use flotilla_types::network::{valid_alias, EndpointMode, NetworkDriver, Subnet};
+use flotilla_types::secret::parse_mode;
 use flotilla_types::{
     parse_duration_ms, parse_publish, validate_name, Constraint, FailureAction, Mount, MountKind,
-    PortConfig, Protocol, PublishMode, Ratio, RestartCondition, RestartPolicy, ServiceMode,
-    SpecError, UpdateOrder,
+    PortConfig, Protocol, PublishMode, Ratio, RestartCondition, RestartPolicy, SecretKind,
+    SecretRef, ServiceMode, SpecError, UpdateOrder,
 };
 
 use super::yaml::{describe, Key, Node, Value};
@@ -37,7 +47,6 @@ const UNSUPPORTED_SERVICE_KEYS: &[&str] = &[
     "cap_drop",
     "cgroup",
     "cgroup_parent",
-    "configs",
     "container_name",
     "cpu_count",
     "cpu_percent",
@@ -90,7 +99,6 @@ const UNSUPPORTED_SERVICE_KEYS: &[&str] = &[
     "restart",
     "runtime",
     "scale",
-    "secrets",
     "security_opt",
     "shm_size",
     "stdin_open",
@@ -109,7 +117,7 @@ const UNSUPPORTED_SERVICE_KEYS: &[&str] = &[
 ];
 
 /// Top-level keys of the Compose specification that Flotilla does not model.
-const UNSUPPORTED_TOP_KEYS: &[&str] = &["configs", "secrets", "include", "models"];
+const UNSUPPORTED_TOP_KEYS: &[&str] = &["include", "models"];
 
 /// Keys of a service's entry under `networks:` that Compose knows and
 /// Flotilla does not act on: addresses are the leader's to give.
@@ -132,8 +140,9 @@ pub const DEFAULT_NETWORK: &str = "default";
 /// string cannot expand into a huge list.
 const MAX_PORT_RANGE: usize = 1_000;
 
-/// A parsed stack: its services (sorted by name), the top-level volumes and
-/// networks, and the warnings about keys that were ignored.
+/// A parsed stack: its services (sorted by name), the top-level volumes,
+/// networks, secrets and configs, and the warnings about keys that were
+/// ignored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ComposeStack {
     pub services: Vec<ComposeService>,
@@ -142,6 +151,63 @@ pub struct ComposeStack {
     pub volumes: BTreeMap<String, VolumeDef>,
     /// The top-level `networks:`, by key.
     pub networks: BTreeMap<String, NetworkDef>,
+    /// The top-level `secrets:`, by key.
+    pub secrets: BTreeMap<String, SecretDef>,
+    /// The top-level `configs:`, by key.
+    pub configs: BTreeMap<String, SecretDef>,
+}
+
+/// A top-level `secrets:` or `configs:` entry: one the stack creates from
+/// the data its source gives, or an existing one (`external`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretDef {
+    /// The name when the file fixes one (`name:`; for an external one its
+    /// name, the key unless `name:` or the legacy `external: {name: X}`
+    /// says otherwise); otherwise the stack's name prefixes the key, as
+    /// Swarm does.
+    pub name: Option<String>,
+    /// `external: true`: it exists already; the stack neither creates nor
+    /// removes it, and the entry gives no data.
+    pub external: bool,
+    /// Where the data comes from; `None` exactly when external.
+    pub source: Option<SecretSource>,
+    /// `labels:` (a mapping or a `KEY=VALUE` list).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Where the data of a secret or config comes from. Only named here: a
+/// deploy reads it ([`crate::stack::read_secret_data`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SecretSource {
+    /// `file:`: a path on the deploying machine, absolute (a relative one
+    /// was resolved against the directory of the Compose file that says
+    /// it; `~/` is under `$HOME`).
+    File(String),
+    /// `environment:`: the name of a variable of the deploying shell (over
+    /// the `.env` file, as interpolation reads them).
+    Environment(String),
+    /// `content:` (configs only): the text, interpolated like the rest of
+    /// the file.
+    Content(String),
+}
+
+impl SecretSource {
+    /// The key that gives it (`file`, `environment`, `content`).
+    pub fn key(&self) -> &'static str {
+        match self {
+            SecretSource::File(_) => "file",
+            SecretSource::Environment(_) => "environment",
+            SecretSource::Content(_) => "content",
+        }
+    }
+}
+
+/// The top-level section of a kind: `secrets` or `configs`.
+pub fn section_of(kind: SecretKind) -> &'static str {
+    match kind {
+        SecretKind::Secret => "secrets",
+        SecretKind::Config => "configs",
+    }
 }
 
 /// A top-level `networks:` entry: an overlay network of the stack, or an
@@ -218,6 +284,14 @@ pub struct ComposeService {
     /// `network_mode: host`: on the node's own network, on no overlay
     /// network (and not on the stack's default one).
     pub host_network: bool,
+    /// `secrets:`, short and long syntax, each naming a top-level entry by
+    /// its key (`source`; the stack gives the full name), with Swarm's
+    /// defaults: target the key (`/run/secrets/KEY`), uid and gid 0, mode
+    /// 0444. A later entry for the same path in the task replaces an
+    /// earlier one, as Compose de-duplicates them.
+    pub secrets: Vec<SecretRef>,
+    /// `configs:`, as `secrets` (the target defaults to `/KEY`).
+    pub configs: Vec<SecretRef>,
     /// `x-flotilla.driver`.
     pub driver: Option<String>,
 }
@@ -478,11 +552,15 @@ pub(super) fn convert(
     let mut services_node = None;
     let mut volumes = BTreeMap::new();
     let mut networks = BTreeMap::new();
+    let mut secrets = BTreeMap::new();
+    let mut configs = BTreeMap::new();
     for (k, v) in top {
         match k.name.as_str() {
             "services" => services_node = Some(v),
             "volumes" => volumes = volume_defs(v, &mut warnings)?,
             "networks" => networks = network_defs(v, &mut warnings)?,
+            "secrets" => secrets = secret_defs(SecretKind::Secret, v, lookup)?,
+            "configs" => configs = secret_defs(SecretKind::Config, v, lookup)?,
             "version" | "name" => {}
             n if n.starts_with("x-") => {}
             n if UNSUPPORTED_TOP_KEYS.contains(&n) => ignored.push(n.to_string()),
@@ -510,10 +588,21 @@ pub(super) fn convert(
         return Err(empty());
     }
     let mut services = Vec::new();
+    let declared = Declared {
+        secrets: &secrets,
+        configs: &configs,
+    };
     for (k, v) in entries {
         let path = join("services", &k.name);
         validate_name(&k.name).map_err(|e| ComposeError::at(v, &path, e.to_string()))?;
-        services.push(service(&k.name, v, &path, lookup, &mut warnings)?);
+        services.push(service(
+            &k.name,
+            v,
+            &path,
+            lookup,
+            &declared,
+            &mut warnings,
+        )?);
     }
     services.sort_by(|a, b| a.name.cmp(&b.name));
     check_stack(&services, entries, &volumes, &networks)?;
@@ -522,6 +611,8 @@ pub(super) fn convert(
         warnings,
         volumes,
         networks,
+        secrets,
+        configs,
     })
 }
 
@@ -1023,6 +1114,358 @@ fn host_path(
     Ok(out.to_string_lossy().into_owned())
 }
 
+/// The top-level secrets and configs, for the services that name them.
+struct Declared<'a> {
+    secrets: &'a BTreeMap<String, SecretDef>,
+    configs: &'a BTreeMap<String, SecretDef>,
+}
+
+impl Declared<'_> {
+    fn of(&self, kind: SecretKind) -> &BTreeMap<String, SecretDef> {
+        match kind {
+            SecretKind::Secret => self.secrets,
+            SecretKind::Config => self.configs,
+        }
+    }
+}
+
+/// An error at a mapping key (its own line, or its value's if unknown).
+fn at_key(key: &Key, node: &Node, path: &str, reason: impl Into<String>) -> ComposeError {
+    ComposeError::Invalid {
+        file: node.file.to_string(),
+        line: if key.line > 0 { key.line } else { node.line },
+        path: super::one_line(path),
+        reason: super::one_line(&reason.into()),
+    }
+}
+
+/// The top-level `secrets:` or `configs:` (by `kind`).
+fn secret_defs(
+    kind: SecretKind,
+    node: &Node,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> R<BTreeMap<String, SecretDef>> {
+    let section = section_of(kind);
+    let mut out = BTreeMap::new();
+    if matches!(node.value, Value::Null) {
+        return Ok(out);
+    }
+    for (k, v) in map(node, section)? {
+        let path = join(section, &k.name);
+        out.insert(k.name.clone(), secret_def(kind, k, v, &path, lookup)?);
+    }
+    Ok(out)
+}
+
+/// One top-level secret or config: exactly one of `file`, `environment`,
+/// `content` (configs only) or `external: true`, with `name` and `labels`.
+/// Anything else (drivers, template drivers, unknown keys) is refused at
+/// its line: nothing about a secret is ignored silently.
+fn secret_def(
+    kind: SecretKind,
+    key: &Key,
+    node: &Node,
+    path: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> R<SecretDef> {
+    let entries = match &node.value {
+        Value::Null => &[][..],
+        _ => map(node, path)?,
+    };
+    let noun = kind.noun();
+    let mut def = SecretDef {
+        name: None,
+        external: false,
+        source: None,
+        labels: BTreeMap::new(),
+    };
+    // The file and line of the key that gives the data, for errors.
+    let mut source_at = (node.file.to_string(), node.line);
+    // The node that fixes the name, and its key path, for errors.
+    let mut name_at: Option<(&Node, String)> = None;
+    let mut legacy_name: Option<(String, &Node, String)> = None;
+    let mut labels_at: Option<(&Node, String)> = None;
+    for (k, v) in entries {
+        let p = join(path, &k.name);
+        if matches!(v.value, Value::Null) {
+            continue;
+        }
+        let source = match k.name.as_str() {
+            "name" => {
+                def.name = Some(string(v, &p)?);
+                name_at = Some((v, p));
+                None
+            }
+            "external" => {
+                match &v.value {
+                    // The old form: `external: {name: NAME}`.
+                    Value::Map(m) => {
+                        def.external = true;
+                        for (ek, ev) in m {
+                            let ep = join(&p, &ek.name);
+                            match ek.name.as_str() {
+                                "name" => legacy_name = Some((string(ev, &ep)?, ev, ep)),
+                                n if n.starts_with("x-") => {}
+                                other => {
+                                    return Err(ComposeError::at(
+                                        ev,
+                                        &ep,
+                                        format!("unknown key {other:?}"),
+                                    ))
+                                }
+                            }
+                        }
+                    }
+                    _ => def.external = boolean(v, &p)?,
+                }
+                None
+            }
+            "file" => {
+                let file = string(v, &p)?;
+                if file.trim().is_empty() {
+                    return Err(ComposeError::at(v, &p, "an empty path"));
+                }
+                Some((SecretSource::File(host_path(v, &p, &file, lookup)?), v, p))
+            }
+            "environment" => {
+                let var = string(v, &p)?;
+                if var.is_empty() || var.contains(['=', '\0']) {
+                    return Err(ComposeError::at(
+                        v,
+                        &p,
+                        format!("{var:?} is not the name of an environment variable"),
+                    ));
+                }
+                Some((SecretSource::Environment(var), v, p))
+            }
+            "content" if kind == SecretKind::Config => {
+                Some((SecretSource::Content(string(v, &p)?), v, p))
+            }
+            "content" => {
+                return Err(ComposeError::at(
+                    v,
+                    &p,
+                    "content is for configs; a secret's data comes from a file or an environment variable",
+                ))
+            }
+            "labels" => {
+                def.labels = labels(v, &p)?;
+                if let Some(bad) = def.labels.keys().find(|l| l.is_empty() || l.contains('=')) {
+                    return Err(ComposeError::at(
+                        v,
+                        &p,
+                        format!("invalid label key {bad:?}"),
+                    ));
+                }
+                labels_at = Some((v, p));
+                None
+            }
+            "driver" | "driver_opts" | "template_driver" => {
+                return Err(ComposeError::at(
+                    v,
+                    &p,
+                    format!(
+                        "{} is not supported: {noun} data is stored by the cluster, as written",
+                        k.name
+                    ),
+                ))
+            }
+            n if n.starts_with("x-") => None,
+            other => return Err(ComposeError::at(v, &p, format!("unknown key {other:?}"))),
+        };
+        if let Some((source, v, p)) = source {
+            if let Some(first) = &def.source {
+                return Err(ComposeError::at(
+                    v,
+                    &p,
+                    format!(
+                        "{} and {} both give the data of {noun} {}: give one",
+                        first.key(),
+                        source.key(),
+                        key.name
+                    ),
+                ));
+            }
+            def.source = Some(source);
+            source_at = (v.file.to_string(), v.line);
+        }
+    }
+    if let Some((legacy, ln, lp)) = legacy_name {
+        if def.name.is_some() {
+            return Err(ComposeError::at(
+                ln,
+                &lp,
+                format!("conflicts with {path}.name; only use {path}.name"),
+            ));
+        }
+        def.name = Some(legacy);
+        name_at = Some((ln, lp));
+    }
+    if def.external {
+        if let Some(source) = &def.source {
+            let (file, line) = source_at;
+            return Err(ComposeError::Invalid {
+                file,
+                line,
+                path: super::one_line(&join(path, source.key())),
+                reason: super::one_line(&format!(
+                    "an external {noun} exists already and takes no data: remove {} or external",
+                    source.key()
+                )),
+            });
+        }
+        if let Some((n, p)) = labels_at {
+            return Err(ComposeError::at(
+                n,
+                &p,
+                format!("labels apply to a {noun} the stack creates, not to an external one"),
+            ));
+        }
+        if def.name.is_none() {
+            def.name = Some(key.name.clone());
+        }
+    } else if def.source.is_none() {
+        let sources = match kind {
+            SecretKind::Secret => "file, environment or external: true",
+            SecretKind::Config => "file, environment, content or external: true",
+        };
+        return Err(at_key(
+            key,
+            node,
+            path,
+            format!("{noun} {} gives no data: set {sources}", key.name),
+        ));
+    }
+    // The name on the cluster, or the part of it the stack's name
+    // prefixes, is a name as the daemon checks it.
+    let name = def.name.as_deref().unwrap_or(&key.name);
+    if let Err(e) = validate_name(name) {
+        return Err(match name_at {
+            Some((at, p)) => ComposeError::at(at, &p, e.to_string()),
+            None => at_key(key, node, path, e.to_string()),
+        });
+    }
+    Ok(def)
+}
+
+/// A service's `secrets:` or `configs:` (by `kind`): a list of keys of
+/// the top-level section (short syntax) or of mappings with `source`,
+/// `target`, `uid`, `gid` and `mode` (long syntax). Each must name a
+/// declared entry; a later entry for the same path in the task replaces
+/// an earlier one.
+fn service_refs(
+    kind: SecretKind,
+    node: &Node,
+    path: &str,
+    service: &str,
+    declared: &Declared,
+) -> R<Vec<SecretRef>> {
+    let Value::Seq(items) = &node.value else {
+        return Err(expected(node, path, "a list"));
+    };
+    let mut out: Vec<SecretRef> = Vec::new();
+    for (i, n) in items.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        let r = match &n.value {
+            Value::Map(m) => long_ref(kind, n, m, &p)?,
+            Value::Str(_) => {
+                let name = string(n, &p)?;
+                if name.is_empty() {
+                    return Err(ComposeError::at(n, &p, format!("an empty {kind} name")));
+                }
+                SecretRef::to(kind, name)
+            }
+            _ => return Err(expected(n, &p, &format!("a {kind} name or a mapping"))),
+        };
+        if !declared.of(kind).contains_key(&r.source) {
+            return Err(ComposeError::at(
+                n,
+                &p,
+                format!(
+                    "service {service:?} refers to undefined {kind} {}: invalid compose project",
+                    r.source
+                ),
+            ));
+        }
+        r.check(kind).map_err(|e| ComposeError::at(n, &p, e))?;
+        let target = r.path_in_task(kind);
+        out.retain(|o| o.path_in_task(kind) != target);
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// A long-syntax entry of a service's `secrets:`/`configs:`.
+fn long_ref(kind: SecretKind, node: &Node, entries: &[(Key, Node)], path: &str) -> R<SecretRef> {
+    let mut source = None;
+    let mut target = None;
+    let mut uid = None;
+    let mut gid = None;
+    let mut mode = None;
+    for (k, v) in entries {
+        let kp = join(path, &k.name);
+        if matches!(v.value, Value::Null) {
+            continue;
+        }
+        match k.name.as_str() {
+            "source" => source = Some(string(v, &kp)?),
+            "target" => target = Some(string(v, &kp)?),
+            "uid" => uid = Some(string(v, &kp)?),
+            "gid" => gid = Some(string(v, &kp)?),
+            "mode" => mode = Some(file_mode(v, &kp)?),
+            n if n.starts_with("x-") => {}
+            other => return Err(ComposeError::at(v, &kp, format!("unknown key {other:?}"))),
+        }
+    }
+    let source = source
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| ComposeError::at(node, path, "missing source"))?;
+    let mut r = SecretRef::to(kind, source);
+    if let Some(t) = target {
+        r.target = t;
+    }
+    if let Some(u) = uid {
+        r.uid = u;
+    }
+    if let Some(g) = gid {
+        r.gid = g;
+    }
+    if let Some(m) = mode {
+        r.mode = m;
+    }
+    Ok(r)
+}
+
+/// `mode:` as Compose reads it. A string is octal (`"0440"`, `"440"`,
+/// and `${MODE:-0440}` once interpolated). An integer is the number YAML
+/// gives: `0o440` is 0o440, and a plain `440` is decimal 440 (0o670), as
+/// in Compose. `0440` is octal, as Compose's YAML parser reads a leading
+/// zero; the YAML 1.2 parser here reads no integer there and gives the
+/// number 440.0 instead, so a whole number that is no integer is read by
+/// its digits, in octal.
+fn file_mode(node: &Node, path: &str) -> R<u32> {
+    let bad = |text: String| {
+        ComposeError::at(
+            node,
+            path,
+            format!("invalid file mode {text}: expected octal, like 0440"),
+        )
+    };
+    let mode = match &node.value {
+        Value::Int(i) => u32::try_from(*i).map_err(|_| bad(i.to_string()))?,
+        Value::Float(f) if f.fract() == 0.0 && *f >= 0.0 && *f < 1e9 => {
+            let digits = format!("{}", *f as u64);
+            parse_mode(&digits).map_err(|_| bad(format!("0{digits}")))?
+        }
+        Value::Str(s) => parse_mode(s.trim()).map_err(|_| bad(format!("{s:?}")))?,
+        _ => return Err(expected(node, path, "a file mode, like 0440")),
+    };
+    if mode > 0o7777 {
+        return Err(bad(format!("{mode} (0o{mode:o})")));
+    }
+    Ok(mode)
+}
+
 /// Checks across services: named volumes and networks are declared,
 /// `depends_on` targets exist, and no two services publish the same
 /// ingress port.
@@ -1117,6 +1560,7 @@ fn service(
     node: &Node,
     path: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
+    declared: &Declared,
     warnings: &mut Vec<String>,
 ) -> R<ComposeService> {
     let entries = match &node.value {
@@ -1159,6 +1603,8 @@ fn service(
             "volumes" => s.volumes = mounts(v, p, lookup, &mut ignored)?,
             "deploy" => s.deploy = deploy(v, p, &mut ignored, &mut unknown)?,
             "networks" => s.networks = service_networks(v, p, &mut ignored, &mut unknown)?,
+            "secrets" => s.secrets = service_refs(SecretKind::Secret, v, p, name, declared)?,
+            "configs" => s.configs = service_refs(SecretKind::Config, v, p, name, declared)?,
             "network_mode" => {
                 let mode = string(v, p)?;
                 if mode != "host" {

@@ -25,19 +25,29 @@
 //! external, and service specs name networks by those full names. The
 //! service's own short name is not added as an alias: the resolver answers
 //! it.
+//!
+//! Secrets and configs, as `docker stack deploy` makes them: every
+//! top-level entry that is not external is the stack's ([`StackSecret`],
+//! in [`Stack::secrets`]), named `STACK_KEY` unless the file fixes its
+//! name (`name:`) and labelled with [`NAMESPACE_LABEL`]
+//! ([`Stack::secrets_for`]); service specs name them by those full names,
+//! with the target the key gives by default (`/run/secrets/KEY`, `/KEY`
+//! for a config), sorted by name as Swarm sorts them. Their data is read
+//! by [`read_secret_data`], all of it before the first is created, and
+//! checked against [`MAX_SECRET_BYTES`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use flotilla_types::network::NetworkAttachment;
 use flotilla_types::{
     validate_name, Driver, FailureAction, HealthCheck, HealthTest, MountKind, NetworkSpec, Ratio,
-    ResourceSpec, Resources, ServiceSpec, SpecError, TaskTemplate, UpdateConfig, UpdateOrder,
-    DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_RETRIES, DEFAULT_HEALTH_TIMEOUT_MS,
-    DEFAULT_STOP_GRACE_MS,
+    ResourceSpec, Resources, SecretData, SecretKind, SecretSpec, ServiceSpec, SpecError,
+    TaskTemplate, UpdateConfig, UpdateOrder, DEFAULT_HEALTH_INTERVAL_MS, DEFAULT_HEALTH_RETRIES,
+    DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_STOP_GRACE_MS, MAX_SECRET_BYTES,
 };
 
 use crate as compose;
-use crate::model::DEFAULT_NETWORK;
+use crate::model::{section_of, SecretDef, SecretSource, DEFAULT_NETWORK};
 use crate::{ComposeError, ComposeService};
 
 /// The label Swarm puts on every service of a stack; `stack ls`, `stack rm`
@@ -74,6 +84,13 @@ pub enum StackError {
         network: String,
         reason: String,
     },
+    #[error("{path}: {kind} {key}: {reason}")]
+    Secret {
+        path: String,
+        kind: SecretKind,
+        key: String,
+        reason: String,
+    },
     #[error("invalid stack name {name:?}: {reason}")]
     StackName { name: String, reason: String },
     #[error("no stack file given")]
@@ -95,6 +112,8 @@ pub struct Stack {
     /// The networks the services use, by key (`default` among them when a
     /// service names none).
     pub networks: Vec<StackNetwork>,
+    /// The top-level secrets, then the configs, each by key.
+    pub secrets: Vec<StackSecret>,
     pub warnings: Vec<String>,
     /// The first file, which names the stack in messages.
     pub path: String,
@@ -133,6 +152,126 @@ impl StackNetwork {
             self.name.clone()
         }
     }
+}
+
+/// A secret or config of a stack: a top-level entry of `secrets:` or
+/// `configs:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackSecret {
+    pub kind: SecretKind,
+    /// Its key in the file, which services name it by.
+    pub key: String,
+    /// Its name: in [`Stack::secrets`] the key, or the name the file fixes
+    /// (`name:`, an external one's name); in what [`Stack::secrets_for`]
+    /// returns the full name on the cluster ([`StackSecret::name_in`]).
+    pub name: String,
+    /// Whether the stack's name prefixes it (`STACK_KEY`): not when the
+    /// file fixes the name or it is external.
+    pub scoped: bool,
+    /// It exists already: a deploy checks that it does (when a service
+    /// uses it) and neither creates nor removes it.
+    pub external: bool,
+    /// What a deploy creates (unless external): named
+    /// [`StackSecret::name`], labelled as the file says;
+    /// [`Stack::secrets_for`] adds the stack's [`NAMESPACE_LABEL`].
+    pub spec: SecretSpec,
+    /// Where the data comes from; `None` exactly when external.
+    pub source: Option<SecretSource>,
+    /// The file and line of the key that gives the data (`file:`,
+    /// `environment:`, `content:`), or of the entry when external, for
+    /// errors found once the data is read.
+    pub at: (String, u64),
+}
+
+impl StackSecret {
+    /// Its full name on the cluster under the stack name `stack`.
+    pub fn name_in(&self, stack: &str) -> String {
+        if self.scoped {
+            format!("{stack}_{}", self.key)
+        } else {
+            self.name.clone()
+        }
+    }
+
+    /// The key path of what gives its data (`secrets.KEY.file`), or of the
+    /// entry.
+    pub fn key_path(&self) -> String {
+        let entry = format!("{}.{}", section_of(self.kind), self.key);
+        match &self.source {
+            Some(source) => format!("{entry}.{}", source.key()),
+            None => entry,
+        }
+    }
+
+    fn of(kind: SecretKind, key: &str, def: &SecretDef, files: &[(&str, &str)]) -> StackSecret {
+        let name = def.name.clone().unwrap_or_else(|| key.to_string());
+        let field = def.source.as_ref().map(SecretSource::key);
+        let path: Vec<&str> = [section_of(kind), key].into_iter().chain(field).collect();
+        StackSecret {
+            kind,
+            key: key.to_string(),
+            name: name.clone(),
+            scoped: def.name.is_none() && !def.external,
+            external: def.external,
+            spec: SecretSpec {
+                name,
+                labels: def.labels.clone(),
+            },
+            source: def.source.clone(),
+            // The files name the key once parsed; the first file else.
+            at: compose::locate(files, &path).unwrap_or_else(|| {
+                let first = files.first().map(|(f, _)| *f).unwrap_or_default();
+                (first.to_string(), 0)
+            }),
+        }
+    }
+}
+
+/// Reads the data of each secret and config of `secrets` that a deploy
+/// creates (the external ones are left out), through `read`, all of them
+/// before any is created: a stack that cannot read its third secret
+/// creates none. Each must hold 1 to [`MAX_SECRET_BYTES`] bytes. `read`
+/// says why a source cannot be read (a missing file, an unset variable);
+/// the error names the file and line of the key that gives the data. The
+/// data comes back in the order of `secrets`.
+pub fn read_secret_data<F>(
+    secrets: &[StackSecret],
+    mut read: F,
+) -> Result<Vec<(&StackSecret, SecretData)>, StackError>
+where
+    F: FnMut(&SecretSource) -> Result<Vec<u8>, String>,
+{
+    let mut out = Vec::new();
+    for s in secrets {
+        let Some(source) = &s.source else {
+            continue;
+        };
+        let at = |reason: String| StackError::At {
+            file: s.at.0.clone(),
+            line: s.at.1,
+            key: s.key_path(),
+            reason: compose::one_line(&reason),
+        };
+        let data = read(source).map_err(at)?;
+        let what = match source {
+            SecretSource::File(path) => path.clone(),
+            SecretSource::Environment(var) => format!("environment variable {var}"),
+            SecretSource::Content(_) => "the content".to_string(),
+        };
+        let noun = s.kind.noun();
+        if data.len() > MAX_SECRET_BYTES {
+            return Err(at(format!(
+                "{what} holds more than {MAX_SECRET_BYTES} bytes: a {noun} holds at most {MAX_SECRET_BYTES} bytes (500 KB)"
+            )));
+        }
+        if data.is_empty() {
+            return Err(at(format!(
+                "{what} is empty: a {noun} holds at least 1 byte"
+            )));
+        }
+        out.push((s, SecretData(data)));
+    }
+    Ok(out)
 }
 
 fn check_stack_name(stack: &str) -> Result<(), StackError> {
@@ -183,10 +322,50 @@ impl Stack {
         Ok(out)
     }
 
+    /// The stack's secrets and configs as deployed under the stack name
+    /// `stack`: named [`StackSecret::name_in`] (checked as the daemon checks
+    /// a name), those to create labelled with [`NAMESPACE_LABEL`], each
+    /// full name of a kind once. Two keys may name one (`name:`) if they
+    /// ask for the same one.
+    pub fn secrets_for(&self, stack: &str) -> Result<Vec<StackSecret>, StackError> {
+        check_stack_name(stack)?;
+        let mut out: Vec<StackSecret> = Vec::new();
+        for s in &self.secrets {
+            let mut s = s.clone();
+            s.name = s.name_in(stack);
+            let bad = |reason: String| StackError::Secret {
+                path: self.path.clone(),
+                kind: s.kind,
+                key: s.key.clone(),
+                reason,
+            };
+            validate_name(&s.name).map_err(|e| bad(format!("name {:?}: {e}", s.name)))?;
+            s.spec.name = s.name.clone();
+            if !s.external {
+                s.spec
+                    .labels
+                    .insert(NAMESPACE_LABEL.to_string(), stack.to_string());
+            }
+            match out.iter().find(|o| o.kind == s.kind && o.name == s.name) {
+                Some(o) if o.external == s.external && o.spec == s.spec && o.source == s.source => {
+                }
+                Some(o) => {
+                    return Err(bad(format!(
+                        "it and {} {} are both named {}, with different data or labels",
+                        o.kind, o.key, s.name
+                    )))
+                }
+                None => out.push(s),
+            }
+        }
+        Ok(out)
+    }
+
     /// The specs as deployed under the stack name `stack`: named
     /// `STACK_SERVICE`, labelled with [`NAMESPACE_LABEL`], their networks
     /// named by their full names (in the order of those names, as Swarm
-    /// sorts them).
+    /// sorts them), and so their secrets and configs (sorted by those
+    /// names, then by target).
     pub fn specs_for(&self, stack: &str) -> Result<Vec<ServiceSpec>, StackError> {
         check_stack_name(stack)?;
         self.services
@@ -218,6 +397,21 @@ impl Stack {
                     }
                 }
                 spec.task.networks.sort_by(|a, b| a.network.cmp(&b.network));
+                for (kind, refs) in [
+                    (SecretKind::Secret, &mut spec.task.secrets),
+                    (SecretKind::Config, &mut spec.task.configs),
+                ] {
+                    for r in refs.iter_mut() {
+                        if let Some(s) = self
+                            .secrets
+                            .iter()
+                            .find(|s| s.kind == kind && s.key == r.source)
+                        {
+                            r.source = s.name_in(stack);
+                        }
+                    }
+                    refs.sort_by(|a, b| (&a.source, &a.target).cmp(&(&b.source, &b.target)));
+                }
                 Ok(spec)
             })
             .collect()
@@ -273,11 +467,23 @@ pub fn parse_stack_files(files: &[(&str, &str)]) -> Result<Stack, StackError> {
         warnings.push(w);
     }
     let networks = stack_networks(&parsed.networks, &parsed.services, &mut warnings);
+    let secrets = parsed
+        .secrets
+        .iter()
+        .map(|(k, d)| StackSecret::of(SecretKind::Secret, k, d, files))
+        .chain(
+            parsed
+                .configs
+                .iter()
+                .map(|(k, d)| StackSecret::of(SecretKind::Config, k, d, files)),
+        )
+        .collect();
     Ok(Stack {
         services,
         compose: parsed.services,
         volumes: parsed.volumes,
         networks,
+        secrets,
         warnings,
         path: first.to_string(),
     })
@@ -373,6 +579,7 @@ fn refusal(e: &SpecError) -> Refusal {
     let key = match e {
         SpecError::Name(_) => "",
         SpecError::TooManyReplicas(_) => "deploy.replicas",
+        SpecError::JobRestartsAny => "deploy.restart_policy.condition",
         SpecError::NoCommand => {
             return (
                 "",
@@ -506,6 +713,8 @@ fn to_spec(svc: &ComposeService, ignored: &mut Ignored) -> Result<ServiceSpec, R
             mounts: svc.volumes.clone(),
             ports: svc.ports.clone(),
             networks,
+            secrets: svc.secrets.clone(),
+            configs: svc.configs.clone(),
             ..TaskTemplate::default()
         },
         update: update_config(d.update_config.as_ref(), false)?,
@@ -1557,5 +1766,571 @@ services:
         ));
         assert_eq!(web.update.order, UpdateOrder::StartFirst);
         assert!(stack.warnings.is_empty(), "{:?}", stack.warnings);
+    }
+
+    // -----------------------------------------------------------------
+    // Secrets and configs.
+
+    mod secrets {
+        use super::*;
+        use flotilla_types::SecretRef;
+
+        const SHOP: &str = "services:\n  web:\n    image: x\n    secrets:\n      - db_pass\n      - source: api_key\n        target: key.txt\n        uid: \"1000\"\n        gid: 1000\n        mode: 0400\n    configs:\n      - app_conf\n      - source: nginx\n        target: /etc/nginx/nginx.conf\n        mode: 0o440\n  worker:\n    command: work\n    secrets: [db_pass]\nsecrets:\n  db_pass:\n    file: ./db_pass.txt\n  api_key:\n    environment: API_KEY\nconfigs:\n  app_conf:\n    content: \"hello ${FLOTILLA_TEST_UNSET_WHO:-world}\"\n  nginx:\n    file: /etc/nginx.conf\n    labels: {team: web}\n";
+
+        fn secret_ref(
+            kind: SecretKind,
+            source: &str,
+            target: &str,
+            ids: (&str, &str),
+            mode: u32,
+        ) -> SecretRef {
+            SecretRef {
+                target: target.into(),
+                uid: ids.0.into(),
+                gid: ids.1.into(),
+                mode,
+                ..SecretRef::to(kind, source)
+            }
+        }
+
+        #[test]
+        fn short_and_long_syntax_become_references_by_full_name() {
+            let stack = parse_stack("/stacks/shop/s.yml", SHOP).expect("parse");
+            assert!(stack.warnings.is_empty(), "{:?}", stack.warnings);
+            let specs = stack.specs_for("shop").expect("specs");
+            let web = specs.iter().find(|s| s.name == "shop_web").expect("web");
+            // Sorted by full name; the target is the key as written.
+            assert_eq!(
+                web.task.secrets,
+                [
+                    secret_ref(
+                        SecretKind::Secret,
+                        "shop_api_key",
+                        "key.txt",
+                        ("1000", "1000"),
+                        0o400
+                    ),
+                    secret_ref(
+                        SecretKind::Secret,
+                        "shop_db_pass",
+                        "db_pass",
+                        ("0", "0"),
+                        0o444
+                    ),
+                ]
+            );
+            assert_eq!(
+                web.task.secrets[1].path_in_task(SecretKind::Secret),
+                "/run/secrets/db_pass"
+            );
+            assert_eq!(
+                web.task.configs,
+                [
+                    secret_ref(
+                        SecretKind::Config,
+                        "shop_app_conf",
+                        "/app_conf",
+                        ("0", "0"),
+                        0o444
+                    ),
+                    secret_ref(
+                        SecretKind::Config,
+                        "shop_nginx",
+                        "/etc/nginx/nginx.conf",
+                        ("0", "0"),
+                        0o440
+                    ),
+                ]
+            );
+            // The manager fills these in.
+            assert!(web
+                .task
+                .secrets
+                .iter()
+                .all(|r| r.id.is_empty() && r.version == 0));
+            // The process driver takes them too.
+            let worker = specs
+                .iter()
+                .find(|s| s.name == "shop_worker")
+                .expect("worker");
+            assert_eq!(worker.task.secrets[0].source, "shop_db_pass");
+            // What the deploy creates: every entry, named and labelled.
+            let all = stack.secrets_for("shop").expect("secrets");
+            let summary: Vec<(SecretKind, &str, Option<&SecretSource>, bool)> = all
+                .iter()
+                .map(|s| (s.kind, s.spec.name.as_str(), s.source.as_ref(), s.external))
+                .collect();
+            assert_eq!(
+                summary,
+                [
+                    (
+                        SecretKind::Secret,
+                        "shop_api_key",
+                        Some(&SecretSource::Environment("API_KEY".into())),
+                        false
+                    ),
+                    (
+                        SecretKind::Secret,
+                        "shop_db_pass",
+                        Some(&SecretSource::File("/stacks/shop/db_pass.txt".into())),
+                        false
+                    ),
+                    (
+                        SecretKind::Config,
+                        "shop_app_conf",
+                        Some(&SecretSource::Content("hello world".into())),
+                        false
+                    ),
+                    (
+                        SecretKind::Config,
+                        "shop_nginx",
+                        Some(&SecretSource::File("/etc/nginx.conf".into())),
+                        false
+                    ),
+                ]
+            );
+            for s in &all {
+                assert_eq!(s.spec.labels[NAMESPACE_LABEL], "shop", "{s:?}");
+                assert_eq!(s.name, s.spec.name);
+            }
+            assert_eq!(all[3].spec.labels["team"], "web");
+            // Where each one's data is written, for errors once read.
+            assert_eq!(all[1].at, ("/stacks/shop/s.yml".into(), 21));
+            assert_eq!(all[1].key_path(), "secrets.db_pass.file");
+            assert_eq!(all[2].at, ("/stacks/shop/s.yml".into(), 26));
+        }
+
+        #[test]
+        fn external_and_named_entries_keep_their_names() {
+            let text = "services:\n  web:\n    image: x\n    secrets: [ext, ext_named, legacy, fixed]\n    configs: [shared]\nsecrets:\n  ext:\n    external: true\n  ext_named:\n    external: true\n    name: real_one\n  legacy:\n    external:\n      name: old_style\n  fixed:\n    file: /run/pw\n    name: fixed_name\nconfigs:\n  shared:\n    external: true\n";
+            let stack = parse_stack("nodir/s.yml", text).expect("parse");
+            let all = stack.secrets_for("s").expect("secrets");
+            let names: Vec<(&str, bool, bool)> = all
+                .iter()
+                .map(|s| {
+                    (
+                        s.name.as_str(),
+                        s.external,
+                        s.spec.labels.contains_key(NAMESPACE_LABEL),
+                    )
+                })
+                .collect();
+            assert_eq!(
+                names,
+                [
+                    ("ext", true, false),
+                    ("real_one", true, false),
+                    ("fixed_name", false, true),
+                    ("old_style", true, false),
+                    ("shared", true, false),
+                ]
+            );
+            assert!(all
+                .iter()
+                .filter(|s| s.external)
+                .all(|s| s.source.is_none()));
+            let specs = stack.specs_for("s").expect("specs");
+            let sources: Vec<&str> = specs[0]
+                .task
+                .secrets
+                .iter()
+                .map(|r| r.source.as_str())
+                .collect();
+            assert_eq!(sources, ["ext", "fixed_name", "old_style", "real_one"]);
+            // The target stays the key the service names it by.
+            let targets: Vec<&str> = specs[0]
+                .task
+                .secrets
+                .iter()
+                .map(|r| r.target.as_str())
+                .collect();
+            assert_eq!(targets, ["ext", "fixed", "legacy", "ext_named"]);
+            assert_eq!(specs[0].task.configs[0].source, "shared");
+            assert_eq!(specs[0].task.configs[0].target, "/shared");
+            // A name the daemon would refuse stops the deploy before it
+            // starts; two keys may name one secret only alike.
+            let shop = parse_stack("/stacks/shop/s.yml", SHOP).expect("parse");
+            let long = shop
+                .secrets_for(&"x".repeat(60))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                long.starts_with("/stacks/shop/s.yml: secret api_key: name \"xxx"),
+                "{long}"
+            );
+            let twice = "services:\n  web:\n    image: x\nsecrets:\n  a: {file: /a, name: one}\n  b: {file: /b, name: one}\n  c: {file: /a, name: two}\n  d: {file: /a, name: two}\n";
+            let stack = parse_stack("nodir/s.yml", twice).expect("parse");
+            let e = stack
+                .secrets_for("s")
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert_eq!(
+                e,
+                "nodir/s.yml: secret b: it and secret a are both named one, with different data or labels"
+            );
+            let alike = twice.replace("{file: /b, name: one}", "{file: /a, name: one}");
+            let stack = parse_stack("nodir/s.yml", &alike).expect("parse");
+            assert_eq!(stack.secrets_for("s").expect("secrets").len(), 2);
+            // A secret and a config may share a name: they are apart.
+            let both = "services:\n  web:\n    image: x\nsecrets:\n  a: {file: /a}\nconfigs:\n  a: {file: /a}\n";
+            let stack = parse_stack("nodir/s.yml", both).expect("parse");
+            assert_eq!(stack.secrets_for("s").expect("secrets").len(), 2);
+        }
+
+        fn mode_of(mode: &str) -> Result<u32, String> {
+            let text = format!("services:\n  web:\n    image: x\n    secrets:\n      - source: pw\n        mode: {mode}\nsecrets:\n  pw: {{file: /pw}}\n");
+            parse_stack("s.yml", &text)
+                .map(|s| s.services[0].task.secrets[0].mode)
+                .map_err(|e| e.to_string())
+        }
+
+        #[test]
+        fn modes_read_as_compose_reads_them() {
+            for (mode, want) in [
+                // A leading zero is octal, as Compose reads YAML.
+                ("0440", 0o440),
+                ("0400", 0o400),
+                ("0777", 0o777),
+                ("00", 0),
+                ("0o440", 0o440),
+                // A string is octal, with or without the zero.
+                ("\"0440\"", 0o440),
+                ("\"440\"", 0o440),
+                ("\"${FLOTILLA_TEST_UNSET_MODE:-0600}\"", 0o600),
+                // A plain integer is decimal, as in Compose.
+                ("292", 0o444),
+                ("0", 0),
+                ("0x124", 0o444),
+            ] {
+                assert_eq!(mode_of(mode), Ok(want), "{mode}");
+            }
+            let at = "s.yml:6: services.web.secrets[0].mode";
+            for (mode, reason) in [
+                ("0999", "invalid file mode 0999: expected octal, like 0440"),
+                (
+                    "\"rw\"",
+                    "invalid file mode \"rw\": expected octal, like 0440",
+                ),
+                (
+                    "\"0o17777\"",
+                    "invalid file mode \"0o17777\": expected octal, like 0440",
+                ),
+                (
+                    "0o17777",
+                    "invalid file mode 8191 (0o17777): expected octal, like 0440",
+                ),
+                ("-1", "invalid file mode -1: expected octal, like 0440"),
+                ("1.5", "expected a file mode, like 0440, found 1.5"),
+                ("[1]", "expected a file mode, like 0440, found a list"),
+                ("true", "expected a file mode, like 0440, found true"),
+            ] {
+                assert_eq!(mode_of(mode), Err(format!("{at}: {reason}")), "{mode}");
+            }
+        }
+
+        fn bad(text: &str) -> String {
+            parse_stack("s.yml", text)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        }
+
+        #[test]
+        fn a_service_names_only_declared_ones() {
+            let head = "services:\n  web:\n    image: x\n";
+            assert_eq!(
+                bad(&format!("{head}    secrets:\n      - pw\n      - nope\nsecrets:\n  pw: {{file: /pw}}\n")),
+                "s.yml:6: services.web.secrets[1]: service \"web\" refers to undefined secret nope: invalid compose project"
+            );
+            assert_eq!(
+                bad(&format!("{head}    configs:\n      - source: nope\n        target: /x\n")),
+                "s.yml:5: services.web.configs[0]: service \"web\" refers to undefined config nope: invalid compose project"
+            );
+            // A config is no secret.
+            assert_eq!(
+                bad(&format!("{head}    secrets: [pw]\nconfigs:\n  pw: {{file: /pw}}\n")),
+                "s.yml:4: services.web.secrets[0]: service \"web\" refers to undefined secret pw: invalid compose project"
+            );
+        }
+
+        #[test]
+        fn bad_references_are_refused_at_their_line() {
+            let with = |entry: &str| {
+                bad(&format!("services:\n  web:\n    image: x\n    secrets:\n      - {entry}\nsecrets:\n  pw: {{file: /pw}}\n"))
+            };
+            for (entry, want) in [
+                ("\"\"", "s.yml:5: services.web.secrets[0]: an empty secret name"),
+                ("[pw]", "s.yml:5: services.web.secrets[0]: expected a secret name or a mapping, found a list"),
+                ("target: x", "s.yml:5: services.web.secrets[0]: missing source"),
+                ("source: pw\n        colour: red", "s.yml:6: services.web.secrets[0].colour: unknown key \"colour\""),
+                ("source: pw\n        target: ../etc/passwd", "s.yml:5: services.web.secrets[0]: secret pw: target \"../etc/passwd\" must not contain '.' or '..'"),
+                ("source: pw\n        uid: root", "s.yml:5: services.web.secrets[0]: secret pw: uid \"root\" is not a number"),
+                ("source: pw\n        target: \"\"", "s.yml:5: services.web.secrets[0]: secret pw: empty target"),
+            ] {
+                assert_eq!(with(entry), want, "{entry}");
+            }
+            assert_eq!(
+                bad("services:\n  web:\n    image: x\n    secrets: pw\nsecrets:\n  pw: {file: /pw}\n"),
+                "s.yml:4: services.web.secrets: expected a list, found \"pw\""
+            );
+            // `x-` keys are ignored in an entry.
+            let ok = with("source: pw\n        x-note: 1");
+            assert_eq!(ok, "");
+        }
+
+        #[test]
+        fn bad_top_level_entries_are_refused_at_their_line() {
+            let with = |section: &str, entry: &str| {
+                bad(&format!(
+                    "services:\n  web:\n    image: x\n{section}:\n  pw:{entry}\n"
+                ))
+            };
+            for (section, entry, want) in [
+                ("secrets", "", "s.yml:5: secrets.pw: secret pw gives no data: set file, environment or external: true"),
+                ("secrets", " {}", "s.yml:5: secrets.pw: secret pw gives no data: set file, environment or external: true"),
+                ("configs", "\n    labels: {a: b}", "s.yml:5: configs.pw: config pw gives no data: set file, environment, content or external: true"),
+                ("secrets", "\n    external: false", "s.yml:5: secrets.pw: secret pw gives no data: set file, environment or external: true"),
+                ("secrets", "\n    file: /a\n    environment: PW", "s.yml:7: secrets.pw.environment: file and environment both give the data of secret pw: give one"),
+                ("configs", "\n    content: x\n    file: /a", "s.yml:7: configs.pw.file: content and file both give the data of config pw: give one"),
+                ("secrets", "\n    content: hunter2", "s.yml:6: secrets.pw.content: content is for configs; a secret's data comes from a file or an environment variable"),
+                ("secrets", "\n    external: true\n    file: /a", "s.yml:7: secrets.pw.file: an external secret exists already and takes no data: remove file or external"),
+                ("configs", "\n    external: true\n    labels: [a=b]", "s.yml:7: configs.pw.labels: labels apply to a config the stack creates, not to an external one"),
+                ("secrets", "\n    file: /a\n    driver: vault", "s.yml:7: secrets.pw.driver: driver is not supported: secret data is stored by the cluster, as written"),
+                ("configs", "\n    file: /a\n    template_driver: golang", "s.yml:7: configs.pw.template_driver: template_driver is not supported: config data is stored by the cluster, as written"),
+                ("secrets", "\n    file: /a\n    colour: red", "s.yml:7: secrets.pw.colour: unknown key \"colour\""),
+                ("secrets", "\n    file: \"\"", "s.yml:6: secrets.pw.file: an empty path"),
+                ("secrets", "\n    file: [a]", "s.yml:6: secrets.pw.file: expected a string, found a list"),
+                ("secrets", "\n    environment: A=B", "s.yml:6: secrets.pw.environment: \"A=B\" is not the name of an environment variable"),
+                ("secrets", "\n    file: /a\n    labels: {\"a=b\": c}", "s.yml:7: secrets.pw.labels: invalid label key \"a=b\""),
+                ("secrets", "\n    file: /a\n    name: -bad", "s.yml:7: secrets.pw.name: invalid name \"-bad\": it must start with a letter or a digit"),
+                ("secrets", "\n    external: {name: a}\n    name: b", "s.yml:6: secrets.pw.external.name: conflicts with secrets.pw.name; only use secrets.pw.name"),
+                ("secrets", " [a]", "s.yml:5: secrets.pw: expected a mapping, found a list"),
+                ("secrets", "\n    external: yes", "s.yml:6: secrets.pw.external: expected true or false, found \"yes\""),
+            ] {
+                assert_eq!(with(section, entry), want, "{section}: {entry}");
+            }
+            assert_eq!(
+                bad("services:\n  web:\n    image: x\nsecrets: [pw]\n"),
+                "s.yml:4: secrets: expected a mapping, found a list"
+            );
+            // `x-` keys are ignored; an empty section declares nothing.
+            assert_eq!(with("secrets", "\n    file: /a\n    x-note: 1"), "");
+            assert_eq!(
+                bad("services:\n  web:\n    image: x\nsecrets:\nconfigs: {}\n"),
+                ""
+            );
+        }
+
+        #[test]
+        fn files_are_relative_to_the_file_that_names_them() {
+            let over = "secrets:\n  pw:\n    file: ../keys/pw.txt\n";
+            let base = "services:\n  web:\n    image: x\n    secrets: [pw]\nsecrets:\n  pw: {file: ./pw.txt}\n";
+            let one = parse_stack_files(&[("/stacks/app/a.yml", base)]).expect("one");
+            assert_eq!(
+                one.secrets[0].source,
+                Some(SecretSource::File("/stacks/app/pw.txt".into()))
+            );
+            let merged =
+                parse_stack_files(&[("/stacks/app/a.yml", base), ("/stacks/ops/b.yml", over)])
+                    .expect("merged");
+            assert_eq!(
+                merged.secrets[0].source,
+                Some(SecretSource::File("/stacks/keys/pw.txt".into()))
+            );
+            // The override names the line to blame.
+            assert_eq!(merged.secrets[0].at, ("/stacks/ops/b.yml".into(), 3));
+            let home = parse_stack_files(&[(
+                "/stacks/app/a.yml",
+                &base.replace("./pw.txt", "/abs/pw.txt"),
+            )])
+            .expect("absolute");
+            assert_eq!(
+                home.secrets[0].source,
+                Some(SecretSource::File("/abs/pw.txt".into()))
+            );
+        }
+
+        #[test]
+        fn later_files_merge_references_by_path_and_labels_by_key() {
+            let base = "services:\n  web:\n    image: x\n    secrets:\n      - db\n      - source: api\n        target: /keys/api\n    configs: [app]\nsecrets:\n  db: {file: /db, labels: {a: \"1\", b: \"2\"}}\n  api: {file: /api}\nconfigs:\n  app: {content: v1}\n";
+            let over = "services:\n  web:\n    secrets:\n      - source: db\n        mode: 0400\n      - api\n    configs:\n      - source: app\n        target: /app\n        uid: \"5\"\nsecrets:\n  db:\n    labels: [b=over, c=3]\nconfigs:\n  app: {content: v2}\n";
+            let stack =
+                parse_stack_files(&[("nodir/a.yml", base), ("nodir/b.yml", over)]).expect("merge");
+            let web = &stack.compose[0];
+            let secrets: Vec<(&str, &str, u32)> = web
+                .secrets
+                .iter()
+                .map(|r| (r.source.as_str(), r.target.as_str(), r.mode))
+                .collect();
+            // db at the same path: replaced in place; api at another: added.
+            assert_eq!(
+                secrets,
+                [
+                    ("db", "db", 0o400),
+                    ("api", "/keys/api", 0o444),
+                    ("api", "api", 0o444)
+                ]
+            );
+            assert_eq!(web.configs.len(), 1);
+            assert_eq!(web.configs[0].uid, "5");
+            let db = stack.secrets.iter().find(|s| s.key == "db").expect("db");
+            let labels: Vec<(&str, &str)> = db
+                .spec
+                .labels
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            assert_eq!(labels, [("a", "1"), ("b", "over"), ("c", "3")]);
+            let app = stack.secrets.iter().find(|s| s.key == "app").expect("app");
+            assert_eq!(app.source, Some(SecretSource::Content("v2".into())));
+            // Within one file too, a later entry for a path wins.
+            let again = "services:\n  web:\n    image: x\n    secrets:\n      - db\n      - source: db\n        target: db\n        mode: 0400\nsecrets:\n  db: {file: /db}\n";
+            let stack = parse_stack("s.yml", again).expect("parse");
+            assert_eq!(stack.services[0].task.secrets.len(), 1);
+            assert_eq!(stack.services[0].task.secrets[0].mode, 0o400);
+        }
+
+        #[test]
+        fn config_output_reads_back_with_the_same_secrets() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("s.yml");
+            let text = "services:\n  web:\n    image: x\n    secrets: [{source: pw, mode: 0400}]\n    configs: [app]\nsecrets:\n  pw: {file: ./pw.txt}\nconfigs:\n  app:\n    content: \"cost: $$5 ${FLOTILLA_TEST_UNSET_C:-ok}\"\n";
+            std::fs::write(&path, text).expect("write");
+            let path = path.display().to_string();
+            let (yaml, _) = config_yaml(&[&path]).expect("config");
+            let out = dir.path().join("out.yml");
+            std::fs::write(&out, &yaml).expect("write");
+            let again = load_stack(&out.display().to_string()).expect("reparse");
+            let direct = load_stack(&path).expect("direct");
+            assert_eq!(again.services, direct.services, "{yaml}");
+            let sources = |s: &Stack| -> Vec<Option<SecretSource>> {
+                s.secrets.iter().map(|x| x.source.clone()).collect()
+            };
+            assert_eq!(sources(&again), sources(&direct), "{yaml}");
+            assert_eq!(
+                direct.secrets[1].source,
+                Some(SecretSource::Content("cost: $5 ok".into()))
+            );
+        }
+
+        fn stack_secret(kind: SecretKind, key: &str, source: Option<SecretSource>) -> StackSecret {
+            StackSecret {
+                kind,
+                key: key.into(),
+                name: format!("s_{key}"),
+                scoped: true,
+                external: source.is_none(),
+                spec: SecretSpec {
+                    name: format!("s_{key}"),
+                    labels: BTreeMap::new(),
+                },
+                at: ("s.yml".into(), 7),
+                source,
+            }
+        }
+
+        #[test]
+        fn all_data_is_read_before_anything_is_created() {
+            let file = |p: &str| Some(SecretSource::File(p.into()));
+            let secrets = [
+                stack_secret(SecretKind::Secret, "a", file("/a")),
+                stack_secret(SecretKind::Secret, "ext", None),
+                stack_secret(
+                    SecretKind::Secret,
+                    "b",
+                    Some(SecretSource::Environment("B".into())),
+                ),
+                stack_secret(
+                    SecretKind::Config,
+                    "c",
+                    Some(SecretSource::Content("conf".into())),
+                ),
+                stack_secret(SecretKind::Config, "d", file("/d")),
+            ];
+            let fs: BTreeMap<&str, Vec<u8>> = [
+                ("/a", b"one".to_vec()),
+                ("/d", vec![b'x'; MAX_SECRET_BYTES]),
+            ]
+            .into();
+            let fake =
+                |fs: &BTreeMap<&str, Vec<u8>>, s: &SecretSource| -> Result<Vec<u8>, String> {
+                    match s {
+                        SecretSource::File(p) => fs
+                            .get(p.as_str())
+                            .cloned()
+                            .ok_or_else(|| format!("cannot read {p}: No such file or directory")),
+                        SecretSource::Environment(v) if v == "B" => Ok(b"two".to_vec()),
+                        SecretSource::Environment(v) => {
+                            Err(format!("environment variable {v} is not set"))
+                        }
+                        SecretSource::Content(c) => Ok(c.clone().into_bytes()),
+                    }
+                };
+            let mut asked = 0;
+            let data = read_secret_data(&secrets, |s| {
+                asked += 1;
+                fake(&fs, s)
+            })
+            .expect("all read");
+            let got: Vec<(&str, usize)> = data
+                .iter()
+                .map(|(s, d)| (s.key.as_str(), d.0.len()))
+                .collect();
+            // In order, externals left out, the largest allowed size taken.
+            assert_eq!(got, [("a", 3), ("b", 3), ("c", 4), ("d", MAX_SECRET_BYTES)]);
+            assert_eq!(asked, 4);
+            // The third source fails: an error, and no data to create from.
+            let mut broken = secrets.clone();
+            broken[3].source = file("/missing");
+            let mut asked = 0;
+            let e = read_secret_data(&broken, |s| {
+                asked += 1;
+                fake(&fs, s)
+            })
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+            assert_eq!(
+                e,
+                "s.yml:7: configs.c.file: cannot read /missing: No such file or directory"
+            );
+            assert_eq!(asked, 3, "stops at the first that fails");
+            let mut unset = secrets.clone();
+            unset[2].source = Some(SecretSource::Environment("NOPE".into()));
+            let e = read_secret_data(&unset, |s| fake(&fs, s))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert_eq!(
+                e,
+                "s.yml:7: secrets.b.environment: environment variable NOPE is not set"
+            );
+            // Too large, or empty: named with the limit.
+            let mut fs2 = fs.clone();
+            fs2.insert("/d", vec![b'x'; MAX_SECRET_BYTES + 1]);
+            fs2.insert("/a", Vec::new());
+            let read2 = |big: &BTreeMap<&str, Vec<u8>>, s: &SecretSource| match s {
+                SecretSource::File(p) => Ok(big.get(p.as_str()).cloned().unwrap_or_default()),
+                _ => Ok(b"x".to_vec()),
+            };
+            let e = read_secret_data(&secrets[1..], |s| read2(&fs2, s))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert_eq!(
+                e,
+                format!("s.yml:7: configs.d.file: /d holds more than {MAX_SECRET_BYTES} bytes: a config holds at most {MAX_SECRET_BYTES} bytes (500 KB)")
+            );
+            let e = read_secret_data(&secrets, |s| read2(&fs2, s))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert_eq!(
+                e,
+                "s.yml:7: secrets.a.file: /a is empty: a secret holds at least 1 byte"
+            );
+        }
     }
 }

@@ -162,9 +162,11 @@ fn rule(path: &[String]) -> Rule {
     match p.as_slice() {
         ["services", _, "environment" | "labels"]
         | ["services", _, "deploy", "labels"]
-        | ["networks", _, "labels"] => Rule::Keys,
+        | ["networks" | "secrets" | "configs", _, "labels"] => Rule::Keys,
         ["services", _, "ports"] => Rule::Entries(port_key),
         ["services", _, "volumes"] => Rule::Entries(volume_key),
+        ["services", _, "secrets"] => Rule::Entries(secret_target_key),
+        ["services", _, "configs"] => Rule::Entries(config_target_key),
         ["services", _, "networks"] => Rule::Names,
         ["services", _, "networks", _, "aliases"] => Rule::Append,
         ["networks", _, "ipam", "config"] => Rule::Entries(subnet_key),
@@ -334,6 +336,41 @@ fn as_name_map(value: &Value) -> Option<Vec<(Key, Node)>> {
 fn subnet_key(node: &Node) -> Option<(String, String)> {
     match node.get("subnet").map(|s| &s.value) {
         Some(Value::Str(s)) => Some((s.clone(), String::new())),
+        _ => None,
+    }
+}
+
+/// What makes two entries of a service's `secrets` the same one across
+/// files, as Compose indexes them: the path in the task (a short entry's
+/// `/run/secrets/NAME`, a long entry's `target`, relative ones under
+/// `/run/secrets`, or `/run/secrets/SOURCE`).
+fn secret_target_key(node: &Node) -> Option<(String, String)> {
+    let path = match reference_target(node)? {
+        t if t.starts_with('/') => t,
+        t => format!("/run/secrets/{t}"),
+    };
+    Some((path, String::new()))
+}
+
+/// What makes two entries of a service's `configs` the same one across
+/// files: the path in the task (`/NAME` unless a `target` says otherwise).
+fn config_target_key(node: &Node) -> Option<(String, String)> {
+    let path = match reference_target(node)? {
+        t if t.starts_with('/') => t,
+        t => format!("/{t}"),
+    };
+    Some((path, String::new()))
+}
+
+/// The target of a `secrets`/`configs` entry as written, or its source.
+fn reference_target(node: &Node) -> Option<String> {
+    let text = |n: Option<&Node>| match n.map(|n| &n.value) {
+        Some(Value::Str(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    match &node.value {
+        Value::Str(s) => Some(s.clone()),
+        Value::Map(_) => text(node.get("target")).or_else(|| text(node.get("source"))),
         _ => None,
     }
 }

@@ -577,15 +577,29 @@ fn fixture_stacks_convert() {
     assert_eq!(tally.mode, ServiceMode::Replicated { replicas: 2 });
     assert_eq!(counter.labels["com.example.role"], "background");
     let w = voting.warnings.join("\n");
-    assert!(
-        w.contains("Ignoring unsupported top-level options: secrets"),
-        "{w}"
-    );
-    assert!(
-        w.contains("service store: Ignoring unsupported options: secrets"),
-        "{w}"
-    );
+    // Secrets are read: the external one keeps its name and the service
+    // gets it under /run/secrets.
+    assert!(!w.contains("secrets"), "{w}");
     assert!(!w.contains("networks"), "{w}");
+    let secrets = voting.secrets_for("vote").expect("secrets");
+    assert_eq!(secrets.len(), 1);
+    assert_eq!(
+        (secrets[0].name.as_str(), secrets[0].external),
+        ("store_password", true)
+    );
+    let store_spec = voting
+        .specs_for("vote")
+        .expect("specs")
+        .into_iter()
+        .find(|s| s.name == "vote_store")
+        .expect("store");
+    assert_eq!(
+        store_spec.task.secrets,
+        [flotilla_types::SecretRef::to(
+            flotilla_types::SecretKind::Secret,
+            "store_password"
+        )]
+    );
     // Every service names its networks: no default network.
     let nets = voting.networks_for("vote").expect("networks");
     let net_names: Vec<&str> = nets.iter().map(|n| n.name.as_str()).collect();
@@ -693,11 +707,33 @@ fn fixture_stacks_convert() {
         RestartCondition::OnFailure
     );
     let w = monitoring.warnings.join("\n");
-    assert!(w.contains("top-level options: configs"), "{w}");
+    assert!(!w.contains("configs"), "{w}");
     assert!(!w.contains("x-"), "{w}");
     assert!(
-        w.contains("service scraper: Ignoring unsupported options: configs, logging"),
+        w.contains("service scraper: Ignoring unsupported options: logging"),
         "{w}"
+    );
+    // The config is the stack's, its file beside the stack file, and the
+    // scraper gets it at its target.
+    let configs = monitoring.secrets_for("mon").expect("configs");
+    assert_eq!(configs.len(), 1);
+    assert_eq!(configs[0].name, "mon_scraper_config");
+    assert_eq!(configs[0].spec.labels[NAMESPACE_LABEL], "mon");
+    assert_eq!(
+        configs[0].source,
+        Some(flotilla_compose::SecretSource::File(fixture("scraper.yml")))
+    );
+    let scraper_spec = monitoring
+        .specs_for("mon")
+        .expect("specs")
+        .into_iter()
+        .find(|s| s.name == "mon_scraper")
+        .expect("scraper");
+    assert_eq!(scraper_spec.task.configs.len(), 1);
+    assert_eq!(scraper_spec.task.configs[0].source, "mon_scraper_config");
+    assert_eq!(
+        scraper_spec.task.configs[0].target,
+        "/etc/scraper/scraper.yml"
     );
 
     // Host-mode ports are read as written; an override file that

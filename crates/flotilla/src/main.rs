@@ -160,6 +160,12 @@ async fn dispatch(
         Command::Service(c) => commands::service(&client()?, c).await,
         Command::Mesh(c) => commands::mesh(&client()?, c).await,
         Command::Network(c) => flotilla::cli::networks::network(&client()?, c).await,
+        Command::Secret(c) => {
+            flotilla::cli::secrets::secret(&client()?, flotilla_types::SecretKind::Secret, c).await
+        }
+        Command::Config(c) => {
+            flotilla::cli::secrets::secret(&client()?, flotilla_types::SecretKind::Config, c).await
+        }
         Command::Resolve {
             name,
             from,

@@ -9,7 +9,7 @@ use flotilla_api::model::InitRequest;
 use flotilla_api::Client;
 use flotilla_types::parse_duration_ms;
 
-use super::flags::{apply_update, parse_pairs, parse_replicas, spec_from_args};
+use super::flags::{apply_update, check_update, parse_pairs, parse_replicas, spec_from_args};
 use super::output::{inspect_text, print_json, ps_table, services_table, table, title};
 use super::progress::{follow_update, wait_converged};
 use super::{Format, InitArgs, NodeCommand, ServiceCommand, UpdateArgs};
@@ -312,6 +312,7 @@ async fn update_service(client: &Client, args: &UpdateArgs) -> Result<()> {
     let timeout = Duration::from_millis(
         parse_duration_ms(&args.timeout).map_err(|e| anyhow!("--timeout: {e}"))?,
     );
+    check_update(args)?;
     let mut attempts = 0;
     let (before, after) = loop {
         let current = client.service(&args.name).await?;

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use super::{CreateArgs, UpdateArgs};
 use flotilla_types::{
     parse_duration_ms, Constraint, Driver, FailureAction, HealthCheck, HealthTest, Mount,
-    MountKind, Ratio, Resources, RestartCondition, RestartPolicy, ServiceMode, ServiceSpec,
-    SpecError, TaskTemplate, UpdateConfig, UpdateOrder,
+    MountKind, Ratio, Resources, RestartCondition, RestartPolicy, SecretKind, SecretRef,
+    ServiceMode, ServiceSpec, SpecError, TaskTemplate, UpdateConfig, UpdateOrder,
 };
 
 #[derive(Debug, Default, Args)]
@@ -375,6 +375,7 @@ pub fn validate(spec: &ServiceSpec) -> Result<()> {
     let flag = match &e {
         SpecError::Name(_) => "--name",
         SpecError::TooManyReplicas(_) => "--replicas",
+        SpecError::JobRestartsAny => "--restart-condition",
         SpecError::NoCommand => bail!(
             "a process service needs a command: flotilla service create --name {} -- CMD [ARGS...] (or --image IMAGE for a container)",
             spec.name
@@ -540,6 +541,58 @@ pub fn parse_networks(
         .collect()
 }
 
+/// The references of `--secret` or `--config` values (`kind` tells
+/// which), each parsed with [`SecretRef::parse`] and checked with
+/// [`SecretRef::check`], with the flag named in an error.
+pub fn parse_secret_refs(
+    kind: SecretKind,
+    values: &[String],
+    flag: &str,
+) -> Result<Vec<SecretRef>> {
+    // The parser names `--secret` or `--config`; say the flag given.
+    let named = |e: String| {
+        let e = e.replace(&format!("--{kind}"), flag);
+        if e.contains(flag) {
+            anyhow!("{e}")
+        } else {
+            anyhow!("{flag}: {e}")
+        }
+    };
+    values
+        .iter()
+        .map(|v| {
+            let r = SecretRef::parse(kind, v).map_err(named)?;
+            r.check(kind).map_err(named)?;
+            Ok(r)
+        })
+        .collect()
+}
+
+/// `--secret-rm`/`--config-rm` then `--secret-add`/`--config-add` on the
+/// references of one kind: a removal names a reference by its source
+/// (the name), its ID or its target; an addition replaces the reference
+/// at the same path in the task (which, named again, is resolved to the
+/// current version).
+pub fn update_secret_refs(
+    kind: SecretKind,
+    refs: &mut Vec<SecretRef>,
+    rm: &[String],
+    add: Vec<SecretRef>,
+) {
+    for name in rm {
+        refs.retain(|r| {
+            !(r.source == *name
+                || (!r.id.is_empty() && r.id == *name)
+                || r.target == *name
+                || r.path_in_task(kind) == *name)
+        });
+    }
+    for a in add {
+        refs.retain(|r| r.path_in_task(kind) != a.path_in_task(kind));
+        refs.push(a);
+    }
+}
+
 /// The ports of `--publish` values, with the flag named in an error.
 pub fn parse_ports(values: &[String], flag: &str) -> Result<Vec<flotilla_types::PortConfig>> {
     let mut ports = Vec::new();
@@ -615,9 +668,20 @@ pub fn spec_from_args(args: &CreateArgs) -> Result<ServiceSpec> {
     }
     spec.task.ports = parse_ports(&args.publish, "--publish")?;
     spec.task.networks = parse_networks(&args.network, "--network")?;
+    spec.task.secrets = parse_secret_refs(SecretKind::Secret, &args.secret, "--secret")?;
+    spec.task.configs = parse_secret_refs(SecretKind::Config, &args.config, "--config")?;
     args.spec.apply(&mut spec)?;
     super::flags::validate(&spec)?;
     Ok(spec)
+}
+
+/// Checks the `service update` flags whose values can be checked without
+/// the spec (`--secret-add`, `--config-add`), so that a bad one is told
+/// before the daemon is asked anything.
+pub fn check_update(args: &UpdateArgs) -> Result<()> {
+    parse_secret_refs(SecretKind::Secret, &args.secret_add, "--secret-add")?;
+    parse_secret_refs(SecretKind::Config, &args.config_add, "--config-add")?;
+    Ok(())
 }
 
 /// Applies `service update` flags to a spec read from the cluster.
@@ -632,9 +696,16 @@ pub fn apply_update(
         let replicas = parse_replicas(r)?;
         match spec.mode {
             ServiceMode::Replicated { .. } => spec.mode = ServiceMode::Replicated { replicas },
-            ServiceMode::Global => bail!(
-                "service {} is global: --replicas applies to replicated services only",
-                spec.name
+            ServiceMode::ReplicatedJob { max_concurrent, .. } => {
+                spec.mode = ServiceMode::ReplicatedJob {
+                    replicas,
+                    max_concurrent,
+                }
+            }
+            ServiceMode::Global | ServiceMode::GlobalJob => bail!(
+                "service {} is {}: --replicas applies to replicated services only",
+                spec.name,
+                spec.mode.as_str()
             ),
         }
     }
@@ -718,6 +789,18 @@ pub fn apply_update(
         task.networks.retain(|a| !named(a, &add.network));
         task.networks.push(add);
     }
+    update_secret_refs(
+        SecretKind::Secret,
+        &mut task.secrets,
+        &args.secret_rm,
+        parse_secret_refs(SecretKind::Secret, &args.secret_add, "--secret-add")?,
+    );
+    update_secret_refs(
+        SecretKind::Config,
+        &mut task.configs,
+        &args.config_rm,
+        parse_secret_refs(SecretKind::Config, &args.config_add, "--config-add")?,
+    );
     if args.force {
         task.force_update += 1;
     }
@@ -953,6 +1036,227 @@ mod tests {
         assert!(parse_mount("type=nfs,target=/x").is_err());
         assert!(parse_mount("source=/a").is_err());
         assert!(parse_mount("target=/a,colour=red").is_err());
+    }
+
+    /// `service create --name web FLAGS... -- true`, parsed by clap.
+    fn create_args(flags: &[&str]) -> Box<CreateArgs> {
+        use clap::Parser as _;
+        let mut argv = vec!["flotilla", "service", "create", "--name", "web"];
+        argv.extend(flags);
+        argv.extend(["--", "true"]);
+        match super::super::Cli::try_parse_from(argv) {
+            Ok(super::super::Cli {
+                command: super::super::Command::Service(super::super::ServiceCommand::Create(a)),
+                ..
+            }) => a,
+            other => panic!("not a service create: {other:?}"),
+        }
+    }
+
+    /// `service update FLAGS... web`, parsed by clap.
+    fn update_args(flags: &[&str]) -> Box<UpdateArgs> {
+        use clap::Parser as _;
+        let mut argv = vec!["flotilla", "service", "update"];
+        argv.extend(flags);
+        argv.push("web");
+        match super::super::Cli::try_parse_from(argv) {
+            Ok(super::super::Cli {
+                command: super::super::Command::Service(super::super::ServiceCommand::Update(a)),
+                ..
+            }) => a,
+            other => panic!("not a service update: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn secrets_and_configs_go_into_the_template() {
+        let spec = spec_from_args(&create_args(&[
+            "--secret",
+            "db_pass",
+            "--secret",
+            "source=tls_key,target=key.pem,uid=1000,gid=1000,mode=0400",
+            "--config",
+            "src=nginx,dst=/etc/nginx/nginx.conf",
+        ]))
+        .expect("spec");
+        let secrets = &spec.task.secrets;
+        assert_eq!(secrets.len(), 2);
+        assert_eq!(secrets[0], SecretRef::to(SecretKind::Secret, "db_pass"));
+        assert_eq!(
+            (secrets[1].source.as_str(), secrets[1].target.as_str()),
+            ("tls_key", "key.pem")
+        );
+        assert_eq!(
+            (
+                secrets[1].uid.as_str(),
+                secrets[1].gid.as_str(),
+                secrets[1].mode
+            ),
+            ("1000", "1000", 0o400)
+        );
+        // The manager fills these in.
+        assert!(secrets.iter().all(|r| r.id.is_empty() && r.version == 0));
+        assert_eq!(spec.task.configs.len(), 1);
+        assert_eq!(spec.task.configs[0].source, "nginx");
+        assert_eq!(spec.task.configs[0].target, "/etc/nginx/nginx.conf");
+        assert!(spec_from_args(&create_args(&[]))
+            .expect("none")
+            .task
+            .secrets
+            .is_empty());
+    }
+
+    #[test]
+    fn bad_secret_and_config_flags_are_one_line_errors() {
+        for (flags, want) in [
+            (vec!["--secret", ""], "empty --secret"),
+            (
+                vec!["--secret", "target=x"],
+                "--secret \"target=x\" names no source",
+            ),
+            (
+                vec!["--secret", "source=a,colour=red"],
+                "unknown --secret field \"colour\"",
+            ),
+            (
+                vec!["--config", "source=a,mode=999"],
+                "--config: invalid file mode \"999\"",
+            ),
+            (
+                vec!["--secret", "source=a,target=../etc/passwd"],
+                "--secret: secret a: target \"../etc/passwd\" must not contain '.' or '..'",
+            ),
+            (
+                vec!["--config", "source=a,uid=root"],
+                "--config: config a: uid \"root\" is not a number",
+            ),
+        ] {
+            let err = spec_from_args(&create_args(&flags))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(want), "{flags:?}: {err:?} lacks {want:?}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        for (flags, want) in [
+            (
+                vec!["--secret-add", "source=a,oops"],
+                "invalid --secret-add field \"oops\": expected key=value",
+            ),
+            (
+                vec!["--config-add", "source=a,target=/x/../y"],
+                "--config-add: config a",
+            ),
+        ] {
+            let args = update_args(&flags);
+            let err = check_update(&args)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(want), "{flags:?}: {err:?} lacks {want:?}");
+        }
+        assert!(check_update(&update_args(&["--secret-add", "a"])).is_ok());
+    }
+
+    #[test]
+    fn secret_add_and_rm_change_the_references() {
+        let mut spec = spec_from_args(&create_args(&[
+            "--secret",
+            "db_pass",
+            "--secret",
+            "source=tls_key,target=key.pem",
+            "--config",
+            "nginx",
+            "--config",
+            "source=app,target=/etc/app.toml",
+        ]))
+        .expect("spec");
+        // As the manager pins them.
+        for r in spec
+            .task
+            .secrets
+            .iter_mut()
+            .chain(spec.task.configs.iter_mut())
+        {
+            r.id = format!("id-{}", r.source);
+            r.version = 1;
+        }
+        let networks = BTreeMap::new();
+
+        // By name, by target, by ID; an unknown name changes nothing.
+        let mut s = spec.clone();
+        apply_update(&mut s, &update_args(&["--secret-rm", "db_pass"]), &networks).expect("rm");
+        assert_eq!(sources(&s.task.secrets), ["tls_key"]);
+        let mut s = spec.clone();
+        apply_update(&mut s, &update_args(&["--secret-rm", "key.pem"]), &networks).expect("rm");
+        assert_eq!(sources(&s.task.secrets), ["db_pass"]);
+        let mut s = spec.clone();
+        apply_update(
+            &mut s,
+            &update_args(&["--config-rm", "id-nginx", "--config-rm", "/etc/app.toml"]),
+            &networks,
+        )
+        .expect("rm");
+        assert!(s.task.configs.is_empty());
+        assert_eq!(s.task.secrets, spec.task.secrets);
+        let mut s = spec.clone();
+        apply_update(&mut s, &update_args(&["--secret-rm", "nope"]), &networks).expect("rm");
+        assert_eq!(s, spec);
+
+        // An addition at a target in use replaces what is there; the same
+        // path written either way is the same target.
+        let mut s = spec.clone();
+        apply_update(
+            &mut s,
+            &update_args(&[
+                "--secret-add",
+                "source=tls_key_v2,target=/run/secrets/key.pem",
+                "--secret-add",
+                "api_token",
+                "--config-add",
+                "source=nginx2,target=/nginx",
+            ]),
+            &networks,
+        )
+        .expect("add");
+        assert_eq!(
+            sources(&s.task.secrets),
+            ["db_pass", "tls_key_v2", "api_token"]
+        );
+        assert_eq!(sources(&s.task.configs), ["app", "nginx2"]);
+        assert_eq!(s.task.secrets[0], spec.task.secrets[0]);
+
+        // Removed and added again (Docker's way to take a new version):
+        // the reference loses its pin, for the manager to resolve anew.
+        let mut s = spec.clone();
+        apply_update(
+            &mut s,
+            &update_args(&["--secret-rm", "db_pass", "--secret-add", "db_pass"]),
+            &networks,
+        )
+        .expect("again");
+        let again = s
+            .task
+            .secrets
+            .iter()
+            .find(|r| r.source == "db_pass")
+            .expect("there");
+        assert_eq!((again.id.as_str(), again.version), ("", 0));
+
+        let mut s = spec.clone();
+        let err = apply_update(
+            &mut s,
+            &update_args(&["--secret-add", "target=x"]),
+            &networks,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("names no source"), "{err}");
+    }
+
+    fn sources(refs: &[SecretRef]) -> Vec<&str> {
+        refs.iter().map(|r| r.source.as_str()).collect()
     }
 
     #[test]

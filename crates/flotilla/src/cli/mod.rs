@@ -7,7 +7,8 @@
 //!   become a [`flotilla_types::ServiceSpec`].
 //! - [`commands`]: the commands of nodes, services and the cluster;
 //!   [`stack`]: the stack commands; [`logs`]: `service logs`;
-//!   [`networks`]: `network create|ls|inspect|rm`.
+//!   [`networks`]: `network create|ls|inspect|rm`; [`secrets`]: `secret`
+//!   and `config` `create|update|ls|inspect|rm`.
 //! - [`progress`]: waiting for tasks and following updates, with deadlines.
 //! - [`output`]: tables, `inspect` text and JSON.
 
@@ -18,6 +19,7 @@ pub mod networks;
 pub mod options;
 pub mod output;
 pub mod progress;
+pub mod secrets;
 pub mod stack;
 
 pub use options::*;

@@ -85,6 +85,12 @@ pub enum Command {
     /// Manage networks: services on one network reach each other by name
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// Manage secrets: data each task of a service gets as a file under /run/secrets, never shown back
+    #[command(subcommand)]
+    Secret(SecretCommand),
+    /// Manage configs: data each task of a service gets as a file at a path of its own
+    #[command(subcommand)]
+    Config(SecretCommand),
     /// What a task's resolver answers for a name: web, STACK_web, an alias, tasks.web
     Resolve {
         name: String,
@@ -151,6 +157,53 @@ pub enum NetworkCommand {
         format: Format,
     },
     /// Remove networks (refused while a service uses one)
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// The commands of `secret` and of `config` (the same for both).
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Create one from a file, or from stdin with -; prints its ID
+    Create {
+        /// Its name: letters, digits, '-', '_' and '.'
+        name: String,
+        /// The file with the data (at most 500 KB), or - to read stdin
+        #[arg(value_name = "FILE|-", allow_hyphen_values = true)]
+        file: String,
+        /// Label, KEY=VALUE (repeatable)
+        #[arg(short, long = "label")]
+        label: Vec<String>,
+    },
+    /// Give one new data, a new version: the services that use it roll onto it with their update config
+    Update {
+        /// Its name or ID
+        name: String,
+        /// The file with the new data (at most 500 KB), or - to read stdin
+        #[arg(value_name = "FILE|-", allow_hyphen_values = true)]
+        file: String,
+    },
+    /// List them: ID, name, version, size and the services that use each
+    #[command(alias = "list")]
+    Ls {
+        /// Print only the IDs
+        #[arg(short, long)]
+        quiet: bool,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Show them in detail (never their data)
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Output format [default: json]
+        #[arg(long, value_enum, default_value_t = Format::Json)]
+        format: Format,
+    },
+    /// Remove them (refused while a service uses one)
     #[command(alias = "remove")]
     Rm {
         #[arg(required = true)]
@@ -432,6 +485,14 @@ pub struct CreateArgs {
     /// Attach to a network: NAME, or name=NAME[,alias=ALIAS...]
     #[arg(long = "network")]
     pub network: Vec<String>,
+    /// Give the tasks a secret as a file: NAME (at /run/secrets/NAME) or
+    /// source=NAME[,target=T][,uid=U][,gid=G][,mode=0440]
+    #[arg(long = "secret", value_name = "SPEC")]
+    pub secret: Vec<String>,
+    /// Give the tasks a config as a file: NAME (at /NAME) or
+    /// source=NAME[,target=/PATH][,uid=U][,gid=G][,mode=0440]
+    #[arg(long = "config", value_name = "SPEC")]
+    pub config: Vec<String>,
     #[command(flatten)]
     pub spec: flags::SpecFlags,
     /// Command and arguments (for a docker service: the container's arguments)
@@ -478,6 +539,18 @@ pub struct UpdateArgs {
     /// Detach from a network, by name or ID
     #[arg(long = "network-rm")]
     pub network_rm: Vec<String>,
+    /// Add a secret (as --secret of service create); one at the same target is replaced
+    #[arg(long = "secret-add", value_name = "SPEC")]
+    pub secret_add: Vec<String>,
+    /// Remove a secret, by name, ID or target
+    #[arg(long = "secret-rm", value_name = "NAME")]
+    pub secret_rm: Vec<String>,
+    /// Add a config (as --config of service create); one at the same target is replaced
+    #[arg(long = "config-add", value_name = "SPEC")]
+    pub config_add: Vec<String>,
+    /// Remove a config, by name, ID or target
+    #[arg(long = "config-rm", value_name = "NAME")]
+    pub config_rm: Vec<String>,
     /// Number of tasks
     #[arg(long, allow_hyphen_values = true)]
     pub replicas: Option<String>,

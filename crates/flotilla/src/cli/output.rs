@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 use flotilla_api::model::{ServiceView, TaskView};
 use flotilla_types::TaskState;
-use flotilla_types::{format_duration_ms, HealthTest};
+use flotilla_types::{format_duration_ms, HealthTest, SecretKind, SecretRef};
 
 /// Renders rows under a header.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -287,6 +287,14 @@ pub fn inspect_text(s: &ServiceView) -> String {
         }
         line("Network:", text);
     }
+    for (what, kind, refs) in [
+        ("Secret:", SecretKind::Secret, &t.secrets),
+        ("Config:", SecretKind::Config, &t.configs),
+    ] {
+        for r in refs {
+            line(what, secret_ref_text(kind, r));
+        }
+    }
     line("Restart:", t.restart.condition.as_str().to_string());
     if let Some(h) = &t.health {
         line("Health check:", health_test_text(&h.test));
@@ -325,6 +333,25 @@ pub fn inspect_text(s: &ServiceView) -> String {
         line(" Message:", u.message.clone());
     }
     out
+}
+
+/// A secret or config of a service as `inspect` shows it: its name,
+/// where the task finds it and how; never its data.
+/// `db_pass -> /run/secrets/db_pass (mode 0444, version 1)`.
+pub fn secret_ref_text(kind: SecretKind, r: &SecretRef) -> String {
+    let mut how = vec![format!("mode {:04o}", r.mode)];
+    if r.uid != "0" || r.gid != "0" {
+        how.push(format!("uid {}, gid {}", r.uid, r.gid));
+    }
+    if r.version > 0 {
+        how.push(format!("version {}", r.version));
+    }
+    format!(
+        "{} -> {} ({})",
+        r.source,
+        r.path_in_task(kind),
+        how.join(", ")
+    )
 }
 
 /// A health test as Docker writes it.
@@ -464,6 +491,25 @@ pub(crate) mod tests {
             ],
         );
         assert_eq!(t, "NAME       REPLICAS\nweb        3/3\ndatabase   1/1\n");
+    }
+
+    #[test]
+    fn secrets_show_name_and_path_never_data() {
+        let short = SecretRef::parse(SecretKind::Secret, "db_pass").expect("short");
+        assert_eq!(
+            secret_ref_text(SecretKind::Secret, &short),
+            "db_pass -> /run/secrets/db_pass (mode 0444)"
+        );
+        let mut long = SecretRef::parse(
+            SecretKind::Config,
+            "source=nginx,target=/etc/nginx.conf,uid=101,gid=101,mode=0440",
+        )
+        .expect("long");
+        long.version = 3;
+        assert_eq!(
+            secret_ref_text(SecretKind::Config, &long),
+            "nginx -> /etc/nginx.conf (mode 0440, uid 101, gid 101, version 3)"
+        );
     }
 
     #[test]

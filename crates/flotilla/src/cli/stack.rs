@@ -3,15 +3,22 @@
 //! with Swarm's commands (`deploy`, `ls`, `services`, `ps`, `rm`, `config`).
 //!
 //! A deploy is all or nothing up to the first write: every file is parsed,
-//! interpolated, converted and checked (names included), the external
-//! networks are looked up and the stack's existing networks compared with
-//! the files before the daemon is asked to change anything. It then creates
-//! the stack's missing networks (labelled `com.docker.stack.namespace`
-//! too) and writes only the services that differ: a service whose spec is
+//! interpolated, converted and checked (names included), the data of every
+//! secret and config is read (each file and variable, checked against
+//! the size limit), the external networks, secrets and configs are looked
+//! up and the stack's existing networks compared with the files before the
+//! daemon is asked to change anything: a stack whose third secret cannot
+//! be read has created none. It then creates the stack's secrets and
+//! configs (labelled `com.docker.stack.namespace` too; one that exists
+//! with the same data is used as it is, one with other data refused: its
+//! data cannot change under a name), then its missing networks (labelled
+//! too), and writes only the services that differ: a service whose spec is
 //! unchanged is not written at all, so redeploying the same files changes
 //! nothing; a changed one is replaced at the version it was read at, which
 //! starts a paced rolling update. `rm` removes the stack's services, then
-//! its networks, retrying those still in use while the tasks stop.
+//! its secrets, configs and networks (those labelled with the stack; an
+//! external one never is), retrying those still in use while the tasks
+//! stop.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -20,17 +27,24 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Result};
 use clap::Subcommand;
-use flotilla_api::model::{NetworkView, ServiceNetwork, ServiceView, TaskView};
+use flotilla_api::model::{
+    NetworkView, SecretCreate, SecretView, ServiceNetwork, ServiceView, TaskView,
+};
 use flotilla_api::{Client, ClientError};
-use flotilla_types::{NetworkSpec, Ratio, ServiceSpec, UpdateState};
+use flotilla_types::{
+    NetworkSpec, Ratio, SecretData, SecretKind, ServiceSpec, UpdateState, MAX_SECRET_BYTES,
+};
 
 use super::output::table;
 use super::output::{ps_header, ps_rows_with, services_table};
 use super::{Format, FormatArg};
-use flotilla_compose::{load_stack_files, StackError, StackNetwork, NAMESPACE_LABEL};
+use flotilla_compose::{
+    load_stack_files, read_secret_data, SecretSource, StackError, StackNetwork, StackSecret,
+    NAMESPACE_LABEL,
+};
 
-/// How long `stack rm` retries removing a network its stopping tasks
-/// still use, and how often.
+/// How long `stack rm` retries removing a network, secret or config its
+/// stopping tasks still use, and how often.
 const NETWORK_RM_TIMEOUT: Duration = Duration::from_secs(30);
 const NETWORK_RM_RETRY: Duration = Duration::from_millis(500);
 
@@ -72,7 +86,7 @@ pub enum StackCommand {
         #[command(flatten)]
         format: FormatArg,
     },
-    /// Remove stacks: all of their services, then their networks
+    /// Remove stacks: all of their services, then their secrets, configs and networks
     #[command(alias = "remove", alias = "down")]
     Rm {
         #[arg(required = true)]
@@ -120,6 +134,92 @@ pub enum NetworkAction {
     Create(NetworkSpec),
     /// Use it as it is: it is external, or exists as the files ask.
     Use(String),
+}
+
+/// A secret or config a deploy creates, or uses when one of its name
+/// exists with the same data (`reuse_identical`).
+#[derive(Debug, Clone)]
+pub struct SecretWrite {
+    pub kind: SecretKind,
+    pub create: SecretCreate,
+    /// One of its name exists already: the create answers it when its
+    /// data is the same, and is refused when not.
+    pub exists: bool,
+}
+
+/// Decides what a deploy does to the stack's secrets and configs
+/// (`secrets`, already named for the stack, see `Stack::secrets_for`),
+/// given their data (read by `read_secret_data`, all of it before this),
+/// the service specs and the secrets and configs that exist. Refuses,
+/// before anything is written, an external one a service uses that does
+/// not exist.
+pub fn plan_secrets(
+    secrets: &[StackSecret],
+    data: Vec<(&StackSecret, SecretData)>,
+    specs: &[ServiceSpec],
+    existing: &[SecretView],
+) -> Result<Vec<SecretWrite>> {
+    let exists =
+        |kind: SecretKind, name: &str| existing.iter().any(|v| v.kind == kind && v.name == name);
+    for s in secrets.iter().filter(|s| s.external) {
+        let used = specs.iter().any(|spec| {
+            let refs = match s.kind {
+                SecretKind::Secret => &spec.task.secrets,
+                SecretKind::Config => &spec.task.configs,
+            };
+            refs.iter().any(|r| r.source == s.name)
+        });
+        if used && !exists(s.kind, &s.name) {
+            bail!(
+                "{} {:?} is declared as external, but could not be found",
+                s.kind,
+                s.name
+            );
+        }
+    }
+    Ok(data
+        .into_iter()
+        .map(|(s, data)| SecretWrite {
+            kind: s.kind,
+            exists: exists(s.kind, &s.name),
+            create: SecretCreate {
+                spec: s.spec.clone(),
+                data,
+                reuse_identical: true,
+            },
+        })
+        .collect())
+}
+
+/// Reads the data of a secret or config for a deploy: a file (at most one
+/// byte over the limit, which `read_secret_data` then refuses), a variable
+/// of `vars` (the deploying shell's environment over the `.env` file, as
+/// interpolation reads them), or the content the file holds.
+fn read_source(source: &SecretSource, vars: &BTreeMap<String, String>) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    match source {
+        SecretSource::File(path) => {
+            let file = std::fs::File::open(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+            let mut data = Vec::new();
+            file.take(MAX_SECRET_BYTES as u64 + 1)
+                .read_to_end(&mut data)
+                .map_err(|e| format!("cannot read {path}: {e}"))?;
+            Ok(data)
+        }
+        SecretSource::Environment(var) => vars
+            .get(var)
+            .map(|v| v.clone().into_bytes())
+            .ok_or_else(|| format!("environment variable {var} is not set")),
+        SecretSource::Content(text) => Ok(text.clone().into_bytes()),
+    }
+}
+
+/// "Secret" or "Config", to start a line.
+fn capitalized(kind: SecretKind) -> &'static str {
+    match kind {
+        SecretKind::Secret => "Secret",
+        SecretKind::Config => "Config",
+    }
 }
 
 /// The stack a service belongs to, if any.
@@ -210,7 +310,9 @@ fn with_network_names(spec: &ServiceSpec, networks: &[ServiceNetwork]) -> Servic
 
 /// Whether two specs ask for the same thing. Ratios travel as JSON floats,
 /// which need not come back bit for bit; networks are the same in any
-/// order.
+/// order; secrets and configs are named by name, and the ID and version
+/// the manager pinned them to are not the files' business (the data of a
+/// name does not change under a stack).
 fn same_spec(a: &ServiceSpec, b: &ServiceSpec) -> bool {
     let close = |x: Ratio, y: Ratio| (x.0 - y.0).abs() < 1e-9;
     let strip = |s: &ServiceSpec| {
@@ -218,6 +320,10 @@ fn same_spec(a: &ServiceSpec, b: &ServiceSpec) -> bool {
         s.update.max_failure_ratio = Ratio(0.0);
         s.rollback.max_failure_ratio = Ratio(0.0);
         s.task.networks.sort_by(|x, y| x.network.cmp(&y.network));
+        for r in s.task.secrets.iter_mut().chain(s.task.configs.iter_mut()) {
+            r.id.clear();
+            r.version = 0;
+        }
         s
     };
     strip(a) == strip(b)
@@ -269,11 +375,12 @@ pub fn plan(
 }
 
 /// Deploys the stack files `paths` (later over earlier) as `stack`: checks
-/// everything first, then creates the missing networks and services,
+/// everything first (the data of every secret and config read), then
+/// creates the secrets and configs, the missing networks and services,
 /// replaces what changed, leaves what is the same and, with `prune`,
 /// removes the stack's services the files no longer name. Prints one line
-/// per network created and per service, and the warnings (once, to
-/// stderr). Returns the names of the stack's services.
+/// per secret, config and network created and per service, and the
+/// warnings (once, to stderr). Returns the names of the stack's services.
 pub async fn deploy_stack(
     client: &Client,
     paths: &[&str],
@@ -292,6 +399,13 @@ async fn deploy(client: &Client, paths: &[&str], stack: &str, prune: bool) -> Re
     let parsed = load_stack_files(paths)?;
     let specs = parsed.specs_for(stack)?;
     let networks = parsed.networks_for(stack)?;
+    let secrets = parsed.secrets_for(stack)?;
+    // Every file and variable a secret or config comes from, read before
+    // the daemon is asked anything: one that cannot be read stops the
+    // deploy before the first is created.
+    let first = paths.first().copied().unwrap_or(".");
+    let vars = flotilla_compose::variables_for(flotilla_compose::dir_of(first))?;
+    let data = read_secret_data(&secrets, |source| read_source(source, &vars))?;
     for spec in &specs {
         // The daemon's own checks (the conversion made them before the
         // names were prefixed), so that a spec it would refuse stops the
@@ -314,6 +428,13 @@ async fn deploy(client: &Client, paths: &[&str], stack: &str, prune: bool) -> Re
         }
     }
     let network_actions = plan_networks(&networks, &found)?;
+    let mut existing_secrets = Vec::new();
+    if !secrets.is_empty() {
+        for kind in [SecretKind::Secret, SecretKind::Config] {
+            existing_secrets.extend(client.secrets(kind).await?);
+        }
+    }
+    let secret_writes = plan_secrets(&secrets, data, &specs, &existing_secrets)?;
     let existing = client.services().await?;
     let actions = plan(stack, specs, &existing, prune)?;
     let mut written: Vec<String> = Vec::new();
@@ -324,6 +445,24 @@ async fn deploy(client: &Client, paths: &[&str], stack: &str, prune: bool) -> Re
             format!("already written: {}", written.join(", "))
         }
     };
+    for w in &secret_writes {
+        let (noun, name) = (w.kind.noun(), &w.create.spec.name);
+        if !w.exists {
+            println!("Creating {noun} {name}");
+        }
+        match client.create_secret(w.kind, &w.create).await {
+            Ok(_) if w.exists => println!("{} {name} is up to date", capitalized(w.kind)),
+            Ok(_) => written.push(format!("{noun} {name}")),
+            Err(e) if e.status() == Some(409) => bail!(
+                "deploying stack {stack} failed at {noun} {name}: {e} ({}); the data of a {noun} cannot change: give it another name (`name:`) to roll out new data",
+                done(&written)
+            ),
+            Err(e) => bail!(
+                "deploying stack {stack} failed at {noun} {name}: {e} ({})",
+                done(&written)
+            ),
+        }
+    }
     for action in &network_actions {
         let NetworkAction::Create(spec) = action else {
             continue;
@@ -420,9 +559,10 @@ async fn wait_running(client: &Client, names: &[String], timeout: Duration) -> R
 }
 
 /// Calls `remove` until it succeeds, again every `every` while the daemon
-/// answers that the network is in use (409: the removed services' tasks
-/// are still stopping) and `deadline` has not passed. A network that is
-/// gone already (404) is removed. The last refusal otherwise.
+/// answers that the network (or secret, or config) is in use (409: the
+/// removed services' tasks are still stopping) and `deadline` has not
+/// passed. One that is gone already (404) is removed. The last refusal
+/// otherwise.
 async fn remove_while_in_use<F, Fut>(
     mut remove: F,
     deadline: Instant,
@@ -457,6 +597,19 @@ fn stack_networks<'a>(networks: &'a [NetworkView], stack: &str) -> Vec<&'a str> 
         .collect();
     names.sort();
     names
+}
+
+/// The secrets and configs of `stack` (labelled with [`NAMESPACE_LABEL`]),
+/// secrets first, each by name.
+fn stack_secrets<'a>(views: &'a [SecretView], stack: &str) -> Vec<(SecretKind, &'a str)> {
+    let mut out: Vec<(SecretKind, &str)> = views
+        .iter()
+        .filter(|v| v.labels.get(NAMESPACE_LABEL).map(String::as_str) == Some(stack))
+        .map(|v| (v.kind, v.name.as_str()))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> Result<()> {
@@ -572,6 +725,8 @@ pub async fn stack(client: &Client, command: &StackCommand) -> Result<()> {
         StackCommand::Rm { stacks } => {
             let all = client.services().await?;
             let all_networks = client.networks().await?;
+            let mut all_secrets = client.secrets(SecretKind::Secret).await?;
+            all_secrets.extend(client.secrets(SecretKind::Config).await?);
             let mut failed = None;
             for stack in stacks {
                 let mut names: Vec<&str> = all
@@ -580,7 +735,8 @@ pub async fn stack(client: &Client, command: &StackCommand) -> Result<()> {
                     .map(|s| s.name.as_str())
                     .collect();
                 let networks = stack_networks(&all_networks, stack);
-                if names.is_empty() && networks.is_empty() {
+                let secrets = stack_secrets(&all_secrets, stack);
+                if names.is_empty() && networks.is_empty() && secrets.is_empty() {
                     failed.get_or_insert_with(|| anyhow!("nothing found in stack: {stack}"));
                     continue;
                 }
@@ -592,8 +748,32 @@ pub async fn stack(client: &Client, command: &StackCommand) -> Result<()> {
                     }
                 }
                 // Refused while the removed services' tasks stop: one
-                // deadline for the stack's networks.
+                // deadline for the stack's secrets, configs and networks.
                 let deadline = Instant::now() + NETWORK_RM_TIMEOUT;
+                for (kind, name) in secrets {
+                    let noun = kind.noun();
+                    println!("Removing {noun} {name}");
+                    let removed = remove_while_in_use(
+                        || async { client.remove_secret(kind, name).await.map(|_| ()) },
+                        deadline,
+                        NETWORK_RM_RETRY,
+                    )
+                    .await;
+                    match removed {
+                        Ok(()) => {}
+                        Err(e) if e.status() == Some(409) => {
+                            failed.get_or_insert_with(|| {
+                                anyhow!(
+                                    "removing {noun} {name}: still in use after {}s: {e}",
+                                    NETWORK_RM_TIMEOUT.as_secs()
+                                )
+                            });
+                        }
+                        Err(e) => {
+                            failed.get_or_insert_with(|| anyhow!("removing {noun} {name}: {e}"));
+                        }
+                    }
+                }
                 for name in networks {
                     println!("Removing network {name}");
                     let removed = remove_while_in_use(
@@ -667,6 +847,7 @@ mod tests {
                 desired: 1,
                 healthy: None,
                 ready: 1,
+                completed: None,
             },
             command: spec.task.command.join(" "),
             spec,
@@ -987,6 +1168,167 @@ mod tests {
                     name: "b".into(),
                     services: 1
                 }
+            ]
+        );
+    }
+
+    fn secret_view(kind: SecretKind, name: &str, stack: Option<&str>) -> SecretView {
+        SecretView {
+            id: format!("id-{name}"),
+            kind,
+            name: name.into(),
+            labels: stack
+                .map(|s| [(NAMESPACE_LABEL.to_string(), s.to_string())].into())
+                .unwrap_or_default(),
+            created_at: 0,
+            updated_at: 0,
+            version: 1,
+            size: 3,
+            services: Vec::new(),
+        }
+    }
+
+    const WITH_SECRETS: &str = "services:\n  web:\n    image: nginx\n    secrets: [db, shared]\n    configs:\n      - source: conf\n        target: /etc/app.conf\nsecrets:\n  db:\n    file: ./db.txt\n  shared:\n    external: true\n  unused_ext:\n    external: true\nconfigs:\n  conf:\n    content: \"port: 80\"\n";
+
+    #[test]
+    fn secrets_are_read_and_checked_before_anything_is_written() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("s.yml").display().to_string();
+        std::fs::write(dir.path().join("db.txt"), "hunter2").expect("write");
+        let parsed = flotilla_compose::parse_stack(&path, WITH_SECRETS).expect("parse");
+        let secrets = parsed.secrets_for("s").expect("secrets");
+        let specs = parsed.specs_for("s").expect("specs");
+        let vars = BTreeMap::new();
+        let data = read_secret_data(&secrets, |src| read_source(src, &vars)).expect("read");
+        // The external one a service uses must exist; an unused one need not.
+        let e = plan_secrets(&secrets, data.clone(), &specs, &[])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            e,
+            "secret \"shared\" is declared as external, but could not be found"
+        );
+        let existing = [
+            secret_view(SecretKind::Secret, "shared", None),
+            secret_view(SecretKind::Secret, "s_db", Some("s")),
+        ];
+        let writes = plan_secrets(&secrets, data, &specs, &existing).expect("plan");
+        let summary: Vec<(SecretKind, &str, &[u8], bool)> = writes
+            .iter()
+            .map(|w| {
+                (
+                    w.kind,
+                    w.create.spec.name.as_str(),
+                    &w.create.data.0[..],
+                    w.exists,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (SecretKind::Secret, "s_db", &b"hunter2"[..], true),
+                (SecretKind::Config, "s_conf", &b"port: 80"[..], false),
+            ]
+        );
+        for w in &writes {
+            assert!(w.create.reuse_identical);
+            assert_eq!(w.create.spec.labels[NAMESPACE_LABEL], "s");
+        }
+        // A file that is missing or too large stops the deploy before the
+        // first secret: the error names the file, its line and the limit.
+        std::fs::remove_file(dir.path().join("db.txt")).expect("remove");
+        let e = read_secret_data(&secrets, |src| read_source(src, &vars))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        let db = dir.path().join("db.txt").display().to_string();
+        assert!(
+            e.starts_with(&format!("{path}:10: secrets.db.file: cannot read {db}: ")),
+            "{e}"
+        );
+        std::fs::write(
+            dir.path().join("db.txt"),
+            vec![b'x'; MAX_SECRET_BYTES + 4096],
+        )
+        .expect("write");
+        let e = read_secret_data(&secrets, |src| read_source(src, &vars))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            e,
+            format!("{path}:10: secrets.db.file: {db} holds more than {MAX_SECRET_BYTES} bytes: a secret holds at most {MAX_SECRET_BYTES} bytes (500 KB)")
+        );
+        // A variable comes from the environment the deploy reads.
+        let env = WITH_SECRETS.replace("file: ./db.txt", "environment: FLOTILLA_TEST_DB");
+        let parsed = flotilla_compose::parse_stack(&path, &env).expect("parse");
+        let secrets = parsed.secrets_for("s").expect("secrets");
+        let e = read_secret_data(&secrets, |src| read_source(src, &vars))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert_eq!(
+            e,
+            format!("{path}:10: secrets.db.environment: environment variable FLOTILLA_TEST_DB is not set")
+        );
+        let vars: BTreeMap<String, String> =
+            [("FLOTILLA_TEST_DB".to_string(), "from-env".to_string())].into();
+        let data = read_secret_data(&secrets, |src| read_source(src, &vars)).expect("read");
+        assert_eq!(data[0].1 .0, b"from-env");
+    }
+
+    #[test]
+    fn pinned_secret_versions_are_no_change() {
+        let parsed = flotilla_compose::parse_stack("nodir/s.yml", WITH_SECRETS).expect("parse");
+        let specs = parsed.specs_for("s").expect("specs");
+        // The daemon answers the references with the ID and version it
+        // pinned them to.
+        let existing: Vec<ServiceView> = specs
+            .iter()
+            .map(|spec| {
+                let mut spec = spec.clone();
+                for r in spec
+                    .task
+                    .secrets
+                    .iter_mut()
+                    .chain(spec.task.configs.iter_mut())
+                {
+                    r.id = format!("id-{}", r.source);
+                    r.version = 3;
+                }
+                stored(spec, 1)
+            })
+            .collect();
+        let actions = plan("s", specs.clone(), &existing, false).expect("plan");
+        assert!(
+            actions.iter().all(|a| matches!(a, Action::Unchanged(_))),
+            "{actions:?}"
+        );
+        // Another target is a change.
+        let moved = WITH_SECRETS.replace("/etc/app.conf", "/etc/app2.conf");
+        let moved = flotilla_compose::parse_stack("nodir/s.yml", &moved).expect("parse");
+        let actions =
+            plan("s", moved.specs_for("s").expect("specs"), &existing, false).expect("plan");
+        assert!(matches!(actions[0], Action::Update { .. }), "{actions:?}");
+    }
+
+    #[test]
+    fn stack_secrets_are_found_by_label() {
+        let all = [
+            secret_view(SecretKind::Config, "s_conf", Some("s")),
+            secret_view(SecretKind::Secret, "s_db", Some("s")),
+            secret_view(SecretKind::Secret, "shared", None),
+            secret_view(SecretKind::Secret, "t_db", Some("t")),
+            secret_view(SecretKind::Secret, "fixed_name", Some("s")),
+        ];
+        assert_eq!(
+            stack_secrets(&all, "s"),
+            [
+                (SecretKind::Secret, "fixed_name"),
+                (SecretKind::Secret, "s_db"),
+                (SecretKind::Config, "s_conf"),
             ]
         );
     }

@@ -1,0 +1,204 @@
+//! Secrets and configs through the real binary, on a manager and a worker
+//! (loopback): a process task on the worker reads its secret and config
+//! from files in memory; `inspect` shows no data; the plaintext is found
+//! nowhere under either node's data dir; `secret rm` of one in use is
+//! refused naming the service; `secret update` rolls the task onto the new
+//! version; bad input is refused with one line.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use flotilla_testkit::{wait_until, Daemon};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_flotilla"))
+}
+
+fn start_named(name: &str) -> Result<Daemon> {
+    Daemon::start_with(bin(), "127.0.0.1:0", &["--name", name])
+}
+
+const SECRET: &str = "s3cr3t-hunter2-for-the-test";
+const CONFIG: &str = "listen=8080 # the test's config";
+
+/// Every file under `dir` that holds `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    found.push(path);
+                }
+            }
+        }
+    }
+    found
+}
+
+fn base64(data: &[u8]) -> String {
+    const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The log lines of service `name`, as `service logs` prints them.
+fn logs(d: &Daemon, name: &str) -> String {
+    d.cli(&["service", "logs", "--raw", name]).stdout
+}
+
+#[test]
+fn a_task_reads_its_secret_and_config_and_the_data_is_stored_nowhere_in_clear() -> Result<()> {
+    let m1 = start_named("m1")?;
+    m1.ok(&["init"])?;
+    let token = m1
+        .ok(&["join-token", "worker", "-q"])?
+        .stdout
+        .trim()
+        .to_string();
+    let addr = m1.cluster_addr()?;
+    let w1 = start_named("w1")?;
+    w1.ok(&["join", "--token", &token, &addr])?;
+    let files = tempfile::tempdir()?;
+    let secret_file = files.path().join("pw.txt");
+    std::fs::write(&secret_file, SECRET)?;
+    let config_file = files.path().join("app.conf");
+    std::fs::write(&config_file, CONFIG)?;
+    let secret_path = secret_file.to_string_lossy().into_owned();
+    let config_path = config_file.to_string_lossy().into_owned();
+    m1.ok(&["secret", "create", "pw", &secret_path])?;
+    m1.ok(&["config", "create", "app", &config_path])?;
+    // Taken names are refused; a missing file too, with one line.
+    let again = m1.cli(&["secret", "create", "pw", &secret_path]);
+    assert!(
+        again.code != 0 && again.stderr.contains("already exists"),
+        "{}",
+        again.stderr
+    );
+    let missing = m1.cli(&["secret", "create", "other", "/nonexistent/pw"]);
+    assert!(
+        missing.code != 0 && missing.stderr.contains("/nonexistent/pw"),
+        "{}",
+        missing.stderr
+    );
+    // The task prints the lengths and the first bytes' sum, never the data.
+    let script = r#"wc -c < "$FLOTILLA_SECRETS_DIR/pw"; wc -c < "$FLOTILLA_CONFIGS_DIR/etc/app.conf"; cksum < "$FLOTILLA_SECRETS_DIR/pw"; exec sleep 100000"#;
+    m1.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--constraint",
+        "node.role==worker",
+        "--stop-grace-period",
+        "1s",
+        "--secret",
+        "pw",
+        "--config",
+        "source=app,target=/etc/app.conf,mode=0440",
+        "-d",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ])?;
+    let expected = |data: &str| -> Result<String> {
+        let out = std::process::Command::new("cksum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write as _;
+                c.stdin.take().map(|mut i| i.write_all(data.as_bytes()));
+                c.wait_with_output()
+            })?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let first = expected(SECRET)?;
+    wait_until(
+        "the task to print what it read",
+        Duration::from_secs(15),
+        || {
+            let out = logs(&m1, "web");
+            Ok(out.contains(&first).then_some(()))
+        },
+    )?;
+    let out = logs(&m1, "web");
+    assert!(out.contains(&SECRET.len().to_string()), "{out}");
+    assert!(out.contains(&CONFIG.len().to_string()), "{out}");
+    // inspect shows no data, and names the service.
+    let inspect = m1.ok(&["secret", "inspect", "pw"])?.stdout;
+    assert!(!inspect.contains(SECRET) && !inspect.contains(&base64(SECRET.as_bytes())));
+    assert!(inspect.contains("web"), "{inspect}");
+    let svc = m1.ok(&["service", "inspect", "web"])?.stdout;
+    assert!(!svc.contains(SECRET) && !svc.contains(&base64(SECRET.as_bytes())));
+    // In use: refused, naming the service.
+    let rm = m1.cli(&["secret", "rm", "pw"]);
+    assert!(
+        rm.code != 0 && rm.stderr.contains("in use by services web"),
+        "{}",
+        rm.stderr
+    );
+    // The plaintext (or its base64) is in neither node's data dir.
+    for d in [&m1, &w1] {
+        for needle in [
+            SECRET.to_string(),
+            base64(SECRET.as_bytes()),
+            CONFIG.to_string(),
+        ] {
+            let found = files_holding(d.data_dir(), needle.as_bytes());
+            if !found.is_empty() {
+                bail!("{needle:?} is in the clear in {found:?}");
+            }
+        }
+    }
+    // A new version rolls the service onto it: a new task reads it.
+    let rotated = "the-second-version-of-the-secret";
+    std::fs::write(&secret_file, rotated)?;
+    m1.ok(&["secret", "update", "pw", &secret_path])?;
+    let second = expected(rotated)?;
+    wait_until(
+        "the new task to read the new version",
+        Duration::from_secs(20),
+        || Ok(logs(&m1, "web").contains(&second).then_some(())),
+    )?;
+    let view = m1.ok(&["secret", "inspect", "pw"])?.stdout;
+    assert!(
+        view.contains("\"version\": 2") || view.contains("\"version\":2"),
+        "{view}"
+    );
+    // Once the service is gone the secret can go, and the worker holds no
+    // file of it any more.
+    m1.ok(&["service", "rm", "web"])?;
+    wait_until(
+        "the secret to be removable",
+        Duration::from_secs(10),
+        || Ok((m1.cli(&["secret", "rm", "pw"]).code == 0).then_some(())),
+    )?;
+    let left = m1.ok(&["secret", "ls", "--format", "json"])?.json()?;
+    assert_eq!(left.as_array().map(|a| a.len()), Some(0), "{left}");
+    Ok(())
+}
