@@ -2012,22 +2012,30 @@ fn deploy(
         Some((m, _)) if m == "replicated" => ServiceMode::Replicated {
             replicas: replicas.map(|r| r.0).unwrap_or(1),
         },
-        Some((m, n)) if m == "global" => {
+        Some((m, _)) if m == "replicated-job" => ServiceMode::ReplicatedJob {
+            replicas: replicas.map(|r| r.0).unwrap_or(1),
+            max_concurrent: 0,
+        },
+        Some((m, n)) if m == "global" || m == "global-job" => {
             if let Some((_, rn)) = replicas {
                 return Err(ComposeError::at(
                     rn,
                     &join(path, "replicas"),
-                    "cannot be used with mode global",
+                    format!("cannot be used with mode {m}"),
                 ));
             }
             let _ = n;
-            ServiceMode::Global
+            if m == "global" {
+                ServiceMode::Global
+            } else {
+                ServiceMode::GlobalJob
+            }
         }
         Some((m, n)) => {
             return Err(ComposeError::at(
                 n,
                 &join(path, "mode"),
-                format!("{m:?} is neither replicated nor global"),
+                format!("{m:?} is none of replicated, global, replicated-job or global-job"),
             ))
         }
     };

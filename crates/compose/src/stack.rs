@@ -701,7 +701,18 @@ fn to_spec(svc: &ComposeService, ignored: &mut Ignored) -> Result<ServiceSpec, R
             command,
             entrypoint,
             env: svc.environment.clone(),
-            restart: d.restart_policy.clone().unwrap_or_default(),
+            // A job's tasks run to completion: restarted on failure
+            // unless the file says otherwise, as Docker does.
+            restart: d.restart_policy.clone().unwrap_or_else(|| {
+                if d.mode.is_job() {
+                    flotilla_types::RestartPolicy {
+                        condition: flotilla_types::RestartCondition::OnFailure,
+                        ..Default::default()
+                    }
+                } else {
+                    Default::default()
+                }
+            }),
             stop_grace_period_ms: svc.stop_grace_period_ms.unwrap_or(DEFAULT_STOP_GRACE_MS),
             constraints: d.constraints.clone(),
             health,
@@ -1251,6 +1262,25 @@ services:
             e.starts_with("s.yml:7: services.web.deploy.resources.reservations.memory: invalid memory size \"12Q\""),
             "{e}"
         );
+    }
+
+    #[test]
+    fn job_modes_convert_and_restart_on_failure() {
+        let (job, _) = one("services:\n  migrate:\n    command: x\n    deploy:\n      mode: replicated-job\n      replicas: 3\n");
+        assert_eq!(
+            job.mode,
+            ServiceMode::ReplicatedJob {
+                replicas: 3,
+                max_concurrent: 0
+            }
+        );
+        assert_eq!(
+            job.task.restart.condition,
+            flotilla_types::RestartCondition::OnFailure
+        );
+        let (g, _) =
+            one("services:\n  prune:\n    command: x\n    deploy:\n      mode: global-job\n");
+        assert_eq!(g.mode, ServiceMode::GlobalJob);
     }
 
     #[test]

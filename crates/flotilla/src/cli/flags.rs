@@ -611,19 +611,44 @@ pub fn spec_from_args(args: &CreateArgs) -> Result<ServiceSpec> {
                 None => 1,
             },
         },
-        "global" => {
+        "replicated-job" => ServiceMode::ReplicatedJob {
+            replicas: match &args.replicas {
+                Some(r) => parse_replicas(r)?,
+                None => 1,
+            },
+            max_concurrent: match &args.max_concurrent {
+                Some(m) => parse_replicas(m).map_err(|e| {
+                    anyhow!("{}", e.to_string().replace("replicas", "--max-concurrent"))
+                })?,
+                None => 0,
+            },
+        },
+        "global" | "global-job" => {
             if args.replicas.is_some() {
-                bail!("--replicas cannot be used with --mode global");
+                bail!("--replicas cannot be used with --mode {}", args.mode);
             }
-            ServiceMode::Global
+            if args.mode == "global" {
+                ServiceMode::Global
+            } else {
+                ServiceMode::GlobalJob
+            }
         }
-        other => bail!("invalid mode {other:?}: expected replicated or global"),
+        other => bail!(
+            "invalid mode {other:?}: expected replicated, global, replicated-job or global-job"
+        ),
     };
-    let condition = RestartCondition::parse(&args.restart_condition).ok_or_else(|| {
-        anyhow!(
-            "invalid restart condition {:?}: expected none, on-failure or any",
-            args.restart_condition
-        )
+    if args.max_concurrent.is_some() && !matches!(mode, ServiceMode::ReplicatedJob { .. }) {
+        bail!("--max-concurrent applies to --mode replicated-job only");
+    }
+    // A job's tasks run to completion: restarted on failure unless told
+    // otherwise, as Docker's CLI does.
+    let default_condition = if mode.is_job() { "on-failure" } else { "any" };
+    let given = args
+        .restart_condition
+        .as_deref()
+        .unwrap_or(default_condition);
+    let condition = RestartCondition::parse(given).ok_or_else(|| {
+        anyhow!("invalid restart condition {given:?}: expected none, on-failure or any")
     })?;
     let max_attempts = args
         .restart_max_attempts

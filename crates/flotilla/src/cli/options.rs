@@ -445,9 +445,12 @@ pub struct CreateArgs {
     /// Number of tasks (replicated mode)
     #[arg(long, allow_hyphen_values = true)]
     pub replicas: Option<String>,
-    /// replicated or global
+    /// replicated, global, replicated-job or global-job
     #[arg(long, default_value = "replicated")]
     pub mode: String,
+    /// A replicated job's tasks that run at once (default: all of them)
+    #[arg(long, allow_hyphen_values = true)]
+    pub max_concurrent: Option<String>,
     /// Environment variable for the tasks, KEY=VALUE
     #[arg(short, long = "env")]
     pub env: Vec<String>,
@@ -457,9 +460,10 @@ pub struct CreateArgs {
     /// Placement constraint, e.g. node.labels.zone==a
     #[arg(long = "constraint")]
     pub constraint: Vec<String>,
-    /// Restart when: none, on-failure or any
-    #[arg(long, default_value = "any")]
-    pub restart_condition: String,
+    /// Restart when: none, on-failure or any (default: any; on-failure
+    /// for a job)
+    #[arg(long)]
+    pub restart_condition: Option<String>,
     /// Restarts allowed (0: no limit)
     #[arg(long, default_value = "0", allow_hyphen_values = true)]
     pub restart_max_attempts: String,

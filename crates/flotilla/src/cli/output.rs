@@ -245,6 +245,13 @@ pub fn mesh_stats_table(stats: &[flotilla_types::mesh::MeshStats]) -> String {
 
 /// `3/3`, or `3/3 (2 healthy)` for a service whose tasks are checked.
 pub fn replicas_text(s: &ServiceView) -> String {
+    // A job: `2/3 (3/3 completed)`, as Docker shows it.
+    if let Some(done) = s.replicas.completed {
+        return format!(
+            "{}/{} ({done}/{} completed)",
+            s.replicas.running, s.replicas.desired, s.replicas.desired
+        );
+    }
     match s.replicas.healthy {
         Some(h) => format!(
             "{}/{} ({h} healthy)",

@@ -109,10 +109,24 @@ pub(crate) async fn wait_converged(
     let deadline = Instant::now() + timeout;
     loop {
         let s = client.service(name).await?;
-        if s.replicas.ready == s.replicas.desired && s.replicas.running == s.replicas.desired {
+        // A job is done when every slot completed.
+        if let Some(done) = s.replicas.completed {
+            if done == s.replicas.desired {
+                return Ok(s);
+            }
+        } else if s.replicas.ready == s.replicas.desired && s.replicas.running == s.replicas.desired
+        {
             return Ok(s);
         }
         if Instant::now() >= deadline {
+            if let Some(done) = s.replicas.completed {
+                bail!(
+                    "timed out after {}s waiting for job {name} to complete {} tasks ({done} completed, {} running; see 'flotilla service ps {name}')",
+                    timeout.as_secs(),
+                    s.replicas.desired,
+                    s.replicas.running
+                );
+            }
             let healthy = match s.replicas.healthy {
                 Some(h) => format!(", {h} healthy"),
                 None => String::new(),
