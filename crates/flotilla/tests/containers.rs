@@ -404,3 +404,90 @@ fn an_images_own_healthcheck_is_used_and_a_missing_image_is_rejected() -> Result
     })?;
     Ok(())
 }
+
+/// Issue 12: a container reads its secret at `/run/secrets/NAME` and its
+/// config at its target, both read-only, owned and moded as asked; the
+/// daemon's data dir holds neither in clear.
+#[test]
+fn a_container_reads_its_secret_and_config_at_their_paths() -> Result<()> {
+    const NAME: &str = "sec_web";
+    let _cleanup = Containers(NAME);
+    if !docker_available() {
+        bail!("no Docker Engine answers (docker info); scripts/test-deps.sh starts one");
+    }
+    let image = busybox_image("flotilla-test/secrets:1", None)?;
+    let d = Daemon::start(bin())?;
+    d.ok(&["init"])?;
+    let files = tempfile::tempdir()?;
+    let secret = "container-secret-9f8e7d";
+    let config = "server { listen 8080; } # container config";
+    std::fs::write(files.path().join("pw"), secret)?;
+    std::fs::write(files.path().join("conf"), config)?;
+    let path = |n: &str| files.path().join(n).to_string_lossy().into_owned();
+    d.ok(&["secret", "create", "db_pw", &path("pw")])?;
+    d.ok(&["config", "create", "nginx", &path("conf")])?;
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        NAME,
+        "--image",
+        &image,
+        "--init",
+        "--secret",
+        "source=db_pw,uid=1000,gid=1000,mode=0400",
+        "--config",
+        "source=nginx,target=/etc/nginx/nginx.conf",
+        "--",
+        "sleep",
+        "100000",
+    ])?;
+    let container = containers_of(NAME)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("no container"))?;
+    assert_eq!(
+        docker(&["exec", &container, "cat", "/run/secrets/db_pw"], None)?,
+        secret
+    );
+    assert_eq!(
+        docker(&["exec", &container, "cat", "/etc/nginx/nginx.conf"], None)?,
+        config
+    );
+    let stat = docker(
+        &[
+            "exec",
+            &container,
+            "stat",
+            "-c",
+            "%a %u %g",
+            "/run/secrets/db_pw",
+        ],
+        None,
+    )?;
+    assert_eq!(stat.trim(), "400 1000 1000");
+    let write = docker(
+        &[
+            "exec",
+            &container,
+            "sh",
+            "-c",
+            "echo x > /run/secrets/db_pw",
+        ],
+        None,
+    );
+    assert!(write.is_err(), "a secret is read-only");
+    let mut stack = vec![d.data_dir().to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(bytes) = std::fs::read(&p) {
+                let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+                assert!(!found, "{} holds the secret", p.display());
+            }
+        }
+    }
+    Ok(())
+}

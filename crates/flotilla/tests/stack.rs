@@ -489,3 +489,111 @@ fn a_stack_gets_its_networks_and_its_tasks_resolve_each_other() -> Result<()> {
     assert_eq!(left.as_array().map(Vec::len), Some(0), "{left}");
     Ok(())
 }
+
+/// Issue 12: a stack with a secret from a file and a config with inline
+/// content; the task reads both; the same files again change nothing; a
+/// changed secret file rolls the service onto a new version (Swarm refuses
+/// it); a stack whose second secret file is missing creates nothing; `stack
+/// rm` removes the stack's secrets and configs.
+#[test]
+fn a_stack_deploys_its_secrets_and_configs_and_rolls_a_changed_one() -> Result<()> {
+    let d = cluster()?;
+    let dir = tempfile::tempdir()?;
+    write(dir.path(), "db_password.txt", "first-password")?;
+    let out = dir.path().join("seen");
+    let file = write(
+        dir.path(),
+        "app.yml",
+        &format!(
+            r#"services:
+  app:
+    command: ["sh", "-c", "cat $$FLOTILLA_SECRETS_DIR/db_password $$FLOTILLA_CONFIGS_DIR/app.conf >> {seen}; echo >> {seen}; exec sleep 100000"]
+    stop_grace_period: 1s
+    secrets: [db_password]
+    configs:
+      - source: app_conf
+        target: /app.conf
+        mode: 0440
+secrets:
+  db_password:
+    file: ./db_password.txt
+configs:
+  app_conf:
+    content: "greeting=hello"
+"#,
+            seen = out.display()
+        ),
+    )?;
+    let first = d.ok(&["stack", "deploy", "-c", &file, "shop"])?.stdout;
+    assert!(
+        first.contains("Creating secret shop_db_password"),
+        "{first}"
+    );
+    assert!(first.contains("Creating config shop_app_conf"), "{first}");
+    let read = || std::fs::read_to_string(&out).unwrap_or_default();
+    wait_until(
+        "the task to read its files",
+        Duration::from_secs(15),
+        || {
+            Ok(read()
+                .contains("first-passwordgreeting=hello")
+                .then_some(()))
+        },
+    )?;
+    let again = d.ok(&["stack", "deploy", "-c", &file, "shop"])?.stdout;
+    assert!(
+        again.contains("Secret shop_db_password is up to date"),
+        "{again}"
+    );
+    assert!(again.contains("Service shop_app is up to date"), "{again}");
+    // New data in the file: a new version, and the service rolls onto it.
+    write(dir.path(), "db_password.txt", "second-password")?;
+    let rotated = d.ok(&["stack", "deploy", "-c", &file, "shop"])?.stdout;
+    assert!(
+        rotated.contains("Updating secret shop_db_password to version 2"),
+        "{rotated}"
+    );
+    wait_until(
+        "the new task to read the new version",
+        Duration::from_secs(20),
+        || {
+            Ok(read()
+                .contains("second-passwordgreeting=hello")
+                .then_some(()))
+        },
+    )?;
+    // A second stack whose second secret's file is missing creates none.
+    let broken = write(
+        dir.path(),
+        "broken.yml",
+        "services:\n  x:\n    command: [\"true\"]\n    secrets: [a, b]\nsecrets:\n  a:\n    file: ./db_password.txt\n  b:\n    file: ./missing.txt\n",
+    )?;
+    let refused = d.cli(&["stack", "deploy", "-c", &broken, "broken"]);
+    assert!(
+        refused.code != 0 && refused.stderr.contains("missing.txt"),
+        "{}",
+        refused.stderr
+    );
+    let secrets = d.ok(&["secret", "ls", "--format", "json"])?.json()?;
+    let names: Vec<&str> = secrets
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        names,
+        vec!["shop_db_password"],
+        "nothing of the broken stack"
+    );
+    d.ok(&["stack", "rm", "shop"])?;
+    wait_until(
+        "the stack's secrets and configs to go",
+        Duration::from_secs(30),
+        || {
+            let s = d.ok(&["secret", "ls", "--format", "json"])?.json()?;
+            let c = d.ok(&["config", "ls", "--format", "json"])?.json()?;
+            let empty = |v: &Value| v.as_array().is_some_and(|a| a.is_empty());
+            Ok((empty(&s) && empty(&c)).then_some(()))
+        },
+    )?;
+    Ok(())
+}

@@ -10,8 +10,10 @@
 //! daemon is asked to change anything: a stack whose third secret cannot
 //! be read has created none. It then creates the stack's secrets and
 //! configs (labelled `com.docker.stack.namespace` too; one that exists
-//! with the same data is used as it is, one with other data refused: its
-//! data cannot change under a name), then its missing networks (labelled
+//! with the same data is used as it is; one of this stack's with other
+//! data gets a new version, which rolls the services that use it, where
+//! Swarm refuses it; one of someone else's is refused), then its missing
+//! networks (labelled
 //! too), and writes only the services that differ: a service whose spec is
 //! unchanged is not written at all, so redeploying the same files changes
 //! nothing; a changed one is replaced at the version it was read at, which
@@ -450,11 +452,37 @@ async fn deploy(client: &Client, paths: &[&str], stack: &str, prune: bool) -> Re
         if !w.exists {
             println!("Creating {noun} {name}");
         }
+        // One of this stack's own whose data changed gets a new version,
+        // which rolls the services that use it; one of someone else's is
+        // left alone.
+        let ours = existing_secrets.iter().any(|v| {
+            v.kind == w.kind
+                && v.name == *name
+                && v.labels.get(NAMESPACE_LABEL).map(String::as_str) == Some(stack)
+        });
         match client.create_secret(w.kind, &w.create).await {
             Ok(_) if w.exists => println!("{} {name} is up to date", capitalized(w.kind)),
             Ok(_) => written.push(format!("{noun} {name}")),
+            Err(e) if e.status() == Some(409) && ours => {
+                let update = flotilla_api::model::SecretUpdate {
+                    data: w.create.data.clone(),
+                };
+                match client.update_secret(w.kind, name, &update).await {
+                    Ok(u) => {
+                        println!("Updating {noun} {name} to version {}", u.secret.version);
+                        if !u.rolled.is_empty() {
+                            println!("Rolling onto it: {}", u.rolled.join(", "));
+                        }
+                        written.push(format!("{noun} {name}"));
+                    }
+                    Err(e) => bail!(
+                        "deploying stack {stack} failed at {noun} {name}: {e} ({})",
+                        done(&written)
+                    ),
+                }
+            }
             Err(e) if e.status() == Some(409) => bail!(
-                "deploying stack {stack} failed at {noun} {name}: {e} ({}); the data of a {noun} cannot change: give it another name (`name:`) to roll out new data",
+                "deploying stack {stack} failed at {noun} {name}: {e} ({}); it is not this stack's: give this stack's another name (`name:`)",
                 done(&written)
             ),
             Err(e) => bail!(
