@@ -301,6 +301,19 @@ pub struct TaskView {
     /// Its address on each of its networks, once allocated.
     #[serde(default)]
     pub networks: Vec<TaskNetwork>,
+    /// The secrets and configs it gets, with the version of each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<TaskFileVersion>,
+}
+
+/// A secret or config a task gets, by name and version (never its data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TaskFileVersion {
+    pub kind: flotilla_types::SecretKind,
+    pub name: String,
+    pub version: u64,
+    /// Where the task finds it.
+    pub target: String,
 }
 
 /// A task's address on one network.

@@ -202,3 +202,73 @@ fn a_task_reads_its_secret_and_config_and_the_data_is_stored_nowhere_in_clear() 
     assert_eq!(left.as_array().map(|a| a.len()), Some(0), "{left}");
     Ok(())
 }
+
+/// Issue 12, rotation without an outage: `secret update` on a 3-replica
+/// service with a health check rolls its tasks one at a time, and at no
+/// poll are fewer than 2 tasks ready; each task ends on the new version
+/// (`service ps` shows it).
+#[test]
+fn a_secret_update_rolls_one_task_at_a_time_and_keeps_two_ready() -> Result<()> {
+    let d = Daemon::start(bin())?;
+    d.ok(&["init"])?;
+    let files = tempfile::tempdir()?;
+    let file = files.path().join("token");
+    std::fs::write(&file, "version-one")?;
+    let path = file.to_string_lossy().into_owned();
+    d.ok(&["secret", "create", "token", &path])?;
+    // Healthy once the task found its secret.
+    let check = r#"test -s "$FLOTILLA_SECRETS_DIR/token""#;
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "api",
+        "--replicas",
+        "3",
+        "--stop-grace-period",
+        "1s",
+        "--secret",
+        "token",
+        "--health-cmd",
+        check,
+        "--health-interval",
+        "200ms",
+        "--health-retries",
+        "2",
+        "--update-monitor",
+        "300ms",
+        "--update-delay",
+        "300ms",
+        "--",
+        "sleep",
+        "100000",
+    ])?;
+    std::fs::write(&file, "version-two")?;
+    d.ok(&["secret", "update", "token", &path])?;
+    let mut least_ready = u64::MAX;
+    let mut polls = 0;
+    wait_until(
+        "every task of api on version 2 and ready",
+        Duration::from_secs(60),
+        || {
+            let view = d.service("api")?;
+            let ready = view["replicas"]["ready"].as_u64().unwrap_or(0);
+            least_ready = least_ready.min(ready);
+            polls += 1;
+            let tasks = d.tasks("api")?;
+            let current: Vec<_> = tasks.iter().filter(|t| t["current"] == true).collect();
+            let on_two = current
+                .iter()
+                .filter(|t| t["files"][0]["version"] == 2 && t["state"] == "running")
+                .count();
+            Ok((on_two == 3 && ready == 3).then_some(()))
+        },
+    )?;
+    assert!(
+        least_ready >= 2,
+        "{least_ready} ready at one point of the rollout"
+    );
+    let ps = d.ok(&["service", "ps", "api"])?.stdout;
+    assert!(ps.contains("token@2") && ps.contains("token@1"), "{ps}");
+    Ok(())
+}

@@ -376,12 +376,33 @@ pub fn task_views(state: &State, service: &Service) -> Vec<TaskView> {
                     address: a.addr.to_string(),
                 })
                 .collect(),
+            files: task_file_versions(t),
         })
         .collect();
     out.sort_by(|a, b| {
         (a.slot, &a.node_id, b.created_at, &a.id).cmp(&(b.slot, &b.node_id, a.created_at, &b.id))
     });
     out
+}
+
+/// The secrets and configs a task gets, with their versions.
+fn task_file_versions(task: &Task) -> Vec<flotilla_api::model::TaskFileVersion> {
+    use flotilla_types::SecretKind;
+    [
+        (SecretKind::Secret, &task.spec.secrets),
+        (SecretKind::Config, &task.spec.configs),
+    ]
+    .into_iter()
+    .flat_map(|(kind, refs)| {
+        refs.iter()
+            .map(move |r| flotilla_api::model::TaskFileVersion {
+                kind,
+                name: r.source.clone(),
+                version: r.version,
+                target: r.path_in_task(kind),
+            })
+    })
+    .collect()
 }
 
 /// `flotilla list`: each current task's endpoints, with what its health

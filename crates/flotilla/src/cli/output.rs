@@ -377,7 +377,22 @@ fn health_test_text(test: &HealthTest) -> String {
 /// any task runs an image.
 pub fn ps_table(tasks: &[TaskView]) -> String {
     let with_image = tasks.iter().any(|t| t.image.is_some());
-    table(&ps_header(with_image), &ps_rows_with(tasks, with_image))
+    let with_files = tasks.iter().any(|t| !t.files.is_empty());
+    let mut header = ps_header(with_image);
+    if with_files {
+        header.push("SECRETS AND CONFIGS");
+    }
+    table(&header, &ps_rows_full(tasks, with_image, with_files))
+}
+
+/// `db_pw@2, nginx@1`: which version of each secret and config a task
+/// has.
+pub fn files_text(t: &TaskView) -> String {
+    t.files
+        .iter()
+        .map(|f| format!("{}@{}", f.name, f.version))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The header of `service ps`, with or without the IMAGE column.
@@ -398,6 +413,12 @@ pub fn ps_rows(tasks: &[TaskView]) -> Vec<Vec<String>> {
 
 /// Rows of `service ps`, with the IMAGE column when `with_image`.
 pub fn ps_rows_with(tasks: &[TaskView], with_image: bool) -> Vec<Vec<String>> {
+    ps_rows_full(tasks, with_image, false)
+}
+
+/// Rows of `service ps`, with the IMAGE column when `with_image` and the
+/// versions of the secrets and configs when `with_files`.
+fn ps_rows_full(tasks: &[TaskView], with_image: bool, with_files: bool) -> Vec<Vec<String>> {
     let mut sorted: Vec<&TaskView> = tasks.iter().collect();
     // Global tasks have slot 0 and are told apart by node.
     let key = |t: &TaskView| (t.slot, if t.slot == 0 { t.node_id.clone() } else { None });
@@ -431,6 +452,9 @@ pub fn ps_rows_with(tasks: &[TaskView], with_image: bool) -> Vec<Vec<String>> {
             t.health.map(|h| h.as_str().to_string()).unwrap_or_default(),
             task_error(t),
         ]);
+        if with_files {
+            row.push(files_text(t));
+        }
         rows.push(row);
     }
     rows
@@ -473,6 +497,7 @@ pub(crate) mod tests {
             current,
             endpoints: Vec::new(),
             networks: Vec::new(),
+            files: Vec::new(),
         }
     }
 
@@ -523,5 +548,23 @@ pub(crate) mod tests {
     fn titles() {
         assert_eq!(title("running"), "Running");
         assert_eq!(title(""), "");
+    }
+
+    #[test]
+    fn ps_shows_each_tasks_secret_versions_only_when_there_are_some() {
+        let plain = ps_table(&[tv("t1", 1, true, 1)]);
+        assert!(!plain.contains("SECRETS"), "{plain}");
+        let mut t = tv("t2", 1, true, 1);
+        t.files = vec![flotilla_api::model::TaskFileVersion {
+            kind: flotilla_types::SecretKind::Secret,
+            name: "db_pw".into(),
+            version: 2,
+            target: "/run/secrets/db_pw".into(),
+        }];
+        let with = ps_table(&[t]);
+        assert!(
+            with.contains("SECRETS AND CONFIGS") && with.contains("db_pw@2"),
+            "{with}"
+        );
     }
 }
