@@ -178,7 +178,9 @@ fn a_task_reads_its_secret_and_config_and_the_data_is_stored_nowhere_in_clear() 
     // A new version rolls the service onto it: a new task reads it.
     let rotated = "the-second-version-of-the-secret";
     std::fs::write(&secret_file, rotated)?;
-    m1.ok(&["secret", "update", "pw", &secret_path])?;
+    // Without -d it follows the service's rollout to its end.
+    let out = m1.ok(&["secret", "update", "pw", &secret_path])?.stdout;
+    assert!(out.contains("Service web converged"), "{out}");
     let second = expected(rotated)?;
     wait_until(
         "the new task to read the new version",
@@ -244,7 +246,8 @@ fn a_secret_update_rolls_one_task_at_a_time_and_keeps_two_ready() -> Result<()> 
         "100000",
     ])?;
     std::fs::write(&file, "version-two")?;
-    d.ok(&["secret", "update", "token", &path])?;
+    // Detached, so that the test watches the rollout itself.
+    d.ok(&["secret", "update", "-d", "token", &path])?;
     let mut least_ready = u64::MAX;
     let mut polls = 0;
     wait_until(

@@ -185,6 +185,9 @@ pub enum SecretCommand {
         /// The file with the new data (at most 500 KB), or - to read stdin
         #[arg(value_name = "FILE|-", allow_hyphen_values = true)]
         file: String,
+        /// Do not follow the services' rolling updates
+        #[arg(short, long)]
+        detach: bool,
     },
     /// List them: ID, name, version, size and the services that use each
     #[command(alias = "list")]

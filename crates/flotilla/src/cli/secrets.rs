@@ -24,12 +24,26 @@ pub async fn secret(client: &Client, kind: SecretKind, command: &SecretCommand) 
             println!("{}", created.id);
             Ok(())
         }
-        SecretCommand::Update { name, file } => {
+        SecretCommand::Update { name, file, detach } => {
             let update = SecretUpdate {
                 data: read_data(kind, file, &mut std::io::stdin().lock())?,
             };
             let done = client.update_secret(kind, name, &update).await?;
             print!("{}", updated_text(&done));
+            if *detach {
+                return Ok(());
+            }
+            // As `service update` without -d: follow each rollout to its
+            // end; a paused or rolled back one fails the command.
+            for service in &done.rolled {
+                super::progress::follow_update(
+                    client,
+                    service,
+                    false,
+                    std::time::Duration::from_secs(600),
+                )
+                .await?;
+            }
             Ok(())
         }
         SecretCommand::Ls { quiet, format } => {
