@@ -218,6 +218,7 @@ impl Agent {
                 drivers,
                 state_dir: config.state_dir,
                 node_id: config.node_id,
+                hostname: node_hostname(),
                 events: events_tx,
                 ports: crate::ports::PortPool::default(),
                 networking,
@@ -277,6 +278,8 @@ struct Shared {
     drivers: Drivers,
     state_dir: PathBuf,
     node_id: String,
+    /// The machine's host name, as the node reports it: `{{.Node.Hostname}}`.
+    hostname: String,
     events: mpsc::UnboundedSender<Update>,
     /// Node ports handed to this agent's live process tasks, so that two
     /// tasks started together never get the same one.
@@ -1201,6 +1204,9 @@ async fn start_task(
     task: &Task,
     files: &[flotilla_types::TaskFile],
 ) -> Result<Running, DriverError> {
+    let expanded =
+        expand_templates(task, &shared.node_id, &shared.hostname).map_err(DriverError::Other)?;
+    let task = &expanded;
     let driver = shared
         .drivers
         .get(task.spec.driver.as_str())
@@ -1357,6 +1363,51 @@ async fn start_task(
     })
 }
 
+/// The task with the templates of its template expanded on this node, as
+/// Swarm expands them when a task starts: the host name, the values of the
+/// environment, the sources and targets of the mounts.
+fn expand_templates(task: &Task, node_id: &str, hostname: &str) -> Result<Task, String> {
+    let platform = flotilla_types::Platform::current();
+    let ctx = flotilla_types::TemplateContext {
+        node_hostname: hostname.to_string(),
+        node_os: platform.os,
+        node_arch: platform.arch,
+        ..flotilla_types::TemplateContext::for_task(
+            &task.service_id,
+            &task.service_name,
+            &task.id,
+            task.slot,
+            node_id,
+        )
+    };
+    let expand = |what: &dyn Fn() -> String, text: &str| {
+        flotilla_types::template::expand(text, &ctx).map_err(|e| format!("{}: {e}", what()))
+    };
+    let mut task = task.clone();
+    let spec = &mut task.spec;
+    if let Some(h) = &spec.hostname {
+        spec.hostname = Some(expand(&|| "hostname".into(), h)?);
+    }
+    for (key, value) in spec.env.iter_mut() {
+        *value = expand(&|| format!("environment variable {key}"), value)?;
+    }
+    for m in spec.mounts.iter_mut() {
+        let target = m.target.clone();
+        m.source = expand(&|| format!("mount {target} source"), &m.source)?;
+        m.target = expand(&|| format!("mount {target} target"), &m.target)?;
+    }
+    Ok(task)
+}
+
+/// The machine's host name (the kernel's), as the node reports it.
+fn node_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
 /// The template's variables, then the `FLOTILLA_*` ones, which win.
 fn task_env(task: &Task, node_id: &str) -> std::collections::BTreeMap<String, String> {
     let mut env = task.spec.env.clone();
@@ -1424,6 +1475,52 @@ mod tests {
         let s = exit_status(Exit::Unknown, true);
         assert_eq!((s.state, s.exit_code), (TaskState::Failed, None));
         assert_eq!(s.error.as_deref(), Some(ERR_ADOPTED_EXIT));
+    }
+
+    #[test]
+    fn templates_expand_with_the_task_and_the_node() {
+        let mut spec = flotilla_types::TaskTemplate {
+            hostname: Some("{{.Service.Name}}-{{.Task.Slot}}".into()),
+            ..Default::default()
+        };
+        spec.env
+            .insert("WHERE".into(), "{{.Node.Hostname}}/{{.Node.ID}}".into());
+        spec.env.insert("PLAIN".into(), "a }} b".into());
+        spec.mounts.push(flotilla_types::Mount {
+            kind: flotilla_types::MountKind::Bind,
+            source: "/srv/{{.Task.ID}}".into(),
+            target: "/data/{{.Task.Slot}}".into(),
+            read_only: false,
+            propagation: None,
+        });
+        let task = Task {
+            id: "t1".into(),
+            service_id: "s1".into(),
+            service_name: "web".into(),
+            slot: 2,
+            node_id: Some("n1".into()),
+            desired_state: flotilla_types::DesiredState::Running,
+            status: TaskStatus::new(TaskState::Assigned, 0, ""),
+            spec,
+            service_version: 1,
+            created_at: 0,
+            created_index: 1,
+            restart_history: Vec::new(),
+            networks: Vec::new(),
+        };
+        let out = expand_templates(&task, "n1", "box").unwrap();
+        assert_eq!(out.spec.hostname.as_deref(), Some("web-2"));
+        assert_eq!(out.spec.env["WHERE"], "box/n1");
+        assert_eq!(out.spec.env["PLAIN"], "a }} b");
+        assert_eq!(out.spec.mounts[0].source, "/srv/t1");
+        assert_eq!(out.spec.mounts[0].target, "/data/2");
+        // The environment the task gets is the expanded one.
+        assert_eq!(task_env(&out, "n1")["WHERE"], "box/n1");
+        let mut bad = task.clone();
+        bad.spec.hostname = Some("{{.Nope}}".into());
+        assert!(expand_templates(&bad, "n1", "box")
+            .unwrap_err()
+            .starts_with("hostname: unknown placeholder {{.Nope}}"));
     }
 
     #[test]

@@ -17,7 +17,7 @@
 //! - stdout and stderr are followed through the logs API and appended to the
 //!   task's log file until the container ends.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::pin;
@@ -27,8 +27,8 @@ use bollard::errors::Error as EngineError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, EndpointIpamConfig, EndpointSettings,
-    HealthConfig, HostConfig, Ipam, IpamConfig, NetworkConnectRequest, NetworkCreateRequest,
-    NetworkingConfig, RestartPolicy, RestartPolicyNameEnum,
+    HealthConfig, HostConfig, HostConfigLogConfig, Ipam, IpamConfig, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkingConfig, ResourcesUlimits, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, KillContainerOptions, ListContainersOptions,
@@ -96,6 +96,19 @@ impl From<DockerError> for DriverError {
     }
 }
 
+/// The engine's labels as `docker info` lists them, `KEY=VALUE` (a label
+/// without `=` has an empty value); a later one of the same key wins, as
+/// the engine itself refuses duplicates.
+pub fn parse_engine_labels(labels: &[String]) -> BTreeMap<String, String> {
+    labels
+        .iter()
+        .filter_map(|label| {
+            let (key, value) = label.split_once('=').unwrap_or((label.as_str(), ""));
+            (!key.is_empty()).then(|| (key.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
 /// A container that carries Flotilla's labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskContainer {
@@ -143,6 +156,18 @@ impl DockerDriver {
     /// Where the engine is expected, as given.
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// The engine's labels (`docker info`, the `labels` of its
+    /// daemon.json or `dockerd --label`), which the node reports for
+    /// `engine.labels.*` constraints and preferences.
+    pub async fn engine_labels(&self) -> Result<BTreeMap<String, String>, DockerError> {
+        let docker = self.docker().await?;
+        let info = docker
+            .info()
+            .await
+            .map_err(|e| self.fail("docker info", e))?;
+        Ok(parse_engine_labels(&info.labels.unwrap_or_default()))
     }
 
     /// The client, connecting (and negotiating the API version, as engines
@@ -336,6 +361,11 @@ impl DockerDriver {
                 start_time: None,
                 id: Some(id.clone()),
                 netns: None,
+                stop_signal: spec
+                    .template
+                    .stop_signal
+                    .as_deref()
+                    .and_then(flotilla_types::parse_signal),
             },
             exit: Box::pin(wait_exit(docker.clone(), id)),
             ports,
@@ -457,12 +487,14 @@ impl DockerDriver {
             return Ok(());
         };
         let docker = self.docker().await?;
-        let signal = match signal {
-            StopSignal::Terminate => "SIGTERM",
-            StopSignal::Kill => "SIGKILL",
+        // The engine takes a signal's number as well as its name.
+        let signal = match (signal, handle.stop_signal) {
+            (StopSignal::Terminate, Some(n)) => n.to_string(),
+            (StopSignal::Terminate, None) => "SIGTERM".to_string(),
+            (StopSignal::Kill, _) => "SIGKILL".to_string(),
         };
         let options = KillContainerOptions {
-            signal: signal.to_string(),
+            signal: signal.clone(),
         };
         match docker.kill_container(id, Some(options)).await {
             Ok(()) => Ok(()),
@@ -472,7 +504,8 @@ impl DockerDriver {
         }
     }
 
-    /// The engine's stop: its stop signal, then SIGKILL after `grace`.
+    /// The engine's stop: the container's stop signal (the template's,
+    /// else the image's, else SIGTERM), then SIGKILL after `grace`.
     async fn engine_stop(&self, id: &str, grace: Duration) -> Result<(), DockerError> {
         let docker = self
             .docker()
@@ -677,10 +710,18 @@ fn container_body(spec: &StartSpec, image: &str) -> ContainerCreateBody {
         labels.insert(LABEL_SLOT.to_string(), slot.clone());
     }
     let limit = |v: u64| (v > 0).then(|| i64::try_from(v).unwrap_or(i64::MAX));
+    let list = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
+    // On networks the task's resolver is the node's, in the resolv.conf
+    // bound below, which carries the template's servers and domains.
+    let own_resolver = spec.resolv_conf.is_none();
     ContainerCreateBody {
         image: Some(image.to_string()),
         cmd: (!t.command.is_empty()).then(|| t.command.clone()),
         entrypoint: t.entrypoint.clone(),
+        hostname: t.hostname.clone(),
+        user: t.user.clone(),
+        working_dir: t.working_dir.clone(),
+        stop_signal: t.stop_signal.clone(),
         env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
         labels: Some(labels),
         attach_stdout: Some(false),
@@ -695,6 +736,39 @@ fn container_body(spec: &StartSpec, image: &str) -> ContainerCreateBody {
             }),
             // The engine's default when not asked for.
             init: t.init.then_some(true),
+            readonly_rootfs: t.read_only.then_some(true),
+            shm_size: limit(t.shm_size_bytes),
+            sysctls: (!t.sysctls.is_empty()).then(|| {
+                t.sysctls
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            }),
+            cap_add: list(&t.cap_add),
+            cap_drop: list(&t.cap_drop),
+            ulimits: (!t.ulimits.is_empty()).then(|| {
+                t.ulimits
+                    .iter()
+                    .map(|u| ResourcesUlimits {
+                        name: Some(u.name.clone()),
+                        soft: Some(u.soft),
+                        hard: Some(u.hard),
+                    })
+                    .collect()
+            }),
+            extra_hosts: (!t.extra_hosts.is_empty())
+                .then(|| t.extra_hosts.iter().map(|h| h.engine_form()).collect()),
+            dns: list(&t.dns).filter(|_| own_resolver),
+            dns_search: list(&t.dns_search).filter(|_| own_resolver),
+            log_config: t.logging.as_ref().map(|l| HostConfigLogConfig {
+                typ: (!l.name.is_empty()).then(|| l.name.clone()),
+                config: (!l.options.is_empty()).then(|| {
+                    l.options
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                }),
+            }),
             mounts: {
                 let mut mounts: Vec<bollard::models::Mount> =
                     t.mounts.iter().map(engine_mount).collect();
@@ -804,11 +878,24 @@ fn engine_mount(m: &flotilla_types::Mount) -> bollard::models::Mount {
         flotilla_types::MountKind::Volume => MountTypeEnum::VOLUME,
         flotilla_types::MountKind::Tmpfs => MountTypeEnum::TMPFS,
     };
+    use bollard::models::MountBindOptionsPropagationEnum as P;
+    let propagation = m.propagation.map(|p| match p {
+        flotilla_types::Propagation::Rprivate => P::RPRIVATE,
+        flotilla_types::Propagation::Private => P::PRIVATE,
+        flotilla_types::Propagation::Rshared => P::RSHARED,
+        flotilla_types::Propagation::Shared => P::SHARED,
+        flotilla_types::Propagation::Rslave => P::RSLAVE,
+        flotilla_types::Propagation::Slave => P::SLAVE,
+    });
     bollard::models::Mount {
         typ: Some(typ),
         source: (!m.source.is_empty()).then(|| m.source.clone()),
         target: Some(m.target.clone()),
         read_only: m.read_only.then_some(true),
+        bind_options: propagation.map(|p| bollard::models::MountBindOptions {
+            propagation: Some(p),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -1104,6 +1191,22 @@ mod tests {
     use super::*;
     use std::collections::BTreeMap;
 
+    #[test]
+    fn engine_labels_are_key_value_pairs() {
+        let labels: Vec<String> = ["disk=ssd", "zone=eu=1", "bare", "=x", "disk=nvme"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            parse_engine_labels(&labels),
+            BTreeMap::from([
+                ("bare".to_string(), String::new()),
+                ("disk".to_string(), "nvme".to_string()),
+                ("zone".to_string(), "eu=1".to_string()),
+            ])
+        );
+    }
+
     fn spec(task_id: &str, env: &[(&str, &str)]) -> StartSpec {
         StartSpec {
             ports: Vec::new(),
@@ -1132,6 +1235,93 @@ mod tests {
         );
         assert_eq!(container_name(&s), "flotilla-my-web-app.2.t1");
         assert_eq!(container_name(&spec("t9", &[])), "flotilla-t9");
+    }
+
+    #[test]
+    fn run_options_reach_the_engine() {
+        let mut s = spec("t1", &[]);
+        let t = &mut s.template;
+        t.hostname = Some("web-1".into());
+        t.user = Some("1000:1000".into());
+        t.working_dir = Some("/tmp".into());
+        t.stop_signal = Some("SIGINT".into());
+        t.read_only = true;
+        t.shm_size_bytes = 64 << 20;
+        t.sysctls
+            .insert("net.ipv4.ip_unprivileged_port_start".into(), "0".into());
+        t.cap_add = vec!["NET_ADMIN".into()];
+        t.cap_drop = vec!["ALL".into()];
+        t.ulimits = vec![flotilla_types::Ulimit {
+            name: "nofile".into(),
+            soft: 1024,
+            hard: 2048,
+        }];
+        t.extra_hosts = vec![flotilla_types::ExtraHost {
+            name: "myhost".into(),
+            ip: "10.1.2.3".into(),
+        }];
+        t.dns = vec!["10.0.0.53".into()];
+        t.dns_search = vec!["example.org".into()];
+        t.logging = Some(flotilla_types::LogDriver {
+            name: "json-file".into(),
+            options: BTreeMap::from([("max-size".into(), "10m".into())]),
+        });
+        t.mounts = vec![flotilla_types::Mount {
+            kind: flotilla_types::MountKind::Bind,
+            source: "/srv".into(),
+            target: "/data".into(),
+            read_only: false,
+            propagation: Some(flotilla_types::Propagation::Rslave),
+        }];
+        let body = container_body(&s, "busybox");
+        assert_eq!(body.hostname.as_deref(), Some("web-1"));
+        assert_eq!(body.user.as_deref(), Some("1000:1000"));
+        assert_eq!(body.working_dir.as_deref(), Some("/tmp"));
+        assert_eq!(body.stop_signal.as_deref(), Some("SIGINT"));
+        let host = body.host_config.unwrap();
+        assert_eq!(host.readonly_rootfs, Some(true));
+        assert_eq!(host.shm_size, Some(64 << 20));
+        assert_eq!(
+            host.sysctls.unwrap()["net.ipv4.ip_unprivileged_port_start"],
+            "0"
+        );
+        assert_eq!(host.cap_add, Some(vec!["NET_ADMIN".to_string()]));
+        assert_eq!(host.cap_drop, Some(vec!["ALL".to_string()]));
+        let ulimit = &host.ulimits.unwrap()[0];
+        assert_eq!(
+            (ulimit.name.as_deref(), ulimit.soft, ulimit.hard),
+            (Some("nofile"), Some(1024), Some(2048))
+        );
+        assert_eq!(host.extra_hosts, Some(vec!["myhost:10.1.2.3".to_string()]));
+        assert_eq!(host.dns, Some(vec!["10.0.0.53".to_string()]));
+        assert_eq!(host.dns_search, Some(vec!["example.org".to_string()]));
+        let log = host.log_config.unwrap();
+        assert_eq!(log.typ.as_deref(), Some("json-file"));
+        assert_eq!(log.config.unwrap()["max-size"], "10m");
+        let mount = &host.mounts.unwrap()[0];
+        assert_eq!(
+            mount.bind_options.as_ref().and_then(|b| b.propagation),
+            Some(bollard::models::MountBindOptionsPropagationEnum::RSLAVE)
+        );
+        // On networks the resolver is the node's, in the bound file.
+        s.resolv_conf = Some(PathBuf::from("/x/resolv.conf"));
+        let host = container_body(&s, "busybox").host_config.unwrap();
+        assert_eq!((host.dns, host.dns_search), (None, None));
+        // Nothing asked, nothing sent: the engine's defaults hold.
+        let plain = container_body(&spec("t2", &[]), "busybox");
+        assert_eq!(
+            (plain.hostname, plain.user, plain.stop_signal),
+            (None, None, None)
+        );
+        let host = plain.host_config.unwrap();
+        assert_eq!(
+            (
+                host.readonly_rootfs,
+                host.shm_size,
+                host.log_config.is_none()
+            ),
+            (None, None, true)
+        );
     }
 
     #[test]

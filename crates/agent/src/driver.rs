@@ -72,6 +72,11 @@ pub struct Handle {
     /// The task's own network namespace (a process task on networks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<Box<NetnsHandle>>,
+    /// The signal a stop sends first, when the template names one
+    /// (`stop_signal`); SIGTERM otherwise. Kept in the record, so that an
+    /// adopted task is stopped as it was asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<i32>,
 }
 
 /// A process task's network namespace, as its record keeps it: enough to
@@ -155,7 +160,8 @@ impl std::fmt::Debug for Started {
 /// The two signals of a stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopSignal {
-    /// Asks the workload to end (SIGTERM).
+    /// Asks the workload to end: the task's stop signal
+    /// ([`Handle::stop_signal`]), SIGTERM by default.
     Terminate,
     /// Ends it (SIGKILL).
     Kill,

@@ -37,6 +37,7 @@
 //! - [`ports`]: the node ports a process task listens on for its target
 //!   ports (`PORT`, `FLOTILLA_PORT_<TARGET>`).
 //! - [`procfs`]: `/proc/<pid>/stat`, pidfds and process-group signals.
+//! - [`users`]: the user and groups a process task runs as (`user`).
 //! - [`wiring`]: the node's network wiring (a bridge and a VXLAN device per
 //!   network, a namespace per task): what the network table asks of this
 //!   node, and the `ip` commands that do it. Not yet driven by the agent.
@@ -54,6 +55,7 @@ pub mod procfs;
 pub mod record;
 pub mod sealed;
 pub mod taskns;
+pub mod users;
 pub mod wiring;
 
 pub use agent::{Agent, AgentConfig, AgentError, Assignments, TaskReport, DEFAULT_LOG_CAP_BYTES};

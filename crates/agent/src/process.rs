@@ -11,7 +11,14 @@
 //!   minus the systemd variables that describe the daemon's own sockets and
 //!   watchdog, then the task's variables on top. The program is looked up in
 //!   the task's `PATH` if it sets one, else in the daemon's.
-//! - The working directory is the daemon's.
+//! - The working directory is the template's `working_dir` (which must
+//!   exist on the node), else the daemon's.
+//! - `user` (`USER[:GROUP]`, names from the node's `/etc/passwd` and
+//!   `/etc/group`) is set in the child, after it entered its namespaces,
+//!   when the daemon runs as root; a daemon that is not root runs a task
+//!   only as itself. Health probes run as the daemon does.
+//! - A stop sends the template's `stop_signal` (SIGTERM when none) to the
+//!   group, then SIGKILL after the grace period.
 //! - Adopted processes (after an agent restart) are not our children: their
 //!   end is seen through a pidfd, or by polling `/proc` where pidfds are not
 //!   available, and their exit status cannot be known.
@@ -101,7 +108,7 @@ impl Driver for ProcessDriver {
         Box::pin(async move {
             let pid = handle.pid.ok_or(DriverError::BadPid(0))?;
             let signo = match signal {
-                StopSignal::Terminate => libc::SIGTERM,
+                StopSignal::Terminate => handle.stop_signal.unwrap_or(libc::SIGTERM),
                 StopSignal::Kill => libc::SIGKILL,
             };
             procfs::signal_group(pid, handle.start_time, signo)
@@ -364,6 +371,18 @@ fn start_process(spec: &StartSpec) -> Result<Started, DriverError> {
         }
         enter_namespaces(&mut cmd, vec![(file, libc::CLONE_NEWNET)], binds);
     }
+    if let Some(dir) = &spec.template.working_dir {
+        if !Path::new(dir).is_dir() {
+            return Err(DriverError::Other(format!(
+                "working directory {dir} is not a directory on this node"
+            )));
+        }
+        cmd.current_dir(dir);
+    }
+    if let Some(user) = &spec.template.user {
+        // After the namespaces: entering them needs the daemon's rights.
+        run_as(&mut cmd, user)?;
+    }
 
     let mut child = cmd.spawn().map_err(|source| DriverError::Spawn {
         program: program.clone(),
@@ -417,6 +436,11 @@ fn start_process(spec: &StartSpec) -> Result<Started, DriverError> {
                     networks: n.networks.clone(),
                 })
             }),
+            stop_signal: spec
+                .template
+                .stop_signal
+                .as_deref()
+                .and_then(flotilla_types::parse_signal),
         },
         exit,
         ports: spec.ports.clone(),
@@ -487,6 +511,41 @@ fn enter_namespaces(
             Ok(())
         });
     }
+}
+
+/// Makes the child run as `user` (`USER[:GROUP]`): its groups, then its
+/// group, then its user, as the last step before exec. A daemon that is
+/// not root can only run a task as itself.
+fn run_as(cmd: &mut tokio::process::Command, user: &str) -> Result<(), DriverError> {
+    let ids = crate::users::resolve_on_node(user)
+        .map_err(|e| DriverError::Other(format!("user {user}: {e}")))?;
+    // SAFETY: geteuid and getegid have no preconditions.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if euid != 0 {
+        if ids.uid == euid && ids.gid == egid {
+            return Ok(());
+        }
+        return Err(DriverError::Other(format!(
+            "user {user}: the daemon runs as uid {euid}, not root, and runs tasks only as itself"
+        )));
+    }
+    let groups: Vec<libc::gid_t> = ids.groups.clone();
+    let (uid, gid) = (ids.uid, ids.gid);
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes system calls (setgroups, setgid, setuid) on values prepared
+    // before the fork; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                || libc::setgid(gid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 fn adopt_process(handle: &Handle) -> Result<Option<ExitFuture>, DriverError> {
@@ -629,6 +688,7 @@ mod tests {
             start_time: read_stat(pid).unwrap().map(|s| s.start_time),
             id: None,
             netns: None,
+            stop_signal: None,
         }
     }
 
@@ -735,6 +795,98 @@ mod tests {
             Probe::Healthy
         );
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn working_dir_user_and_stop_signal_apply_to_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out.log");
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        let template = flotilla_types::TaskTemplate {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "pwd; id -u; id -G; trap 'echo got-int; exit 7' INT; echo ready; \
+                 while :; do sleep 0.1; done"
+                    .into(),
+            ],
+            working_dir: Some("/tmp".into()),
+            // As root the task becomes nobody; otherwise it stays itself.
+            user: Some(if root {
+                "65534:65534".into()
+            } else {
+                // SAFETY: as above.
+                unsafe { format!("{}:{}", libc::geteuid(), libc::getegid()) }
+            }),
+            stop_signal: Some("SIGINT".into()),
+            ..Default::default()
+        };
+        let spec = StartSpec {
+            task_id: "t1".into(),
+            template,
+            env: std::collections::BTreeMap::new(),
+            log_path: log.clone(),
+            ports: Vec::new(),
+            netns: None,
+            engine_networks: Vec::new(),
+            resolv_conf: None,
+            files: Default::default(),
+        };
+        let d = ProcessDriver;
+        let started = d.start(spec).await.unwrap();
+        assert_eq!(started.handle.stop_signal, Some(libc::SIGINT));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("ready")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the task never started"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut exit = started.exit;
+        let ended = d
+            .stop(&started.handle, Duration::from_secs(10), &mut exit)
+            .await
+            .unwrap();
+        // SIGINT, not SIGTERM: the trap ran.
+        assert_eq!(ended, Exit::Code(7));
+        let out = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "/tmp");
+        if root {
+            assert_eq!(lines[1], "65534");
+            assert_eq!(lines[2], "65534");
+        }
+        assert!(out.contains("got-int"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_working_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = StartSpec {
+            task_id: "t1".into(),
+            template: flotilla_types::TaskTemplate {
+                command: vec!["true".into()],
+                working_dir: Some("/nonexistent/dir".into()),
+                ..Default::default()
+            },
+            env: std::collections::BTreeMap::new(),
+            log_path: dir.path().join("out.log"),
+            ports: Vec::new(),
+            netns: None,
+            engine_networks: Vec::new(),
+            resolv_conf: None,
+            files: Default::default(),
+        };
+        let err = ProcessDriver.start(spec).await.unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "working directory /nonexistent/dir is not a directory on this node"
+        );
     }
 
     #[test]

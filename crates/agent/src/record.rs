@@ -190,6 +190,7 @@ mod tests {
                 start_time: Some(7),
                 id: None,
                 netns: None,
+                stop_signal: None,
             }),
             stop_grace_period_ms: 500,
             status: TaskStatus::new(TaskState::Running, 1, "started"),

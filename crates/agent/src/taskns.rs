@@ -101,9 +101,21 @@ pub struct TaskNetns {
 }
 
 /// The resolver configuration of a task whose first network has
-/// `gateway`: the node's resolver answers there.
-pub fn resolv_conf(gateway: Ipv4Addr) -> String {
-    format!("# written by flotilla: the node's resolver\nnameserver {gateway}\noptions ndots:0\n")
+/// `gateway`: the node's resolver answers there (and relays the names it
+/// does not know to the node's own resolvers). The template's `dns`
+/// servers follow it, so a resolver asks them only when the node's does
+/// not answer (and reads at most three servers in all); its `dns_search`
+/// domains are the search list.
+pub fn resolv_conf(gateway: Ipv4Addr, dns: &[String], search: &[String]) -> String {
+    let mut text = format!("# written by flotilla: the node's resolver\nnameserver {gateway}\n");
+    for server in dns {
+        text.push_str(&format!("nameserver {server}\n"));
+    }
+    if !search.is_empty() {
+        text.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    text.push_str("options ndots:0\n");
+    text
 }
 
 /// The node ports of a task at `addr`, as forwards.
@@ -201,11 +213,12 @@ fn network_ids(task: &Task) -> Vec<String> {
     task.networks.iter().map(|n| n.network.clone()).collect()
 }
 
-/// Writes the resolver configuration of a task whose first network has
-/// `gateway` into `dir`; returns its path.
-fn write_resolv_conf(dir: &Path, gateway: Ipv4Addr) -> Result<PathBuf, NetnsError> {
+/// Writes the resolver configuration of `task`, whose first network has
+/// `gateway`, into `dir`; returns its path.
+fn write_resolv_conf(dir: &Path, gateway: Ipv4Addr, task: &Task) -> Result<PathBuf, NetnsError> {
     let path = dir.join("resolv.conf");
-    std::fs::write(&path, resolv_conf(gateway)).map_err(|source| NetnsError::Write {
+    let text = resolv_conf(gateway, &task.spec.dns, &task.spec.dns_search);
+    std::fs::write(&path, text).map_err(|source| NetnsError::Write {
         path: path.clone(),
         source,
     })?;
@@ -255,7 +268,7 @@ impl Networking {
         let Some(first) = plan.first().cloned() else {
             return Err(NetnsError::Attach("the task is on no network".into()));
         };
-        let resolv = write_resolv_conf(dir, first.subnet.gateway())?;
+        let resolv = write_resolv_conf(dir, first.subnet.gateway(), task)?;
         let name = netns_name(&task.id);
         let mut commands = Vec::new();
         for (i, a) in plan.iter().enumerate() {
@@ -333,7 +346,7 @@ impl Networking {
         let Some(first) = engine.first() else {
             return Err(NetnsError::Attach("the task is on no network".into()));
         };
-        let resolv = write_resolv_conf(dir, first.subnet.gateway())?;
+        let resolv = write_resolv_conf(dir, first.subnet.gateway(), task)?;
         let local = LocalTask {
             netns: None,
             networks,
@@ -499,6 +512,19 @@ mod tests {
                 target: 8080
             }]
         );
-        assert!(resolv_conf(Ipv4Addr::new(10, 0, 9, 1)).contains("nameserver 10.0.9.1\n"));
+        let gateway = Ipv4Addr::new(10, 0, 9, 1);
+        assert_eq!(
+            resolv_conf(gateway, &[], &[]),
+            "# written by flotilla: the node's resolver\nnameserver 10.0.9.1\noptions ndots:0\n"
+        );
+        // The task's own servers after the node's, its domains to search.
+        assert_eq!(
+            resolv_conf(
+                gateway,
+                &["10.0.0.53".into()],
+                &["corp.example".into(), "example".into()]
+            ),
+            "# written by flotilla: the node's resolver\nnameserver 10.0.9.1\nnameserver 10.0.0.53\nsearch corp.example example\noptions ndots:0\n"
+        );
     }
 }

@@ -327,6 +327,7 @@ async fn a_record_whose_process_is_gone_is_reported_failed() {
             start_time: Some(1),
             id: None,
             netns: None,
+            stop_signal: None,
         }),
         stop_grace_period_ms: 1_000,
         status: TaskStatus::new(TaskState::Running, 1, "started"),

@@ -342,6 +342,7 @@ async fn a_new_driver_adopts_running_containers() {
             start_time: None,
             id: None,
             netns: None,
+            stop_signal: None,
         })
         .await
         .unwrap()
@@ -375,6 +376,7 @@ async fn an_adopting_driver_resumes_the_logs() {
         start_time: None,
         id: Some(container),
         netns: None,
+        stop_signal: None,
     };
     let _exit = t.driver.adopt(handle).await.unwrap().unwrap();
     wait_for("the output after adoption", || {
@@ -442,6 +444,7 @@ async fn an_unreachable_engine_is_named() {
                 start_time: None,
                 id: Some("x".into()),
                 netns: None,
+                stop_signal: None,
             },
             &HealthTest::Tcp { port: 1 },
             Duration::from_secs(1),

@@ -106,6 +106,10 @@ pub struct NodeView {
     /// Why it cannot run tasks on overlay networks; none: it can.
     #[serde(default)]
     pub overlay_error: Option<String>,
+    /// The labels of its Docker Engine, for `engine.labels.*`
+    /// constraints; absent without an engine.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub engine_labels: BTreeMap<String, String>,
 }
 
 /// Running and desired task counts.

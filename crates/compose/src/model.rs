@@ -1,9 +1,11 @@
 //! The Compose model Flotilla keeps: every key a Swarm stack acts on, typed
 //! and validated, and the conversion from a located YAML tree into it.
 //!
-//! Keys Compose knows but Flotilla does not model (`build`, `links`, ...)
+//! Keys Compose knows but Flotilla does not model (`links`, `devices`, ...)
 //! become one warning per service, as `docker stack deploy` prints
-//! "Ignoring unsupported options"; keys Compose does not know become another.
+//! "Ignoring unsupported options"; those only Compose without Swarm acts on
+//! (`build`, `container_name`, `depends_on`, `restart`) another, which says
+//! Swarm ignores them too; keys Compose does not know a third.
 //! `x-` keys are ignored everywhere, except `x-flotilla.driver`.
 //!
 //! Networks: the top-level `networks:` ([`NetworkDef`], overlay only) and
@@ -30,8 +32,8 @@ use flotilla_types::network::{valid_alias, EndpointMode, NetworkDriver, Subnet};
 use flotilla_types::secret::parse_mode;
 use flotilla_types::{
     parse_duration_ms, parse_publish, validate_name, Constraint, FailureAction, Mount, MountKind,
-    PortConfig, Protocol, PublishMode, Ratio, RestartCondition, RestartPolicy, SecretKind,
-    SecretRef, ServiceMode, SpecError, UpdateOrder,
+    PortConfig, Propagation, Protocol, PublishMode, Ratio, RestartCondition, RestartPolicy,
+    SecretKind, SecretRef, ServiceMode, SpecError, UpdateOrder,
 };
 
 use super::yaml::{describe, Key, Node, Value};
@@ -42,12 +44,8 @@ const UNSUPPORTED_SERVICE_KEYS: &[&str] = &[
     "annotations",
     "attach",
     "blkio_config",
-    "build",
-    "cap_add",
-    "cap_drop",
     "cgroup",
     "cgroup_parent",
-    "container_name",
     "cpu_count",
     "cpu_percent",
     "cpu_shares",
@@ -61,23 +59,18 @@ const UNSUPPORTED_SERVICE_KEYS: &[&str] = &[
     "develop",
     "device_cgroup_rules",
     "devices",
-    "dns",
     "dns_opt",
-    "dns_search",
     "domainname",
     "driver_opts",
     "expose",
     "extends",
     "external_links",
-    "extra_hosts",
     "gpus",
     "group_add",
-    "hostname",
     "ipc",
     "isolation",
     "label_file",
     "links",
-    "logging",
     "mac_address",
     "mem_limit",
     "mem_reservation",
@@ -95,26 +88,22 @@ const UNSUPPORTED_SERVICE_KEYS: &[&str] = &[
     "profiles",
     "provider",
     "pull_policy",
-    "read_only",
-    "restart",
     "runtime",
     "scale",
     "security_opt",
-    "shm_size",
     "stdin_open",
-    "stop_signal",
     "storage_opt",
-    "sysctls",
     "tmpfs",
     "tty",
-    "ulimits",
     "use_api_socket",
-    "user",
     "userns_mode",
     "uts",
     "volumes_from",
-    "working_dir",
 ];
+
+/// Service keys that only Compose without Swarm acts on: `docker stack
+/// deploy` ignores them too, and the warning says so.
+const SWARM_IGNORED_KEYS: &[&str] = &["build", "container_name", "depends_on", "restart"];
 
 /// Top-level keys of the Compose specification that Flotilla does not model.
 const UNSUPPORTED_TOP_KEYS: &[&str] = &["include", "models"];
@@ -294,6 +283,29 @@ pub struct ComposeService {
     pub configs: Vec<SecretRef>,
     /// `x-flotilla.driver`.
     pub driver: Option<String>,
+    /// `hostname`, a template (`{{.Task.Slot}}`) expanded on the node.
+    pub hostname: Option<String>,
+    /// `user` (`USER[:GROUP]`).
+    pub user: Option<String>,
+    pub working_dir: Option<String>,
+    pub stop_signal: Option<String>,
+    pub read_only: Option<bool>,
+    /// `shm_size` in bytes.
+    pub shm_size: Option<u64>,
+    /// `sysctls`, a mapping or a `KEY=VALUE` list.
+    pub sysctls: BTreeMap<String, String>,
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    /// `ulimits`: `nproc: 65535` (soft and hard) or `nofile: {soft, hard}`.
+    pub ulimits: Vec<flotilla_types::Ulimit>,
+    /// `extra_hosts`: a `HOST:IP` (or `HOST=IP`) list or a mapping.
+    pub extra_hosts: Vec<flotilla_types::ExtraHost>,
+    /// `dns`, a string or a list.
+    pub dns: Vec<String>,
+    /// `dns_search`, a string or a list.
+    pub dns_search: Vec<String>,
+    /// `logging`: `driver` and `options`.
+    pub logging: Option<flotilla_types::LogDriver>,
 }
 
 /// `healthcheck:`. `test` is normalised to the list form
@@ -976,6 +988,7 @@ fn mounts(
                     source: String::new(),
                     target: String::new(),
                     read_only: false,
+                    propagation: None,
                 };
                 for (k, v) in m {
                     let kp = join(&p, &k.name);
@@ -993,9 +1006,38 @@ fn mounts(
                         "source" => mount.source = string(v, &kp)?,
                         "target" => mount.target = string(v, &kp)?,
                         "read_only" => mount.read_only = boolean(v, &kp)?,
-                        "bind" | "volume" | "tmpfs" | "consistency" => {
-                            ignored.push(format!("volumes[{i}].{}", k.name))
+                        "bind" => {
+                            for (bk, bv) in map(v, &kp)? {
+                                let bp = join(&kp, &bk.name);
+                                match bk.name.as_str() {
+                                    "propagation" => {
+                                        let text = string(bv, &bp)?;
+                                        mount.propagation = Some(
+                                            Propagation::parse(&text)
+                                                .map_err(|e| ComposeError::at(bv, &bp, e))?,
+                                        );
+                                    }
+                                    n if n.starts_with("x-") => {}
+                                    n => ignored.push(format!("volumes[{i}].bind.{n}")),
+                                }
+                            }
                         }
+                        // Docker on Linux ignores it: every mount is
+                        // consistent there.
+                        "consistency" => {
+                            let c = string(v, &kp)?;
+                            if !matches!(
+                                c.as_str(),
+                                "consistent" | "cached" | "delegated" | "default"
+                            ) {
+                                return Err(ComposeError::at(
+                                    v,
+                                    &kp,
+                                    format!("{c:?} is not consistent, cached or delegated"),
+                                ));
+                            }
+                        }
+                        "volume" | "tmpfs" => ignored.push(format!("volumes[{i}].{}", k.name)),
                         n if n.starts_with("x-") => {}
                         other => {
                             return Err(ComposeError::at(v, &kp, format!("unknown key {other:?}")))
@@ -1026,10 +1068,14 @@ fn mounts(
                     }
                 };
                 let mut read_only = false;
+                let mut propagation = None;
                 for flag in mode.split(',').filter(|f| !f.is_empty()) {
                     match flag {
                         "ro" => read_only = true,
                         "rw" => read_only = false,
+                        "rprivate" | "private" | "rshared" | "shared" | "rslave" | "slave" => {
+                            propagation = Propagation::parse(flag).ok()
+                        }
                         "z" | "Z" | "nocopy" | "cached" | "delegated" | "consistent" => {}
                         other => {
                             return Err(ComposeError::at(
@@ -1055,6 +1101,7 @@ fn mounts(
                     },
                     target: target.to_string(),
                     read_only,
+                    propagation,
                 }
             }
         };
@@ -1573,6 +1620,7 @@ fn service(
         ..Default::default()
     };
     let mut ignored = Vec::new();
+    let mut swarm_ignored = Vec::new();
     let mut unknown = Vec::new();
     let mut env_files: Vec<(String, BTreeMap<String, String>)> = Vec::new();
     let mut environment = Vec::new();
@@ -1623,14 +1671,30 @@ fn service(
                 s.depends_on = match &v.value {
                     Value::Map(m) => m.iter().map(|(k, _)| k.name.clone()).collect(),
                     _ => string_list(v, p)?,
-                }
+                };
+                swarm_ignored.push(k.name.clone());
             }
+            "hostname" => s.hostname = Some(string(v, p)?),
+            "user" => s.user = Some(string(v, p)?),
+            "working_dir" => s.working_dir = Some(string(v, p)?),
+            "stop_signal" => s.stop_signal = Some(string(v, p)?),
+            "read_only" => s.read_only = Some(boolean(v, p)?),
+            "shm_size" => s.shm_size = Some(size(v, p)?),
+            "sysctls" => s.sysctls = sysctls(v, p)?,
+            "cap_add" => s.cap_add = string_list(v, p)?,
+            "cap_drop" => s.cap_drop = string_list(v, p)?,
+            "ulimits" => s.ulimits = ulimits(v, p)?,
+            "extra_hosts" => s.extra_hosts = extra_hosts(v, p)?,
+            "dns" => s.dns = one_or_list(v, p)?,
+            "dns_search" => s.dns_search = one_or_list(v, p)?,
+            "logging" => s.logging = Some(logging(v, p)?),
             "x-flotilla" => {
                 if let Some(d) = v.get("driver") {
                     s.driver = Some(string(d, &join(p, "driver"))?);
                 }
             }
             n if n.starts_with("x-") => {}
+            n if SWARM_IGNORED_KEYS.contains(&n) => swarm_ignored.push(n.to_string()),
             n if UNSUPPORTED_SERVICE_KEYS.contains(&n) => ignored.push(n.to_string()),
             n => unknown.push(n.to_string()),
         }
@@ -1654,6 +1718,12 @@ fn service(
             ignored.join(", ")
         ));
     }
+    if !swarm_ignored.is_empty() {
+        warnings.push(format!(
+            "service {name}: Ignoring options that Swarm ignores too (only Compose without Swarm uses them): {}",
+            swarm_ignored.join(", ")
+        ));
+    }
     if !unknown.is_empty() {
         warnings.push(format!(
             "service {name}: Ignoring unknown keys: {}",
@@ -1661,6 +1731,153 @@ fn service(
         ));
     }
     Ok(s)
+}
+
+/// A size in bytes: a number, or a string such as `64m`.
+fn size(node: &Node, path: &str) -> R<u64> {
+    let text = match &node.value {
+        Value::Int(i) => return u64::try_from(*i).map_err(|_| expected(node, path, "a size")),
+        _ => string(node, path)?,
+    };
+    flotilla_types::parse_memory(&text).ok_or_else(|| {
+        ComposeError::at(
+            node,
+            path,
+            format!(
+                "invalid size {text:?}: expected bytes or a number with b, k, m or g, such as 64m"
+            ),
+        )
+    })
+}
+
+/// A string or a list of strings (`dns`, `dns_search`).
+fn one_or_list(node: &Node, path: &str) -> R<Vec<String>> {
+    match &node.value {
+        Value::Seq(_) => string_list(node, path),
+        _ => Ok(vec![string(node, path)?]),
+    }
+}
+
+/// `sysctls:` as a mapping or a `KEY=VALUE` list; every entry has a value.
+fn sysctls(node: &Node, path: &str) -> R<BTreeMap<String, String>> {
+    pairs(node, path)?
+        .into_iter()
+        .map(|(k, v)| match v {
+            Some(v) => Ok((k, v)),
+            None => Err(ComposeError::at(
+                node.get(&k).unwrap_or(node),
+                &join(path, &k),
+                format!("sysctl {k} needs a value"),
+            )),
+        })
+        .collect()
+}
+
+/// `ulimits:`: `NAME: N` (soft and hard alike) or `NAME: {soft: S, hard:
+/// H}`.
+fn ulimits(node: &Node, path: &str) -> R<Vec<flotilla_types::Ulimit>> {
+    let mut out = Vec::new();
+    for (k, v) in map(node, path)? {
+        let p = join(path, &k.name);
+        let limit = |n: &Node, p: &str| -> R<i64> {
+            let i = int(n, p)?;
+            i64::try_from(i).map_err(|_| expected(n, p, "a limit"))
+        };
+        let (soft, hard) = match &v.value {
+            Value::Map(entries) => {
+                let (mut soft, mut hard) = (None, None);
+                for (lk, lv) in entries {
+                    let lp = join(&p, &lk.name);
+                    match lk.name.as_str() {
+                        "soft" => soft = Some(limit(lv, &lp)?),
+                        "hard" => hard = Some(limit(lv, &lp)?),
+                        n if n.starts_with("x-") => {}
+                        other => {
+                            return Err(ComposeError::at(lv, &lp, format!("unknown key {other:?}")))
+                        }
+                    }
+                }
+                match (soft, hard) {
+                    (Some(s), Some(h)) => (s, h),
+                    _ => return Err(ComposeError::at(v, &p, "expected both soft and hard")),
+                }
+            }
+            _ => {
+                let n = limit(v, &p)?;
+                (n, n)
+            }
+        };
+        let u = flotilla_types::Ulimit {
+            name: k.name.clone(),
+            soft,
+            hard,
+        };
+        // The rule of the spec, here where the entry's line is known.
+        u.check().map_err(|e| ComposeError::at(v, &p, e))?;
+        out.push(u);
+    }
+    Ok(out)
+}
+
+/// `extra_hosts:` as a `HOST:IP` / `HOST=IP` list or a `HOST: IP` mapping
+/// (an address or a list of them).
+fn extra_hosts(node: &Node, path: &str) -> R<Vec<flotilla_types::ExtraHost>> {
+    let mut out = Vec::new();
+    let mut push = |host: flotilla_types::ExtraHost, at: &Node, p: &str| -> R<()> {
+        host.check().map_err(|e| ComposeError::at(at, p, e))?;
+        out.push(host);
+        Ok(())
+    };
+    match &node.value {
+        Value::Seq(items) => {
+            for (i, n) in items.iter().enumerate() {
+                let p = format!("{path}[{i}]");
+                let text = string(n, &p)?;
+                let host = flotilla_types::ExtraHost::parse(&text)
+                    .map_err(|e| ComposeError::at(n, &p, e))?;
+                push(host, n, &p)?;
+            }
+        }
+        Value::Map(entries) => {
+            for (k, v) in entries {
+                let p = join(path, &k.name);
+                let ips = match &v.value {
+                    Value::Seq(_) => string_list(v, &p)?,
+                    _ => vec![string(v, &p)?],
+                };
+                for ip in ips {
+                    let host = flotilla_types::ExtraHost {
+                        name: k.name.clone(),
+                        ip,
+                    };
+                    push(host, v, &p)?;
+                }
+            }
+        }
+        _ => return Err(expected(node, path, "a list of HOST:IP or a mapping")),
+    }
+    Ok(out)
+}
+
+/// `logging:`: `driver` (the engine's default when absent) and `options`.
+fn logging(node: &Node, path: &str) -> R<flotilla_types::LogDriver> {
+    let mut driver = flotilla_types::LogDriver {
+        name: String::new(),
+        options: BTreeMap::new(),
+    };
+    for (k, v) in map(node, path)? {
+        let p = join(path, &k.name);
+        if matches!(v.value, Value::Null) {
+            continue;
+        }
+        match k.name.as_str() {
+            "driver" => driver.name = string(v, &p)?,
+            "options" => driver.options = labels(v, &p)?,
+            n if n.starts_with("x-") => {}
+            other => return Err(ComposeError::at(v, &p, format!("unknown key {other:?}"))),
+        }
+    }
+    Ok(driver)
 }
 
 /// `env_file:` as a string, a list of strings, or a list of

@@ -622,8 +622,44 @@ fn refusal(e: &SpecError) -> Refusal {
         SpecError::NetworkEmpty | SpecError::DuplicateNetwork(_) | SpecError::Alias(_) => {
             "networks"
         }
+        SpecError::NeedsDocker(field) => {
+            let key = container_key(field);
+            return (key, format!("{key} applies to containers (give `image`)"));
+        }
+        SpecError::Template { field, .. } | SpecError::Capability(field, _) => container_key(field),
+        SpecError::User(_) => "user",
+        SpecError::WorkingDir(_) => "working_dir",
+        SpecError::StopSignal(_) => "stop_signal",
+        SpecError::Sysctl(_) => "sysctls",
+        SpecError::Ulimit(_) => "ulimits",
+        SpecError::ExtraHost(_) => "extra_hosts",
+        SpecError::Dns(_) => "dns",
+        SpecError::DnsSearch(_) => "dns_search",
+        SpecError::LogDriver(_) => "logging",
+        SpecError::PropagationNeedsBind(_) => "volumes",
+        SpecError::PlacementPreference(_) => "deploy.placement.preferences",
     };
     (key, e.to_string())
+}
+
+/// The Compose key of a task template's field of how a task runs.
+fn container_key(field: &str) -> &'static str {
+    match field {
+        "task.hostname" => "hostname",
+        "task.read_only" => "read_only",
+        "task.shm_size_bytes" => "shm_size",
+        "task.sysctls" => "sysctls",
+        "task.cap_add" => "cap_add",
+        "task.cap_drop" => "cap_drop",
+        "task.ulimits" => "ulimits",
+        "task.extra_hosts" => "extra_hosts",
+        "task.dns" => "dns",
+        "task.dns_search" => "dns_search",
+        "task.logging" => "logging",
+        "task.env" => "environment",
+        "task.mounts" => "volumes",
+        _ => "",
+    }
 }
 
 /// The spec of a Compose service, before [`ServiceSpec::validate`].
@@ -663,18 +699,6 @@ fn to_spec(svc: &ComposeService, ignored: &mut Ignored) -> Result<ServiceSpec, R
         .map(|h| health(h, &svc.name, ignored))
         .transpose()?;
     let d = &svc.deploy;
-    for (key, set) in [
-        ("depends_on", !svc.depends_on.is_empty()),
-        (
-            "deploy.placement.max_replicas_per_node",
-            d.max_replicas_per_node.is_some(),
-        ),
-        ("deploy.placement.preferences", !d.spread.is_empty()),
-    ] {
-        if set {
-            ignored.note(key, &svc.name);
-        }
-    }
     let mut labels: BTreeMap<String, String> = svc.labels.clone();
     labels.extend(d.labels.clone());
     // By key here; `Stack::specs_for` gives the full names.
@@ -715,6 +739,12 @@ fn to_spec(svc: &ComposeService, ignored: &mut Ignored) -> Result<ServiceSpec, R
             }),
             stop_grace_period_ms: svc.stop_grace_period_ms.unwrap_or(DEFAULT_STOP_GRACE_MS),
             constraints: d.constraints.clone(),
+            preferences: d
+                .spread
+                .iter()
+                .map(|s| flotilla_types::PlacementPreference::spread(s.as_str()))
+                .collect(),
+            max_replicas_per_node: d.max_replicas_per_node.unwrap_or(0),
             health,
             resources: ResourceSpec {
                 limits: resources(&d.limits),
@@ -726,6 +756,20 @@ fn to_spec(svc: &ComposeService, ignored: &mut Ignored) -> Result<ServiceSpec, R
             networks,
             secrets: svc.secrets.clone(),
             configs: svc.configs.clone(),
+            hostname: svc.hostname.clone(),
+            user: svc.user.clone(),
+            working_dir: svc.working_dir.clone(),
+            stop_signal: svc.stop_signal.clone(),
+            read_only: svc.read_only.unwrap_or(false),
+            shm_size_bytes: svc.shm_size.unwrap_or(0),
+            sysctls: svc.sysctls.clone(),
+            cap_add: svc.cap_add.clone(),
+            cap_drop: svc.cap_drop.clone(),
+            ulimits: svc.ulimits.clone(),
+            extra_hosts: svc.extra_hosts.clone(),
+            dns: svc.dns.clone(),
+            dns_search: svc.dns_search.clone(),
+            logging: svc.logging.clone(),
             ..TaskTemplate::default()
         },
         update: update_config(d.update_config.as_ref(), false)?,
@@ -974,6 +1018,7 @@ services:
             source: source.into(),
             target: target.into(),
             read_only,
+            propagation: None,
         };
         assert_eq!(
             m,
@@ -1021,6 +1066,253 @@ services:
                 .contains("services.web.init: init: true applies to containers")
         );
         assert!(bad_one("services:\n  web:\n    image: app:1\n    init: maybe\n").contains("init"));
+    }
+
+    /// A container service with `key` (its YAML under the service).
+    fn container_with(key: &str) -> (ServiceSpec, Vec<String>) {
+        one(&format!("services:\n  web:\n    image: app:1\n{key}"))
+    }
+
+    #[test]
+    fn hostname_is_a_template() {
+        let (s, w) = container_with("    hostname: \"{{.Service.Name}}-{{.Task.Slot}}\"\n");
+        assert_eq!(
+            s.task.hostname.as_deref(),
+            Some("{{.Service.Name}}-{{.Task.Slot}}")
+        );
+        assert!(w.is_empty(), "{w:?}");
+        assert!(
+            bad_one("services:\n  web:\n    image: app:1\n    hostname: \"{{.Task.Nope}}\"\n")
+                .starts_with(
+                    "s.yml:4: services.web.hostname: hostname: unknown placeholder {{.Task.Nope}}"
+                )
+        );
+        // Templates in environment values and mount sources too.
+        let e = bad_one(
+            "services:\n  web:\n    image: app:1\n    environment:\n      A: \"{{.Oops}}\"\n",
+        );
+        assert!(
+            e.starts_with(
+                "s.yml:4: services.web.environment: environment variable A: unknown placeholder"
+            ),
+            "{e}"
+        );
+        let (s, _) = container_with("    environment:\n      WHERE: \"{{.Node.Hostname}}\"\n    volumes: [\"/srv/{{.Task.Slot}}:/data\"]\n");
+        assert_eq!(s.task.env["WHERE"], "{{.Node.Hostname}}");
+        assert_eq!(s.task.mounts[0].source, "/srv/{{.Task.Slot}}");
+        assert_eq!(
+            bad_one("services:\n  web:\n    command: x\n    hostname: h\n"),
+            "s.yml:4: services.web.hostname: hostname applies to containers (give `image`)"
+        );
+    }
+
+    #[test]
+    fn user_working_dir_and_stop_signal_apply_to_containers_and_processes() {
+        let (s, _) = container_with(
+            "    user: \"1000:1000\"\n    working_dir: /srv\n    stop_signal: SIGINT\n",
+        );
+        assert_eq!(s.task.user.as_deref(), Some("1000:1000"));
+        assert_eq!(s.task.working_dir.as_deref(), Some("/srv"));
+        assert_eq!(s.task.stop_signal.as_deref(), Some("SIGINT"));
+        let (p, w) = one("services:\n  job:\n    command: x\n    user: 1000\n    working_dir: /tmp\n    stop_signal: SIGQUIT\n");
+        assert_eq!(p.task.driver, Driver::Process);
+        assert_eq!(p.task.user.as_deref(), Some("1000"));
+        assert_eq!(p.task.stop_signal.as_deref(), Some("SIGQUIT"));
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(
+            bad_one("services:\n  web:\n    image: a\n    stop_signal: SIGNOPE\n"),
+            "s.yml:4: services.web.stop_signal: invalid stop signal \"SIGNOPE\": expected a name such as SIGINT, or a number from 1 to 64"
+        );
+        assert_eq!(
+            bad_one("services:\n  web:\n    image: a\n    working_dir: srv\n"),
+            "s.yml:4: services.web.working_dir: working directory \"srv\" must be an absolute path"
+        );
+        assert!(
+            bad_one("services:\n  web:\n    image: a\n    user: \"a b\"\n")
+                .starts_with("s.yml:4: services.web.user: invalid user")
+        );
+    }
+
+    #[test]
+    fn read_only_and_shm_size() {
+        let (s, _) = container_with("    read_only: true\n    shm_size: 64m\n");
+        assert!(s.task.read_only);
+        assert_eq!(s.task.shm_size_bytes, 64 << 20);
+        let (s, _) = container_with("    shm_size: 1048576\n");
+        assert_eq!(s.task.shm_size_bytes, 1 << 20);
+        assert!(
+            bad_one("services:\n  web:\n    image: a\n    shm_size: lots\n")
+                .starts_with("s.yml:4: services.web.shm_size: invalid size \"lots\"")
+        );
+        assert_eq!(
+            bad_one("services:\n  web:\n    command: x\n    read_only: true\n"),
+            "s.yml:4: services.web.read_only: read_only applies to containers (give `image`)"
+        );
+        assert_eq!(
+            bad_one("services:\n  web:\n    command: x\n    shm_size: 1m\n"),
+            "s.yml:4: services.web.shm_size: shm_size applies to containers (give `image`)"
+        );
+    }
+
+    #[test]
+    fn sysctls_in_both_forms() {
+        let (s, _) = container_with(
+            "    sysctls:\n      net.core.somaxconn: 1024\n      net.ipv4.tcp_syncookies: 0\n",
+        );
+        assert_eq!(s.task.sysctls["net.core.somaxconn"], "1024");
+        assert_eq!(s.task.sysctls["net.ipv4.tcp_syncookies"], "0");
+        let (s, _) = container_with("    sysctls:\n      - net.core.somaxconn=1024\n");
+        assert_eq!(s.task.sysctls["net.core.somaxconn"], "1024");
+        assert_eq!(
+            bad_one("services:\n  web:\n    image: a\n    sysctls: [net.core.somaxconn]\n"),
+            "s.yml:4: services.web.sysctls.net.core.somaxconn: sysctl net.core.somaxconn needs a value"
+        );
+        assert!(
+            bad_one("services:\n  web:\n    image: a\n    sysctls: {\"bad name\": 1}\n")
+                .starts_with("s.yml:4: services.web.sysctls: invalid sysctl \"bad name\"")
+        );
+    }
+
+    #[test]
+    fn capabilities() {
+        let (s, _) = container_with("    cap_add: [NET_ADMIN, SYS_TIME]\n    cap_drop: [ALL]\n");
+        assert_eq!(s.task.cap_add, ["NET_ADMIN", "SYS_TIME"]);
+        assert_eq!(s.task.cap_drop, ["ALL"]);
+        assert!(bad_one(
+            "services:\n  web:\n    image: a\n    cap_add: [NET_ADMIN]\n    cap_drop: [NOPE]\n"
+        )
+        .starts_with("s.yml:5: services.web.cap_drop: unknown capability \"NOPE\""));
+        assert_eq!(
+            bad_one("services:\n  web:\n    command: x\n    cap_add: [NET_ADMIN]\n"),
+            "s.yml:4: services.web.cap_add: cap_add applies to containers (give `image`)"
+        );
+    }
+
+    #[test]
+    fn ulimits_short_and_long() {
+        let (s, _) = container_with("    ulimits:\n      nproc: 65535\n      nofile:\n        soft: 20000\n        hard: 40000\n");
+        assert_eq!(
+            s.task.ulimits,
+            [
+                flotilla_types::Ulimit {
+                    name: "nproc".into(),
+                    soft: 65535,
+                    hard: 65535
+                },
+                flotilla_types::Ulimit {
+                    name: "nofile".into(),
+                    soft: 20000,
+                    hard: 40000
+                }
+            ]
+        );
+        assert_eq!(
+            bad_one("services:\n  web:\n    image: a\n    ulimits:\n      nofile: {soft: 2, hard: 1}\n"),
+            "s.yml:5: services.web.ulimits.nofile: ulimit nofile: the soft limit 2 is above the hard limit 1"
+        );
+        assert!(
+            bad_one("services:\n  web:\n    image: a\n    ulimits:\n      nofiles: 1\n")
+                .starts_with("s.yml:5: services.web.ulimits.nofiles: unknown ulimit \"nofiles\"")
+        );
+        assert_eq!(
+            bad_one("services:\n  web:\n    image: a\n    ulimits:\n      nofile: {soft: 2}\n"),
+            "s.yml:5: services.web.ulimits.nofile: expected both soft and hard"
+        );
+    }
+
+    #[test]
+    fn extra_hosts_as_a_list_or_a_mapping() {
+        let host = |name: &str, ip: &str| flotilla_types::ExtraHost {
+            name: name.into(),
+            ip: ip.into(),
+        };
+        let (s, _) = container_with(
+            "    extra_hosts: [\"myhost:10.1.2.3\", \"other=10.0.0.9\", \"v6:::1\"]\n",
+        );
+        assert_eq!(
+            s.task.extra_hosts,
+            [
+                host("myhost", "10.1.2.3"),
+                host("other", "10.0.0.9"),
+                host("v6", "::1")
+            ]
+        );
+        let (s, _) = container_with("    extra_hosts:\n      myhost: 10.1.2.3\n");
+        assert_eq!(s.task.extra_hosts, [host("myhost", "10.1.2.3")]);
+        assert_eq!(
+            bad_one("services:\n  web:\n    image: a\n    extra_hosts: [\"myhost:nope\"]\n"),
+            "s.yml:4: services.web.extra_hosts[0]: host myhost: \"nope\" is not an IP address"
+        );
+    }
+
+    #[test]
+    fn dns_and_search_domains() {
+        let (s, _) = container_with("    dns: 10.0.0.53\n    dns_search: example.org\n");
+        assert_eq!(s.task.dns, ["10.0.0.53"]);
+        assert_eq!(s.task.dns_search, ["example.org"]);
+        let (s, _) = container_with(
+            "    dns: [10.0.0.53, 10.0.0.54]\n    dns_search: [a.example, b.example]\n",
+        );
+        assert_eq!(s.task.dns, ["10.0.0.53", "10.0.0.54"]);
+        assert_eq!(s.task.dns_search, ["a.example", "b.example"]);
+        assert_eq!(
+            bad_one("services:\n  web:\n    image: a\n    dns: dns.example\n"),
+            "s.yml:4: services.web.dns: invalid DNS server \"dns.example\": expected an IP address"
+        );
+        assert_eq!(
+            bad_one("services:\n  web:\n    command: x\n    dns_search: example.org\n"),
+            "s.yml:4: services.web.dns_search: dns_search applies to containers (give `image`)"
+        );
+    }
+
+    #[test]
+    fn logging_driver_and_options() {
+        let (s, _) = container_with("    logging:\n      driver: json-file\n      options:\n        max-size: 10m\n        max-file: 3\n");
+        let l = s.task.logging.expect("logging");
+        assert_eq!(l.name, "json-file");
+        assert_eq!(l.options["max-size"], "10m");
+        assert_eq!(l.options["max-file"], "3");
+        // Options alone: the engine's default driver.
+        let (s, _) = container_with("    logging:\n      options: {max-size: 1m}\n");
+        assert_eq!(s.task.logging.expect("logging").name, "");
+        assert_eq!(
+            bad_one("services:\n  web:\n    image: a\n    logging:\n      drivr: x\n"),
+            "s.yml:5: services.web.logging.drivr: unknown key \"drivr\""
+        );
+        assert_eq!(
+            bad_one("services:\n  web:\n    command: x\n    logging: {driver: syslog}\n"),
+            "s.yml:4: services.web.logging: logging applies to containers (give `image`)"
+        );
+    }
+
+    #[test]
+    fn bind_propagation_and_consistency() {
+        let (s, w) = container_with("    volumes:\n      - type: bind\n        source: /srv\n        target: /data\n        consistency: cached\n        bind:\n          propagation: rslave\n      - /mnt:/mnt:ro,rshared\n");
+        assert!(
+            w.is_empty(),
+            "consistency is accepted without a warning: {w:?}"
+        );
+        let m = &s.task.mounts;
+        assert_eq!(m[0].propagation, Some(flotilla_types::Propagation::Rslave));
+        assert_eq!(m[1].propagation, Some(flotilla_types::Propagation::Rshared));
+        assert!(m[1].read_only);
+        assert!(bad_one("services:\n  web:\n    image: a\n    volumes:\n      - type: bind\n        source: /srv\n        target: /data\n        bind: {propagation: sideways}\n")
+            .starts_with("s.yml:8: services.web.volumes[0].bind.propagation: invalid propagation \"sideways\""));
+        assert_eq!(
+            bad_one("services:\n  web:\n    image: a\n    volumes:\n      - type: volume\n        source: data\n        target: /data\n        bind: {propagation: rslave}\nvolumes:\n  data:\n"),
+            "s.yml:4: services.web.volumes: mount /data: propagation applies to bind mounts only"
+        );
+        assert!(bad_one("services:\n  web:\n    image: a\n    volumes:\n      - type: bind\n        source: /srv\n        target: /data\n        consistency: sometimes\n")
+            .contains("\"sometimes\" is not consistent, cached or delegated"));
+    }
+
+    #[test]
+    fn compose_without_swarm_keys_warn_that_swarm_ignores_them() {
+        let (_, w) = one("services:\n  web:\n    image: a\n    container_name: web1\n    restart: always\n    build: .\n    depends_on: [db]\n  db:\n    image: b\n");
+        assert_eq!(
+            w,
+            ["service web: Ignoring options that Swarm ignores too (only Compose without Swarm uses them): container_name, restart, build, depends_on"]
+        );
     }
 
     #[test]
@@ -1313,6 +1605,35 @@ services:
     }
 
     #[test]
+    fn placement_preferences_and_the_limit_per_node_convert() {
+        let (web, warnings) = one("services:\n  web:\n    command: x\n    deploy:\n      replicas: 4\n      placement:\n        preferences:\n          - spread: node.labels.zone\n          - spread: engine.labels.disk\n        max_replicas_per_node: 2\n");
+        assert_eq!(
+            web.task.preferences,
+            [
+                flotilla_types::PlacementPreference::spread("node.labels.zone"),
+                flotilla_types::PlacementPreference::spread("engine.labels.disk"),
+            ]
+        );
+        assert_eq!(web.task.max_replicas_per_node, 2);
+        assert!(
+            !warnings.iter().any(|w| w.contains("placement")),
+            "{warnings:?}"
+        );
+        // Neither given: no preference, no limit.
+        let (plain, _) = one("services:\n  web:\n    command: x\n");
+        assert!(plain.task.preferences.is_empty());
+        assert_eq!(plain.task.max_replicas_per_node, 0);
+    }
+
+    #[test]
+    fn bad_placement_keys_are_refused_at_their_line() {
+        assert_eq!(
+            bad_one("services:\n  web:\n    command: x\n    deploy:\n      placement:\n        preferences: [{spread: node.hostname}]\n"),
+            "s.yml:6: services.web.deploy.placement.preferences: invalid placement preference spread=node.hostname: spread over node.labels.KEY, engine.labels.KEY, node.platform.os or node.platform.arch"
+        );
+    }
+
+    #[test]
     fn keys_without_a_place_make_one_warning_per_stack() {
         let stack = parse_stack(
             "s.yml",
@@ -1324,10 +1645,10 @@ services:
             .iter()
             .filter(|w| w.contains("does not act on"))
             .collect();
-        assert_eq!(
-            ours,
-            ["Ignoring options Flotilla does not act on yet: depends_on (a), deploy.placement.max_replicas_per_node (a), deploy.placement.preferences (a)"]
-        );
+        // The placement keys are the spec's now.
+        assert!(ours.is_empty(), "{ours:?}");
+        assert_eq!(stack.services[0].task.max_replicas_per_node, 1);
+        assert_eq!(stack.services[0].task.preferences.len(), 1);
         // The endpoint mode is the spec's now.
         assert_eq!(
             stack.services[0].endpoint_mode,
@@ -1341,7 +1662,8 @@ services:
             stack
                 .warnings
                 .iter()
-                .any(|w| w == "service b: Ignoring unsupported options: build"),
+                .any(|w| w
+                    == "service b: Ignoring options that Swarm ignores too (only Compose without Swarm uses them): build"),
             "{:?}",
             stack.warnings
         );

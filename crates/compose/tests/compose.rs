@@ -176,8 +176,9 @@ fn parses_a_swarm_stack_into_the_model() {
     assert_eq!(api.depends_on, ["db"]);
     assert_eq!(stack.services[1].driver.as_deref(), Some("process"));
     let w = stack.warnings.join("\n");
+    // Keys only Compose without Swarm acts on, named as such.
     assert!(
-        w.contains("service web: Ignoring unsupported options: build, container_name"),
+        w.contains("service web: Ignoring options that Swarm ignores too (only Compose without Swarm uses them): depends_on, build, container_name"),
         "{w}"
     );
     assert!(
@@ -709,9 +710,16 @@ fn fixture_stacks_convert() {
     let w = monitoring.warnings.join("\n");
     assert!(!w.contains("configs"), "{w}");
     assert!(!w.contains("x-"), "{w}");
-    assert!(
-        w.contains("service scraper: Ignoring unsupported options: logging"),
-        "{w}"
+    // `logging` is the engine's log driver now, from the anchor.
+    assert!(!w.contains("logging"), "{w}");
+    assert_eq!(
+        scraper.task.logging,
+        Some(flotilla_types::LogDriver {
+            name: "json-file".into(),
+            options: [("max-size".to_string(), "10m".to_string())]
+                .into_iter()
+                .collect(),
+        })
     );
     // The config is the stack's, its file beside the stack file, and the
     // scraper gets it at its target.
@@ -788,11 +796,15 @@ fn fixture_stacks_convert() {
     assert_eq!(published(edge), ["80:80/tcp", "443:443/tcp"]);
     let w = proxy.warnings.join("\n");
     assert!(!w.contains("ports"), "{w}");
-    assert!(w.contains("deploy.placement.preferences (edge)"), "{w}");
-    assert!(
-        w.contains("deploy.placement.max_replicas_per_node (whoami)"),
-        "{w}"
+    // The placement keys are the specs' own.
+    assert!(!w.contains("deploy.placement"), "{w}");
+    assert_eq!(
+        edge.task.preferences,
+        [flotilla_types::PlacementPreference::spread(
+            "node.labels.zone"
+        )]
     );
+    assert_eq!(whoami.task.max_replicas_per_node, 1);
     // `public` is declared and unused: not made; the services name no
     // network and are on the stack's default one.
     assert!(
@@ -807,6 +819,17 @@ fn fixture_stacks_convert() {
         .expect("specs")
         .iter()
         .all(|s| s.task.networks == [NetworkAttachment::to("proxy_default")]));
+    // A constraint on the labels of the nodes' Docker Engines.
+    let agent =
+        load_stack_files(&[&fixture("engine-label-constraint-stack.yml")]).expect("engine labels");
+    let constraints = &agent.services[0].task.constraints;
+    assert_eq!(
+        constraints
+            .iter()
+            .map(|c| (&c.key, c.value.as_str()))
+            .collect::<Vec<_>>(),
+        [(&ConstraintKey::EngineLabel("region".into()), "eu")]
+    );
     // `stack config` of each reads back as the same specs.
     for names in [
         &["voting-stack.yml"][..],
@@ -831,13 +854,6 @@ fn fixture_stacks_fail_precisely() {
     assert_eq!(
         e,
         format!("{path}:4: services.backend: nothing to run: give `image` for a container, or `command` for a process")
-    );
-    let (path, e) = fixture_error("engine-label-constraint-stack.yml");
-    assert!(
-        e.starts_with(&format!(
-            "{path}:10: services.agent.deploy.placement.constraints[0]: invalid constraint \"engine.labels.region == eu\""
-        )),
-        "{e}"
     );
     let (path, e) = fixture_error("required-variable-stack.yml");
     assert_eq!(

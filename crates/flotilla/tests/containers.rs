@@ -405,19 +405,27 @@ fn an_images_own_healthcheck_is_used_and_a_missing_image_is_rejected() -> Result
     Ok(())
 }
 
+/// What a test of one service's containers starts with: the guard that
+/// removes its containers, a busybox image tagged `tag`, and a one-node
+/// cluster.
+fn one_node_with_image(name: &'static str, tag: &str) -> Result<(Containers, String, Daemon)> {
+    let cleanup = Containers(name);
+    if !docker_available() {
+        bail!("no Docker Engine answers (docker info); scripts/test-deps.sh starts one");
+    }
+    let image = busybox_image(tag, None)?;
+    let d = Daemon::start(bin())?;
+    d.ok(&["init"])?;
+    Ok((cleanup, image, d))
+}
+
 /// Issue 12: a container reads its secret at `/run/secrets/NAME` and its
 /// config at its target, both read-only, owned and moded as asked; the
 /// daemon's data dir holds neither in clear.
 #[test]
 fn a_container_reads_its_secret_and_config_at_their_paths() -> Result<()> {
     const NAME: &str = "sec_web";
-    let _cleanup = Containers(NAME);
-    if !docker_available() {
-        bail!("no Docker Engine answers (docker info); scripts/test-deps.sh starts one");
-    }
-    let image = busybox_image("flotilla-test/secrets:1", None)?;
-    let d = Daemon::start(bin())?;
-    d.ok(&["init"])?;
+    let (_cleanup, image, d) = one_node_with_image(NAME, "flotilla-test/secrets:1")?;
     let files = tempfile::tempdir()?;
     let secret = "container-secret-9f8e7d";
     let config = "server { listen 8080; } # container config";
@@ -489,5 +497,124 @@ fn a_container_reads_its_secret_and_config_at_their_paths() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Issue 12, item 6: the keys of how a container runs reach it: a host
+/// name from Swarm's template, a user, a working directory, a kernel
+/// parameter, a read-only root, no capabilities, a line of /etc/hosts, a
+/// ulimit, a resolver, a log driver, a template in the environment, and
+/// the stop signal that stops it.
+#[test]
+fn a_container_runs_as_its_keys_say() -> Result<()> {
+    const NAME: &str = "keys-web";
+    let (_cleanup, image, d) = one_node_with_image(NAME, "flotilla-test/keys:1")?;
+    // As PID 1 the shell ignores a signal it has no handler for: only
+    // SIGINT, its stop signal, ends it before the grace period does.
+    let script = "trap 'echo got SIGINT; exit 0' INT; echo started; while true; do sleep 1; done";
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        NAME,
+        "--image",
+        &image,
+        "--hostname",
+        "{{.Service.Name}}-{{.Task.Slot}}",
+        "--env",
+        "SLOT={{.Task.Slot}}",
+        "--user",
+        "1000:1000",
+        "--workdir",
+        "/tmp",
+        "--sysctl",
+        "net.ipv4.ip_unprivileged_port_start=0",
+        "--read-only",
+        "--cap-drop",
+        "ALL",
+        "--add-host",
+        "myhost:10.1.2.3",
+        "--ulimit",
+        "nofile=1024:2048",
+        "--dns",
+        "10.0.0.53",
+        "--dns-search",
+        "example.org",
+        "--log-driver",
+        "json-file",
+        "--log-opt",
+        "max-size=1m",
+        "--stop-signal",
+        "SIGINT",
+        "--stop-grace-period",
+        "30s",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ])?;
+    let container = containers_of(NAME)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("no container"))?;
+    let exec = |argv: &[&str]| -> Result<String> {
+        let mut args = vec!["exec", container.as_str()];
+        args.extend(argv);
+        Ok(docker(&args, None)?.trim().to_string())
+    };
+    assert_eq!(exec(&["hostname"])?, "keys-web-1");
+    assert_eq!(exec(&["sh", "-c", "echo $SLOT"])?, "1");
+    assert_eq!(exec(&["id", "-u"])?, "1000");
+    assert_eq!(exec(&["id", "-g"])?, "1000");
+    assert_eq!(exec(&["pwd"])?, "/tmp");
+    assert_eq!(
+        exec(&["cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"])?,
+        "0"
+    );
+    assert!(
+        exec(&["touch", "/written"]).is_err(),
+        "the root file system must be read-only"
+    );
+    let bounding = exec(&["grep", "CapBnd", "/proc/1/status"])?;
+    assert!(bounding.ends_with("0000000000000000"), "{bounding}");
+    let hosts = exec(&["grep", "myhost", "/etc/hosts"])?;
+    assert!(hosts.starts_with("10.1.2.3"), "{hosts}");
+    assert_eq!(exec(&["sh", "-c", "ulimit -n"])?, "1024");
+    let resolv = exec(&["cat", "/etc/resolv.conf"])?;
+    assert!(resolv.contains("nameserver 10.0.0.53"), "{resolv}");
+    assert!(resolv.contains("search example.org"), "{resolv}");
+    let inspect = docker(
+        &[
+            "inspect",
+            "-f",
+            "{{.Config.StopSignal}} {{.HostConfig.LogConfig.Type}} {{index .HostConfig.LogConfig.Config \"max-size\"}}",
+            &container,
+        ],
+        None,
+    )?;
+    assert_eq!(inspect.trim(), "SIGINT json-file 1m");
+
+    // A forced update stops the task with SIGINT, well within the grace
+    // period that SIGTERM would have waited out.
+    let started = std::time::Instant::now();
+    d.ok(&["service", "update", "--force", NAME])?;
+    wait_until("the old task to end", Duration::from_secs(60), || {
+        Ok(d.tasks(NAME)?
+            .iter()
+            .any(|t| t["current"] != true && t["state"] == "shutdown")
+            .then_some(()))
+    })?;
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the stop took {:?}: the stop signal was not SIGINT",
+        started.elapsed()
+    );
+    let logs = d.ok(&["service", "logs", NAME])?.stdout;
+    assert!(logs.contains("got SIGINT"), "{logs}");
+
+    d.ok(&["service", "rm", NAME])?;
+    wait_until("every container to go", Duration::from_secs(60), || {
+        Ok(containers_of(NAME)?.is_empty().then_some(()))
+    })?;
     Ok(())
 }

@@ -100,7 +100,13 @@ fn deploy_redeploy_update_prune_and_remove() -> Result<()> {
         "one warning for the stack: {}",
         out.stderr
     );
-    assert!(out.stderr.contains("depends_on (worker)"), "{}", out.stderr);
+    // Compose-only keys: one line that says Swarm ignores them too.
+    assert!(
+        out.stderr
+            .contains("service worker: Ignoring options that Swarm ignores too (only Compose without Swarm uses them): depends_on"),
+        "{}",
+        out.stderr
+    );
     // Without --detach, deploy returned once the tasks ran.
     let list = services(&d)?;
     assert!(list.iter().all(|s| s.3 == s.4), "{list:?}");

@@ -312,6 +312,7 @@ mod tests {
             last_seen: 0,
             entry_format: 0,
             overlay_error: None,
+            engine_labels: Default::default(),
         }
     }
 

@@ -11,12 +11,20 @@
 //! matching constraint node.role==worker)`. Among the nodes that pass, the
 //! task goes where its service has the fewest active tasks, then where the
 //! cluster has the fewest, then to the lowest node ID.
+//!
+//! A task with placement preferences (`spread=node.labels.zone`) first
+//! goes to the group of nodes (same value of the label; nodes without it
+//! are a group of their own) where its service has the fewest active
+//! tasks, level by level for several preferences, and only then by the
+//! rule above ([`Spread`]). A service's limit of tasks per node is one
+//! more filter ([`MaxReplicasFilter`]).
 
 use std::collections::BTreeMap;
 
 use flotilla_store::State;
 use flotilla_types::{
-    Availability, Constraint, DesiredState, Node, NodeState, Resources, Task, TaskState,
+    Availability, Constraint, DesiredState, Node, NodeState, PlacementPreference, Resources, Task,
+    TaskState,
 };
 
 /// What the scheduler wants changed.
@@ -175,6 +183,39 @@ impl Filter for HostPortFilter<'_> {
     }
 }
 
+/// Passes nodes that run fewer than `max` live tasks of the service
+/// (`--replicas-max-per-node`).
+pub struct MaxReplicasFilter<'a> {
+    pub service_id: &'a str,
+    pub max: u64,
+    /// Live tasks per (service, node).
+    pub by_service: &'a BTreeMap<(&'a str, &'a str), usize>,
+}
+
+impl Filter for MaxReplicasFilter<'_> {
+    fn name(&self) -> &'static str {
+        "max replicas per node"
+    }
+
+    fn passes(&self, node: &Node) -> bool {
+        let have = self
+            .by_service
+            .get(&(self.service_id, node.id.as_str()))
+            .copied()
+            .unwrap_or(0);
+        (have as u64) < self.max
+    }
+
+    fn explain(&self, nodes: usize) -> String {
+        format!(
+            "max replicas per node limit exceeded on {}: each runs {} {} of the service",
+            count_nodes(nodes),
+            self.max,
+            if self.max == 1 { "task" } else { "tasks" }
+        )
+    }
+}
+
 /// The filters a node must pass to take `task`, in the order they are
 /// checked. `reserved` is what the active tasks reserve per node, and
 /// `by_service` how many live tasks each service has on each node.
@@ -202,6 +243,13 @@ pub fn pipeline<'a>(
         filters.push(Box::new(HostPortFilter {
             service_id: &task.service_id,
             ports: host_ports,
+            by_service,
+        }));
+    }
+    if task.spec.max_replicas_per_node > 0 {
+        filters.push(Box::new(MaxReplicasFilter {
+            service_id: &task.service_id,
+            max: task.spec.max_replicas_per_node,
             by_service,
         }));
     }
@@ -320,25 +368,93 @@ impl<'a> Load<'a> {
     }
 }
 
+/// The groups of nodes a service's placement preferences make, with its
+/// tasks counted in each, as Swarm's spread: at level `i` a node belongs
+/// to the group of the values it has for the first `i + 1` preferences
+/// (`None` where it has none). A new task goes to the group with the
+/// fewest tasks at the first level, then at the next, and so on
+/// ([`Spread::key`]); within the last, by the scheduler's usual rule.
+///
+/// Every live task of the service counts in the groups of its node,
+/// whatever the node's state: tasks on a paused node are still in its
+/// zone. The rebalancer reads the same counts, so that it never moves a
+/// task the scheduler would put back.
+#[derive(Debug)]
+pub struct Spread<'a> {
+    preferences: &'a [PlacementPreference],
+    counts: BTreeMap<Vec<Option<&'a str>>, usize>,
+}
+
+impl<'a> Spread<'a> {
+    /// No tasks counted yet.
+    pub fn new(preferences: &'a [PlacementPreference]) -> Self {
+        Spread {
+            preferences,
+            counts: BTreeMap::new(),
+        }
+    }
+
+    /// The values `node` has for each preference, outermost first.
+    pub fn path(&self, node: &'a Node) -> Vec<Option<&'a str>> {
+        self.preferences.iter().map(|p| p.value_of(node)).collect()
+    }
+
+    /// Counts `tasks` more (or fewer, with `add` false) tasks on `node`.
+    pub fn count(&mut self, node: &'a Node, tasks: usize, add: bool) {
+        if tasks == 0 || self.preferences.is_empty() {
+            return;
+        }
+        let path = self.path(node);
+        for level in 1..=path.len() {
+            let n = self.counts.entry(path[..level].to_vec()).or_default();
+            *n = if add {
+                n.saturating_add(tasks)
+            } else {
+                n.saturating_sub(tasks)
+            };
+        }
+    }
+
+    /// The tasks in each of `node`'s groups, outermost first: the lower,
+    /// the better a place for a new task.
+    pub fn key(&self, node: &'a Node) -> Vec<usize> {
+        let path = self.path(node);
+        (1..=path.len())
+            .map(|level| self.counts.get(&path[..level]).copied().unwrap_or(0))
+            .collect()
+    }
+}
+
 /// The best node for `task`, or the reason there is none.
 fn place<'s>(state: &'s State, load: &Load<'s>, task: &Task) -> Result<&'s Node, String> {
     let filters = pipeline(task, &load.reserved, &load.by_service);
     let mut failures = vec![0usize; filters.len()];
-    let mut best: Option<&Node> = None;
+    let service = task.service_id.as_str();
+    let spread = (!task.spec.preferences.is_empty()).then(|| {
+        let mut spread = Spread::new(&task.spec.preferences);
+        for node in state.nodes.values() {
+            let tasks = load.by_service.get(&(service, node.id.as_str())).copied();
+            spread.count(node, tasks.unwrap_or(0), true);
+        }
+        spread
+    });
+    let rank = |node: &'s Node| {
+        let groups = spread.as_ref().map(|s| s.key(node)).unwrap_or_default();
+        (groups, load.rank(service, &node.id))
+    };
+    let mut best: Option<(&Node, _)> = None;
     for node in state.nodes.values() {
         match filters.iter().position(|f| !f.passes(node)) {
             Some(i) => failures[i] += 1,
             None => {
-                let better = best.is_none_or(|b| {
-                    load.rank(&task.service_id, &node.id) < load.rank(&task.service_id, &b.id)
-                });
-                if better {
-                    best = Some(node);
+                let r = rank(node);
+                if best.as_ref().is_none_or(|(_, b)| r < *b) {
+                    best = Some((node, r));
                 }
             }
         }
     }
-    if let Some(node) = best {
+    if let Some((node, _)) = best {
         return Ok(node);
     }
     if state.nodes.is_empty() {

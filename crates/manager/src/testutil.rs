@@ -28,6 +28,7 @@ pub fn node(id: &str) -> Node {
         last_seen: 0,
         entry_format: 0,
         overlay_error: None,
+        engine_labels: Default::default(),
     }
 }
 

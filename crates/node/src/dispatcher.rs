@@ -245,6 +245,7 @@ impl Dispatcher {
             || node.api_addr != req.api_addr
             || node.entry_format != req.entry_format
             || node.overlay_error != req.overlay_error
+            || node.engine_labels != req.engine_labels
         {
             self.proposer
                 .propose(Command::NodeSeen {
@@ -255,6 +256,7 @@ impl Dispatcher {
                     entry_format: req.entry_format,
                     at: now,
                     overlay_error: req.overlay_error.clone(),
+                    engine_labels: req.engine_labels.clone(),
                 })
                 .await??;
         }
@@ -431,6 +433,7 @@ mod tests {
                 created_at: 0,
                 last_seen: 0,
                 overlay_error: None,
+                engine_labels: Default::default(),
             },
         );
         state.tasks.insert(
@@ -478,6 +481,7 @@ mod tests {
             known_mesh: Some(0),
             overlay_error: None,
             known_networks: Some(0),
+            engine_labels: Default::default(),
             addr: ADDR.into(),
             api_addr: String::new(),
             version: "test".into(),
@@ -520,6 +524,27 @@ mod tests {
         assert_eq!(tasks, Some(1), "{answer:?}");
         // The node seen, and the report.
         assert_eq!(proposed(&recorder), 2);
+    }
+
+    /// The labels of the node's Docker Engine reach its record by the
+    /// node-seen proposal.
+    #[tokio::test(start_paused = true)]
+    async fn engine_labels_are_recorded() {
+        let (d, recorder, _applied) = dispatcher();
+        d.set_caught_up(true);
+        let mut req = request();
+        req.engine_labels = [("disk".to_string(), "ssd".to_string())].into();
+        let answer = d.session(req).await.map_err(|e| e.to_string());
+        assert!(answer.is_ok(), "{answer:?}");
+        let proposals = recorder.0.lock().unwrap_or_else(|e| e.into_inner());
+        let labels = proposals.iter().find_map(|c| match c {
+            Command::NodeSeen { engine_labels, .. } => Some(engine_labels.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            labels,
+            Some([("disk".to_string(), "ssd".to_string())].into())
+        );
     }
 
     /// A session that arrives while the leader catches up is served as

@@ -304,6 +304,7 @@ impl NodeCtx {
             last_seen: now,
             entry_format: flotilla_store::FORMAT,
             overlay_error: None,
+            engine_labels: Default::default(),
         };
         let raft = self
             .start_raft(&tls, identity.raft_id)

@@ -26,6 +26,47 @@ pub trait LeaderFinder: Send + Sync + 'static {
     fn leader_addr(&self) -> Option<String>;
 }
 
+/// How often the labels of the node's Docker Engine are read again: they
+/// change only when the engine restarts with other ones.
+const ENGINE_LABELS_EVERY: Duration = Duration::from_secs(30);
+
+/// The labels of the node's Docker Engine (`DOCKER_HOST` or the default
+/// socket), read now and every [`ENGINE_LABELS_EVERY`] until `shutdown`;
+/// none while no engine answers (a node without Docker).
+fn watch_engine_labels(
+    shutdown: CancellationToken,
+) -> watch::Receiver<std::collections::BTreeMap<String, String>> {
+    let (tx, rx) = watch::channel(Default::default());
+    tokio::spawn(async move {
+        let engine = flotilla_agent::DockerDriver::from_env();
+        loop {
+            let read = tokio::time::timeout(Duration::from_secs(5), engine.engine_labels()).await;
+            // An engine that does not answer in time keeps the labels it
+            // had; one that is not there has none.
+            let labels = match read {
+                Ok(Ok(labels)) => Some(labels),
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "no engine labels");
+                    Some(Default::default())
+                }
+                Err(_) => None,
+            };
+            if let Some(labels) = labels {
+                tx.send_if_modified(|have| {
+                    let changed = *have != labels;
+                    *have = labels;
+                    changed
+                });
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(ENGINE_LABELS_EVERY) => {}
+            }
+        }
+    });
+    rx
+}
+
 /// Runs the session until `shutdown`.
 pub struct SessionClient {
     pub node_id: String,
@@ -99,6 +140,7 @@ impl SessionClient {
         if let Some(reason) = &overlay_error {
             tracing::warn!(%reason, "this node cannot run tasks on overlay networks");
         }
+        let engine_labels = watch_engine_labels(shutdown.clone());
         let mut pending: Vec<TaskReport> = Vec::new();
         let mut known_version = 0u64;
         let mut known_mesh = 0u64;
@@ -129,6 +171,7 @@ impl SessionClient {
                 known_mesh: Some(known_mesh),
                 overlay_error: overlay_error.clone(),
                 known_networks: Some(known_networks),
+                engine_labels: engine_labels.borrow().clone(),
             };
             let local = self.finder.local();
             // This node's own address is never a useful remote target: if

@@ -513,6 +513,7 @@ pub fn node_views(state: &State, self_id: Option<&str>, managers: &ManagerStatus
             is_self: Some(n.id.as_str()) == self_id,
             resources: n.resources,
             overlay_error: n.overlay_error.clone(),
+            engine_labels: n.engine_labels.clone(),
         })
         .collect()
 }

@@ -100,6 +100,11 @@ pub struct SessionRequest {
     /// yet); older versions send nothing and are sent none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub known_networks: Option<u64>,
+    /// The labels of the node's Docker Engine (`docker info`), for
+    /// `engine.labels.*` constraints; none without an engine (and from
+    /// older versions).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub engine_labels: BTreeMap<String, String>,
 }
 
 /// The dispatcher's answer.

@@ -1034,6 +1034,7 @@ mod tests {
             created_at: 1,
             last_seen: 1,
             overlay_error: None,
+            engine_labels: Default::default(),
         }
     }
 

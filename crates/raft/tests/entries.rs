@@ -37,6 +37,7 @@ fn node(entry_format: u32) -> Node {
         last_seen: 1,
         entry_format,
         overlay_error: None,
+        engine_labels: Default::default(),
     }
 }
 

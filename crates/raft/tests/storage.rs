@@ -50,6 +50,7 @@ fn node() -> Node {
         last_seen: 1,
         entry_format: 0,
         overlay_error: None,
+        engine_labels: Default::default(),
     }
 }
 

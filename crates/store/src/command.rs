@@ -82,6 +82,10 @@ pub enum Command {
         /// its version does not say).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         overlay_error: Option<String>,
+        /// The labels of its Docker Engine (none: no engine, or a version
+        /// that does not say).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        engine_labels: BTreeMap<String, String>,
     },
     /// The nodes' own view changed: ready or down, seen at `at`.
     SetNodeState {
@@ -245,6 +249,13 @@ impl Command {
             {
                 crate::entry::SECRETS_FORMAT
             }
+            // Nor do placement preferences, a limit of tasks per node and
+            // engine-label constraints (which it cannot even parse).
+            Command::CreateService { spec, .. } | Command::UpdateService { spec, .. }
+                if with_placement(spec) =>
+            {
+                crate::entry::SECRETS_FORMAT
+            }
             // A spec on networks means nothing to a manager of an older
             // version, which would drop the fields and diverge.
             Command::CreateService { spec, .. } | Command::UpdateService { spec, .. }
@@ -350,6 +361,18 @@ fn with_files(spec: &ServiceSpec) -> bool {
     !spec.task.secrets.is_empty() || !spec.task.configs.is_empty() || spec.mode.is_job()
 }
 
+/// Whether a spec uses the placement keys of entry format 6: placement
+/// preferences, a limit of tasks per node, `engine.labels` constraints.
+fn with_placement(spec: &ServiceSpec) -> bool {
+    let task = &spec.task;
+    !task.preferences.is_empty()
+        || task.max_replicas_per_node > 0
+        || task
+            .constraints
+            .iter()
+            .any(|c| matches!(c.key, flotilla_types::ConstraintKey::EngineLabel(_)))
+}
+
 /// Whether a spec uses what entry format 5 brought: networks.
 fn on_networks(spec: &ServiceSpec) -> bool {
     !spec.task.networks.is_empty() || spec.endpoint_mode != EndpointMode::Vip
@@ -365,6 +388,34 @@ mod tests {
 
     fn ids(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("t{i}")).collect()
+    }
+
+    /// A manager of an older version would drop the placement keys (or
+    /// fail to parse an engine-label constraint): such specs wait for
+    /// format 6.
+    #[test]
+    fn placement_keys_take_format_6() {
+        let create = |spec: ServiceSpec| Command::CreateService {
+            id: "s1".into(),
+            spec,
+            at: 0,
+        };
+        let plain = ServiceSpec::default();
+        assert_eq!(create(plain.clone()).format(), crate::entry::BARE_FORMAT);
+        let mut spread = plain.clone();
+        spread.task.preferences = vec![flotilla_types::PlacementPreference::spread(
+            "node.labels.zone",
+        )];
+        let mut limited = plain.clone();
+        limited.task.max_replicas_per_node = 1;
+        let mut engine = plain.clone();
+        engine.task.constraints = vec!["engine.labels.disk==ssd".parse().expect("constraint")];
+        let mut node_label = plain;
+        node_label.task.constraints = vec!["node.labels.disk==ssd".parse().expect("constraint")];
+        for spec in [spread, limited, engine] {
+            assert_eq!(create(spec).format(), crate::SECRETS_FORMAT);
+        }
+        assert_eq!(create(node_label).format(), crate::entry::BARE_FORMAT);
     }
 
     /// Defect 1: bulk commands were split by count only, so that 100

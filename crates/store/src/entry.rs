@@ -17,8 +17,9 @@
 //!   network commands) and service specs on networks.
 //! - **6**: adds secrets and configs ([`Command::SetDataKey`],
 //!   [`Command::CreateSecret`], [`Command::RemoveSecret`],
-//!   [`Command::AddSecretVersion`]), service specs that use them, and
-//!   the job modes.
+//!   [`Command::AddSecretVersion`]), service specs that use them, the
+//!   job modes, and specs with placement preferences, a limit of tasks
+//!   per node or `engine.labels` constraints.
 //!
 //! A new command, or a change that an older reader would apply
 //! differently, takes a new format number; a field that older readers may

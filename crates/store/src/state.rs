@@ -158,6 +158,7 @@ impl State {
                     version,
                     entry_format: *entry_format,
                     at: *at,
+                    engine_labels: None,
                 };
                 self.refresh_node(node_id, name.as_deref(), hostname, report, c)
             }
@@ -186,11 +187,13 @@ impl State {
                 entry_format,
                 at,
                 overlay_error,
+                engine_labels,
             } => {
                 let report = nodes::Report {
                     version,
                     entry_format: *entry_format,
                     at: *at,
+                    engine_labels: Some(engine_labels),
                 };
                 self.node_seen(node_id, addr, api_addr, report, overlay_error.as_deref(), c)
             }
@@ -294,6 +297,7 @@ mod tests {
             last_seen: 1,
             entry_format: 0,
             overlay_error: None,
+            engine_labels: Default::default(),
         }
     }
 
@@ -930,6 +934,7 @@ mod tests {
             entry_format: 2,
             at,
             overlay_error: None,
+            engine_labels: [("disk".to_string(), "ssd".to_string())].into(),
         };
         let (r, changes) = s.apply(3, &seen("10.0.0.1:4280", "10.0.0.1:4281", 100));
         assert_eq!(r, Ok(None));
@@ -938,6 +943,7 @@ mod tests {
         assert_eq!(n.state, NodeState::Ready);
         assert_eq!((n.last_seen, n.version.as_str()), (100, "v2"));
         assert_eq!(n.addr, "10.0.0.1:4280");
+        assert_eq!(n.engine_labels.get("disk").map(String::as_str), Some("ssd"));
         // An empty address keeps the known one; the API address is as sent.
         let _ = s.apply(4, &seen("", "", 90));
         let n = &s.nodes["n1"];
@@ -1341,6 +1347,7 @@ mod tests {
             entry_format: 2,
             at: 5,
             overlay_error: None,
+            engine_labels: Default::default(),
         };
         let _ = s.apply(4, &seen);
         assert_eq!(crate::writable_format(&s), 2);

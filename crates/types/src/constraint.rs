@@ -1,7 +1,9 @@
 //! Placement constraints, written as Swarm writes them:
 //! `node.id==ID`, `node.hostname!=NAME`, `node.role==manager`,
-//! `node.labels.KEY==VALUE`, `node.platform.os==linux`,
-//! `node.platform.arch==x86_64`.
+//! `node.labels.KEY==VALUE`, `engine.labels.KEY==VALUE` (the labels of
+//! the node's Docker Engine), `node.platform.os==linux`,
+//! `node.platform.arch==x86_64`; and placement preferences
+//! ([`PlacementPreference`], `spread=node.labels.zone`).
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,7 +18,7 @@ use crate::node::Node;
 pub enum ConstraintError {
     #[error("invalid constraint {0:?}: expected KEY==VALUE or KEY!=VALUE")]
     NoOperator(String),
-    #[error("invalid constraint {0:?}: unknown key {1:?} (use node.id, node.hostname, node.role, node.platform.os, node.platform.arch or node.labels.KEY)")]
+    #[error("invalid constraint {0:?}: unknown key {1:?} (use node.id, node.hostname, node.role, node.platform.os, node.platform.arch, node.labels.KEY or engine.labels.KEY)")]
     UnknownKey(String, String),
     #[error("invalid constraint {0:?}: the value is empty")]
     EmptyValue(String),
@@ -34,6 +36,8 @@ pub enum ConstraintKey {
     NodeLabel(String),
     PlatformOs,
     PlatformArch,
+    /// A label of the node's Docker Engine.
+    EngineLabel(String),
 }
 
 /// `==` or `!=`.
@@ -57,20 +61,10 @@ impl Constraint {
     /// equals a value, and so always satisfies `!=`.
     pub fn matches(&self, node: &Node) -> bool {
         let actual: Option<&str> = match &self.key {
-            ConstraintKey::NodeId => Some(&node.id),
             // Swarm matches hostname against the node's name as shown in
             // `node ls`; we accept either.
-            ConstraintKey::NodeHostname => {
-                if node.hostname == self.value {
-                    Some(&node.hostname)
-                } else {
-                    Some(&node.name)
-                }
-            }
-            ConstraintKey::NodeRole => Some(node.role.as_str()),
-            ConstraintKey::NodeLabel(k) => node.labels.get(k).map(String::as_str),
-            ConstraintKey::PlatformOs => Some(node.platform.os.as_str()),
-            ConstraintKey::PlatformArch => Some(node.platform.arch.as_str()),
+            ConstraintKey::NodeHostname if node.hostname != self.value => Some(&node.name),
+            key => key.value_of(node),
         };
         let equal = match &self.key {
             // Swarm compares platforms without case, and people write
@@ -94,6 +88,21 @@ fn canonical_platform(name: &str) -> String {
         "amd64" | "x86-64" => "x86_64".to_string(),
         "arm64" => "aarch64".to_string(),
         _ => lower,
+    }
+}
+
+impl ConstraintKey {
+    /// What `node` has for this key; `None` for a label it lacks.
+    pub fn value_of<'n>(&self, node: &'n Node) -> Option<&'n str> {
+        match self {
+            ConstraintKey::NodeId => Some(&node.id),
+            ConstraintKey::NodeHostname => Some(&node.hostname),
+            ConstraintKey::NodeRole => Some(node.role.as_str()),
+            ConstraintKey::NodeLabel(k) => node.labels.get(k).map(String::as_str),
+            ConstraintKey::PlatformOs => Some(node.platform.os.as_str()),
+            ConstraintKey::PlatformArch => Some(node.platform.arch.as_str()),
+            ConstraintKey::EngineLabel(k) => node.engine_labels.get(k).map(String::as_str),
+        }
     }
 }
 
@@ -124,15 +133,19 @@ impl FromStr for Constraint {
             }
             "node.platform.os" => ConstraintKey::PlatformOs,
             "node.platform.arch" => ConstraintKey::PlatformArch,
-            other => match other.strip_prefix("node.labels.") {
-                Some(label) if !label.is_empty() => ConstraintKey::NodeLabel(label.to_string()),
-                _ => {
+            other => {
+                let label = |prefix: &str| other.strip_prefix(prefix).filter(|k| !k.is_empty());
+                if let Some(k) = label("node.labels.") {
+                    ConstraintKey::NodeLabel(k.to_string())
+                } else if let Some(k) = label("engine.labels.") {
+                    ConstraintKey::EngineLabel(k.to_string())
+                } else {
                     return Err(ConstraintError::UnknownKey(
                         expr.to_string(),
                         other.to_string(),
-                    ))
+                    ));
                 }
-            },
+            }
         };
         Ok(Constraint { key, op, value })
     }
@@ -147,6 +160,7 @@ impl fmt::Display for Constraint {
             ConstraintKey::NodeLabel(k) => write!(f, "node.labels.{k}")?,
             ConstraintKey::PlatformOs => write!(f, "node.platform.os")?,
             ConstraintKey::PlatformArch => write!(f, "node.platform.arch")?,
+            ConstraintKey::EngineLabel(k) => write!(f, "engine.labels.{k}")?,
         }
         let op = match self.op {
             ConstraintOp::Eq => "==",
@@ -169,6 +183,78 @@ impl<'de> Deserialize<'de> for Constraint {
     }
 }
 
+/// A placement preference, as Swarm's `--placement-pref
+/// spread=node.labels.zone`: the tasks of a service are divided evenly
+/// over the values the nodes have for `spread` (nodes without one form a
+/// group of their own), then within each group by the scheduler's usual
+/// rule. Several preferences make a hierarchy: the second divides the
+/// tasks of each group of the first. Kept as written: whether `spread`
+/// names something a node has is a rule of the spec.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PlacementPreference {
+    /// `node.labels.KEY`, `engine.labels.KEY`, `node.platform.os` or
+    /// `node.platform.arch`.
+    #[schema(example = "node.labels.zone")]
+    pub spread: String,
+}
+
+impl PlacementPreference {
+    /// A preference to spread over `descriptor`.
+    pub fn spread(descriptor: impl Into<String>) -> Self {
+        PlacementPreference {
+            spread: descriptor.into(),
+        }
+    }
+
+    /// What the preference spreads over, or `None` when it names nothing
+    /// a node has.
+    pub fn key(&self) -> Option<ConstraintKey> {
+        match self.spread.as_str() {
+            "node.platform.os" => Some(ConstraintKey::PlatformOs),
+            "node.platform.arch" => Some(ConstraintKey::PlatformArch),
+            other => {
+                let label = |prefix: &str| other.strip_prefix(prefix).filter(|k| !k.is_empty());
+                if let Some(k) = label("node.labels.") {
+                    Some(ConstraintKey::NodeLabel(k.to_string()))
+                } else {
+                    label("engine.labels.").map(|k| ConstraintKey::EngineLabel(k.to_string()))
+                }
+            }
+        }
+    }
+
+    /// The value `node` has for what the preference spreads over; `None`
+    /// (a group of its own) when it has none, or when the preference
+    /// names nothing a node has.
+    pub fn value_of<'n>(&self, node: &'n Node) -> Option<&'n str> {
+        self.key().and_then(|key| key.value_of(node))
+    }
+}
+
+impl FromStr for PlacementPreference {
+    type Err = String;
+
+    /// `spread=DESCRIPTOR`, as `docker service create --placement-pref`
+    /// takes it. Only the syntax: the descriptor is checked by
+    /// [`crate::ServiceSpec::validate`].
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.split_once('=') {
+            Some((strategy, descriptor)) if strategy.trim() == "spread" => {
+                Ok(PlacementPreference::spread(descriptor.trim()))
+            }
+            _ => Err(format!(
+                "invalid placement preference {text:?}: expected spread=node.labels.KEY"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for PlacementPreference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "spread={}", self.spread)
+    }
+}
+
 /// A constraint is a string in the API: its text form.
 impl utoipa::PartialSchema for Constraint {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
@@ -176,7 +262,7 @@ impl utoipa::PartialSchema for Constraint {
             .schema_type(utoipa::openapi::schema::Type::String)
             .description(Some(
                 "`KEY==VALUE` or `KEY!=VALUE`; KEY is node.id, node.hostname, node.role, \
-                 node.platform.os, node.platform.arch or node.labels.NAME",
+                 node.platform.os, node.platform.arch, node.labels.NAME or engine.labels.NAME",
             ))
             .examples(["node.labels.zone==a"])
             .into()
@@ -212,6 +298,7 @@ mod tests {
             last_seen: 0,
             entry_format: 0,
             overlay_error: None,
+            engine_labels: Default::default(),
         }
     }
 
@@ -290,6 +377,56 @@ mod tests {
         assert!(!c("node.labels.zone==b").matches(&n));
         assert!(!c("node.labels.rack==1").matches(&n));
         assert!(c("node.labels.rack!=1").matches(&n));
+    }
+
+    #[test]
+    fn engine_labels_are_the_engines() {
+        let mut n = node();
+        n.engine_labels.insert("disk".into(), "ssd".into());
+        assert!(c("engine.labels.disk==ssd").matches(&n));
+        assert!(!c("engine.labels.disk==hdd").matches(&n));
+        assert!(c("engine.labels.gpu!=yes").matches(&n));
+        // A node label of the same name is another thing.
+        assert!(!c("engine.labels.zone==a").matches(&n));
+        assert_eq!(
+            c("engine.labels.disk == ssd").to_string(),
+            "engine.labels.disk==ssd"
+        );
+        assert!(matches!(
+            "engine.labels.==x".parse::<Constraint>(),
+            Err(ConstraintError::UnknownKey(..))
+        ));
+    }
+
+    #[test]
+    fn preferences_parse_and_look_up_values() {
+        let p: PlacementPreference = "spread=node.labels.zone".parse().expect("valid");
+        assert_eq!(p, PlacementPreference::spread("node.labels.zone"));
+        assert_eq!(p.to_string(), "spread=node.labels.zone");
+        assert_eq!(
+            " spread = engine.labels.disk "
+                .parse::<PlacementPreference>()
+                .map(|p| p.spread),
+            Ok("engine.labels.disk".to_string())
+        );
+        for bad in ["node.labels.zone", "pack=node.labels.zone"] {
+            assert!(bad.parse::<PlacementPreference>().is_err(), "{bad}");
+        }
+        let mut n = node();
+        n.engine_labels.insert("disk".into(), "ssd".into());
+        let value = |d: &str| {
+            PlacementPreference::spread(d)
+                .value_of(&n)
+                .map(String::from)
+        };
+        assert_eq!(value("node.labels.zone").as_deref(), Some("a"));
+        assert_eq!(value("node.labels.rack"), None);
+        assert_eq!(value("engine.labels.disk").as_deref(), Some("ssd"));
+        assert_eq!(value("node.platform.os").as_deref(), Some("linux"));
+        assert_eq!(value("node.hostname"), None);
+        assert_eq!(PlacementPreference::spread("node.id").key(), None);
+        let json = serde_json::to_string(&p).expect("serialize");
+        assert_eq!(json, r#"{"spread":"node.labels.zone"}"#);
     }
 
     #[test]

@@ -12,6 +12,10 @@
 //! - [`service`]: the service spec (mode, task template, restart policy).
 //! - [`task`]: one run of a service slot on a node, and its state machine.
 //! - [`constraint`]: placement constraints such as `node.labels.zone==a`.
+//! - [`container`]: how a task runs beyond its command (user, stop signal,
+//!   ulimits, extra hosts, log driver, bind propagation) and their parsing.
+//! - [`template`]: Swarm's task templates (`{{.Task.Slot}}`), expanded on
+//!   the node.
 //! - [`duration`]: parsing `10s`, `1m30s`, `250ms`.
 //! - [`name`]: Swarm's naming rule for services and nodes.
 //! - [`validate`]: the rules a service spec follows ([`ServiceSpec::validate`]).
@@ -25,6 +29,7 @@
 //! - [`epoch`]: the cluster epoch (which raft group of a cluster).
 
 pub mod constraint;
+pub mod container;
 pub mod duration;
 pub mod epoch;
 pub mod id;
@@ -37,9 +42,13 @@ pub mod port;
 pub mod secret;
 pub mod service;
 pub mod task;
+pub mod template;
 pub mod validate;
 
-pub use constraint::{Constraint, ConstraintError, ConstraintKey, ConstraintOp};
+pub use constraint::{
+    Constraint, ConstraintError, ConstraintKey, ConstraintOp, PlacementPreference,
+};
+pub use container::{parse_signal, ExtraHost, LogDriver, Propagation, Ulimit};
 pub use duration::{format_duration_ms, parse_duration_ms, DurationError};
 pub use epoch::{Epoch, EpochError};
 pub use id::{new_id, ID_LEN};
@@ -66,6 +75,7 @@ pub use service::{
     DEFAULT_HEALTH_RETRIES, DEFAULT_HEALTH_TIMEOUT_MS, DEFAULT_STOP_GRACE_MS,
 };
 pub use task::{DesiredState, Health, SlotKey, Task, TaskState, TaskStatus};
+pub use template::TemplateContext;
 pub use validate::{check_replicas, SpecError, MAX_REPLICAS};
 
 use serde::{Deserialize, Serialize};

@@ -131,6 +131,11 @@ pub struct Node {
     /// `node.platform.*` constraints.
     #[serde(default)]
     pub platform: Platform,
+    /// The labels of the node's Docker Engine (`docker info`), as its
+    /// agent reported them, for `engine.labels.*` constraints and
+    /// preferences; empty without an engine.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub engine_labels: BTreeMap<String, String>,
     pub created_at: UnixMs,
     /// Last time the node reported in.
     pub last_seen: UnixMs,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::constraint::Constraint;
+use crate::constraint::{Constraint, PlacementPreference};
 use crate::mesh::MeshOptions;
 use crate::network::{EndpointMode, NetworkAddress, NetworkAttachment};
 use crate::port::{PortConfig, PublishedPort};
@@ -229,6 +229,10 @@ pub struct Mount {
     pub target: String,
     #[serde(default)]
     pub read_only: bool,
+    /// A bind mount's propagation (`bind-propagation=`, Compose
+    /// `bind.propagation`); the engine's default (`rprivate`) when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagation: Option<crate::Propagation>,
 }
 
 /// What a rolling update (or rollback) does when tasks fail.
@@ -463,6 +467,18 @@ pub struct TaskTemplate {
     pub stop_grace_period_ms: u64,
     #[serde(default)]
     pub constraints: Vec<Constraint>,
+    /// How the tasks are spread over groups of nodes (`--placement-pref
+    /// spread=node.labels.zone`, Compose `deploy.placement.preferences`),
+    /// outermost first. In the template, as Swarm keeps placement in the
+    /// task spec: a change rolls the tasks and so places them anew.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preferences: Vec<PlacementPreference>,
+    /// At most this many tasks of the service (not ended, desired
+    /// running) on one node (`--replicas-max-per-node`, Compose
+    /// `deploy.placement.max_replicas_per_node`); 0: no limit. The tasks
+    /// beyond it wait, pending, with the reason.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max_replicas_per_node: u64,
     /// Bumped by `service update --force` so that every task is replaced
     /// although nothing else changed.
     #[serde(default)]
@@ -500,6 +516,63 @@ pub struct TaskTemplate {
     /// `configs`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub configs: Vec<crate::SecretRef>,
+    /// A container's host name (`--hostname`, Compose `hostname`); a
+    /// template ([`crate::template`]), as the environment's values and
+    /// the mounts' sources and targets are, expanded on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// `USER[:GROUP]`, names or numbers, the task runs as (`--user`,
+    /// Compose `user`): the container's user, or the process's, which the
+    /// agent sets when the daemon runs as root.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The absolute directory the task starts in (`--workdir`, Compose
+    /// `working_dir`), in the container or on the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// The signal that asks the task to stop (`--stop-signal`, Compose
+    /// `stop_signal`), a name or a number; SIGTERM (or the image's) when
+    /// none. SIGKILL follows after the grace period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// A container's root file system is read-only (`--read-only`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// Size of a container's `/dev/shm` in bytes (Compose `shm_size`); 0:
+    /// the engine's default.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shm_size_bytes: u64,
+    /// Namespaced kernel parameters of a container (`--sysctl`, Compose
+    /// `sysctls`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sysctls: BTreeMap<String, String>,
+    /// Capabilities a container gets beyond the engine's default set
+    /// (`--cap-add`, Compose `cap_add`; `ALL` for every one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// Capabilities a container loses (`--cap-drop`, Compose `cap_drop`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// Resource limits of a container's processes (`--ulimit`, Compose
+    /// `ulimits`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<crate::Ulimit>,
+    /// Lines added to a container's `/etc/hosts` (`--add-host`, Compose
+    /// `extra_hosts`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_hosts: Vec<crate::ExtraHost>,
+    /// A container's name servers (`--dns`, Compose `dns`); on networks,
+    /// after the node's resolver.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns: Vec<String>,
+    /// A container's search domains (`--dns-search`, Compose
+    /// `dns_search`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_search: Vec<String>,
+    /// The engine's log driver for a container (`--log-driver`,
+    /// `--log-opt`, Compose `logging`); the engine's default when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logging: Option<crate::LogDriver>,
 }
 
 impl Default for TaskTemplate {
@@ -513,6 +586,8 @@ impl Default for TaskTemplate {
             restart: RestartPolicy::default(),
             stop_grace_period_ms: DEFAULT_STOP_GRACE_MS,
             constraints: Vec::new(),
+            preferences: Vec::new(),
+            max_replicas_per_node: 0,
             force_update: 0,
             health: None,
             resources: ResourceSpec::default(),
@@ -522,8 +597,26 @@ impl Default for TaskTemplate {
             networks: Vec::new(),
             secrets: Vec::new(),
             configs: Vec::new(),
+            hostname: None,
+            user: None,
+            working_dir: None,
+            stop_signal: None,
+            read_only: false,
+            shm_size_bytes: 0,
+            sysctls: BTreeMap::new(),
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            ulimits: Vec::new(),
+            extra_hosts: Vec::new(),
+            dns: Vec::new(),
+            dns_search: Vec::new(),
+            logging: None,
         }
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Everything a user says about a service.

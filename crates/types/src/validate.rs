@@ -44,6 +44,40 @@ pub enum SpecError {
     InitNeedsDocker,
     #[error("mounts apply to docker tasks only")]
     MountsNeedDocker,
+    /// A key of how a container runs set on a process task, which has no
+    /// container; `.0` is its field (`task.read_only`).
+    #[error("{} applies to docker tasks only", last_part(.0))]
+    NeedsDocker(&'static str),
+    /// A template that does not expand; `field` is where it is.
+    #[error("{reason}")]
+    Template { field: &'static str, reason: String },
+    #[error("invalid user {0:?}: expected USER[:GROUP], each a name or a number")]
+    User(String),
+    #[error("working directory {0:?} must be an absolute path")]
+    WorkingDir(String),
+    #[error("invalid stop signal {0:?}: expected a name such as SIGINT, or a number from 1 to 64")]
+    StopSignal(String),
+    #[error(
+        "invalid sysctl {0:?}: expected the name of a kernel parameter, such as net.core.somaxconn"
+    )]
+    Sysctl(String),
+    /// `.0` is the field (`task.cap_add` or `task.cap_drop`).
+    #[error("unknown capability {1:?}: expected ALL or a Linux capability, such as NET_ADMIN")]
+    Capability(&'static str, String),
+    /// Why a ulimit is wrong, in full.
+    #[error("{0}")]
+    Ulimit(String),
+    /// Why an extra host is wrong, in full.
+    #[error("{0}")]
+    ExtraHost(String),
+    #[error("invalid DNS server {0:?}: expected an IP address")]
+    Dns(String),
+    #[error("invalid DNS search domain {0:?}")]
+    DnsSearch(String),
+    #[error("invalid log driver {0:?}: expected a name such as json-file (none: the engine's default), with options KEY=VALUE")]
+    LogDriver(String),
+    #[error("mount {0}: propagation applies to bind mounts only")]
+    PropagationNeedsBind(String),
     #[error("mount target {0:?} must be an absolute path")]
     MountTarget(String),
     #[error("bind mount source {0:?} must be an absolute path")]
@@ -75,6 +109,10 @@ pub enum SpecError {
     DuplicateNetwork(String),
     #[error("invalid alias {0:?}: an alias is a DNS name of letters, digits, '-', '_' and '.'")]
     Alias(String),
+    /// The descriptor of a placement preference that names nothing a
+    /// node has.
+    #[error("invalid placement preference spread={0}: spread over node.labels.KEY, engine.labels.KEY, node.platform.os or node.platform.arch")]
+    PlacementPreference(String),
 }
 
 impl SpecError {
@@ -92,6 +130,19 @@ impl SpecError {
             SpecError::ImageNeedsDocker => "task.driver",
             SpecError::InitNeedsDocker => "task.init",
             SpecError::MountsNeedDocker => "task.mounts",
+            SpecError::NeedsDocker(field)
+            | SpecError::Template { field, .. }
+            | SpecError::Capability(field, _) => field,
+            SpecError::User(_) => "task.user",
+            SpecError::WorkingDir(_) => "task.working_dir",
+            SpecError::StopSignal(_) => "task.stop_signal",
+            SpecError::Sysctl(_) => "task.sysctls",
+            SpecError::Ulimit(_) => "task.ulimits",
+            SpecError::ExtraHost(_) => "task.extra_hosts",
+            SpecError::Dns(_) => "task.dns",
+            SpecError::DnsSearch(_) => "task.dns_search",
+            SpecError::LogDriver(_) => "task.logging",
+            SpecError::PropagationNeedsBind(_) => "task.mounts.propagation",
             SpecError::MountTarget(_) => "task.mounts.target",
             SpecError::BindSource(_) => "task.mounts.source",
             SpecError::HealthTiming => "task.health.interval_ms",
@@ -109,6 +160,7 @@ impl SpecError {
             SpecError::NetworkEmpty | SpecError::DuplicateNetwork(_) | SpecError::Alias(_) => {
                 "task.networks"
             }
+            SpecError::PlacementPreference(_) => "task.preferences",
         }
     }
 }
@@ -196,6 +248,7 @@ impl TaskTemplate {
             return Err(SpecError::MountsNeedDocker);
         }
         self.mounts.iter().try_for_each(Mount::validate)?;
+        check_run_options(self, docker)?;
         if let Some(h) = &self.health {
             check_health(h, docker)?;
         }
@@ -204,9 +257,140 @@ impl TaskTemplate {
                 return Err(SpecError::EnvName(key.clone()));
             }
         }
+        if let Some(bad) = self.preferences.iter().find(|p| p.key().is_none()) {
+            return Err(SpecError::PlacementPreference(bad.spread.clone()));
+        }
         check_ports(&self.ports)?;
         check_networks(&self.networks)
     }
+}
+
+/// The last part of a field's path: the key as the spec names it.
+fn last_part(field: &str) -> &str {
+    field.rsplit('.').next().unwrap_or(field)
+}
+
+/// The keys of how a task runs beyond its command: each well formed, and
+/// those only a container has (a host name, a root file system, kernel
+/// parameters, capabilities, limits, `/etc/hosts`, a resolver, a log
+/// driver) refused on a process task. `user`, `working_dir` and
+/// `stop_signal` apply to processes too. Templates are checked wherever
+/// they expand: the host name, the environment's values, the mounts'
+/// sources and targets.
+fn check_run_options(t: &TaskTemplate, docker: bool) -> Result<(), SpecError> {
+    if !docker {
+        let container_only = [
+            ("task.hostname", t.hostname.is_some()),
+            ("task.read_only", t.read_only),
+            ("task.shm_size_bytes", t.shm_size_bytes > 0),
+            ("task.sysctls", !t.sysctls.is_empty()),
+            ("task.cap_add", !t.cap_add.is_empty()),
+            ("task.cap_drop", !t.cap_drop.is_empty()),
+            ("task.ulimits", !t.ulimits.is_empty()),
+            ("task.extra_hosts", !t.extra_hosts.is_empty()),
+            ("task.dns", !t.dns.is_empty()),
+            ("task.dns_search", !t.dns_search.is_empty()),
+            ("task.logging", t.logging.is_some()),
+        ];
+        if let Some((field, _)) = container_only.into_iter().find(|(_, set)| *set) {
+            return Err(SpecError::NeedsDocker(field));
+        }
+    }
+    let template = |field: &'static str, text: &str, what: &dyn Fn() -> String| {
+        crate::template::check(text).map_err(|reason| SpecError::Template {
+            field,
+            reason: format!("{}: {reason}", what()),
+        })
+    };
+    if let Some(h) = &t.hostname {
+        if h.trim().is_empty() || h.contains(char::is_whitespace) {
+            return Err(SpecError::Template {
+                field: "task.hostname",
+                reason: format!("invalid hostname {h:?}"),
+            });
+        }
+        template("task.hostname", h, &|| "hostname".to_string())?;
+    }
+    for (key, value) in &t.env {
+        template("task.env", value, &|| format!("environment variable {key}"))?;
+    }
+    for m in &t.mounts {
+        template("task.mounts", &m.source, &|| {
+            format!("mount {} source", m.target)
+        })?;
+        template("task.mounts", &m.target, &|| {
+            format!("mount {} target", m.target)
+        })?;
+        if m.propagation.is_some() && m.kind != MountKind::Bind {
+            return Err(SpecError::PropagationNeedsBind(m.target.clone()));
+        }
+    }
+    if let Some(u) = t
+        .user
+        .as_deref()
+        .filter(|u| !crate::container::valid_user(u))
+    {
+        return Err(SpecError::User(u.to_string()));
+    }
+    if let Some(d) = t
+        .working_dir
+        .as_deref()
+        .filter(|d| !d.starts_with('/') || d.contains('\0'))
+    {
+        return Err(SpecError::WorkingDir(d.to_string()));
+    }
+    if let Some(s) = t
+        .stop_signal
+        .as_deref()
+        .filter(|s| crate::container::parse_signal(s).is_none())
+    {
+        return Err(SpecError::StopSignal(s.to_string()));
+    }
+    for (name, value) in &t.sysctls {
+        if !crate::container::valid_sysctl(name) || value.contains('\0') {
+            return Err(SpecError::Sysctl(name.clone()));
+        }
+    }
+    for (field, caps) in [("task.cap_add", &t.cap_add), ("task.cap_drop", &t.cap_drop)] {
+        if let Some(bad) = caps.iter().find(|c| !crate::container::valid_capability(c)) {
+            return Err(SpecError::Capability(field, bad.clone()));
+        }
+    }
+    let mut limits = std::collections::BTreeSet::new();
+    for u in &t.ulimits {
+        u.check().map_err(SpecError::Ulimit)?;
+        if !limits.insert(u.name.as_str()) {
+            return Err(SpecError::Ulimit(format!(
+                "ulimit {} is given twice",
+                u.name
+            )));
+        }
+    }
+    for h in &t.extra_hosts {
+        h.check().map_err(SpecError::ExtraHost)?;
+    }
+    if let Some(bad) = t
+        .dns
+        .iter()
+        .find(|d| d.parse::<std::net::IpAddr>().is_err())
+    {
+        return Err(SpecError::Dns(bad.clone()));
+    }
+    if let Some(bad) = t
+        .dns_search
+        .iter()
+        .find(|d| d.is_empty() || d.contains(char::is_whitespace))
+    {
+        return Err(SpecError::DnsSearch(bad.clone()));
+    }
+    if let Some(l) = &t.logging {
+        // No name: the engine's default driver, with these options.
+        let blank = |s: &str| s.is_empty() || s.contains(char::is_whitespace);
+        if l.name.contains(char::is_whitespace) || l.options.keys().any(|k| blank(k)) {
+            return Err(SpecError::LogDriver(l.name.clone()));
+        }
+    }
+    Ok(())
 }
 
 fn check_networks(networks: &[NetworkAttachment]) -> Result<(), SpecError> {
@@ -273,6 +457,7 @@ fn check_update(u: &UpdateConfig, config: &'static str) -> Result<(), SpecError>
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::port::{Protocol, PublishMode};
@@ -308,6 +493,7 @@ mod tests {
             source: source.into(),
             target: target.into(),
             read_only,
+            propagation: None,
         }
     }
 
@@ -660,6 +846,220 @@ mod tests {
                 &format!("invalid environment variable name {key:?}"),
             );
         }
+    }
+
+    #[test]
+    fn placement_preferences_spread_over_what_nodes_have() {
+        let mut spec = valid();
+        spec.task.preferences = [
+            "node.labels.zone",
+            "engine.labels.disk",
+            "node.platform.os",
+            "node.platform.arch",
+        ]
+        .into_iter()
+        .map(crate::PlacementPreference::spread)
+        .collect();
+        assert_eq!(spec.validate(), Ok(()));
+        for bad in ["node.labels.", "node.hostname", "zone", ""] {
+            let mut spec = valid();
+            spec.task.preferences = vec![crate::PlacementPreference::spread(bad)];
+            refused(
+                spec,
+                SpecError::PlacementPreference(bad.into()),
+                &format!("invalid placement preference spread={bad}: spread over node.labels.KEY, engine.labels.KEY, node.platform.os or node.platform.arch"),
+            );
+        }
+        assert_eq!(
+            SpecError::PlacementPreference("x".into()).field(),
+            "task.preferences"
+        );
+    }
+
+    #[test]
+    fn container_keys_need_docker() {
+        type Set = fn(&mut TaskTemplate);
+        let sets: [(&str, Set); 11] = [
+            ("task.hostname", |t| t.hostname = Some("h".into())),
+            ("task.read_only", |t| t.read_only = true),
+            ("task.shm_size_bytes", |t| t.shm_size_bytes = 1 << 26),
+            ("task.sysctls", |t| {
+                t.sysctls.insert("net.core.somaxconn".into(), "1024".into());
+            }),
+            ("task.cap_add", |t| t.cap_add.push("NET_ADMIN".into())),
+            ("task.cap_drop", |t| t.cap_drop.push("ALL".into())),
+            ("task.ulimits", |t| {
+                t.ulimits.push(crate::Ulimit {
+                    name: "nofile".into(),
+                    soft: 1,
+                    hard: 2,
+                })
+            }),
+            ("task.extra_hosts", |t| {
+                t.extra_hosts.push(crate::ExtraHost {
+                    name: "h".into(),
+                    ip: "10.0.0.1".into(),
+                })
+            }),
+            ("task.dns", |t| t.dns.push("10.0.0.53".into())),
+            ("task.dns_search", |t| {
+                t.dns_search.push("example.org".into())
+            }),
+            ("task.logging", |t| {
+                t.logging = Some(crate::LogDriver {
+                    name: "json-file".into(),
+                    options: Default::default(),
+                })
+            }),
+        ];
+        for (field, set) in sets {
+            let mut process = valid();
+            set(&mut process.task);
+            let e = process.validate().unwrap_err();
+            assert_eq!(e, SpecError::NeedsDocker(field));
+            assert_eq!(e.field(), field);
+            let key = field.trim_start_matches("task.");
+            assert_eq!(e.to_string(), format!("{key} applies to docker tasks only"));
+            let mut container = docker();
+            set(&mut container.task);
+            assert_eq!(container.validate(), Ok(()), "{field}");
+        }
+        // What a process honours too.
+        let mut process = valid();
+        process.task.user = Some("1000:1000".into());
+        process.task.working_dir = Some("/tmp".into());
+        process.task.stop_signal = Some("SIGINT".into());
+        assert_eq!(process.validate(), Ok(()));
+    }
+
+    #[test]
+    fn run_options_are_well_formed() {
+        let with = |set: &dyn Fn(&mut TaskTemplate)| {
+            let mut s = docker();
+            set(&mut s.task);
+            s.validate()
+        };
+        assert_eq!(
+            with(&|t| t.user = Some("a b".into())),
+            Err(SpecError::User("a b".into()))
+        );
+        assert_eq!(
+            with(&|t| t.working_dir = Some("tmp".into())),
+            Err(SpecError::WorkingDir("tmp".into()))
+        );
+        let e = with(&|t| t.stop_signal = Some("SIGNOPE".into())).unwrap_err();
+        assert_eq!(e, SpecError::StopSignal("SIGNOPE".into()));
+        assert_eq!(
+            e.to_string(),
+            "invalid stop signal \"SIGNOPE\": expected a name such as SIGINT, or a number from 1 to 64"
+        );
+        assert_eq!(
+            with(&|t| {
+                t.sysctls.insert("net core".into(), "1".into());
+            }),
+            Err(SpecError::Sysctl("net core".into()))
+        );
+        assert_eq!(
+            with(&|t| t.cap_drop.push("NET_NOPE".into())),
+            Err(SpecError::Capability("task.cap_drop", "NET_NOPE".into()))
+        );
+        let nofile = |soft, hard| crate::Ulimit {
+            name: "nofile".into(),
+            soft,
+            hard,
+        };
+        assert!(matches!(
+            with(&|t| t.ulimits.push(nofile(3, 2))),
+            Err(SpecError::Ulimit(_))
+        ));
+        assert_eq!(
+            with(&|t| t.ulimits = vec![nofile(1, 2), nofile(1, 2)]),
+            Err(SpecError::Ulimit("ulimit nofile is given twice".into()))
+        );
+        let e = with(&|t| {
+            t.extra_hosts.push(crate::ExtraHost {
+                name: "h".into(),
+                ip: "nope".into(),
+            })
+        })
+        .unwrap_err();
+        assert_eq!(e.to_string(), "host h: \"nope\" is not an IP address");
+        assert_eq!(
+            with(&|t| t.dns.push("dns.example".into())),
+            Err(SpecError::Dns("dns.example".into()))
+        );
+        assert_eq!(
+            with(&|t| t.dns_search.push("a b".into())),
+            Err(SpecError::DnsSearch("a b".into()))
+        );
+        assert_eq!(
+            with(&|t| {
+                t.logging = Some(crate::LogDriver {
+                    name: "json file".into(),
+                    options: Default::default(),
+                })
+            }),
+            Err(SpecError::LogDriver("json file".into()))
+        );
+        let mut volume = mount(MountKind::Volume, "data", "/data", false);
+        volume.propagation = Some(crate::Propagation::Rslave);
+        let e = with(&|t| t.mounts.push(volume.clone())).unwrap_err();
+        assert_eq!(e, SpecError::PropagationNeedsBind("/data".into()));
+        assert_eq!(e.field(), "task.mounts.propagation");
+        let mut bind = mount(MountKind::Bind, "/srv", "/data", false);
+        bind.propagation = Some(crate::Propagation::Rslave);
+        assert_eq!(with(&|t| t.mounts.push(bind.clone())), Ok(()));
+    }
+
+    #[test]
+    fn templates_are_checked_where_they_expand() {
+        let with = |set: &dyn Fn(&mut TaskTemplate)| {
+            let mut s = docker();
+            set(&mut s.task);
+            s.validate()
+        };
+        assert_eq!(
+            with(&|t| {
+                t.hostname = Some("{{.Service.Name}}-{{.Task.Slot}}".into());
+                t.env.insert("NODE".into(), "{{.Node.Hostname}}".into());
+                t.mounts.push(mount(
+                    MountKind::Bind,
+                    "/srv/{{.Task.Slot}}",
+                    "/data",
+                    false,
+                ));
+            }),
+            Ok(())
+        );
+        let e = with(&|t| t.hostname = Some("{{.Service.Nom}}".into())).unwrap_err();
+        assert_eq!(e.field(), "task.hostname");
+        assert!(
+            e.to_string()
+                .starts_with("hostname: unknown placeholder {{.Service.Nom}}: a template may use"),
+            "{e}"
+        );
+        let e = with(&|t| {
+            t.env.insert("A".into(), "{{.Oops}}".into());
+        })
+        .unwrap_err();
+        assert_eq!(e.field(), "task.env");
+        assert!(e.to_string().starts_with("environment variable A: "), "{e}");
+        let e = with(&|t| {
+            t.mounts
+                .push(mount(MountKind::Bind, "/srv/{{.X}}", "/d", false))
+        })
+        .unwrap_err();
+        assert_eq!(e.field(), "task.mounts");
+        // A process's environment is a template too.
+        let mut process = valid();
+        process.task.env.insert("A".into(), "{{.Task.Nope}}".into());
+        assert!(matches!(
+            process.validate(),
+            Err(SpecError::Template {
+                field: "task.env",
+                ..
+            })
+        ));
     }
 
     #[test]

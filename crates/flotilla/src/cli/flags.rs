@@ -29,6 +29,9 @@ pub struct SpecFlags {
     /// Run a container under the engine's init process, which forwards signals
     #[arg(long)]
     pub init: bool,
+    /// At most this many tasks of the service on one node (0: no limit)
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub replicas_max_per_node: Option<String>,
 
     /// How the service's name resolves on its networks: vip (one virtual
     /// address, balanced) or dnsrr (its tasks' own addresses)
@@ -150,6 +153,11 @@ impl SpecFlags {
         }
         if self.init {
             spec.task.init = true;
+        }
+        if let Some(n) = &self.replicas_max_per_node {
+            spec.task.max_replicas_per_node = n.trim().parse::<u64>().map_err(|_| {
+                anyhow!("invalid --replicas-max-per-node {n:?}: expected a whole number >= 0")
+            })?;
         }
         self.apply_mesh(spec)?;
         self.apply_health(spec)?;
@@ -334,6 +342,7 @@ pub fn parse_mount(text: &str) -> Result<Mount, String> {
         source: String::new(),
         target: String::new(),
         read_only: false,
+        propagation: None,
     };
     for field in text.split(',').map(str::trim).filter(|f| !f.is_empty()) {
         let (key, value) = match field.split_once('=') {
@@ -349,6 +358,11 @@ pub fn parse_mount(text: &str) -> Result<Mount, String> {
             ("target" | "dst" | "destination", Some(v)) => mount.target = v.to_string(),
             ("readonly" | "ro", None | Some("true" | "1")) => mount.read_only = true,
             ("readonly" | "ro", Some("false" | "0")) => mount.read_only = false,
+            ("bind-propagation", Some(v)) => {
+                mount.propagation = Some(flotilla_types::Propagation::parse(v).map_err(bad)?)
+            }
+            // Docker on Linux ignores it: every mount is consistent there.
+            ("consistency", Some("consistent" | "cached" | "delegated" | "default")) => {}
             (other, _) => return Err(bad(format!("unknown option {other:?}"))),
         }
     }
@@ -407,6 +421,27 @@ pub fn validate(spec: &ServiceSpec) -> Result<()> {
         SpecError::NetworkEmpty | SpecError::DuplicateNetwork(_) | SpecError::Alias(_) => {
             "--network"
         }
+        SpecError::NeedsDocker(field) => match super::container::flag_of(field) {
+            Some(flag) => bail!("{flag} applies to docker tasks only (give --image)"),
+            None => return Err(e.into()),
+        },
+        SpecError::Template { field, .. } | SpecError::Capability(field, _) => {
+            match super::container::flag_of(field) {
+                Some(flag) => flag,
+                None => return Err(e.into()),
+            }
+        }
+        SpecError::User(_) => "--user",
+        SpecError::WorkingDir(_) => "--workdir",
+        SpecError::StopSignal(_) => "--stop-signal",
+        SpecError::Sysctl(_) => "--sysctl",
+        SpecError::Ulimit(_) => "--ulimit",
+        SpecError::ExtraHost(_) => "--add-host",
+        SpecError::Dns(_) => "--dns",
+        SpecError::DnsSearch(_) => "--dns-search",
+        SpecError::LogDriver(_) => "--log-driver",
+        SpecError::PropagationNeedsBind(_) => "--mount",
+        SpecError::PlacementPreference(_) => "--placement-pref",
     };
     bail!("{flag}: {e}")
 }
@@ -593,6 +628,19 @@ pub fn update_secret_refs(
     }
 }
 
+/// The preferences of `--placement-pref` values (`spread=DESCRIPTOR`),
+/// with the flag named in an error; whether the descriptor names
+/// something a node has is the spec's rule.
+pub fn parse_preferences(
+    values: &[String],
+    flag: &str,
+) -> Result<Vec<flotilla_types::PlacementPreference>> {
+    values
+        .iter()
+        .map(|v| v.parse().map_err(|e| anyhow!("{flag}: {e}")))
+        .collect()
+}
+
 /// The ports of `--publish` values, with the flag named in an error.
 pub fn parse_ports(values: &[String], flag: &str) -> Result<Vec<flotilla_types::PortConfig>> {
     let mut ports = Vec::new();
@@ -640,6 +688,13 @@ pub fn spec_from_args(args: &CreateArgs) -> Result<ServiceSpec> {
     if args.max_concurrent.is_some() && !matches!(mode, ServiceMode::ReplicatedJob { .. }) {
         bail!("--max-concurrent applies to --mode replicated-job only");
     }
+    // As Docker's CLI: a global service has one task a node anyway.
+    if args.spec.replicas_max_per_node.is_some() && mode.is_global() {
+        bail!(
+            "--replicas-max-per-node applies to replicated services and jobs, not to --mode {}",
+            args.mode
+        );
+    }
     // A job's tasks run to completion: restarted on failure unless told
     // otherwise, as Docker's CLI does.
     let default_condition = if mode.is_job() { "on-failure" } else { "any" };
@@ -665,6 +720,7 @@ pub fn spec_from_args(args: &CreateArgs) -> Result<ServiceSpec> {
         .iter()
         .map(|c| c.parse::<Constraint>())
         .collect::<Result<Vec<_>, _>>()?;
+    let preferences = parse_preferences(&args.placement_pref, "--placement-pref")?;
     let duration = |flag: &str, v: &str| parse_duration_ms(v).map_err(|e| anyhow!("{flag}: {e}"));
     let mut spec = ServiceSpec {
         name: args.name.clone(),
@@ -682,6 +738,7 @@ pub fn spec_from_args(args: &CreateArgs) -> Result<ServiceSpec> {
             },
             stop_grace_period_ms: duration("--stop-grace-period", &args.stop_grace_period)?,
             constraints,
+            preferences,
             ..TaskTemplate::default()
         },
         ..ServiceSpec::default()
@@ -696,6 +753,7 @@ pub fn spec_from_args(args: &CreateArgs) -> Result<ServiceSpec> {
     spec.task.secrets = parse_secret_refs(SecretKind::Secret, &args.secret, "--secret")?;
     spec.task.configs = parse_secret_refs(SecretKind::Config, &args.config, "--config")?;
     args.spec.apply(&mut spec)?;
+    args.run.apply(&mut spec.task)?;
     super::flags::validate(&spec)?;
     Ok(spec)
 }
@@ -734,6 +792,13 @@ pub fn apply_update(
             ),
         }
     }
+    if args.spec.replicas_max_per_node.is_some() && spec.mode.is_global() {
+        bail!(
+            "service {} is {}: --replicas-max-per-node applies to replicated services and jobs only",
+            spec.name,
+            spec.mode.as_str()
+        );
+    }
     let task = &mut spec.task;
     for k in &args.env_rm {
         task.env.remove(k);
@@ -753,6 +818,14 @@ pub fn apply_update(
             task.constraints.push(c);
         }
     }
+    for p in parse_preferences(&args.placement_pref_rm, "--placement-pref-rm")? {
+        task.preferences.retain(|have| *have != p);
+    }
+    // Added after the others, as Docker does, even when already there.
+    task.preferences.extend(parse_preferences(
+        &args.placement_pref_add,
+        "--placement-pref-add",
+    )?);
     let duration = |flag: &str, v: &str| parse_duration_ms(v).map_err(|e| anyhow!("{flag}: {e}"));
     if let Some(c) = &args.restart_condition {
         task.restart.condition = RestartCondition::parse(c).ok_or_else(|| {
@@ -1050,7 +1123,8 @@ mod tests {
                 kind: MountKind::Bind,
                 source: "/srv/www".into(),
                 target: "/www".into(),
-                read_only: true
+                read_only: true,
+                propagation: None,
             }
         );
         let v = parse_mount("src=data,dst=/var/lib/data").expect("volume");
@@ -1091,6 +1165,82 @@ mod tests {
             }) => a,
             other => panic!("not a service update: {other:?}"),
         }
+    }
+
+    fn err_of<T>(r: Result<T>) -> String {
+        r.err().map(|e| e.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn placement_preferences_and_the_limit_per_node() {
+        let spec = spec_from_args(&create_args(&[
+            "--placement-pref",
+            "spread=node.labels.zone",
+            "--placement-pref",
+            "spread=node.labels.rack",
+            "--replicas-max-per-node",
+            "2",
+        ]))
+        .expect("spec");
+        let spread = |d: &str| flotilla_types::PlacementPreference::spread(d);
+        assert_eq!(
+            spec.task.preferences,
+            [spread("node.labels.zone"), spread("node.labels.rack")]
+        );
+        assert_eq!(spec.task.max_replicas_per_node, 2);
+
+        let mut updated = spec.clone();
+        let args = update_args(&[
+            "--placement-pref-rm",
+            "spread=node.labels.zone",
+            "--placement-pref-add",
+            "spread=engine.labels.disk",
+            "--replicas-max-per-node",
+            "0",
+        ]);
+        apply_update(&mut updated, &args, &Default::default()).expect("update");
+        assert_eq!(
+            updated.task.preferences,
+            [spread("node.labels.rack"), spread("engine.labels.disk")]
+        );
+        assert_eq!(updated.task.max_replicas_per_node, 0);
+
+        for (flags, want) in [
+            (
+                vec!["--placement-pref", "node.labels.zone"],
+                "--placement-pref: invalid placement preference \"node.labels.zone\": expected spread=node.labels.KEY",
+            ),
+            (
+                vec!["--placement-pref", "spread=zone"],
+                "--placement-pref: invalid placement preference spread=zone: spread over node.labels.KEY",
+            ),
+            (
+                vec!["--replicas-max-per-node", "-1"],
+                "invalid --replicas-max-per-node \"-1\": expected a whole number >= 0",
+            ),
+            (
+                vec!["--mode", "global", "--replicas-max-per-node", "1"],
+                "--replicas-max-per-node applies to replicated services and jobs, not to --mode global",
+            ),
+        ] {
+            let err = err_of(spec_from_args(&create_args(&flags)));
+            assert!(err.contains(want), "{flags:?}: {err:?} lacks {want:?}");
+        }
+        let mut global = spec.clone();
+        global.mode = ServiceMode::Global;
+        let args = update_args(&["--replicas-max-per-node", "1"]);
+        let err = err_of(apply_update(&mut global, &args, &Default::default()));
+        assert_eq!(
+            err,
+            "service web is global: --replicas-max-per-node applies to replicated services and jobs only"
+        );
+        let mut bad = spec;
+        let args = update_args(&["--placement-pref-add", "spread=node.id"]);
+        let err = err_of(apply_update(&mut bad, &args, &Default::default()));
+        assert!(
+            err.starts_with("--placement-pref: invalid placement preference spread=node.id"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! # Layout
 //! - [`options`]: clap's definitions of the commands and their flags;
 //!   [`flags`]: the spec flags of `service create|update` and how they
-//!   become a [`flotilla_types::ServiceSpec`].
+//!   become a [`flotilla_types::ServiceSpec`]; [`container`]: the flags of
+//!   how a task runs (`--user`, `--hostname`, `--sysctl`, ...).
 //! - [`commands`]: the commands of nodes, services and the cluster;
 //!   [`stack`]: the stack commands; [`logs`]: `service logs`;
 //!   [`networks`]: `network create|ls|inspect|rm`; [`secrets`]: `secret`
@@ -13,6 +14,7 @@
 //! - [`output`]: tables, `inspect` text and JSON.
 
 pub mod commands;
+pub mod container;
 pub mod flags;
 pub mod logs;
 pub mod networks;

@@ -463,6 +463,10 @@ pub struct CreateArgs {
     /// Placement constraint, e.g. node.labels.zone==a
     #[arg(long = "constraint")]
     pub constraint: Vec<String>,
+    /// Placement preference: spread=node.labels.KEY spreads the tasks
+    /// evenly over the values of the label (several: a hierarchy)
+    #[arg(long = "placement-pref", value_name = "spread=DESCRIPTOR")]
+    pub placement_pref: Vec<String>,
     /// Restart when: none, on-failure or any (default: any; on-failure
     /// for a job)
     #[arg(long)]
@@ -502,6 +506,8 @@ pub struct CreateArgs {
     pub config: Vec<String>,
     #[command(flatten)]
     pub spec: flags::SpecFlags,
+    #[command(flatten)]
+    pub run: super::container::RunFlags,
     /// Command and arguments (for a docker service: the container's arguments)
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -527,6 +533,12 @@ pub struct UpdateArgs {
     /// Remove a placement constraint
     #[arg(long = "constraint-rm")]
     pub constraint_rm: Vec<String>,
+    /// Add a placement preference (after the others): spread=DESCRIPTOR
+    #[arg(long = "placement-pref-add", value_name = "spread=DESCRIPTOR")]
+    pub placement_pref_add: Vec<String>,
+    /// Remove a placement preference: spread=DESCRIPTOR
+    #[arg(long = "placement-pref-rm", value_name = "spread=DESCRIPTOR")]
+    pub placement_pref_rm: Vec<String>,
     /// Add or replace a mount (same target): type=..,source=..,target=..[,readonly]
     #[arg(long = "mount-add")]
     pub mount_add: Vec<String>,

@@ -1,6 +1,6 @@
 use super::*;
 use crate::testutil::*;
-use flotilla_types::NodeRole;
+use flotilla_types::{NodeRole, PlacementPreference};
 
 fn waiting(state: &mut State, service: &str, count: u64) {
     for slot in 1..=count {
@@ -342,5 +342,205 @@ fn host_mode_ports_keep_tasks_on_separate_nodes() {
     assert_eq!(
         s.unplaced[0].1,
         "no suitable node (host-mode port 8080/tcp already taken by a task of the service on 2 nodes)"
+    );
+}
+
+fn label(state: &mut State, node: &str, key: &str, value: &str) {
+    node_mut(state, node)
+        .labels
+        .insert(key.into(), value.into());
+}
+
+/// Sets the placement preferences of a service and its tasks.
+fn prefer(state: &mut State, service: &str, spread: &[&str]) {
+    let preferences: Vec<PlacementPreference> = spread
+        .iter()
+        .map(|d| PlacementPreference::spread(*d))
+        .collect();
+    if let Some(s) = state.services.get_mut(service) {
+        s.spec.task.preferences = preferences.clone();
+    }
+    for t in state.tasks.values_mut().filter(|t| t.service_id == service) {
+        t.spec.preferences = preferences.clone();
+    }
+}
+
+fn limit_per_node(state: &mut State, service: &str, max: u64) {
+    if let Some(s) = state.services.get_mut(service) {
+        s.spec.task.max_replicas_per_node = max;
+    }
+    for t in state.tasks.values_mut().filter(|t| t.service_id == service) {
+        t.spec.max_replicas_per_node = max;
+    }
+}
+
+/// Swarm's example: n1 in zone a, n2 and n3 in zone b, and service s1 of 6
+/// waiting tasks spread by zone.
+fn six_spread_over_zones_a_b_b() -> State {
+    let mut state = cluster(&["n1", "n2", "n3"]);
+    label(&mut state, "n1", "zone", "a");
+    label(&mut state, "n2", "zone", "b");
+    label(&mut state, "n3", "zone", "b");
+    add_service(&mut state, replicated("s1", 6));
+    waiting(&mut state, "s1", 6);
+    prefer(&mut state, "s1", &["node.labels.zone"]);
+    state
+}
+
+/// Swarm's example: zone a has one node, zone b two; the tasks are
+/// divided over the zones, not over the nodes.
+#[test]
+fn spread_divides_tasks_over_the_values_of_a_label() {
+    let state = six_spread_over_zones_a_b_b();
+    let out = schedule(&state);
+    assert!(out.unplaced.is_empty());
+    let counts = per_node(&out);
+    assert_eq!(counts.get("n1"), Some(&3), "{counts:?}");
+    assert_eq!(counts.get("n2").zip(counts.get("n3")), Some((&2, &1)));
+    // The same state, the same placements.
+    assert_eq!(out, schedule(&state));
+}
+
+#[test]
+fn nodes_without_the_label_are_a_group_of_their_own() {
+    let mut state = cluster(&["n1", "n2", "n3"]);
+    label(&mut state, "n1", "zone", "a");
+    label(&mut state, "n2", "zone", "a");
+    add_service(&mut state, replicated("s1", 4));
+    waiting(&mut state, "s1", 4);
+    prefer(&mut state, "s1", &["node.labels.zone"]);
+    let counts = per_node(&schedule(&state));
+    assert_eq!(
+        counts,
+        BTreeMap::from([
+            ("n1".to_string(), 1),
+            ("n2".to_string(), 1),
+            ("n3".to_string(), 2)
+        ])
+    );
+}
+
+/// Two preferences: zones, then racks within each zone.
+#[test]
+fn preferences_nest() {
+    let mut state = cluster(&["n1", "n2", "n3", "n4"]);
+    for (node, zone, rack) in [
+        ("n1", "a", "1"),
+        ("n2", "a", "2"),
+        ("n3", "a", "2"),
+        ("n4", "b", "1"),
+    ] {
+        label(&mut state, node, "zone", zone);
+        label(&mut state, node, "rack", rack);
+    }
+    add_service(&mut state, replicated("s1", 12));
+    waiting(&mut state, "s1", 12);
+    prefer(&mut state, "s1", &["node.labels.zone", "node.labels.rack"]);
+    let counts = per_node(&schedule(&state));
+    // Zone b: 6 on its one node; zone a: 3 in rack 1 (one node), 3 in
+    // rack 2 (two nodes).
+    assert_eq!(counts.get("n4"), Some(&6), "{counts:?}");
+    assert_eq!(counts.get("n1"), Some(&3), "{counts:?}");
+    assert_eq!(counts.get("n2").zip(counts.get("n3")), Some((&2, &1)));
+    // With the zones alone, zone a's nodes share its tasks evenly.
+    prefer(&mut state, "s1", &["node.labels.zone"]);
+    let counts = per_node(&schedule(&state));
+    assert_eq!(counts.get("n4"), Some(&6));
+    for n in ["n1", "n2", "n3"] {
+        assert_eq!(counts.get(n), Some(&2), "{n}: {counts:?}");
+    }
+}
+
+/// Tasks already running count in their groups, and only nodes that
+/// pass the filters take new ones.
+#[test]
+fn spread_counts_running_tasks_and_keeps_to_the_filters() {
+    let mut state = cluster(&["n1", "n2", "n3", "n4"]);
+    label(&mut state, "n1", "zone", "a");
+    label(&mut state, "n2", "zone", "b");
+    label(&mut state, "n3", "zone", "c");
+    label(&mut state, "n4", "zone", "c");
+    node_mut(&mut state, "n4").availability = Availability::Drain;
+    add_service(&mut state, replicated("s1", 5));
+    let mut on_a = running_on("r1", "s1", "n1");
+    on_a.spec.preferences = vec![PlacementPreference::spread("node.labels.zone")];
+    add_task(&mut state, on_a.clone());
+    on_a.id = "r2".into();
+    add_task(&mut state, on_a);
+    waiting(&mut state, "s1", 3);
+    prefer(&mut state, "s1", &["node.labels.zone"]);
+    let counts = per_node(&schedule(&state));
+    assert_eq!(
+        counts,
+        BTreeMap::from([("n2".to_string(), 2), ("n3".to_string(), 1)])
+    );
+}
+
+#[test]
+fn a_limit_per_node_leaves_the_rest_pending_with_the_reason() {
+    let mut state = cluster(&["n1", "n2", "n3"]);
+    add_service(&mut state, replicated("s1", 4));
+    // A task that ended does not count; one running does.
+    let mut failed = running_on("f", "s1", "n1");
+    failed.status.state = TaskState::Failed;
+    add_task(&mut state, failed);
+    add_task(&mut state, running_on("r1", "s1", "n2"));
+    waiting(&mut state, "s1", 3);
+    limit_per_node(&mut state, "s1", 1);
+    let out = schedule(&state);
+    assert_eq!(
+        per_node(&out),
+        BTreeMap::from([("n1".to_string(), 1), ("n3".to_string(), 1)])
+    );
+    assert_eq!(
+        out.unplaced,
+        [(
+            "s1-03".to_string(),
+            "no suitable node (max replicas per node limit exceeded on 3 nodes: each runs 1 task of the service)"
+                .to_string()
+        )]
+    );
+    // Two per node: all fit.
+    limit_per_node(&mut state, "s1", 2);
+    let out = schedule(&state);
+    assert!(out.unplaced.is_empty());
+    assert_eq!(out.assignments.len(), 3);
+    // Other services do not count against the limit.
+    let mut state = cluster(&["n1"]);
+    add_service(&mut state, replicated("other", 1));
+    add_service(&mut state, replicated("s1", 1));
+    add_task(&mut state, running_on("o1", "other", "n1"));
+    waiting(&mut state, "s1", 1);
+    limit_per_node(&mut state, "s1", 1);
+    assert_eq!(schedule(&state).assignments.len(), 1);
+}
+
+#[test]
+fn a_limit_per_node_and_spread_together() {
+    let mut state = six_spread_over_zones_a_b_b();
+    limit_per_node(&mut state, "s1", 2);
+    let out = schedule(&state);
+    // Zone a's one node is full at 2: the rest go to zone b, 2 a node,
+    // and the sixth waits.
+    assert_eq!(
+        per_node(&out),
+        BTreeMap::from([
+            ("n1".to_string(), 2),
+            ("n2".to_string(), 2),
+            ("n3".to_string(), 2)
+        ])
+    );
+    assert!(out.unplaced.is_empty());
+    waiting(&mut state, "s1", 7);
+    prefer(&mut state, "s1", &["node.labels.zone"]);
+    limit_per_node(&mut state, "s1", 2);
+    let out = schedule(&state);
+    assert_eq!(out.unplaced.len(), 1);
+    assert!(
+        out.unplaced[0]
+            .1
+            .contains("max replicas per node limit exceeded on 3 nodes"),
+        "{:?}",
+        out.unplaced
     );
 }

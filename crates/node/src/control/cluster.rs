@@ -49,6 +49,7 @@ pub fn joining_node(request: &JoinRequest, node_id: &str, role: NodeRole, now: u
         last_seen: now,
         entry_format: request.entry_format,
         overlay_error: None,
+        engine_labels: Default::default(),
     }
 }
 

@@ -49,6 +49,7 @@ pub fn cluster(nodes: &[(&str, NodeRole)]) -> State {
             last_seen: 1,
             entry_format: 0,
             overlay_error: None,
+            engine_labels: Default::default(),
         };
         let command = if i == 0 {
             Command::InitCluster {

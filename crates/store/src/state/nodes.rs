@@ -12,12 +12,15 @@ use crate::command::CommandResult;
 use crate::error::StoreError;
 
 /// What a node says of itself when it reports in: the version it runs,
-/// the newest entry format that reads, and when.
+/// the newest entry format that reads, and when; its agent also says
+/// the labels of its Docker Engine.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Report<'a> {
     pub version: &'a str,
     pub entry_format: u32,
     pub at: UnixMs,
+    /// `None`: not reported (a leader's refresh of its own record).
+    pub engine_labels: Option<&'a BTreeMap<String, String>>,
 }
 
 impl Report<'_> {
@@ -27,6 +30,9 @@ impl Report<'_> {
         node.last_seen = node.last_seen.max(self.at);
         node.version = self.version.to_string();
         node.entry_format = self.entry_format;
+        if let Some(labels) = self.engine_labels {
+            node.engine_labels = labels.clone();
+        }
     }
 }
 
@@ -143,8 +149,8 @@ impl State {
     /// [`crate::Command::NodeSeen`]: the node is ready, at these addresses
     /// and version. `last_seen` never moves back; an empty cluster address
     /// keeps the known one, while the API address is taken as sent (empty
-    /// means the node serves none), and so is why it cannot run overlay
-    /// networks (none: it can).
+    /// means the node serves none), and so are why it cannot run overlay
+    /// networks (none: it can) and its engine's labels.
     pub(super) fn node_seen(
         &mut self,
         node_id: &str,
