@@ -1217,7 +1217,15 @@ async fn start_task(
         source,
     })?;
     let process = driver.name() == "process";
-    let task_files = write_files(shared, task, files)?;
+    let files = expand_files(
+        task,
+        &task.spec.env,
+        files,
+        &shared.node_id,
+        &shared.hostname,
+    )
+    .map_err(DriverError::Other)?;
+    let task_files = write_files(shared, task, &files)?;
     let ports = if process {
         shared.ports.take(&task.id, &task.spec.ports)?
     } else {
@@ -1367,19 +1375,7 @@ async fn start_task(
 /// Swarm expands them when a task starts: the host name, the values of the
 /// environment, the sources and targets of the mounts.
 fn expand_templates(task: &Task, node_id: &str, hostname: &str) -> Result<Task, String> {
-    let platform = flotilla_types::Platform::current();
-    let ctx = flotilla_types::TemplateContext {
-        node_hostname: hostname.to_string(),
-        node_os: platform.os,
-        node_arch: platform.arch,
-        ..flotilla_types::TemplateContext::for_task(
-            &task.service_id,
-            &task.service_name,
-            &task.id,
-            task.slot,
-            node_id,
-        )
-    };
+    let ctx = template_context(task, node_id, hostname);
     let expand = |what: &dyn Fn() -> String, text: &str| {
         flotilla_types::template::expand(text, &ctx).map_err(|e| format!("{}: {e}", what()))
     };
@@ -1397,6 +1393,73 @@ fn expand_templates(task: &Task, node_id: &str, hostname: &str) -> Result<Task, 
         m.target = expand(&|| format!("mount {target} target"), &m.target)?;
     }
     Ok(task)
+}
+
+/// A task's files with each templated one (`--template-driver golang`)
+/// expanded for it: Swarm's placeholders, `{{ env "X" }}` from the task's
+/// environment (`env`, already expanded), `{{ secret "T" }}` and
+/// `{{ config "T" }}` from the task's other files by target.
+fn expand_files(
+    task: &Task,
+    env: &std::collections::BTreeMap<String, String>,
+    files: &[flotilla_types::TaskFile],
+    node_id: &str,
+    hostname: &str,
+) -> Result<Vec<flotilla_types::TaskFile>, String> {
+    use flotilla_types::SecretKind;
+    if !files.iter().any(|f| f.template) {
+        return Ok(files.to_vec());
+    }
+    let ctx = template_context(task, node_id, hostname);
+    let find = |kind: SecretKind, target: &str| {
+        files
+            .iter()
+            .filter(|f| f.kind == kind && !f.template)
+            .find(|f| f.rel == target || f.path == target)
+            .map(|f| String::from_utf8_lossy(&f.data.0).into_owned())
+    };
+    let call = |function: &str, arg: &str| -> Result<String, String> {
+        let found = match function {
+            "env" => env.get(arg).cloned(),
+            "secret" => find(SecretKind::Secret, arg),
+            _ => find(SecretKind::Config, arg),
+        };
+        found.ok_or_else(|| {
+            format!("{{{{ {function} \"{arg}\" }}}}: the task has no such {function}")
+        })
+    };
+    files
+        .iter()
+        .map(|f| {
+            if !f.template {
+                return Ok(f.clone());
+            }
+            let text = String::from_utf8_lossy(&f.data.0);
+            let data = flotilla_types::template::expand_with(&text, &ctx, &call)
+                .map_err(|e| format!("{} {}: {e}", f.kind, f.path))?;
+            Ok(flotilla_types::TaskFile {
+                data: flotilla_types::SecretData(data.into_bytes()),
+                ..f.clone()
+            })
+        })
+        .collect()
+}
+
+/// What a task's templates are expanded with on this node.
+fn template_context(task: &Task, node_id: &str, hostname: &str) -> flotilla_types::TemplateContext {
+    let platform = flotilla_types::Platform::current();
+    flotilla_types::TemplateContext {
+        node_hostname: hostname.to_string(),
+        node_os: platform.os,
+        node_arch: platform.arch,
+        ..flotilla_types::TemplateContext::for_task(
+            &task.service_id,
+            &task.service_name,
+            &task.id,
+            task.slot,
+            node_id,
+        )
+    }
 }
 
 /// The machine's host name (the kernel's), as the node reports it.

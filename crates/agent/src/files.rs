@@ -221,6 +221,7 @@ mod tests {
             gid: 0,
             mode: 0o440,
             data: SecretData(data.to_vec()),
+            template: false,
         }
     }
 

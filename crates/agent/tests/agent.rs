@@ -540,6 +540,7 @@ async fn a_task_gets_its_secrets_in_memory_and_they_go_when_it_ends() {
             gid: 0,
             mode: 0o400,
             data: SecretData(b"hunter2".to_vec()),
+            template: false,
         },
         TaskFile {
             kind: SecretKind::Config,
@@ -549,6 +550,7 @@ async fn a_task_gets_its_secrets_in_memory_and_they_go_when_it_ends() {
             gid: 0,
             mode: 0o444,
             data: SecretData(b"x=1".to_vec()),
+            template: false,
         },
     ];
     let mut lacking = task("s2", SLEEP);

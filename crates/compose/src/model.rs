@@ -162,6 +162,9 @@ pub struct SecretDef {
     pub source: Option<SecretSource>,
     /// `labels:` (a mapping or a `KEY=VALUE` list).
     pub labels: BTreeMap<String, String>,
+    /// `template_driver: golang`: the data is a template expanded for each
+    /// task.
+    pub template_driver: Option<String>,
 }
 
 /// Where the data of a secret or config comes from. Only named here: a
@@ -1225,6 +1228,7 @@ fn secret_def(
         external: false,
         source: None,
         labels: BTreeMap::new(),
+        template_driver: None,
     };
     // The file and line of the key that gives the data, for errors.
     let mut source_at = (node.file.to_string(), node.line);
@@ -1307,7 +1311,19 @@ fn secret_def(
                 labels_at = Some((v, p));
                 None
             }
-            "driver" | "driver_opts" | "template_driver" => {
+            "template_driver" => {
+                let driver = string(v, &p)?;
+                if driver != "golang" {
+                    return Err(ComposeError::at(
+                        v,
+                        &p,
+                        format!("unknown template driver {driver:?}: only golang"),
+                    ));
+                }
+                def.template_driver = Some(driver);
+                None
+            }
+            "driver" | "driver_opts" => {
                 return Err(ComposeError::at(
                     v,
                     &p,

@@ -216,6 +216,7 @@ impl StackSecret {
             spec: SecretSpec {
                 name,
                 labels: def.labels.clone(),
+                template_driver: def.template_driver.clone(),
             },
             source: def.source.clone(),
             // The files name the key once parsed; the first file else.
@@ -2450,7 +2451,7 @@ services:
                 ("secrets", "\n    external: true\n    file: /a", "s.yml:7: secrets.pw.file: an external secret exists already and takes no data: remove file or external"),
                 ("configs", "\n    external: true\n    labels: [a=b]", "s.yml:7: configs.pw.labels: labels apply to a config the stack creates, not to an external one"),
                 ("secrets", "\n    file: /a\n    driver: vault", "s.yml:7: secrets.pw.driver: driver is not supported: secret data is stored by the cluster, as written"),
-                ("configs", "\n    file: /a\n    template_driver: golang", "s.yml:7: configs.pw.template_driver: template_driver is not supported: config data is stored by the cluster, as written"),
+                ("configs", "\n    file: /a\n    template_driver: jinja", "s.yml:7: configs.pw.template_driver: unknown template driver \"jinja\": only golang"),
                 ("secrets", "\n    file: /a\n    colour: red", "s.yml:7: secrets.pw.colour: unknown key \"colour\""),
                 ("secrets", "\n    file: \"\"", "s.yml:6: secrets.pw.file: an empty path"),
                 ("secrets", "\n    file: [a]", "s.yml:6: secrets.pw.file: expected a string, found a list"),
@@ -2577,6 +2578,7 @@ services:
                 spec: SecretSpec {
                     name: format!("s_{key}"),
                     labels: BTreeMap::new(),
+                    template_driver: None,
                 },
                 at: ("s.yml".into(), 7),
                 source,

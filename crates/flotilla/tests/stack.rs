@@ -603,3 +603,75 @@ configs:
     )?;
     Ok(())
 }
+
+/// Issue 12: a config with `template_driver: golang` is expanded for each
+/// task on its node: Swarm's placeholders, `{{ env "X" }}` from the task's
+/// environment and `{{ secret "T" }}` from its secrets.
+#[test]
+fn a_templated_config_is_expanded_for_each_task() -> Result<()> {
+    let d = cluster()?;
+    let dir = tempfile::tempdir()?;
+    write(dir.path(), "pw.txt", "s3cret")?;
+    let out = dir.path().join("rendered");
+    let file = write(
+        dir.path(),
+        "tpl.yml",
+        &format!(
+            r#"services:
+  api:
+    command: ["sh", "-c", "echo \"$$(cat $$FLOTILLA_CONFIGS_DIR/app.conf)\" >> {out}; exec sleep 100000"]
+    environment:
+      APP_PORT: "8080"
+    deploy:
+      replicas: 2
+    secrets: [pw]
+    configs:
+      - source: app
+        target: /app.conf
+secrets:
+  pw:
+    file: ./pw.txt
+configs:
+  app:
+    template_driver: golang
+    content: 'svc={{{{.Service.Name}}}} slot={{{{.Task.Slot}}}} port={{{{ env "APP_PORT" }}}} pw={{{{ secret "pw" }}}}'
+"#,
+            out = out.display()
+        ),
+    )?;
+    d.ok(&["stack", "deploy", "-c", &file, "tpl"])?;
+    let lines = wait_until(
+        "both tasks to render their config",
+        Duration::from_secs(15),
+        || {
+            let text = std::fs::read_to_string(&out).unwrap_or_default();
+            let mut lines: Vec<String> = text.lines().map(String::from).collect();
+            lines.sort();
+            Ok((lines.len() == 2).then_some(lines))
+        },
+    )?;
+    assert_eq!(
+        lines,
+        vec![
+            "svc=tpl_api slot=1 port=8080 pw=s3cret".to_string(),
+            "svc=tpl_api slot=2 port=8080 pw=s3cret".to_string(),
+        ]
+    );
+    // A template that calls what no template may is refused at create.
+    let bad = write(dir.path(), "bad.tpl", r#"{{ exec "rm -rf /" }}"#)?;
+    let refused = d.cli(&[
+        "config",
+        "create",
+        "--template-driver",
+        "golang",
+        "bad",
+        &bad,
+    ]);
+    assert!(refused.code != 0, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("unknown placeholder"),
+        "{}",
+        refused.stderr
+    );
+    Ok(())
+}

@@ -67,6 +67,11 @@ pub struct SecretSpec {
     pub name: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// `golang`: the data is a template, expanded for each task on its
+    /// node (Swarm's placeholders, `{{ env "X" }}`, `{{ secret "T" }}`,
+    /// `{{ config "T" }}`); none: the data as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_driver: Option<String>,
 }
 
 /// Bytes that must not be shown: `Debug` prints only their length, and
@@ -332,6 +337,9 @@ pub struct TaskFile {
     pub gid: u32,
     pub mode: u32,
     pub data: SecretData,
+    /// Whether the data is a template to expand for the task first.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub template: bool,
 }
 
 #[cfg(test)]

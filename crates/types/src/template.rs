@@ -88,6 +88,26 @@ pub const PLACEHOLDERS: &[&str] = &[
 /// by its value in `ctx`. An unknown placeholder or an unclosed `{{` is an
 /// error that says which.
 pub fn expand(text: &str, ctx: &TemplateContext) -> Result<String, String> {
+    expand_with(text, ctx, &|name, _| {
+        Err(format!(
+            "{{{{ {name} ... }}}} is for the data of a config or secret made with --template-driver golang"
+        ))
+    })
+}
+
+/// The functions a templated config or secret may call:
+/// `{{ env "VAR" }}` (the task's environment), `{{ secret "TARGET" }}` and
+/// `{{ config "TARGET" }}` (the data of another of the task's files), as
+/// Swarm's `golang` template driver has them.
+pub const FUNCTIONS: &[&str] = &["env", "secret", "config"];
+
+/// Like [`expand`], and an action `NAME "ARG"` with NAME one of
+/// [`FUNCTIONS`] is answered by `call(NAME, ARG)`.
+pub fn expand_with(
+    text: &str,
+    ctx: &TemplateContext,
+    call: &dyn Fn(&str, &str) -> Result<String, String>,
+) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(open) = rest.find("{{") {
@@ -98,6 +118,11 @@ pub fn expand(text: &str, ctx: &TemplateContext) -> Result<String, String> {
             .ok_or_else(|| format!("{:?} has a {{{{ without its }}}}", text))?;
         let action = &after[..close];
         let name = action.trim();
+        if let Some((function, arg)) = function_call(name) {
+            out.push_str(&call(function, arg)?);
+            rest = &after[close + 2..];
+            continue;
+        }
         let value = ctx.value(name).ok_or_else(|| {
             format!(
                 "unknown placeholder {{{{{action}}}}}: a template may use {}",
@@ -113,6 +138,20 @@ pub fn expand(text: &str, ctx: &TemplateContext) -> Result<String, String> {
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// `env "X"` as `("env", "X")`, for a function of [`FUNCTIONS`] with one
+/// quoted argument.
+fn function_call(action: &str) -> Option<(&str, &str)> {
+    let (name, arg) = action.split_once(char::is_whitespace)?;
+    let arg = arg.trim().strip_prefix('"')?.strip_suffix('"')?;
+    FUNCTIONS.contains(&name).then_some((name, arg))
+}
+
+/// Whether a templated config's data expands, whatever the task and its
+/// files: placeholders known, functions of [`FUNCTIONS`] only.
+pub fn check_with_functions(text: &str) -> Result<(), String> {
+    expand_with(text, &TemplateContext::default(), &|_, _| Ok(String::new())).map(|_| ())
 }
 
 /// Whether `text` expands, whatever the task: what the spec's validation
@@ -189,5 +228,36 @@ mod tests {
         assert_eq!(check("{{.Node.Hostname}}"), Ok(()));
         assert_eq!(check("no template"), Ok(()));
         assert!(check("{{.Nope}}").is_err());
+    }
+
+    #[test]
+    fn a_templated_config_calls_env_secret_and_config() {
+        let call = |f: &str, a: &str| -> Result<String, String> {
+            match (f, a) {
+                ("env", "PORT") => Ok("8080".into()),
+                ("secret", "db_pw") => Ok("hunter2".into()),
+                _ => Err(format!("no {f} {a}")),
+            }
+        };
+        let text =
+            "listen {{ env \"PORT\" }}; password {{secret \"db_pw\"}}; host {{.Service.Name}}";
+        assert_eq!(
+            expand_with(text, &ctx(), &call).unwrap(),
+            "listen 8080; password hunter2; host web"
+        );
+        assert_eq!(
+            expand_with("{{ config \"x\" }}", &ctx(), &call).unwrap_err(),
+            "no config x"
+        );
+        // Outside a templated config, a function is an error that says so.
+        assert!(expand("{{ env \"PORT\" }}", &ctx())
+            .unwrap_err()
+            .contains("--template-driver"));
+        assert!(check_with_functions("a {{ env \"X\" }} {{.Task.Slot}}").is_ok());
+        assert!(check_with_functions("{{ exec \"rm\" }}").is_err());
+        assert!(
+            check_with_functions("{{ env X }}").is_err(),
+            "the argument is quoted"
+        );
     }
 }

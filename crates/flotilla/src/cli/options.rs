@@ -177,6 +177,10 @@ pub enum SecretCommand {
         /// Label, KEY=VALUE (repeatable)
         #[arg(short, long = "label")]
         label: Vec<String>,
+        /// golang: the data is a template expanded for each task
+        /// ({{.Service.Name}}, {{ env "VAR" }}, {{ secret "TARGET" }})
+        #[arg(long)]
+        template_driver: Option<String>,
     },
     /// Give one new data, a new version: the services that use it roll onto it with their update config
     Update {

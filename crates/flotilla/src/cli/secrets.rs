@@ -17,9 +17,15 @@ use super::output::{ago, print_json, table};
 /// Runs one `secret` or `config` command.
 pub async fn secret(client: &Client, kind: SecretKind, command: &SecretCommand) -> Result<()> {
     match command {
-        SecretCommand::Create { name, file, label } => {
+        SecretCommand::Create {
+            name,
+            file,
+            label,
+            template_driver,
+        } => {
             // Everything is checked and read before the daemon is asked.
-            let create = create_request(kind, name, file, label, &mut std::io::stdin().lock())?;
+            let mut create = create_request(kind, name, file, label, &mut std::io::stdin().lock())?;
+            create.spec.template_driver = template_driver.clone();
             let created = client.create_secret(kind, &create).await?;
             println!("{}", created.id);
             Ok(())

@@ -205,6 +205,25 @@ pub fn validate_secret(
             spec.name
         )));
     }
+    match spec.template_driver.as_deref() {
+        None => {}
+        Some("golang") => {
+            let text = std::str::from_utf8(&data.0).map_err(|_| {
+                ControlError::Invalid(format!(
+                    "{kind} {}: a template must be UTF-8 text",
+                    spec.name
+                ))
+            })?;
+            flotilla_types::template::check_with_functions(text)
+                .map_err(|e| ControlError::Invalid(format!("{kind} {}: {e}", spec.name)))?;
+        }
+        Some(other) => {
+            return Err(ControlError::Invalid(format!(
+                "{kind} {}: unknown template driver {other:?}: only golang",
+                spec.name
+            )))
+        }
+    }
     if data.0.len() > MAX_SECRET_BYTES {
         return Err(ControlError::Invalid(format!(
             "{kind} {}: {} bytes is over the limit of {} bytes (500 KB)",
@@ -299,11 +318,8 @@ fn open_ref(
     r: &SecretRef,
 ) -> Option<TaskFile> {
     let key = key?;
-    let version = state
-        .secrets
-        .get(&r.id)
-        .filter(|s| s.kind == kind)?
-        .version(r.version)?;
+    let secret = state.secrets.get(&r.id).filter(|s| s.kind == kind)?;
+    let version = secret.version(r.version)?;
     let plain = seal::open(
         &key.0,
         &binding(kind, &r.id, r.version),
@@ -319,6 +335,7 @@ fn open_ref(
         gid: r.gid.parse().ok()?,
         mode: r.mode,
         data: SecretData(plain),
+        template: secret.spec.template_driver.is_some(),
     })
 }
 
@@ -348,6 +365,7 @@ mod tests {
         SecretSpec {
             name: name.into(),
             labels: Default::default(),
+            template_driver: None,
         }
     }
 

@@ -229,6 +229,7 @@ mod tests {
             spec: SecretSpec {
                 name: name.into(),
                 labels: Default::default(),
+                template_driver: None,
             },
             created_at: 1,
             versions: vec![SecretVersion {
