@@ -379,6 +379,8 @@ fn start_process(spec: &StartSpec) -> Result<Started, DriverError> {
         }
         cmd.current_dir(dir);
     }
+    // Before the user changes: raising a hard limit needs root.
+    set_limits(&mut cmd, &spec.template.ulimits)?;
     if let Some(user) = &spec.template.user {
         // After the namespaces: entering them needs the daemon's rights.
         run_as(&mut cmd, user)?;
@@ -541,6 +543,76 @@ fn run_as(cmd: &mut tokio::process::Command, user: &str) -> Result<(), DriverErr
                 || libc::setuid(uid) != 0
             {
                 return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+/// The type setrlimit takes its resource as (glibc has its own).
+#[cfg(target_env = "gnu")]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type Resource = libc::c_int;
+
+/// The `RLIMIT_*` resource of a Docker limit name.
+fn resource_of(name: &str) -> Option<Resource> {
+    Some(match name {
+        "as" => libc::RLIMIT_AS,
+        "core" => libc::RLIMIT_CORE,
+        "cpu" => libc::RLIMIT_CPU,
+        "data" => libc::RLIMIT_DATA,
+        "fsize" => libc::RLIMIT_FSIZE,
+        "locks" => libc::RLIMIT_LOCKS,
+        "memlock" => libc::RLIMIT_MEMLOCK,
+        "msgqueue" => libc::RLIMIT_MSGQUEUE,
+        "nice" => libc::RLIMIT_NICE,
+        "nofile" => libc::RLIMIT_NOFILE,
+        "nproc" => libc::RLIMIT_NPROC,
+        "rss" => libc::RLIMIT_RSS,
+        "rtprio" => libc::RLIMIT_RTPRIO,
+        "rttime" => libc::RLIMIT_RTTIME,
+        "sigpending" => libc::RLIMIT_SIGPENDING,
+        "stack" => libc::RLIMIT_STACK,
+        _ => return None,
+    })
+}
+
+/// Makes the child set each of `limits` (`ulimits`; -1 is unlimited)
+/// before it runs: a limit the daemon may not set fails the start.
+fn set_limits(
+    cmd: &mut tokio::process::Command,
+    limits: &[flotilla_types::Ulimit],
+) -> Result<(), DriverError> {
+    if limits.is_empty() {
+        return Ok(());
+    }
+    let value = |v: i64| {
+        if v < 0 {
+            libc::RLIM_INFINITY
+        } else {
+            v as libc::rlim_t
+        }
+    };
+    let mut prepared = Vec::with_capacity(limits.len());
+    for l in limits {
+        let resource = resource_of(&l.name)
+            .ok_or_else(|| DriverError::Other(format!("unknown ulimit {:?}", l.name)))?;
+        let limit = libc::rlimit {
+            rlim_cur: value(l.soft),
+            rlim_max: value(l.hard),
+        };
+        prepared.push((resource, limit));
+    }
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls setrlimit on values prepared before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (resource, limit) in &prepared {
+                if libc::setrlimit(*resource, limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             Ok(())
         });
@@ -795,6 +867,39 @@ mod tests {
             Probe::Healthy
         );
         assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn ulimits_apply_to_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("out.log");
+        let template = flotilla_types::TaskTemplate {
+            command: vec!["sh".into(), "-c".into(), "ulimit -Sn; ulimit -Hn".into()],
+            ulimits: vec![flotilla_types::Ulimit {
+                name: "nofile".into(),
+                soft: 123,
+                hard: 456,
+            }],
+            ..Default::default()
+        };
+        let spec = StartSpec {
+            task_id: "t1".into(),
+            template,
+            env: std::collections::BTreeMap::new(),
+            log_path: log.clone(),
+            ports: Vec::new(),
+            netns: None,
+            engine_networks: Vec::new(),
+            resolv_conf: None,
+            files: Default::default(),
+        };
+        let started = ProcessDriver.start(spec).await.unwrap();
+        started.exit.await;
+        let out = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines, ["123", "456"], "{out}");
+        assert_eq!(resource_of("nofile"), Some(libc::RLIMIT_NOFILE));
+        assert_eq!(resource_of("bogus"), None);
     }
 
     #[tokio::test]

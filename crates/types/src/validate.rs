@@ -286,7 +286,6 @@ fn check_run_options(t: &TaskTemplate, docker: bool) -> Result<(), SpecError> {
             ("task.sysctls", !t.sysctls.is_empty()),
             ("task.cap_add", !t.cap_add.is_empty()),
             ("task.cap_drop", !t.cap_drop.is_empty()),
-            ("task.ulimits", !t.ulimits.is_empty()),
             ("task.extra_hosts", !t.extra_hosts.is_empty()),
             ("task.dns", !t.dns.is_empty()),
             ("task.dns_search", !t.dns_search.is_empty()),
@@ -879,7 +878,7 @@ mod tests {
     #[test]
     fn container_keys_need_docker() {
         type Set = fn(&mut TaskTemplate);
-        let sets: [(&str, Set); 11] = [
+        let sets: [(&str, Set); 10] = [
             ("task.hostname", |t| t.hostname = Some("h".into())),
             ("task.read_only", |t| t.read_only = true),
             ("task.shm_size_bytes", |t| t.shm_size_bytes = 1 << 26),
@@ -888,13 +887,6 @@ mod tests {
             }),
             ("task.cap_add", |t| t.cap_add.push("NET_ADMIN".into())),
             ("task.cap_drop", |t| t.cap_drop.push("ALL".into())),
-            ("task.ulimits", |t| {
-                t.ulimits.push(crate::Ulimit {
-                    name: "nofile".into(),
-                    soft: 1,
-                    hard: 2,
-                })
-            }),
             ("task.extra_hosts", |t| {
                 t.extra_hosts.push(crate::ExtraHost {
                     name: "h".into(),
