@@ -114,6 +114,165 @@ impl RunFlags {
     }
 }
 
+/// The same keys on `service update`, in Docker's update spelling: a
+/// value replaces, `-add` adds (or replaces the entry of the same name),
+/// `-rm` removes by name.
+#[derive(Debug, Default, Args)]
+pub struct UpdateRunFlags {
+    /// A container's new host name (templates allowed); "" removes it
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// The user the tasks run as, USER[:GROUP]; "" for the image's or the
+    /// daemon's
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The directory the tasks start in; "" for the default
+    #[arg(long)]
+    pub workdir: Option<String>,
+    /// The signal that asks a task to stop; "" for SIGTERM
+    #[arg(long)]
+    pub stop_signal: Option<String>,
+    /// Mount a container's root file system read-only (true or false)
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub read_only: Option<bool>,
+    /// Add or change a kernel parameter, NAME=VALUE
+    #[arg(long = "sysctl-add", value_name = "NAME=VALUE")]
+    pub sysctl_add: Vec<String>,
+    /// Remove a kernel parameter
+    #[arg(long = "sysctl-rm", value_name = "NAME")]
+    pub sysctl_rm: Vec<String>,
+    /// Add a capability (and stop dropping it)
+    #[arg(long = "cap-add", value_name = "CAP")]
+    pub cap_add: Vec<String>,
+    /// Drop a capability (and stop adding it)
+    #[arg(long = "cap-drop", value_name = "CAP")]
+    pub cap_drop: Vec<String>,
+    /// Add or change a resource limit, NAME=SOFT[:HARD]
+    #[arg(long = "ulimit-add", value_name = "NAME=SOFT[:HARD]")]
+    pub ulimit_add: Vec<String>,
+    /// Remove a resource limit
+    #[arg(long = "ulimit-rm", value_name = "NAME")]
+    pub ulimit_rm: Vec<String>,
+    /// Add or change a line of /etc/hosts, NAME:IP
+    #[arg(long = "host-add", value_name = "NAME:IP")]
+    pub host_add: Vec<String>,
+    /// Remove the lines of /etc/hosts of a name
+    #[arg(long = "host-rm", value_name = "NAME")]
+    pub host_rm: Vec<String>,
+    /// Add a DNS server
+    #[arg(long = "dns-add", value_name = "IP")]
+    pub dns_add: Vec<String>,
+    /// Remove a DNS server
+    #[arg(long = "dns-rm", value_name = "IP")]
+    pub dns_rm: Vec<String>,
+    /// Add a DNS search domain
+    #[arg(long = "dns-search-add", value_name = "DOMAIN")]
+    pub dns_search_add: Vec<String>,
+    /// Remove a DNS search domain
+    #[arg(long = "dns-search-rm", value_name = "DOMAIN")]
+    pub dns_search_rm: Vec<String>,
+    /// The engine's log driver; "" for the engine's default
+    #[arg(long)]
+    pub log_driver: Option<String>,
+    /// Add or change an option of the log driver, KEY=VALUE
+    #[arg(long = "log-opt", value_name = "KEY=VALUE")]
+    pub log_opt: Vec<String>,
+}
+
+/// `Some(text)`, or `None` for "" (the flag that unsets a value).
+fn set_or_clear(value: &str) -> Option<String> {
+    (!value.is_empty()).then(|| value.to_string())
+}
+
+impl UpdateRunFlags {
+    /// Changes `task` as the flags that were given say: removals first,
+    /// then additions.
+    pub fn apply(&self, task: &mut TaskTemplate) -> Result<()> {
+        if let Some(h) = &self.hostname {
+            task.hostname = set_or_clear(h);
+        }
+        if let Some(u) = &self.user {
+            task.user = set_or_clear(u);
+        }
+        if let Some(w) = &self.workdir {
+            task.working_dir = set_or_clear(w);
+        }
+        if let Some(s) = &self.stop_signal {
+            task.stop_signal = set_or_clear(s);
+        }
+        if let Some(r) = self.read_only {
+            task.read_only = r;
+        }
+        for name in &self.sysctl_rm {
+            task.sysctls.remove(name);
+        }
+        for item in &self.sysctl_add {
+            let (name, value) = item
+                .split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| anyhow!("invalid --sysctl-add {item:?}: expected NAME=VALUE"))?;
+            task.sysctls.insert(name.to_string(), value.to_string());
+        }
+        for cap in &self.cap_add {
+            task.cap_drop.retain(|c| !c.eq_ignore_ascii_case(cap));
+            if !task.cap_add.iter().any(|c| c.eq_ignore_ascii_case(cap)) {
+                task.cap_add.push(cap.clone());
+            }
+        }
+        for cap in &self.cap_drop {
+            task.cap_add.retain(|c| !c.eq_ignore_ascii_case(cap));
+            if !task.cap_drop.iter().any(|c| c.eq_ignore_ascii_case(cap)) {
+                task.cap_drop.push(cap.clone());
+            }
+        }
+        task.ulimits.retain(|u| !self.ulimit_rm.contains(&u.name));
+        for item in &self.ulimit_add {
+            let u = Ulimit::parse(item).map_err(|e| anyhow!("--ulimit-add: {e}"))?;
+            task.ulimits.retain(|x| x.name != u.name);
+            task.ulimits.push(u);
+        }
+        task.extra_hosts.retain(|h| !self.host_rm.contains(&h.name));
+        for item in &self.host_add {
+            let h = ExtraHost::parse(item).map_err(|e| anyhow!("--host-add: {e}"))?;
+            task.extra_hosts.retain(|x| x.name != h.name);
+            task.extra_hosts.push(h);
+        }
+        let edit = |list: &mut Vec<String>, rm: &[String], add: &[String]| {
+            list.retain(|x| !rm.contains(x));
+            for a in add {
+                if !list.contains(a) {
+                    list.push(a.clone());
+                }
+            }
+        };
+        edit(&mut task.dns, &self.dns_rm, &self.dns_add);
+        edit(
+            &mut task.dns_search,
+            &self.dns_search_rm,
+            &self.dns_search_add,
+        );
+        if let Some(driver) = &self.log_driver {
+            task.logging = set_or_clear(driver).map(|name| LogDriver {
+                name,
+                options: Default::default(),
+            });
+        }
+        for item in &self.log_opt {
+            let Some((k, v)) = item.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+                bail!("invalid --log-opt {item:?}: expected KEY=VALUE");
+            };
+            task.logging
+                .get_or_insert_with(|| LogDriver {
+                    name: String::new(),
+                    options: Default::default(),
+                })
+                .options
+                .insert(k.to_string(), v.to_string());
+        }
+        Ok(())
+    }
+}
+
 /// The flag that sets a field of the task template this module reads, or
 /// names a template ([`flotilla_types::SpecError::field`]).
 pub fn flag_of(field: &str) -> Option<&'static str> {
@@ -159,6 +318,85 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default()
+    }
+
+    #[test]
+    fn update_flags_replace_add_and_remove() {
+        use super::UpdateRunFlags;
+        use flotilla_types::TaskTemplate;
+        let mut task = TaskTemplate::default();
+        let create = create(
+            &[
+                "--image",
+                "busybox",
+                "--hostname",
+                "h",
+                "--sysctl",
+                "a.b=1",
+                "--sysctl",
+                "c.d=2",
+                "--cap-drop",
+                "ALL",
+                "--ulimit",
+                "nofile=1:2",
+                "--add-host",
+                "x:10.0.0.1",
+                "--dns",
+                "10.0.0.53",
+            ],
+            &[],
+        );
+        create.run.apply(&mut task).expect("create flags");
+        let argv = [
+            "flotilla",
+            "service",
+            "update",
+            "--hostname",
+            "",
+            "--sysctl-rm",
+            "a.b",
+            "--sysctl-add",
+            "c.d=3",
+            "--cap-add",
+            "ALL",
+            "--ulimit-add",
+            "nofile=5:6",
+            "--host-rm",
+            "x",
+            "--host-add",
+            "y:10.0.0.2",
+            "--dns-rm",
+            "10.0.0.53",
+            "--dns-add",
+            "10.0.0.54",
+            "--read-only",
+            "--log-opt",
+            "max-size=1m",
+            "web",
+        ];
+        let update: UpdateRunFlags = match Cli::try_parse_from(argv) {
+            Ok(Cli {
+                command: Command::Service(ServiceCommand::Update(a)),
+                ..
+            }) => a.run,
+            other => panic!("not a service update: {other:?}"),
+        };
+        update.apply(&mut task).expect("update flags");
+        assert_eq!(task.hostname, None, "\"\" removes it");
+        assert_eq!(
+            task.sysctls.into_iter().collect::<Vec<_>>(),
+            vec![("c.d".to_string(), "3".to_string())]
+        );
+        assert!(task.cap_drop.is_empty() && task.cap_add == ["ALL"]);
+        assert_eq!((task.ulimits.len(), task.ulimits[0].soft), (1, 5));
+        assert_eq!(task.extra_hosts.len(), 1);
+        assert_eq!(task.extra_hosts[0].name, "y");
+        assert_eq!(task.dns, ["10.0.0.54"]);
+        assert!(task.read_only);
+        assert_eq!(
+            task.logging.map(|l| l.options.get("max-size").cloned()),
+            Some(Some("1m".to_string()))
+        );
     }
 
     #[test]

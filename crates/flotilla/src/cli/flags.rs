@@ -902,6 +902,7 @@ pub fn apply_update(
     if args.force {
         task.force_update += 1;
     }
+    args.run.apply(task)?;
     args.spec.apply(spec)?;
     super::flags::validate(spec)
 }

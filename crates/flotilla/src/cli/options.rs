@@ -603,6 +603,8 @@ pub struct UpdateArgs {
     pub timeout: String,
     #[command(flatten)]
     pub spec: flags::SpecFlags,
+    #[command(flatten)]
+    pub run: super::container::UpdateRunFlags,
     pub name: String,
     /// A new command and arguments
     #[arg(last = true, value_name = "CMD")]
