@@ -869,6 +869,22 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
+    /// Task t1 of `template`, logging to `log`, on no network and with no
+    /// ports or files.
+    fn bare_spec(template: flotilla_types::TaskTemplate, log: PathBuf) -> StartSpec {
+        StartSpec {
+            task_id: "t1".into(),
+            template,
+            env: std::collections::BTreeMap::new(),
+            log_path: log,
+            ports: Vec::new(),
+            netns: None,
+            engine_networks: Vec::new(),
+            resolv_conf: None,
+            files: Default::default(),
+        }
+    }
+
     #[tokio::test]
     async fn ulimits_apply_to_processes() {
         let dir = tempfile::tempdir().unwrap();
@@ -882,17 +898,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let spec = StartSpec {
-            task_id: "t1".into(),
-            template,
-            env: std::collections::BTreeMap::new(),
-            log_path: log.clone(),
-            ports: Vec::new(),
-            netns: None,
-            engine_networks: Vec::new(),
-            resolv_conf: None,
-            files: Default::default(),
-        };
+        let spec = bare_spec(template, log.clone());
         let started = ProcessDriver.start(spec).await.unwrap();
         started.exit.await;
         let out = std::fs::read_to_string(&log).unwrap();
@@ -927,17 +933,7 @@ mod tests {
             stop_signal: Some("SIGINT".into()),
             ..Default::default()
         };
-        let spec = StartSpec {
-            task_id: "t1".into(),
-            template,
-            env: std::collections::BTreeMap::new(),
-            log_path: log.clone(),
-            ports: Vec::new(),
-            netns: None,
-            engine_networks: Vec::new(),
-            resolv_conf: None,
-            files: Default::default(),
-        };
+        let spec = bare_spec(template, log.clone());
         let d = ProcessDriver;
         let started = d.start(spec).await.unwrap();
         assert_eq!(started.handle.stop_signal, Some(libc::SIGINT));
@@ -972,21 +968,14 @@ mod tests {
     #[tokio::test]
     async fn a_missing_working_dir_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = StartSpec {
-            task_id: "t1".into(),
-            template: flotilla_types::TaskTemplate {
+        let spec = bare_spec(
+            flotilla_types::TaskTemplate {
                 command: vec!["true".into()],
                 working_dir: Some("/nonexistent/dir".into()),
                 ..Default::default()
             },
-            env: std::collections::BTreeMap::new(),
-            log_path: dir.path().join("out.log"),
-            ports: Vec::new(),
-            netns: None,
-            engine_networks: Vec::new(),
-            resolv_conf: None,
-            files: Default::default(),
-        };
+            dir.path().join("out.log"),
+        );
         let err = ProcessDriver.start(spec).await.unwrap_err().to_string();
         assert_eq!(
             err,

@@ -811,17 +811,7 @@ fn network_def(
             _ => unknown.push(p),
         }
     }
-    if let Some((legacy, ln, lp)) = legacy_name {
-        if def.name.is_some() {
-            return Err(ComposeError::at(
-                ln,
-                &lp,
-                format!("conflicts with {path}.name; only use {path}.name"),
-            ));
-        }
-        def.name = Some(legacy);
-        name_at = Some((ln, lp));
-    }
+    legacy_external_name(legacy_name, path, &mut def.name, &mut name_at)?;
     if def.external && def.name.is_none() {
         def.name = Some(key.to_string());
     }
@@ -1353,17 +1343,7 @@ fn secret_def(
             source_at = (v.file.to_string(), v.line);
         }
     }
-    if let Some((legacy, ln, lp)) = legacy_name {
-        if def.name.is_some() {
-            return Err(ComposeError::at(
-                ln,
-                &lp,
-                format!("conflicts with {path}.name; only use {path}.name"),
-            ));
-        }
-        def.name = Some(legacy);
-        name_at = Some((ln, lp));
-    }
+    legacy_external_name(legacy_name, path, &mut def.name, &mut name_at)?;
     if def.external {
         if let Some(source) = &def.source {
             let (file, line) = source_at;
@@ -2273,6 +2253,28 @@ fn deploy(
         }
     };
     Ok(d)
+}
+
+/// The name an `external: {name: X}` (the legacy spelling) gives, unless
+/// `name:` gives one too, which is refused at the legacy one.
+fn legacy_external_name<'a>(
+    legacy: Option<(String, &'a Node, String)>,
+    path: &str,
+    name: &mut Option<String>,
+    name_at: &mut Option<(&'a Node, String)>,
+) -> R<()> {
+    if let Some((legacy, ln, lp)) = legacy {
+        if name.is_some() {
+            return Err(ComposeError::at(
+                ln,
+                &lp,
+                format!("conflicts with {path}.name; only use {path}.name"),
+            ));
+        }
+        *name = Some(legacy);
+        *name_at = Some((ln, lp));
+    }
+    Ok(())
 }
 
 fn placement(node: &Node, path: &str, d: &mut ComposeDeploy, unknown: &mut Vec<String>) -> R<()> {
