@@ -333,6 +333,33 @@ impl Client {
         self.call::<(), _>(Method::GET, &path, None).await
     }
 
+    /// `POST /v1/unlock`.
+    pub async fn unlock(&self, key: &str) -> Result<(), ClientError> {
+        let request = crate::model::UnlockRequest {
+            key: key.to_string(),
+        };
+        self.call(Method::POST, "/v1/unlock", Some(&request)).await
+    }
+
+    /// `GET /v1/unlock-key`, rotating the key first if asked.
+    pub async fn unlock_key(
+        &self,
+        rotate: bool,
+    ) -> Result<crate::model::UnlockKeyView, ClientError> {
+        let path = format!("/v1/unlock-key?rotate={rotate}");
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// `POST /v1/autolock`.
+    pub async fn set_autolock(
+        &self,
+        enabled: bool,
+    ) -> Result<crate::model::UnlockKeyView, ClientError> {
+        let request = crate::model::AutolockRequest { enabled };
+        self.call(Method::POST, "/v1/autolock", Some(&request))
+            .await
+    }
+
     /// `GET /v1/nodes`.
     pub async fn nodes(&self) -> Result<Vec<NodeView>, ClientError> {
         self.call::<(), _>(Method::GET, "/v1/nodes", None).await

@@ -28,6 +28,10 @@ pub struct InitRequest {
     /// certificate. The daemon restarts itself to do it.
     #[serde(default)]
     pub force_new_cluster: bool,
+    /// Seal the cluster's keys under an unlock key that a restarted
+    /// manager needs (`flotilla unlock`); the key is in the answer, once.
+    #[serde(default)]
+    pub autolock: bool,
 }
 
 /// `POST /v1/join`: join the cluster of the manager at `manager_addr`.
@@ -54,6 +58,30 @@ pub struct JoinTokenView {
 pub struct InitResponse {
     pub cluster_id: String,
     pub node_id: String,
+    /// With `autolock`: the unlock key, shown this once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlock_key: Option<String>,
+}
+
+/// `POST /v1/unlock`: the unlock key for a locked manager.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UnlockRequest {
+    /// As `flotilla unlock-key` prints it: `FLTKEY-1-...`.
+    pub key: String,
+}
+
+/// `GET /v1/unlock-key`, and the answer of `POST /v1/autolock`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UnlockKeyView {
+    pub autolock: bool,
+    /// The current unlock key; None while autolock is off.
+    pub unlock_key: Option<String>,
+}
+
+/// `POST /v1/autolock`: turn autolock on or off.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AutolockRequest {
+    pub enabled: bool,
 }
 
 /// `GET /v1/info`.
@@ -79,6 +107,13 @@ pub struct Info {
     pub tasks: BTreeMap<String, u64>,
     pub version: String,
     pub data_dir: String,
+    /// Whether the cluster's keys are sealed under an unlock key.
+    #[serde(default)]
+    pub autolock: bool,
+    /// This manager restarted under autolock and waits for `flotilla
+    /// unlock`.
+    #[serde(default)]
+    pub locked: bool,
 }
 
 /// A node as `node ls` shows it.

@@ -15,9 +15,10 @@ use utoipa::openapi::{RefOr, Schema};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::model::{
-    ClientCert, ClientCertRequest, ForceQuery, Info, InitRequest, InitResponse, JoinRequest,
-    JoinTokenView, LeaderCheck, LogEvent, LogQuery, NetworkView, NodeUpdate, NodeView, Removed,
-    ScaleRequest, ServiceReplace, ServiceView, TaskView, TokenQuery,
+    AutolockRequest, ClientCert, ClientCertRequest, ForceQuery, Info, InitRequest, InitResponse,
+    JoinRequest, JoinTokenView, LeaderCheck, LogEvent, LogQuery, NetworkView, NodeUpdate, NodeView,
+    Removed, ScaleRequest, ServiceReplace, ServiceView, TaskView, TokenQuery, UnlockKeyView,
+    UnlockRequest,
 };
 use flotilla_types::{NetworkSpec, ServiceSpec};
 
@@ -52,6 +53,9 @@ pub enum Operation {
     Join,
     Leave,
     JoinToken,
+    Unlock,
+    UnlockKey,
+    Autolock,
     ListNodes,
     InspectNode,
     RemoveNode,
@@ -240,6 +244,27 @@ pub const ROUTES: &[Route] = &[
         ok: json(schema_of::<JoinTokenView>),
         errors: &[400, 409, 500, 503],
         ..route(Get, "/v1/join-token/{role}", Op::JoinToken)
+    },
+    Route {
+        summary: "Unlock this manager (autolock) with the unlock key",
+        body: Some(schema_of::<UnlockRequest>),
+        ok: Answer::Null,
+        errors: &[400, 409, 500],
+        ..route(Post, "/v1/unlock", Op::Unlock)
+    },
+    Route {
+        summary: "The unlock key (autolock), optionally rotated first",
+        query: Some(params_of::<TokenQuery>),
+        ok: json(schema_of::<UnlockKeyView>),
+        errors: &[409, 500, 503],
+        ..route(Get, "/v1/unlock-key", Op::UnlockKey)
+    },
+    Route {
+        summary: "Turn autolock on (the answer holds the new unlock key) or off",
+        body: Some(schema_of::<AutolockRequest>),
+        ok: json(schema_of::<UnlockKeyView>),
+        errors: &[400, 409, 500, 503],
+        ..route(Post, "/v1/autolock", Op::Autolock)
     },
     Route {
         summary: "Every node",

@@ -146,6 +146,13 @@ async fn dispatch(
         Command::Info(f) => commands::info(&client()?, f.format).await,
         Command::Join(a) => commands::join(&client()?, a).await,
         Command::JoinToken(a) => commands::join_token(&client()?, a).await,
+        Command::Unlock => flotilla::cli::autolock::unlock(&client()?).await,
+        Command::UnlockKey { quiet, rotate } => {
+            flotilla::cli::autolock::unlock_key(&client()?, *rotate, *quiet).await
+        }
+        Command::Cluster(flotilla::cli::options::ClusterCommand::Update { autolock }) => {
+            flotilla::cli::autolock::update(&client()?, *autolock).await
+        }
         Command::ClientCert { name, out } => commands::client_cert(&client()?, name, out).await,
         Command::LeaderCheck => commands::leader_check(&client()?).await,
         Command::Leave { force } => {

@@ -9,6 +9,9 @@ use flotilla_pki::cert::pem_identity;
 use flotilla_pki::tls::{client_config, server_config};
 use flotilla_pki::{PeerIdentity, PkiError};
 use flotilla_transport::ClusterClient;
+use flotilla_types::SecretData;
+
+use crate::keyring;
 
 /// Why the certificates could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,58 @@ pub enum CertError {
     },
     #[error("cannot build the cluster client: {0}")]
     Client(String),
+    #[error("cannot seal the node key: {0}")]
+    Sealed(String),
+}
+
+/// What `certs/` holds.
+#[derive(Debug, Clone)]
+pub enum Stored {
+    Plain(NodeTls),
+    /// The key is sealed under the unlock key (autolock).
+    Sealed(SealedTls),
+}
+
+/// The material of a locked manager: its key sealed.
+#[derive(Clone)]
+pub struct SealedTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub sealed_key: String,
+}
+
+impl std::fmt::Debug for SealedTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealedTls(..)")
+    }
+}
+
+impl SealedTls {
+    /// The material with its key opened by `unlock`.
+    pub fn open(&self, unlock: &SecretData) -> Result<NodeTls, keyring::KeyError> {
+        let node_id = pem_identity(&self.cert_pem)
+            .map_err(|_| keyring::KeyError::Malformed)?
+            .node_id;
+        let key_pem = keyring::open_node_key(unlock, &node_id, &self.sealed_key)?;
+        Ok(NodeTls {
+            ca_pem: self.ca_pem.clone(),
+            cert_pem: self.cert_pem.clone(),
+            key_pem,
+        })
+    }
+}
+
+/// Writes `text` to `d/name` atomically and durably with `mode`.
+fn write_file(d: &Path, name: &str, text: &str, mode: u32) -> Result<(), CertError> {
+    let path = d.join(name);
+    let tmp = d.join(format!("{name}.tmp"));
+    let io = || -> std::io::Result<()> {
+        std::fs::write(&tmp, text)?;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)
+    };
+    io().map_err(|source| CertError::Write { path, source })
 }
 
 /// The CA certificate and this node's certificate and key, PEM.
@@ -48,8 +103,9 @@ fn dir(data_dir: &Path) -> PathBuf {
 }
 
 impl NodeTls {
-    /// Loads the material; `None` if the node has none yet.
-    pub fn load(data_dir: &Path) -> Result<Option<NodeTls>, CertError> {
+    /// Loads the material; `None` if the node has none yet. Under
+    /// autolock the key is sealed ([`Stored::Sealed`]).
+    pub fn load(data_dir: &Path) -> Result<Option<Stored>, CertError> {
         let d = dir(data_dir);
         let read = |name: &str| -> Result<Option<String>, CertError> {
             let path = d.join(name);
@@ -60,37 +116,60 @@ impl NodeTls {
             }
         };
         match (read("ca.crt")?, read("node.crt")?, read("node.key")?) {
-            (Some(ca_pem), Some(cert_pem), Some(key_pem)) => Ok(Some(NodeTls {
+            (Some(ca_pem), Some(cert_pem), Some(key)) if keyring::is_sealed_node_key(&key) => {
+                Ok(Some(Stored::Sealed(SealedTls {
+                    ca_pem,
+                    cert_pem,
+                    sealed_key: key,
+                })))
+            }
+            (Some(ca_pem), Some(cert_pem), Some(key_pem)) => Ok(Some(Stored::Plain(NodeTls {
                 ca_pem,
                 cert_pem,
                 key_pem,
-            })),
+            }))),
             _ => Ok(None),
         }
     }
 
     /// Writes the material, the key readable by its owner only.
     pub fn store(&self, data_dir: &Path) -> Result<(), CertError> {
+        self.store_with(data_dir, None)
+    }
+
+    /// Writes the material; with `unlock`, the key sealed under it
+    /// (autolock).
+    pub fn store_with(
+        &self,
+        data_dir: &Path,
+        unlock: Option<&SecretData>,
+    ) -> Result<(), CertError> {
         let d = dir(data_dir);
-        let write = |name: &str, text: &str, mode: u32| -> Result<(), CertError> {
-            let path = d.join(name);
-            let tmp = d.join(format!("{name}.tmp"));
-            let io = || -> std::io::Result<()> {
-                std::fs::write(&tmp, text)?;
-                std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
-                std::fs::File::open(&tmp)?.sync_all()?;
-                std::fs::rename(&tmp, &path)
-            };
-            io().map_err(|source| CertError::Write { path, source })
-        };
         std::fs::create_dir_all(&d).map_err(|source| CertError::Write {
             path: d.clone(),
             source,
         })?;
-        write("ca.crt", &self.ca_pem, 0o644)?;
-        write("node.key", &self.key_pem, 0o600)?;
-        write("node.crt", &self.cert_pem, 0o644)?;
+        write_file(&d, "ca.crt", &self.ca_pem, 0o644)?;
+        self.store_key(data_dir, unlock)?;
+        write_file(&d, "node.crt", &self.cert_pem, 0o644)?;
         Ok(())
+    }
+
+    /// Writes the key alone: plain, or sealed under `unlock`.
+    pub fn store_key(&self, data_dir: &Path, unlock: Option<&SecretData>) -> Result<(), CertError> {
+        let d = dir(data_dir);
+        let text = match unlock {
+            Some(key) => {
+                let node_id = self.identity().map_err(|source| CertError::Invalid {
+                    dir: d.clone(),
+                    source,
+                })?;
+                keyring::seal_node_key(key, &node_id.node_id, &self.key_pem)
+                    .map_err(|e| CertError::Sealed(e.to_string()))?
+            }
+            None => self.key_pem.clone(),
+        };
+        write_file(&d, "node.key", &text, 0o600)
     }
 
     /// Who the node certificate says this node is.

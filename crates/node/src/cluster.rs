@@ -69,12 +69,18 @@ impl IntoResponse for ClusterError {
 
 type Ctx = State<Arc<Member>>;
 
-/// The cluster CA as the replicated store holds it (managers only).
-pub fn cluster_ca(cluster: &flotilla_types::Cluster) -> Result<Ca, flotilla_pki::PkiError> {
+/// The cluster CA as the replicated store holds it (managers only), its
+/// key opened with `keys` under autolock.
+pub fn cluster_ca(
+    cluster: &flotilla_types::Cluster,
+    keys: &crate::keyring::Keyring,
+) -> Result<Ca, String> {
+    let key_pem = keys.keys(cluster).map_err(|e| e.to_string())?.ca_key_pem;
     Ca::load(&CaMaterial {
         cert_pem: cluster.ca_cert_pem.clone(),
-        key_pem: cluster.ca_key_pem.clone(),
+        key_pem,
     })
+    .map_err(|e| e.to_string())
 }
 
 /// The certificate role of a node role.
@@ -101,6 +107,10 @@ pub fn router(
         .route("/cluster/v1/read-index", post(read_index))
         .route("/cluster/v1/renew", post(renew))
         .route("/cluster/v1/remove-manager", post(remove_manager))
+        .route(
+            crate::autolock::UNLOCK_KEY_PATH,
+            post(crate::autolock::unlock_key),
+        )
         .merge(
             Router::new()
                 .route(paths::APPEND, post(raft_append))
@@ -290,7 +300,7 @@ async fn renew(
     let node = node.ok_or_else(|| {
         ClusterError::Forbidden(format!("node {} is not part of this cluster", who.node_id))
     })?;
-    let ca = cluster_ca(&cluster).map_err(|e| ClusterError::Internal(e.to_string()))?;
+    let ca = cluster_ca(&cluster, &m.keyring).map_err(ClusterError::Unavailable)?;
     let cert_pem = ca
         .sign_node(&req.csr_pem, &node.id, cert_role(node.role), CERT_VALIDITY)
         .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
@@ -374,6 +384,11 @@ async fn join(
         .cluster
         .clone()
         .ok_or_else(|| ClusterError::Unavailable("the cluster is not initialized".into()))?;
+    // Under autolock the join secrets are sealed with the keys.
+    let cluster = m
+        .keyring
+        .open_cluster(&cluster)
+        .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
     let role = crate::control::cluster::join_role(&cluster, &req.secret)
         .ok_or_else(|| ClusterError::Forbidden(crate::control::cluster::BAD_SECRET.into()))?;
     flotilla_types::validate_name(&req.name)
@@ -386,7 +401,7 @@ async fn join(
         crate::control::cluster::reads_the_log(&req.name, req.entry_format, &state)
             .map_err(ClusterError::Forbidden)?;
     }
-    let ca = cluster_ca(&cluster).map_err(|e| ClusterError::Internal(e.to_string()))?;
+    let ca = cluster_ca(&cluster, &m.keyring).map_err(ClusterError::Unavailable)?;
     let node_id = flotilla_types::new_id(rand::random());
     let cert_pem = ca
         .sign_node(&req.csr_pem, &node_id, cert_role(role), CERT_VALIDITY)

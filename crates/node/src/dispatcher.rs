@@ -151,6 +151,8 @@ pub struct Dispatcher {
     /// with their versions: every session of one round shares them.
     mesh: PerIndex<MeshTable>,
     networks: PerIndex<NetworkTable>,
+    /// Opens the data key under autolock, for the tasks' files.
+    keys: Arc<crate::keyring::Keyring>,
 }
 
 impl Dispatcher {
@@ -159,12 +161,14 @@ impl Dispatcher {
         view: StoreView,
         proposer: Arc<dyn Proposer>,
         clock: Arc<dyn Clock>,
+        keys: Arc<crate::keyring::Keyring>,
     ) -> Self {
         Dispatcher {
             leadership,
             view,
             proposer,
             clock,
+            keys,
             heartbeats: Heartbeats::new(),
             caught_up: watch::channel(false).0,
             mesh: PerIndex::new(mesh_table),
@@ -311,8 +315,11 @@ impl Dispatcher {
                 let assignments = (version != req.known_version || role_changed).then(|| {
                     // The files of its tasks' secrets and configs, opened
                     // here: they go to this node only, over mutual TLS.
-                    let (files, missing) =
-                        crate::control::secrets::task_files(&self.view.read(), tasks.iter());
+                    let (files, missing) = crate::control::secrets::task_files(
+                        &self.view.read(),
+                        &self.keys,
+                        tasks.iter(),
+                    );
                     for what in missing {
                         tracing::warn!(node = %req.node_id, %what, "a task's file cannot be opened");
                     }
@@ -465,6 +472,7 @@ mod tests {
             view,
             recorder.clone(),
             Arc::new(Clock1000),
+            Default::default(),
         );
         (d, recorder, applied)
     }

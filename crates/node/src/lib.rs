@@ -20,14 +20,18 @@
 //! - [`views`]: the API's views of the store (pure).
 //! - [`certs`], [`identity`], [`wire`], [`host`]: node files, cluster-port
 //!   bodies, facts about this machine.
+//! - [`keyring`], `autolock`: the cluster's keys sealed under an unlock
+//!   key, and a running manager's side of it.
 
 pub mod api;
+mod autolock;
 pub mod certs;
 pub mod cluster;
 pub mod control;
 pub mod dispatcher;
 pub mod host;
 pub mod identity;
+pub mod keyring;
 mod leader;
 mod lifecycle;
 mod member;
@@ -52,7 +56,6 @@ use tokio::sync::{Mutex, RwLock};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use flotilla_pki::Role;
 use flotilla_raft::node::RaftTimings;
 
 pub use lifecycle::{InitError, NodeCtx};
@@ -228,6 +231,8 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
         mesh: std::sync::RwLock::new(None),
+        keyring: Default::default(),
+        locked: Default::default(),
     });
     let _ = ctx.self_ref.set(Arc::downgrade(&ctx));
     tracing::info!(listen = %bound, advertise = %cluster_addr, api = ?api_bound, "cluster port bound");
@@ -236,32 +241,37 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         if forced {
             rewrite_for_new_cluster(&config.data_dir, &mut identity, &ctx.cluster_addr())?;
         }
+        autolock::rewrite_if_marked(&config.data_dir)?;
         let tls = tls.with_context(|| {
             format!(
                 "{} has node.json but no certificates in certs/; the data dir is incomplete",
                 config.data_dir.display()
             )
         })?;
-        let raft = if tls.identity()?.role == Role::Manager {
-            let store_exists = config.data_dir.join("raft.redb").exists();
-            identity::check_raft_store(&config.data_dir, &identity, store_exists)?;
-            if identity.raft_member != identity.raft_id {
-                // From now on raft may vote under this ID.
-                identity.raft_member = identity.raft_id;
-                identity::store(&config.data_dir, &identity)?;
+        let mut phase = ctx.phase.lock().await;
+        match tls {
+            certs::Stored::Plain(tls) => ctx.resume(&mut phase, identity, tls, forced).await?,
+            certs::Stored::Sealed(sealed) => {
+                // A restart in place (renewal, force-new-cluster) hands the
+                // unlock key over; a fresh start waits for the operator.
+                let inherited = recovery::inherited_unlock_key()
+                    .and_then(|key| sealed.open(&key).ok().map(|tls| (key, tls)));
+                match inherited {
+                    Some((key, tls)) => {
+                        ctx.keyring.add(key);
+                        ctx.resume(&mut phase, identity, tls, forced).await?
+                    }
+                    None => ctx.lock(
+                        &mut phase,
+                        lifecycle::LockedStart {
+                            identity,
+                            tls: sealed,
+                            forced,
+                        },
+                    ),
+                }
             }
-            Some(ctx.start_raft(&tls, identity.raft_id).await?)
-        } else {
-            None
-        };
-        if let Some(r) = raft.as_ref().filter(|_| forced) {
-            // The seeded store's only voter elects itself.
-            r.wait_leader(Duration::from_secs(10)).await?;
         }
-        let member = ctx.make_member(identity, tls, raft)?;
-        ctx.enter(&mut *ctx.phase.lock().await, member, vec![])
-            .await?;
-        tracing::info!("rejoined the cluster from {}", config.data_dir.display());
     } else {
         tracing::info!("not in a cluster yet: run 'flotilla init'");
     }

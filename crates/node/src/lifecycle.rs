@@ -18,8 +18,9 @@ use flotilla_store::Command;
 use flotilla_transport::{ClusterClient, Target};
 use flotilla_types::{Availability, Cluster, Node, NodeRole, NodeState, Platform};
 
-use crate::certs::NodeTls;
+use crate::certs::{NodeTls, SealedTls};
 use crate::identity::Identity;
+use crate::keyring::{self, ClusterKeys, Keyring};
 use crate::recovery::{reexec, FORCE_MARKER};
 use crate::{advertised, host, identity, now_ms, wire, Member, CERT_VALIDITY, VERSION};
 
@@ -51,6 +52,11 @@ pub struct NodeCtx {
     pub(crate) tracker: TaskTracker,
     /// This node's routing mesh while it is a member (for its counters).
     pub(crate) mesh: std::sync::RwLock<Option<flotilla_mesh::Mesh>>,
+    /// The unlock keys this manager holds (autolock), kept across the
+    /// member's restarts within this process.
+    pub(crate) keyring: Arc<Keyring>,
+    /// Set while the phase is [`Phase::Locked`].
+    pub(crate) locked: std::sync::atomic::AtomicBool,
 }
 
 /// Why `init` or `join` failed.
@@ -70,11 +76,23 @@ pub enum InitError {
 pub(crate) enum Phase {
     /// Not in a cluster: the ports are bound, ready for `init` or `join`.
     Idle(Ports),
+    /// A manager of an autolocked cluster that restarted: its TLS key is
+    /// sealed, so it waits for `flotilla unlock` before anything runs.
+    Locked(Ports, Box<LockedStart>),
     /// In a cluster, with what runs for the membership.
     Member(Running),
     /// Replacing itself with a fresh process (force-new-cluster): no
     /// other transition may start.
     Restarting,
+}
+
+/// What a locked manager resumes with once unlocked.
+pub(crate) struct LockedStart {
+    pub(crate) identity: Identity,
+    pub(crate) tls: SealedTls,
+    /// A force-new-cluster was under way: the new group's only voter
+    /// elects itself.
+    pub(crate) forced: bool,
 }
 
 /// The listeners a node holds while it is not in a cluster.
@@ -99,6 +117,7 @@ pub(crate) struct Running {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
     Idle,
+    Locked,
     Manager,
     Worker,
     Restarting,
@@ -117,6 +136,7 @@ pub enum Step {
 pub fn allowed(stage: Stage, step: Step) -> Result<(), InitError> {
     let refused = |m: &str| Err(InitError::Refused(m.to_string()));
     match (stage, step) {
+        (Stage::Locked, _) => Err(InitError::Refused(LOCKED.to_string())),
         (Stage::Restarting, _) => {
             refused("this node is restarting into a new cluster; try again in a moment")
         }
@@ -141,12 +161,17 @@ impl Phase {
     pub(crate) fn stage(&self) -> Stage {
         match self {
             Phase::Idle(_) => Stage::Idle,
+            Phase::Locked(..) => Stage::Locked,
             Phase::Member(r) if r.member.raft.is_some() => Stage::Manager,
             Phase::Member(_) => Stage::Worker,
             Phase::Restarting => Stage::Restarting,
         }
     }
 }
+
+/// What every request but `unlock` and `info` gets from a locked manager.
+pub const LOCKED: &str =
+    "this manager is locked (autolock is on): run 'flotilla unlock' and give it the unlock key";
 
 pub(crate) fn failed(e: impl std::fmt::Display) -> InitError {
     InitError::Failed(e.to_string())
@@ -208,7 +233,7 @@ impl NodeCtx {
         managers: Vec<String>,
     ) -> Result<()> {
         let ports = match std::mem::replace(phase, Phase::Restarting) {
-            Phase::Idle(ports) => ports,
+            Phase::Idle(ports) | Phase::Locked(ports, _) => ports,
             other => {
                 *phase = other;
                 anyhow::bail!("this node is already part of a cluster");
@@ -217,6 +242,8 @@ impl NodeCtx {
         match self.start_member(member.clone(), managers, ports) {
             Ok(running) => {
                 *phase = Phase::Member(running);
+                self.locked
+                    .store(false, std::sync::atomic::Ordering::SeqCst);
                 *self.member.write().await = Some(member);
                 Ok(())
             }
@@ -258,8 +285,14 @@ impl NodeCtx {
     }
 
     /// Creates a new one-manager cluster with this node as its leader, and
-    /// the cluster CA.
-    pub async fn init(&self, advertise: Option<&str>) -> Result<Identity, InitError> {
+    /// the cluster CA. With `autolock`, the CA key and a data key go into
+    /// the store sealed under a new unlock key, which is returned (shown
+    /// once): no plaintext key ever reaches the log or the disk.
+    pub async fn init(
+        &self,
+        advertise: Option<&str>,
+        autolock: bool,
+    ) -> Result<(Identity, Option<flotilla_types::SecretData>), InitError> {
         let mut phase = self.phase.lock().await;
         allowed(phase.stage(), Step::Init)?;
         self.set_advertise(advertise);
@@ -322,7 +355,7 @@ impl NodeCtx {
         raft.wait_leader(Duration::from_secs(10))
             .await
             .map_err(failed)?;
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             ca_cert_pem: ca_material.cert_pem,
             ca_key_pem: ca_material.key_pem,
             worker_secret: secret(),
@@ -330,11 +363,29 @@ impl NodeCtx {
             epoch: identity.epoch.clone(),
             ..Cluster::bare(cluster_id, now)
         };
+        let unlock = if autolock {
+            let unlock = keyring::new_unlock_key().map_err(failed)?;
+            let keys = ClusterKeys {
+                ca_key_pem: std::mem::take(&mut cluster.ca_key_pem),
+                data_key: flotilla_types::SecretData(
+                    flotilla_pki::seal::new_data_key().map_err(failed)?,
+                ),
+                worker_secret: std::mem::take(&mut cluster.worker_secret),
+                manager_secret: std::mem::take(&mut cluster.manager_secret),
+            };
+            cluster.autolock =
+                Some(keyring::seal_keys(&unlock, &cluster.id, &keys).map_err(failed)?);
+            self.keyring.add(unlock.clone());
+            Some(unlock)
+        } else {
+            None
+        };
         raft.propose(Command::InitCluster { cluster, node })
             .await
             .map_err(failed)?
             .map_err(failed)?;
-        tls.store(&self.data_dir).map_err(failed)?;
+        tls.store_with(&self.data_dir, unlock.as_ref())
+            .map_err(failed)?;
         identity::store(&self.data_dir, &identity).map_err(failed)?;
         let member = self
             .make_member(identity.clone(), tls, Some(raft))
@@ -342,7 +393,82 @@ impl NodeCtx {
         self.enter(&mut phase, member, vec![])
             .await
             .map_err(failed)?;
-        Ok(identity)
+        Ok((identity, unlock))
+    }
+
+    /// Starts the membership this node's files describe: raft on a
+    /// manager (after the checks of its store), then what runs for it.
+    pub(crate) async fn resume(
+        &self,
+        phase: &mut Phase,
+        mut identity: Identity,
+        tls: NodeTls,
+        forced: bool,
+    ) -> Result<()> {
+        let raft = if tls.identity()?.role == flotilla_pki::Role::Manager {
+            let store_exists = self.data_dir.join("raft.redb").exists();
+            identity::check_raft_store(&self.data_dir, &identity, store_exists)?;
+            if identity.raft_member != identity.raft_id {
+                // From now on raft may vote under this ID.
+                identity.raft_member = identity.raft_id;
+                identity::store(&self.data_dir, &identity)?;
+            }
+            Some(self.start_raft(&tls, identity.raft_id).await?)
+        } else {
+            None
+        };
+        if let Some(r) = raft.as_ref().filter(|_| forced) {
+            // The seeded store's only voter elects itself.
+            r.wait_leader(Duration::from_secs(10)).await?;
+        }
+        let member = self.make_member(identity, tls, raft)?;
+        self.enter(phase, member, vec![]).await?;
+        tracing::info!("rejoined the cluster from {}", self.data_dir.display());
+        Ok(())
+    }
+
+    /// `flotilla unlock`: opens this locked manager's TLS key with the
+    /// unlock key and resumes its membership. A wrong key leaves it
+    /// locked.
+    pub async fn unlock(&self, key: &str) -> Result<(), InitError> {
+        let mut phase = self.phase.lock().await;
+        let Phase::Locked(_, start) = &*phase else {
+            return Err(InitError::Refused("this node is not locked".into()));
+        };
+        let unlock =
+            keyring::parse_unlock_key(key).map_err(|e| InitError::BadToken(e.to_string()))?;
+        let tls = start
+            .tls
+            .open(&unlock)
+            .map_err(|e| InitError::BadToken(e.to_string()))?;
+        let identity = start.identity.clone();
+        let forced = start.forced;
+        self.keyring.add(unlock);
+        self.resume(&mut phase, identity, tls, forced)
+            .await
+            .map_err(failed)?;
+        tracing::info!("unlocked");
+        Ok(())
+    }
+
+    /// Whether this node waits for `flotilla unlock` (read without the
+    /// phase lock, which a transition holds for its whole run).
+    pub fn is_locked(&self) -> bool {
+        self.locked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Puts a manager whose key is sealed into [`Phase::Locked`].
+    pub(crate) fn lock(&self, phase: &mut Phase, start: LockedStart) {
+        let ports = match std::mem::replace(phase, Phase::Restarting) {
+            Phase::Idle(ports) | Phase::Locked(ports, _) => ports,
+            other => {
+                *phase = other;
+                return;
+            }
+        };
+        *phase = Phase::Locked(ports, Box::new(start));
+        self.locked.store(true, std::sync::atomic::Ordering::SeqCst);
+        tracing::warn!("{LOCKED}");
     }
 
     /// Joins the cluster of the manager at `manager_addr` with `token`.
@@ -470,11 +596,12 @@ impl NodeCtx {
             .map_err(failed)?;
         tracing::warn!("force-new-cluster requested: restarting into a new raft group");
         *phase = Phase::Restarting;
+        let unlock = self.keyring.newest();
         tokio::spawn(async move {
             // Let the answer reach the client first.
             tokio::time::sleep(Duration::from_millis(200)).await;
             raft.shutdown().await;
-            reexec();
+            reexec(unlock.as_ref());
         });
         Ok(member.identity.clone())
     }

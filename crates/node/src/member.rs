@@ -21,6 +21,7 @@ use flotilla_types::NodeRole;
 use crate::certs::NodeTls;
 use crate::dispatcher::Dispatcher;
 use crate::identity::Identity;
+use crate::keyring::Keyring;
 use crate::session::{LeaderFinder, SessionClient};
 
 use crate::leader::lead_while_leader;
@@ -39,6 +40,8 @@ pub struct Member {
     pub raft: Option<Arc<RaftNode>>,
     /// Managers only; serves agent sessions while this manager leads.
     pub dispatcher: Option<Arc<Dispatcher>>,
+    /// The unlock keys this node holds (autolock; managers only).
+    pub keyring: Arc<Keyring>,
 }
 
 impl Member {
@@ -48,6 +51,19 @@ impl Member {
             state: r.state(),
             applied: r.applied(),
         })
+    }
+}
+
+impl Member {
+    /// The unlock key of the cluster's current sealed keys, when autolock
+    /// is on and this manager holds it.
+    pub fn autolock_key(&self) -> Option<flotilla_types::SecretData> {
+        let raft = self.raft.as_ref()?;
+        let state = raft.state();
+        let state = state.read().ok()?;
+        let cluster = state.cluster.as_ref()?;
+        let sealed = cluster.autolock.as_ref()?;
+        self.keyring.key_for(&cluster.id, sealed)
     }
 }
 
@@ -90,6 +106,7 @@ impl NodeCtx {
                 },
                 Arc::new(RaftProposer(r.clone())),
                 Arc::new(flotilla_manager::SystemClock),
+                self.keyring.clone(),
             ))
         });
         Ok(Arc::new(Member {
@@ -99,6 +116,7 @@ impl NodeCtx {
             client,
             raft,
             dispatcher,
+            keyring: self.keyring.clone(),
         }))
     }
 
@@ -300,6 +318,11 @@ impl NodeCtx {
         self.tracker
             .spawn(session.run(assign_tx, report_rx, token.clone()));
         if member.raft.is_some() {
+            self.tracker.spawn(crate::autolock::keep(
+                member.clone(),
+                self.data_dir.clone(),
+                token.clone(),
+            ));
             self.tracker.spawn(lead_while_leader(
                 member.clone(),
                 self.explicit_name.clone(),

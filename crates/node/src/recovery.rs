@@ -13,16 +13,71 @@ use crate::{identity, now_ms};
 /// Marker file: the next start rewrites the raft store for a new group.
 pub(crate) const FORCE_MARKER: &str = "force-new-cluster";
 
+/// The variable naming the descriptor that hands the unlock key to the
+/// next run of the daemon ([`reexec`]).
+const UNLOCK_FD: &str = "FLOTILLA_UNLOCK_FD";
+
 /// Replaces this process with a fresh run of the same command line. Task
 /// processes keep running (they are adopted again) and stay our children.
-pub(crate) fn reexec() {
+/// An autolocked manager hands its unlock key over in an anonymous
+/// memory file (never on disk, never in the environment), so that it
+/// does not come back locked.
+pub(crate) fn reexec(unlock: Option<&flotilla_types::SecretData>) {
     use std::os::unix::process::CommandExt;
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    let err = std::process::Command::new("/proc/self/exe")
-        .args(args)
-        .exec();
+    let mut command = std::process::Command::new("/proc/self/exe");
+    command.args(args);
+    match unlock.map(hand_over) {
+        Some(Ok(fd)) => {
+            command.env(UNLOCK_FD, fd.to_string());
+        }
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "cannot hand the unlock key over: the daemon restarts locked")
+        }
+        None => {
+            command.env_remove(UNLOCK_FD);
+        }
+    }
+    let err = command.exec();
     tracing::error!(error = %err, "cannot restart the daemon; exiting so that a supervisor restarts it");
     std::process::exit(70);
+}
+
+/// An inheritable memory file holding `key`, rewound.
+fn hand_over(key: &flotilla_types::SecretData) -> std::io::Result<i32> {
+    use std::io::{Seek, Write};
+    use std::os::fd::{FromRawFd, IntoRawFd};
+    let name = c"flotilla-unlock";
+    // SAFETY: memfd_create with a NUL-terminated name; the descriptor it
+    // returns is owned by the File below. No MFD_CLOEXEC: it must survive
+    // the exec.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor that nothing else owns.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.write_all(&key.0)?;
+    file.rewind()?;
+    Ok(file.into_raw_fd())
+}
+
+/// The unlock key a previous run of this process handed over, read once:
+/// the descriptor is closed and the variable removed.
+pub(crate) fn inherited_unlock_key() -> Option<flotilla_types::SecretData> {
+    use std::io::Read;
+    use std::os::fd::FromRawFd;
+    let fd: i32 = std::env::var(UNLOCK_FD).ok()?.parse().ok()?;
+    std::env::remove_var(UNLOCK_FD);
+    if fd < 3 {
+        return None;
+    }
+    // SAFETY: the previous run of this process opened fd for us and
+    // nothing in this run has taken it; the File closes it.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    let mut key = Vec::new();
+    file.read_to_end(&mut key).ok()?;
+    (key.len() == flotilla_pki::seal::DATA_KEY_LEN).then_some(flotilla_types::SecretData(key))
 }
 
 /// Where the new store is built before it replaces `raft.redb`.

@@ -68,10 +68,16 @@ pub(crate) async fn renew_and_restart(
                 } else if let Some(raft) = &member.raft {
                     raft.shutdown().await;
                 }
-                tls.store(data_dir)?;
+                // A manager of an autolocked cluster keeps its key sealed,
+                // and hands the unlock key to its next run; a worker's key
+                // is never sealed (workers are not locked, as in Swarm).
+                let unlock = (answer.role == NodeRole::Manager)
+                    .then(|| member.autolock_key())
+                    .flatten();
+                tls.store_with(data_dir, unlock.as_ref())?;
                 identity::store(data_dir, &identity)?;
                 tracing::warn!(role = %answer.role, "new node certificate stored: restarting in place");
-                reexec();
+                reexec(unlock.as_ref());
                 return Ok(());
             }
             Err(e) => last = Some(e),

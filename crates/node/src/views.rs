@@ -585,6 +585,8 @@ pub fn info(state: &State, local: &LocalFacts, managers: &ManagerStatus) -> Info
         tasks,
         version: local.version.clone(),
         data_dir: local.data_dir.clone(),
+        autolock: state.cluster.as_ref().is_some_and(|c| c.autolock.is_some()),
+        locked: false,
     }
 }
 

@@ -168,6 +168,80 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachine), OpenError> {
     Ok((log, sm))
 }
 
+/// Rewrites the store at `path` into a fresh file holding only its live
+/// rows, and puts it in place of the old one (before raft opens it). The
+/// old file's free pages keep what was deleted from it (a purged log
+/// entry, an object's earlier version) until redb reuses them; the new
+/// file never had those. Autolock uses it so that keys written in
+/// plaintext before it was turned on leave the disk (the old file is
+/// removed, as Swarm removes its old WAL files when it rotates the raft
+/// key).
+pub fn rewrite(path: &Path) -> Result<(), OpenError> {
+    let shown = path.display().to_string();
+    let corrupt = |reason: String| OpenError::Corrupt {
+        path: shown.clone(),
+        reason,
+    };
+    let fresh = path.with_extension("redb.rewrite");
+    let _ = std::fs::remove_file(&fresh);
+    {
+        let old = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|source| OpenError::Database {
+                path: shown.clone(),
+                source,
+            })?;
+        let new = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&fresh)
+            .map_err(|source| OpenError::Database {
+                path: fresh.display().to_string(),
+                source,
+            })?;
+        let read = old.begin_read().map_err(|e| corrupt(e.to_string()))?;
+        let mut write = new.begin_write().map_err(|e| corrupt(e.to_string()))?;
+        write
+            .set_durability(Durability::Immediate)
+            .map_err(|e| corrupt(e.to_string()))?;
+        for def in [
+            RAFT_META, SM_META, NODES, SERVICES, TASKS, NETWORKS, SECRETS, REQUESTS, SNAPSHOT,
+        ] {
+            let mut to = write.open_table(def).map_err(|e| corrupt(e.to_string()))?;
+            let Ok(from) = read.open_table(def) else {
+                continue;
+            };
+            for row in from.iter().map_err(|e| corrupt(e.to_string()))? {
+                let (k, v) = row.map_err(|e| corrupt(e.to_string()))?;
+                to.insert(k.value(), v.value())
+                    .map_err(|e| corrupt(e.to_string()))?;
+            }
+        }
+        {
+            let mut to = write.open_table(LOG).map_err(|e| corrupt(e.to_string()))?;
+            if let Ok(from) = read.open_table(LOG) {
+                for row in from.iter().map_err(|e| corrupt(e.to_string()))? {
+                    let (k, v) = row.map_err(|e| corrupt(e.to_string()))?;
+                    to.insert(k.value(), v.value())
+                        .map_err(|e| corrupt(e.to_string()))?;
+                }
+            }
+        }
+        write.commit().map_err(|e| corrupt(e.to_string()))?;
+    }
+    let io = |e: std::io::Error| corrupt(format!("cannot put the rewritten store in place: {e}"));
+    std::fs::File::open(&fresh)
+        .and_then(|f| f.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&fresh, path).map_err(io)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
 struct Loaded {
     state: State,
     last_applied: Option<LogId<u64>>,
@@ -1086,6 +1160,67 @@ mod tests {
         ];
         put_log(&log.db, &entries);
         sm.apply(entries[..2].to_vec()).await.expect("apply");
+    }
+
+    /// A purged log entry stays in the old file's free pages; the
+    /// rewritten file holds the live rows only, and opens with the same
+    /// state and log.
+    #[tokio::test]
+    async fn a_rewritten_store_keeps_its_rows_and_drops_what_was_purged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("raft.redb");
+        store_with_unapplied_entries(&path).await;
+        let marker = b"PLAINTEXT-KEY-MATERIAL-0123456789";
+        {
+            let (log, _sm) = open(&path).expect("open");
+            let txn = log.db.begin_write().expect("write");
+            {
+                let mut t = txn.open_table(LOG).expect("log");
+                let mut big = marker.repeat(2000);
+                big.extend_from_slice(b"end");
+                t.insert(99, big.as_slice()).expect("insert");
+            }
+            txn.commit().expect("commit");
+            let txn = log.db.begin_write().expect("write");
+            {
+                let mut t = txn.open_table(LOG).expect("log");
+                t.remove(99).expect("remove");
+            }
+            txn.commit().expect("commit");
+        }
+        let holds = |p: &Path| {
+            let bytes = std::fs::read(p).expect("read");
+            bytes.windows(marker.len()).any(|w| w == marker)
+        };
+        assert!(holds(&path), "the removed row is still in the old file");
+        let (before_log, before_state) = {
+            let (log, sm) = open(&path).expect("open");
+            let rows: Vec<u64> = {
+                let r = log.db.begin_read().expect("read");
+                let t = r.open_table(LOG).expect("log");
+                t.iter()
+                    .expect("iter")
+                    .map(|x| x.expect("row").0.value())
+                    .collect()
+            };
+            let state = sm.shared.read().expect("state").clone();
+            (rows, state)
+        };
+        rewrite(&path).expect("rewrite");
+        assert!(!holds(&path), "the rewritten file has no trace of it");
+        let (log, sm) = open(&path).expect("open again");
+        let rows: Vec<u64> = {
+            let r = log.db.begin_read().expect("read");
+            let t = r.open_table(LOG).expect("log");
+            t.iter()
+                .expect("iter")
+                .map(|x| x.expect("row").0.value())
+                .collect()
+        };
+        assert_eq!(rows, before_log);
+        assert_eq!(rows, vec![1, 2, 3, 4]);
+        assert_eq!(*sm.shared.read().expect("state"), before_state);
+        assert!(!path.with_extension("redb.rewrite").exists());
     }
 
     /// A store let go of can be opened again at once: the log writer's

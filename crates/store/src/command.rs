@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use flotilla_types::{
     Availability, Cluster, DesiredState, EndpointMode, NetworkAddress, NetworkSpec, Node, NodeRole,
-    NodeState, PublishedPort, Secret, SecretData, ServiceSpec, Subnet, Task, TaskStatus, UnixMs,
-    UpdateStatus,
+    NodeState, PublishedPort, SealedData, Secret, SecretData, ServiceSpec, Subnet, Task,
+    TaskStatus, UnixMs, UpdateStatus,
 };
 
 use crate::error::StoreError;
@@ -210,6 +210,22 @@ pub enum Command {
         id: String,
         version: flotilla_types::SecretVersion,
     },
+    /// Autolock on (`sealed` is the CA key, the data key and the join
+    /// secrets sealed under the unlock key; the plaintext fields are empty
+    /// and the cluster's copies are cleared), rotated or resealed (a new
+    /// `sealed`), or off (`sealed` is None and the plaintext goes back
+    /// into the cluster record). Entry format 7.
+    SetAutolock {
+        sealed: Option<SealedData>,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        ca_key_pem: String,
+        #[serde(default, skip_serializing_if = "SecretData::is_empty")]
+        data_key: SecretData,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        worker_secret: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        manager_secret: String,
+    },
 }
 
 /// How many items (tasks, assignments, reasons, statuses, IDs) one batch
@@ -242,6 +258,12 @@ impl Command {
             | Command::CreateSecret { .. }
             | Command::RemoveSecret { .. }
             | Command::AddSecretVersion { .. } => crate::entry::SECRETS_FORMAT,
+            Command::SetAutolock { .. } => crate::entry::AUTOLOCK_FORMAT,
+            // A cluster made locked: an older manager would take its
+            // empty CA key for the cluster's.
+            Command::InitCluster { cluster, .. } if cluster.autolock.is_some() => {
+                crate::entry::AUTOLOCK_FORMAT
+            }
             // Files from secrets and configs, and jobs, mean nothing to an
             // older manager either.
             Command::CreateService { spec, .. } | Command::UpdateService { spec, .. }

@@ -24,6 +24,7 @@ use flotilla_types::{Cluster, Network, Node, Secret, Service, Task};
 use crate::command::{Command, CommandResult};
 use crate::entry::{EntryError, Envelope};
 use crate::error::StoreError;
+use secrets::PlainKeys;
 
 pub use requests::{Recorded, Requests, REQUEST_WINDOW};
 
@@ -227,6 +228,22 @@ impl State {
             Command::CreateNetwork { id, spec, at } => self.create_network(id, spec, *at, c),
             Command::RemoveNetwork { id } => self.remove_network(id, c),
             Command::SetDataKey { key } => self.set_data_key(key, c),
+            Command::SetAutolock {
+                sealed,
+                ca_key_pem,
+                data_key,
+                worker_secret,
+                manager_secret,
+            } => self.set_autolock(
+                sealed.as_ref(),
+                PlainKeys {
+                    ca_key_pem,
+                    data_key,
+                    worker_secret,
+                    manager_secret,
+                },
+                c,
+            ),
             Command::CreateSecret { secret } => self.create_secret(secret, c),
             Command::RemoveSecret { id } => self.remove_secret(id, c),
             Command::AddSecretVersion { id, version } => self.add_secret_version(id, version, c),

@@ -422,6 +422,33 @@ impl Daemon {
         }
     }
 
+    /// Runs `flotilla --data-dir DIR ARGS...` with `input` on its stdin.
+    pub fn cli_with_stdin(&self, args: &[&str], input: &str) -> CliOutput {
+        use std::io::Write as _;
+        let child = Command::new(&self.bin)
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn();
+        let out = child.and_then(|mut c| {
+            if let Some(mut stdin) = c.stdin.take() {
+                stdin.write_all(input.as_bytes())?;
+            }
+            c.wait_with_output()
+        });
+        match out {
+            Ok(o) => CliOutput::from(o),
+            Err(e) => CliOutput {
+                code: -1,
+                stdout: String::new(),
+                stderr: format!("cannot run flotilla: {e}"),
+            },
+        }
+    }
+
     /// Runs a CLI command that must succeed.
     pub fn ok(&self, args: &[&str]) -> Result<CliOutput> {
         self.cli(args)

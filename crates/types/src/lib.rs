@@ -139,6 +139,11 @@ pub struct Cluster {
     /// stores of older versions.
     #[serde(default, skip_serializing_if = "SecretData::is_empty")]
     pub data_key: SecretData,
+    /// Set while autolock is on: the CA key and the data key, sealed under
+    /// the unlock key that only the managers' memory holds (`ca_key_pem`
+    /// and `data_key` are empty then). Absent in stores of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autolock: Option<SealedData>,
 }
 
 fn first_raft_id() -> u64 {
@@ -159,6 +164,7 @@ impl Cluster {
             next_raft_id: first_raft_id(),
             epoch: Epoch::default(),
             data_key: SecretData::default(),
+            autolock: None,
         }
     }
 }

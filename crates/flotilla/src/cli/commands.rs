@@ -20,6 +20,7 @@ pub async fn init(client: &Client, args: &InitArgs) -> Result<()> {
         .init(&InitRequest {
             advertise_addr: args.advertise_addr.clone(),
             force_new_cluster: args.force_new_cluster,
+            autolock: args.autolock,
         })
         .await?;
     if args.force_new_cluster {
@@ -46,6 +47,10 @@ pub async fn init(client: &Client, args: &InitArgs) -> Result<()> {
         "Cluster initialized: cluster {}, this node {} is its manager and leader.",
         r.cluster_id, r.node_id
     );
+    if let Some(key) = &r.unlock_key {
+        println!("Autolock is on.");
+        super::autolock::print_new_key(key);
+    }
     println!(
         "Create a service with: flotilla service create --name web --replicas 3 -- sleep 100000"
     );
@@ -140,10 +145,17 @@ pub async fn info(client: &Client, format: Format) -> Result<()> {
         return print_json(&info);
     }
     let Some(cluster) = &info.cluster_id else {
-        println!(
-            "Node:          {} (not in a cluster: run 'flotilla init')",
-            info.node_name
-        );
+        if info.locked {
+            println!("Node:          {} (locked)", info.node_name);
+            if let Some(w) = &info.warning {
+                println!("WARNING:       {w}");
+            }
+        } else {
+            println!(
+                "Node:          {} (not in a cluster: run 'flotilla init')",
+                info.node_name
+            );
+        }
         println!("Version:       {}", info.version);
         println!("Data dir:      {}", info.data_dir);
         return Ok(());
@@ -169,6 +181,10 @@ pub async fn info(client: &Client, format: Format) -> Result<()> {
     if let Some(w) = &info.warning {
         println!("WARNING:       {w}");
     }
+    println!(
+        "Autolock:      {}",
+        if info.autolock { "on" } else { "off" }
+    );
     println!("Nodes:         {}", info.nodes);
     println!("Services:      {}", info.services);
     let tasks: Vec<String> = info.tasks.iter().map(|(k, v)| format!("{v} {k}")).collect();

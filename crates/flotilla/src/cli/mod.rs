@@ -13,6 +13,7 @@
 //! - [`progress`]: waiting for tasks and following updates, with deadlines.
 //! - [`output`]: tables, `inspect` text and JSON.
 
+pub mod autolock;
 pub mod commands;
 pub mod container;
 pub mod flags;

@@ -56,6 +56,20 @@ pub enum Command {
     Join(JoinArgs),
     /// Show (or rotate) the token that lets a node join as a worker or a manager
     JoinToken(JoinTokenArgs),
+    /// Unlock a manager that restarted under autolock (the key is read from stdin)
+    Unlock,
+    /// Show (or rotate) the key that unlocks managers (autolock)
+    UnlockKey {
+        /// Print only the key
+        #[arg(short, long)]
+        quiet: bool,
+        /// Replace the key; the previous one still unlocks a manager that was down
+        #[arg(long)]
+        rotate: bool,
+    },
+    /// Change settings of the whole cluster
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Leave the cluster: stop this node's tasks and forget the cluster
     Leave {
         /// Leave even as the last manager, or when it breaks quorum
@@ -119,6 +133,16 @@ pub enum Command {
     /// Small workloads for trying Flotilla out, run as tasks
     #[command(subcommand)]
     Demo(DemoCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Change settings of the cluster
+    Update {
+        /// Seal the cluster's keys under an unlock key that restarted managers need
+        #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+        autolock: Option<bool>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -303,6 +327,9 @@ pub struct InitArgs {
     /// keeping all services, tasks, nodes and certificates
     #[arg(long)]
     pub force_new_cluster: bool,
+    /// Seal the cluster's keys under an unlock key (printed once) that a restarted manager needs
+    #[arg(long, conflicts_with = "force_new_cluster")]
+    pub autolock: bool,
 }
 
 #[derive(Debug, Args)]

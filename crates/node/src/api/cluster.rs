@@ -37,7 +37,8 @@ pub(super) async fn client_cert(
     let m = member(&ctx).await?;
     let cluster = read(&m, |s| s.cluster.clone())
         .ok_or_else(|| ApiError::Conflict("the cluster is not initialized".into()))?;
-    let ca = crate::cluster::cluster_ca(&cluster).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let ca =
+        crate::cluster::cluster_ca(&cluster, &m.member.keyring).map_err(ApiError::Unavailable)?;
     let key = flotilla_pki::new_key_and_csr().map_err(|e| ApiError::Internal(e.to_string()))?;
     let cert_pem = ca
         .sign_node(
@@ -71,11 +72,19 @@ pub(super) async fn info(State(ctx): Ctx) -> ApiResult<Info> {
         data_dir: ctx.data_dir.display().to_string(),
     };
     match ctx.member().await {
-        None => Ok(Json(views::info(
-            &Store::default(),
-            &facts(None, false),
-            &ManagerStatus::default(),
-        ))),
+        None => {
+            let mut info = views::info(
+                &Store::default(),
+                &facts(None, false),
+                &ManagerStatus::default(),
+            );
+            if ctx.is_locked() {
+                info.locked = true;
+                info.autolock = true;
+                info.warning = Some(crate::lifecycle::LOCKED.to_string());
+            }
+            Ok(Json(info))
+        }
         Some(m) if m.raft.is_none() => {
             let mut info = views::info(
                 &Store::default(),
@@ -114,12 +123,16 @@ pub(super) async fn init(
         return Ok(Json(InitResponse {
             cluster_id: identity.cluster_id,
             node_id: identity.node_id,
+            unlock_key: None,
         }));
     }
-    let identity = ctx.init(req.advertise_addr.as_deref()).await?;
+    let (identity, unlock) = ctx
+        .init(req.advertise_addr.as_deref(), req.autolock)
+        .await?;
     Ok(Json(InitResponse {
         cluster_id: identity.cluster_id,
         node_id: identity.node_id,
+        unlock_key: unlock.as_ref().map(crate::keyring::format_unlock_key),
     }))
 }
 
@@ -134,6 +147,41 @@ pub(super) async fn join(
     Ok(Json(InitResponse {
         cluster_id: identity.cluster_id,
         node_id: identity.node_id,
+        unlock_key: None,
+    }))
+}
+
+pub(super) async fn unlock(
+    State(ctx): Ctx,
+    req: Result<Json<flotilla_api::model::UnlockRequest>, JsonRejection>,
+) -> ApiResult<()> {
+    let req = body(req)?;
+    ctx.unlock(&req.key).await?;
+    Ok(Json(()))
+}
+
+pub(super) async fn unlock_key(
+    State(ctx): Ctx,
+    Query(q): Query<TokenQuery>,
+) -> ApiResult<flotilla_api::model::UnlockKeyView> {
+    let m = member(&ctx).await?;
+    let view = m.control().unlock_key(q.rotate).await?;
+    Ok(Json(flotilla_api::model::UnlockKeyView {
+        autolock: view.autolock,
+        unlock_key: view.unlock_key,
+    }))
+}
+
+pub(super) async fn autolock(
+    State(ctx): Ctx,
+    req: Result<Json<flotilla_api::model::AutolockRequest>, JsonRejection>,
+) -> ApiResult<flotilla_api::model::UnlockKeyView> {
+    let req = body(req)?;
+    let m = member(&ctx).await?;
+    let view = m.control().set_autolock(req.enabled).await?;
+    Ok(Json(flotilla_api::model::UnlockKeyView {
+        autolock: view.autolock,
+        unlock_key: view.unlock_key,
     }))
 }
 
@@ -161,7 +209,7 @@ pub(super) async fn join_token(
     if q.rotate {
         control.rotate_join_secret(role).await?;
     }
-    let token = control.read(|s| crate::control::cluster::join_token(s, role))?;
+    let token = control.join_token_of(role)?;
     let managers = read(&m, crate::dispatcher::manager_addrs);
     Ok(Json(JoinTokenView {
         role,

@@ -196,6 +196,9 @@ fn endpoint(route: &Route) -> MethodRouter<Arc<NodeCtx>> {
         Operation::Join => on(m, join),
         Operation::Leave => on(m, leave),
         Operation::JoinToken => on(m, join_token),
+        Operation::Unlock => on(m, unlock),
+        Operation::UnlockKey => on(m, unlock_key),
+        Operation::Autolock => on(m, autolock),
         Operation::ListNodes => on(m, nodes),
         Operation::InspectNode => on(m, node),
         Operation::RemoveNode => on(m, remove_node),
@@ -287,11 +290,15 @@ impl Mgr {
             self.view.clone(),
             self.member.clone(),
             Arc::new(flotilla_manager::SystemClock),
+            self.member.keyring.clone(),
         )
     }
 }
 
 async fn member(ctx: &NodeCtx) -> Result<Mgr, ApiError> {
+    if ctx.is_locked() {
+        return Err(ApiError::Unavailable(crate::lifecycle::LOCKED.into()));
+    }
     let m = ctx.member().await.ok_or_else(|| {
         ApiError::Conflict(
             "this node is not in a cluster: run 'flotilla init' or 'flotilla join' first".into(),
@@ -416,6 +423,8 @@ mod tests {
             node_timeout: Duration::from_secs(1),
             api_bound: None,
             phase: tokio::sync::Mutex::new(crate::lifecycle::Phase::Idle(Default::default())),
+            keyring: Default::default(),
+            locked: Default::default(),
             self_ref: std::sync::OnceLock::new(),
             member: tokio::sync::RwLock::new(None),
             shutdown: tokio_util::sync::CancellationToken::new(),

@@ -134,12 +134,9 @@ pub fn addable_manager(state: &State, node_id: &str, raft_id: u64) -> Result<(),
     Ok(())
 }
 
-/// The join token for `role`, from the store.
-pub fn join_token(state: &State, role: NodeRole) -> Result<JoinToken, ControlError> {
-    let cluster = state
-        .cluster
-        .as_ref()
-        .ok_or_else(|| ControlError::Conflict("the cluster is not initialized".into()))?;
+/// The join token for `role`, from the cluster record with its keys
+/// opened ([`crate::keyring::Keyring::open_cluster`]).
+pub fn join_token(cluster: &Cluster, role: NodeRole) -> Result<JoinToken, ControlError> {
     let ca_fingerprint = flotilla_pki::pem_fingerprint(&cluster.ca_cert_pem)
         .map_err(|e| ControlError::Unavailable(format!("the cluster CA is unreadable: {e}")))?;
     let secret = match role {
@@ -153,9 +150,24 @@ pub fn join_token(state: &State, role: NodeRole) -> Result<JoinToken, ControlErr
 }
 
 impl Control {
+    /// The join token for `role`.
+    pub fn join_token_of(&self, role: NodeRole) -> Result<JoinToken, ControlError> {
+        let cluster = self
+            .read(|s| s.cluster.clone())
+            .ok_or_else(|| ControlError::Conflict("the cluster is not initialized".into()))?;
+        let cluster = self
+            .keys
+            .open_cluster(&cluster)
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        join_token(&cluster, role)
+    }
+
     /// Replaces the join secret of `role`: tokens shown before stop working.
     pub async fn rotate_join_secret(&self, role: NodeRole) -> Result<(), ControlError> {
         let secret = flotilla_pki::token::new_secret(rand::random());
+        if self.reseal_join_secret(role, secret.clone()).await? {
+            return Ok(());
+        }
         self.commit(Command::RotateJoinSecret { role, secret })
             .await?;
         Ok(())
@@ -264,9 +276,9 @@ mod tests {
 
     #[test]
     fn join_tokens_need_a_cluster() {
-        let s = State::default();
+        let c = Fake::new(State::default()).control();
         assert!(matches!(
-            join_token(&s, NodeRole::Worker),
+            c.join_token_of(NodeRole::Worker),
             Err(ControlError::Conflict(_))
         ));
     }

@@ -9,9 +9,11 @@
 //! - [`services`]: create, scale, replace, roll back, remove.
 //! - [`nodes`]: update, promote, demote, remove.
 //! - [`networks`]: create, remove, and network names in service specs.
+//! - [`autolock`]: autolock on and off, the unlock key shown or rotated.
 //! - [`cluster`]: join tokens and their secrets, the role a join secret
 //!   gives, and the quorum arithmetic of `leave`.
 
+pub mod autolock;
 pub mod cluster;
 pub mod networks;
 pub mod nodes;
@@ -28,6 +30,7 @@ use std::sync::Arc;
 use flotilla_manager::{Clock, StoreView};
 use flotilla_store::{Command, CommandResult, State, StoreError};
 
+use crate::keyring::Keyring;
 use crate::ProposeFailure;
 
 /// A write's future.
@@ -74,14 +77,23 @@ pub struct Control {
     pub view: StoreView,
     pub writer: Arc<dyn Writer>,
     pub clock: Arc<dyn Clock>,
+    /// The unlock keys this manager holds: the cluster's keys under
+    /// autolock.
+    pub keys: Arc<Keyring>,
 }
 
 impl Control {
-    pub fn new(view: StoreView, writer: Arc<dyn Writer>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        view: StoreView,
+        writer: Arc<dyn Writer>,
+        clock: Arc<dyn Clock>,
+        keys: Arc<Keyring>,
+    ) -> Self {
         Control {
             view,
             writer,
             clock,
+            keys,
         }
     }
 

@@ -13,6 +13,7 @@ use flotilla_types::{
 };
 
 use super::{Control, ControlError};
+use crate::keyring::Keyring;
 
 /// What a secret's data is bound to when sealed: its kind, ID and version.
 pub fn binding(kind: SecretKind, id: &str, version: u64) -> Vec<u8> {
@@ -173,15 +174,18 @@ impl Control {
     /// The cluster's data key: the stored one, or a new one drawn here and
     /// stored first (the first one committed wins, so it is read back).
     async fn data_key(&self) -> Result<SecretData, ControlError> {
-        if let Some(key) = self.read(|s| s.data_key().cloned()) {
-            return Ok(key);
+        let keys = self
+            .read(|s| self.keys.keys_of(s))
+            .map_err(|e| ControlError::Unavailable(e.to_string()))?;
+        if !keys.data_key.is_empty() {
+            return Ok(keys.data_key);
         }
         let key = seal::new_data_key().map_err(|e| ControlError::Unavailable(e.to_string()))?;
         self.commit(Command::SetDataKey {
             key: SecretData(key),
         })
         .await?;
-        self.read(|s| s.data_key().cloned()).ok_or_else(|| {
+        self.read(|s| self.keys.data_key(s)).ok_or_else(|| {
             ControlError::Unavailable(
                 "the cluster's data key was stored but is not read back".into(),
             )
@@ -282,11 +286,13 @@ pub fn resolve_secrets(state: &State, spec: &mut ServiceSpec) -> Result<(), Cont
 /// task then fails to start, saying so).
 pub fn task_files<'a>(
     state: &State,
+    keys: &Keyring,
     tasks: impl Iterator<Item = &'a Task>,
 ) -> (BTreeMap<String, Vec<TaskFile>>, Vec<String>) {
     let mut files = BTreeMap::new();
     let mut missing = Vec::new();
-    let key = state.data_key();
+    let key = keys.data_key(state);
+    let key = key.as_ref();
     for task in tasks {
         if task.desired_state != flotilla_types::DesiredState::Running {
             continue;
@@ -413,7 +419,8 @@ mod tests {
             restart_history: vec![],
             networks: vec![],
         };
-        let (files, missing) = control.read(|s| task_files(s, std::iter::once(&task)));
+        let (files, missing) =
+            control.read(|s| task_files(s, &control.keys, std::iter::once(&task)));
         assert!(missing.is_empty(), "{missing:?}");
         let f = &files["t1"][0];
         assert_eq!(f.data.0, b"hunter2");

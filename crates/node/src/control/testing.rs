@@ -108,7 +108,7 @@ impl Fake {
             state: self.state.clone(),
             applied: self.applied.subscribe(),
         };
-        Control::new(view, self.clone(), Arc::new(FixedClock))
+        Control::new(view, self.clone(), Arc::new(FixedClock), Default::default())
     }
 
     pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {

@@ -38,6 +38,15 @@ impl State {
         changes: &mut Vec<Change>,
     ) -> CommandResult {
         let cluster = self.cluster.as_mut().ok_or(StoreError::NotInitialized)?;
+        if cluster.autolock.is_some() {
+            // Under autolock the secrets are sealed with the keys: a
+            // rotation reseals them (SetAutolock), never in plaintext.
+            return Err(StoreError::BadSecret {
+                kind: "join secret".into(),
+                name: role.to_string(),
+                reason: "autolock is on: the join secrets are rotated sealed".into(),
+            });
+        }
         match role {
             NodeRole::Manager => cluster.manager_secret = secret.to_string(),
             NodeRole::Worker => cluster.worker_secret = secret.to_string(),

@@ -9,9 +9,26 @@
 
 use std::collections::BTreeSet;
 
-use flotilla_types::{Secret, SecretData, SecretKind, SecretVersion, ServiceSpec};
+use flotilla_types::{SealedData, Secret, SecretData, SecretKind, SecretVersion, ServiceSpec};
 
 use super::{table, Change, State};
+
+/// The plaintext fields of [`crate::Command::SetAutolock`].
+pub(super) struct PlainKeys<'a> {
+    pub(super) ca_key_pem: &'a str,
+    pub(super) data_key: &'a SecretData,
+    pub(super) worker_secret: &'a str,
+    pub(super) manager_secret: &'a str,
+}
+
+impl PlainKeys<'_> {
+    fn is_empty(&self) -> bool {
+        self.ca_key_pem.is_empty()
+            && self.data_key.is_empty()
+            && self.worker_secret.is_empty()
+            && self.manager_secret.is_empty()
+    }
+}
 use crate::command::CommandResult;
 use crate::error::StoreError;
 
@@ -65,10 +82,64 @@ impl State {
             });
         }
         if let Some(cluster) = self.cluster.as_mut() {
-            if cluster.data_key.is_empty() {
+            // Under autolock the key is sealed away, and a plaintext one
+            // drawn by a manager that did not know yet is not kept.
+            if cluster.data_key.is_empty() && cluster.autolock.is_none() {
                 cluster.data_key = key.clone();
                 changes.push(Change::Cluster);
             }
+        }
+        Ok(None)
+    }
+
+    /// [`crate::Command::SetAutolock`]: on (or resealed) clears the
+    /// plaintext keys and join secrets and keeps the sealed ones; off puts
+    /// the plaintext back. Turning it on with plaintext in the command, or
+    /// off without the CA key, is refused: the log must never get the
+    /// first, and the cluster cannot sign certificates without the second.
+    pub(super) fn set_autolock(
+        &mut self,
+        sealed: Option<&SealedData>,
+        plain: PlainKeys<'_>,
+        changes: &mut Vec<Change>,
+    ) -> CommandResult {
+        self.require_cluster()?;
+        let bad = |reason: &str| StoreError::BadSecret {
+            kind: "autolock".into(),
+            name: "of the cluster".into(),
+            reason: reason.into(),
+        };
+        match sealed {
+            Some(_) if !plain.is_empty() => {
+                return Err(bad("turning it on carries no plaintext key"))
+            }
+            Some(s) if s.ciphertext.is_empty() => return Err(bad("the sealed keys are empty")),
+            None if plain.ca_key_pem.is_empty() => {
+                return Err(bad("turning it off needs the CA key"))
+            }
+            None if !plain.data_key.is_empty() && plain.data_key.0.len() != 32 => {
+                return Err(bad("the data key is not 32 bytes"))
+            }
+            _ => {}
+        }
+        if let Some(cluster) = self.cluster.as_mut() {
+            match sealed {
+                Some(s) => {
+                    cluster.autolock = Some(s.clone());
+                    cluster.ca_key_pem.clear();
+                    cluster.data_key = SecretData::default();
+                    cluster.worker_secret.clear();
+                    cluster.manager_secret.clear();
+                }
+                None => {
+                    cluster.autolock = None;
+                    cluster.ca_key_pem = plain.ca_key_pem.to_string();
+                    cluster.data_key = plain.data_key.clone();
+                    cluster.worker_secret = plain.worker_secret.to_string();
+                    cluster.manager_secret = plain.manager_secret.to_string();
+                }
+            }
+            changes.push(Change::Cluster);
         }
         Ok(None)
     }
@@ -393,5 +464,101 @@ mod tests {
             }
         )
         .is_err());
+    }
+
+    fn sealed() -> SealedData {
+        SealedData {
+            nonce: SecretData(vec![7; 12]),
+            ciphertext: SecretData(vec![9; 48]),
+        }
+    }
+
+    #[test]
+    fn autolock_clears_the_plaintext_keys_and_gives_them_back_when_off() {
+        let mut s = init();
+        if let Some(c) = s.cluster.as_mut() {
+            c.ca_key_pem = "CA KEY".into();
+        }
+        let key = SecretData(vec![1; 32]);
+        apply(&mut s, Command::SetDataKey { key: key.clone() }).expect("key");
+        if let Some(c) = s.cluster.as_mut() {
+            c.worker_secret = "W".into();
+        }
+        let on = Command::SetAutolock {
+            sealed: Some(sealed()),
+            ca_key_pem: String::new(),
+            data_key: SecretData::default(),
+            worker_secret: String::new(),
+            manager_secret: String::new(),
+        };
+        apply(&mut s, on).expect("on");
+        let c = s.cluster.clone().expect("cluster");
+        assert_eq!(c.autolock, Some(sealed()));
+        assert!(c.ca_key_pem.is_empty() && c.data_key.is_empty() && c.worker_secret.is_empty());
+        assert_eq!(s.data_key(), None);
+        // Nor does a join secret rotated by such a manager.
+        let rotate = Command::RotateJoinSecret {
+            role: flotilla_types::NodeRole::Worker,
+            secret: "plain".into(),
+        };
+        assert!(apply(&mut s, rotate).is_err());
+        // A data key drawn by a manager that did not know is not kept.
+        apply(
+            &mut s,
+            Command::SetDataKey {
+                key: SecretData(vec![2; 32]),
+            },
+        )
+        .expect("ignored");
+        assert_eq!(s.data_key(), None);
+        let off = Command::SetAutolock {
+            sealed: None,
+            ca_key_pem: "CA KEY".into(),
+            data_key: key.clone(),
+            worker_secret: "W".into(),
+            manager_secret: "M".into(),
+        };
+        apply(&mut s, off).expect("off");
+        let c = s.cluster.clone().expect("cluster");
+        assert_eq!(c.autolock, None);
+        assert_eq!(c.ca_key_pem, "CA KEY");
+        assert_eq!(
+            (c.worker_secret.as_str(), c.manager_secret.as_str()),
+            ("W", "M")
+        );
+        assert_eq!(s.data_key(), Some(&key));
+    }
+
+    #[test]
+    fn autolock_never_takes_plaintext_on_and_needs_the_ca_key_off() {
+        let mut s = init();
+        let before = s.cluster.clone();
+        for plaintext_on in [
+            Command::SetAutolock {
+                sealed: Some(sealed()),
+                ca_key_pem: "CA KEY".into(),
+                data_key: SecretData::default(),
+                worker_secret: String::new(),
+                manager_secret: String::new(),
+            },
+            Command::SetAutolock {
+                sealed: Some(sealed()),
+                ca_key_pem: String::new(),
+                data_key: SecretData::default(),
+                worker_secret: String::new(),
+                manager_secret: "M".into(),
+            },
+        ] {
+            assert!(apply(&mut s, plaintext_on).is_err());
+        }
+        let off_without_ca = Command::SetAutolock {
+            sealed: None,
+            ca_key_pem: String::new(),
+            data_key: SecretData::default(),
+            worker_secret: String::new(),
+            manager_secret: String::new(),
+        };
+        assert!(apply(&mut s, off_without_ca).is_err());
+        assert_eq!(s.cluster, before);
     }
 }
