@@ -5,11 +5,11 @@
 //! refused naming the service; `secret update` rolls the task onto the new
 //! version; bad input is refused with one line.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use flotilla_testkit::{wait_until, Daemon};
+use flotilla_testkit::{files_holding, wait_until, Daemon};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_flotilla"))
@@ -21,28 +21,6 @@ fn start_named(name: &str) -> Result<Daemon> {
 
 const SECRET: &str = "s3cr3t-hunter2-for-the-test";
 const CONFIG: &str = "listen=8080 # the test's config";
-
-/// Every file under `dir` that holds `needle`.
-fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path) {
-                if bytes.windows(needle.len()).any(|w| w == needle) {
-                    found.push(path);
-                }
-            }
-        }
-    }
-    found
-}
 
 fn base64(data: &[u8]) -> String {
     const ABC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

@@ -135,6 +135,28 @@ pub fn marked_pids(mark: &str) -> Vec<u32> {
     out
 }
 
+/// Every file under `dir` (recursively) whose bytes hold `needle`.
+pub fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                if bytes.windows(needle.len()).any(|w| w == needle) {
+                    found.push(path);
+                }
+            }
+        }
+    }
+    found
+}
+
 /// SIGKILLs every process carrying `mark`.
 pub fn kill_marked(mark: &str) {
     for pid in marked_pids(mark) {
@@ -447,6 +469,13 @@ impl Daemon {
                 stderr: format!("cannot run flotilla: {e}"),
             },
         }
+    }
+
+    /// [`Daemon::cli_with_stdin`] of a command that must succeed.
+    pub fn ok_with_stdin(&self, args: &[&str], input: &str) -> Result<CliOutput> {
+        self.cli_with_stdin(args, input)
+            .ok()
+            .with_context(|| format!("flotilla {}", args.join(" ")))
     }
 
     /// Runs a CLI command that must succeed.
