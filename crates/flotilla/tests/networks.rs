@@ -1077,6 +1077,32 @@ fn a_stack_of_containers_runs_as_an_application_across_three_nodes() -> Result<(
             "call {i} after the kill: {answer}"
         );
     }
+    // A constraint on the labels an engine reports (n2's is zone=z41)
+    // places a task on that node only.
+    m.ok(&[
+        "service",
+        "create",
+        "--name",
+        "zoned",
+        "--replicas",
+        "2",
+        "--constraint",
+        "engine.labels.zone==z41",
+        "-d",
+        "--",
+        "sleep",
+        "100000",
+    ])?;
+    let placed = wait_until("zoned's tasks to run", Duration::from_secs(30), || {
+        let on: Vec<String> = m
+            .tasks("zoned")?
+            .iter()
+            .filter(|t| t["state"] == "running")
+            .filter_map(|t| t["node"].as_str().map(str::to_string))
+            .collect();
+        Ok((on.len() == 2).then_some(on))
+    })?;
+    assert_eq!(placed, vec!["n2".to_string(), "n2".to_string()]);
     let ids = task_ids(m, &["app_web", "app_client", "app_db"])?;
     drop(nodes);
     assert_eq!(leftover_namespaces(&ids), Vec::<String>::new());

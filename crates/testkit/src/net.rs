@@ -243,7 +243,9 @@ pub struct Dockerd {
 
 impl Dockerd {
     /// Starts an engine in `host`; `index` picks its default bridge's
-    /// subnet (`172.31.INDEX.0/24`). Waits at most 60 s for it to answer.
+    /// subnet (`172.31.INDEX.0/24`), and the engine carries the label
+    /// `zone=zINDEX` (for `engine.labels` constraints). Waits at most 60 s
+    /// for it to answer.
     pub fn start(host: &Host, index: u8) -> Result<Dockerd> {
         // Short: the socket path must fit in about 100 bytes.
         let dir = tempfile::Builder::new()
@@ -251,7 +253,10 @@ impl Dockerd {
             .tempdir_in("/tmp")
             .context("making the engine's directory")?;
         let d = dir.path();
-        std::fs::write(d.join("daemon.json"), "{}")?;
+        std::fs::write(
+            d.join("daemon.json"),
+            format!(r#"{{"labels": ["zone=z{index}"]}}"#),
+        )?;
         let log = std::fs::File::create(d.join("dockerd.log"))?;
         let child = Command::new("nsenter")
             .arg(format!("--net=/var/run/netns/{}", host.ns))
