@@ -24,11 +24,13 @@
 //! - No global lock per connection: a connection reads its port's route
 //!   once (a read lock on that port) and then only touches atomics.
 //! - The connections run on the mesh's own threads ([`MeshConfig::workers`],
-//!   one single-threaded runtime per core): a listener accepts on the
-//!   caller's runtime and hands each connection to the thread with the
-//!   fewest open, where it stays; the daemon's control work (raft, the API,
-//!   snapshot builds) never queues in front of a copy, and an open
-//!   connection goes on while the daemon's runtime is blocked (a test).
+//!   one single-threaded runtime per core, pinned): by default the kernel
+//!   steers each new connection to the socket of the thread on the CPU
+//!   that received it ([`AcceptMode::Steered`]), or one acceptor hands each
+//!   to the thread with the fewest open ([`AcceptMode::Handover`]); there it
+//!   stays. The daemon's control work (raft, the API, snapshot builds)
+//!   never queues in front of a copy, and an open connection goes on while
+//!   the daemon's runtime is blocked (a test).
 //!
 //! # Copying
 //! [`CopyMode::Splice`] (the default) copies each direction's small
@@ -82,6 +84,7 @@ pub mod state;
 pub mod udp;
 
 pub use copy::{CopyError, CopyMode};
+pub use listener::AcceptMode;
 pub use listener::ConnError;
 pub use mesh::{
     default_workers, Mesh, MeshConfig, DEFAULT_BIND_RETRY, DEFAULT_CONNECT_TIMEOUT,

@@ -64,6 +64,24 @@ pub struct Ctx {
     pub conns: TaskTracker,
     /// The data path's threads; empty: the caller's runtime.
     pub workers: Arc<[Worker]>,
+    pub accept: AcceptMode,
+}
+
+/// How accepted connections reach the data path's threads.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AcceptMode {
+    /// One acceptor on the caller's runtime hands each connection to the
+    /// thread with the fewest open connections.
+    Handover,
+    /// A socket per thread (`SO_REUSEPORT`), the kernel steering each new
+    /// connection to the socket of the CPU that received it (a classic BPF
+    /// program, `SO_ATTACH_REUSEPORT_CBPF`), each thread pinned to its
+    /// CPU: no hand-over and no wake of another thread, unless the thread
+    /// has far more open connections than another (one NIC queue sends
+    /// everything to one CPU): then it hands the connection over.
+    /// Where the kernel refuses the program, [`AcceptMode::Handover`].
+    #[default]
+    Steered,
 }
 
 /// The text stats show for a port that cannot be opened.
@@ -88,25 +106,155 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
+/// `n` sockets on `addr` in one `SO_REUSEPORT` group, the kernel choosing
+/// among them by the receiving CPU (modulo `n`). Sockets of another
+/// program on the port make the first bind fail, as [`bind`] does.
+fn bind_steered(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    use std::os::fd::AsRawFd;
+    let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
+    let mut addr = addr;
+    for i in 0..n {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        if i == 0 {
+            attach_cpu_steering(socket.as_raw_fd(), n as u32)?;
+        }
+        socket.bind(addr)?;
+        let listener = socket.listen(BACKLOG)?;
+        // Port 0: the others join the port the first one got.
+        addr = listener.local_addr()?;
+        out.push(listener.into_std()?);
+    }
+    Ok(out)
+}
+
+/// Attaches `A = cpu % n; return A` as the group's socket selector.
+fn attach_cpu_steering(fd: std::os::fd::RawFd, n: u32) -> io::Result<()> {
+    const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+    // SKF_AD_OFF + SKF_AD_CPU: the ancillary load of the current CPU.
+    const CPU: u32 = (-0x1000i32 + 36) as u32;
+    let mut program = [
+        libc::sock_filter {
+            code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+            jt: 0,
+            jf: 0,
+            k: CPU,
+        },
+        libc::sock_filter {
+            code: (libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: n.max(1),
+        },
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_A) as u16,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: setsockopt on a socket we own, with a pointer to a
+    // sock_fprog that lives across the call; the kernel copies it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The accept loop of one steered socket, on its thread's runtime: every
+/// connection it accepts is served there.
+async fn accept_here(
+    listener: std::net::TcpListener,
+    index: usize,
+    port: Arc<PortState>,
+    ctx: Ctx,
+    stop: CancellationToken,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(err) => {
+            warn!(port = port.published, error = %err, "cannot register a mesh socket");
+            return;
+        }
+    };
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => match here_or_least(&ctx.workers, index) {
+                Some(own) => {
+                    let (port, ctx2) = (port.clone(), ctx.clone());
+                    ctx.conns.spawn(async move {
+                        let _open = own;
+                        serve(stream, peer, port, ctx2).await;
+                    });
+                }
+                None => dispatch(stream, peer, &port, &ctx),
+            },
+            Err(err) => {
+                warn!(port = port.published, error = %err, "mesh accept failed");
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                }
+            }
+        }
+    }
+}
+
 /// Listens on the port until `stop` (the port left the table) or the
 /// mesh's shutdown; while the port cannot be bound, retries every
 /// `bind_retry` and shows why in the port's stats.
 ///
-/// The accept loop runs here, on the caller's runtime; each accepted
-/// connection goes to the data-path thread with the fewest open
-/// connections, where it stays until it ends (HAProxy balances accepted
-/// connections over its threads the same way). Two other designs were
-/// measured (docs/mesh.md): a socket per thread with `SO_REUSEPORT` (the
-/// kernel's hash put bursts of new connections on a busy thread while the
-/// other idled: p99 1.6 times HAProxy's with a connection per request)
-/// and one socket shared by every thread (each new connection woke both:
-/// 1.19 times HAProxy's CPU per request).
+/// [`AcceptMode::Steered`] (the default): a socket per data-path thread,
+/// the kernel choosing by the receiving CPU, each thread accepting and
+/// serving its own (handing over only when it has far more open than
+/// another). [`AcceptMode::Handover`]: the accept loop runs here, on the
+/// caller's runtime, and each connection goes to the thread with the
+/// fewest open. Measured against each other and against two designs
+/// dropped before (a socket per thread chosen by the kernel's hash: bursts
+/// on one thread, p99 1.6 times HAProxy's; one socket every thread accepts
+/// on: each connection woke both) in docs/mesh.md.
 pub async fn listen(port: Arc<PortState>, ctx: Ctx, stop: CancellationToken) {
     let addr = SocketAddr::new(ctx.bind_ip, port.published);
     let mut warned: Option<String> = None;
     let mut first = true;
+    let steered = ctx.accept == AcceptMode::Steered && !ctx.workers.is_empty();
     let listener = loop {
-        match bind(addr) {
+        let bound = if steered {
+            match bind_steered(addr, ctx.workers.len()) {
+                Ok(sockets) => Ok(Bound::Steered(sockets)),
+                Err(err) if err.kind() == io::ErrorKind::AddrInUse => Err(err),
+                Err(err) => {
+                    warn!(port = port.published, error = %err,
+                        "cannot steer connections by CPU here; one acceptor hands them over");
+                    bind(addr).map(Bound::One)
+                }
+            }
+        } else {
+            bind(addr).map(Bound::One)
+        };
+        match bound {
             Ok(listener) => break listener,
             // A port removed and added back in quick succession can find
             // its previous listener not yet dropped: one quick retry before
@@ -140,6 +288,23 @@ pub async fn listen(port: Arc<PortState>, ctx: Ctx, stop: CancellationToken) {
     port.set_error(None);
     port.listening.store(true, RELAXED);
     info!(service = %port.route().service_name, port = port.published, "mesh listening");
+    let listener = match listener {
+        Bound::One(listener) => listener,
+        Bound::Steered(sockets) => {
+            // Each loop ends with `stop`.
+            let loops = TaskTracker::new();
+            for (index, (socket, worker)) in sockets.into_iter().zip(ctx.workers.iter()).enumerate()
+            {
+                let run = accept_here(socket, index, port.clone(), ctx.clone(), stop.clone());
+                loops.spawn_on(run, &worker.handle);
+            }
+            loops.close();
+            loops.wait().await;
+            port.listening.store(false, RELAXED);
+            debug!(port = port.published, "mesh listener closed");
+            return;
+        }
+    };
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -158,6 +323,12 @@ pub async fn listen(port: Arc<PortState>, ctx: Ctx, stop: CancellationToken) {
     }
     port.listening.store(false, RELAXED);
     debug!(port = port.published, "mesh listener closed");
+}
+
+/// What [`listen`] bound.
+enum Bound {
+    One(TcpListener),
+    Steered(Vec<std::net::TcpListener>),
 }
 
 /// Hands an accepted connection to the data-path thread with the fewest
@@ -201,6 +372,26 @@ fn least_loaded(workers: &Arc<[Worker]>) -> Option<WorkerRef> {
         .enumerate()
         .min_by_key(|(_, w)| w.open.load(RELAXED))?;
     worker.open.fetch_add(1, RELAXED);
+    Some(WorkerRef {
+        workers: workers.clone(),
+        index,
+    })
+}
+
+/// Thread `index` counted one more, unless it has far more open
+/// connections than the least loaded (more than twice as many and 16
+/// more): then None, and the connection is handed over.
+fn here_or_least(workers: &Arc<[Worker]>, index: usize) -> Option<WorkerRef> {
+    let own = workers.get(index)?.open.load(RELAXED);
+    let least = workers
+        .iter()
+        .map(|w| w.open.load(RELAXED))
+        .min()
+        .unwrap_or(own);
+    if own > least.saturating_mul(2) + 16 {
+        return None;
+    }
+    workers[index].open.fetch_add(1, RELAXED);
     Some(WorkerRef {
         workers: workers.clone(),
         index,
@@ -360,4 +551,91 @@ async fn write_all(stream: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pins the calling thread to CPU `cpu`; false where it cannot be.
+    fn pin(cpu: usize) -> bool {
+        // SAFETY: as in `mesh::pin_to_cpu`.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+        }
+    }
+
+    /// The steered sockets share one port, and a connection made on CPU
+    /// `c` (loopback: the handshake runs on the sender's CPU) is accepted
+    /// by socket `c`.
+    #[test]
+    fn steered_sockets_share_a_port_and_take_their_cpus_connections() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _in = runtime.enter();
+        let sockets = bind_steered("127.0.0.1:0".parse().expect("addr"), 2).expect("bind");
+        let port = sockets[0].local_addr().expect("addr").port();
+        assert!(sockets
+            .iter()
+            .all(|s| s.local_addr().expect("addr").port() == port));
+        for s in &sockets {
+            s.set_nonblocking(true).expect("nonblocking");
+        }
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let mut on_cpu = Vec::new();
+        for cpu in 0..cpus.min(2) {
+            let pinned = std::thread::spawn(move || {
+                if !pin(cpu) {
+                    return None;
+                }
+                let conns: Vec<_> = (0..5)
+                    .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect"))
+                    .collect();
+                Some(conns)
+            })
+            .join()
+            .expect("thread");
+            on_cpu.push((cpu, pinned));
+        }
+        let mut accepted = [0usize; 2];
+        for (i, s) in sockets.iter().enumerate() {
+            while s.accept().is_ok() {
+                accepted[i] += 1;
+            }
+        }
+        let made: usize = on_cpu.iter().filter(|(_, c)| c.is_some()).count() * 5;
+        assert_eq!(accepted.iter().sum::<usize>(), made, "{accepted:?}");
+        for (cpu, conns) in &on_cpu {
+            if conns.is_some() && cpus >= 2 {
+                assert_eq!(accepted[*cpu], 5, "CPU {cpu}'s connections: {accepted:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_thread_keeps_its_connection_unless_it_has_far_more_than_another() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let workers: Arc<[Worker]> = (0..2)
+            .map(|_| Worker {
+                handle: runtime.handle().clone(),
+                open: AtomicU64::new(0),
+            })
+            .collect();
+        workers[0].open.store(20, RELAXED);
+        workers[1].open.store(10, RELAXED);
+        let kept = here_or_least(&workers, 0).expect("kept: 20 is not over 2 * 10 + 16");
+        assert_eq!(workers[0].open.load(RELAXED), 21);
+        drop(kept);
+        assert_eq!(workers[0].open.load(RELAXED), 20);
+        workers[0].open.store(37, RELAXED);
+        assert!(here_or_least(&workers, 0).is_none(), "37 > 36: handed over");
+        assert_eq!(workers[0].open.load(RELAXED), 37);
+        assert!(here_or_least(&workers, 1).is_some());
+    }
 }

@@ -43,11 +43,11 @@ pub struct MeshConfig {
     pub bind_retry: Duration,
     pub copy: CopyMode,
     /// Threads of the data path's own: each runs a single-threaded
-    /// runtime and the connections handed to it, start to end (the
-    /// listeners accept on the caller's runtime and hand each connection to
-    /// the thread with the fewest). 0 runs the data path on the caller's
-    /// runtime instead.
+    /// runtime and the connections it accepts (or is handed), start to
+    /// end. 0 runs the data path on the caller's runtime instead.
     pub workers: usize,
+    /// How accepted connections reach those threads.
+    pub accept: crate::listener::AcceptMode,
 }
 
 impl MeshConfig {
@@ -61,6 +61,7 @@ impl MeshConfig {
             bind_retry: DEFAULT_BIND_RETRY,
             copy: CopyMode::default(),
             workers: default_workers(),
+            accept: crate::listener::AcceptMode::Steered,
         }
     }
 }
@@ -83,7 +84,7 @@ struct Workers {
 impl Workers {
     /// Starts `n` threads; a thread that cannot be started is left out
     /// (with a warning), and with none the caller's runtime serves.
-    fn start(n: usize) -> Workers {
+    fn start(n: usize, pin: bool) -> Workers {
         let stop = CancellationToken::new();
         let mut handles = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
@@ -102,7 +103,12 @@ impl Workers {
             let token = stop.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("flotilla-mesh-{i}"))
-                .spawn(move || runtime.block_on(token.cancelled()));
+                .spawn(move || {
+                    if pin {
+                        pin_to_cpu(i);
+                    }
+                    runtime.block_on(token.cancelled())
+                });
             match spawned {
                 Ok(thread) => {
                     handles.push(handle);
@@ -131,6 +137,32 @@ impl Workers {
             }
         });
         let _ = joined.await;
+    }
+}
+
+/// Pins the calling thread to the `i`-th CPU this process may use
+/// (modulo their number); left unpinned if that cannot be done.
+fn pin_to_cpu(i: usize) {
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: cpu_set_t is plain data (zeroed is the empty set); the
+    // CPU_* macros stay within it; sched_{get,set}affinity(0) act on the
+    // calling thread with a set of the size given.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, size, &mut allowed) != 0 {
+            return;
+        }
+        let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &allowed))
+            .collect();
+        let Some(&cpu) = cpus.get(i % cpus.len().max(1)) else {
+            return;
+        };
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size, &set) != 0 {
+            warn!(error = %std::io::Error::last_os_error(), "cannot pin a mesh thread");
+        }
     }
 }
 
@@ -197,7 +229,12 @@ impl Mesh {
     /// away, the last table keeps being served until `shutdown`.
     pub async fn run(self, mut table: watch::Receiver<MeshTable>, shutdown: CancellationToken) {
         let config = &self.inner.config;
-        let workers = Workers::start(config.workers);
+        // Steered sockets are chosen by the receiving CPU: each thread on
+        // its own CPU serves what that CPU received.
+        let workers = Workers::start(
+            config.workers,
+            config.accept == crate::listener::AcceptMode::Steered,
+        );
         let ctx = Ctx {
             bind_ip: config.bind_ip,
             connect_timeout: config.connect_timeout,
@@ -213,6 +250,7 @@ impl Mesh {
                     open: AtomicU64::new(0),
                 })
                 .collect(),
+            accept: config.accept,
         };
         let listeners = TaskTracker::new();
         let mut gauges: HashMap<String, Arc<AtomicU64>> = HashMap::new();

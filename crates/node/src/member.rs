@@ -149,6 +149,17 @@ impl NodeCtx {
                 "FLOTILLA_MESH_COPY is splice or buffered; using splice"
             ),
         }
+        // How connections reach the data path's threads: steered by the
+        // kernel to a socket per thread by the receiving CPU (the
+        // default), or handed over by one acceptor (docs/mesh.md).
+        match std::env::var("FLOTILLA_MESH_ACCEPT").as_deref() {
+            Ok("handover") => mesh_config.accept = flotilla_mesh::AcceptMode::Handover,
+            Ok("steered") | Err(_) => {}
+            Ok(other) => tracing::warn!(
+                value = other,
+                "FLOTILLA_MESH_ACCEPT is steered or handover; using steered"
+            ),
+        }
         // The data path's threads (default: one per core; 0 puts it on
         // the daemon's own runtime, for comparing the two).
         if let Ok(value) = std::env::var("FLOTILLA_MESH_WORKERS") {
