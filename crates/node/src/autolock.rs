@@ -7,10 +7,12 @@
 //!   promoted manager, or one that was down during a rotation): ask the
 //!   other managers for it, over mutual TLS;
 //! - autolock on: this manager's TLS key on disk sealed under the current
-//!   unlock key; and once after autolock is seen on (turned on, or after
-//!   a start) the raft log compacted into a snapshot, so that entries from
-//!   before it (the cluster's first entry held the CA key in plaintext)
-//!   are no longer kept;
+//!   unlock key; and, if this run saw it off (it was turned on, or this
+//!   manager starts from a store of before), the raft log compacted into a
+//!   snapshot and the store marked to be rewritten at the next start, so
+//!   that entries from while it was off (keys in plaintext) leave the
+//!   disk. A cluster made with `init --autolock`, or a manager that starts
+//!   already locked, never had them: nothing to compact;
 //! - autolock off: the TLS key on disk in plaintext, no key held.
 
 use std::path::PathBuf;
@@ -79,8 +81,9 @@ pub(crate) enum Step {
 pub(crate) struct Kept {
     /// How the TLS key on disk is written now, once known.
     pub(crate) key_file: Option<Option<SecretData>>,
-    /// Whether the log was compacted since autolock was last seen on.
-    pub(crate) compacted: bool,
+    /// Autolock was seen off in this run and the log not compacted since:
+    /// it may hold keys in plaintext.
+    pub(crate) compact_due: bool,
 }
 
 /// The next step for a cluster whose autolock is `sealed`, with `held`
@@ -97,7 +100,7 @@ pub(crate) fn next_step(
         (Some(_), Some(key)) if kept.key_file.as_ref() != Some(&Some(key.clone())) => {
             Step::WriteKey(Some(key.clone()))
         }
-        (Some(_), Some(_)) if !kept.compacted => Step::Compact,
+        (Some(_), Some(_)) if kept.compact_due => Step::Compact,
         (Some(_), Some(_)) => Step::Idle,
     }
 }
@@ -154,7 +157,7 @@ pub(crate) async fn keep(member: Arc<Member>, data_dir: PathBuf, token: Cancella
                 kept.key_file = key_file_state(&member, &data_dir, held.as_ref());
             }
             if sealed.is_none() {
-                kept.compacted = false;
+                kept.compact_due = true;
             }
             match next_step(sealed.as_ref(), held.as_ref(), &kept) {
                 Step::Idle => Duration::from_secs(5),
@@ -195,7 +198,7 @@ pub(crate) async fn keep(member: Arc<Member>, data_dir: PathBuf, token: Cancella
                             tracing::warn!(error = %e, "cannot mark the raft store for rewriting");
                         }
                         tracing::info!("autolock: raft log compacted, earlier entries dropped; the store file is rewritten at the next start");
-                        kept.compacted = true;
+                        kept.compact_due = false;
                         Duration::ZERO
                     }
                     Err(e) => {
@@ -317,7 +320,7 @@ mod tests {
         let key = SecretData(vec![3; 32]);
         let mut kept = Kept {
             key_file: Some(None),
-            compacted: false,
+            compact_due: true,
         };
         assert_eq!(
             next_step(Some(&sealed()), Some(&key), &kept),
@@ -325,7 +328,7 @@ mod tests {
         );
         kept.key_file = Some(Some(key.clone()));
         assert_eq!(next_step(Some(&sealed()), Some(&key), &kept), Step::Compact);
-        kept.compacted = true;
+        kept.compact_due = false;
         assert_eq!(next_step(Some(&sealed()), Some(&key), &kept), Step::Idle);
         // A rotation: sealed anew under the new key, no second compaction.
         let new = SecretData(vec![4; 32]);
@@ -336,11 +339,21 @@ mod tests {
     }
 
     #[test]
+    fn a_manager_that_never_saw_autolock_off_has_nothing_to_compact() {
+        let key = SecretData(vec![3; 32]);
+        let kept = Kept {
+            key_file: Some(Some(key.clone())),
+            compact_due: false,
+        };
+        assert_eq!(next_step(Some(&sealed()), Some(&key), &kept), Step::Idle);
+    }
+
+    #[test]
     fn off_writes_the_node_key_in_plaintext_once() {
         let key = SecretData(vec![3; 32]);
         let mut kept = Kept {
             key_file: Some(Some(key)),
-            compacted: true,
+            compact_due: false,
         };
         assert_eq!(next_step(None, None, &kept), Step::WriteKey(None));
         kept.key_file = Some(None);
