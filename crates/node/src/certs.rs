@@ -40,6 +40,16 @@ pub enum CertError {
     Sealed(String),
 }
 
+impl std::fmt::Debug for NodeTls {
+    /// Never the key: a log line or a panic message must not carry it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTls")
+            .field("cert_pem", &format_args!("{} bytes", self.cert_pem.len()))
+            .field("key_pem", &"..")
+            .finish()
+    }
+}
+
 /// What `certs/` holds.
 #[derive(Debug, Clone)]
 pub enum Stored {
@@ -91,7 +101,7 @@ fn write_file(d: &Path, name: &str, text: &str, mode: u32) -> Result<(), CertErr
 }
 
 /// The CA certificate and this node's certificate and key, PEM.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct NodeTls {
     pub ca_pem: String,
     pub cert_pem: String,
@@ -197,5 +207,24 @@ impl NodeTls {
                 }
             })?;
         ClusterClient::new(config).map_err(|e| CertError::Client(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_key() {
+        let tls = NodeTls {
+            ca_pem: "CA".into(),
+            cert_pem: "CERT".into(),
+            key_pem: "-----BEGIN PRIVATE KEY-----secret".into(),
+        };
+        let shown = format!("{tls:?} {:?}", Stored::Plain(tls.clone()));
+        assert!(
+            !shown.contains("PRIVATE KEY") && !shown.contains("secret"),
+            "{shown}"
+        );
     }
 }
