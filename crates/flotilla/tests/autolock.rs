@@ -188,6 +188,14 @@ fn a_cluster_made_locked_keeps_its_keys_off_the_disk_and_waits_for_the_key_after
     )?;
     assert_eq!(token_secret(&m1, "manager")?, join_secret, "tokens survive");
     nowhere_in_clear(&m1, &["PRIVATE KEY", &join_secret, SECRET])?;
+    // A restart in place (here force-new-cluster) hands the key to the
+    // next run of the daemon: it comes back serving, not locked.
+    m1.ok(&["init", "--force-new-cluster"])?;
+    let after = info(&m1)?;
+    assert_eq!(after["locked"], false, "{after}");
+    assert_eq!(after["is_leader"], true, "{after}");
+    assert!(key_sealed(&m1), "the key stays sealed on disk");
+    assert!(m1.ok(&["secret", "ls"])?.stdout.contains("pw"));
     Ok(())
 }
 
