@@ -123,13 +123,7 @@ const CACHE_BYTES: usize = 32 << 20;
 /// machine that share it.
 pub fn open(path: &Path) -> Result<(LogStore, StateMachine), OpenError> {
     let shown = path.display().to_string();
-    let db = Database::builder()
-        .set_cache_size(CACHE_BYTES)
-        .create(path)
-        .map_err(|source| OpenError::Database {
-            path: shown.clone(),
-            source,
-        })?;
+    let db = create_db(path)?;
     let corrupt = |reason: String| OpenError::Corrupt {
         path: shown.clone(),
         reason,
@@ -137,9 +131,7 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachine), OpenError> {
     // Create every table up front so that read transactions never meet a
     // missing table.
     let txn = db.begin_write().map_err(|e| corrupt(e.to_string()))?;
-    for def in [
-        RAFT_META, SM_META, NODES, SERVICES, TASKS, NETWORKS, SECRETS, REQUESTS, SNAPSHOT,
-    ] {
+    for def in NAMED_TABLES {
         txn.open_table(def).map_err(|e| corrupt(e.to_string()))?;
     }
     txn.open_table(LOG).map_err(|e| corrupt(e.to_string()))?;
@@ -168,6 +160,40 @@ pub fn open(path: &Path) -> Result<(LogStore, StateMachine), OpenError> {
     Ok((log, sm))
 }
 
+/// Every table but the log, keyed by name.
+const NAMED_TABLES: [TableDefinition<'static, &'static str, &'static [u8]>; 9] = [
+    RAFT_META, SM_META, NODES, SERVICES, TASKS, NETWORKS, SECRETS, REQUESTS, SNAPSHOT,
+];
+
+/// Opens (or creates) the redb file with the store's cache size.
+fn create_db(path: &Path) -> Result<Database, OpenError> {
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|source| OpenError::Database {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// Copies every row of table `def` from `read` into `write` (the table is
+/// created there even if `read` has none).
+fn copy_rows<K: redb::Key + 'static>(
+    read: &redb::ReadTransaction,
+    write: &redb::WriteTransaction,
+    def: TableDefinition<'static, K, &'static [u8]>,
+) -> Result<(), redb::Error> {
+    let mut to = write.open_table(def)?;
+    let Ok(from) = read.open_table(def) else {
+        return Ok(());
+    };
+    for row in from.iter()? {
+        let (k, v) = row?;
+        to.insert(k.value(), v.value())?;
+    }
+    Ok(())
+}
+
 /// Rewrites the store at `path` into a fresh file holding only its live
 /// rows, and puts it in place of the old one (before raft opens it). The
 /// old file's free pages keep what was deleted from it (a purged log
@@ -185,49 +211,20 @@ pub fn rewrite(path: &Path) -> Result<(), OpenError> {
     let fresh = path.with_extension("redb.rewrite");
     let _ = std::fs::remove_file(&fresh);
     {
-        let old = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|source| OpenError::Database {
-                path: shown.clone(),
-                source,
-            })?;
-        let new = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(&fresh)
-            .map_err(|source| OpenError::Database {
-                path: fresh.display().to_string(),
-                source,
-            })?;
-        let read = old.begin_read().map_err(|e| corrupt(e.to_string()))?;
-        let mut write = new.begin_write().map_err(|e| corrupt(e.to_string()))?;
-        write
-            .set_durability(Durability::Immediate)
-            .map_err(|e| corrupt(e.to_string()))?;
-        for def in [
-            RAFT_META, SM_META, NODES, SERVICES, TASKS, NETWORKS, SECRETS, REQUESTS, SNAPSHOT,
-        ] {
-            let mut to = write.open_table(def).map_err(|e| corrupt(e.to_string()))?;
-            let Ok(from) = read.open_table(def) else {
-                continue;
-            };
-            for row in from.iter().map_err(|e| corrupt(e.to_string()))? {
-                let (k, v) = row.map_err(|e| corrupt(e.to_string()))?;
-                to.insert(k.value(), v.value())
-                    .map_err(|e| corrupt(e.to_string()))?;
+        let old = create_db(path)?;
+        let new = create_db(&fresh)?;
+        let copy = || -> Result<(), redb::Error> {
+            let read = old.begin_read()?;
+            let mut write = new.begin_write()?;
+            write.set_durability(Durability::Immediate)?;
+            for def in NAMED_TABLES {
+                copy_rows(&read, &write, def)?;
             }
-        }
-        {
-            let mut to = write.open_table(LOG).map_err(|e| corrupt(e.to_string()))?;
-            if let Ok(from) = read.open_table(LOG) {
-                for row in from.iter().map_err(|e| corrupt(e.to_string()))? {
-                    let (k, v) = row.map_err(|e| corrupt(e.to_string()))?;
-                    to.insert(k.value(), v.value())
-                        .map_err(|e| corrupt(e.to_string()))?;
-                }
-            }
-        }
-        write.commit().map_err(|e| corrupt(e.to_string()))?;
+            copy_rows(&read, &write, LOG)?;
+            write.commit()?;
+            Ok(())
+        };
+        copy().map_err(|e| corrupt(e.to_string()))?;
     }
     let io = |e: std::io::Error| corrupt(format!("cannot put the rewritten store in place: {e}"));
     std::fs::File::open(&fresh)
@@ -1193,30 +1190,23 @@ mod tests {
             bytes.windows(marker.len()).any(|w| w == marker)
         };
         assert!(holds(&path), "the removed row is still in the old file");
-        let (before_log, before_state) = {
-            let (log, sm) = open(&path).expect("open");
-            let rows: Vec<u64> = {
-                let r = log.db.begin_read().expect("read");
-                let t = r.open_table(LOG).expect("log");
-                t.iter()
-                    .expect("iter")
-                    .map(|x| x.expect("row").0.value())
-                    .collect()
-            };
-            let state = sm.shared.read().expect("state").clone();
-            (rows, state)
-        };
-        rewrite(&path).expect("rewrite");
-        assert!(!holds(&path), "the rewritten file has no trace of it");
-        let (log, sm) = open(&path).expect("open again");
-        let rows: Vec<u64> = {
-            let r = log.db.begin_read().expect("read");
+        let log_rows = |db: &Database| -> Vec<u64> {
+            let r = db.begin_read().expect("read");
             let t = r.open_table(LOG).expect("log");
             t.iter()
                 .expect("iter")
                 .map(|x| x.expect("row").0.value())
                 .collect()
         };
+        let (before_log, before_state) = {
+            let (log, sm) = open(&path).expect("open");
+            let state = sm.shared.read().expect("state").clone();
+            (log_rows(&log.db), state)
+        };
+        rewrite(&path).expect("rewrite");
+        assert!(!holds(&path), "the rewritten file has no trace of it");
+        let (log, sm) = open(&path).expect("open again");
+        let rows = log_rows(&log.db);
         assert_eq!(rows, before_log);
         assert_eq!(rows, vec![1, 2, 3, 4]);
         assert_eq!(*sm.shared.read().expect("state"), before_state);
