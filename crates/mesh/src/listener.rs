@@ -93,7 +93,8 @@ pub(crate) fn bind_error_text(addr: SocketAddr, err: &io::Error) -> String {
     }
 }
 
-fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+/// A TCP socket for `addr`'s family, to listen on.
+fn listen_socket(addr: SocketAddr) -> io::Result<TcpSocket> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
@@ -102,6 +103,11 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     // So that a restarted node gets its ports back while connections of
     // the previous run linger in TIME_WAIT.
     socket.set_reuseaddr(true)?;
+    Ok(socket)
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = listen_socket(addr)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
 }
@@ -114,12 +120,7 @@ fn bind_steered(addr: SocketAddr, n: usize) -> io::Result<Vec<std::net::TcpListe
     let mut out: Vec<std::net::TcpListener> = Vec::with_capacity(n);
     let mut addr = addr;
     for i in 0..n {
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
+        let socket = listen_socket(addr)?;
         socket.set_reuseport(true)?;
         if i == 0 {
             attach_cpu_steering(socket.as_raw_fd(), n as u32)?;
@@ -179,8 +180,36 @@ fn attach_cpu_steering(fd: std::os::fd::RawFd, n: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Accepts on `listener` until `stop`, giving each connection to
+/// `take`; after an accept error (out of descriptors, most likely) it
+/// pauses so that the loop does not spin while the condition lasts.
+async fn accept_loop(
+    listener: &TcpListener,
+    port: &PortState,
+    stop: &CancellationToken,
+    mut take: impl FnMut(TcpStream, SocketAddr),
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => take(stream, peer),
+            Err(err) => {
+                warn!(port = port.published, error = %err, "mesh accept failed");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
+                }
+            }
+        }
+    }
+}
+
 /// The accept loop of one steered socket, on its thread's runtime: every
-/// connection it accepts is served there.
+/// connection it accepts is served there, unless this thread has far more
+/// open than another ([`here_or_least`]).
 async fn accept_here(
     listener: std::net::TcpListener,
     index: usize,
@@ -195,31 +224,22 @@ async fn accept_here(
             return;
         }
     };
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => match here_or_least(&ctx.workers, index) {
-                Some(own) => {
-                    let (port, ctx2) = (port.clone(), ctx.clone());
-                    ctx.conns.spawn(async move {
-                        let _open = own;
-                        serve(stream, peer, port, ctx2).await;
-                    });
-                }
-                None => dispatch(stream, peer, &port, &ctx),
-            },
-            Err(err) => {
-                warn!(port = port.published, error = %err, "mesh accept failed");
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
-                }
+    accept_loop(
+        &listener,
+        &port,
+        &stop,
+        |stream, peer| match here_or_least(&ctx.workers, index) {
+            Some(own) => {
+                let (port, ctx2) = (port.clone(), ctx.clone());
+                ctx.conns.spawn(async move {
+                    let _open = own;
+                    serve(stream, peer, port, ctx2).await;
+                });
             }
-        }
-    }
+            None => dispatch(stream, peer, &port, &ctx),
+        },
+    )
+    .await;
 }
 
 /// Listens on the port until `stop` (the port left the table) or the
@@ -288,8 +308,13 @@ pub async fn listen(port: Arc<PortState>, ctx: Ctx, stop: CancellationToken) {
     port.set_error(None);
     port.listening.store(true, RELAXED);
     info!(service = %port.route().service_name, port = port.published, "mesh listening");
-    let listener = match listener {
-        Bound::One(listener) => listener,
+    match listener {
+        Bound::One(listener) => {
+            accept_loop(&listener, &port, &stop, |stream, peer| {
+                dispatch(stream, peer, &port, &ctx)
+            })
+            .await
+        }
         Bound::Steered(sockets) => {
             // Each loop ends with `stop`.
             let loops = TaskTracker::new();
@@ -300,25 +325,6 @@ pub async fn listen(port: Arc<PortState>, ctx: Ctx, stop: CancellationToken) {
             }
             loops.close();
             loops.wait().await;
-            port.listening.store(false, RELAXED);
-            debug!(port = port.published, "mesh listener closed");
-            return;
-        }
-    };
-    loop {
-        let accepted = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => dispatch(stream, peer, &port, &ctx),
-            Err(err) => {
-                warn!(port = port.published, error = %err, "mesh accept failed");
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => {}
-                }
-            }
         }
     }
     port.listening.store(false, RELAXED);
