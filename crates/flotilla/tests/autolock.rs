@@ -69,15 +69,15 @@ fn wait_manager(d: &Daemon, managers: u64) -> Result<()> {
     )
 }
 
-/// Whether `d`'s TLS key on disk is sealed.
-fn key_sealed(d: &Daemon) -> bool {
-    std::fs::read_to_string(d.data_dir().join("certs").join("node.key"))
-        .map(|t| t.starts_with("FLOTILLA SEALED NODE KEY") && !t.contains("PRIVATE KEY"))
-        .unwrap_or(false)
-}
-
+/// `d`'s TLS key file as it is on disk (empty if unreadable).
 fn node_key(d: &Daemon) -> String {
     std::fs::read_to_string(d.data_dir().join("certs").join("node.key")).unwrap_or_default()
+}
+
+/// Whether `d`'s TLS key on disk is sealed.
+fn key_sealed(d: &Daemon) -> bool {
+    let text = node_key(d);
+    text.starts_with("FLOTILLA SEALED NODE KEY") && !text.contains("PRIVATE KEY")
 }
 
 /// Fails naming the files of `d`'s data dir that hold any of `needles`.

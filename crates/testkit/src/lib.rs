@@ -428,36 +428,31 @@ impl Daemon {
 
     /// Runs `flotilla --data-dir DIR ARGS...`.
     pub fn cli(&self, args: &[&str]) -> CliOutput {
-        let out = Command::new(&self.bin)
-            .arg("--data-dir")
-            .arg(self.dir.path())
-            .args(args)
-            .stdin(Stdio::null())
-            .output();
-        match out {
-            Ok(o) => CliOutput::from(o),
-            Err(e) => CliOutput {
-                code: -1,
-                stdout: String::new(),
-                stderr: format!("cannot run flotilla: {e}"),
-            },
-        }
+        self.run_cli(args, None)
     }
 
     /// Runs `flotilla --data-dir DIR ARGS...` with `input` on its stdin.
     pub fn cli_with_stdin(&self, args: &[&str], input: &str) -> CliOutput {
+        self.run_cli(args, Some(input))
+    }
+
+    fn run_cli(&self, args: &[&str], input: Option<&str>) -> CliOutput {
         use std::io::Write as _;
         let child = Command::new(&self.bin)
             .arg("--data-dir")
             .arg(self.dir.path())
             .args(args)
-            .stdin(Stdio::piped())
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn();
         let out = child.and_then(|mut c| {
-            if let Some(mut stdin) = c.stdin.take() {
-                stdin.write_all(input.as_bytes())?;
+            if let (Some(text), Some(mut stdin)) = (input, c.stdin.take()) {
+                stdin.write_all(text.as_bytes())?;
             }
             c.wait_with_output()
         });
@@ -473,15 +468,16 @@ impl Daemon {
 
     /// [`Daemon::cli_with_stdin`] of a command that must succeed.
     pub fn ok_with_stdin(&self, args: &[&str], input: &str) -> Result<CliOutput> {
-        self.cli_with_stdin(args, input)
-            .ok()
-            .with_context(|| format!("flotilla {}", args.join(" ")))
+        Self::must(self.cli_with_stdin(args, input), args)
     }
 
     /// Runs a CLI command that must succeed.
     pub fn ok(&self, args: &[&str]) -> Result<CliOutput> {
-        self.cli(args)
-            .ok()
+        Self::must(self.cli(args), args)
+    }
+
+    fn must(out: CliOutput, args: &[&str]) -> Result<CliOutput> {
+        out.ok()
             .with_context(|| format!("flotilla {}", args.join(" ")))
     }
 
