@@ -146,8 +146,8 @@ pub fn plaintext_keys(cluster: &Cluster) -> ClusterKeys {
     }
 }
 
-/// The unlock keys this manager holds, newest first, and the keys the
-/// newest opened last (so that a read does not open them each time).
+/// The unlock keys this manager holds, newest first, and what one of them
+/// opened last (so that a read does not open them each time).
 #[derive(Default)]
 pub struct Keyring {
     held: RwLock<Held>,
@@ -158,7 +158,14 @@ struct Held {
     /// Newest first; the previous one stays for a manager that was down
     /// during a rotation.
     unlock: Vec<SecretData>,
-    opened: Option<(SealedData, ClusterKeys)>,
+    opened: Option<Opened>,
+}
+
+/// The sealed keys last opened, with the unlock key that opened them.
+struct Opened {
+    sealed: SealedData,
+    key: SecretData,
+    keys: ClusterKeys,
 }
 
 /// How many unlock keys a keyring keeps.
@@ -193,38 +200,52 @@ impl Keyring {
         self.held().unlock.first().cloned()
     }
 
+    /// The unlock key that opens `sealed` of `cluster_id` and what it
+    /// opens (the last answer again while `sealed` is the same), the key
+    /// made the newest.
+    fn open(&self, cluster_id: &str, sealed: &SealedData) -> Option<(SecretData, ClusterKeys)> {
+        let cached = self
+            .held()
+            .opened
+            .as_ref()
+            .filter(|o| &o.sealed == sealed)
+            .map(|o| (o.key.clone(), o.keys.clone()));
+        let (key, keys) = match cached {
+            Some(hit) => hit,
+            None => {
+                let candidates = self.held().unlock.clone();
+                let (key, keys) = candidates
+                    .into_iter()
+                    .find_map(|k| open_keys(&k, cluster_id, sealed).ok().map(|keys| (k, keys)))?;
+                self.held_mut().opened = Some(Opened {
+                    sealed: sealed.clone(),
+                    key: key.clone(),
+                    keys: keys.clone(),
+                });
+                (key, keys)
+            }
+        };
+        if self.newest().as_ref() != Some(&key) {
+            self.add(key.clone());
+        }
+        Some((key, keys))
+    }
+
     /// The unlock key that opens `sealed` of `cluster_id`, made the newest.
     pub fn key_for(&self, cluster_id: &str, sealed: &SealedData) -> Option<SecretData> {
-        let keys = self.held().unlock.clone();
-        let found = keys
-            .into_iter()
-            .find(|k| open_keys(k, cluster_id, sealed).is_ok())?;
-        self.add(found.clone());
-        Some(found)
+        self.open(cluster_id, sealed).map(|(key, _)| key)
     }
 
     /// The cluster's keys: from the store when autolock is off, else
     /// opened with an unlock key held here.
     pub fn keys(&self, cluster: &Cluster) -> Result<ClusterKeys, KeyError> {
-        let Some(sealed) = &cluster.autolock else {
-            return Ok(plaintext_keys(cluster));
-        };
-        if let Some((at, keys)) = &self.held().opened {
-            if at == sealed {
-                return Ok(keys.clone());
-            }
+        match &cluster.autolock {
+            None => Ok(plaintext_keys(cluster)),
+            Some(sealed) => self
+                .open(&cluster.id, sealed)
+                .map(|(_, keys)| keys)
+                .ok_or(KeyError::Locked),
         }
-        let candidates = self.held().unlock.clone();
-        for key in candidates {
-            if let Ok(keys) = open_keys(&key, &cluster.id, sealed) {
-                let mut held = self.held_mut();
-                held.opened = Some((sealed.clone(), keys.clone()));
-                drop(held);
-                self.add(key);
-                return Ok(keys);
-            }
-        }
-        Err(KeyError::Locked)
     }
 
     /// `cluster` with its keys opened (the store's record itself when
