@@ -30,16 +30,11 @@ fn key_error(e: KeyError) -> ControlError {
 const OFF: &str = "autolock is off: turn it on with 'flotilla cluster update --autolock=true'";
 
 impl Control {
-    fn cluster(&self) -> Result<Cluster, ControlError> {
-        self.read(|s| s.cluster.clone())
-            .ok_or_else(|| key_error(KeyError::NoCluster))
-    }
-
     /// Turns autolock on (drawing a new unlock key, and a data key if the
     /// cluster has none yet) or off. Turning on what is on, or off what is
     /// off, changes nothing.
     pub async fn set_autolock(&self, enabled: bool) -> Result<AutolockView, ControlError> {
-        let cluster = self.cluster()?;
+        let cluster = self.cluster_record()?;
         let keys = self.keys.keys(&cluster).map_err(key_error)?;
         match (enabled, cluster.autolock.is_some()) {
             (true, true) => self.unlock_key(false).await,
@@ -87,7 +82,7 @@ impl Control {
     /// during the rotation (its TLS key is sealed under that one); once
     /// unlocked, it learns the new key from a peer.
     pub async fn unlock_key(&self, rotate: bool) -> Result<AutolockView, ControlError> {
-        let cluster = self.cluster()?;
+        let cluster = self.cluster_record()?;
         let Some(sealed) = cluster.autolock.as_ref() else {
             return Err(ControlError::Conflict(OFF.into()));
         };
@@ -145,7 +140,7 @@ impl Control {
         role: flotilla_types::NodeRole,
         secret: String,
     ) -> Result<bool, ControlError> {
-        let cluster = self.cluster()?;
+        let cluster = self.cluster_record()?;
         let Some(sealed) = cluster.autolock.as_ref() else {
             return Ok(false);
         };

@@ -152,9 +152,7 @@ pub fn join_token(cluster: &Cluster, role: NodeRole) -> Result<JoinToken, Contro
 impl Control {
     /// The join token for `role`.
     pub fn join_token_of(&self, role: NodeRole) -> Result<JoinToken, ControlError> {
-        let cluster = self
-            .read(|s| s.cluster.clone())
-            .ok_or_else(|| ControlError::Conflict("the cluster is not initialized".into()))?;
+        let cluster = self.cluster_record()?;
         let cluster = self
             .keys
             .open_cluster(&cluster)

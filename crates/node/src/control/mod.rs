@@ -102,6 +102,12 @@ impl Control {
         f(&self.view.read())
     }
 
+    /// The cluster's record, as the store holds it.
+    fn cluster_record(&self) -> Result<flotilla_types::Cluster, ControlError> {
+        self.read(|s| s.cluster.clone())
+            .ok_or_else(|| ControlError::Conflict("the cluster is not initialized".into()))
+    }
+
     /// Proposes `command` and returns what the state machine answered.
     async fn commit(&self, command: Command) -> Result<Option<String>, ControlError> {
         Ok(self.writer.propose(command).await??)
