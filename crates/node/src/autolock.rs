@@ -112,7 +112,7 @@ fn key_file_state(
     data_dir: &std::path::Path,
     held: Option<&SecretData>,
 ) -> Option<Option<SecretData>> {
-    let text = std::fs::read_to_string(data_dir.join("certs").join("node.key")).ok()?;
+    let text = std::fs::read_to_string(crate::certs::key_path(data_dir)).ok()?;
     if !keyring::is_sealed_node_key(&text) {
         return Some(None);
     }
@@ -132,19 +132,12 @@ pub(crate) async fn keep(member: Arc<Member>, data_dir: PathBuf, token: Cancella
     let mut kept = Kept::default();
     let mut told = false;
     loop {
-        let (sealed, cluster_id, peers) = {
+        let (sealed, cluster_id) = {
             let state = raft.state();
             let state = state.read().unwrap_or_else(|p| p.into_inner());
-            let me = &member.identity.node_id;
-            let peers: Vec<String> = state
-                .nodes
-                .values()
-                .filter(|n| n.role == NodeRole::Manager && &n.id != me && !n.addr.is_empty())
-                .map(|n| n.addr.clone())
-                .collect();
             match state.cluster.as_ref() {
-                Some(c) => (c.autolock.clone(), c.id.clone(), peers),
-                None => (None, String::new(), peers),
+                Some(c) => (c.autolock.clone(), c.id.clone()),
+                None => (None, String::new()),
             }
         };
         let wait = if cluster_id.is_empty() {
@@ -162,7 +155,7 @@ pub(crate) async fn keep(member: Arc<Member>, data_dir: PathBuf, token: Cancella
             match next_step(sealed.as_ref(), held.as_ref(), &kept) {
                 Step::Idle => Duration::from_secs(5),
                 Step::Fetch => {
-                    if fetch(&member, &peers, &cluster_id, sealed.as_ref()).await {
+                    if fetch(&member, &raft, &cluster_id, sealed.as_ref()).await {
                         told = false;
                         Duration::ZERO
                     } else {
@@ -223,14 +216,24 @@ pub(crate) async fn keep(member: Arc<Member>, data_dir: PathBuf, token: Cancella
 /// opens `sealed` is held.
 async fn fetch(
     member: &Member,
-    peers: &[String],
+    raft: &flotilla_raft::RaftNode,
     cluster_id: &str,
     sealed: Option<&SealedData>,
 ) -> bool {
     let Some(sealed) = sealed else {
         return true;
     };
-    for peer in peers {
+    // The other managers (this one holds no key to give itself).
+    let peers: Vec<String> = {
+        let state = raft.state();
+        let state = state.read().unwrap_or_else(|p| p.into_inner());
+        let own = state.nodes.get(&member.identity.node_id).map(|n| &n.addr);
+        crate::dispatcher::manager_addrs(&state)
+            .into_iter()
+            .filter(|a| Some(a) != own)
+            .collect()
+    };
+    for peer in &peers {
         let answer = member
             .client
             .post::<_, UnlockKeyResponse>(

@@ -112,6 +112,13 @@ fn dir(data_dir: &Path) -> PathBuf {
     data_dir.join("certs")
 }
 
+/// Where this node's TLS key is (plain, or sealed under autolock).
+pub fn key_path(data_dir: &Path) -> PathBuf {
+    dir(data_dir).join(KEY_FILE)
+}
+
+const KEY_FILE: &str = "node.key";
+
 impl NodeTls {
     /// Loads the material; `None` if the node has none yet. Under
     /// autolock the key is sealed ([`Stored::Sealed`]).
@@ -125,7 +132,7 @@ impl NodeTls {
                 Err(source) => Err(CertError::Read { path, source }),
             }
         };
-        match (read("ca.crt")?, read("node.crt")?, read("node.key")?) {
+        match (read("ca.crt")?, read("node.crt")?, read(KEY_FILE)?) {
             (Some(ca_pem), Some(cert_pem), Some(key)) if keyring::is_sealed_node_key(&key) => {
                 Ok(Some(Stored::Sealed(SealedTls {
                     ca_pem,
@@ -179,7 +186,7 @@ impl NodeTls {
             }
             None => self.key_pem.clone(),
         };
-        write_file(&d, "node.key", &text, 0o600)
+        write_file(&d, KEY_FILE, &text, 0o600)
     }
 
     /// Who the node certificate says this node is.
