@@ -13,7 +13,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -61,6 +61,8 @@ pub enum CopyError {
 struct Activity {
     start: Instant,
     last_ms: AtomicU64,
+    /// One direction reached its end (and half-closed the other socket).
+    one_ended: AtomicBool,
 }
 
 impl Activity {
@@ -88,6 +90,7 @@ pub async fn copy_both(
     let activity = Activity {
         start: Instant::now(),
         last_ms: AtomicU64::new(0),
+        one_ended: AtomicBool::new(false),
     };
     let both = async {
         let up = pump(mode, client, backend, bytes_in, &activity);
@@ -161,6 +164,12 @@ async fn pump(
                 }
             }
         }
+    }
+    // The second direction to end needs no half-close: both sockets are
+    // closed next, and the close sends the FIN. With a connection per
+    // request this saves one system call in 21 (docs/mesh.md).
+    if activity.one_ended.swap(true, Ordering::Relaxed) {
+        return Ok(());
     }
     shutdown_write(dst)
 }
