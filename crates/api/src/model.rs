@@ -114,6 +114,24 @@ pub struct Info {
     /// unlock`.
     #[serde(default)]
     pub locked: bool,
+    /// Whether the managers this one hears make a quorum (writes can
+    /// commit); false also on a node that is not a manager.
+    #[serde(default)]
+    pub quorum: bool,
+    /// The managers this one does not hear from now, with how long ago it
+    /// last did.
+    #[serde(default)]
+    pub unreachable_managers: Vec<UnreachableManager>,
+}
+
+/// A manager that `info` reports unreachable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct UnreachableManager {
+    pub name: String,
+    pub addr: String,
+    /// Milliseconds since this manager last heard from it; none: not since
+    /// this manager started.
+    pub last_heard_ms: Option<u64>,
 }
 
 /// A node as `node ls` shows it.
@@ -145,6 +163,10 @@ pub struct NodeView {
     /// constraints; absent without an engine.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub engine_labels: BTreeMap<String, String>,
+    /// Milliseconds since the manager that answered last heard from this
+    /// node; none: not since it started.
+    #[serde(default)]
+    pub last_heard_ms: Option<u64>,
 }
 
 /// Running and desired task counts.

@@ -935,3 +935,114 @@ fn managers_removed_by_force_new_cluster_are_refused_by_the_new_group() -> Resul
     );
     Ok(())
 }
+
+/// Issue 13, item 1: with two of three managers killed, the survivor's
+/// `info` and `node ls` say there is no quorum, which managers are gone
+/// and since when, and how to recover, within 5 s; and stop saying it
+/// once a manager is back.
+#[test]
+fn a_survivor_without_quorum_says_so_and_how_to_recover() -> Result<()> {
+    let m1 = start_named("m1")?;
+    m1.ok(&["init"])?;
+    let mut m2 = joined(&m1, "m2", "manager")?;
+    let mut m3 = joined(&m1, "m3", "manager")?;
+    let w1 = joined(&m1, "w1", "worker")?;
+    let info = |d: &Daemon| -> Result<Value> { d.ok(&["info", "--format", "json"])?.json() };
+    wait_until(
+        "3 managers reachable with a quorum",
+        Duration::from_secs(10),
+        || {
+            let i = info(&m1)?;
+            Ok((i["managers_reachable"] == 3 && i["quorum"] == true).then_some(()))
+        },
+    )?;
+    assert!(info(&m1)?["warning"].is_null());
+
+    m2.kill9()?;
+    m3.kill9()?;
+    let t0 = Instant::now();
+    let seen = wait_until(
+        "the survivor to say there is no quorum",
+        Duration::from_secs(5),
+        || {
+            let i = info(&m1)?;
+            Ok((i["quorum"] == false && i["is_leader"] == false).then_some(i))
+        },
+    )?;
+    eprintln!("no quorum shown {:?} after the kill", t0.elapsed());
+    assert_eq!(
+        seen["warning"],
+        "NO QUORUM: 1 of 3 managers reachable; writes fail; to recover, bring a manager back or run 'flotilla init --force-new-cluster' on this node"
+    );
+    assert_eq!(seen["managers_reachable"], 1);
+    assert!(seen["leader"].is_null(), "{seen}");
+    let gone: Vec<&str> = seen["unreachable_managers"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|m| m["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(gone, ["m2", "m3"]);
+
+    let text = m1.ok(&["info"])?.stdout;
+    assert!(
+        text.contains("Role:          manager (no leader)"),
+        "{text}"
+    );
+    assert!(text.contains("WARNING:       NO QUORUM: 1 of 3"), "{text}");
+    assert!(
+        text.contains("Unreachable:   m2 at ") && text.contains("(last heard "),
+        "{text}"
+    );
+
+    // node ls: the dead managers Down and Unreachable with the time since
+    // they were heard, the survivor and the live worker Ready.
+    wait_until(
+        "node ls to show what the survivor hears",
+        Duration::from_secs(5),
+        || {
+            let nodes = m1.ok(&["node", "ls", "--format", "json"])?.json()?;
+            let by = |name: &str| {
+                nodes
+                    .as_array()
+                    .and_then(|a| a.iter().find(|n| n["name"] == name))
+                    .map(|n| (n["status"].clone(), n["manager_status"].clone()))
+            };
+            let down =
+                |name: &str| by(name) == Some((Value::from("down"), Value::from("unreachable")));
+            Ok((down("m2")
+                && down("m3")
+                && by("m1").map(|s| s.0) == Some(Value::from("ready"))
+                && by("w1").map(|s| s.0) == Some(Value::from("ready")))
+            .then_some(()))
+        },
+    )?;
+    let ls = m1.ok(&["node", "ls"])?;
+    let row = ls
+        .stdout
+        .lines()
+        .find(|l| l.contains(" m2 "))
+        .unwrap_or_default()
+        .to_string();
+    assert!(row.contains("Unreachable (last heard "), "{}", ls.stdout);
+    assert!(ls.stderr.contains("NO QUORUM: 1 of 3"), "{}", ls.stderr);
+
+    // One manager back: a quorum again, and the warning goes.
+    m3.restart()?;
+    wait_until(
+        "a quorum again with m3 back",
+        Duration::from_secs(15),
+        || {
+            let i = info(&m1)?;
+            Ok((i["quorum"] == true && !i["leader"].is_null()).then_some(i))
+        },
+    )?;
+    let i = info(&m1)?;
+    assert!(
+        !i["warning"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("NO QUORUM"),
+        "{i}"
+    );
+    drop(w1);
+    Ok(())
+}

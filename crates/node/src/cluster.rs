@@ -99,6 +99,7 @@ pub fn router(
     agent_dir: std::path::PathBuf,
     mesh: flotilla_mesh::Mesh,
 ) -> Router {
+    let contacts = member.contacts.clone();
     Router::new()
         .route("/join/v1/join", post(join))
         .route("/cluster/v1/session", post(session))
@@ -127,6 +128,30 @@ pub fn router(
         .with_state(member)
         .merge(super::tasklogs::router(agent_dir))
         .merge(super::meshstats::router(mesh))
+        .route(crate::contact::PING_PATH, post(ping))
+        .layer(axum::middleware::from_fn_with_state(contacts, heard))
+}
+
+/// Every call from a node of the cluster is news that it is alive
+/// ([`crate::contact`]).
+async fn heard(
+    State(contacts): State<crate::contact::Contacts>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(Peer(Some(p))) = request.extensions().get::<Peer>() {
+        if p.role.is_node() {
+            contacts.record(&p.node_id);
+        }
+    }
+    next.run(request).await
+}
+
+/// A manager's probe ([`crate::contact::probe_managers`]): answered to
+/// any node of the cluster.
+async fn ping(Extension(peer): Extension<Peer>) -> Result<Json<serde_json::Value>, ClusterError> {
+    node_peer(&peer)?;
+    Ok(Json(serde_json::json!({})))
 }
 
 pub(crate) fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, ClusterError> {

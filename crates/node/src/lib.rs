@@ -27,6 +27,7 @@ pub mod api;
 mod autolock;
 pub mod certs;
 pub mod cluster;
+pub mod contact;
 pub mod control;
 pub mod dispatcher;
 pub mod host;

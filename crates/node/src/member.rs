@@ -42,6 +42,8 @@ pub struct Member {
     pub dispatcher: Option<Arc<Dispatcher>>,
     /// The unlock keys this node holds (autolock; managers only).
     pub keyring: Arc<Keyring>,
+    /// When each other node was last heard from.
+    pub contacts: crate::contact::Contacts,
 }
 
 impl Member {
@@ -117,6 +119,7 @@ impl NodeCtx {
             raft,
             dispatcher,
             keyring: self.keyring.clone(),
+            contacts: crate::contact::Contacts::new(),
         }))
     }
 
@@ -253,11 +256,6 @@ impl NodeCtx {
         known.dedup();
         let (role_tx, mut role_rx) = mpsc::unbounded_channel::<(NodeRole, u64, Option<String>)>();
         self.tracker.spawn(mesh.run(mesh_rx, token.clone()));
-        // The node's network wiring follows the table its session brings.
-        // A node on a loopback address (a cluster of one machine, or of
-        // several daemons on one machine in tests) wires nothing: its
-        // VXLAN could reach no other machine, and its devices would land
-        // in the machine's own namespace, shared by every such daemon.
         let session = SessionClient {
             node_id: member.identity.node_id.clone(),
             addr: self.cluster_addr(),
@@ -329,6 +327,11 @@ impl NodeCtx {
         self.tracker
             .spawn(session.run(assign_tx, report_rx, token.clone()));
         if member.raft.is_some() {
+            self.tracker.spawn(crate::contact::probe_managers(
+                member.clone(),
+                self.cluster_addr(),
+                token.clone(),
+            ));
             self.tracker.spawn(crate::autolock::keep(
                 member.clone(),
                 self.data_dir.clone(),

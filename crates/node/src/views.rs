@@ -13,50 +13,48 @@ use flotilla_types::{
 /// What the views need to know about raft membership.
 #[derive(Debug, Clone, Default)]
 pub struct ManagerStatus {
-    /// Raft ID of the leader, if known.
+    /// Raft ID of the leader, if known and heard from.
     pub leader_raft_id: Option<u64>,
     /// Raft IDs of managers this node currently hears from (itself included).
     pub reachable: Vec<u64>,
+    /// The voters this manager hears are not a quorum: the store's rows
+    /// are not being updated, so node status is what this manager hears.
+    pub no_quorum: bool,
+    /// Milliseconds since this manager last heard each node (by node ID;
+    /// its own is 0); a node missing was not heard since it started.
+    pub heard_ms: std::collections::HashMap<String, u64>,
+    /// How long a node may go unheard before it is shown down (used
+    /// without a quorum).
+    pub node_timeout: std::time::Duration,
 }
 
 /// How far behind the leader's log a voter may be and still count as
 /// caught up (a few batches in flight).
 pub const CAUGHT_UP_LAG: u64 = 100;
 
-/// The managers that count as reachable. A manager must be a voter whose
-/// agent heartbeats arrive (`heard`: its node is ready). The leader also
-/// knows how far each voter's log matches its own, and counts only those
-/// within [`CAUGHT_UP_LAG`] entries (a manager that joined and is still
-/// receiving the state is not reachable: it could not take part in a
-/// quorum; a dead one's log stops where it died, so the heartbeats decide
-/// for it). A follower knows only the heartbeats, itself and the leader it
-/// hears from.
+/// The managers that count as reachable: voters this manager heard from
+/// lately (`heard`, from [`crate::contact::quorum_view`]; itself always).
+/// The leader also knows how far each voter's log matches its own, and
+/// counts only those within [`CAUGHT_UP_LAG`] entries (a manager that
+/// joined and is still receiving the state is not reachable: it could not
+/// take part in a quorum).
 pub fn reachable_managers(
     progress: &flotilla_raft::node::Progress,
     me: u64,
-    leader: Option<u64>,
     heard: &[u64],
 ) -> Vec<u64> {
-    let voter = |id: &u64| progress.voters.contains(id);
-    let mut out: Vec<u64> = match &progress.matched {
-        Some(matched) => progress
-            .voters
-            .iter()
-            .filter(|id| {
-                **id == me
-                    || (heard.contains(id)
-                        && matched
-                            .get(id)
-                            .is_some_and(|m| m + CAUGHT_UP_LAG >= progress.last_log_index))
-            })
-            .copied()
-            .collect(),
-        None => std::iter::once(me)
-            .chain(leader)
-            .chain(heard.iter().copied())
-            .filter(voter)
-            .collect(),
+    let caught_up = |id: &u64| match &progress.matched {
+        Some(matched) => matched
+            .get(id)
+            .is_some_and(|m| m + CAUGHT_UP_LAG >= progress.last_log_index),
+        None => true,
     };
+    let mut out: Vec<u64> = progress
+        .voters
+        .iter()
+        .filter(|id| **id == me || (heard.contains(id) && caught_up(id)))
+        .copied()
+        .collect();
     out.sort_unstable();
     out.dedup();
     out
@@ -495,7 +493,18 @@ pub fn node_views(state: &State, self_id: Option<&str>, managers: &ManagerStatus
             name: n.name.clone(),
             hostname: n.hostname.clone(),
             role: n.role,
-            status: n.state,
+            // Without a quorum no leader updates the rows: what this
+            // manager hears is the truth.
+            status: if managers.no_quorum {
+                match managers.heard_ms.get(&n.id) {
+                    Some(ms) if *ms < managers.node_timeout.as_millis() as u64 => {
+                        flotilla_types::NodeState::Ready
+                    }
+                    _ => flotilla_types::NodeState::Down,
+                }
+            } else {
+                n.state
+            },
             availability: n.availability,
             manager_status: (n.role == NodeRole::Manager).then(|| {
                 if managers.leader_raft_id == Some(n.raft_id) {
@@ -514,6 +523,7 @@ pub fn node_views(state: &State, self_id: Option<&str>, managers: &ManagerStatus
             resources: n.resources,
             overlay_error: n.overlay_error.clone(),
             engine_labels: n.engine_labels.clone(),
+            last_heard_ms: managers.heard_ms.get(&n.id).copied(),
         })
         .collect()
 }
@@ -543,13 +553,30 @@ pub fn info(state: &State, local: &LocalFacts, managers: &ManagerStatus) -> Info
         .filter(|id| managers.reachable.contains(id))
         .count() as u64;
     let tolerance = fault_tolerance(count);
-    let warning = (state.cluster.is_some() && tolerance == 0).then(|| {
+    let no_quorum = state.cluster.is_some() && managers.no_quorum;
+    let tolerance_warning = (state.cluster.is_some() && tolerance == 0).then(|| {
         format!(
             "the cluster tolerates no manager failure with {count} manager{}: losing {} stops all changes; run 3 or 5 managers",
             if count == 1 { "" } else { "s" },
             if count == 1 { "it" } else { "one" }
         )
     });
+    let warning = if no_quorum {
+        Some(crate::contact::no_quorum_warning(reachable, count))
+    } else {
+        tolerance_warning
+    };
+    let mut unreachable_managers: Vec<flotilla_api::model::UnreachableManager> = state
+        .nodes
+        .values()
+        .filter(|n| n.role == NodeRole::Manager && !managers.reachable.contains(&n.raft_id))
+        .map(|n| flotilla_api::model::UnreachableManager {
+            name: n.name.clone(),
+            addr: n.addr.clone(),
+            last_heard_ms: managers.heard_ms.get(&n.id).copied(),
+        })
+        .collect();
+    unreachable_managers.sort_by(|a, b| a.name.cmp(&b.name));
     let mut tasks = BTreeMap::new();
     for t in state
         .tasks
@@ -587,6 +614,8 @@ pub fn info(state: &State, local: &LocalFacts, managers: &ManagerStatus) -> Info
         data_dir: local.data_dir.clone(),
         autolock: state.cluster.as_ref().is_some_and(|c| c.autolock.is_some()),
         locked: false,
+        quorum: state.cluster.is_some() && !managers.no_quorum,
+        unreachable_managers,
     }
 }
 
@@ -595,7 +624,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_caught_up_voters_are_reachable() {
+    fn only_heard_and_caught_up_voters_are_reachable() {
         use flotilla_raft::node::Progress;
         let on_leader = Progress {
             voters: vec![1, 2, 3],
@@ -603,20 +632,19 @@ mod tests {
             matched: Some([(2, 4_950), (3, 10), (4, 5_000)].into_iter().collect()),
         };
         // 3 still receives the state; 4 is a learner, not a voter.
-        assert_eq!(
-            reachable_managers(&on_leader, 1, Some(1), &[2, 3, 4]),
-            vec![1, 2]
-        );
+        assert_eq!(reachable_managers(&on_leader, 1, &[2, 3, 4]), vec![1, 2]);
+        // 2 is caught up but not heard lately.
+        assert_eq!(reachable_managers(&on_leader, 1, &[3]), vec![1]);
         let on_follower = Progress {
             voters: vec![1, 2, 3],
             last_log_index: 5_000,
             matched: None,
         };
         assert_eq!(
-            reachable_managers(&on_follower, 2, Some(1), &[3, 4]),
+            reachable_managers(&on_follower, 2, &[1, 3, 4]),
             vec![1, 2, 3]
         );
-        assert_eq!(reachable_managers(&on_follower, 2, None, &[]), vec![2]);
+        assert_eq!(reachable_managers(&on_follower, 2, &[]), vec![2]);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use flotilla_api::model::InitRequest;
+use flotilla_api::model::{InitRequest, Reachability};
 use flotilla_api::Client;
 use flotilla_types::parse_duration_ms;
 
@@ -166,10 +166,17 @@ pub async fn info(client: &Client, format: Format) -> Result<()> {
         info.node_name,
         info.node_id.as_deref().unwrap_or("-")
     );
+    let manager = info.role == Some(flotilla_types::NodeRole::Manager);
     println!(
         "Role:          {}{}",
         info.role.map(|r| r.as_str()).unwrap_or("-"),
-        if info.is_leader { " (leader)" } else { "" }
+        if info.is_leader {
+            " (leader)"
+        } else if manager && info.leader.is_none() {
+            " (no leader)"
+        } else {
+            ""
+        }
     );
     println!(
         "Managers:      {} ({} reachable), tolerates {} failure{}",
@@ -180,6 +187,14 @@ pub async fn info(client: &Client, format: Format) -> Result<()> {
     );
     if let Some(w) = &info.warning {
         println!("WARNING:       {w}");
+    }
+    for m in &info.unreachable_managers {
+        println!(
+            "Unreachable:   {} at {} ({})",
+            m.name,
+            m.addr,
+            flotilla_node::contact::heard_ago(m.last_heard_ms)
+        );
     }
     println!(
         "Autolock:      {}",
@@ -217,9 +232,14 @@ pub async fn node(client: &Client, command: &NodeCommand) -> Result<()> {
                         n.name.clone(),
                         title(n.status.as_str()),
                         title(n.availability.as_str()),
-                        n.manager_status
-                            .map(|m| title(m.as_str()))
-                            .unwrap_or_default(),
+                        match n.manager_status {
+                            Some(Reachability::Unreachable) => format!(
+                                "Unreachable ({})",
+                                flotilla_node::contact::heard_ago(n.last_heard_ms)
+                            ),
+                            Some(m) => title(m.as_str()),
+                            None => String::new(),
+                        },
                         if n.addr.is_empty() {
                             "-".into()
                         } else {

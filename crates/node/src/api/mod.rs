@@ -281,6 +281,8 @@ struct Mgr {
     member: Arc<Member>,
     raft: Arc<flotilla_raft::RaftNode>,
     view: flotilla_manager::StoreView,
+    /// `--node-timeout`: how long a node may go unheard before it is down.
+    node_timeout: std::time::Duration,
 }
 
 impl Mgr {
@@ -309,6 +311,7 @@ async fn member(ctx: &NodeCtx) -> Result<Mgr, ApiError> {
             member: m,
             raft,
             view,
+            node_timeout: ctx.node_timeout,
         }),
         _ => Err(ApiError::Conflict(
             "this node is a worker: run this command on a manager".into(),
@@ -316,26 +319,63 @@ async fn member(ctx: &NodeCtx) -> Result<Mgr, ApiError> {
     }
 }
 
+/// The managers as this one observes them now: who it heard from lately
+/// ([`crate::contact`]), whether they make a quorum, and the leader if it
+/// is among them (or is this manager, holding its lease).
 fn managers(member: &Mgr) -> ManagerStatus {
-    let leader = member.raft.leader();
     let me = member.member.identity.raft_id;
-    // A follower's liveness comes from agent heartbeats, which the leader
-    // records in the store for every node (managers included).
-    let heard: Vec<u64> = member
+    let mut ages = member.member.contacts.ages();
+    ages.insert(
+        member.member.identity.node_id.clone(),
+        std::time::Duration::ZERO,
+    );
+    let progress = member.raft.progress();
+    let contacts: Vec<crate::contact::ManagerContact> = member
         .view
         .read()
         .nodes
         .values()
-        .filter(|n| {
-            n.role == flotilla_types::NodeRole::Manager
-                && n.state == flotilla_types::NodeState::Ready
+        .filter(|n| n.role == flotilla_types::NodeRole::Manager)
+        .map(|n| crate::contact::ManagerContact {
+            raft_id: n.raft_id,
+            age: ages.get(&n.id).copied(),
         })
-        .map(|n| n.raft_id)
         .collect();
+    let quorum = crate::contact::quorum_view(&progress.voters, me, &contacts);
+    let leader = member.raft.leader().filter(|l| {
+        if *l == me {
+            member.raft.is_leader()
+        } else {
+            quorum.heard.contains(l)
+        }
+    });
     ManagerStatus {
         leader_raft_id: leader,
-        reachable: views::reachable_managers(&member.raft.progress(), me, leader, &heard),
+        reachable: views::reachable_managers(&progress, me, &quorum.heard),
+        no_quorum: !quorum.quorum,
+        heard_ms: ages
+            .into_iter()
+            .map(|(id, age)| (id, age.as_millis() as u64))
+            .collect(),
+        node_timeout: member.node_timeout,
     }
+}
+
+/// The NO QUORUM line, when this manager does not hear a quorum.
+fn no_quorum_warning(m: &Mgr, status: &ManagerStatus) -> Option<String> {
+    if !status.no_quorum {
+        return None;
+    }
+    let managers = read(m, |s| {
+        s.nodes
+            .values()
+            .filter(|n| n.role == flotilla_types::NodeRole::Manager)
+            .count() as u64
+    });
+    Some(crate::contact::no_quorum_warning(
+        status.reachable.len() as u64,
+        managers,
+    ))
 }
 
 /// Makes the next read linearizable: the leader confirms it still leads

@@ -5,8 +5,13 @@ use super::*;
 
 pub(super) async fn nodes(State(ctx): Ctx) -> Result<Response, ApiError> {
     let m = member(&ctx).await?;
-    let warning = linearize(&m).await;
     let status = managers(&m);
+    // Without a quorum a linearized read cannot be had; say so plainly
+    // rather than wait for it.
+    let warning = match no_quorum_warning(&m, &status) {
+        Some(w) => Some(w),
+        None => linearize(&m).await,
+    };
     let id = m.member.identity.node_id.clone();
     Ok(answer(
         warning,
