@@ -361,6 +361,19 @@ impl Client {
     }
 
     /// `GET /v1/nodes`.
+    /// `GET /v1/backup`.
+    pub async fn backup(&self) -> Result<crate::model::BackupView, ClientError> {
+        self.call::<(), _>(Method::GET, "/v1/backup", None).await
+    }
+
+    /// `POST /v1/restore`.
+    pub async fn restore(
+        &self,
+        request: &crate::model::RestoreRequest,
+    ) -> Result<crate::model::RestoreResponse, ClientError> {
+        self.call(Method::POST, "/v1/restore", Some(request)).await
+    }
+
     pub async fn nodes(&self) -> Result<Vec<NodeView>, ClientError> {
         self.call::<(), _>(Method::GET, "/v1/nodes", None).await
     }

@@ -78,6 +78,37 @@ pub struct UnlockKeyView {
     pub unlock_key: Option<String>,
 }
 
+/// `GET /v1/backup`: the whole state at one raft index, as a backup
+/// file's text (a header line, then the state; see `flotilla_node::backup`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackupView {
+    pub backup: String,
+}
+
+/// `POST /v1/restore`: a backup (not encrypted: the CLI opens an
+/// encrypted one first) for this fresh node to restore.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RestoreRequest {
+    pub backup: String,
+    /// Opens a backup made under autolock (`FLTKEY-1-...`).
+    #[serde(default)]
+    pub unlock_key: Option<String>,
+    /// Where other nodes reach this one, as for `init`.
+    #[serde(default)]
+    pub advertise_addr: Option<String>,
+}
+
+/// What `POST /v1/restore` made; the daemon restarts into it right after.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RestoreResponse {
+    pub cluster_id: String,
+    pub node_id: String,
+    /// The raft index the backup was made at.
+    pub index: u64,
+    pub services: u64,
+    pub secrets: u64,
+}
+
 /// `POST /v1/autolock`: turn autolock on or off.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AutolockRequest {

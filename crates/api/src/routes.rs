@@ -15,10 +15,10 @@ use utoipa::openapi::{RefOr, Schema};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::model::{
-    AutolockRequest, ClientCert, ClientCertRequest, ForceQuery, Info, InitRequest, InitResponse,
-    JoinRequest, JoinTokenView, LeaderCheck, LogEvent, LogQuery, NetworkView, NodeUpdate, NodeView,
-    Removed, ScaleRequest, ServiceReplace, ServiceView, TaskView, TokenQuery, UnlockKeyView,
-    UnlockRequest,
+    AutolockRequest, BackupView, ClientCert, ClientCertRequest, ForceQuery, Info, InitRequest,
+    InitResponse, JoinRequest, JoinTokenView, LeaderCheck, LogEvent, LogQuery, NetworkView,
+    NodeUpdate, NodeView, Removed, RestoreRequest, RestoreResponse, ScaleRequest, ServiceReplace,
+    ServiceView, TaskView, TokenQuery, UnlockKeyView, UnlockRequest,
 };
 use flotilla_types::{NetworkSpec, ServiceSpec};
 
@@ -56,6 +56,8 @@ pub enum Operation {
     Unlock,
     UnlockKey,
     Autolock,
+    Backup,
+    Restore,
     ListNodes,
     InspectNode,
     RemoveNode,
@@ -265,6 +267,20 @@ pub const ROUTES: &[Route] = &[
         ok: json(schema_of::<UnlockKeyView>),
         errors: &[400, 409, 500, 503],
         ..route(Post, "/v1/autolock", Op::Autolock)
+    },
+    Route {
+        summary: "A backup of the whole state at one raft index (a manager)",
+        ok: json(schema_of::<BackupView>),
+        errors: READ,
+        may_warn: true,
+        ..route(Get, "/v1/backup", Op::Backup)
+    },
+    Route {
+        summary: "Restore a backup on this fresh node: it becomes the only manager of the backup's cluster under a new epoch",
+        body: Some(schema_of::<RestoreRequest>),
+        ok: json(schema_of::<RestoreResponse>),
+        errors: &[400, 403, 409, 500],
+        ..route(Post, "/v1/restore", Op::Restore)
     },
     Route {
         summary: "Every node",

@@ -153,6 +153,25 @@ async fn dispatch(
         Command::Cluster(flotilla::cli::options::ClusterCommand::Update { autolock }) => {
             flotilla::cli::autolock::update(&client()?, *autolock).await
         }
+        Command::Backup {
+            output,
+            passphrase_file,
+        } => flotilla::cli::backup::backup(&client()?, output, passphrase_file.as_deref()).await,
+        Command::Restore {
+            file,
+            passphrase_file,
+            unlock_key_file,
+            advertise_addr,
+        } => {
+            flotilla::cli::backup::restore(
+                &client()?,
+                file,
+                passphrase_file.as_deref(),
+                unlock_key_file.as_deref(),
+                advertise_addr.as_deref(),
+            )
+            .await
+        }
         Command::ClientCert { name, out } => commands::client_cert(&client()?, name, out).await,
         Command::LeaderCheck => commands::leader_check(&client()?).await,
         Command::Leave { force } => {

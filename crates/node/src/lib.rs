@@ -25,6 +25,7 @@
 
 pub mod api;
 mod autolock;
+pub mod backup;
 pub mod certs;
 pub mod cluster;
 pub mod contact;
@@ -39,6 +40,7 @@ mod member;
 pub mod meshstats;
 mod recovery;
 mod renew;
+pub mod restore;
 pub mod session;
 pub mod tasklogs;
 pub mod views;

@@ -130,6 +130,7 @@ pub enum Step {
     Join,
     Leave,
     ForceNewCluster,
+    Restore,
 }
 
 /// Whether `step` may start in `stage`, and why not.
@@ -140,7 +141,10 @@ pub fn allowed(stage: Stage, step: Step) -> Result<(), InitError> {
         (Stage::Restarting, _) => {
             refused("this node is restarting into a new cluster; try again in a moment")
         }
-        (Stage::Idle, Step::Init | Step::Join) => Ok(()),
+        (Stage::Idle, Step::Init | Step::Join | Step::Restore) => Ok(()),
+        (Stage::Manager | Stage::Worker, Step::Restore) => refused(
+            "this node is already in a cluster: restore makes a new cluster on a fresh node (run 'flotilla leave --force' here first, or restore on another node)",
+        ),
         (Stage::Manager | Stage::Worker, Step::Init | Step::Join) => {
             Err(InitError::AlreadyInCluster)
         }
@@ -702,5 +706,18 @@ mod tests {
             Some("this node is not in a cluster: nothing to recover")
         );
         assert!(refusal(Stage::Restarting, Step::ForceNewCluster).is_some());
+    }
+
+    #[test]
+    fn a_restore_needs_a_fresh_node() {
+        assert!(allowed(Stage::Idle, Step::Restore).is_ok());
+        for stage in [Stage::Manager, Stage::Worker] {
+            assert!(
+                refusal(stage, Step::Restore).is_some_and(
+                    |m| m.starts_with("this node is already in a cluster: restore makes")
+                )
+            );
+        }
+        assert!(refusal(Stage::Locked, Step::Restore).is_some());
     }
 }

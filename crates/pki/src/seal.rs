@@ -73,6 +73,52 @@ pub fn digest(key: &[u8], data: &[u8]) -> String {
     tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Seals `plain` under `key` with a nonce the caller drew (one it must
+/// record before sealing, as a backup's header does).
+pub fn seal_with_nonce(
+    key: &[u8],
+    nonce: &[u8],
+    aad: &[u8],
+    plain: &[u8],
+) -> Result<Vec<u8>, SealError> {
+    let key = key_of(key)?;
+    let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| SealError::BadKey)?;
+    let mut data = plain.to_vec();
+    key.seal_in_place_append_tag(nonce, Aad::from(aad), &mut data)
+        .map_err(|_| SealError::BadKey)?;
+    Ok(data)
+}
+
+/// SHA-256 of `data`, hex.
+pub fn sha256_hex(data: &[u8]) -> String {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `n` random bytes from the system.
+pub fn random_bytes(n: usize) -> Result<Vec<u8>, SealError> {
+    let mut out = vec![0u8; n];
+    SystemRandom::new()
+        .fill(&mut out)
+        .map_err(|_| SealError::Random)?;
+    Ok(out)
+}
+
+/// A data key from a passphrase: PBKDF2-HMAC-SHA256 with `salt` and
+/// `iterations` (a backup's encryption, which records both).
+pub fn passphrase_key(passphrase: &[u8], salt: &[u8], iterations: u32) -> Vec<u8> {
+    let mut key = vec![0u8; DATA_KEY_LEN];
+    let rounds = std::num::NonZeroU32::new(iterations.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        rounds,
+        salt,
+        passphrase,
+        &mut key,
+    );
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

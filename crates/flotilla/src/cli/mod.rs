@@ -14,6 +14,7 @@
 //! - [`output`]: tables, `inspect` text and JSON.
 
 pub mod autolock;
+pub mod backup;
 pub mod commands;
 pub mod container;
 pub mod flags;

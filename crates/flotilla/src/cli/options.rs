@@ -70,6 +70,29 @@ pub enum Command {
     /// Change settings of the whole cluster
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Write a backup of the whole cluster state (on any manager, while it runs)
+    Backup {
+        /// The file to write (mode 0600)
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Encrypt it with the passphrase on the first line of this file
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Start a one-manager cluster on this fresh node from a backup
+    Restore {
+        /// The backup file
+        file: PathBuf,
+        /// The passphrase of an encrypted backup (first line of this file)
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// The unlock key of a backup made under autolock (first line of this file)
+        #[arg(long)]
+        unlock_key_file: Option<PathBuf>,
+        /// Address other nodes reach this one at, HOST or HOST:PORT
+        #[arg(long)]
+        advertise_addr: Option<String>,
+    },
     /// Leave the cluster: stop this node's tasks and forget the cluster
     Leave {
         /// Leave even as the last manager, or when it breaks quorum

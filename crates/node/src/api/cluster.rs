@@ -160,6 +160,42 @@ pub(super) async fn unlock(
     Ok(Json(()))
 }
 
+/// `GET /v1/backup`: the state as this manager has applied it, at its
+/// index (linearized first where a quorum answers).
+pub(super) async fn backup(State(ctx): Ctx) -> Result<Response, ApiError> {
+    let m = member(&ctx).await?;
+    let warning = linearize(&m).await;
+    let state = read(&m, |s| s.clone());
+    let bytes = crate::backup::write(&state, crate::now_ms(), None)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let backup = String::from_utf8(bytes).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(answer(warning, flotilla_api::model::BackupView { backup }))
+}
+
+/// `POST /v1/restore`: on a fresh node only (see [`crate::restore`]).
+pub(super) async fn restore(
+    State(ctx): Ctx,
+    req: Result<Json<flotilla_api::model::RestoreRequest>, JsonRejection>,
+) -> ApiResult<flotilla_api::model::RestoreResponse> {
+    let req = body(req)?;
+    let backup = crate::backup::read(req.backup.as_bytes(), None)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let restored = ctx
+        .restore(
+            backup,
+            req.unlock_key.as_deref(),
+            req.advertise_addr.as_deref(),
+        )
+        .await?;
+    Ok(Json(flotilla_api::model::RestoreResponse {
+        cluster_id: restored.identity.cluster_id,
+        node_id: restored.identity.node_id,
+        index: restored.index,
+        services: restored.services,
+        secrets: restored.secrets,
+    }))
+}
+
 pub(super) async fn unlock_key(
     State(ctx): Ctx,
     Query(q): Query<TokenQuery>,

@@ -199,6 +199,8 @@ fn endpoint(route: &Route) -> MethodRouter<Arc<NodeCtx>> {
         Operation::Unlock => on(m, unlock),
         Operation::UnlockKey => on(m, unlock_key),
         Operation::Autolock => on(m, autolock),
+        Operation::Backup => on(m, backup),
+        Operation::Restore => on(m, restore),
         Operation::ListNodes => on(m, nodes),
         Operation::InspectNode => on(m, node),
         Operation::RemoveNode => on(m, remove_node),

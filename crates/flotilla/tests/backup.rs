@@ -1,0 +1,245 @@
+//! Backup and restore through the real binary (issue 13): a backup taken
+//! on a follower of a running 3-manager cluster, every node destroyed, the
+//! backup restored on a fresh node, two new managers joined: the services
+//! run again with their specs unchanged and a task reads its secret's
+//! content. Bad input (truncated, altered, wrong passphrase, a node
+//! already in a cluster) is refused with one line and changes nothing.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Result;
+use flotilla_testkit::{one_line_error, wait_until, Daemon};
+use serde_json::Value;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_flotilla"))
+}
+
+fn start_named(name: &str) -> Result<Daemon> {
+    Daemon::start_with(bin(), "127.0.0.1:0", &["--name", name])
+}
+
+fn joined(manager: &Daemon, name: &str, role: &str) -> Result<Daemon> {
+    let token = manager
+        .ok(&["join-token", role, "-q"])?
+        .stdout
+        .trim()
+        .to_string();
+    let d = start_named(name)?;
+    d.ok(&["join", "--token", &token, &manager.cluster_addr()?])?;
+    Ok(d)
+}
+
+const SECRET: &str = "backup-secret-content-7f3a";
+const SERVICES: [&str; 5] = ["web", "api", "db", "cache", "reader"];
+
+/// Each service's spec, by name.
+fn specs(d: &Daemon) -> Result<Vec<(String, Value)>> {
+    SERVICES
+        .iter()
+        .map(|name| {
+            let v = d.service(name)?;
+            Ok((name.to_string(), v["spec"].clone()))
+        })
+        .collect()
+}
+
+fn running(d: &Daemon, name: &str) -> Result<usize> {
+    Ok(d.tasks(name)?
+        .iter()
+        .filter(|t| t["current"] == true && t["state"] == "running")
+        .count())
+}
+
+#[test]
+fn a_backup_restored_on_a_new_node_runs_the_cluster_again() -> Result<()> {
+    let files = tempfile::tempdir()?;
+    let pass = files.path().join("pass");
+    std::fs::write(&pass, "correct horse battery\n")?;
+    let wrong = files.path().join("wrong");
+    std::fs::write(&wrong, "not it\n")?;
+    let secret_file = files.path().join("pw");
+    std::fs::write(&secret_file, SECRET)?;
+    let file = files.path().join("cluster.backup");
+    let plain_file = files.path().join("plain.backup");
+    let (before, file_s) = {
+        let m1 = start_named("m1")?;
+        m1.ok(&["init"])?;
+        let m2 = joined(&m1, "m2", "manager")?;
+        let m3 = joined(&m1, "m3", "manager")?;
+        m1.ok(&["secret", "create", "pw", &secret_file.to_string_lossy()])?;
+        for (i, name) in SERVICES.iter().enumerate() {
+            let replicas = (1 + i % 3).to_string();
+            let mut args = vec![
+                "service",
+                "create",
+                "--name",
+                name,
+                "--replicas",
+                &replicas,
+                "--stop-grace-period",
+                "1s",
+                "--label",
+                "tier=test",
+            ];
+            let script;
+            if *name == "reader" {
+                script = r#"cksum < "$FLOTILLA_SECRETS_DIR/pw"; exec sleep 100000"#.to_string();
+                args.extend(["--secret", "pw", "-d", "--", "sh", "-c", &script]);
+            } else {
+                args.extend(["-d", "--", "sleep", "100000"]);
+            }
+            m1.ok(&args)?;
+        }
+        // Taken on a follower while the cluster runs.
+        let file_s = file.to_string_lossy().into_owned();
+        let plain_s = plain_file.to_string_lossy().into_owned();
+        let out = m2.ok(&[
+            "backup",
+            "-o",
+            &file_s,
+            "--passphrase-file",
+            &pass.to_string_lossy(),
+        ])?;
+        assert!(
+            out.stdout.contains("5 services") && out.stdout.contains("encrypted"),
+            "{}",
+            out.stdout
+        );
+        m3.ok(&["backup", "-o", &plain_s])?;
+        let before = specs(&m1)?;
+        // A node in a cluster cannot restore.
+        let refused = m1.cli(&[
+            "restore",
+            &file_s,
+            "--passphrase-file",
+            &pass.to_string_lossy(),
+        ]);
+        assert_ne!(refused.code, 0);
+        assert!(
+            one_line_error(&refused).contains("already in a cluster"),
+            "{}",
+            refused.stderr
+        );
+        (before, file_s)
+        // Every node is destroyed here (killed, data dirs removed).
+    };
+    for f in [&file, &plain_file] {
+        let mode = std::fs::metadata(f)?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+    let sealed = std::fs::read(&file)?;
+    assert!(!sealed.windows(11).any(|w| w == b"PRIVATE KEY"));
+    assert!(!sealed.windows(5).any(|w| w == b"sleep"));
+    let plain = std::fs::read(&plain_file)?;
+    assert!(plain.windows(5).any(|w| w == b"sleep"));
+    // Secrets are sealed under the cluster's data key in either file.
+    for bytes in [&sealed, &plain] {
+        assert!(!bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()));
+    }
+
+    let r1 = start_named("r1")?;
+    // Bad input is refused with one line, and the node stays fresh.
+    let truncated = files.path().join("truncated");
+    std::fs::write(&truncated, &sealed[..sealed.len() - 100])?;
+    let mut altered = plain.clone();
+    let at = altered.len() - 3;
+    altered[at] ^= 0x20;
+    let altered_file = files.path().join("altered");
+    std::fs::write(&altered_file, &altered)?;
+    let pass_s = pass.to_string_lossy().into_owned();
+    for (args, expect) in [
+        (
+            vec![
+                "restore",
+                truncated.to_str().unwrap_or_default(),
+                "--passphrase-file",
+                &pass_s,
+            ],
+            "the backup is truncated",
+        ),
+        (
+            vec!["restore", altered_file.to_str().unwrap_or_default()],
+            "checksum does not match",
+        ),
+        (
+            vec![
+                "restore",
+                &file_s,
+                "--passphrase-file",
+                wrong.to_str().unwrap_or_default(),
+            ],
+            "wrong passphrase",
+        ),
+        (vec!["restore", &file_s], "this backup is encrypted"),
+        (
+            vec!["restore", "/nonexistent/backup"],
+            "cannot read /nonexistent/backup",
+        ),
+    ] {
+        let out = r1.cli(&args);
+        assert_ne!(out.code, 0, "{args:?}");
+        let line = one_line_error(&out);
+        assert!(line.contains(expect), "{args:?}: {line}");
+    }
+    assert!(r1.ok(&["info", "--format", "json"])?.json()?["cluster_id"].is_null());
+
+    let out = r1.ok(&["restore", &file_s, "--passphrase-file", &pass_s])?;
+    assert!(out.stdout.contains("Restored cluster"), "{}", out.stdout);
+    eprintln!("{}", out.stdout);
+    let info = r1.ok(&["info", "--format", "json"])?.json()?;
+    assert_eq!(info["is_leader"], true);
+    assert_eq!(info["services"], 5);
+    // The old managers are gone from the restored cluster.
+    let nodes = r1.ok(&["node", "ls", "--format", "json"])?.json()?;
+    let managers: Vec<&str> = nodes
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|n| n["role"] == "manager")
+                .filter_map(|n| n["name"].as_str())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(managers, ["r1"]);
+    let r2 = joined(&r1, "r2", "manager")?;
+    let r3 = joined(&r1, "r3", "manager")?;
+    assert_eq!(specs(&r2)?, before, "specs unchanged");
+    for (i, name) in SERVICES.iter().enumerate() {
+        let want = 1 + i % 3;
+        wait_until(
+            &format!("{want} tasks of {name} running after the restore"),
+            Duration::from_secs(30),
+            || Ok((running(&r1, name)? == want).then_some(())),
+        )?;
+    }
+    // The secret opens with the restored data key: the task read the
+    // content the first cluster was given.
+    let want = {
+        use std::io::Write as _;
+        let mut c = std::process::Command::new("cksum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        if let Some(mut i) = c.stdin.take() {
+            i.write_all(SECRET.as_bytes())?;
+        }
+        String::from_utf8_lossy(&c.wait_with_output()?.stdout)
+            .trim()
+            .to_string()
+    };
+    wait_until(
+        "the restored task to read its secret",
+        Duration::from_secs(15),
+        || {
+            let out = r1.cli(&["service", "logs", "--raw", "reader"]).stdout;
+            Ok(out.contains(&want).then_some(()))
+        },
+    )?;
+    let info = r3.ok(&["info", "--format", "json"])?.json()?;
+    assert_eq!(info["managers"], 3);
+    drop(r2);
+    Ok(())
+}
