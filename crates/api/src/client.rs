@@ -366,6 +366,15 @@ impl Client {
         self.call::<(), _>(Method::GET, "/v1/backup", None).await
     }
 
+    /// `PUT /v1/backup/schedule`.
+    pub async fn backup_schedule(
+        &self,
+        request: &crate::model::BackupScheduleRequest,
+    ) -> Result<crate::model::BackupScheduleView, ClientError> {
+        self.call(Method::PUT, "/v1/backup/schedule", Some(request))
+            .await
+    }
+
     /// `POST /v1/restore`.
     pub async fn restore(
         &self,

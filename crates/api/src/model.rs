@@ -85,6 +85,27 @@ pub struct BackupView {
     pub backup: String,
 }
 
+/// `PUT /v1/backup/schedule`: backups the leader writes on a schedule.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackupScheduleRequest {
+    /// How often (`6h`); none or `off` stops the schedule.
+    #[serde(default)]
+    pub every: Option<String>,
+    /// How many to keep.
+    pub keep: u32,
+    /// Where, on the leader's machine (an absolute path).
+    #[serde(default)]
+    pub dir: Option<String>,
+}
+
+/// The backup schedule; `every_ms` none: no schedule.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BackupScheduleView {
+    pub every_ms: Option<u64>,
+    pub keep: u32,
+    pub dir: Option<String>,
+}
+
 /// `POST /v1/restore`: a backup (not encrypted: the CLI opens an
 /// encrypted one first) for this fresh node to restore.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -153,6 +174,9 @@ pub struct Info {
     /// last did.
     #[serde(default)]
     pub unreachable_managers: Vec<UnreachableManager>,
+    /// The backup schedule, if any: `every 6h, keeping 5 in /var/backups`.
+    #[serde(default)]
+    pub backups: Option<String>,
 }
 
 /// A manager that `info` reports unreachable.

@@ -15,10 +15,11 @@ use utoipa::openapi::{RefOr, Schema};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::model::{
-    AutolockRequest, BackupView, ClientCert, ClientCertRequest, ForceQuery, Info, InitRequest,
-    InitResponse, JoinRequest, JoinTokenView, LeaderCheck, LogEvent, LogQuery, NetworkView,
-    NodeUpdate, NodeView, Removed, RestoreRequest, RestoreResponse, ScaleRequest, ServiceReplace,
-    ServiceView, TaskView, TokenQuery, UnlockKeyView, UnlockRequest,
+    AutolockRequest, BackupScheduleRequest, BackupScheduleView, BackupView, ClientCert,
+    ClientCertRequest, ForceQuery, Info, InitRequest, InitResponse, JoinRequest, JoinTokenView,
+    LeaderCheck, LogEvent, LogQuery, NetworkView, NodeUpdate, NodeView, Removed, RestoreRequest,
+    RestoreResponse, ScaleRequest, ServiceReplace, ServiceView, TaskView, TokenQuery,
+    UnlockKeyView, UnlockRequest,
 };
 use flotilla_types::{NetworkSpec, ServiceSpec};
 
@@ -57,6 +58,7 @@ pub enum Operation {
     UnlockKey,
     Autolock,
     Backup,
+    BackupSchedule,
     Restore,
     ListNodes,
     InspectNode,
@@ -274,6 +276,13 @@ pub const ROUTES: &[Route] = &[
         errors: READ,
         may_warn: true,
         ..route(Get, "/v1/backup", Op::Backup)
+    },
+    Route {
+        summary: "Backups the leader writes on a schedule, into a directory on its machine",
+        body: Some(schema_of::<BackupScheduleRequest>),
+        ok: json(schema_of::<BackupScheduleView>),
+        errors: &[400, 409, 500, 503],
+        ..route(Put, "/v1/backup/schedule", Op::BackupSchedule)
     },
     Route {
         summary: "Restore a backup on this fresh node: it becomes the only manager of the backup's cluster under a new epoch",

@@ -156,7 +156,18 @@ async fn dispatch(
         Command::Backup {
             output,
             passphrase_file,
-        } => flotilla::cli::backup::backup(&client()?, output, passphrase_file.as_deref()).await,
+            schedule,
+            keep,
+            dir,
+        } => match (output, schedule) {
+            (Some(out), _) => {
+                flotilla::cli::backup::backup(&client()?, out, passphrase_file.as_deref()).await
+            }
+            (None, every) => {
+                flotilla::cli::backup::schedule(&client()?, every.as_deref(), *keep, dir.as_deref())
+                    .await
+            }
+        },
         Command::Restore {
             file,
             passphrase_file,

@@ -243,3 +243,83 @@ fn a_backup_restored_on_a_new_node_runs_the_cluster_again() -> Result<()> {
     drop(r2);
     Ok(())
 }
+
+/// The leader's scheduled backups: written every interval into the
+/// directory, the newest `keep` kept, each one a backup that reads back;
+/// a schedule that cannot run is refused with one line; `off` stops it.
+#[test]
+fn the_leader_writes_backups_on_a_schedule_and_keeps_the_newest() -> Result<()> {
+    let m1 = start_named("m1")?;
+    m1.ok(&["init"])?;
+    let dir = tempfile::tempdir()?;
+    let d = dir.path().join("backups");
+    let d_s = d.to_string_lossy().into_owned();
+    for (args, expect) in [
+        (vec!["backup", "--schedule", "1s"], "--schedule needs --dir"),
+        (
+            vec!["backup", "--schedule", "10ms", "--dir", &d_s],
+            "at least 1s",
+        ),
+        (
+            vec!["backup", "--schedule", "1h", "--dir", "relative/dir"],
+            "an absolute path",
+        ),
+        (
+            vec!["backup", "--schedule", "soon", "--dir", &d_s],
+            "--schedule",
+        ),
+    ] {
+        let out = m1.cli(&args);
+        assert_ne!(out.code, 0, "{args:?}");
+        assert!(
+            one_line_error(&out).contains(expect),
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
+    let out = m1.ok(&["backup", "--schedule", "1s", "--keep", "2", "--dir", &d_s])?;
+    assert!(out.stdout.contains("every 1s"), "{}", out.stdout);
+    let info = m1.ok(&["info"])?.stdout;
+    assert!(
+        info.contains(&format!("Backups:       every 1s, keeping 2 in {d_s}")),
+        "{info}"
+    );
+    let names = || -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(&d)
+            .map(|r| {
+                r.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.ends_with(".fbk"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        n.sort();
+        n
+    };
+    let first = wait_until("two scheduled backups", Duration::from_secs(10), || {
+        let n = names();
+        Ok((n.len() == 2).then_some(n))
+    })?;
+    // A third comes and the oldest goes.
+    wait_until(
+        "the oldest scheduled backup to be replaced",
+        Duration::from_secs(10),
+        || {
+            let n = names();
+            assert!(n.len() <= 2, "{n:?}");
+            Ok((n.len() == 2 && !n.contains(&first[0])).then_some(()))
+        },
+    )?;
+    for name in names() {
+        let path = d.join(&name);
+        let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name}");
+        let b = flotilla_node::backup::read(&std::fs::read(&path)?, None)?;
+        assert!(b.state.cluster.is_some(), "{name}");
+    }
+    m1.ok(&["backup", "--schedule", "off"])?;
+    let left = names();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(names(), left, "no backup after 'off'");
+    Ok(())
+}

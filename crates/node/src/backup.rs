@@ -15,9 +15,13 @@
 //! unless autolock sealed them. Hence the file mode 0600 and the
 //! passphrase.
 
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
 use flotilla_pki::seal;
 use flotilla_store::State;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
 
 /// The backup format this Flotilla writes, and the newest it reads.
 pub const BACKUP_FORMAT: u32 = 1;
@@ -245,6 +249,142 @@ pub fn read(bytes: &[u8], passphrase: Option<&[u8]>) -> Result<Backup, BackupErr
     Ok(Backup { header, state })
 }
 
+/// Writes `bytes` to `path` with mode 0600, whole or not at all (a
+/// temporary file beside it, synced, then renamed over it).
+pub fn write_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// The name of a scheduled backup made at `created_ms` at raft `index`;
+/// names sort by time.
+pub fn file_name(created_ms: u64, index: u64) -> String {
+    format!("flotilla-backup-{created_ms:013}-{index}.fbk")
+}
+
+/// When the scheduled backup named `name` was made; None: not one.
+pub fn created_of(name: &str) -> Option<u64> {
+    let rest = name
+        .strip_prefix("flotilla-backup-")?
+        .strip_suffix(".fbk")?;
+    let (ms, index) = rest.split_once('-')?;
+    index.parse::<u64>().ok()?;
+    ms.parse().ok()
+}
+
+/// Whether a scheduled backup is due at `now` after the last at `last`.
+pub fn due(now: u64, last: Option<u64>, every_ms: u64) -> bool {
+    last.is_none_or(|l| now >= l.saturating_add(every_ms))
+}
+
+/// Which of the scheduled backups `names` go so that the newest `keep`
+/// stay.
+pub fn to_prune(names: &[String], keep: u32) -> Vec<String> {
+    let mut ours: Vec<(u64, &String)> = names
+        .iter()
+        .filter_map(|n| created_of(n).map(|t| (t, n)))
+        .collect();
+    ours.sort();
+    let extra = ours.len().saturating_sub(keep as usize);
+    ours.into_iter()
+        .take(extra)
+        .map(|(_, n)| n.clone())
+        .collect()
+}
+
+/// How often the leader looks at the schedule.
+const SCHEDULE_CHECK: Duration = Duration::from_millis(1000);
+
+/// While this manager leads (until `stop`): the backups of the cluster's
+/// schedule, written into its directory on this machine, the oldest beyond
+/// `keep` removed. A failure is logged once until it changes, and tried
+/// again at the next check.
+pub async fn scheduled(view: flotilla_manager::StoreView, stop: CancellationToken) {
+    let mut failing: Option<String> = None;
+    loop {
+        let schedule = view
+            .read()
+            .cluster
+            .as_ref()
+            .and_then(|c| c.backup_schedule.clone());
+        if let Some(s) = schedule {
+            match run_due(&view, &s, crate::now_ms()) {
+                Ok(Some(path)) => {
+                    tracing::info!(file = %path.display(), "wrote the scheduled backup");
+                    failing = None;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    if failing.as_deref() != Some(e.as_str()) {
+                        tracing::warn!(dir = %s.dir, error = %e, "cannot write the scheduled backup; trying again");
+                        failing = Some(e);
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(SCHEDULE_CHECK) => {}
+        }
+    }
+}
+
+/// One check of the schedule: the path written, if one was due.
+fn run_due(
+    view: &flotilla_manager::StoreView,
+    s: &flotilla_types::BackupSchedule,
+    now: u64,
+) -> Result<Option<PathBuf>, String> {
+    let dir = Path::new(&s.dir);
+    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| format!("reading {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| created_of(n).is_some())
+        .collect();
+    let last = names.iter().filter_map(|n| created_of(n)).max();
+    if !due(now, last, s.every_ms) {
+        return Ok(None);
+    }
+    let state = view.read().clone();
+    let bytes = write(&state, now, None).map_err(|e| e.to_string())?;
+    let name = file_name(now, state.index);
+    let path = dir.join(&name);
+    write_file(&path, &bytes).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    names.push(name);
+    for old in to_prune(&names, s.keep) {
+        let _ = std::fs::remove_file(dir.join(old));
+    }
+    Ok(Some(path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +466,23 @@ mod tests {
             write(&state(), 1, Some(b"")).err(),
             Some(BackupError::EmptyPassphrase)
         );
+    }
+
+    #[test]
+    fn scheduled_backups_are_due_after_their_interval_and_the_oldest_go() {
+        assert!(due(10, None, 5));
+        assert!(!due(14, Some(10), 5));
+        assert!(due(15, Some(10), 5));
+        let names: Vec<String> = [3, 1, 4, 2]
+            .iter()
+            .map(|t| file_name(*t, 7))
+            .chain(["notes.txt".to_string()])
+            .collect();
+        assert_eq!(created_of(&names[0]), Some(3));
+        assert_eq!(created_of("notes.txt"), None);
+        assert_eq!(created_of("flotilla-backup-12-x.fbk"), None);
+        assert_eq!(to_prune(&names, 2), vec![file_name(1, 7), file_name(2, 7)]);
+        assert!(to_prune(&names, 9).is_empty());
     }
 
     #[test]

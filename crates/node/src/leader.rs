@@ -332,6 +332,7 @@ impl Supervisor {
             )
             .run(token.clone()),
         );
+        tokio::spawn(crate::backup::scheduled(view.clone(), token.clone()));
         tokio::spawn(refresh_own_node(
             raft.clone(),
             self.member.identity.node_id.clone(),

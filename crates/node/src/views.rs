@@ -616,6 +616,18 @@ pub fn info(state: &State, local: &LocalFacts, managers: &ManagerStatus) -> Info
         locked: false,
         quorum: state.cluster.is_some() && !managers.no_quorum,
         unreachable_managers,
+        backups: state
+            .cluster
+            .as_ref()
+            .and_then(|c| c.backup_schedule.as_ref())
+            .map(|s| {
+                format!(
+                    "every {}, keeping {} in {} on the leader",
+                    flotilla_types::format_duration_ms(s.every_ms),
+                    s.keep,
+                    s.dir
+                )
+            }),
     }
 }
 

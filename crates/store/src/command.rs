@@ -226,6 +226,10 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         manager_secret: String,
     },
+    /// Backups on a schedule, or none. Entry format 8.
+    SetBackupSchedule {
+        schedule: Option<flotilla_types::BackupSchedule>,
+    },
 }
 
 /// How many items (tasks, assignments, reasons, statuses, IDs) one batch
@@ -259,6 +263,7 @@ impl Command {
             | Command::RemoveSecret { .. }
             | Command::AddSecretVersion { .. } => crate::entry::SECRETS_FORMAT,
             Command::SetAutolock { .. } => crate::entry::AUTOLOCK_FORMAT,
+            Command::SetBackupSchedule { .. } => crate::entry::BACKUP_SCHEDULE_FORMAT,
             // A cluster made locked: an older manager would take its
             // empty CA key for the cluster's.
             Command::InitCluster { cluster, .. } if cluster.autolock.is_some() => {

@@ -46,7 +46,7 @@ use crate::command::Command;
 use crate::state::State;
 
 /// The newest entry format this version reads and writes.
-pub const FORMAT: u32 = 7;
+pub const FORMAT: u32 = 8;
 /// The first format with [`Body::Batch`].
 pub const BATCH_FORMAT: u32 = 3;
 /// The first format with [`Command::AllocatePorts`]: the allocator
@@ -60,6 +60,8 @@ pub const SECRETS_FORMAT: u32 = 6;
 /// The first format with autolock ([`Command::SetAutolock`], and a
 /// cluster made locked).
 pub const AUTOLOCK_FORMAT: u32 = 7;
+/// The first format with [`Command::SetBackupSchedule`].
+pub const BACKUP_SCHEDULE_FORMAT: u32 = 8;
 /// The format of a bare [`Command`], before the envelope.
 pub const BARE_FORMAT: u32 = 1;
 
@@ -263,7 +265,7 @@ impl Serialize for Envelope {
 
 /// The `type` of every [`Command`] this version knows (checked against
 /// the enum in a test).
-pub const COMMAND_NAMES: [&str; 32] = [
+pub const COMMAND_NAMES: [&str; 33] = [
     "init_cluster",
     "upsert_node",
     "refresh_node",
@@ -296,6 +298,7 @@ pub const COMMAND_NAMES: [&str; 32] = [
     "remove_secret",
     "add_secret_version",
     "set_autolock",
+    "set_backup_schedule",
 ];
 
 // Entries are decoded in one pass, as the bare command was: the first key
@@ -571,7 +574,7 @@ mod tests {
         let json = serde_json::to_string(&e).expect("encode");
         assert_eq!(
             json,
-            r#"{"format":7,"request":"r1","command":{"type":"remove_service","id":"s1","at":3}}"#
+            r#"{"format":8,"request":"r1","command":{"type":"remove_service","id":"s1","at":3}}"#
         );
         assert_eq!(serde_json::from_str::<Envelope>(&json).expect("decode"), e);
         // The bare format has no room for a request.
@@ -581,22 +584,22 @@ mod tests {
     #[test]
     fn an_entry_of_a_future_version_decodes_but_cannot_be_applied() {
         let future =
-            r#"{"format":8,"request":"r9","command":{"type":"create_volume","id":"v1","size":9}}"#;
+            r#"{"format":9,"request":"r9","command":{"type":"create_volume","id":"v1","size":9}}"#;
         let e: Envelope = serde_json::from_str(future).expect("decode");
-        assert_eq!(e.format, 8);
+        assert_eq!(e.format, 9);
         let err = e.command(42).expect_err("unknown");
         assert_eq!(
             err,
             EntryError::Unknown {
                 index: 42,
-                format: 8,
+                format: 9,
                 name: "create_volume".into(),
-                needs: 8
+                needs: 9
             }
         );
         assert!(err
             .to_string()
-            .contains("upgrade this manager to a version that reads format 8"));
+            .contains("upgrade this manager to a version that reads format 9"));
         // Kept as it came: stored and sent on unchanged.
         let again = serde_json::to_value(&e).expect("encode");
         assert_eq!(
@@ -610,7 +613,7 @@ mod tests {
                 .expect("decode");
         assert!(matches!(
             e.command(1),
-            Err(EntryError::Unknown { needs: 8, .. })
+            Err(EntryError::Unknown { needs: 9, .. })
         ));
         let bare: Envelope = serde_json::from_str(r#"{"type":"create_volume"}"#).expect("decode");
         assert!(matches!(
@@ -640,7 +643,7 @@ mod tests {
         );
         assert_eq!(e.len(), 3);
         let json = serde_json::to_string(&e).expect("encode");
-        assert!(json.starts_with(r#"{"format":7,"batch":[{"format":7,"request":"r1","#));
+        assert!(json.starts_with(r#"{"format":8,"batch":[{"format":8,"request":"r1","#));
         let back: Envelope = serde_json::from_str(&json).expect("decode");
         assert_eq!(back, e);
         let items = back.items(9).expect("known");
@@ -683,14 +686,14 @@ mod tests {
             e.items(5),
             Err(EntryError::Unknown { format: 2, .. })
         ));
-        let newer = r#"{"format":8,"batch":[
+        let newer = r#"{"format":9,"batch":[
             {"format":3,"command":{"type":"remove_service","id":"a","at":7}}]}"#;
         let e: Envelope = serde_json::from_str(newer).expect("decode");
         assert!(matches!(
             e.items(5),
             Err(EntryError::Unknown {
-                format: 8,
-                needs: 8,
+                format: 9,
+                needs: 9,
                 ..
             })
         ));

@@ -45,6 +45,8 @@ pub enum StoreError {
     SubnetOverlaps { subnet: String, what: String },
     #[error("network {name} is in use by services {services}")]
     NetworkInUse { name: String, services: String },
+    #[error("backup schedule cannot run: {0}")]
+    BadSchedule(String),
     #[error("{kind} {name} already exists")]
     SecretExists { kind: String, name: String },
     #[error("{kind} {name} not found")]

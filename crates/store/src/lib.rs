@@ -50,8 +50,8 @@ pub mod state;
 
 pub use command::{Command, CommandResult, TaskStatusUpdate, MAX_BATCH, MAX_ENTRY_BYTES};
 pub use entry::{
-    writable_format, Body, EntryError, Envelope, RequestId, AUTOLOCK_FORMAT, FORMAT,
-    NETWORKS_FORMAT, PORTS_FORMAT, SECRETS_FORMAT,
+    writable_format, Body, EntryError, Envelope, RequestId, AUTOLOCK_FORMAT,
+    BACKUP_SCHEDULE_FORMAT, FORMAT, NETWORKS_FORMAT, PORTS_FORMAT, SECRETS_FORMAT,
 };
 pub use error::StoreError;
 pub use state::{Change, State};

@@ -228,6 +228,9 @@ impl State {
             Command::CreateNetwork { id, spec, at } => self.create_network(id, spec, *at, c),
             Command::RemoveNetwork { id } => self.remove_network(id, c),
             Command::SetDataKey { key } => self.set_data_key(key, c),
+            Command::SetBackupSchedule { schedule } => {
+                self.set_backup_schedule(schedule.as_ref(), c)
+            }
             Command::SetAutolock {
                 sealed,
                 ca_key_pem,

@@ -144,6 +144,20 @@ pub struct Cluster {
     /// and `data_key` are empty then). Absent in stores of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autolock: Option<SealedData>,
+    /// Backups the leader writes on a schedule (`flotilla backup
+    /// --schedule`). Absent in stores of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_schedule: Option<BackupSchedule>,
+}
+
+/// `flotilla backup --schedule EVERY --keep N --dir DIR`: every `every_ms`
+/// the leader writes a backup into `dir` on its own machine and keeps the
+/// newest `keep` there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupSchedule {
+    pub every_ms: u64,
+    pub keep: u32,
+    pub dir: String,
 }
 
 fn first_raft_id() -> u64 {
@@ -165,6 +179,7 @@ impl Cluster {
             epoch: Epoch::default(),
             data_key: SecretData::default(),
             autolock: None,
+            backup_schedule: None,
         }
     }
 }

@@ -2,8 +2,6 @@
 //! [`flotilla_node::backup`]; the daemon makes the backup and restores it,
 //! the CLI seals and opens the passphrase and writes the file.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -26,38 +24,6 @@ fn first_line(path: &Path, what: &str) -> Result<String> {
     Ok(line)
 }
 
-/// Writes `bytes` to `path` with mode 0600, whole or not at all (a
-/// temporary file beside it, renamed over it).
-fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| anyhow!("{} is not a file name", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let written = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("cannot write {}", path.display()));
-    }
-    Ok(())
-}
-
 /// `flotilla backup -o FILE [--passphrase-file F]`.
 pub async fn backup(client: &Client, out: &Path, passphrase_file: Option<&Path>) -> Result<()> {
     let passphrase = passphrase_file
@@ -71,7 +37,7 @@ pub async fn backup(client: &Client, out: &Path, passphrase_file: Option<&Path>)
         None => plain,
         Some(p) => backup::write(&made.state, made.header.created_at_ms, Some(p.as_bytes()))?,
     };
-    write_private(out, &bytes)?;
+    backup::write_file(out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
     let h = &made.header;
     println!(
         "Backup of cluster {} at raft index {} ({} service{}, {} secret{} and config{}) written to {} ({} bytes, {}).",
@@ -92,6 +58,31 @@ pub async fn backup(client: &Client, out: &Path, passphrase_file: Option<&Path>)
             "not encrypted: it holds the cluster's CA key, keep it private or use --passphrase-file"
         }
     );
+    Ok(())
+}
+
+/// `flotilla backup --schedule EVERY|off [--keep N] [--dir DIR]`.
+pub async fn schedule(
+    client: &Client,
+    every: Option<&str>,
+    keep: u32,
+    dir: Option<&str>,
+) -> Result<()> {
+    let view = client
+        .backup_schedule(&flotilla_api::model::BackupScheduleRequest {
+            every: every.map(String::from),
+            keep,
+            dir: dir.map(String::from),
+        })
+        .await?;
+    match (view.every_ms, view.dir) {
+        (Some(ms), Some(dir)) => println!(
+            "The leader writes a backup every {} into {dir} on its machine, keeping the newest {}.",
+            flotilla_types::format_duration_ms(ms),
+            view.keep
+        ),
+        _ => println!("Scheduled backups stopped (the files written stay)."),
+    }
     Ok(())
 }
 

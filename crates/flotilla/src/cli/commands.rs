@@ -200,6 +200,9 @@ pub async fn info(client: &Client, format: Format) -> Result<()> {
         "Autolock:      {}",
         if info.autolock { "on" } else { "off" }
     );
+    if let Some(b) = &info.backups {
+        println!("Backups:       {b}");
+    }
     println!("Nodes:         {}", info.nodes);
     println!("Services:      {}", info.services);
     let tasks: Vec<String> = info.tasks.iter().map(|(k, v)| format!("{v} {k}")).collect();

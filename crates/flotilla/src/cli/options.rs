@@ -70,14 +70,28 @@ pub enum Command {
     /// Change settings of the whole cluster
     #[command(subcommand)]
     Cluster(ClusterCommand),
-    /// Write a backup of the whole cluster state (on any manager, while it runs)
+    /// Write a backup of the whole cluster state (on any manager, while it runs), or set the leader's backup schedule
     Backup {
         /// The file to write (mode 0600)
-        #[arg(short, long)]
-        output: PathBuf,
+        #[arg(
+            short,
+            long,
+            required_unless_present = "schedule",
+            conflicts_with = "schedule"
+        )]
+        output: Option<PathBuf>,
         /// Encrypt it with the passphrase on the first line of this file
-        #[arg(long)]
+        #[arg(long, conflicts_with = "schedule")]
         passphrase_file: Option<PathBuf>,
+        /// Instead: the leader writes one this often (6h; 'off' stops it)
+        #[arg(long)]
+        schedule: Option<String>,
+        /// With --schedule: how many to keep
+        #[arg(long, default_value_t = 5, requires = "schedule")]
+        keep: u32,
+        /// With --schedule: the directory on the leader's machine
+        #[arg(long, requires = "schedule")]
+        dir: Option<String>,
     },
     /// Start a one-manager cluster on this fresh node from a backup
     Restore {

@@ -172,6 +172,26 @@ pub(super) async fn backup(State(ctx): Ctx) -> Result<Response, ApiError> {
     Ok(answer(warning, flotilla_api::model::BackupView { backup }))
 }
 
+/// `PUT /v1/backup/schedule`.
+pub(super) async fn backup_schedule(
+    State(ctx): Ctx,
+    req: Result<Json<flotilla_api::model::BackupScheduleRequest>, JsonRejection>,
+) -> ApiResult<flotilla_api::model::BackupScheduleView> {
+    let req = body(req)?;
+    let m = member(&ctx).await?;
+    let schedule = crate::control::cluster::backup_schedule(
+        req.every.as_deref(),
+        req.keep,
+        req.dir.as_deref(),
+    )?;
+    m.control().set_backup_schedule(schedule.clone()).await?;
+    Ok(Json(flotilla_api::model::BackupScheduleView {
+        every_ms: schedule.as_ref().map(|s| s.every_ms),
+        keep: schedule.as_ref().map_or(0, |s| s.keep),
+        dir: schedule.map(|s| s.dir),
+    }))
+}
+
 /// `POST /v1/restore`: on a fresh node only (see [`crate::restore`]).
 pub(super) async fn restore(
     State(ctx): Ctx,

@@ -99,7 +99,9 @@ impl From<StoreError> for ApiError {
             | StoreError::NodeNotFound(_)
             | StoreError::NetworkNotFound(_)
             | StoreError::SecretNotFound { .. } => ApiError::NotFound(e.to_string()),
-            StoreError::BadSecret { .. } => ApiError::BadRequest(e.to_string()),
+            StoreError::BadSecret { .. } | StoreError::BadSchedule(_) => {
+                ApiError::BadRequest(e.to_string())
+            }
             StoreError::AlreadyInitialized
             | StoreError::NotInitialized
             | StoreError::ServiceExists(_)
@@ -200,6 +202,7 @@ fn endpoint(route: &Route) -> MethodRouter<Arc<NodeCtx>> {
         Operation::UnlockKey => on(m, unlock_key),
         Operation::Autolock => on(m, autolock),
         Operation::Backup => on(m, backup),
+        Operation::BackupSchedule => on(m, backup_schedule),
         Operation::Restore => on(m, restore),
         Operation::ListNodes => on(m, nodes),
         Operation::InspectNode => on(m, node),

@@ -172,6 +172,55 @@ impl Control {
     }
 }
 
+/// The shortest interval of scheduled backups.
+pub const MIN_BACKUP_EVERY_MS: u64 = 1000;
+
+/// A backup schedule as `flotilla backup --schedule EVERY --keep N --dir
+/// DIR` asks for it; `every` of `off` (or none) stops it.
+pub fn backup_schedule(
+    every: Option<&str>,
+    keep: u32,
+    dir: Option<&str>,
+) -> Result<Option<flotilla_types::BackupSchedule>, ControlError> {
+    let Some(every) = every.filter(|e| *e != "off") else {
+        return Ok(None);
+    };
+    let every_ms = flotilla_types::parse_duration_ms(every)
+        .map_err(|e| ControlError::Invalid(format!("--schedule: {e}")))?;
+    if every_ms < MIN_BACKUP_EVERY_MS {
+        return Err(ControlError::Invalid(
+            "--schedule: at least 1s between backups".into(),
+        ));
+    }
+    if keep == 0 {
+        return Err(ControlError::Invalid("--keep: at least 1".into()));
+    }
+    let dir = dir.ok_or_else(|| {
+        ControlError::Invalid("--schedule needs --dir: where the leader writes them".into())
+    })?;
+    if !std::path::Path::new(dir).is_absolute() {
+        return Err(ControlError::Invalid(format!(
+            "--dir {dir}: an absolute path (it is on the leader's machine)"
+        )));
+    }
+    Ok(Some(flotilla_types::BackupSchedule {
+        every_ms,
+        keep,
+        dir: dir.to_string(),
+    }))
+}
+
+impl Control {
+    /// Sets (or, with None, stops) the cluster's backup schedule.
+    pub async fn set_backup_schedule(
+        &self,
+        schedule: Option<flotilla_types::BackupSchedule>,
+    ) -> Result<(), ControlError> {
+        self.commit(Command::SetBackupSchedule { schedule }).await?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,6 +29,28 @@ impl State {
         Ok(Some(id))
     }
 
+    /// [`crate::Command::SetBackupSchedule`]: replaces the schedule (None
+    /// stops it). The proposer checked it; a schedule that could not run
+    /// (no interval, nothing kept, no directory) is refused here too.
+    pub(super) fn set_backup_schedule(
+        &mut self,
+        schedule: Option<&flotilla_types::BackupSchedule>,
+        changes: &mut Vec<Change>,
+    ) -> CommandResult {
+        let cluster = self.cluster.as_mut().ok_or(StoreError::NotInitialized)?;
+        if let Some(s) = schedule {
+            if s.every_ms == 0 || s.keep == 0 || s.dir.is_empty() {
+                return Err(StoreError::BadSchedule(format!(
+                    "every {} ms, keep {}, dir '{}'",
+                    s.every_ms, s.keep, s.dir
+                )));
+            }
+        }
+        cluster.backup_schedule = schedule.cloned();
+        changes.push(Change::Cluster);
+        Ok(None)
+    }
+
     /// [`crate::Command::RotateJoinSecret`]: replaces one role's join
     /// secret, which invalidates the tokens made from the old one.
     pub(super) fn rotate_join_secret(
