@@ -222,6 +222,10 @@ pub struct NodeView {
     /// node; none: not since it started.
     #[serde(default)]
     pub last_heard_ms: Option<u64>,
+    /// A manager catching up: how many raft entries it is behind the
+    /// leader (known to the leader only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behind: Option<u64>,
 }
 
 /// Running and desired task counts.
@@ -511,6 +515,10 @@ pub enum Reachability {
     /// Heard from: itself, the leader it follows, or a manager whose agent
     /// heartbeats arrive.
     Reachable,
+    /// Heard from, but its log is far behind the leader's (a new or
+    /// returning manager receiving the state); only the leader knows.
+    #[serde(rename = "catching_up")]
+    CatchingUp,
     Unreachable,
 }
 
@@ -519,6 +527,7 @@ impl Reachability {
         match self {
             Reachability::Leader => "leader",
             Reachability::Reachable => "reachable",
+            Reachability::CatchingUp => "catching_up",
             Reachability::Unreachable => "unreachable",
         }
     }
@@ -700,6 +709,7 @@ mod tests {
         for r in [
             Reachability::Leader,
             Reachability::Reachable,
+            Reachability::CatchingUp,
             Reachability::Unreachable,
         ] {
             assert_eq!(json(&r), format!("\"{}\"", r.as_str()));

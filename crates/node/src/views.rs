@@ -26,6 +26,9 @@ pub struct ManagerStatus {
     /// How long a node may go unheard before it is shown down (used
     /// without a quorum).
     pub node_timeout: std::time::Duration,
+    /// On the leader: members (raft ID) heard from whose log is more than
+    /// [`CAUGHT_UP_LAG`] entries behind, and by how many.
+    pub behind: std::collections::HashMap<u64, u64>,
 }
 
 /// How far behind the leader's log a voter may be and still count as
@@ -58,6 +61,25 @@ pub fn reachable_managers(
     out.sort_unstable();
     out.dedup();
     out
+}
+
+/// On the leader: the members (voters and learners) in `heard` whose log
+/// is more than [`CAUGHT_UP_LAG`] entries behind, with how far.
+pub fn catching_up(
+    progress: &flotilla_raft::node::Progress,
+    heard: &[u64],
+) -> std::collections::HashMap<u64, u64> {
+    let Some(matched) = &progress.matched else {
+        return Default::default();
+    };
+    matched
+        .iter()
+        .filter(|(id, _)| heard.contains(id))
+        .filter_map(|(id, m)| {
+            let lag = progress.last_log_index.saturating_sub(*m);
+            (lag > CAUGHT_UP_LAG).then_some((*id, lag))
+        })
+        .collect()
 }
 
 /// How many failures `managers` voters survive: (n - 1) / 2.
@@ -511,6 +533,8 @@ pub fn node_views(state: &State, self_id: Option<&str>, managers: &ManagerStatus
                     Reachability::Leader
                 } else if managers.reachable.contains(&n.raft_id) {
                     Reachability::Reachable
+                } else if managers.behind.contains_key(&n.raft_id) {
+                    Reachability::CatchingUp
                 } else {
                     Reachability::Unreachable
                 }
@@ -524,6 +548,7 @@ pub fn node_views(state: &State, self_id: Option<&str>, managers: &ManagerStatus
             overlay_error: n.overlay_error.clone(),
             engine_labels: n.engine_labels.clone(),
             last_heard_ms: managers.heard_ms.get(&n.id).copied(),
+            behind: managers.behind.get(&n.raft_id).copied(),
         })
         .collect()
 }
@@ -657,6 +682,27 @@ mod tests {
             vec![1, 2, 3]
         );
         assert_eq!(reachable_managers(&on_follower, 2, &[]), vec![2]);
+    }
+
+    #[test]
+    fn a_heard_member_far_behind_is_catching_up_with_its_lag() {
+        use flotilla_raft::node::Progress;
+        let on_leader = Progress {
+            voters: vec![1, 2, 3],
+            last_log_index: 5_000,
+            matched: Some([(2, 4_950), (3, 10), (4, 700)].into_iter().collect()),
+        };
+        let behind = catching_up(&on_leader, &[2, 3, 4]);
+        assert_eq!(behind.get(&3), Some(&4_990));
+        assert_eq!(behind.get(&4), Some(&4_300), "a learner too");
+        assert_eq!(behind.get(&2), None, "within the lag");
+        // Not heard: unreachable, not catching up.
+        assert!(catching_up(&on_leader, &[2]).is_empty());
+        let on_follower = Progress {
+            matched: None,
+            ..on_leader
+        };
+        assert!(catching_up(&on_follower, &[2, 3, 4]).is_empty());
     }
 
     #[test]

@@ -240,6 +240,10 @@ pub async fn node(client: &Client, command: &NodeCommand) -> Result<()> {
                                 "Unreachable ({})",
                                 flotilla_node::contact::heard_ago(n.last_heard_ms)
                             ),
+                            Some(Reachability::CatchingUp) => format!(
+                                "Catching up ({} entries behind)",
+                                n.behind.unwrap_or_default()
+                            ),
                             Some(m) => title(m.as_str()),
                             None => String::new(),
                         },

@@ -354,8 +354,15 @@ fn managers(member: &Mgr) -> ManagerStatus {
             quorum.heard.contains(l)
         }
     });
+    // Learners (managers being added) too, for "catching up".
+    let heard_members: Vec<u64> = contacts
+        .iter()
+        .filter(|c| c.age.is_some_and(|a| a < crate::contact::STALE))
+        .map(|c| c.raft_id)
+        .collect();
     ManagerStatus {
         leader_raft_id: leader,
+        behind: views::catching_up(&progress, &heard_members),
         reachable: views::reachable_managers(&progress, me, &quorum.heard),
         no_quorum: !quorum.quorum,
         heard_ms: ages
