@@ -79,7 +79,7 @@ pub struct UnlockKeyView {
 }
 
 /// `GET /v1/backup`: the whole state at one raft index, as a backup
-/// file's text (a header line, then the state; see `flotilla_node::backup`).
+/// file's text (a header line, then the state; see the `flotilla-backup` crate).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BackupView {
     pub backup: String,

@@ -314,7 +314,7 @@ fn the_leader_writes_backups_on_a_schedule_and_keeps_the_newest() -> Result<()> 
         let path = d.join(&name);
         let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{name}");
-        let b = flotilla_node::backup::read(&std::fs::read(&path)?, None)?;
+        let b = flotilla_backup::read(&std::fs::read(&path)?, None)?;
         assert!(b.state.cluster.is_some(), "{name}");
     }
     m1.ok(&["backup", "--schedule", "off"])?;

@@ -332,7 +332,10 @@ impl Supervisor {
             )
             .run(token.clone()),
         );
-        tokio::spawn(crate::backup::scheduled(view.clone(), token.clone()));
+        tokio::spawn(crate::scheduled_backups::scheduled(
+            view.clone(),
+            token.clone(),
+        ));
         tokio::spawn(refresh_own_node(
             raft.clone(),
             self.member.identity.node_id.clone(),

@@ -25,7 +25,6 @@
 
 pub mod api;
 mod autolock;
-pub mod backup;
 pub mod certs;
 pub mod cluster;
 pub mod contact;
@@ -41,6 +40,7 @@ pub mod meshstats;
 mod recovery;
 mod renew;
 pub mod restore;
+mod scheduled_backups;
 pub mod session;
 pub mod tasklogs;
 pub mod views;

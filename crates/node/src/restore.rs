@@ -1,5 +1,5 @@
 //! `flotilla restore`: a fresh node becomes the only manager of the
-//! cluster a backup holds ([`crate::backup`]), under a new cluster epoch.
+//! cluster a backup holds ([`flotilla_backup`]), under a new cluster epoch.
 //!
 //! The steps, all on disk before the daemon restarts into them (as
 //! force-new-cluster does, [`crate::recovery`]): a node certificate for
@@ -18,13 +18,13 @@ use std::time::Duration;
 use flotilla_pki::{new_key_and_csr, Ca, CaMaterial, Role};
 use flotilla_types::{Availability, Node, NodeRole, NodeState, Platform};
 
-use crate::backup::Backup;
 use crate::certs::NodeTls;
 use crate::identity::{self, Identity};
 use crate::keyring;
 use crate::lifecycle::{allowed, failed, InitError, NodeCtx, Phase, Step};
 use crate::recovery::{new_group, reexec};
 use crate::{host, now_ms, CERT_VALIDITY, VERSION};
+use flotilla_backup::Backup;
 
 /// What a restore made.
 #[derive(Debug, Clone)]

@@ -1,5 +1,5 @@
 //! `flotilla backup` and `flotilla restore`: the file format is
-//! [`flotilla_node::backup`]; the daemon makes the backup and restores it,
+//! [`flotilla_backup`]; the daemon makes the backup and restores it,
 //! the CLI seals and opens the passphrase and writes the file.
 
 use std::path::Path;
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use flotilla_api::model::RestoreRequest;
 use flotilla_api::Client;
-use flotilla_node::backup;
+use flotilla_backup as backup;
 
 /// How long `restore` waits for the restored manager to lead.
 const RESTORE_WAIT: Duration = Duration::from_secs(60);

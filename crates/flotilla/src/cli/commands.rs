@@ -10,7 +10,7 @@ use flotilla_api::Client;
 use flotilla_types::parse_duration_ms;
 
 use super::flags::{apply_update, check_update, parse_pairs, parse_replicas, spec_from_args};
-use super::output::{inspect_text, print_json, ps_table, services_table, table, title};
+use super::output::{heard_ago, inspect_text, print_json, ps_table, services_table, table, title};
 use super::progress::{follow_update, wait_converged};
 use super::{Format, InitArgs, NodeCommand, ServiceCommand, UpdateArgs};
 
@@ -193,7 +193,7 @@ pub async fn info(client: &Client, format: Format) -> Result<()> {
             "Unreachable:   {} at {} ({})",
             m.name,
             m.addr,
-            flotilla_node::contact::heard_ago(m.last_heard_ms)
+            heard_ago(m.last_heard_ms)
         );
     }
     println!(
@@ -236,10 +236,9 @@ pub async fn node(client: &Client, command: &NodeCommand) -> Result<()> {
                         title(n.status.as_str()),
                         title(n.availability.as_str()),
                         match n.manager_status {
-                            Some(Reachability::Unreachable) => format!(
-                                "Unreachable ({})",
-                                flotilla_node::contact::heard_ago(n.last_heard_ms)
-                            ),
+                            Some(Reachability::Unreachable) => {
+                                format!("Unreachable ({})", heard_ago(n.last_heard_ms))
+                            }
                             Some(Reachability::CatchingUp) => format!(
                                 "Catching up ({} entries behind)",
                                 n.behind.unwrap_or_default()
@@ -576,7 +575,7 @@ pub async fn service(client: &Client, command: &ServiceCommand) -> Result<()> {
             no_task_ids,
         } => {
             let since_ms = match since {
-                Some(s) => Some(super::logs::parse_since(s, flotilla_node::now_ms())?),
+                Some(s) => Some(super::logs::parse_since(s, now_ms())?),
                 None => None,
             };
             let query = flotilla_api::model::LogQuery {
@@ -611,4 +610,11 @@ pub async fn service(client: &Client, command: &ServiceCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Now, in milliseconds since the Unix epoch (for `--since`).
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

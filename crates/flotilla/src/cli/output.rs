@@ -460,8 +460,34 @@ fn ps_rows_full(tasks: &[TaskView], with_image: bool, with_files: bool) -> Vec<V
     rows
 }
 
+/// How long ago a manager last heard a node, as `info` and `node ls`
+/// show it: "last heard 12s ago", "last heard 1m 5s ago", or "not heard
+/// since this manager started".
+pub fn heard_ago(age_ms: Option<u64>) -> String {
+    match age_ms {
+        None => "not heard since this manager started".to_string(),
+        Some(ms) => {
+            let s = ms / 1000;
+            match s {
+                0..=59 => format!("last heard {s}s ago"),
+                60..=3599 => format!("last heard {}m {}s ago", s / 60, s % 60),
+                _ => format!("last heard {}h {}m ago", s / 3600, (s % 3600) / 60),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn heard_ago_says_how_long() {
+        use super::heard_ago;
+        assert_eq!(heard_ago(Some(12_400)), "last heard 12s ago");
+        assert_eq!(heard_ago(Some(65_000)), "last heard 1m 5s ago");
+        assert_eq!(heard_ago(Some(7_300_000)), "last heard 2h 1m ago");
+        assert_eq!(heard_ago(None), "not heard since this manager started");
+    }
+
     use super::*;
     use flotilla_types::DesiredState;
 

@@ -166,7 +166,7 @@ pub(super) async fn backup(State(ctx): Ctx) -> Result<Response, ApiError> {
     let m = member(&ctx).await?;
     let warning = linearize(&m).await;
     let state = read(&m, |s| s.clone());
-    let bytes = crate::backup::write(&state, crate::now_ms(), None)
+    let bytes = flotilla_backup::write(&state, crate::now_ms(), None)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
     let backup = String::from_utf8(bytes).map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(answer(warning, flotilla_api::model::BackupView { backup }))
@@ -198,7 +198,7 @@ pub(super) async fn restore(
     req: Result<Json<flotilla_api::model::RestoreRequest>, JsonRejection>,
 ) -> ApiResult<flotilla_api::model::RestoreResponse> {
     let req = body(req)?;
-    let backup = crate::backup::read(req.backup.as_bytes(), None)
+    let backup = flotilla_backup::read(req.backup.as_bytes(), None)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let restored = ctx
         .restore(

@@ -15,13 +15,14 @@
 //! unless autolock sealed them. Hence the file mode 0600 and the
 //! passphrase.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::Path;
 
 use flotilla_pki::seal;
 use flotilla_store::State;
 use serde::{Deserialize, Serialize};
-use tokio_util::sync::CancellationToken;
+
+/// The version of Flotilla that writes a backup (the workspace's).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The backup format this Flotilla writes, and the newest it reads.
 pub const BACKUP_FORMAT: u32 = 1;
@@ -149,7 +150,7 @@ pub fn write(
             .unwrap_or_default(),
         index: state.index,
         created_at_ms: now_ms,
-        flotilla_version: crate::VERSION.to_string(),
+        flotilla_version: VERSION.to_string(),
         store_format: flotilla_store::FORMAT,
         services: state.services.len() as u64,
         secrets: state.secrets.len() as u64,
@@ -316,73 +317,6 @@ pub fn to_prune(names: &[String], keep: u32) -> Vec<String> {
         .take(extra)
         .map(|(_, n)| n.clone())
         .collect()
-}
-
-/// How often the leader looks at the schedule.
-const SCHEDULE_CHECK: Duration = Duration::from_millis(1000);
-
-/// While this manager leads (until `stop`): the backups of the cluster's
-/// schedule, written into its directory on this machine, the oldest beyond
-/// `keep` removed. A failure is logged once until it changes, and tried
-/// again at the next check.
-pub async fn scheduled(view: flotilla_manager::StoreView, stop: CancellationToken) {
-    let mut failing: Option<String> = None;
-    loop {
-        let schedule = view
-            .read()
-            .cluster
-            .as_ref()
-            .and_then(|c| c.backup_schedule.clone());
-        if let Some(s) = schedule {
-            match run_due(&view, &s, crate::now_ms()) {
-                Ok(Some(path)) => {
-                    tracing::info!(file = %path.display(), "wrote the scheduled backup");
-                    failing = None;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    if failing.as_deref() != Some(e.as_str()) {
-                        tracing::warn!(dir = %s.dir, error = %e, "cannot write the scheduled backup; trying again");
-                        failing = Some(e);
-                    }
-                }
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(SCHEDULE_CHECK) => {}
-        }
-    }
-}
-
-/// One check of the schedule: the path written, if one was due.
-fn run_due(
-    view: &flotilla_manager::StoreView,
-    s: &flotilla_types::BackupSchedule,
-    now: u64,
-) -> Result<Option<PathBuf>, String> {
-    let dir = Path::new(&s.dir);
-    std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|e| format!("reading {}: {e}", dir.display()))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| created_of(n).is_some())
-        .collect();
-    let last = names.iter().filter_map(|n| created_of(n)).max();
-    if !due(now, last, s.every_ms) {
-        return Ok(None);
-    }
-    let state = view.read().clone();
-    let bytes = write(&state, now, None).map_err(|e| e.to_string())?;
-    let name = file_name(now, state.index);
-    let path = dir.join(&name);
-    write_file(&path, &bytes).map_err(|e| format!("writing {}: {e}", path.display()))?;
-    names.push(name);
-    for old in to_prune(&names, s.keep) {
-        let _ = std::fs::remove_file(dir.join(old));
-    }
-    Ok(Some(path))
 }
 
 #[cfg(test)]
