@@ -94,8 +94,23 @@ async fn dispatch(
     client: &dyn Fn() -> anyhow::Result<flotilla_api::Client>,
 ) -> anyhow::Result<()> {
     match &cli.command {
+        Command::Version => {
+            println!(
+                "flotilla {} (commit {})",
+                env!("CARGO_PKG_VERSION"),
+                env!("FLOTILLA_COMMIT")
+            );
+            Ok(())
+        }
+        Command::Completion { shell } => {
+            flotilla::cli::docs::completion(*shell, &mut std::io::stdout())
+        }
+        Command::Man { dir } => flotilla::cli::docs::man_pages(dir),
         Command::Daemon(args) => {
-            init_logging(args.log_json, "info");
+            init_logging(
+                args.log_json || args.log_format == flotilla::cli::options::LogFormat::Json,
+                "info",
+            );
             let token = CancellationToken::new();
             on_signals(token.clone())?;
             let mut config = DaemonConfig::new(data_dir.clone());
@@ -267,6 +282,17 @@ fn main() -> ExitCode {
     };
     if matches!(cli.command, Command::Dev(_)) {
         with_own_dir_on_path();
+    }
+    // A command whose output goes to a reader that stops early (`| head`)
+    // ends quietly, as other command-line tools do, rather than panic on
+    // the failed write. Not the daemon or dev mode: they write to pipes of
+    // their tasks, whose end must not kill them.
+    if !matches!(cli.command, Command::Daemon(_) | Command::Dev(_)) {
+        // SAFETY: setting a signal's disposition to its default, before
+        // any other thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

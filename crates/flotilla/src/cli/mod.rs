@@ -17,6 +17,7 @@ pub mod autolock;
 pub mod backup;
 pub mod commands;
 pub mod container;
+pub mod docs;
 pub mod flags;
 pub mod logs;
 pub mod networks;

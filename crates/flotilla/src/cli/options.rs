@@ -35,6 +35,22 @@ pub enum Format {
     Json,
 }
 
+/// How the daemon writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A shell `flotilla completion` writes for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
 #[derive(Debug, Args, Clone, Copy)]
 pub struct FormatArg {
     /// Output format
@@ -46,6 +62,18 @@ pub struct FormatArg {
 pub enum Command {
     /// Run a node in the foreground
     Daemon(DaemonArgs),
+    /// The version of this binary and the commit it was built from
+    Version,
+    /// Print a shell completion script: flotilla completion bash > /etc/bash_completion.d/flotilla
+    Completion {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Write man pages for every command into a directory
+    Man {
+        /// Where to write flotilla.1, flotilla-service.1, ...
+        dir: PathBuf,
+    },
     /// Start a one-node cluster in the foreground on a fresh data dir and deploy a stack file into it
     Dev(DevArgs),
     /// Make the local node the first manager of a new cluster
@@ -317,9 +345,12 @@ pub struct DaemonArgs {
     /// Node name [default: the host name]
     #[arg(long)]
     pub name: Option<String>,
-    /// Log as JSON lines instead of text
+    /// Log as JSON lines instead of text (the same as --log-format json)
     #[arg(long)]
     pub log_json: bool,
+    /// How the daemon logs: text or json (one JSON object per line)
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Cluster port: node-to-node traffic (raft, agent sessions, joins), mutual TLS
     #[arg(long, default_value = "0.0.0.0:4280", env = "FLOTILLA_LISTEN")]
     pub listen: String,
