@@ -117,6 +117,7 @@ async fn dispatch(
             config.name = args.name.clone();
             config.listen = args.listen.clone();
             config.advertise = args.advertise_addr.clone();
+            config.metrics_listen = args.metrics_listen.clone();
             let ms = |flag: &str, v: &str| {
                 flotilla_types::parse_duration_ms(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
             };

@@ -37,6 +37,7 @@ mod leader;
 mod lifecycle;
 mod member;
 pub mod meshstats;
+pub mod metrics;
 mod recovery;
 mod renew;
 pub mod restore;
@@ -87,6 +88,8 @@ pub struct DaemonConfig {
     pub api_listen: Option<String>,
     /// A node without a heartbeat this long is marked down.
     pub node_timeout: Duration,
+    /// Serve `/metrics` plainly (no TLS) on this address too.
+    pub metrics_listen: Option<String>,
 }
 
 /// The default cluster port (node-to-node traffic: raft, agent sessions,
@@ -110,6 +113,7 @@ impl DaemonConfig {
             advertise: None,
             api_listen: Some(format!("0.0.0.0:{DEFAULT_API_PORT}")),
             node_timeout: dispatcher::NODE_TIMEOUT,
+            metrics_listen: None,
         }
     }
 }
@@ -235,9 +239,22 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         tracker: TaskTracker::new(),
         mesh: std::sync::RwLock::new(None),
         keyring: Default::default(),
+        counters: Default::default(),
         locked: Default::default(),
     });
     let _ = ctx.self_ref.set(Arc::downgrade(&ctx));
+    if let Some(addr) = &config.metrics_listen {
+        let listener = TcpListener::bind(addr.as_str())
+            .await
+            .with_context(|| format!("cannot listen on --metrics-listen {addr}"))?;
+        tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            "serving /metrics without TLS (--metrics-listen)");
+        ctx.tracker.spawn(api::metrics::serve_plain(
+            ctx.clone(),
+            listener,
+            shutdown.clone(),
+        ));
+    }
     tracing::info!(listen = %bound, advertise = %cluster_addr, api = ?api_bound, "cluster port bound");
     if let Some(mut identity) = identity {
         let forced = config.data_dir.join(FORCE_MARKER).exists();

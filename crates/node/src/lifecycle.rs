@@ -55,6 +55,8 @@ pub struct NodeCtx {
     /// The unlock keys this manager holds (autolock), kept across the
     /// member's restarts within this process.
     pub(crate) keyring: Arc<Keyring>,
+    /// What `/metrics` counts as it happens, for the life of the process.
+    pub(crate) counters: crate::metrics::Counters,
     /// Set while the phase is [`Phase::Locked`].
     pub(crate) locked: std::sync::atomic::AtomicBool,
 }

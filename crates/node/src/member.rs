@@ -326,6 +326,15 @@ impl NodeCtx {
         }
         self.tracker
             .spawn(session.run(assign_tx, report_rx, token.clone()));
+        if let Some(raft) = member.raft.clone() {
+            let commits = self.counters.commit_seconds.clone();
+            raft.observe_commits(Box::new(move |took| commits.observe(took.as_secs_f64())));
+            self.tracker.spawn(crate::metrics::count_raft_events(
+                raft,
+                self.counters.clone(),
+                token.clone(),
+            ));
+        }
         if member.raft.is_some() {
             self.tracker.spawn(crate::contact::probe_managers(
                 member.clone(),

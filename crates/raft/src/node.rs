@@ -123,7 +123,13 @@ pub struct RaftNode {
     batcher: crate::batch::Batcher,
     batcher_task: tokio::task::JoinHandle<()>,
     fence: tokio::task::JoinHandle<()>,
+    /// Told how long each committed proposal took (the node's metrics).
+    commit_observer: std::sync::OnceLock<CommitObserver>,
 }
+
+/// What [`RaftNode::observe_commits`] calls with each proposal's time from
+/// submission to its answer (committed and applied).
+pub type CommitObserver = Box<dyn Fn(Duration) + Send + Sync>;
 
 /// How a member reaches the others.
 enum Transport {
@@ -285,6 +291,7 @@ impl RaftNode {
             batcher,
             batcher_task,
             fence,
+            commit_observer: std::sync::OnceLock::new(),
         })
     }
 
@@ -480,11 +487,25 @@ impl RaftNode {
         {
             return Err(RaftError::Other("the raft proposer has stopped".into()));
         }
+        let submitted = tokio::time::Instant::now();
         match tokio::time::timeout(self.write_timeout, answer).await {
             Err(_) => Err(RaftError::Timeout(self.write_timeout)),
             Ok(Err(_)) => Err(RaftError::Other("the raft proposer has stopped".into())),
-            Ok(Ok(answer)) => answer,
+            Ok(Ok(answer)) => {
+                if answer.is_ok() {
+                    if let Some(observe) = self.commit_observer.get() {
+                        observe(submitted.elapsed());
+                    }
+                }
+                answer
+            }
         }
+    }
+
+    /// Calls `observe` with the time each proposal on this member took to
+    /// commit and apply; only the first observer set is kept.
+    pub fn observe_commits(&self, observe: CommitObserver) {
+        let _ = self.commit_observer.set(observe);
     }
 
     /// Adds a manager as a voter: first as a learner that catches up, then

@@ -348,6 +348,9 @@ pub struct DaemonArgs {
     /// Log as JSON lines instead of text (the same as --log-format json)
     #[arg(long)]
     pub log_json: bool,
+    /// Also serve /metrics without TLS on this address (e.g. 127.0.0.1:9280); it is always on the local socket and, with a client certificate, on the client API port
+    #[arg(long, env = "FLOTILLA_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
     /// How the daemon logs: text or json (one JSON object per line)
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -17,6 +17,7 @@ use axum::{Json, Router};
 
 pub mod cluster;
 pub mod logs;
+pub mod metrics;
 pub mod networks;
 pub mod nodes;
 pub mod secrets;
@@ -178,6 +179,8 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
         .fold(Router::new(), |router, route| {
             router.route(route.path, endpoint(route))
         })
+        // Prometheus text, not JSON: outside the table of JSON routes.
+        .route("/metrics", axum::routing::get(metrics::metrics))
         .fallback(|| async { ApiError::NotFound("no such API route".into()) })
         .with_state(ctx)
 }
@@ -476,6 +479,7 @@ mod tests {
             api_bound: None,
             phase: tokio::sync::Mutex::new(crate::lifecycle::Phase::Idle(Default::default())),
             keyring: Default::default(),
+            counters: Default::default(),
             locked: Default::default(),
             self_ref: std::sync::OnceLock::new(),
             member: tokio::sync::RwLock::new(None),
