@@ -419,6 +419,36 @@ mod tests {
         assert!(to_prune(&names, 9).is_empty());
     }
 
+    /// A backup of an older Flotilla: its state lacks the tables and
+    /// fields added since (networks, secrets, autolock); it reads, with
+    /// those empty.
+    #[test]
+    fn a_backup_of_an_older_store_reads_with_defaults() {
+        let old_state = r#"{"cluster":{"id":"c0","created_at":1,"ca_cert_pem":"","ca_key_pem":"","worker_secret":"","manager_secret":""},"nodes":{},"services":{},"tasks":{},"index":7}"#;
+        let mut header = Header {
+            magic: MAGIC.into(),
+            format: 1,
+            cluster_id: "c0".into(),
+            index: 7,
+            created_at_ms: 1,
+            flotilla_version: "0.0.9".into(),
+            store_format: 4,
+            services: 0,
+            secrets: 0,
+            encryption: None,
+            payload_bytes: old_state.len() as u64,
+            sha256: String::new(),
+        };
+        header.sha256 = checksum(&header, old_state.as_bytes()).expect("checksum");
+        let mut bytes = serde_json::to_vec(&header).expect("json");
+        bytes.push(b'\n');
+        bytes.extend_from_slice(old_state.as_bytes());
+        let b = read(&bytes, None).expect("an older backup reads");
+        assert_eq!(b.state.index, 7);
+        assert!(b.state.networks.is_empty() && b.state.secrets.is_empty());
+        assert!(b.state.cluster.is_some_and(|c| c.autolock.is_none()));
+    }
+
     #[test]
     fn a_newer_format_is_refused_with_its_version_named() {
         let bytes = write(&state(), 1, None).expect("write");

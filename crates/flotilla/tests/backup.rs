@@ -323,3 +323,102 @@ fn the_leader_writes_backups_on_a_schedule_and_keeps_the_newest() -> Result<()> 
     assert_eq!(names(), left, "no backup after 'off'");
     Ok(())
 }
+
+/// A backup made under autolock holds the cluster's keys sealed: restoring
+/// it needs the unlock key, a missing or wrong one is refused, and with the
+/// right one the restored manager serves and its task reads its secret.
+#[test]
+fn a_backup_made_under_autolock_restores_only_with_its_unlock_key() -> Result<()> {
+    let files = tempfile::tempdir()?;
+    let secret_file = files.path().join("pw");
+    std::fs::write(&secret_file, SECRET)?;
+    let file = files.path().join("locked.backup");
+    let key_file = files.path().join("key");
+    let other_key = files.path().join("other");
+    {
+        let m1 = start_named("m1")?;
+        m1.ok(&["init", "--autolock"])?;
+        let key = m1.ok(&["unlock-key", "-q"])?.stdout.trim().to_string();
+        std::fs::write(&key_file, format!("{key}\n"))?;
+        m1.ok(&["secret", "create", "pw", &secret_file.to_string_lossy()])?;
+        m1.ok(&[
+            "service",
+            "create",
+            "--name",
+            "reader",
+            "--secret",
+            "pw",
+            "-d",
+            "--",
+            "sh",
+            "-c",
+            r#"cksum < "$FLOTILLA_SECRETS_DIR/pw"; exec sleep 100000"#,
+        ])?;
+        let out = m1.ok(&["backup", "-o", &file.to_string_lossy()])?;
+        assert!(
+            out.stdout.contains("sealed under the unlock key"),
+            "{}",
+            out.stdout
+        );
+        // Another cluster's key: well formed, wrong.
+        let other = start_named("other")?;
+        other.ok(&["init", "--autolock"])?;
+        let wrong = other.ok(&["unlock-key", "-q"])?.stdout.trim().to_string();
+        std::fs::write(&other_key, format!("{wrong}\n"))?;
+    }
+    let bytes = std::fs::read(&file)?;
+    assert!(!bytes.windows(11).any(|w| w == b"PRIVATE KEY"));
+    let r1 = start_named("r1")?;
+    let file_s = file.to_string_lossy().into_owned();
+    let missing = r1.cli(&["restore", &file_s]);
+    assert_ne!(missing.code, 0);
+    assert!(
+        one_line_error(&missing).contains("made under autolock: give its unlock key"),
+        "{}",
+        missing.stderr
+    );
+    let wrong = r1.cli(&[
+        "restore",
+        &file_s,
+        "--unlock-key-file",
+        &other_key.to_string_lossy(),
+    ]);
+    assert_ne!(wrong.code, 0);
+    assert!(
+        one_line_error(&wrong).contains("does not open this backup's keys"),
+        "{}",
+        wrong.stderr
+    );
+    assert!(r1.ok(&["info", "--format", "json"])?.json()?["cluster_id"].is_null());
+    r1.ok(&[
+        "restore",
+        &file_s,
+        "--unlock-key-file",
+        &key_file.to_string_lossy(),
+    ])?;
+    let info = r1.ok(&["info", "--format", "json"])?.json()?;
+    assert_eq!(info["autolock"], true);
+    assert_eq!(info["locked"], false, "{info}");
+    let want = {
+        use std::io::Write as _;
+        let mut c = std::process::Command::new("cksum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        if let Some(mut i) = c.stdin.take() {
+            i.write_all(SECRET.as_bytes())?;
+        }
+        String::from_utf8_lossy(&c.wait_with_output()?.stdout)
+            .trim()
+            .to_string()
+    };
+    wait_until(
+        "the restored task to read its secret",
+        Duration::from_secs(20),
+        || {
+            let out = r1.cli(&["service", "logs", "--raw", "reader"]).stdout;
+            Ok(out.contains(&want).then_some(()))
+        },
+    )?;
+    Ok(())
+}
