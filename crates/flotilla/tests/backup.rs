@@ -422,3 +422,58 @@ fn a_backup_made_under_autolock_restores_only_with_its_unlock_key() -> Result<()
     )?;
     Ok(())
 }
+
+/// The old managers cannot rejoin a restored cluster by accident: the
+/// backup is restored on a new node at the address of the old first
+/// manager, the other old managers come back with their data, and the
+/// restored manager refuses their group (an older epoch); they stop and
+/// say why, and take no write.
+#[test]
+fn old_managers_that_come_back_are_refused_by_the_restored_cluster() -> Result<()> {
+    let files = tempfile::tempdir()?;
+    let file = files.path().join("cluster.backup");
+    let file_s = file.to_string_lossy().into_owned();
+    let port = flotilla_testkit::free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let (mut m2, mut m3) = {
+        let m1 = Daemon::start_with(bin(), &listen, &["--name", "m1"])?;
+        m1.ok(&["init"])?;
+        let m2 = joined(&m1, "m2", "manager")?;
+        let m3 = joined(&m1, "m3", "manager")?;
+        m2.ok(&["backup", "-o", &file_s])?;
+        (m2, m3)
+        // m1's machine is gone with its data dir.
+    };
+    m2.kill9()?;
+    m3.kill9()?;
+    let r1 = Daemon::start_with(bin(), &listen, &["--name", "r1"])?;
+    r1.ok(&["restore", &file_s])?;
+    m2.restart()?;
+    m3.restart()?;
+    for old in [&m2, &m3] {
+        wait_until(
+            "an old manager to say that its group was replaced",
+            Duration::from_secs(20),
+            || {
+                let info = old.ok(&["info", "--format", "json"])?.json()?;
+                let warning = info["warning"].as_str().unwrap_or_default().to_string();
+                Ok(warning.contains("'flotilla restore'").then_some(()))
+            },
+        )?;
+    }
+    let refused = m2.cli(&[
+        "service", "create", "--name", "split", "-d", "--", "sleep", "1000",
+    ]);
+    assert_ne!(
+        refused.code, 0,
+        "an old manager took a write: {}",
+        refused.stdout
+    );
+    let info = r1.ok(&["info", "--format", "json"])?.json()?;
+    assert_eq!(info["is_leader"], true, "{info}");
+    assert_eq!(info["managers"], 1, "{info}");
+    r1.ok(&[
+        "service", "create", "--name", "web", "-d", "--", "sleep", "1000",
+    ])?;
+    Ok(())
+}

@@ -329,8 +329,8 @@ impl RaftNode {
     pub fn stopped(&self) -> Option<String> {
         if let Some(why) = self.epoch.superseded() {
             return Some(format!(
-                "this manager's raft group was replaced by 'init --force-new-cluster' on \
-                 another manager, and its raft member has stopped ({why}); to serve again, \
+                "this manager's raft group was replaced by 'init --force-new-cluster' or \
+                 'flotilla restore' on another node, and its raft member has stopped ({why}); to serve again, \
                  remove its data dir and join the cluster again"
             ));
         }
