@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
-use flotilla_testkit::{one_line_error, wait_until, Daemon};
+use flotilla_testkit::{cksum, one_line_error, wait_until, Daemon};
 use serde_json::Value;
 
 fn bin() -> &'static Path {
@@ -22,17 +22,22 @@ fn start_named(name: &str) -> Result<Daemon> {
 }
 
 fn joined(manager: &Daemon, name: &str, role: &str) -> Result<Daemon> {
-    let token = manager
-        .ok(&["join-token", role, "-q"])?
-        .stdout
-        .trim()
-        .to_string();
     let d = start_named(name)?;
-    d.ok(&["join", "--token", &token, &manager.cluster_addr()?])?;
+    d.join_cluster_of(manager, role)?;
     Ok(d)
 }
 
 const SECRET: &str = "backup-secret-content-7f3a";
+
+/// Waits until service `reader` on `d` printed the cksum of [`SECRET`]:
+/// its task opened the secret with the (restored) data key.
+fn reader_read_the_secret(d: &Daemon, within: Duration) -> Result<()> {
+    let want = cksum(SECRET)?;
+    wait_until("the restored task to read its secret", within, || {
+        let out = d.cli(&["service", "logs", "--raw", "reader"]).stdout;
+        Ok(out.contains(&want).then_some(()))
+    })
+}
 const SERVICES: [&str; 5] = ["web", "api", "db", "cache", "reader"];
 
 /// Each service's spec, by name.
@@ -217,27 +222,7 @@ fn a_backup_restored_on_a_new_node_runs_the_cluster_again() -> Result<()> {
     }
     // The secret opens with the restored data key: the task read the
     // content the first cluster was given.
-    let want = {
-        use std::io::Write as _;
-        let mut c = std::process::Command::new("cksum")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
-        if let Some(mut i) = c.stdin.take() {
-            i.write_all(SECRET.as_bytes())?;
-        }
-        String::from_utf8_lossy(&c.wait_with_output()?.stdout)
-            .trim()
-            .to_string()
-    };
-    wait_until(
-        "the restored task to read its secret",
-        Duration::from_secs(15),
-        || {
-            let out = r1.cli(&["service", "logs", "--raw", "reader"]).stdout;
-            Ok(out.contains(&want).then_some(()))
-        },
-    )?;
+    reader_read_the_secret(&r1, Duration::from_secs(15))?;
     let info = r3.ok(&["info", "--format", "json"])?.json()?;
     assert_eq!(info["managers"], 3);
     drop(r2);
@@ -399,27 +384,7 @@ fn a_backup_made_under_autolock_restores_only_with_its_unlock_key() -> Result<()
     let info = r1.ok(&["info", "--format", "json"])?.json()?;
     assert_eq!(info["autolock"], true);
     assert_eq!(info["locked"], false, "{info}");
-    let want = {
-        use std::io::Write as _;
-        let mut c = std::process::Command::new("cksum")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()?;
-        if let Some(mut i) = c.stdin.take() {
-            i.write_all(SECRET.as_bytes())?;
-        }
-        String::from_utf8_lossy(&c.wait_with_output()?.stdout)
-            .trim()
-            .to_string()
-    };
-    wait_until(
-        "the restored task to read its secret",
-        Duration::from_secs(20),
-        || {
-            let out = r1.cli(&["service", "logs", "--raw", "reader"]).stdout;
-            Ok(out.contains(&want).then_some(()))
-        },
-    )?;
+    reader_read_the_secret(&r1, Duration::from_secs(20))?;
     Ok(())
 }
 

@@ -50,12 +50,7 @@ fn start_named(name: &str) -> Result<Daemon> {
 /// A new node `name` that joined `manager`'s cluster as `role`.
 fn joined(manager: &Daemon, name: &str, role: &str) -> Result<Daemon> {
     let d = start_named(name)?;
-    d.ok(&[
-        "join",
-        "--token",
-        &token(manager, role)?,
-        &manager_addr(manager)?,
-    ])?;
+    d.join_cluster_of(manager, role)?;
     Ok(d)
 }
 

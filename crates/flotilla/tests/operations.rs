@@ -25,13 +25,8 @@ fn start_named(name: &str) -> Result<Daemon> {
 }
 
 fn joined(manager: &Daemon, name: &str, role: &str) -> Result<Daemon> {
-    let token = manager
-        .ok(&["join-token", role, "-q"])?
-        .stdout
-        .trim()
-        .to_string();
     let d = start_named(name)?;
-    d.ok(&["join", "--token", &token, &manager.cluster_addr()?])?;
+    d.join_cluster_of(manager, role)?;
     Ok(d)
 }
 

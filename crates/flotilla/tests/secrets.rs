@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use flotilla_testkit::{files_holding, wait_until, Daemon};
+use flotilla_testkit::{cksum, files_holding, wait_until, Daemon};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_flotilla"))
@@ -103,19 +103,7 @@ fn a_task_reads_its_secret_and_config_and_the_data_is_stored_nowhere_in_clear() 
         "-c",
         script,
     ])?;
-    let expected = |data: &str| -> Result<String> {
-        let out = std::process::Command::new("cksum")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write as _;
-                c.stdin.take().map(|mut i| i.write_all(data.as_bytes()));
-                c.wait_with_output()
-            })?;
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    };
-    let first = expected(SECRET)?;
+    let first = cksum(SECRET)?;
     wait_until(
         "the task to print what it read",
         Duration::from_secs(15),
@@ -159,7 +147,7 @@ fn a_task_reads_its_secret_and_config_and_the_data_is_stored_nowhere_in_clear() 
     // Without -d it follows the service's rollout to its end.
     let out = m1.ok(&["secret", "update", "pw", &secret_path])?.stdout;
     assert!(out.contains("Service web converged"), "{out}");
-    let second = expected(rotated)?;
+    let second = cksum(rotated)?;
     wait_until(
         "the new task to read the new version",
         Duration::from_secs(20),

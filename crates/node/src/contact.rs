@@ -12,7 +12,7 @@
 //! [`quorum_view`] turns those times into who is reachable and whether a
 //! quorum of voters is; `info`, `node ls` and the metrics read it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,13 @@ pub struct ManagerContact {
     pub age: Option<Duration>,
 }
 
+impl ManagerContact {
+    /// Heard from within [`STALE`].
+    pub fn heard(&self) -> bool {
+        self.age.is_some_and(|age| age < STALE)
+    }
+}
+
 /// Who of the voters this node hears, and whether they make a quorum.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct QuorumView {
@@ -85,19 +92,15 @@ pub struct QuorumView {
 /// `me` always hears itself. A voter without a row in `managers` (not in
 /// the store yet) counts as not heard.
 pub fn quorum_view(voters: &[u64], me: u64, managers: &[ManagerContact]) -> QuorumView {
-    let ages: BTreeMap<u64, Option<Duration>> =
-        managers.iter().map(|m| (m.raft_id, m.age)).collect();
+    let heard_ids: BTreeSet<u64> = managers
+        .iter()
+        .filter(|m| m.heard())
+        .map(|m| m.raft_id)
+        .collect();
     let mut heard: Vec<u64> = voters
         .iter()
         .copied()
-        .filter(|id| {
-            *id == me
-                || ages
-                    .get(id)
-                    .copied()
-                    .flatten()
-                    .is_some_and(|age| age < STALE)
-        })
+        .filter(|id| *id == me || heard_ids.contains(id))
         .collect();
     heard.sort_unstable();
     heard.dedup();

@@ -179,6 +179,20 @@ impl Phase {
 pub const LOCKED: &str =
     "this manager is locked (autolock is on): run 'flotilla unlock' and give it the unlock key";
 
+/// A manager's TLS material for `node_id`: a new key, its certificate
+/// signed by `ca`, and the CA's certificate (`ca_pem`).
+pub(crate) fn manager_tls(ca: &Ca, ca_pem: &str, node_id: &str) -> Result<NodeTls, InitError> {
+    let key = new_key_and_csr().map_err(failed)?;
+    let cert_pem = ca
+        .sign_node(&key.csr_pem, node_id, Role::Manager, CERT_VALIDITY)
+        .map_err(failed)?;
+    Ok(NodeTls {
+        ca_pem: ca_pem.to_string(),
+        cert_pem,
+        key_pem: key.key_pem,
+    })
+}
+
 pub(crate) fn failed(e: impl std::fmt::Display) -> InitError {
     InitError::Failed(e.to_string())
 }
@@ -189,6 +203,32 @@ pub(crate) fn secret() -> String {
 
 impl NodeCtx {
     /// The cluster member, or None before `init` or `join`.
+    /// This node's record as a manager of the store, made at `now` (by
+    /// `init`, and by `restore` with raft ID 0 until the new group hands
+    /// one out).
+    pub(crate) fn own_manager_record(&self, node_id: &str, raft_id: u64, now: u64) -> Node {
+        Node {
+            id: node_id.to_string(),
+            raft_id,
+            name: self.name.clone(),
+            hostname: self.hostname.clone(),
+            role: NodeRole::Manager,
+            availability: Availability::Active,
+            labels: Default::default(),
+            state: NodeState::Ready,
+            addr: self.cluster_addr(),
+            api_addr: self.api_addr(),
+            version: VERSION.to_string(),
+            resources: host::resources(),
+            platform: Platform::current(),
+            created_at: now,
+            last_seen: now,
+            entry_format: flotilla_store::FORMAT,
+            overlay_error: None,
+            engine_labels: Default::default(),
+        }
+    }
+
     pub async fn member(&self) -> Option<Arc<Member>> {
         self.member.read().await.clone()
     }
@@ -306,15 +346,7 @@ impl NodeCtx {
         let node_id = flotilla_types::new_id(rand::random());
         let ca_material = Ca::create(&cluster_id).map_err(failed)?;
         let ca = Ca::load(&ca_material).map_err(failed)?;
-        let key = new_key_and_csr().map_err(failed)?;
-        let cert_pem = ca
-            .sign_node(&key.csr_pem, &node_id, Role::Manager, CERT_VALIDITY)
-            .map_err(failed)?;
-        let tls = NodeTls {
-            ca_pem: ca_material.cert_pem.clone(),
-            cert_pem,
-            key_pem: key.key_pem,
-        };
+        let tls = manager_tls(&ca, &ca_material.cert_pem, &node_id)?;
         let identity = Identity {
             cluster_id: cluster_id.clone(),
             node_id: node_id.clone(),
@@ -325,26 +357,7 @@ impl NodeCtx {
             epoch: flotilla_types::Epoch::first(flotilla_types::new_id(rand::random())),
         };
         let now = now_ms();
-        let node = Node {
-            id: node_id,
-            raft_id: identity.raft_id,
-            name: self.name.clone(),
-            hostname: self.hostname.clone(),
-            role: NodeRole::Manager,
-            availability: Availability::Active,
-            labels: Default::default(),
-            state: NodeState::Ready,
-            addr: self.cluster_addr(),
-            api_addr: self.api_addr(),
-            version: VERSION.to_string(),
-            resources: host::resources(),
-            platform: Platform::current(),
-            created_at: now,
-            last_seen: now,
-            entry_format: flotilla_store::FORMAT,
-            overlay_error: None,
-            engine_labels: Default::default(),
-        };
+        let node = self.own_manager_record(&node_id, identity.raft_id, now);
         let raft = self
             .start_raft(&tls, identity.raft_id)
             .await

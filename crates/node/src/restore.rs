@@ -15,15 +15,13 @@
 
 use std::time::Duration;
 
-use flotilla_pki::{new_key_and_csr, Ca, CaMaterial, Role};
-use flotilla_types::{Availability, Node, NodeRole, NodeState, Platform};
+use flotilla_pki::{Ca, CaMaterial};
 
-use crate::certs::NodeTls;
 use crate::identity::{self, Identity};
 use crate::keyring;
-use crate::lifecycle::{allowed, failed, InitError, NodeCtx, Phase, Step};
+use crate::lifecycle::{allowed, failed, manager_tls, InitError, NodeCtx, Phase, Step};
+use crate::now_ms;
 use crate::recovery::{new_group, reexec};
-use crate::{host, now_ms, CERT_VALIDITY, VERSION};
 use flotilla_backup::Backup;
 
 /// What a restore made.
@@ -53,23 +51,20 @@ impl NodeCtx {
             .cluster
             .clone()
             .ok_or_else(|| InitError::BadToken("the backup holds no cluster".into()))?;
-        let unlock = match (&cluster.autolock, unlock_key) {
-            (None, _) => None,
+        let (unlock, keys) = match (&cluster.autolock, unlock_key) {
+            (None, _) => (None, keyring::plaintext_keys(&cluster)),
             (Some(_), None) => return Err(InitError::BadToken(
                 "this backup was made under autolock: give its unlock key with --unlock-key-file"
                     .into(),
             )),
-            (Some(_), Some(text)) => Some(
-                keyring::parse_unlock_key(text).map_err(|e| InitError::BadToken(e.to_string()))?,
-            ),
-        };
-        let keys = match (&cluster.autolock, &unlock) {
-            (Some(sealed), Some(key)) => {
-                keyring::open_keys(key, &cluster.id, sealed).map_err(|_| {
+            (Some(sealed), Some(text)) => {
+                let key = keyring::parse_unlock_key(text)
+                    .map_err(|e| InitError::BadToken(e.to_string()))?;
+                let keys = keyring::open_keys(&key, &cluster.id, sealed).map_err(|_| {
                     InitError::BadToken("the unlock key does not open this backup's keys".into())
-                })?
+                })?;
+                (Some(key), keys)
             }
-            _ => keyring::plaintext_keys(&cluster),
         };
         let ca = Ca::load(&CaMaterial {
             cert_pem: cluster.ca_cert_pem.clone(),
@@ -77,40 +72,12 @@ impl NodeCtx {
         })
         .map_err(|e| InitError::BadToken(format!("the backup's CA cannot be loaded: {e}")))?;
         let node_id = flotilla_types::new_id(rand::random());
-        let key = new_key_and_csr().map_err(failed)?;
-        let cert_pem = ca
-            .sign_node(&key.csr_pem, &node_id, Role::Manager, CERT_VALIDITY)
-            .map_err(failed)?;
-        let tls = NodeTls {
-            ca_pem: cluster.ca_cert_pem.clone(),
-            cert_pem,
-            key_pem: key.key_pem,
-        };
+        let tls = manager_tls(&ca, &cluster.ca_cert_pem, &node_id)?;
         let now = now_ms();
         let addr = self.cluster_addr();
-        state.nodes.insert(
-            node_id.clone(),
-            Node {
-                id: node_id.clone(),
-                raft_id: 0,
-                name: self.name.clone(),
-                hostname: self.hostname.clone(),
-                role: NodeRole::Manager,
-                availability: Availability::Active,
-                labels: Default::default(),
-                state: NodeState::Ready,
-                addr: addr.clone(),
-                api_addr: self.api_addr(),
-                version: VERSION.to_string(),
-                resources: host::resources(),
-                platform: Platform::current(),
-                created_at: now,
-                last_seen: now,
-                entry_format: flotilla_store::FORMAT,
-                overlay_error: None,
-                engine_labels: Default::default(),
-            },
-        );
+        state
+            .nodes
+            .insert(node_id.clone(), self.own_manager_record(&node_id, 0, now));
         let group = new_group(
             &mut state,
             &node_id,

@@ -563,34 +563,45 @@ pub struct LocalFacts {
     pub data_dir: String,
 }
 
-/// `flotilla info`.
-pub fn info(state: &State, local: &LocalFacts, managers: &ManagerStatus) -> Info {
-    let me = local.node_id.as_ref().and_then(|id| state.nodes.get(id));
-    let manager_ids: Vec<u64> = state
+/// The managers of the store that `managers` counts reachable, and how
+/// many managers the store has.
+fn managers_reachable(state: &State, managers: &ManagerStatus) -> (u64, u64) {
+    let ids: Vec<u64> = state
         .nodes
         .values()
         .filter(|n| n.role == NodeRole::Manager)
         .map(|n| n.raft_id)
         .collect();
-    let count = manager_ids.len() as u64;
-    let reachable = manager_ids
+    let reachable = ids
         .iter()
         .filter(|id| managers.reachable.contains(id))
-        .count() as u64;
+        .count();
+    (reachable as u64, ids.len() as u64)
+}
+
+/// The NO QUORUM line `info` and `node ls` lead with, when the managers
+/// this one hears are not a quorum.
+pub fn no_quorum_warning(state: &State, managers: &ManagerStatus) -> Option<String> {
+    (state.cluster.is_some() && managers.no_quorum).then(|| {
+        let (reachable, count) = managers_reachable(state, managers);
+        crate::contact::no_quorum_warning(reachable, count)
+    })
+}
+
+/// `flotilla info`.
+pub fn info(state: &State, local: &LocalFacts, managers: &ManagerStatus) -> Info {
+    let me = local.node_id.as_ref().and_then(|id| state.nodes.get(id));
+    let (reachable, count) = managers_reachable(state, managers);
     let tolerance = fault_tolerance(count);
-    let no_quorum = state.cluster.is_some() && managers.no_quorum;
-    let tolerance_warning = (state.cluster.is_some() && tolerance == 0).then(|| {
-        format!(
-            "the cluster tolerates no manager failure with {count} manager{}: losing {} stops all changes; run 3 or 5 managers",
-            if count == 1 { "" } else { "s" },
-            if count == 1 { "it" } else { "one" }
-        )
+    let warning = no_quorum_warning(state, managers).or_else(|| {
+        (state.cluster.is_some() && tolerance == 0).then(|| {
+            format!(
+                "the cluster tolerates no manager failure with {count} manager{}: losing {} stops all changes; run 3 or 5 managers",
+                if count == 1 { "" } else { "s" },
+                if count == 1 { "it" } else { "one" }
+            )
+        })
     });
-    let warning = if no_quorum {
-        Some(crate::contact::no_quorum_warning(reachable, count))
-    } else {
-        tolerance_warning
-    };
     let mut unreachable_managers: Vec<flotilla_api::model::UnreachableManager> = state
         .nodes
         .values()

@@ -62,6 +62,22 @@ pub fn http_get(addr: &str, path: &str, timeout: Duration) -> Result<(u16, Strin
     Ok((code, body.to_string()))
 }
 
+/// What `cksum` prints for `data` (checksum and length): a task can show
+/// that it read a secret without showing the secret.
+pub fn cksum(data: &str) -> Result<String> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("cksum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting cksum")?;
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(data.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// `text` without ANSI escape sequences (a daemon's log has colours).
 pub fn strip_ansi(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -489,6 +505,18 @@ impl Daemon {
             .and_then(|a| a.iter().find(|n| n["is_self"] == true))
             .and_then(|n| n["addr"].as_str().map(String::from))
             .ok_or_else(|| anyhow!("node ls names no address for this node"))
+    }
+
+    /// Joins this (fresh) node to `manager`'s cluster as `role` (worker or
+    /// manager), with a token just read from `manager`.
+    pub fn join_cluster_of(&self, manager: &Daemon, role: &str) -> Result<()> {
+        let token = manager
+            .ok(&["join-token", role, "-q"])?
+            .stdout
+            .trim()
+            .to_string();
+        self.ok(&["join", "--token", &token, &manager.cluster_addr()?])?;
+        Ok(())
     }
 
     /// `service ps NAME --format json`: every task of the service, history

@@ -13,13 +13,23 @@ pub(crate) async fn metrics(State(ctx): Ctx) -> Response {
     let mut reg = prometheus_client::registry::Registry::default();
     if let Ok(m) = member(&ctx).await {
         let status = managers(&m);
+        let managers = {
+            let state = m.view.read();
+            metrics::cluster_series(&mut reg, &state);
+            state
+                .nodes
+                .values()
+                .filter(|n| n.role == flotilla_types::NodeRole::Manager)
+                .count() as u64
+        };
         let raft = {
             let rm = m.raft.raft().metrics();
             let rm = rm.borrow();
+            let last = rm.last_log_index.unwrap_or(0);
             metrics::RaftFigures {
                 term: rm.current_term,
                 is_leader: m.raft.is_leader(),
-                last_log_index: rm.last_log_index.unwrap_or(0),
+                last_log_index: last,
                 applied_index: rm.last_applied.map_or(0, |l| l.index),
                 snapshot_index: rm.snapshot.map_or(0, |l| l.index),
                 purged_index: rm.purged.map_or(0, |l| l.index),
@@ -27,32 +37,16 @@ pub(crate) async fn metrics(State(ctx): Ctx) -> Response {
                     .map_or(0, |md| md.len()),
                 lag: rm
                     .replication
-                    .as_ref()
-                    .map(|r| {
-                        let last = rm.last_log_index.unwrap_or(0);
-                        r.iter()
-                            .map(|(id, l)| (*id, last.saturating_sub(l.map_or(0, |l| l.index))))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                managers: 0,
+                    .iter()
+                    .flatten()
+                    .map(|(id, l)| (*id, last.saturating_sub(l.map_or(0, |l| l.index))))
+                    .collect(),
+                managers,
                 managers_reachable: status.reachable.len() as u64,
                 quorum: !status.no_quorum,
             }
         };
-        let state = m.view.read();
-        let managers = state
-            .nodes
-            .values()
-            .filter(|n| n.role == flotilla_types::NodeRole::Manager)
-            .count() as u64;
-        metrics::cluster_series(&mut reg, &state);
-        drop(state);
-        metrics::raft_series(
-            &mut reg,
-            &metrics::RaftFigures { managers, ..raft },
-            &ctx.counters,
-        );
+        metrics::raft_series(&mut reg, &raft, &ctx.counters);
     }
     let mesh = ctx
         .mesh

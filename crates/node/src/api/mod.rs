@@ -360,7 +360,7 @@ fn managers(member: &Mgr) -> ManagerStatus {
     // Learners (managers being added) too, for "catching up".
     let heard_members: Vec<u64> = contacts
         .iter()
-        .filter(|c| c.age.is_some_and(|a| a < crate::contact::STALE))
+        .filter(|c| c.heard())
         .map(|c| c.raft_id)
         .collect();
     ManagerStatus {
@@ -378,19 +378,7 @@ fn managers(member: &Mgr) -> ManagerStatus {
 
 /// The NO QUORUM line, when this manager does not hear a quorum.
 fn no_quorum_warning(m: &Mgr, status: &ManagerStatus) -> Option<String> {
-    if !status.no_quorum {
-        return None;
-    }
-    let managers = read(m, |s| {
-        s.nodes
-            .values()
-            .filter(|n| n.role == flotilla_types::NodeRole::Manager)
-            .count() as u64
-    });
-    Some(crate::contact::no_quorum_warning(
-        status.reachable.len() as u64,
-        managers,
-    ))
+    read(m, |s| views::no_quorum_warning(s, status))
 }
 
 /// Makes the next read linearizable: the leader confirms it still leads
