@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond the Rust toolchain: iproute2
 # (network namespaces for the partition tests), util-linux (nsenter),
-# iptables, and busybox-static (the docker driver tests build their images
-# FROM scratch with it: no registry is reachable). Then makes sure a Docker
+# iptables, busybox-static (the docker driver tests build their images
+# FROM scratch with it: no registry is reachable) and chromium (the
+# dashboard's test drives it headless). Then makes sure a Docker
 # Engine answers, starting dockerd in the background if it is installed but
 # not running. Needs root to install or start anything; says what is
 # missing otherwise. A missing engine is only a warning: the docker driver
@@ -14,6 +15,7 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v nsenter >/dev/null 2>&1 || missing+=(util-linux)
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 [ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || missing+=(busybox-static)
+command -v chromium >/dev/null 2>&1 || [ -n "${FLOTILLA_CHROMIUM:-}" ] || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "test-deps: missing ${missing[*]}; run as root or install them" >&2
@@ -22,7 +24,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "test-deps: installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 docker_answers() {

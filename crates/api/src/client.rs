@@ -375,6 +375,14 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/ui-token`.
+    pub async fn ui_token(
+        &self,
+        request: &crate::model::UiTokenRequest,
+    ) -> Result<crate::model::UiTokenView, ClientError> {
+        self.call(Method::POST, "/v1/ui-token", Some(request)).await
+    }
+
     /// `POST /v1/restore`.
     pub async fn restore(
         &self,

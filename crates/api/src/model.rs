@@ -130,6 +130,98 @@ pub struct RestoreResponse {
     pub secrets: u64,
 }
 
+/// `POST /v1/ui-token`: a login token for the dashboard (`/ui`) on a
+/// browser without a client certificate.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct UiTokenRequest {
+    /// How long it is good for, in seconds (default 12 hours, at most 7
+    /// days).
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// A dashboard login token and where to use it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct UiTokenView {
+    pub token: String,
+    /// The login address on this manager's client API port, if it has
+    /// one: open it in a browser.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[schema(value_type = u64)]
+    pub expires_at: UnixMs,
+}
+
+/// The cluster's health as the dashboard shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthLevel {
+    /// Every service has its replicas ready and the managers tolerate a
+    /// failure.
+    Green,
+    /// Degraded but working.
+    Yellow,
+    /// No quorum, or a service with none of its replicas running.
+    Red,
+}
+
+impl HealthLevel {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HealthLevel::Green => "green",
+            HealthLevel::Yellow => "yellow",
+            HealthLevel::Red => "red",
+        }
+    }
+}
+
+/// A level and why: one line per thing that is not as it should be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterHealth {
+    pub level: HealthLevel,
+    pub reasons: Vec<String>,
+}
+
+/// What happened, as the dashboard lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    TaskFailed,
+    NodeDown,
+    NodeUp,
+    LeaderChanged,
+    NoLeader,
+    ServiceCreated,
+    ServiceRemoved,
+}
+
+/// One event a manager saw (since it started; not replicated).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ClusterEvent {
+    #[schema(value_type = u64)]
+    pub at: UnixMs,
+    pub kind: EventKind,
+    pub text: String,
+}
+
+/// `GET /ui/state`: everything the dashboard shows, in one answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Dashboard {
+    pub at: UnixMs,
+    pub health: ClusterHealth,
+    pub info: Info,
+    pub nodes: Vec<NodeView>,
+    pub services: Vec<ServiceView>,
+    /// The tasks wanted running, of every service.
+    pub tasks: Vec<TaskView>,
+    /// Each node's mesh counters (refreshed every few seconds).
+    pub mesh: Vec<flotilla_types::mesh::MeshStats>,
+    /// Newest first.
+    pub events: Vec<ClusterEvent>,
+    /// Why parts of the answer may be missing or stale.
+    pub warnings: Vec<String>,
+}
+
 /// `POST /v1/autolock`: turn autolock on or off.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct AutolockRequest {

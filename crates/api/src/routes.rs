@@ -19,7 +19,7 @@ use crate::model::{
     ClientCertRequest, ForceQuery, Info, InitRequest, InitResponse, JoinRequest, JoinTokenView,
     LeaderCheck, LogEvent, LogQuery, NetworkView, NodeUpdate, NodeView, Removed, RestoreRequest,
     RestoreResponse, ScaleRequest, ServiceReplace, ServiceView, TaskView, TokenQuery,
-    UnlockKeyView, UnlockRequest,
+    UiTokenRequest, UiTokenView, UnlockKeyView, UnlockRequest,
 };
 use flotilla_types::{NetworkSpec, ServiceSpec};
 
@@ -60,6 +60,7 @@ pub enum Operation {
     Backup,
     BackupSchedule,
     Restore,
+    UiToken,
     ListNodes,
     InspectNode,
     RemoveNode,
@@ -290,6 +291,13 @@ pub const ROUTES: &[Route] = &[
         ok: json(schema_of::<RestoreResponse>),
         errors: &[400, 403, 409, 500],
         ..route(Post, "/v1/restore", Op::Restore)
+    },
+    Route {
+        summary: "A login token for the dashboard (/ui) in a browser without a client certificate, good on every manager until it expires",
+        body: Some(schema_of::<UiTokenRequest>),
+        ok: json(schema_of::<UiTokenView>),
+        errors: &[400, 409, 500, 503],
+        ..route(Post, "/v1/ui-token", Op::UiToken)
     },
     Route {
         summary: "Every node",

@@ -30,10 +30,11 @@ pub async fn run(
         }
     };
     let mut config = DaemonConfig::new(dir.clone());
-    // A dev node is alone: keep its cluster port private and off the
-    // default port, so that it never collides with a real node.
+    // A dev node is alone: keep its ports private and off the defaults,
+    // so that it never collides with a real node. The client API port is
+    // there for the dashboard.
     config.listen = "127.0.0.1:0".into();
-    config.api_listen = None;
+    config.api_listen = Some("127.0.0.1:0".into());
     let daemon_token = shutdown.child_token();
     let daemon = tokio::spawn(daemon::run(config, daemon_token.clone()));
     let result = setup(args, &dir).await;
@@ -103,6 +104,18 @@ async fn setup(args: &DevArgs, dir: &std::path::Path) -> Result<()> {
         }
     }
     println!("  flotilla service create --name hello --replicas 2 -- sleep 100000");
+    match client
+        .ui_token(&flotilla_api::model::UiTokenRequest::default())
+        .await
+    {
+        Ok(t) => {
+            if let Some(url) = t.url {
+                println!("Dashboard (the browser warns of the cluster's own certificate):");
+                println!("  {url}");
+            }
+        }
+        Err(e) => eprintln!("no dashboard login: {e}"),
+    }
     println!("Press Ctrl-C to stop: tasks are stopped and the data dir is removed.");
     Ok(())
 }

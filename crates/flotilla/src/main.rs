@@ -200,6 +200,9 @@ async fn dispatch(
             .await
         }
         Command::ClientCert { name, out } => commands::client_cert(&client()?, name, out).await,
+        Command::UiToken { ttl, quiet } => {
+            commands::ui_token(&client()?, ttl.as_deref(), *quiet).await
+        }
         Command::LeaderCheck => commands::leader_check(&client()?).await,
         Command::Leave { force } => {
             client()?

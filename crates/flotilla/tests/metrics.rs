@@ -80,6 +80,7 @@ fn metrics_parse_and_hold_every_series_from_the_start() -> Result<()> {
         "flotilla_services{}",
         "flotilla_raft_leader_changes_total{}",
         "flotilla_raft_snapshots_total{}",
+        "flotilla_node_heartbeat_timeouts_total{}",
         "flotilla_raft_log_entries{}",
         "flotilla_quorum{}",
         "flotilla_process_cpu_seconds{}",
@@ -91,6 +92,7 @@ fn metrics_parse_and_hold_every_series_from_the_start() -> Result<()> {
     assert_eq!(get(&m, "flotilla_raft_leader{}")?, 1.0);
     assert!(get(&m, "flotilla_raft_term{}")? >= 1.0);
     assert!(m.contains_key("flotilla_raft_commit_seconds_count"));
+    assert_eq!(get(&m, "flotilla_scheduling_seconds_count")?, 0.0);
 
     d.ok(&[
         "service",
@@ -116,6 +118,8 @@ fn metrics_parse_and_hold_every_series_from_the_start() -> Result<()> {
         2.0
     );
     assert!(m.contains_key("flotilla_raft_commit_seconds_count"));
+    // Both tasks were scheduled by this leader.
+    assert_eq!(get(&m, "flotilla_scheduling_seconds_count")?, 2.0);
     // A task killed from outside: its failure stays counted after its
     // replacement runs.
     let pids = d.task_pids();
@@ -130,7 +134,8 @@ fn metrics_parse_and_hold_every_series_from_the_start() -> Result<()> {
         || {
             let m = scrape(&addr)?;
             Ok((get(&m, "flotilla_tasks_kept{state=\"failed\"}")? >= 1.0
-                && get(&m, "flotilla_tasks{state=\"running\"}")? == 2.0)
+                && get(&m, "flotilla_tasks{state=\"running\"}")? == 2.0
+                && get(&m, "flotilla_scheduling_seconds_count")? == 3.0)
                 .then_some(()))
         },
     )?;

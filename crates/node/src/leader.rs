@@ -172,6 +172,7 @@ pub(crate) async fn lead_while_leader(
     name: Option<String>,
     hostname: String,
     node_timeout: Duration,
+    counters: crate::metrics::Counters,
     shutdown: CancellationToken,
 ) {
     let (Some(raft), Some(view), Some(dispatcher)) = (
@@ -195,6 +196,7 @@ pub(crate) async fn lead_while_leader(
         name,
         hostname,
         node_timeout,
+        counters,
         shutdown: shutdown.clone(),
         lead: Lead::NotLeading,
         loops: None,
@@ -239,6 +241,9 @@ struct Supervisor {
     name: Option<String>,
     hostname: String,
     node_timeout: Duration,
+    /// Where the loops' proposals are counted (scheduling latency, nodes
+    /// declared down).
+    counters: crate::metrics::Counters,
     shutdown: CancellationToken,
     lead: Lead,
     /// The loops' token while they run.
@@ -309,7 +314,8 @@ impl Supervisor {
         let raft = &self.raft;
         let view = &self.view;
         let token = self.shutdown.child_token();
-        let proposer: Arc<dyn Proposer> = Arc::new(RaftProposer(raft.clone()));
+        let proposer: Arc<dyn Proposer> =
+            Arc::new(RaftProposer::counting(raft.clone(), self.counters.clone()));
         let clock = Arc::new(SystemClock);
         tokio::spawn(
             Orchestrator::new(view.clone(), proposer.clone(), clock.clone()).run(token.clone()),
@@ -325,7 +331,7 @@ impl Supervisor {
         tokio::spawn(
             flotilla_manager::NodeWatcher::new(
                 view.clone(),
-                Arc::new(RaftProposer(raft.clone())),
+                Arc::new(RaftProposer::counting(raft.clone(), self.counters.clone())),
                 Arc::new(SystemClock),
                 self.dispatcher.heartbeats(),
                 self.node_timeout,

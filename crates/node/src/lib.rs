@@ -29,6 +29,7 @@ pub mod certs;
 pub mod cluster;
 pub mod contact;
 pub mod control;
+pub mod dashboard;
 pub mod dispatcher;
 pub mod host;
 pub mod identity;
@@ -240,6 +241,7 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         mesh: std::sync::RwLock::new(None),
         keyring: Default::default(),
         counters: Default::default(),
+        board: Default::default(),
         locked: Default::default(),
     });
     let _ = ctx.self_ref.set(Arc::downgrade(&ctx));

@@ -57,6 +57,9 @@ pub struct NodeCtx {
     pub(crate) keyring: Arc<Keyring>,
     /// What `/metrics` counts as it happens, for the life of the process.
     pub(crate) counters: crate::metrics::Counters,
+    /// What the dashboard keeps: the events this manager saw, the mesh
+    /// counters it gathered last.
+    pub(crate) board: Arc<crate::dashboard::Board>,
     /// Set while the phase is [`Phase::Locked`].
     pub(crate) locked: std::sync::atomic::AtomicBool,
 }

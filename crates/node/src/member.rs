@@ -106,7 +106,7 @@ impl NodeCtx {
                     state: r.state(),
                     applied: r.applied(),
                 },
-                Arc::new(RaftProposer(r.clone())),
+                Arc::new(RaftProposer::new(r.clone())),
                 Arc::new(flotilla_manager::SystemClock),
                 self.keyring.clone(),
             ))
@@ -330,8 +330,13 @@ impl NodeCtx {
             let commits = self.counters.commit_seconds.clone();
             raft.observe_commits(Box::new(move |took| commits.observe(took.as_secs_f64())));
             self.tracker.spawn(crate::metrics::count_raft_events(
-                raft,
+                raft.clone(),
                 self.counters.clone(),
+                token.clone(),
+            ));
+            self.tracker.spawn(crate::dashboard::watch(
+                raft,
+                self.board.clone(),
                 token.clone(),
             ));
         }
@@ -351,6 +356,7 @@ impl NodeCtx {
                 self.explicit_name.clone(),
                 self.hostname.clone(),
                 self.node_timeout,
+                self.counters.clone(),
                 token.clone(),
             ));
         }

@@ -50,6 +50,12 @@ pub struct Counters {
     pub leader_changes: Counter,
     pub snapshots: Counter,
     pub commit_seconds: Histogram,
+    /// From a task's creation to its assignment to a node, as this
+    /// manager's scheduler assigned them while it led.
+    pub scheduling_seconds: Histogram,
+    /// Nodes this manager declared down, while it led, because their
+    /// heartbeats stopped.
+    pub heartbeat_timeouts: Counter,
 }
 
 impl Default for Counters {
@@ -59,6 +65,9 @@ impl Default for Counters {
             snapshots: Counter::default(),
             // 0.5 ms to about 2 s.
             commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 13)),
+            // 1 ms to about 65 s (a task may wait long for a node).
+            scheduling_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
+            heartbeat_timeouts: Counter::default(),
         }
     }
 }
@@ -231,18 +240,32 @@ pub fn cluster_series(reg: &mut Registry, state: &State) {
         "Tasks of a service that run and are healthy (or have no check)",
         ready,
     );
-    let pending = state
+    let pending: Vec<&flotilla_types::Task> = state
         .tasks
         .values()
         .filter(|t| {
             t.desired_state == DesiredState::Running && t.status.state == TaskState::Pending
         })
-        .count();
+        .collect();
     gauge(
         reg,
         "flotilla_tasks_pending",
-        "Tasks waiting for a node (their reasons are in 'service ps')",
-        pending as i64,
+        "Tasks waiting for a node",
+        pending.len() as i64,
+    );
+    let reasons = Family::<Labels, Gauge>::default();
+    for t in &pending {
+        reasons
+            .get_or_create(&labels(&[
+                ("service", &t.service_name),
+                ("reason", &t.status.message),
+            ]))
+            .inc();
+    }
+    reg.register(
+        "flotilla_tasks_pending_reason",
+        "Tasks waiting for a node, by service and the scheduler's reason",
+        reasons,
     );
 }
 
@@ -327,6 +350,16 @@ pub fn raft_series(reg: &mut Registry, r: &RaftFigures, counters: &Counters) {
         "flotilla_raft_commit_seconds",
         "From proposing a command to its commit and apply, on this manager",
         counters.commit_seconds.clone(),
+    );
+    reg.register(
+        "flotilla_scheduling_seconds",
+        "From a task's creation to its assignment to a node, as this manager scheduled them while it led",
+        counters.scheduling_seconds.clone(),
+    );
+    reg.register(
+        "flotilla_node_heartbeat_timeouts",
+        "Nodes this manager declared down, while it led, because their heartbeats stopped",
+        counters.heartbeat_timeouts.clone(),
     );
 }
 

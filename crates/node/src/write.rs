@@ -22,19 +22,91 @@ use crate::{dispatcher, Member};
 /// [`flotilla_store::MAX_ENTRY_BYTES`], so that no raft entry is too large
 /// to replicate within a heartbeat; the answer is the last part's, or the
 /// first error (the loops reconcile what a failed part left undone).
-pub(crate) struct RaftProposer(pub(crate) Arc<RaftNode>);
+///
+/// The leader's loops propose through one that counts what `/metrics`
+/// shows of them ([`RaftProposer::counting`]): how long tasks waited for a
+/// node (creation to assignment) and how many nodes were declared down
+/// for missing heartbeats.
+pub(crate) struct RaftProposer {
+    raft: Arc<RaftNode>,
+    counters: Option<crate::metrics::Counters>,
+}
+
+impl RaftProposer {
+    pub(crate) fn new(raft: Arc<RaftNode>) -> Self {
+        RaftProposer {
+            raft,
+            counters: None,
+        }
+    }
+
+    pub(crate) fn counting(raft: Arc<RaftNode>, counters: crate::metrics::Counters) -> Self {
+        RaftProposer {
+            raft,
+            counters: Some(counters),
+        }
+    }
+
+    /// What `command` adds to the counters once it commits.
+    fn to_count(&self, command: &Command) -> Counted {
+        match command {
+            Command::AssignTasks { assignments, at } => {
+                let state = self.raft.state();
+                let state = state.read().unwrap_or_else(|p| p.into_inner());
+                Counted::Waits(
+                    assignments
+                        .iter()
+                        .filter_map(|(task, _)| state.tasks.get(task))
+                        .map(|t| at.saturating_sub(t.created_at))
+                        .collect(),
+                )
+            }
+            Command::SetNodeState {
+                node_ids,
+                state: flotilla_types::NodeState::Down,
+                ..
+            } => Counted::Down(node_ids.len() as u64),
+            _ => Counted::Nothing,
+        }
+    }
+}
+
+/// See [`RaftProposer::to_count`].
+enum Counted {
+    Nothing,
+    /// Milliseconds from each task's creation to its assignment.
+    Waits(Vec<u64>),
+    Down(u64),
+}
 
 impl Proposer for RaftProposer {
     fn propose(&self, command: Command) -> ProposeFuture<'_> {
         Box::pin(async move {
+            let counted = match &self.counters {
+                Some(_) => self.to_count(&command),
+                None => Counted::Nothing,
+            };
             let mut answer = Ok(None);
             for part in command.parts(flotilla_store::MAX_BATCH, flotilla_store::MAX_ENTRY_BYTES) {
-                answer = self.0.propose(part).await.map_err(|e| match e {
+                answer = self.raft.propose(part).await.map_err(|e| match e {
                     RaftError::NotLeader { .. } => ProposeError::NotLeader,
                     other => ProposeError::Other(other.to_string()),
                 })?;
                 if answer.is_err() {
                     break;
+                }
+            }
+            if let (Some(c), Ok(_)) = (&self.counters, &answer) {
+                match counted {
+                    Counted::Nothing => {}
+                    Counted::Waits(waits) => {
+                        for ms in waits {
+                            c.scheduling_seconds.observe(ms as f64 / 1000.0);
+                        }
+                    }
+                    Counted::Down(n) => {
+                        c.heartbeat_timeouts.inc_by(n);
+                    }
                 }
             }
             Ok(answer)

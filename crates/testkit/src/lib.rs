@@ -13,11 +13,14 @@
 //!   (`pause`/`resume`, SIGSTOP) and restart. [`strip_ansi`] reads its
 //!   coloured log.
 //! - [`image`]: busybox container images built locally (no registry).
+//! - [`browser`]: a headless Chromium over the DevTools protocol, for the
+//!   dashboard's tests.
 //! - [`net`]: hosts in network namespaces on a private bridge, which a test
 //!   can cut off and heal (partitions).
 //! - [`wait_until`]: deadline-based polling (never a bare sleep).
 //! - [`marked_pids`], [`kill_marked`]: finding and ending a test's processes.
 
+pub mod browser;
 pub mod image;
 pub mod net;
 

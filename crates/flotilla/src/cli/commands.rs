@@ -97,6 +97,41 @@ pub async fn join_token(client: &Client, args: &super::JoinTokenArgs) -> Result<
 }
 
 /// `flotilla client-cert`.
+/// `flotilla ui-token [--ttl 12h] [-q]`.
+pub async fn ui_token(client: &Client, ttl: Option<&str>, quiet: bool) -> Result<()> {
+    let ttl_secs = ttl
+        .map(|t| {
+            flotilla_types::parse_duration_ms(t)
+                .map(|ms| ms.div_ceil(1000))
+                .map_err(|e| anyhow::anyhow!("--ttl {t}: {e}"))
+        })
+        .transpose()?;
+    let view = client
+        .ui_token(&flotilla_api::model::UiTokenRequest { ttl_secs })
+        .await?;
+    if quiet {
+        println!("{}", view.token);
+        return Ok(());
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    // Rounded to the second, as it was asked for.
+    let lasts = flotilla_types::format_duration_ms(
+        view.expires_at.saturating_sub(now_ms).div_ceil(1000) * 1000,
+    );
+    match &view.url {
+        Some(url) => println!(
+            "Open this address in a browser to see the dashboard (the login lasts {lasts}):\n\n    {url}\n\nThe page is served with the cluster's own certificate: the browser warns until the cluster CA (ca.crt of 'flotilla client-cert') is trusted."
+        ),
+        None => println!(
+            "Dashboard login token (it lasts {lasts}): {}\nThis manager has no client API port: open /ui/login?token=... on a manager that has one.",
+            view.token
+        ),
+    }
+    Ok(())
+}
+
 pub async fn client_cert(client: &Client, name: &str, out: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let c = client.client_cert(name).await?;

@@ -150,6 +150,15 @@ pub enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print an address that logs a browser in to the dashboard (/ui) without a client certificate
+    UiToken {
+        /// How long the login lasts (12h by default, at most 7d)
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Print the token alone
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Say whether the manager answering is the leader (exit 0) or not (exit 1)
     LeaderCheck,
     /// Manage nodes

@@ -63,14 +63,19 @@ pub(super) async fn client_cert(
     }))
 }
 
-pub(super) async fn info(State(ctx): Ctx) -> ApiResult<Info> {
-    let facts = |node_id: Option<String>, is_leader| LocalFacts {
+/// What `info` says of the node itself.
+pub(super) fn facts(ctx: &NodeCtx, node_id: Option<String>, is_leader: bool) -> LocalFacts {
+    LocalFacts {
         node_id,
         node_name: ctx.name.clone(),
         is_leader,
         version: VERSION.to_string(),
         data_dir: ctx.data_dir.display().to_string(),
-    };
+    }
+}
+
+pub(super) async fn info(State(ctx): Ctx) -> ApiResult<Info> {
+    let facts = |node_id: Option<String>, is_leader| facts(&ctx, node_id, is_leader);
     match ctx.member().await {
         None => {
             let mut info = views::info(

@@ -22,6 +22,7 @@ pub mod networks;
 pub mod nodes;
 pub mod secrets;
 pub mod services;
+pub mod ui;
 
 use cluster::*;
 use logs::*;
@@ -181,6 +182,8 @@ pub fn router(ctx: Arc<NodeCtx>) -> Router {
         })
         // Prometheus text, not JSON: outside the table of JSON routes.
         .route("/metrics", axum::routing::get(metrics::metrics))
+        // The dashboard's page and its state: HTML, script, JSON of its own.
+        .merge(ui::routes())
         .fallback(|| async { ApiError::NotFound("no such API route".into()) })
         .with_state(ctx)
 }
@@ -207,6 +210,7 @@ fn endpoint(route: &Route) -> MethodRouter<Arc<NodeCtx>> {
         Operation::Backup => on(m, backup),
         Operation::BackupSchedule => on(m, backup_schedule),
         Operation::Restore => on(m, restore),
+        Operation::UiToken => on(m, ui::ui_token),
         Operation::ListNodes => on(m, nodes),
         Operation::InspectNode => on(m, node),
         Operation::RemoveNode => on(m, remove_node),
@@ -244,20 +248,41 @@ fn endpoint(route: &Route) -> MethodRouter<Arc<NodeCtx>> {
 
 /// The API for remote CLIs, on the client API port: the same routes, but
 /// every call except the leader check needs a certificate of the cluster
-/// CA, a client's or a manager's (a worker's is refused).
+/// CA, a client's or a manager's (a worker's is refused). The dashboard's
+/// pages take a login cookie instead ([`ui`]).
 pub fn remote_router(ctx: Arc<NodeCtx>) -> Router {
-    router(ctx).layer(axum::middleware::from_fn(remote_auth))
+    router(ctx.clone()).layer(axum::middleware::from_fn_with_state(ctx, remote_auth))
 }
 
 async fn remote_auth(
+    State(ctx): Ctx,
     peer: Option<axum::Extension<flotilla_transport::Peer>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if flotilla_api::routes::is_public(request.uri().path()) {
+    let path = request.uri().path();
+    if flotilla_api::routes::is_public(path) {
         return next.run(request).await;
     }
     let role = peer.and_then(|axum::Extension(p)| p.0.map(|id| id.role));
+    let dashboard = path == "/ui" || path.starts_with("/ui/");
+    if dashboard
+        && !matches!(
+            role,
+            Some(flotilla_pki::Role::Client | flotilla_pki::Role::Manager)
+        )
+    {
+        if path == "/ui/login" {
+            return next.run(request).await;
+        }
+        return match ui::cookie_login(&ctx, request.headers()).await {
+            Ok(()) => next.run(request).await,
+            Err(why) if path == "/ui/state" => {
+                (StatusCode::UNAUTHORIZED, Json(ErrorBody { error: why })).into_response()
+            }
+            Err(why) => ui::refused(StatusCode::UNAUTHORIZED, &why),
+        };
+    }
     match role {
         Some(flotilla_pki::Role::Client) | Some(flotilla_pki::Role::Manager) => {
             next.run(request).await
@@ -468,6 +493,7 @@ mod tests {
             phase: tokio::sync::Mutex::new(crate::lifecycle::Phase::Idle(Default::default())),
             keyring: Default::default(),
             counters: Default::default(),
+            board: Default::default(),
             locked: Default::default(),
             self_ref: std::sync::OnceLock::new(),
             member: tokio::sync::RwLock::new(None),

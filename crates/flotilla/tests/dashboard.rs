@@ -1,0 +1,302 @@
+//! The dashboard (`/ui`, issue 13) in a headless Chromium against a real
+//! 3-manager cluster: without a login the page and its state are refused;
+//! with the address `flotilla ui-token` prints, the page shows what the
+//! API says (nodes, services and their replicas, tasks by node, the
+//! mesh); a manager stopped turns it yellow, and back green once the
+//! manager returns, without a reload. Each state is saved as a
+//! screenshot, and the colour of the health badge is read off the PNG.
+//!
+//! Screenshots go to `$CARGO_TARGET_TMPDIR/dashboard`, or to
+//! `$FLOTILLA_SCREENSHOTS` (docs/images holds the ones docs/dashboard.md
+//! shows).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use flotilla_testkit::browser::Browser;
+use flotilla_testkit::{free_port, http_get, wait_until, Daemon};
+use serde_json::Value;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_flotilla"))
+}
+
+fn screenshots() -> PathBuf {
+    std::env::var_os("FLOTILLA_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard"))
+}
+
+/// A manager named `name` that serves `/metrics` plainly on its own port
+/// (kept across restarts), and that port.
+fn start(name: &str) -> Result<(Daemon, String)> {
+    let metrics = format!("127.0.0.1:{}", free_port()?);
+    let d = Daemon::start_named(bin(), name, &["--metrics-listen", &metrics])?;
+    Ok((d, metrics))
+}
+
+fn manager(first: &Daemon, name: &str) -> Result<(Daemon, String)> {
+    let (d, metrics) = start(name)?;
+    d.join_cluster_of(first, "manager")?;
+    Ok((d, metrics))
+}
+
+/// The value of an unlabelled series in a node's `/metrics`.
+fn series(metrics_addr: &str, name: &str) -> Result<f64> {
+    let (_, text) = http_get(metrics_addr, "/metrics", Duration::from_secs(5))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no {name} at {metrics_addr}"))
+}
+
+fn ready(d: &Daemon, name: &str, want: u64) -> Result<()> {
+    wait_until(
+        &format!("{name} to have {want} ready tasks"),
+        Duration::from_secs(30),
+        || {
+            let s = d.service(name)?;
+            Ok((s["replicas"]["ready"] == want && s["replicas"]["desired"] == want).then_some(()))
+        },
+    )
+}
+
+/// The colour of element `id` in a screenshot of the page: at its middle
+/// height, just inside its left edge (its text is in the centre).
+fn colour_of(browser: &mut Browser, png: &[u8], id: &str) -> Result<(u8, u8, u8)> {
+    let rect = browser.eval(&format!(
+        "(() => {{ const r = document.getElementById('{id}').getBoundingClientRect(); return [r.x + 4, r.y + r.height / 2]; }})()"
+    ))?;
+    let x = rect[0].as_f64().context("x")? as usize;
+    let y = rect[1].as_f64().context("y")? as usize;
+    let decoder = png::Decoder::new(png);
+    let mut reader = decoder.read_info()?;
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let frame = reader.next_frame(&mut buf)?;
+    let channels = match frame.color_type {
+        png::ColorType::Rgb => 3,
+        png::ColorType::Rgba => 4,
+        other => bail!("a screenshot in {other:?}"),
+    };
+    if x >= frame.width as usize || y >= frame.height as usize {
+        bail!(
+            "{id} at ({x}, {y}) is outside the {}x{} screenshot",
+            frame.width,
+            frame.height
+        );
+    }
+    let at = (y * frame.width as usize + x) * channels;
+    Ok((buf[at], buf[at + 1], buf[at + 2]))
+}
+
+fn is_green((r, g, b): (u8, u8, u8)) -> bool {
+    g as i32 > r as i32 + 60 && g as i32 > b as i32 + 40
+}
+
+fn is_yellow((r, g, b): (u8, u8, u8)) -> bool {
+    r > 180 && g > 120 && (b as i32) < (g as i32) - 80
+}
+
+/// What the page shows in one of its lists, as JSON.
+fn page(browser: &mut Browser, expression: &str) -> Result<Value> {
+    browser
+        .eval(&format!("JSON.stringify({expression})"))
+        .and_then(|v| {
+            let text = v.as_str().ok_or_else(|| anyhow!("{expression} gave {v}"))?;
+            Ok(serde_json::from_str(text)?)
+        })
+}
+
+#[test]
+fn the_dashboard_shows_the_cluster_and_turns_yellow_while_a_manager_is_down() -> Result<()> {
+    let shots = screenshots();
+    let (m1, m1_metrics) = start("m1")?;
+    m1.ok(&["init"])?;
+    let (m2, m2_metrics) = manager(&m1, "m2")?;
+    let (mut m3, _) = manager(&m1, "m3")?;
+    let published = free_port()?;
+    let flotilla = bin().display().to_string();
+    m1.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--publish",
+        &format!("{published}:8080"),
+        "-d",
+        "--",
+        &flotilla,
+        "demo",
+        "http",
+    ])?;
+    m1.ok(&[
+        "service",
+        "create",
+        "--name",
+        "worker",
+        "--replicas",
+        "2",
+        "-d",
+        "--",
+        "sleep",
+        "100000",
+    ])?;
+    ready(&m1, "web", 3)?;
+    ready(&m1, "worker", 2)?;
+    // Traffic through the mesh, for its counters.
+    let addr = format!("127.0.0.1:{published}");
+    wait_until(
+        "the published port to answer",
+        Duration::from_secs(10),
+        || {
+            Ok(http_get(&addr, "/", Duration::from_secs(2))
+                .ok()
+                .filter(|(c, _)| *c == 200))
+        },
+    )?;
+    for _ in 0..20 {
+        http_get(&addr, "/", Duration::from_secs(2))?;
+    }
+
+    let mut browser = Browser::start(1280, 900)?;
+    let api = m1.ok(&["info", "--format", "json"])?.json()?;
+    let nodes = m1.ok(&["node", "ls", "--format", "json"])?.json()?;
+    let api_addr = nodes
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["name"] == "m1"))
+        .and_then(|n| n["api_addr"].as_str())
+        .ok_or_else(|| anyhow!("no API address for m1 in {nodes}"))?
+        .to_string();
+    assert!(api["cluster_id"].is_string());
+
+    // Without a login: refused, and told how to get one.
+    browser.goto(&format!("https://{api_addr}/ui"))?;
+    browser.wait_for(
+        "the refusal page",
+        "document.body && document.body.innerText.includes(\"run 'flotilla ui-token'\")",
+        Duration::from_secs(10),
+    )?;
+    let status = browser.eval("fetch('/ui/state').then(r => r.status)")?;
+    assert_eq!(status, 401, "the state without a login");
+    browser.goto(&format!(
+        "https://{api_addr}/ui/login?token=FLTUI-1-99999999999-00"
+    ))?;
+    browser.wait_for(
+        "a forged token refused",
+        "document.body && document.body.innerText.includes('not valid for this cluster')",
+        Duration::from_secs(10),
+    )?;
+
+    // The address ui-token prints logs the browser in.
+    let out = m1.ok(&["ui-token", "--ttl", "1h"])?.stdout;
+    let url = out
+        .split_whitespace()
+        .find(|w| w.starts_with("https://") && w.contains("/ui/login?token="))
+        .ok_or_else(|| anyhow!("no login address in {out:?}"))?
+        .to_string();
+    browser.goto(&url)?;
+    browser.wait_for(
+        "the dashboard to show green",
+        "location.pathname === '/ui' && window.flotilla && flotilla.level === 'green'",
+        Duration::from_secs(30),
+    )?;
+    // A reload would drop this.
+    browser.eval("window.loadMark = 'first load'")?;
+
+    // What the page shows is what the API says.
+    let shown_nodes = page(
+        &mut browser,
+        "[...document.querySelectorAll('#nodes tr[data-node]')].map(r => r.dataset.node).sort()",
+    )?;
+    let mut api_nodes: Vec<String> = nodes
+        .as_array()
+        .context("node ls")?
+        .iter()
+        .filter_map(|n| n["name"].as_str().map(String::from))
+        .collect();
+    api_nodes.sort();
+    assert_eq!(shown_nodes, serde_json::json!(api_nodes));
+    let services = m1.ok(&["service", "ls", "--format", "json"])?.json()?;
+    for s in services.as_array().context("service ls")? {
+        let name = s["name"].as_str().context("name")?;
+        let shown = page(
+            &mut browser,
+            &format!("(() => {{ const r = document.querySelector('#services tr[data-service=\"{name}\"]'); return r && [Number(r.dataset.ready), Number(r.dataset.desired)]; }})()"),
+        )?;
+        assert_eq!(
+            shown,
+            serde_json::json!([s["replicas"]["ready"], s["replicas"]["desired"]]),
+            "replicas of {name}"
+        );
+    }
+    let mut api_placed = std::collections::BTreeMap::<String, u64>::new();
+    for name in ["web", "worker"] {
+        for t in m1.tasks(name)? {
+            if t["desired_state"] == "running" {
+                *api_placed
+                    .entry(t["node"].as_str().unwrap_or("").to_string())
+                    .or_default() += 1;
+            }
+        }
+    }
+    let shown_placed = page(
+        &mut browser,
+        "Object.fromEntries([...document.querySelectorAll('#placement .column[data-node]')].map(c => [c.dataset.node, c.querySelectorAll('.task').length]).filter(([_, n]) => n > 0))",
+    )?;
+    assert_eq!(shown_placed, serde_json::json!(api_placed), "tasks by node");
+    assert_eq!(api_placed.values().sum::<u64>(), 5);
+    browser.wait_for(
+        "the mesh's counters of web",
+        &format!("document.getElementById('mesh').innerText.includes('web :{published}/tcp')"),
+        Duration::from_secs(10),
+    )?;
+
+    let png = browser.screenshot(&shots.join("dashboard-green.png"))?;
+    let c = colour_of(&mut browser, &png, "health")?;
+    assert!(is_green(c), "the badge in the green screenshot is {c:?}");
+
+    // A manager stopped: yellow, without a reload, saying which.
+    m3.kill9()?;
+    browser.wait_for(
+        "the dashboard to turn yellow",
+        "flotilla.level === 'yellow' && document.getElementById('reasons').innerText.includes('manager m3 unreachable')",
+        Duration::from_secs(15),
+    )?;
+    assert_eq!(
+        browser.eval("window.loadMark")?,
+        "first load",
+        "the page was reloaded"
+    );
+    browser.wait_for(
+        "the event of m3 down",
+        "document.getElementById('events').innerText.includes('node m3 down')",
+        Duration::from_secs(15),
+    )?;
+    // The leader that declared m3 down counted it.
+    let timeouts = series(&m1_metrics, "flotilla_node_heartbeat_timeouts_total")?
+        + series(&m2_metrics, "flotilla_node_heartbeat_timeouts_total")?;
+    assert_eq!(timeouts, 1.0, "nodes declared down for missed heartbeats");
+    let png = browser.screenshot(&shots.join("dashboard-yellow.png"))?;
+    let c = colour_of(&mut browser, &png, "health")?;
+    assert!(is_yellow(c), "the badge in the yellow screenshot is {c:?}");
+
+    // Back: green again.
+    m3.restart()?;
+    browser.wait_for(
+        "the dashboard to turn green again",
+        "flotilla.level === 'green'",
+        Duration::from_secs(30),
+    )?;
+    assert_eq!(
+        browser.eval("window.loadMark")?,
+        "first load",
+        "the page was reloaded"
+    );
+    let png = browser.screenshot(&shots.join("dashboard-green-again.png"))?;
+    let c = colour_of(&mut browser, &png, "health")?;
+    assert!(is_green(c), "the badge in the last screenshot is {c:?}");
+    drop(m2);
+    Ok(())
+}
