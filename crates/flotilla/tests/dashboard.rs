@@ -300,3 +300,106 @@ fn the_dashboard_shows_the_cluster_and_turns_yellow_while_a_manager_is_down() ->
     drop(m2);
     Ok(())
 }
+
+/// The resident memory of a process, from `/proc`.
+fn rss_bytes(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| anyhow!("no VmRSS for {pid}"))
+}
+
+/// The page's live DOM nodes and script heap after a garbage collection.
+fn page_memory(browser: &mut Browser) -> Result<(f64, f64)> {
+    browser.call("HeapProfiler.collectGarbage", serde_json::json!({}))?;
+    let m = browser.call("Performance.getMetrics", serde_json::json!({}))?;
+    let metric = |name: &str| {
+        m["metrics"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["name"] == name))
+            .and_then(|x| x["value"].as_f64())
+            .ok_or_else(|| anyhow!("no {name} in {m}"))
+    };
+    Ok((metric("Nodes")?, metric("JSHeapUsedSize")?))
+}
+
+/// "A dashboard left open for a day": the page polls every 50 ms here
+/// instead of every second, so that 350 polls (six minutes of a real
+/// page) take half a minute; after the first 50, neither the page's DOM
+/// and script heap nor the daemon's memory may grow with the number of
+/// polls.
+#[test]
+fn a_dashboard_left_open_grows_neither_the_page_nor_the_daemon() -> Result<()> {
+    let d = Daemon::start_named(bin(), "solo", &[])?;
+    d.ok(&["init"])?;
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "-d",
+        "--",
+        "sleep",
+        "100000",
+    ])?;
+    ready(&d, "web", 3)?;
+    let out = d.ok(&["ui-token"])?.stdout;
+    let url = out
+        .split_whitespace()
+        .find(|w| w.starts_with("https://"))
+        .ok_or_else(|| anyhow!("no login address in {out:?}"))?
+        .to_string();
+    let pid = d.pid().context("daemon pid")?;
+    let mut browser = Browser::start(1280, 900)?;
+    browser.call("Performance.enable", serde_json::json!({}))?;
+    browser.goto(&url)?;
+    browser.wait_for(
+        "the dashboard",
+        "location.pathname === '/ui' && window.flotilla && flotilla.polls > 0",
+        Duration::from_secs(20),
+    )?;
+    // Now poll fast: the same page with ?every=50.
+    browser.goto(&url.replace("/ui/login?", "/ui?every=50&"))?;
+    browser.wait_for(
+        "50 polls",
+        "window.flotilla && flotilla.polls >= 50",
+        Duration::from_secs(60),
+    )?;
+    let (nodes_before, heap_before) = page_memory(&mut browser)?;
+    let rss_before = rss_bytes(pid)?;
+    browser.wait_for(
+        "350 more polls",
+        "flotilla.polls >= 400",
+        Duration::from_secs(120),
+    )?;
+    let failures = browser.eval("flotilla.failures")?;
+    assert_eq!(failures, 0, "every poll answered");
+    let (nodes_after, heap_after) = page_memory(&mut browser)?;
+    let rss_after = rss_bytes(pid)?;
+    eprintln!(
+        "dashboard memory over 350 polls: page DOM nodes {nodes_before} -> {nodes_after}, \
+         script heap {:.0} -> {:.0} KiB, daemon RSS {} -> {} KiB",
+        heap_before / 1024.0,
+        heap_after / 1024.0,
+        rss_before / 1024,
+        rss_after / 1024
+    );
+    assert!(
+        nodes_after <= nodes_before * 1.05 + 20.0,
+        "the page's DOM grew from {nodes_before} to {nodes_after} nodes"
+    );
+    assert!(
+        heap_after <= heap_before + 512.0 * 1024.0,
+        "the page's script heap grew from {heap_before} to {heap_after} bytes"
+    );
+    assert!(
+        rss_after <= rss_before + 4 * 1024 * 1024,
+        "the daemon grew from {rss_before} to {rss_after} bytes"
+    );
+    Ok(())
+}

@@ -70,6 +70,14 @@ fn dev_mode_runs_the_example_stack_and_cleans_up() -> Result<()> {
             .any(|l| l.contains("flotilla service ps dev_web")),
         "{printed:?}"
     );
+    // The dashboard's login, on a loopback client API port.
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.trim().starts_with("https://127.0.0.1:")
+                && l.contains("/ui/login?token=FLTUI-1-")),
+        "{printed:?}"
+    );
     let cli = |args: &[&str]| {
         Command::new(bin)
             .arg("--data-dir")

@@ -264,6 +264,9 @@
   }
 
   function draw(d) {
+    // Managers first, then by name: rows keep their places between polls.
+    d.nodes.sort((a, b) => (a.role === b.role ? a.name.localeCompare(b.name) : a.role === "manager" ? -1 : 1));
+    d.services.sort((a, b) => a.name.localeCompare(b.name));
     page.last = d;
     drawHeader(d);
     drawNodes(d);
