@@ -94,6 +94,9 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// Per-task log size cap; 0 means no cap.
     pub log_cap_bytes: u64,
+    /// On shutdown, leave the tasks running (their records stay, and the
+    /// next agent adopts them, as after a crash) instead of stopping them.
+    pub keep_tasks_on_stop: bool,
 }
 
 impl AgentConfig {
@@ -103,6 +106,7 @@ impl AgentConfig {
             node_id: node_id.into(),
             state_dir: state_dir.into(),
             log_cap_bytes: DEFAULT_LOG_CAP_BYTES,
+            keep_tasks_on_stop: false,
         }
     }
 }
@@ -212,6 +216,7 @@ impl Agent {
             orphan_dirs,
             networking,
         } = self;
+        let keep_tasks_on_stop = config.keep_tasks_on_stop;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let mut lp = Loop {
             shared: Arc::new(Shared {
@@ -268,7 +273,11 @@ impl Agent {
             }
             lp.flush();
         }
-        lp.shut_down().await;
+        if keep_tasks_on_stop {
+            lp.leave_running();
+        } else {
+            lp.shut_down().await;
+        }
         Ok(())
     }
 }
@@ -814,6 +823,26 @@ impl Loop {
         if self.reports.send(batch).is_err() && !self.reports_closed {
             self.reports_closed = true;
             warn!("the report channel is closed; task statuses are only recorded locally");
+        }
+    }
+
+    /// Leaves every task running and its record in place, for the next
+    /// agent to adopt (`--keep-tasks-on-stop`): the supervisors are dropped,
+    /// which never kills a task (`kill_on_drop(false)`).
+    fn leave_running(&mut self) {
+        let running = self
+            .entries
+            .values()
+            .filter(|e| e.control.is_some())
+            .count();
+        info!(
+            tasks = running,
+            "node stopping: leaving its tasks running for the next start to adopt"
+        );
+        self.supervisors.abort_all();
+        self.flush();
+        if let Some(janitor) = self.janitor.take() {
+            janitor.abort();
         }
     }
 

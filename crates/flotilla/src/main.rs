@@ -118,6 +118,7 @@ async fn dispatch(
             config.listen = args.listen.clone();
             config.advertise = args.advertise_addr.clone();
             config.metrics_listen = args.metrics_listen.clone();
+            config.keep_tasks_on_stop = args.keep_tasks_on_stop;
             let ms = |flag: &str, v: &str| {
                 flotilla_types::parse_duration_ms(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
             };

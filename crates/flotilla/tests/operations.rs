@@ -210,3 +210,161 @@ fn a_wiped_manager_joins_again_after_20000_writes_and_catches_up_from_a_snapshot
     drop(m2);
     Ok(())
 }
+
+/// PIDs of the tasks of every node in `nodes`, sorted.
+fn all_task_pids(nodes: &[&Daemon]) -> Vec<u32> {
+    let mut pids: Vec<u32> = nodes.iter().flat_map(|d| d.task_pids()).collect();
+    pids.sort_unstable();
+    pids
+}
+
+fn running(d: &Daemon, name: &str) -> Result<usize> {
+    Ok(d.tasks(name)?
+        .iter()
+        .filter(|t| t["desired_state"] == "running" && t["state"] == "running")
+        .count())
+}
+
+/// The runbook's upgrade, one manager at a time, through the binary. The
+/// three managers start as the previous Flotilla: they announce that they
+/// read raft entries up to format 7 (`FLOTILLA_TEST_ENTRY_FORMAT`). Each
+/// is stopped with `--keep-tasks-on-stop`, as the systemd unit runs it,
+/// and started again as the new version. A command of format 8 (a backup
+/// schedule) is refused while any manager is still old, and accepted once
+/// the last is upgraded; no task restarts on the way.
+#[test]
+fn managers_upgraded_one_at_a_time_keep_their_tasks_and_new_entries_wait_for_the_last() -> Result<()>
+{
+    const OLD: (&str, &str) = ("FLOTILLA_TEST_ENTRY_FORMAT", "7");
+    let flags = ["--keep-tasks-on-stop", "--node-timeout", "30s"];
+    let start = |name: &str| Daemon::start_named_with_env(bin(), name, &flags, &[OLD]);
+    let m1 = start("m1")?;
+    m1.ok(&["init"])?;
+    let m2 = start("m2")?;
+    m2.join_cluster_of(&m1, "manager")?;
+    let m3 = start("m3")?;
+    m3.join_cluster_of(&m1, "manager")?;
+    let mut managers = [m1, m2, m3];
+    managers[0].ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "-d",
+        "--",
+        "sleep",
+        "100000",
+    ])?;
+    wait_until("3 tasks of web running", Duration::from_secs(20), || {
+        Ok((running(&managers[0], "web")? == 3).then_some(()))
+    })?;
+    let pids = all_task_pids(&managers.iter().collect::<Vec<_>>());
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    let dir = tempfile::tempdir()?;
+    let dir = dir.path().to_string_lossy().to_string();
+    let schedule = ["backup", "--schedule", "6h", "--dir", dir.as_str()];
+    for i in 0..managers.len() {
+        let refused = managers[0].cli(&schedule);
+        assert_ne!(
+            refused.code, 0,
+            "a format-8 command with an old manager left"
+        );
+        let line = flotilla_testkit::one_line_error(&refused);
+        assert!(line.contains("upgrade every manager first"), "{line}");
+        // The next manager is upgraded: stopped (its tasks stay), started
+        // as the new version.
+        let m = &mut managers[i];
+        let name = format!("m{}", i + 1);
+        let own = m.task_pids();
+        assert_eq!(m.terminate(Duration::from_secs(30))?, Some(0));
+        assert_eq!(m.task_pids(), own, "{name}'s tasks outlive its daemon");
+        m.remove_env(OLD.0);
+        m.restart()?;
+        let other = &managers[(i + 1) % 3];
+        wait_until(
+            &format!("{name} reachable again"),
+            Duration::from_secs(30),
+            || {
+                Ok((manager_status(other, &name)?
+                    .as_str()
+                    .is_some_and(|s| s == "reachable" || s == "leader"))
+                .then_some(()))
+            },
+        )?;
+    }
+    wait_until(
+        "the schedule to be accepted once every manager reads format 8",
+        Duration::from_secs(30),
+        || Ok((managers[0].cli(&schedule).code == 0).then_some(())),
+    )?;
+    assert_eq!(running(&managers[0], "web")?, 3);
+    assert_eq!(
+        all_task_pids(&managers.iter().collect::<Vec<_>>()),
+        pids,
+        "no task restarted"
+    );
+    Ok(())
+}
+
+/// A certificate near its expiry is renewed by its own node, which
+/// restarts in place with its tasks running. Certificates last 30 s here
+/// (`FLOTILLA_TEST_CERT_VALIDITY`), so a node renews after about 20 s,
+/// when a third of the validity is left.
+#[test]
+fn certificates_near_their_expiry_are_renewed_in_place() -> Result<()> {
+    let env = [("FLOTILLA_TEST_CERT_VALIDITY", "30")];
+    let m1 = Daemon::start_named_with_env(bin(), "m1", &[], &env)?;
+    m1.ok(&["init"])?;
+    let w1 = Daemon::start_named_with_env(bin(), "w1", &[], &env)?;
+    w1.join_cluster_of(&m1, "worker")?;
+    m1.ok(&[
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.role==worker",
+        "-d",
+        "--",
+        "sleep",
+        "100000",
+    ])?;
+    wait_until(
+        "2 tasks of web running on w1",
+        Duration::from_secs(20),
+        || Ok((running(&m1, "web")? == 2 && w1.task_pids().len() == 2).then_some(())),
+    )?;
+    let pids = w1.task_pids();
+    let cert = |d: &Daemon| std::fs::read(d.data_dir().join("certs/node.crt"));
+    let (m1_first, w1_first) = (cert(&m1)?, cert(&w1)?);
+    wait_until(
+        "both nodes to renew their certificates",
+        Duration::from_secs(45),
+        || Ok((cert(&m1)? != m1_first && cert(&w1)? != w1_first).then_some(())),
+    )?;
+    // Still one cluster: the worker is ready, its tasks run on.
+    wait_until(
+        "w1 ready after its renewal",
+        Duration::from_secs(20),
+        || {
+            let nodes = m1.ok(&["node", "ls", "--format", "json"])?.json()?;
+            let ready = nodes
+                .as_array()
+                .and_then(|a| a.iter().find(|n| n["name"] == "w1"))
+                .is_some_and(|n| n["status"] == "ready");
+            Ok((ready && running(&m1, "web")? == 2).then_some(()))
+        },
+    )?;
+    assert_eq!(w1.task_pids(), pids, "the tasks ran on through the renewal");
+    m1.ok(&["service", "scale", "web=3"])?;
+    wait_until(
+        "a third task placed after the renewal",
+        Duration::from_secs(20),
+        || Ok((running(&m1, "web")? == 3).then_some(())),
+    )?;
+    Ok(())
+}

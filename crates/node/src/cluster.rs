@@ -18,7 +18,7 @@ use flotilla_types::{Epoch, NodeRole};
 
 use super::dispatcher::{manager_addrs, SessionError};
 use super::wire::{AddManager, JoinRequest, JoinResponse, SessionRequest, SessionResponse};
-use super::{now_ms, Member, CERT_VALIDITY};
+use super::{now_ms, Member};
 use flotilla_raft::network::{paths, EpochQuery};
 use flotilla_raft::TypeConfig;
 use openraft::raft::{AppendEntriesRequest, VoteRequest};
@@ -305,6 +305,17 @@ async fn renew(
 ) -> Result<Json<super::wire::RenewResponse>, ClusterError> {
     let who = node_peer(&peer)?.clone();
     let req = body(req)?;
+    sign_renewal(&m, &who.node_id, &req.csr_pem).map(Json)
+}
+
+/// A certificate for node `node_id` of its role in this manager's store,
+/// for `csr_pem`: what `/cluster/v1/renew` answers, and what the leader
+/// signs for itself when no other manager can ([`crate::renew`]).
+pub(crate) fn sign_renewal(
+    m: &Member,
+    node_id: &str,
+    csr_pem: &str,
+) -> Result<super::wire::RenewResponse, ClusterError> {
     let Some(raft) = m.raft.clone() else {
         return Err(ClusterError::Forbidden(
             "this node is a worker: renew through a manager".into(),
@@ -315,25 +326,27 @@ async fn renew(
         let state = state
             .read()
             .map_err(|_| ClusterError::Internal("state lock poisoned".into()))?;
-        (
-            state.cluster.clone(),
-            state.nodes.get(&who.node_id).cloned(),
-        )
+        (state.cluster.clone(), state.nodes.get(node_id).cloned())
     };
     let cluster = cluster
         .ok_or_else(|| ClusterError::Unavailable("the cluster is not initialized".into()))?;
     let node = node.ok_or_else(|| {
-        ClusterError::Forbidden(format!("node {} is not part of this cluster", who.node_id))
+        ClusterError::Forbidden(format!("node {node_id} is not part of this cluster"))
     })?;
     let ca = cluster_ca(&cluster, &m.keyring).map_err(ClusterError::Unavailable)?;
     let cert_pem = ca
-        .sign_node(&req.csr_pem, &node.id, cert_role(node.role), CERT_VALIDITY)
+        .sign_node(
+            csr_pem,
+            &node.id,
+            cert_role(node.role),
+            crate::cert_validity(),
+        )
         .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
-    Ok(Json(super::wire::RenewResponse {
+    Ok(super::wire::RenewResponse {
         cert_pem,
         role: node.role,
         raft_id: node.raft_id,
-    }))
+    })
 }
 
 /// A follower asks for the index its next read must include.
@@ -429,7 +442,12 @@ async fn join(
     let ca = cluster_ca(&cluster, &m.keyring).map_err(ClusterError::Unavailable)?;
     let node_id = flotilla_types::new_id(rand::random());
     let cert_pem = ca
-        .sign_node(&req.csr_pem, &node_id, cert_role(role), CERT_VALIDITY)
+        .sign_node(
+            &req.csr_pem,
+            &node_id,
+            cert_role(role),
+            crate::cert_validity(),
+        )
         .map_err(|e| ClusterError::BadRequest(e.to_string()))?;
     let node = crate::control::cluster::joining_node(&req, &node_id, role, now_ms());
     m.propose(Command::JoinNode { node })

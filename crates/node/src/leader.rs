@@ -369,7 +369,7 @@ pub(crate) async fn refresh_own_node(
         name,
         hostname,
         version: VERSION.to_string(),
-        entry_format: flotilla_store::FORMAT,
+        entry_format: crate::announced_format(),
         at: now_ms(),
     };
     match raft.propose(refresh).await {

@@ -91,6 +91,9 @@ pub struct DaemonConfig {
     pub node_timeout: Duration,
     /// Serve `/metrics` plainly (no TLS) on this address too.
     pub metrics_listen: Option<String>,
+    /// On SIGTERM, leave the tasks running for the next start to adopt
+    /// (an upgrade, a restart), instead of stopping them.
+    pub keep_tasks_on_stop: bool,
 }
 
 /// The default cluster port (node-to-node traffic: raft, agent sessions,
@@ -102,6 +105,36 @@ pub const DEFAULT_API_PORT: u16 = 4281;
 
 /// How long node certificates are valid.
 pub const CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// How long the node certificates this manager signs are valid:
+/// [`CERT_VALIDITY`]. TEST ONLY: `FLOTILLA_TEST_CERT_VALIDITY=SECONDS` in
+/// the daemon's environment makes them short, so that a test sees a
+/// certificate near its expiry renewed (docs/operations.md).
+pub fn cert_validity() -> Duration {
+    static VALIDITY: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *VALIDITY.get_or_init(|| {
+        std::env::var("FLOTILLA_TEST_CERT_VALIDITY")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|s| *s >= 10)
+            .map_or(CERT_VALIDITY, Duration::from_secs)
+    })
+}
+
+/// The raft entry format this node says it reads:
+/// [`flotilla_store::FORMAT`]. TEST ONLY: `FLOTILLA_TEST_ENTRY_FORMAT=N`
+/// (lower) makes it announce an older one, as a node of an older Flotilla
+/// does, for the upgrade test (docs/operations.md); it does not make the
+/// node refuse newer entries.
+pub fn announced_format() -> u32 {
+    static FORMAT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *FORMAT.get_or_init(|| {
+        std::env::var("FLOTILLA_TEST_ENTRY_FORMAT")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok())
+            .map_or(flotilla_store::FORMAT, |f| f.min(flotilla_store::FORMAT))
+    })
+}
 
 impl DaemonConfig {
     pub fn new(data_dir: PathBuf) -> Self {
@@ -115,6 +148,7 @@ impl DaemonConfig {
             api_listen: Some(format!("0.0.0.0:{DEFAULT_API_PORT}")),
             node_timeout: dispatcher::NODE_TIMEOUT,
             metrics_listen: None,
+            keep_tasks_on_stop: false,
         }
     }
 }
@@ -228,6 +262,7 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         bound,
         timings: config.timings.clone(),
         log_cap_bytes: config.log_cap_bytes,
+        keep_tasks_on_stop: config.keep_tasks_on_stop,
         node_timeout: config.node_timeout,
         api_bound,
         phase: Mutex::new(lifecycle::Phase::Idle(lifecycle::Ports {

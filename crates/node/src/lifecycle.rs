@@ -22,7 +22,7 @@ use crate::certs::{NodeTls, SealedTls};
 use crate::identity::Identity;
 use crate::keyring::{self, ClusterKeys, Keyring};
 use crate::recovery::{reexec, FORCE_MARKER};
-use crate::{advertised, host, identity, now_ms, wire, Member, CERT_VALIDITY, VERSION};
+use crate::{advertised, host, identity, now_ms, wire, Member, VERSION};
 
 /// Everything the API handlers share.
 pub struct NodeCtx {
@@ -37,6 +37,8 @@ pub struct NodeCtx {
     pub(crate) bound: SocketAddr,
     pub(crate) timings: RaftTimings,
     pub(crate) log_cap_bytes: u64,
+    /// `--keep-tasks-on-stop`.
+    pub(crate) keep_tasks_on_stop: bool,
     pub(crate) node_timeout: Duration,
     /// The address the client API port is bound to, if any.
     pub(crate) api_bound: Option<SocketAddr>,
@@ -187,7 +189,7 @@ pub const LOCKED: &str =
 pub(crate) fn manager_tls(ca: &Ca, ca_pem: &str, node_id: &str) -> Result<NodeTls, InitError> {
     let key = new_key_and_csr().map_err(failed)?;
     let cert_pem = ca
-        .sign_node(&key.csr_pem, node_id, Role::Manager, CERT_VALIDITY)
+        .sign_node(&key.csr_pem, node_id, Role::Manager, crate::cert_validity())
         .map_err(failed)?;
     Ok(NodeTls {
         ca_pem: ca_pem.to_string(),
@@ -226,7 +228,7 @@ impl NodeCtx {
             platform: Platform::current(),
             created_at: now,
             last_seen: now,
-            entry_format: flotilla_store::FORMAT,
+            entry_format: crate::announced_format(),
             overlay_error: None,
             engine_labels: Default::default(),
         }
@@ -520,7 +522,7 @@ impl NodeCtx {
             version: VERSION.to_string(),
             resources: host::resources(),
             platform: Platform::current(),
-            entry_format: flotilla_store::FORMAT,
+            entry_format: crate::announced_format(),
         };
         let answer: wire::JoinResponse = client
             .post(

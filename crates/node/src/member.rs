@@ -28,7 +28,7 @@ use crate::leader::lead_while_leader;
 use crate::lifecycle::{Ports, Running};
 use crate::renew::renew_and_restart;
 use crate::write::RaftProposer;
-use crate::{api, cluster, dispatcher, now_ms, wire, NodeCtx, CERT_VALIDITY};
+use crate::{api, cluster, dispatcher, now_ms, wire, NodeCtx};
 
 /// This node as a member of a cluster.
 pub struct Member {
@@ -230,6 +230,7 @@ impl NodeCtx {
                 node_id: member.identity.node_id.clone(),
                 state_dir: self.agent_dir(),
                 log_cap_bytes: self.log_cap_bytes,
+                keep_tasks_on_stop: self.keep_tasks_on_stop,
             },
             // The docker driver connects lazily (DOCKER_HOST or the default
             // socket): a node without Docker rejects only docker tasks.
@@ -282,7 +283,7 @@ impl NodeCtx {
                 let expiring = renew_member
                     .tls
                     .identity()
-                    .map(|i| (i.not_after - (now_ms() / 1000) as i64) < (CERT_VALIDITY.as_secs() / 3) as i64)
+                    .map(|i| (i.not_after - (now_ms() / 1000) as i64) < (crate::cert_validity().as_secs() / 3) as i64)
                     .unwrap_or(false);
                 let mut targets = renew_known.clone();
                 let reason = if expiring {
@@ -297,7 +298,7 @@ impl NodeCtx {
                             }
                             format!("this node is now a {role}")
                         }),
-                        _ = tokio::time::sleep(Duration::from_secs(3600)) => None,
+                        _ = tokio::time::sleep(Duration::from_secs(3600).min(crate::cert_validity() / 10)) => None,
                     }
                 };
                 let Some(reason) = reason else { continue };

@@ -167,7 +167,7 @@ impl SessionClient {
                 version: VERSION.to_string(),
                 role: Some(self.role),
                 epoch: self.epoch.clone(),
-                entry_format: flotilla_store::FORMAT,
+                entry_format: crate::announced_format(),
                 known_mesh: Some(known_mesh),
                 overlay_error: overlay_error.clone(),
                 known_networks: Some(known_networks),

@@ -326,6 +326,31 @@ impl Daemon {
         Self::start_with(bin, &format!("127.0.0.1:{}", free_port()?), &args)
     }
 
+    /// Starts a daemon named `name` as [`Daemon::start_named`] does, with
+    /// `env` added to its environment (kept across restarts until
+    /// [`Daemon::remove_env`]).
+    pub fn start_named_with_env(
+        bin: &Path,
+        name: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Daemon> {
+        let mut args = vec!["--name", name];
+        args.extend_from_slice(extra);
+        Self::launch(
+            bin,
+            &format!("127.0.0.1:{}", free_port()?),
+            &args,
+            None,
+            env,
+        )
+    }
+
+    /// Drops `key` from the environment of the daemon's next starts.
+    pub fn remove_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
     /// Starts a daemon whose cluster port listens on `listen`, with extra
     /// daemon arguments.
     pub fn start_with(bin: &Path, listen: &str, extra: &[&str]) -> Result<Daemon> {

@@ -360,6 +360,9 @@ pub struct DaemonArgs {
     /// Also serve /metrics without TLS on this address (e.g. 127.0.0.1:9280); it is always on the local socket and, with a client certificate, on the client API port
     #[arg(long, env = "FLOTILLA_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// On SIGTERM, leave the tasks running for the next start to adopt (upgrades, restarts under systemd) instead of stopping them
+    #[arg(long)]
+    pub keep_tasks_on_stop: bool,
     /// How the daemon logs: text or json (one JSON object per line)
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -494,6 +494,7 @@ mod tests {
             keyring: Default::default(),
             counters: Default::default(),
             board: Default::default(),
+            keep_tasks_on_stop: false,
             locked: Default::default(),
             self_ref: std::sync::OnceLock::new(),
             member: tokio::sync::RwLock::new(None),
