@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use flotilla_testkit::browser::Browser;
-use flotilla_testkit::{free_port, http_get, wait_until, Daemon};
+use flotilla_testkit::{free_port, http_get, metric, wait_until, Daemon};
 use serde_json::Value;
 
 fn bin() -> &'static Path {
@@ -42,23 +42,8 @@ fn manager(first: &Daemon, name: &str) -> Result<(Daemon, String)> {
     Ok((d, metrics))
 }
 
-/// The value of an unlabelled series in a node's `/metrics`.
-fn series(metrics_addr: &str, name: &str) -> Result<f64> {
-    let (_, text) = http_get(metrics_addr, "/metrics", Duration::from_secs(5))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .ok_or_else(|| anyhow!("no {name} at {metrics_addr}"))
-}
-
 fn ready(d: &Daemon, name: &str, want: u64) -> Result<()> {
-    wait_until(
-        &format!("{name} to have {want} ready tasks"),
-        Duration::from_secs(30),
-        || {
-            let s = d.service(name)?;
-            Ok((s["replicas"]["ready"] == want && s["replicas"]["desired"] == want).then_some(()))
-        },
-    )
+    d.wait_ready(name, want, Duration::from_secs(30))
 }
 
 /// The colour of element `id` in a screenshot of the page: at its middle
@@ -87,6 +72,31 @@ fn colour_of(browser: &mut Browser, png: &[u8], id: &str) -> Result<(u8, u8, u8)
     }
     let at = (y * frame.width as usize + x) * channels;
     Ok((buf[at], buf[at + 1], buf[at + 2]))
+}
+
+/// Saves a screenshot as `file` and checks the health badge's colour in
+/// it with `is`, named `colour`.
+fn screenshot_shows(
+    browser: &mut Browser,
+    file: &Path,
+    colour: &str,
+    is: fn((u8, u8, u8)) -> bool,
+) -> Result<()> {
+    let png = browser.screenshot(file)?;
+    let c = colour_of(browser, &png, "health")?;
+    if !is(c) {
+        bail!("the badge in {} is {c:?}, not {colour}", file.display());
+    }
+    Ok(())
+}
+
+/// Fails if the page was loaded again since `window.loadMark` was set.
+fn not_reloaded(browser: &mut Browser) -> Result<()> {
+    let mark = browser.eval("window.loadMark")?;
+    if mark != "first load" {
+        bail!("the page was reloaded (loadMark is {mark})");
+    }
+    Ok(())
 }
 
 fn is_green((r, g, b): (u8, u8, u8)) -> bool {
@@ -253,9 +263,12 @@ fn the_dashboard_shows_the_cluster_and_turns_yellow_while_a_manager_is_down() ->
         Duration::from_secs(10),
     )?;
 
-    let png = browser.screenshot(&shots.join("dashboard-green.png"))?;
-    let c = colour_of(&mut browser, &png, "health")?;
-    assert!(is_green(c), "the badge in the green screenshot is {c:?}");
+    screenshot_shows(
+        &mut browser,
+        &shots.join("dashboard-green.png"),
+        "green",
+        is_green,
+    )?;
 
     // A manager stopped: yellow, without a reload, saying which.
     m3.kill9()?;
@@ -264,23 +277,22 @@ fn the_dashboard_shows_the_cluster_and_turns_yellow_while_a_manager_is_down() ->
         "flotilla.level === 'yellow' && document.getElementById('reasons').innerText.includes('manager m3 unreachable')",
         Duration::from_secs(15),
     )?;
-    assert_eq!(
-        browser.eval("window.loadMark")?,
-        "first load",
-        "the page was reloaded"
-    );
+    not_reloaded(&mut browser)?;
     browser.wait_for(
         "the event of m3 down",
         "document.getElementById('events').innerText.includes('node m3 down')",
         Duration::from_secs(15),
     )?;
     // The leader that declared m3 down counted it.
-    let timeouts = series(&m1_metrics, "flotilla_node_heartbeat_timeouts_total")?
-        + series(&m2_metrics, "flotilla_node_heartbeat_timeouts_total")?;
+    let timeouts = metric(&m1_metrics, "flotilla_node_heartbeat_timeouts_total")?
+        + metric(&m2_metrics, "flotilla_node_heartbeat_timeouts_total")?;
     assert_eq!(timeouts, 1.0, "nodes declared down for missed heartbeats");
-    let png = browser.screenshot(&shots.join("dashboard-yellow.png"))?;
-    let c = colour_of(&mut browser, &png, "health")?;
-    assert!(is_yellow(c), "the badge in the yellow screenshot is {c:?}");
+    screenshot_shows(
+        &mut browser,
+        &shots.join("dashboard-yellow.png"),
+        "yellow",
+        is_yellow,
+    )?;
 
     // Back: green again.
     m3.restart()?;
@@ -289,14 +301,13 @@ fn the_dashboard_shows_the_cluster_and_turns_yellow_while_a_manager_is_down() ->
         "flotilla.level === 'green'",
         Duration::from_secs(30),
     )?;
-    assert_eq!(
-        browser.eval("window.loadMark")?,
-        "first load",
-        "the page was reloaded"
-    );
-    let png = browser.screenshot(&shots.join("dashboard-green-again.png"))?;
-    let c = colour_of(&mut browser, &png, "health")?;
-    assert!(is_green(c), "the badge in the last screenshot is {c:?}");
+    not_reloaded(&mut browser)?;
+    screenshot_shows(
+        &mut browser,
+        &shots.join("dashboard-green-again.png"),
+        "green",
+        is_green,
+    )?;
     drop(m2);
     Ok(())
 }

@@ -59,14 +59,7 @@ fn get(addr: &str) -> Result<String> {
 }
 
 fn ready(d: &Daemon, name: &str, want: u64) -> Result<()> {
-    wait_until(
-        &format!("{name} to have {want} ready tasks"),
-        Duration::from_secs(20),
-        || {
-            let s = d.service(name)?;
-            Ok((s["replicas"]["ready"] == want && s["replicas"]["desired"] == want).then_some(()))
-        },
-    )
+    d.wait_ready(name, want, Duration::from_secs(20))
 }
 
 /// A client that calls `addr` in a loop until stopped, counting the

@@ -93,14 +93,6 @@ fn a_lost_manager_is_replaced_by_a_fresh_node_that_catches_up_from_a_snapshot() 
     Ok(())
 }
 
-/// The value of an unlabelled series in a node's `/metrics`.
-fn series(metrics_addr: &str, name: &str) -> Result<f64> {
-    let (_, text) = flotilla_testkit::http_get(metrics_addr, "/metrics", Duration::from_secs(5))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .ok_or_else(|| anyhow!("no {name} at {metrics_addr}"))
-}
-
 /// `count` label writes on node `node` of the daemon at `socket`, 16 at a
 /// time, each acknowledged (so committed) before it counts.
 fn many_writes(socket: &Path, node: &str, count: u64) -> Result<()> {
@@ -166,12 +158,12 @@ fn a_wiped_manager_joins_again_after_20000_writes_and_catches_up_from_a_snapshot
     drop(m3);
     m1.ok(&["node", "demote", "m3"])?;
     m1.ok(&["node", "rm", "--force", "m3"])?;
-    let before = series(&metrics, "flotilla_raft_last_log_index")?;
+    let before = flotilla_testkit::metric(&metrics, "flotilla_raft_last_log_index")?;
     let started = std::time::Instant::now();
     many_writes(&m1.data_dir().join("flotilla.sock"), "m1", WRITES)?;
     let took = started.elapsed();
-    let after = series(&metrics, "flotilla_raft_last_log_index")?;
-    let snapshot = series(&metrics, "flotilla_raft_snapshot_index")?;
+    let after = flotilla_testkit::metric(&metrics, "flotilla_raft_last_log_index")?;
+    let snapshot = flotilla_testkit::metric(&metrics, "flotilla_raft_snapshot_index")?;
     eprintln!(
         "{WRITES} writes in {:.1}s: {} raft entries, snapshot at {snapshot}",
         took.as_secs_f64(),

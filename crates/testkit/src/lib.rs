@@ -31,6 +31,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+/// The value of an unlabelled series in the `/metrics` of a node that
+/// serves them plainly on `addr` (`--metrics-listen`).
+pub fn metric(addr: &str, name: &str) -> Result<f64> {
+    let (_, text) = http_get(addr, "/metrics", Duration::from_secs(5))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no series {name} in the metrics at {addr}"))
+}
+
 /// A loopback port free right now, for a daemon that must keep its
 /// address across restarts (port 0 would draw a new one each start).
 pub fn free_port() -> Result<u16> {
@@ -566,6 +575,22 @@ impl Daemon {
         v.get(0)
             .cloned()
             .ok_or_else(|| anyhow!("service inspect {name} is empty"))
+    }
+
+    /// Waits until service `name` wants `want` replicas and has that many
+    /// ready.
+    pub fn wait_ready(&self, name: &str, want: u64, within: Duration) -> Result<()> {
+        wait_until(
+            &format!("{name} to have {want} ready tasks"),
+            within,
+            || {
+                let s = self.service(name)?;
+                Ok(
+                    (s["replicas"]["ready"] == want && s["replicas"]["desired"] == want)
+                        .then_some(()),
+                )
+            },
+        )
     }
 
     /// `kill -9` the daemon (its tasks keep running).
