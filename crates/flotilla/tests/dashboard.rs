@@ -46,6 +46,17 @@ fn ready(d: &Daemon, name: &str, want: u64) -> Result<()> {
     d.wait_ready(name, want, Duration::from_secs(30))
 }
 
+/// The login address `flotilla ui-token EXTRA...` prints on `d`.
+fn login_url(d: &Daemon, extra: &[&str]) -> Result<String> {
+    let mut args = vec!["ui-token"];
+    args.extend_from_slice(extra);
+    let out = d.ok(&args)?.stdout;
+    out.split_whitespace()
+        .find(|w| w.starts_with("https://") && w.contains("/ui/login?token="))
+        .map(String::from)
+        .ok_or_else(|| anyhow!("no login address in {out:?}"))
+}
+
 /// The colour of element `id` in a screenshot of the page: at its middle
 /// height, just inside its left edge (its text is in the centre).
 fn colour_of(browser: &mut Browser, png: &[u8], id: &str) -> Result<(u8, u8, u8)> {
@@ -141,18 +152,7 @@ fn the_dashboard_shows_the_cluster_and_turns_yellow_while_a_manager_is_down() ->
         "demo",
         "http",
     ])?;
-    m1.ok(&[
-        "service",
-        "create",
-        "--name",
-        "worker",
-        "--replicas",
-        "2",
-        "-d",
-        "--",
-        "sleep",
-        "100000",
-    ])?;
+    m1.create_sleeping("worker", 2, &[])?;
     ready(&m1, "web", 3)?;
     ready(&m1, "worker", 2)?;
     // Traffic through the mesh, for its counters.
@@ -200,12 +200,7 @@ fn the_dashboard_shows_the_cluster_and_turns_yellow_while_a_manager_is_down() ->
     )?;
 
     // The address ui-token prints logs the browser in.
-    let out = m1.ok(&["ui-token", "--ttl", "1h"])?.stdout;
-    let url = out
-        .split_whitespace()
-        .find(|w| w.starts_with("https://") && w.contains("/ui/login?token="))
-        .ok_or_else(|| anyhow!("no login address in {out:?}"))?
-        .to_string();
+    let url = login_url(&m1, &["--ttl", "1h"])?;
     browser.goto(&url)?;
     browser.wait_for(
         "the dashboard to show green",
@@ -346,25 +341,9 @@ fn page_memory(browser: &mut Browser) -> Result<(f64, f64)> {
 fn a_dashboard_left_open_grows_neither_the_page_nor_the_daemon() -> Result<()> {
     let d = Daemon::start_named(bin(), "solo", &[])?;
     d.ok(&["init"])?;
-    d.ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "3",
-        "-d",
-        "--",
-        "sleep",
-        "100000",
-    ])?;
+    d.create_sleeping("web", 3, &[])?;
     ready(&d, "web", 3)?;
-    let out = d.ok(&["ui-token"])?.stdout;
-    let url = out
-        .split_whitespace()
-        .find(|w| w.starts_with("https://"))
-        .ok_or_else(|| anyhow!("no login address in {out:?}"))?
-        .to_string();
+    let url = login_url(&d, &[])?;
     let pid = d.pid().context("daemon pid")?;
     let mut browser = Browser::start(1280, 900)?;
     browser.call("Performance.enable", serde_json::json!({}))?;

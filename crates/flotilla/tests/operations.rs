@@ -237,18 +237,7 @@ fn managers_upgraded_one_at_a_time_keep_their_tasks_and_new_entries_wait_for_the
     let m3 = start("m3")?;
     m3.join_cluster_of(&m1, "manager")?;
     let mut managers = [m1, m2, m3];
-    managers[0].ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "3",
-        "-d",
-        "--",
-        "sleep",
-        "100000",
-    ])?;
+    managers[0].create_sleeping("web", 3, &[])?;
     wait_until("3 tasks of web running", Duration::from_secs(20), || {
         Ok((running(&managers[0], "web")? == 3).then_some(()))
     })?;
@@ -311,20 +300,7 @@ fn certificates_near_their_expiry_are_renewed_in_place() -> Result<()> {
     m1.ok(&["init"])?;
     let w1 = Daemon::start_named_with_env(bin(), "w1", &[], &env)?;
     w1.join_cluster_of(&m1, "worker")?;
-    m1.ok(&[
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        "2",
-        "--constraint",
-        "node.role==worker",
-        "-d",
-        "--",
-        "sleep",
-        "100000",
-    ])?;
+    m1.create_sleeping("web", 2, &["--constraint", "node.role==worker"])?;
     wait_until(
         "2 tasks of web running on w1",
         Duration::from_secs(20),

@@ -113,12 +113,15 @@ pub const CERT_VALIDITY: Duration = Duration::from_secs(90 * 24 * 3600);
 pub fn cert_validity() -> Duration {
     static VALIDITY: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
     *VALIDITY.get_or_init(|| {
-        std::env::var("FLOTILLA_TEST_CERT_VALIDITY")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
+        test_setting::<u64>("FLOTILLA_TEST_CERT_VALIDITY")
             .filter(|s| *s >= 10)
             .map_or(CERT_VALIDITY, Duration::from_secs)
     })
+}
+
+/// A test-only setting from the daemon's environment, if set and valid.
+fn test_setting<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok()?.parse().ok()
 }
 
 /// The raft entry format this node says it reads:
@@ -129,9 +132,7 @@ pub fn cert_validity() -> Duration {
 pub fn announced_format() -> u32 {
     static FORMAT: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *FORMAT.get_or_init(|| {
-        std::env::var("FLOTILLA_TEST_ENTRY_FORMAT")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
+        test_setting::<u32>("FLOTILLA_TEST_ENTRY_FORMAT")
             .map_or(flotilla_store::FORMAT, |f| f.min(flotilla_store::FORMAT))
     })
 }

@@ -577,6 +577,16 @@ impl Daemon {
             .ok_or_else(|| anyhow!("service inspect {name} is empty"))
     }
 
+    /// `service create --name NAME --replicas N EXTRA... -d -- sleep
+    /// 100000`: a service of idle processes.
+    pub fn create_sleeping(&self, name: &str, replicas: u64, extra: &[&str]) -> Result<()> {
+        let replicas = replicas.to_string();
+        let mut args = vec!["service", "create", "--name", name, "--replicas", &replicas];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-d", "--", "sleep", "100000"]);
+        self.ok(&args).map(|_| ())
+    }
+
     /// Waits until service `name` wants `want` replicas and has that many
     /// ready.
     pub fn wait_ready(&self, name: &str, want: u64, within: Duration) -> Result<()> {

@@ -135,16 +135,24 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
         .map(|(_, value)| value.to_string())
 }
 
+/// Checks a login token on this manager: its expiry (Unix seconds) if
+/// good, or why not.
+async fn check_login(ctx: &NodeCtx, token: &str) -> Result<u64, (StatusCode, String)> {
+    let m = member(ctx).await.map_err(|e| (e.status(), e.to_string()))?;
+    let (cluster_id, key) = token_key(&m).map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))?;
+    dashboard::check_token(&key, &cluster_id, token, now_s())
+        .map_err(|e| (StatusCode::UNAUTHORIZED, e.to_string()))
+}
+
 /// Whether the request carries a good login token in its cookie.
 pub(super) async fn cookie_login(ctx: &NodeCtx, headers: &HeaderMap) -> Result<(), String> {
     let token = cookie_token(headers).ok_or_else(|| {
         "this dashboard needs a login: run 'flotilla ui-token' on a manager and open the address it prints".to_string()
     })?;
-    let m = member(ctx).await.map_err(|e| e.to_string())?;
-    let (cluster_id, key) = token_key(&m).map_err(|e| e.to_string())?;
-    dashboard::check_token(&key, &cluster_id, &token, now_s())
+    check_login(ctx, &token)
+        .await
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|(_, why)| why)
 }
 
 #[derive(serde::Deserialize)]
@@ -173,16 +181,8 @@ pub(super) fn refused(status: StatusCode, why: &str) -> Response {
 /// `GET /ui/login?token=...`: a good token becomes the cookie, and the
 /// browser goes on to the dashboard (the token leaves the address bar).
 async fn login(State(ctx): Ctx, Query(q): Query<LoginQuery>) -> Response {
-    let m = match member(&ctx).await {
-        Ok(m) => m,
-        Err(e) => return refused(e.status(), &e.to_string()),
-    };
-    let checked = token_key(&m).and_then(|(cluster_id, key)| {
-        dashboard::check_token(&key, &cluster_id, &q.token, now_s())
-            .map_err(|e| ApiError::BadRequest(e.to_string()))
-    });
-    match checked {
-        Err(e) => refused(StatusCode::UNAUTHORIZED, &e.to_string()),
+    match check_login(&ctx, &q.token).await {
+        Err((status, why)) => refused(status, &why),
         Ok(expires_s) => {
             let cookie = format!(
                 "{COOKIE}={}; Path=/ui; Max-Age={}; HttpOnly; Secure; SameSite=Strict",
