@@ -719,6 +719,10 @@ pub struct Plumbing {
     pub ip: std::sync::Arc<dyn Ip>,
     pub requests: tokio::sync::mpsc::UnboundedReceiver<Request>,
     pub wired: tokio::sync::watch::Sender<Vec<WiredNetwork>>,
+    /// At shutdown, leave the devices and the node's rules in place for
+    /// the tasks left running (`daemon --keep-tasks-on-stop`), as a crash
+    /// leaves them; the next start takes them over.
+    pub leave_on_stop: bool,
 }
 
 /// What the agent asks of the wiring loop. The loop is the only one to
@@ -1113,6 +1117,7 @@ pub async fn follow(
         ip,
         mut requests,
         wired,
+        leave_on_stop,
     } = plumbing;
     let mut have: BTreeMap<u32, NetworkWiring> = BTreeMap::new();
     let mut tasks: BTreeMap<String, LocalTask> = BTreeMap::new();
@@ -1260,6 +1265,14 @@ pub async fn follow(
         let tunnel = loaded.lock().ok().and_then(|mut l| l.tunnel.take());
         if let Some(tunnel) = tunnel {
             tunnel.shutdown();
+        }
+        if leave_on_stop {
+            // The tasks left running keep their bridges, VXLAN devices and
+            // rules: traffic between them and other nodes goes on while the
+            // daemon is down (not on encrypted networks, whose tunnel is
+            // this process).
+            tracing::info!(networks = have.len(), "leaving the node's network wiring for the next start");
+            return (have, None);
         }
         let _ = ip.nft(None, &crate::netfilter::remove_node_rules());
         converge(&*ip, &have, &BTreeMap::new(), local)

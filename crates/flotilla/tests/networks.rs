@@ -826,6 +826,53 @@ fn a_stack_of_process_tasks_runs_as_an_application_across_three_nodes() -> Resul
             text(&out)
         );
     }
+    // n2's daemon runs as the systemd unit runs it (--keep-tasks-on-stop)
+    // and is stopped: its web task runs on and answers at its address
+    // while the daemon is down (before, the stop removed n2's bridge and
+    // VXLAN device and cut the task off), and the next start adopts it.
+    nodes[1].kill9()?;
+    nodes[1].add_args(&["--keep-tasks-on-stop"]);
+    nodes[1].restart()?;
+    let on_n2 = |m: &Daemon| -> Result<Option<(u64, String)>> {
+        Ok(m.tasks("app_web")?.iter().find_map(|t| {
+            let addr = t["networks"].as_array()?.iter().find_map(|n| {
+                n["address"].as_str().filter(|a| a.starts_with("10.0.31."))
+            })?;
+            (t["state"] == "running" && t["node"] == "n2")
+                .then(|| Some((t["pid"].as_u64()?, addr.to_string())))?
+        }))
+    };
+    let (kept_pid, kept_addr) =
+        wait_until("a web task running on n2", Duration::from_secs(30), || on_n2(&nodes[0]))?;
+    let at_kept = format!("wget -qO- -T 2 -t 1 http://{kept_addr}:8080/");
+    wait_until(
+        "the client to reach n2's web task at its address",
+        Duration::from_secs(10),
+        || Ok(in_task(client, &at_kept).status.success().then_some(())),
+    )?;
+    nodes[1].terminate(Duration::from_secs(30))?;
+    // SAFETY: signal 0 only asks whether the process exists.
+    assert_eq!(unsafe { libc::kill(kept_pid as i32, 0) }, 0, "n2's web task stopped with its daemon");
+    let down = in_task(client, &at_kept);
+    assert!(
+        down.status.success(),
+        "n2's web task while its daemon is down: {}\nLINKS {}",
+        text(&down),
+        links(&hosts[1].ns)
+    );
+    nodes[1].restart()?;
+    let m = &nodes[0];
+    wait_until("n2 to adopt its web task", Duration::from_secs(30), || {
+        Ok(on_n2(m)?.filter(|(pid, _)| *pid == kept_pid).map(|_| ()))
+    })?;
+    let after = in_task(client, &at_kept);
+    assert!(after.status.success(), "n2's web task after the start: {}", text(&after));
+    // Back to a daemon whose stop stops its tasks, which the end checks.
+    nodes[1].kill9()?;
+    nodes[1].remove_args(&["--keep-tasks-on-stop"]);
+    nodes[1].restart()?;
+    let m = &nodes[0];
+
     // A rolling update under load through web's virtual address: each
     // old task leaves the rotation before its SIGTERM (before, a task on
     // networks without published ports got it at once), each new one

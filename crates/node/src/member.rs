@@ -390,6 +390,7 @@ impl NodeCtx {
                 ip,
                 requests: requests_rx,
                 wired: wired_tx,
+                leave_on_stop: self.keep_tasks_on_stop,
             },
             token.clone(),
         ));

@@ -654,6 +654,16 @@ impl Daemon {
         }
     }
 
+    /// Adds `args` to the daemon's arguments from its next start on.
+    pub fn add_args(&mut self, args: &[&str]) {
+        self.extra.extend(args.iter().map(|a| a.to_string()));
+    }
+
+    /// Drops `args` from the daemon's arguments from its next start on.
+    pub fn remove_args(&mut self, args: &[&str]) {
+        self.extra.retain(|a| !args.contains(&a.as_str()));
+    }
+
     /// Starts the daemon again on the same data dir.
     pub fn restart(&mut self) -> Result<()> {
         if self.child.is_some() {
