@@ -56,6 +56,7 @@ pub mod record;
 pub mod sealed;
 pub mod taskns;
 pub mod users;
+pub mod vips;
 pub mod wiring;
 
 pub use agent::{Agent, AgentConfig, AgentError, Assignments, TaskReport, DEFAULT_LOG_CAP_BYTES};

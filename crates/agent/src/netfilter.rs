@@ -28,14 +28,20 @@
 //!   devices, so that a task always finds its own node's gateway. Frames
 //!   between tasks pass (they are forwarded, not the node's).
 //!
+//! - **Virtual addresses** ([`VipRedirect`]): TCP to a network's virtual
+//!   addresses, which its bridge holds, is redirected (any port) to the
+//!   node's proxy (`crate::vips`), from that network's bridge only.
+//!
 //! A task's table ([`task_rules`], in its namespace): each virtual address
 //! of a service on the task's networks is forwarded (DNAT, every port, as
 //! Swarm's IPVS does with a firewall mark) to one of the service's ready
-//! tasks on that network, chosen at random per connection; a virtual
+//! tasks on that network, chosen at random per connection: only what is
+//! not TCP when the node has the proxy, which takes TCP (and tries another
+//! task when a connect fails); a virtual
 //! address with no ready task refuses at once (a TCP reset, an ICMP
 //! port-unreachable for UDP) rather than leave the caller waiting.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
@@ -91,9 +97,23 @@ fn replace(family: &str, body: &str) -> String {
     format!("table {family} {TABLE} {{}}\ndelete table {family} {TABLE}\ntable {family} {TABLE} {{\n{body}}}\n")
 }
 
-/// The node's rules for `networks` and `forwards`; with neither, a script
-/// that removes the tables.
-pub fn node_rules(networks: &[WiredNetwork], forwards: &[Forward]) -> String {
+/// Tasks' TCP connections to the virtual addresses each network's bridge
+/// holds, redirected (any port) to the node's proxy listening on `port`
+/// (`crate::vips`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VipRedirect {
+    pub port: u16,
+    pub vips: BTreeMap<u32, BTreeSet<Ipv4Addr>>,
+}
+
+/// The node's rules for `networks` and `forwards`, and the redirect of
+/// virtual addresses when the node has the proxy; with neither networks
+/// nor forwards, a script that removes the tables.
+pub fn node_rules(
+    networks: &[WiredNetwork],
+    forwards: &[Forward],
+    redirect: Option<&VipRedirect>,
+) -> String {
     if networks.is_empty() && forwards.is_empty() {
         return remove_node_rules();
     }
@@ -103,6 +123,20 @@ pub fn node_rules(networks: &[WiredNetwork], forwards: &[Forward]) -> String {
         "\tchain prerouting {{\n\t\ttype nat hook prerouting priority -100; policy accept;"
     );
     dnat_rules(&mut nat, "iifname != \"flbr*\"", forwards);
+    if let Some(r) = redirect {
+        for (vni, vips) in r.vips.iter().filter(|(_, v)| !v.is_empty()) {
+            let list = vips
+                .iter()
+                .map(Ipv4Addr::to_string)
+                .collect::<Vec<_>>()
+                .join(", ");
+            let _ = writeln!(
+                nat,
+                "\t\tiifname \"flbr{vni}\" ip daddr {{ {list} }} meta l4proto tcp redirect to :{port}",
+                port = r.port
+            );
+        }
+    }
     nat.push_str("\t}\n");
     let _ = writeln!(
         nat,
@@ -187,15 +221,18 @@ pub fn task_vips(table: &NetworkTable, networks: &[String]) -> BTreeMap<Ipv4Addr
     out
 }
 
-/// The script of a task's namespace for `vips` ([`task_vips`]).
-pub fn task_rules(vips: &BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>) -> String {
+/// The script of a task's namespace for `vips` ([`task_vips`]). With
+/// `proxied`, TCP is left to the node's proxy ([`VipRedirect`]) and only
+/// the other protocols are forwarded here.
+pub fn task_rules(vips: &BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>, proxied: bool) -> String {
     let mut body = String::new();
     body.push_str("\tchain output {\n\t\ttype nat hook output priority -100; policy accept;\n");
+    let which = if proxied { " meta l4proto != tcp" } else { "" };
     for (vip, ready) in vips {
         match ready.as_slice() {
             [] => {}
             [one] => {
-                let _ = writeln!(body, "\t\tip daddr {vip} dnat to {one}");
+                let _ = writeln!(body, "\t\tip daddr {vip}{which} dnat to {one}");
             }
             many => {
                 let map = many
@@ -206,7 +243,7 @@ pub fn task_rules(vips: &BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>) -> String {
                     .join(", ");
                 let _ = writeln!(
                     body,
-                    "\t\tip daddr {vip} dnat to numgen random mod {} map {{ {map} }}",
+                    "\t\tip daddr {vip}{which} dnat to numgen random mod {} map {{ {map} }}",
                     many.len()
                 );
             }
@@ -253,6 +290,16 @@ mod tests {
                 addr: Ipv4Addr::new(10, 64, 0, 3),
                 target: 8080,
             }],
+            Some(&VipRedirect {
+                port: 40001,
+                vips: BTreeMap::from([
+                    (
+                        4096,
+                        BTreeSet::from([Ipv4Addr::new(10, 64, 0, 2), Ipv4Addr::new(10, 64, 0, 9)]),
+                    ),
+                    (4097, BTreeSet::new()),
+                ]),
+            }),
         );
         // Replaced whole, in one script.
         assert!(rules.starts_with("table ip flotilla {}\ndelete table ip flotilla\n"));
@@ -270,8 +317,14 @@ mod tests {
         assert!(!rules.contains("ip saddr 10.64.32.0/19 oifname"));
         assert!(rules.contains("ip saddr 10.64.32.0/19 drop"));
         assert!(rules.contains("oifname \"flvx*\" drop"));
+        // TCP to a network's virtual addresses goes to the proxy, from that
+        // network's bridge only.
+        assert!(rules.contains(
+            "iifname \"flbr4096\" ip daddr { 10.64.0.2, 10.64.0.9 } meta l4proto tcp redirect to :40001"
+        ));
+        assert!(!rules.contains("flbr4097\" ip daddr"));
         // Nothing wired: the tables go.
-        assert_eq!(node_rules(&[], &[]), remove_node_rules());
+        assert_eq!(node_rules(&[], &[], None), remove_node_rules());
     }
 
     fn endpoint(task: &str, service: &str, last: u8, ready: bool) -> Endpoint {
@@ -343,10 +396,17 @@ mod tests {
             vips[&web],
             vec![Ipv4Addr::new(10, 0, 9, 10), Ipv4Addr::new(10, 0, 9, 11)]
         );
-        let rules = task_rules(&vips);
+        let rules = task_rules(&vips, false);
         assert!(rules.contains(
             "ip daddr 10.0.9.2 dnat to numgen random mod 2 map { 0 : 10.0.9.10, 1 : 10.0.9.11 }"
         ));
+        // With the node's proxy, TCP goes to it (and is retried there);
+        // the kernel forwards the rest.
+        let proxied = task_rules(&vips, true);
+        assert!(proxied.contains(
+            "ip daddr 10.0.9.2 meta l4proto != tcp dnat to numgen random mod 2 map { 0 : 10.0.9.10, 1 : 10.0.9.11 }"
+        ));
+        assert!(proxied.contains("ip daddr 10.0.9.3 meta l4proto tcp reject with tcp reset"));
         // db has no ready task: refused, not left to time out.
         assert!(rules.contains("ip daddr 10.0.9.3 meta l4proto tcp reject with tcp reset"));
         assert!(!rules.contains("ip daddr 10.0.9.3 dnat"));

@@ -719,6 +719,9 @@ pub struct Plumbing {
     pub ip: std::sync::Arc<dyn Ip>,
     pub requests: tokio::sync::mpsc::UnboundedReceiver<Request>,
     pub wired: tokio::sync::watch::Sender<Vec<WiredNetwork>>,
+    /// The node's proxy for tasks' connections to virtual addresses; none:
+    /// the tasks' own rules forward them in the kernel (no retry).
+    pub vips: Option<crate::vips::VipPlumbing>,
     /// At shutdown, leave the devices and the node's rules in place for
     /// the tasks left running (`daemon --keep-tasks-on-stop`), as a crash
     /// leaves them; the next start takes them over.
@@ -759,6 +762,8 @@ struct Loaded {
     /// When the engine's `DOCKER-USER` chain was last made to pass the
     /// networks' bridges.
     docker_user: Option<std::time::Instant>,
+    /// The virtual addresses each bridge holds, as this run made them.
+    bridge_vips: BTreeMap<u32, BTreeSet<std::net::Ipv4Addr>>,
 }
 
 /// How often the wiring loop looks again at the engine's `DOCKER-USER`
@@ -922,6 +927,7 @@ fn load_rules(
     wired: &[WiredNetwork],
     tasks: &BTreeMap<String, LocalTask>,
     table: &NetworkTable,
+    vip_port: Option<u16>,
 ) -> Option<WiringError> {
     let mut first = None;
     if !wired.is_empty() && !loaded.forwarding {
@@ -944,7 +950,11 @@ fn load_rules(
         }
     }
     let forwards: Vec<Forward> = tasks.values().flat_map(|t| t.forwards.clone()).collect();
-    let node = node_rules(wired, &forwards);
+    let redirect = vip_port.map(|port| crate::netfilter::VipRedirect {
+        port,
+        vips: loaded.bridge_vips.clone(),
+    });
+    let node = node_rules(wired, &forwards, redirect.as_ref());
     if loaded.node.as_deref() != Some(node.as_str()) {
         match ip.nft(None, &node) {
             Ok(()) => loaded.node = Some(node),
@@ -957,7 +967,7 @@ fn load_rules(
     loaded.tasks.retain(|id, _| tasks.contains_key(id));
     for (id, task) in tasks {
         let Some(netns) = &task.netns else { continue };
-        let rules = task_rules(&task_vips(table, &task.networks));
+        let rules = task_rules(&task_vips(table, &task.networks), vip_port.is_some());
         if loaded.tasks.get(id) == Some(&rules) {
             continue;
         }
@@ -1012,14 +1022,51 @@ struct Round {
     attach: Vec<(String, Vec<u32>, Vec<Vec<String>>)>,
     tasks: BTreeMap<String, LocalTask>,
     table: NetworkTable,
+    /// The port of the node's proxy for virtual addresses, if it has one.
+    vip_port: Option<u16>,
 }
 
 /// What a round did: the wiring now, each attachment's result, the first
-/// error of the rest.
+/// error of the rest, and the proxy's table (with the proxy).
 struct Done {
     now: BTreeMap<u32, NetworkWiring>,
     attached: Vec<(String, Result<(), String>)>,
     error: Option<WiringError>,
+    vips: Option<flotilla_mesh::vip::VipTable>,
+}
+
+/// Gives each held network's bridge the virtual addresses of its
+/// services (clearing, the first time, what an earlier run left); returns
+/// the first error.
+fn sync_bridge_vips(
+    ip: &dyn Ip,
+    loaded: &mut Loaded,
+    now: &BTreeMap<u32, NetworkWiring>,
+    table: &NetworkTable,
+) -> Option<WiringError> {
+    let held: BTreeSet<u32> = now.keys().copied().collect();
+    loaded.bridge_vips.retain(|vni, _| held.contains(vni));
+    let want = crate::vips::bridge_vips(table, &held);
+    let mut first = None;
+    for vni in &held {
+        let want = want.get(vni).cloned().unwrap_or_default();
+        let commands = crate::vips::bridge_vip_commands(*vni, loaded.bridge_vips.get(vni), &want);
+        let mut ok = true;
+        for command in &commands {
+            if let Err(e) = ip.run(command) {
+                ok = false;
+                first.get_or_insert(e);
+                break;
+            }
+        }
+        if ok {
+            loaded.bridge_vips.insert(*vni, want);
+        } else {
+            // Not known: cleared and made again next time.
+            loaded.bridge_vips.remove(vni);
+        }
+    }
+    first
 }
 
 fn run_round(ip: &dyn Ip, local: IpAddr, loaded: &mut Loaded, round: Round) -> Done {
@@ -1056,14 +1103,24 @@ fn run_round(ip: &dyn Ip, local: IpAddr, loaded: &mut Loaded, round: Round) -> D
         }
         attached.push((task_id, result));
     }
+    if round.vip_port.is_some() {
+        if let Some(e) = sync_bridge_vips(ip, loaded, &now, &round.table) {
+            error.get_or_insert(e);
+        }
+    }
     let held: Vec<WiredNetwork> = held_networks(&now);
-    if let Some(e) = load_rules(ip, loaded, &held, &tasks, &round.table) {
+    if let Some(e) = load_rules(ip, loaded, &held, &tasks, &round.table, round.vip_port) {
         error.get_or_insert(e);
     }
+    let vips = round.vip_port.map(|_| {
+        let vnis = loaded.bridge_vips.keys().copied().collect();
+        crate::vips::vip_table(&round.table, &vnis, &tasks)
+    });
     Done {
         now,
         attached,
         error,
+        vips,
     }
 }
 
@@ -1117,8 +1174,10 @@ pub async fn follow(
         ip,
         mut requests,
         wired,
+        vips,
         leave_on_stop,
     } = plumbing;
+    let vip_port = vips.as_ref().map(|v| v.port);
     let mut have: BTreeMap<u32, NetworkWiring> = BTreeMap::new();
     let mut tasks: BTreeMap<String, LocalTask> = BTreeMap::new();
     let loaded = std::sync::Arc::new(std::sync::Mutex::new(Loaded::default()));
@@ -1167,6 +1226,7 @@ pub async fn follow(
             attach,
             tasks: tasks.clone(),
             table: now_table,
+            vip_port,
         };
         let (runner, state) = (ip.clone(), loaded.clone());
         let done = tokio::task::spawn_blocking(move || {
@@ -1186,6 +1246,15 @@ pub async fn follow(
                     if let Some(reply) = replies.remove(&task_id) {
                         let _ = reply.send(result);
                     }
+                }
+                if let (Some(v), Some(table)) = (&vips, done.vips) {
+                    v.table.send_if_modified(|t| {
+                        let differs = **t != table;
+                        if differs {
+                            *t = std::sync::Arc::new(table);
+                        }
+                        differs
+                    });
                 }
                 let held = held_networks(&have);
                 wired.send_if_modified(|w| {
@@ -1464,6 +1533,7 @@ mod tests {
                 )],
                 tasks: tasks.clone(),
                 table: none.clone(),
+                vip_port: Some(40001),
             },
         );
         assert!(done.error.is_none(), "{:?}", done.error);
@@ -1474,7 +1544,13 @@ mod tests {
             .position(|l| l == "ip link add flbr4096 address 02:42:0a:00:09:01 type bridge");
         let netns = ran.iter().rposition(|l| l == "ip netns add flt-a");
         assert!(bridge < netns && bridge.is_some(), "{ran:?}");
-        assert!(ran.iter().any(|l| l.starts_with("nft - table ip flotilla")));
+        // With the proxy, the bridge is cleared of an earlier run's virtual
+        // addresses before the rules that redirect to them are loaded.
+        let flush = ran
+            .iter()
+            .position(|l| l == "ip addr flush dev flbr4096 label flbr4096:v");
+        let rules = ran.iter().position(|l| l.starts_with("nft - table ip flotilla"));
+        assert!(bridge < flush && flush < rules && rules.is_some(), "{ran:?}");
         assert!(ran
             .iter()
             .any(|l| l.starts_with("nft flt-a table ip flotilla")));
@@ -1494,6 +1570,7 @@ mod tests {
                 attach: vec![("a".into(), vec![4096], vec![])],
                 tasks,
                 table: none,
+                vip_port: None,
             },
         );
         let (_, result) = &done.attached[0];

@@ -74,6 +74,8 @@
 //! - [`proxy`]: PROXY protocol v1 and v2 headers.
 //! - [`state`]: the shared routes and counters.
 //! - [`udp`]: UDP ports, forwarded by flow with a flow timeout.
+//! - [`vip`]: tasks' connections to the virtual addresses of services on
+//!   their networks.
 
 pub mod balance;
 pub mod copy;
@@ -82,6 +84,7 @@ pub mod mesh;
 pub mod proxy;
 pub mod state;
 pub mod udp;
+pub mod vip;
 
 pub use copy::{CopyError, CopyMode};
 pub use listener::AcceptMode;

@@ -382,6 +382,16 @@ impl NodeCtx {
         let ip: Arc<dyn wiring::Ip> = Arc::new(wiring::System::default());
         let (requests_tx, requests_rx) = mpsc::unbounded_channel();
         let (wired_tx, wired_rx) = watch::channel(Vec::new());
+        // Tasks' TCP connections to virtual addresses go through the node's
+        // proxy, which retries another task when a connect fails; without
+        // it the kernel forwards them (no retry).
+        let vips = match flotilla_agent::vips::start(None, &self.tracker, token.clone()) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for virtual addresses; the kernel forwards them, with no retry");
+                None
+            }
+        };
         self.tracker.spawn(wiring::follow(
             table.clone(),
             wiring::Plumbing {
@@ -390,6 +400,7 @@ impl NodeCtx {
                 ip,
                 requests: requests_rx,
                 wired: wired_tx,
+                vips,
                 leave_on_stop: self.keep_tasks_on_stop,
             },
             token.clone(),

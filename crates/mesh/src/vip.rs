@@ -1,0 +1,505 @@
+//! Connections from a node's tasks to the virtual addresses of services
+//! on their networks, forwarded with the mesh's rules: to a ready task of
+//! the service on that network, on any node, and when a connect fails
+//! (nothing was sent yet) on to the next one, each at most once.
+//!
+//! How a connection gets here: the node's bridge of a network holds the
+//! network's virtual addresses, so a task's connection to one reaches its
+//! own node, whose rules redirect it (any port) to the one listener of
+//! [`serve`]. The address and port the task asked for are read back from
+//! the connection's NAT record (`SO_ORIGINAL_DST`); the task is known by
+//! its address ([`VipTable::clients`]). The connection to the chosen task
+//! is made from the client task's own network namespace ([`Sockets`]), so
+//! it leaves from the client's address as a direct connection would: the
+//! answer comes back to the client's namespace by the network's ordinary
+//! path, the backend sees the client's address, and the client reaches
+//! nothing its own networks do not.
+//!
+//! What decides is pure ([`route`], and [`crate::balance::pick`] in round
+//! robin); the table is computed elsewhere (the agent's wiring loop) and
+//! handed over in a [`tokio::sync::watch`].
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_types::mesh::Balance;
+use thiserror::Error;
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use crate::balance::pick;
+use crate::copy::{copy_both, CopyMode};
+
+const RELAXED: Ordering = Ordering::Relaxed;
+
+/// How long a connect to a task may take before the next task is tried.
+/// Tasks of one network answer within milliseconds; a task that went away
+/// without a word (its namespace removed, its node cut off) answers never,
+/// and the client's own timeout is often 2 s.
+pub const VIP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the node's virtual addresses lead to, and who may use them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VipTable {
+    /// Each virtual address of a network this node holds.
+    pub vips: BTreeMap<Ipv4Addr, VipRoute>,
+    /// Each address of a task of this node, on one of its networks.
+    pub clients: BTreeMap<Ipv4Addr, Client>,
+}
+
+/// One service's virtual address on one network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipRoute {
+    /// The network's VNI.
+    pub vni: u32,
+    pub service: String,
+    /// The addresses of its ready tasks on that network, in a fixed order.
+    pub backends: Vec<Ipv4Addr>,
+}
+
+/// A task of this node at one of its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub task_id: String,
+    /// The network namespace the task runs in (`ip netns` name).
+    pub netns: String,
+    /// The VNI of the network this address is on.
+    pub vni: u32,
+}
+
+/// Why a connection to a virtual address was not forwarded.
+#[derive(Debug, Error)]
+pub enum VipError {
+    #[error("{0} is not the address of a task of this node")]
+    UnknownClient(IpAddr),
+    #[error("{0} is not a virtual address of this node")]
+    NotVirtual(SocketAddr),
+    #[error("{vip} is on another network than task {task}")]
+    OtherNetwork { vip: Ipv4Addr, task: String },
+    #[error("no task of {0} is ready")]
+    NoBackend(String),
+    #[error("every ready task of {service} failed ({tried} tried); last: {last}")]
+    AllFailed {
+        service: String,
+        tried: usize,
+        last: String,
+    },
+    #[error("cannot read the address the connection was for: {0}")]
+    OriginalDst(#[source] io::Error),
+    #[error(transparent)]
+    Copy(#[from] crate::copy::CopyError),
+}
+
+/// The task at `client` and the route of `dst`, when `client` is a task
+/// of this node on the network of virtual address `dst`.
+pub fn route(
+    table: &VipTable,
+    client: IpAddr,
+    dst: SocketAddr,
+) -> Result<(&Client, &VipRoute), VipError> {
+    let who = match client {
+        IpAddr::V4(a) => table.clients.get(&a),
+        IpAddr::V6(a) => a.to_ipv4_mapped().and_then(|a| table.clients.get(&a)),
+    }
+    .ok_or(VipError::UnknownClient(client))?;
+    let vip = match dst.ip() {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(a) => a.to_ipv4_mapped(),
+    };
+    let (vip, to) = vip
+        .and_then(|v| Some((v, table.vips.get(&v)?)))
+        .ok_or(VipError::NotVirtual(dst))?;
+    if to.vni != who.vni {
+        return Err(VipError::OtherNetwork {
+            vip,
+            task: who.task_id.clone(),
+        });
+    }
+    Ok((who, to))
+}
+
+/// Makes TCP sockets inside a task's network namespace. Blocking: it is
+/// called off the runtime's threads.
+pub trait Sockets: Send + Sync + 'static {
+    fn tcp_in(&self, netns: &str) -> io::Result<OwnedFd>;
+}
+
+/// What the proxy counts, for the node's metrics and tests.
+#[derive(Debug, Default)]
+pub struct VipStats {
+    pub connections: AtomicU64,
+    /// Connects that failed and were tried on another task.
+    pub retries: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+/// The address a redirected connection was made to (`SO_ORIGINAL_DST`).
+pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
+    const SO_ORIGINAL_DST: libc::c_int = 80;
+    // SAFETY: an all-zero sockaddr_in is valid; getsockopt writes at most
+    // `len` bytes into it, on a socket we own.
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_IP,
+            SO_ORIGINAL_DST,
+            (&mut addr as *mut libc::sockaddr_in).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let ip = Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr));
+    Ok(SocketAddr::V4(SocketAddrV4::new(
+        ip,
+        u16::from_be(addr.sin_port),
+    )))
+}
+
+/// Makes the close of `stream` a reset (`SO_LINGER` of 0, which never
+/// blocks).
+fn reset_on_close(stream: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on a socket we own, with a pointer to a linger
+    // that lives across the call.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+/// What every connection of one proxy shares.
+struct Shared {
+    sockets: Arc<dyn Sockets>,
+    connect_timeout: Duration,
+    cursor: AtomicUsize,
+    stats: Arc<VipStats>,
+}
+
+/// Accepts on `listener` (the target of the node's redirect) until
+/// `shutdown`, which ends the open connections too.
+pub async fn serve(
+    listener: TcpListener,
+    table: watch::Receiver<Arc<VipTable>>,
+    sockets: Arc<dyn Sockets>,
+    connect_timeout: Duration,
+    stats: Arc<VipStats>,
+    shutdown: CancellationToken,
+) {
+    let shared = Arc::new(Shared {
+        sockets,
+        connect_timeout,
+        cursor: AtomicUsize::new(0),
+        stats,
+    });
+    let conns = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let now = table.borrow().clone();
+                let (shared, stop) = (shared.clone(), shutdown.clone());
+                conns.spawn(async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        result = forward(stream, peer, &now, &shared) => {
+                            if let Err(err) = result {
+                                debug!(%peer, error = %err, "virtual address connection ended");
+                            }
+                        }
+                    }
+                });
+            }
+            Err(err) => {
+                warn!(error = %err, "virtual address accept failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        }
+    }
+    conns.close();
+    conns.wait().await;
+}
+
+/// A TCP socket in `netns`, made on a blocking thread.
+async fn socket_in(sockets: &Arc<dyn Sockets>, netns: &str) -> io::Result<TcpSocket> {
+    let (sockets, netns) = (sockets.clone(), netns.to_string());
+    let fd = tokio::task::spawn_blocking(move || sockets.tcp_in(&netns))
+        .await
+        .map_err(io::Error::other)??;
+    // SAFETY: the descriptor is a TCP socket we were just given and own.
+    Ok(unsafe { TcpSocket::from_raw_fd(fd.into_raw_fd()) })
+}
+
+async fn forward(
+    client: TcpStream,
+    peer: SocketAddr,
+    table: &VipTable,
+    shared: &Shared,
+) -> Result<(), VipError> {
+    let refused = |e| {
+        shared.stats.refused.fetch_add(1, RELAXED);
+        // A reset, not an end of stream: the caller's connect succeeded,
+        // but nothing will answer on it.
+        reset_on_close(&client);
+        e
+    };
+    // A connection made to the listener itself has no NAT record: it is
+    // for the listener's own address, which is no virtual address but in
+    // tests.
+    let dst = match original_dst(&client) {
+        Ok(dst) => dst,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            client.local_addr().map_err(VipError::OriginalDst)?
+        }
+        Err(e) => return Err(refused(VipError::OriginalDst(e))),
+    };
+    let (who, to) = route(table, peer.ip(), dst).map_err(refused)?;
+    let n = to.backends.len();
+    if n == 0 {
+        return Err(refused(VipError::NoBackend(to.service.clone())));
+    }
+    let start = shared.cursor.fetch_add(1, RELAXED);
+    let mut tried = vec![false; n];
+    let mut last = String::new();
+    let backend = loop {
+        let Some(i) = pick(Balance::RoundRobin, n, start, &tried, |_| 0) else {
+            return Err(refused(VipError::AllFailed {
+                service: to.service.clone(),
+                tried: n,
+                last,
+            }));
+        };
+        if tried.iter().any(|t| *t) {
+            shared.stats.retries.fetch_add(1, RELAXED);
+        }
+        tried[i] = true;
+        let addr = SocketAddr::new(IpAddr::V4(to.backends[i]), dst.port());
+        let socket = match socket_in(&shared.sockets, &who.netns).await {
+            Ok(s) => s,
+            Err(err) => {
+                // Every task would fail alike: the client's namespace is
+                // gone or the node is out of descriptors.
+                return Err(refused(VipError::AllFailed {
+                    service: to.service.clone(),
+                    tried: i + 1,
+                    last: format!("cannot make a socket in {}: {err}", who.netns),
+                }));
+            }
+        };
+        match tokio::time::timeout(shared.connect_timeout, socket.connect(addr)).await {
+            Ok(Ok(stream)) => break stream,
+            Ok(Err(err)) => last = format!("{addr}: {err}"),
+            Err(_) => last = format!("{addr}: no answer within {:?}", shared.connect_timeout),
+        }
+        debug!(service = %to.service, backend = %addr, error = %last,
+            "virtual address connect failed; trying another task");
+    };
+    shared.stats.connections.fetch_add(1, RELAXED);
+    let _ = backend.set_nodelay(true);
+    let _ = client.set_nodelay(true);
+    let (bytes_in, bytes_out) = (AtomicU64::new(0), AtomicU64::new(0));
+    copy_both(
+        CopyMode::Splice,
+        &client,
+        &backend,
+        &bytes_in,
+        &bytes_out,
+        None,
+    )
+    .await?;
+    Ok(())
+}
+
+/// [`Sockets`] in the caller's own namespace, whatever is asked: for
+/// tests, and for a node whose tasks share its namespace.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct HereSockets;
+
+impl Sockets for HereSockets {
+    fn tcp_in(&self, _netns: &str) -> io::Result<OwnedFd> {
+        // SAFETY: socket(2) with constant arguments; the result is checked.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor socket(2) just returned, owned by no one else.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> VipTable {
+        let mut t = VipTable::default();
+        t.vips.insert(
+            Ipv4Addr::new(10, 0, 9, 2),
+            VipRoute {
+                vni: 4096,
+                service: "web".into(),
+                backends: vec![Ipv4Addr::new(10, 0, 9, 10), Ipv4Addr::new(10, 0, 9, 11)],
+            },
+        );
+        t.vips.insert(
+            Ipv4Addr::new(10, 0, 8, 2),
+            VipRoute {
+                vni: 4097,
+                service: "db".into(),
+                backends: vec![],
+            },
+        );
+        t.clients.insert(
+            Ipv4Addr::new(10, 0, 9, 5),
+            Client {
+                task_id: "c1".into(),
+                netns: "flt-c1".into(),
+                vni: 4096,
+            },
+        );
+        t
+    }
+
+    fn sa(text: &str) -> SocketAddr {
+        text.parse().expect("address")
+    }
+
+    #[test]
+    fn a_task_reaches_the_virtual_addresses_of_its_own_networks_only() {
+        let t = table();
+        let client: IpAddr = "10.0.9.5".parse().expect("ip");
+        let (who, to) = route(&t, client, sa("10.0.9.2:8080")).expect("routed");
+        assert_eq!((who.task_id.as_str(), to.service.as_str()), ("c1", "web"));
+        // A mapped address is the same task.
+        let mapped: IpAddr = "::ffff:10.0.9.5".parse().expect("ip");
+        assert!(route(&t, mapped, sa("10.0.9.2:80")).is_ok());
+        assert!(matches!(
+            route(&t, client, sa("10.0.8.2:5432")),
+            Err(VipError::OtherNetwork { .. })
+        ));
+        assert!(matches!(
+            route(&t, client, sa("10.0.9.3:80")),
+            Err(VipError::NotVirtual(_))
+        ));
+        assert!(matches!(
+            route(&t, "10.0.9.6".parse().expect("ip"), sa("10.0.9.2:80")),
+            Err(VipError::UnknownClient(_))
+        ));
+    }
+
+    /// On loopback, with no NAT: the listener's own address stands for the
+    /// virtual address, 127.0.0.2 for a task that refuses (its port is
+    /// closed) and 127.0.0.3 for one that answers. Every connection is
+    /// answered, those that met the closed one first through a retry.
+    #[tokio::test]
+    async fn a_connect_that_fails_is_tried_on_the_next_ready_task() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        let live = TcpListener::bind(("127.0.0.3", port)).await.expect("backend");
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = live.accept().await {
+                tokio::spawn(async move {
+                    let _ = s.write_all(b"hello").await;
+                });
+            }
+        });
+        let mut t = VipTable::default();
+        t.vips.insert(
+            Ipv4Addr::LOCALHOST,
+            VipRoute {
+                vni: 1,
+                service: "web".into(),
+                backends: vec![Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)],
+            },
+        );
+        t.clients.insert(
+            Ipv4Addr::LOCALHOST,
+            Client {
+                task_id: "c".into(),
+                netns: "here".into(),
+                vni: 1,
+            },
+        );
+        let (_tx, rx) = watch::channel(Arc::new(t));
+        let stats = Arc::new(VipStats::default());
+        let stop = CancellationToken::new();
+        let served = tokio::spawn(serve(
+            listener,
+            rx,
+            Arc::new(HereSockets),
+            VIP_CONNECT_TIMEOUT,
+            stats.clone(),
+            stop.clone(),
+        ));
+        for i in 0..6 {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+            let mut got = Vec::new();
+            c.read_to_end(&mut got).await.expect("read");
+            assert_eq!(got, b"hello", "connection {i}");
+        }
+        assert_eq!(stats.connections.load(RELAXED), 6);
+        // Round robin starts on the closed one every other time.
+        assert_eq!(stats.retries.load(RELAXED), 3);
+        assert_eq!(stats.refused.load(RELAXED), 0);
+        stop.cancel();
+        served.await.expect("served");
+    }
+
+    /// A task that is not of this node is refused with a reset.
+    #[tokio::test]
+    async fn a_stranger_is_refused() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        let (_tx, rx) = watch::channel(Arc::new(VipTable::default()));
+        let stats = Arc::new(VipStats::default());
+        let stop = CancellationToken::new();
+        let served = tokio::spawn(serve(
+            listener,
+            rx,
+            Arc::new(HereSockets),
+            VIP_CONNECT_TIMEOUT,
+            stats.clone(),
+            stop.clone(),
+        ));
+        let mut c = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let mut got = Vec::new();
+        let read = c.read_to_end(&mut got).await;
+        assert!(read.is_err() || got.is_empty(), "{read:?} {got:?}");
+        assert_eq!(stats.refused.load(RELAXED), 1);
+        stop.cancel();
+        served.await.expect("served");
+    }
+}
