@@ -113,7 +113,9 @@ pub fn bridge_vip_commands(
     let have = match have {
         Some(h) => h,
         None => {
-            out.push(argv(&["ip", "addr", "flush", "dev", &bridge, "label", &label]));
+            out.push(argv(&[
+                "ip", "addr", "flush", "dev", &bridge, "label", &label,
+            ]));
             &empty
         }
     };
@@ -142,7 +144,10 @@ pub struct VipPlumbing {
 /// Runs `f` on a thread of its own inside the network namespace at
 /// `path`; the thread ends with it, so no other work runs in that
 /// namespace by mistake.
-fn in_netns<T: Send>(path: &std::path::Path, f: impl FnOnce() -> io::Result<T> + Send) -> io::Result<T> {
+fn in_netns<T: Send>(
+    path: &std::path::Path,
+    f: impl FnOnce() -> io::Result<T> + Send,
+) -> io::Result<T> {
     let ns = std::fs::File::open(path)?;
     std::thread::scope(|scope| {
         scope
@@ -260,7 +265,11 @@ mod tests {
                 internal: false,
                 encrypted: false,
                 key: None,
-                services: vec![name("web", Some(2)), name("rr", None), name("client", Some(3))],
+                services: vec![
+                    name("web", Some(2)),
+                    name("rr", None),
+                    name("client", Some(3)),
+                ],
                 endpoints: vec![
                     endpoint("w1", "web", 11, true),
                     endpoint("w2", "web", 10, true),
@@ -294,10 +303,18 @@ mod tests {
             "ready only, sorted"
         );
         assert_eq!(t.vips.len(), 2, "no address for dnsrr");
-        assert_eq!(t.clients.len(), 1, "only this node's tasks: {:?}", t.clients);
+        assert_eq!(
+            t.clients.len(),
+            1,
+            "only this node's tasks: {:?}",
+            t.clients
+        );
         assert_eq!(t.clients[&Ipv4Addr::new(10, 0, 9, 20)].netns, "flt-c1");
         // A network this node does not hold leads nowhere.
-        assert_eq!(vip_table(&table(), &BTreeSet::new(), &tasks), VipTable::default());
+        assert_eq!(
+            vip_table(&table(), &BTreeSet::new(), &tasks),
+            VipTable::default()
+        );
         assert_eq!(
             bridge_vips(&table(), &held)[&4096],
             BTreeSet::from([Ipv4Addr::new(10, 0, 9, 2), Ipv4Addr::new(10, 0, 9, 3)])
@@ -327,7 +344,9 @@ mod tests {
                 "ip addr replace 10.0.9.3/32 dev flbr4096 label flbr4096:v",
             ]
         );
-        assert!(bridge_vip_commands(4096, Some(&BTreeSet::from([a])), &BTreeSet::from([a])).is_empty());
+        assert!(
+            bridge_vip_commands(4096, Some(&BTreeSet::from([a])), &BTreeSet::from([a])).is_empty()
+        );
         assert!(vip_label(16_777_215).len() < 16, "fits IFNAMSIZ");
     }
 }

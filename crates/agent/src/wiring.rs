@@ -1340,7 +1340,10 @@ pub async fn follow(
             // rules: traffic between them and other nodes goes on while the
             // daemon is down (not on encrypted networks, whose tunnel is
             // this process).
-            tracing::info!(networks = have.len(), "leaving the node's network wiring for the next start");
+            tracing::info!(
+                networks = have.len(),
+                "leaving the node's network wiring for the next start"
+            );
             return (have, None);
         }
         let _ = ip.nft(None, &crate::netfilter::remove_node_rules());
@@ -1549,8 +1552,13 @@ mod tests {
         let flush = ran
             .iter()
             .position(|l| l == "ip addr flush dev flbr4096 label flbr4096:v");
-        let rules = ran.iter().position(|l| l.starts_with("nft - table ip flotilla"));
-        assert!(bridge < flush && flush < rules && rules.is_some(), "{ran:?}");
+        let rules = ran
+            .iter()
+            .position(|l| l.starts_with("nft - table ip flotilla"));
+        assert!(
+            bridge < flush && flush < rules && rules.is_some(),
+            "{ran:?}"
+        );
         assert!(ran
             .iter()
             .any(|l| l.starts_with("nft flt-a table ip flotilla")));

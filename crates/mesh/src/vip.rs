@@ -20,11 +20,12 @@
 //! handed over in a [`tokio::sync::watch`].
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use flotilla_types::mesh::Balance;
@@ -43,8 +44,17 @@ const RELAXED: Ordering = Ordering::Relaxed;
 /// How long a connect to a task may take before the next task is tried.
 /// Tasks of one network answer within milliseconds; a task that went away
 /// without a word (its namespace removed, its node cut off) answers never,
-/// and the client's own timeout is often 2 s.
-pub const VIP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// and a client's own timeout is often 2 s.
+pub const VIP_CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// How long the connect to the last task not yet tried may take: with no
+/// other to go to, a lost SYN is worth the kernel's retransmits.
+pub const VIP_LAST_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a task whose connect failed is tried last by new
+/// connections: the table drops a dead task within about a second, and
+/// until then each new connection would wait for it again.
+pub const VIP_FAILED_FOR: Duration = Duration::from_secs(2);
 
 /// What the node's virtual addresses lead to, and who may use them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -187,12 +197,40 @@ fn reset_on_close(stream: &TcpStream) {
     }
 }
 
+/// Sockets made ahead for each client task's namespace: making one
+/// costs a thread that enters the namespace, which a connection should
+/// not wait for (measured in `flotilla-bench overlay`).
+const SPARE_SOCKETS: usize = 2;
+
 /// What every connection of one proxy shares.
 struct Shared {
     sockets: Arc<dyn Sockets>,
     connect_timeout: Duration,
     cursor: AtomicUsize,
     stats: Arc<VipStats>,
+    /// Unconnected sockets made ahead, by namespace. A socket holds its
+    /// namespace (and the task's interfaces) alive: those of a task that
+    /// left the table are closed at once.
+    spare: Mutex<HashMap<String, Vec<OwnedFd>>>,
+    /// When a connect to each task last failed.
+    failed: Mutex<HashMap<SocketAddr, std::time::Instant>>,
+}
+
+impl Shared {
+    fn spares(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<OwnedFd>>> {
+        self.spare.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, std::time::Instant>> {
+        self.failed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Closes the spare sockets of namespaces no client of `table` is in.
+    fn forget_gone(&self, table: &VipTable) {
+        let live: std::collections::HashSet<&str> =
+            table.clients.values().map(|c| c.netns.as_str()).collect();
+        self.spares().retain(|ns, _| live.contains(ns.as_str()));
+    }
 }
 
 /// Accepts on `listener` (the target of the node's redirect) until
@@ -210,11 +248,22 @@ pub async fn serve(
         connect_timeout,
         cursor: AtomicUsize::new(0),
         stats,
+        spare: Mutex::new(HashMap::new()),
+        failed: Mutex::new(HashMap::new()),
     });
+    let mut table = table;
     let conns = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
+            changed = table.changed() => {
+                if changed.is_ok() {
+                    let now = table.borrow_and_update().clone();
+                    shared.forget_gone(&now);
+                    shared.failures().retain(|_, at| at.elapsed() < VIP_FAILED_FOR);
+                }
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         match accepted {
@@ -245,13 +294,36 @@ pub async fn serve(
     conns.wait().await;
 }
 
-/// A TCP socket in `netns`, made on a blocking thread.
-async fn socket_in(sockets: &Arc<dyn Sockets>, netns: &str) -> io::Result<TcpSocket> {
-    let (sockets, netns) = (sockets.clone(), netns.to_string());
-    let fd = tokio::task::spawn_blocking(move || sockets.tcp_in(&netns))
-        .await
-        .map_err(io::Error::other)??;
-    // SAFETY: the descriptor is a TCP socket we were just given and own.
+/// A TCP socket in `netns`: a spare one when there is, else one made on
+/// a blocking thread; either way the spares of `netns` are made up again
+/// in the background.
+async fn socket_in(shared: &Arc<Shared>, netns: &str) -> io::Result<TcpSocket> {
+    let spare = shared.spares().get_mut(netns).and_then(Vec::pop);
+    let fd = match spare {
+        Some(fd) => fd,
+        None => {
+            let (sockets, ns) = (shared.sockets.clone(), netns.to_string());
+            tokio::task::spawn_blocking(move || sockets.tcp_in(&ns))
+                .await
+                .map_err(io::Error::other)??
+        }
+    };
+    let (shared2, ns) = (shared.clone(), netns.to_string());
+    tokio::task::spawn_blocking(move || {
+        let missing =
+            |s: &Shared| SPARE_SOCKETS.saturating_sub(s.spares().get(&ns).map_or(0, Vec::len));
+        for _ in 0..missing(&shared2) {
+            let Ok(fd) = shared2.sockets.tcp_in(&ns) else {
+                return;
+            };
+            let mut spares = shared2.spares();
+            let these = spares.entry(ns.clone()).or_default();
+            if these.len() < SPARE_SOCKETS {
+                these.push(fd);
+            }
+        }
+    });
+    // SAFETY: the descriptor is a TCP socket we were given and own.
     Ok(unsafe { TcpSocket::from_raw_fd(fd.into_raw_fd()) })
 }
 
@@ -259,7 +331,7 @@ async fn forward(
     client: TcpStream,
     peer: SocketAddr,
     table: &VipTable,
-    shared: &Shared,
+    shared: &Arc<Shared>,
 ) -> Result<(), VipError> {
     let refused = |e| {
         shared.stats.refused.fetch_add(1, RELAXED);
@@ -285,9 +357,24 @@ async fn forward(
     }
     let start = shared.cursor.fetch_add(1, RELAXED);
     let mut tried = vec![false; n];
+    // Tasks that failed a moment ago are tried last: a load of 1 against
+    // 0 for least connections.
+    let recent: Vec<bool> = {
+        let failures = shared.failures();
+        to.backends
+            .iter()
+            .map(|b| {
+                failures
+                    .get(&SocketAddr::new(IpAddr::V4(*b), dst.port()))
+                    .is_some_and(|at| at.elapsed() < VIP_FAILED_FOR)
+            })
+            .collect()
+    };
     let mut last = String::new();
     let backend = loop {
-        let Some(i) = pick(Balance::RoundRobin, n, start, &tried, |_| 0) else {
+        let Some(i) = pick(Balance::LeastConnections, n, start, &tried, |i| {
+            u64::from(recent[i])
+        }) else {
             return Err(refused(VipError::AllFailed {
                 service: to.service.clone(),
                 tried: n,
@@ -299,7 +386,7 @@ async fn forward(
         }
         tried[i] = true;
         let addr = SocketAddr::new(IpAddr::V4(to.backends[i]), dst.port());
-        let socket = match socket_in(&shared.sockets, &who.netns).await {
+        let socket = match socket_in(shared, &who.netns).await {
             Ok(s) => s,
             Err(err) => {
                 // Every task would fail alike: the client's namespace is
@@ -311,11 +398,20 @@ async fn forward(
                 }));
             }
         };
-        match tokio::time::timeout(shared.connect_timeout, socket.connect(addr)).await {
-            Ok(Ok(stream)) => break stream,
+        let wait = if tried.iter().all(|t| *t) {
+            shared.connect_timeout.max(VIP_LAST_CONNECT_TIMEOUT)
+        } else {
+            shared.connect_timeout
+        };
+        match tokio::time::timeout(wait, socket.connect(addr)).await {
+            Ok(Ok(stream)) => {
+                shared.failures().remove(&addr);
+                break stream;
+            }
             Ok(Err(err)) => last = format!("{addr}: {err}"),
-            Err(_) => last = format!("{addr}: no answer within {:?}", shared.connect_timeout),
+            Err(_) => last = format!("{addr}: no answer within {wait:?}"),
         }
+        shared.failures().insert(addr, std::time::Instant::now());
         debug!(service = %to.service, backend = %addr, error = %last,
             "virtual address connect failed; trying another task");
     };
@@ -421,13 +517,15 @@ mod tests {
     /// On loopback, with no NAT: the listener's own address stands for the
     /// virtual address, 127.0.0.2 for a task that refuses (its port is
     /// closed) and 127.0.0.3 for one that answers. Every connection is
-    /// answered, those that met the closed one first through a retry.
+    /// answered.
     #[tokio::test]
     async fn a_connect_that_fails_is_tried_on_the_next_ready_task() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("listen");
         let port = listener.local_addr().expect("addr").port();
-        let live = TcpListener::bind(("127.0.0.3", port)).await.expect("backend");
+        let live = TcpListener::bind(("127.0.0.3", port))
+            .await
+            .expect("backend");
         tokio::spawn(async move {
             while let Ok((mut s, _)) = live.accept().await {
                 tokio::spawn(async move {
@@ -464,14 +562,17 @@ mod tests {
             stop.clone(),
         ));
         for i in 0..6 {
-            let mut c = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+            let mut c = TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
             let mut got = Vec::new();
             c.read_to_end(&mut got).await.expect("read");
             assert_eq!(got, b"hello", "connection {i}");
         }
         assert_eq!(stats.connections.load(RELAXED), 6);
-        // Round robin starts on the closed one every other time.
-        assert_eq!(stats.retries.load(RELAXED), 3);
+        // The first connection met the closed one and went on; after that
+        // failure the closed one is tried last, so no other waits for it.
+        assert_eq!(stats.retries.load(RELAXED), 1);
         assert_eq!(stats.refused.load(RELAXED), 0);
         stop.cancel();
         served.await.expect("served");
@@ -494,7 +595,9 @@ mod tests {
             stats.clone(),
             stop.clone(),
         ));
-        let mut c = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+        let mut c = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
         let mut got = Vec::new();
         let read = c.read_to_end(&mut got).await;
         assert!(read.is_err() || got.is_empty(), "{read:?} {got:?}");
