@@ -15,6 +15,11 @@
 //!    tunnel (`flotilla_agent::sealed`, AES-256-GCM in userspace: this
 //!    kernel has no ESP, no AES-GCM for XFRM and no WireGuard).
 //!
+//! 4. **vip**: task a to a virtual address whose one task is b, through
+//!    node a's proxy (`flotilla_agent::vips`: the bridge holds the
+//!    address, the node's rules redirect to the proxy, which connects from
+//!    task a's namespace), with the node's own rules and commands.
+//!
 //! Each run sends for `--seconds` through one TCP connection, 1 MiB
 //! writes, and counts what arrives; rounds rotate the paths' order. CPU
 //! is the whole machine's busy time from `/proc/stat` during the run
@@ -42,6 +47,7 @@ enum Path {
     Plain,
     Overlay,
     Encrypted,
+    Vip,
 }
 
 impl Path {
@@ -50,6 +56,7 @@ impl Path {
             Path::Plain => "plain",
             Path::Overlay => "overlay",
             Path::Encrypted => "encrypted",
+            Path::Vip => "vip",
         }
     }
 }
@@ -81,7 +88,19 @@ fn cpu_jiffies() -> Result<(u64, u64)> {
 
 /// Sends for `seconds` from namespace `from` to `to`, one connection.
 fn send(from: &str, to_ns: &str, to: SocketAddr, seconds: u64) -> Result<Run> {
-    let listener = in_netns(to_ns, move || TcpListener::bind(to).context("bind"))??;
+    send_via(from, to_ns, to, to, seconds)
+}
+
+/// [`send`] to `to`, with the receiver listening at `listen` in `to_ns`
+/// (a virtual address `to` leads there).
+fn send_via(
+    from: &str,
+    to_ns: &str,
+    listen: SocketAddr,
+    to: SocketAddr,
+    seconds: u64,
+) -> Result<Run> {
+    let listener = in_netns(to_ns, move || TcpListener::bind(listen).context("bind"))??;
     let receiver = std::thread::spawn(move || -> Result<u64> {
         let (mut s, _) = listener.accept().context("accept")?;
         let mut buf = vec![0u8; 1 << 20];
@@ -120,6 +139,41 @@ fn send(from: &str, to_ns: &str, to: SocketAddr, seconds: u64) -> Result<Run> {
         gbit_s: bytes as f64 * 8.0 / elapsed / 1e9,
         cpu_s_per_gib: if gib > 0.0 { cpu_s / gib } else { 0.0 },
     })
+}
+
+/// Connections opened one after the other for `seconds` from `from` to
+/// `to`, each with one byte each way, by a server at `listen` in
+/// `to_ns`; returns connections per second.
+fn connections(
+    from: &str,
+    to_ns: &str,
+    listen: SocketAddr,
+    to: SocketAddr,
+    seconds: u64,
+) -> Result<f64> {
+    let listener = in_netns(to_ns, move || TcpListener::bind(listen).context("bind"))??;
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut b = [0u8; 1];
+            if s.read_exact(&mut b).is_ok() {
+                let _ = s.write_all(&b);
+            }
+        }
+    });
+    in_netns(from, move || -> Result<f64> {
+        let started = Instant::now();
+        let until = started + Duration::from_secs(seconds);
+        let mut n = 0u64;
+        while Instant::now() < until {
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
+                .with_context(|| format!("connect to {to}"))?;
+            s.write_all(b"x").context("write")?;
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).context("read")?;
+            n += 1;
+        }
+        Ok(n as f64 / started.elapsed().as_secs_f64())
+    })?
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -227,11 +281,58 @@ pub fn run(config: &Config) -> Result<()> {
         }
         tunnels.push(tunnel);
     }
+    // The virtual address of a service whose one task is b, on node a.
+    let vip = Ipv4Addr::new(10, 0, 60, 2);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let tracker = tokio_util::task::TaskTracker::new();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let proxy = {
+        let _in = runtime.enter();
+        flotilla_agent::vips::start(Some(&a.ns), &tracker, stop.clone())?
+    };
+    let mut table = flotilla_mesh::vip::VipTable::default();
+    table.vips.insert(
+        vip,
+        flotilla_mesh::vip::VipRoute {
+            vni,
+            service: "b".into(),
+            backends: vec![addrs[1]],
+        },
+    );
+    table.clients.insert(
+        addrs[0],
+        flotilla_mesh::vip::Client {
+            task_id: "a".into(),
+            netns: tasks.0[0].clone(),
+            vni,
+        },
+    );
+    proxy.table.send_replace(std::sync::Arc::new(table));
+    for c in flotilla_agent::vips::bridge_vip_commands(vni, None, &[vip].into_iter().collect()) {
+        ips[0].run(&c)?;
+    }
+    let wired = [flotilla_agent::netfilter::WiredNetwork {
+        vni,
+        subnet,
+        internal: false,
+        encrypted: false,
+    }];
+    let redirect = flotilla_agent::netfilter::VipRedirect {
+        port: proxy.port,
+        vips: [(vni, [vip].into_iter().collect())].into_iter().collect(),
+    };
+    ips[0].nft(
+        None,
+        &flotilla_agent::netfilter::node_rules(&wired, &[], Some(&redirect)),
+    )?;
     println!(
         "== overlay: node a {} and node b {} (namespaces on a bridge), tasks {} and {} on VXLAN {vni}, {} s per run, {} rounds",
         nodes[0], nodes[1], addrs[0], addrs[1], config.seconds, config.rounds
     );
-    let order = [Path::Plain, Path::Overlay, Path::Encrypted];
+    let order = [Path::Plain, Path::Overlay, Path::Encrypted, Path::Vip];
     let mut results: BTreeMap<Path, Vec<Run>> = BTreeMap::new();
     let mut port = 7100u16;
     for round in 0..config.rounds {
@@ -255,6 +356,13 @@ pub fn run(config: &Config) -> Result<()> {
                     &tasks.0[2],
                     &tasks.0[3],
                     SocketAddr::new(IpAddr::V4(sealed_addrs[1]), port),
+                    config.seconds,
+                )?,
+                Path::Vip => send_via(
+                    &tasks.0[0],
+                    &tasks.0[1],
+                    SocketAddr::new(IpAddr::V4(addrs[1]), port),
+                    SocketAddr::new(IpAddr::V4(vip), port),
                     config.seconds,
                 )?,
             };
@@ -295,8 +403,57 @@ pub fn run(config: &Config) -> Result<()> {
         "\nplain: node a's namespace to node b's address on the bridge; overlay: task to task over VXLAN;"
     );
     println!(
-        "encrypted: task to task through the nodes' tunnels (TAP, AES-256-GCM in userspace, one thread per direction)."
+        "encrypted: task to task through the nodes' tunnels (TAP, AES-256-GCM in userspace, one thread per direction);"
     );
+    println!("vip: task a to a virtual address whose one task is b, through node a's proxy.");
+
+    // What a connection costs to open: one after the other, connect, one
+    // byte each way, close; direct to task b against through the proxy.
+    println!(
+        "\n== connections opened one after the other, task a to task b, {} s each, {} rounds\n",
+        config.seconds, config.rounds
+    );
+    let mut direct_rates = Vec::new();
+    let mut vip_rates = Vec::new();
+    for round in 0..config.rounds {
+        port += 1;
+        let to = SocketAddr::new(IpAddr::V4(addrs[1]), port);
+        let d = connections(&tasks.0[0], &tasks.0[1], to, to, config.seconds)?;
+        port += 1;
+        let to = SocketAddr::new(IpAddr::V4(addrs[1]), port);
+        let v = connections(
+            &tasks.0[0],
+            &tasks.0[1],
+            to,
+            SocketAddr::new(IpAddr::V4(vip), port),
+            config.seconds,
+        )?;
+        println!(
+            "  round {} direct {d:>8.0} conn/s   vip {v:>8.0} conn/s",
+            round + 1
+        );
+        direct_rates.push(d);
+        vip_rates.push(v);
+    }
+    let (d, v) = (median(direct_rates), median(vip_rates));
+    println!("\n| path | connections/s | / direct |");
+    println!("|---|---:|---:|");
+    println!("| direct (task to task address) | {d:.0} | 1.00 |");
+    println!(
+        "| vip (through node a's proxy) | {v:.0} | {:.2} |",
+        if d > 0.0 { v / d } else { 0.0 }
+    );
+    stop.cancel();
+    // The bench itself runs on a runtime: this one ends on a thread of
+    // its own.
+    std::thread::spawn(move || {
+        runtime.block_on(async {
+            tracker.close();
+            tracker.wait().await;
+        });
+    })
+    .join()
+    .map_err(|_| anyhow!("the proxy's runtime panicked"))?;
     for (t, node) in tunnels.iter().zip(["a", "b"]) {
         use std::sync::atomic::Ordering::Relaxed;
         let (frames, bytes) = (
