@@ -7,8 +7,9 @@
 //! carries the network's virtual addresses as its own (`/32`, labelled
 //! `flbr<VNI>:v`, so that a restart finds and clears what an earlier run
 //! left), so a task's ARP for one is answered by its own node (the node's
-//! frames never leave on the VXLAN device); the node's rules redirect TCP
-//! to them, any port, to the proxy's one listener ([`VipRedirect`]);
+//! frames never leave on the VXLAN device); the node's rules send TCP to
+//! them, any port, to the proxy's one listener at the same address
+//! (`netfilter::VipRedirect`);
 //! the proxy connects from the client task's own namespace
 //! ([`NetnsSockets`]). UDP and other protocols stay with the kernel: the
 //! task's own rules forward them to one ready task (`netfilter::task_rules`).

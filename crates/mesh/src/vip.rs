@@ -5,10 +5,12 @@
 //!
 //! How a connection gets here: the node's bridge of a network holds the
 //! network's virtual addresses, so a task's connection to one reaches its
-//! own node, whose rules redirect it (any port) to the one listener of
-//! [`serve`]. The address and port the task asked for are read back from
-//! the connection's NAT record (`SO_ORIGINAL_DST`); the task is known by
-//! its address ([`VipTable::clients`]). The connection to the chosen task
+//! own node, whose rules send it (any port) to the one listener of
+//! [`serve`], at the same virtual address (so that connections to two
+//! services stay apart at the proxy; `agent::netfilter::VipRedirect` says
+//! why). The port the task asked for is read back from the connection's
+//! NAT record (`SO_ORIGINAL_DST`); the task is known by its address
+//! ([`VipTable::clients`]). The connection to the chosen task
 //! is made from the client task's own network namespace ([`Sockets`]), so
 //! it leaves from the client's address as a direct connection would: the
 //! answer comes back to the client's namespace by the network's ordinary
