@@ -141,16 +141,9 @@ fn send_via(
     })
 }
 
-/// Connections opened one after the other for `seconds` from `from` to
-/// `to`, each with one byte each way, by a server at `listen` in
-/// `to_ns`; returns connections per second.
-fn connections(
-    from: &str,
-    to_ns: &str,
-    listen: SocketAddr,
-    to: SocketAddr,
-    seconds: u64,
-) -> Result<f64> {
+/// A server at `listen` in `to_ns` that answers each connection's one
+/// byte with one and closes, for as long as the bench runs.
+fn echo_byte(to_ns: &str, listen: SocketAddr) -> Result<()> {
     let listener = in_netns(to_ns, move || TcpListener::bind(listen).context("bind"))??;
     std::thread::spawn(move || {
         for mut s in listener.incoming().flatten() {
@@ -160,6 +153,13 @@ fn connections(
             }
         }
     });
+    Ok(())
+}
+
+/// Connections opened one after the other for `seconds` from `from` to
+/// `to` ([`echo_byte`]), one byte each way; returns connections per
+/// second.
+fn connections(from: &str, to: SocketAddr, seconds: u64) -> Result<f64> {
     in_netns(from, move || -> Result<f64> {
         let started = Instant::now();
         let until = started + Duration::from_secs(seconds);
@@ -168,12 +168,31 @@ fn connections(
             let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))
                 .with_context(|| format!("connect to {to}"))?;
             s.write_all(b"x").context("write")?;
-            let mut b = [0u8; 1];
-            s.read_exact(&mut b).context("read")?;
+            // Read to the end: the server closes first, so the client
+            // holds no TIME_WAIT; closing after one byte would leave one
+            // per connection when the server's FIN comes a moment after
+            // its byte (as through the proxy), and the ephemeral ports of
+            // the client's namespace would run short.
+            let mut b = Vec::with_capacity(1);
+            s.read_to_end(&mut b).context("read")?;
+            anyhow::ensure!(b == b"x", "connection {n}: got {b:?}");
             n += 1;
         }
         Ok(n as f64 / started.elapsed().as_secs_f64())
     })?
+}
+
+/// The runtime of node a's proxy. The bench itself runs on a runtime,
+/// in which a runtime may not block to end: this one ends in the
+/// background, also when the bench fails half way.
+struct ProxyRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for ProxyRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -283,14 +302,16 @@ pub fn run(config: &Config) -> Result<()> {
     }
     // The virtual address of a service whose one task is b, on node a.
     let vip = Ipv4Addr::new(10, 0, 60, 2);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
+    let runtime = ProxyRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?,
+    ));
     let tracker = tokio_util::task::TaskTracker::new();
     let stop = tokio_util::sync::CancellationToken::new();
     let proxy = {
-        let _in = runtime.enter();
+        let _in = runtime.0.as_ref().map(tokio::runtime::Runtime::enter);
         flotilla_agent::vips::start(Some(&a.ns), &tracker, stop.clone())?
     };
     let mut table = flotilla_mesh::vip::VipTable::default();
@@ -415,19 +436,16 @@ pub fn run(config: &Config) -> Result<()> {
     );
     let mut direct_rates = Vec::new();
     let mut vip_rates = Vec::new();
+    // One server and one port each, for every round, as a client meets a
+    // service (the ports of one virtual address share the proxy's
+    // address pair: `netfilter::VipRedirect`).
+    let direct = SocketAddr::new(IpAddr::V4(addrs[1]), port + 1);
+    echo_byte(&tasks.0[1], direct)?;
+    echo_byte(&tasks.0[1], SocketAddr::new(IpAddr::V4(addrs[1]), port + 2))?;
+    let through = SocketAddr::new(IpAddr::V4(vip), port + 2);
     for round in 0..config.rounds {
-        port += 1;
-        let to = SocketAddr::new(IpAddr::V4(addrs[1]), port);
-        let d = connections(&tasks.0[0], &tasks.0[1], to, to, config.seconds)?;
-        port += 1;
-        let to = SocketAddr::new(IpAddr::V4(addrs[1]), port);
-        let v = connections(
-            &tasks.0[0],
-            &tasks.0[1],
-            to,
-            SocketAddr::new(IpAddr::V4(vip), port),
-            config.seconds,
-        )?;
+        let d = connections(&tasks.0[0], direct, config.seconds)?;
+        let v = connections(&tasks.0[0], through, config.seconds)?;
         println!(
             "  round {} direct {d:>8.0} conn/s   vip {v:>8.0} conn/s",
             round + 1
@@ -444,16 +462,7 @@ pub fn run(config: &Config) -> Result<()> {
         if d > 0.0 { v / d } else { 0.0 }
     );
     stop.cancel();
-    // The bench itself runs on a runtime: this one ends on a thread of
-    // its own.
-    std::thread::spawn(move || {
-        runtime.block_on(async {
-            tracker.close();
-            tracker.wait().await;
-        });
-    })
-    .join()
-    .map_err(|_| anyhow!("the proxy's runtime panicked"))?;
+    drop(runtime);
     for (t, node) in tunnels.iter().zip(["a", "b"]) {
         use std::sync::atomic::Ordering::Relaxed;
         let (frames, bytes) = (
