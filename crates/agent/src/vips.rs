@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use flotilla_mesh::vip::{Client, Sockets, VipRoute, VipStats, VipTable};
@@ -54,13 +54,7 @@ pub fn vip_table(
     for network in table.networks.iter().filter(|n| held.contains(&n.vni)) {
         for name in &network.services {
             let Some(vip) = name.vip else { continue };
-            let mut backends: Vec<Ipv4Addr> = network
-                .endpoints
-                .iter()
-                .filter(|e| e.ready && e.service_id == name.service_id)
-                .map(|e| e.addr)
-                .collect();
-            backends.sort();
+            let backends = network.ready_addrs(&name.service_id);
             let service = name
                 .names
                 .first()
@@ -165,30 +159,13 @@ fn in_netns<T: Send>(
     })
 }
 
-/// A non-blocking TCP socket of the namespace the calling thread is in.
-fn tcp_socket() -> io::Result<OwnedFd> {
-    // SAFETY: socket(2) with constant arguments; the result is checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a descriptor socket(2) just returned, owned by no one else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 /// Sockets made inside tasks' namespaces (`/run/netns/NAME`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NetnsSockets;
 
 impl Sockets for NetnsSockets {
     fn tcp_in(&self, netns: &str) -> io::Result<OwnedFd> {
-        in_netns(&netns_path(netns), tcp_socket)
+        in_netns(&netns_path(netns), flotilla_mesh::vip::tcp_socket)
     }
 }
 

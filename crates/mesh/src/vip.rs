@@ -254,15 +254,20 @@ pub async fn serve(
         failed: Mutex::new(HashMap::new()),
     });
     let mut table = table;
+    let mut watching = true;
     let conns = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
-            changed = table.changed() => {
+            changed = table.changed(), if watching => {
                 if changed.is_ok() {
                     let now = table.borrow_and_update().clone();
                     shared.forget_gone(&now);
                     shared.failures().retain(|_, at| at.elapsed() < VIP_FAILED_FOR);
+                } else {
+                    // The sender is gone: the last table stays, and
+                    // `changed` would be ready at once on every turn.
+                    watching = false;
                 }
                 continue;
             }
@@ -440,20 +445,26 @@ pub struct HereSockets;
 
 impl Sockets for HereSockets {
     fn tcp_in(&self, _netns: &str) -> io::Result<OwnedFd> {
-        // SAFETY: socket(2) with constant arguments; the result is checked.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a descriptor socket(2) just returned, owned by no one else.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        tcp_socket()
     }
+}
+
+/// A non-blocking IPv4 TCP socket of the network namespace the calling
+/// thread is in.
+pub fn tcp_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor socket(2) just returned, owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 #[cfg(test)]
@@ -487,6 +498,31 @@ mod tests {
             },
         );
         t
+    }
+
+    /// [`serve`] on `listener` with `table`, in this namespace: its
+    /// counters, its stop and its task.
+    fn serving(
+        listener: TcpListener,
+        table: VipTable,
+    ) -> (
+        Arc<VipStats>,
+        CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        // The table never changes: its sender may go.
+        let (_, rx) = watch::channel(Arc::new(table));
+        let stats = Arc::new(VipStats::default());
+        let stop = CancellationToken::new();
+        let served = tokio::spawn(serve(
+            listener,
+            rx,
+            Arc::new(HereSockets),
+            VIP_CONNECT_TIMEOUT,
+            stats.clone(),
+            stop.clone(),
+        ));
+        (stats, stop, served)
     }
 
     fn sa(text: &str) -> SocketAddr {
@@ -552,17 +588,7 @@ mod tests {
                 vni: 1,
             },
         );
-        let (_tx, rx) = watch::channel(Arc::new(t));
-        let stats = Arc::new(VipStats::default());
-        let stop = CancellationToken::new();
-        let served = tokio::spawn(serve(
-            listener,
-            rx,
-            Arc::new(HereSockets),
-            VIP_CONNECT_TIMEOUT,
-            stats.clone(),
-            stop.clone(),
-        ));
+        let (stats, stop, served) = serving(listener, t);
         for i in 0..6 {
             let mut c = TcpStream::connect(("127.0.0.1", port))
                 .await
@@ -580,23 +606,50 @@ mod tests {
         served.await.expect("served");
     }
 
+    /// CPU time of the calling thread.
+    fn thread_cpu() -> Duration {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec we own.
+        let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+        assert_eq!(rc, 0, "clock_gettime");
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
+
+    /// When the table's sender is gone (the wiring loop ended first), the
+    /// proxy keeps the last table and waits: it spun on the closed
+    /// channel, a core's worth of CPU, before.
+    #[test]
+    fn a_proxy_whose_table_has_no_sender_waits_idle() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let used = runtime.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("listen");
+            let (_, stop, served) = serving(listener, VipTable::default());
+            let before = thread_cpu();
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let used = thread_cpu() - before;
+            stop.cancel();
+            served.await.expect("served");
+            used
+        });
+        assert!(
+            used < Duration::from_millis(100),
+            "{used:?} of CPU in 300 ms"
+        );
+    }
+
     /// A task that is not of this node is refused with a reset.
     #[tokio::test]
     async fn a_stranger_is_refused() {
         use tokio::io::AsyncReadExt;
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("listen");
         let port = listener.local_addr().expect("addr").port();
-        let (_tx, rx) = watch::channel(Arc::new(VipTable::default()));
-        let stats = Arc::new(VipStats::default());
-        let stop = CancellationToken::new();
-        let served = tokio::spawn(serve(
-            listener,
-            rx,
-            Arc::new(HereSockets),
-            VIP_CONNECT_TIMEOUT,
-            stats.clone(),
-            stop.clone(),
-        ));
+        let (stats, stop, served) = serving(listener, VipTable::default());
         let mut c = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect");
