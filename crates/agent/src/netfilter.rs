@@ -218,14 +218,7 @@ pub fn task_vips(table: &NetworkTable, networks: &[String]) -> BTreeMap<Ipv4Addr
     {
         for name in &network.services {
             let Some(vip) = name.vip else { continue };
-            let mut ready: Vec<Ipv4Addr> = network
-                .endpoints
-                .iter()
-                .filter(|e| e.ready && e.service_id == name.service_id)
-                .map(|e| e.addr)
-                .collect();
-            ready.sort();
-            out.insert(vip, ready);
+            out.insert(vip, network.ready_addrs(&name.service_id));
         }
     }
     out

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use flotilla_agent::wiring::{apply, attach_task, steps, Attachment, Ip, NetworkWiring, System};
-use flotilla_testkit::net::{in_netns, Namespaces, Net};
+use flotilla_testkit::net::{in_netns, Host, Namespaces, Net};
 use flotilla_types::Subnet;
 
 /// What a node wires for one network whose only other node is `peer`:
@@ -33,6 +33,38 @@ fn one_network(
     [(vni, wiring)].into_iter().collect()
 }
 
+/// Nodes `a` and `b` wired for one plain network, with task `tasks.0[i]`
+/// attached at `addrs[i]` on node i (host-side veths named from
+/// `veth`); each node's `ip`.
+fn two_nodes_with_a_task_each(
+    [a, b]: [&Host; 2],
+    vni: u32,
+    subnet: Subnet,
+    addrs: [Ipv4Addr; 2],
+    tasks: &Namespaces,
+    veth: &str,
+) -> [System; 2] {
+    let ips = [a, b].map(|n| System {
+        netns: Some(n.ns.clone()),
+    });
+    for (i, (node, peer)) in [(a, b), (b, a)].into_iter().enumerate() {
+        let local: IpAddr = node.addr.parse().expect("node addr");
+        let want = one_network(vni, subnet, peer.addr.parse().expect("peer"), None);
+        apply(&ips[i], &steps(&BTreeMap::new(), &want, local)).expect("wire the node");
+        let attachment = Attachment {
+            vni,
+            subnet,
+            addr: addrs[i],
+            no_route: false,
+            mtu: flotilla_agent::wiring::OVERLAY_MTU,
+        };
+        for command in attach_task(&tasks.0[i], 0, &format!("{veth}x{i}"), &attachment) {
+            ips[i].run(&command).expect("attach the task");
+        }
+    }
+    ips
+}
+
 #[test]
 fn tasks_on_two_nodes_reach_each_other_at_their_task_addresses() {
     let mut net = Net::new().expect("net");
@@ -43,24 +75,7 @@ fn tasks_on_two_nodes_reach_each_other_at_their_task_addresses() {
     let tag = std::process::id() % 100_000;
     let tasks = Namespaces(vec![format!("flta{tag}"), format!("fltb{tag}")]);
     let addrs = [Ipv4Addr::new(10, 0, 50, 3), Ipv4Addr::new(10, 0, 50, 4)];
-    for (i, (node, peer)) in [(&a, &b), (&b, &a)].into_iter().enumerate() {
-        let local: IpAddr = node.addr.parse().expect("node addr");
-        let want = one_network(vni, subnet, peer.addr.parse().expect("peer"), None);
-        let ip = System {
-            netns: Some(node.ns.clone()),
-        };
-        apply(&ip, &steps(&BTreeMap::new(), &want, local)).expect("wire the node");
-        let attachment = Attachment {
-            vni,
-            subnet,
-            addr: addrs[i],
-            no_route: false,
-            mtu: flotilla_agent::wiring::OVERLAY_MTU,
-        };
-        for command in attach_task(&tasks.0[i], 0, &format!("flt{tag}x{i}"), &attachment) {
-            ip.run(&command).expect("attach the task");
-        }
-    }
+    two_nodes_with_a_task_each([&a, &b], vni, subnet, addrs, &tasks, &format!("flt{tag}"));
     // A server in b's task, a client in a's task.
     let server = SocketAddr::new(IpAddr::V4(addrs[1]), 7070);
     let listening = in_netns(&tasks.0[1], move || {
@@ -293,24 +308,8 @@ fn a_stream_of_connections_to_three_virtual_addresses_is_never_reset() {
         Ipv4Addr::new(10, 0, 52, 5),
         Ipv4Addr::new(10, 0, 52, 6),
     ];
-    let ips = [&a, &b].map(|n| System {
-        netns: Some(n.ns.clone()),
-    });
-    for (i, (node, peer)) in [(&a, &b), (&b, &a)].into_iter().enumerate() {
-        let want = one_network(vni, subnet, peer.addr.parse().expect("peer"), None);
-        let local: IpAddr = node.addr.parse().expect("node addr");
-        apply(&ips[i], &steps(&BTreeMap::new(), &want, local)).expect("wire the node");
-        let attachment = Attachment {
-            vni,
-            subnet,
-            addr: addrs[i],
-            no_route: false,
-            mtu: flotilla_agent::wiring::OVERLAY_MTU,
-        };
-        for command in attach_task(&tasks.0[i], 0, &format!("flv{tag}x{i}"), &attachment) {
-            ips[i].run(&command).expect("attach the task");
-        }
-    }
+    let ips =
+        two_nodes_with_a_task_each([&a, &b], vni, subnet, addrs, &tasks, &format!("flv{tag}"));
     // Node a's proxy; both services' one task is b.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

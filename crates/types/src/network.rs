@@ -378,6 +378,21 @@ pub struct NetworkEntry {
     pub endpoints: Vec<Endpoint>,
 }
 
+impl NetworkEntry {
+    /// The addresses of `service_id`'s tasks in rotation on this network,
+    /// in address order: what its virtual address leads to.
+    pub fn ready_addrs(&self, service_id: &str) -> Vec<Ipv4Addr> {
+        let mut ready: Vec<Ipv4Addr> = self
+            .endpoints
+            .iter()
+            .filter(|e| e.ready && e.service_id == service_id)
+            .map(|e| e.addr)
+            .collect();
+        ready.sort();
+        ready
+    }
+}
+
 /// The names a service answers to on one network, and how they resolve.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 pub struct NameEntry {
