@@ -171,11 +171,12 @@ impl Sockets for NetnsSockets {
 
 /// Binds the proxy's listener (every address, a port the kernel picks)
 /// in the node's namespace, or in `netns` when the node is one (tests),
-/// and serves it until `shutdown`.
+/// and serves it until `shutdown`, counting into `stats`.
 pub fn start(
     netns: Option<&str>,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
+    stats: Arc<VipStats>,
 ) -> io::Result<VipPlumbing> {
     let bind = || {
         let l = std::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, 0))?;
@@ -189,7 +190,6 @@ pub fn start(
     let port = listener.local_addr()?.port();
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let (tx, rx) = watch::channel(Arc::new(VipTable::default()));
-    let stats = Arc::new(VipStats::default());
     tracker.spawn(flotilla_mesh::vip::serve(
         listener,
         rx,

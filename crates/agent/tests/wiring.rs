@@ -320,7 +320,8 @@ fn a_stream_of_connections_to_three_virtual_addresses_is_never_reset() {
     let stop = tokio_util::sync::CancellationToken::new();
     let proxy = {
         let _in = runtime.enter();
-        flotilla_agent::vips::start(Some(&a.ns), &tracker, stop.clone()).expect("the proxy")
+        flotilla_agent::vips::start(Some(&a.ns), &tracker, stop.clone(), Default::default())
+            .expect("the proxy")
     };
     let mut table = VipTable::default();
     for (vip, service) in vips.iter().zip(["web", "api", "db"]) {

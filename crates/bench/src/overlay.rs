@@ -312,7 +312,7 @@ pub fn run(config: &Config) -> Result<()> {
     let stop = tokio_util::sync::CancellationToken::new();
     let proxy = {
         let _in = runtime.0.as_ref().map(tokio::runtime::Runtime::enter);
-        flotilla_agent::vips::start(Some(&a.ns), &tracker, stop.clone())?
+        flotilla_agent::vips::start(Some(&a.ns), &tracker, stop.clone(), Default::default())?
     };
     let mut table = flotilla_mesh::vip::VipTable::default();
     table.vips.insert(

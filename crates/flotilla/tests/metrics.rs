@@ -65,6 +65,13 @@ fn metrics_parse_and_hold_every_series_from_the_start() -> Result<()> {
     // Before init: the process and the mesh, nothing of a cluster.
     let fresh = scrape(&addr)?;
     assert!(get(&fresh, "flotilla_process_resident_memory_bytes{}")? > 0.0);
+    for key in [
+        "flotilla_vip_connections{}",
+        "flotilla_vip_retries{}",
+        "flotilla_vip_connections_refused{}",
+    ] {
+        assert_eq!(get(&fresh, key)?, 0.0, "{key}");
+    }
     assert!(!fresh.contains_key("flotilla_raft_term{}"));
     d.ok(&["init"])?;
     let m = wait_until("the raft series", Duration::from_secs(10), || {

@@ -783,6 +783,21 @@ fn a_stack_of_process_tasks_runs_as_an_application_across_three_nodes() -> Resul
     }
     let unset = in_task(web[1], "nft delete table ip refuse");
     assert!(unset.status.success(), "{}", text(&unset));
+    // The client's node (n3) counted them: every call, and the retries.
+    let vip_metric = |name: &str| -> Result<f64> {
+        let sock = nodes[2].data_dir().join("flotilla.sock");
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-m", "5", "--unix-socket"])
+            .arg(&sock)
+            .arg("http://localhost/metrics")
+            .output()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .ok_or_else(|| anyhow!("no {name} in n3's metrics: {}", text(&out)))
+    };
+    assert!(vip_metric("flotilla_vip_connections")? >= 20.0);
+    assert!(vip_metric("flotilla_vip_retries")? >= 1.0);
 
     // A web task dies: no call fails, not even at once. The calls go to
     // web's virtual address, and the node's proxy tries the other task

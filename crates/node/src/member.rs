@@ -385,7 +385,12 @@ impl NodeCtx {
         // Tasks' TCP connections to virtual addresses go through the node's
         // proxy, which retries another task when a connect fails; without
         // it the kernel forwards them (no retry).
-        let vips = match flotilla_agent::vips::start(None, &self.tracker, token.clone()) {
+        let vips = match flotilla_agent::vips::start(
+            None,
+            &self.tracker,
+            token.clone(),
+            self.counters.vips.clone(),
+        ) {
             Ok(v) => Some(v),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for virtual addresses; the kernel forwards them, with no retry");

@@ -56,6 +56,9 @@ pub struct Counters {
     /// Nodes this manager declared down, while it led, because their
     /// heartbeats stopped.
     pub heartbeat_timeouts: Counter,
+    /// What the node's proxy of virtual addresses counts
+    /// (`flotilla_mesh::vip`), for the life of the process.
+    pub vips: Arc<flotilla_mesh::vip::VipStats>,
 }
 
 impl Default for Counters {
@@ -68,6 +71,7 @@ impl Default for Counters {
             // 1 ms to about 65 s (a task may wait long for a node).
             scheduling_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 17)),
             heartbeat_timeouts: Counter::default(),
+            vips: Arc::default(),
         }
     }
 }
@@ -420,6 +424,30 @@ pub fn mesh_series(reg: &mut Registry, stats: Option<&MeshStats>) {
         "flotilla_mesh_retries",
         "Connections retried on another task",
         retries,
+    );
+}
+
+/// The series of the node's proxy of virtual addresses (every node).
+pub fn vip_series(reg: &mut Registry, stats: &flotilla_mesh::vip::VipStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let load = |a: &AtomicU64| a.load(Relaxed) as i64;
+    gauge(
+        reg,
+        "flotilla_vip_connections",
+        "Tasks' connections to virtual addresses forwarded by this node since it started",
+        load(&stats.connections),
+    );
+    gauge(
+        reg,
+        "flotilla_vip_retries",
+        "Connects to a task that failed and went on to another task",
+        load(&stats.retries),
+    );
+    gauge(
+        reg,
+        "flotilla_vip_connections_refused",
+        "Connections to virtual addresses refused (no ready task, every task failed, or not the caller's network)",
+        load(&stats.refused),
     );
 }
 

@@ -54,6 +54,7 @@ pub(crate) async fn metrics(State(ctx): Ctx) -> Response {
         .ok()
         .and_then(|slot| slot.as_ref().map(flotilla_mesh::Mesh::stats));
     metrics::mesh_series(&mut reg, mesh.as_ref());
+    metrics::vip_series(&mut reg, &ctx.counters.vips);
     metrics::process_series(&mut reg, &metrics::process_figures());
     let mut response = metrics::text(&reg).into_response();
     if let Ok(v) = axum::http::HeaderValue::from_str(CONTENT_TYPE) {
