@@ -1330,22 +1330,32 @@ pub async fn follow(
             }
         }
     }
+    let last_table = table.borrow().clone();
     let _ = tokio::task::spawn_blocking(move || {
-        let tunnel = loaded.lock().ok().and_then(|mut l| l.tunnel.take());
-        if let Some(tunnel) = tunnel {
+        let mut state = loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tunnel) = state.tunnel.take() {
             tunnel.shutdown();
         }
         if leave_on_stop {
             // The tasks left running keep their bridges, VXLAN devices and
             // rules: traffic between them and other nodes goes on while the
             // daemon is down (not on encrypted networks, whose tunnel is
-            // this process).
+            // this process). Their connections to virtual addresses go to
+            // the kernel's forwarding until the next start: the proxy ends
+            // with this process.
+            if vip_port.is_some() {
+                let held = held_networks(&have);
+                if let Some(e) = load_rules(&*ip, &mut state, &held, &tasks, &last_table, None) {
+                    tracing::warn!(error = %e, "cannot hand virtual addresses to the kernel");
+                }
+            }
             tracing::info!(
                 networks = have.len(),
                 "leaving the node's network wiring for the next start"
             );
             return (have, None);
         }
+        drop(state);
         let _ = ip.nft(None, &crate::netfilter::remove_node_rules());
         converge(&*ip, &have, &BTreeMap::new(), local)
     })

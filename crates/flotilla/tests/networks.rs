@@ -904,6 +904,16 @@ fn a_stack_of_process_tasks_runs_as_an_application_across_three_nodes() -> Resul
         text(&down),
         links(&hosts[1].ns)
     );
+    // A task of the stopped node still reaches web's virtual address: its
+    // node's proxy went with the daemon, so the stop handed virtual
+    // addresses to the kernel's forwarding (before, the connect met the
+    // node's rules to the gone proxy and was refused).
+    let via_vip = in_task(kept_pid, &format!("wget -qO- -T 2 -t 1 http://{vip}:8080/"));
+    assert!(
+        via_vip.status.success(),
+        "n2's web task to web's virtual address while its daemon is down: {}",
+        text(&via_vip)
+    );
     nodes[1].restart()?;
     let m = &nodes[0];
     wait_until("n2 to adopt its web task", Duration::from_secs(30), || {
