@@ -164,8 +164,8 @@ fn in_netns<T: Send>(
 pub struct NetnsSockets;
 
 impl Sockets for NetnsSockets {
-    fn tcp_in(&self, netns: &str) -> io::Result<OwnedFd> {
-        in_netns(&netns_path(netns), flotilla_mesh::vip::tcp_socket)
+    fn tcp_in(&self, netns: &str, n: usize) -> io::Result<Vec<OwnedFd>> {
+        in_netns(&netns_path(netns), || flotilla_mesh::vip::tcp_sockets(n))
     }
 }
 

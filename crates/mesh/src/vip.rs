@@ -141,7 +141,9 @@ pub fn route(
 /// Makes TCP sockets inside a task's network namespace. Blocking: it is
 /// called off the runtime's threads.
 pub trait Sockets: Send + Sync + 'static {
-    fn tcp_in(&self, netns: &str) -> io::Result<OwnedFd>;
+    /// `n` sockets (at least one) in `netns`, made in one go: entering a
+    /// namespace is what costs.
+    fn tcp_in(&self, netns: &str, n: usize) -> io::Result<Vec<OwnedFd>>;
 }
 
 /// What the proxy counts, for the node's metrics and tests.
@@ -199,10 +201,20 @@ fn reset_on_close(stream: &TcpStream) {
     }
 }
 
-/// Sockets made ahead for each client task's namespace: making one
+/// Sockets made ahead for each client task's namespace: making them
 /// costs a thread that enters the namespace, which a connection should
-/// not wait for (measured in `flotilla-bench overlay`).
-const SPARE_SOCKETS: usize = 2;
+/// not wait for (measured in `flotilla-bench overlay`). Below
+/// [`SPARE_LOW`] they are made up to [`SPARE_HIGH`], in one go.
+const SPARE_LOW: usize = 2;
+const SPARE_HIGH: usize = 8;
+
+/// The spare sockets of one namespace.
+#[derive(Default)]
+struct Spare {
+    fds: Vec<OwnedFd>,
+    /// Whether more are being made now.
+    making: bool,
+}
 
 /// What every connection of one proxy shares.
 struct Shared {
@@ -213,13 +225,13 @@ struct Shared {
     /// Unconnected sockets made ahead, by namespace. A socket holds its
     /// namespace (and the task's interfaces) alive: those of a task that
     /// left the table are closed at once.
-    spare: Mutex<HashMap<String, Vec<OwnedFd>>>,
+    spare: Mutex<HashMap<String, Spare>>,
     /// When a connect to each task last failed.
     failed: Mutex<HashMap<SocketAddr, std::time::Instant>>,
 }
 
 impl Shared {
-    fn spares(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<OwnedFd>>> {
+    fn spares(&self) -> std::sync::MutexGuard<'_, HashMap<String, Spare>> {
         self.spare.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -302,34 +314,41 @@ pub async fn serve(
 }
 
 /// A TCP socket in `netns`: a spare one when there is, else one made on
-/// a blocking thread; either way the spares of `netns` are made up again
+/// a blocking thread; when the spares of `netns` run low, more are made
 /// in the background.
 async fn socket_in(shared: &Arc<Shared>, netns: &str) -> io::Result<TcpSocket> {
-    let spare = shared.spares().get_mut(netns).and_then(Vec::pop);
+    let (spare, make) = {
+        let mut spares = shared.spares();
+        let these = spares.entry(netns.to_string()).or_default();
+        let fd = these.fds.pop();
+        let make =
+            (!these.making && these.fds.len() < SPARE_LOW).then(|| SPARE_HIGH - these.fds.len());
+        these.making |= make.is_some();
+        (fd, make)
+    };
+    if let Some(n) = make {
+        let (shared, ns) = (shared.clone(), netns.to_string());
+        tokio::task::spawn_blocking(move || {
+            let made = shared.sockets.tcp_in(&ns, n);
+            // A namespace that left the table meanwhile has no entry: what
+            // was made for it is closed here.
+            if let Some(these) = shared.spares().get_mut(&ns) {
+                these.making = false;
+                these.fds.extend(made.into_iter().flatten());
+            }
+        });
+    }
     let fd = match spare {
         Some(fd) => fd,
         None => {
             let (sockets, ns) = (shared.sockets.clone(), netns.to_string());
-            tokio::task::spawn_blocking(move || sockets.tcp_in(&ns))
+            tokio::task::spawn_blocking(move || sockets.tcp_in(&ns, 1))
                 .await
                 .map_err(io::Error::other)??
+                .pop()
+                .ok_or_else(|| io::Error::other("no socket made"))?
         }
     };
-    let (shared2, ns) = (shared.clone(), netns.to_string());
-    tokio::task::spawn_blocking(move || {
-        let missing =
-            |s: &Shared| SPARE_SOCKETS.saturating_sub(s.spares().get(&ns).map_or(0, Vec::len));
-        for _ in 0..missing(&shared2) {
-            let Ok(fd) = shared2.sockets.tcp_in(&ns) else {
-                return;
-            };
-            let mut spares = shared2.spares();
-            let these = spares.entry(ns.clone()).or_default();
-            if these.len() < SPARE_SOCKETS {
-                these.push(fd);
-            }
-        }
-    });
     // SAFETY: the descriptor is a TCP socket we were given and own.
     Ok(unsafe { TcpSocket::from_raw_fd(fd.into_raw_fd()) })
 }
@@ -444,9 +463,14 @@ async fn forward(
 pub struct HereSockets;
 
 impl Sockets for HereSockets {
-    fn tcp_in(&self, _netns: &str) -> io::Result<OwnedFd> {
-        tcp_socket()
+    fn tcp_in(&self, _netns: &str, n: usize) -> io::Result<Vec<OwnedFd>> {
+        tcp_sockets(n)
     }
+}
+
+/// `n` (at least one) sockets of [`tcp_socket`].
+pub fn tcp_sockets(n: usize) -> io::Result<Vec<OwnedFd>> {
+    (0..n.max(1)).map(|_| tcp_socket()).collect()
 }
 
 /// A non-blocking IPv4 TCP socket of the network namespace the calling
