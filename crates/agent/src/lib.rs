@@ -46,6 +46,8 @@ pub mod agent;
 pub mod docker;
 pub mod driver;
 pub mod files;
+#[cfg(test)]
+mod fixtures;
 pub mod health;
 pub mod logs;
 pub mod netfilter;

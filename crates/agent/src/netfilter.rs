@@ -268,8 +268,8 @@ pub fn task_rules(vips: &BTreeMap<Ipv4Addr, Vec<Ipv4Addr>>, proxied: bool) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_types::network::EndpointMode;
-    use flotilla_types::network::{Endpoint, NameEntry, NetworkEntry};
+    use crate::fixtures::{endpoint, name, network};
+    use flotilla_types::network::{NameEntry, NetworkEntry};
 
     fn net(vni: u32, subnet: &str, internal: bool) -> WiredNetwork {
         WiredNetwork {
@@ -332,43 +332,11 @@ mod tests {
         assert_eq!(node_rules(&[], &[], None), remove_node_rules());
     }
 
-    fn endpoint(task: &str, service: &str, last: u8, ready: bool) -> Endpoint {
-        Endpoint {
-            task_id: task.into(),
-            service_id: service.into(),
-            addr: Ipv4Addr::new(10, 0, 9, last),
-            node_id: Some("n1".into()),
-            node_addr: None,
-            ready,
-        }
-    }
-
-    fn name(service: &str, vip: Option<u8>) -> NameEntry {
-        NameEntry {
-            service_id: service.into(),
-            names: vec![service.into()],
-            endpoint_mode: if vip.is_some() {
-                EndpointMode::Vip
-            } else {
-                EndpointMode::Dnsrr
-            },
-            vip: vip.map(|l| Ipv4Addr::new(10, 0, 9, l)),
-            ports: vec![],
-        }
-    }
-
     #[test]
     fn a_task_reaches_the_ready_tasks_behind_each_virtual_address_of_its_networks() {
         let table = NetworkTable {
             networks: vec![
                 NetworkEntry {
-                    network_id: "front".into(),
-                    name: "front".into(),
-                    subnet: "10.0.9.0/24".parse().expect("subnet"),
-                    vni: 4096,
-                    internal: false,
-                    encrypted: false,
-                    key: None,
                     services: vec![name("web", Some(2)), name("db", Some(3)), name("rr", None)],
                     endpoints: vec![
                         endpoint("w1", "web", 11, true),
@@ -377,20 +345,14 @@ mod tests {
                         endpoint("d1", "db", 20, false),
                         endpoint("r1", "rr", 30, true),
                     ],
+                    ..network("front", 4096, "10.0.9.0/24")
                 },
                 NetworkEntry {
-                    network_id: "back".into(),
-                    name: "back".into(),
-                    subnet: "10.0.8.0/24".parse().expect("subnet"),
-                    vni: 4097,
-                    internal: false,
-                    encrypted: false,
-                    key: None,
                     services: vec![NameEntry {
                         vip: Some(Ipv4Addr::new(10, 0, 8, 2)),
                         ..name("other", Some(2))
                     }],
-                    endpoints: vec![],
+                    ..network("back", 4097, "10.0.8.0/24")
                 },
             ],
         };

@@ -449,15 +449,8 @@ mod tests {
 
     fn entry(id: &str, vni: u32, subnet: &str, internal: bool) -> NetworkEntry {
         NetworkEntry {
-            network_id: id.into(),
-            name: id.into(),
-            subnet: subnet.parse().expect("subnet"),
-            vni,
             internal,
-            encrypted: false,
-            key: None,
-            services: vec![],
-            endpoints: vec![],
+            ..crate::fixtures::network(id, vni, subnet)
         }
     }
 

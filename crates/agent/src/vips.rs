@@ -209,40 +209,12 @@ pub fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flotilla_types::network::{Endpoint, EndpointMode, NameEntry, NetworkEntry};
-
-    fn endpoint(task: &str, service: &str, last: u8, ready: bool) -> Endpoint {
-        Endpoint {
-            task_id: task.into(),
-            service_id: service.into(),
-            addr: Ipv4Addr::new(10, 0, 9, last),
-            node_id: Some("n1".into()),
-            node_addr: None,
-            ready,
-        }
-    }
+    use crate::fixtures::{endpoint, name, network};
+    use flotilla_types::network::NetworkEntry;
 
     fn table() -> NetworkTable {
-        let name = |id: &str, vip: Option<u8>| NameEntry {
-            service_id: id.into(),
-            names: vec![format!("app_{id}"), id.into()],
-            endpoint_mode: if vip.is_some() {
-                EndpointMode::Vip
-            } else {
-                EndpointMode::Dnsrr
-            },
-            vip: vip.map(|l| Ipv4Addr::new(10, 0, 9, l)),
-            ports: vec![],
-        };
         NetworkTable {
             networks: vec![NetworkEntry {
-                network_id: "front".into(),
-                name: "front".into(),
-                subnet: "10.0.9.0/24".parse().expect("subnet"),
-                vni: 4096,
-                internal: false,
-                encrypted: false,
-                key: None,
                 services: vec![
                     name("web", Some(2)),
                     name("rr", None),
@@ -255,6 +227,7 @@ mod tests {
                     endpoint("c1", "client", 20, true),
                     endpoint("r1", "rr", 30, true),
                 ],
+                ..network("front", 4096, "10.0.9.0/24")
             }],
         }
     }

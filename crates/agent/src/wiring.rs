@@ -1414,15 +1414,8 @@ mod tests {
     fn table(endpoints: Vec<Endpoint>) -> NetworkTable {
         NetworkTable {
             networks: vec![NetworkEntry {
-                network_id: "n".into(),
-                name: "front".into(),
-                subnet: "10.0.9.0/24".parse().expect("subnet"),
-                vni: 4096,
-                internal: false,
-                encrypted: false,
-                key: None,
-                services: vec![],
                 endpoints,
+                ..crate::fixtures::network("n", 4096, "10.0.9.0/24")
             }],
         }
     }
