@@ -852,6 +852,22 @@ fn a_stack_of_process_tasks_runs_as_an_application_across_three_nodes() -> Resul
         eprintln!("FDB {}", flood_peers(&hosts[2].ns, front_vni));
     }
     back?;
+    // The other web task goes next: first the killed one's replacement
+    // must be in rotation, or no task would be left to answer (seen once:
+    // the call timed out with only the dead task in the table).
+    wait_until(
+        "two healthy web tasks again",
+        Duration::from_secs(30),
+        || {
+            Ok((nodes[0]
+                .tasks("app_web")?
+                .iter()
+                .filter(|t| t["state"] == "running" && t["health"] == "healthy")
+                .count()
+                == 2)
+                .then_some(()))
+        },
+    )?;
     let other = web[1] as i32;
     // SAFETY: as above.
     unsafe { libc::kill(other, libc::SIGKILL) };
