@@ -107,10 +107,9 @@ fn replace(family: &str, body: &str) -> String {
 /// proxy, and a task's new connection to another service, from a source
 /// port it had used a moment ago, met the proxy's TIME_WAIT socket of the
 /// old one; its timestamps (their offset is drawn per address and port
-/// pair) fail that socket's
-/// check (PAWS), and the connect was reset and retried (seen in
-/// `flotilla-bench overlay`: from 5,000 to under 1,000 connections per
-/// second over five rounds). What still folds: the ports of one virtual
+/// pair) fail that socket's check (PAWS), and the connect was reset and
+/// retried (seen in `flotilla-bench overlay`: from 5,000 to under 1,000
+/// connections per second over five rounds). What still folds: the ports of one virtual
 /// address. TPROXY, which folds nothing, loses its socket on a bridge
 /// whose frames pass `br_netfilter` (as they do where Docker runs).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

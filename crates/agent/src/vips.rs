@@ -133,7 +133,6 @@ pub fn bridge_vip_commands(
 pub struct VipPlumbing {
     pub port: u16,
     pub table: watch::Sender<Arc<VipTable>>,
-    pub stats: Arc<VipStats>,
 }
 
 /// Runs `f` on a thread of its own inside the network namespace at
@@ -195,15 +194,11 @@ pub fn start(
         rx,
         Arc::new(NetnsSockets),
         flotilla_mesh::vip::VIP_CONNECT_TIMEOUT,
-        stats.clone(),
+        stats,
         shutdown,
     ));
     tracing::info!(port, "forwarding tasks' connections to virtual addresses");
-    Ok(VipPlumbing {
-        port,
-        table: tx,
-        stats,
-    })
+    Ok(VipPlumbing { port, table: tx })
 }
 
 #[cfg(test)]

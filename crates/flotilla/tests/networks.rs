@@ -791,9 +791,7 @@ fn a_stack_of_process_tasks_runs_as_an_application_across_three_nodes() -> Resul
             .arg(&sock)
             .arg("http://localhost/metrics")
             .output()?;
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        flotilla_testkit::metric_in(&String::from_utf8_lossy(&out.stdout), name)
             .ok_or_else(|| anyhow!("no {name} in n3's metrics: {}", text(&out)))
     };
     assert!(vip_metric("flotilla_vip_connections")? >= 20.0);

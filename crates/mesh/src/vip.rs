@@ -247,8 +247,8 @@ impl Shared {
     }
 }
 
-/// Accepts on `listener` (the target of the node's redirect) until
-/// `shutdown`, which ends the open connections too.
+/// Accepts on `listener` (where the node's rules send virtual
+/// addresses) until `shutdown`, which ends the open connections too.
 pub async fn serve(
     listener: TcpListener,
     table: watch::Receiver<Arc<VipTable>>,

@@ -35,9 +35,13 @@ use anyhow::{anyhow, bail, Context, Result};
 /// serves them plainly on `addr` (`--metrics-listen`).
 pub fn metric(addr: &str, name: &str) -> Result<f64> {
     let (_, text) = http_get(addr, "/metrics", Duration::from_secs(5))?;
+    metric_in(&text, name).ok_or_else(|| anyhow!("no series {name} in the metrics at {addr}"))
+}
+
+/// The value of the unlabelled series `name` in a scrape's `text`.
+pub fn metric_in(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .ok_or_else(|| anyhow!("no series {name} in the metrics at {addr}"))
 }
 
 /// A loopback port free right now, for a daemon that must keep its
