@@ -430,6 +430,29 @@ fn without_quorum_writes_fail_fast_and_say_why() -> Result<()> {
     Ok(())
 }
 
+/// On a cluster that already has one manager, `init --force-new-cluster`
+/// returns only once the daemon runs again in the new raft group: the old
+/// run, about to re-execute itself, answered `info` as the only manager
+/// and leader, so the command returned before the restart, and the next
+/// command found no daemon on the socket (seen once in the autolock
+/// test, under the full suite's load). The daemon here waits 1.5 s before
+/// it re-executes, which holds that window open.
+#[test]
+fn force_new_cluster_returns_once_the_new_run_serves() -> Result<()> {
+    let m1 = Daemon::start_with_env(bin(), &[("FLOTILLA_TEST_REEXEC_DELAY_MS", "1500")])?;
+    m1.ok(&["init"])?;
+    m1.ok(&["init", "--force-new-cluster"])?;
+    assert!(
+        m1.log_text()
+            .contains("force-new-cluster: this node is now the only manager"),
+        "the command returned before the restart:\n{}",
+        m1.log_tail()
+    );
+    let info = m1.ok(&["info", "--format", "json"])?.json()?;
+    assert_eq!(info["is_leader"], true);
+    Ok(())
+}
+
 #[test]
 fn force_new_cluster_recovers_a_survivor_with_everything_kept() -> Result<()> {
     let m1 = start_named("m1")?;

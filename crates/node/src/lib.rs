@@ -119,6 +119,15 @@ pub fn cert_validity() -> Duration {
     })
 }
 
+/// How long a daemon that re-executes itself after answering a request
+/// (force new cluster, restore) waits first, so that the answer reaches
+/// the client. TEST ONLY: `FLOTILLA_TEST_REEXEC_DELAY_MS` makes it longer,
+/// to hold open the window in which the old run still answers.
+pub(crate) fn reexec_delay() -> Duration {
+    test_setting::<u64>("FLOTILLA_TEST_REEXEC_DELAY_MS")
+        .map_or(Duration::from_millis(200), Duration::from_millis)
+}
+
 /// A test-only setting from the daemon's environment, if set and valid.
 fn test_setting<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name).ok()?.parse().ok()
@@ -279,6 +288,7 @@ pub async fn run(config: DaemonConfig, shutdown: CancellationToken) -> Result<()
         counters: Default::default(),
         board: Default::default(),
         locked: Default::default(),
+        restarting: Default::default(),
     });
     let _ = ctx.self_ref.set(Arc::downgrade(&ctx));
     if let Some(addr) = &config.metrics_listen {

@@ -64,6 +64,10 @@ pub struct NodeCtx {
     pub(crate) board: Arc<crate::dashboard::Board>,
     /// Set while the phase is [`Phase::Locked`].
     pub(crate) locked: std::sync::atomic::AtomicBool,
+    /// Set once this process is about to re-execute itself (force new
+    /// cluster, restore): the member it still holds is no longer the one
+    /// that will serve.
+    pub(crate) restarting: std::sync::atomic::AtomicBool,
 }
 
 /// Why `init` or `join` failed.
@@ -481,6 +485,12 @@ impl NodeCtx {
         self.locked.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Whether this process is about to re-execute itself: what it would
+    /// answer now is the old run's.
+    pub fn is_restarting(&self) -> bool {
+        self.restarting.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Puts a manager whose key is sealed into [`Phase::Locked`].
     pub(crate) fn lock(&self, phase: &mut Phase, start: LockedStart) {
         let ports = match std::mem::replace(phase, Phase::Restarting) {
@@ -620,10 +630,12 @@ impl NodeCtx {
             .map_err(failed)?;
         tracing::warn!("force-new-cluster requested: restarting into a new raft group");
         *phase = Phase::Restarting;
+        self.restarting
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let unlock = self.keyring.newest();
         tokio::spawn(async move {
             // Let the answer reach the client first.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(crate::reexec_delay()).await;
             raft.shutdown().await;
             reexec(unlock.as_ref());
         });

@@ -13,8 +13,6 @@
 //! passed, and the raft store is written last but one, so that a failed
 //! restore leaves the node as fresh as it was (a second try starts over).
 
-use std::time::Duration;
-
 use flotilla_pki::{Ca, CaMaterial};
 
 use crate::identity::{self, Identity};
@@ -112,9 +110,11 @@ impl NodeCtx {
             "restored from a backup: restarting as the cluster's only manager"
         );
         *phase = Phase::Restarting;
+        self.restarting
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         tokio::spawn(async move {
             // Let the answer reach the client first.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            tokio::time::sleep(crate::reexec_delay()).await;
             reexec(unlock.as_ref());
         });
         Ok(Restored {

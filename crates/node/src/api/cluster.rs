@@ -75,6 +75,7 @@ pub(super) fn facts(ctx: &NodeCtx, node_id: Option<String>, is_leader: bool) -> 
 }
 
 pub(super) async fn info(State(ctx): Ctx) -> ApiResult<Info> {
+    refuse_restarting(&ctx)?;
     let facts = |node_id: Option<String>, is_leader| facts(&ctx, node_id, is_leader);
     match ctx.member().await {
         None => {

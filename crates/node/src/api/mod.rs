@@ -330,7 +330,19 @@ impl Mgr {
     }
 }
 
+/// What a daemon about to re-execute itself answers: its member is the
+/// old run's (a client waiting for the new run must not take it for it).
+fn refuse_restarting(ctx: &NodeCtx) -> Result<(), ApiError> {
+    if ctx.is_restarting() {
+        return Err(ApiError::Unavailable(
+            "the daemon is restarting; try again in a moment".into(),
+        ));
+    }
+    Ok(())
+}
+
 async fn member(ctx: &NodeCtx) -> Result<Mgr, ApiError> {
+    refuse_restarting(ctx)?;
     if ctx.is_locked() {
         return Err(ApiError::Unavailable(crate::lifecycle::LOCKED.into()));
     }
@@ -496,6 +508,7 @@ mod tests {
             board: Default::default(),
             keep_tasks_on_stop: false,
             locked: Default::default(),
+            restarting: Default::default(),
             self_ref: std::sync::OnceLock::new(),
             member: tokio::sync::RwLock::new(None),
             shutdown: tokio_util::sync::CancellationToken::new(),
